@@ -1,0 +1,75 @@
+// Package attestation defines how a node proves what it runs and how a verifier checks it.
+//
+// An [Issuer] produces evidence for a verifier's nonce and the caller's user data (for attested TLS, the
+// hash of the TLS key). A [Validator] checks that evidence and, only if every check passed, returns the
+// user data it is bound to. Each kind of evidence is a [Variant] with a name and an object identifier; the
+// registry in this package is the single list of variants the product knows.
+//
+// Evidence travels as a versioned [Document]. Validators parse it strictly: unknown fields, trailing data,
+// another version or another variant are errors.
+package attestation
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Issuer produces attestation evidence.
+type Issuer interface {
+	// Variant is the kind of evidence the issuer produces.
+	Variant() Variant
+	// Issue returns a serialized evidence document that binds nonce and userData.
+	Issue(ctx context.Context, nonce, userData []byte) ([]byte, error)
+}
+
+// Validator checks attestation evidence of one variant.
+type Validator interface {
+	// Variant is the kind of evidence the validator accepts.
+	Variant() Variant
+	// Validate checks evidence against the verifier's nonce and the validator's policy. It returns the
+	// user data the evidence is bound to; the caller must compare it with what it expects.
+	Validate(ctx context.Context, evidence, nonce []byte) (userData []byte, err error)
+}
+
+// Nonce length bounds. A verifier's nonce must be unpredictable; 32 random bytes is the default.
+const (
+	MinNonceSize = 16
+	MaxNonceSize = 64
+	NonceSize    = 32
+	// MaxUserDataSize bounds the caller's user data.
+	MaxUserDataSize = 1024
+)
+
+// ErrInvalidNonce is returned for nonces outside the allowed bounds.
+var ErrInvalidNonce = errors.New("invalid nonce")
+
+// CheckNonce checks that a nonce has an acceptable size.
+func CheckNonce(nonce []byte) error {
+	if len(nonce) < MinNonceSize || len(nonce) > MaxNonceSize {
+		return fmt.Errorf("%w: %d bytes, want %d to %d", ErrInvalidNonce, len(nonce), MinNonceSize, MaxNonceSize)
+	}
+	return nil
+}
+
+// BindingDigest is the value a hardware or TPM statement signs to bind the verifier's nonce and the caller's
+// user data: SHA-256 over a domain separator and the length-prefixed nonce and user data. Length prefixes
+// make the encoding unambiguous, so no other (nonce, userData) pair yields the same digest.
+func BindingDigest(variant Variant, nonce, userData []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("constellation attestation binding v1\x00"))
+	h.Write([]byte(variant.Name))
+	h.Write([]byte{0})
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(nonce)))
+	h.Write(n[:])
+	h.Write(nonce)
+	binary.BigEndian.PutUint32(n[:], uint32(len(userData)))
+	h.Write(n[:])
+	h.Write(userData)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}

@@ -1,0 +1,234 @@
+// Package measurements holds the measurement policy: for each PCR the value a node running the expected image
+// presents, and whether a mismatch only warns.
+//
+// The policy denies by default. An empty policy accepts nothing; a PCR in the policy that the evidence does not
+// cover is a mismatch, never a skip. A failed check reports every mismatching PCR at once, with expected and
+// actual values, so an operator can see what differs.
+package measurements
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// NumPCRs is the number of PCRs of a TPM 2.0 PC client.
+const NumPCRs = 24
+
+// DigestSize is the size of a SHA-256 PCR value, the only bank policies refer to.
+const DigestSize = 32
+
+// Well-known PCRs of this product's measurement scheme.
+const (
+	// PCRClusterID holds the cluster ID, extended by a node after init or join, so that an initialised node
+	// cannot pose as a fresh one and a verifier can tell which cluster a node belongs to.
+	PCRClusterID = 15
+)
+
+// Digest is a SHA-256 PCR value, written as hex.
+type Digest [DigestSize]byte
+
+// String returns the value as hex.
+func (d Digest) String() string { return hex.EncodeToString(d[:]) }
+
+// MarshalJSON writes the digest as a hex string.
+func (d Digest) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a hex string of exactly 32 bytes.
+func (d *Digest) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("expected value must be a hex string: %w", err)
+	}
+	raw, err := hex.DecodeString(s)
+	if err != nil {
+		return fmt.Errorf("expected value %q is not hex: %w", s, err)
+	}
+	if len(raw) != DigestSize {
+		return fmt.Errorf("expected value has %d bytes, want %d (a SHA-256 PCR value, 64 hex digits)", len(raw), DigestSize)
+	}
+	copy(d[:], raw)
+	return nil
+}
+
+// Measurement is the policy for one PCR.
+type Measurement struct {
+	Expected Digest `json:"expected"`
+	// WarnOnly makes a mismatch a warning instead of a failure.
+	WarnOnly bool `json:"warnOnly"`
+}
+
+// M maps PCR indices to their policy.
+type M map[uint32]Measurement
+
+// ErrEmptyPolicy is returned when a policy has no entries; an empty policy accepts nothing.
+var ErrEmptyPolicy = errors.New("the measurement policy is empty, so nothing can be verified; add the expected PCR values")
+
+// Parse reads a policy in JSON or YAML: {"<pcr>": {"expected": "<hex>", "warnOnly": false}, ...}.
+// Unknown fields, duplicate or malformed PCR indices and malformed values are errors.
+func Parse(raw []byte) (M, error) {
+	var byKey map[string]json.RawMessage
+	if err := yaml.UnmarshalStrict(raw, &byKey); err != nil {
+		return nil, fmt.Errorf("parsing measurements: %w", err)
+	}
+	m := make(M, len(byKey))
+	for key, val := range byKey {
+		idx, err := strconv.ParseUint(key, 10, 32)
+		if err != nil || strconv.FormatUint(idx, 10) != key {
+			return nil, fmt.Errorf("parsing measurements: PCR index %q is not a decimal number", key)
+		}
+		if idx >= NumPCRs {
+			return nil, fmt.Errorf("parsing measurements: PCR index %d out of range 0-%d", idx, NumPCRs-1)
+		}
+		dec := json.NewDecoder(bytes.NewReader(val))
+		dec.DisallowUnknownFields()
+		var meas struct {
+			Expected *Digest `json:"expected"`
+			WarnOnly bool    `json:"warnOnly"`
+		}
+		if err := dec.Decode(&meas); err != nil {
+			return nil, fmt.Errorf("parsing measurements: PCR %d: %w", idx, err)
+		}
+		if meas.Expected == nil {
+			return nil, fmt.Errorf("parsing measurements: PCR %d has no expected value", idx)
+		}
+		m[uint32(idx)] = Measurement{Expected: *meas.Expected, WarnOnly: meas.WarnOnly}
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Validate checks that the policy can be enforced: it has entries, all in range.
+func (m M) Validate() error {
+	if len(m) == 0 {
+		return ErrEmptyPolicy
+	}
+	for idx := range m {
+		if idx >= NumPCRs {
+			return fmt.Errorf("PCR index %d out of range 0-%d", idx, NumPCRs-1)
+		}
+	}
+	return nil
+}
+
+// MarshalJSON writes the policy with PCR indices as keys, in ascending order.
+func (m M) MarshalJSON() ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteByte('{')
+	for i, idx := range m.Indices() {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		val, err := json.Marshal(m[idx])
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&buf, "%q:%s", strconv.FormatUint(uint64(idx), 10), val)
+	}
+	buf.WriteByte('}')
+	return buf.Bytes(), nil
+}
+
+// Indices returns the PCR indices of the policy in ascending order.
+func (m M) Indices() []uint32 {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// Mismatch describes one PCR that does not satisfy the policy.
+type Mismatch struct {
+	PCR      uint32
+	Expected Digest
+	// Actual is the quoted value; nil when the evidence does not cover the PCR.
+	Actual   []byte
+	WarnOnly bool
+	// Events describe, from the verified event log, the measurements that produced Actual.
+	Events []string
+}
+
+// Covered reports whether the evidence covered the PCR at all.
+func (mm Mismatch) Covered() bool { return mm.Actual != nil }
+
+func (mm Mismatch) String() string {
+	if !mm.Covered() {
+		return fmt.Sprintf("PCR %d: not covered by the quote, expected %s", mm.PCR, mm.Expected)
+	}
+	return fmt.Sprintf("PCR %d: %x, expected %s", mm.PCR, mm.Actual, mm.Expected)
+}
+
+// Error is a failed measurement check. It lists every mismatching PCR, warn-only ones included.
+type Error struct {
+	Mismatches []Mismatch
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "measurements do not match the policy (%s)", Summary(Fatal(e.Mismatches)))
+	for _, mm := range e.Mismatches {
+		b.WriteString("\n  ")
+		b.WriteString(mm.String())
+		if mm.WarnOnly {
+			b.WriteString(" (warn only)")
+		}
+		for _, ev := range mm.Events {
+			b.WriteString("\n      ")
+			b.WriteString(ev)
+		}
+	}
+	return b.String()
+}
+
+// Check compares verified PCR values (only those covered by a verified quote) with the policy. It returns
+// every mismatch, warn-only ones included, in ascending PCR order; the caller decides what is fatal.
+// An empty policy returns ErrEmptyPolicy.
+func (m M) Check(verified map[uint32][]byte) ([]Mismatch, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	var out []Mismatch
+	for _, idx := range m.Indices() {
+		want := m[idx]
+		got, ok := verified[idx]
+		if ok && bytes.Equal(got, want.Expected[:]) {
+			continue
+		}
+		mm := Mismatch{PCR: idx, Expected: want.Expected, WarnOnly: want.WarnOnly}
+		if ok {
+			mm.Actual = bytes.Clone(got)
+		}
+		out = append(out, mm)
+	}
+	return out, nil
+}
+
+// Fatal returns the mismatches that are not warn-only.
+func Fatal(mms []Mismatch) []Mismatch {
+	var out []Mismatch
+	for _, mm := range mms {
+		if !mm.WarnOnly {
+			out = append(out, mm)
+		}
+	}
+	return out
+}
+
+// Summary is a one-line list of mismatching PCRs, e.g. "PCRs 4, 9".
+func Summary(mms []Mismatch) string {
+	parts := make([]string, len(mms))
+	for i, mm := range mms {
+		parts[i] = strconv.FormatUint(uint64(mm.PCR), 10)
+	}
+	if len(parts) == 1 {
+		return "PCR " + parts[0]
+	}
+	return "PCRs " + strings.Join(parts, ", ")
+}

@@ -1,0 +1,114 @@
+package measurements
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+var (
+	hexA = strings.Repeat("aa", 32)
+	hexB = strings.Repeat("bb", 32)
+)
+
+func TestParseJSONAndYAML(t *testing.T) {
+	jsonIn := `{"4": {"expected": "` + hexA + `", "warnOnly": false}, "9": {"expected": "` + hexB + `", "warnOnly": true}}`
+	yamlIn := "4:\n  expected: " + hexA + "\n  warnOnly: false\n9:\n  expected: \"" + hexB + "\"\n  warnOnly: true\n"
+	for name, in := range map[string]string{"json": jsonIn, "yaml": yamlIn} {
+		t.Run(name, func(t *testing.T) {
+			m, err := Parse([]byte(in))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if len(m) != 2 || m[4].Expected[0] != 0xaa || m[4].WarnOnly || !m[9].WarnOnly || m[9].Expected[31] != 0xbb {
+				t.Fatalf("unexpected policy %+v", m)
+			}
+			out, err := json.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := Parse(out)
+			if err != nil || len(again) != 2 || again[9] != m[9] {
+				t.Fatalf("round trip: %v %+v", err, again)
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	tests := map[string]struct{ in, wantErr string }{
+		"empty object":   {`{}`, "empty"},
+		"empty input":    {``, "empty"},
+		"short value":    {`{"4": {"expected": "aabb"}}`, "2 bytes"},
+		"not hex":        {`{"4": {"expected": "` + strings.Repeat("zz", 32) + `"}}`, "not hex"},
+		"missing value":  {`{"4": {"warnOnly": true}}`, "no expected value"},
+		"unknown field":  {`{"4": {"expected": "` + hexA + `", "warn": true}}`, "unknown field"},
+		"index range":    {`{"24": {"expected": "` + hexA + `"}}`, "out of range"},
+		"index negative": {`{"-1": {"expected": "` + hexA + `"}}`, "not a decimal"},
+		"leading zero":   {`{"04": {"expected": "` + hexA + `"}}`, "not a decimal"},
+		"duplicate":      {`{"4": {"expected": "` + hexA + `"}, "4": {"expected": "` + hexB + `"}}`, "already set"},
+		"not an object":  {`[1,2]`, "parsing measurements"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Parse = %v, want error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	var a, b Digest
+	a[0], b[0] = 0xaa, 0xbb
+	m := M{4: {Expected: a}, 9: {Expected: a, WarnOnly: true}, 15: {Expected: b}}
+	verified := map[uint32][]byte{4: a[:], 9: b[:]} // 15 not covered
+	mms, err := m.Check(verified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mms) != 2 || mms[0].PCR != 9 || mms[1].PCR != 15 {
+		t.Fatalf("mismatches = %+v, want PCRs 9 and 15", mms)
+	}
+	if mms[1].Covered() || !bytes.Equal(mms[0].Actual, b[:]) {
+		t.Fatalf("unexpected mismatch details %+v", mms)
+	}
+	fatal := Fatal(mms)
+	if len(fatal) != 1 || fatal[0].PCR != 15 {
+		t.Fatalf("fatal = %+v, want only PCR 15", fatal)
+	}
+	if got := Summary(mms); got != "PCRs 9, 15" {
+		t.Fatalf("Summary = %q", got)
+	}
+	if _, err := (M{}).Check(verified); !errors.Is(err, ErrEmptyPolicy) {
+		t.Fatalf("empty policy: %v, want ErrEmptyPolicy", err)
+	}
+	if mms, _ := (M{4: {Expected: a}}).Check(verified); len(mms) != 0 {
+		t.Fatalf("matching policy reported %+v", mms)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": false}}`))
+	f.Add([]byte("15:\n  expected: " + hexB + "\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatalf("parsed policy does not validate: %v", err)
+		}
+		out, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Parse(out)
+		if err != nil || len(again) != len(m) {
+			t.Fatalf("round trip failed: %v", err)
+		}
+	})
+}

@@ -1,0 +1,146 @@
+// Package vtpm issues and validates TPM 2.0 evidence: one quote over all 24 SHA-256 PCRs, signed by an
+// attestation key (AK) whose certificate chains to a root the verifier pins, plus the TCG event log that
+// explains the PCR values.
+//
+// The quote's qualifying data is attestation.BindingDigest of the verifier's nonce and the caller's user data,
+// so nonce, user data and PCR values are bound in one signed statement. The validator verifies, in this order:
+// the AK certificate chain, the quote signature, the quote structure, the binding, the PCR selection (exactly
+// PCRs 0-23 of the SHA-256 bank), the PCR digest, the event log against the quoted PCRs, and finally the
+// measurement policy.
+package vtpm
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+)
+
+// OIDAKCertificate is the extended key usage of TPM attestation key certificates (tcg-kp-AIKCertificate).
+var OIDAKCertificate = asn1.ObjectIdentifier{2, 23, 133, 8, 3}
+
+// KeyAlgorithm selects the attestation key type.
+type KeyAlgorithm int
+
+// Attestation key algorithms.
+const (
+	ECC KeyAlgorithm = iota // NIST P-256, ECDSA-SHA256
+	RSA                     // RSA-2048, RSASSA-SHA256
+)
+
+func (a KeyAlgorithm) String() string {
+	if a == RSA {
+		return "RSA-2048"
+	}
+	return "ECC-P256"
+}
+
+// CreateAK creates (or re-creates: the template is deterministic) the TPM's restricted signing key in the
+// owner hierarchy. The caller must Close it.
+func CreateAK(rw io.ReadWriter, alg KeyAlgorithm) (*client.Key, error) {
+	var (
+		ak  *client.Key
+		err error
+	)
+	switch alg {
+	case ECC:
+		ak, err = client.AttestationKeyECC(rw)
+	case RSA:
+		ak, err = client.AttestationKeyRSA(rw)
+	default:
+		return nil, fmt.Errorf("unknown attestation key algorithm %d", alg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating %s attestation key: %w", alg, err)
+	}
+	return ak, nil
+}
+
+// quoteSelection is the PCR selection every quote of this variant covers.
+var quoteSelection = client.FullPcrSel(tpm2.AlgSHA256)
+
+// Issuer produces mini-vtpm evidence from a TPM. It is safe for concurrent use; TPM commands are serialized.
+type Issuer struct {
+	mu       sync.Mutex
+	ak       *client.Key
+	akCert   []byte
+	eventLog func() ([]byte, error)
+}
+
+// NewIssuer loads the attestation key of the TPM behind rw and checks that akCertDER certifies it.
+// eventLog returns the current TCG event log; it may be nil when the platform keeps none.
+func NewIssuer(rw io.ReadWriter, alg KeyAlgorithm, akCertDER []byte, eventLog func() ([]byte, error)) (*Issuer, error) {
+	cert, err := x509.ParseCertificate(akCertDER)
+	if err != nil {
+		return nil, fmt.Errorf("parsing attestation key certificate: %w", err)
+	}
+	ak, err := CreateAK(rw, alg)
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(ak.PublicKey(), cert.PublicKey) {
+		ak.Close()
+		return nil, errors.New("the attestation key certificate does not certify this TPM's attestation key; enroll the TPM again")
+	}
+	return &Issuer{ak: ak, akCert: bytes.Clone(akCertDER), eventLog: eventLog}, nil
+}
+
+// Variant returns attestation.MiniVTPM.
+func (i *Issuer) Variant() attestation.Variant { return attestation.MiniVTPM }
+
+// Issue quotes all SHA-256 PCRs with qualifying data bound to nonce and userData.
+func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return nil, err
+	}
+	if len(userData) > attestation.MaxUserDataSize {
+		return nil, fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	doc := &attestation.Document{
+		Version:  attestation.DocumentVersion,
+		Variant:  attestation.MiniVTPM.Name,
+		UserData: bytes.Clone(userData),
+		TPM:      &attestation.TPMEvidence{AKCert: i.akCert},
+	}
+	if i.eventLog != nil {
+		log, err := i.eventLog()
+		if err != nil {
+			return nil, fmt.Errorf("reading event log: %w", err)
+		}
+		doc.TPM.EventLog = log
+	}
+	binding := attestation.BindingDigest(attestation.MiniVTPM, nonce, userData)
+	i.mu.Lock()
+	q, err := i.ak.Quote(quoteSelection, binding[:])
+	i.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("quoting PCRs: %w", err)
+	}
+	doc.TPM.Quotes = []attestation.Quote{{Quote: q.GetQuote(), Signature: q.GetRawSig(), PCRs: q.GetPcrs().GetPcrs()}}
+	return doc.Marshal()
+}
+
+// Close releases the attestation key's TPM handle.
+func (i *Issuer) Close() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.ak.Close()
+}
+
+func publicKeysEqual(a, b any) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}

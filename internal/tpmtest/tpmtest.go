@@ -1,0 +1,232 @@
+// Package tpmtest provides real TPMs for tests and benchmarks: the reference TPM (go-tpm-tools' simulator),
+// provisioned with an endorsement key certificate from a test manufacturer CA, and an AK CA that certifies
+// attestation keys after credential activation. Nothing in here is a fake.
+package tpmtest
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"fmt"
+	"io"
+	"math/big"
+	"time"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+)
+
+// NewCACert creates a self-signed ECDSA P-256 CA certificate and key.
+func NewCACert(commonName string, validity time.Duration) (crypto.Signer, *x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(validity),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	return key, cert, err
+}
+
+// Manufacturer is a test TPM manufacturer: it writes EK certificates into TPMs.
+type Manufacturer struct {
+	Key  crypto.Signer
+	Cert *x509.Certificate
+}
+
+// NewManufacturer creates a manufacturer with a fresh root.
+func NewManufacturer() (*Manufacturer, error) {
+	key, cert, err := NewCACert("Test TPM Manufacturer Root", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return &Manufacturer{Key: key, Cert: cert}, nil
+}
+
+// Provision writes an RSA EK certificate for the TPM's EK into NV index 0x01c00002, as a TPM vendor does.
+func (m *Manufacturer) Provision(rw io.ReadWriter) error {
+	ek, err := client.EndorsementKeyRSA(rw)
+	if err != nil {
+		return fmt.Errorf("creating endorsement key: %w", err)
+	}
+	pub := ek.PublicKey()
+	ek.Close()
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:       serial,
+		NotBefore:          time.Now().Add(-time.Hour),
+		NotAfter:           time.Now().Add(24 * time.Hour),
+		KeyUsage:           x509.KeyUsageKeyEncipherment,
+		UnknownExtKeyUsage: []asn1.ObjectIdentifier{akca.OIDEKCertificate},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.Cert, pub, m.Key)
+	if err != nil {
+		return fmt.Errorf("signing EK certificate: %w", err)
+	}
+	idx := tpmutil.Handle(client.EKCertNVIndexRSA)
+	attrs := tpm2.AttrOwnerWrite | tpm2.AttrOwnerRead | tpm2.AttrAuthRead | tpm2.AttrPPRead | tpm2.AttrNoDA
+	if err := tpm2.NVDefineSpace(rw, tpm2.HandleOwner, idx, "", "", nil, attrs, uint16(len(der))); err != nil {
+		return fmt.Errorf("defining EK certificate NV index: %w", err)
+	}
+	const chunk = 512
+	for off := 0; off < len(der); off += chunk {
+		end := min(off+chunk, len(der))
+		if err := tpm2.NVWrite(rw, tpm2.HandleOwner, idx, "", der[off:end], uint16(off)); err != nil {
+			return fmt.Errorf("writing EK certificate: %w", err)
+		}
+	}
+	return nil
+}
+
+// Simulator starts the reference TPM simulator, provisioned by m. Only one simulator runs per process at a
+// time; Get blocks until the previous one is closed.
+func (m *Manufacturer) Simulator() (*simulator.Simulator, error) {
+	sim, err := simulator.Get()
+	if err != nil {
+		return nil, fmt.Errorf("starting TPM simulator: %w", err)
+	}
+	if err := m.Provision(sim); err != nil {
+		sim.Close()
+		return nil, err
+	}
+	return sim, nil
+}
+
+// NewAKCA creates an AK CA trusting the given manufacturer roots.
+func NewAKCA(ekRoots ...*x509.Certificate) (*akca.CA, error) {
+	key, cert, err := NewCACert("Test Provider AK CA", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return akca.New(key, cert, ekRoots)
+}
+
+// Measure extends PCR pcr with an event and records it in log, as measured-boot firmware does.
+func Measure(rw io.ReadWriter, log *eventlog.Builder, pcr uint32, typ eventlog.EventType, data []byte) error {
+	ev := log.Append(pcr, typ, data)
+	if err := tpm2.PCRExtend(rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, ev.Digest[:], ""); err != nil {
+		return fmt.Errorf("extending PCR %d: %w", pcr, err)
+	}
+	return nil
+}
+
+// Node is an enrolled, measured TPM with an issuer, as a booted node has.
+type Node struct {
+	TPM    io.ReadWriter
+	CA     *akca.CA
+	Issuer *vtpm.Issuer
+	Log    *eventlog.Builder
+	// Policy matches the node's PCRs 0, 4, 9 and 15.
+	Policy measurements.M
+	close  func() error
+}
+
+// BootMeasurements are the events NewNode measures.
+var BootMeasurements = []struct {
+	PCR  uint32
+	Type eventlog.EventType
+	Data string
+}{
+	{4, eventlog.IPL, "node image sha256:1111111111111111111111111111111111111111111111111111111111111111"},
+	{9, eventlog.IPL, "boot parameters: console=ttyS0 ro"},
+	{4, eventlog.Separator, "\x00\x00\x00\x00"},
+}
+
+// NewSimulatorNode starts the reference TPM simulator and makes it a node: provisioned, measured, enrolled.
+func NewSimulatorNode(alg vtpm.KeyAlgorithm) (*Node, error) {
+	mf, err := NewManufacturer()
+	if err != nil {
+		return nil, err
+	}
+	sim, err := mf.Simulator()
+	if err != nil {
+		return nil, err
+	}
+	ca, err := NewAKCA(mf.Cert)
+	if err != nil {
+		sim.Close()
+		return nil, err
+	}
+	n, err := NewNode(sim, ca, alg)
+	if err != nil {
+		sim.Close()
+		return nil, err
+	}
+	n.close = sim.Close
+	return n, nil
+}
+
+// NewNode measures BootMeasurements into the TPM behind rw, enrolls it with ca and creates its issuer.
+func NewNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm) (*Node, error) {
+	log := eventlog.NewBuilder()
+	for _, m := range BootMeasurements {
+		if err := Measure(rw, log, m.PCR, m.Type, []byte(m.Data)); err != nil {
+			return nil, err
+		}
+	}
+	akCert, err := akca.Enroll(context.Background(), rw, "node-0", alg, ca)
+	if err != nil {
+		return nil, fmt.Errorf("enrolling: %w", err)
+	}
+	issuer, err := vtpm.NewIssuer(rw, alg, akCert, func() ([]byte, error) { return log.Bytes(), nil })
+	if err != nil {
+		return nil, err
+	}
+	pcrs, err := client.ReadPCRs(rw, client.FullPcrSel(tpm2.AlgSHA256))
+	if err != nil {
+		issuer.Close()
+		return nil, err
+	}
+	policy := measurements.M{}
+	for _, idx := range []uint32{0, 4, 9, 15} {
+		var d measurements.Digest
+		copy(d[:], pcrs.GetPcrs()[idx])
+		policy[idx] = measurements.Measurement{Expected: d}
+	}
+	return &Node{TPM: rw, CA: ca, Issuer: issuer, Log: log, Policy: policy}, nil
+}
+
+// Validator returns a validator that accepts this node.
+func (n *Node) Validator() (*vtpm.Validator, error) {
+	return vtpm.NewValidator([]*x509.Certificate{n.CA.Certificate()}, n.Policy, nil)
+}
+
+// Close releases the issuer and stops the TPM if the node started it.
+func (n *Node) Close() error {
+	n.Issuer.Close()
+	if n.close != nil {
+		return n.close()
+	}
+	return nil
+}
