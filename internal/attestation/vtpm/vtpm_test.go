@@ -189,7 +189,10 @@ func TestValidateRejects(t *testing.T) {
 			"does not verify"},
 		"tampered signature": {mutate(t, ev, func(d *attestation.Document) { s := d.TPM.Quotes[0].Signature; s[len(s)-1] ^= 1 }), nonce(1),
 			"does not verify"},
-		"truncated signature": {mutate(t, ev, func(d *attestation.Document) { s := d.TPM.Quotes[0].Signature; d.TPM.Quotes[0].Signature = s[:len(s)-3] }), nonce(1),
+		"truncated signature": {mutate(t, ev, func(d *attestation.Document) {
+			s := d.TPM.Quotes[0].Signature
+			d.TPM.Quotes[0].Signature = s[:len(s)-3]
+		}), nonce(1),
 			"truncated"},
 		"AK certificate from another CA": {mutate(t, ev, func(d *attestation.Document) { d.TPM.AKCert = other }), nonce(1),
 			"not trusted"},
@@ -197,16 +200,16 @@ func TestValidateRejects(t *testing.T) {
 			"the attestation key is *rsa.PublicKey"},
 		"CA certificate as AK certificate": {mutate(t, ev, func(d *attestation.Document) { d.TPM.AKCert = f.ca.Certificate().Raw }), nonce(1),
 			"not an attestation key certificate"},
-		"no quote":   {mutate(t, ev, func(d *attestation.Document) { d.TPM.Quotes = nil }), nonce(1), "0 quotes"},
-		"two quotes": {mutate(t, ev, func(d *attestation.Document) { d.TPM.Quotes = append(d.TPM.Quotes, d.TPM.Quotes[0]) }), nonce(1), "2 quotes"},
-		"no TPM part": {mutate(t, ev, func(d *attestation.Document) { d.TPM = nil }), nonce(1), "no TPM part"},
+		"no quote":              {mutate(t, ev, func(d *attestation.Document) { d.TPM.Quotes = nil }), nonce(1), "0 quotes"},
+		"two quotes":            {mutate(t, ev, func(d *attestation.Document) { d.TPM.Quotes = append(d.TPM.Quotes, d.TPM.Quotes[0]) }), nonce(1), "2 quotes"},
+		"no TPM part":           {mutate(t, ev, func(d *attestation.Document) { d.TPM = nil }), nonce(1), "no TPM part"},
 		"partial PCR selection": {partial, nonce(1), "want SHA-256 PCRs 0-23"},
 		"altered event log": {mutate(t, ev, func(d *attestation.Document) {
 			b := eventlog.NewBuilder()
 			b.Append(4, eventlog.IPL, []byte("node image sha256:2222"))
 			d.TPM.EventLog = b.Bytes()
 		}), nonce(1), "event log does not match quoted PCR 4"},
-		"garbage event log": {mutate(t, ev, func(d *attestation.Document) { d.TPM.EventLog = []byte("garbage") }), nonce(1), "parsing event log"},
+		"garbage event log":  {mutate(t, ev, func(d *attestation.Document) { d.TPM.EventLog = []byte("garbage") }), nonce(1), "parsing event log"},
 		"truncated document": {ev[:len(ev)/2], nonce(1), "malformed evidence document"},
 	}
 	for name, tc := range tests {
