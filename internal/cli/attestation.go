@@ -1,0 +1,252 @@
+package cli
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+)
+
+// maxInputFile bounds the files the attestation commands read.
+const maxInputFile = 16 << 20
+
+func newAttestationCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "attestation",
+		Short: "Inspect and verify attestation evidence",
+	}
+	cmd.AddCommand(newAttestationShowCmd(), newAttestationVerifyCmd())
+	return cmd
+}
+
+func newAttestationShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show FILE",
+		Short: "Print evidence in readable form (without verifying it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := readFile(args[0], "evidence")
+			if err != nil {
+				return err
+			}
+			doc, err := attestation.ParseDocument(raw)
+			if err != nil {
+				return badInput("%s: %w", args[0], err)
+			}
+			showDocument(cmd.OutOrStdout(), doc)
+			return nil
+		},
+	}
+}
+
+type verifyFlags struct {
+	evidence, measurements, ca, nonce, userData string
+}
+
+func newAttestationVerifyCmd() *cobra.Command {
+	var f verifyFlags
+	cmd := &cobra.Command{
+		Use:   "verify --evidence FILE --measurements FILE --ca FILE --nonce HEX [--user-data HEX]",
+		Short: "Verify evidence against expected measurements, a trusted CA and a nonce",
+		Long: "Verify evidence offline. Exit code 0: the evidence holds. 1: it does not (every mismatch is listed).\n" +
+			"2: an input is unusable.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runVerify(cmd, f) },
+	}
+	cmd.Flags().StringVar(&f.evidence, "evidence", "", "evidence document (required)")
+	cmd.Flags().StringVar(&f.measurements, "measurements", "", "expected measurements, JSON or YAML (required)")
+	cmd.Flags().StringVar(&f.ca, "ca", "", "PEM certificate(s) of the attestation key CA to trust (required)")
+	cmd.Flags().StringVar(&f.nonce, "nonce", "", "the nonce the evidence must be bound to, hex (required)")
+	cmd.Flags().StringVar(&f.userData, "user-data", "", "the user data the evidence must be bound to, hex")
+	for _, name := range []string{"evidence", "measurements", "ca", "nonce"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+func runVerify(cmd *cobra.Command, f verifyFlags) error {
+	nonce, err := hex.DecodeString(f.nonce)
+	if err != nil {
+		return badInput("--nonce is not hex: %w", err)
+	}
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return badInput("--nonce: %w", err)
+	}
+	var wantUserData []byte
+	if cmd.Flags().Changed("user-data") {
+		if wantUserData, err = hex.DecodeString(f.userData); err != nil {
+			return badInput("--user-data is not hex: %w", err)
+		}
+	}
+	rawPolicy, err := readFile(f.measurements, "measurements")
+	if err != nil {
+		return err
+	}
+	policy, err := measurements.Parse(rawPolicy)
+	if err != nil {
+		return badInput("%s: %w", f.measurements, err)
+	}
+	roots, err := readCertificates(f.ca)
+	if err != nil {
+		return err
+	}
+	raw, err := readFile(f.evidence, "evidence")
+	if err != nil {
+		return err
+	}
+	doc, err := attestation.ParseDocument(raw)
+	if err != nil {
+		return badInput("%s: %w", f.evidence, err)
+	}
+	validator, err := validatorFor(doc.Variant, roots, policy, cmd)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	userData, err := validator.Validate(context.Background(), raw, nonce)
+	if err != nil {
+		return checkFailed(fmt.Errorf("evidence does not verify: %w", err))
+	}
+	if wantUserData != nil && subtle.ConstantTimeCompare(userData, wantUserData) != 1 {
+		return checkFailed(fmt.Errorf("evidence does not verify: it is bound to user data %x, not %x", userData, wantUserData))
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Evidence verified: variant %s, %d PCRs match the policy, bound to the nonce", doc.Variant, len(policy))
+	if wantUserData != nil {
+		fmt.Fprint(cmd.OutOrStdout(), " and the user data")
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), ".")
+	return nil
+}
+
+func validatorFor(variant string, roots []*x509.Certificate, policy measurements.M, cmd *cobra.Command) (attestation.Validator, error) {
+	switch variant {
+	case attestation.MiniVTPM.Name:
+		return vtpm.NewValidator(roots, policy, logger(cmd))
+	default:
+		return nil, fmt.Errorf("variant %q cannot be verified by this command", variant)
+	}
+}
+
+func readFile(path, what string) ([]byte, error) {
+	if path == "" {
+		return nil, badInput("no %s file given", what)
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, badInput("reading %s: %w", what, err)
+	}
+	defer fh.Close()
+	raw, err := io.ReadAll(io.LimitReader(fh, maxInputFile+1))
+	if err != nil {
+		return nil, badInput("reading %s %s: %w", what, path, err)
+	}
+	if len(raw) > maxInputFile {
+		return nil, badInput("%s file %s is larger than %d bytes", what, path, maxInputFile)
+	}
+	return raw, nil
+}
+
+func readCertificates(path string) ([]*x509.Certificate, error) {
+	raw, err := readFile(path, "CA certificate")
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, raw = pem.Decode(raw)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, badInput("%s: PEM block of type %q, want CERTIFICATE", path, block.Type)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, badInput("%s: %w", path, err)
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return nil, badInput("%s holds no PEM certificate", path)
+	}
+	if strings.TrimSpace(string(raw)) != "" {
+		return nil, badInput("%s: unexpected data after the last PEM certificate", path)
+	}
+	return certs, nil
+}
+
+// showDocument prints a document for humans. Nothing in it is verified.
+func showDocument(w io.Writer, doc *attestation.Document) {
+	fmt.Fprintf(w, "Evidence (NOT verified; use 'constellation attestation verify')\n")
+	fmt.Fprintf(w, "  Version:    %d\n", doc.Version)
+	desc := ""
+	if v, err := attestation.VariantByName(doc.Variant); err == nil {
+		desc = " (" + v.Description + ")"
+	}
+	fmt.Fprintf(w, "  Variant:    %s%s\n", doc.Variant, desc)
+	fmt.Fprintf(w, "  User data:  %s\n", hexOrNone(doc.UserData))
+	if doc.TPM == nil {
+		return
+	}
+	fmt.Fprintf(w, "Attestation key certificate\n")
+	if cert, err := x509.ParseCertificate(doc.TPM.AKCert); err != nil {
+		fmt.Fprintf(w, "  unparsable: %v\n", err)
+	} else {
+		fmt.Fprintf(w, "  Subject:    %s\n", cert.Subject)
+		fmt.Fprintf(w, "  Issuer:     %s\n", cert.Issuer)
+		fmt.Fprintf(w, "  Valid:      %s to %s\n", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "  Key:        %s\n", cert.PublicKeyAlgorithm)
+	}
+	for i, q := range doc.TPM.Quotes {
+		fmt.Fprintf(w, "Quote %d\n", i)
+		info, err := vtpm.ParseQuote(q.Quote)
+		if err != nil {
+			fmt.Fprintf(w, "  unparsable: %v\n", err)
+		} else {
+			for _, sel := range info.Selection {
+				fmt.Fprintf(w, "  Selection:  hash %#04x, PCRs %v\n", sel.Hash, sel.PCRs)
+			}
+			fmt.Fprintf(w, "  Extra data: %x\n", info.ExtraData)
+			fmt.Fprintf(w, "  Clock:      %d ms, resets %d, restarts %d\n", info.Clock, info.ResetCount, info.RestartCount)
+		}
+		fmt.Fprintf(w, "  PCRs (SHA-256):\n")
+		for idx := range uint32(measurements.NumPCRs) {
+			if v, ok := q.PCRs[idx]; ok {
+				fmt.Fprintf(w, "    %2d: %x\n", idx, v)
+			}
+		}
+	}
+	if len(doc.TPM.EventLog) == 0 {
+		fmt.Fprintf(w, "Event log: none\n")
+		return
+	}
+	events, err := eventlog.Parse(doc.TPM.EventLog)
+	if err != nil {
+		fmt.Fprintf(w, "Event log: unparsable: %v\n", err)
+		return
+	}
+	fmt.Fprintf(w, "Event log (%d events)\n", len(events))
+	for _, e := range events {
+		fmt.Fprintf(w, "  #%-3d PCR %2d %-14s sha256:%x %s\n", e.Seq, e.PCR, e.Type, e.Digest[:8], e.Description())
+	}
+}
+
+func hexOrNone(b []byte) string {
+	if len(b) == 0 {
+		return "(none)"
+	}
+	return hex.EncodeToString(b)
+}
