@@ -15,6 +15,9 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm-tools/client"
@@ -26,6 +29,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/swtpm"
 )
 
 // NewCACert creates a self-signed ECDSA P-256 CA certificate and key.
@@ -149,7 +153,22 @@ type Node struct {
 	Log    *eventlog.Builder
 	// Policy matches the node's PCRs 0, 4, 9 and 15.
 	Policy measurements.M
-	close  func() error
+	// SWTPM is the software TPM process, for nodes made by NewSWTPMNode.
+	SWTPM   *swtpm.TPM
+	conn    io.Closer
+	close   func() error
+	release sync.Once
+}
+
+// Release closes the issuer and the node's TPM connection but leaves a software TPM running, so that
+// another client can connect (swtpm serves one at a time).
+func (n *Node) Release() {
+	n.release.Do(func() {
+		n.Issuer.Close()
+		if n.conn != nil {
+			n.conn.Close()
+		}
+	})
 }
 
 // BootMeasurements are the events NewNode measures.
@@ -224,9 +243,50 @@ func (n *Node) Validator() (*vtpm.Validator, error) {
 
 // Close releases the issuer and stops the TPM if the node started it.
 func (n *Node) Close() error {
-	n.Issuer.Close()
+	n.Release()
 	if n.close != nil {
 		return n.close()
 	}
 	return nil
+}
+
+// NewSWTPMNode manufactures a swtpm in dir with an EK certificate from a local CA, starts it, and makes it a
+// node. The node's Close shuts the TPM down cleanly.
+func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node, error) {
+	ekCA, err := swtpm.NewCA(filepath.Join(dir, "ek-ca"))
+	if err != nil {
+		return nil, err
+	}
+	state := filepath.Join(dir, "tpm")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, err
+	}
+	if err := swtpm.Manufacture(ctx, state, ekCA); err != nil {
+		return nil, err
+	}
+	tpm, err := swtpm.Start(ctx, state)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := tpm.Dial()
+	if err != nil {
+		tpm.Close()
+		return nil, err
+	}
+	ca, err := NewAKCA(ekCA.Certificate())
+	if err != nil {
+		conn.Close()
+		tpm.Close()
+		return nil, err
+	}
+	n, err := NewNode(conn, ca, alg)
+	if err != nil {
+		conn.Close()
+		tpm.Close()
+		return nil, err
+	}
+	n.SWTPM = tpm
+	n.conn = conn
+	n.close = tpm.Close
+	return n, nil
 }
