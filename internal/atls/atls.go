@@ -12,8 +12,7 @@ package atls
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -65,9 +64,11 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 		}
 		plainCert = c
 	}
-	base := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: defaultNextProtos}
+	// Session tickets are disabled: a resumed session would skip the certificate, and with it the fresh
+	// evidence of this handshake.
+	base := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: defaultNextProtos, SessionTicketsDisabled: true}
 	base.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS13}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
 		appProtos, clientNonce := splitALPN(chi.SupportedProtos)
 		if slices.ContainsFunc(appProtos, func(p string) bool { return slices.Contains(base.NextProtos, p) }) {
 			cfg.NextProtos = base.NextProtos
@@ -79,11 +80,21 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 			if err := attestation.CheckNonce(clientNonce); err != nil {
 				return nil, fmt.Errorf("aTLS: client nonce: %w", err)
 			}
-			cert, err := selfSignedCert(chi.Context(), issuer, clientNonce)
-			if err != nil {
-				return nil, err
+			// Issue the evidence while crypto/tls computes the key exchange: the TPM quote mostly waits for the
+			// TPM, the key exchange mostly computes. GetCertificate, called after the key exchange, collects it.
+			type result struct {
+				cert *tls.Certificate
+				err  error
 			}
-			cfg.Certificates = []tls.Certificate{*cert}
+			issued := make(chan result, 1)
+			go func() {
+				cert, err := selfSignedCert(chi.Context(), issuer, clientNonce)
+				issued <- result{cert, err}
+			}()
+			cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				r := <-issued
+				return r.cert, r.err
+			}
 		} else {
 			cfg.Certificates = []tls.Certificate{*plainCert}
 		}
@@ -98,8 +109,8 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 			}
 			cfg.ClientAuth = tls.RequireAnyClientCert
 			cfg.ClientCAs = pool
-			cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-				return verifyPeer(chi.Context(), validators, serverNonce, rawCerts)
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				return verifyPeer(chi.Context(), validators, serverNonce, cs)
 			}
 		}
 		return cfg, nil
@@ -121,12 +132,12 @@ func CreateClientConfig(issuer attestation.Issuer, validators []attestation.Vali
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{alpnNoncePrefix + hex.EncodeToString(nonce)},
-		// The server's certificate is self-signed; it is verified by its evidence in VerifyPeerCertificate.
+		// The server's certificate is self-signed; it is verified by its evidence in VerifyConnection.
 		InsecureSkipVerify: true, //nolint:gosec
 	}
 	if len(validators) > 0 {
-		cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			return verifyPeer(context.Background(), validators, nonce, rawCerts)
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			return verifyPeer(context.Background(), validators, nonce, cs)
 		}
 	}
 	cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -190,7 +201,8 @@ func nonceFromCAs(cas [][]byte) ([]byte, error) {
 // selfSignedCert creates a fresh key and certificate; with an issuer, the certificate carries evidence bound
 // to the key and the peer's nonce.
 func selfSignedCert(ctx context.Context, issuer attestation.Issuer, nonce []byte) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	// Ed25519: the cheapest key to create, sign and verify with, and TLS 1.3 supports it everywhere.
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +220,7 @@ func selfSignedCert(ctx context.Context, issuer attestation.Issuer, nonce []byte
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	if issuer != nil {
-		spki, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+		spki, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +235,7 @@ func selfSignedCert(ctx context.Context, issuer attestation.Issuer, nonce []byte
 		}
 		tmpl.ExtraExtensions = []pkix.Extension{{Id: issuer.Variant().OID, Value: value}}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
 	if err != nil {
 		return nil, fmt.Errorf("aTLS: creating certificate: %w", err)
 	}
@@ -237,28 +249,28 @@ func (e *VerificationError) Error() string { return "aTLS: peer attestation fail
 func (e *VerificationError) Unwrap() error { return e.Err }
 
 // verifyPeer checks the peer's certificate and the evidence it carries.
-func verifyPeer(ctx context.Context, validators []attestation.Validator, nonce []byte, rawCerts [][]byte) error {
-	if err := verifyPeerCert(ctx, validators, nonce, rawCerts); err != nil {
+func verifyPeer(ctx context.Context, validators []attestation.Validator, nonce []byte, cs tls.ConnectionState) error {
+	if cs.DidResume {
+		return &VerificationError{Err: errors.New("resumed sessions are not attested")}
+	}
+	if err := verifyPeerCert(ctx, validators, nonce, cs.PeerCertificates); err != nil {
 		return &VerificationError{Err: err}
 	}
 	return nil
 }
 
-func verifyPeerCert(ctx context.Context, validators []attestation.Validator, nonce []byte, rawCerts [][]byte) error {
-	if len(rawCerts) == 0 {
+func verifyPeerCert(ctx context.Context, validators []attestation.Validator, nonce []byte, certs []*x509.Certificate) error {
+	if len(certs) == 0 {
 		return errors.New("peer sent no certificate")
 	}
-	cert, err := x509.ParseCertificate(rawCerts[0])
-	if err != nil {
-		return fmt.Errorf("parsing peer certificate: %w", err)
-	}
+	cert := certs[0]
 	now := time.Now()
 	if now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
 		return fmt.Errorf("peer certificate is valid from %s to %s, not now (%s); check the clocks", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
-	if err := cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature); err != nil {
-		return fmt.Errorf("peer certificate is not correctly self-signed: %w", err)
-	}
+	// The certificate's self-signature is not checked: it proves nothing the handshake does not. The TLS
+	// CertificateVerify message, which crypto/tls has checked, proves the peer holds the certificate's key and
+	// signs the transcript that contains the certificate; the evidence binds that key.
 	evidence, validator, err := findEvidence(cert, validators)
 	if err != nil {
 		return err

@@ -259,7 +259,7 @@ func TestVerifyPeerCert(t *testing.T) {
 	}
 	now := time.Now()
 	valid := certWith(t, key, wrap(evidence), now.Add(-time.Minute), now.Add(time.Minute))
-	if err := verifyPeerCert(ctx, validators, nonce, [][]byte{valid}); err != nil {
+	if err := verifyPeerCert(ctx, validators, nonce, parse(t, valid)); err != nil {
 		t.Fatalf("valid certificate rejected: %v", err)
 	}
 
@@ -275,12 +275,11 @@ func TestVerifyPeerCert(t *testing.T) {
 		"expired certificate":      {certWith(t, key, wrap(evidence), now.Add(-time.Hour), now.Add(-time.Minute)), "not now"},
 		"not yet valid":            {certWith(t, key, wrap(evidence), now.Add(time.Hour), now.Add(2*time.Hour)), "not now"},
 		"no evidence":              {certWith(t, key, nil, now.Add(-time.Minute), now.Add(time.Minute)), "no attestation evidence"},
-		"garbage certificate":      {[]byte("garbage"), "parsing peer certificate"},
 		"evidence for another key": {certWith(t, mustKey(t), wrap(evidence), now.Add(-time.Minute), now.Add(time.Minute)), "made for another key"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			err := verifyPeerCert(ctx, validators, nonce, [][]byte{tc.cert})
+			err := verifyPeerCert(ctx, validators, nonce, parse(t, tc.cert))
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("verifyPeerCert = %v, want error containing %q", err, tc.wantErr)
 			}
@@ -289,6 +288,15 @@ func TestVerifyPeerCert(t *testing.T) {
 	if err := verifyPeerCert(ctx, validators, nonce, nil); err == nil {
 		t.Fatal("no certificate accepted")
 	}
+}
+
+func parse(t *testing.T, der []byte) []*x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []*x509.Certificate{c}
 }
 
 func mustKey(t *testing.T) *ecdsa.PrivateKey {

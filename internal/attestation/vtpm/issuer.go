@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 
 	"github.com/google/go-tpm-tools/client"
@@ -72,7 +73,9 @@ var quoteSelection = client.FullPcrSel(tpm2.AlgSHA256)
 // Issuer produces mini-vtpm evidence from a TPM. It is safe for concurrent use; TPM commands are serialized.
 type Issuer struct {
 	mu       sync.Mutex
+	rw       io.ReadWriter
 	ak       *client.Key
+	pcrs     map[uint32][]byte // last PCR values read
 	akCert   []byte
 	eventLog func() ([]byte, error)
 }
@@ -92,7 +95,7 @@ func NewIssuer(rw io.ReadWriter, alg KeyAlgorithm, akCertDER []byte, eventLog fu
 		ak.Close()
 		return nil, errors.New("the attestation key certificate does not certify this TPM's attestation key; enroll the TPM again")
 	}
-	return &Issuer{ak: ak, akCert: bytes.Clone(akCertDER), eventLog: eventLog}, nil
+	return &Issuer{rw: rw, ak: ak, akCert: bytes.Clone(akCertDER), eventLog: eventLog}, nil
 }
 
 // Variant returns attestation.MiniVTPM.
@@ -123,14 +126,51 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 		doc.TPM.EventLog = log
 	}
 	binding := attestation.BindingDigest(attestation.MiniVTPM, nonce, userData)
-	i.mu.Lock()
-	q, err := i.ak.Quote(quoteSelection, binding[:])
-	i.mu.Unlock()
+	quote, sig, pcrs, err := i.quote(binding[:])
 	if err != nil {
-		return nil, fmt.Errorf("quoting PCRs: %w", err)
+		return nil, err
 	}
-	doc.TPM.Quotes = []attestation.Quote{{Quote: q.GetQuote(), Signature: q.GetRawSig(), PCRs: q.GetPcrs().GetPcrs()}}
+	doc.TPM.Quotes = []attestation.Quote{{Quote: quote, Signature: sig, PCRs: pcrs}}
 	return doc.Marshal()
+}
+
+// quote signs the PCRs with qualifying data extra and returns the PCR values the quote covers. PCR values
+// are cached between quotes: a quote's PCR digest tells whether the cached values are still current, and only
+// when it does not are the PCRs read again (and, if they changed in between, quoted again).
+func (i *Issuer) quote(extra []byte) (quote, sig []byte, pcrs map[uint32][]byte, err error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for range 3 {
+		quote, sig, err = tpm2.QuoteRaw(i.rw, i.ak.Handle(), "", "", extra, quoteSelection, tpm2.AlgNull)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("quoting PCRs: %w", err)
+		}
+		info, err := ParseQuote(quote)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("the TPM returned a malformed quote: %w", err)
+		}
+		if i.pcrs != nil && pcrDigestMatches(info, i.pcrs) {
+			return quote, sig, maps.Clone(i.pcrs), nil
+		}
+		read, err := client.ReadPCRs(i.rw, quoteSelection)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("reading PCRs: %w", err)
+		}
+		i.pcrs = read.GetPcrs()
+		if pcrDigestMatches(info, i.pcrs) {
+			return quote, sig, maps.Clone(i.pcrs), nil
+		}
+		// A PCR was extended between the quote and the read: quote again.
+	}
+	return nil, nil, nil, errors.New("PCRs keep changing while quoting; retry")
+}
+
+func pcrDigestMatches(info *QuoteInfo, pcrs map[uint32][]byte) bool {
+	if len(info.Selection) != 1 {
+		return false
+	}
+	d, err := PCRDigest(info.Selection[0].PCRs, pcrs)
+	return err == nil && bytes.Equal(d, info.PCRDigest)
 }
 
 // Close releases the attestation key's TPM handle.

@@ -3,13 +3,16 @@ package vtpm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -23,6 +26,8 @@ type Validator struct {
 	policy measurements.M
 	log    *slog.Logger
 	now    func() time.Time
+	// akCache remembers AK certificate chains that verified, keyed by their exact bytes.
+	akCache akCache
 }
 
 // NewValidator returns a validator that trusts attestation keys certified by akRoots and accepts only PCR
@@ -41,7 +46,7 @@ func NewValidator(akRoots []*x509.Certificate, policy measurements.M, log *slog.
 	for _, r := range akRoots {
 		pool.AddCert(r)
 	}
-	return &Validator{roots: pool, policy: policy, log: log, now: time.Now}, nil
+	return &Validator{roots: pool, policy: policy, log: log, now: time.Now, akCache: akCache{entries: map[[32]byte]akCacheEntry{}}}, nil
 }
 
 // Variant returns attestation.MiniVTPM.
@@ -127,30 +132,59 @@ func (v *Validator) verifyQuote(doc *attestation.Document, nonce []byte) (map[ui
 }
 
 func (v *Validator) verifyAKCert(ev *attestation.TPMEvidence) (*x509.Certificate, error) {
+	key := akCacheKey(ev)
+	now := v.now()
+	if c, ok := v.akCache.get(key); ok {
+		// The same bytes verified before against the same roots; only time can change the outcome.
+		if now.Before(c.notBefore) || now.After(c.notAfter) {
+			return nil, fmt.Errorf("attestation key certificate (subject %q) is not trusted: x509: certificate has expired or is not yet valid: current time %s is outside the chain's validity %s to %s",
+				c.cert.Subject.CommonName, now.UTC().Format(time.RFC3339), c.notBefore.UTC().Format(time.RFC3339), c.notAfter.UTC().Format(time.RFC3339))
+		}
+		return c.cert, nil
+	}
+	cert, chain, err := v.verifyAKChain(ev, now)
+	if err != nil {
+		return nil, err
+	}
+	entry := akCacheEntry{cert: cert, notBefore: cert.NotBefore, notAfter: cert.NotAfter}
+	for _, c := range chain {
+		if c.NotBefore.After(entry.notBefore) {
+			entry.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(entry.notAfter) {
+			entry.notAfter = c.NotAfter
+		}
+	}
+	v.akCache.put(key, entry)
+	return cert, nil
+}
+
+func (v *Validator) verifyAKChain(ev *attestation.TPMEvidence, now time.Time) (*x509.Certificate, []*x509.Certificate, error) {
 	cert, err := x509.ParseCertificate(ev.AKCert)
 	if err != nil {
-		return nil, fmt.Errorf("parsing attestation key certificate: %w", err)
+		return nil, nil, fmt.Errorf("parsing attestation key certificate: %w", err)
 	}
 	inter := x509.NewCertPool()
 	for i, der := range ev.AKIntermediates {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, fmt.Errorf("parsing intermediate certificate %d: %w", i, err)
+			return nil, nil, fmt.Errorf("parsing intermediate certificate %d: %w", i, err)
 		}
 		inter.AddCert(c)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{
+	chains, err := cert.Verify(x509.VerifyOptions{
 		Roots:         v.roots,
 		Intermediates: inter,
-		CurrentTime:   v.now(),
+		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
-		return nil, fmt.Errorf("attestation key certificate (subject %q, issuer %q) is not trusted: %w", cert.Subject.CommonName, cert.Issuer.CommonName, err)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("attestation key certificate (subject %q, issuer %q) is not trusted: %w", cert.Subject.CommonName, cert.Issuer.CommonName, err)
 	}
 	if !slices.ContainsFunc(cert.UnknownExtKeyUsage, OIDAKCertificate.Equal) {
-		return nil, fmt.Errorf("certificate %q is not an attestation key certificate (missing extended key usage %v)", cert.Subject.CommonName, OIDAKCertificate)
+		return nil, nil, fmt.Errorf("certificate %q is not an attestation key certificate (missing extended key usage %v)", cert.Subject.CommonName, OIDAKCertificate)
 	}
-	return cert, nil
+	return cert, chains[0], nil
 }
 
 // verifyEventLog parses the log and checks that, for every quoted PCR the log extends, replaying the log gives
@@ -195,5 +229,48 @@ func toInts(pcrs []uint32) []int {
 	for i, p := range pcrs {
 		out[i] = int(p)
 	}
+	return out
+}
+
+// akCacheSize bounds the AK certificate cache; a cluster has one AK per node.
+const akCacheSize = 4096
+
+type akCacheEntry struct {
+	cert                *x509.Certificate
+	notBefore, notAfter time.Time // intersection of the chain's validity periods
+}
+
+type akCache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]akCacheEntry
+}
+
+func (c *akCache) get(key [32]byte) (akCacheEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	return e, ok
+}
+
+func (c *akCache) put(key [32]byte, e akCacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= akCacheSize {
+		clear(c.entries)
+	}
+	c.entries[key] = e
+}
+
+// akCacheKey hashes the AK certificate and its intermediates, length-prefixed.
+func akCacheKey(ev *attestation.TPMEvidence) [32]byte {
+	h := sha256.New()
+	for _, der := range append([][]byte{ev.AKCert}, ev.AKIntermediates...) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(der)))
+		h.Write(n[:])
+		h.Write(der)
+	}
+	var out [32]byte
+	h.Sum(out[:0])
 	return out
 }

@@ -228,10 +228,44 @@ func TestValidateExpiredAKCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A validator that never saw the certificate, and one that verified it while it was valid (cached).
+	fresh := f.validator(t, f.policy)
+	cached := f.validator(t, f.policy)
+	if _, err := cached.Validate(context.Background(), ev, nonce(1)); err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]*vtpm.Validator{"fresh": fresh, "cached": cached} {
+		for _, at := range []time.Time{time.Now().Add(2 * akca.DefaultValidity), time.Now().Add(-time.Hour)} {
+			vtpm.SetClock(v, func() time.Time { return at })
+			if _, err := v.Validate(context.Background(), ev, nonce(1)); err == nil || !strings.Contains(err.Error(), "expired or is not yet valid") {
+				t.Fatalf("%s validator at %s: Validate = %v, want an expiry error", name, at, err)
+			}
+		}
+	}
+}
+
+func TestIssuerFollowsPCRChanges(t *testing.T) {
+	f := newFixture(t, vtpm.ECC)
+	ctx := context.Background()
 	v := f.validator(t, f.policy)
-	vtpm.SetClock(v, func() time.Time { return time.Now().Add(2 * akca.DefaultValidity) })
-	if _, err := v.Validate(context.Background(), ev, nonce(1)); err == nil || !strings.Contains(err.Error(), "expired") {
-		t.Fatalf("Validate with an expired AK certificate = %v", err)
+	if _, err := f.issuer.Issue(ctx, nonce(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Extend a PCR after the issuer cached the PCR values: the next evidence must show the new value.
+	if err := tpmtest.Measure(f.rw, f.log, 9, eventlog.IPL, []byte("a late measurement")); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := f.issuer.Issue(ctx, nonce(2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.Validate(ctx, ev, nonce(2))
+	var merr *measurements.Error
+	if !errors.As(err, &merr) || len(merr.Mismatches) != 1 || merr.Mismatches[0].PCR != 9 {
+		t.Fatalf("Validate after a PCR 9 extension = %v, want a PCR 9 mismatch", err)
+	}
+	if !strings.Contains(err.Error(), "a late measurement") {
+		t.Fatalf("mismatch does not show the new event: %v", err)
 	}
 }
 

@@ -1,0 +1,23 @@
+// Command bench runs the benchmark suite and prints one line per figure: "<name> <value> <unit>".
+// Select figures with arguments or with BENCH=<name>[,<name>...].
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/constellation-dev/constellation/internal/bench"
+)
+
+func main() {
+	selected := os.Args[1:]
+	if env := os.Getenv("BENCH"); env != "" {
+		selected = append(selected, strings.Split(env, ",")...)
+	}
+	if err := bench.Run(context.Background(), os.Stdout, selected); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
