@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 
 	"google.golang.org/grpc/credentials"
 
@@ -14,7 +15,9 @@ import (
 type Credentials struct {
 	issuer     attestation.Issuer
 	validators []attestation.Validator
+	serverOnce sync.Once
 	server     credentials.TransportCredentials
+	serverErr  error
 }
 
 // NewCredentials returns gRPC transport credentials. On a server, issuer makes the server attest itself and
@@ -38,19 +41,23 @@ func (c *Credentials) ClientHandshake(ctx context.Context, authority string, raw
 
 // ServerHandshake performs an aTLS server handshake.
 func (c *Credentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	if c.server == nil {
+	c.serverOnce.Do(func() {
 		cfg, err := CreateServerConfig(c.issuer, c.validators)
 		if err != nil {
-			return nil, nil, err
+			c.serverErr = err
+			return
 		}
 		c.server = credentials.NewTLS(cfg)
+	})
+	if c.serverErr != nil {
+		return nil, nil, c.serverErr
 	}
 	return c.server.ServerHandshake(rawConn)
 }
 
 // Info describes the security protocol.
 func (c *Credentials) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 // Clone returns a copy of the credentials.

@@ -80,25 +80,6 @@ func Run(ctx context.Context, w io.Writer, selected []string) error {
 	return nil
 }
 
-// median runs fn n times after warm-up runs and returns the median duration.
-func median(n int, fn func() error) (time.Duration, error) {
-	for range max(n/10, 3) {
-		if err := fn(); err != nil {
-			return 0, err
-		}
-	}
-	ds := make([]time.Duration, n)
-	for i := range n {
-		start := time.Now()
-		if err := fn(); err != nil {
-			return 0, err
-		}
-		ds[i] = time.Since(start)
-	}
-	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return ds[n/2], nil
-}
-
 // interleavedMedians runs the functions round-robin n times (after warm-up rounds) and returns the median
 // duration of each. Interleaving exposes every function to the same machine conditions, so their ratios are
 // meaningful even when the machine's speed drifts during the run.

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, test and run this project. Idempotent and quick when
+# everything is present.
+set -euo pipefail
+
+packages=(
+  swtpm swtpm-tools   # software TPMs for tests, benchmarks and local clusters
+  tpm2-tools          # an independent TPM client for cross-checks
+  libssl-dev gcc      # cgo build of the reference TPM simulator
+  python3-pykmip      # a real KMIP server for key-management tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+GOBIN="$(go env GOPATH)/bin"
+if ! [ -x "$GOBIN/staticcheck" ]; then
+  echo "setup: installing staticcheck"
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
+echo "setup: ok"
