@@ -153,6 +153,8 @@ type Node struct {
 	Log    *eventlog.Builder
 	// Policy matches the node's PCRs 0, 4, 9 and 15.
 	Policy measurements.M
+	// Manufacturer provisioned the TPM's EK certificate, for nodes made by NewSimulatorNode.
+	Manufacturer *Manufacturer
 	// SWTPM is the software TPM process, for nodes made by NewSWTPMNode.
 	SWTPM   *swtpm.TPM
 	conn    io.Closer
@@ -203,6 +205,7 @@ func NewSimulatorNode(alg vtpm.KeyAlgorithm) (*Node, error) {
 		return nil, err
 	}
 	n.close = sim.Close
+	n.Manufacturer = mf
 	return n, nil
 }
 

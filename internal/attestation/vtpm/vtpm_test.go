@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -24,7 +23,7 @@ import (
 
 // fixture is one enrolled, measured TPM (the reference simulator) and a CA that certified its AK.
 type fixture struct {
-	rw     io.ReadWriteCloser
+	rw     io.ReadWriter
 	ca     *akca.CA
 	issuer *vtpm.Issuer
 	log    *eventlog.Builder
@@ -34,53 +33,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, alg vtpm.KeyAlgorithm) *fixture {
 	t.Helper()
-	mf, err := tpmtest.NewManufacturer()
+	node, err := tpmtest.NewSimulatorNode(alg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim, err := mf.Simulator()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	ca, err := tpmtest.NewAKCA(mf.Cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := eventlog.NewBuilder()
-	for _, m := range []struct {
-		pcr  uint32
-		typ  eventlog.EventType
-		data string
-	}{
-		{4, eventlog.IPL, "node image sha256:1111111111111111111111111111111111111111111111111111111111111111"},
-		{9, eventlog.IPL, "boot parameters: console=ttyS0 ro"},
-		{4, eventlog.Separator, "\x00\x00\x00\x00"},
-	} {
-		if err := tpmtest.Measure(sim, log, m.pcr, m.typ, []byte(m.data)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	akCert, err := akca.Enroll(context.Background(), sim, "node-0", alg, ca)
-	if err != nil {
-		t.Fatalf("Enroll: %v", err)
-	}
-	issuer, err := vtpm.NewIssuer(sim, alg, akCert, func() ([]byte, error) { return log.Bytes(), nil })
-	if err != nil {
-		t.Fatalf("NewIssuer: %v", err)
-	}
-	t.Cleanup(issuer.Close)
-	pcrs, err := client.ReadPCRs(sim, client.FullPcrSel(tpm2.AlgSHA256))
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy := measurements.M{}
-	for _, idx := range []uint32{0, 4, 9, 15} {
-		var d measurements.Digest
-		copy(d[:], pcrs.GetPcrs()[idx])
-		policy[idx] = measurements.Measurement{Expected: d}
-	}
-	return &fixture{rw: sim, ca: ca, issuer: issuer, log: log, policy: policy, mf: mf}
+	t.Cleanup(func() { node.Close() })
+	return &fixture{rw: node.TPM, ca: node.CA, issuer: node.Issuer, log: node.Log, policy: node.Policy, mf: node.Manufacturer}
 }
 
 func (f *fixture) validator(t *testing.T, policy measurements.M) *vtpm.Validator {
