@@ -2,11 +2,14 @@ package atls
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/asn1"
 	"errors"
 	"net"
 	"sync"
 
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 )
@@ -52,7 +55,66 @@ func (c *Credentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.A
 	if c.serverErr != nil {
 		return nil, nil, c.serverErr
 	}
-	return c.server.ServerHandshake(rawConn)
+	conn, info, err := c.server.ServerHandshake(rawConn)
+	if err != nil || len(c.validators) == 0 {
+		return conn, info, err
+	}
+	tlsInfo, ok := info.(credentials.TLSInfo)
+	if !ok {
+		conn.Close()
+		return nil, nil, errors.New("aTLS: unexpected auth info from the TLS handshake")
+	}
+	return conn, AuthInfo{TLSInfo: tlsInfo, PeerAttested: true, PeerSubject: peerSubject(tlsInfo.State)}, nil
+}
+
+// AuthInfo is the gRPC auth info of a connection whose client was attested during the handshake.
+type AuthInfo struct {
+	credentials.TLSInfo
+	// PeerAttested is true: the client's evidence was validated.
+	PeerAttested bool
+	// PeerSubject names the attested client (its attestation key certificate's subject), for logs.
+	PeerSubject string
+}
+
+// AttestedPeer returns the subject of the attested client of a gRPC call. ok is false when the call did not
+// come over a connection whose client was attested, so a handler can fail closed if the server was set up
+// with the wrong credentials.
+func AttestedPeer(ctx context.Context) (subject string, ok bool) {
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return "", false
+	}
+	info, isATLS := p.AuthInfo.(AuthInfo)
+	if !isATLS || !info.PeerAttested {
+		return "", false
+	}
+	subject = info.PeerSubject
+	if subject == "" {
+		subject = "unnamed"
+	}
+	return subject + "@" + p.Addr.String(), true
+}
+
+// peerSubject names the peer by the attestation key subject in its evidence (already validated).
+func peerSubject(state tls.ConnectionState) string {
+	if len(state.PeerCertificates) == 0 {
+		return ""
+	}
+	for _, ext := range state.PeerCertificates[0].Extensions {
+		if !attestation.IsVariantOID(ext.Id) {
+			continue
+		}
+		var evidence []byte
+		if rest, err := asn1.Unmarshal(ext.Value, &evidence); err != nil || len(rest) != 0 {
+			return ""
+		}
+		doc, err := attestation.ParseDocument(evidence)
+		if err != nil {
+			return ""
+		}
+		return doc.AttestationKeySubject()
+	}
+	return ""
 }
 
 // Info describes the security protocol.

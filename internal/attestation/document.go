@@ -2,6 +2,7 @@ package attestation
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -82,4 +83,18 @@ func ParseDocument(raw []byte) (*Document, error) {
 		return nil, fmt.Errorf("%w: user data of %d bytes exceeds the limit of %d", ErrMalformedDocument, len(doc.UserData), MaxUserDataSize)
 	}
 	return &doc, nil
+}
+
+// AttestationKeySubject returns the common name of the attestation key certificate, which names the
+// attested machine, or "" when the document has none. It does not verify anything; use it to label evidence
+// that a validator has accepted.
+func (d *Document) AttestationKeySubject() string {
+	if d.TPM == nil {
+		return ""
+	}
+	cert, err := x509.ParseCertificate(d.TPM.AKCert)
+	if err != nil {
+		return ""
+	}
+	return cert.Subject.CommonName
 }

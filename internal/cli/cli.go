@@ -1,7 +1,7 @@
 // Package cli implements the constellation command line: its commands, their flags, output and exit codes.
 //
-// Exit codes: 0 success; 1 the check the command performs failed (for example evidence that does not verify);
-// 2 the input is unusable (a missing file, a malformed flag value), with a message saying what is wrong.
+// Exit codes: 0 success; 1 the command failed (for example evidence that does not verify, or a KMS that
+// cannot be reached); 2 the input is unusable (a missing file, a malformed flag value), with a message saying what is wrong.
 package cli
 
 import (
@@ -19,6 +19,7 @@ import (
 const (
 	ExitOK          = 0
 	ExitCheckFailed = 1
+	ExitFailed      = 1
 	ExitBadInput    = 2
 )
 
@@ -34,6 +35,11 @@ func (e *exitError) Unwrap() error { return e.err }
 // badInput marks err as unusable input (exit code 2).
 func badInput(format string, args ...any) error {
 	return &exitError{code: ExitBadInput, err: fmt.Errorf(format, args...)}
+}
+
+// failed marks err as a failed operation (exit code 1).
+func failed(err error) error {
+	return &exitError{code: ExitFailed, err: err}
 }
 
 // checkFailed marks err as a failed check (exit code 1).
@@ -66,7 +72,7 @@ func NewRootCmd(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(newVersionCmd(), newAttestationCmd())
+	root.AddCommand(newVersionCmd(), newAttestationCmd(), newKMSCmd())
 	return root
 }
 

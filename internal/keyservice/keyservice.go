@@ -1,0 +1,144 @@
+// Package keyservice serves keys derived from the cluster's master secret to attested callers over gRPC
+// with mutual aTLS: the key service proves what it runs, and every caller must prove it is a node of this
+// cluster before it gets a key. Every request is written to the audit log with the caller and the key
+// identifier, never the key.
+package keyservice
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/keyservice/keyservicepb"
+	"github.com/constellation-dev/constellation/internal/kms"
+)
+
+// remotePurposes are the purposes a remote caller may ask for. The cluster-ID secret and CA seeds never
+// leave the control plane this way.
+var remotePurposes = map[kms.Purpose]bool{
+	kms.PurposeDiskKey:   true,
+	kms.PurposeVolumeKey: true,
+	kms.PurposeDataKey:   true,
+}
+
+// Server implements the KeyService gRPC API.
+type Server struct {
+	keyservicepb.UnimplementedKeyServiceServer
+	deriver *kms.Deriver
+	audit   *slog.Logger
+}
+
+// New returns a key service deriving keys with d and writing audit lines to audit.
+func New(d *kms.Deriver, audit *slog.Logger) *Server {
+	return &Server{deriver: d, audit: audit}
+}
+
+// NewGRPCServer returns a gRPC server with the key service registered, over mutual aTLS: issuer attests the
+// key service, validators decide which callers are nodes of this cluster. Both are required.
+func NewGRPCServer(s *Server, issuer attestation.Issuer, validators []attestation.Validator) (*grpc.Server, error) {
+	if issuer == nil || len(validators) == 0 {
+		return nil, fmt.Errorf("the key service needs an issuer and at least one validator (mutual aTLS)")
+	}
+	creds, err := atls.NewCredentials(issuer, validators)
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer(grpc.Creds(creds))
+	keyservicepb.RegisterKeyServiceServer(srv, s)
+	return srv, nil
+}
+
+// ParseDataKeyID splits "<purpose>/<identifier>" and checks that a remote caller may ask for it.
+func ParseDataKeyID(id string) (kms.Purpose, string, error) {
+	purpose, rest, ok := strings.Cut(id, "/")
+	if !ok {
+		return "", "", fmt.Errorf("data key ID must be <purpose>/<identifier>, for example disk-key/<disk UUID>")
+	}
+	if !remotePurposes[kms.Purpose(purpose)] {
+		return "", "", fmt.Errorf("keys of purpose %q cannot be requested (allowed: disk-key, volume-key, data-key)", purpose)
+	}
+	return kms.Purpose(purpose), rest, nil
+}
+
+// DataKey derives the key for a data key ID. It is the key service's derivation path.
+func (s *Server) DataKey(id string, length uint32) ([]byte, error) {
+	purpose, keyID, err := ParseDataKeyID(id)
+	if err != nil {
+		return nil, err
+	}
+	if length > kms.MaxKeyLength {
+		return nil, fmt.Errorf("key length %d out of range %d to %d bytes", length, kms.MinKeyLength, kms.MaxKeyLength)
+	}
+	return s.deriver.Derive(purpose, keyID, int(length))
+}
+
+// GetDataKey returns a derived key to an attested caller.
+func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyRequest) (*keyservicepb.GetDataKeyResponse, error) {
+	caller, attested := atls.AttestedPeer(ctx)
+	if !attested {
+		// Fail closed: the server was started without client attestation.
+		s.audit.Error("data key refused: caller not attested", "keyID", safeID(req.GetDataKeyId()))
+		return nil, status.Error(codes.Unauthenticated, "the key service only answers attested callers")
+	}
+	key, err := s.DataKey(req.GetDataKeyId(), req.GetLength())
+	if err != nil {
+		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "length", req.GetLength(), "reason", err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.audit.Info("data key issued", "caller", caller, "keyID", req.GetDataKeyId(), "length", req.GetLength())
+	return &keyservicepb.GetDataKeyResponse{DataKey: key}, nil
+}
+
+// safeID bounds an untrusted identifier for logging.
+func safeID(id string) string {
+	const limit = 160
+	if len(id) > limit {
+		id = id[:limit] + "…"
+	}
+	return fmt.Sprintf("%q", id)
+}
+
+// Client calls a key service.
+type Client struct {
+	conn *grpc.ClientConn
+	api  keyservicepb.KeyServiceClient
+}
+
+// NewClient connects to the key service at addr over mutual aTLS: validators decide which key services to
+// trust, issuer attests this caller.
+func NewClient(addr string, issuer attestation.Issuer, validators []attestation.Validator) (*Client, error) {
+	if issuer == nil || len(validators) == 0 {
+		return nil, fmt.Errorf("a key service client needs an issuer and at least one validator (mutual aTLS)")
+	}
+	creds, err := atls.NewCredentials(issuer, validators)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to key service %s: %w", addr, err)
+	}
+	return &Client{conn: conn, api: keyservicepb.NewKeyServiceClient(conn)}, nil
+}
+
+// GetDataKey asks for the key with the given ID ("<purpose>/<identifier>") and length.
+func (c *Client) GetDataKey(ctx context.Context, id string, length uint32) ([]byte, error) {
+	resp, err := c.api.GetDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: length})
+	if err != nil {
+		return nil, fmt.Errorf("getting data key %s: %w", id, err)
+	}
+	if len(resp.GetDataKey()) != int(length) {
+		return nil, fmt.Errorf("getting data key %s: key service returned %d bytes, want %d", id, len(resp.GetDataKey()), length)
+	}
+	return resp.GetDataKey(), nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }

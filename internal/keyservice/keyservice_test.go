@@ -1,0 +1,174 @@
+package keyservice
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/keyservice/keyservicepb"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+type env struct {
+	addr    string
+	node    *tpmtest.Node
+	v       attestation.Validator
+	deriver *kms.Deriver
+	audit   *bytes.Buffer
+}
+
+// start runs a key service over mutual aTLS; callerPolicy decides which callers it accepts.
+func start(t *testing.T, callerPolicy func(*tpmtest.Node) measurements.M) *env {
+	t.Helper()
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	v, err := node.Validator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	callers := v
+	if callerPolicy != nil {
+		callers, err = vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, callerPolicy(node), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := kms.GenerateMasterSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &bytes.Buffer{}
+	srv, err := NewGRPCServer(New(d, slog.New(slog.NewTextHandler(audit, nil))), node.Issuer, []attestation.Validator{callers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return &env{addr: ln.Addr().String(), node: node, v: v, deriver: d, audit: audit}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestGetDataKey(t *testing.T) {
+	e := start(t, nil)
+	c, err := NewClient(e.addr, e.node.Issuer, []attestation.Validator{e.v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id := "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
+	key, err := c.GetDataKey(ctx(t), id, 32)
+	if err != nil {
+		t.Fatalf("GetDataKey: %v", err)
+	}
+	want, _ := e.deriver.DiskKey("0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11")
+	if !bytes.Equal(key, want) {
+		t.Fatal("key service returned another key than the derivation")
+	}
+	again, err := c.GetDataKey(ctx(t), id, 32)
+	if err != nil || !bytes.Equal(again, key) {
+		t.Fatalf("second request: %v, same key %v", err, bytes.Equal(again, key))
+	}
+
+	for name, tc := range map[string]struct {
+		id     string
+		length uint32
+		want   string
+	}{
+		"cluster-id secret": {"cluster-id/x", 32, "cannot be requested"},
+		"CA seed":           {"ca-seed/kubernetes", 32, "cannot be requested"},
+		"no purpose":        {"0b6c3a2e", 32, "<purpose>/<identifier>"},
+		"bad identifier":    {"data-key/../etc", 32, "invalid"},
+		"empty identifier":  {"data-key/", 32, "invalid"},
+		"huge identifier":   {"data-key/" + strings.Repeat("a", 10000), 32, "invalid"},
+		"short key":         {"data-key/x", 8, "out of range"},
+		"long key":          {"data-key/x", 1 << 31, "out of range"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := c.GetDataKey(ctx(t), tc.id, tc.length)
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("GetDataKey(%.40q, %d) = %v, want InvalidArgument containing %q", tc.id, tc.length, err, tc.want)
+			}
+		})
+	}
+
+	log := e.audit.String()
+	if !strings.Contains(log, `msg="data key issued" caller=node-0@127.0.0.1:`) || !strings.Contains(log, "keyID="+id) {
+		t.Errorf("audit log lacks the issued key's caller and ID:\n%s", log)
+	}
+	if !strings.Contains(log, `msg="data key refused"`) {
+		t.Errorf("audit log lacks refusals:\n%s", log)
+	}
+	for _, enc := range []string{hex.EncodeToString(key), base64.StdEncoding.EncodeToString(key), string(key)} {
+		if strings.Contains(log, enc) {
+			t.Fatal("audit log contains the key")
+		}
+	}
+}
+
+func TestRefusesUnattestedCallers(t *testing.T) {
+	// The key service accepts only callers whose node image is another one.
+	e := start(t, func(n *tpmtest.Node) measurements.M {
+		return measurements.M{4: {Expected: measurements.Digest{0xcd}}}
+	})
+	c, err := NewClient(e.addr, e.node.Issuer, []attestation.Validator{e.v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.GetDataKey(ctx(t), "data-key/x", 32); err == nil {
+		t.Fatal("a caller with the wrong measurements got a key")
+	}
+	if strings.Contains(e.audit.String(), "data key issued") {
+		t.Fatal("audit log says a key was issued")
+	}
+	if _, err := NewClient(e.addr, nil, []attestation.Validator{e.v}); err == nil {
+		t.Fatal("client without an issuer created")
+	}
+}
+
+func TestHandlerFailsClosedWithoutAttestation(t *testing.T) {
+	ms, _ := kms.GenerateMasterSecret()
+	d, _ := kms.NewDeriver(ms)
+	var audit bytes.Buffer
+	s := New(d, slog.New(slog.NewTextHandler(&audit, nil)))
+	_, err := s.GetDataKey(context.Background(), &keyservicepb.GetDataKeyRequest{DataKeyId: "data-key/x", Length: 32})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("GetDataKey without an attested peer = %v, want Unauthenticated", err)
+	}
+	if !strings.Contains(audit.String(), "caller not attested") {
+		t.Fatalf("refusal not audited: %s", audit.String())
+	}
+	if _, err := NewGRPCServer(s, nil, nil); err == nil {
+		t.Fatal("key service server without attestation created")
+	}
+}

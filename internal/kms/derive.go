@@ -1,0 +1,99 @@
+package kms
+
+import (
+	"crypto/hkdf"
+	"crypto/sha256"
+	"fmt"
+	"regexp"
+)
+
+// Purpose names what a derived key is for; it is part of the HKDF info label.
+type Purpose string
+
+// Purposes of derived keys. The strings are part of the derivation and never change.
+const (
+	PurposeDiskKey   Purpose = "disk-key"
+	PurposeVolumeKey Purpose = "volume-key"
+	PurposeDataKey   Purpose = "data-key"
+	PurposeClusterID Purpose = "cluster-id"
+	PurposeCASeed    Purpose = "ca-seed"
+)
+
+// labelPrefix versions the derivation scheme.
+const labelPrefix = "constellation/v1/"
+
+// Bounds of derived keys and their identifiers.
+const (
+	MinKeyLength = 16
+	MaxKeyLength = 64
+	MaxIDLength  = 128
+)
+
+// idPattern is what an identifier may contain: letters, digits and . _ : -, so that a label can be read
+// unambiguously and never contains the separator "/".
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
+
+// Deriver derives keys from a master secret. It precomputes HKDF's extract step once; each key then costs one
+// HKDF expand. It is safe for concurrent use.
+type Deriver struct {
+	prk []byte
+}
+
+// NewDeriver returns a deriver for ms.
+func NewDeriver(ms *MasterSecret) (*Deriver, error) {
+	if err := ms.Validate(); err != nil {
+		return nil, err
+	}
+	prk, err := hkdf.Extract(sha256.New, ms.Key, ms.Salt)
+	if err != nil {
+		return nil, err
+	}
+	return &Deriver{prk: prk}, nil
+}
+
+// Label returns the HKDF info label of a key.
+func Label(purpose Purpose, id string) (string, error) {
+	switch purpose {
+	case PurposeClusterID:
+		if id != "" {
+			return "", fmt.Errorf("purpose %s takes no identifier", purpose)
+		}
+		return labelPrefix + string(purpose), nil
+	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed:
+		if len(id) == 0 || len(id) > MaxIDLength || !idPattern.MatchString(id) {
+			return "", fmt.Errorf("key identifier %q is invalid: 1 to %d characters of A-Z a-z 0-9 . _ : -", truncate(id, 80), MaxIDLength)
+		}
+		return labelPrefix + string(purpose) + "/" + id, nil
+	default:
+		return "", fmt.Errorf("unknown key purpose %q", truncate(string(purpose), 40))
+	}
+}
+
+// Derive returns the key of length bytes for purpose and id.
+func (d *Deriver) Derive(purpose Purpose, id string, length int) ([]byte, error) {
+	if length < MinKeyLength || length > MaxKeyLength {
+		return nil, fmt.Errorf("key length %d out of range %d to %d bytes", length, MinKeyLength, MaxKeyLength)
+	}
+	label, err := Label(purpose, id)
+	if err != nil {
+		return nil, err
+	}
+	return hkdf.Expand(sha256.New, d.prk, label, length)
+}
+
+// DiskKey returns the 32-byte key of the state disk with the given UUID.
+func (d *Deriver) DiskKey(diskUUID string) ([]byte, error) {
+	return d.Derive(PurposeDiskKey, diskUUID, 32)
+}
+
+// ClusterIDSecret returns the 32-byte secret from which the cluster ID is computed.
+func (d *Deriver) ClusterIDSecret() ([]byte, error) {
+	return d.Derive(PurposeClusterID, "", 32)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
