@@ -17,7 +17,9 @@ FUZZ_TARGETS := \
 	./internal/attestation/vtpm:FuzzParseQuote \
 	./internal/attestation/vtpm:FuzzVerifySignature \
 	./internal/atls:FuzzNonceFromCAs \
-	./internal/atls:FuzzFindEvidence
+	./internal/atls:FuzzFindEvidence \
+	./internal/kms:FuzzParseSecretFile \
+	./internal/kms/kmip:FuzzParseWrapped
 FUZZTIME ?= 10s
 
 .PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean

@@ -2,8 +2,8 @@ package kms
 
 import (
 	"bytes"
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"errors"
 	"os/exec"
 	"path/filepath"

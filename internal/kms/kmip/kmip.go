@@ -75,32 +75,32 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 	var errs []error
 	host, port, err := net.SplitHostPort(c.Endpoint)
 	if n, perr := strconv.Atoi(port); c.Endpoint == "" {
-		errs = append(errs, errors.New("Endpoint: missing (want host:port)"))
+		errs = append(errs, errors.New("missing Endpoint (want host:port)"))
 	} else if err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
-		errs = append(errs, fmt.Errorf("Endpoint: %q is not host:port", c.Endpoint))
+		errs = append(errs, fmt.Errorf("malformed Endpoint %q (want host:port)", c.Endpoint))
 	}
 	pool := x509.NewCertPool()
 	if len(c.ServerCA) == 0 {
-		errs = append(errs, errors.New("ServerCA: missing"))
+		errs = append(errs, errors.New("missing ServerCA"))
 	} else if err := addPEMCerts(pool, c.ServerCA); err != nil {
-		errs = append(errs, fmt.Errorf("ServerCA: %w", err))
+		errs = append(errs, fmt.Errorf("invalid ServerCA: %w", err))
 	}
 	var cert tls.Certificate
 	switch {
 	case len(c.ClientCert) == 0:
-		errs = append(errs, errors.New("ClientCert: missing"))
+		errs = append(errs, errors.New("missing ClientCert"))
 	case len(c.ClientKey) == 0:
-		errs = append(errs, errors.New("ClientKey: missing"))
+		errs = append(errs, errors.New("missing ClientKey"))
 	default:
 		if cert, err = tls.X509KeyPair(c.ClientCert, c.ClientKey); err != nil {
-			errs = append(errs, fmt.Errorf("ClientCert/ClientKey: %w", err))
+			errs = append(errs, fmt.Errorf("invalid ClientCert/ClientKey: %w", err))
 		}
 	}
 	if c.Timeout < 0 {
-		errs = append(errs, fmt.Errorf("Timeout: negative (%v)", c.Timeout))
+		errs = append(errs, fmt.Errorf("negative Timeout %v", c.Timeout))
 	}
 	if c.Retries < 0 {
-		errs = append(errs, fmt.Errorf("Retries: negative (%d)", c.Retries))
+		errs = append(errs, fmt.Errorf("negative Retries %d", c.Retries))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("kmip: invalid config: %w", err)
@@ -319,47 +319,31 @@ func gcmParams() *kmip.CryptographicParameters {
 	}
 }
 
-// request runs a single operation and returns its response payload. Encrypt and Decrypt are retried after any
-// transient failure (repeating them is harmless); other operations only if the connection could not be established,
-// so that a request that may have reached the KMS is never sent twice.
+// request runs one operation, with retries and exponential backoff, and returns its response payload. Encrypt and
+// Decrypt are retried after any transient failure (repeating them is harmless); other operations only if the
+// connection could not be established, so that a request that may have reached the KMS is not sent again by this
+// loop. (kmipclient itself resends a request once the connection is found closed, after reconnecting.)
 func (c *Client) request(ctx context.Context, req kmip.OperationPayload) (kmip.OperationPayload, error) {
 	op := req.Operation()
-	res, err := c.do(ctx, op == kmip.OperationEncrypt || op == kmip.OperationDecrypt, req)
-	if err != nil {
-		return nil, err
-	}
-	if len(res) != 1 {
-		return nil, fmt.Errorf("KMS returned %d results for 1 operation", len(res))
-	}
-	if err := resultErr(&res[0]); err != nil {
-		return nil, err
-	}
-	return res[0].ResponsePayload, nil
-}
-
-// do sends reqs as one batch, with retries and exponential backoff.
-func (c *Client) do(ctx context.Context, idempotent bool, reqs ...kmip.OperationPayload) (kmipclient.BatchResult, error) {
+	idempotent := op == kmip.OperationEncrypt || op == kmip.OperationDecrypt
 	backoff := backoffMin
 	for attempt := 1; ; attempt++ {
-		res, err := c.attempt(ctx, reqs)
+		res, err := c.attempt(ctx, req)
 		if err == nil {
 			return res, nil
 		}
 		if c.onAttempt != nil {
 			c.onAttempt(attempt, err)
 		}
-		if ctx.Err() != nil {
-			return nil, c.gaveUp(ctx, attempt, err)
-		}
 		var de *dialError
-		dialFailed := errors.As(err, &de)
-		if !transient(err) {
+		switch {
+		case ctx.Err() != nil:
+			return nil, c.gaveUp(ctx, attempt, err)
+		case !transient(err):
 			return nil, err
-		}
-		if !idempotent && !dialFailed {
+		case !idempotent && !errors.As(err, &de):
 			return nil, &kindError{ErrUnreachable, fmt.Sprintf("connection to KMS at %s lost during the request (not retried: the KMS may have executed it)", c.cfg.Endpoint), err}
-		}
-		if attempt >= c.cfg.Retries {
+		case attempt >= c.cfg.Retries:
 			return nil, &kindError{ErrUnreachable, fmt.Sprintf("KMS at %s unreachable after %d attempts", c.cfg.Endpoint, attempt), err}
 		}
 		t := time.NewTimer(backoff)
@@ -377,21 +361,20 @@ func (c *Client) gaveUp(ctx context.Context, attempts int, last error) error {
 	return fmt.Errorf("KMS at %s: gave up after %d attempts (last error: %v): %w", c.cfg.Endpoint, attempts, last, ctx.Err())
 }
 
-func (c *Client) attempt(ctx context.Context, reqs []kmip.OperationPayload) (kmipclient.BatchResult, error) {
+// attempt sends req once, connecting first if needed.
+func (c *Client) attempt(ctx context.Context, req kmip.OperationPayload) (kmip.OperationPayload, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	kc, err := c.conn(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if v := kc.Version(); ttlv.CompareVersions(v, kmip.V1_4) < 0 {
-		for _, r := range reqs {
-			if op := r.Operation(); op == kmip.OperationEncrypt || op == kmip.OperationDecrypt {
-				return nil, fmt.Errorf("KMS at %s speaks KMIP %d.%d, AES-GCM with additional data needs KMIP 1.4", c.cfg.Endpoint, v.ProtocolVersionMajor, v.ProtocolVersionMinor)
-			}
-		}
+	v := kc.Version()
+	if op := req.Operation(); (op == kmip.OperationEncrypt || op == kmip.OperationDecrypt) && ttlv.CompareVersions(v, kmip.V1_4) < 0 {
+		// Before 1.4, the additional data and the tag would silently be left out of the messages.
+		return nil, fmt.Errorf("KMS at %s speaks KMIP %d.%d, AES-GCM with additional data needs KMIP 1.4", c.cfg.Endpoint, v.ProtocolVersionMajor, v.ProtocolVersionMinor)
 	}
-	res, err := kc.Batch(ctx, reqs...)
+	res, err := kc.Batch(ctx, req)
 	if err != nil {
 		c.drop(kc)
 		if isRemoteAlert(err) {
@@ -399,7 +382,29 @@ func (c *Client) attempt(ctx context.Context, reqs []kmip.OperationPayload) (kmi
 		}
 		return nil, err
 	}
-	return res, nil
+	if len(res) != 1 {
+		return nil, fmt.Errorf("KMS returned %d results for 1 operation", len(res))
+	}
+	if err := resultErr(&res[0]); err != nil {
+		return nil, err
+	}
+	return res[0].ResponsePayload, nil
+}
+
+// rejectUnauthenticated turns a KMIP-level authentication failure (e.g. pykmip's for a client certificate without
+// extended key usage clientAuth) into ErrAuthentication, also during version negotiation, where kmipclient would
+// otherwise return an untyped error.
+func rejectUnauthenticated(next kmipclient.Next, ctx context.Context, req *kmip.RequestMessage) (*kmip.ResponseMessage, error) {
+	resp, err := next(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for i := range resp.BatchItem {
+		if bi := &resp.BatchItem[i]; bi.ResultStatus != kmip.ResultStatusSuccess && bi.ResultReason == kmip.ResultReasonAuthenticationNotSuccessful {
+			return nil, resultErr(bi)
+		}
+	}
+	return resp, nil
 }
 
 // conn returns the connection, establishing it (TLS handshake and KMIP version negotiation) if needed.
@@ -416,6 +421,7 @@ func (c *Client) conn(ctx context.Context) (*kmipclient.Client, error) {
 		kmipclient.WithDialerUnsafe(c.dial), // does the TLS handshake itself, to classify its failures
 		kmipclient.WithTlsConfig(c.tls.Clone()),
 		kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2),
+		kmipclient.WithMiddlewares(rejectUnauthenticated),
 	)
 	if err != nil {
 		return nil, err
@@ -456,10 +462,10 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	conn := tls.Client(raw, c.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
-		if transient(err) && !isRemoteAlert(err) {
+		if transient(err) {
 			return nil, &dialError{err}
 		}
-		return nil, &kindError{ErrAuthentication, fmt.Sprintf("TLS handshake with KMS at %s failed", c.cfg.Endpoint), err}
+		return nil, &kindError{ErrAuthentication, fmt.Sprintf("TLS handshake with KMS at %s failed; check that the KMS trusts the client certificate and that serverCA is the KMS's CA", c.cfg.Endpoint), err}
 	}
 	return conn, nil
 }
@@ -520,7 +526,11 @@ func resultErr(bi *kmip.ResponseBatchItem) error {
 	if bi.ResultStatus == kmip.ResultStatusSuccess {
 		return nil
 	}
-	msg := fmt.Sprintf("KMS: %s failed: %s", ttlv.EnumStr(bi.Operation), ttlv.EnumStr(bi.ResultReason))
+	op := "request"
+	if bi.Operation != 0 {
+		op = ttlv.EnumStr(bi.Operation)
+	}
+	msg := fmt.Sprintf("KMS: %s failed: %s", op, ttlv.EnumStr(bi.ResultReason))
 	if bi.ResultMessage != "" {
 		msg += ": " + bi.ResultMessage
 	}

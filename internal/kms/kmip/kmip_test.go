@@ -256,6 +256,21 @@ func TestUntrustedClientCertificate(t *testing.T) {
 	t.Log(err)
 }
 
+func TestClientCertificateWithoutClientAuth(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	cfg := srv.Config()
+	cfg.ClientCert, cfg.ClientKey = srv.NoClientAuthCert, srv.NoClientAuthKey
+	c := newClient(t, cfg)
+	attempts := countAttempts(c)
+	_, err := c.CreateKEK(t.Context(), "kek")
+	wantErr(t, err, kmip.ErrAuthentication)
+	if n := attempts.Load(); n != 1 {
+		t.Fatalf("%d attempts, want 1 (authentication failures must not be retried)", n)
+	}
+	t.Log(err)
+}
+
 func TestUntrustedServer(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)

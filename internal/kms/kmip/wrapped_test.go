@@ -94,16 +94,16 @@ func TestConfigValidate(t *testing.T) {
 		mutate func(*kmip.Config)
 		want   string
 	}{
-		"missing endpoint":  {func(c *kmip.Config) { c.Endpoint = "" }, "Endpoint: missing"},
-		"endpoint w/o port": {func(c *kmip.Config) { c.Endpoint = "127.0.0.1" }, "Endpoint:"},
-		"endpoint bad port": {func(c *kmip.Config) { c.Endpoint = "127.0.0.1:99999" }, "Endpoint:"},
-		"missing CA":        {func(c *kmip.Config) { c.ServerCA = nil }, "ServerCA: missing"},
-		"CA not PEM":        {func(c *kmip.Config) { c.ServerCA = []byte("x") }, "ServerCA: no PEM certificate"},
-		"missing cert":      {func(c *kmip.Config) { c.ClientCert = nil }, "ClientCert: missing"},
-		"missing key":       {func(c *kmip.Config) { c.ClientKey = nil }, "ClientKey: missing"},
-		"cert/key not PEM":  {func(c *kmip.Config) {}, "ClientCert/ClientKey:"},
-		"negative timeout":  {func(c *kmip.Config) { c.Timeout = -1 }, "Timeout: negative"},
-		"negative retries":  {func(c *kmip.Config) { c.Retries = -1 }, "Retries: negative"},
+		"missing endpoint":  {func(c *kmip.Config) { c.Endpoint = "" }, "missing Endpoint"},
+		"endpoint w/o port": {func(c *kmip.Config) { c.Endpoint = "127.0.0.1" }, "malformed Endpoint"},
+		"endpoint bad port": {func(c *kmip.Config) { c.Endpoint = "127.0.0.1:99999" }, "malformed Endpoint"},
+		"missing CA":        {func(c *kmip.Config) { c.ServerCA = nil }, "missing ServerCA"},
+		"CA not PEM":        {func(c *kmip.Config) { c.ServerCA = []byte("x") }, "invalid ServerCA: no PEM certificate"},
+		"missing cert":      {func(c *kmip.Config) { c.ClientCert = nil }, "missing ClientCert"},
+		"missing key":       {func(c *kmip.Config) { c.ClientKey = nil }, "missing ClientKey"},
+		"cert/key not PEM":  {func(c *kmip.Config) {}, "invalid ClientCert/ClientKey"},
+		"negative timeout":  {func(c *kmip.Config) { c.Timeout = -1 }, "negative Timeout"},
+		"negative retries":  {func(c *kmip.Config) { c.Retries = -1 }, "negative Retries"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := valid

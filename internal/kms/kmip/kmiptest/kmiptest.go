@@ -1,5 +1,5 @@
 // Package kmiptest runs a real KMIP server (PyKMIP's pykmip-server) on loopback, with mutual TLS, for tests and
-// benchmarks of package kmip. It generates its own PKI, needs no *testing.T and never leaks the server process:
+// benchmarks of package kmip. It generates its own PKI, needs no *testing.T, and Stop leaves no process behind:
 // pykmip-server runs in its own process group, which Stop kills as a whole.
 package kmiptest
 
@@ -20,7 +20,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -58,6 +60,10 @@ type Server struct {
 	UntrustedCA         []byte
 	UntrustedClientCert []byte
 	UntrustedClientKey  []byte
+	// A client certificate signed by ServerCA but without extended key usage extension, which pykmip requires: it
+	// passes the TLS handshake and is rejected at the KMIP level.
+	NoClientAuthCert []byte
+	NoClientAuthKey  []byte
 
 	// Dir holds server.conf, the certificates, the policy directory, the SQLite database (pykmip.db), the server
 	// log (server.log) and pykmip-server's stdout/stderr (stdio.log).
@@ -126,7 +132,7 @@ func (s *Server) setup() error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, "policies"), 0o700); err != nil {
 		return err
 	}
-	ca, caKey, err := newCert(nil, nil, "kmiptest CA", 0)
+	ca, caKey, err := newCert(nil, nil, "kmiptest CA")
 	if err != nil {
 		return err
 	}
@@ -138,7 +144,7 @@ func (s *Server) setup() error {
 	if err != nil {
 		return err
 	}
-	otherCA, otherCAKey, err := newCert(nil, nil, "kmiptest untrusted CA", 0)
+	otherCA, otherCAKey, err := newCert(nil, nil, "kmiptest untrusted CA")
 	if err != nil {
 		return err
 	}
@@ -146,7 +152,12 @@ func (s *Server) setup() error {
 	if err != nil {
 		return err
 	}
+	noEKU, noEKUKey, err := newCert(ca, caKey, ClientIdentity)
+	if err != nil {
+		return err
+	}
 	s.ServerCA, s.ClientCert, s.ClientKey = certPEM(ca), certPEM(cli), keyPEM(cliKey)
+	s.NoClientAuthCert, s.NoClientAuthKey = certPEM(noEKU), keyPEM(noEKUKey)
 	s.UntrustedCA, s.UntrustedClientCert, s.UntrustedClientKey = certPEM(otherCA), certPEM(other), keyPEM(otherKey)
 
 	port, err := freePort()
@@ -194,17 +205,21 @@ func (s *Server) start(ctx context.Context) error {
 	if s.proc != nil {
 		return errors.New("kmiptest: server already running")
 	}
-	stdio, err := os.OpenFile(s.path("stdio.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	stdio, err := os.OpenFile(s.path("stdio.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
 	defer stdio.Close()
+	var logStart int64
+	if fi, err := os.Stat(s.path("server.log")); err == nil {
+		logStart = fi.Size()
+	}
 	// The log file must be given on the command line: it is not a config file setting, and the default is
 	// /var/log/pykmip/server.log.
 	cmd := exec.Command(s.bin, "-f", s.conf, "-l", s.path("server.log"))
 	cmd.Dir, cmd.Stdout, cmd.Stderr = s.Dir, stdio, stdio
 	// Own process group: pykmip-server forks helpers (a multiprocessing manager, the policy monitor) that Stop kills
-	// with it. Pdeathsig covers this process dying without calling Stop.
+	// with it. If this process dies without calling Stop, Pdeathsig kills pykmip-server, but not its helpers.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("kmiptest: start %s: %w", s.bin, err)
@@ -214,7 +229,7 @@ func (s *Server) start(ctx context.Context) error {
 		waitExited(cmd.Process.Pid)
 		close(p.exited)
 	}()
-	if err := s.waitReady(ctx, p); err != nil {
+	if err := s.waitReady(ctx, p, logStart); err != nil {
 		_ = p.stop()
 		return err
 	}
@@ -222,16 +237,28 @@ func (s *Server) start(ctx context.Context) error {
 	return nil
 }
 
+// startupFailed reports whether pykmip-server logged a fatal error since its log had logStart bytes. Such errors (e.g.
+// the port is taken) do not end pykmip-server quickly: it first shuts down, which takes tens of seconds.
+func (s *Server) startupFailed(logStart int64) bool {
+	log, _ := os.ReadFile(s.path("server.log"))
+	stdio, _ := os.ReadFile(s.path("stdio.log"))
+	return int64(len(log)) > logStart && bytes.Contains(log[logStart:], []byte(" - kmip.server - ERROR - ")) ||
+		bytes.Contains(stdio, []byte("Traceback (most recent call last)"))
+}
+
 // waitReady polls until the server completes a mutual-TLS handshake.
-func (s *Server) waitReady(ctx context.Context, p *process) error {
+func (s *Server) waitReady(ctx context.Context, p *process, logStart int64) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	delay := 10 * time.Millisecond
 	for {
-		d := tls.Dialer{Config: s.clients}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: time.Second}, Config: s.clients}
 		conn, err := d.DialContext(ctx, "tcp", s.Endpoint)
 		if err == nil {
 			return conn.Close()
+		}
+		if s.startupFailed(logStart) {
+			return fmt.Errorf("kmiptest: %s failed during startup:\n%s", Binary, s.logTail())
 		}
 		select {
 		case <-p.exited:
@@ -265,6 +292,10 @@ func (p *process) stop() error {
 	// The process has not been reaped yet, so its process group id is still ours: kill what is left of the group.
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	<-p.exited
+	// SIGKILL takes effect asynchronously; make sure no helper process of the group is still running.
+	for i := 0; GroupSize(p.cmd.Process.Pid) > 0 && i < 500; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	var exitErr *exec.ExitError
 	if err := p.cmd.Wait(); err != nil && !errors.As(err, &exitErr) {
 		return fmt.Errorf("kmiptest: wait for %s: %w", Binary, err)
@@ -294,8 +325,8 @@ func freePort() (int, error) {
 }
 
 // newCert creates an ECDSA P-256 certificate: a self-signed CA if parent is nil, else a leaf with the given
-// extended key usage (and IP SAN 127.0.0.1 for servers).
-func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, eku x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+// extended key usages (and IP SAN 127.0.0.1 for servers).
+func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, eku ...x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -316,8 +347,8 @@ func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, e
 		tmpl.IsCA, tmpl.KeyUsage = true, x509.KeyUsageCertSign|x509.KeyUsageCRLSign
 		parent, parentKey = tmpl, key
 	} else {
-		tmpl.KeyUsage, tmpl.ExtKeyUsage = x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{eku}
-		if eku == x509.ExtKeyUsageServerAuth {
+		tmpl.KeyUsage, tmpl.ExtKeyUsage = x509.KeyUsageDigitalSignature, eku
+		if slices.Contains(eku, x509.ExtKeyUsageServerAuth) {
 			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
 		}
 	}
@@ -339,4 +370,25 @@ func keyPEM(k *ecdsa.PrivateKey) []byte {
 		panic(err) // cannot happen for a P-256 key
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+// GroupSize counts the live (not zombie) processes of a process group, from /proc.
+func GroupSize(pgid int) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) > 2 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			n++
+		}
+	}
+	return n
 }
