@@ -8,6 +8,8 @@ packages=(
   tpm2-tools          # an independent TPM client for cross-checks
   libssl-dev gcc      # cgo build of the reference TPM simulator
   python3-pykmip      # a real KMIP server for key-management tests
+  squashfs-tools      # the node image
+  busybox-static iptables conntrack  # userland of the node image
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,136 @@
+// Package measuredboot is the one definition of what a mini node's "firmware" measures before the node's
+// first process starts: which events go into which PCR. The mini provider replays it into each node's TPM and
+// keeps the TCG event log; the node image build replays it in software to compute the PCR values a node
+// booted from that image presents. Both call Events, so they cannot drift apart.
+//
+// The scheme, all events SHA-256 of their data:
+//
+//	PCR 0  EV_S_CRTM_VERSION  "constellation mini firmware <FirmwareVersion>"
+//	PCR 0  EV_SEPARATOR       00000000
+//	PCR 4  EV_IPL             "constellation node image sha256:<image digest>"
+//	PCR 4  EV_SEPARATOR       00000000
+//	PCR 8  EV_IPL             "constellation boot parameters: <command line>"
+//
+// PCR 15 stays zero until the node is initialised or joins a cluster; then the bootstrapper extends the
+// cluster ID into it (measurements.PCRClusterID).
+package measuredboot
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+)
+
+// FirmwareVersion identifies this scheme; a change to the scheme changes it.
+const FirmwareVersion = "v1"
+
+// PCRs the scheme defines.
+const (
+	PCRFirmware   = 0
+	PCRNodeImage  = 4
+	PCRBootParams = 8
+)
+
+// MaxCmdline bounds the boot command line.
+const MaxCmdline = 4096
+
+// Boot is what the firmware measures for one node boot.
+type Boot struct {
+	// ImageDigest is the SHA-256 of the node image file.
+	ImageDigest [32]byte
+	// Cmdline is the command line of the node's first process (the bootstrapper), as the kernel command line
+	// of a VM. It must be the same for every node of a cluster; per-node data comes from instance metadata.
+	Cmdline string
+}
+
+// Event is one measurement.
+type Event struct {
+	PCR  uint32
+	Type eventlog.EventType
+	Data []byte
+}
+
+// Events returns the measurements of a boot, in order.
+func Events(b Boot) ([]Event, error) {
+	if len(b.Cmdline) > MaxCmdline || strings.ContainsAny(b.Cmdline, "\x00\n") {
+		return nil, fmt.Errorf("boot command line must be at most %d bytes without NUL or newline", MaxCmdline)
+	}
+	sep := []byte{0, 0, 0, 0}
+	return []Event{
+		{PCRFirmware, eventlog.SCRTMVersion, []byte("constellation mini firmware " + FirmwareVersion)},
+		{PCRFirmware, eventlog.Separator, sep},
+		{PCRNodeImage, eventlog.IPL, []byte("constellation node image sha256:" + hex.EncodeToString(b.ImageDigest[:]))},
+		{PCRNodeImage, eventlog.Separator, sep},
+		{PCRBootParams, eventlog.IPL, []byte("constellation boot parameters: " + b.Cmdline)},
+	}, nil
+}
+
+// Log builds the TCG event log of a boot and returns it with the events' SHA-256 digests, in order, for the
+// caller to extend into the TPM.
+func Log(b Boot) (*eventlog.Builder, []eventlog.Event, error) {
+	events, err := Events(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	log := eventlog.NewBuilder()
+	out := make([]eventlog.Event, len(events))
+	for i, e := range events {
+		out[i] = log.Append(e.PCR, e.Type, e.Data)
+	}
+	return log, out, nil
+}
+
+// Expected computes the PCR values a node presents after this boot, before it joins a cluster, as a
+// measurement policy: PCRs 0, 4 and 8 as the scheme measures them.
+func Expected(b Boot) (measurements.M, error) {
+	_, events, err := Log(b)
+	if err != nil {
+		return nil, err
+	}
+	replayed := eventlog.Replay(events)
+	m := measurements.M{}
+	for _, pcr := range []uint32{PCRFirmware, PCRNodeImage, PCRBootParams} {
+		m[pcr] = measurements.Measurement{Expected: measurements.Digest(replayed[pcr])}
+	}
+	return m, nil
+}
+
+// DigestFile returns the SHA-256 of a node image file.
+func DigestFile(path string) ([32]byte, error) {
+	var d [32]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return d, fmt.Errorf("hashing node image: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return d, fmt.Errorf("hashing node image %s: %w", path, err)
+	}
+	h.Sum(d[:0])
+	return d, nil
+}
+
+// Measure is the firmware: it extends the boot's events into the TPM behind rw and returns the TCG event
+// log. Call it once per boot, on a TPM whose PCRs were just reset.
+func Measure(rw io.ReadWriter, b Boot) ([]byte, error) {
+	log, events, err := Log(b)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range events {
+		if err := tpm2.PCRExtend(rw, tpmutil.Handle(e.PCR), tpm2.AlgSHA256, e.Digest[:], ""); err != nil {
+			return nil, fmt.Errorf("measuring %s into PCR %d: %w", e.Type, e.PCR, err)
+		}
+	}
+	return log.Bytes(), nil
+}
