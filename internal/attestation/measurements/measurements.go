@@ -75,18 +75,31 @@ var ErrEmptyPolicy = errors.New("the measurement policy is empty, so nothing can
 // Parse reads a policy in JSON or YAML: {"<pcr>": {"expected": "<hex>", "warnOnly": false}, ...}.
 // Unknown fields, duplicate or malformed PCR indices and malformed values are errors.
 func Parse(raw []byte) (M, error) {
-	var byKey map[string]json.RawMessage
-	if err := yaml.UnmarshalStrict(raw, &byKey); err != nil {
+	var m M
+	if err := yaml.UnmarshalStrict(raw, &m); err != nil {
 		return nil, fmt.Errorf("parsing measurements: %w", err)
 	}
-	m := make(M, len(byKey))
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// UnmarshalJSON reads a policy strictly: decimal PCR indices in range, each entry with an expected value and
+// no unknown fields. It is used for the policy inside the cluster configuration, too.
+func (m *M) UnmarshalJSON(raw []byte) error {
+	var byKey map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &byKey); err != nil {
+		return err
+	}
+	out := make(M, len(byKey))
 	for key, val := range byKey {
 		idx, err := strconv.ParseUint(key, 10, 32)
 		if err != nil || strconv.FormatUint(idx, 10) != key {
-			return nil, fmt.Errorf("parsing measurements: PCR index %q is not a decimal number", key)
+			return fmt.Errorf("PCR index %q is not a decimal number", key)
 		}
 		if idx >= NumPCRs {
-			return nil, fmt.Errorf("parsing measurements: PCR index %d out of range 0-%d", idx, NumPCRs-1)
+			return fmt.Errorf("PCR index %d out of range 0-%d", idx, NumPCRs-1)
 		}
 		dec := json.NewDecoder(bytes.NewReader(val))
 		dec.DisallowUnknownFields()
@@ -95,17 +108,15 @@ func Parse(raw []byte) (M, error) {
 			WarnOnly bool    `json:"warnOnly"`
 		}
 		if err := dec.Decode(&meas); err != nil {
-			return nil, fmt.Errorf("parsing measurements: PCR %d: %w", idx, err)
+			return fmt.Errorf("PCR %d: %w", idx, err)
 		}
 		if meas.Expected == nil {
-			return nil, fmt.Errorf("parsing measurements: PCR %d has no expected value", idx)
+			return fmt.Errorf("PCR %d has no expected value", idx)
 		}
-		m[uint32(idx)] = Measurement{Expected: *meas.Expected, WarnOnly: meas.WarnOnly}
+		out[uint32(idx)] = Measurement{Expected: *meas.Expected, WarnOnly: meas.WarnOnly}
 	}
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
-	return m, nil
+	*m = out
+	return nil
 }
 
 // Validate checks that the policy can be enforced: it has entries, all in range.

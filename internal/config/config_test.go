@@ -1,0 +1,92 @@
+package config
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+)
+
+func valid() *Config {
+	return &Config{
+		Version:  Version,
+		Provider: Provider{Mini: &Mini{ControlPlanes: 1, Workers: 2, Image: "node-image.squashfs", ImageDigest: "sha256:" + strings.Repeat("ab", 32)}},
+		Attestation: Attestation{Variant: "mini-vtpm", Measurements: measurements.M{
+			4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}, WarnOnly: true},
+		}},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	c := valid()
+	if err := c.Write(path, false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got.Provider.Mini.Workers != 2 || got.Attestation.Measurements[4] != c.Attestation.Measurements[4] || !got.Attestation.Measurements[8].WarnOnly {
+		t.Fatalf("round trip changed the configuration: %+v", got)
+	}
+	if err := c.Write(path, false); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("overwrite without force: %v", err)
+	}
+	if got.ImagePath(path) != filepath.Join(filepath.Dir(path), "node-image.squashfs") {
+		t.Fatalf("ImagePath = %s", got.ImagePath(path))
+	}
+}
+
+func TestValidateListsEveryProblem(t *testing.T) {
+	c := valid()
+	c.Version = "v0"
+	c.Provider.Mini.ControlPlanes = 0
+	c.Provider.Mini.ImageDigest = "md5:1"
+	c.Attestation.Variant = "tpm"
+	c.Attestation.Measurements = nil
+	err := c.Validate()
+	for _, want := range []string{"version:", "provider.mini.controlPlanes", "provider.mini.imageDigest", "attestation.variant", "attestation.measurements"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("validation error lacks %q: %v", want, err)
+		}
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	base := "version: v1\nprovider:\n  mini: {controlPlanes: 1, workers: 1, image: x, imageDigest: \"sha256:" + strings.Repeat("0", 64) + "\"}\nattestation:\n  variant: mini-vtpm\n  measurements:\n"
+	good := base + "    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n"
+	if _, err := Parse([]byte(good)); err != nil {
+		t.Fatalf("valid configuration rejected: %v", err)
+	}
+	for name, in := range map[string]string{
+		"unknown field":    good + "extra: 1\n",
+		"PCR leading zero": base + "    \"04\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n",
+		"short value":      base + "    \"4\": {expected: \"00\"}\n",
+		"no measurements":  base,
+		"not yaml":         "\x00\x01",
+	} {
+		if _, err := Parse([]byte(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	raw, _ := valid().Marshal()
+	f.Add(raw)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		out, err := c.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(out); err != nil {
+			t.Fatalf("re-parse of a valid configuration: %v", err)
+		}
+	})
+}
