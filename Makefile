@@ -22,7 +22,7 @@ FUZZ_TARGETS := \
 	./internal/kms/kmip:FuzzParseWrapped
 FUZZTIME ?= 10s
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean
+.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -30,6 +30,7 @@ help:
 	@echo "make demo       set up, build, and verify genuine evidence from a software TPM with the CLI"
 	@echo "make test       lint, unit and integration tests (real TPMs), short fuzzing"
 	@echo "make bench      benchmark suite, one line per figure (BENCH=<name> selects one)"
+	@echo "make node-image build Kubernetes and the node components from source, then the node image"
 
 setup:
 	@bash scripts/setup.sh
@@ -64,6 +65,15 @@ bench:
 
 demo: setup build
 	@bash scripts/demo.sh
+
+kubernetes:
+	@bash scripts/build-kubernetes.sh
+
+components:
+	@bash scripts/build-components.sh
+
+node-image: setup kubernetes components
+	$(GO) run ./tools/node-image
 
 clean:
 	rm -rf bin _out

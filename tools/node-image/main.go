@@ -1,0 +1,75 @@
+// Command node-image builds the node image and the container images from the binaries in _out (see
+// scripts/build-kubernetes.sh and scripts/build-components.sh) and writes the expected measurements.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+)
+
+func main() {
+	var in nodeimage.Inputs
+	out := flag.String("out", "_out/node-image", "output directory")
+	flag.StringVar(&in.KubernetesBin, "kubernetes-bin", "_out/kubernetes/bin", "Kubernetes binaries")
+	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
+	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
+	flag.Parse()
+	if err := run(in, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "node-image:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in nodeimage.Inputs, out string) error {
+	versions, err := versionsFromKubeadm(in.KubernetesBin + "/kubeadm")
+	if err != nil {
+		return err
+	}
+	in.Versions = versions
+	start := time.Now()
+	m, err := nodeimage.Build(context.Background(), in, out, func(step string) { fmt.Println("node-image:", step) })
+	if err != nil {
+		return err
+	}
+	fmt.Printf("node-image: %s/node-image.squashfs %s, %d MiB, built in %s\n", out, m.Digest, m.Size>>20, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// versionsFromKubeadm asks the built kubeadm which image tags it expects, so the images match it exactly.
+func versionsFromKubeadm(kubeadm string) (nodeimage.Versions, error) {
+	var v nodeimage.Versions
+	raw, err := exec.Command(kubeadm, "version", "-o", "short").Output()
+	if err != nil {
+		return v, fmt.Errorf("running %s: %w (build Kubernetes with scripts/build-kubernetes.sh)", kubeadm, err)
+	}
+	v.Kubernetes = strings.TrimSpace(string(raw))
+	raw, err = exec.Command(kubeadm, "config", "images", "list", "--kubernetes-version", v.Kubernetes).Output()
+	if err != nil {
+		return v, fmt.Errorf("listing kubeadm's images: %w", err)
+	}
+	for _, ref := range strings.Fields(string(raw)) {
+		name, tag, ok := strings.Cut(ref, ":")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "registry.k8s.io/etcd":
+			v.Etcd = tag
+		case "registry.k8s.io/coredns/coredns":
+			v.CoreDNS = tag
+		case "registry.k8s.io/pause":
+			v.Pause = tag
+		}
+	}
+	if v.Etcd == "" || v.CoreDNS == "" || v.Pause == "" {
+		return v, fmt.Errorf("kubeadm %s did not list etcd, CoreDNS and pause images: %s", v.Kubernetes, raw)
+	}
+	return v, nil
+}
