@@ -7,6 +7,7 @@ packages=(
   swtpm swtpm-tools   # software TPMs for tests, benchmarks and local clusters
   tpm2-tools          # an independent TPM client for cross-checks
   libssl-dev gcc      # cgo build of the reference TPM simulator
+  libc6-dev libseccomp-dev pkg-config  # static pause and runc
   python3-pykmip      # a real KMIP server for key-management tests
   squashfs-tools      # the node image
   busybox-static iptables conntrack  # userland of the node image
