@@ -1,0 +1,281 @@
+// Package metadata is the mini provider's instance metadata service, as a cloud's metadata endpoint: nodes and
+// the CLI ask it which instances exist (name, role, address), a node asks who it is (identified by the source
+// address of its request, like a cloud's IMDS), fetches its boot event log, fetches the attestation-key CA
+// certificate, and enrolls its TPM's attestation key (credential activation, internal/attestation/akca).
+//
+// The service runs outside the nodes, on the provider's side of the node network. It hands out nothing secret:
+// an AK certificate is only issued to the TPM that holds the matching endorsement key.
+package metadata
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+)
+
+// Roles of instances.
+const (
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+)
+
+// Instance is one node as the provider knows it.
+type Instance struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+	IP   string `json:"ip"`
+}
+
+// maxRequestBody bounds request bodies.
+const maxRequestBody = 64 << 10
+
+// Server serves the metadata API.
+type Server struct {
+	ca  *akca.CA
+	log *slog.Logger
+
+	mu        sync.RWMutex
+	instances map[string]Instance // by IP
+	eventLogs map[string][]byte   // by IP
+}
+
+// NewServer returns a metadata server that enrolls attestation keys with ca.
+func NewServer(ca *akca.CA, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{ca: ca, log: log, instances: map[string]Instance{}, eventLogs: map[string][]byte{}}
+}
+
+// SetInstance registers or updates an instance and the event log of its current boot.
+func (s *Server) SetInstance(inst Instance, eventLog []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.instances[inst.IP] = inst
+	s.eventLogs[inst.IP] = bytes.Clone(eventLog)
+}
+
+// RemoveInstance forgets an instance.
+func (s *Server) RemoveInstance(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.instances, ip)
+	delete(s.eventLogs, ip)
+}
+
+// Handler returns the HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/instances", s.listInstances)
+	mux.HandleFunc("GET /v1/self", s.self)
+	mux.HandleFunc("GET /v1/self/eventlog", s.eventLog)
+	mux.HandleFunc("GET /v1/ak-ca", s.akCA)
+	mux.HandleFunc("POST /v1/ak/challenge", s.challenge)
+	mux.HandleFunc("POST /v1/ak/complete", s.complete)
+	return mux
+}
+
+func (s *Server) listInstances(w http.ResponseWriter, _ *http.Request) {
+	s.mu.RLock()
+	list := make([]Instance, 0, len(s.instances))
+	for _, inst := range s.instances {
+		list = append(list, inst)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Name, b.Name) })
+	writeJSON(w, list)
+}
+
+// caller returns the instance that sent r, by its source address.
+func (s *Server) caller(r *http.Request) (Instance, []byte, bool) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return Instance{}, nil, false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	inst, ok := s.instances[host]
+	return inst, s.eventLogs[host], ok
+}
+
+func (s *Server) self(w http.ResponseWriter, r *http.Request) {
+	inst, _, ok := s.caller(r)
+	if !ok {
+		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	writeJSON(w, inst)
+}
+
+func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
+	_, log, ok := s.caller(r)
+	if !ok {
+		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(log)
+}
+
+func (s *Server) akCA(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: s.ca.Certificate().Raw})
+}
+
+func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
+	var req akca.EnrollRequest
+	if err := readJSON(r, &req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ch, err := s.ca.Challenge(r.Context(), req)
+	if err != nil {
+		s.log.Warn("attestation key enrollment refused", "remote", r.RemoteAddr, "name", req.Name, "reason", err.Error())
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	writeJSON(w, ch)
+}
+
+type completeRequest struct {
+	ID     string `json:"id"`
+	Secret []byte `json:"secret"`
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
+	var req completeRequest
+	if err := readJSON(r, &req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	cert, err := s.ca.Complete(r.Context(), req.ID, req.Secret)
+	if err != nil {
+		s.log.Warn("attestation key enrollment failed", "remote", r.RemoteAddr, "reason", err.Error())
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	s.log.Info("attestation key certified", "remote", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/pkix-cert")
+	w.Write(cert)
+}
+
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed request: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// Client talks to a metadata server.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// NewClient returns a client for the metadata server at base, e.g. "http://10.217.0.1:8080".
+func NewClient(base string) *Client {
+	return &Client{base: base, http: &http.Client{Timeout: 30 * time.Second}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("metadata service: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("metadata service: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("metadata service %s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(raw))
+	}
+	switch o := out.(type) {
+	case nil:
+		return nil
+	case *[]byte:
+		*o = raw
+		return nil
+	default:
+		return json.Unmarshal(raw, out)
+	}
+}
+
+// Self returns the calling instance.
+func (c *Client) Self(ctx context.Context) (Instance, error) {
+	var inst Instance
+	return inst, c.do(ctx, http.MethodGet, "/v1/self", nil, &inst)
+}
+
+// Instances lists the cluster's instances.
+func (c *Client) Instances(ctx context.Context) ([]Instance, error) {
+	var list []Instance
+	return list, c.do(ctx, http.MethodGet, "/v1/instances", nil, &list)
+}
+
+// EventLog returns the TCG event log of the calling instance's boot.
+func (c *Client) EventLog(ctx context.Context) ([]byte, error) {
+	var raw []byte
+	return raw, c.do(ctx, http.MethodGet, "/v1/self/eventlog", nil, &raw)
+}
+
+// AKCA returns the PEM certificate of the attestation-key CA.
+func (c *Client) AKCA(ctx context.Context) ([]byte, error) {
+	var raw []byte
+	return raw, c.do(ctx, http.MethodGet, "/v1/ak-ca", nil, &raw)
+}
+
+// Challenge implements akca.Enroller over HTTP.
+func (c *Client) Challenge(ctx context.Context, req akca.EnrollRequest) (*akca.Challenge, error) {
+	var ch akca.Challenge
+	if err := c.do(ctx, http.MethodPost, "/v1/ak/challenge", req, &ch); err != nil {
+		return nil, err
+	}
+	return &ch, nil
+}
+
+// Complete implements akca.Enroller over HTTP.
+func (c *Client) Complete(ctx context.Context, id string, secret []byte) ([]byte, error) {
+	var cert []byte
+	if err := c.do(ctx, http.MethodPost, "/v1/ak/complete", completeRequest{ID: id, Secret: secret}, &cert); err != nil {
+		return nil, err
+	}
+	if len(cert) == 0 {
+		return nil, errors.New("metadata service returned an empty certificate")
+	}
+	return cert, nil
+}
+
+var _ akca.Enroller = (*Client)(nil)

@@ -1,0 +1,92 @@
+package metadata
+
+import (
+	"context"
+	"crypto/x509"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+func newServer(t *testing.T) (*Server, *Client) {
+	t.Helper()
+	key, cert, err := tpmtest.NewCACert("ak ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ekRoot, err := tpmtest.NewCACert("ek root", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := akca.New(key, cert, []*x509.Certificate{ekRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(ca, nil)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	return s, NewClient(hs.URL)
+}
+
+func TestInstances(t *testing.T) {
+	s, c := newServer(t)
+	ctx := context.Background()
+	if _, err := c.Self(ctx); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("Self from an unknown address = %v", err)
+	}
+	if _, err := c.EventLog(ctx); err == nil {
+		t.Fatal("event log served to an unknown address")
+	}
+	s.SetInstance(Instance{Name: "worker-0", Role: RoleWorker, IP: "10.0.0.3"}, nil)
+	s.SetInstance(Instance{Name: "cp-0", Role: RoleControlPlane, IP: "127.0.0.1"}, []byte("log"))
+	self, err := c.Self(ctx)
+	if err != nil || self.Name != "cp-0" {
+		t.Fatalf("Self = %+v, %v", self, err)
+	}
+	if log, err := c.EventLog(ctx); err != nil || string(log) != "log" {
+		t.Fatalf("EventLog = %q, %v", log, err)
+	}
+	list, err := c.Instances(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "cp-0" {
+		t.Fatalf("Instances = %+v, %v", list, err)
+	}
+	s.RemoveInstance("127.0.0.1")
+	if _, err := c.Self(ctx); err == nil {
+		t.Fatal("removed instance still known")
+	}
+	if pem, err := c.AKCA(ctx); err != nil || !strings.Contains(string(pem), "BEGIN CERTIFICATE") {
+		t.Fatalf("AKCA = %q, %v", pem, err)
+	}
+}
+
+func TestEnrollmentRejectsBadRequests(t *testing.T) {
+	_, c := newServer(t)
+	ctx := context.Background()
+	if _, err := c.Challenge(ctx, akca.EnrollRequest{Name: "n", EKCert: []byte("garbage"), AKPublic: []byte{1}}); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Challenge with a garbage EK certificate = %v", err)
+	}
+	if _, err := c.Complete(ctx, "unknown", make([]byte, 32)); err == nil || !strings.Contains(err.Error(), "unknown or expired") {
+		t.Fatalf("Complete of an unknown challenge = %v", err)
+	}
+	resp, err := http.Post(c.base+"/v1/ak/challenge", "application/json", strings.NewReader(`{"name":"n","extra":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("unknown field: status %d, want 400", resp.StatusCode)
+	}
+	resp, err = http.Post(c.base+"/v1/ak/challenge", "application/json", strings.NewReader(strings.Repeat("[", 1<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("oversized body: status %d, want 400", resp.StatusCode)
+	}
+}

@@ -1,0 +1,96 @@
+// Package mini is the local provider: it plays the cloud and its firmware for node sandboxes on this machine.
+// Each node has a software TPM the provider owns, manufactured with an endorsement-key certificate from the
+// provider's CA; before a node's first process starts, the provider measures the node image and the boot
+// command line into that TPM (internal/measuredboot) and keeps the event log, which it serves to the node
+// through the metadata service (internal/provider/mini/metadata).
+package mini
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/swtpm"
+)
+
+// VTPM is a node's TPM as the provider owns it.
+type VTPM struct {
+	state string
+	tpm   *swtpm.TPM
+}
+
+// NewVTPM returns the TPM whose state lives in dir, manufacturing it with an EK certificate from ekCA the
+// first time.
+func NewVTPM(ctx context.Context, dir string, ekCA *swtpm.CA) (*VTPM, error) {
+	state := filepath.Join(dir, "tpm")
+	if _, err := os.Stat(filepath.Join(state, "tpm2-00.permall")); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(state, 0o700); err != nil {
+			return nil, err
+		}
+		if err := swtpm.Manufacture(ctx, state, ekCA); err != nil {
+			return nil, fmt.Errorf("manufacturing the node's TPM: %w", err)
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	return &VTPM{state: state}, nil
+}
+
+// Boot power-cycles the TPM (which resets its PCRs), measures the boot as the firmware does, and returns the
+// TCG event log. The node's first process may connect to SocketPath afterwards.
+func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
+	if v.tpm != nil {
+		if err := v.tpm.Close(); err != nil {
+			return nil, fmt.Errorf("powering off the node's TPM: %w", err)
+		}
+		v.tpm = nil
+	}
+	tpm, err := swtpm.Start(ctx, v.state)
+	if err != nil {
+		return nil, fmt.Errorf("powering on the node's TPM: %w", err)
+	}
+	conn, err := tpm.Dial()
+	if err != nil {
+		tpm.Close()
+		return nil, err
+	}
+	log, err := measuredboot.Measure(conn, b)
+	conn.Close()
+	if err != nil {
+		tpm.Close()
+		return nil, fmt.Errorf("measured boot: %w", err)
+	}
+	v.tpm = tpm
+	return log, nil
+}
+
+// SocketPath is where the node reaches its TPM.
+func (v *VTPM) SocketPath() string {
+	if v.tpm == nil {
+		return ""
+	}
+	return v.tpm.SocketPath()
+}
+
+// Dial connects to the running TPM.
+func (v *VTPM) Dial() (net.Conn, error) {
+	if v.tpm == nil {
+		return nil, errors.New("the node's TPM is not running; boot it first")
+	}
+	return v.tpm.Dial()
+}
+
+// Shutdown stops the TPM cleanly.
+func (v *VTPM) Shutdown() error {
+	if v.tpm == nil {
+		return nil
+	}
+	err := v.tpm.Close()
+	v.tpm = nil
+	return err
+}
