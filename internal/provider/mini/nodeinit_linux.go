@@ -1,0 +1,130 @@
+package mini
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// nodeInitEnv names the environment variable that makes a binary of this project act as a node's init stage
+// (the "hypervisor" side of a node boot). Its value is the path of the node's boot spec.
+const nodeInitEnv = "CONSTELLATION_MINI_NODE_INIT"
+
+// bootSpec is what the init stage needs to boot a node. It is written by the provider.
+type bootSpec struct {
+	Name     string   `json:"name"`
+	Image    string   `json:"image"`    // squashfs node image on the host
+	StateDir string   `json:"stateDir"` // host directory for the node's writable layer
+	TPMDir   string   `json:"tpmDir"`   // host directory holding the TPM socket
+	Cmdline  []string `json:"cmdline"`  // the node's first process
+	Metadata string   `json:"metadata"` // metadata service URL, passed to the node
+	Hostname string   `json:"hostname"`
+}
+
+// Paths inside a node.
+const (
+	nodeTPMDir = "/run/constellation/tpm"
+)
+
+// MaybeRunNodeInit runs the node init stage and never returns if this process was started as one; otherwise
+// it returns at once. Call it first thing in main (and in TestMain of tests that boot nodes).
+func MaybeRunNodeInit() {
+	specPath := os.Getenv(nodeInitEnv)
+	if specPath == "" {
+		return
+	}
+	if err := nodeInit(specPath); err != nil {
+		fmt.Fprintf(os.Stderr, "node init: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0) // not reached: nodeInit execs the node's first process
+}
+
+// nodeInit runs in the node's fresh mount, network, UTS and IPC namespaces. It waits until the provider has
+// wired the network (fd 3 closes), assembles the root filesystem from the read-only image and a writable
+// layer, switches to it and executes the node's first process.
+func nodeInit(specPath string) error {
+	raw, err := os.ReadFile(specPath)
+	if err != nil {
+		return err
+	}
+	var s bootSpec
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return fmt.Errorf("boot spec: %w", err)
+	}
+	// Wait for the provider: it closes its end of the pipe when the network is ready.
+	ready := os.NewFile(3, "ready")
+	buf := make([]byte, 1)
+	ready.Read(buf)
+	ready.Close()
+
+	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
+		return fmt.Errorf("setting hostname: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making mounts private: %w", err)
+	}
+	lower := filepath.Join(s.StateDir, "lower")
+	upper := filepath.Join(s.StateDir, "upper")
+	work := filepath.Join(s.StateDir, "work")
+	root := filepath.Join(s.StateDir, "root")
+	for _, d := range []string{lower, upper, work, root} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// The image, read-only, through a loop device that is released with the mount (autoclear).
+	if out, err := exec.Command("mount", "-t", "squashfs", "-o", "loop,ro", s.Image, lower).CombinedOutput(); err != nil {
+		return fmt.Errorf("mounting node image: %v: %s", err, out)
+	}
+	if err := unix.Mount("overlay", root, "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)); err != nil {
+		return fmt.Errorf("mounting root overlay: %w", err)
+	}
+	mounts := []struct {
+		src, dst, fstype string
+		flags            uintptr
+		data             string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"/sys/fs/cgroup", "/sys/fs/cgroup", "", unix.MS_BIND | unix.MS_REC, ""},
+		{"/dev", "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{s.TPMDir, nodeTPMDir, "", unix.MS_BIND, ""},
+	}
+	for _, m := range mounts {
+		dst := root + m.dst
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.src, dst, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mounting %s: %w", m.dst, err)
+		}
+	}
+	old := filepath.Join(root, ".oldroot")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(root, old); err != nil {
+		return fmt.Errorf("switching to the node root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	if err := unix.Unmount("/.oldroot", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detaching the host root: %w", err)
+	}
+	os.Remove("/.oldroot")
+	env := []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"CONSTELLATION_METADATA=" + s.Metadata,
+		"CONSTELLATION_TPM=" + nodeTPMDir + "/swtpm.sock",
+	}
+	return syscall.Exec(s.Cmdline[0], s.Cmdline, env)
+}

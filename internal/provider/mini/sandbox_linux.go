@@ -1,0 +1,293 @@
+package mini
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Network is the private bridge that connects a cluster's nodes with each other and with the provider (the
+// metadata service listens on the bridge address). Nothing routes from it to anywhere else.
+type Network struct {
+	Bridge  string       // interface name, at most 15 characters
+	Gateway netip.Prefix // the provider's address on the bridge, e.g. 10.217.0.1/24
+}
+
+// Up creates the bridge. It fails if the bridge already exists: a previous cluster's leftovers must be
+// cleaned first.
+func (n Network) Up() error {
+	if err := run("ip", "link", "add", n.Bridge, "type", "bridge"); err != nil {
+		return fmt.Errorf("creating bridge %s: %w", n.Bridge, err)
+	}
+	if err := run("ip", "addr", "add", n.Gateway.String(), "dev", n.Bridge); err != nil {
+		return fmt.Errorf("configuring bridge %s: %w", n.Bridge, err)
+	}
+	if err := run("ip", "link", "set", n.Bridge, "up"); err != nil {
+		return fmt.Errorf("configuring bridge %s: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// Down deletes the bridge; a missing bridge is not an error.
+func (n Network) Down() error {
+	if !linkExists(n.Bridge) {
+		return nil
+	}
+	return run("ip", "link", "del", n.Bridge)
+}
+
+// cgroupHierarchies are the cgroup v1 hierarchies every node gets a subtree in.
+var cgroupHierarchies = []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd"}
+
+// cgroupRoot is the host cgroup path below which nodes live.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// Sandbox is a running node sandbox.
+type Sandbox struct {
+	Name     string
+	IP       netip.Addr
+	PID      int
+	HostLink string // the host end of the node's veth
+	Cgroup   string // cgroup path relative to each hierarchy, e.g. constellation/node-0
+	StateDir string
+}
+
+// StartSandbox starts a node: fresh mount, network, UTS and IPC namespaces, its own cgroup subtree, a veth
+// on the cluster bridge with address ip, and the node image as its root; then the node's first process runs.
+// The sandbox outlives the calling process; Stop ends it.
+func StartSandbox(n Network, spec bootSpec, ip netip.Addr, hostLink, cgroupParent string) (*Sandbox, error) {
+	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	specPath := filepath.Join(spec.StateDir, "boot.json")
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(specPath, raw, 0o600); err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	console, err := os.OpenFile(filepath.Join(spec.StateDir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer console.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer readyW.Close()
+	cmd := exec.Command(exe)
+	cmd.Env = []string{nodeInitEnv + "=" + specPath, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.ExtraFiles = []*os.File{readyR}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+		Setsid:     true,
+	}
+	if err := cmd.Start(); err != nil {
+		readyR.Close()
+		return nil, fmt.Errorf("starting node %s: %w", spec.Name, err)
+	}
+	readyR.Close()
+	sb := &Sandbox{Name: spec.Name, IP: ip, PID: cmd.Process.Pid, HostLink: hostLink, Cgroup: cgroupParent + "/" + spec.Name, StateDir: spec.StateDir}
+	// The node is not our child in spirit: it keeps running after the CLI exits. Reap it if it dies while we
+	// are still here, so it does not linger as a zombie.
+	go cmd.Wait()
+	fail := func(err error) (*Sandbox, error) {
+		sb.Stop()
+		return nil, fmt.Errorf("starting node %s: %w", spec.Name, err)
+	}
+	if err := sb.joinCgroups(); err != nil {
+		return fail(err)
+	}
+	if err := sb.wireNetwork(n); err != nil {
+		return fail(err)
+	}
+	if err := readyW.Close(); err != nil { // lets the node continue its boot
+		return fail(err)
+	}
+	return sb, nil
+}
+
+func (sb *Sandbox) joinCgroups() error {
+	for _, h := range cgroupHierarchies {
+		base := filepath.Join(cgroupRoot, h)
+		if _, err := os.Stat(base); err != nil {
+			continue
+		}
+		dir := filepath.Join(base, sb.Cgroup)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("creating cgroup %s: %w", dir, err)
+		}
+		if h == "cpuset" {
+			if err := initCpuset(base, sb.Cgroup); err != nil {
+				return err
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(sb.PID)), 0o644); err != nil {
+			return fmt.Errorf("moving node into cgroup %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// initCpuset gives every level of a new cpuset cgroup its parent's CPUs and memory nodes: a cpuset cgroup
+// accepts tasks only once both are set.
+func initCpuset(base, rel string) error {
+	parent := base
+	for _, part := range strings.Split(rel, "/") {
+		cur := filepath.Join(parent, part)
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if v, _ := os.ReadFile(filepath.Join(cur, f)); len(bytes.TrimSpace(v)) > 0 {
+				continue
+			}
+			pv, err := os.ReadFile(filepath.Join(parent, f))
+			if err != nil {
+				return fmt.Errorf("initialising cpuset %s: %w", cur, err)
+			}
+			if err := os.WriteFile(filepath.Join(cur, f), pv, 0o644); err != nil {
+				return fmt.Errorf("initialising cpuset %s: %w", cur, err)
+			}
+		}
+		parent = cur
+	}
+	return nil
+}
+
+func (sb *Sandbox) wireNetwork(n Network) error {
+	peer := sb.HostLink + "n"
+	pid := strconv.Itoa(sb.PID)
+	steps := [][]string{
+		{"ip", "link", "add", sb.HostLink, "type", "veth", "peer", "name", peer},
+		{"ip", "link", "set", sb.HostLink, "master", n.Bridge, "up"},
+		{"ip", "link", "set", peer, "netns", pid},
+		{"nsenter", "-t", pid, "-n", "ip", "link", "set", peer, "name", "eth0"},
+		{"nsenter", "-t", pid, "-n", "ip", "addr", "add", netip.PrefixFrom(sb.IP, n.Gateway.Bits()).String(), "dev", "eth0"},
+		{"nsenter", "-t", pid, "-n", "ip", "link", "set", "eth0", "up"},
+		{"nsenter", "-t", pid, "-n", "ip", "link", "set", "lo", "up"},
+	}
+	for _, s := range steps {
+		if err := run(s[0], s[1:]...); err != nil {
+			return fmt.Errorf("wiring network: %w", err)
+		}
+	}
+	return nil
+}
+
+// Stop kills every process of the node (its whole cgroup subtree), removes its cgroups and its veth. The
+// node's namespaces, mounts and loop device go away with its last process.
+func (sb *Sandbox) Stop() error {
+	var errs []error
+	if err := killCgroup(filepath.Join(cgroupRoot, "pids", sb.Cgroup)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := syscall.Kill(sb.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		errs = append(errs, err)
+	}
+	waitGone(sb.PID)
+	for _, h := range cgroupHierarchies {
+		if err := removeCgroupTree(filepath.Join(cgroupRoot, h, sb.Cgroup)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if linkExists(sb.HostLink) {
+		if err := run("ip", "link", "del", sb.HostLink); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killCgroup kills every process in a cgroup subtree until none is left.
+func killCgroup(dir string) error {
+	for range 100 {
+		pids := cgroupPIDs(dir)
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("processes of %s survive SIGKILL", dir)
+}
+
+func cgroupPIDs(dir string) []int {
+	var pids []int
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		raw, _ := os.ReadFile(path)
+		for _, f := range strings.Fields(string(raw)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, p)
+			}
+		}
+		return nil
+	})
+	return pids
+}
+
+// removeCgroupTree removes a cgroup directory and its children, deepest first.
+func removeCgroupTree(dir string) error {
+	var dirs []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, path)
+		}
+		return nil
+	})
+	slices.Reverse(dirs)
+	var errs []error
+	for _, d := range dirs {
+		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func waitGone(pid int) {
+	for range 250 {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		// A zombie still answers signal 0; it is gone for our purposes once it has exited.
+		if raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err != nil || bytes.Contains(raw, []byte(") Z ")) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func linkExists(name string) bool {
+	_, err := os.Stat("/sys/class/net/" + name)
+	return err == nil
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
