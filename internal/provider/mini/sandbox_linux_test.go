@@ -148,4 +148,3 @@ func readMounts(t *testing.T) string {
 	}
 	return string(raw)
 }
-
