@@ -73,7 +73,8 @@ func nodeInit(specPath string) error {
 	upper := filepath.Join(s.StateDir, "upper")
 	work := filepath.Join(s.StateDir, "work")
 	root := filepath.Join(s.StateDir, "root")
-	for _, d := range []string{lower, upper, work, root} {
+	state := filepath.Join(s.StateDir, "var") // the node's state disk: containerd, kubelet and etcd data
+	for _, d := range []string{lower, upper, work, root, state} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -97,6 +98,8 @@ func nodeInit(specPath string) error {
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=755"},
 		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 		{s.TPMDir, nodeTPMDir, "", unix.MS_BIND, ""},
+		// Not on the overlay root: containerd's overlay snapshots cannot live on an overlay filesystem.
+		{state, "/var", "", unix.MS_BIND, ""},
 	}
 	for _, m := range mounts {
 		dst := root + m.dst

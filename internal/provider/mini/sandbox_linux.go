@@ -202,7 +202,8 @@ func (sb *Sandbox) Stop() error {
 		errs = append(errs, err)
 	}
 	waitGone(sb.PID)
-	for _, h := range cgroupHierarchies {
+	// The container runtime also creates cgroups in the unified (v2) hierarchy.
+	for _, h := range append(slices.Clone(cgroupHierarchies), "unified") {
 		if err := removeCgroupTree(filepath.Join(cgroupRoot, h, sb.Cgroup)); err != nil {
 			errs = append(errs, err)
 		}
