@@ -1,0 +1,98 @@
+// Package bootstrapper is the first process of every node. It identifies the node through the provider's
+// metadata service, proves to the provider that its TPM holds both the certified endorsement key and its
+// attestation key (credential activation), and then serves fresh evidence on the verification service.
+// Cluster initialisation and joining build on this.
+package bootstrapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
+)
+
+// Config is what the bootstrapper needs from its environment.
+type Config struct {
+	// MetadataURL is the provider's metadata service.
+	MetadataURL string
+	// TPM is the path of the node's TPM socket.
+	TPM string
+}
+
+// Run boots the node's services and blocks until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	md := metadata.NewClient(cfg.MetadataURL)
+	var self metadata.Instance
+	if err := retry(ctx, log, "asking the metadata service who this node is", func() error {
+		var err error
+		self, err = md.Self(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	log.Info("node identified", "name", self.Name, "role", self.Role, "ip", self.IP)
+
+	tpm, err := net.Dial("unix", cfg.TPM)
+	if err != nil {
+		return fmt.Errorf("connecting to the TPM at %s: %w", cfg.TPM, err)
+	}
+	defer tpm.Close()
+	var akCert []byte
+	if err := retry(ctx, log, "enrolling the attestation key", func() error {
+		var err error
+		akCert, err = akca.Enroll(ctx, tpm, self.Name, vtpm.ECC, md)
+		return err
+	}); err != nil {
+		return err
+	}
+	log.Info("attestation key certified by the provider")
+	issuer, err := vtpm.NewIssuer(tpm, vtpm.ECC, akCert, func() ([]byte, error) { return md.EventLog(ctx) })
+	if err != nil {
+		return err
+	}
+	defer issuer.Close()
+
+	srv := &http.Server{
+		Addr:              net.JoinHostPort(self.IP, strconv.Itoa(verifyservice.Port)),
+		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("verification service listening", "address", srv.Addr)
+	select {
+	case <-ctx.Done():
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdownCtx)
+	case err := <-errc:
+		return fmt.Errorf("verification service: %w", err)
+	}
+}
+
+// retry runs fn until it succeeds or ctx ends, with backoff, logging failures.
+func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		log.Warn("retrying", "step", what, "attempt", attempt, "error", err)
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("%s: %w", what, ctx.Err()), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
