@@ -17,19 +17,17 @@ const nodeInitEnv = "CONSTELLATION_MINI_NODE_INIT"
 
 // bootSpec is what the init stage needs to boot a node. It is written by the provider.
 type bootSpec struct {
-	Name     string   `json:"name"`
-	Image    string   `json:"image"`    // squashfs node image on the host
-	StateDir string   `json:"stateDir"` // host directory for the node's writable layer
-	TPMDir   string   `json:"tpmDir"`   // host directory holding the TPM socket
-	Cmdline  []string `json:"cmdline"`  // the node's first process
-	Metadata string   `json:"metadata"` // metadata service URL, passed to the node
-	Hostname string   `json:"hostname"`
+	Name      string   `json:"name"`
+	Image     string   `json:"image"`     // squashfs node image on the host
+	StateDir  string   `json:"stateDir"`  // host directory for the node's writable layer
+	TPMSocket string   `json:"tpmSocket"` // host path of the node's TPM socket; only the socket enters the node
+	Cmdline   []string `json:"cmdline"`   // the node's first process
+	Metadata  string   `json:"metadata"`  // metadata service URL, passed to the node
+	Hostname  string   `json:"hostname"`
 }
 
-// Paths inside a node.
-const (
-	nodeTPMDir = "/run/constellation/tpm"
-)
+// NodeTPMSocket is where a node finds its TPM.
+const NodeTPMSocket = "/run/constellation/tpm.sock"
 
 // MaybeRunNodeInit runs the node init stage and never returns if this process was started as one; otherwise
 // it returns at once. Call it first thing in main (and in TestMain of tests that boot nodes).
@@ -97,7 +95,6 @@ func nodeInit(specPath string) error {
 		{"/dev", "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=755"},
 		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-		{s.TPMDir, nodeTPMDir, "", unix.MS_BIND, ""},
 		// Not on the overlay root: containerd's overlay snapshots cannot live on an overlay filesystem.
 		{state, "/var", "", unix.MS_BIND, ""},
 	}
@@ -109,6 +106,16 @@ func nodeInit(specPath string) error {
 		if err := unix.Mount(m.src, dst, m.fstype, m.flags, m.data); err != nil {
 			return fmt.Errorf("mounting %s: %w", m.dst, err)
 		}
+	}
+	// Only the TPM's socket enters the node, never the TPM's state (which holds its seeds).
+	if err := os.MkdirAll(filepath.Dir(root+NodeTPMSocket), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(root+NodeTPMSocket, nil, 0o600); err != nil {
+		return err
+	}
+	if err := unix.Mount(s.TPMSocket, root+NodeTPMSocket, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("attaching the TPM: %w", err)
 	}
 	old := filepath.Join(root, ".oldroot")
 	if err := os.MkdirAll(old, 0o700); err != nil {
@@ -127,7 +134,7 @@ func nodeInit(specPath string) error {
 	env := []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"CONSTELLATION_METADATA=" + s.Metadata,
-		"CONSTELLATION_TPM=" + nodeTPMDir + "/swtpm.sock",
+		"CONSTELLATION_TPM=" + NodeTPMSocket,
 	}
 	return syscall.Exec(s.Cmdline[0], s.Cmdline, env)
 }

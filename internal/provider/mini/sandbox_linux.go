@@ -216,6 +216,12 @@ func (sb *Sandbox) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Running reports whether the node's first process is alive.
+func (sb *Sandbox) Running() bool {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(sb.PID) + "/stat")
+	return err == nil && !bytes.Contains(raw, []byte(") Z "))
+}
+
 // killCgroup kills every process in a cgroup subtree until none is left.
 func killCgroup(dir string) error {
 	for range 100 {

@@ -65,6 +65,9 @@ func waitConsole(t *testing.T, sb *Sandbox, marker string) string {
 		if strings.Contains(string(raw), marker) {
 			return string(raw)
 		}
+		if !sb.Running() {
+			t.Fatalf("node %s stopped before printing %q; console:\n%s", sb.Name, marker, raw)
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("node %s never printed %q; console:\n%s", sb.Name, marker, raw)
 		}
@@ -84,15 +87,15 @@ func TestSandboxes(t *testing.T) {
 	if err := n.Up(); err == nil {
 		t.Fatal("a second bridge with the same name was created")
 	}
-	tpmDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(tpmDir, "hello"), []byte("tpm-dir-visible\n"), 0o600); err != nil {
+	tpmSocket := filepath.Join(t.TempDir(), "tpm.sock")
+	if err := os.WriteFile(tpmSocket, []byte("tpm-socket-visible\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mountsBefore := readMounts(t)
 
 	start := func(name, ip, script string) *Sandbox {
 		spec := bootSpec{
-			Name: name, Hostname: name, Image: img, StateDir: filepath.Join(t.TempDir(), name), TPMDir: tpmDir,
+			Name: name, Hostname: name, Image: img, StateDir: filepath.Join(t.TempDir(), name), TPMSocket: tpmSocket,
 			Cmdline: []string{"/bin/sh", "-c", script}, Metadata: "http://10.219.0.1:8080",
 		}
 		sb, err := StartSandbox(n, spec, netip.MustParseAddr(ip), "csttest-"+name[len(name)-1:], "constellation-test")
@@ -102,11 +105,11 @@ func TestSandboxes(t *testing.T) {
 		t.Cleanup(func() { sb.Stop() })
 		return sb
 	}
-	sb0 := start("node-0", "10.219.0.10", `hostname; cat /etc/marker; cat /run/constellation/tpm/hello; ip route; echo "metadata=$CONSTELLATION_METADATA"; echo READY; exec sleep 1000`)
+	sb0 := start("node-0", "10.219.0.10", `hostname; cat /etc/marker; cat /run/constellation/tpm.sock; echo "tpm=$CONSTELLATION_TPM"; ip route; echo "metadata=$CONSTELLATION_METADATA"; echo READY; exec sleep 1000`)
 	sb1 := start("node-1", "10.219.0.11", `ping -c1 -W5 10.219.0.10 && echo PING-OK; echo READY; exec sleep 1000`)
 
 	out0 := waitConsole(t, sb0, "READY")
-	for _, want := range []string{"node-0\n", "image-marker-42", "tpm-dir-visible", "10.219.0.0/24 dev eth0", "metadata=http://10.219.0.1:8080"} {
+	for _, want := range []string{"node-0\n", "image-marker-42", "tpm-socket-visible", "tpm=/run/constellation/tpm.sock", "10.219.0.0/24 dev eth0", "metadata=http://10.219.0.1:8080"} {
 		if !strings.Contains(out0, want) {
 			t.Errorf("node-0 console lacks %q:\n%s", want, out0)
 		}
