@@ -37,6 +37,7 @@ setup:
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/constellation ./cmd/constellation
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/bootstrapper ./cmd/bootstrapper
 
 test: lint unit fuzz-short
 
@@ -72,7 +73,7 @@ kubernetes:
 components:
 	@bash scripts/build-components.sh
 
-node-image: setup kubernetes components
+node-image: setup build kubernetes components
 	$(GO) run ./tools/node-image
 
 clean:

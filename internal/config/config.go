@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -164,7 +165,7 @@ func (c *Config) Write(path string, overwrite bool) error {
 		}
 	}
 	header := []byte("# Constellation cluster configuration. The measurements are what every node must present.\n")
-	return kms.WriteFileAtomic(path, append(header, raw...), 0o644)
+	return atomicfile.Write(path, append(header, raw...), 0o644)
 }
 
 // ImagePath resolves the node image path relative to the configuration file's directory.

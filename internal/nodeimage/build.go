@@ -205,37 +205,49 @@ func Build(ctx context.Context, in Inputs, outDir string, progress func(string))
 		m.Images[ci.Ref] = digest.String()
 		root = append(root, File{Path: ImagesDir + "/" + archiveName(ci.Ref), Source: file, Mode: 0o644})
 	}
+	return m, WriteImage(ctx, root, outDir, m, progress)
+}
+
+// WriteImage builds node-image.squashfs from files in outDir, fills in m's digest and size, and writes
+// node-image.json and the expected measurements (measurements.json) for a boot with m.Cmdline.
+func WriteImage(ctx context.Context, files []File, outDir string, m *Manifest, progress func(string)) error {
+	if progress == nil {
+		progress = func(string) {}
+	}
+	if m.Cmdline == "" {
+		m.Cmdline = DefaultCmdline
+	}
 	tree := filepath.Join(outDir, "rootfs")
 	if err := os.RemoveAll(tree); err != nil {
-		return nil, err
+		return err
 	}
 	progress("root filesystem")
-	if err := WriteTree(tree, root); err != nil {
-		return nil, err
+	if err := WriteTree(tree, files); err != nil {
+		return err
 	}
 	defer os.RemoveAll(tree)
 	image := filepath.Join(outDir, "node-image.squashfs")
 	progress("squashfs image")
 	if err := MakeSquashfs(ctx, tree, image); err != nil {
-		return nil, err
+		return err
 	}
 	digest, err := measuredboot.DigestFile(image)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	info, err := os.Stat(image)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	m.Digest, m.Size = fmt.Sprintf("sha256:%x", digest), info.Size()
 	expected, err := measuredboot.Expected(measuredboot.Boot{ImageDigest: digest, Cmdline: m.Cmdline})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := writeJSON(filepath.Join(outDir, "measurements.json"), expected); err != nil {
-		return nil, err
+		return err
 	}
-	return m, writeJSON(filepath.Join(outDir, "node-image.json"), m)
+	return writeJSON(filepath.Join(outDir, "node-image.json"), m)
 }
 
 func archiveName(ref string) string {

@@ -362,3 +362,29 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return strings.TrimSpace(b.buf.String())
 }
+
+// StopOrphan cleanly stops a swtpm that serves stateDir but whose owner died (so no TPM value exists for it):
+// TPM2_Shutdown first, so that the stop does not count as a dictionary-attack event, then CMD_SHUTDOWN. A state
+// directory without a live server is left as it is.
+func StopOrphan(stateDir string) error {
+	t := &TPM{sock: filepath.Join(stateDir, sockFile), ctrl: filepath.Join(stateDir, ctrlFile)}
+	if !dialable(t.ctrl) {
+		t.removeSockets()
+		return nil
+	}
+	var errs []error
+	if err := t.shutdownTPM(); err != nil {
+		errs = append(errs, fmt.Errorf("sending TPM2_Shutdown: %w", err))
+	}
+	if err := t.control(cmdShutdown, nil, nil); err != nil {
+		errs = append(errs, fmt.Errorf("sending CMD_SHUTDOWN: %w", err))
+	}
+	for range 250 {
+		if !dialable(t.ctrl) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.removeSockets()
+	return errors.Join(errs...)
+}

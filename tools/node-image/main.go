@@ -20,7 +20,9 @@ func main() {
 	flag.StringVar(&in.KubernetesBin, "kubernetes-bin", "_out/kubernetes/bin", "Kubernetes binaries")
 	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
 	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
+	bootstrapper := flag.String("bootstrapper", "bin/bootstrapper", "the bootstrapper binary (make build)")
 	flag.Parse()
+	in.Extra = append(in.Extra, nodeimage.File{Path: "/usr/bin/bootstrapper", Source: *bootstrapper, Mode: 0o755})
 	if err := run(in, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "node-image:", err)
 		os.Exit(1)

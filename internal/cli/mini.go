@@ -1,0 +1,218 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
+)
+
+// miniDirName is the provider's directory inside a workspace.
+const miniDirName = "constellation-mini"
+
+func newMiniCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "mini",
+		Short: "Run a local cluster of measured node sandboxes on this machine",
+	}
+	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniDaemonCmd())
+	return cmd
+}
+
+func workspace(cmd *cobra.Command) string {
+	ws, _ := cmd.Flags().GetString("workspace")
+	return ws
+}
+
+// loadMiniConfig reads the workspace configuration and applies node-count overrides.
+func loadMiniConfig(cmd *cobra.Command) (*config.Config, string, error) {
+	path := filepath.Join(workspace(cmd), config.FileName)
+	c, err := config.Load(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, "", badInput("no %s in %s; run 'constellation config generate mini' first", config.FileName, workspace(cmd))
+		}
+		return nil, "", badInput("%w", err)
+	}
+	if cmd.Flags().Changed("control-planes") {
+		c.Provider.Mini.ControlPlanes, _ = cmd.Flags().GetInt("control-planes")
+	}
+	if cmd.Flags().Changed("workers") {
+		c.Provider.Mini.Workers, _ = cmd.Flags().GetInt("workers")
+	}
+	if err := c.Validate(); err != nil {
+		return nil, "", badInput("%w", err)
+	}
+	return c, path, nil
+}
+
+func newMiniUpCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "up [--control-planes N] [--workers M]",
+		Short: "Boot a local cluster: measured boot of every node, then attestation of every node",
+		Args:  cobra.NoArgs,
+		RunE:  runMiniUp,
+	}
+	cmd.Flags().Int("control-planes", 1, "number of control-plane nodes (default from the configuration)")
+	cmd.Flags().Int("workers", 2, "number of worker nodes (default from the configuration)")
+	return cmd
+}
+
+func runMiniUp(cmd *cobra.Command, _ []string) error {
+	out := cmd.OutOrStdout()
+	c, confPath, err := loadMiniConfig(cmd)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(workspace(cmd), miniDirName)
+	state, found, err := mini.ReadState(dir)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	if found && state.DaemonAlive() {
+		return badInput("a mini cluster is already running (provider pid %d, %d nodes); run 'constellation mini down' first", state.DaemonPID, len(state.Nodes))
+	}
+	if found {
+		fmt.Fprintln(out, "Cleaning up the leftovers of a previous cluster that did not shut down")
+		if err := mini.Cleanup(dir, state); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: cleanup: %v\n", err)
+		}
+	} else if err := mini.Cleanup(dir, mini.State{}); err != nil { // a crash before the state was written
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: cleanup: %v\n", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return failed(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return failed(err)
+	}
+	logPath := filepath.Join(dir, "provider.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return failed(err)
+	}
+	daemon := exec.Command(exe, "mini", "daemon", "--workspace", workspace(cmd),
+		"--control-planes", strconv.Itoa(c.Provider.Mini.ControlPlanes), "--workers", strconv.Itoa(c.Provider.Mini.Workers))
+	daemon.Stdout, daemon.Stderr = logFile, logFile
+	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := daemon.Start(); err != nil {
+		logFile.Close()
+		return failed(fmt.Errorf("starting the provider: %w", err))
+	}
+	logFile.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- daemon.Wait() }()
+	fmt.Fprintf(out, "Provider started (pid %d, log %s)\n", daemon.Process.Pid, logPath)
+
+	printed := 0
+	for {
+		s, ok, _ := mini.ReadState(dir)
+		if ok {
+			for ; printed < len(s.Progress); printed++ {
+				fmt.Fprintf(out, "  %s\n", s.Progress[printed])
+			}
+			if s.Phase == mini.PhaseRunning {
+				state = s
+				break
+			}
+			if s.Phase == mini.PhaseFailed {
+				<-exited
+				return failed(fmt.Errorf("booting the cluster failed: %s (see %s)", s.Error, logPath))
+			}
+		}
+		select {
+		case err := <-exited:
+			return failed(fmt.Errorf("the provider stopped while booting the cluster: %v (see %s)", err, logPath))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
+	// Every node must prove, before anything else happens, that it booted the configured image.
+	roots, err := readCertificates(filepath.Join(dir, "ak-ca", "ca-cert.pem"))
+	if err != nil {
+		return failed(err)
+	}
+	for _, n := range state.Nodes {
+		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
+		fmt.Fprintf(out, "  attesting %s at %s\n", n.Name, endpoint)
+		res, err := verifyNode(cmd.Context(), endpoint, roots, c.Attestation.Measurements, cmd, 2*time.Minute)
+		if err != nil {
+			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nThe cluster is still up for inspection; run 'constellation mini down' to remove it", n.Name, err))
+		}
+		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
+	}
+	fmt.Fprintf(out, "Mini cluster up: %d node(s) booted from %s and attested against %s\n", len(state.Nodes), c.Provider.Mini.ImageDigest, confPath)
+	return nil
+}
+
+func newMiniDownCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove the local cluster and everything it created on this machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir := filepath.Join(workspace(cmd), miniDirName)
+			state, found, err := mini.ReadState(dir)
+			if err != nil {
+				return badInput("%w", err)
+			}
+			if found && state.DaemonAlive() {
+				fmt.Fprintf(cmd.OutOrStdout(), "Stopping the provider (pid %d) and %d node(s)\n", state.DaemonPID, len(state.Nodes))
+				if err := mini.StopDaemon(state, time.Minute); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", err)
+				}
+			}
+			// Whatever the provider did not remove (or when it had died): remove it now.
+			if err := mini.Cleanup(dir, state); err != nil {
+				return failed(fmt.Errorf("removing the cluster: %w", err))
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "Mini cluster removed")
+			return nil
+		},
+	}
+}
+
+func newMiniDaemonCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "daemon",
+		Short:  "Run the provider of a mini cluster (started by 'mini up')",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := loadMiniConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			p := &mini.Provider{
+				Dir: filepath.Join(workspace(cmd), miniDirName),
+				Log: slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil)).With("component", "mini-provider"),
+			}
+			imagePath := c.ImagePath(filepath.Join(workspace(cmd), config.FileName))
+			return p.Run(ctx, mini.Spec{
+				ControlPlanes: c.Provider.Mini.ControlPlanes, Workers: c.Provider.Mini.Workers,
+				Image: imagePath, ImageDigest: c.Provider.Mini.ImageDigest, Cmdline: nodeimage.DefaultCmdline,
+			})
+		},
+	}
+	cmd.Flags().Int("control-planes", 1, "")
+	cmd.Flags().Int("workers", 2, "")
+	return cmd
+}

@@ -1,0 +1,307 @@
+package mini
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/swtpm"
+)
+
+// Fixed addresses of a mini cluster. One mini cluster runs per machine.
+const (
+	BridgeName   = "cst0"
+	cgroupParent = "constellation"
+	metadataPort = 8080
+)
+
+// Gateway is the provider's address on the node network.
+var Gateway = netip.MustParsePrefix("10.217.0.1/24")
+
+// hostSysctls are the host settings a kubelet changes; the provider restores them when the cluster goes.
+var hostSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward"}
+
+// Spec is what to boot.
+type Spec struct {
+	ControlPlanes, Workers int
+	// Image is the node image; ImageDigest its expected digest ("sha256:<hex>"), checked before any boot.
+	Image, ImageDigest string
+	// Cmdline is the nodes' first process, measured into PCR 8.
+	Cmdline string
+}
+
+// NodeState records a running node.
+type NodeState struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`
+	IP       string `json:"ip"`
+	PID      int    `json:"pid"`
+	Cgroup   string `json:"cgroup"`
+	HostLink string `json:"hostLink"`
+}
+
+// State is the provider's record of a cluster, in <dir>/state.json.
+type State struct {
+	DaemonPID   int               `json:"daemonPID"`
+	Phase       string            `json:"phase"` // booting, running, failed, stopping
+	Error       string            `json:"error,omitempty"`
+	Progress    []string          `json:"progress"`
+	MetadataURL string            `json:"metadataURL"`
+	Sysctls     map[string]string `json:"sysctls"`
+	Nodes       []NodeState       `json:"nodes"`
+}
+
+// Phases of a cluster.
+const (
+	PhaseBooting  = "booting"
+	PhaseRunning  = "running"
+	PhaseFailed   = "failed"
+	PhaseStopping = "stopping"
+)
+
+// Provider runs a mini cluster from a directory: the CAs, the node TPMs and sandboxes, the metadata service.
+type Provider struct {
+	Dir string
+	Log *slog.Logger
+
+	state State
+}
+
+// StatePath is the state file of a provider directory.
+func StatePath(dir string) string { return filepath.Join(dir, "state.json") }
+
+// ReadState reads the state of the cluster in dir; ok is false when there is none.
+func ReadState(dir string) (State, bool, error) {
+	raw, err := os.ReadFile(StatePath(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return State{}, false, nil
+	}
+	if err != nil {
+		return State{}, false, err
+	}
+	var s State
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return State{}, false, fmt.Errorf("reading %s: %w", StatePath(dir), err)
+	}
+	return s, true, nil
+}
+
+// DaemonAlive reports whether the provider process of a state still runs.
+func (s State) DaemonAlive() bool {
+	if s.DaemonPID <= 0 {
+		return false
+	}
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(s.DaemonPID) + "/cmdline")
+	return err == nil && strings.Contains(string(raw), "mini")
+}
+
+func (p *Provider) save() error {
+	raw, err := json.MarshalIndent(p.state, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(StatePath(p.Dir), raw, 0o600)
+}
+
+func (p *Provider) progress(msg string) {
+	p.Log.Info(msg)
+	p.state.Progress = append(p.state.Progress, msg)
+	p.save()
+}
+
+// Run boots the cluster, serves the metadata service, and tears everything down when ctx ends. It is the
+// provider daemon's main loop.
+func (p *Provider) Run(ctx context.Context, spec Spec) error {
+	p.state = State{DaemonPID: os.Getpid(), Phase: PhaseBooting, Sysctls: readSysctls()}
+	if err := p.save(); err != nil {
+		return err
+	}
+	teardown, err := p.boot(ctx, spec)
+	if err != nil {
+		p.state.Phase, p.state.Error = PhaseFailed, err.Error()
+		p.save()
+		teardown()
+		return err
+	}
+	p.state.Phase = PhaseRunning
+	p.progress(fmt.Sprintf("cluster running: %d control plane(s), %d worker(s)", spec.ControlPlanes, spec.Workers))
+	<-ctx.Done()
+	p.state.Phase = PhaseStopping
+	p.save()
+	teardown()
+	return os.Remove(StatePath(p.Dir))
+}
+
+func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err error) {
+	var undo []func()
+	teardown = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		restoreSysctls(p.state.Sysctls)
+	}
+	p.progress("checking the node image")
+	digest, err := measuredboot.DigestFile(spec.Image)
+	if err != nil {
+		return teardown, err
+	}
+	if got := fmt.Sprintf("sha256:%x", digest); got != spec.ImageDigest {
+		return teardown, fmt.Errorf("node image %s has digest %s, the configuration expects %s; rebuild it or run 'constellation config generate mini --force'", spec.Image, got, spec.ImageDigest)
+	}
+	ekCA, err := swtpm.NewCA(filepath.Join(p.Dir, "ek-ca"))
+	if err != nil {
+		return teardown, err
+	}
+	ca, err := akca.LoadOrCreate(filepath.Join(p.Dir, "ak-ca"), "Constellation mini provider AK CA", []*x509.Certificate{ekCA.Certificate()})
+	if err != nil {
+		return teardown, err
+	}
+
+	n := Network{Bridge: BridgeName, Gateway: Gateway}
+	p.progress("creating the node network " + Gateway.String())
+	if err := n.Up(); err != nil {
+		return teardown, err
+	}
+	undo = append(undo, func() { n.Down() })
+
+	md := metadata.NewServer(ca, p.Log.With("service", "metadata"))
+	ln, err := net.Listen("tcp", net.JoinHostPort(Gateway.Addr().String(), strconv.Itoa(metadataPort)))
+	if err != nil {
+		return teardown, fmt.Errorf("starting the metadata service: %w", err)
+	}
+	srv := &http.Server{Handler: md.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	undo = append(undo, func() { srv.Close() })
+	p.state.MetadataURL = "http://" + ln.Addr().String()
+
+	for i := range spec.ControlPlanes + spec.Workers {
+		role, name := metadata.RoleControlPlane, fmt.Sprintf("control-plane-%d", i)
+		if i >= spec.ControlPlanes {
+			role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
+		}
+		addr := NodeAddr(i)
+		nodeDir := filepath.Join(p.Dir, "nodes", name)
+		p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, addr))
+		tpm, err := NewVTPM(ctx, nodeDir, ekCA)
+		if err != nil {
+			return teardown, fmt.Errorf("%s: %w", name, err)
+		}
+		log, err := tpm.Boot(ctx, measuredboot.Boot{ImageDigest: digest, Cmdline: spec.Cmdline})
+		if err != nil {
+			tpm.Shutdown()
+			return teardown, fmt.Errorf("%s: %w", name, err)
+		}
+		undo = append(undo, func() { tpm.Shutdown() })
+		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String()}, log)
+		sandboxDir := filepath.Join(nodeDir, "sandbox")
+		os.RemoveAll(sandboxDir) // every boot starts from the image; state disks come later
+		sb, err := StartSandbox(n, bootSpec{
+			Name: name, Hostname: name, Image: spec.Image, StateDir: sandboxDir,
+			TPMSocket: tpm.SocketPath(), Cmdline: strings.Fields(spec.Cmdline), Metadata: p.state.MetadataURL,
+		}, addr, fmt.Sprintf("cst-%d", i), cgroupParent)
+		if err != nil {
+			return teardown, err
+		}
+		undo = append(undo, func() { sb.Stop() })
+		p.state.Nodes = append(p.state.Nodes, NodeState{Name: name, Role: role, IP: addr.String(), PID: sb.PID, Cgroup: sb.Cgroup, HostLink: sb.HostLink})
+		p.save()
+	}
+	undo = append(undo, func() { removeCgroupTreeAll(cgroupParent) })
+	return teardown, nil
+}
+
+// NodeAddr is the address of the i-th node: 10.217.0.10, .11, ...
+func NodeAddr(i int) netip.Addr {
+	a := Gateway.Addr().As4()
+	a[3] = byte(10 + i)
+	return netip.AddrFrom4(a)
+}
+
+// Cleanup removes what a cluster described by state left behind when its provider died: node processes,
+// cgroups, links, the bridge, and the host sysctls the kubelet changed. It is idempotent.
+func Cleanup(dir string, s State) error {
+	var errs []error
+	for _, n := range s.Nodes {
+		sb := &Sandbox{Name: n.Name, PID: n.PID, Cgroup: n.Cgroup, HostLink: n.HostLink}
+		if err := sb.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// TPMs of nodes whose provider died: stop their swtpm processes cleanly.
+	entries, _ := os.ReadDir(filepath.Join(dir, "nodes"))
+	for _, e := range entries {
+		stopStaleTPM(filepath.Join(dir, "nodes", e.Name(), "tpm"))
+	}
+	removeCgroupTreeAll(cgroupParent)
+	if err := (Network{Bridge: BridgeName}).Down(); err != nil {
+		errs = append(errs, err)
+	}
+	restoreSysctls(s.Sysctls)
+	if err := os.Remove(StatePath(dir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// stopStaleTPM stops a swtpm left running on state dir by a dead provider.
+func stopStaleTPM(state string) {
+	swtpm.StopOrphan(state)
+}
+
+func removeCgroupTreeAll(rel string) {
+	for _, h := range append(cgroupHierarchies, "unified") {
+		removeCgroupTree(filepath.Join(cgroupRoot, h, rel))
+	}
+}
+
+func readSysctls() map[string]string {
+	out := map[string]string{}
+	for _, k := range hostSysctls {
+		if raw, err := os.ReadFile("/proc/sys/" + k); err == nil {
+			out[k] = strings.TrimSpace(string(raw))
+		}
+	}
+	return out
+}
+
+func restoreSysctls(saved map[string]string) {
+	for k, v := range saved {
+		os.WriteFile("/proc/sys/"+k, []byte(v), 0o644)
+	}
+}
+
+// StopDaemon asks the provider daemon of a state to tear its cluster down and waits until it is gone.
+func StopDaemon(s State, wait time.Duration) error {
+	if !s.DaemonAlive() {
+		return nil
+	}
+	if err := syscall.Kill(s.DaemonPID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	deadline := time.Now().Add(wait)
+	for s.DaemonAlive() {
+		if time.Now().After(deadline) {
+			syscall.Kill(s.DaemonPID, syscall.SIGKILL)
+			return fmt.Errorf("the provider (pid %d) did not stop within %s; killed it, cleaning up", s.DaemonPID, wait)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
