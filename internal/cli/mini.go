@@ -92,8 +92,8 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		if err := mini.Cleanup(dir, state); err != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: cleanup: %v\n", err)
 		}
-	} else if err := mini.Cleanup(dir, mini.State{}); err != nil { // a crash before the state was written
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: cleanup: %v\n", err)
+	} else if mini.NetworkInUse() {
+		return badInput("the node network %s exists but this workspace has no cluster: another mini cluster runs on this machine; run 'constellation mini down' in its workspace", mini.BridgeName)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return failed(err)

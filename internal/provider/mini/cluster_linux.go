@@ -227,6 +227,9 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	return teardown, nil
 }
 
+// NetworkInUse reports whether a mini cluster's node network exists on this machine.
+func NetworkInUse() bool { return linkExists(BridgeName) }
+
 // NodeAddr is the address of the i-th node: 10.217.0.10, .11, ...
 func NodeAddr(i int) netip.Addr {
 	a := Gateway.Addr().As4()

@@ -1,0 +1,184 @@
+// Package e2e holds end-to-end tests that drive the built constellation binary against a real mini cluster
+// on this machine: node sandboxes, software TPMs, measured boot, attestation.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+)
+
+func requireMachine(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a mini cluster needs root")
+	}
+	for _, tool := range []string{"ip", "nsenter", "mount", "mksquashfs", "busybox", "swtpm", "swtpm_setup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed; run scripts/setup.sh", tool)
+		}
+	}
+	if mini.NetworkInUse() {
+		t.Skipf("a mini cluster already runs on this machine (%s exists)", mini.BridgeName)
+	}
+}
+
+// goBuild builds a command of this module into dir.
+func goBuild(t *testing.T, dir, pkg, name string, env ...string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// smallImage builds a node image with the real bootstrapper and busybox, without Kubernetes: enough to boot
+// nodes, measure them and attest them.
+func smallImage(t *testing.T, bootstrapper, outDir string) {
+	t.Helper()
+	files := []nodeimage.File{
+		{Path: "/usr/bin/bootstrapper", Source: bootstrapper, Mode: 0o755},
+		{Path: "/usr/bin/busybox", Source: "/usr/bin/busybox", Mode: 0o755},
+		{Path: "/usr/bin/sh", Link: "busybox"},
+		{Path: "/bin", Link: "usr/bin"},
+		{Path: "/etc/os-release", Data: []byte("ID=constellation-test\n")},
+	}
+	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/var"} {
+		files = append(files, nodeimage.File{Path: d, Dir: true})
+	}
+	if err := nodeimage.WriteImage(context.Background(), files, outDir, &nodeimage.Manifest{}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type cli struct {
+	t   *testing.T
+	bin string
+	ws  string
+}
+
+func (c cli) run(args ...string) (string, int) {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, append(args, "--workspace", c.ws)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatal(err)
+	}
+	return out.String(), code
+}
+
+func sysctls() string {
+	var b strings.Builder
+	for _, k := range []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward"} {
+		raw, _ := os.ReadFile("/proc/sys/" + k)
+		b.WriteString(k + "=" + strings.TrimSpace(string(raw)) + " ")
+	}
+	return b.String()
+}
+
+func TestMiniUpVerifyDown(t *testing.T) {
+	requireMachine(t)
+	bins := t.TempDir()
+	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
+	bootstrapper := goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/bootstrapper", "bootstrapper", "CGO_ENABLED=0")
+	imageDir := t.TempDir()
+	smallImage(t, bootstrapper, imageDir)
+	hostBefore := sysctls()
+
+	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"); code != 0 {
+		t.Fatalf("config generate: %d\n%s", code, out)
+	}
+	out, code := c.run("mini", "up")
+	t.Cleanup(func() { c.run("mini", "down") })
+	if code != 0 {
+		log, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "provider.log"))
+		t.Fatalf("mini up: exit %d\n%s\nprovider log:\n%s", code, out, log)
+	}
+	for _, want := range []string{"measured boot", "control-plane-0 verified: control-plane-0", "worker-0 verified: worker-0", "Mini cluster up: 2 node(s)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("mini up output lacks %q:\n%s", want, out)
+		}
+	}
+
+	// A second cluster is refused and changes nothing.
+	if out, code := c.run("mini", "up"); code != 2 || !strings.Contains(out, "already running") {
+		t.Fatalf("second mini up: exit %d\n%s", code, out)
+	}
+
+	// Any node can be attested at any time.
+	out, code = c.run("verify", "--node-endpoint", mini.NodeAddr(1).String()+":9090", "-o", "json")
+	var res struct {
+		Node     string `json:"node"`
+		Verified bool   `json:"verified"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || !res.Verified || res.Node != "worker-0" {
+		t.Fatalf("verify worker-0: exit %d\n%s", code, out)
+	}
+
+	// Against a configuration that expects another node image, the same node fails, and the failure says
+	// which image it runs.
+	confPath := filepath.Join(c.ws, config.FileName)
+	conf, err := config.Load(confPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.Attestation.Measurements[4] = measurements.Measurement{Expected: measurements.Digest{0xcd}}
+	if err := conf.Write(confPath, true); err != nil {
+		t.Fatal(err)
+	}
+	out, code = c.run("verify", "--node-endpoint", mini.NodeAddr(0).String()+":9090")
+	if code != 1 || !strings.Contains(out, "PCR 4") || !strings.Contains(out, "constellation node image sha256:") {
+		t.Fatalf("verify against another image: exit %d\n%s", code, out)
+	}
+
+	state, _, err := mini.ReadState(filepath.Join(c.ws, "constellation-mini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := c.run("mini", "down"); code != 0 {
+		t.Fatalf("mini down: exit %d\n%s", code, out)
+	}
+	// Nothing is left: provider, node processes, swtpm, bridge, cgroups, mounts; sysctls as before.
+	if state.DaemonAlive() {
+		t.Error("provider still running")
+	}
+	for _, n := range state.Nodes {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(n.PID)); err == nil {
+			t.Errorf("node %s still running", n.Name)
+		}
+	}
+	if mini.NetworkInUse() {
+		t.Error("node network left")
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/pids/constellation"); !os.IsNotExist(err) {
+		t.Error("cgroups left")
+	}
+	if raw, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(raw, []byte(c.ws)) {
+		t.Error("mounts left")
+	}
+	if out, _ := exec.Command("pgrep", "-f", "swtpm socket.*"+c.ws).Output(); len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("swtpm processes left: %s", out)
+	}
+	if got := sysctls(); got != hostBefore {
+		t.Errorf("host sysctls changed: before %s, after %s", hostBefore, got)
+	}
+}
