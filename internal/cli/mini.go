@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -153,7 +154,9 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		fmt.Fprintf(out, "  attesting %s at %s\n", n.Name, endpoint)
 		res, err := verifyNode(cmd.Context(), endpoint, roots, c.Attestation.Measurements, cmd, 2*time.Minute)
 		if err != nil {
-			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nThe cluster is still up for inspection; run 'constellation mini down' to remove it", n.Name, err))
+			console := filepath.Join(dir, "nodes", n.Name, "sandbox", "console.log")
+			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nLast lines of its console (%s):\n%s\nThe cluster is still up for inspection; run 'constellation mini down' to remove it",
+				n.Name, err, console, tailFile(console, 15)))
 		}
 		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
 	}
@@ -215,4 +218,17 @@ func newMiniDaemonCmd() *cobra.Command {
 	cmd.Flags().Int("control-planes", 1, "")
 	cmd.Flags().Int("workers", 2, "")
 	return cmd
+}
+
+// tailFile returns the last n lines of a file, or a note why it cannot.
+func tailFile(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "  (" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
 }

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/config"
@@ -180,5 +182,46 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	}
 	if got := sysctls(); got != hostBefore {
 		t.Errorf("host sysctls changed: before %s, after %s", hostBefore, got)
+	}
+}
+
+// TestMiniUpAfterCrash kills the provider without warning, as a crash would, and checks that the next
+// `mini up` removes the leftovers and boots a cluster whose nodes still attest (their TPMs, stopped
+// uncleanly, are not locked out).
+func TestMiniUpAfterCrash(t *testing.T) {
+	requireMachine(t)
+	bins := t.TempDir()
+	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
+	bootstrapper := goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/bootstrapper", "bootstrapper", "CGO_ENABLED=0")
+	imageDir := t.TempDir()
+	smallImage(t, bootstrapper, imageDir)
+	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "0"); code != 0 {
+		t.Fatalf("config generate: %d\n%s", code, out)
+	}
+	t.Cleanup(func() { c.run("mini", "down") })
+	for round := range 4 {
+		out, code := c.run("mini", "up")
+		if code != 0 {
+			t.Fatalf("mini up (round %d): exit %d\n%s", round, code, out)
+		}
+		if round > 0 && !strings.Contains(out, "Cleaning up the leftovers") {
+			t.Errorf("round %d: no cleanup of the crashed cluster:\n%s", round, out)
+		}
+		state, _, err := mini.ReadState(filepath.Join(c.ws, "constellation-mini"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(state.DaemonPID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for state.DaemonAlive() {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if out, code := c.run("mini", "down"); code != 0 {
+		t.Fatalf("mini down after a crash: exit %d\n%s", code, out)
+	}
+	if mini.NetworkInUse() {
+		t.Error("node network left")
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/go-tpm/legacy/tpm2"
+
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 )
@@ -58,6 +60,13 @@ func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
 	if err != nil {
 		tpm.Close()
 		return nil, err
+	}
+	// The provider is the platform owner: a node or provider that died without TPM2_Shutdown is a power loss,
+	// not a dictionary attack, so clear the lockout counter it left (swtpm counts unclean stops).
+	if err := tpm2.DictionaryAttackLockReset(conn, tpm2.AuthCommand{Session: tpm2.HandlePasswordSession, Attributes: tpm2.AttrContinueSession}); err != nil {
+		conn.Close()
+		tpm.Close()
+		return nil, fmt.Errorf("resetting the TPM's lockout counter: %w", err)
 	}
 	log, err := measuredboot.Measure(conn, b)
 	conn.Close()
