@@ -18,6 +18,8 @@ FUZZ_TARGETS := \
 	./internal/attestation/vtpm:FuzzVerifySignature \
 	./internal/atls:FuzzNonceFromCAs \
 	./internal/atls:FuzzFindEvidence \
+	./internal/attestation/akca:FuzzChallenge \
+	./internal/config:FuzzParse \
 	./internal/kms:FuzzParseSecretFile \
 	./internal/kms/kmip:FuzzParseWrapped
 FUZZTIME ?= 10s

@@ -206,6 +206,9 @@ func (c *CA) verifyEKCert(der []byte) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing endorsement key certificate: %w", err)
 	}
+	if cert.IsCA {
+		return nil, fmt.Errorf("certificate %q is a CA certificate, not a TPM's endorsement key certificate", cert.Subject.CommonName)
+	}
 	// EK certificates put the TPM's identity in a critical subject alternative name of type directoryName
 	// and often carry a critical basic-constraints or subject-directory-attributes extension. Accept
 	// exactly those TCG-defined critical extensions; anything else stays unhandled and fails verification.

@@ -129,6 +129,21 @@ func TestEnroll(t *testing.T) {
 			t.Fatalf("Enroll with an untrusted EK = %v", err)
 		}
 	})
+	t.Run("CA certificate as EK certificate", func(t *testing.T) {
+		ak, err := vtpm.CreateAK(sim, vtpm.ECC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := ak.PublicArea().Encode()
+		ak.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ca.Challenge(ctx, akca.EnrollRequest{Name: "n", EKCert: mf.Cert.Raw, AKPublic: pub})
+		if err == nil || !strings.Contains(err.Error(), "is a CA certificate") {
+			t.Fatalf("Challenge with the manufacturer root as EK certificate = %v", err)
+		}
+	})
 	t.Run("malformed requests", func(t *testing.T) {
 		for name, req := range map[string]akca.EnrollRequest{
 			"no name":       {EKCert: mf.Cert.Raw, AKPublic: []byte{1}},
@@ -139,6 +154,31 @@ func TestEnroll(t *testing.T) {
 			if _, err := ca.Challenge(ctx, req); err == nil {
 				t.Errorf("%s: accepted", name)
 			}
+		}
+	})
+}
+
+// FuzzChallenge feeds arbitrary enrollment requests (untrusted bytes from nodes) to the CA.
+func FuzzChallenge(f *testing.F) {
+	ak, err := client.AKTemplateECC().Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	mf, err := tpmtest.NewManufacturer()
+	if err != nil {
+		f.Fatal(err)
+	}
+	ca, err := tpmtest.NewAKCA(mf.Cert)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(mf.Cert.Raw, ak)
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x01}, []byte{0x00, 0x23, 0x00, 0x0b})
+	f.Fuzz(func(t *testing.T, ekCert, akPublic []byte) {
+		ch, err := ca.Challenge(context.Background(), akca.EnrollRequest{Name: "fuzz", EKCert: ekCert, AKPublic: akPublic})
+		if err == nil || ch != nil {
+			// Only a certificate chaining to the manufacturer root can get a challenge; the fuzzer cannot forge one.
+			t.Fatalf("challenge issued for fuzzed input: %v", err)
 		}
 	})
 }
