@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
@@ -105,3 +106,5 @@ func interleavedMedians(n int, fns ...func() error) ([]time.Duration, error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -9,9 +9,11 @@ import (
 	"strings"
 
 	"github.com/constellation-dev/constellation/internal/bench"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
 )
 
 func main() {
+	mini.MaybeRunNodeInit() // the mini-boot benchmark boots nodes whose init stage is this binary
 	selected := os.Args[1:]
 	if env := os.Getenv("BENCH"); env != "" {
 		selected = append(selected, strings.Split(env, ",")...)

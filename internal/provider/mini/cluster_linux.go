@@ -174,6 +174,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		return teardown, err
 	}
 
+	undo = append(undo, func() { removeCgroupTreeAll(cgroupParent) }) // runs last, after every node stopped
 	n := Network{Bridge: BridgeName, Gateway: Gateway}
 	p.progress("creating the node network " + Gateway.String())
 	if err := n.Up(); err != nil {
@@ -223,7 +224,6 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		p.state.Nodes = append(p.state.Nodes, NodeState{Name: name, Role: role, IP: addr.String(), PID: sb.PID, Cgroup: sb.Cgroup, HostLink: sb.HostLink})
 		p.save()
 	}
-	undo = append(undo, func() { removeCgroupTreeAll(cgroupParent) })
 	return teardown, nil
 }
 

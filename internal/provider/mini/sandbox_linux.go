@@ -67,6 +67,14 @@ type Sandbox struct {
 // on the cluster bridge with address ip, and the node image as its root; then the node's first process runs.
 // The sandbox outlives the calling process; Stop ends it.
 func StartSandbox(n Network, spec bootSpec, ip netip.Addr, hostLink, cgroupParent string) (*Sandbox, error) {
+	// The init stage runs with / as working directory: every host path must be absolute.
+	for _, p := range []*string{&spec.Image, &spec.StateDir, &spec.TPMSocket} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = abs
+	}
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
 		return nil, err
 	}
