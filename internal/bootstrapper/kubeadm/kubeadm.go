@@ -1,0 +1,302 @@
+// Package kubeadm drives a node's container runtime and kubeadm: it writes the containerd, CNI and kubeadm
+// configuration a node needs on this product's nodes (no image pulls, no upstream DNS, cgroup v1 with the
+// cgroupfs driver), starts containerd, imports the pre-loaded images, starts the kubelet once kubeadm has
+// configured it, and runs kubeadm init.
+package kubeadm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Options describe a node for kubeadm.
+type Options struct {
+	NodeName          string
+	NodeIP            netip.Addr
+	KubernetesVersion string
+	// PauseImage is the sandbox image, e.g. registry.k8s.io/pause:3.10.2.
+	PauseImage string
+	// CgroupRoot is the node's cgroup (relative to each hierarchy), e.g. /constellation/control-plane-0.
+	CgroupRoot string
+	// PodCIDR is this node's pod address range; PodSubnet and ServiceSubnet are the cluster's.
+	PodCIDR, PodSubnet, ServiceSubnet netip.Prefix
+}
+
+// Paths on a node.
+const (
+	ContainerdConfig = "/etc/containerd/config.toml"
+	ContainerdSocket = "/run/containerd/containerd.sock"
+	CNIConfDir       = "/etc/cni/net.d"
+	CNIBinDir        = "/usr/lib/cni"
+	KubeadmConfig    = "/etc/kubernetes/kubeadm.yaml"
+	AdminKubeconfig  = "/etc/kubernetes/admin.conf"
+	PodLogsDir       = "/var/log/pods"
+)
+
+var containerdTmpl = template.Must(template.New("containerd").Parse(`version = 3
+[plugins."io.containerd.cri.v1.runtime"]
+  # Required here: the node lacks CAP_SYS_RESOURCE, and without this every pod fails to start.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{{.CNIBinDir}}"]
+    conf_dir = "{{.CNIConfDir}}"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+    SystemdCgroup = false
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{{.PauseImage}}"
+`))
+
+// ContainerdConfigFile returns containerd's configuration.
+func ContainerdConfigFile(o Options) ([]byte, error) {
+	var b bytes.Buffer
+	err := containerdTmpl.Execute(&b, map[string]string{"CNIBinDir": CNIBinDir, "CNIConfDir": CNIConfDir, "PauseImage": o.PauseImage})
+	return b.Bytes(), err
+}
+
+// CNIConfigFile returns the CNI network of this node: a bridge with the node's pod range.
+func CNIConfigFile(o Options) []byte {
+	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"pods","plugins":[`+
+		`{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"/var/lib/cni"}},`+
+		`{"type":"portmap","capabilities":{"portMappings":true}}]}`, o.PodCIDR))
+}
+
+var initTmpl = template.Must(template.New("init").Parse(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint: {advertiseAddress: "{{.NodeIP}}", bindPort: 6443}
+nodeRegistration:
+  name: "{{.NodeName}}"
+  criSocket: "unix://{{.Socket}}"
+  imagePullPolicy: Never
+  kubeletExtraArgs: [{name: node-ip, value: "{{.NodeIP}}"}]
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: "{{.KubernetesVersion}}"
+controlPlaneEndpoint: "{{.NodeIP}}:6443"
+networking: {serviceSubnet: "{{.ServiceSubnet}}", podSubnet: "{{.PodSubnet}}"}
+apiServer:
+  # Never ask the host's resolver for node names.
+  extraArgs: [{name: kubelet-preferred-address-types, value: InternalIP}]
+---
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: "{{.CgroupRoot}}"
+failCgroupV1: false
+failSwapOn: false
+podLogsDir: "{{.PodLogsDir}}"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+conntrack: {maxPerCore: 0}
+`))
+
+// InitConfigFile returns kubeadm's configuration for the first control-plane node.
+func InitConfigFile(o Options) ([]byte, error) {
+	if !o.NodeIP.IsValid() || o.NodeName == "" || o.KubernetesVersion == "" || o.CgroupRoot == "" {
+		return nil, fmt.Errorf("kubeadm options incomplete: node name, node IP, Kubernetes version and cgroup root are required")
+	}
+	var b bytes.Buffer
+	err := initTmpl.Execute(&b, map[string]any{
+		"NodeIP": o.NodeIP, "NodeName": o.NodeName, "Socket": ContainerdSocket, "KubernetesVersion": o.KubernetesVersion,
+		"ServiceSubnet": o.ServiceSubnet, "PodSubnet": o.PodSubnet, "CgroupRoot": o.CgroupRoot, "PodLogsDir": PodLogsDir,
+	})
+	return b.Bytes(), err
+}
+
+// Corefile is CoreDNS's configuration on these clusters: cluster names only. There is no upstream resolver
+// (no "forward") and hence no forwarding loop to detect (no "loop").
+const Corefile = `.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    cache 30
+    reload
+    loadbalance
+}
+`
+
+// Driver runs the node's container runtime and kubeadm.
+type Driver struct {
+	Options Options
+	// ImagesDir holds the container image archives to import.
+	ImagesDir string
+	// Log receives the output of containerd, the kubelet and kubeadm.
+	Log func(format string, args ...any)
+}
+
+func (d *Driver) logf(format string, args ...any) {
+	if d.Log != nil {
+		d.Log(format, args...)
+	}
+}
+
+// PrepareRuntime writes the configuration files, starts containerd and imports the images.
+func (d *Driver) PrepareRuntime(ctx context.Context) error {
+	cfg, err := ContainerdConfigFile(d.Options)
+	if err != nil {
+		return err
+	}
+	for path, data := range map[string][]byte{
+		ContainerdConfig: cfg,
+		filepath.Join(CNIConfDir, "10-pods.conflist"): CNIConfigFile(d.Options),
+	} {
+		if err := writeFile(path, data); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{PodLogsDir, "/var/lib/kubelet", "/etc/kubernetes"} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := d.startBackground("containerd", "/var/log/containerd.log", "containerd", "--config", ContainerdConfig); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, time.Minute, func() bool { _, err := os.Stat(ContainerdSocket); return err == nil }); err != nil {
+		return fmt.Errorf("containerd did not start (see /var/log/containerd.log): %w", err)
+	}
+	archives, err := filepath.Glob(filepath.Join(d.ImagesDir, "*.tar"))
+	if err != nil || len(archives) == 0 {
+		return fmt.Errorf("no container images in %s", d.ImagesDir)
+	}
+	for _, a := range archives {
+		if out, err := exec.CommandContext(ctx, "ctr", "-a", ContainerdSocket, "-n", "k8s.io", "images", "import", a).CombinedOutput(); err != nil {
+			return fmt.Errorf("importing %s: %w: %s", filepath.Base(a), err, out)
+		}
+	}
+	d.logf("container runtime ready, %d images imported", len(archives))
+	return nil
+}
+
+// Init runs kubeadm init with the kubelet started as soon as kubeadm has written its configuration, then
+// replaces CoreDNS's configuration. It returns the admin kubeconfig.
+func (d *Driver) Init(ctx context.Context) ([]byte, error) {
+	cfg, err := InitConfigFile(d.Options)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(KubeadmConfig, cfg); err != nil {
+		return nil, err
+	}
+	go d.launchKubelet(ctx)
+	cmd := exec.CommandContext(ctx, "kubeadm", "init", "--config", KubeadmConfig, "--skip-token-print",
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("kubeadm init: %w\n%s", err, tail(out, 30))
+	}
+	if err := d.configureCoreDNS(ctx); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(AdminKubeconfig)
+}
+
+// launchKubelet stands in for the kubelet's service unit: it waits for kubeadm's files and starts the kubelet.
+func (d *Driver) launchKubelet(ctx context.Context) {
+	if err := waitFor(ctx, 10*time.Minute, func() bool {
+		_, e1 := os.Stat("/var/lib/kubelet/config.yaml")
+		_, e2 := os.Stat("/var/lib/kubelet/kubeadm-flags.env")
+		return e1 == nil && e2 == nil
+	}); err != nil {
+		return
+	}
+	env, _ := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml"}
+	args = append(args, kubeadmFlags(string(env))...)
+	if err := d.startBackground("kubelet", "/var/log/kubelet.log", "kubelet", args...); err != nil {
+		d.logf("starting the kubelet: %v", err)
+	}
+}
+
+// kubeadmFlags parses KUBELET_KUBEADM_ARGS="--a=b --c=d" from kubeadm-flags.env.
+func kubeadmFlags(env string) []string {
+	for _, line := range strings.Split(env, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KUBELET_KUBEADM_ARGS="); ok {
+			return strings.Fields(strings.Trim(v, `"`))
+		}
+	}
+	return nil
+}
+
+func (d *Driver) configureCoreDNS(ctx context.Context) error {
+	patch := fmt.Sprintf(`{"data":{"Corefile":%q}}`, Corefile)
+	kubectl := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", AdminKubeconfig, "-n", "kube-system"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := kubectl("patch", "configmap", "coredns", "--type", "merge", "-p", patch); err != nil {
+		return fmt.Errorf("configuring CoreDNS: %w", err)
+	}
+	return kubectl("rollout", "restart", "deployment", "coredns")
+}
+
+func (d *Driver) startBackground(name, logPath string, bin string, args ...string) error {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	go func() {
+		err := cmd.Wait()
+		logFile.Close()
+		d.logf("%s exited: %v", name, err)
+	}()
+	return nil
+}
+
+func writeFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func tail(out []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

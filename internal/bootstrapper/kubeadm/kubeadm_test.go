@@ -1,0 +1,98 @@
+package kubeadm
+
+import (
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+var opts = Options{
+	NodeName: "control-plane-0", NodeIP: netip.MustParseAddr("10.217.0.10"), KubernetesVersion: "v1.37.2",
+	PauseImage: "registry.k8s.io/pause:3.10.2", CgroupRoot: "/constellation/control-plane-0",
+	PodCIDR: netip.MustParsePrefix("10.218.0.0/24"), PodSubnet: netip.MustParsePrefix("10.218.0.0/16"),
+	ServiceSubnet: netip.MustParsePrefix("10.97.0.0/16"),
+}
+
+func docs(t *testing.T, raw []byte) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	for _, d := range strings.Split(string(raw), "\n---\n") {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(d), &m); err != nil {
+			t.Fatalf("document does not parse: %v\n%s", err, d)
+		}
+		out[m["kind"].(string)] = m
+	}
+	return out
+}
+
+func TestInitConfigFile(t *testing.T) {
+	raw, err := InitConfigFile(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := docs(t, raw)
+	kubelet := d["KubeletConfiguration"]
+	if kubelet["failCgroupV1"] != false || kubelet["cgroupDriver"] != "cgroupfs" || kubelet["cgroupRoot"] != "/constellation/control-plane-0" {
+		t.Errorf("kubelet configuration: %v", kubelet)
+	}
+	reg := d["InitConfiguration"]["nodeRegistration"].(map[string]any)
+	if reg["imagePullPolicy"] != "Never" || reg["criSocket"] != "unix://"+ContainerdSocket {
+		t.Errorf("node registration: %v", reg)
+	}
+	if !strings.Contains(string(raw), "kubelet-preferred-address-types, value: InternalIP") {
+		t.Error("the API server may ask the host's resolver for node names")
+	}
+	if _, err := InitConfigFile(Options{}); err == nil {
+		t.Error("empty options accepted")
+	}
+
+	// The real kubeadm accepts it, when it has been built.
+	kubeadm, _ := filepath.Abs("../../../_out/kubernetes/bin/kubeadm")
+	if _, err := os.Stat(kubeadm); err != nil {
+		t.Skip("kubeadm not built (make kubernetes); skipping validation with kubeadm")
+	}
+	path := filepath.Join(t.TempDir(), "kubeadm.yaml")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
+		t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+	}
+}
+
+func TestRuntimeConfig(t *testing.T) {
+	cfg, err := ContainerdConfigFile(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"restrict_oom_score_adj = true", `sandbox = "registry.k8s.io/pause:3.10.2"`, "SystemdCgroup = false", `bin_dirs = ["/usr/lib/cni"]`} {
+		if !strings.Contains(string(cfg), want) {
+			t.Errorf("containerd configuration lacks %q:\n%s", want, cfg)
+		}
+	}
+	var cni map[string]any
+	if err := yaml.Unmarshal(CNIConfigFile(opts), &cni); err != nil || !strings.Contains(string(CNIConfigFile(opts)), `"subnet":"10.218.0.0/24"`) {
+		t.Errorf("CNI configuration: %v\n%s", err, CNIConfigFile(opts))
+	}
+	for _, banned := range []string{"forward", "loop"} {
+		if strings.Contains(Corefile, banned) {
+			t.Errorf("Corefile contains %q: CoreDNS would query an upstream resolver", banned)
+		}
+	}
+}
+
+func TestKubeadmFlags(t *testing.T) {
+	got := kubeadmFlags("# comment\nKUBELET_KUBEADM_ARGS=\"--node-ip=10.217.0.10 --pod-infra-container-image=x\"\n")
+	if len(got) != 2 || got[0] != "--node-ip=10.217.0.10" {
+		t.Fatalf("kubeadmFlags = %q", got)
+	}
+	if kubeadmFlags("") != nil {
+		t.Fatal("flags from an empty file")
+	}
+}
