@@ -97,3 +97,14 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// ClusterID returns the cluster's public identifier, derived from the cluster-ID secret. Nodes extend it into
+// PCR 15 after init or join.
+func (d *Deriver) ClusterID() ([]byte, error) {
+	secret, err := d.ClusterIDSecret()
+	if err != nil {
+		return nil, err
+	}
+	id := sha256.Sum256(append([]byte("constellation cluster id v1\x00"), secret...))
+	return id[:], nil
+}

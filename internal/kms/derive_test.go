@@ -100,3 +100,14 @@ func TestDeriveRejects(t *testing.T) {
 		t.Error("short master key accepted")
 	}
 }
+
+func TestClusterIDKnownAnswer(t *testing.T) {
+	d, _ := NewDeriver(kat)
+	id, err := d.ClusterID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hex.EncodeToString(id) != "bfd97325b5de7e9bd4f5713f70b5511568cb829a6c97ead8174579f34bf9ad77" {
+		t.Fatalf("ClusterID = %x", id)
+	}
+}

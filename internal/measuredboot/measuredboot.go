@@ -134,3 +134,17 @@ func Measure(rw io.ReadWriter, b Boot) ([]byte, error) {
 	}
 	return log.Bytes(), nil
 }
+
+// ClusterIDEvent is the measurement a node makes after init or join: the cluster ID into PCR 15. From then on
+// the node cannot pose as a fresh one, and a verifier learns which cluster the node belongs to.
+func ClusterIDEvent(clusterID []byte) Event {
+	return Event{PCR: measurements.PCRClusterID, Type: eventlog.EventTag, Data: []byte("constellation cluster id " + hex.EncodeToString(clusterID))}
+}
+
+// ExpectedClusterIDPCR is the PCR 15 value of a node of the cluster with this ID.
+func ExpectedClusterIDPCR(clusterID []byte) measurements.Digest {
+	b := eventlog.NewBuilder()
+	e := ClusterIDEvent(clusterID)
+	b.Append(e.PCR, e.Type, e.Data)
+	return measurements.Digest(eventlog.Replay(b.Events())[e.PCR])
+}

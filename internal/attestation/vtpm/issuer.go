@@ -19,12 +19,15 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"sync"
 
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 )
 
 // OIDAKCertificate is the extended key usage of TPM attestation key certificates (tcg-kp-AIKCertificate).
@@ -76,6 +79,7 @@ type Issuer struct {
 	rw       io.ReadWriter
 	ak       *client.Key
 	pcrs     map[uint32][]byte // last PCR values read
+	runtime  []eventlog.Event  // measurements made after boot, through Measure
 	akCert   []byte
 	eventLog func() ([]byte, error)
 }
@@ -118,13 +122,11 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 		UserData: bytes.Clone(userData),
 		TPM:      &attestation.TPMEvidence{AKCert: i.akCert},
 	}
-	if i.eventLog != nil {
-		log, err := i.eventLog()
-		if err != nil {
-			return nil, fmt.Errorf("reading event log: %w", err)
-		}
-		doc.TPM.EventLog = log
+	log, err := i.log()
+	if err != nil {
+		return nil, err
 	}
+	doc.TPM.EventLog = log
 	binding := attestation.BindingDigest(attestation.MiniVTPM, nonce, userData)
 	quote, sig, pcrs, err := i.quote(binding[:])
 	if err != nil {
@@ -132,6 +134,51 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 	}
 	doc.TPM.Quotes = []attestation.Quote{{Quote: quote, Signature: sig, PCRs: pcrs}}
 	return doc.Marshal()
+}
+
+// Measure extends an event into a PCR after boot (for example the cluster ID into PCR 15) and records it, so
+// that the event log of every later evidence explains the new value.
+func (i *Issuer) Measure(pcr uint32, typ eventlog.EventType, data []byte) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	b := eventlog.NewBuilder()
+	ev := b.Append(pcr, typ, data)
+	if err := tpm2.PCRExtend(i.rw, tpmutil.Handle(pcr), tpm2.AlgSHA256, ev.Digest[:], ""); err != nil {
+		return fmt.Errorf("extending PCR %d: %w", pcr, err)
+	}
+	i.runtime = append(i.runtime, ev)
+	return nil
+}
+
+// log returns the boot event log followed by the runtime measurements.
+func (i *Issuer) log() ([]byte, error) {
+	var boot []byte
+	if i.eventLog != nil {
+		var err error
+		if boot, err = i.eventLog(); err != nil {
+			return nil, fmt.Errorf("reading event log: %w", err)
+		}
+	}
+	i.mu.Lock()
+	runtime := slices.Clone(i.runtime)
+	i.mu.Unlock()
+	if len(runtime) == 0 {
+		return boot, nil
+	}
+	b := eventlog.NewBuilder()
+	if len(boot) > 0 {
+		events, err := eventlog.Parse(boot)
+		if err != nil {
+			return nil, fmt.Errorf("parsing the boot event log: %w", err)
+		}
+		for _, e := range events {
+			b.AppendDigest(e.PCR, e.Type, e.Digest, e.Data)
+		}
+	}
+	for _, e := range runtime {
+		b.AppendDigest(e.PCR, e.Type, e.Digest, e.Data)
+	}
+	return b.Bytes(), nil
 }
 
 // quote signs the PCRs with qualifying data extra and returns the PCR values the quote covers. PCR values

@@ -291,3 +291,31 @@ func TestIssuerRejectsForeignAKCert(t *testing.T) {
 		t.Fatal("issuer accepted a certificate for another key")
 	}
 }
+
+func TestMeasureAfterBoot(t *testing.T) {
+	f := newFixture(t, vtpm.ECC)
+	ctx := context.Background()
+	if err := f.issuer.Measure(15, eventlog.EventTag, []byte("constellation cluster id abcd")); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := f.issuer.Issue(ctx, nonce(1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The original policy expects PCR 15 to be zero: a node that joined a cluster is not a fresh node.
+	_, err = f.validator(t, f.policy).Validate(ctx, ev, nonce(1))
+	if err == nil || !strings.Contains(err.Error(), "PCR 15") || !strings.Contains(err.Error(), "constellation cluster id abcd") {
+		t.Fatalf("Validate after a cluster ID measurement = %v, want a PCR 15 mismatch that shows the event", err)
+	}
+	// The policy of that cluster accepts it; the event log (boot + runtime) replays to the quoted values.
+	b := eventlog.NewBuilder()
+	b.Append(15, eventlog.EventTag, []byte("constellation cluster id abcd"))
+	policy := measurements.M{}
+	for k, v := range f.policy {
+		policy[k] = v
+	}
+	policy[15] = measurements.Measurement{Expected: measurements.Digest(eventlog.Replay(b.Events())[15])}
+	if _, err := f.validator(t, policy).Validate(ctx, ev, nonce(1)); err != nil {
+		t.Fatalf("Validate with the cluster's PCR 15: %v", err)
+	}
+}
