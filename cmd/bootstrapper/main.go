@@ -4,19 +4,47 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 )
 
 func main() {
 	provider := flag.String("provider", "", "the cloud provider (mini)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *provider)
-	cfg := bootstrapper.Config{MetadataURL: os.Getenv("CONSTELLATION_METADATA"), TPM: os.Getenv("CONSTELLATION_TPM")}
+	cfg := bootstrapper.Config{
+		MetadataURL: os.Getenv("CONSTELLATION_METADATA"),
+		TPM:         os.Getenv("CONSTELLATION_TPM"),
+		Kubernetes: func(self metadata.Instance) bootstrapper.Kubernetes {
+			versions, err := nodeimage.ReadVersions()
+			if err != nil {
+				log.Warn("no Kubernetes in this node image", "error", err)
+			}
+			return &kubeadm.Driver{
+				Options: kubeadm.Options{
+					NodeName:          self.Name,
+					NodeIP:            netip.MustParseAddr(self.IP),
+					KubernetesVersion: versions.Kubernetes,
+					PauseImage:        "registry.k8s.io/pause:" + versions.Pause,
+					CgroupRoot:        "/constellation/" + self.Name,
+					PodCIDR:           netip.MustParsePrefix("10.218.0.0/24"),
+					PodSubnet:         netip.MustParsePrefix("10.218.0.0/16"),
+					ServiceSubnet:     netip.MustParsePrefix("10.97.0.0/16"),
+				},
+				ImagesDir: nodeimage.ImagesDir,
+				Log:       func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+			}
+		},
+	}
 	if *provider != "mini" || cfg.MetadataURL == "" || cfg.TPM == "" {
 		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set")
 		os.Exit(2)

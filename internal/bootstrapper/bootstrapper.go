@@ -14,8 +14,12 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -26,7 +30,12 @@ type Config struct {
 	MetadataURL string
 	// TPM is the path of the node's TPM socket.
 	TPM string
+	// Kubernetes returns the node's Kubernetes driver.
+	Kubernetes func(self metadata.Instance) Kubernetes
 }
+
+// FirstControlPlane is the node that serves Init.
+const FirstControlPlane = "control-plane-0"
 
 // Run boots the node's services and blocks until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
@@ -66,9 +75,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("verification service listening", "address", srv.Addr)
+
+	if self.Role == metadata.RoleControlPlane && self.Name == FirstControlPlane {
+		creds, err := atls.NewCredentials(issuer, nil)
+		if err != nil {
+			return err
+		}
+		grpcSrv := grpc.NewServer(grpc.Creds(creds))
+		initpb.RegisterInitServer(grpcSrv, &initServer{issuer: issuer, k8s: cfg.Kubernetes(self), log: log.With("service", "init")})
+		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
+		if err != nil {
+			return fmt.Errorf("init service: %w", err)
+		}
+		go func() { errc <- grpcSrv.Serve(ln) }()
+		defer grpcSrv.Stop()
+		log.Info("init service listening over aTLS", "address", ln.Addr().String())
+	}
 	select {
 	case <-ctx.Done():
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -71,6 +71,7 @@ func newMiniUpCmd() *cobra.Command {
 	}
 	cmd.Flags().Int("control-planes", 1, "number of control-plane nodes (default from the configuration)")
 	cmd.Flags().Int("workers", 2, "number of worker nodes (default from the configuration)")
+	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")
 	return cmd
 }
 
@@ -160,7 +161,16 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		}
 		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
 	}
-	fmt.Fprintf(out, "Mini cluster up: %d node(s) booted from %s and attested against %s\n", len(state.Nodes), c.Provider.Mini.ImageDigest, confPath)
+	if skip, _ := cmd.Flags().GetBool("skip-init"); skip {
+		fmt.Fprintf(out, "Mini cluster up: %d node(s) booted from %s and attested against %s (Kubernetes not initialised)\n", len(state.Nodes), c.Provider.Mini.ImageDigest, confPath)
+		return nil
+	}
+	fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", state.Nodes[0].Name)
+	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, roots, c.Attestation.Measurements)
+	if err != nil {
+		return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
+	}
+	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s, cluster ID %s…; kubeconfig %s\n", cs.Endpoint, cs.ClusterID[:16], filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
 }
 

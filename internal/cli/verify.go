@@ -51,7 +51,16 @@ func newVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := verifyNode(cmd.Context(), endpoint, roots, c.Attestation.Measurements, cmd, 0)
+			policy := c.Attestation.Measurements
+			if cs, ok, err := loadClusterState(workspace(cmd)); err != nil {
+				return badInput("%w", err)
+			} else if ok {
+				// An initialised cluster: the node must also prove it belongs to this cluster.
+				if policy, err = withClusterID(policy, cs); err != nil {
+					return badInput("%w", err)
+				}
+			}
+			res, err := verifyNode(cmd.Context(), endpoint, roots, policy, cmd, 0)
 			if err != nil {
 				return checkFailed(fmt.Errorf("node at %s failed attestation: %w", endpoint, err))
 			}

@@ -35,10 +35,22 @@ type Inputs struct {
 // Paths inside the node image.
 const (
 	ImagesDir = "/usr/share/constellation/images"
-	CNIBinDir = "/usr/lib/cni"
+	// VersionsFile tells the bootstrapper the versions of the Kubernetes components in the image.
+	VersionsFile = "/usr/share/constellation/versions.json"
+	CNIBinDir    = "/usr/lib/cni"
 	// DefaultCmdline is the command line of a node's first process; it is measured into PCR 8.
 	DefaultCmdline = "/usr/bin/bootstrapper --provider=mini"
 )
+
+// ReadVersions reads the versions file of a running node image.
+func ReadVersions() (Versions, error) {
+	var v Versions
+	raw, err := os.ReadFile(VersionsFile)
+	if err != nil {
+		return v, fmt.Errorf("reading the node image's versions: %w", err)
+	}
+	return v, json.Unmarshal(raw, &v)
+}
 
 // Manifest describes a built node image.
 type Manifest struct {
@@ -53,7 +65,7 @@ type Manifest struct {
 var iptablesCommands = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
 
 // busyboxApplets are the basic tools the kubelet, kubeadm and the CNI plugins call.
-var busyboxApplets = []string{"sh", "mount", "umount", "nsenter", "touch", "losetup", "ip", "tc", "cat", "ls", "mkdir", "rm"}
+var busyboxApplets = []string{"sh", "mount", "umount", "nsenter", "touch", "losetup", "ip", "tc", "cat", "ls", "mkdir", "rm", "cp", "sleep"}
 
 // iptablesFiles returns xtables-nft-multi, its front-end links, its extensions and all their libraries,
 // installed at /usr/sbin, so that kube-proxy and the CNI plugins can program the kernel.
@@ -195,6 +207,11 @@ func Build(ctx context.Context, in Inputs, outDir string, progress func(string))
 		return nil, err
 	}
 	m := &Manifest{Cmdline: DefaultCmdline, Versions: in.Versions, Images: map[string]string{}}
+	versions, err := json.Marshal(in.Versions)
+	if err != nil {
+		return nil, err
+	}
+	root = append(root, File{Path: VersionsFile, Data: versions})
 	for _, ci := range images {
 		progress("container image " + ci.Ref)
 		file := filepath.Join(outDir, "images", archiveName(ci.Ref))

@@ -109,7 +109,7 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
-	out, code := c.run("mini", "up")
+	out, code := c.run("mini", "up", "--skip-init")
 	t.Cleanup(func() { c.run("mini", "down") })
 	if code != 0 {
 		log, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "provider.log"))
@@ -122,7 +122,7 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	}
 
 	// A second cluster is refused and changes nothing.
-	if out, code := c.run("mini", "up"); code != 2 || !strings.Contains(out, "already running") {
+	if out, code := c.run("mini", "up", "--skip-init"); code != 2 || !strings.Contains(out, "already running") {
 		t.Fatalf("second mini up: exit %d\n%s", code, out)
 	}
 
@@ -200,7 +200,7 @@ func TestMiniUpAfterCrash(t *testing.T) {
 	}
 	t.Cleanup(func() { c.run("mini", "down") })
 	for round := range 4 {
-		out, code := c.run("mini", "up")
+		out, code := c.run("mini", "up", "--skip-init")
 		if code != 0 {
 			t.Fatalf("mini up (round %d): exit %d\n%s", round, code, out)
 		}

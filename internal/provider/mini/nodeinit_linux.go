@@ -131,6 +131,10 @@ func nodeInit(specPath string) error {
 		return fmt.Errorf("detaching the host root: %w", err)
 	}
 	os.Remove("/.oldroot")
+	// Nodes route pod traffic: forwarding on, in the node's own network namespace only.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enabling forwarding: %w", err)
+	}
 	env := []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"CONSTELLATION_METADATA=" + s.Metadata,

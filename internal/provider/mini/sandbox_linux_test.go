@@ -141,7 +141,12 @@ func TestSandboxes(t *testing.T) {
 	if out, _ := exec.Command("losetup", "-j", img).Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("loop devices left: %s", out)
 	}
-	os.Remove(filepath.Join(cgroupRoot, "pids", "constellation-test"))
+	removeCgroupTreeAll("constellation-test")
+	for _, h := range cgroupHierarchies {
+		if _, err := os.Stat(filepath.Join(cgroupRoot, h, "constellation-test")); err == nil {
+			t.Errorf("cgroup parent left in %s", h)
+		}
+	}
 }
 
 func readMounts(t *testing.T) string {

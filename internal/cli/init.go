@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"sigs.k8s.io/yaml"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+)
+
+// Workspace files written by init.
+const (
+	AdminKubeconfigFile = "constellation-admin.conf"
+	StateFile           = "constellation-state.yaml"
+)
+
+// clusterState is constellation-state.yaml.
+type clusterState struct {
+	ClusterID string `json:"clusterID"`
+	Endpoint  string `json:"endpoint"`
+}
+
+// loadClusterState reads constellation-state.yaml; ok is false when the cluster was not initialised.
+func loadClusterState(ws string) (clusterState, bool, error) {
+	var s clusterState
+	raw, err := os.ReadFile(filepath.Join(ws, StateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, false, nil
+	}
+	if err != nil {
+		return s, false, err
+	}
+	return s, true, yaml.UnmarshalStrict(raw, &s)
+}
+
+// withClusterID adds the expected PCR 15 of an initialised cluster to a policy.
+func withClusterID(policy measurements.M, s clusterState) (measurements.M, error) {
+	id, err := hex.DecodeString(s.ClusterID)
+	if err != nil || len(id) != 32 {
+		return nil, fmt.Errorf("%s: clusterID must be 64 hex digits", StateFile)
+	}
+	out := measurements.M{}
+	for k, v := range policy {
+		out[k] = v
+	}
+	out[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(id)}
+	return out, nil
+}
+
+// initCluster sends the master secret to the first control-plane node, after its evidence (checked during
+// the aTLS handshake) proved it runs the configured image and is fresh, and writes the kubeconfig and state.
+func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certificate, policy measurements.M) (clusterState, error) {
+	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
+	file, err := kms.ReadSecretFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		ms, err := kms.GenerateMasterSecret()
+		if err != nil {
+			return clusterState{}, err
+		}
+		file = &kms.SecretFile{Plain: ms}
+		if err := kms.WriteSecretFile(secretPath, file, false); err != nil {
+			return clusterState{}, err
+		}
+	} else if err != nil {
+		return clusterState{}, err
+	}
+	if file.IsWrapped() {
+		return clusterState{}, errors.New("the master secret is wrapped by an external KMS; mini clusters use a plain master secret for now")
+	}
+	// A fresh node has PCR 15 zero: an initialised node cannot be initialised again.
+	fresh := measurements.M{}
+	for k, v := range policy {
+		fresh[k] = v
+	}
+	fresh[measurements.PCRClusterID] = measurements.Measurement{}
+	v, err := vtpm.NewValidator(roots, fresh, nil)
+	if err != nil {
+		return clusterState{}, err
+	}
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{v})
+	if err != nil {
+		return clusterState{}, err
+	}
+	endpoint := nodeIP + ":" + strconv.Itoa(bootstrapper.InitPort)
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return clusterState{}, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	resp, err := initpb.NewInitClient(conn).Init(ctx, &initpb.InitRequest{MasterSecret: file.Plain.Key, Salt: file.Plain.Salt})
+	if err != nil {
+		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
+	}
+	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), resp.GetKubeconfig(), 0o600); err != nil {
+		return clusterState{}, err
+	}
+	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: nodeIP + ":6443"}
+	raw, err := yaml.Marshal(state)
+	if err != nil {
+		return clusterState{}, err
+	}
+	return state, atomicfile.Write(filepath.Join(ws, StateFile), raw, 0o644)
+}
