@@ -36,7 +36,7 @@ func main() {
 					KubernetesVersion: versions.Kubernetes,
 					PauseImage:        "registry.k8s.io/pause:" + versions.Pause,
 					CgroupRoot:        "/constellation/" + self.Name,
-					PodCIDR:           netip.MustParsePrefix("10.218.0.0/24"),
+					PodCIDR:           podCIDR(self),
 					PodSubnet:         netip.MustParsePrefix("10.218.0.0/16"),
 					ServiceSubnet:     netip.MustParsePrefix("10.97.0.0/16"),
 				},
@@ -55,4 +55,13 @@ func main() {
 		log.Error("bootstrapper failed", "error", err)
 		os.Exit(1)
 	}
+}
+
+// podCIDR is the node's pod range from the instance metadata.
+func podCIDR(self metadata.Instance) netip.Prefix {
+	p, err := netip.ParsePrefix(self.PodCIDR)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
 }

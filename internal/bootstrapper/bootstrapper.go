@@ -18,6 +18,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
@@ -70,6 +71,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer issuer.Close()
 
+	// A node that joins trusts a join service that booted exactly as it did.
+	selfPolicy, err := ownPolicy(tpm)
+	if err != nil {
+		return fmt.Errorf("reading this node's boot measurements: %w", err)
+	}
 	srv := &http.Server{
 		Addr:              net.JoinHostPort(self.IP, strconv.Itoa(verifyservice.Port)),
 		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
@@ -85,7 +91,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
-		initpb.RegisterInitServer(grpcSrv, &initServer{issuer: issuer, k8s: cfg.Kubernetes(self), log: log.With("service", "init")})
+		initpb.RegisterInitServer(grpcSrv, &initServer{
+			issuer: issuer, k8s: cfg.Kubernetes(self), log: log.With("service", "init"),
+			initialised: func(clusterID []byte, policy measurements.M) error {
+				return serveJoin(ctx, md, issuer, self, clusterID, policy, log.With("service", "join"))
+			},
+		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
 		if err != nil {
 			return fmt.Errorf("init service: %w", err)
@@ -93,6 +104,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		go func() { errc <- grpcSrv.Serve(ln) }()
 		defer grpcSrv.Stop()
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
+	} else {
+		go func() {
+			if err := join(ctx, md, issuer, selfPolicy, cfg.Kubernetes(self), log.With("step", "join")); err != nil {
+				log.Error("joining the cluster failed", "error", err)
+			}
+		}()
 	}
 	select {
 	case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -22,6 +23,7 @@ const InitPort = 9000
 type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
 	Init(ctx context.Context) (adminKubeconfig []byte, err error)
+	Join(ctx context.Context, endpoint, token, caHash string) error
 }
 
 // initServer initialises the cluster on the first control-plane node, once.
@@ -30,6 +32,8 @@ type initServer struct {
 	issuer *vtpm.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
+	// initialised runs after a successful init, with the cluster ID and the cluster's measurement policy.
+	initialised func(clusterID []byte, policy measurements.M) error
 
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
@@ -43,6 +47,10 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	defer s.lock.Unlock()
 	if s.done {
 		return nil, status.Error(codes.FailedPrecondition, "this node is already initialised; a node is initialised only once")
+	}
+	policy, err := measurements.Parse(req.GetMeasurements())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("measurement policy: %v", err))
 	}
 	ms := &kms.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
 	d, err := kms.NewDeriver(ms)
@@ -68,5 +76,10 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.Internal, fmt.Sprintf("initialising Kubernetes: %v", err))
 	}
 	s.log.Info("Kubernetes initialised")
+	if s.initialised != nil {
+		if err := s.initialised(clusterID, policy); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the join service: %v", err))
+		}
+	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil
 }

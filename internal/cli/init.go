@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -107,7 +108,11 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	resp, err := initpb.NewInitClient(conn).Init(ctx, &initpb.InitRequest{MasterSecret: file.Plain.Key, Salt: file.Plain.Salt})
+	rawPolicy, err := json.Marshal(policy)
+	if err != nil {
+		return clusterState{}, err
+	}
+	resp, err := initpb.NewInitClient(conn).Init(ctx, &initpb.InitRequest{MasterSecret: file.Plain.Key, Salt: file.Plain.Salt, Measurements: rawPolicy})
 	if err != nil {
 		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
 	}

@@ -170,7 +170,29 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 	}
-	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s, cluster ID %s…; kubeconfig %s\n", cs.Endpoint, cs.ClusterID[:16], filepath.Join(workspace(cmd), AdminKubeconfigFile))
+	fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
+	// Every other node joins through the join service; once it has, its PCR 15 proves it belongs to this cluster.
+	member, err := withClusterID(c.Attestation.Measurements, cs)
+	if err != nil {
+		return failed(err)
+	}
+	for _, n := range state.Nodes[1:] {
+		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			_, err := verifyNode(cmd.Context(), endpoint, roots, member, nil, 0)
+			if err == nil {
+				fmt.Fprintf(out, "  %s joined: its evidence proves membership of this cluster\n", n.Name)
+				break
+			}
+			if time.Now().After(deadline) {
+				console := filepath.Join(dir, "nodes", n.Name, "sandbox", "console.log")
+				return failed(fmt.Errorf("node %s did not join: %w\nLast lines of its console:\n%s", n.Name, err, tailFile(console, 15)))
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s); kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
@@ -87,7 +88,11 @@ func verifyNode(ctx context.Context, endpoint string, roots []*x509.Certificate,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	v, err := vtpm.NewValidator(roots, policy, logger(cmd))
+	var log *slog.Logger
+	if cmd != nil {
+		log = logger(cmd)
+	}
+	v, err := vtpm.NewValidator(roots, policy, log)
 	if err != nil {
 		return nil, err
 	}

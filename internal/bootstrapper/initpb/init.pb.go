@@ -24,8 +24,10 @@ const (
 type InitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// master_secret and salt are the cluster's master secret (32 bytes each).
-	MasterSecret  []byte `protobuf:"bytes,1,opt,name=master_secret,json=masterSecret,proto3" json:"master_secret,omitempty"`
-	Salt          []byte `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	MasterSecret []byte `protobuf:"bytes,1,opt,name=master_secret,json=masterSecret,proto3" json:"master_secret,omitempty"`
+	Salt         []byte `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	// measurements is the cluster's measurement policy (JSON): the join service admits nodes that match it.
+	Measurements  []byte `protobuf:"bytes,3,opt,name=measurements,proto3" json:"measurements,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -70,6 +72,13 @@ func (x *InitRequest) GetMasterSecret() []byte {
 func (x *InitRequest) GetSalt() []byte {
 	if x != nil {
 		return x.Salt
+	}
+	return nil
+}
+
+func (x *InitRequest) GetMeasurements() []byte {
+	if x != nil {
+		return x.Measurements
 	}
 	return nil
 }
@@ -128,23 +137,142 @@ func (x *InitResponse) GetClusterId() []byte {
 	return nil
 }
 
+type JoinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_init_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{2}
+}
+
+type JoinResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// api_endpoint is host:port of the Kubernetes API server.
+	ApiEndpoint string `protobuf:"bytes,1,opt,name=api_endpoint,json=apiEndpoint,proto3" json:"api_endpoint,omitempty"`
+	// token is a kubeadm bootstrap token with a short lifetime.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// ca_cert_hash pins the cluster CA ("sha256:<hex>" of its public key).
+	CaCertHash string `protobuf:"bytes,3,opt,name=ca_cert_hash,json=caCertHash,proto3" json:"ca_cert_hash,omitempty"`
+	// cluster_id is extended into the joining node's PCR 15.
+	ClusterId     []byte `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_init_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JoinResponse) GetApiEndpoint() string {
+	if x != nil {
+		return x.ApiEndpoint
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetCaCertHash() string {
+	if x != nil {
+		return x.CaCertHash
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetClusterId() []byte {
+	if x != nil {
+		return x.ClusterId
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"init.proto\x12\x15constellation.init.v1\"F\n" +
+	"init.proto\x12\x15constellation.init.v1\"j\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
-	"\x04salt\x18\x02 \x01(\fR\x04salt\"M\n" +
+	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
+	"\fmeasurements\x18\x03 \x01(\fR\fmeasurements\"M\n" +
 	"\fInitResponse\x12\x1e\n" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId2W\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\r\n" +
+	"\vJoinRequest\"\x88\x01\n" +
+	"\fJoinResponse\x12!\n" +
+	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
+	"\fca_cert_hash\x18\x03 \x01(\tR\n" +
+	"caCertHash\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x04 \x01(\fR\tclusterId2W\n" +
 	"\x04Init\x12O\n" +
-	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponseBIZGgithub.com/constellation-dev/constellation/internal/bootstrapper/initpbb\x06proto3"
+	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse2W\n" +
+	"\x04Join\x12O\n" +
+	"\x04Join\x12\".constellation.init.v1.JoinRequest\x1a#.constellation.init.v1.JoinResponseBIZGgithub.com/constellation-dev/constellation/internal/bootstrapper/initpbb\x06proto3"
 
 var (
 	file_init_proto_rawDescOnce sync.Once
@@ -158,16 +286,20 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_init_proto_goTypes = []any{
 	(*InitRequest)(nil),  // 0: constellation.init.v1.InitRequest
 	(*InitResponse)(nil), // 1: constellation.init.v1.InitResponse
+	(*JoinRequest)(nil),  // 2: constellation.init.v1.JoinRequest
+	(*JoinResponse)(nil), // 3: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
 	0, // 0: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	1, // 1: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
+	1, // 2: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	3, // 3: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -184,9 +316,9 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_init_proto_goTypes,
 		DependencyIndexes: file_init_proto_depIdxs,

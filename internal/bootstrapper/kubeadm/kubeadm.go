@@ -7,6 +7,10 @@ package kubeadm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net/netip"
 	"os"
@@ -64,7 +68,7 @@ func ContainerdConfigFile(o Options) ([]byte, error) {
 // CNIConfigFile returns the CNI network of this node: a bridge with the node's pod range.
 func CNIConfigFile(o Options) []byte {
 	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"pods","plugins":[`+
-		`{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"/var/lib/cni"}},`+
+		`{"type":"bridge","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"/var/lib/cni"}},`+
 		`{"type":"portmap","capabilities":{"portMappings":true}}]}`, o.PodCIDR))
 }
 
@@ -113,6 +117,92 @@ func InitConfigFile(o Options) ([]byte, error) {
 		"ServiceSubnet": o.ServiceSubnet, "PodSubnet": o.PodSubnet, "CgroupRoot": o.CgroupRoot, "PodLogsDir": PodLogsDir,
 	})
 	return b.Bytes(), err
+}
+
+var joinTmpl = template.Must(template.New("join").Parse(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: "{{.Endpoint}}"
+    token: "{{.Token}}"
+    caCertHashes: ["{{.CAHash}}"]
+nodeRegistration:
+  name: "{{.NodeName}}"
+  criSocket: "unix://{{.Socket}}"
+  imagePullPolicy: Never
+  kubeletExtraArgs: [{name: node-ip, value: "{{.NodeIP}}"}]
+patches:
+  directory: "{{.Patches}}"
+`))
+
+// PatchesDir holds this node's kubelet configuration patches (its cgroup root differs per node).
+const PatchesDir = "/etc/kubernetes/patches"
+
+// JoinConfigFile returns kubeadm's configuration to join a cluster.
+func JoinConfigFile(o Options, endpoint, token, caHash string) ([]byte, error) {
+	if !o.NodeIP.IsValid() || o.NodeName == "" || endpoint == "" || token == "" || !strings.HasPrefix(caHash, "sha256:") {
+		return nil, fmt.Errorf("kubeadm join options incomplete: node, endpoint, token and a sha256 CA hash are required")
+	}
+	var b bytes.Buffer
+	err := joinTmpl.Execute(&b, map[string]any{
+		"Endpoint": endpoint, "Token": token, "CAHash": caHash, "NodeName": o.NodeName, "Socket": ContainerdSocket,
+		"NodeIP": o.NodeIP, "Patches": PatchesDir,
+	})
+	return b.Bytes(), err
+}
+
+// KubeletPatch is the strategic-merge patch of the kubelet configuration for this node.
+func KubeletPatch(o Options) []byte {
+	return []byte(fmt.Sprintf("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupRoot: %q\n", o.CgroupRoot))
+}
+
+// Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it.
+func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string) error {
+	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(PatchesDir, "kubeletconfiguration+strategic.yaml"), KubeletPatch(d.Options)); err != nil {
+		return err
+	}
+	if err := writeFile(KubeadmConfig, cfg); err != nil {
+		return err
+	}
+	go d.launchKubelet(context.WithoutCancel(ctx))
+	cmd := exec.CommandContext(ctx, "kubeadm", "join", "--config", KubeadmConfig,
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
+	}
+	return nil
+}
+
+// CreateToken creates a bootstrap token for one join, valid for ttl.
+func CreateToken(ctx context.Context, ttl time.Duration) (string, error) {
+	out, err := exec.CommandContext(ctx, "kubeadm", "token", "create", "--kubeconfig", AdminKubeconfig, "--ttl", ttl.String(),
+		"--description", "constellation join").Output()
+	if err != nil {
+		return "", fmt.Errorf("creating a bootstrap token: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// CACertHash returns the kubeadm discovery hash of the cluster CA: sha256 of its public key.
+func CACertHash() (string, error) {
+	raw, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
+	if err != nil {
+		return "", err
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		return "", fmt.Errorf("cluster CA certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
 // Corefile is CoreDNS's configuration on these clusters: cluster names only. There is no upstream resolver
@@ -198,7 +288,7 @@ func (d *Driver) Init(ctx context.Context) ([]byte, error) {
 	if err := writeFile(KubeadmConfig, cfg); err != nil {
 		return nil, err
 	}
-	go d.launchKubelet(ctx)
+	go d.launchKubelet(context.WithoutCancel(ctx))
 	cmd := exec.CommandContext(ctx, "kubeadm", "init", "--config", KubeadmConfig, "--skip-token-print",
 		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables")
 	if out, err := cmd.CombinedOutput(); err != nil {

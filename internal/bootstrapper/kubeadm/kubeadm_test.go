@@ -96,3 +96,31 @@ func TestKubeadmFlags(t *testing.T) {
 		t.Fatal("flags from an empty file")
 	}
 }
+
+func TestJoinConfigFile(t *testing.T) {
+	worker := opts
+	worker.NodeName, worker.CgroupRoot = "worker-0", "/constellation/worker-0"
+	raw, err := JoinConfigFile(worker, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := docs(t, raw)["JoinConfiguration"]
+	if d["nodeRegistration"].(map[string]any)["imagePullPolicy"] != "Never" || d["patches"].(map[string]any)["directory"] != PatchesDir {
+		t.Fatalf("join configuration: %v", d)
+	}
+	if !strings.Contains(string(KubeletPatch(worker)), `cgroupRoot: "/constellation/worker-0"`) {
+		t.Fatalf("kubelet patch: %s", KubeletPatch(worker))
+	}
+	if _, err := JoinConfigFile(worker, "10.217.0.10:6443", "t", "md5:x"); err == nil {
+		t.Fatal("a CA hash that is not sha256 accepted")
+	}
+	kubeadm, _ := filepath.Abs("../../../_out/kubernetes/bin/kubeadm")
+	if _, err := os.Stat(kubeadm); err != nil {
+		t.Skip("kubeadm not built")
+	}
+	path := filepath.Join(t.TempDir(), "join.yaml")
+	os.WriteFile(path, raw, 0o600)
+	if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
+		t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+	}
+}

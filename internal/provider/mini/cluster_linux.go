@@ -35,6 +35,19 @@ const (
 // Gateway is the provider's address on the node network.
 var Gateway = netip.MustParsePrefix("10.217.0.1/24")
 
+// Cluster address ranges: services, and one /24 of pods per node.
+var (
+	ServiceCIDR = netip.MustParsePrefix("10.97.0.0/16")
+	PodSubnet   = netip.MustParsePrefix("10.218.0.0/16")
+)
+
+// PodCIDR is the pod range of the i-th node: 10.218.<i>.0/24.
+func PodCIDR(i int) netip.Prefix {
+	a := PodSubnet.Addr().As4()
+	a[2] = byte(i)
+	return netip.PrefixFrom(netip.AddrFrom4(a), 24)
+}
+
 // hostSysctls are the host settings a kubelet changes; the provider restores them when the cluster goes.
 var hostSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward"}
 
@@ -210,7 +223,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 			return teardown, fmt.Errorf("%s: %w", name, err)
 		}
 		undo = append(undo, func() { tpm.Shutdown() })
-		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String()}, log)
+		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, log)
 		sandboxDir := filepath.Join(nodeDir, "sandbox")
 		os.RemoveAll(sandboxDir) // every boot starts from the image; state disks come later
 		sb, err := StartSandbox(n, bootSpec{
@@ -223,6 +236,21 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		undo = append(undo, func() { sb.Stop() })
 		p.state.Nodes = append(p.state.Nodes, NodeState{Name: name, Role: role, IP: addr.String(), PID: sb.PID, Cgroup: sb.Cgroup, HostLink: sb.HostLink})
 		p.save()
+	}
+	// The node network's routes, as a cloud's route table: services on the local link, each node's pods via
+	// that node. There is no default route.
+	for i, node := range p.state.Nodes {
+		routes := [][]string{{ServiceCIDR.String(), "dev", "eth0"}}
+		for j := range p.state.Nodes {
+			if j != i {
+				routes = append(routes, []string{PodCIDR(j).String(), "via", NodeAddr(j).String()})
+			}
+		}
+		for _, r := range routes {
+			if err := run("nsenter", append([]string{"-t", strconv.Itoa(node.PID), "-n", "ip", "route", "add"}, r...)...); err != nil {
+				return teardown, fmt.Errorf("routing for %s: %w", node.Name, err)
+			}
+		}
 	}
 	return teardown, nil
 }

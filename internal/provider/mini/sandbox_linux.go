@@ -230,19 +230,37 @@ func (sb *Sandbox) Running() bool {
 	return err == nil && !bytes.Contains(raw, []byte(") Z "))
 }
 
-// killCgroup kills every process in a cgroup subtree until none is left.
+// killCgroup kills every process in a cgroup subtree until none is left, and waits until they have been
+// reaped too (a killed process leaves its cgroup before its parent, or init, reaps it).
 func killCgroup(dir string) error {
-	for range 100 {
+	seen := map[int]bool{}
+	for range 250 {
 		pids := cgroupPIDs(dir)
 		if len(pids) == 0 {
-			return nil
+			break
 		}
 		for _, p := range pids {
+			seen[p] = true
 			syscall.Kill(p, syscall.SIGKILL)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("processes of %s survive SIGKILL", dir)
+	if len(cgroupPIDs(dir)) > 0 {
+		return fmt.Errorf("processes of %s survive SIGKILL", dir)
+	}
+	for range 500 {
+		alive := 0
+		for p := range seen {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(p)); err == nil {
+				alive++
+			}
+		}
+		if alive == 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("killed processes of %s were not reaped", dir)
 }
 
 func cgroupPIDs(dir string) []int {

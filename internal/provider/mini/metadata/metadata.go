@@ -37,6 +37,8 @@ type Instance struct {
 	Name string `json:"name"`
 	Role string `json:"role"`
 	IP   string `json:"ip"`
+	// PodCIDR is the node's pod address range, routed to the node by the provider's network.
+	PodCIDR string `json:"podCIDR"`
 }
 
 // maxRequestBody bounds request bodies.
