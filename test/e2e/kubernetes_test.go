@@ -86,15 +86,16 @@ func TestMiniKubernetes(t *testing.T) {
 	}
 	// From the control-plane node (no replica there), through the Service, to pods on other nodes.
 	state, _, _ := mini.ReadState(filepath.Join(c.ws, "constellation-mini"))
-	seen := 0
-	for range 6 {
+	get := func() (string, bool) {
 		out, err := exec.Command("nsenter", "-t", strconv.Itoa(state.Nodes[0].PID), "-n", "curl", "-s", "-m", "5", "http://"+ip+"/version").CombinedOutput()
-		if err == nil && strings.Contains(string(out), "etcdserver") {
-			seen++
-		}
+		return string(out), err == nil && strings.Contains(string(out), "etcdserver")
 	}
-	if seen != 6 {
-		t.Fatalf("the Service answered %d of 6 requests", seen)
+	// The Service answers once its endpoints are ready and kube-proxy has programmed them; then every time.
+	eventually("the Service answering", get)
+	for i := range 6 {
+		if out, ok := get(); !ok {
+			t.Fatalf("request %d through the Service failed: %s", i, out)
+		}
 	}
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)

@@ -1,0 +1,104 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+)
+
+func init() {
+	register(Suite{Names: []string{"cluster-create", "node-memory"}, Run: runClusterCreate})
+}
+
+// runClusterCreate measures, with the built CLI and node image, seconds from `constellation mini up` to all
+// nodes Ready (1 control plane + 2 workers, every node attested, Kubernetes initialised and joined), and the
+// resident memory per node once the cluster has settled.
+func runClusterCreate(ctx context.Context) ([]Result, error) {
+	bin, _ := filepath.Abs("bin/constellation")
+	kubectl, _ := filepath.Abs("_out/kubernetes/bin/kubectl")
+	imageDir, _ := filepath.Abs(NodeImageDir)
+	for _, f := range []string{bin, kubectl, filepath.Join(imageDir, "node-image.json")} {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("cluster-create needs the built CLI and node image (make build node-image): %w", err)
+		}
+	}
+	if os.Geteuid() != 0 || mini.NetworkInUse() {
+		return nil, errors.New("cluster-create needs root and no running mini cluster")
+	}
+	ws, err := os.MkdirTemp("", "bench-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(ws)
+	run := func(name string, args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run(bin, "config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); err != nil {
+		return nil, fmt.Errorf("config generate: %v: %s", err, out)
+	}
+	start := time.Now()
+	defer run(bin, "mini", "down", "--workspace", ws)
+	if out, err := run(bin, "mini", "up", "--workspace", ws); err != nil {
+		return nil, fmt.Errorf("mini up: %v: %s", err, out)
+	}
+	for {
+		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "nodes", "--no-headers")
+		if err == nil && strings.Count(out, " Ready ") == 3 {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return nil, fmt.Errorf("nodes not Ready after 10 minutes: %s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	created := time.Since(start)
+	time.Sleep(30 * time.Second) // let the control plane settle before measuring memory
+	state, _, err := mini.ReadState(filepath.Join(ws, "constellation-mini"))
+	if err != nil {
+		return nil, err
+	}
+	var total float64
+	for _, n := range state.Nodes {
+		rss, err := cgroupRSS(filepath.Join("/sys/fs/cgroup/memory", n.Cgroup, "memory.stat"))
+		if err != nil {
+			return nil, err
+		}
+		total += rss
+	}
+	return []Result{
+		{"cluster-create", created.Seconds(), "s"},
+		{"node-memory", total / float64(len(state.Nodes)) / (1 << 20), "MiB"},
+	}, nil
+}
+
+// cgroupRSS reads the resident memory (anonymous and mapped file pages) of a cgroup v1 subtree.
+func cgroupRSS(statFile string) (float64, error) {
+	f, err := os.Open(statFile)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var rss, mapped float64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		n, _ := strconv.ParseFloat(v, 64)
+		switch k {
+		case "total_rss":
+			rss = n
+		case "total_mapped_file":
+			mapped = n
+		}
+	}
+	return rss + mapped, sc.Err()
+}
