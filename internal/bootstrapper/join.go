@@ -76,17 +76,23 @@ func akRoots(ctx context.Context, md *metadata.Client) ([]*x509.Certificate, err
 	return []*x509.Certificate{cert}, nil
 }
 
-// serveJoin starts the join service: mutual aTLS, admitting nodes that match policy.
-func serveJoin(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, clusterID []byte, policy measurements.M, log *slog.Logger) error {
+// mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
+// chains to the provider's AK CA and matches policy.
+func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy measurements.M, log *slog.Logger) (*atls.Credentials, error) {
 	roots, err := akRoots(ctx, md)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	v, err := vtpm.NewValidator(roots, policy, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	creds, err := atls.NewCredentials(issuer, []attestation.Validator{v})
+	return atls.NewCredentials(issuer, []attestation.Validator{v})
+}
+
+// serveJoin starts the join service: mutual aTLS, admitting nodes that match policy.
+func serveJoin(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, clusterID []byte, policy measurements.M, log *slog.Logger) error {
+	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
 	if err != nil {
 		return err
 	}
@@ -126,15 +132,7 @@ func ownPolicy(tpm interface {
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
 func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy measurements.M, k8s Kubernetes, log *slog.Logger) error {
-	roots, err := akRoots(ctx, md)
-	if err != nil {
-		return err
-	}
-	v, err := vtpm.NewValidator(roots, policy, log)
-	if err != nil {
-		return err
-	}
-	creds, err := atls.NewCredentials(issuer, []attestation.Validator{v})
+	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
 	if err != nil {
 		return err
 	}
