@@ -4,7 +4,6 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"fmt"
-	"regexp"
 )
 
 // Purpose names what a derived key is for; it is part of the HKDF info label.
@@ -29,9 +28,21 @@ const (
 	MaxIDLength  = 128
 )
 
-// idPattern is what an identifier may contain: letters, digits and . _ : -, so that a label can be read
-// unambiguously and never contains the separator "/".
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
+// validID reports whether an identifier has only letters, digits and . _ : -, so that a label can be read
+// unambiguously and never contains the separator "/". (A loop: a regular expression would cost more than the
+// derivation itself.)
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > MaxIDLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Deriver derives keys from a master secret. It precomputes HKDF's extract step once; each key then costs one
 // HKDF expand. It is safe for concurrent use.
@@ -60,7 +71,7 @@ func Label(purpose Purpose, id string) (string, error) {
 		}
 		return labelPrefix + string(purpose), nil
 	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed:
-		if len(id) == 0 || len(id) > MaxIDLength || !idPattern.MatchString(id) {
+		if !validID(id) {
 			return "", fmt.Errorf("key identifier %q is invalid: 1 to %d characters of A-Z a-z 0-9 . _ : -", truncate(id, 80), MaxIDLength)
 		}
 		return labelPrefix + string(purpose) + "/" + id, nil
