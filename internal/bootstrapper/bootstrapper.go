@@ -65,7 +65,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("attestation key certified by the provider")
-	issuer, err := vtpm.NewIssuer(tpm, vtpm.ECC, akCert, func() ([]byte, error) { return md.EventLog(ctx) })
+	// The boot's event log does not change while the node runs: fetch it once, not for every evidence.
+	var bootLog []byte
+	if err := retry(ctx, log, "fetching the boot event log", func() error {
+		var err error
+		bootLog, err = md.EventLog(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	issuer, err := vtpm.NewIssuer(tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
 	if err != nil {
 		return err
 	}

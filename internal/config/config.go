@@ -170,7 +170,10 @@ func (c *Config) Write(path string, overwrite bool) error {
 
 // ImagePath resolves the node image path relative to the configuration file's directory.
 func (c *Config) ImagePath(configPath string) string {
-	if c.Provider.Mini == nil || filepath.IsAbs(c.Provider.Mini.Image) {
+	if c.Provider.Mini == nil {
+		return ""
+	}
+	if filepath.IsAbs(c.Provider.Mini.Image) {
 		return c.Provider.Mini.Image
 	}
 	return filepath.Join(filepath.Dir(configPath), c.Provider.Mini.Image)

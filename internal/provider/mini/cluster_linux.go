@@ -35,10 +35,10 @@ const (
 // Gateway is the provider's address on the node network.
 var Gateway = netip.MustParsePrefix("10.217.0.1/24")
 
-// Cluster address ranges: services, and one /24 of pods per node.
+// Cluster address ranges: services, and one /24 of pods per node (defined with the metadata nodes read).
 var (
-	ServiceCIDR = netip.MustParsePrefix("10.97.0.0/16")
-	PodSubnet   = netip.MustParsePrefix("10.218.0.0/16")
+	ServiceCIDR = metadata.ServiceCIDR
+	PodSubnet   = metadata.PodSubnet
 )
 
 // PodCIDR is the pod range of the i-th node: 10.218.<i>.0/24.

@@ -18,12 +18,20 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+)
+
+// Address ranges of a cluster's network, as the provider routes them: services, and pods (one /24 per node,
+// announced as Instance.PodCIDR).
+var (
+	ServiceCIDR = netip.MustParsePrefix("10.97.0.0/16")
+	PodSubnet   = netip.MustParsePrefix("10.218.0.0/16")
 )
 
 // Roles of instances.
