@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -13,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
@@ -52,7 +54,10 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("measurement policy: %v", err))
 	}
-	ms := &kms.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
+	ms, err := s.masterSecret(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	d, err := kms.NewDeriver(ms)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -82,4 +87,47 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		}
 	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil
+}
+
+// unwrapTimeout bounds the wait for the external KMS during init (its client retries with backoff meanwhile).
+const unwrapTimeout = time.Minute
+
+// masterSecret returns the request's master secret: as sent, or unwrapped by the external KMS. Nothing on the
+// node changes before it returns, so a failed init can be retried.
+func (s *initServer) masterSecret(ctx context.Context, req *initpb.InitRequest) (*kms.MasterSecret, error) {
+	wrapped := req.GetWrappedMasterSecret()
+	plain := len(req.GetMasterSecret()) > 0 || len(req.GetSalt()) > 0
+	switch {
+	case plain && len(wrapped) > 0:
+		return nil, status.Error(codes.InvalidArgument, "the request holds both a plain and a wrapped master secret; send one")
+	case plain:
+		return &kms.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}, nil
+	case len(wrapped) == 0:
+		return nil, status.Error(codes.InvalidArgument, "the request holds no master secret")
+	}
+	file, err := kms.ParseSecretFile(wrapped)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("wrapped master secret: %v", err))
+	}
+	if !file.IsWrapped() {
+		return nil, status.Error(codes.InvalidArgument, "wrapped_master_secret holds a plain master secret; send it as master_secret")
+	}
+	k := req.GetKmip()
+	cfg := kmip.Config{Endpoint: k.GetEndpoint(), ServerCA: k.GetServerCa(), ClientCert: k.GetClientCert(), ClientKey: k.GetClientKey()}
+	if err := cfg.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("KMS configuration: %v", err))
+	}
+	client, err := kmip.New(cfg)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("KMS configuration: %v", err))
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, unwrapTimeout)
+	defer cancel()
+	s.log.Info("unwrapping the master secret with the external KMS", "endpoint", cfg.Endpoint, "kek", file.Wrapped.KeyID)
+	ms, err := kms.UnwrapMasterSecret(ctx, client, file)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; the node is unchanged, fix the KMS and init again", err))
+	}
+	return ms, nil
 }

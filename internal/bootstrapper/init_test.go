@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm-tools/client"
@@ -16,6 +17,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kms/kmip"
+	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -85,5 +88,81 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	}
 	if k8s.inits != 1 {
 		t.Fatalf("kubeadm init ran %d times", k8s.inits)
+	}
+}
+
+// With an external KMS the node gets the master secret only wrapped and unwraps it itself. A KMS that refuses
+// (wrong client certificate, corrupted ciphertext, unreachable) leaves the node fresh, so init can be retried.
+func TestInitUnwrapsWithTheExternalKMS(t *testing.T) {
+	srv := kmiptest.StartForTest(t)
+	c, err := kmip.New(srv.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	kek, err := c.CreateKEK(ctx, "init-kek")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, _ := kms.GenerateMasterSecret()
+	file, err := kms.WrapMasterSecret(ctx, c, kek, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped, err := file.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupted := *file.Wrapped
+	corrupted.Ciphertext = bytes.Clone(corrupted.Ciphertext)
+	corrupted.Ciphertext[0] ^= 1
+	badFile, _ := (&kms.SecretFile{Wrapped: &corrupted, Salt: file.Salt}).Marshal()
+	plainFile, _ := (&kms.SecretFile{Plain: ms}).Marshal()
+
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	k8s := &recordingKubernetes{}
+	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler)}
+	policy, _ := json.Marshal(node.Policy)
+	good := &initpb.KMIP{Endpoint: srv.Endpoint, ServerCa: srv.ServerCA, ClientCert: srv.ClientCert, ClientKey: srv.ClientKey}
+	untrusted := &initpb.KMIP{Endpoint: srv.Endpoint, ServerCa: srv.ServerCA, ClientCert: srv.UntrustedClientCert, ClientKey: srv.UntrustedClientKey}
+	closed := &initpb.KMIP{Endpoint: "127.0.0.1:1", ServerCa: srv.ServerCA, ClientCert: srv.ClientCert, ClientKey: srv.ClientKey}
+
+	for name, tc := range map[string]struct {
+		req  *initpb.InitRequest
+		code codes.Code
+		msg  string
+	}{
+		"plain and wrapped": {&initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, WrappedMasterSecret: wrapped, Kmip: good}, codes.InvalidArgument, "both"},
+		"no secret":         {&initpb.InitRequest{Kmip: good}, codes.InvalidArgument, "no master secret"},
+		"plain file":        {&initpb.InitRequest{WrappedMasterSecret: plainFile, Kmip: good}, codes.InvalidArgument, "plain master secret"},
+		"garbage":           {&initpb.InitRequest{WrappedMasterSecret: []byte("{"), Kmip: good}, codes.InvalidArgument, "wrapped master secret"},
+		"no KMS":            {&initpb.InitRequest{WrappedMasterSecret: wrapped}, codes.InvalidArgument, "KMS configuration"},
+		"untrusted client":  {&initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: untrusted}, codes.FailedPrecondition, "unwrapping"},
+		"corrupted":         {&initpb.InitRequest{WrappedMasterSecret: badFile, Kmip: good}, codes.FailedPrecondition, "authentication"},
+		"KMS unreachable":   {&initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: closed}, codes.FailedPrecondition, "unreachable"},
+	} {
+		tc.req.Measurements = policy
+		_, err := s.Init(ctx, tc.req)
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: Init = %v, want %s mentioning %q", name, err, tc.code, tc.msg)
+		}
+	}
+	if k8s.inits != 0 {
+		t.Fatal("a refused init ran kubeadm")
+	}
+
+	resp, err := s.Init(ctx, &initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: good, Measurements: policy})
+	if err != nil {
+		t.Fatalf("Init with the wrapped master secret: %v", err)
+	}
+	d, _ := kms.NewDeriver(ms)
+	want, _ := d.ClusterID()
+	if !bytes.Equal(resp.GetClusterId(), want) {
+		t.Fatalf("cluster ID %x, want %x (derived from the unwrapped master secret)", resp.GetClusterId(), want)
 	}
 }

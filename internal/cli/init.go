@@ -68,9 +68,15 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 
 // initCluster sends the master secret to the first control-plane node, after its evidence (checked during
 // the aTLS handshake) proved it runs the configured image and is fresh, and writes the kubeconfig and state.
-func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certificate, policy measurements.M) (clusterState, error) {
+//
+// With an external KMS (kmsConf) the node gets the master secret only wrapped, with the KMS credentials, and
+// unwraps it itself: the plain master secret never exists outside attested nodes.
+func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certificate, policy measurements.M, kmsConf *kms.KMIPConfig) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
+		return clusterState{}, badInput("no %s, and the configuration names an external KMS: create the wrapped master secret with 'constellation kms init --kms-config FILE' first", secretPath)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		ms, err := kms.GenerateMasterSecret()
 		if err != nil {
@@ -83,8 +89,9 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 	} else if err != nil {
 		return clusterState{}, err
 	}
-	if file.IsWrapped() {
-		return clusterState{}, errors.New("the master secret is wrapped by an external KMS; mini clusters use a plain master secret for now")
+	req, err := initRequest(secretPath, file, kmsConf)
+	if err != nil {
+		return clusterState{}, err
 	}
 	// A fresh node has PCR 15 zero: an initialised node cannot be initialised again.
 	fresh := measurements.M{}
@@ -112,7 +119,8 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 	if err != nil {
 		return clusterState{}, err
 	}
-	resp, err := initpb.NewInitClient(conn).Init(ctx, &initpb.InitRequest{MasterSecret: file.Plain.Key, Salt: file.Plain.Salt, Measurements: rawPolicy})
+	req.Measurements = rawPolicy
+	resp, err := initpb.NewInitClient(conn).Init(ctx, req)
 	if err != nil {
 		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
 	}
@@ -125,4 +133,30 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 		return clusterState{}, err
 	}
 	return state, atomicfile.Write(filepath.Join(ws, StateFile), raw, 0o644)
+}
+
+// initRequest puts the master secret into an init request: plain, or wrapped together with what the node needs
+// to reach the KMS.
+func initRequest(secretPath string, file *kms.SecretFile, kmsConf *kms.KMIPConfig) (*initpb.InitRequest, error) {
+	if !file.IsWrapped() {
+		if kmsConf != nil {
+			return nil, badInput("%s holds a plain master secret, but the configuration names an external KMS; wrap it with 'constellation kms init' or remove the kms section", secretPath)
+		}
+		return &initpb.InitRequest{MasterSecret: file.Plain.Key, Salt: file.Plain.Salt}, nil
+	}
+	if kmsConf == nil {
+		return nil, badInput("%s is wrapped by key-encryption key %s on an external KMS, but the configuration has no kms.kmip section; add it", secretPath, file.Wrapped.KeyID)
+	}
+	cc, err := kmsConf.ClientConfig()
+	if err != nil {
+		return nil, badInput("%w", err)
+	}
+	wrapped, err := file.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	return &initpb.InitRequest{
+		WrappedMasterSecret: wrapped,
+		Kmip:                &initpb.KMIP{Endpoint: cc.Endpoint, ServerCa: cc.ServerCA, ClientCert: cc.ClientCert, ClientKey: cc.ClientKey},
+	}, nil
 }

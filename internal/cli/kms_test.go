@@ -1,14 +1,11 @@
 package cli
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
@@ -17,16 +14,7 @@ import (
 // kmsWorkspace starts a real KMIP server and writes a KMS configuration for it.
 func kmsWorkspace(t *testing.T) (srv *kmiptest.Server, dir, config string) {
 	t.Helper()
-	if _, err := exec.LookPath("pykmip-server"); err != nil {
-		t.Skip("pykmip-server not installed (Debian package python3-pykmip); run scripts/setup.sh")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	srv, err := kmiptest.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Stop() })
+	srv = kmiptest.StartForTest(t)
 	dir = t.TempDir()
 	write(t, filepath.Join(dir, "kms-ca.pem"), srv.ServerCA)
 	write(t, filepath.Join(dir, "client.pem"), srv.ClientCert)

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -166,7 +167,12 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		return nil
 	}
 	fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", state.Nodes[0].Name)
-	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, roots, c.Attestation.Measurements)
+	var kmsConf *kms.KMIPConfig
+	if c.KMS != nil {
+		kmsConf = c.KMS.KMIP
+		fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
+	}
+	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, roots, c.Attestation.Measurements, kmsConf)
 	if err != nil {
 		return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 	}

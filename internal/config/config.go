@@ -81,6 +81,12 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	if c.KMS != nil {
+		// File paths in the KMS section are relative to the configuration file.
+		if err := c.KMS.KMIP.Resolve(filepath.Dir(path)); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
 	return c, nil
 }
 
@@ -121,8 +127,15 @@ func (c *Config) Validate() error {
 	if err := c.Attestation.Measurements.Validate(); err != nil {
 		p = append(p, "attestation.measurements: "+err.Error())
 	}
-	if c.KMS != nil && c.KMS.KMIP == nil {
-		p = append(p, "kms: set kms.kmip or remove the kms section")
+	if c.KMS != nil {
+		if c.KMS.KMIP == nil {
+			p = append(p, "kms: set kms.kmip or remove the kms section")
+		} else {
+			check := *c.KMS.KMIP // Resolve rewrites the paths; here it only checks them
+			if err := check.Resolve(""); err != nil {
+				p = append(p, "kms: "+err.Error())
+			}
+		}
 	}
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}

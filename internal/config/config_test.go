@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/kms"
 )
 
 func valid() *Config {
@@ -36,6 +37,31 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if got.ImagePath(path) != filepath.Join(filepath.Dir(path), "node-image.squashfs") {
 		t.Fatalf("ImagePath = %s", got.ImagePath(path))
+	}
+}
+
+// The KMS section's file paths are relative to the configuration file; a section lacking a field is refused.
+func TestKMSPaths(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	c := valid()
+	c.KMS = &KMS{KMIP: &kms.KMIPConfig{Endpoint: "10.217.0.1:5696", ServerCA: "kms/ca.pem", ClientCert: "/etc/client.pem", ClientKey: "kms/key.pem", KeyID: "1"}}
+	if err := c.Write(path, false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := got.KMS.KMIP
+	if k.ServerCA != filepath.Join(filepath.Dir(path), "kms/ca.pem") || k.ClientCert != "/etc/client.pem" || k.ClientKey != filepath.Join(filepath.Dir(path), "kms/key.pem") {
+		t.Fatalf("paths not resolved against the configuration's directory: %+v", k)
+	}
+	c.KMS.KMIP.ClientKey, c.KMS.KMIP.Endpoint = "", " "
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kmip.clientKey, kmip.endpoint not set") {
+		t.Fatalf("incomplete kms section: %v", err)
+	}
+	if c.KMS.KMIP.ServerCA != "kms/ca.pem" {
+		t.Fatal("Validate rewrote a path")
 	}
 }
 

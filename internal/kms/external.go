@@ -46,8 +46,14 @@ func LoadKMIPConfig(path string) (*KMIPConfig, error) {
 	if f.KMIP == nil {
 		return nil, fmt.Errorf("KMS configuration %s has no kmip section", path)
 	}
-	c := f.KMIP
-	dir := filepath.Dir(path)
+	if err := f.KMIP.Resolve(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("KMS configuration %s: %w", path, err)
+	}
+	return f.KMIP, nil
+}
+
+// Resolve checks that every field but KeyID is set and makes relative file paths relative to dir.
+func (c *KMIPConfig) Resolve(dir string) error {
 	var missing []string
 	for name, p := range map[string]*string{"endpoint": &c.Endpoint, "serverCA": &c.ServerCA, "clientCert": &c.ClientCert, "clientKey": &c.ClientKey} {
 		if strings.TrimSpace(*p) == "" {
@@ -60,9 +66,9 @@ func LoadKMIPConfig(path string) (*KMIPConfig, error) {
 	}
 	if len(missing) > 0 {
 		slices.Sort(missing)
-		return nil, fmt.Errorf("KMS configuration %s lacks kmip.%s", path, strings.Join(missing, ", kmip."))
+		return fmt.Errorf("kmip.%s not set", strings.Join(missing, ", kmip."))
 	}
-	return c, nil
+	return nil
 }
 
 // ClientConfig reads the certificate files and returns the KMIP client configuration.

@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
@@ -18,16 +16,7 @@ import (
 
 func startKMS(t *testing.T) (*kmiptest.Server, *kmip.Client) {
 	t.Helper()
-	if _, err := exec.LookPath("pykmip-server"); err != nil {
-		t.Skip("pykmip-server not installed (Debian package python3-pykmip); run scripts/setup.sh")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	srv, err := kmiptest.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Stop() })
+	srv := kmiptest.StartForTest(t)
 	c, err := kmip.New(srv.Config())
 	if err != nil {
 		t.Fatal(err)

@@ -23,13 +23,19 @@ const (
 
 type InitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// master_secret and salt are the cluster's master secret (32 bytes each).
+	// master_secret and salt are the cluster's master secret (32 bytes each). They are empty when the master
+	// secret is held by an external KMS (wrapped_master_secret).
 	MasterSecret []byte `protobuf:"bytes,1,opt,name=master_secret,json=masterSecret,proto3" json:"master_secret,omitempty"`
 	Salt         []byte `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
 	// measurements is the cluster's measurement policy (JSON): the join service admits nodes that match it.
-	Measurements  []byte `protobuf:"bytes,3,opt,name=measurements,proto3" json:"measurements,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Measurements []byte `protobuf:"bytes,3,opt,name=measurements,proto3" json:"measurements,omitempty"`
+	// wrapped_master_secret is the master secret file (constellation-mastersecret.json) holding the secret only
+	// wrapped by a key-encryption key on the external KMS named by kmip. The node unwraps it itself, so the plain
+	// master secret exists only inside attested nodes.
+	WrappedMasterSecret []byte `protobuf:"bytes,4,opt,name=wrapped_master_secret,json=wrappedMasterSecret,proto3" json:"wrapped_master_secret,omitempty"`
+	Kmip                *KMIP  `protobuf:"bytes,5,opt,name=kmip,proto3" json:"kmip,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -83,6 +89,91 @@ func (x *InitRequest) GetMeasurements() []byte {
 	return nil
 }
 
+func (x *InitRequest) GetWrappedMasterSecret() []byte {
+	if x != nil {
+		return x.WrappedMasterSecret
+	}
+	return nil
+}
+
+func (x *InitRequest) GetKmip() *KMIP {
+	if x != nil {
+		return x.Kmip
+	}
+	return nil
+}
+
+// KMIP is how a node reaches the external KMS: over mutual TLS with the cluster's client certificate.
+type KMIP struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// endpoint is host:port of the KMS, as the nodes reach it.
+	Endpoint string `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// server_ca, client_cert and client_key are PEM.
+	ServerCa      []byte `protobuf:"bytes,2,opt,name=server_ca,json=serverCa,proto3" json:"server_ca,omitempty"`
+	ClientCert    []byte `protobuf:"bytes,3,opt,name=client_cert,json=clientCert,proto3" json:"client_cert,omitempty"`
+	ClientKey     []byte `protobuf:"bytes,4,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KMIP) Reset() {
+	*x = KMIP{}
+	mi := &file_init_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KMIP) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KMIP) ProtoMessage() {}
+
+func (x *KMIP) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KMIP.ProtoReflect.Descriptor instead.
+func (*KMIP) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *KMIP) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *KMIP) GetServerCa() []byte {
+	if x != nil {
+		return x.ServerCa
+	}
+	return nil
+}
+
+func (x *KMIP) GetClientCert() []byte {
+	if x != nil {
+		return x.ClientCert
+	}
+	return nil
+}
+
+func (x *KMIP) GetClientKey() []byte {
+	if x != nil {
+		return x.ClientKey
+	}
+	return nil
+}
+
 type InitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// kubeconfig is the cluster administrator's kubeconfig.
@@ -95,7 +186,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_init_proto_msgTypes[1]
+	mi := &file_init_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +198,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[1]
+	mi := &file_init_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +211,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{1}
+	return file_init_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InitResponse) GetKubeconfig() []byte {
@@ -145,7 +236,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +248,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +261,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{2}
+	return file_init_proto_rawDescGZIP(), []int{3}
 }
 
 type JoinResponse struct {
@@ -189,7 +280,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +292,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +305,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{3}
+	return file_init_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinResponse) GetApiEndpoint() string {
@@ -250,11 +341,20 @@ var File_init_proto protoreflect.FileDescriptor
 const file_init_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"init.proto\x12\x15constellation.init.v1\"j\n" +
+	"init.proto\x12\x15constellation.init.v1\"\xcf\x01\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
-	"\fmeasurements\x18\x03 \x01(\fR\fmeasurements\"M\n" +
+	"\fmeasurements\x18\x03 \x01(\fR\fmeasurements\x122\n" +
+	"\x15wrapped_master_secret\x18\x04 \x01(\fR\x13wrappedMasterSecret\x12/\n" +
+	"\x04kmip\x18\x05 \x01(\v2\x1b.constellation.init.v1.KMIPR\x04kmip\"\x7f\n" +
+	"\x04KMIP\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x1b\n" +
+	"\tserver_ca\x18\x02 \x01(\fR\bserverCa\x12\x1f\n" +
+	"\vclient_cert\x18\x03 \x01(\fR\n" +
+	"clientCert\x12\x1d\n" +
+	"\n" +
+	"client_key\x18\x04 \x01(\fR\tclientKey\"M\n" +
 	"\fInitResponse\x12\x1e\n" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
@@ -286,23 +386,25 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_init_proto_goTypes = []any{
 	(*InitRequest)(nil),  // 0: constellation.init.v1.InitRequest
-	(*InitResponse)(nil), // 1: constellation.init.v1.InitResponse
-	(*JoinRequest)(nil),  // 2: constellation.init.v1.JoinRequest
-	(*JoinResponse)(nil), // 3: constellation.init.v1.JoinResponse
+	(*KMIP)(nil),         // 1: constellation.init.v1.KMIP
+	(*InitResponse)(nil), // 2: constellation.init.v1.InitResponse
+	(*JoinRequest)(nil),  // 3: constellation.init.v1.JoinRequest
+	(*JoinResponse)(nil), // 4: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
-	0, // 0: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	2, // 1: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
-	1, // 2: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	3, // 3: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
+	0, // 1: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	3, // 2: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
+	2, // 3: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	4, // 4: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -316,7 +418,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -16,24 +16,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
 )
 
-// startServer starts a pykmip-server for the test and stops it when the test ends.
-func startServer(t *testing.T) *kmiptest.Server {
-	t.Helper()
-	srv, err := kmiptest.Start(t.Context(), t.TempDir())
-	if errors.Is(err, kmiptest.ErrNotInstalled) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return srv
-}
-
 func newClient(t *testing.T, cfg kmip.Config) *kmip.Client {
 	t.Helper()
 	c, err := kmip.New(cfg)
@@ -97,7 +79,7 @@ func wantErr(t *testing.T, err, kind error) {
 
 func TestWrapUnwrap(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-roundtrip")
 	if v := kmip.NegotiatedVersion(c); v != "1.4" {
@@ -140,7 +122,7 @@ func TestWrapUnwrap(t *testing.T) {
 
 func TestIntegrity(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek, kek2 := createKEK(t, c, "kek-integrity"), createKEK(t, c, "kek-integrity-other")
 	plain, aad := secret(t), []byte("aad")
@@ -196,7 +178,7 @@ func TestIntegrity(t *testing.T) {
 
 func TestUnknownKey(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-unknown")
 	w := wrap(t, c, kek, secret(t), nil)
@@ -214,7 +196,7 @@ func TestUnknownKey(t *testing.T) {
 
 func TestRevokeDestroy(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-revoke")
 	plain := secret(t)
@@ -240,7 +222,7 @@ func TestRevokeDestroy(t *testing.T) {
 
 func TestUntrustedClientCertificate(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	cfg := srv.Config()
 	cfg.ClientCert, cfg.ClientKey = srv.UntrustedClientCert, srv.UntrustedClientKey
 	c := newClient(t, cfg)
@@ -258,7 +240,7 @@ func TestUntrustedClientCertificate(t *testing.T) {
 
 func TestClientCertificateWithoutClientAuth(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	cfg := srv.Config()
 	cfg.ClientCert, cfg.ClientKey = srv.NoClientAuthCert, srv.NoClientAuthKey
 	c := newClient(t, cfg)
@@ -273,7 +255,7 @@ func TestClientCertificateWithoutClientAuth(t *testing.T) {
 
 func TestUntrustedServer(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	cfg := srv.Config()
 	cfg.ServerCA = srv.UntrustedCA
 	c := newClient(t, cfg)
@@ -288,7 +270,7 @@ func TestUntrustedServer(t *testing.T) {
 
 func TestUnreachable(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-unreachable")
 	plain := secret(t)
@@ -359,7 +341,7 @@ func TestUnreachable(t *testing.T) {
 
 func TestPersistenceAcrossRestart(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-persistent")
 	plain, aad := secret(t), []byte("aad")
@@ -373,7 +355,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 
 func TestRotation(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek1 := createKEK(t, c, "kek-1")
 	plain, aad := secret(t), []byte("aad")
@@ -401,7 +383,7 @@ func TestRotation(t *testing.T) {
 
 func TestConcurrentUse(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	srv := kmiptest.StartForTest(t)
 	c := newClient(t, srv.Config())
 	kek := createKEK(t, c, "kek-concurrent")
 	var wg sync.WaitGroup
