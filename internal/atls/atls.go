@@ -210,15 +210,7 @@ func selfSignedCert(ctx context.Context, issuer attestation.Issuer, nonce []byte
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "constellation aTLS"},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     now.Add(certValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
+	var extra []extension
 	if issuer != nil {
 		spki, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
@@ -233,9 +225,10 @@ func selfSignedCert(ctx context.Context, issuer attestation.Issuer, nonce []byte
 		if err != nil {
 			return nil, err
 		}
-		tmpl.ExtraExtensions = []pkix.Extension{{Id: issuer.Variant().OID, Value: value}}
+		extra = []extension{{id: issuer.Variant().OID, value: value}}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
+	now := time.Now()
+	der, err := createCertificate(key, serial, now.Add(-clockSkew), now.Add(certValidity), extra)
 	if err != nil {
 		return nil, fmt.Errorf("aTLS: creating certificate: %w", err)
 	}
