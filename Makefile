@@ -42,6 +42,7 @@ setup:
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/constellation ./cmd/constellation
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/bootstrapper ./cmd/bootstrapper
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/join-service ./cmd/join-service
 
 test: lint unit fuzz-short
 
@@ -78,7 +79,7 @@ components:
 	@bash scripts/build-components.sh
 
 node-image: setup build kubernetes components
-	$(GO) run ./tools/node-image
+	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image
 
 clean:
 	rm -rf bin _out

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
@@ -24,6 +25,7 @@ func main() {
 	cfg := bootstrapper.Config{
 		MetadataURL: os.Getenv("CONSTELLATION_METADATA"),
 		TPM:         os.Getenv("CONSTELLATION_TPM"),
+		AgentSocket: agent.SocketPath,
 		Kubernetes: func(self metadata.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
 			if err != nil {

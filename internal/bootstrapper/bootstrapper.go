@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
@@ -33,6 +34,8 @@ type Config struct {
 	TPM string
 	// Kubernetes returns the node's Kubernetes driver.
 	Kubernetes func(self metadata.Instance) Kubernetes
+	// AgentSocket is where the node's own services ask for evidence (agent.SocketPath on a node).
+	AgentSocket string
 }
 
 // FirstControlPlane is the node that serves Init.
@@ -90,9 +93,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("verification service listening", "address", srv.Addr)
+	if cfg.AgentSocket != "" {
+		ln, err := agent.Listen(cfg.AgentSocket)
+		if err != nil {
+			return err
+		}
+		agentSrv := &http.Server{Handler: agent.Handler(issuer, log.With("service", "agent")), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- agentSrv.Serve(ln) }()
+		defer agentSrv.Close()
+		log.Info("attestation agent listening for the node's services", "socket", cfg.AgentSocket)
+	}
 
 	if self.Role == metadata.RoleControlPlane && self.Name == FirstControlPlane {
 		creds, err := atls.NewCredentials(issuer, nil)
@@ -100,10 +113,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
+		k8s := cfg.Kubernetes(self)
 		initpb.RegisterInitServer(grpcSrv, &initServer{
-			issuer: issuer, k8s: cfg.Kubernetes(self), log: log.With("service", "init"),
+			issuer: issuer, k8s: k8s, log: log.With("service", "init"),
 			initialised: func(clusterID []byte, policy measurements.M) error {
-				return serveJoin(ctx, md, issuer, self, clusterID, policy, log.With("service", "join"))
+				return deployJoinService(ctx, md, k8s, clusterID, policy)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
@@ -126,7 +140,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer cancel()
 		return srv.Shutdown(shutdownCtx)
 	case err := <-errc:
-		return fmt.Errorf("verification service: %w", err)
+		return fmt.Errorf("a node service stopped: %w", err)
 	}
 }
 

@@ -26,6 +26,8 @@ type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
 	Init(ctx context.Context) (adminKubeconfig []byte, err error)
 	Join(ctx context.Context, endpoint, token, caHash string) error
+	// Apply creates or updates Kubernetes objects (JSON or YAML) with the administrator's credentials.
+	Apply(ctx context.Context, manifests []byte) error
 }
 
 // initServer initialises the cluster on the first control-plane node, once.
@@ -83,7 +85,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	s.log.Info("Kubernetes initialised")
 	if s.initialised != nil {
 		if err := s.initialised(clusterID, policy); err != nil {
-			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the join service: %v", err))
+			return nil, status.Error(codes.Internal, fmt.Sprintf("deploying the join service: %v", err))
 		}
 	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil

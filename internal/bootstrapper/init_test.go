@@ -33,6 +33,7 @@ func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
 	return []byte("kubeconfig"), nil
 }
 func (r *recordingKubernetes) Join(context.Context, string, string, string) error { return nil }
+func (r *recordingKubernetes) Apply(context.Context, []byte) error                { return nil }
 
 func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)

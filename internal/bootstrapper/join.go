@@ -14,50 +14,16 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 )
-
-// JoinPort is the port of the join service on initialised control-plane nodes.
-const JoinPort = 9001
-
-// tokenTTL bounds how long a bootstrap token handed to a joining node is valid.
-const tokenTTL = 10 * time.Minute
-
-// joinServer admits attested nodes into the cluster.
-type joinServer struct {
-	initpb.UnimplementedJoinServer
-	clusterID []byte
-	endpoint  string
-	log       *slog.Logger
-}
-
-func (s *joinServer) Join(ctx context.Context, _ *initpb.JoinRequest) (*initpb.JoinResponse, error) {
-	caller, ok := atls.AttestedPeer(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "the join service only admits attested nodes")
-	}
-	token, err := kubeadm.CreateToken(ctx, tokenTTL)
-	if err != nil {
-		s.log.Error("join failed", "caller", caller, "error", err)
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	hash, err := kubeadm.CACertHash()
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	s.log.Info("node admitted", "caller", caller, "tokenTTL", tokenTTL.String())
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: s.clusterID}, nil
-}
 
 // akRoots fetches the provider's attestation-key CA certificate.
 func akRoots(ctx context.Context, md *metadata.Client) ([]*x509.Certificate, error) {
@@ -90,25 +56,23 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 	return atls.NewCredentials(issuer, []attestation.Validator{v})
 }
 
-// serveJoin starts the join service: mutual aTLS, admitting nodes that match policy.
-func serveJoin(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, clusterID []byte, policy measurements.M, log *slog.Logger) error {
-	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
+// deployJoinService installs the join service into the new cluster: its configuration (the cluster's
+// measurement policy, the provider's AK roots and the cluster ID) and the DaemonSet that runs it on every
+// control-plane node. Its manifests are part of this measured binary, not supplied from outside.
+func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, policy measurements.M) error {
+	roots, err := akRoots(ctx, md)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(grpc.Creds(creds))
-	initpb.RegisterJoinServer(srv, &joinServer{clusterID: clusterID, endpoint: net.JoinHostPort(self.IP, "6443"), log: log})
-	ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(JoinPort)))
+	data, err := joinservice.ConfigData(policy, roots, clusterID)
 	if err != nil {
-		return fmt.Errorf("join service: %w", err)
+		return err
 	}
-	go func() {
-		<-ctx.Done()
-		srv.Stop()
-	}()
-	go srv.Serve(ln)
-	log.Info("join service listening over mutual aTLS", "address", ln.Addr().String())
-	return nil
+	manifests, err := joinservice.Manifests(data)
+	if err != nil {
+		return err
+	}
+	return k8s.Apply(ctx, manifests)
 }
 
 // ownPolicy is the policy of this node's own boot measurements: a joining node trusts a join service that
@@ -146,7 +110,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy 
 			if inst.Name != FirstControlPlane {
 				continue
 			}
-			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(JoinPort)), grpc.WithTransportCredentials(creds))
+			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinservice.Port)), grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return err
 			}

@@ -30,6 +30,8 @@ type Inputs struct {
 	CNIDir string
 	// Extra are further files of the node root filesystem (for example the bootstrapper).
 	Extra []File
+	// Services are the container images of this project's in-cluster services (for example the join service).
+	Services []ContainerImage
 }
 
 // Paths inside the node image.
@@ -94,7 +96,7 @@ func bin(dir, name, dst string) File {
 }
 
 // ContainerImages returns the container images a node imports: the control plane, etcd, CoreDNS,
-// kube-proxy and pause, tagged as kubeadm expects them.
+// kube-proxy and pause, tagged as kubeadm expects them, and this project's services.
 func ContainerImages(in Inputs) ([]ContainerImage, error) {
 	v := in.Versions
 	k8s := func(name string) ContainerImage {
@@ -110,7 +112,7 @@ func ContainerImages(in Inputs) ([]ContainerImage, error) {
 		return nil, fmt.Errorf("kube-proxy image: %w", err)
 	}
 	proxy.Files = append(proxy.Files, ipt...)
-	return []ContainerImage{
+	return append([]ContainerImage{
 		k8s("kube-apiserver"), k8s("kube-controller-manager"), k8s("kube-scheduler"), proxy,
 		{
 			Ref:        "registry.k8s.io/etcd:" + v.Etcd,
@@ -127,7 +129,7 @@ func ContainerImages(in Inputs) ([]ContainerImage, error) {
 			Files:      []File{bin(in.ComponentsBin, "pause", "/pause")},
 			Entrypoint: []string{"/pause"},
 		},
-	}, nil
+	}, in.Services...), nil
 }
 
 // RootFiles returns the node root filesystem without the container images.

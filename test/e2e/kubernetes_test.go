@@ -14,7 +14,8 @@ import (
 
 // TestMiniKubernetes boots 1 control plane + 2 workers from the full node image (make node-image): the CLI
 // attests the first control-plane node and sends it the master secret over aTLS; the node initialises
-// Kubernetes and starts the join service, which admits each worker only after attesting it; every node then
+// Kubernetes and deploys the join service into the cluster, which admits each worker only after attesting it
+// (mutual aTLS, its own evidence coming from the control-plane node's attestation agent); every node then
 // proves with PCR 15 that it belongs to this cluster. A Deployment of 3 replicas spread over the workers serves
 // a Service. `mini down` leaves the host as it was. It runs only where the node image has been built.
 func TestMiniKubernetes(t *testing.T) {
@@ -62,6 +63,14 @@ func TestMiniKubernetes(t *testing.T) {
 		out, err := k("get", "nodes", "--no-headers")
 		return out, err == nil && strings.Count(out, " Ready ") == 3
 	})
+	// The workers were admitted by the join service running in the cluster, on the control plane.
+	eventually("the join service admitting both workers", func() (string, bool) {
+		out, err := k("-n", "kube-system", "logs", "daemonset/join-service")
+		return out, err == nil && strings.Count(out, `"msg":"node admitted"`) >= 2
+	})
+	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=join-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
+		t.Fatalf("join service pods: %v\n%s", err, out)
+	}
 	// Every node proves its cluster membership (PCR 15).
 	for i := range 3 {
 		if out, code := c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 || !strings.Contains(out, "4 PCRs match") {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -21,8 +22,15 @@ func main() {
 	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
 	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
 	bootstrapper := flag.String("bootstrapper", "bin/bootstrapper", "the bootstrapper binary (make build)")
+	joinService := flag.String("join-service", "bin/join-service", "the join service binary (make build)")
 	flag.Parse()
 	in.Extra = append(in.Extra, nodeimage.File{Path: "/usr/bin/bootstrapper", Source: *bootstrapper, Mode: 0o755})
+	// The image reference carries this build's version, which the bootstrapper built alongside deploys.
+	in.Services = append(in.Services, nodeimage.ContainerImage{
+		Ref:        joinservice.Image(),
+		Files:      []nodeimage.File{{Path: "/usr/bin/join-service", Source: *joinService, Mode: 0o755}},
+		Entrypoint: []string{"/usr/bin/join-service"},
+	})
 	if err := run(in, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "node-image:", err)
 		os.Exit(1)

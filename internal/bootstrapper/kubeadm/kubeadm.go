@@ -7,10 +7,6 @@ package kubeadm
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"net/netip"
 	"os"
@@ -177,34 +173,6 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string) error
 	return nil
 }
 
-// CreateToken creates a bootstrap token for one join, valid for ttl.
-func CreateToken(ctx context.Context, ttl time.Duration) (string, error) {
-	out, err := exec.CommandContext(ctx, "kubeadm", "token", "create", "--kubeconfig", AdminKubeconfig, "--ttl", ttl.String(),
-		"--description", "constellation join").Output()
-	if err != nil {
-		return "", fmt.Errorf("creating a bootstrap token: %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-// CACertHash returns the kubeadm discovery hash of the cluster CA: sha256 of its public key.
-func CACertHash() (string, error) {
-	raw, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
-	if err != nil {
-		return "", err
-	}
-	block, _ := pem.Decode(raw)
-	if block == nil {
-		return "", fmt.Errorf("cluster CA certificate is not PEM")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
-}
-
 // Corefile is CoreDNS's configuration on these clusters: cluster names only. There is no upstream resolver
 // (no "forward") and hence no forwarding loop to detect (no "loop").
 const Corefile = `.:53 {
@@ -340,6 +308,19 @@ func (d *Driver) configureCoreDNS(ctx context.Context) error {
 		return fmt.Errorf("configuring CoreDNS: %w", err)
 	}
 	return kubectl("rollout", "restart", "deployment", "coredns")
+}
+
+// Apply creates or updates Kubernetes objects with the administrator's kubeconfig. kubectl's output names
+// the objects only; Secrets' data is never printed.
+func (d *Driver) Apply(ctx context.Context, manifests []byte) error {
+	cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", AdminKubeconfig, "apply", "-f", "-")
+	cmd.Stdin = bytes.NewReader(manifests)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl apply: %w: %s", err, tail(out, 20))
+	}
+	d.logf("applied: %s", strings.Join(strings.Fields(string(out)), " "))
+	return nil
 }
 
 func (d *Driver) startBackground(name, logPath string, bin string, args ...string) error {

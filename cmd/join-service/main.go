@@ -1,0 +1,69 @@
+// Command join-service admits attested nodes into the cluster; see package joinservice.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/version"
+)
+
+func main() {
+	listen := flag.String("listen", fmt.Sprintf(":%d", joinservice.Port), "address to serve on")
+	configDir := flag.String("config", joinservice.ConfigDir, "join configuration directory (the join-config ConfigMap)")
+	caCert := flag.String("ca-cert", joinservice.CACert, "cluster CA certificate")
+	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
+	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
+	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
+	flag.Parse()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if err := run(*listen, *configDir, *caCert, *apiEndpoint, *apiServer, *agentSocket, log); err != nil {
+		log.Error("join service stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(listen, configDir, caCert, apiEndpoint, apiServer, agentSocket string, log *slog.Logger) error {
+	if apiEndpoint == "" {
+		return fmt.Errorf("--api-endpoint is required")
+	}
+	if apiServer == "" {
+		var err error
+		if apiServer, err = joinservice.InClusterServer(); err != nil {
+			return err
+		}
+	}
+	tokens, err := joinservice.NewAPITokens(apiServer, joinservice.ServiceAccountDir)
+	if err != nil {
+		return err
+	}
+	config, err := joinservice.NewConfig(configDir, log)
+	if err != nil {
+		return err
+	}
+	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, caCert, apiEndpoint, log), agent.NewClient(agentSocket, attestation.MiniVTPM))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		srv.GracefulStop()
+	}()
+	log.Info("join service listening over mutual aTLS", "address", ln.Addr().String(), "version", version.Version)
+	return srv.Serve(ln)
+}

@@ -1,0 +1,130 @@
+// Package agent lets the node's own services attest through the node's TPM without opening it themselves.
+//
+// The bootstrapper is the only process that talks to the node's TPM. It serves this agent on a Unix socket
+// ([SocketPath]) that only processes on the node reach: the in-cluster services of the control plane (the
+// join service, the key service) mount it and use [Client] as their [attestation.Issuer] for attested TLS.
+// The agent issues evidence for any nonce and user data, so whoever can reach the socket can speak for the
+// node: the socket is owner-only and never exposed over the network.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+)
+
+// SocketPath is where the bootstrapper serves the agent on every node.
+const SocketPath = "/run/constellation/attest.sock"
+
+// maxRequest bounds a request body: a nonce and user data, base64-encoded in JSON.
+const maxRequest = 4 * (attestation.MaxNonceSize + attestation.MaxUserDataSize)
+
+// request is the body of POST /v1/evidence.
+type request struct {
+	Nonce    []byte `json:"nonce"`
+	UserData []byte `json:"userData"`
+}
+
+// Handler serves POST /v1/evidence: evidence from issuer for the request's nonce and user data.
+func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/evidence", func(w http.ResponseWriter, r *http.Request) {
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
+		dec.DisallowUnknownFields()
+		var req request
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, "request must be JSON {\"nonce\": base64, \"userData\": base64}: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := attestation.CheckNonce(req.Nonce); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if len(req.UserData) > attestation.MaxUserDataSize {
+			http.Error(w, fmt.Sprintf("user data of %d bytes exceeds the limit of %d", len(req.UserData), attestation.MaxUserDataSize), http.StatusBadRequest)
+			return
+		}
+		ev, err := issuer.Issue(r.Context(), req.Nonce, req.UserData)
+		if err != nil {
+			log.Error("issuing evidence for a local service failed", "error", err)
+			http.Error(w, "issuing evidence failed", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(ev)
+	})
+	return mux
+}
+
+// Listen creates the agent's socket at path, readable and writable by its owner only, replacing a stale one.
+func Listen(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale agent socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("attestation agent: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("attestation agent: %w", err)
+	}
+	return ln, nil
+}
+
+// Client is an [attestation.Issuer] that asks the agent on the node's socket.
+type Client struct {
+	variant attestation.Variant
+	http    *http.Client
+}
+
+// NewClient returns an issuer of the given variant that reaches the agent at socketPath.
+func NewClient(socketPath string, variant attestation.Variant) *Client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socketPath)
+	}
+	return &Client{variant: variant, http: &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: 30 * time.Second}}
+}
+
+// Variant is the kind of evidence the node's agent issues.
+func (c *Client) Variant() attestation.Variant { return c.variant }
+
+// Issue asks the agent for evidence bound to nonce and userData.
+func (c *Client) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	body, err := json.Marshal(request{Nonce: nonce, UserData: userData})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/evidence", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking the node's attestation agent: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, attestation.MaxDocumentSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the attestation agent's answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the node's attestation agent refused: %s: %s", resp.Status, bytes.TrimSpace(raw))
+	}
+	if len(raw) > attestation.MaxDocumentSize {
+		return nil, errors.New("the attestation agent's answer exceeds the evidence size limit")
+	}
+	return raw, nil
+}

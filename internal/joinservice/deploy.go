@@ -1,0 +1,88 @@
+package joinservice
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/version"
+)
+
+// Names of the join service's objects in kube-system.
+const (
+	Name          = "join-service"
+	ConfigMapName = "join-config"
+	// ConfigDir is where the join service's container sees its ConfigMap.
+	ConfigDir = "/etc/constellation/join"
+	// CACert is the cluster CA certificate (kubeadm's), the only file of the control plane's PKI the join
+	// service sees.
+	CACert = "/etc/kubernetes/pki/ca.crt"
+)
+
+// Image is the join service's container image. It is built into the node image with the same version as the
+// bootstrapper that deploys it, and never pulled.
+func Image() string { return "constellation.local/join-service:" + version.Version }
+
+// Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
+// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), and a
+// DaemonSet on the control-plane nodes, on the host network at [Port].
+func Manifests(config map[string]string) ([]byte, error) {
+	labels := map[string]string{"app.kubernetes.io/name": Name, "app.kubernetes.io/part-of": "constellation"}
+	meta := func(name string) map[string]any {
+		return map[string]any{"name": name, "namespace": "kube-system", "labels": labels}
+	}
+	hostPath := func(name, path, typ string) map[string]any {
+		return map[string]any{"name": name, "hostPath": map[string]any{"path": path, "type": typ}}
+	}
+	items := []map[string]any{
+		{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(ConfigMapName), "data": config},
+		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(Name)},
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(Name),
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}}},
+		},
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(Name),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
+		{
+			"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta(Name),
+			"spec": map[string]any{
+				"selector": map[string]any{"matchLabels": labels},
+				"template": map[string]any{
+					"metadata": map[string]any{"labels": labels},
+					"spec": map[string]any{
+						"serviceAccountName": Name,
+						"hostNetwork":        true,
+						"priorityClassName":  "system-cluster-critical",
+						"nodeSelector":       map[string]string{"node-role.kubernetes.io/control-plane": ""},
+						"tolerations":        []map[string]any{{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}},
+						"containers": []map[string]any{{
+							"name":            Name,
+							"image":           Image(),
+							"imagePullPolicy": "Never",
+							"args": []string{
+								"--listen=$(NODE_IP):" + strconv.Itoa(Port),
+								"--api-endpoint=$(NODE_IP):6443",
+								"--api-server=https://$(NODE_IP):6443",
+							},
+							"env": []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
+							"volumeMounts": []map[string]any{
+								{"name": "config", "mountPath": ConfigDir, "readOnly": true},
+								{"name": "ca", "mountPath": CACert, "readOnly": true},
+								{"name": "agent", "mountPath": agent.SocketPath},
+							},
+						}},
+						"volumes": []map[string]any{
+							{"name": "config", "configMap": map[string]any{"name": ConfigMapName}},
+							hostPath("ca", CACert, "File"),
+							hostPath("agent", agent.SocketPath, "Socket"),
+						},
+					},
+				},
+			},
+		},
+	}
+	return json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": items}, "", "  ")
+}

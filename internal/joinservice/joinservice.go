@@ -1,0 +1,114 @@
+// Package joinservice admits nodes into a running cluster. It runs in the cluster, on every control-plane
+// node, and serves gRPC over mutual aTLS: it attests itself (through the node's attestation agent) to the
+// joining node, and the joining node must present evidence that matches the cluster's attestation policy
+// before it gets anything. Only then does it hand out what joining needs: a short-lived bootstrap token, the
+// cluster CA's hash, and the cluster ID the node measures into its PCR, after which that node can never again
+// pose as a fresh one.
+//
+// The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
+// again whenever it changes, so tightening the measurements takes effect without a restart.
+package joinservice
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+)
+
+// Port is the join service's port on every control-plane node.
+const Port = 9001
+
+// TokenTTL bounds how long a bootstrap token handed to a joining node is valid.
+const TokenTTL = 10 * time.Minute
+
+// Tokens creates Kubernetes bootstrap tokens.
+type Tokens interface {
+	CreateToken(ctx context.Context, ttl time.Duration) (string, error)
+}
+
+// Server implements the Join gRPC API.
+type Server struct {
+	initpb.UnimplementedJoinServer
+	config   *Config
+	tokens   Tokens
+	caCert   string // path of the cluster CA certificate (PEM)
+	endpoint string // host:port of the API server joining nodes use
+	log      *slog.Logger
+}
+
+// New returns a join service. config is the cluster's join configuration, caCert the path of the cluster CA
+// certificate, endpoint the API server address joining nodes use.
+func New(config *Config, tokens Tokens, caCert, endpoint string, log *slog.Logger) *Server {
+	return &Server{config: config, tokens: tokens, caCert: caCert, endpoint: endpoint, log: log}
+}
+
+// NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
+// and joining nodes are checked against the current configuration.
+func NewGRPCServer(s *Server, issuer attestation.Issuer) (*grpc.Server, error) {
+	creds, err := atls.NewCredentials(issuer, []attestation.Validator{s.config.Validator()})
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer(grpc.Creds(creds))
+	initpb.RegisterJoinServer(srv, s)
+	return srv, nil
+}
+
+// Join admits a node whose evidence the aTLS handshake has validated.
+func (s *Server) Join(ctx context.Context, _ *initpb.JoinRequest) (*initpb.JoinResponse, error) {
+	caller, ok := atls.AttestedPeer(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "the join service only admits attested nodes")
+	}
+	cur, err := s.config.Current()
+	if err != nil {
+		s.log.Error("join refused: no valid join configuration", "caller", caller, "error", err)
+		return nil, status.Error(codes.Unavailable, "the join service has no valid configuration")
+	}
+	hash, err := CACertHash(s.caCert)
+	if err != nil {
+		s.log.Error("join failed: reading the cluster CA", "error", err)
+		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
+	}
+	token, err := s.tokens.CreateToken(ctx, TokenTTL)
+	if err != nil {
+		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
+		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
+	}
+	s.log.Info("node admitted", "caller", caller, "tokenTTL", TokenTTL.String())
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID}, nil
+}
+
+// CACertHash returns kubeadm's discovery hash of the CA certificate at path: "sha256:" and the hex SHA-256
+// of its public key.
+func CACertHash(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return "", errors.New("cluster CA certificate is not a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("parsing the cluster CA certificate: %w", err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}

@@ -1,0 +1,221 @@
+package joinservice
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+type countingTokens struct{ n int }
+
+func (c *countingTokens) CreateToken(context.Context, time.Duration) (string, error) {
+	c.n++
+	return "abcdef.0123456789abcdef", nil
+}
+
+func writeConfig(t *testing.T, dir string, policy measurements.M, roots []*x509.Certificate, clusterID []byte) {
+	t.Helper()
+	data, err := ConfigData(policy, roots, clusterID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range data {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func writeCA(t *testing.T) string {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// clusterPolicy is a node's policy without the cluster-ID PCR, as a cluster's configuration holds it.
+func clusterPolicy(n *tpmtest.Node) measurements.M {
+	m := measurements.M{}
+	for k, v := range n.Policy {
+		if k != measurements.PCRClusterID {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// A fresh node whose evidence matches the cluster's policy is admitted and told the cluster ID; after a policy
+// change it no longer is; and a node that already measured a cluster ID cannot join again.
+func TestJoinOverMutualATLS(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	roots := []*x509.Certificate{node.CA.Certificate()}
+	clusterID := bytes.Repeat([]byte{0x42}, 32)
+	dir := t.TempDir()
+	writeConfig(t, dir, clusterPolicy(node), roots, clusterID)
+	config, err := NewConfig(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := &countingTokens{}
+	caPath := writeCA(t)
+	srv, err := NewGRPCServer(New(config, tokens, caPath, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Stop()
+
+	// The joining node trusts a join service that booted as it did (here: the same node).
+	serverPolicy := clusterPolicy(node)
+	join := func() (*initpb.JoinResponse, error) {
+		v, err := vtpm.NewValidator(roots, serverPolicy, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds, err := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{})
+	}
+
+	resp, err := join()
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	wantHash, _ := CACertHash(caPath)
+	if !bytes.Equal(resp.GetClusterId(), clusterID) || resp.GetToken() != "abcdef.0123456789abcdef" || resp.GetCaCertHash() != wantHash || resp.GetApiEndpoint() != "10.0.0.1:6443" {
+		t.Fatalf("Join response: %+v", resp)
+	}
+
+	// The cluster's policy changes: the same node no longer matches and gets nothing.
+	strict := clusterPolicy(node)
+	strict[4] = measurements.Measurement{Expected: measurements.Digest{1}}
+	writeConfig(t, dir, strict, roots, clusterID)
+	if _, err := join(); err == nil {
+		t.Fatal("a node that does not match the new policy was admitted")
+	}
+	// The configuration becomes invalid: nobody is admitted.
+	os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("nope"), 0o644)
+	if _, err := join(); err == nil {
+		t.Fatal("admitted with an invalid configuration")
+	}
+	writeConfig(t, dir, clusterPolicy(node), roots, clusterID)
+	if _, err := join(); err != nil {
+		t.Fatalf("Join after restoring the configuration: %v", err)
+	}
+
+	// Once the node measured a cluster ID it is no longer fresh.
+	ev := measuredboot.ClusterIDEvent(clusterID)
+	if err := node.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join(); err == nil {
+		t.Fatal("a node that already belongs to a cluster joined again")
+	}
+	if tokens.n != 2 {
+		t.Fatalf("%d tokens created, want one per admitted join (2)", tokens.n)
+	}
+}
+
+func TestJoinRequiresAnAttestedPeer(t *testing.T) {
+	s := New(nil, &countingTokens{}, "", "", slog.New(slog.DiscardHandler))
+	if _, err := s.Join(context.Background(), &initpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Join without aTLS = %v, want Unauthenticated", err)
+	}
+}
+
+func TestConfigRejects(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	roots := []*x509.Certificate{node.CA.Certificate()}
+	id := bytes.Repeat([]byte{1}, 32)
+	if _, err := ConfigData(nil, roots, id); err == nil {
+		t.Fatal("ConfigData accepted an empty policy")
+	}
+	withPCR15 := clusterPolicy(node)
+	withPCR15[15] = measurements.Measurement{}
+	for name, mutate := range map[string]func(dir string){
+		"missing file": func(dir string) { os.Remove(filepath.Join(dir, AKRootsFile)) },
+		"PCR 15":       func(dir string) { writeConfig(t, dir, withPCR15, roots, id) },
+		"no roots":     func(dir string) { os.WriteFile(filepath.Join(dir, AKRootsFile), []byte("\n"), 0o644) },
+		"key not cert": func(dir string) {
+			os.WriteFile(filepath.Join(dir, AKRootsFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1}}), 0o644)
+		},
+		"trailing junk": func(dir string) {
+			os.WriteFile(filepath.Join(dir, AKRootsFile), append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: roots[0].Raw}), "junk"...), 0o644)
+		},
+		"short ID":    func(dir string) { os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("abcd"), 0o644) },
+		"policy junk": func(dir string) { os.WriteFile(filepath.Join(dir, MeasurementsFile), []byte("{"), 0o644) },
+	} {
+		dir := t.TempDir()
+		writeConfig(t, dir, clusterPolicy(node), roots, id)
+		mutate(dir)
+		if _, err := NewConfig(dir, nil); err == nil {
+			t.Errorf("%s: configuration accepted", name)
+		}
+	}
+}
+
+func TestCACertHash(t *testing.T) {
+	path := writeCA(t)
+	h, err := CACertHash(path)
+	if err != nil || !strings.HasPrefix(h, "sha256:") || len(h) != len("sha256:")+64 {
+		t.Fatalf("CACertHash = %q, %v", h, err)
+	}
+	os.WriteFile(path, []byte("not pem"), 0o644)
+	if _, err := CACertHash(path); err == nil {
+		t.Fatal("accepted a non-PEM CA file")
+	}
+}

@@ -1,0 +1,141 @@
+package joinservice
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The request that creates a bootstrap token is what the Kubernetes API expects of a bootstrap token Secret
+// (the end-to-end test runs it against the real API server).
+func TestAPITokens(t *testing.T) {
+	var got struct {
+		Kind     string
+		Type     string
+		Metadata struct{ Name, Namespace string }
+		Data     map[string]string `json:"stringData"`
+	}
+	fail := false
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/namespaces/kube-system/secrets" || r.Header.Get("Authorization") != "Bearer sa-token" {
+			http.Error(w, "unexpected request", http.StatusBadRequest)
+			return
+		}
+		if fail {
+			w.WriteHeader(http.StatusForbidden)
+			w.Write([]byte(`{"kind":"Status","message":"secrets is forbidden: User cannot create resource"}`))
+			return
+		}
+		if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	sa := t.TempDir()
+	os.WriteFile(filepath.Join(sa, tokenFile), []byte("sa-token\n"), 0o600)
+	os.WriteFile(filepath.Join(sa, caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+
+	tokens, err := NewAPITokens(srv.URL, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)
+	tokens.nowFunc = func() time.Time { return now }
+	token, err := tokens.CreateToken(context.Background(), 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`^([a-z0-9]{6})\.([a-z0-9]{16})$`).FindStringSubmatch(token)
+	if m == nil {
+		t.Fatalf("token %q is not a bootstrap token", token)
+	}
+	if got.Kind != "Secret" || got.Type != "bootstrap.kubernetes.io/token" || got.Metadata.Name != "bootstrap-token-"+m[1] || got.Metadata.Namespace != "kube-system" ||
+		got.Data["token-id"] != m[1] || got.Data["token-secret"] != m[2] || got.Data["expiration"] != "2026-11-26T01:10:00Z" ||
+		got.Data["usage-bootstrap-authentication"] != "true" || got.Data["usage-bootstrap-signing"] != "true" ||
+		got.Data["auth-extra-groups"] != "system:bootstrappers:kubeadm:default-node-token" {
+		t.Fatalf("bootstrap token Secret: %+v", got)
+	}
+	other, _ := tokens.CreateToken(context.Background(), time.Minute)
+	if other == token {
+		t.Fatal("two tokens are equal")
+	}
+
+	fail = true
+	if _, err := tokens.CreateToken(context.Background(), time.Minute); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("refused by the API server: %v", err)
+	}
+	if _, err := NewAPITokens("http://"+strings.TrimPrefix(srv.URL, "https://"), sa); err == nil {
+		t.Fatal("plain HTTP API server accepted")
+	}
+	if _, err := NewAPITokens(srv.URL, t.TempDir()); err == nil {
+		t.Fatal("missing service account accepted")
+	}
+}
+
+func TestRandomTokenAlphabet(t *testing.T) {
+	seen := map[rune]bool{}
+	for range 200 {
+		s, err := randomToken(16)
+		if err != nil || len(s) != 16 {
+			t.Fatalf("randomToken = %q, %v", s, err)
+		}
+		for _, r := range s {
+			if !strings.ContainsRune(tokenAlphabet, r) {
+				t.Fatalf("character %q outside the alphabet", r)
+			}
+			seen[r] = true
+		}
+	}
+	if len(seen) != len(tokenAlphabet) {
+		t.Fatalf("only %d of %d characters drawn in 3200 draws", len(seen), len(tokenAlphabet))
+	}
+}
+
+func TestManifests(t *testing.T) {
+	raw, err := Manifests(map[string]string{ClusterIDFile: "00"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Kind  string
+		Items []struct{ Kind string }
+	}
+	if err := json.Unmarshal(raw, &list); err != nil || list.Kind != "List" {
+		t.Fatalf("manifests are not a List: %v", err)
+	}
+	var kinds []string
+	for _, it := range list.Items {
+		kinds = append(kinds, it.Kind)
+	}
+	if strings.Join(kinds, ",") != "ConfigMap,ServiceAccount,Role,RoleBinding,DaemonSet" {
+		t.Fatalf("kinds %v", kinds)
+	}
+	s := string(raw)
+	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"path": "/etc/kubernetes/pki/ca.crt"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("manifests lack %s", want)
+		}
+	}
+	var compact struct {
+		Items []struct {
+			Rules []struct{ Resources, Verbs []string }
+		}
+	}
+	json.Unmarshal(raw, &compact)
+	if r := compact.Items[2].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "secrets" || strings.Join(r[0].Verbs, ",") != "create" {
+		t.Errorf("the join service's role grants %+v, want only creating secrets", r)
+	}
+	if strings.Contains(s, "ca.key") || strings.Contains(s, `"path": "/etc/kubernetes/pki"`) {
+		t.Error("the join service sees more of the control plane's PKI than the CA certificate")
+	}
+}
