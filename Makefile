@@ -21,7 +21,8 @@ FUZZ_TARGETS := \
 	./internal/attestation/akca:FuzzChallenge \
 	./internal/config:FuzzParse \
 	./internal/kms:FuzzParseSecretFile \
-	./internal/kms/kmip:FuzzParseWrapped
+	./internal/kms/kmip:FuzzParseWrapped \
+	./internal/attestation/agent:FuzzHandler
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
