@@ -223,7 +223,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 			return teardown, fmt.Errorf("%s: %w", name, err)
 		}
 		undo = append(undo, func() { tpm.Shutdown() })
-		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, log)
+		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, log, tpm.EKCertificates())
 		sandboxDir := filepath.Join(nodeDir, "sandbox")
 		os.RemoveAll(sandboxDir) // every boot starts from the image; state disks come later
 		sb, err := StartSandbox(n, bootSpec{

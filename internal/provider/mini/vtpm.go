@@ -9,12 +9,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 
+	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
 
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/swtpm"
@@ -22,8 +25,9 @@ import (
 
 // VTPM is a node's TPM as the provider owns it.
 type VTPM struct {
-	state string
-	tpm   *swtpm.TPM
+	state   string
+	tpm     *swtpm.TPM
+	ekCerts [][]byte
 }
 
 // NewVTPM returns the TPM whose state lives in dir, manufacturing it with an EK certificate from ekCA the
@@ -69,14 +73,40 @@ func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
 		return nil, fmt.Errorf("resetting the TPM's lockout counter: %w", err)
 	}
 	log, err := measuredboot.Measure(conn, b)
-	conn.Close()
 	if err != nil {
+		conn.Close()
 		tpm.Close()
 		return nil, fmt.Errorf("measured boot: %w", err)
 	}
-	v.tpm = tpm
+	ekCerts, err := readEKCertificates(conn)
+	conn.Close()
+	if err != nil {
+		tpm.Close()
+		return nil, err
+	}
+	v.tpm, v.ekCerts = tpm, ekCerts
 	return log, nil
 }
+
+// readEKCertificates reads the EK certificates the TPM was manufactured with (TCG EK credential profile NV
+// indices), so the provider knows which TPM belongs to which node.
+func readEKCertificates(rw io.ReadWriter) ([][]byte, error) {
+	var certs [][]byte
+	for _, idx := range []uint32{client.EKCertNVIndexRSA, client.EKCertNVIndexECC} {
+		der, err := tpm2.NVReadEx(rw, tpmutil.Handle(idx), tpm2.HandleOwner, "", 0)
+		if err != nil {
+			continue // this TPM has no certificate of that kind
+		}
+		certs = append(certs, der)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("the node's TPM holds no EK certificate")
+	}
+	return certs, nil
+}
+
+// EKCertificates are the DER EK certificates of the node's TPM, known after Boot.
+func (v *VTPM) EKCertificates() [][]byte { return v.ekCerts }
 
 // SocketPath is where the node reaches its TPM.
 func (v *VTPM) SocketPath() string {

@@ -76,7 +76,7 @@ func TestMeasuredBootThroughMetadata(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		md.SetInstance(metadata.Instance{Name: "node-0", Role: metadata.RoleControlPlane, IP: "127.0.0.1"}, log)
+		md.SetInstance(metadata.Instance{Name: "node-0", Role: metadata.RoleControlPlane, IP: "127.0.0.1"}, log, node.EKCertificates())
 
 		// The node.
 		client := metadata.NewClient(srv.URL)
@@ -89,6 +89,9 @@ func TestMeasuredBootThroughMetadata(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
+		if _, err := akca.Enroll(ctx, conn, "control-plane-1", vtpm.ECC, client); err == nil {
+			t.Fatal("a node had its key certified in another instance's name")
+		}
 		akCert, err := akca.Enroll(ctx, conn, self.Name, vtpm.ECC, client)
 		if err != nil {
 			t.Fatalf("enrolling through the metadata service: %v", err)

@@ -58,8 +58,14 @@ type Server struct {
 	log *slog.Logger
 
 	mu        sync.RWMutex
-	instances map[string]Instance // by IP
-	eventLogs map[string][]byte   // by IP
+	instances map[string]record // by IP
+}
+
+// record is what the provider knows about an instance.
+type record struct {
+	Instance
+	eventLog []byte   // of its current boot
+	ekCerts  [][]byte // DER EK certificates of its TPM
 }
 
 // NewServer returns a metadata server that enrolls attestation keys with ca.
@@ -67,15 +73,15 @@ func NewServer(ca *akca.CA, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{ca: ca, log: log, instances: map[string]Instance{}, eventLogs: map[string][]byte{}}
+	return &Server{ca: ca, log: log, instances: map[string]record{}}
 }
 
-// SetInstance registers or updates an instance and the event log of its current boot.
-func (s *Server) SetInstance(inst Instance, eventLog []byte) {
+// SetInstance registers or updates an instance, the event log of its current boot and the EK certificates of
+// its TPM. Only that TPM can have an attestation key certified in the instance's name.
+func (s *Server) SetInstance(inst Instance, eventLog []byte, ekCerts [][]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.instances[inst.IP] = inst
-	s.eventLogs[inst.IP] = bytes.Clone(eventLog)
+	s.instances[inst.IP] = record{Instance: inst, eventLog: bytes.Clone(eventLog), ekCerts: ekCerts}
 }
 
 // RemoveInstance forgets an instance.
@@ -83,7 +89,6 @@ func (s *Server) RemoveInstance(ip string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.instances, ip)
-	delete(s.eventLogs, ip)
 }
 
 // Handler returns the HTTP API.
@@ -102,7 +107,7 @@ func (s *Server) listInstances(w http.ResponseWriter, _ *http.Request) {
 	s.mu.RLock()
 	list := make([]Instance, 0, len(s.instances))
 	for _, inst := range s.instances {
-		list = append(list, inst)
+		list = append(list, inst.Instance)
 	}
 	s.mu.RUnlock()
 	slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Name, b.Name) })
@@ -110,34 +115,34 @@ func (s *Server) listInstances(w http.ResponseWriter, _ *http.Request) {
 }
 
 // caller returns the instance that sent r, by its source address.
-func (s *Server) caller(r *http.Request) (Instance, []byte, bool) {
+func (s *Server) caller(r *http.Request) (record, bool) {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return Instance{}, nil, false
+		return record{}, false
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	inst, ok := s.instances[host]
-	return inst, s.eventLogs[host], ok
+	rec, ok := s.instances[host]
+	return rec, ok
 }
 
 func (s *Server) self(w http.ResponseWriter, r *http.Request) {
-	inst, _, ok := s.caller(r)
+	rec, ok := s.caller(r)
 	if !ok {
 		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
 		return
 	}
-	writeJSON(w, inst)
+	writeJSON(w, rec.Instance)
 }
 
 func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
-	_, log, ok := s.caller(r)
+	rec, ok := s.caller(r)
 	if !ok {
 		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(log)
+	w.Write(rec.eventLog)
 }
 
 func (s *Server) akCA(w http.ResponseWriter, _ *http.Request) {
@@ -149,6 +154,18 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 	var req akca.EnrollRequest
 	if err := readJSON(r, &req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	// The certificate will name the instance: only the instance itself, with its own TPM, may enroll in its
+	// name. (Without this, any node could have its key certified as a control-plane node.)
+	rec, ok := s.caller(r)
+	if !ok {
+		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	if req.Name != rec.Name || !slices.ContainsFunc(rec.ekCerts, func(c []byte) bool { return bytes.Equal(c, req.EKCert) }) {
+		s.log.Warn("attestation key enrollment refused", "remote", r.RemoteAddr, "instance", rec.Name, "name", req.Name, "reason", "name or TPM is not the instance's")
+		http.Error(w, fmt.Sprintf("instance %s may enroll only in its own name with its own TPM's EK certificate", rec.Name), http.StatusForbidden)
 		return
 	}
 	ch, err := s.ca.Challenge(r.Context(), req)

@@ -42,8 +42,8 @@ func TestInstances(t *testing.T) {
 	if _, err := c.EventLog(ctx); err == nil {
 		t.Fatal("event log served to an unknown address")
 	}
-	s.SetInstance(Instance{Name: "worker-0", Role: RoleWorker, IP: "10.0.0.3"}, nil)
-	s.SetInstance(Instance{Name: "cp-0", Role: RoleControlPlane, IP: "127.0.0.1"}, []byte("log"))
+	s.SetInstance(Instance{Name: "worker-0", Role: RoleWorker, IP: "10.0.0.3"}, nil, nil)
+	s.SetInstance(Instance{Name: "cp-0", Role: RoleControlPlane, IP: "127.0.0.1"}, []byte("log"), nil)
 	self, err := c.Self(ctx)
 	if err != nil || self.Name != "cp-0" {
 		t.Fatalf("Self = %+v, %v", self, err)
@@ -65,9 +65,22 @@ func TestInstances(t *testing.T) {
 }
 
 func TestEnrollmentRejectsBadRequests(t *testing.T) {
-	_, c := newServer(t)
+	s, c := newServer(t)
 	ctx := context.Background()
-	if _, err := c.Challenge(ctx, akca.EnrollRequest{Name: "n", EKCert: []byte("garbage"), AKPublic: []byte{1}}); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := c.Challenge(ctx, akca.EnrollRequest{Name: "n", EKCert: []byte("ek"), AKPublic: []byte{1}}); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("Challenge from an unknown address = %v", err)
+	}
+	s.SetInstance(Instance{Name: "n", Role: RoleWorker, IP: "127.0.0.1"}, nil, [][]byte{[]byte("ek")})
+	for name, req := range map[string]akca.EnrollRequest{
+		"another instance's name": {Name: "control-plane-1", EKCert: []byte("ek"), AKPublic: []byte{1}},
+		"another TPM":             {Name: "n", EKCert: []byte("other ek"), AKPublic: []byte{1}},
+	} {
+		if _, err := c.Challenge(ctx, req); err == nil || !strings.Contains(err.Error(), "only in its own name") {
+			t.Fatalf("%s: Challenge = %v", name, err)
+		}
+	}
+	// The instance's own name and TPM pass this check; the CA then refuses the garbage EK certificate.
+	if _, err := c.Challenge(ctx, akca.EnrollRequest{Name: "n", EKCert: []byte("ek"), AKPublic: []byte{1}}); err == nil || !strings.Contains(err.Error(), "403") || strings.Contains(err.Error(), "own name") {
 		t.Fatalf("Challenge with a garbage EK certificate = %v", err)
 	}
 	if _, err := c.Complete(ctx, "unknown", make([]byte, 32)); err == nil || !strings.Contains(err.Error(), "unknown or expired") {
