@@ -22,7 +22,11 @@ FUZZ_TARGETS := \
 	./internal/config:FuzzParse \
 	./internal/kms:FuzzParseSecretFile \
 	./internal/kms/kmip:FuzzParseWrapped \
-	./internal/attestation/agent:FuzzHandler
+	./internal/attestation/agent:FuzzHandler \
+	./internal/attestation/tdx:FuzzParseQuote \
+	./internal/attestation/tdx:FuzzParseTCBInfo \
+	./internal/attestation/tdx:FuzzParseQEIdentity \
+	./internal/attestation/tdx:FuzzParsePCKExtension
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x

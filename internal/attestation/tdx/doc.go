@@ -1,0 +1,33 @@
+// Package tdx verifies and obtains Intel TDX quotes.
+//
+// A TDX quote is a TD report (the TD's measurements MRTD and RTMR0-3, its attributes, the TDX module's
+// identity and 64 bytes of REPORT_DATA chosen by the TD) signed by the platform's quoting enclave (QE).
+// Trust flows from Intel's root down to the TD:
+//
+//	Intel SGX Root CA (embedded in this package; never taken from a quote or from collateral)
+//	├── root CA CRL: revokes the CAs below
+//	├── Intel SGX PCK Platform CA or PCK Processor CA
+//	│   ├── PCK CRL: revokes PCK certificates
+//	│   └── PCK certificate (in the quote; carries the platform's FMSPC and SGX TCB)
+//	│       └── QE report, signed by the PCK; its report data binds the attestation key
+//	│           └── quote header and TD report, signed by the attestation key
+//	└── Intel SGX TCB Signing certificate
+//	    └── TCB info (the TCB levels of one FMSPC) and QE identity
+//
+// Verification takes three separate steps:
+//
+//  1. ParseQuote parses the raw quote (v4, or v5 with a TD report 1.0 or 1.5 body) strictly: every length
+//     field must match, truncated or trailing bytes are errors.
+//  2. Verify checks the cryptography against the embedded root and Intel's collateral from an offline
+//     directory (LoadCollateral; the File constants document its layout) at a time the caller passes: the PCK
+//     chain and its revocation, the collateral's signatures and expiry, the QE report and its binding of
+//     the attestation key, the quote signature, the QE and TDX module identities, and the TCB status by
+//     Intel's matching algorithm (component-wise, first matching level).
+//  3. Policy.Check decides: accepted MRTDs (required; an empty policy denies), RTMRs, MRSEAM, XFAM, TD
+//     attributes, minimum TEE TCB SVN, accepted TCB statuses (UpToDate only by default), and the expected
+//     REPORT_DATA. A TD in debug mode is always refused.
+//
+// REPORT_DATA binds the verifier's nonce and the caller's user data, or a vTPM attestation key
+// (ReportDataForNonce, ReportDataForAttestationKey). On the TD, ConfigfsTSM obtains quotes through the
+// Linux configfs-tsm interface and Issuer checks them before they leave the node.
+package tdx

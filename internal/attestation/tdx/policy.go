@@ -1,0 +1,257 @@
+package tdx
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// ErrPolicy wraps every policy violation. Policy.Check returns it as a *PolicyError.
+var ErrPolicy = errors.New("TDX quote violates the policy")
+
+// ErrInvalidPolicy is returned for policies that cannot be used: nothing to accept, malformed values.
+var ErrInvalidPolicy = errors.New("invalid TDX policy")
+
+// HexBytes is a byte string written as hex in JSON.
+type HexBytes []byte
+
+// String returns the value as lower-case hex.
+func (h HexBytes) String() string { return hex.EncodeToString(h) }
+
+// MarshalJSON writes the value as a hex string.
+func (h HexBytes) MarshalJSON() ([]byte, error) { return json.Marshal(hex.EncodeToString(h)) }
+
+// UnmarshalJSON reads a hex string.
+func (h *HexBytes) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a hex string: %w", err)
+	}
+	raw, err := hex.DecodeString(s)
+	if err != nil {
+		return fmt.Errorf("%q is not hex: %w", s, err)
+	}
+	*h = raw
+	return nil
+}
+
+// Policy says which TDs and platforms a verifier accepts. It denies by default: without an accepted
+// MRTD nothing is accepted, and a TD in debug mode is never accepted. Optional fields that are empty are
+// not checked; a field that is set must match.
+type Policy struct {
+	// MRTD lists the accepted build-time measurements of the TD (its virtual firmware). Required.
+	MRTD []HexBytes `json:"mrtd"`
+	// RTMR0 to RTMR3 are the expected run-time measurement registers (firmware configuration, boot loader
+	// and kernel, kernel command line and initrd, application), 48 bytes each. Optional, each.
+	RTMR0 HexBytes `json:"rtmr0,omitempty"`
+	RTMR1 HexBytes `json:"rtmr1,omitempty"`
+	RTMR2 HexBytes `json:"rtmr2,omitempty"`
+	RTMR3 HexBytes `json:"rtmr3,omitempty"`
+	// MRSEAM lists the accepted TDX module measurements. Optional: without it, any TDX module signed as
+	// Intel's TCB info requires and at an accepted TCB status is accepted.
+	MRSEAM []HexBytes `json:"mrseam,omitempty"`
+	// XFAM is the expected XFAM (8 bytes, as in the quote). Optional.
+	XFAM HexBytes `json:"xfam,omitempty"`
+	// TDAttributes are the expected TD attributes (8 bytes, as in the quote). Optional; the debug bits
+	// are refused whatever this says.
+	TDAttributes HexBytes `json:"tdAttributes,omitempty"`
+	// AcceptedTCBStatuses lists the TCB statuses accepted; empty means UpToDate only. Revoked and
+	// NotSupported cannot be accepted.
+	AcceptedTCBStatuses []TCBStatus `json:"acceptedTCBStatuses,omitempty"`
+	// MinTEETCBSVN is the minimum TEE TCB SVN (16 bytes), compared component by component. Optional.
+	MinTEETCBSVN HexBytes `json:"minTEETCBSVN,omitempty"`
+	// ReportData is the expected REPORT_DATA (64 bytes) for this verification, computed by the caller from
+	// the nonce it chose (see ReportDataForNonce). It is not part of a configuration file; Check requires it.
+	ReportData HexBytes `json:"reportData,omitempty"`
+}
+
+// ParsePolicy reads a policy in JSON strictly (no unknown fields, no trailing data) and validates it.
+func ParsePolicy(raw []byte) (*Policy, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var p Policy
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: trailing data after the policy", ErrInvalidPolicy)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// WithReportData returns a copy of p that expects reportData. A nil policy gives a policy with only
+// ReportData set, which Check refuses.
+func (p *Policy) WithReportData(reportData [ReportDataSize]byte) *Policy {
+	var c Policy
+	if p != nil {
+		c = *p
+	}
+	c.ReportData = slices.Clone(reportData[:])
+	return &c
+}
+
+// Validate checks that the policy can be used: at least one accepted MRTD, values of the right sizes,
+// only acceptable TCB statuses. It does not require ReportData, which is set per verification.
+func (p *Policy) Validate() error {
+	if p == nil {
+		return fmt.Errorf("%w: no policy", ErrInvalidPolicy)
+	}
+	if len(p.MRTD) == 0 {
+		return fmt.Errorf("%w: no accepted MRTD configured, so no TD can be accepted; add the MRTD of the node image", ErrInvalidPolicy)
+	}
+	size := func(b HexBytes, n int, what string, optional bool) error {
+		if optional && len(b) == 0 {
+			return nil
+		}
+		if len(b) != n {
+			return fmt.Errorf("%w: %s has %d bytes, want %d", ErrInvalidPolicy, what, len(b), n)
+		}
+		return nil
+	}
+	for i, m := range p.MRTD {
+		if err := size(m, 48, fmt.Sprintf("mrtd[%d]", i), false); err != nil {
+			return err
+		}
+	}
+	for i, r := range p.rtmrs() {
+		if err := size(r, 48, fmt.Sprintf("rtmr%d", i), true); err != nil {
+			return err
+		}
+	}
+	for i, m := range p.MRSEAM {
+		if err := size(m, 48, fmt.Sprintf("mrseam[%d]", i), false); err != nil {
+			return err
+		}
+	}
+	if err := size(p.XFAM, 8, "xfam", true); err != nil {
+		return err
+	}
+	if err := size(p.TDAttributes, 8, "tdAttributes", true); err != nil {
+		return err
+	}
+	if len(p.TDAttributes) == 8 && p.TDAttributes[0]&tdAttributesTUD != 0 {
+		return fmt.Errorf("%w: tdAttributes %s has debug bits set; a TD in debug mode is never accepted", ErrInvalidPolicy, p.TDAttributes)
+	}
+	if err := size(p.MinTEETCBSVN, 16, "minTEETCBSVN", true); err != nil {
+		return err
+	}
+	if err := size(p.ReportData, ReportDataSize, "reportData", true); err != nil {
+		return err
+	}
+	for _, s := range p.AcceptedTCBStatuses {
+		if s == TCBStatusRevoked || s == TCBStatusNotSupported {
+			return fmt.Errorf("%w: TCB status %s cannot be accepted", ErrInvalidPolicy, s)
+		}
+		if !s.known() {
+			return fmt.Errorf("%w: %q is not a TCB status", ErrInvalidPolicy, s)
+		}
+	}
+	return nil
+}
+
+func (p *Policy) rtmrs() [4]HexBytes { return [4]HexBytes{p.RTMR0, p.RTMR1, p.RTMR2, p.RTMR3} }
+
+// acceptedStatuses returns the accepted TCB statuses, UpToDate only by default.
+func (p *Policy) acceptedStatuses() []TCBStatus {
+	if len(p.AcceptedTCBStatuses) == 0 {
+		return []TCBStatus{TCBStatusUpToDate}
+	}
+	return p.AcceptedTCBStatuses
+}
+
+// PolicyError lists every way a verified quote violates a policy.
+type PolicyError struct {
+	Violations []string
+}
+
+func (e *PolicyError) Error() string {
+	return "TDX quote: " + strings.Join(e.Violations, "; ")
+}
+
+// Unwrap returns ErrPolicy.
+func (e *PolicyError) Unwrap() error { return ErrPolicy }
+
+// Check checks a verified quote against the policy. It reports every violation at once. The policy must
+// be valid and hold the expected ReportData.
+func (p *Policy) Check(v *Verification) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if len(p.ReportData) != ReportDataSize {
+		return fmt.Errorf("%w: no expected REPORT_DATA: without it the quote is not bound to this verification's nonce", ErrInvalidPolicy)
+	}
+	if v == nil || v.Quote == nil {
+		return errors.New("TDX quote: nothing verified")
+	}
+	b := &v.Quote.Body
+	var out []string
+	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+
+	if b.Debug() {
+		add("TD attributes have DEBUG set")
+	} else if b.TDAttributes[0]&tdAttributesTUD != 0 {
+		add("TD attributes %x have TD-under-debug bits set", b.TDAttributes)
+	}
+	if subtle.ConstantTimeCompare(b.ReportData[:], p.ReportData) != 1 {
+		add("REPORT_DATA does not match the expected value (stale, replayed, or made for another nonce or key)")
+	}
+	if !slices.ContainsFunc(p.MRTD, func(m HexBytes) bool { return bytes.Equal(m, b.MRTD[:]) }) {
+		add("MRTD %x is not among the %d accepted values", b.MRTD, len(p.MRTD))
+	}
+	for i, want := range p.rtmrs() {
+		if len(want) != 0 && !bytes.Equal(want, b.RTMR[i][:]) {
+			add("RTMR[%d] is %x, want %x", i, b.RTMR[i], []byte(want))
+		}
+	}
+	if len(p.MRSEAM) != 0 && !slices.ContainsFunc(p.MRSEAM, func(m HexBytes) bool { return bytes.Equal(m, b.MRSEAM[:]) }) {
+		add("MRSEAM %x is not among the %d accepted TDX modules", b.MRSEAM, len(p.MRSEAM))
+	}
+	if len(p.XFAM) != 0 && !bytes.Equal(p.XFAM, b.XFAM[:]) {
+		add("XFAM is %x, want %x", b.XFAM, []byte(p.XFAM))
+	}
+	if len(p.TDAttributes) != 0 && !bytes.Equal(p.TDAttributes, b.TDAttributes[:]) {
+		add("TD attributes are %x, want %x", b.TDAttributes, []byte(p.TDAttributes))
+	}
+	if len(p.MinTEETCBSVN) != 0 {
+		checkMinSVN(add, "TEE_TCB_SVN", b.TEETCBSVN, p.MinTEETCBSVN)
+		if v.Quote.BodyType == BodyTypeTDReport15 && b.TEETCBSVN2 != [16]byte{} {
+			checkMinSVN(add, "TEE_TCB_SVN_2", b.TEETCBSVN2, p.MinTEETCBSVN)
+		}
+	}
+	if st := v.TCB.Status; !slices.Contains(p.acceptedStatuses(), st) {
+		msg := fmt.Sprintf("TCB status %s is not accepted (accepted: %s)", st, joinStatuses(p.acceptedStatuses()))
+		if v.TCB.Reason != "" {
+			msg += ": " + v.TCB.Reason
+		}
+		add("%s", msg)
+	}
+	if len(out) != 0 {
+		return &PolicyError{Violations: out}
+	}
+	return nil
+}
+
+func checkMinSVN(add func(string, ...any), name string, have [16]byte, min []byte) {
+	for i := range have {
+		if have[i] < min[i] {
+			add("%s[%d] is %d, the policy requires at least %d", name, i, have[i], min[i])
+		}
+	}
+}
+
+func joinStatuses(s []TCBStatus) string {
+	parts := make([]string, len(s))
+	for i, x := range s {
+		parts[i] = string(x)
+	}
+	return strings.Join(parts, ", ")
+}
