@@ -2,14 +2,18 @@ package atls
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/asn1"
 	"math/big"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
 // createCertificate must write what crypto/x509 parses to exactly the certificate it describes, with a valid
@@ -64,5 +68,45 @@ func TestCreateCertificate(t *testing.T) {
 	}
 	if _, err := createCertificate(key, big.NewInt(0), time.Now(), time.Now(), nil); err == nil {
 		t.Fatal("serial number 0 accepted")
+	}
+}
+
+// The name a handler sees (AttestedPeerName) comes from the evidence that was validated, not from another
+// evidence extension the peer's certificate may carry first.
+func TestPeerSubjectComesFromTheValidatedEvidence(t *testing.T) {
+	node, v := newNode(t)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	evidence, err := node.Issuer.Issue(context.Background(), make([]byte, 32), []byte("user data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuine, _ := asn1.Marshal(evidence)
+
+	// A forged document under an unregistered variant OID, naming another node.
+	_, fakeAKKey, _ := ed25519.GenerateKey(rand.Reader)
+	fakeAK, err := createCertificate(fakeAKKey, big.NewInt(1), time.Now(), time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakeAKCert, _ := x509.ParseCertificate(fakeAK)
+	forgedDoc, _ := (&attestation.Document{Version: attestation.DocumentVersion, Variant: attestation.MiniVTPM.Name, TPM: &attestation.TPMEvidence{AKCert: fakeAK}}).Marshal()
+	forged, _ := asn1.Marshal(forgedDoc)
+	unregistered := append(slices.Clone(attestation.MiniVTPM.OID[:len(attestation.MiniVTPM.OID)-1]), 99)
+
+	der, err := createCertificate(key, big.NewInt(2), time.Now(), time.Now().Add(time.Hour), []extension{
+		{id: unregistered, value: forged},
+		{id: attestation.MiniVTPM.OID, value: genuine},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := peerSubject(tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}, []attestation.Validator{v})
+	doc, _ := attestation.ParseDocument(evidence)
+	if want := doc.AttestationKeySubject(); got != want || got == fakeAKCert.Subject.CommonName {
+		t.Fatalf("peer subject %q, want %q from the validated evidence", got, want)
 	}
 }

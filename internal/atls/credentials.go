@@ -3,7 +3,6 @@ package atls
 import (
 	"context"
 	"crypto/tls"
-	"encoding/asn1"
 	"errors"
 	"net"
 	"sync"
@@ -64,7 +63,7 @@ func (c *Credentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.A
 		conn.Close()
 		return nil, nil, errors.New("aTLS: unexpected auth info from the TLS handshake")
 	}
-	return conn, AuthInfo{TLSInfo: tlsInfo, PeerAttested: true, PeerSubject: peerSubject(tlsInfo.State)}, nil
+	return conn, AuthInfo{TLSInfo: tlsInfo, PeerAttested: true, PeerSubject: peerSubject(tlsInfo.State, c.validators)}, nil
 }
 
 // AuthInfo is the gRPC auth info of a connection whose client was attested during the handshake.
@@ -95,26 +94,36 @@ func AttestedPeer(ctx context.Context) (subject string, ok bool) {
 	return subject + "@" + p.Addr.String(), true
 }
 
-// peerSubject names the peer by the attestation key subject in its evidence (already validated).
-func peerSubject(state tls.ConnectionState) string {
+// AttestedPeerName returns the subject of the attested client's attestation key certificate, which the
+// certificate's issuer (the provider) vouches for: the node's name. ok is false for calls from unattested
+// clients or from clients whose certificate names nobody.
+func AttestedPeerName(ctx context.Context) (name string, ok bool) {
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return "", false
+	}
+	info, isATLS := p.AuthInfo.(AuthInfo)
+	if !isATLS || !info.PeerAttested || info.PeerSubject == "" {
+		return "", false
+	}
+	return info.PeerSubject, true
+}
+
+// peerSubject names the peer by the attestation key subject in the evidence that was validated: the same
+// extension the validators accepted (findEvidence), never another one the certificate may carry.
+func peerSubject(state tls.ConnectionState, validators []attestation.Validator) string {
 	if len(state.PeerCertificates) == 0 {
 		return ""
 	}
-	for _, ext := range state.PeerCertificates[0].Extensions {
-		if !attestation.IsVariantOID(ext.Id) {
-			continue
-		}
-		var evidence []byte
-		if rest, err := asn1.Unmarshal(ext.Value, &evidence); err != nil || len(rest) != 0 {
-			return ""
-		}
-		doc, err := attestation.ParseDocument(evidence)
-		if err != nil {
-			return ""
-		}
-		return doc.AttestationKeySubject()
+	evidence, _, err := findEvidence(state.PeerCertificates[0], validators)
+	if err != nil {
+		return ""
 	}
-	return ""
+	doc, err := attestation.ParseDocument(evidence)
+	if err != nil {
+		return ""
+	}
+	return doc.AttestationKeySubject()
 }
 
 // Info describes the security protocol.
