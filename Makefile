@@ -26,7 +26,11 @@ FUZZ_TARGETS := \
 	./internal/attestation/tdx:FuzzParseQuote \
 	./internal/attestation/tdx:FuzzParseTCBInfo \
 	./internal/attestation/tdx:FuzzParseQEIdentity \
-	./internal/attestation/tdx:FuzzParsePCKExtension
+	./internal/attestation/tdx:FuzzParsePCKExtension \
+	./internal/attestation/snp:FuzzParseReport \
+	./internal/attestation/snp:FuzzParseCertTable \
+	./internal/attestation/snp:FuzzParseCertificates \
+	./internal/attestation/snp:FuzzParseCRL
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x

@@ -1,0 +1,50 @@
+// Package snp verifies AMD SEV-SNP attestation reports and obtains them inside a guest.
+//
+// # Trust chain
+//
+// An SEV-SNP attestation report is signed (ECDSA P-384, SHA-384) by a key of the AMD secure processor of
+// the machine that runs the guest:
+//
+//   - the VCEK (versioned chip endorsement key), unique to one chip and one TCB version, or
+//   - the VLEK (versioned loaded endorsement key), which AMD provisions to a cloud provider.
+//
+// AMD certifies the VCEK with the ASK (AMD SEV key) and the VLEK with the ASVK (AMD SEV VLEK key); both are
+// certified by the ARK (AMD root key) of the processor generation (Milan, Genoa, Turin). The ARK, ASK and
+// ASVK of every generation are embedded in this package (directory amdroots, see [AMDRoots]). A verifier
+// trusts a report only if its signing key chains to one of these embedded roots: certificates that travel
+// with the evidence are candidates to check, never anchors. An ARK in the evidence must be the embedded
+// one; an ASK or ASVK in the evidence must be signed by the embedded ARK.
+//
+// Revocation is checked against certificate revocation lists that the caller supplies from an offline
+// cache ([LoadCRLDir], [VerifierOptions.CRLs]); nothing is fetched from the network. A revoked certificate
+// always fails verification. A missing or expired CRL fails the policy check unless the policy sets
+// [Policy.AllowMissingCRL].
+//
+// # Three steps
+//
+// Verification follows three separate steps, each with its own input and output:
+//
+//  1. Parse: [ParseReport] checks the structure of the 1184-byte report (version, sizes, reserved fields,
+//     signature encoding); [ParseCertTable] and [ParseCertificates] parse the certificates that accompany it
+//     (the GUID table of an extended report or a PEM/DER bundle). Nothing parsed is trusted yet.
+//  2. Verify: [Verifier.Verify] establishes which product the report comes from, verifies the certificate
+//     chain to the embedded root of that product, the endorsement key's AMD extensions against the report
+//     (TCB, chip ID, product), revocation, and the report signature. Only then does it return a
+//     [VerifiedReport].
+//  3. Validate: [Policy.Check] decides whether a verified report is acceptable: REPORT_DATA, launch
+//     measurement, guest policy (debug, migration agent, SMT), VMPL, minimum TCB, ID-key and author-key
+//     digests, report version, product, signing key and CRL availability. An empty policy denies.
+//
+// [Validate] runs all three steps.
+//
+// # Binding
+//
+// REPORT_DATA binds a report to the verifier's request. [AKReportData] binds a vTPM attestation key (the
+// quote of that key then binds the nonce); [NonceReportData] binds a nonce and user data directly, with
+// attestation.BindingDigest. Policy checks compare REPORT_DATA in constant time.
+//
+// # Issuing
+//
+// Inside a guest, [ConfigFSReporter] obtains reports through the Linux configfs-tsm interface
+// (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest.
+package snp
