@@ -14,27 +14,29 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
 func main() {
 	listen := flag.String("listen", fmt.Sprintf(":%d", joinservice.Port), "address to serve on")
 	configDir := flag.String("config", joinservice.ConfigDir, "join configuration directory (the join-config ConfigMap)")
-	caCert := flag.String("ca-cert", joinservice.CACert, "cluster CA certificate")
+	pkiDir := flag.String("pki", joinservice.PKIDir, "the control plane's PKI directory")
+	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
 	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *caCert, *apiEndpoint, *apiServer, *agentSocket, log); err != nil {
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *metadataURL, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, caCert, apiEndpoint, apiServer, agentSocket string, log *slog.Logger) error {
-	if apiEndpoint == "" {
-		return fmt.Errorf("--api-endpoint is required")
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadataURL string, log *slog.Logger) error {
+	if apiEndpoint == "" || metadataURL == "" {
+		return fmt.Errorf("--api-endpoint and --metadata are required")
 	}
 	if apiServer == "" {
 		var err error
@@ -50,7 +52,7 @@ func run(listen, configDir, caCert, apiEndpoint, apiServer, agentSocket string, 
 	if err != nil {
 		return err
 	}
-	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, caCert, apiEndpoint, log), agent.NewClient(agentSocket, attestation.MiniVTPM))
+	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, metadata.NewClient(metadataURL), pkiDir, apiEndpoint, log), agent.NewClient(agentSocket, attestation.MiniVTPM))
 	if err != nil {
 		return err
 	}

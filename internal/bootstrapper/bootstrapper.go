@@ -129,7 +129,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
 	} else {
 		go func() {
-			if err := join(ctx, md, issuer, selfPolicy, cfg.Kubernetes(self), log.With("step", "join")); err != nil {
+			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), log.With("step", "join")); err != nil {
 				log.Error("joining the cluster failed", "error", err)
 			}
 		}()

@@ -25,7 +25,8 @@ const InitPort = 9000
 type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
 	Init(ctx context.Context) (adminKubeconfig []byte, err error)
-	Join(ctx context.Context, endpoint, token, caHash string) error
+	// Join joins the cluster, as a control-plane node if controlPlane (its shared PKI already in place).
+	Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error
 	// Apply creates or updates Kubernetes objects (JSON or YAML) with the administrator's credentials.
 	Apply(ctx context.Context, manifests []byte) error
 }

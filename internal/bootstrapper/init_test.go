@@ -32,8 +32,8 @@ func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
 	r.inits++
 	return []byte("kubeconfig"), nil
 }
-func (r *recordingKubernetes) Join(context.Context, string, string, string) error { return nil }
-func (r *recordingKubernetes) Apply(context.Context, []byte) error                { return nil }
+func (r *recordingKubernetes) Join(context.Context, string, string, string, bool) error { return nil }
+func (r *recordingKubernetes) Apply(context.Context, []byte) error                      { return nil }
 
 func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)

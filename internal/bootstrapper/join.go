@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm-tools/client"
@@ -16,10 +19,12 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
@@ -68,7 +73,7 @@ func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes,
 	if err != nil {
 		return err
 	}
-	manifests, err := joinservice.Manifests(data)
+	manifests, err := joinservice.Manifests(data, md.URL())
 	if err != nil {
 		return err
 	}
@@ -95,7 +100,8 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy measurements.M, k8s Kubernetes, log *slog.Logger) error {
+func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, log *slog.Logger) error {
+	controlPlane := self.Role == metadata.RoleControlPlane
 	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
 	if err != nil {
 		return err
@@ -117,7 +123,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy 
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{})
+			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
@@ -132,9 +138,47 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy 
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}
-	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash()); err != nil {
+	if controlPlane {
+		if err := writePKI(kubeadm.PKIDir, resp.GetControlPlaneFiles()); err != nil {
+			return fmt.Errorf("installing the control plane's PKI: %w", err)
+		}
+	}
+	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane); err != nil {
 		return err
 	}
 	log.Info("joined the cluster")
+	return nil
+}
+
+// writePKI installs the control plane's shared PKI files a control-plane join received: exactly the expected
+// files, keys readable by root only.
+func writePKI(dir string, files []*initpb.PKIFile) error {
+	want := map[string]bool{}
+	for _, name := range joinservice.ControlPlaneFiles {
+		want[name] = true
+	}
+	if len(files) != len(want) {
+		return fmt.Errorf("the join service sent %d PKI files, want %d", len(files), len(want))
+	}
+	for _, f := range files {
+		if !want[f.GetName()] {
+			return fmt.Errorf("the join service sent an unexpected PKI file %q", f.GetName())
+		}
+		delete(want, f.GetName())
+	}
+	// Checked all before writing any.
+	for _, f := range files {
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(f.GetName(), ".key") {
+			mode = 0o600
+		}
+		path := filepath.Join(dir, f.GetName())
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := atomicfile.Write(path, f.GetContent(), mode); err != nil {
+			return err
+		}
+	}
 	return nil
 }

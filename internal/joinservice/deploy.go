@@ -14,9 +14,9 @@ const (
 	ConfigMapName = "join-config"
 	// ConfigDir is where the join service's container sees its ConfigMap.
 	ConfigDir = "/etc/constellation/join"
-	// CACert is the cluster CA certificate (kubeadm's), the only file of the control plane's PKI the join
-	// service sees.
-	CACert = "/etc/kubernetes/pki/ca.crt"
+	// PKIDir is the control plane's PKI directory (kubeadm's), mounted read-only: the join service hands its
+	// shared CAs to attested control-plane nodes.
+	PKIDir = "/etc/kubernetes/pki"
 )
 
 // Image is the join service's container image. It is built into the node image with the same version as the
@@ -25,8 +25,9 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), and a
-// DaemonSet on the control-plane nodes, on the host network at [Port].
-func Manifests(config map[string]string) ([]byte, error) {
+// DaemonSet on the control-plane nodes, on the host network at [Port]. metadataURL is the provider's metadata
+// service, which tells control-plane nodes from workers.
+func Manifests(config map[string]string, metadataURL string) ([]byte, error) {
 	labels := map[string]string{"app.kubernetes.io/name": Name, "app.kubernetes.io/part-of": "constellation"}
 	meta := func(name string) map[string]any {
 		return map[string]any{"name": name, "namespace": "kube-system", "labels": labels}
@@ -66,17 +67,18 @@ func Manifests(config map[string]string) ([]byte, error) {
 								"--listen=$(NODE_IP):" + strconv.Itoa(Port),
 								"--api-endpoint=$(NODE_IP):6443",
 								"--api-server=https://$(NODE_IP):6443",
+								"--metadata=" + metadataURL,
 							},
 							"env": []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
 							"volumeMounts": []map[string]any{
 								{"name": "config", "mountPath": ConfigDir, "readOnly": true},
-								{"name": "ca", "mountPath": CACert, "readOnly": true},
+								{"name": "pki", "mountPath": PKIDir, "readOnly": true},
 								{"name": "agent", "mountPath": agent.SocketPath},
 							},
 						}},
 						"volumes": []map[string]any{
 							{"name": "config", "configMap": map[string]any{"name": ConfigMapName}},
-							hostPath("ca", CACert, "File"),
+							hostPath("pki", PKIDir, "Directory"),
 							hostPath("agent", agent.SocketPath, "Socket"),
 						},
 					},

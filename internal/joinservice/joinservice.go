@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -41,20 +42,33 @@ type Tokens interface {
 	CreateToken(ctx context.Context, ttl time.Duration) (string, error)
 }
 
+// Roles tells whether a node, by the name its attestation key certificate gives it, is a control-plane node.
+// The provider answers, as it also issued that certificate.
+type Roles interface {
+	IsControlPlane(ctx context.Context, name string) (bool, error)
+}
+
+// ControlPlaneFiles are the files of the control plane's shared PKI (paths relative to the PKI directory) that
+// a joining control-plane node needs: the cluster, front-proxy and etcd CAs and the service-account key.
+var ControlPlaneFiles = []string{
+	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
+}
+
 // Server implements the Join gRPC API.
 type Server struct {
 	initpb.UnimplementedJoinServer
 	config   *Config
 	tokens   Tokens
-	caCert   string // path of the cluster CA certificate (PEM)
+	roles    Roles
+	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
 	log      *slog.Logger
 }
 
-// New returns a join service. config is the cluster's join configuration, caCert the path of the cluster CA
-// certificate, endpoint the API server address joining nodes use.
-func New(config *Config, tokens Tokens, caCert, endpoint string, log *slog.Logger) *Server {
-	return &Server{config: config, tokens: tokens, caCert: caCert, endpoint: endpoint, log: log}
+// New returns a join service. config is the cluster's join configuration, pkiDir the control plane's PKI
+// directory (kubeadm's /etc/kubernetes/pki), endpoint the API server address joining nodes use.
+func New(config *Config, tokens Tokens, roles Roles, pkiDir, endpoint string, log *slog.Logger) *Server {
+	return &Server{config: config, tokens: tokens, roles: roles, pkiDir: pkiDir, endpoint: endpoint, log: log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
@@ -70,17 +84,34 @@ func NewGRPCServer(s *Server, issuer attestation.Issuer) (*grpc.Server, error) {
 }
 
 // Join admits a node whose evidence the aTLS handshake has validated.
-func (s *Server) Join(ctx context.Context, _ *initpb.JoinRequest) (*initpb.JoinResponse, error) {
+func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.JoinResponse, error) {
 	caller, ok := atls.AttestedPeer(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "the join service only admits attested nodes")
+	}
+	var files []*initpb.PKIFile
+	if req.GetControlPlane() {
+		name, _ := atls.AttestedPeerName(ctx)
+		cp, err := s.roles.IsControlPlane(ctx, name)
+		if err != nil {
+			s.log.Error("join failed: looking up the node's role", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "looking up the node's role failed")
+		}
+		if name == "" || !cp {
+			s.log.Warn("control-plane join refused: not a control-plane node", "caller", caller)
+			return nil, status.Errorf(codes.PermissionDenied, "node %q is not a control-plane node of this cluster; it may join as a worker only", name)
+		}
+		if files, err = readPKI(s.pkiDir); err != nil {
+			s.log.Error("join failed: reading the control plane's PKI", "error", err)
+			return nil, status.Error(codes.Internal, "reading the control plane's PKI failed")
+		}
 	}
 	cur, err := s.config.Current()
 	if err != nil {
 		s.log.Error("join refused: no valid join configuration", "caller", caller, "error", err)
 		return nil, status.Error(codes.Unavailable, "the join service has no valid configuration")
 	}
-	hash, err := CACertHash(s.caCert)
+	hash, err := CACertHash(filepath.Join(s.pkiDir, "ca.crt"))
 	if err != nil {
 		s.log.Error("join failed: reading the cluster CA", "error", err)
 		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
@@ -90,8 +121,21 @@ func (s *Server) Join(ctx context.Context, _ *initpb.JoinRequest) (*initpb.JoinR
 		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
-	s.log.Info("node admitted", "caller", caller, "tokenTTL", TokenTTL.String())
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID}, nil
+	s.log.Info("node admitted", "caller", caller, "controlPlane", req.GetControlPlane(), "tokenTTL", TokenTTL.String())
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files}, nil
+}
+
+// readPKI reads the control plane's shared PKI files.
+func readPKI(dir string) ([]*initpb.PKIFile, error) {
+	files := make([]*initpb.PKIFile, 0, len(ControlPlaneFiles))
+	for _, name := range ControlPlaneFiles {
+		content, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, &initpb.PKIFile{Name: name, Content: content})
+	}
+	return files, nil
 }
 
 // CACertHash returns kubeadm's discovery hash of the CA certificate at path: "sha256:" and the hex SHA-256

@@ -33,6 +33,11 @@ import (
 
 type countingTokens struct{ n int }
 
+// roles is the provider's answer: which node names are control-plane nodes.
+type roles map[string]bool
+
+func (r roles) IsControlPlane(_ context.Context, name string) (bool, error) { return r[name], nil }
+
 func (c *countingTokens) CreateToken(context.Context, time.Duration) (string, error) {
 	c.n++
 	return "abcdef.0123456789abcdef", nil
@@ -95,7 +100,15 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	}
 	tokens := &countingTokens{}
 	caPath := writeCA(t)
-	srv, err := NewGRPCServer(New(config, tokens, caPath, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	pki := filepath.Dir(caPath)
+	for _, name := range ControlPlaneFiles[1:] {
+		os.MkdirAll(filepath.Dir(filepath.Join(pki, name)), 0o700)
+		if err := os.WriteFile(filepath.Join(pki, name), []byte("content of "+name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodeRoles := roles{"node-0": false}
+	srv, err := NewGRPCServer(New(config, tokens, nodeRoles, pki, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +121,9 @@ func TestJoinOverMutualATLS(t *testing.T) {
 
 	// The joining node trusts a join service that booted as it did (here: the same node).
 	serverPolicy := clusterPolicy(node)
-	join := func() (*initpb.JoinResponse, error) {
+	var joinAs func(controlPlane bool) (*initpb.JoinResponse, error)
+	join := func() (*initpb.JoinResponse, error) { return joinAs(false) }
+	joinAs = func(controlPlane bool) (*initpb.JoinResponse, error) {
 		v, err := vtpm.NewValidator(roots, serverPolicy, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -124,7 +139,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{})
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane})
 	}
 
 	resp, err := join()
@@ -135,6 +150,23 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if !bytes.Equal(resp.GetClusterId(), clusterID) || resp.GetToken() != "abcdef.0123456789abcdef" || resp.GetCaCertHash() != wantHash || resp.GetApiEndpoint() != "10.0.0.1:6443" {
 		t.Fatalf("Join response: %+v", resp)
 	}
+
+	if len(resp.GetControlPlaneFiles()) != 0 {
+		t.Fatal("a worker join got the control plane's PKI")
+	}
+	// Only a node the provider names a control-plane node gets the control plane's PKI.
+	if _, err := joinAs(true); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `node "node-0" is not a control-plane node`) {
+		t.Fatalf("control-plane join of a worker = %v, want PermissionDenied", err)
+	}
+	nodeRoles["node-0"] = true
+	resp, err = joinAs(true)
+	if err != nil {
+		t.Fatalf("control-plane join: %v", err)
+	}
+	if got := resp.GetControlPlaneFiles(); len(got) != len(ControlPlaneFiles) || got[1].GetName() != "ca.key" || string(got[1].GetContent()) != "content of ca.key" {
+		t.Fatalf("control-plane files: %v", got)
+	}
+	nodeRoles["node-0"] = false
 
 	// The cluster's policy changes: the same node no longer matches and gets nothing.
 	strict := clusterPolicy(node)
@@ -161,13 +193,13 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if _, err := join(); err == nil {
 		t.Fatal("a node that already belongs to a cluster joined again")
 	}
-	if tokens.n != 2 {
-		t.Fatalf("%d tokens created, want one per admitted join (2)", tokens.n)
+	if tokens.n != 3 {
+		t.Fatalf("%d tokens created, want one per admitted join (3)", tokens.n)
 	}
 }
 
 func TestJoinRequiresAnAttestedPeer(t *testing.T) {
-	s := New(nil, &countingTokens{}, "", "", slog.New(slog.DiscardHandler))
+	s := New(nil, &countingTokens{}, roles{}, "", "", slog.New(slog.DiscardHandler))
 	if _, err := s.Join(context.Background(), &initpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Join without aTLS = %v, want Unauthenticated", err)
 	}

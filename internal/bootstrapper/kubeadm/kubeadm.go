@@ -39,6 +39,8 @@ const (
 	KubeadmConfig    = "/etc/kubernetes/kubeadm.yaml"
 	AdminKubeconfig  = "/etc/kubernetes/admin.conf"
 	PodLogsDir       = "/var/log/pods"
+	// PKIDir holds the cluster's certificates and keys.
+	PKIDir = "/etc/kubernetes/pki"
 )
 
 var containerdTmpl = template.Must(template.New("containerd").Parse(`version = 3
@@ -129,20 +131,25 @@ nodeRegistration:
   kubeletExtraArgs: [{name: node-ip, value: "{{.NodeIP}}"}]
 patches:
   directory: "{{.Patches}}"
+{{- if .ControlPlane}}
+controlPlane:
+  localAPIEndpoint: {advertiseAddress: "{{.NodeIP}}", bindPort: 6443}
+{{- end}}
 `))
 
 // PatchesDir holds this node's kubelet configuration patches (its cgroup root differs per node).
 const PatchesDir = "/etc/kubernetes/patches"
 
-// JoinConfigFile returns kubeadm's configuration to join a cluster.
-func JoinConfigFile(o Options, endpoint, token, caHash string) ([]byte, error) {
+// JoinConfigFile returns kubeadm's configuration to join a cluster, as a control-plane node if controlPlane
+// (with the shared certificates already in PKIDir).
+func JoinConfigFile(o Options, endpoint, token, caHash string, controlPlane bool) ([]byte, error) {
 	if !o.NodeIP.IsValid() || o.NodeName == "" || endpoint == "" || token == "" || !strings.HasPrefix(caHash, "sha256:") {
 		return nil, fmt.Errorf("kubeadm join options incomplete: node, endpoint, token and a sha256 CA hash are required")
 	}
 	var b bytes.Buffer
 	err := joinTmpl.Execute(&b, map[string]any{
 		"Endpoint": endpoint, "Token": token, "CAHash": caHash, "NodeName": o.NodeName, "Socket": ContainerdSocket,
-		"NodeIP": o.NodeIP, "Patches": PatchesDir,
+		"NodeIP": o.NodeIP, "Patches": PatchesDir, "ControlPlane": controlPlane,
 	})
 	return b.Bytes(), err
 }
@@ -153,8 +160,8 @@ func KubeletPatch(o Options) []byte {
 }
 
 // Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it.
-func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string) error {
-	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash)
+func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error {
+	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash, controlPlane)
 	if err != nil {
 		return err
 	}

@@ -100,27 +100,39 @@ func TestKubeadmFlags(t *testing.T) {
 func TestJoinConfigFile(t *testing.T) {
 	worker := opts
 	worker.NodeName, worker.CgroupRoot = "worker-0", "/constellation/worker-0"
-	raw, err := JoinConfigFile(worker, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32))
+	raw, err := JoinConfigFile(worker, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := docs(t, raw)["JoinConfiguration"]
-	if d["nodeRegistration"].(map[string]any)["imagePullPolicy"] != "Never" || d["patches"].(map[string]any)["directory"] != PatchesDir {
+	if d["nodeRegistration"].(map[string]any)["imagePullPolicy"] != "Never" || d["patches"].(map[string]any)["directory"] != PatchesDir || d["controlPlane"] != nil {
 		t.Fatalf("join configuration: %v", d)
+	}
+	cp := opts
+	cp.NodeName, cp.NodeIP = "control-plane-1", netip.MustParseAddr("10.217.0.11")
+	rawCP, err := JoinConfigFile(cp, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := docs(t, rawCP)["JoinConfiguration"]["controlPlane"].(map[string]any)["localAPIEndpoint"].(map[string]any)
+	if ep["advertiseAddress"] != "10.217.0.11" || ep["bindPort"] != float64(6443) {
+		t.Fatalf("control-plane join configuration: %v", ep)
 	}
 	if !strings.Contains(string(KubeletPatch(worker)), `cgroupRoot: "/constellation/worker-0"`) {
 		t.Fatalf("kubelet patch: %s", KubeletPatch(worker))
 	}
-	if _, err := JoinConfigFile(worker, "10.217.0.10:6443", "t", "md5:x"); err == nil {
+	if _, err := JoinConfigFile(worker, "10.217.0.10:6443", "t", "md5:x", false); err == nil {
 		t.Fatal("a CA hash that is not sha256 accepted")
 	}
 	kubeadm, _ := filepath.Abs("../../../_out/kubernetes/bin/kubeadm")
 	if _, err := os.Stat(kubeadm); err != nil {
 		t.Skip("kubeadm not built")
 	}
-	path := filepath.Join(t.TempDir(), "join.yaml")
-	os.WriteFile(path, raw, 0o600)
-	if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
-		t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+	for _, cfg := range [][]byte{raw, rawCP} {
+		path := filepath.Join(t.TempDir(), "join.yaml")
+		os.WriteFile(path, cfg, 0o600)
+		if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
+			t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+		}
 	}
 }

@@ -224,6 +224,23 @@ func NewClient(base string) *Client {
 	return &Client{base: base, http: &http.Client{Timeout: 30 * time.Second}}
 }
 
+// URL is the metadata service's base URL.
+func (c *Client) URL() string { return c.base }
+
+// IsControlPlane tells whether the instance named name is a control-plane node.
+func (c *Client) IsControlPlane(ctx context.Context, name string) (bool, error) {
+	list, err := c.Instances(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, inst := range list {
+		if inst.Name == name {
+			return inst.Role == RoleControlPlane, nil
+		}
+	}
+	return false, nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body any, out any) error {
 	var rd io.Reader
 	if body != nil {
