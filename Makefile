@@ -35,7 +35,7 @@ FUZZ_TARGETS := \
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image
+.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image cluster
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -44,6 +44,7 @@ help:
 	@echo "make test       lint, unit and integration tests (real TPMs), short fuzzing"
 	@echo "make bench      benchmark suite, one line per figure (BENCH=<name> selects one)"
 	@echo "make node-image build Kubernetes and the node components from source, then the node image"
+	@echo "make cluster    everything above, then a local cluster (1 control plane, 2 workers) in this directory"
 
 setup:
 	@bash scripts/setup.sh
@@ -89,6 +90,9 @@ components:
 
 node-image: setup build kubernetes components
 	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image
+
+cluster: node-image
+	bin/constellation mini up
 
 clean:
 	rm -rf bin _out

@@ -35,42 +35,7 @@ func newConfigGenerateCmd() *cobra.Command {
 			if args[0] != "mini" {
 				return badInput("provider %q is not supported; available: mini", args[0])
 			}
-			manifestPath := filepath.Join(imageDir, "node-image.json")
-			raw, err := os.ReadFile(manifestPath)
-			if err != nil {
-				return badInput("reading the node image manifest: %w (build the image with 'make node-image' or pass --image-dir)", err)
-			}
-			var manifest nodeimage.Manifest
-			if err := json.Unmarshal(raw, &manifest); err != nil {
-				return badInput("%s: %w", manifestPath, err)
-			}
-			measPath := filepath.Join(imageDir, "measurements.json")
-			rawMeas, err := os.ReadFile(measPath)
-			if err != nil {
-				return badInput("reading the expected measurements: %w", err)
-			}
-			policy, err := measurements.Parse(rawMeas)
-			if err != nil {
-				return badInput("%s: %w", measPath, err)
-			}
-			image, err := filepath.Abs(filepath.Join(imageDir, "node-image.squashfs"))
-			if err != nil {
-				return badInput("%w", err)
-			}
-			c := &config.Config{
-				Version: config.Version,
-				Provider: config.Provider{Mini: &config.Mini{
-					ControlPlanes: controlPlanes, Workers: workers, Image: image, ImageDigest: manifest.Digest,
-				}},
-				Attestation: config.Attestation{Variant: attestation.MiniVTPM.Name, Measurements: policy},
-			}
-			path := filepath.Join(workspace, config.FileName)
-			if err := c.Write(path, force); err != nil {
-				return badInput("%w", err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), node image %s, %d expected PCRs.\n",
-				path, controlPlanes, workers, manifest.Digest, len(policy))
-			return nil
+			return generateMiniConfig(cmd, imageDir, workspace, controlPlanes, workers, force)
 		},
 	}
 	cmd.Flags().StringVar(&imageDir, "image-dir", "_out/node-image", "directory with node-image.squashfs, node-image.json and measurements.json")
@@ -79,4 +44,45 @@ func newConfigGenerateCmd() *cobra.Command {
 	cmd.Flags().IntVar(&controlPlanes, "control-planes", 1, "number of control-plane nodes")
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes")
 	return cmd
+}
+
+// generateMiniConfig writes the workspace configuration for the mini provider from a built node image: its
+// digest and the measurements a node booted from it presents.
+func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlPlanes, workers int, force bool) error {
+	manifestPath := filepath.Join(imageDir, "node-image.json")
+	raw, err := os.ReadFile(manifestPath)
+	if err != nil {
+		return badInput("reading the node image manifest: %w (build the image with 'make node-image' or pass --image-dir)", err)
+	}
+	var manifest nodeimage.Manifest
+	if err := json.Unmarshal(raw, &manifest); err != nil {
+		return badInput("%s: %w", manifestPath, err)
+	}
+	measPath := filepath.Join(imageDir, "measurements.json")
+	rawMeas, err := os.ReadFile(measPath)
+	if err != nil {
+		return badInput("reading the expected measurements: %w", err)
+	}
+	policy, err := measurements.Parse(rawMeas)
+	if err != nil {
+		return badInput("%s: %w", measPath, err)
+	}
+	image, err := filepath.Abs(filepath.Join(imageDir, "node-image.squashfs"))
+	if err != nil {
+		return badInput("%w", err)
+	}
+	c := &config.Config{
+		Version: config.Version,
+		Provider: config.Provider{Mini: &config.Mini{
+			ControlPlanes: controlPlanes, Workers: workers, Image: image, ImageDigest: manifest.Digest,
+		}},
+		Attestation: config.Attestation{Variant: attestation.MiniVTPM.Name, Measurements: policy},
+	}
+	path := filepath.Join(workspace, config.FileName)
+	if err := c.Write(path, force); err != nil {
+		return badInput("%w", err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), node image %s, %d expected PCRs.\n",
+		path, controlPlanes, workers, manifest.Digest, len(policy))
+	return nil
 }

@@ -67,9 +67,22 @@ func newMiniUpCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "up [--control-planes N] [--workers M]",
 		Short: "Boot a local cluster: measured boot of every node, then attestation of every node",
-		Args:  cobra.NoArgs,
-		RunE:  runMiniUp,
+		Long: "Write " + config.FileName + " from the node image if the workspace has none ('config generate mini'),\n" +
+			"then create the cluster ('apply').",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := os.Stat(filepath.Join(workspace(cmd), config.FileName)); errors.Is(err, os.ErrNotExist) {
+				imageDir, _ := cmd.Flags().GetString("image-dir")
+				cps, _ := cmd.Flags().GetInt("control-planes")
+				workers, _ := cmd.Flags().GetInt("workers")
+				if err := generateMiniConfig(cmd, imageDir, workspace(cmd), cps, workers, false); err != nil {
+					return err
+				}
+			}
+			return runMiniUp(cmd, args)
+		},
 	}
+	cmd.Flags().String("image-dir", "_out/node-image", "node image to write "+config.FileName+" from, if the workspace has none")
 	cmd.Flags().Int("control-planes", 1, "number of control-plane nodes (default from the configuration)")
 	cmd.Flags().Int("workers", 2, "number of worker nodes (default from the configuration)")
 	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,46 +20,8 @@ import (
 // proves with PCR 15 that it belongs to this cluster. A Deployment of 3 replicas spread over the workers serves
 // a Service. `mini down` leaves the host as it was. It runs only where the node image has been built.
 func TestMiniKubernetes(t *testing.T) {
-	requireMachine(t)
-	imageDir, _ := filepath.Abs("../../_out/node-image")
-	kubectl, _ := filepath.Abs("../../_out/kubernetes/bin/kubectl")
-	if _, err := os.Stat(filepath.Join(imageDir, "node-image.json")); err != nil {
-		t.Skip("the node image is not built (make node-image)")
-	}
-	bins := t.TempDir()
-	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
-	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "2"); code != 0 {
-		t.Fatalf("config generate: %d\n%s", code, out)
-	}
-	start := time.Now()
-	out, code := c.run("mini", "up")
-	t.Cleanup(func() { c.run("mini", "down") })
-	if code != 0 {
-		t.Fatalf("mini up: exit %d\n%s", code, out)
-	}
-	t.Logf("mini up with Kubernetes init: %s", time.Since(start).Round(time.Second))
-	kubeconfig := filepath.Join(c.ws, "constellation-admin.conf")
-	if info, err := os.Stat(kubeconfig); err != nil || info.Mode().Perm() != 0o600 {
-		t.Fatalf("admin kubeconfig: %v", err)
-	}
-	k := func(args ...string) (string, error) {
-		out, err := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	eventually := func(what string, cond func() (string, bool)) {
-		t.Helper()
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
-			out, ok := cond()
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never happened:\n%s", what, out)
-			}
-			time.Sleep(2 * time.Second)
-		}
-	}
+	cl := startCluster(t, 1, 2)
+	c, k, eventually := cl.c, cl.k, cl.eventually
 	eventually("all nodes Ready", func() (string, bool) {
 		out, err := k("get", "nodes", "--no-headers")
 		return out, err == nil && strings.Count(out, " Ready ") == 3
@@ -70,6 +33,9 @@ func TestMiniKubernetes(t *testing.T) {
 	})
 	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=join-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
 		t.Fatalf("join service pods: %v\n%s", err, out)
+	}
+	if out, code := c.run("status"); code != 0 || strings.Count(out, "member of this cluster") != 3 || strings.Count(out, "Ready") != 3 {
+		t.Fatalf("status: exit %d\n%s", code, out)
 	}
 	// Every node proves its cluster membership (PCR 15).
 	for i := range 3 {
@@ -150,3 +116,95 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 2379}]
 `
+
+// TestMiniControlPlanes boots 2 control-plane nodes: the second joins through the join service as a
+// control-plane node (the join service hands the shared PKI only to a node the provider names a control-plane
+// node), runs its own API server and etcd member, and gets a join service of its own.
+func TestMiniControlPlanes(t *testing.T) {
+	cl := startCluster(t, 2, 0)
+	cl.eventually("both control-plane nodes Ready", func() (string, bool) {
+		out, err := cl.k("get", "nodes", "--no-headers", "-l", "node-role.kubernetes.io/control-plane")
+		return out, err == nil && strings.Count(out, " Ready ") == 2
+	})
+	cl.eventually("an API server, an etcd member and a join service on each", func() (string, bool) {
+		out, err := cl.k("-n", "kube-system", "get", "pods", "--no-headers", "-o", "custom-columns=NAME:.metadata.name,STATUS:.status.phase,NODE:.spec.nodeName")
+		if err != nil {
+			return out, false
+		}
+		for _, name := range []string{"kube-apiserver-control-plane-1", "etcd-control-plane-1", "kube-apiserver-control-plane-0", "etcd-control-plane-0"} {
+			if !strings.Contains(out, name+" ") || !regexp.MustCompile(regexp.QuoteMeta(name)+`\s+Running`).MatchString(out) {
+				return out, false
+			}
+		}
+		return out, regexp.MustCompile(`join-service-\S+\s+Running\s+control-plane-1`).MatchString(out)
+	})
+	// The second API server serves the cluster.
+	state, _, _ := mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(state.Nodes[0].PID), "-n", "curl", "-sk", "-m", "5", "https://"+mini.NodeAddr(1).String()+":6443/readyz").CombinedOutput()
+	if err != nil || string(out) != "ok" {
+		t.Fatalf("API server on control-plane-1: %v %s", err, out)
+	}
+	for i := range 2 {
+		if out, code := cl.c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 {
+			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
+		}
+	}
+}
+
+// cluster is a mini cluster with Kubernetes, booted from the full node image.
+type cluster struct {
+	t          *testing.T
+	c          cli
+	kubectl    string
+	kubeconfig string
+}
+
+// startCluster runs `mini up` with the full node image (skipping the test where it is not built) and
+// removes the cluster when the test ends.
+func startCluster(t *testing.T, controlPlanes, workers int) *cluster {
+	t.Helper()
+	requireMachine(t)
+	imageDir, _ := filepath.Abs("../../_out/node-image")
+	kubectl, _ := filepath.Abs("../../_out/kubernetes/bin/kubectl")
+	if _, err := os.Stat(filepath.Join(imageDir, "node-image.json")); err != nil {
+		t.Skip("the node image is not built (make node-image)")
+	}
+	bins := t.TempDir()
+	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
+	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--control-planes", strconv.Itoa(controlPlanes), "--workers", strconv.Itoa(workers)); code != 0 {
+		t.Fatalf("config generate: %d\n%s", code, out)
+	}
+	start := time.Now()
+	out, code := c.run("mini", "up")
+	t.Cleanup(func() { c.run("mini", "down") })
+	if code != 0 {
+		t.Fatalf("mini up: exit %d\n%s", code, out)
+	}
+	t.Logf("mini up with Kubernetes init (%d control planes, %d workers): %s", controlPlanes, workers, time.Since(start).Round(time.Second))
+	kubeconfig := filepath.Join(c.ws, "constellation-admin.conf")
+	if info, err := os.Stat(kubeconfig); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("admin kubeconfig: %v", err)
+	}
+	return &cluster{t: t, c: c, kubectl: kubectl, kubeconfig: kubeconfig}
+}
+
+func (cl *cluster) k(args ...string) (string, error) {
+	out, err := exec.Command(cl.kubectl, append([]string{"--kubeconfig", cl.kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// eventually waits up to 3 minutes for cond.
+func (cl *cluster) eventually(what string, cond func() (string, bool)) {
+	cl.t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		out, ok := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			cl.t.Fatalf("%s never happened:\n%s", what, out)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}

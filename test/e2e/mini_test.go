@@ -136,6 +136,11 @@ func TestMiniUpVerifyDown(t *testing.T) {
 		t.Fatalf("verify worker-0: exit %d\n%s", code, out)
 	}
 
+	out, code = c.run("status")
+	if code != 0 || strings.Count(out, "runs the configured image") != 2 || !strings.Contains(out, "Kubernetes not initialised") {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+
 	// Against a configuration that expects another node image, the same node fails, and the failure says
 	// which image it runs.
 	confPath := filepath.Join(c.ws, config.FileName)
@@ -151,13 +156,23 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "PCR 4") || !strings.Contains(out, "constellation node image sha256:") {
 		t.Fatalf("verify against another image: exit %d\n%s", code, out)
 	}
+	if out, code := c.run("status"); code != 1 || strings.Count(out, "FAILED") != 2 {
+		t.Fatalf("status against another image: exit %d\n%s", code, out)
+	}
 
 	state, _, err := mini.ReadState(filepath.Join(c.ws, "constellation-mini"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, code := c.run("mini", "down"); code != 0 {
-		t.Fatalf("mini down: exit %d\n%s", code, out)
+	// terminate asks first; without a terminal to ask on it refuses and changes nothing.
+	if out, code := c.run("terminate"); code != 2 || !strings.Contains(out, "--yes") || !state.DaemonAlive() {
+		t.Fatalf("terminate without --yes: exit %d\n%s", code, out)
+	}
+	if out, code := c.run("terminate", "--yes"); code != 0 || !strings.Contains(out, "Cluster terminated") {
+		t.Fatalf("terminate: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(confPath); err != nil {
+		t.Fatal("terminate removed the configuration")
 	}
 	// Nothing is left: provider, node processes, swtpm, bridge, cgroups, mounts; sysctls as before.
 	if state.DaemonAlive() {
