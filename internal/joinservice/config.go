@@ -162,7 +162,41 @@ func (reloadingValidator) Variant() attestation.Variant { return attestation.Min
 func (r reloadingValidator) Validate(ctx context.Context, evidence, nonce []byte) ([]byte, error) {
 	s, err := r.c.Current()
 	if err != nil {
+		r.c.logger().Error("join refused: no valid join configuration", "error", err)
 		return nil, err
 	}
-	return s.validator.Validate(ctx, evidence, nonce)
+	userData, err := s.validator.Validate(ctx, evidence, nonce)
+	if err != nil {
+		// The node only sees a failed handshake; the operator reads here why (for a measurement mismatch:
+		// which PCRs, expected and actual values, and the events behind them).
+		var mismatch *measurements.Error
+		if errors.As(err, &mismatch) {
+			fatal := measurements.Fatal(mismatch.Mismatches)
+			pcrs := make([]uint32, 0, len(fatal))
+			for _, m := range fatal {
+				pcrs = append(pcrs, m.PCR)
+			}
+			r.c.logger().Warn("join refused: the node's measurements differ from the cluster's", "pcrs", pcrs, "node", subjectOf(evidence), "error", err)
+		} else {
+			r.c.logger().Warn("join refused: evidence invalid", "node", subjectOf(evidence), "error", err)
+		}
+		return nil, err
+	}
+	return userData, nil
+}
+
+// subjectOf names the node an evidence document claims to be (unverified, for logs only).
+func subjectOf(evidence []byte) string {
+	doc, err := attestation.ParseDocument(evidence)
+	if err != nil {
+		return ""
+	}
+	return doc.AttestationKeySubject()
+}
+
+func (c *Config) logger() *slog.Logger {
+	if c.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.log
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,7 +95,8 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	clusterID := bytes.Repeat([]byte{0x42}, 32)
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, clusterID)
-	config, err := NewConfig(dir, slog.New(slog.DiscardHandler))
+	var logs syncBuffer
+	config, err := NewConfig(dir, slog.New(slog.NewJSONHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +177,9 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if _, err := join(); err == nil {
 		t.Fatal("a node that does not match the new policy was admitted")
 	}
+	if !strings.Contains(logs.String(), `"msg":"join refused: the node's measurements differ from the cluster's","pcrs":[4],"node":"node-0"`) {
+		t.Fatalf("the refusal does not say which PCR differed:\n%s", logs.String())
+	}
 	// The configuration becomes invalid: nobody is admitted.
 	os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("nope"), 0o644)
 	if _, err := join(); err == nil {
@@ -249,5 +254,98 @@ func TestCACertHash(t *testing.T) {
 	os.WriteFile(path, []byte("not pem"), 0o644)
 	if _, err := CACertHash(path); err == nil {
 		t.Fatal("accepted a non-PEM CA file")
+	}
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// recordingIssuer keeps the evidence it issues; replayingIssuer hands out that evidence again instead of
+// fresh evidence, as an attacker who captured a join would.
+type recordingIssuer struct {
+	attestation.Issuer
+	mu   sync.Mutex
+	last []byte
+}
+
+func (r *recordingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	ev, err := r.Issuer.Issue(ctx, nonce, userData)
+	r.mu.Lock()
+	r.last = ev
+	r.mu.Unlock()
+	return ev, err
+}
+
+type replayingIssuer struct{ *recordingIssuer }
+
+func (r replayingIssuer) Issue(context.Context, []byte, []byte) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last, nil
+}
+
+// A join captured on the wire cannot be replayed: its evidence is bound to the join service's nonce of that
+// handshake and to that handshake's key.
+func TestJoinReplayIsRefused(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	roots := []*x509.Certificate{node.CA.Certificate()}
+	dir := t.TempDir()
+	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
+	config, err := NewConfig(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := &countingTokens{}
+	srv, err := NewGRPCServer(New(config, tokens, roles{}, filepath.Dir(writeCA(t)), "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Stop()
+	recorder := &recordingIssuer{Issuer: node.Issuer}
+	join := func(issuer attestation.Issuer) error {
+		v, _ := vtpm.NewValidator(roots, clusterPolicy(node), nil)
+		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{})
+		return err
+	}
+	if err := join(recorder); err != nil {
+		t.Fatalf("genuine join: %v", err)
+	}
+	if err := join(replayingIssuer{recorder}); err == nil {
+		t.Fatal("a replayed join was admitted")
+	}
+	if tokens.n != 1 {
+		t.Fatalf("%d tokens issued, want 1 (none for the replay)", tokens.n)
 	}
 }
