@@ -23,20 +23,21 @@ func main() {
 	configDir := flag.String("config", joinservice.ConfigDir, "join configuration directory (the join-config ConfigMap)")
 	pkiDir := flag.String("pki", joinservice.PKIDir, "the control plane's PKI directory")
 	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
+	keyService := flag.String("key-service", "", "host:port of the cluster's key service, for state disk keys (required)")
 	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *metadataURL, log); err != nil {
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *metadataURL, *keyService, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadataURL string, log *slog.Logger) error {
-	if apiEndpoint == "" || metadataURL == "" {
-		return fmt.Errorf("--api-endpoint and --metadata are required")
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadataURL, keyService string, log *slog.Logger) error {
+	if apiEndpoint == "" || metadataURL == "" || keyService == "" {
+		return fmt.Errorf("--api-endpoint, --metadata and --key-service are required")
 	}
 	if apiServer == "" {
 		var err error
@@ -52,7 +53,9 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadat
 	if err != nil {
 		return err
 	}
-	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, metadata.NewClient(metadataURL), pkiDir, apiEndpoint, log), agent.NewClient(agentSocket, attestation.MiniVTPM))
+	issuer := agent.NewClient(agentSocket, attestation.MiniVTPM)
+	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
+	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, metadata.NewClient(metadataURL), disks, pkiDir, apiEndpoint, log), issuer)
 	if err != nil {
 		return err
 	}

@@ -99,7 +99,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := joinservice.NewGRPCServer(joinservice.New(config, stubTokens{}, noRoles{}, pkiDir, "10.0.0.1:6443", discardLogger()), server.Issuer)
+	srv, err := joinservice.NewGRPCServer(joinservice.New(config, stubTokens{}, noRoles{}, nil, pkiDir, "10.0.0.1:6443", discardLogger()), server.Issuer)
 	if err != nil {
 		return nil, err
 	}

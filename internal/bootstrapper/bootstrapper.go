@@ -22,6 +22,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -36,6 +37,9 @@ type Config struct {
 	Kubernetes func(self metadata.Instance) Kubernetes
 	// AgentSocket is where the node's own services ask for evidence (agent.SocketPath on a node).
 	AgentSocket string
+	// DiskUUID returns the UUID of the node's state disk, whose key a joining node gets from the join
+	// service; nil for a node without one.
+	DiskUUID func() (string, error)
 }
 
 // FirstControlPlane is the node that serves Init.
@@ -116,8 +120,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		k8s := cfg.Kubernetes(self)
 		initpb.RegisterInitServer(grpcSrv, &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"),
-			initialised: func(clusterID []byte, policy measurements.M) error {
-				return deployJoinService(ctx, md, k8s, clusterID, policy)
+			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
+				if err != nil {
+					return err
+				}
+				return deployJoinService(ctx, md, k8s, clusterID, policy, keyService)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
@@ -128,8 +136,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer grpcSrv.Stop()
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
 	} else {
+		var diskUUID string
+		if cfg.DiskUUID != nil {
+			if diskUUID, err = cfg.DiskUUID(); err != nil {
+				return fmt.Errorf("reading the state disk's UUID: %w", err)
+			}
+		}
 		go func() {
-			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), log.With("step", "join")); err != nil {
+			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), diskUUID, log.With("step", "join")); err != nil {
 				log.Error("joining the cluster failed", "error", err)
 			}
 		}()

@@ -37,8 +37,9 @@ type initServer struct {
 	issuer *vtpm.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
-	// initialised runs after a successful init, with the cluster ID and the cluster's measurement policy.
-	initialised func(clusterID []byte, policy measurements.M) error
+	// initialised runs after a successful init, with the cluster's key derivation, cluster ID and
+	// measurement policy.
+	initialised func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
 
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
@@ -85,8 +86,8 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	s.log.Info("Kubernetes initialised")
 	if s.initialised != nil {
-		if err := s.initialised(clusterID, policy); err != nil {
-			return nil, status.Error(codes.Internal, fmt.Sprintf("deploying the join service: %v", err))
+		if err := s.initialised(d, clusterID, policy); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil

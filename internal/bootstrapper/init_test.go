@@ -44,7 +44,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var started []byte
 	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(clusterID []byte, _ measurements.M) error { started = clusterID; return nil }}
+		initialised: func(_ *kms.Deriver, clusterID []byte, _ measurements.M) error { started = clusterID; return nil }}
 	ms, _ := kms.GenerateMasterSecret()
 	policy, _ := json.Marshal(node.Policy)
 	ctx := context.Background()

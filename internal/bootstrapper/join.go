@@ -26,6 +26,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 )
@@ -64,7 +66,7 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 // deployJoinService installs the join service into the new cluster: its configuration (the cluster's
 // measurement policy, the provider's AK roots and the cluster ID) and the DaemonSet that runs it on every
 // control-plane node. Its manifests are part of this measured binary, not supplied from outside.
-func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, policy measurements.M) error {
+func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, policy measurements.M, keyService string) error {
 	roots, err := akRoots(ctx, md)
 	if err != nil {
 		return err
@@ -73,11 +75,48 @@ func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes,
 	if err != nil {
 		return err
 	}
-	manifests, err := joinservice.Manifests(data, md.URL())
+	manifests, err := joinservice.Manifests(data, md.URL(), keyService)
 	if err != nil {
 		return err
 	}
 	return k8s.Apply(ctx, manifests)
+}
+
+// serveKeyService starts the key service on this node: it derives keys from the master secret, which lives
+// only in this process's memory, and answers only control-plane nodes of this cluster (the join services,
+// which hand disk keys to the nodes they attested). It returns the service's address.
+func serveKeyService(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, d *kms.Deriver, clusterID []byte, policy measurements.M, log *slog.Logger) (string, error) {
+	member := measurements.M{}
+	for k, v := range policy {
+		member[k] = v
+	}
+	member[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(clusterID)}
+	roots, err := akRoots(ctx, md)
+	if err != nil {
+		return "", err
+	}
+	v, err := vtpm.NewValidator(roots, member, log)
+	if err != nil {
+		return "", err
+	}
+	ks := keyservice.New(d, log)
+	ks.RestrictTo(md.IsControlPlane)
+	srv, err := keyservice.NewGRPCServer(ks, issuer, []attestation.Validator{v})
+	if err != nil {
+		return "", err
+	}
+	addr := net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("key service: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		srv.Stop()
+	}()
+	go srv.Serve(ln)
+	log.Info("key service listening over mutual aTLS, for control-plane members only", "address", addr)
+	return addr, nil
 }
 
 // ownPolicy is the policy of this node's own boot measurements: a joining node trusts a join service that
@@ -100,7 +139,7 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, log *slog.Logger) error {
+func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, diskUUID string, log *slog.Logger) error {
 	controlPlane := self.Role == metadata.RoleControlPlane
 	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
 	if err != nil {
@@ -123,7 +162,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane})
+			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
@@ -135,6 +174,12 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 		return fmt.Errorf("measuring the cluster ID: %w", err)
 	}
 	log.Info("admitted by the join service; cluster ID measured", "endpoint", resp.GetApiEndpoint())
+	if diskUUID != "" {
+		if len(resp.GetDiskKey()) != joinservice.DiskKeyLength {
+			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinservice.DiskKeyLength)
+		}
+		log.Info("state disk key received", "disk", diskUUID)
+	}
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}

@@ -26,8 +26,8 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), and a
 // DaemonSet on the control-plane nodes, on the host network at [Port]. metadataURL is the provider's metadata
-// service, which tells control-plane nodes from workers.
-func Manifests(config map[string]string, metadataURL string) ([]byte, error) {
+// service, which tells control-plane nodes from workers; keyService the key service's address, for disk keys.
+func Manifests(config map[string]string, metadataURL, keyService string) ([]byte, error) {
 	labels := map[string]string{"app.kubernetes.io/name": Name, "app.kubernetes.io/part-of": "constellation"}
 	meta := func(name string) map[string]any {
 		return map[string]any{"name": name, "namespace": "kube-system", "labels": labels}
@@ -68,6 +68,7 @@ func Manifests(config map[string]string, metadataURL string) ([]byte, error) {
 								"--api-endpoint=$(NODE_IP):6443",
 								"--api-server=https://$(NODE_IP):6443",
 								"--metadata=" + metadataURL,
+								"--key-service=" + keyService,
 							},
 							"env": []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
 							"volumeMounts": []map[string]any{

@@ -60,6 +60,7 @@ type Server struct {
 	config   *Config
 	tokens   Tokens
 	roles    Roles
+	disks    DiskKeys
 	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
 	log      *slog.Logger
@@ -67,8 +68,8 @@ type Server struct {
 
 // New returns a join service. config is the cluster's join configuration, pkiDir the control plane's PKI
 // directory (kubeadm's /etc/kubernetes/pki), endpoint the API server address joining nodes use.
-func New(config *Config, tokens Tokens, roles Roles, pkiDir, endpoint string, log *slog.Logger) *Server {
-	return &Server{config: config, tokens: tokens, roles: roles, pkiDir: pkiDir, endpoint: endpoint, log: log}
+func New(config *Config, tokens Tokens, roles Roles, disks DiskKeys, pkiDir, endpoint string, log *slog.Logger) *Server {
+	return &Server{config: config, tokens: tokens, roles: roles, disks: disks, pkiDir: pkiDir, endpoint: endpoint, log: log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
@@ -88,6 +89,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 	caller, ok := atls.AttestedPeer(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "the join service only admits attested nodes")
+	}
+	if uuid := req.GetDiskUuid(); uuid != "" {
+		if err := CheckDiskUUID(uuid); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
 	}
 	var files []*initpb.PKIFile
 	if req.GetControlPlane() {
@@ -116,13 +122,20 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		s.log.Error("join failed: reading the cluster CA", "error", err)
 		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
 	}
+	var diskKey []byte
+	if uuid := req.GetDiskUuid(); uuid != "" {
+		if diskKey, err = s.disks.DiskKey(ctx, uuid); err != nil {
+			s.log.Error("join failed: getting the disk key", "caller", caller, "disk", uuid, "error", err)
+			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
+		}
+	}
 	token, err := s.tokens.CreateToken(ctx, TokenTTL)
 	if err != nil {
 		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
-	s.log.Info("node admitted", "caller", caller, "controlPlane", req.GetControlPlane(), "tokenTTL", TokenTTL.String())
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files}, nil
+	s.log.Info("node admitted", "caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String())
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

@@ -110,7 +110,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		}
 	}
 	nodeRoles := roles{"node-0": false}
-	srv, err := NewGRPCServer(New(config, tokens, nodeRoles, pki, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	srv, err := NewGRPCServer(New(config, tokens, nodeRoles, nil, pki, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 }
 
 func TestJoinRequiresAnAttestedPeer(t *testing.T) {
-	s := New(nil, &countingTokens{}, roles{}, "", "", slog.New(slog.DiscardHandler))
+	s := New(nil, &countingTokens{}, roles{}, nil, "", "", slog.New(slog.DiscardHandler))
 	if _, err := s.Join(context.Background(), &initpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Join without aTLS = %v, want Unauthenticated", err)
 	}
@@ -315,7 +315,7 @@ func TestJoinReplayIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokens := &countingTokens{}
-	srv, err := NewGRPCServer(New(config, tokens, roles{}, filepath.Dir(writeCA(t)), "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	srv, err := NewGRPCServer(New(config, tokens, roles{}, nil, filepath.Dir(writeCA(t)), "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}

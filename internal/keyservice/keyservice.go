@@ -28,11 +28,23 @@ var remotePurposes = map[kms.Purpose]bool{
 	kms.PurposeDataKey:   true,
 }
 
+// Port is the key service's port on the control-plane node that serves it.
+const Port = 9002
+
 // Server implements the KeyService gRPC API.
 type Server struct {
 	keyservicepb.UnimplementedKeyServiceServer
 	deriver *kms.Deriver
 	audit   *slog.Logger
+	// allowed, if set, decides by the caller's attested name (its attestation key certificate's subject)
+	// whether it may get keys at all.
+	allowed func(ctx context.Context, name string) (bool, error)
+}
+
+// RestrictTo lets only callers get keys whose attested name allowed accepts, for example only
+// control-plane nodes, which hand disk keys on to nodes they have attested themselves.
+func (s *Server) RestrictTo(allowed func(ctx context.Context, name string) (bool, error)) {
+	s.allowed = allowed
 }
 
 // New returns a key service deriving keys with d and writing audit lines to audit.
@@ -86,6 +98,18 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		// Fail closed: the server was started without client attestation.
 		s.audit.Error("data key refused: caller not attested", "keyID", safeID(req.GetDataKeyId()))
 		return nil, status.Error(codes.Unauthenticated, "the key service only answers attested callers")
+	}
+	if s.allowed != nil {
+		name, _ := atls.AttestedPeerName(ctx)
+		ok, err := s.allowed(ctx, name)
+		if err != nil {
+			s.audit.Error("data key refused: checking the caller failed", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "error", err)
+			return nil, status.Error(codes.Unavailable, "checking the caller failed")
+		}
+		if name == "" || !ok {
+			s.audit.Warn("data key refused: caller not allowed", "caller", caller, "keyID", safeID(req.GetDataKeyId()))
+			return nil, status.Errorf(codes.PermissionDenied, "node %q may not get keys from the key service", name)
+		}
 	}
 	key, err := s.DataKey(req.GetDataKeyId(), req.GetLength())
 	if err != nil {

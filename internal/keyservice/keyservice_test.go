@@ -32,7 +32,7 @@ type env struct {
 }
 
 // start runs a key service over mutual aTLS; callerPolicy decides which callers it accepts.
-func start(t *testing.T, callerPolicy func(*tpmtest.Node) measurements.M) *env {
+func start(t *testing.T, callerPolicy func(*tpmtest.Node) measurements.M, restrict ...func(context.Context, string) (bool, error)) *env {
 	t.Helper()
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
 	if err != nil {
@@ -59,7 +59,11 @@ func start(t *testing.T, callerPolicy func(*tpmtest.Node) measurements.M) *env {
 		t.Fatal(err)
 	}
 	audit := &bytes.Buffer{}
-	srv, err := NewGRPCServer(New(d, slog.New(slog.NewTextHandler(audit, nil))), node.Issuer, []attestation.Validator{callers})
+	ks := New(d, slog.New(slog.NewTextHandler(audit, nil)))
+	for _, r := range restrict {
+		ks.RestrictTo(r)
+	}
+	srv, err := NewGRPCServer(ks, node.Issuer, []attestation.Validator{callers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,5 +174,34 @@ func TestHandlerFailsClosedWithoutAttestation(t *testing.T) {
 	}
 	if _, err := NewGRPCServer(s, nil, nil); err == nil {
 		t.Fatal("key service server without attestation created")
+	}
+}
+
+// A key service restricted to some callers refuses every other attested caller, whatever it asks for.
+func TestRestrictTo(t *testing.T) {
+	var asked []string
+	allowed := false
+	e := start(t, nil, func(_ context.Context, name string) (bool, error) {
+		asked = append(asked, name)
+		return allowed, nil
+	})
+	c, err := NewClient(e.addr, e.node.Issuer, []attestation.Validator{e.v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id := "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
+	if _, err := c.GetDataKey(ctx(t), id, 32); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `node "node-0" may not get keys`) {
+		t.Fatalf("GetDataKey by a caller not allowed = %v", err)
+	}
+	if !strings.Contains(e.audit.String(), "caller not allowed") {
+		t.Fatalf("audit log lacks the refusal:\n%s", e.audit.String())
+	}
+	allowed = true
+	if _, err := c.GetDataKey(ctx(t), id, 32); err != nil {
+		t.Fatalf("GetDataKey by an allowed caller: %v", err)
+	}
+	if len(asked) != 2 || asked[0] != "node-0" {
+		t.Fatalf("the restriction was asked about %v, want the attested name node-0 twice", asked)
 	}
 }

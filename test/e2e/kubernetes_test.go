@@ -31,6 +31,10 @@ func TestMiniKubernetes(t *testing.T) {
 		out, err := k("-n", "kube-system", "logs", "daemonset/join-service")
 		return out, err == nil && strings.Count(out, `"msg":"node admitted"`) >= 2
 	})
+	// Each worker got its state disk key, which the join service got from the key service on the first node.
+	if out, _ := k("-n", "kube-system", "logs", "daemonset/join-service"); len(regexp.MustCompile(`"msg":"node admitted".*"disk":"[0-9a-f-]{36}"`).FindAllString(out, -1)) < 2 {
+		t.Fatalf("join service did not hand out disk keys:\n%s", out)
+	}
 	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=join-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
 		t.Fatalf("join service pods: %v\n%s", err, out)
 	}

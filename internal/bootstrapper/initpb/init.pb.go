@@ -232,7 +232,9 @@ type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// control_plane asks to join as a control-plane node. The join service grants it only to nodes the
 	// provider names as control-plane nodes in their attestation key certificate.
-	ControlPlane  bool `protobuf:"varint,1,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
+	ControlPlane bool `protobuf:"varint,1,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
+	// disk_uuid is the UUID of the node's state disk; the answer carries that disk's key.
+	DiskUuid      string `protobuf:"bytes,2,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,6 +274,13 @@ func (x *JoinRequest) GetControlPlane() bool {
 		return x.ControlPlane
 	}
 	return false
+}
+
+func (x *JoinRequest) GetDiskUuid() string {
+	if x != nil {
+		return x.DiskUuid
+	}
+	return ""
 }
 
 // PKIFile is a file of the control plane's shared PKI, by its path relative to /etc/kubernetes/pki.
@@ -340,8 +349,10 @@ type JoinResponse struct {
 	// control_plane_files are the control plane's shared certificates and keys (the cluster CAs and the
 	// service-account key), for control-plane joins only.
 	ControlPlaneFiles []*PKIFile `protobuf:"bytes,5,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// disk_key is the key of the state disk named in the request (32 bytes), derived from the master secret.
+	DiskKey       []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -409,6 +420,13 @@ func (x *JoinResponse) GetControlPlaneFiles() []*PKIFile {
 	return nil
 }
 
+func (x *JoinResponse) GetDiskKey() []byte {
+	if x != nil {
+		return x.DiskKey
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -433,12 +451,13 @@ const file_init_proto_rawDesc = "" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId\"2\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId\"O\n" +
 	"\vJoinRequest\x12#\n" +
-	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\"7\n" +
+	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\x12\x1b\n" +
+	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\xd8\x01\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xf3\x01\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -446,7 +465,8 @@ const file_init_proto_rawDesc = "" +
 	"caCertHash\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x04 \x01(\fR\tclusterId\x12N\n" +
-	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles2W\n" +
+	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles\x12\x19\n" +
+	"\bdisk_key\x18\x06 \x01(\fR\adiskKey2W\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse2W\n" +
 	"\x04Join\x12O\n" +

@@ -1,0 +1,77 @@
+package joinservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+)
+
+// DiskKeyLength is the length of a state disk key.
+const DiskKeyLength = 32
+
+// DiskKeys returns the key of a node's state disk.
+type DiskKeys interface {
+	DiskKey(ctx context.Context, diskUUID string) ([]byte, error)
+}
+
+// diskUUID is the canonical, lower-case form of a disk UUID, the only form accepted as a key identifier.
+var diskUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// CheckDiskUUID checks that a disk UUID has the canonical form.
+func CheckDiskUUID(uuid string) error {
+	if !diskUUID.MatchString(uuid) {
+		return fmt.Errorf("disk UUID %.60q is not a lower-case RFC 4122 UUID", uuid)
+	}
+	return nil
+}
+
+// KeyServiceDiskKeys gets disk keys from the cluster's key service over mutual aTLS: this service attests
+// itself with issuer, and the key service must prove it is a member of this cluster (the cluster's
+// measurements and its cluster ID in PCR 15).
+type KeyServiceDiskKeys struct {
+	Addr   string
+	Issuer attestation.Issuer
+	Config *Config
+}
+
+// DiskKey asks the key service for the key of a disk.
+func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid string) ([]byte, error) {
+	if err := CheckDiskUUID(uuid); err != nil {
+		return nil, err
+	}
+	if k.Addr == "" {
+		return nil, errors.New("no key service configured")
+	}
+	s, err := k.Config.Current()
+	if err != nil {
+		return nil, err
+	}
+	v, err := vtpm.NewValidator(s.AKRoots, MemberPolicy(s), nil)
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyservice.NewClient(k.Addr, k.Issuer, []attestation.Validator{v})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.GetDataKey(ctx, "disk-key/"+uuid, DiskKeyLength)
+}
+
+// MemberPolicy is the policy of a node that belongs to the cluster: its measurements, and the cluster ID
+// measured into PCR 15.
+func MemberPolicy(s *State) measurements.M {
+	m := measurements.M{}
+	for k, v := range s.Policy {
+		m[k] = v
+	}
+	m[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(s.ClusterID)}
+	return m
+}
