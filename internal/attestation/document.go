@@ -23,12 +23,32 @@ type Document struct {
 	UserData []byte `json:"userData,omitempty"`
 	// TPM holds TPM 2.0 evidence.
 	TPM *TPMEvidence `json:"tpm,omitempty"`
+	// SNP holds an AMD SEV-SNP attestation report and its certificates.
+	SNP *SNPEvidence `json:"snp,omitempty"`
+	// TDX holds an Intel TDX quote.
+	TDX *TDXEvidence `json:"tdx,omitempty"`
 }
+
+// Size bounds of the hardware parts of a document. They mirror the limits of the parsers in the snp and tdx
+// packages (whose tests check that they agree), so that oversized parts fail while the document is parsed.
+const (
+	// SNPReportSize is the size of an SEV-SNP attestation report; the report must have exactly this size.
+	SNPReportSize = 0x4a0
+	// MaxSNPCertSize bounds the certificate table and the certificate chain of an SEV-SNP report.
+	MaxSNPCertSize = 1 << 20
+	// MaxTDXQuoteSize bounds a TDX quote.
+	MaxTDXQuoteSize = 64 << 10
+	// MaxAKPublicSize bounds the encoded attestation key in TPMEvidence.AKPublic.
+	MaxAKPublicSize = 2048
+)
 
 // TPMEvidence is the TPM part of an evidence document.
 type TPMEvidence struct {
-	// AKCert is the DER certificate of the attestation key, issued by a CA the verifier pins.
-	AKCert []byte `json:"akCert"`
+	// AKCert is the DER certificate of the attestation key, issued by a CA the verifier pins (mini-vtpm).
+	AKCert []byte `json:"akCert,omitempty"`
+	// AKPublic is the attestation key as a DER SubjectPublicKeyInfo, for variants whose hardware report
+	// binds the key through its REPORT_DATA instead of a certificate; such variants carry no AKCert.
+	AKPublic []byte `json:"akPublic,omitempty"`
 	// AKIntermediates are DER certificates between AKCert and the pinned root, if any.
 	AKIntermediates [][]byte `json:"akIntermediates,omitempty"`
 	// Quotes are signed PCR quotes, one per PCR bank.
@@ -45,6 +65,26 @@ type Quote struct {
 	Signature []byte `json:"signature"`
 	// PCRs are the SHA-256 PCR values, by index; the quote's PCR digest covers them.
 	PCRs map[uint32][]byte `json:"pcrs"`
+}
+
+// SNPEvidence is the AMD SEV-SNP part of an evidence document: the raw report and the certificates of the key
+// that signed it. The certificates are candidates for the verifier to check against the AMD roots it embeds;
+// they are never trusted because the evidence carries them.
+type SNPEvidence struct {
+	// Report is the raw attestation report (SNPReportSize bytes).
+	Report []byte `json:"report"`
+	// CertTable is the certificate table of the extended report, as the guest obtained it (configfs-tsm
+	// auxblob or the certificate buffer of SNP_GET_EXT_REPORT).
+	CertTable []byte `json:"certTable,omitempty"`
+	// CertChain holds the certificates as PEM or concatenated DER (VCEK or VLEK, optionally ASK/ASVK and
+	// ARK), for platforms that provide them outside the extended report.
+	CertChain []byte `json:"certChain,omitempty"`
+}
+
+// TDXEvidence is the Intel TDX part of an evidence document.
+type TDXEvidence struct {
+	// Quote is the raw TDX quote (v4 or v5) with its PCK certificate chain.
+	Quote []byte `json:"quote"`
 }
 
 // ErrMalformedDocument wraps every parse error of an evidence document.
@@ -76,13 +116,63 @@ func ParseDocument(raw []byte) (*Document, error) {
 	if doc.Version != DocumentVersion {
 		return nil, fmt.Errorf("%w: version %d, this verifier reads version %d", ErrMalformedDocument, doc.Version, DocumentVersion)
 	}
-	if _, err := VariantByName(doc.Variant); err != nil {
+	variant, err := VariantByName(doc.Variant)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedDocument, err)
+	}
+	if err := doc.checkParts(variant); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedDocument, err)
 	}
 	if len(doc.UserData) > MaxUserDataSize {
 		return nil, fmt.Errorf("%w: user data of %d bytes exceeds the limit of %d", ErrMalformedDocument, len(doc.UserData), MaxUserDataSize)
 	}
+	if err := doc.checkSizes(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedDocument, err)
+	}
 	return &doc, nil
+}
+
+// checkParts rejects parts that the variant's evidence never has. Whether the parts it needs are present
+// is for the variant's validator to check.
+func (d *Document) checkParts(v Variant) error {
+	if d.TPM != nil && !v.VTPM {
+		return fmt.Errorf("%s evidence has no TPM part, but the document carries one", v)
+	}
+	if d.SNP != nil && v.Hardware != SEVSNP {
+		return fmt.Errorf("%s evidence has no SEV-SNP part, but the document carries one", v)
+	}
+	if d.TDX != nil && v.Hardware != TDX {
+		return fmt.Errorf("%s evidence has no TDX part, but the document carries one", v)
+	}
+	return nil
+}
+
+// checkSizes checks the size bounds of the evidence parts. What the parts contain is for the validator of the
+// variant to check.
+func (d *Document) checkSizes() error {
+	if d.TPM != nil && len(d.TPM.AKPublic) > MaxAKPublicSize {
+		return fmt.Errorf("attestation key of %d bytes exceeds the limit of %d", len(d.TPM.AKPublic), MaxAKPublicSize)
+	}
+	if s := d.SNP; s != nil {
+		if len(s.Report) != SNPReportSize {
+			return fmt.Errorf("SEV-SNP report of %d bytes, want exactly %d", len(s.Report), SNPReportSize)
+		}
+		if len(s.CertTable) > MaxSNPCertSize {
+			return fmt.Errorf("SEV-SNP certificate table of %d bytes exceeds the limit of %d", len(s.CertTable), MaxSNPCertSize)
+		}
+		if len(s.CertChain) > MaxSNPCertSize {
+			return fmt.Errorf("SEV-SNP certificate chain of %d bytes exceeds the limit of %d", len(s.CertChain), MaxSNPCertSize)
+		}
+	}
+	if q := d.TDX; q != nil {
+		if len(q.Quote) == 0 {
+			return errors.New("the TDX part has no quote")
+		}
+		if len(q.Quote) > MaxTDXQuoteSize {
+			return fmt.Errorf("TDX quote of %d bytes exceeds the limit of %d", len(q.Quote), MaxTDXQuoteSize)
+		}
+	}
+	return nil
 }
 
 // AttestationKeySubject returns the common name of the attestation key certificate, which names the

@@ -58,6 +58,86 @@ func TestParseDocumentRejects(t *testing.T) {
 	}
 }
 
+// hardwareDocuments are well-formed documents with SEV-SNP and TDX parts (their contents are not real
+// evidence: ParseDocument checks structure and sizes only).
+func hardwareDocuments(t testing.TB) map[string][]byte {
+	t.Helper()
+	docs := map[string]*Document{
+		"qemu-sev-snp": {Version: DocumentVersion, Variant: QEMUSEVSNP.Name, UserData: []byte("user"),
+			SNP: &SNPEvidence{Report: make([]byte, SNPReportSize), CertTable: []byte{1, 2}, CertChain: []byte("-----BEGIN CERTIFICATE-----")}},
+		"qemu-tdx": {Version: DocumentVersion, Variant: QEMUTDX.Name, TDX: &TDXEvidence{Quote: []byte{4, 0, 2, 0}}},
+		"gcp-sev-snp": {Version: DocumentVersion, Variant: GCPSEVSNP.Name,
+			TPM: &TPMEvidence{AKPublic: []byte{0x30, 0}, Quotes: []Quote{{Quote: []byte{1}, Signature: []byte{2}}}},
+			SNP: &SNPEvidence{Report: make([]byte, SNPReportSize)}},
+	}
+	out := map[string][]byte{}
+	for name, d := range docs {
+		raw, err := d.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = raw
+	}
+	return out
+}
+
+func TestParseHardwareDocuments(t *testing.T) {
+	for name, raw := range hardwareDocuments(t) {
+		doc, err := ParseDocument(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if doc.Variant != name {
+			t.Errorf("%s: variant %q", name, doc.Variant)
+		}
+	}
+	// A mini-vtpm document keeps its encoding: the new fields are omitted when empty.
+	if bytes.Contains(validDocument(t), []byte("akPublic")) || bytes.Contains(validDocument(t), []byte(`"snp"`)) {
+		t.Error("mini-vtpm document mentions hardware fields")
+	}
+}
+
+func TestParseHardwareDocumentsRejects(t *testing.T) {
+	docs := hardwareDocuments(t)
+	snp, tdx := docs["qemu-sev-snp"], docs["qemu-tdx"]
+	mut := func(raw []byte, fn func(*Document)) []byte {
+		d, err := ParseDocument(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(d)
+		out, err := d.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for name, in := range map[string][]byte{
+		"short SNP report":       mut(snp, func(d *Document) { d.SNP.Report = d.SNP.Report[:SNPReportSize-1] }),
+		"long SNP report":        mut(snp, func(d *Document) { d.SNP.Report = append(d.SNP.Report, 0) }),
+		"no SNP report":          mut(snp, func(d *Document) { d.SNP.Report = nil }),
+		"huge certificate table": mut(snp, func(d *Document) { d.SNP.CertTable = make([]byte, MaxSNPCertSize+1) }),
+		"huge certificate chain": mut(snp, func(d *Document) { d.SNP.CertChain = make([]byte, MaxSNPCertSize+1) }),
+		"empty TDX quote":        mut(tdx, func(d *Document) { d.TDX.Quote = nil }),
+		"huge TDX quote":         mut(tdx, func(d *Document) { d.TDX.Quote = make([]byte, MaxTDXQuoteSize+1) }),
+		"SNP and TDX":            mut(tdx, func(d *Document) { d.SNP = &SNPEvidence{Report: make([]byte, SNPReportSize)} }),
+		"SNP part of mini-vtpm":  mut(validDocument(t), func(d *Document) { d.SNP = &SNPEvidence{Report: make([]byte, SNPReportSize)} }),
+		"TPM part of qemu":       mut(snp, func(d *Document) { d.TPM = &TPMEvidence{AKPublic: []byte{1}} }),
+		"TDX part of SNP+vTPM":   mut(docs["gcp-sev-snp"], func(d *Document) { d.TDX = &TDXEvidence{Quote: []byte{1}} }),
+		"variant changed to TDX": bytes.Replace(snp, []byte(`"qemu-sev-snp"`), []byte(`"qemu-tdx"`), 1),
+		"huge attestation key":   mut(docs["gcp-sev-snp"], func(d *Document) { d.TPM.AKPublic = make([]byte, MaxAKPublicSize+1) }),
+		"unknown SNP field":      bytes.Replace(snp, []byte(`"report":`), []byte(`"vcek":"","report":`), 1),
+		"unknown TDX field":      bytes.Replace(tdx, []byte(`"quote":`), []byte(`"collateral":"","quote":`), 1),
+		"SNP not an object":      bytes.Replace(snp, []byte(`"snp":{`), []byte(`"snp":[{`), 1),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := ParseDocument(in); !errors.Is(err, ErrMalformedDocument) {
+				t.Fatalf("ParseDocument = %v, want ErrMalformedDocument", err)
+			}
+		})
+	}
+}
+
 func TestBindingDigestUnambiguous(t *testing.T) {
 	a := BindingDigest(MiniVTPM, []byte("nonce-0123456789"), []byte("ab"))
 	b := BindingDigest(MiniVTPM, []byte("nonce-0123456789a"), []byte("b"))
@@ -82,6 +162,35 @@ func TestVariantRegistry(t *testing.T) {
 		if !IsVariantOID(v.OID) {
 			t.Fatalf("IsVariantOID(%v) = false", v.OID)
 		}
+		if v.Description == "" || (v.Hardware != NoHardware && v.Hardware != SEVSNP && v.Hardware != TDX) {
+			t.Fatalf("variant %s: description %q, hardware %q", v.Name, v.Description, v.Hardware)
+		}
+	}
+	// Names and OIDs are unique.
+	names, oids := map[string]bool{}, map[string]bool{}
+	for _, v := range Variants() {
+		if names[v.Name] || oids[v.OID.String()] {
+			t.Fatalf("variant %s: duplicate name or OID %v", v.Name, v.OID)
+		}
+		names[v.Name], oids[v.OID.String()] = true, true
+	}
+	// The product's variants, with what each combines.
+	for _, want := range []struct {
+		name     string
+		hardware Hardware
+		vtpm     bool
+	}{
+		{"mini-vtpm", NoHardware, true},
+		{"qemu-sev-snp", SEVSNP, false}, {"qemu-tdx", TDX, false},
+		{"aws-sev-snp", SEVSNP, true}, {"gcp-sev-snp", SEVSNP, true}, {"azure-sev-snp", SEVSNP, true}, {"azure-tdx", TDX, true},
+	} {
+		v, err := VariantByName(want.name)
+		if err != nil || v.Hardware != want.hardware || v.VTPM != want.vtpm {
+			t.Errorf("variant %s = %+v, %v", want.name, v, err)
+		}
+	}
+	if len(Variants()) != 7 {
+		t.Errorf("%d variants registered", len(Variants()))
 	}
 	if _, err := VariantByName("nope"); err == nil {
 		t.Fatal("unknown variant accepted")
@@ -92,6 +201,11 @@ func FuzzParseDocument(f *testing.F) {
 	f.Add(validDocument(f))
 	f.Add([]byte(`{"version":1,"variant":"mini-vtpm"}`))
 	f.Add([]byte(`{"version":1,"variant":"mini-vtpm","tpm":{"akCert":"","quotes":[{"quote":"","signature":"","pcrs":{"4":"AA=="}}]}}`))
+	for _, raw := range hardwareDocuments(f) {
+		f.Add(raw)
+	}
+	f.Add([]byte(`{"version":1,"variant":"qemu-tdx","tdx":{"quote":""}}`))
+	f.Add([]byte(`{"version":1,"variant":"aws-sev-snp","snp":{"report":"","certTable":null},"tdx":null}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		doc, err := ParseDocument(raw)
 		if err != nil {

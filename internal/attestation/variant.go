@@ -2,6 +2,7 @@ package attestation
 
 import (
 	"encoding/asn1"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,7 +16,25 @@ type Variant struct {
 	OID asn1.ObjectIdentifier
 	// Description says in one line what the evidence is made of.
 	Description string
+	// Hardware is the confidential-computing technology whose signed report the evidence carries, or
+	// NoHardware.
+	Hardware Hardware
+	// VTPM says whether the evidence carries a TPM 2.0 quote, whose PCR values a measurement policy checks.
+	VTPM bool
 }
+
+// Hardware names a confidential-computing technology that signs evidence.
+type Hardware string
+
+// The hardware a variant's evidence comes from.
+const (
+	// NoHardware: the evidence carries no hardware report (a TPM alone).
+	NoHardware Hardware = ""
+	// SEVSNP: an AMD SEV-SNP attestation report.
+	SEVSNP Hardware = "sev-snp"
+	// TDX: an Intel TDX quote.
+	TDX Hardware = "tdx"
+)
 
 func (v Variant) String() string { return v.Name }
 
@@ -36,10 +55,65 @@ var (
 		Name:        "mini-vtpm",
 		OID:         oid(1, 1),
 		Description: "TPM 2.0 quote over PCRs 0-23 (SHA-256), attestation key certified by the mini provider",
+		VTPM:        true,
+	}
+
+	// QEMUSEVSNP is an AMD SEV-SNP attestation report of a confidential VM on an on-premises QEMU/KVM host,
+	// without a vTPM. REPORT_DATA binds the verifier's nonce and the caller's user data directly.
+	QEMUSEVSNP = Variant{
+		Name:        "qemu-sev-snp",
+		OID:         oid(1, 2),
+		Description: "AMD SEV-SNP report (VCEK chain to the embedded AMD root) whose REPORT_DATA binds nonce and user data; no vTPM",
+		Hardware:    SEVSNP,
+	}
+	// QEMUTDX is an Intel TDX quote of a trust domain on an on-premises QEMU/KVM host, without a vTPM.
+	// REPORT_DATA binds the verifier's nonce and the caller's user data directly.
+	QEMUTDX = Variant{
+		Name:        "qemu-tdx",
+		OID:         oid(1, 3),
+		Description: "Intel TDX quote (PCK chain to the embedded Intel root, offline collateral) whose REPORT_DATA binds nonce and user data; no vTPM",
+		Hardware:    TDX,
+	}
+	// AWSSEVSNP is an AMD SEV-SNP report of an AWS EC2 instance (signed by a VLEK) whose REPORT_DATA binds
+	// the attestation key of the instance's vTPM, combined with a quote of that vTPM.
+	AWSSEVSNP = Variant{
+		Name:        "aws-sev-snp",
+		OID:         oid(1, 4),
+		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (AWS)",
+		Hardware:    SEVSNP,
+		VTPM:        true,
+	}
+	// GCPSEVSNP is an AMD SEV-SNP report of a Google Compute Engine instance whose REPORT_DATA binds the
+	// attestation key of the instance's vTPM, combined with a quote of that vTPM.
+	GCPSEVSNP = Variant{
+		Name:        "gcp-sev-snp",
+		OID:         oid(1, 5),
+		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (GCP)",
+		Hardware:    SEVSNP,
+		VTPM:        true,
+	}
+	// AzureSEVSNP is the AMD SEV-SNP report of an Azure confidential VM, which the paravisor (HCL) stores in
+	// a vTPM NV index and whose REPORT_DATA binds the vTPM attestation key, combined with a vTPM quote.
+	AzureSEVSNP = Variant{
+		Name:        "azure-sev-snp",
+		OID:         oid(1, 6),
+		Description: "AMD SEV-SNP report from the Azure paravisor (HCL report in vTPM NV) binding the vTPM attestation key, plus a TPM 2.0 quote",
+		Hardware:    SEVSNP,
+		VTPM:        true,
+	}
+	// AzureTDX is the Intel TDX quote of an Azure confidential VM for the TD report the paravisor (HCL)
+	// stores in a vTPM NV index, binding the vTPM attestation key, combined with a vTPM quote.
+	AzureTDX = Variant{
+		Name:        "azure-tdx",
+		OID:         oid(1, 7),
+		Description: "Intel TDX quote of the Azure paravisor's TD report (HCL report in vTPM NV) binding the vTPM attestation key, plus a TPM 2.0 quote",
+		Hardware:    TDX,
+		VTPM:        true,
 	}
 )
 
-var registry = []Variant{MiniVTPM}
+// registry is the single list of variants. Names and OIDs are stable: never reuse or renumber one.
+var registry = []Variant{MiniVTPM, QEMUSEVSNP, QEMUTDX, AWSSEVSNP, GCPSEVSNP, AzureSEVSNP, AzureTDX}
 
 // Variants returns every known variant.
 func Variants() []Variant { return slices.Clone(registry) }
@@ -76,3 +150,8 @@ func variantNames() []string {
 	}
 	return names
 }
+
+// ErrNotSupported is returned by the constructors of issuers and validators for variants that are registered
+// (so that evidence and configurations can name them) but that this version cannot produce or check yet. The
+// error says what is missing.
+var ErrNotSupported = errors.New("not supported yet")

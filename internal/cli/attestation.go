@@ -29,25 +29,21 @@ func newAttestationCmd() *cobra.Command {
 		Short: "Inspect and verify attestation evidence",
 	}
 	cmd.AddCommand(newAttestationShowCmd(), newAttestationVerifyCmd())
+	cmd.AddCommand(newAttestationVerifyReportCmd())
 	return cmd
 }
 
 func newAttestationShowCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "show FILE",
-		Short: "Print evidence in readable form (without verifying it)",
+		Short: "Print evidence, a raw SEV-SNP report or a raw TDX quote in readable form (without verifying it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			raw, err := readFile(args[0], "evidence")
 			if err != nil {
 				return err
 			}
-			doc, err := attestation.ParseDocument(raw)
-			if err != nil {
-				return badInput("%s: %w", args[0], err)
-			}
-			showDocument(cmd.OutOrStdout(), doc)
-			return nil
+			return showEvidence(cmd.OutOrStdout(), args[0], raw)
 		},
 	}
 }
@@ -198,17 +194,21 @@ func showDocument(w io.Writer, doc *attestation.Document) {
 	}
 	fmt.Fprintf(w, "  Variant:    %s%s\n", doc.Variant, desc)
 	fmt.Fprintf(w, "  User data:  %s\n", hexOrNone(doc.UserData))
+	showHardware(w, doc)
 	if doc.TPM == nil {
 		return
 	}
-	fmt.Fprintf(w, "Attestation key certificate\n")
-	if cert, err := x509.ParseCertificate(doc.TPM.AKCert); err != nil {
-		fmt.Fprintf(w, "  unparsable: %v\n", err)
-	} else {
-		fmt.Fprintf(w, "  Subject:    %s\n", cert.Subject)
-		fmt.Fprintf(w, "  Issuer:     %s\n", cert.Issuer)
-		fmt.Fprintf(w, "  Valid:      %s to %s\n", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
-		fmt.Fprintf(w, "  Key:        %s\n", cert.PublicKeyAlgorithm)
+	// Without a certificate, a hardware report binds the attestation key (shown above).
+	if len(doc.TPM.AKCert) > 0 {
+		fmt.Fprintf(w, "Attestation key certificate\n")
+		if cert, err := x509.ParseCertificate(doc.TPM.AKCert); err != nil {
+			fmt.Fprintf(w, "  unparsable: %v\n", err)
+		} else {
+			fmt.Fprintf(w, "  Subject:    %s\n", cert.Subject)
+			fmt.Fprintf(w, "  Issuer:     %s\n", cert.Issuer)
+			fmt.Fprintf(w, "  Valid:      %s to %s\n", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "  Key:        %s\n", cert.PublicKeyAlgorithm)
+		}
 	}
 	for i, q := range doc.TPM.Quotes {
 		fmt.Fprintf(w, "Quote %d\n", i)

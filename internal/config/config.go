@@ -13,8 +13,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
-	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
 
@@ -50,8 +51,37 @@ type Mini struct {
 
 // Attestation is what a node must prove.
 type Attestation struct {
-	Variant      string         `json:"variant"`
-	Measurements measurements.M `json:"measurements"`
+	// Variant is the kind of evidence every node presents (see attestation.Variants).
+	Variant string `json:"variant"`
+	// Measurements are the expected PCR values of the nodes' TPM (mini-vtpm) or vTPM (the variants that
+	// combine a hardware report with a vTPM quote). Variants without a TPM have none.
+	Measurements measurements.M `json:"measurements,omitempty"`
+	// SNP is the SEV-SNP policy of the variants whose evidence is an SEV-SNP report.
+	SNP *SNP `json:"snp,omitempty"`
+	// TDX is the TDX policy of the variants whose evidence is a TDX quote.
+	TDX *TDX `json:"tdx,omitempty"`
+}
+
+// SNP is the SEV-SNP section of the attestation configuration: the policy every node's report must meet
+// (the fields of snp.Policy: measurements, minimumTCB per product, vmpl, allow* flags, ID and author key
+// digests; reportData is computed per request and allowDebug is refused) and where the verifier finds its
+// offline CRL cache. The AMD roots are embedded in the binary; nothing is fetched at verification time.
+type SNP struct {
+	snp.Policy
+	// CRLDir is the offline cache of AMD certificate revocation lists (see snp.LoadCRLDir); relative paths
+	// are relative to the configuration file. Without it, the policy must set allowMissingCRL.
+	CRLDir string `json:"crlDir,omitempty"`
+}
+
+// TDX is the TDX section of the attestation configuration: the policy every node's quote must meet (the
+// fields of tdx.Policy: mrtd, rtmr0-3, mrseam, xfam, tdAttributes, acceptedTCBStatuses, minTEETCBSVN;
+// reportData is computed per request) and where the verifier finds Intel's collateral. The Intel root is
+// embedded in the binary; nothing is fetched at verification time.
+type TDX struct {
+	tdx.Policy
+	// CollateralDir is the offline cache of Intel's collateral (see tdx.LoadCollateral); relative paths are
+	// relative to the configuration file. Required.
+	CollateralDir string `json:"collateralDir,omitempty"`
 }
 
 // KMS configures an external key management service for the master secret.
@@ -81,6 +111,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	c.Attestation.resolve(filepath.Dir(path))
 	if c.KMS != nil {
 		// File paths in the KMS section are relative to the configuration file.
 		if err := c.KMS.KMIP.Resolve(filepath.Dir(path)); err != nil {
@@ -121,12 +152,7 @@ func (c *Config) Validate() error {
 			p = append(p, fmt.Sprintf("provider.mini.imageDigest: %q is not sha256:<64 hex digits>", m.ImageDigest))
 		}
 	}
-	if _, err := attestation.VariantByName(c.Attestation.Variant); err != nil {
-		p = append(p, "attestation.variant: "+err.Error())
-	}
-	if err := c.Attestation.Measurements.Validate(); err != nil {
-		p = append(p, "attestation.measurements: "+err.Error())
-	}
+	p = append(p, c.Attestation.problems(c.Provider)...)
 	if c.KMS != nil {
 		if c.KMS.KMIP == nil {
 			p = append(p, "kms: set kms.kmip or remove the kms section")

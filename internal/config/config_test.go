@@ -102,6 +102,8 @@ func TestParseRejects(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	raw, _ := valid().Marshal()
 	f.Add(raw)
+	f.Add([]byte(hardwareConfig("qemu-sev-snp", snpSection)))
+	f.Add([]byte(hardwareConfig("qemu-tdx", tdxSection)))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		c, err := Parse(raw)
 		if err != nil {

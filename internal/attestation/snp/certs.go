@@ -253,3 +253,26 @@ func ParseCertificates(data []byte) (*Certificates, error) {
 	}
 	return certs, nil
 }
+
+// Merge adds the certificates of other to c. A role that both hold is an error, even with the same
+// certificate: evidence states each certificate once.
+func (c *Certificates) Merge(other *Certificates) error {
+	if other == nil {
+		return nil
+	}
+	roles := []struct {
+		role     string
+		dst, src **x509.Certificate
+	}{{"VCEK", &c.VCEK, &other.VCEK}, {"VLEK", &c.VLEK, &other.VLEK}, {"ASK or ASVK", &c.Intermediate, &other.Intermediate}, {"ARK", &c.ARK, &other.ARK}}
+	for _, r := range roles {
+		if *r.src != nil && *r.dst != nil {
+			return fmt.Errorf("%w: two %s certificates", ErrMalformedCertificates, r.role)
+		}
+	}
+	for _, r := range roles {
+		if *r.src != nil {
+			*r.dst = *r.src
+		}
+	}
+	return nil
+}

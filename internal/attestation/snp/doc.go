@@ -47,4 +47,23 @@
 //
 // Inside a guest, [ConfigFSReporter] obtains reports through the Linux configfs-tsm interface
 // (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest.
+//
+// # Variants
+//
+// The attestation variants built on these steps implement attestation.Issuer and attestation.Validator and
+// carry the report in the SNP part of an evidence document:
+//
+//   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [NonceReportData] of the
+//     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
+//     REPORT_DATA and returns the user data.
+//   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
+//     REPORT_DATA = [AKReportData] of the vTPM's attestation key and a quote of that key whose qualifying
+//     data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
+//     key the evidence names, then verifies the quote with that key (signature, binding, PCRs 0-23, event
+//     log) and checks the PCR values against a measurement policy.
+//   - azure-sev-snp: the constructors return an error wrapping attestation.ErrNotSupported, since Azure's
+//     report comes from the paravisor through a vTPM NV index.
+//
+// A validator's policy must pass [Policy.ValidateForCluster]: no ReportData (the validator computes it for
+// each request) and no AllowDebug.
 package snp

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -40,7 +41,7 @@ func (b HexBytes) String() string { return hex.EncodeToString(b) }
 type Policy struct {
 	// ReportData is the expected REPORT_DATA (64 bytes), computed by the caller for each request with
 	// [AKReportData] or [NonceReportData]. It is compared in constant time. Required.
-	ReportData HexBytes `json:"reportData"`
+	ReportData HexBytes `json:"reportData,omitempty"`
 	// Measurements are the accepted launch measurements (48 bytes each). At least one is required.
 	Measurements []HexBytes `json:"measurements"`
 	// MinimumTCB maps each accepted product to its minimum TCB: a report from a product without an entry is
@@ -108,6 +109,86 @@ func (p *Policy) Validate() error {
 	if len(p.ReportData) != ReportDataSize {
 		problems = append(problems, fmt.Sprintf("reportData has %d bytes, want %d (compute it with AKReportData or NonceReportData)", len(p.ReportData), ReportDataSize))
 	}
+	return joinProblems(append(problems, p.problems()...))
+}
+
+// ValidateForCluster checks a policy that a cluster's validators use: complete and consistent like
+// [Policy.Validate], but without ReportData (a validator computes it for every request) and without
+// AllowDebug (a debuggable guest's memory is open to the host; that setting is for test vectors only). It
+// lists every problem.
+func (p *Policy) ValidateForCluster() error {
+	if p == nil {
+		return fmt.Errorf("%w: no policy", ErrInvalidPolicy)
+	}
+	var problems []string
+	if len(p.ReportData) != 0 {
+		problems = append(problems, "reportData is set, but a validator computes it for every request from the nonce or attestation key; remove it")
+	}
+	if p.AllowDebug {
+		problems = append(problems, "allowDebug is set: a guest whose policy allows debugging exposes its memory to the host; it is for test vectors only and never accepted in a cluster")
+	}
+	return joinProblems(append(problems, p.problems()...))
+}
+
+// WithReportData returns a copy of p that expects reportData.
+func (p *Policy) WithReportData(reportData [ReportDataSize]byte) *Policy {
+	var c Policy
+	if p != nil {
+		c = *p
+	}
+	c.ReportData = slices.Clone(reportData[:])
+	return &c
+}
+
+// Clone returns a deep copy of p, so that later changes of p do not reach the copy.
+func (p *Policy) Clone() *Policy {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	c.ReportData = slices.Clone(p.ReportData)
+	c.Measurements = cloneAll(p.Measurements)
+	c.IDKeyDigests = cloneAll(p.IDKeyDigests)
+	c.AuthorKeyDigests = cloneAll(p.AuthorKeyDigests)
+	c.MinimumTCB = maps.Clone(p.MinimumTCB)
+	return &c
+}
+
+func cloneAll(list []HexBytes) []HexBytes {
+	if list == nil {
+		return nil
+	}
+	out := make([]HexBytes, len(list))
+	for i, b := range list {
+		out[i] = slices.Clone(b)
+	}
+	return out
+}
+
+// InvalidPolicyError lists every problem of a policy. It matches ErrInvalidPolicy with errors.Is.
+type InvalidPolicyError struct {
+	// Problems describe what is wrong, one each.
+	Problems []string
+}
+
+func (e *InvalidPolicyError) Error() string {
+	return ErrInvalidPolicy.Error() + ": " + strings.Join(e.Problems, "; ")
+}
+
+// Unwrap returns ErrInvalidPolicy.
+func (e *InvalidPolicyError) Unwrap() error { return ErrInvalidPolicy }
+
+func joinProblems(problems []string) error {
+	if len(problems) > 0 {
+		slices.Sort(problems)
+		return &InvalidPolicyError{Problems: problems}
+	}
+	return nil
+}
+
+// problems lists what is wrong with every part of the policy but ReportData.
+func (p *Policy) problems() []string {
+	var problems []string
 	if len(p.Measurements) == 0 {
 		problems = append(problems, "no accepted launch measurement")
 	}
@@ -145,11 +226,7 @@ func (p *Policy) Validate() error {
 			}
 		}
 	}
-	if len(problems) > 0 {
-		slices.Sort(problems)
-		return fmt.Errorf("%w: %s", ErrInvalidPolicy, strings.Join(problems, "; "))
-	}
-	return nil
+	return problems
 }
 
 func sortedProducts(m map[Product]TCB) []Product {

@@ -265,3 +265,12 @@ func mustBeZero(b []byte, lo, hi int) error {
 	}
 	return nil
 }
+
+// CPUProduct returns the product named by the CPUID family and model of the report (report version 3 and
+// later). It is not verified: [Verifier.Verify] checks it against the endorsement key certificate.
+func (r *Report) CPUProduct() (Product, error) {
+	if r.Version < 3 {
+		return ProductUnknown, fmt.Errorf("%w: a version %d report does not carry the CPUID (the VCEK or VLEK certificate names the product)", ErrUnknownProduct, r.Version)
+	}
+	return productFromCPUID(r.CPUIDFamily, r.CPUIDModel)
+}

@@ -30,4 +30,11 @@
 // REPORT_DATA binds the verifier's nonce and the caller's user data, or a vTPM attestation key
 // (ReportDataForNonce, ReportDataForAttestationKey). On the TD, ConfigfsTSM obtains quotes through the
 // Linux configfs-tsm interface and Issuer checks them before they leave the node.
+//
+// For the qemu-tdx attestation variant (no vTPM), Issuer implements attestation.Issuer (the quote binds
+// ReportDataForNonce of the verifier's nonce and the caller's user data and travels in the TDX part of an
+// evidence document) and Validator implements attestation.Validator: it parses, verifies with the collateral
+// at its clock's time, checks the policy (which must pass Policy.ValidateForCluster) with the expected
+// REPORT_DATA, and returns the user data. azure-tdx, whose TD report comes from Azure's paravisor through a
+// vTPM NV index, is not supported yet: NewVTPMValidator and NewVTPMIssuer say what is missing.
 package tdx

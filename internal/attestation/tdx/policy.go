@@ -71,8 +71,14 @@ type Policy struct {
 	ReportData HexBytes `json:"reportData,omitempty"`
 }
 
+// MaxPolicySize bounds a serialized policy.
+const MaxPolicySize = 1 << 20
+
 // ParsePolicy reads a policy in JSON strictly (no unknown fields, no trailing data) and validates it.
 func ParsePolicy(raw []byte) (*Policy, error) {
+	if len(raw) > MaxPolicySize {
+		return nil, fmt.Errorf("%w: %d bytes exceed the limit of %d", ErrInvalidPolicy, len(raw), MaxPolicySize)
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	var p Policy
@@ -88,6 +94,32 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 	return &p, nil
 }
 
+// Clone returns a deep copy of p, so that later changes of p do not reach the copy.
+func (p *Policy) Clone() *Policy {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	c.MRTD = cloneAll(p.MRTD)
+	c.MRSEAM = cloneAll(p.MRSEAM)
+	for _, f := range []*HexBytes{&c.RTMR0, &c.RTMR1, &c.RTMR2, &c.RTMR3, &c.XFAM, &c.TDAttributes, &c.MinTEETCBSVN, &c.ReportData} {
+		*f = slices.Clone(*f)
+	}
+	c.AcceptedTCBStatuses = slices.Clone(p.AcceptedTCBStatuses)
+	return &c
+}
+
+func cloneAll(list []HexBytes) []HexBytes {
+	if list == nil {
+		return nil
+	}
+	out := make([]HexBytes, len(list))
+	for i, b := range list {
+		out[i] = slices.Clone(b)
+	}
+	return out
+}
+
 // WithReportData returns a copy of p that expects reportData. A nil policy gives a policy with only
 // ReportData set, which Check refuses.
 func (p *Policy) WithReportData(reportData [ReportDataSize]byte) *Policy {
@@ -100,62 +132,94 @@ func (p *Policy) WithReportData(reportData [ReportDataSize]byte) *Policy {
 }
 
 // Validate checks that the policy can be used: at least one accepted MRTD, values of the right sizes,
-// only acceptable TCB statuses. It does not require ReportData, which is set per verification.
+// only acceptable TCB statuses. It does not require ReportData, which is set per verification. It lists
+// every problem.
 func (p *Policy) Validate() error {
 	if p == nil {
 		return fmt.Errorf("%w: no policy", ErrInvalidPolicy)
 	}
-	if len(p.MRTD) == 0 {
-		return fmt.Errorf("%w: no accepted MRTD configured, so no TD can be accepted; add the MRTD of the node image", ErrInvalidPolicy)
+	return joinProblems(p.problems())
+}
+
+// ValidateForCluster checks a policy that a cluster's validators use: valid as for Validate, and without
+// ReportData, which a validator computes for every request from the verifier's nonce. It lists every
+// problem.
+func (p *Policy) ValidateForCluster() error {
+	if p == nil {
+		return fmt.Errorf("%w: no policy", ErrInvalidPolicy)
 	}
-	size := func(b HexBytes, n int, what string, optional bool) error {
-		if optional && len(b) == 0 {
-			return nil
-		}
-		if len(b) != n {
-			return fmt.Errorf("%w: %s has %d bytes, want %d", ErrInvalidPolicy, what, len(b), n)
-		}
+	problems := p.problems()
+	if len(p.ReportData) != 0 {
+		problems = append(problems, "reportData is set, but a validator computes it for every request from the nonce; remove it")
+	}
+	return joinProblems(problems)
+}
+
+// InvalidPolicyError lists every problem of a policy. It matches ErrInvalidPolicy with errors.Is.
+type InvalidPolicyError struct {
+	// Problems describe what is wrong, one each.
+	Problems []string
+}
+
+func (e *InvalidPolicyError) Error() string {
+	return ErrInvalidPolicy.Error() + ": " + strings.Join(e.Problems, "; ")
+}
+
+// Unwrap returns ErrInvalidPolicy.
+func (e *InvalidPolicyError) Unwrap() error { return ErrInvalidPolicy }
+
+func joinProblems(problems []string) error {
+	if len(problems) == 0 {
 		return nil
 	}
-	for i, m := range p.MRTD {
-		if err := size(m, 48, fmt.Sprintf("mrtd[%d]", i), false); err != nil {
-			return err
+	return &InvalidPolicyError{Problems: problems}
+}
+
+// problems lists what is wrong with the policy, in field order.
+func (p *Policy) problems() []string {
+	var out []string
+	if len(p.MRTD) == 0 {
+		out = append(out, "no accepted MRTD configured, so no TD can be accepted; add the MRTD of the node image")
+	}
+	size := func(b HexBytes, n int, what string, optional bool) {
+		if optional && len(b) == 0 {
+			return
 		}
+		if len(b) != n {
+			out = append(out, fmt.Sprintf("%s has %d bytes, want %d", what, len(b), n))
+		}
+	}
+	for i, m := range p.MRTD {
+		size(m, 48, fmt.Sprintf("mrtd[%d]", i), false)
 	}
 	for i, r := range p.rtmrs() {
-		if err := size(r, 48, fmt.Sprintf("rtmr%d", i), true); err != nil {
-			return err
-		}
+		size(r, 48, fmt.Sprintf("rtmr%d", i), true)
 	}
 	for i, m := range p.MRSEAM {
-		if err := size(m, 48, fmt.Sprintf("mrseam[%d]", i), false); err != nil {
-			return err
-		}
+		size(m, 48, fmt.Sprintf("mrseam[%d]", i), false)
 	}
-	if err := size(p.XFAM, 8, "xfam", true); err != nil {
-		return err
-	}
-	if err := size(p.TDAttributes, 8, "tdAttributes", true); err != nil {
-		return err
-	}
+	size(p.XFAM, 8, "xfam", true)
+	size(p.TDAttributes, 8, "tdAttributes", true)
 	if len(p.TDAttributes) == 8 && p.TDAttributes[0]&tdAttributesTUD != 0 {
-		return fmt.Errorf("%w: tdAttributes %s has debug bits set; a TD in debug mode is never accepted", ErrInvalidPolicy, p.TDAttributes)
+		out = append(out, fmt.Sprintf("tdAttributes %s has debug bits set; a TD in debug mode is never accepted", p.TDAttributes))
 	}
-	if err := size(p.MinTEETCBSVN, 16, "minTEETCBSVN", true); err != nil {
-		return err
-	}
-	if err := size(p.ReportData, ReportDataSize, "reportData", true); err != nil {
-		return err
-	}
+	size(p.MinTEETCBSVN, 16, "minTEETCBSVN", true)
+	size(p.ReportData, ReportDataSize, "reportData", true)
 	for _, s := range p.AcceptedTCBStatuses {
-		if s == TCBStatusRevoked || s == TCBStatusNotSupported {
-			return fmt.Errorf("%w: TCB status %s cannot be accepted", ErrInvalidPolicy, s)
-		}
-		if !s.known() {
-			return fmt.Errorf("%w: %q is not a TCB status", ErrInvalidPolicy, s)
+		switch {
+		case s == TCBStatusRevoked || s == TCBStatusNotSupported:
+			out = append(out, fmt.Sprintf("TCB status %s cannot be accepted", s))
+		case !s.known():
+			out = append(out, fmt.Sprintf("%q is not a TCB status (known: %s)", s, joinStatuses(acceptableStatuses)))
 		}
 	}
-	return nil
+	return out
+}
+
+// acceptableStatuses are the TCB statuses a policy may accept.
+var acceptableStatuses = []TCBStatus{
+	TCBStatusUpToDate, TCBStatusSWHardeningNeeded, TCBStatusConfigurationNeeded,
+	TCBStatusConfigurationAndSWHardeningNeeded, TCBStatusOutOfDate, TCBStatusOutOfDateConfigurationNeeded,
 }
 
 func (p *Policy) rtmrs() [4]HexBytes { return [4]HexBytes{p.RTMR0, p.RTMR1, p.RTMR2, p.RTMR3} }

@@ -1,6 +1,7 @@
 package tdx
 
 import (
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -333,4 +334,24 @@ func parseEnclaveReport(b []byte, e *EnclaveReport) {
 	e.ISVSVN = binary.LittleEndian.Uint16(b[258:260])
 	// 260:320 reserved
 	copy(e.ReportData[:], b[320:384])
+}
+
+// UnverifiedPCK parses the PCK certificate chain of the quote and the SGX extension of its first
+// certificate, the PCK certificate, without verifying anything: use it to display a quote (platform FMSPC,
+// PCE ID, SGX TCB). Verify checks the chain and uses the same extension.
+func (q *Quote) UnverifiedPCK() (*x509.Certificate, *PCKInfo, error) {
+	chain, err := parseCertChainPEM(q.PCKCertChain, "PCK certificate chain")
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrMalformedQuote, err)
+	}
+	info, err := parsePCKExtension(chain[0])
+	if err != nil {
+		return chain[0], nil, err
+	}
+	if len(chain) > 1 {
+		if ca, err := pckCAOf(chain[1]); err == nil {
+			info.CA = ca
+		}
+	}
+	return chain[0], info, nil
 }

@@ -277,3 +277,18 @@ func FuzzParseQuote(f *testing.F) {
 		}
 	})
 }
+
+func TestUnverifiedPCK(t *testing.T) {
+	q := mustParseQuote(t, genuineQuote(t))
+	cert, info, err := q.UnverifiedPCK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Subject.CommonName != "Intel SGX PCK Certificate" || info.FMSPC != [6]byte{0x50, 0x80, 0x6f, 0, 0, 0} || info.CA != PCKCAPlatform {
+		t.Errorf("PCK %q, FMSPC %x, CA %s", cert.Subject.CommonName, info.FMSPC, info.CA)
+	}
+	q.PCKCertChain = []byte("not PEM")
+	if _, _, err := q.UnverifiedPCK(); !errors.Is(err, ErrMalformedQuote) {
+		t.Errorf("malformed chain: %v", err)
+	}
+}

@@ -1,0 +1,177 @@
+package snp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+)
+
+// Issuer produces qemu-sev-snp evidence: a report whose REPORT_DATA is [NonceReportData] of the verifier's
+// nonce and the caller's user data, with the certificate table the host attached to it. It implements
+// attestation.Issuer.
+type Issuer struct {
+	reporter Reporter
+}
+
+// NewIssuer returns an issuer that obtains reports from reporter (a [ConfigFSReporter] or a
+// [DeviceReporter]).
+func NewIssuer(reporter Reporter) *Issuer { return &Issuer{reporter: reporter} }
+
+// Variant returns attestation.QEMUSEVSNP.
+func (i *Issuer) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
+
+// Issue obtains a report bound to nonce and userData and returns the serialized evidence document.
+func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	if err := checkIssueArgs(nonce, userData); err != nil {
+		return nil, err
+	}
+	if i == nil || i.reporter == nil {
+		return nil, errors.New("SNP issuer: no reporter")
+	}
+	ev, err := obtainReport(ctx, i.reporter, NonceReportData(attestation.QEMUSEVSNP, nonce, userData))
+	if err != nil {
+		return nil, err
+	}
+	doc := &attestation.Document{
+		Version:  attestation.DocumentVersion,
+		Variant:  attestation.QEMUSEVSNP.Name,
+		UserData: bytes.Clone(userData),
+		SNP:      ev,
+	}
+	return doc.Marshal()
+}
+
+func checkIssueArgs(nonce, userData []byte) error {
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return err
+	}
+	if len(userData) > attestation.MaxUserDataSize {
+		return fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
+	}
+	return nil
+}
+
+// obtainReport requests a report with reportData and checks it before it leaves the guest: it parses
+// strictly, carries reportData, comes from a guest that cannot be debugged, and has a parsable certificate
+// table. Evidence that no verifier accepts fails here, where the cause is visible.
+func obtainReport(ctx context.Context, reporter Reporter, reportData [ReportDataSize]byte) (*attestation.SNPEvidence, error) {
+	ev, err := reporter.Report(ctx, reportData)
+	if err != nil {
+		return nil, fmt.Errorf("obtaining an SEV-SNP report: %w", err)
+	}
+	report, err := ParseReport(ev.Report)
+	if err != nil {
+		return nil, fmt.Errorf("the reporter returned an unusable report: %w", err)
+	}
+	if report.ReportData != reportData {
+		return nil, errors.New("the reporter returned a report for other REPORT_DATA")
+	}
+	if report.Policy.Debug() {
+		return nil, fmt.Errorf("this guest was launched with a policy that allows debugging (guest policy 0x%x): no verifier accepts its reports", uint64(report.Policy))
+	}
+	if len(ev.CertTable) == 0 {
+		return nil, errors.New("the host attached no certificate table to the report, so a verifier cannot check its signature; configure the host's SEV-SNP certificates (VCEK, ASK, ARK) for extended reports")
+	}
+	if _, err := ParseCertTable(ev.CertTable); err != nil {
+		return nil, fmt.Errorf("the host's certificate table: %w", err)
+	}
+	return &attestation.SNPEvidence{Report: bytes.Clone(ev.Report), CertTable: bytes.Clone(ev.CertTable)}, nil
+}
+
+// Validator validates qemu-sev-snp evidence. It implements attestation.Validator and is safe for concurrent
+// use.
+type Validator struct {
+	verifier *Verifier
+	policy   *Policy
+}
+
+// NewValidator returns a validator that verifies reports with verifier and accepts them under policy. The
+// policy must pass [Policy.ValidateForCluster]: the validator sets the expected REPORT_DATA itself for every
+// request.
+func NewValidator(verifier *Verifier, policy *Policy) (*Validator, error) {
+	if verifier == nil {
+		return nil, errors.New("SNP validator: no verifier")
+	}
+	if err := policy.ValidateForCluster(); err != nil {
+		return nil, err
+	}
+	return &Validator{verifier: verifier, policy: policy.Clone()}, nil
+}
+
+// Variant returns attestation.QEMUSEVSNP.
+func (v *Validator) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
+
+// Validate parses the evidence document, verifies the report (certificate chain to the embedded AMD root,
+// revocation, signature), checks it against the policy with REPORT_DATA = NonceReportData(nonce, user data),
+// and returns the user data.
+func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
+	if v == nil || v.verifier == nil || v.policy == nil {
+		return nil, errors.New("SNP validator not initialised; use NewValidator")
+	}
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return nil, err
+	}
+	doc, err := parseEvidence(evidence, attestation.QEMUSEVSNP)
+	if err != nil {
+		return nil, err
+	}
+	if doc.TPM != nil {
+		return nil, fmt.Errorf("%s evidence carries a TPM part, which this variant does not use", attestation.QEMUSEVSNP)
+	}
+	certs, err := evidenceCertificates(doc.SNP)
+	if err != nil {
+		return nil, err
+	}
+	want := NonceReportData(attestation.QEMUSEVSNP, nonce, doc.UserData)
+	if _, err := Validate(v.verifier, v.policy.WithReportData(want), doc.SNP.Report, certs); err != nil {
+		return nil, err
+	}
+	return doc.UserData, nil
+}
+
+// parseEvidence parses a document of variant that must carry an SEV-SNP part and no TDX part.
+func parseEvidence(evidence []byte, variant attestation.Variant) (*attestation.Document, error) {
+	doc, err := attestation.ParseDocument(evidence)
+	if err != nil {
+		return nil, err
+	}
+	if doc.Variant != variant.Name {
+		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, variant.Name)
+	}
+	if doc.SNP == nil {
+		return nil, fmt.Errorf("%s evidence has no SEV-SNP report", variant)
+	}
+	if doc.TDX != nil {
+		return nil, fmt.Errorf("%s evidence carries a TDX part", variant)
+	}
+	return doc, nil
+}
+
+// evidenceCertificates parses the certificates of an SNP evidence part: its certificate table, its
+// certificate chain, or both (then no role may appear twice).
+func evidenceCertificates(ev *attestation.SNPEvidence) (*Certificates, error) {
+	if len(ev.CertTable) == 0 && len(ev.CertChain) == 0 {
+		return nil, fmt.Errorf("%w: the evidence carries no certificate table and no certificate chain, so the report's signing key is unknown", ErrMissingCertificate)
+	}
+	certs := &Certificates{}
+	if len(ev.CertTable) > 0 {
+		t, err := ParseCertTable(ev.CertTable)
+		if err != nil {
+			return nil, err
+		}
+		certs = t
+	}
+	if len(ev.CertChain) > 0 {
+		c, err := ParseCertificates(ev.CertChain)
+		if err != nil {
+			return nil, err
+		}
+		if err := certs.Merge(c); err != nil {
+			return nil, err
+		}
+	}
+	return certs, nil
+}

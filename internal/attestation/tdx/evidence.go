@@ -1,0 +1,131 @@
+package tdx
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+)
+
+// Variant returns attestation.QEMUTDX: as an attestation.Issuer, the issuer produces qemu-tdx evidence.
+func (i *Issuer) Variant() attestation.Variant { return attestation.QEMUTDX }
+
+// Issue obtains a quote whose REPORT_DATA is ReportDataForNonce(qemu-tdx, nonce, userData) and returns the
+// serialized evidence document. It implements attestation.Issuer.
+func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return nil, err
+	}
+	if len(userData) > attestation.MaxUserDataSize {
+		return nil, fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
+	}
+	if i == nil || i.provider == nil {
+		return nil, errors.New("TDX issuer: no quote provider")
+	}
+	quote, err := i.Quote(ctx, ReportDataForNonce(attestation.QEMUTDX, nonce, userData))
+	if err != nil {
+		return nil, err
+	}
+	doc := &attestation.Document{
+		Version:  attestation.DocumentVersion,
+		Variant:  attestation.QEMUTDX.Name,
+		UserData: bytes.Clone(userData),
+		TDX:      &attestation.TDXEvidence{Quote: quote},
+	}
+	return doc.Marshal()
+}
+
+// Validator validates qemu-tdx evidence against Intel's collateral from an offline cache and a policy. It
+// implements attestation.Validator and is safe for concurrent use.
+type Validator struct {
+	collateral *Collateral
+	policy     *Policy
+	now        func() time.Time
+	root       *x509.Certificate // nil: the embedded Intel SGX Root CA; tests set a test root
+}
+
+// NewValidator returns a validator that verifies quotes with collateral at the time now returns (nil means
+// time.Now) and accepts them under policy. The policy must pass Policy.ValidateForCluster: the validator sets
+// the expected REPORT_DATA itself for every request. Collateral has an expiry: once its next update is
+// past, every validation fails until the collateral cache is refreshed.
+func NewValidator(collateral *Collateral, policy *Policy, now func() time.Time) (*Validator, error) {
+	if collateral == nil || collateral.qeIdentity == nil {
+		return nil, fmt.Errorf("%w: TDX validator without collateral; load the collateral cache with LoadCollateral", ErrNoCollateral)
+	}
+	if err := policy.ValidateForCluster(); err != nil {
+		return nil, err
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Validator{collateral: collateral, policy: policy.Clone(), now: now}, nil
+}
+
+// Variant returns attestation.QEMUTDX.
+func (v *Validator) Variant() attestation.Variant { return attestation.QEMUTDX }
+
+// Validate parses the evidence document and the quote, verifies the quote with the collateral (PCK chain
+// to the embedded Intel root, revocation, QE report, signature, TCB level), checks it against the policy
+// with REPORT_DATA = ReportDataForNonce(qemu-tdx, nonce, user data), and returns the user data.
+func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
+	if v == nil || v.collateral == nil || v.policy == nil || v.now == nil {
+		return nil, errors.New("TDX validator not initialised; use NewValidator")
+	}
+	if err := attestation.CheckNonce(nonce); err != nil {
+		return nil, err
+	}
+	doc, err := attestation.ParseDocument(evidence)
+	if err != nil {
+		return nil, err
+	}
+	if doc.Variant != attestation.QEMUTDX.Name {
+		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, attestation.QEMUTDX.Name)
+	}
+	if doc.TDX == nil {
+		return nil, fmt.Errorf("%s evidence has no TDX quote", attestation.QEMUTDX)
+	}
+	if doc.TPM != nil || doc.SNP != nil {
+		return nil, fmt.Errorf("%s evidence carries a TPM or SEV-SNP part, which this variant does not use", attestation.QEMUTDX)
+	}
+	q, err := ParseQuote(doc.TDX.Quote)
+	if err != nil {
+		return nil, err
+	}
+	root := v.root
+	if root == nil {
+		root = mustIntelRoot()
+	}
+	verified, err := verify(q, v.collateral, root, v.now())
+	if err != nil {
+		return nil, err
+	}
+	if err := v.policy.WithReportData(ReportDataForNonce(attestation.QEMUTDX, nonce, doc.UserData)).Check(verified); err != nil {
+		return nil, err
+	}
+	return doc.UserData, nil
+}
+
+// NewVTPMValidator is the constructor of validators for TDX variants that combine the quote with a vTPM
+// quote. The only such variant, azure-tdx, is not supported yet: the error, wrapping
+// attestation.ErrNotSupported, says what is missing.
+func NewVTPMValidator(variant attestation.Variant, _ *Collateral, _ *Policy, _ measurements.M, _ func() time.Time, _ *slog.Logger) (attestation.Validator, error) {
+	return nil, checkVTPMVariant(variant)
+}
+
+// NewVTPMIssuer is the constructor of issuers for TDX variants combined with a vTPM; see NewVTPMValidator.
+func NewVTPMIssuer(variant attestation.Variant, _ QuoteProvider) (attestation.Issuer, error) {
+	return nil, checkVTPMVariant(variant)
+}
+
+func checkVTPMVariant(variant attestation.Variant) error {
+	if variant.Name == attestation.AzureTDX.Name {
+		return fmt.Errorf("%s is %w: on Azure the paravisor (HCL) obtains the TD report at boot and stores it in vTPM NV index 0x01400001, with REPORT_DATA = SHA-256 of its runtime-data JSON that holds the attestation key, and the quote for it comes from Azure's instance metadata service; reading that HCL report, checking its runtime data and obtaining the quote are not implemented", variant, attestation.ErrNotSupported)
+	}
+	return fmt.Errorf("variant %q is not a TDX variant with a vTPM (the only one is %s)", variant.Name, attestation.AzureTDX)
+}

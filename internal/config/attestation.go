@@ -1,0 +1,138 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+)
+
+// problems lists every problem of the attestation section, for the configured provider.
+func (a *Attestation) problems(provider Provider) []string {
+	var p []string
+	variant, err := attestation.VariantByName(a.Variant)
+	if err != nil {
+		p = append(p, "attestation.variant: "+err.Error())
+	} else if provider.Mini != nil && variant.Name != attestation.MiniVTPM.Name {
+		p = append(p, fmt.Sprintf("attestation.variant: the mini provider runs only %s (its nodes are local sandboxes with software TPMs, without SEV-SNP or TDX); %s needs nodes on confidential hardware", attestation.MiniVTPM, variant))
+	}
+	known := err == nil
+	switch {
+	case !known || variant.VTPM:
+		if err := a.Measurements.Validate(); err != nil {
+			p = append(p, "attestation.measurements: "+err.Error())
+		}
+	case len(a.Measurements) > 0:
+		p = append(p, fmt.Sprintf("attestation.measurements: %s has no vTPM, so PCR measurements do not apply; remove them and put the launch measurement into attestation.%s", variant, sectionOf(variant.Hardware)))
+	}
+	if !known {
+		// The hardware sections are checked on their own, without knowing which one the variant needs.
+		if a.SNP != nil {
+			p = append(p, a.SNP.problems()...)
+		}
+		if a.TDX != nil {
+			p = append(p, a.TDX.problems()...)
+		}
+		return p
+	}
+	switch {
+	case variant.Hardware == attestation.SEVSNP && a.SNP == nil:
+		p = append(p, fmt.Sprintf("attestation.snp: %s needs an SEV-SNP policy (at least measurements and minimumTCB)", variant))
+	case variant.Hardware == attestation.SEVSNP:
+		p = append(p, a.SNP.problems()...)
+	case a.SNP != nil:
+		p = append(p, fmt.Sprintf("attestation.snp: set, but %s evidence has no SEV-SNP report; remove it", variant))
+	}
+	switch {
+	case variant.Hardware == attestation.TDX && a.TDX == nil:
+		p = append(p, fmt.Sprintf("attestation.tdx: %s needs a TDX policy (at least mrtd) and collateralDir", variant))
+	case variant.Hardware == attestation.TDX:
+		p = append(p, a.TDX.problems()...)
+	case a.TDX != nil:
+		p = append(p, fmt.Sprintf("attestation.tdx: set, but %s evidence has no TDX quote; remove it", variant))
+	}
+	return p
+}
+
+func sectionOf(h attestation.Hardware) string {
+	if h == attestation.TDX {
+		return "tdx.mrtd"
+	}
+	return "snp.measurements"
+}
+
+func (s *SNP) problems() []string {
+	var p []string
+	p = append(p, policyProblems("attestation.snp", s.Policy.ValidateForCluster())...)
+	if s.CRLDir == "" && !s.AllowMissingCRL {
+		p = append(p, "attestation.snp.crlDir: no CRL cache and allowMissingCRL is false, so every report would be refused; set crlDir to the offline cache of AMD CRLs")
+	}
+	return p
+}
+
+func (t *TDX) problems() []string {
+	p := policyProblems("attestation.tdx", t.Policy.ValidateForCluster())
+	if t.CollateralDir == "" {
+		p = append(p, "attestation.tdx.collateralDir: not set; a verifier needs the offline cache of Intel's collateral (TCB info, QE identity, CRLs, TCB signing chain)")
+	}
+	return p
+}
+
+// policyProblems returns one line per problem of a policy error.
+func policyProblems(section string, err error) []string {
+	if err == nil {
+		return nil
+	}
+	var list []string
+	var snpErr *snp.InvalidPolicyError
+	var tdxErr *tdx.InvalidPolicyError
+	switch {
+	case errors.As(err, &snpErr):
+		list = snpErr.Problems
+	case errors.As(err, &tdxErr):
+		list = tdxErr.Problems
+	default:
+		list = []string{err.Error()}
+	}
+	out := make([]string, len(list))
+	for i, problem := range list {
+		out[i] = section + ": " + problem
+	}
+	return out
+}
+
+// resolve makes the cache directories absolute, relative to dir (the configuration file's directory).
+func (a *Attestation) resolve(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	if a.SNP != nil {
+		abs(&a.SNP.CRLDir)
+	}
+	if a.TDX != nil {
+		abs(&a.TDX.CollateralDir)
+	}
+}
+
+// SNPPolicy returns a copy of the SEV-SNP policy, for the validators of an SEV-SNP variant.
+func (a *Attestation) SNPPolicy() (*snp.Policy, error) {
+	if a.SNP == nil {
+		return nil, errors.New("attestation.snp: no SEV-SNP policy configured")
+	}
+	p := a.SNP.Policy
+	return &p, nil
+}
+
+// TDXPolicy returns a copy of the TDX policy, for the validators of a TDX variant.
+func (a *Attestation) TDXPolicy() (*tdx.Policy, error) {
+	if a.TDX == nil {
+		return nil, errors.New("attestation.tdx: no TDX policy configured")
+	}
+	p := a.TDX.Policy
+	return &p, nil
+}
