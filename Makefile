@@ -23,6 +23,7 @@ FUZZ_TARGETS := \
 	./internal/kms:FuzzParseSecretFile \
 	./internal/kms/kmip:FuzzParseWrapped \
 	./internal/attestation/agent:FuzzHandler \
+	./internal/diskmapper:FuzzParseSuperblock \
 	./internal/attestation/tdx:FuzzParseQuote \
 	./internal/attestation/tdx:FuzzParseTCBInfo \
 	./internal/attestation/tdx:FuzzParseQEIdentity \

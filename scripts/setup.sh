@@ -11,6 +11,7 @@ packages=(
   python3-pykmip      # a real KMIP server for key-management tests
   squashfs-tools      # the node image
   busybox-static iptables conntrack  # userland of the node image
+  e2fsprogs           # mkfs.ext4: encrypted state disks (node image and tests)
 )
 missing=()
 for p in "${packages[@]}"; do

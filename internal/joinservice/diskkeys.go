@@ -10,11 +10,12 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // DiskKeyLength is the length of a state disk key.
-const DiskKeyLength = 32
+const DiskKeyLength = kms.DiskKeySize
 
 // DiskKeys returns the key of a node's state disk.
 type DiskKeys interface {

@@ -90,7 +90,7 @@ func TestGetDataKey(t *testing.T) {
 	}
 	defer c.Close()
 	id := "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
-	key, err := c.GetDataKey(ctx(t), id, 32)
+	key, err := c.GetDataKey(ctx(t), id, kms.DiskKeySize)
 	if err != nil {
 		t.Fatalf("GetDataKey: %v", err)
 	}
@@ -98,7 +98,7 @@ func TestGetDataKey(t *testing.T) {
 	if !bytes.Equal(key, want) {
 		t.Fatal("key service returned another key than the derivation")
 	}
-	again, err := c.GetDataKey(ctx(t), id, 32)
+	again, err := c.GetDataKey(ctx(t), id, kms.DiskKeySize)
 	if err != nil || !bytes.Equal(again, key) {
 		t.Fatalf("second request: %v, same key %v", err, bytes.Equal(again, key))
 	}

@@ -92,9 +92,13 @@ func (d *Deriver) Derive(purpose Purpose, id string, length int) ([]byte, error)
 	return hkdf.Expand(sha256.New, d.prk, label, length)
 }
 
-// DiskKey returns the 32-byte key of the state disk with the given UUID.
+// DiskKeySize is the length of a state disk key: 64 bytes, as AES-256-XTS (LUKS2 aes-xts-plain64, fscrypt)
+// takes two 256-bit keys.
+const DiskKeySize = 64
+
+// DiskKey returns the key of the state disk with the given UUID.
 func (d *Deriver) DiskKey(diskUUID string) ([]byte, error) {
-	return d.Derive(PurposeDiskKey, diskUUID, 32)
+	return d.Derive(PurposeDiskKey, diskUUID, DiskKeySize)
 }
 
 // ClusterIDSecret returns the 32-byte secret from which the cluster ID is computed.

@@ -349,7 +349,7 @@ type JoinResponse struct {
 	// control_plane_files are the control plane's shared certificates and keys (the cluster CAs and the
 	// service-account key), for control-plane joins only.
 	ControlPlaneFiles []*PKIFile `protobuf:"bytes,5,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
-	// disk_key is the key of the state disk named in the request (32 bytes), derived from the master secret.
+	// disk_key is the key of the state disk named in the request (64 bytes), derived from the master secret.
 	DiskKey       []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
