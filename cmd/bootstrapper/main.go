@@ -26,7 +26,7 @@ func main() {
 		MetadataURL: os.Getenv("CONSTELLATION_METADATA"),
 		TPM:         os.Getenv("CONSTELLATION_TPM"),
 		AgentSocket: agent.SocketPath,
-		DiskUUID:    func() (string, error) { return bootstrapper.StateDiskUUID(bootstrapper.StateDiskIDFile) },
+		StateDisk:   os.Getenv("CONSTELLATION_STATE_DISK"),
 		Kubernetes: func(self metadata.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
 			if err != nil {

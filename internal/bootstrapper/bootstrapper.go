@@ -37,9 +37,8 @@ type Config struct {
 	Kubernetes func(self metadata.Instance) Kubernetes
 	// AgentSocket is where the node's own services ask for evidence (agent.SocketPath on a node).
 	AgentSocket string
-	// DiskUUID returns the UUID of the node's state disk, whose key a joining node gets from the join
-	// service; nil for a node without one.
-	DiskUUID func() (string, error)
+	// StateDisk is the node's state disk image; a node without one keeps its state in memory.
+	StateDisk string
 }
 
 // FirstControlPlane is the node that serves Init.
@@ -87,6 +86,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer issuer.Close()
 
+	var disk *stateDisk
+	if cfg.StateDisk != "" {
+		if disk, err = prepareStateDisk(ctx, cfg.StateDisk, log.With("step", "state-disk")); err != nil {
+			return err
+		}
+	}
+
 	// A node that joins trusts a join service that booted exactly as it did.
 	selfPolicy, err := ownPolicy(tpm)
 	if err != nil {
@@ -119,7 +125,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
 		k8s := cfg.Kubernetes(self)
 		initpb.RegisterInitServer(grpcSrv, &initServer{
-			issuer: issuer, k8s: k8s, log: log.With("service", "init"),
+			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk,
 			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
 				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				if err != nil {
@@ -136,14 +142,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer grpcSrv.Stop()
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
 	} else {
-		var diskUUID string
-		if cfg.DiskUUID != nil {
-			if diskUUID, err = cfg.DiskUUID(); err != nil {
-				return fmt.Errorf("reading the state disk's UUID: %w", err)
-			}
-		}
 		go func() {
-			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), diskUUID, log.With("step", "join")); err != nil {
+			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), disk, log.With("step", "join")); err != nil {
 				log.Error("joining the cluster failed", "error", err)
 			}
 		}()

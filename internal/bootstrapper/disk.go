@@ -1,44 +1,65 @@
 package bootstrapper
 
 import (
-	"crypto/rand"
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
-	"github.com/constellation-dev/constellation/internal/atomicfile"
-	"github.com/constellation-dev/constellation/internal/joinservice"
+	"golang.org/x/sys/unix"
+
+	"github.com/constellation-dev/constellation/internal/diskmapper"
 )
 
-// StateDiskIDFile records the identity of a node's state on its state disk (until the disk mapper gives the
-// state disk a filesystem UUID of its own, this file stands for it).
-const StateDiskIDFile = "/var/lib/constellation/state-disk-uuid"
+// stateMount is where the node mounts its state disk; the state directory on it becomes /var.
+const stateMount = "/run/constellation/state"
 
-// StateDiskUUID returns the UUID recorded at path, creating a random one the first time.
-func StateDiskUUID(path string) (string, error) {
-	raw, err := os.ReadFile(path)
-	if err == nil {
-		uuid := strings.TrimSpace(string(raw))
-		if err := joinservice.CheckDiskUUID(uuid); err != nil {
-			return "", fmt.Errorf("%s: %w", path, err)
+// stateDisk is the node's state disk before and after it is unlocked.
+type stateDisk struct {
+	image string
+	uuid  string
+	log   *slog.Logger
+}
+
+// prepareStateDisk reads the UUID of the state disk image, formatting a new disk first (its first boot).
+func prepareStateDisk(ctx context.Context, image string, log *slog.Logger) (*stateDisk, error) {
+	uuid, err := diskmapper.ReadUUID(image)
+	if errors.Is(err, diskmapper.ErrNoFilesystem) {
+		if uuid, err = diskmapper.Format(ctx, image); err != nil {
+			return nil, err
 		}
-		return uuid, nil
+		log.Info("new state disk formatted", "disk", uuid)
+	} else if err != nil {
+		return nil, fmt.Errorf("reading the state disk: %w", err)
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", err
+	return &stateDisk{image: image, uuid: uuid, log: log}, nil
+}
+
+// stateDirs are the node's directories that live on the encrypted state disk: everything containerd, the
+// kubelet and etcd store, and the cluster's certificates and keys.
+var stateDirs = map[string]string{"var": "/var", "kubernetes": "/etc/kubernetes"}
+
+// unlock opens the state disk with its key and mounts its encrypted state directories at /var and
+// /etc/kubernetes, before anything (containerd, the kubelet, kubeadm, etcd) writes there.
+func (s *stateDisk) unlock(key []byte) error {
+	d, err := diskmapper.Open(s.image, stateMount, key)
+	if err != nil {
+		return fmt.Errorf("unlocking the state disk: %w", err)
 	}
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	for name, target := range stateDirs {
+		dir := filepath.Join(d.StateDir, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(dir, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mounting the state disk's %s at %s: %w", name, target, err)
+		}
 	}
-	b[6] = b[6]&0x0f | 0x40 // version 4
-	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
-	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", err
-	}
-	return uuid, atomicfile.Write(path, []byte(uuid+"\n"), 0o600)
+	s.log.Info("state disk unlocked; /var and /etc/kubernetes are on it", "disk", s.uuid)
+	return nil
 }

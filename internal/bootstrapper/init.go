@@ -41,6 +41,10 @@ type initServer struct {
 	// measurement policy.
 	initialised func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
 
+	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
+	// a node without one.
+	disk *stateDisk
+
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
 	done bool
@@ -77,6 +81,15 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
 	}
 	s.log.Info("cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	if s.disk != nil {
+		key, err := d.DiskKey(s.disk.uuid)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		if err := s.disk.unlock(key); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))
 	}

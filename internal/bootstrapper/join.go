@@ -139,8 +139,12 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, diskUUID string, log *slog.Logger) error {
+func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, log *slog.Logger) error {
 	controlPlane := self.Role == metadata.RoleControlPlane
+	var diskUUID string
+	if disk != nil {
+		diskUUID = disk.uuid
+	}
 	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
 	if err != nil {
 		return err
@@ -174,11 +178,13 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 		return fmt.Errorf("measuring the cluster ID: %w", err)
 	}
 	log.Info("admitted by the join service; cluster ID measured", "endpoint", resp.GetApiEndpoint())
-	if diskUUID != "" {
+	if disk != nil {
 		if len(resp.GetDiskKey()) != joinservice.DiskKeyLength {
 			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinservice.DiskKeyLength)
 		}
-		log.Info("state disk key received", "disk", diskUUID)
+		if err := disk.unlock(resp.GetDiskKey()); err != nil {
+			return err
+		}
 	}
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)

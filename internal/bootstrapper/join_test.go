@@ -38,19 +38,3 @@ func TestWritePKI(t *testing.T) {
 		}
 	}
 }
-
-func TestStateDiskUUID(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "lib", "state-disk-uuid")
-	first, err := StateDiskUUID(path)
-	if err != nil || joinservice.CheckDiskUUID(first) != nil {
-		t.Fatalf("StateDiskUUID = %q, %v", first, err)
-	}
-	again, err := StateDiskUUID(path)
-	if err != nil || again != first {
-		t.Fatalf("second call = %q, %v; want the recorded %q", again, err, first)
-	}
-	os.WriteFile(path, []byte("../../etc\n"), 0o600)
-	if _, err := StateDiskUUID(path); err == nil {
-		t.Fatal("a malformed recorded UUID accepted")
-	}
-}

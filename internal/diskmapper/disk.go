@@ -85,7 +85,7 @@ func Format(ctx context.Context, image string) (string, error) {
 		}
 		return "", fmt.Errorf("%s holds another filesystem; refusing to format it", image)
 	}
-	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "encrypt", "-E", "lazy_itable_init=0,lazy_journal_init=0", image).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "encrypt", image).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("formatting the state disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}

@@ -84,6 +84,11 @@ func TestStateDiskHoldsNoPlaintext(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(d.StateDir, "var", "lib"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// The control: the same marker outside the encrypted directory is found, so the search below can fail.
+	control := []byte("PLAINTEXT-CONTROL-")
+	if err := os.WriteFile(filepath.Join(mnt, "control"), bytes.Repeat(append(control, marker...), 64), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +97,11 @@ func TestStateDiskHoldsNoPlaintext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(raw, marker[:16]) {
-		t.Fatal("the backing file holds the file's contents in plain text")
+	if !bytes.Contains(raw, append(control, marker...)) {
+		t.Fatal("the unencrypted control file is not found in the backing file: the search cannot work")
+	}
+	if n := bytes.Count(raw, marker[:16]); n != 64 {
+		t.Fatalf("the marker occurs %d times in the backing file, want exactly the 64 of the unencrypted control", n)
 	}
 	if bytes.Contains(raw, []byte("MARKERNAME")) {
 		t.Fatal("the backing file holds the file's name in plain text")

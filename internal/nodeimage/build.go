@@ -91,6 +91,23 @@ func iptablesFiles() ([]File, error) {
 	return files, nil
 }
 
+// MkfsFiles returns mkfs.ext4 with its libraries and configuration: a node formats its new state disk.
+func MkfsFiles() ([]File, error) {
+	const mke2fs = "/usr/sbin/mke2fs"
+	if !fileExists(mke2fs) {
+		return nil, fmt.Errorf("%s not found; install the Debian package e2fsprogs", mke2fs)
+	}
+	libs, err := LibraryClosure(mke2fs)
+	if err != nil {
+		return nil, err
+	}
+	files, err := HostFiles(append([]string{mke2fs, "/etc/mke2fs.conf"}, libs...)...)
+	if err != nil {
+		return nil, err
+	}
+	return append(files, File{Path: "/usr/sbin/mkfs.ext4", Link: "mke2fs"}), nil
+}
+
 func bin(dir, name, dst string) File {
 	return File{Path: dst, Source: filepath.Join(dir, name), Mode: 0o755}
 }
@@ -166,6 +183,11 @@ func RootFiles(in Inputs) ([]File, error) {
 	for _, a := range busyboxApplets {
 		files = append(files, File{Path: "/usr/bin/" + a, Link: "busybox"})
 	}
+	mkfs, err := MkfsFiles()
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, mkfs...)
 	if p := "/usr/sbin/conntrack"; fileExists(p) {
 		libs, err := LibraryClosure(p)
 		if err != nil {

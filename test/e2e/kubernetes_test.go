@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"golang.org/x/sys/unix"
 )
 
 // TestMiniKubernetes boots 1 control plane + 2 workers from the full node image (make node-image): the CLI
@@ -46,6 +50,20 @@ func TestMiniKubernetes(t *testing.T) {
 		if out, code := c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 || !strings.Contains(out, "4 PCRs match") {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
 		}
+	}
+
+	// What the cluster stores is encrypted on the nodes' state disks: a ConfigMap's value, written by etcd on
+	// the control-plane node, is nowhere in that node's disk image on the host.
+	marker := "constellation-disk-marker-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if out, err := k("create", "configmap", "marker", "--from-literal=value="+marker); err != nil {
+		t.Fatalf("create configmap: %v\n%s", err, out)
+	}
+	if out, err := k("get", "configmap", "marker", "-o", "jsonpath={.data.value}"); err != nil || out != marker {
+		t.Fatalf("configmap: %v %q", err, out)
+	}
+	disk := filepath.Join(c.ws, "constellation-mini", "nodes", "control-plane-0", "state-disk.img")
+	if found, err := fileContains(disk, []byte(marker)); err != nil || found {
+		t.Fatalf("the control-plane node's state disk holds the ConfigMap value in plain text (found %v, %v)", found, err)
 	}
 
 	manifest := filepath.Join(t.TempDir(), "web.yaml")
@@ -210,5 +228,70 @@ func (cl *cluster) eventually(what string, cond func() (string, bool)) {
 			cl.t.Fatalf("%s never happened:\n%s", what, out)
 		}
 		time.Sleep(2 * time.Second)
+	}
+}
+
+// fileContains reports whether the sparse file contains needle. It reads only the file's data, not its holes
+// (which read as zeros), in chunks that overlap by the needle's length.
+func fileContains(path string, needle []byte) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return false, nil // only holes from here on
+		}
+		if err != nil {
+			return false, err
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return false, err
+		}
+		for pos := data; pos < hole; pos += int64(len(buf) - len(needle)) {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
+			if bytes.Contains(buf[:n], needle) {
+				return true, nil
+			}
+			if err != nil && err != io.EOF {
+				return false, err
+			}
+			if pos+int64(n) >= hole {
+				break
+			}
+		}
+		off = hole
+	}
+	return false, nil
+}
+
+func TestFileContains(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sparse")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	needle := []byte("needle-in-a-sparse-file")
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := fileContains(path, needle); err != nil || found {
+		t.Fatalf("empty sparse file: %v, %v", found, err)
+	}
+	// Across the boundary of two 4 MiB chunks, deep in the file.
+	if _, err := f.WriteAt(needle, 512<<20+4<<20-5); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if found, err := fileContains(path, needle); err != nil || !found {
+		t.Fatalf("needle across a chunk boundary: %v, %v", found, err)
 	}
 }

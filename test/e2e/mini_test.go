@@ -62,6 +62,11 @@ func smallImage(t *testing.T, bootstrapper, outDir string) {
 	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/var"} {
 		files = append(files, nodeimage.File{Path: d, Dir: true})
 	}
+	mkfs, err := nodeimage.MkfsFiles() // every node formats its new state disk at first boot
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, mkfs...)
 	if err := nodeimage.WriteImage(context.Background(), files, outDir, &nodeimage.Manifest{}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -225,9 +225,13 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		undo = append(undo, func() { tpm.Shutdown() })
 		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, log, tpm.EKCertificates())
 		sandboxDir := filepath.Join(nodeDir, "sandbox")
-		os.RemoveAll(sandboxDir) // every boot starts from the image; state disks come later
+		os.RemoveAll(sandboxDir) // every boot starts from the image; what a node keeps is on its state disk
+		disk, err := attachStateDisk(nodeDir)
+		if err != nil {
+			return teardown, fmt.Errorf("%s: %w", name, err)
+		}
 		sb, err := StartSandbox(n, bootSpec{
-			Name: name, Hostname: name, Image: spec.Image, StateDir: sandboxDir,
+			Name: name, Hostname: name, Image: spec.Image, StateDir: sandboxDir, StateDisk: disk,
 			TPMSocket: tpm.SocketPath(), Cmdline: strings.Fields(spec.Cmdline), Metadata: p.state.MetadataURL,
 		}, addr, fmt.Sprintf("cst-%d", i), cgroupParent)
 		if err != nil {
@@ -335,4 +339,28 @@ func StopDaemon(s State, wait time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+// StateDiskSize is the size of a node's state disk (a sparse file: it takes only what the node writes).
+const StateDiskSize = 8 << 30
+
+// attachStateDisk returns the node's state disk image in its directory, creating an empty one the first
+// time, as a cloud attaches a new blank disk. The node formats and encrypts it itself.
+func attachStateDisk(nodeDir string) (string, error) {
+	path := filepath.Join(nodeDir, "state-disk.img")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("creating the state disk: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if fi.Size() == 0 {
+		if err := f.Truncate(StateDiskSize); err != nil {
+			return "", fmt.Errorf("creating the state disk: %w", err)
+		}
+	}
+	return path, nil
 }

@@ -24,10 +24,14 @@ type bootSpec struct {
 	Cmdline   []string `json:"cmdline"`   // the node's first process
 	Metadata  string   `json:"metadata"`  // metadata service URL, passed to the node
 	Hostname  string   `json:"hostname"`
+	StateDisk string   `json:"stateDisk,omitempty"` // host path of the node's state disk image (a sparse file)
 }
 
 // NodeTPMSocket is where a node finds its TPM.
 const NodeTPMSocket = "/run/constellation/tpm.sock"
+
+// NodeStateDisk is where a node finds its state disk, as a cloud VM finds an attached disk.
+const NodeStateDisk = "/run/constellation/state-disk"
 
 // MaybeRunNodeInit runs the node init stage and never returns if this process was started as one; otherwise
 // it returns at once. Call it first thing in main (and in TestMain of tests that boot nodes).
@@ -71,8 +75,7 @@ func nodeInit(specPath string) error {
 	upper := filepath.Join(s.StateDir, "upper")
 	work := filepath.Join(s.StateDir, "work")
 	root := filepath.Join(s.StateDir, "root")
-	state := filepath.Join(s.StateDir, "var") // the node's state disk: containerd, kubelet and etcd data
-	for _, d := range []string{lower, upper, work, root, state} {
+	for _, d := range []string{lower, upper, work, root} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -95,8 +98,10 @@ func nodeInit(specPath string) error {
 		{"/dev", "/dev", "", unix.MS_BIND | unix.MS_REC, ""},
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=755"},
 		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-		// Not on the overlay root: containerd's overlay snapshots cannot live on an overlay filesystem.
-		{state, "/var", "", unix.MS_BIND, ""},
+		// Not on the overlay root (containerd's overlay snapshots cannot live on an overlay filesystem) and
+		// in memory: until the node has unlocked its encrypted state disk and mounted it here, nothing it
+		// writes to /var reaches a disk of the host.
+		{"tmpfs", "/var", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=755"},
 	}
 	for _, m := range mounts {
 		dst := root + m.dst
@@ -116,6 +121,14 @@ func nodeInit(specPath string) error {
 	}
 	if err := unix.Mount(s.TPMSocket, root+NodeTPMSocket, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("attaching the TPM: %w", err)
+	}
+	if s.StateDisk != "" {
+		if err := os.WriteFile(root+NodeStateDisk, nil, 0o600); err != nil {
+			return err
+		}
+		if err := unix.Mount(s.StateDisk, root+NodeStateDisk, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("attaching the state disk: %w", err)
+		}
 	}
 	old := filepath.Join(root, ".oldroot")
 	if err := os.MkdirAll(old, 0o700); err != nil {
@@ -139,6 +152,9 @@ func nodeInit(specPath string) error {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"CONSTELLATION_METADATA=" + s.Metadata,
 		"CONSTELLATION_TPM=" + NodeTPMSocket,
+	}
+	if s.StateDisk != "" {
+		env = append(env, "CONSTELLATION_STATE_DISK="+NodeStateDisk)
 	}
 	return syscall.Exec(s.Cmdline[0], s.Cmdline, env)
 }
