@@ -124,8 +124,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
 		k8s := cfg.Kubernetes(self)
+		recovering := false
+		if disk != nil {
+			if recovering, err = disk.hasState(); err != nil {
+				return fmt.Errorf("reading the state disk: %w", err)
+			}
+		}
+		if recovering {
+			log.Warn("the state disk holds an initialised cluster: waiting for 'constellation recover'")
+		}
 		initpb.RegisterInitServer(grpcSrv, &initServer{
-			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk,
+			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
+			recovered: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
+				return err
+			},
 			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
 				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				if err != nil {

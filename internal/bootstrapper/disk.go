@@ -21,6 +21,10 @@ type stateDisk struct {
 	image string
 	uuid  string
 	log   *slog.Logger
+	// mountpoint is where the disk is mounted, targets where its state directories appear (stateDirs on a
+	// node; elsewhere in tests).
+	mountpoint string
+	targets    map[string]string
 }
 
 // prepareStateDisk reads the UUID of the state disk image, formatting a new disk first (its first boot).
@@ -34,7 +38,7 @@ func prepareStateDisk(ctx context.Context, image string, log *slog.Logger) (*sta
 	} else if err != nil {
 		return nil, fmt.Errorf("reading the state disk: %w", err)
 	}
-	return &stateDisk{image: image, uuid: uuid, log: log}, nil
+	return &stateDisk{image: image, uuid: uuid, log: log, mountpoint: stateMount, targets: stateDirs}, nil
 }
 
 // stateDirs are the node's directories that live on the encrypted state disk: everything containerd, the
@@ -44,11 +48,11 @@ var stateDirs = map[string]string{"var": "/var", "kubernetes": "/etc/kubernetes"
 // unlock opens the state disk with its key and mounts its encrypted state directories at /var and
 // /etc/kubernetes, before anything (containerd, the kubelet, kubeadm, etcd) writes there.
 func (s *stateDisk) unlock(key []byte) error {
-	d, err := diskmapper.Open(s.image, stateMount, key)
+	d, err := diskmapper.Open(s.image, s.mountpoint, key)
 	if err != nil {
 		return fmt.Errorf("unlocking the state disk: %w", err)
 	}
-	for name, target := range stateDirs {
+	for name, target := range s.targets {
 		dir := filepath.Join(d.StateDir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
@@ -62,4 +66,15 @@ func (s *stateDisk) unlock(key []byte) error {
 	}
 	s.log.Info("state disk unlocked; /var and /etc/kubernetes are on it", "disk", s.uuid)
 	return nil
+}
+
+// hasState reports whether the state disk holds the state of a node that was initialised or joined before.
+func (s *stateDisk) hasState() (bool, error) {
+	return diskmapper.HasState(s.image, s.mountpoint)
+}
+
+// policyFile keeps the cluster's measurement policy on the first control-plane node's encrypted state disk,
+// so that after a recovery its key service checks callers against the same policy.
+func (s *stateDisk) policyFile() string {
+	return filepath.Join(s.targets["var"], "lib", "constellation", "measurements.json")
 }

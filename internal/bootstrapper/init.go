@@ -2,14 +2,18 @@ package bootstrapper
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
@@ -29,6 +33,8 @@ type Kubernetes interface {
 	Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error
 	// Apply creates or updates Kubernetes objects (JSON or YAML) with the administrator's credentials.
 	Apply(ctx context.Context, manifests []byte) error
+	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).
+	Restart(ctx context.Context) error
 }
 
 // initServer initialises the cluster on the first control-plane node, once.
@@ -44,6 +50,11 @@ type initServer struct {
 	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
 	// a node without one.
 	disk *stateDisk
+	// recovering is set when the state disk holds an initialised cluster's state: the node then waits for
+	// Recover, and refuses Init.
+	recovering bool
+	// recovered runs after a successful recovery, with the cluster's key derivation, cluster ID and policy.
+	recovered func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
 
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
@@ -57,6 +68,9 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	defer s.lock.Unlock()
 	if s.done {
 		return nil, status.Error(codes.FailedPrecondition, "this node is already initialised; a node is initialised only once")
+	}
+	if s.recovering {
+		return nil, status.Error(codes.FailedPrecondition, "this node's state disk holds an initialised cluster; bring it back with 'constellation recover'")
 	}
 	policy, err := measurements.Parse(req.GetMeasurements())
 	if err != nil {
@@ -88,6 +102,16 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		}
 		if err := s.disk.unlock(key); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
+		}
+		raw, err := json.Marshal(policy)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		if err := os.MkdirAll(filepath.Dir(s.disk.policyFile()), 0o700); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		if err := atomicfile.Write(s.disk.policyFile(), raw, 0o600); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("keeping the measurement policy: %v", err))
 		}
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
@@ -147,4 +171,67 @@ func (s *initServer) masterSecret(ctx context.Context, req *initpb.InitRequest) 
 		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; the node is unchanged, fix the KMS and init again", err))
 	}
 	return ms, nil
+}
+
+// Recover brings the node back with the cluster's master secret: the secret must open the node's state disk
+// (otherwise nothing changes and the node stays fresh); then the node measures the cluster ID, restarts
+// Kubernetes from its state and its key service, once.
+func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*initpb.RecoverResponse, error) {
+	if !s.lock.TryLock() {
+		return nil, status.Error(codes.FailedPrecondition, "initialisation or recovery of this node is already in progress")
+	}
+	defer s.lock.Unlock()
+	if s.done {
+		return nil, status.Error(codes.FailedPrecondition, "this node is already initialised or recovered")
+	}
+	if !s.recovering {
+		return nil, status.Error(codes.FailedPrecondition, "this node's state disk holds no cluster to recover; initialise it with 'constellation apply'")
+	}
+	ms, err := s.masterSecret(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	clusterID, err := d.ClusterID()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	key, err := d.DiskKey(s.disk.uuid)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := s.disk.unlock(key); err != nil {
+		// The wrong master secret: the disk's key identifier tells, before anything is written.
+		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; is this the master secret of this cluster?", err))
+	}
+	raw, err := os.ReadFile(s.disk.policyFile())
+	if err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("reading the cluster's measurement policy from the state disk: %v", err))
+	}
+	policy, err := measurements.Parse(raw)
+	if err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("the measurement policy on the state disk: %v", err))
+	}
+	s.done = true
+	ev := measuredboot.ClusterIDEvent(clusterID)
+	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
+	}
+	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	if err := s.k8s.PrepareRuntime(ctx); err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))
+	}
+	if err := s.k8s.Restart(ctx); err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("restarting Kubernetes: %v", err))
+	}
+	if s.recovered != nil {
+		if err := s.recovered(d, clusterID, policy); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
+		}
+	}
+	s.log.Info("node recovered")
+	return &initpb.RecoverResponse{ClusterId: clusterID}, nil
 }

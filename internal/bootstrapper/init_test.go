@@ -25,7 +25,7 @@ import (
 
 // recordingKubernetes stands in for kubeadm, which the end-to-end test (test/e2e) runs for real; here only
 // the init protocol is under test.
-type recordingKubernetes struct{ inits int }
+type recordingKubernetes struct{ inits, restarts int }
 
 func (r *recordingKubernetes) PrepareRuntime(context.Context) error { return nil }
 func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
@@ -34,6 +34,7 @@ func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
 }
 func (r *recordingKubernetes) Join(context.Context, string, string, string, bool) error { return nil }
 func (r *recordingKubernetes) Apply(context.Context, []byte) error                      { return nil }
+func (r *recordingKubernetes) Restart(context.Context) error                            { r.restarts++; return nil }
 
 func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)

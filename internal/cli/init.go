@@ -93,22 +93,7 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 	if err != nil {
 		return clusterState{}, err
 	}
-	// A fresh node has PCR 15 zero: an initialised node cannot be initialised again.
-	fresh := measurements.M{}
-	for k, v := range policy {
-		fresh[k] = v
-	}
-	fresh[measurements.PCRClusterID] = measurements.Measurement{}
-	v, err := vtpm.NewValidator(roots, fresh, nil)
-	if err != nil {
-		return clusterState{}, err
-	}
-	creds, err := atls.NewCredentials(nil, []attestation.Validator{v})
-	if err != nil {
-		return clusterState{}, err
-	}
-	endpoint := nodeIP + ":" + strconv.Itoa(bootstrapper.InitPort)
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
+	conn, endpoint, err := dialFreshNode(nodeIP, roots, policy)
 	if err != nil {
 		return clusterState{}, err
 	}
@@ -159,4 +144,25 @@ func initRequest(secretPath string, file *kms.SecretFile, kmsConf *kms.KMIPConfi
 		WrappedMasterSecret: wrapped,
 		Kmip:                &initpb.KMIP{Endpoint: cc.Endpoint, ServerCa: cc.ServerCA, ClientCert: cc.ClientCert, ClientKey: cc.ClientKey},
 	}, nil
+}
+
+// dialFreshNode connects to the init service of the first control-plane node over aTLS, accepting only a node
+// that runs the configured image and is fresh: PCR 15 zero, so an initialised or recovered node is refused.
+func dialFreshNode(nodeIP string, roots []*x509.Certificate, policy measurements.M) (*grpc.ClientConn, string, error) {
+	fresh := measurements.M{}
+	for k, v := range policy {
+		fresh[k] = v
+	}
+	fresh[measurements.PCRClusterID] = measurements.Measurement{}
+	v, err := vtpm.NewValidator(roots, fresh, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{v})
+	if err != nil {
+		return nil, "", err
+	}
+	endpoint := nodeIP + ":" + strconv.Itoa(bootstrapper.InitPort)
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
+	return conn, endpoint, err
 }

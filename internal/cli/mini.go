@@ -32,7 +32,7 @@ func newMiniCmd() *cobra.Command {
 		Short: "Run a local cluster of measured node sandboxes on this machine",
 	}
 	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
-	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniDaemonCmd())
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniDaemonCmd())
 	return cmd
 }
 
@@ -282,4 +282,29 @@ func tailFile(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return "  " + strings.Join(lines, "\n  ")
+}
+
+func newMiniRebootCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reboot NODE",
+		Short: "Power-cycle a node: its TPM resets, it boots the image again with its state disk and rejoins",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := filepath.Join(workspace(cmd), miniDirName)
+			state, found, err := mini.ReadState(dir)
+			if err != nil {
+				return badInput("%w", err)
+			}
+			if !found || !state.DaemonAlive() {
+				return badInput("no running mini cluster in %s", workspace(cmd))
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			if err := mini.RebootNode(ctx, dir, args[0]); err != nil {
+				return failed(fmt.Errorf("rebooting %s: %w", args[0], err))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s rebooted: it attests again and rejoins the cluster with the key of its state disk\n", args[0])
+			return nil
+		},
+	}
 }

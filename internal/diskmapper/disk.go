@@ -165,6 +165,31 @@ func Open(image, mountpoint string, key []byte) (*Disk, error) {
 	return d, nil
 }
 
+// HasState reports whether the disk holds a node's encrypted state: the node was initialised or joined with
+// it before. It mounts the disk read-only at mountpoint to look, and changes nothing.
+func HasState(image, mountpoint string) (bool, error) {
+	if _, err := ReadUUID(image); err != nil {
+		return false, err
+	}
+	loop, dev, err := attachLoop(image)
+	if err != nil {
+		return false, err
+	}
+	defer dev.Close()
+	if err := os.MkdirAll(mountpoint, 0o700); err != nil {
+		return false, err
+	}
+	if err := unix.Mount(loop, mountpoint, "ext4", unix.MS_NODEV|unix.MS_RDONLY, ""); err != nil {
+		return false, fmt.Errorf("mounting the state disk %s: %w", image, err)
+	}
+	defer unix.Unmount(mountpoint, 0)
+	_, encrypted, err := policyKey(filepath.Join(mountpoint, StateDirName))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	return encrypted, err
+}
+
 // Close removes the key and unmounts the disk. Files still open keep their keys until closed.
 func (d *Disk) Close() error {
 	err := removeKey(d.mountpoint, d.key)

@@ -67,6 +67,9 @@ func TestStateDiskHoldsNoPlaintext(t *testing.T) {
 	}
 	key := randomKey(t)
 	mnt := filepath.Join(t.TempDir(), "mnt")
+	if has, err := HasState(image, mnt); err != nil || has {
+		t.Fatalf("HasState of a new disk = %v, %v", has, err)
+	}
 	d, err := Open(image, mnt, key)
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +110,9 @@ func TestStateDiskHoldsNoPlaintext(t *testing.T) {
 		t.Fatal("the backing file holds the file's name in plain text")
 	}
 
+	if has, err := HasState(image, mnt); err != nil || !has {
+		t.Fatalf("HasState of a used disk = %v, %v", has, err)
+	}
 	// A wrong key: refused, nothing changed.
 	if _, err := Open(image, mnt, randomKey(t)); err == nil || !strings.Contains(err.Error(), "is not the key of disk "+uuid) {
 		t.Fatalf("Open with a wrong key = %v", err)

@@ -94,6 +94,52 @@ func TestMiniKubernetes(t *testing.T) {
 			t.Fatalf("request %d through the Service failed: %s", i, out)
 		}
 	}
+
+	// A worker reboots: its TPM resets (PCR 15 is zero again), it attests to the join service again, gets the
+	// key of its state disk again, finds its kubelet's state there, and is a member and Ready again.
+	worker := mini.NodeAddr(1).String() + ":9090"
+	if out, code := c.run("mini", "reboot", "worker-0"); code != 0 {
+		t.Fatalf("mini reboot: exit %d\n%s", code, out)
+	}
+	eventually("worker-0 proving membership again after its reboot", func() (string, bool) {
+		out, code := c.run("verify", "--node-endpoint", worker)
+		return out, code == 0
+	})
+	if out, _ := k("-n", "kube-system", "logs", "daemonset/join-service"); len(regexp.MustCompile(`"msg":"node admitted","caller":"worker-0@[^"]*","controlPlane":false,"disk":"[0-9a-f-]{36}"`).FindAllString(out, -1)) != 2 {
+		t.Fatalf("worker-0 was not admitted twice with its disk:\n%s", out)
+	}
+	eventually("worker-0 Ready with its pods running again", func() (string, bool) {
+		out, err := k("get", "pods", "-l", "app=web", "--no-headers", "-o", "custom-columns=STATUS:.status.phase,NODE:.spec.nodeName")
+		nodes, _ := k("get", "node", "worker-0", "--no-headers")
+		return out + nodes, err == nil && strings.Count(out, "Running") == 3 && strings.Contains(nodes, " Ready ")
+	})
+	// kube-proxy learns the restarted pods' endpoints, then the Service answers again.
+	eventually("the Service answering after the reboot", get)
+
+	// The control plane reboots: it has the cluster on its state disk but not the master secret, and waits.
+	// recover attests it and hands it the master secret; the cluster is back with the data written before.
+	if out, code := c.run("mini", "reboot", "control-plane-0"); code != 0 {
+		t.Fatalf("mini reboot control-plane-0: exit %d\n%s", code, out)
+	}
+	if out, code := c.run("status"); code != 1 || !strings.Contains(out, "control-plane-0") {
+		t.Fatalf("status while the control plane waits for recovery: exit %d\n%s", code, out)
+	}
+	out, code := c.run("recover")
+	if code != 0 || !strings.Contains(out, "Cluster recovered") {
+		t.Fatalf("recover: exit %d\n%s", code, out)
+	}
+	if out, code := c.run("recover"); code == 0 {
+		t.Fatalf("a second recover succeeded:\n%s", out)
+	}
+	if out, err := k("get", "configmap", "marker", "-o", "jsonpath={.data.value}"); err != nil || out != marker {
+		t.Fatalf("the ConfigMap written before the restart: %v %q", err, out)
+	}
+	eventually("every node attested and Ready after the recovery", func() (string, bool) {
+		out, code := c.run("status")
+		return out, code == 0
+	})
+	state, _, _ = mini.ReadState(filepath.Join(c.ws, "constellation-mini")) // control-plane-0 has a new PID
+	eventually("the Service answering after the recovery", get)
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)
 	}

@@ -21,6 +21,51 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RecoverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cluster_id is the value extended into the node's PCR 15.
+	ClusterId     []byte `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverResponse) Reset() {
+	*x = RecoverResponse{}
+	mi := &file_init_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverResponse) ProtoMessage() {}
+
+func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
+func (*RecoverResponse) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecoverResponse) GetClusterId() []byte {
+	if x != nil {
+		return x.ClusterId
+	}
+	return nil
+}
+
 type InitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// master_secret and salt are the cluster's master secret (32 bytes each). They are empty when the master
@@ -40,7 +85,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_init_proto_msgTypes[0]
+	mi := &file_init_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -52,7 +97,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[0]
+	mi := &file_init_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -65,7 +110,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{0}
+	return file_init_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *InitRequest) GetMasterSecret() []byte {
@@ -118,7 +163,7 @@ type KMIP struct {
 
 func (x *KMIP) Reset() {
 	*x = KMIP{}
-	mi := &file_init_proto_msgTypes[1]
+	mi := &file_init_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -130,7 +175,7 @@ func (x *KMIP) String() string {
 func (*KMIP) ProtoMessage() {}
 
 func (x *KMIP) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[1]
+	mi := &file_init_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -143,7 +188,7 @@ func (x *KMIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KMIP.ProtoReflect.Descriptor instead.
 func (*KMIP) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{1}
+	return file_init_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *KMIP) GetEndpoint() string {
@@ -186,7 +231,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +243,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +256,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{2}
+	return file_init_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InitResponse) GetKubeconfig() []byte {
@@ -241,7 +286,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +298,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +311,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{3}
+	return file_init_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinRequest) GetControlPlane() bool {
@@ -294,7 +339,7 @@ type PKIFile struct {
 
 func (x *PKIFile) Reset() {
 	*x = PKIFile{}
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -306,7 +351,7 @@ func (x *PKIFile) String() string {
 func (*PKIFile) ProtoMessage() {}
 
 func (x *PKIFile) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -319,7 +364,7 @@ func (x *PKIFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PKIFile.ProtoReflect.Descriptor instead.
 func (*PKIFile) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{4}
+	return file_init_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PKIFile) GetName() string {
@@ -357,7 +402,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_init_proto_msgTypes[5]
+	mi := &file_init_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +414,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[5]
+	mi := &file_init_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +427,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{5}
+	return file_init_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinResponse) GetApiEndpoint() string {
@@ -432,7 +477,10 @@ var File_init_proto protoreflect.FileDescriptor
 const file_init_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"init.proto\x12\x15constellation.init.v1\"\xcf\x01\n" +
+	"init.proto\x12\x15constellation.init.v1\"0\n" +
+	"\x0fRecoverResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xcf\x01\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
@@ -466,9 +514,10 @@ const file_init_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x04 \x01(\fR\tclusterId\x12N\n" +
 	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles\x12\x19\n" +
-	"\bdisk_key\x18\x06 \x01(\fR\adiskKey2W\n" +
+	"\bdisk_key\x18\x06 \x01(\fR\adiskKey2\xae\x01\n" +
 	"\x04Init\x12O\n" +
-	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse2W\n" +
+	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse\x12U\n" +
+	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponse2W\n" +
 	"\x04Join\x12O\n" +
 	"\x04Join\x12\".constellation.init.v1.JoinRequest\x1a#.constellation.init.v1.JoinResponseBIZGgithub.com/constellation-dev/constellation/internal/bootstrapper/initpbb\x06proto3"
 
@@ -484,24 +533,27 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_init_proto_goTypes = []any{
-	(*InitRequest)(nil),  // 0: constellation.init.v1.InitRequest
-	(*KMIP)(nil),         // 1: constellation.init.v1.KMIP
-	(*InitResponse)(nil), // 2: constellation.init.v1.InitResponse
-	(*JoinRequest)(nil),  // 3: constellation.init.v1.JoinRequest
-	(*PKIFile)(nil),      // 4: constellation.init.v1.PKIFile
-	(*JoinResponse)(nil), // 5: constellation.init.v1.JoinResponse
+	(*RecoverResponse)(nil), // 0: constellation.init.v1.RecoverResponse
+	(*InitRequest)(nil),     // 1: constellation.init.v1.InitRequest
+	(*KMIP)(nil),            // 2: constellation.init.v1.KMIP
+	(*InitResponse)(nil),    // 3: constellation.init.v1.InitResponse
+	(*JoinRequest)(nil),     // 4: constellation.init.v1.JoinRequest
+	(*PKIFile)(nil),         // 5: constellation.init.v1.PKIFile
+	(*JoinResponse)(nil),    // 6: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
-	1, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	4, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
-	0, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	3, // 3: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
-	2, // 4: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	5, // 5: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	2, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
+	5, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
+	1, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	1, // 3: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
+	4, // 4: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
+	3, // 5: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	0, // 6: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
+	6, // 7: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -518,7 +570,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Init_Init_FullMethodName = "/constellation.init.v1.Init/Init"
+	Init_Init_FullMethodName    = "/constellation.init.v1.Init/Init"
+	Init_Recover_FullMethodName = "/constellation.init.v1.Init/Recover"
 )
 
 // InitClient is the client API for Init service.
@@ -30,6 +31,10 @@ const (
 // after it has verified the node's evidence, so the master secret only reaches an attested node.
 type InitClient interface {
 	Init(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*InitResponse, error)
+	// Recover brings back a first control-plane node that rebooted with the state of an initialised cluster on
+	// its state disk: with the cluster's master secret it unlocks the disk and restarts Kubernetes from it. Its
+	// request carries the master secret as InitRequest does; measurements is not used.
+	Recover(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*RecoverResponse, error)
 }
 
 type initClient struct {
@@ -50,6 +55,16 @@ func (c *initClient) Init(ctx context.Context, in *InitRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *initClient) Recover(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*RecoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoverResponse)
+	err := c.cc.Invoke(ctx, Init_Recover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InitServer is the server API for Init service.
 // All implementations must embed UnimplementedInitServer
 // for forward compatibility.
@@ -58,6 +73,10 @@ func (c *initClient) Init(ctx context.Context, in *InitRequest, opts ...grpc.Cal
 // after it has verified the node's evidence, so the master secret only reaches an attested node.
 type InitServer interface {
 	Init(context.Context, *InitRequest) (*InitResponse, error)
+	// Recover brings back a first control-plane node that rebooted with the state of an initialised cluster on
+	// its state disk: with the cluster's master secret it unlocks the disk and restarts Kubernetes from it. Its
+	// request carries the master secret as InitRequest does; measurements is not used.
+	Recover(context.Context, *InitRequest) (*RecoverResponse, error)
 	mustEmbedUnimplementedInitServer()
 }
 
@@ -70,6 +89,9 @@ type UnimplementedInitServer struct{}
 
 func (UnimplementedInitServer) Init(context.Context, *InitRequest) (*InitResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Init not implemented")
+}
+func (UnimplementedInitServer) Recover(context.Context, *InitRequest) (*RecoverResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Recover not implemented")
 }
 func (UnimplementedInitServer) mustEmbedUnimplementedInitServer() {}
 func (UnimplementedInitServer) testEmbeddedByValue()              {}
@@ -110,6 +132,24 @@ func _Init_Init_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Init_Recover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InitServer).Recover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Init_Recover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InitServer).Recover(ctx, req.(*InitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Init_ServiceDesc is the grpc.ServiceDesc for Init service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +160,10 @@ var Init_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Init",
 			Handler:    _Init_Init_Handler,
+		},
+		{
+			MethodName: "Recover",
+			Handler:    _Init_Recover_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -41,6 +41,8 @@ const (
 	PodLogsDir       = "/var/log/pods"
 	// PKIDir holds the cluster's certificates and keys.
 	PKIDir = "/etc/kubernetes/pki"
+	// KubeletKubeconfig holds the kubelet's credentials once the node has joined.
+	KubeletKubeconfig = "/etc/kubernetes/kubelet.conf"
 )
 
 var containerdTmpl = template.Must(template.New("containerd").Parse(`version = 3
@@ -161,6 +163,12 @@ func KubeletPatch(o Options) []byte {
 
 // Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it.
 func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error {
+	if _, err := os.Stat(KubeletKubeconfig); err == nil {
+		// The node joined before this boot: its state disk holds its kubelet's credentials and configuration.
+		d.logf("this node joined the cluster before; starting the kubelet with its state")
+		d.launchKubelet(ctx)
+		return nil
+	}
 	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash, controlPlane)
 	if err != nil {
 		return err
@@ -285,7 +293,7 @@ func (d *Driver) launchKubelet(ctx context.Context) {
 		return
 	}
 	env, _ := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
-	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml"}
+	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=" + KubeletKubeconfig, "--config=/var/lib/kubelet/config.yaml"}
 	args = append(args, kubeadmFlags(string(env))...)
 	if err := d.startBackground("kubelet", "/var/log/kubelet.log", "kubelet", args...); err != nil {
 		d.logf("starting the kubelet: %v", err)
@@ -315,6 +323,16 @@ func (d *Driver) configureCoreDNS(ctx context.Context) error {
 		return fmt.Errorf("configuring CoreDNS: %w", err)
 	}
 	return kubectl("rollout", "restart", "deployment", "coredns")
+}
+
+// Restart starts the kubelet of a node whose configuration and credentials are on its state disk; the
+// kubelet then starts the node's static pods (the control plane) again.
+func (d *Driver) Restart(ctx context.Context) error {
+	if _, err := os.Stat(KubeletKubeconfig); err != nil {
+		return fmt.Errorf("this node has no kubelet configuration to restart from: %w", err)
+	}
+	d.launchKubelet(ctx)
+	return nil
 }
 
 // Apply creates or updates Kubernetes objects with the administrator's kubeconfig. kubectl's output names

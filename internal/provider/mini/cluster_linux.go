@@ -6,15 +6,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -94,7 +97,23 @@ type Provider struct {
 	Dir string
 	Log *slog.Logger
 
-	state State
+	mu     sync.Mutex // guards state and nodes once the cluster runs (reboots come from the control socket)
+	state  State
+	spec   Spec
+	digest [32]byte
+	net    Network
+	md     *metadata.Server
+	nodes  []*node
+}
+
+// node is a booted node: its TPM and its sandbox.
+type node struct {
+	index      int
+	name, role string
+	addr       netip.Addr
+	dir        string
+	tpm        *VTPM
+	sb         *Sandbox
 }
 
 // StatePath is the state file of a provider directory.
@@ -153,11 +172,23 @@ func (p *Provider) Run(ctx context.Context, spec Spec) error {
 		teardown()
 		return err
 	}
+	stopControl, err := p.serveControl(ctx)
+	if err != nil {
+		p.state.Phase, p.state.Error = PhaseFailed, err.Error()
+		p.save()
+		teardown()
+		return err
+	}
+	p.mu.Lock()
 	p.state.Phase = PhaseRunning
 	p.progress(fmt.Sprintf("cluster running: %d control plane(s), %d worker(s)", spec.ControlPlanes, spec.Workers))
+	p.mu.Unlock()
 	<-ctx.Done()
+	stopControl()
+	p.mu.Lock() // waits for a reboot in progress
 	p.state.Phase = PhaseStopping
 	p.save()
+	p.mu.Unlock()
 	teardown()
 	return os.Remove(StatePath(p.Dir))
 }
@@ -205,55 +236,31 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	undo = append(undo, func() { srv.Close() })
 	p.state.MetadataURL = "http://" + ln.Addr().String()
 
+	p.spec, p.digest, p.net, p.md = spec, digest, n, md
 	for i := range spec.ControlPlanes + spec.Workers {
 		role, name := metadata.RoleControlPlane, fmt.Sprintf("control-plane-%d", i)
 		if i >= spec.ControlPlanes {
 			role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
 		}
-		addr := NodeAddr(i)
-		nodeDir := filepath.Join(p.Dir, "nodes", name)
-		p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, addr))
-		tpm, err := NewVTPM(ctx, nodeDir, ekCA)
+		nd := &node{index: i, name: name, role: role, addr: NodeAddr(i), dir: filepath.Join(p.Dir, "nodes", name)}
+		p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, nd.addr))
+		tpm, err := NewVTPM(ctx, nd.dir, ekCA)
 		if err != nil {
 			return teardown, fmt.Errorf("%s: %w", name, err)
 		}
-		log, err := tpm.Boot(ctx, measuredboot.Boot{ImageDigest: digest, Cmdline: spec.Cmdline})
-		if err != nil {
-			tpm.Shutdown()
-			return teardown, fmt.Errorf("%s: %w", name, err)
-		}
+		nd.tpm = tpm
 		undo = append(undo, func() { tpm.Shutdown() })
-		md.SetInstance(metadata.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, log, tpm.EKCertificates())
-		sandboxDir := filepath.Join(nodeDir, "sandbox")
-		os.RemoveAll(sandboxDir) // every boot starts from the image; what a node keeps is on its state disk
-		disk, err := attachStateDisk(nodeDir)
-		if err != nil {
-			return teardown, fmt.Errorf("%s: %w", name, err)
-		}
-		sb, err := StartSandbox(n, bootSpec{
-			Name: name, Hostname: name, Image: spec.Image, StateDir: sandboxDir, StateDisk: disk,
-			TPMSocket: tpm.SocketPath(), Cmdline: strings.Fields(spec.Cmdline), Metadata: p.state.MetadataURL,
-		}, addr, fmt.Sprintf("cst-%d", i), cgroupParent)
-		if err != nil {
+		if err := p.startNode(ctx, nd); err != nil {
 			return teardown, err
 		}
-		undo = append(undo, func() { sb.Stop() })
-		p.state.Nodes = append(p.state.Nodes, NodeState{Name: name, Role: role, IP: addr.String(), PID: sb.PID, Cgroup: sb.Cgroup, HostLink: sb.HostLink})
+		undo = append(undo, func() { nd.sb.Stop() })
+		p.nodes = append(p.nodes, nd)
+		p.state.Nodes = append(p.state.Nodes, nd.state())
 		p.save()
 	}
-	// The node network's routes, as a cloud's route table: services on the local link, each node's pods via
-	// that node. There is no default route.
-	for i, node := range p.state.Nodes {
-		routes := [][]string{{ServiceCIDR.String(), "dev", "eth0"}}
-		for j := range p.state.Nodes {
-			if j != i {
-				routes = append(routes, []string{PodCIDR(j).String(), "via", NodeAddr(j).String()})
-			}
-		}
-		for _, r := range routes {
-			if err := run("nsenter", append([]string{"-t", strconv.Itoa(node.PID), "-n", "ip", "route", "add"}, r...)...); err != nil {
-				return teardown, fmt.Errorf("routing for %s: %w", node.Name, err)
-			}
+	for _, nd := range p.nodes {
+		if err := p.route(nd); err != nil {
+			return teardown, err
 		}
 	}
 	return teardown, nil
@@ -363,4 +370,136 @@ func attachStateDisk(nodeDir string) (string, error) {
 		}
 	}
 	return path, nil
+}
+
+// startNode powers the node on: a measured boot into its TPM (which resets its PCRs), its record in the
+// metadata service with the boot's event log, and a fresh sandbox from the image with its state disk.
+func (p *Provider) startNode(ctx context.Context, nd *node) error {
+	log, err := nd.tpm.Boot(ctx, measuredboot.Boot{ImageDigest: p.digest, Cmdline: p.spec.Cmdline})
+	if err != nil {
+		return fmt.Errorf("%s: %w", nd.name, err)
+	}
+	p.md.SetInstance(metadata.Instance{Name: nd.name, Role: nd.role, IP: nd.addr.String(), PodCIDR: PodCIDR(nd.index).String()}, log, nd.tpm.EKCertificates())
+	sandboxDir := filepath.Join(nd.dir, "sandbox")
+	os.RemoveAll(sandboxDir) // every boot starts from the image; what a node keeps is on its state disk
+	disk, err := attachStateDisk(nd.dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", nd.name, err)
+	}
+	sb, err := StartSandbox(p.net, bootSpec{
+		Name: nd.name, Hostname: nd.name, Image: p.spec.Image, StateDir: sandboxDir, StateDisk: disk,
+		TPMSocket: nd.tpm.SocketPath(), Cmdline: strings.Fields(p.spec.Cmdline), Metadata: p.state.MetadataURL,
+	}, nd.addr, fmt.Sprintf("cst-%d", nd.index), cgroupParent)
+	if err != nil {
+		return fmt.Errorf("%s: %w", nd.name, err)
+	}
+	nd.sb = sb
+	return nil
+}
+
+// route adds the node network's routes in the node, as a cloud's route table: services on the local link,
+// each other node's pods via that node. There is no default route.
+func (p *Provider) route(nd *node) error {
+	routes := [][]string{{ServiceCIDR.String(), "dev", "eth0"}}
+	for _, other := range p.nodes {
+		if other != nd {
+			routes = append(routes, []string{PodCIDR(other.index).String(), "via", other.addr.String()})
+		}
+	}
+	for _, r := range routes {
+		if err := run("nsenter", append([]string{"-t", strconv.Itoa(nd.sb.PID), "-n", "ip", "route", "add"}, r...)...); err != nil {
+			return fmt.Errorf("routing for %s: %w", nd.name, err)
+		}
+	}
+	return nil
+}
+
+func (nd *node) state() NodeState {
+	return NodeState{Name: nd.name, Role: nd.role, IP: nd.addr.String(), PID: nd.sb.PID, Cgroup: nd.sb.Cgroup, HostLink: nd.sb.HostLink}
+}
+
+// Reboot power-cycles a node, as a cloud's reset does: every process of the node ends, its TPM restarts
+// (its PCRs, the cluster ID in PCR 15 included, are reset), and it boots the image again with the same state
+// disk.
+func (p *Provider) Reboot(ctx context.Context, name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state.Phase != PhaseRunning {
+		return fmt.Errorf("the cluster is %s, not running", p.state.Phase)
+	}
+	var nd *node
+	for _, n := range p.nodes {
+		if n.name == name {
+			nd = n
+		}
+	}
+	if nd == nil {
+		names := make([]string, len(p.nodes))
+		for i, n := range p.nodes {
+			names[i] = n.name
+		}
+		return fmt.Errorf("no node %q; nodes: %s", name, strings.Join(names, ", "))
+	}
+	p.Log.Info("rebooting node", "node", name)
+	if err := nd.sb.Stop(); err != nil {
+		return fmt.Errorf("stopping %s: %w", name, err)
+	}
+	if err := p.startNode(ctx, nd); err != nil {
+		return err
+	}
+	if err := p.route(nd); err != nil {
+		return err
+	}
+	p.state.Nodes[nd.index] = nd.state()
+	p.state.Progress = append(p.state.Progress, name+" rebooted")
+	return p.save()
+}
+
+// ControlSocket is the provider's control socket in its directory: requests from the CLI (reboots).
+func ControlSocket(dir string) string { return filepath.Join(dir, "provider.sock") }
+
+// serveControl answers POST /v1/nodes/{name}/reboot on the control socket, owner-only.
+func (p *Provider) serveControl(ctx context.Context) (func(), error) {
+	path := ControlSocket(p.Dir)
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/nodes/{name}/reboot", func(w http.ResponseWriter, r *http.Request) {
+		if err := p.Reboot(r.Context(), r.PathValue("name")); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	go srv.Serve(ln)
+	return func() { srv.Close(); os.Remove(path) }, nil
+}
+
+// RebootNode asks the provider daemon of the cluster in dir to reboot a node, and waits until it has booted.
+func RebootNode(ctx context.Context, dir, name string) error {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", ControlSocket(dir))
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://provider/v1/nodes/"+url.PathEscape(name)+"/reboot", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("asking the provider: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("the provider refused: %s", strings.TrimSpace(string(msg)))
+	}
+	return nil
 }

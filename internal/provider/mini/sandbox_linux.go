@@ -237,7 +237,10 @@ func (sb *Sandbox) Running() bool {
 // reaped too (a killed process leaves its cgroup before its parent, or init, reaps it).
 func killCgroup(dir string) error {
 	seen := map[int]bool{}
-	for range 250 {
+	// A killed process that waits for I/O (a node writing through its encrypted state disk, whose loop device
+	// writes back to the host) dies only when that I/O is done: give it time.
+	deadline := time.Now().Add(killTimeout)
+	for time.Now().Before(deadline) {
 		pids := cgroupPIDs(dir)
 		if len(pids) == 0 {
 			break
@@ -248,8 +251,8 @@ func killCgroup(dir string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if len(cgroupPIDs(dir)) > 0 {
-		return fmt.Errorf("processes of %s survive SIGKILL", dir)
+	if pids := cgroupPIDs(dir); len(pids) > 0 {
+		return fmt.Errorf("processes of %s survive SIGKILL for %s: %s", dir, killTimeout, describeProcesses(pids))
 	}
 	for range 500 {
 		alive := 0
@@ -326,4 +329,24 @@ func run(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// killTimeout bounds how long killed node processes may take to die.
+const killTimeout = time.Minute
+
+// describeProcesses names processes and their states, for an error message.
+func describeProcesses(pids []int) string {
+	var parts []string
+	for _, p := range pids {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ...
+		s := string(stat)
+		if i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')'); i >= 0 && j > i && j+2 < len(s) {
+			parts = append(parts, fmt.Sprintf("%d %s %c", p, s[i+1:j], s[j+2]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,0 +1,134 @@
+package bootstrapper
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+// The first control-plane node keeps the cluster's state on its encrypted state disk. After a reboot it has
+// no master secret: it refuses Init, refuses Recover with another master secret (and stays fresh), and with
+// the right one unlocks the disk, measures the cluster ID and restarts Kubernetes from its state.
+func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("state disks need root")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 not installed (Debian package e2fsprogs)")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	image := filepath.Join(dir, "state-disk.img")
+	f, _ := os.Create(image)
+	f.Truncate(64 << 20)
+	f.Close()
+	log := slog.New(slog.DiscardHandler)
+	newDisk := func() *stateDisk {
+		d, err := prepareStateDisk(ctx, image, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.mountpoint = filepath.Join(dir, "mnt")
+		d.targets = map[string]string{"var": filepath.Join(dir, "var"), "kubernetes": filepath.Join(dir, "kubernetes")}
+		return d
+	}
+	unmount := func(d *stateDisk) {
+		for _, target := range d.targets {
+			exec.Command("umount", target).Run()
+		}
+		exec.Command("umount", d.mountpoint).Run()
+	}
+	ms, _ := kms.GenerateMasterSecret()
+	deriver, _ := kms.NewDeriver(ms)
+	clusterID, _ := deriver.ClusterID()
+
+	// First boot: init.
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := newDisk()
+	policy, _ := json.Marshal(node.Policy)
+	s := &initServer{issuer: node.Issuer, k8s: &recordingKubernetes{}, log: log, disk: disk}
+	if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(disk.targets["var"], "etcd-data"), []byte("the cluster's state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unmount(disk)
+	node.Close()
+
+	// Reboot: a fresh TPM, the same disk.
+	node, err = tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	disk = newDisk()
+	recovering, err := disk.hasState()
+	if err != nil || !recovering {
+		t.Fatalf("hasState after init = %v, %v", recovering, err)
+	}
+	k8s := &recordingKubernetes{}
+	var started []byte
+	s = &initServer{issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
+		recovered: func(_ *kms.Deriver, id []byte, p measurements.M) error {
+			started = id
+			if len(p) != len(node.Policy) {
+				t.Errorf("the key service got a policy of %d PCRs, want the %d from init", len(p), len(node.Policy))
+			}
+			return nil
+		}}
+	if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Init of a node with a cluster on its disk = %v, want FailedPrecondition", err)
+	}
+	other, _ := kms.GenerateMasterSecret()
+	if _, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: other.Key, Salt: other.Salt}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Recover with another master secret = %v, want FailedPrecondition", err)
+	}
+	pcr15 := func() []byte {
+		pcrs, err := client.ReadPCRs(node.TPM, client.FullPcrSel(tpm2.AlgSHA256))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pcrs.GetPcrs()[15]
+	}
+	if !bytes.Equal(pcr15(), make([]byte, 32)) {
+		t.Fatal("a refused recovery measured a cluster ID")
+	}
+	resp, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt})
+	if err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	defer unmount(disk)
+	if !bytes.Equal(resp.GetClusterId(), clusterID) || !bytes.Equal(started, clusterID) || k8s.restarts != 1 {
+		t.Fatalf("Recover: cluster ID %x (want %x), services started with %x, %d kubelet restarts", resp.GetClusterId(), clusterID, started, k8s.restarts)
+	}
+	if exp := measuredboot.ExpectedClusterIDPCR(clusterID); !bytes.Equal(pcr15(), exp[:]) {
+		t.Fatal("PCR 15 does not hold the cluster ID after recovery")
+	}
+	if got, err := os.ReadFile(filepath.Join(disk.targets["var"], "etcd-data")); err != nil || string(got) != "the cluster's state" {
+		t.Fatalf("state after recovery: %q, %v", got, err)
+	}
+	if _, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("second Recover = %v, want FailedPrecondition", err)
+	}
+}

@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
+)
+
+func newRecoverCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "recover",
+		Short: "Bring the cluster back after its first control-plane node restarted",
+		Long: "A restarted first control-plane node has the cluster's state on its encrypted state disk, but not the\n" +
+			"master secret to open it: it waits. recover attests the node (it must run the configured image and be\n" +
+			"fresh), sends it the master secret over aTLS (or, with an external KMS, the wrapped secret and the KMS\n" +
+			"credentials), and waits until the node proves its membership again and the Kubernetes API answers.",
+		Args: cobra.NoArgs,
+		RunE: runRecover,
+	}
+	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	return cmd
+}
+
+func runRecover(cmd *cobra.Command, _ []string) error {
+	out := cmd.OutOrStdout()
+	ws := workspace(cmd)
+	c, err := config.Load(filepath.Join(ws, config.FileName))
+	if err != nil {
+		return badInput("%w", err)
+	}
+	cs, initialised, err := loadClusterState(ws)
+	if err != nil {
+		return badInput("%s: %w", StateFile, err)
+	}
+	if !initialised {
+		return badInput("no %s in %s: this workspace has no initialised cluster to recover", StateFile, ws)
+	}
+	dir := filepath.Join(ws, miniDirName)
+	state, found, err := mini.ReadState(dir)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	if !found || !state.DaemonAlive() || len(state.Nodes) == 0 {
+		return badInput("no running cluster in %s", ws)
+	}
+	roots, err := readCertificates(filepath.Join(dir, "ak-ca", "ca-cert.pem"))
+	if err != nil {
+		return failed(err)
+	}
+	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
+	file, err := kms.ReadSecretFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return badInput("no %s in %s: the cluster cannot be recovered without its master secret", kms.MasterSecretFileName, ws)
+	} else if err != nil {
+		return badInput("%w", err)
+	}
+	var kmsConf *kms.KMIPConfig
+	if c.KMS != nil {
+		kmsConf = c.KMS.KMIP
+	}
+	req, err := initRequest(secretPath, file, kmsConf)
+	if err != nil {
+		return err
+	}
+	first := state.Nodes[0]
+	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", first.Name, first.IP)
+	conn, endpoint, err := dialFreshNode(first.IP, roots, c.Attestation.Measurements)
+	if err != nil {
+		return failed(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
+	defer cancel()
+	var resp *initpb.RecoverResponse
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		// The node may still be booting: retry while it is unreachable, not when it refuses.
+		resp, err = initpb.NewInitClient(conn).Recover(ctx, req)
+		if err == nil || !unavailable(err) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		return failed(fmt.Errorf("recovering %s at %s: %w", first.Name, endpoint, err))
+	}
+	if got := hex.EncodeToString(resp.GetClusterId()); got != cs.ClusterID {
+		return failed(fmt.Errorf("%s recovered cluster %s, but %s records cluster %s", first.Name, got, StateFile, cs.ClusterID))
+	}
+	fmt.Fprintf(out, "  %s unlocked its state disk and measured the cluster ID %s…\n", first.Name, cs.ClusterID[:16])
+	member, err := withClusterID(c.Attestation.Measurements, cs)
+	if err != nil {
+		return failed(err)
+	}
+	if _, err := verifyNode(ctx, first.IP+":"+strconv.Itoa(verifyservice.Port), roots, member, nil, 0); err != nil {
+		return checkFailed(fmt.Errorf("%s does not prove membership after recovery: %w", first.Name, err))
+	}
+	fmt.Fprintf(out, "  %s proves membership of the cluster; waiting for the Kubernetes API\n", first.Name)
+	if err := waitAPIReady(ctx, filepath.Join(ws, AdminKubeconfigFile), 5*time.Minute); err != nil {
+		return failed(err)
+	}
+	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s\n", cs.Endpoint)
+	return nil
+}
+
+// waitAPIReady waits until the API server answers /readyz with the administrator's credentials.
+func waitAPIReady(ctx context.Context, kubeconfigPath string, limit time.Duration) error {
+	client, server, err := kubeClient(kubeconfigPath)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, server+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("readyz: %s", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the Kubernetes API at %s did not become ready within %s: %w", server, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// unavailable reports whether a gRPC call failed because the server could not be reached (yet), not because
+// the node failed attestation (which the transport also reports as unavailable, with the reason).
+func unavailable(err error) bool {
+	return status.Code(err) == codes.Unavailable && !strings.Contains(err.Error(), "attestation failed")
+}
