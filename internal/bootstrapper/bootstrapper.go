@@ -25,6 +25,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
+	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 )
 
 // Config is what the bootstrapper needs from its environment.
@@ -103,9 +104,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("verification service listening", "address", srv.Addr)
+	verifyGRPC := grpc.NewServer()
+	verifypb.RegisterVerifyServer(verifyGRPC, verifyservice.NewGRPCServer(issuer, log.With("service", "verify")))
+	verifyLn, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(verifyservice.GRPCPort)))
+	if err != nil {
+		return fmt.Errorf("verification service: %w", err)
+	}
+	go func() { errc <- verifyGRPC.Serve(verifyLn) }()
+	defer verifyGRPC.Stop()
+	log.Info("verification service listening", "http", srv.Addr, "grpc", verifyLn.Addr().String())
 	if cfg.AgentSocket != "" {
 		ln, err := agent.Listen(cfg.AgentSocket)
 		if err != nil {

@@ -76,6 +76,7 @@ func newVerifyCmd() *cobra.Command {
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
 	cmd.Flags().StringVar(&endpoint, "node-endpoint", "", "the node's verification service, HOST:PORT (required)")
+	cmd.Flags().Bool("grpc", false, "ask the node's gRPC verification service (port 9091) instead of HTTP (port 9090)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
 	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the mini provider's)")
 	return cmd
@@ -100,10 +101,16 @@ func verifyNode(ctx context.Context, endpoint string, roots []*x509.Certificate,
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
+	fetch := verifyservice.Fetch
+	if cmd != nil {
+		if useGRPC, _ := cmd.Flags().GetBool("grpc"); useGRPC {
+			fetch = verifyservice.FetchGRPC
+		}
+	}
 	deadline := time.Now().Add(wait)
 	var ev []byte
 	for {
-		ev, err = verifyservice.Fetch(ctx, endpoint, nonce)
+		ev, err = fetch(ctx, endpoint, nonce)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}

@@ -13,10 +13,63 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
-// Port is the verification service's port on every node.
-const Port = 9090
+// Port is the verification service's HTTP port on every node; GRPCPort its gRPC port.
+const (
+	Port     = 9090
+	GRPCPort = 9091
+)
+
+// GRPCServer serves the Verify gRPC API: the same evidence as the HTTP handler.
+type GRPCServer struct {
+	verifypb.UnimplementedVerifyServer
+	issuer attestation.Issuer
+	log    *slog.Logger
+}
+
+// NewGRPCServer returns the gRPC verification service of a node.
+func NewGRPCServer(issuer attestation.Issuer, log *slog.Logger) *GRPCServer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &GRPCServer{issuer: issuer, log: log}
+}
+
+// GetAttestation returns fresh evidence for the caller's nonce. It binds no user data: a caller must not be
+// able to have the node vouch for a key of the caller's choosing.
+func (s *GRPCServer) GetAttestation(ctx context.Context, req *verifypb.GetAttestationRequest) (*verifypb.GetAttestationResponse, error) {
+	if err := attestation.CheckNonce(req.GetNonce()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	ev, err := s.issuer.Issue(ctx, req.GetNonce(), nil)
+	if err != nil {
+		s.log.Error("issuing evidence failed", "error", err)
+		return nil, status.Error(codes.Internal, "issuing evidence failed")
+	}
+	return &verifypb.GetAttestationResponse{Evidence: ev}, nil
+}
+
+// FetchGRPC asks the gRPC verification service at endpoint (host:port) for evidence bound to nonce.
+func FetchGRPC(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	resp, err := verifypb.NewVerifyClient(conn).GetAttestation(ctx, &verifypb.GetAttestationRequest{Nonce: nonce})
+	if err != nil {
+		return nil, fmt.Errorf("asking %s for evidence: %w", endpoint, err)
+	}
+	return resp.GetEvidence(), nil
+}
 
 // Handler serves GET /v1/attest?nonce=<hex>.
 func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {

@@ -141,6 +141,10 @@ func TestMiniUpVerifyDown(t *testing.T) {
 		t.Fatalf("verify worker-0: exit %d\n%s", code, out)
 	}
 
+	// The same over gRPC.
+	if out, code := c.run("verify", "--grpc", "--node-endpoint", mini.NodeAddr(0).String()+":9091"); code != 0 || !strings.Contains(out, "control-plane-0") {
+		t.Fatalf("verify over gRPC: exit %d\n%s", code, out)
+	}
 	out, code = c.run("status")
 	if code != 0 || strings.Count(out, "runs the configured image") != 2 || !strings.Contains(out, "Kubernetes not initialised") {
 		t.Fatalf("status: exit %d\n%s", code, out)
