@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	register(Suite{Names: []string{"cluster-create", "node-memory"}, Run: runClusterCreate})
+	register(Suite{Names: []string{"cluster-create", "node-join", "node-memory"}, Run: runClusterCreate})
 }
 
 // runClusterCreate measures, with the built CLI and node image, seconds from `constellation mini up` to all
@@ -62,11 +62,29 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	created := time.Since(start)
-	time.Sleep(30 * time.Second) // let the control plane settle before measuring memory
 	state, _, err := mini.ReadState(filepath.Join(ws, "constellation-mini"))
 	if err != nil {
 		return nil, err
 	}
+	// node-join: from a worker's power-on to its Ready condition (attestation, join service, disk unlock,
+	// kubeadm join, kubelet); the slower of the two workers.
+	var join time.Duration
+	for _, n := range state.Nodes {
+		if n.Role != "worker" {
+			continue
+		}
+		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "node", n.Name,
+			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].lastTransitionTime}`)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s's Ready time: %v: %s", n.Name, err, out)
+		}
+		ready, err := time.Parse(time.RFC3339, strings.TrimSpace(out))
+		if err != nil {
+			return nil, fmt.Errorf("reading %s's Ready time: %w", n.Name, err)
+		}
+		join = max(join, ready.Sub(n.Started))
+	}
+	time.Sleep(30 * time.Second) // let the control plane settle before measuring memory
 	var total float64
 	for _, n := range state.Nodes {
 		rss, err := cgroupRSS(filepath.Join("/sys/fs/cgroup/memory", n.Cgroup, "memory.stat"))
@@ -77,6 +95,7 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 	}
 	return []Result{
 		{"cluster-create", created.Seconds(), "s"},
+		{"node-join", join.Seconds(), "s"},
 		{"node-memory", total / float64(len(state.Nodes)) / (1 << 20), "MiB"},
 	}, nil
 }

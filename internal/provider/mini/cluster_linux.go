@@ -71,6 +71,8 @@ type NodeState struct {
 	PID      int    `json:"pid"`
 	Cgroup   string `json:"cgroup"`
 	HostLink string `json:"hostLink"`
+	// Started is when the node's current boot began (its TPM powered on).
+	Started time.Time `json:"started"`
 }
 
 // State is the provider's record of a cluster, in <dir>/state.json.
@@ -114,6 +116,7 @@ type node struct {
 	dir        string
 	tpm        *VTPM
 	sb         *Sandbox
+	started    time.Time
 }
 
 // StatePath is the state file of a provider directory.
@@ -375,6 +378,7 @@ func attachStateDisk(nodeDir string) (string, error) {
 // startNode powers the node on: a measured boot into its TPM (which resets its PCRs), its record in the
 // metadata service with the boot's event log, and a fresh sandbox from the image with its state disk.
 func (p *Provider) startNode(ctx context.Context, nd *node) error {
+	nd.started = time.Now()
 	log, err := nd.tpm.Boot(ctx, measuredboot.Boot{ImageDigest: p.digest, Cmdline: p.spec.Cmdline})
 	if err != nil {
 		return fmt.Errorf("%s: %w", nd.name, err)
@@ -415,7 +419,7 @@ func (p *Provider) route(nd *node) error {
 }
 
 func (nd *node) state() NodeState {
-	return NodeState{Name: nd.name, Role: nd.role, IP: nd.addr.String(), PID: nd.sb.PID, Cgroup: nd.sb.Cgroup, HostLink: nd.sb.HostLink}
+	return NodeState{Name: nd.name, Role: nd.role, IP: nd.addr.String(), PID: nd.sb.PID, Cgroup: nd.sb.Cgroup, HostLink: nd.sb.HostLink, Started: nd.started}
 }
 
 // Reboot power-cycles a node, as a cloud's reset does: every process of the node ends, its TPM restarts
