@@ -51,6 +51,26 @@ func TestMiniKubernetes(t *testing.T) {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
 		}
 	}
+	// Against another cluster ID, the same node fails, on PCR 15.
+	statePath := filepath.Join(c.ws, "constellation-state.yaml")
+	realState, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := regexp.MustCompile(`clusterID: "?([0-9a-f]{64})`).FindSubmatch(realState)
+	if id == nil {
+		t.Fatalf("no cluster ID in the state file:\n%s", realState)
+	}
+	other := bytes.Replace(realState, id[1], bytes.Repeat([]byte("ab"), 32), 1)
+	if err := os.WriteFile(statePath, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := c.run("verify", "--node-endpoint", mini.NodeAddr(1).String()+":9090"); code != 1 || !strings.Contains(out, "PCR 15") {
+		t.Fatalf("verify against another cluster ID: exit %d\n%s", code, out)
+	}
+	if err := os.WriteFile(statePath, realState, 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	// What the cluster stores is encrypted on the nodes' state disks: a ConfigMap's value, written by etcd on
 	// the control-plane node, is nowhere in that node's disk image on the host.
