@@ -10,10 +10,12 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/bench"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/wgmesh/wgmeshtest"
 )
 
 func main() {
-	mini.MaybeRunNodeInit() // the mini-boot benchmark boots nodes whose init stage is this binary
+	mini.MaybeRunNodeInit()     // the mini-boot benchmark boots nodes whose init stage is this binary
+	wgmeshtest.MaybeRunHelper() // the network benchmark runs its nodes as this binary
 	selected := os.Args[1:]
 	if env := os.Getenv("BENCH"); env != "" {
 		selected = append(selected, strings.Split(env, ",")...)

@@ -1,0 +1,355 @@
+// Package wgmeshtest runs WireGuard mesh nodes in network namespaces of their own, linked by a veth pair, for
+// tests and benchmarks: each node is a helper process (this binary, re-executed inside its namespace), so its
+// TUN device, sockets and servers all live there. Binaries that use it call MaybeRunHelper first thing.
+package wgmeshtest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/constellation-dev/constellation/internal/wgmesh"
+)
+
+// Marker is what the nodes' HTTP servers answer; captures look for it on the wire.
+const Marker = "CONSTELLATION-NETWORK-MARKER-7f3a"
+
+// Addresses of a pair: the link (underlay) and the tunnel.
+const (
+	LinkA, LinkB     = "10.252.0.1", "10.252.0.2"
+	TunnelA, TunnelB = "10.253.0.1", "10.253.0.2"
+	HTTPPort         = 8080 // on every address
+	SinkPort         = 8082 // on every address: reads and discards, for throughput
+)
+
+const helperEnv = "WGMESHTEST_HELPER"
+
+// MaybeRunHelper runs a helper and exits if this process was started as one; otherwise it returns at once.
+func MaybeRunHelper() {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return
+	}
+	var err error
+	switch mode {
+	case "node":
+		err = helperNode()
+	case "capture":
+		err = helperCapture(os.Getenv("WGMESHTEST_IFACE"))
+	case "send":
+		err = helperSend(os.Getenv("WGMESHTEST_TARGET"), os.Getenv("WGMESHTEST_BYTES"))
+	default:
+		err = fmt.Errorf("unknown helper %q", mode)
+	}
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func helperNode() error {
+	priv, err := wgmesh.ParseKey(os.Getenv("WGMESHTEST_PRIVATE"))
+	if err != nil {
+		return err
+	}
+	peerKey, err := wgmesh.ParseKey(os.Getenv("WGMESHTEST_PEER"))
+	if err != nil {
+		return err
+	}
+	self := netip.MustParsePrefix(os.Getenv("WGMESHTEST_ADDR"))
+	m, err := wgmesh.Start(wgmesh.Config{Interface: "wg0", PrivateKey: priv, ListenPort: 51820, MTU: 1500 - wgmesh.Overhead})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.AddAddress(self); err != nil {
+		return err
+	}
+	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT")), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(os.Getenv("WGMESHTEST_PEER_ADDR"))}}
+	if err := m.SetPeers([]wgmesh.Peer{peer}); err != nil {
+		return err
+	}
+	body := strings.Repeat(Marker, 100)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) })
+	for _, host := range []string{self.Addr().String(), os.Getenv("WGMESHTEST_LINK")} {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(HTTPPort)))
+		if err != nil {
+			return err
+		}
+		go http.Serve(ln, handler)
+		sink, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(SinkPort)))
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				c, err := sink.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(io.Discard, c); c.Close() }()
+			}
+		}()
+	}
+	fmt.Println("READY")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "remove-peers" {
+			if err := m.SetPeers(nil); err != nil {
+				return err
+			}
+			fmt.Println("REMOVED")
+		}
+	}
+	return nil
+}
+
+// helperSend sends n bytes to target over TCP and prints the throughput in Mbit/s.
+func helperSend(target, n string) error {
+	total, err := strconv.ParseInt(n, 10, 64)
+	if err != nil {
+		return err
+	}
+	fmt.Println("READY")
+	c, err := net.DialTimeout("tcp", target, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	for sent := int64(0); sent < total; {
+		k, err := c.Write(buf[:min(int64(len(buf)), total-sent)])
+		if err != nil {
+			return err
+		}
+		sent += int64(k)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	io.Copy(io.Discard, c) // the sink closes after reading everything
+	secs := time.Since(start).Seconds()
+	fmt.Printf("MBITS %.1f\n", float64(total)*8/secs/1e6)
+	return nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// helperCapture reads every frame on iface until stdin closes and says whether one contained the marker.
+func helperCapture(iface string) error {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+		return err
+	}
+	tv := unix.Timeval{Usec: 100000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(done) }()
+	fmt.Println("READY")
+	frames, found := 0, false
+	buf := make([]byte, 65536)
+	for {
+		select {
+		case <-done:
+			fmt.Printf("frames=%d found=%v\n", frames, found)
+			return nil
+		default:
+		}
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			continue // timeout: look at done again
+		}
+		frames++
+		if bytes.Contains(buf[:n], []byte(Marker)) {
+			found = true
+		}
+	}
+}
+
+// Helper is a running helper process.
+type Helper struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+}
+
+// Send writes a line to the helper.
+func (h *Helper) Send(line string) error {
+	_, err := io.WriteString(h.stdin, line+"\n")
+	return err
+}
+
+// Expect reads the helper's next line, which must start with prefix.
+func (h *Helper) Expect(prefix string) (string, error) {
+	if !h.out.Scan() {
+		return "", fmt.Errorf("helper ended without saying %s", prefix)
+	}
+	if !strings.HasPrefix(h.out.Text(), prefix) {
+		return "", fmt.Errorf("helper said %q, want %s", h.out.Text(), prefix)
+	}
+	return h.out.Text(), nil
+}
+
+// Stop ends the helper.
+func (h *Helper) Stop() {
+	h.stdin.Close()
+	h.cmd.Process.Kill()
+	h.cmd.Wait()
+}
+
+func startHelper(netns string, env ...string) (*Helper, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("ip", "netns", "exec", netns, self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	h := &Helper{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	if _, err := h.Expect("READY"); err != nil {
+		h.Stop()
+		return nil, err
+	}
+	return h, nil
+}
+
+// Pair is two nodes, A and B, in network namespaces of their own, linked by a veth pair, with a WireGuard
+// tunnel between them.
+type Pair struct {
+	NamespaceA, NamespaceB string
+	LinkDevA, LinkDevB     string
+	A, B                   *Helper
+}
+
+// ErrUnsupported is returned where the machine cannot run a pair (not root, no TUN device, no ip).
+var ErrUnsupported = errors.New("wgmeshtest: needs root, /dev/net/tun and iproute2")
+
+// NewPair sets up a pair; Close removes everything it created.
+func NewPair() (p *Pair, err error) {
+	if os.Geteuid() != 0 {
+		return nil, ErrUnsupported
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		return nil, ErrUnsupported
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, ErrUnsupported
+	}
+	id := strconv.Itoa(os.Getpid() % 100000)
+	p = &Pair{NamespaceA: "cstwg-a-" + id, NamespaceB: "cstwg-b-" + id, LinkDevA: "cstwga" + id, LinkDevB: "cstwgb" + id}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	cmds := [][]string{
+		{"netns", "add", p.NamespaceA}, {"netns", "add", p.NamespaceB},
+		{"link", "add", p.LinkDevA, "netns", p.NamespaceA, "type", "veth", "peer", "name", p.LinkDevB, "netns", p.NamespaceB},
+		{"-n", p.NamespaceA, "addr", "add", LinkA + "/24", "dev", p.LinkDevA}, {"-n", p.NamespaceA, "link", "set", p.LinkDevA, "up"},
+		{"-n", p.NamespaceA, "link", "set", "lo", "up"},
+		{"-n", p.NamespaceB, "addr", "add", LinkB + "/24", "dev", p.LinkDevB}, {"-n", p.NamespaceB, "link", "set", p.LinkDevB, "up"},
+		{"-n", p.NamespaceB, "link", "set", "lo", "up"},
+	}
+	for _, c := range cmds {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			return p, fmt.Errorf("ip %s: %w: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	privA, pubA, err := wgmesh.GenerateKey()
+	if err != nil {
+		return p, err
+	}
+	privB, pubB, err := wgmesh.GenerateKey()
+	if err != nil {
+		return p, err
+	}
+	node := func(ns string, priv, peer wgmesh.Key, self, other, link, otherLink string) (*Helper, error) {
+		return startHelper(ns, helperEnv+"=node", "WGMESHTEST_PRIVATE="+priv.String(), "WGMESHTEST_PEER="+peer.String(),
+			"WGMESHTEST_ADDR="+self+"/32", "WGMESHTEST_PEER_ADDR="+other+"/32", "WGMESHTEST_PEER_ENDPOINT="+otherLink+":51820", "WGMESHTEST_LINK="+link)
+	}
+	if p.A, err = node(p.NamespaceA, privA, pubB, TunnelA, TunnelB, LinkA, LinkB); err != nil {
+		return p, err
+	}
+	if p.B, err = node(p.NamespaceB, privB, pubA, TunnelB, TunnelA, LinkB, LinkA); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// Close stops the nodes and removes the namespaces (and with them the link).
+func (p *Pair) Close() {
+	for _, h := range []*Helper{p.A, p.B} {
+		if h != nil {
+			h.Stop()
+		}
+	}
+	exec.Command("ip", "netns", "del", p.NamespaceA).Run()
+	exec.Command("ip", "netns", "del", p.NamespaceB).Run()
+}
+
+// Capture runs fn while capturing every frame on A's link and reports whether the marker crossed it in plain
+// text, and how many frames it saw.
+func (p *Pair) Capture(fn func() error) (found bool, frames int, err error) {
+	c, err := startHelper(p.NamespaceA, helperEnv+"=capture", "WGMESHTEST_IFACE="+p.LinkDevA)
+	if err != nil {
+		return false, 0, err
+	}
+	defer c.Stop()
+	ferr := fn()
+	time.Sleep(200 * time.Millisecond)
+	c.stdin.Close()
+	line, err := c.Expect("frames=")
+	if err != nil {
+		return false, 0, err
+	}
+	fmt.Sscanf(line, "frames=%d found=%t", &frames, &found)
+	return found, frames, ferr
+}
+
+// Get fetches url from node A with curl.
+func (p *Pair) Get(url string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", p.NamespaceA, "curl", "-sS", "-m", "5", url).CombinedOutput()
+	return string(out), err
+}
+
+// Throughput sends n bytes from A to target (host:port) over TCP and returns Mbit/s.
+func (p *Pair) Throughput(target string, n int64) (float64, error) {
+	h, err := startHelper(p.NamespaceA, helperEnv+"=send", "WGMESHTEST_TARGET="+target, "WGMESHTEST_BYTES="+strconv.FormatInt(n, 10))
+	if err != nil {
+		return 0, err
+	}
+	defer h.Stop()
+	line, err := h.Expect("MBITS ")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(strings.TrimPrefix(line, "MBITS "), 64)
+}
