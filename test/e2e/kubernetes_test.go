@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"golang.org/x/sys/unix"
 )
@@ -209,7 +211,12 @@ spec:
 // control-plane node (the join service hands the shared PKI only to a node the provider names a control-plane
 // node), runs its own API server and etcd member, and gets a join service of its own.
 func TestMiniControlPlanes(t *testing.T) {
-	cl := startCluster(t, 2, 0)
+	// The master secret of this cluster is held by an external KMS (a real pykmip-server): the workspace
+	// holds it only wrapped, and the first node unwraps it itself.
+	cl := startCluster(t, 2, 0, withExternalKMS)
+	if raw, err := os.ReadFile(filepath.Join(cl.c.ws, "constellation-mastersecret.json")); err != nil || !bytes.Contains(raw, []byte(`"wrapped"`)) || bytes.Contains(raw, []byte(`"key"`)) {
+		t.Fatalf("the master secret file is not wrapped only: %v\n%s", err, raw)
+	}
 	cl.eventually("both control-plane nodes Ready", func() (string, bool) {
 		out, err := cl.k("get", "nodes", "--no-headers", "-l", "node-role.kubernetes.io/control-plane")
 		return out, err == nil && strings.Count(out, " Ready ") == 2
@@ -249,7 +256,7 @@ type cluster struct {
 
 // startCluster runs `mini up` with the full node image (skipping the test where it is not built) and
 // removes the cluster when the test ends.
-func startCluster(t *testing.T, controlPlanes, workers int) *cluster {
+func startCluster(t *testing.T, controlPlanes, workers int, beforeUp ...func(c cli)) *cluster {
 	t.Helper()
 	requireMachine(t)
 	imageDir, _ := filepath.Abs("../../_out/node-image")
@@ -261,6 +268,9 @@ func startCluster(t *testing.T, controlPlanes, workers int) *cluster {
 	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
 	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--control-planes", strconv.Itoa(controlPlanes), "--workers", strconv.Itoa(workers)); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
+	}
+	for _, f := range beforeUp {
+		f(c)
 	}
 	start := time.Now()
 	out, code := c.run("mini", "up")
@@ -360,4 +370,78 @@ func TestFileContains(t *testing.T) {
 	if found, err := fileContains(path, needle); err != nil || !found {
 		t.Fatalf("needle across a chunk boundary: %v, %v", found, err)
 	}
+}
+
+// withExternalKMS starts a real KMIP server, creates a key-encryption key on it and the wrapped master secret
+// in the workspace, and names the KMS in constellation-conf.yaml. The server listens on loopback; the nodes
+// reach it at the node network's gateway, through a forwarder the test runs once that address exists.
+func withExternalKMS(c cli) {
+	t := c.t
+	gateway := mini.Gateway.Addr()
+	srv := kmiptest.StartForTestWithIPs(t, net.IP(gateway.AsSlice()))
+	for name, data := range map[string][]byte{"kms-ca.pem": srv.ServerCA, "client.pem": srv.ClientCert, "client-key.pem": srv.ClientKey} {
+		if err := os.WriteFile(filepath.Join(c.ws, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kmsConf := func(endpoint, keyID string) string {
+		return "kmip:\n  endpoint: " + endpoint + "\n  serverCA: kms-ca.pem\n  clientCert: client.pem\n  clientKey: client-key.pem\n  keyID: \"" + keyID + "\"\n"
+	}
+	kmsFile := filepath.Join(c.ws, "kms.yaml")
+	os.WriteFile(kmsFile, []byte(kmsConf(srv.Endpoint, "")), 0o600)
+	out, code := c.run("kms", "create-kek", "--kms-config", kmsFile)
+	m := regexp.MustCompile(`Created key-encryption key (\S+) on`).FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("kms create-kek: exit %d\n%s", code, out)
+	}
+	os.WriteFile(kmsFile, []byte(kmsConf(srv.Endpoint, m[1])), 0o600)
+	if out, code := c.run("kms", "init", "--kms-config", kmsFile); code != 0 {
+		t.Fatalf("kms init: exit %d\n%s", code, out)
+	}
+	_, port, _ := net.SplitHostPort(srv.Endpoint)
+	nodeEndpoint := net.JoinHostPort(gateway.String(), port)
+	f, err := os.OpenFile(filepath.Join(c.ws, "constellation-conf.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(f, "kms:\n  kmip:\n    endpoint: "+nodeEndpoint+"\n    serverCA: kms-ca.pem\n    clientCert: client.pem\n    clientKey: client-key.pem\n    keyID: \""+m[1]+"\"\n")
+	f.Close()
+	forward(t, nodeEndpoint, srv.Endpoint)
+}
+
+// forward relays TCP connections from listen, as soon as that address exists on this machine, to target.
+func forward(t *testing.T, listen, target string) {
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	go func() {
+		var ln net.Listener
+		for {
+			var err error
+			if ln, err = net.Listen("tcp", listen); err == nil {
+				break
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		go func() { <-stop; ln.Close() }()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go io.Copy(u, c)
+				io.Copy(c, u)
+			}()
+		}
+	}()
 }

@@ -65,6 +65,9 @@ type Server struct {
 	NoClientAuthCert []byte
 	NoClientAuthKey  []byte
 
+	// ServerIPs are further addresses the server certificate names, besides 127.0.0.1.
+	ServerIPs []net.IP
+
 	// Dir holds server.conf, the certificates, the policy directory, the SQLite database (pykmip.db), the server
 	// log (server.log) and pykmip-server's stdout/stderr (stdio.log).
 	Dir string
@@ -84,6 +87,12 @@ type process struct {
 // Start writes a pykmip configuration to dir (created if needed), starts pykmip-server on a free loopback port and
 // returns once it accepts mutual-TLS connections. The caller must call Stop.
 func Start(ctx context.Context, dir string) (*Server, error) {
+	return StartWithIPs(ctx, dir)
+}
+
+// StartWithIPs is Start with further IP addresses in the server certificate, for clients that reach the
+// loopback server through a forwarder on another address.
+func StartWithIPs(ctx context.Context, dir string, ips ...net.IP) (*Server, error) {
 	bin, err := exec.LookPath(Binary)
 	if err != nil {
 		return nil, ErrNotInstalled
@@ -92,7 +101,7 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, bin: bin, conf: filepath.Join(dir, "server.conf")}
+	s := &Server{Dir: dir, bin: bin, conf: filepath.Join(dir, "server.conf"), ServerIPs: ips}
 	if err := s.setup(); err != nil {
 		return nil, fmt.Errorf("kmiptest: set up %s: %w", dir, err)
 	}
@@ -132,27 +141,27 @@ func (s *Server) setup() error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, "policies"), 0o700); err != nil {
 		return err
 	}
-	ca, caKey, err := newCert(nil, nil, "kmiptest CA")
+	ca, caKey, err := newCert(nil, nil, "kmiptest CA", nil)
 	if err != nil {
 		return err
 	}
-	srv, srvKey, err := newCert(ca, caKey, "kmiptest server", x509.ExtKeyUsageServerAuth)
+	srv, srvKey, err := newCert(ca, caKey, "kmiptest server", s.ServerIPs, x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return err
 	}
-	cli, cliKey, err := newCert(ca, caKey, ClientIdentity, x509.ExtKeyUsageClientAuth)
+	cli, cliKey, err := newCert(ca, caKey, ClientIdentity, nil, x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return err
 	}
-	otherCA, otherCAKey, err := newCert(nil, nil, "kmiptest untrusted CA")
+	otherCA, otherCAKey, err := newCert(nil, nil, "kmiptest untrusted CA", nil)
 	if err != nil {
 		return err
 	}
-	other, otherKey, err := newCert(otherCA, otherCAKey, ClientIdentity, x509.ExtKeyUsageClientAuth)
+	other, otherKey, err := newCert(otherCA, otherCAKey, ClientIdentity, nil, x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return err
 	}
-	noEKU, noEKUKey, err := newCert(ca, caKey, ClientIdentity)
+	noEKU, noEKUKey, err := newCert(ca, caKey, ClientIdentity, nil)
 	if err != nil {
 		return err
 	}
@@ -326,7 +335,7 @@ func freePort() (int, error) {
 
 // newCert creates an ECDSA P-256 certificate: a self-signed CA if parent is nil, else a leaf with the given
 // extended key usages (and IP SAN 127.0.0.1 for servers).
-func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, eku ...x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, ips []net.IP, eku ...x509.ExtKeyUsage) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -349,7 +358,7 @@ func newCert(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, cn string, e
 	} else {
 		tmpl.KeyUsage, tmpl.ExtKeyUsage = x509.KeyUsageDigitalSignature, eku
 		if slices.Contains(eku, x509.ExtKeyUsageServerAuth) {
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+			tmpl.IPAddresses = append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...)
 		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)

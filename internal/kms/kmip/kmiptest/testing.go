@@ -3,6 +3,7 @@ package kmiptest
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 )
@@ -11,9 +12,15 @@ import (
 // skipped with a note saying how to install it.
 func StartForTest(t testing.TB) *Server {
 	t.Helper()
+	return StartForTestWithIPs(t)
+}
+
+// StartForTestWithIPs is StartForTest with further addresses in the server certificate (see StartWithIPs).
+func StartForTestWithIPs(t testing.TB, ips ...net.IP) *Server {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := Start(ctx, t.TempDir())
+	srv, err := StartWithIPs(ctx, t.TempDir(), ips...)
 	if errors.Is(err, ErrNotInstalled) {
 		t.Skipf("%v; run scripts/setup.sh", err)
 	}
