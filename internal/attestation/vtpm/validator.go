@@ -3,6 +3,7 @@ package vtpm
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
@@ -67,68 +68,70 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if doc.TPM == nil {
 		return nil, errors.New("evidence has no TPM part")
 	}
-	verified, err := v.verifyQuote(doc, nonce)
-	if err != nil {
-		return nil, err
-	}
-	events, err := verifyEventLog(doc.TPM.EventLog, verified)
-	if err != nil {
-		return nil, err
-	}
-	mms, err := v.policy.Check(verified)
-	if err != nil {
-		return nil, err
-	}
-	for i := range mms {
-		mms[i].Events = describeEvents(events, mms[i].PCR)
-	}
-	for _, mm := range mms {
-		if mm.WarnOnly {
-			v.log.Warn("PCR does not match the policy (warn only)", "pcr", mm.PCR, "expected", mm.Expected.String(), "actual", fmt.Sprintf("%x", mm.Actual))
-		}
-	}
-	if len(measurements.Fatal(mms)) > 0 {
-		return nil, &measurements.Error{Mismatches: mms}
-	}
-	return doc.UserData, nil
-}
-
-// verifyQuote verifies the AK chain, the quote and its binding, and returns the PCR values the quote covers.
-func (v *Validator) verifyQuote(doc *attestation.Document, nonce []byte) (map[uint32][]byte, error) {
 	ak, err := v.verifyAKCert(doc.TPM)
 	if err != nil {
 		return nil, err
 	}
-	if len(doc.TPM.Quotes) != 1 {
-		return nil, fmt.Errorf("evidence has %d quotes, want exactly 1 (SHA-256 bank)", len(doc.TPM.Quotes))
+	if err := VerifyQuote(attestation.MiniVTPM, doc.TPM, ak.PublicKey, nonce, doc.UserData, v.policy, v.log); err != nil {
+		return nil, err
 	}
-	q := doc.TPM.Quotes[0]
-	if err := VerifySignature(ak.PublicKey, q.Quote, q.Signature); err != nil {
-		return nil, fmt.Errorf("verifying quote: %w", err)
+	return doc.UserData, nil
+}
+
+// VerifyQuote verifies the TPM part of evidence whose attestation key ak the caller already trusts (through a
+// certificate chain, or a hardware report that binds it). In this order it checks: exactly one quote, its
+// signature by ak, its structure, that its qualifying data is attestation.BindingDigest(variant, nonce,
+// userData), that it covers exactly the SHA-256 PCRs 0-23, that the PCR values in the evidence match the
+// quoted digest, the event log against the quoted PCRs only, and the measurement policy (warn-only mismatches
+// are logged; a failure lists every mismatching PCR with the events behind it).
+func VerifyQuote(variant attestation.Variant, ev *attestation.TPMEvidence, ak crypto.PublicKey, nonce, userData []byte, policy measurements.M, log *slog.Logger) error {
+	if len(ev.Quotes) != 1 {
+		return fmt.Errorf("evidence has %d quotes, want exactly 1 (SHA-256 bank)", len(ev.Quotes))
+	}
+	q := ev.Quotes[0]
+	if err := VerifySignature(ak, q.Quote, q.Signature); err != nil {
+		return fmt.Errorf("verifying quote: %w", err)
 	}
 	info, err := ParseQuote(q.Quote)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	binding := attestation.BindingDigest(attestation.MiniVTPM, nonce, doc.UserData)
+	binding := attestation.BindingDigest(variant, nonce, userData)
 	if subtle.ConstantTimeCompare(info.ExtraData, binding[:]) != 1 {
-		return nil, errors.New("quote is not bound to this nonce and user data (stale, replayed or made for another channel)")
+		return errors.New("quote is not bound to this nonce and user data (stale, replayed or made for another channel)")
 	}
 	want := quoteSelection.PCRs
 	if len(info.Selection) != 1 || info.Selection[0].Hash != tpmAlgSHA256 || !slices.Equal(toInts(info.Selection[0].PCRs), want) {
-		return nil, fmt.Errorf("quote covers PCR selection %v, want SHA-256 PCRs 0-23", info.Selection)
+		return fmt.Errorf("quote covers PCR selection %v, want SHA-256 PCRs 0-23", info.Selection)
 	}
 	if len(q.PCRs) != len(want) {
-		return nil, fmt.Errorf("evidence carries %d PCR values, the quote covers %d", len(q.PCRs), len(want))
+		return fmt.Errorf("evidence carries %d PCR values, the quote covers %d", len(q.PCRs), len(want))
 	}
 	digest, err := PCRDigest(info.Selection[0].PCRs, q.PCRs)
 	if err != nil {
-		return nil, fmt.Errorf("checking PCR values: %w", err)
+		return fmt.Errorf("checking PCR values: %w", err)
 	}
 	if !bytes.Equal(digest, info.PCRDigest) {
-		return nil, errors.New("PCR values in the evidence do not match the quoted PCR digest")
+		return errors.New("PCR values in the evidence do not match the quoted PCR digest")
 	}
-	return q.PCRs, nil
+	events, err := verifyEventLog(ev.EventLog, q.PCRs)
+	if err != nil {
+		return err
+	}
+	mms, err := policy.Check(q.PCRs)
+	if err != nil {
+		return err
+	}
+	for i := range mms {
+		mms[i].Events = describeEvents(events, mms[i].PCR)
+		if mms[i].WarnOnly && log != nil {
+			log.Warn("PCR does not match the policy (warn only)", "variant", variant.Name, "pcr", mms[i].PCR, "expected", mms[i].Expected.String(), "actual", fmt.Sprintf("%x", mms[i].Actual))
+		}
+	}
+	if len(measurements.Fatal(mms)) > 0 {
+		return &measurements.Error{Mismatches: mms}
+	}
+	return nil
 }
 
 func (v *Validator) verifyAKCert(ev *attestation.TPMEvidence) (*x509.Certificate, error) {
