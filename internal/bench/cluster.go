@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	register(Suite{Names: []string{"cluster-create", "node-join", "node-memory"}, Run: runClusterCreate})
+	register(Suite{Names: []string{"cluster-create", "node-join", "node-rejoin", "node-memory"}, Run: runClusterCreate})
 }
 
 // runClusterCreate measures, with the built CLI and node image, seconds from `constellation mini up` to all
@@ -84,17 +84,52 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 		}
 		join = max(join, ready.Sub(n.Started))
 	}
-	time.Sleep(30 * time.Second) // let the control plane settle before measuring memory
+	time.Sleep(30 * time.Second) // let the control plane settle before measuring memory and rebooting a node
 	var total float64
 	for _, n := range state.Nodes {
+		if n.Cgroup == "" {
+			continue
+		}
 		rss, err := cgroupRSS(filepath.Join("/sys/fs/cgroup/memory", n.Cgroup, "memory.stat"))
 		if err != nil {
 			return nil, err
 		}
 		total += rss
 	}
+	// node-rejoin: a worker of the running cluster reboots; from its power-on until its kubelet reports Ready
+	// again (attestation, join service, disk key, state disk, containerd, kubelet).
+	if out, err := run(bin, "mini", "reboot", "worker-0", "--workspace", ws); err != nil {
+		return nil, fmt.Errorf("mini reboot: %v: %s", err, out)
+	}
+	rebooted, _, err := mini.ReadState(filepath.Join(ws, "constellation-mini"))
+	if err != nil {
+		return nil, err
+	}
+	var powerOn time.Time
+	for _, n := range rebooted.Nodes {
+		if n.Name == "worker-0" {
+			powerOn = n.Started
+		}
+	}
+	var rejoin time.Duration
+	for {
+		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "node", "worker-0",
+			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		if err == nil {
+			status, beat, _ := strings.Cut(strings.TrimSpace(out), " ")
+			if t, perr := time.Parse(time.RFC3339, beat); perr == nil && status == "True" && t.After(powerOn) {
+				rejoin = time.Since(powerOn)
+				break
+			}
+		}
+		if time.Since(powerOn) > 5*time.Minute {
+			return nil, fmt.Errorf("worker-0 not Ready 5 minutes after its reboot: %s", out)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	return []Result{
 		{"cluster-create", created.Seconds(), "s"},
+		{"node-rejoin", rejoin.Seconds(), "s"},
 		{"node-join", join.Seconds(), "s"},
 		{"node-memory", total / float64(len(state.Nodes)) / (1 << 20), "MiB"},
 	}, nil
