@@ -86,16 +86,11 @@ func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes,
 // only in this process's memory, and answers only control-plane nodes of this cluster (the join services,
 // which hand disk keys to the nodes they attested). It returns the service's address.
 func serveKeyService(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, d *kms.Deriver, clusterID []byte, policy measurements.M, log *slog.Logger) (string, error) {
-	member := measurements.M{}
-	for k, v := range policy {
-		member[k] = v
-	}
-	member[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(clusterID)}
 	roots, err := akRoots(ctx, md)
 	if err != nil {
 		return "", err
 	}
-	v, err := vtpm.NewValidator(roots, member, log)
+	v, err := vtpm.NewValidator(roots, measuredboot.MemberPolicy(policy, clusterID), log)
 	if err != nil {
 		return "", err
 	}

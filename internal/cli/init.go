@@ -58,12 +58,7 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 	if err != nil || len(id) != 32 {
 		return nil, fmt.Errorf("%s: clusterID must be 64 hex digits", StateFile)
 	}
-	out := measurements.M{}
-	for k, v := range policy {
-		out[k] = v
-	}
-	out[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(id)}
-	return out, nil
+	return measuredboot.MemberPolicy(policy, id), nil
 }
 
 // initCluster sends the master secret to the first control-plane node, after its evidence (checked during
@@ -149,12 +144,7 @@ func initRequest(secretPath string, file *kms.SecretFile, kmsConf *kms.KMIPConfi
 // dialFreshNode connects to the init service of the first control-plane node over aTLS, accepting only a node
 // that runs the configured image and is fresh: PCR 15 zero, so an initialised or recovered node is refused.
 func dialFreshNode(nodeIP string, roots []*x509.Certificate, policy measurements.M) (*grpc.ClientConn, string, error) {
-	fresh := measurements.M{}
-	for k, v := range policy {
-		fresh[k] = v
-	}
-	fresh[measurements.PCRClusterID] = measurements.Measurement{}
-	v, err := vtpm.NewValidator(roots, fresh, nil)
+	v, err := vtpm.NewValidator(roots, measuredboot.FreshPolicy(policy), nil)
 	if err != nil {
 		return nil, "", err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Files of the join configuration directory (the keys of its ConfigMap).
@@ -120,7 +121,7 @@ func parseState(files map[string][]byte, log *slog.Logger) (*State, error) {
 	if _, ok := policy[measurements.PCRClusterID]; ok {
 		return nil, fmt.Errorf("%s: PCR %d is the cluster ID's; the join service requires it fresh (zero) itself", MeasurementsFile, measurements.PCRClusterID)
 	}
-	policy[measurements.PCRClusterID] = measurements.Measurement{}
+	policy = measuredboot.FreshPolicy(policy)
 	var roots []*x509.Certificate
 	rest := files[AKRootsFile]
 	for {

@@ -69,10 +69,5 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid string) ([]byte, 
 // MemberPolicy is the policy of a node that belongs to the cluster: its measurements, and the cluster ID
 // measured into PCR 15.
 func MemberPolicy(s *State) measurements.M {
-	m := measurements.M{}
-	for k, v := range s.Policy {
-		m[k] = v
-	}
-	m[measurements.PCRClusterID] = measurements.Measurement{Expected: measuredboot.ExpectedClusterIDPCR(s.ClusterID)}
-	return m
+	return measuredboot.MemberPolicy(s.Policy, s.ClusterID)
 }

@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strings"
 
@@ -147,4 +148,26 @@ func ExpectedClusterIDPCR(clusterID []byte) measurements.Digest {
 	e := ClusterIDEvent(clusterID)
 	b.Append(e.PCR, e.Type, e.Data)
 	return measurements.Digest(eventlog.Replay(b.Events())[e.PCR])
+}
+
+// MemberPolicy returns a copy of policy that also requires PCR 15 to hold clusterID: the policy of a node that
+// belongs to that cluster.
+func MemberPolicy(policy measurements.M, clusterID []byte) measurements.M {
+	m := maps.Clone(policy)
+	if m == nil {
+		m = measurements.M{}
+	}
+	m[measurements.PCRClusterID] = measurements.Measurement{Expected: ExpectedClusterIDPCR(clusterID)}
+	return m
+}
+
+// FreshPolicy returns a copy of policy that also requires PCR 15 to be zero: the policy of a node that belongs
+// to no cluster since its boot, so an initialised node can be neither initialised nor joined again.
+func FreshPolicy(policy measurements.M) measurements.M {
+	m := maps.Clone(policy)
+	if m == nil {
+		m = measurements.M{}
+	}
+	m[measurements.PCRClusterID] = measurements.Measurement{}
+	return m
 }

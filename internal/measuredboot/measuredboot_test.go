@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 )
 
 var boot = Boot{ImageDigest: sha256.Sum256([]byte("image")), Cmdline: "bootstrapper --provider mini"}
@@ -93,5 +94,21 @@ func TestRejectsBadCmdline(t *testing.T) {
 	}
 	if _, err := DigestFile(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("missing image hashed")
+	}
+}
+
+func TestMemberAndFreshPolicy(t *testing.T) {
+	policy := measurements.M{4: {Expected: measurements.Digest{1}}}
+	id := bytes.Repeat([]byte{7}, 32)
+	member := MemberPolicy(policy, id)
+	fresh := FreshPolicy(policy)
+	if len(policy) != 1 {
+		t.Fatal("the input policy was changed")
+	}
+	if member[4] != policy[4] || member[measurements.PCRClusterID].Expected != ExpectedClusterIDPCR(id) {
+		t.Fatalf("MemberPolicy = %v", member)
+	}
+	if fresh[4] != policy[4] || fresh[measurements.PCRClusterID].Expected != (measurements.Digest{}) || len(fresh) != 2 {
+		t.Fatalf("FreshPolicy = %v", fresh)
 	}
 }
