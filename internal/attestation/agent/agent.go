@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -67,19 +68,45 @@ func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
 }
 
 // Listen creates the agent's socket at path, readable and writable by its owner only, replacing a stale one.
+// The socket is created in a private directory and moved into place once its mode is set, so nobody can
+// connect in between.
 func Listen(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("removing stale agent socket: %w", err)
 	}
-	ln, err := net.Listen("unix", path)
+	private, err := os.MkdirTemp(filepath.Dir(path), ".agent-")
 	if err != nil {
 		return nil, fmt.Errorf("attestation agent: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "sock")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("attestation agent: %w", err)
+	}
+	// The listener must not remove the socket by its temporary name when it closes.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("attestation agent: %w", err)
 	}
-	return ln, nil
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("attestation agent: %w", err)
+	}
+	return &removeOnClose{Listener: ln, path: path}, nil
+}
+
+// removeOnClose removes the socket file when the listener closes.
+type removeOnClose struct {
+	net.Listener
+	path string
+}
+
+func (l *removeOnClose) Close() error {
+	err := l.Listener.Close()
+	os.Remove(l.path)
+	return err
 }
 
 // Client is an [attestation.Issuer] that asks the agent on the node's socket.
