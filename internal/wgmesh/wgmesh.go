@@ -19,7 +19,6 @@ import (
 	"net/netip"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -168,30 +167,6 @@ func (m *Mesh) SetPeers(peers []Peer) error {
 // AddAddress gives the interface an address inside the tunnel.
 func (m *Mesh) AddAddress(a netip.Prefix) error {
 	return ip("addr", "add", a.String(), "dev", m.cfg.Interface)
-}
-
-// Handshakes returns, per peer public key, whether a handshake with it has completed.
-func (m *Mesh) Handshakes() (map[Key]bool, error) {
-	raw, err := m.dev.IpcGet()
-	if err != nil {
-		return nil, err
-	}
-	out := map[Key]bool{}
-	var cur Key
-	for _, line := range strings.Split(raw, "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "public_key":
-			b, _ := hex.DecodeString(v)
-			copy(cur[:], b)
-			out[cur] = false
-		case "last_handshake_time_sec":
-			if n, _ := strconv.Atoi(v); n > 0 {
-				out[cur] = true
-			}
-		}
-	}
-	return out, nil
 }
 
 // Close removes the interface.
