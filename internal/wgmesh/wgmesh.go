@@ -9,18 +9,19 @@
 package wgmesh
 
 import (
-	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/vishvananda/netlink"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -66,6 +67,9 @@ type Config struct {
 	// MTU of the interface: the path MTU minus WireGuard's overhead (60 bytes over IPv4, 80 over IPv6), so
 	// that nothing fragments.
 	MTU int
+	// Routing, if set, routes through the tunnel by policy (see [Routing]); without it, the routes to the
+	// peers' addresses go into the main table.
+	Routing *Routing
 }
 
 // Overhead is what WireGuard adds to every packet over IPv6 paths (over IPv4, 20 bytes less): outer IP and
@@ -84,9 +88,10 @@ type Peer struct {
 
 // Mesh is a running WireGuard interface.
 type Mesh struct {
-	cfg Config
-	dev *device.Device
-	tun tun.Device
+	cfg  Config
+	dev  *device.Device
+	tun  tun.Device
+	link netlink.Link
 
 	mu    sync.Mutex
 	peers []Peer
@@ -100,6 +105,11 @@ func Start(cfg Config) (*Mesh, error) {
 	if cfg.PrivateKey == (Key{}) {
 		return nil, errors.New("WireGuard configuration has no private key")
 	}
+	if cfg.Routing != nil {
+		if err := cfg.Routing.check(); err != nil {
+			return nil, err
+		}
+	}
 	t, err := tun.CreateTUN(cfg.Interface, cfg.MTU)
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w (is /dev/net/tun available?)", cfg.Interface, err)
@@ -107,6 +117,9 @@ func Start(cfg Config) (*Mesh, error) {
 	dev := device.NewDevice(t, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
 	m := &Mesh{cfg: cfg, dev: dev, tun: t}
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
+	if cfg.Routing != nil {
+		uapi += fmt.Sprintf("fwmark=%d\n", cfg.Routing.Mark)
+	}
 	if err := dev.IpcSet(uapi); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("configuring %s: %w", cfg.Interface, err)
@@ -115,9 +128,19 @@ func Start(cfg Config) (*Mesh, error) {
 		dev.Close()
 		return nil, fmt.Errorf("bringing %s up: %w", cfg.Interface, err)
 	}
-	if err := ip("link", "set", cfg.Interface, "up"); err != nil {
+	if m.link, err = netlink.LinkByName(cfg.Interface); err != nil {
 		dev.Close()
-		return nil, err
+		return nil, fmt.Errorf("finding %s: %w", cfg.Interface, err)
+	}
+	if err := netlink.LinkSetUp(m.link); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("bringing %s up: %w", cfg.Interface, err)
+	}
+	if cfg.Routing != nil {
+		if err := cfg.Routing.install(cfg.ListenPort); err != nil {
+			dev.Close()
+			return nil, err
+		}
 	}
 	return m, nil
 }
@@ -151,33 +174,50 @@ func (m *Mesh) SetPeers(peers []Peer) error {
 	for _, p := range m.peers {
 		for _, a := range p.AllowedIPs {
 			if !want[a.Masked()] {
-				ip("route", "del", a.Masked().String(), "dev", m.cfg.Interface)
+				netlink.RouteDel(m.route(a.Masked()))
 			}
 		}
 	}
 	for a := range want {
-		if err := ip("route", "replace", a.String(), "dev", m.cfg.Interface); err != nil {
-			return err
+		if err := netlink.RouteReplace(m.route(a)); err != nil {
+			return fmt.Errorf("routing %s through %s: %w", a, m.cfg.Interface, err)
 		}
 	}
 	m.peers = slices.Clone(peers)
 	return nil
 }
 
-// AddAddress gives the interface an address inside the tunnel.
-func (m *Mesh) AddAddress(a netip.Prefix) error {
-	return ip("addr", "add", a.String(), "dev", m.cfg.Interface)
+// route is the route of a peer's prefix through the tunnel.
+func (m *Mesh) route(a netip.Prefix) *netlink.Route {
+	r := &netlink.Route{LinkIndex: m.link.Attrs().Index, Dst: ipNet(a), Scope: netlink.SCOPE_LINK}
+	if m.cfg.Routing != nil {
+		r.Table = m.cfg.Routing.Table
+		if m.cfg.Routing.Source.IsValid() {
+			r.Src = m.cfg.Routing.Source.AsSlice()
+		}
+	}
+	return r
 }
 
-// Close removes the interface.
+// Peers returns the current peers.
+func (m *Mesh) Peers() []Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.peers)
+}
+
+// AddAddress gives the interface an address inside the tunnel.
+func (m *Mesh) AddAddress(a netip.Prefix) error {
+	return netlink.AddrAdd(m.link, &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}})
+}
+
+// Close removes the interface. The routing policy stays (see [Routing.Remove]): a node whose tunnel is down
+// must not fall back to plain text.
 func (m *Mesh) Close() {
 	m.dev.Close()
 }
 
-func ip(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
+func ipNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -1,8 +1,10 @@
 package wgmesh_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -83,5 +85,74 @@ func TestTrafficBetweenNodesIsEncrypted(t *testing.T) {
 	}
 	if out, err := p.Get(tunnel); err == nil {
 		t.Fatalf("a removed peer is still reachable: %.100s", out)
+	}
+}
+
+// In strict mode the nodes' own addresses are reachable only through the tunnel: a request to the other
+// node's link address is encrypted on the link; the plain-text port does show the marker (so the capture can
+// fail); without a peer the request fails at once instead of leaving in plain text; and a node that stops
+// using the tunnel (a removed or misbehaving node) is not answered by the other.
+func TestStrictMode(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("iptables not installed")
+	}
+	p, err := wgmeshtest.NewStrictPair()
+	if err == wgmeshtest.ErrUnsupported {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	b := "http://" + wgmeshtest.LinkB + ":" + strconv.Itoa(wgmeshtest.HTTPPort) + "/"
+	var body string
+	found, frames, err := p.Capture(func() error {
+		var err error
+		body, err = p.Get(b)
+		return err
+	})
+	if err != nil || !strings.Contains(body, wgmeshtest.Marker) {
+		t.Fatalf("request to the other node's address: %v: %.100s", err, body)
+	}
+	if frames == 0 || found {
+		t.Fatalf("the marker crossed the link in plain text (frames %d, found %v) although the node address is routed through the tunnel", frames, found)
+	}
+	found, _, err = p.Capture(func() error {
+		_, err := p.Get("http://" + wgmeshtest.LinkB + ":" + strconv.Itoa(wgmeshtest.PlaintextPort) + "/")
+		return err
+	})
+	if err != nil || !found {
+		t.Fatalf("the plain-text port must cross in plain text and the capture must see it (found %v, %v)", found, err)
+	}
+
+	// A loses its peer: its request fails and nothing crosses in plain text.
+	if err := p.A.Send("remove-peers"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.A.Expect("REMOVED"); err != nil {
+		t.Fatal(err)
+	}
+	found, _, err = p.Capture(func() error {
+		out, err := p.Get(b)
+		if err == nil {
+			return fmt.Errorf("a node without a tunnel to B reached it: %.100s", out)
+		}
+		return nil
+	})
+	if err != nil || found {
+		t.Fatalf("without a peer: %v (marker on the link: %v)", err, found)
+	}
+	// A stops forcing its traffic through the tunnel and sends in plain text: B drops it.
+	if err := p.A.Send("remove-routing"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.A.Expect("REMOVED"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.Get(b); err == nil {
+		t.Fatalf("B answered a plain-text request from the link: %.100s", out)
 	}
 }

@@ -32,6 +32,11 @@ const (
 	TunnelA, TunnelB = "10.253.0.1", "10.253.0.2"
 	HTTPPort         = 8080 // on every address
 	SinkPort         = 8082 // on every address: reads and discards, for throughput
+	// PlaintextPort is, in a strict pair, the one TCP port that may cross the link without the tunnel; the
+	// nodes serve the marker on it too.
+	PlaintextPort = 8081
+	// LinkNet is the link's network; in a strict pair it is reachable only through the tunnel.
+	LinkNet = "10.252.0.0/24"
 )
 
 const helperEnv = "WGMESHTEST_HELPER"
@@ -70,13 +75,25 @@ func helperNode() error {
 		return err
 	}
 	self := netip.MustParsePrefix(os.Getenv("WGMESHTEST_ADDR"))
-	m, err := wgmesh.Start(wgmesh.Config{Interface: "wg0", PrivateKey: priv, ListenPort: 51820, MTU: 1500 - wgmesh.Overhead})
+	cfg := wgmesh.Config{Interface: "wg0", PrivateKey: priv, ListenPort: 51820, MTU: 1500 - wgmesh.Overhead}
+	strict := os.Getenv("WGMESHTEST_STRICT") != ""
+	if strict {
+		// The node's own link address is its address in the mesh: the link is reachable only through the
+		// tunnel, but for the plain-text port.
+		cfg.Routing = &wgmesh.Routing{
+			Table: 51820, Mark: 0x51820, Source: self.Addr(), Link: os.Getenv("WGMESHTEST_LINKDEV"),
+			Protected: []netip.Prefix{netip.MustParsePrefix(LinkNet)}, PlaintextTCPPorts: []uint16{PlaintextPort},
+		}
+	}
+	m, err := wgmesh.Start(cfg)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	if err := m.AddAddress(self); err != nil {
-		return err
+	if !strict {
+		if err := m.AddAddress(self); err != nil {
+			return err
+		}
 	}
 	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT")), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(os.Getenv("WGMESHTEST_PEER_ADDR"))}}
 	if err := m.SetPeers([]wgmesh.Peer{peer}); err != nil {
@@ -84,7 +101,16 @@ func helperNode() error {
 	}
 	body := strings.Repeat(Marker, 100)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) })
-	for _, host := range []string{self.Addr().String(), os.Getenv("WGMESHTEST_LINK")} {
+	hosts := []string{self.Addr().String(), os.Getenv("WGMESHTEST_LINK")}
+	if strict {
+		hosts = hosts[:1]
+		ln, err := net.Listen("tcp", net.JoinHostPort(hosts[0], strconv.Itoa(PlaintextPort)))
+		if err != nil {
+			return err
+		}
+		go http.Serve(ln, handler)
+	}
+	for _, host := range hosts {
 		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(HTTPPort)))
 		if err != nil {
 			return err
@@ -107,10 +133,14 @@ func helperNode() error {
 	fmt.Println("READY")
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		if in.Text() == "remove-peers" {
+		switch in.Text() {
+		case "remove-peers":
 			if err := m.SetPeers(nil); err != nil {
 				return err
 			}
+			fmt.Println("REMOVED")
+		case "remove-routing": // the node no longer forces its traffic through the tunnel
+			cfg.Routing.Remove()
 			fmt.Println("REMOVED")
 		}
 	}
@@ -252,8 +282,15 @@ type Pair struct {
 // ErrUnsupported is returned where the machine cannot run a pair (not root, no TUN device, no ip).
 var ErrUnsupported = errors.New("wgmeshtest: needs root, /dev/net/tun and iproute2")
 
-// NewPair sets up a pair; Close removes everything it created.
-func NewPair() (p *Pair, err error) {
+// NewPair sets up a pair whose tunnel has addresses of its own (TunnelA, TunnelB); Close removes everything
+// it created.
+func NewPair() (p *Pair, err error) { return newPair(false) }
+
+// NewStrictPair sets up a pair in strict mode: the nodes' link addresses are their mesh addresses, reachable
+// only through the tunnel (but for PlaintextPort), and each drops what arrives on the link outside it.
+func NewStrictPair() (p *Pair, err error) { return newPair(true) }
+
+func newPair(strict bool) (p *Pair, err error) {
 	if os.Geteuid() != 0 {
 		return nil, ErrUnsupported
 	}
@@ -291,14 +328,23 @@ func NewPair() (p *Pair, err error) {
 	if err != nil {
 		return p, err
 	}
-	node := func(ns string, priv, peer wgmesh.Key, self, other, link, otherLink string) (*Helper, error) {
-		return startHelper(ns, helperEnv+"=node", "WGMESHTEST_PRIVATE="+priv.String(), "WGMESHTEST_PEER="+peer.String(),
-			"WGMESHTEST_ADDR="+self+"/32", "WGMESHTEST_PEER_ADDR="+other+"/32", "WGMESHTEST_PEER_ENDPOINT="+otherLink+":51820", "WGMESHTEST_LINK="+link)
+	node := func(ns string, priv, peer wgmesh.Key, self, other, link, otherLink, dev string) (*Helper, error) {
+		env := []string{helperEnv + "=node", "WGMESHTEST_PRIVATE=" + priv.String(), "WGMESHTEST_PEER=" + peer.String(),
+			"WGMESHTEST_ADDR=" + self + "/32", "WGMESHTEST_PEER_ADDR=" + other + "/32", "WGMESHTEST_PEER_ENDPOINT=" + otherLink + ":51820",
+			"WGMESHTEST_LINK=" + link, "WGMESHTEST_LINKDEV=" + dev}
+		if strict {
+			env = append(env, "WGMESHTEST_STRICT=1")
+		}
+		return startHelper(ns, env...)
 	}
-	if p.A, err = node(p.NamespaceA, privA, pubB, TunnelA, TunnelB, LinkA, LinkB); err != nil {
+	selfA, selfB := TunnelA, TunnelB
+	if strict {
+		selfA, selfB = LinkA, LinkB
+	}
+	if p.A, err = node(p.NamespaceA, privA, pubB, selfA, selfB, LinkA, LinkB, p.LinkDevA); err != nil {
 		return p, err
 	}
-	if p.B, err = node(p.NamespaceB, privB, pubA, TunnelB, TunnelA, LinkB, LinkA); err != nil {
+	if p.B, err = node(p.NamespaceB, privB, pubA, selfB, selfA, LinkB, LinkA, p.LinkDevB); err != nil {
 		return p, err
 	}
 	return p, nil
