@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 func main() {
@@ -27,10 +28,18 @@ func main() {
 		TPM:         os.Getenv("CONSTELLATION_TPM"),
 		AgentSocket: agent.SocketPath,
 		StateDisk:   os.Getenv("CONSTELLATION_STATE_DISK"),
+		PodNetwork:  metadata.PodSubnet,
 		Kubernetes: func(self metadata.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
 			if err != nil {
 				log.Warn("no Kubernetes in this node image", "error", err)
+			}
+			// Pods send between nodes through the WireGuard tunnel: their MTU is the tunnel's.
+			podMTU := 0
+			if ip, err := netip.ParseAddr(self.IP); err == nil {
+				if _, _, mtu, err := bootstrapper.NodeLink(ip); err == nil {
+					podMTU = mtu - wgmesh.Overhead
+				}
 			}
 			return &kubeadm.Driver{
 				Options: kubeadm.Options{
@@ -42,6 +51,7 @@ func main() {
 					PodCIDR:           podCIDR(self),
 					PodSubnet:         metadata.PodSubnet,
 					ServiceSubnet:     metadata.ServiceCIDR,
+					PodMTU:            podMTU,
 				},
 				ImagesDir: nodeimage.ImagesDir,
 				Log:       func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },

@@ -14,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -45,7 +46,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadat
 			return err
 		}
 	}
-	tokens, err := joinservice.NewAPITokens(apiServer, joinservice.ServiceAccountDir)
+	api, err := kubeapi.FromServiceAccount(apiServer, kubeapi.ServiceAccountDir)
 	if err != nil {
 		return err
 	}
@@ -55,7 +56,10 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadat
 	}
 	issuer := agent.NewClient(agentSocket, attestation.MiniVTPM)
 	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
-	srv, err := joinservice.NewGRPCServer(joinservice.New(config, tokens, metadata.NewClient(metadataURL), disks, pkiDir, apiEndpoint, log), issuer)
+	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
+		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: metadata.NewClient(metadataURL), Disks: disks,
+		Mesh: joinservice.APIMesh{API: api}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
+	}), issuer)
 	if err != nil {
 		return err
 	}

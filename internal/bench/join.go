@@ -26,7 +26,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 func init() {
@@ -39,6 +41,15 @@ type stubTokens struct{}
 
 func (stubTokens) CreateToken(context.Context, time.Duration) (string, error) {
 	return "abcdef.0123456789abcdef", nil
+}
+
+// stubMesh stands in for the cluster's record of WireGuard keys on its Node objects (the Kubernetes API).
+type stubMesh struct{}
+
+func (stubMesh) Register(context.Context, string, wgmesh.Key) error { return nil }
+
+func (stubMesh) List(context.Context) ([]meshpeers.Peer, error) {
+	return []meshpeers.Peer{{Node: "control-plane-0", PublicKey: wgmesh.Key{1}}}, nil
 }
 
 type noRoles struct{}
@@ -99,7 +110,9 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := joinservice.NewGRPCServer(joinservice.New(config, stubTokens{}, noRoles{}, nil, pkiDir, "10.0.0.1:6443", discardLogger()), server.Issuer)
+	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
+		Config: config, Tokens: stubTokens{}, Roles: noRoles{}, Mesh: stubMesh{}, PKIDir: pkiDir, Endpoint: "10.0.0.1:6443", Log: discardLogger(),
+	}), server.Issuer)
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +131,10 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, meshKey, err := wgmesh.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
 	join := func() (time.Duration, error) {
 		start := time.Now()
 		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
@@ -127,7 +144,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 		defer conn.Close()
 		callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{})
+		resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{WireguardPublicKey: meshKey[:]})
 		if err != nil {
 			return 0, err
 		}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -22,7 +23,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
@@ -40,6 +43,8 @@ type Config struct {
 	AgentSocket string
 	// StateDisk is the node's state disk image; a node without one keeps its state in memory.
 	StateDisk string
+	// PodNetwork is the cluster's pod network (every node's pod range is inside it).
+	PodNetwork netip.Prefix
 }
 
 // FirstControlPlane is the node that serves Init.
@@ -94,6 +99,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
+	mesh := newMeshAgent(md, self, cfg.PodNetwork, log.With("service", "wireguard"))
+
 	// A node that joins trusts a join service that booted exactly as it did.
 	selfPolicy, err := ownPolicy(tpm)
 	if err != nil {
@@ -144,11 +151,35 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		initpb.RegisterInitServer(grpcSrv, &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
+			// The tunnel is up before Kubernetes starts: with a new key at init, with the kept one after a
+			// recovery (the other nodes know it).
+			startNetwork: func(recovery bool) error {
+				if recovery {
+					if err := mesh.loadKey(); err != nil {
+						return err
+					}
+				} else if _, err := mesh.newKey(); err != nil {
+					return err
+				}
+				return mesh.start()
+			},
 			recovered: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				return err
 			},
 			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+				if err := mesh.register(ctx, kubeadm.AdminKubeconfig); err != nil {
+					return err
+				}
+				readers, err := meshpeers.Manifests()
+				if err != nil {
+					return err
+				}
+				if err := k8s.Apply(ctx, readers); err != nil {
+					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
+				}
+				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				if err != nil {
 					return err
@@ -165,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
 	} else {
 		go func() {
-			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), disk, log.With("step", "join")); err != nil {
+			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), disk, mesh, log.With("step", "join")); err != nil {
 				log.Error("joining the cluster failed", "error", err)
 			}
 		}()

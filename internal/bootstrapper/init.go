@@ -53,6 +53,9 @@ type initServer struct {
 	// recovering is set when the state disk holds an initialised cluster's state: the node then waits for
 	// Recover, and refuses Init.
 	recovering bool
+	// startNetwork brings the node's encrypted network up once its state disk is unlocked, before Kubernetes
+	// starts; recovery says whether the node recovers (keeping its key) or is initialised. Nil: none.
+	startNetwork func(recovery bool) error
 	// recovered runs after a successful recovery, with the cluster's key derivation, cluster ID and policy.
 	recovered func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
 
@@ -112,6 +115,11 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		}
 		if err := atomicfile.Write(s.disk.policyFile(), raw, 0o600); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("keeping the measurement policy: %v", err))
+		}
+	}
+	if s.startNetwork != nil {
+		if err := s.startNetwork(false); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
@@ -221,6 +229,11 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
 	}
 	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	if s.startNetwork != nil {
+		if err := s.startNetwork(true); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
+		}
+	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))
 	}

@@ -134,13 +134,18 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, log *slog.Logger) error {
+func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshAgent, log *slog.Logger) error {
 	controlPlane := self.Role == metadata.RoleControlPlane
 	var diskUUID string
 	if disk != nil {
 		diskUUID = disk.uuid
 	}
 	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
+	if err != nil {
+		return err
+	}
+	// A new WireGuard key for every join: the join service records its public half for this node.
+	meshKey, err := mesh.newKey()
 	if err != nil {
 		return err
 	}
@@ -161,7 +166,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID})
+			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey[:]})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
@@ -181,6 +186,18 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			return err
 		}
 	}
+	// The tunnel is up, with the cluster's nodes as peers, before Kubernetes on this node talks to anyone.
+	peers, err := peersFromJoin(resp.GetMeshPeers())
+	if err != nil {
+		return err
+	}
+	if err := mesh.start(); err != nil {
+		return err
+	}
+	if err := mesh.setPeers(ctx, peers); err != nil {
+		return err
+	}
+	go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}

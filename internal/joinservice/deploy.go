@@ -19,18 +19,25 @@ const (
 	PKIDir = "/etc/kubernetes/pki"
 )
 
+// clusterRoleName names the join service's cluster-wide permissions (on Node objects).
+const clusterRoleName = "constellation:" + Name
+
 // Image is the join service's container image. It is built into the node image with the same version as the
 // bootstrapper that deploys it, and never pulled.
 func Image() string { return "constellation.local/join-service:" + version.Version }
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
-// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), and a
-// DaemonSet on the control-plane nodes, on the host network at [Port]. metadataURL is the provider's metadata
-// service, which tells control-plane nodes from workers; keyService the key service's address, for disk keys.
+// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and create,
+// patch and list Nodes (admitted nodes' WireGuard keys), and a DaemonSet on the control-plane nodes, on the
+// host network at [Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
+// from workers; keyService the key service's address, for disk keys.
 func Manifests(config map[string]string, metadataURL, keyService string) ([]byte, error) {
 	labels := map[string]string{"app.kubernetes.io/name": Name, "app.kubernetes.io/part-of": "constellation"}
 	meta := func(name string) map[string]any {
 		return map[string]any{"name": name, "namespace": "kube-system", "labels": labels}
+	}
+	clusterMeta := func(name string) map[string]any {
+		return map[string]any{"name": name, "labels": labels}
 	}
 	hostPath := func(name, path, typ string) map[string]any {
 		return map[string]any{"name": name, "hostPath": map[string]any{"path": path, "type": typ}}
@@ -45,6 +52,16 @@ func Manifests(config map[string]string, metadataURL, keyService string) ([]byte
 		{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(Name),
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
+		// The WireGuard keys of admitted nodes are recorded on their Node objects, created for them if need be.
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta(clusterRoleName),
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"create", "patch", "list"}}},
+		},
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(clusterRoleName),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": clusterRoleName},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
 		},
 		{

@@ -72,7 +72,7 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	}
 	ksAddr := serve(ksSrv)
 	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
-	jsSrv, err := NewGRPCServer(New(config, &countingTokens{}, roles{}, disks, filepath.Dir(writeCA(t)), "10.0.0.1:6443", slog.New(slog.DiscardHandler)), cp.Issuer)
+	jsSrv, err := NewGRPCServer(New(Options{Config: config, Tokens: &countingTokens{}, Roles: roles{}, Disks: disks, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), cp.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 // Port is the join service's port on every control-plane node.
@@ -54,6 +56,31 @@ var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
 
+// Mesh is the cluster's record of its WireGuard mesh (see package meshpeers).
+type Mesh interface {
+	// Register records key as the WireGuard public key of the node name.
+	Register(ctx context.Context, name string, key wgmesh.Key) error
+	// List returns the nodes of the mesh.
+	List(ctx context.Context) ([]meshpeers.Peer, error)
+}
+
+// Options are what a join service works with.
+type Options struct {
+	// Config is the cluster's join configuration.
+	Config *Config
+	Tokens Tokens
+	Roles  Roles
+	// Disks hands out state disk keys; nil: the service refuses joins that name a disk.
+	Disks DiskKeys
+	// Mesh records the admitted nodes' WireGuard keys; nil: none are recorded and none are required.
+	Mesh Mesh
+	// PKIDir is the control plane's PKI directory (kubeadm's /etc/kubernetes/pki).
+	PKIDir string
+	// Endpoint is the API server address (host:port) joining nodes use.
+	Endpoint string
+	Log      *slog.Logger
+}
+
 // Server implements the Join gRPC API.
 type Server struct {
 	initpb.UnimplementedJoinServer
@@ -61,15 +88,15 @@ type Server struct {
 	tokens   Tokens
 	roles    Roles
 	disks    DiskKeys
+	mesh     Mesh
 	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
 	log      *slog.Logger
 }
 
-// New returns a join service. config is the cluster's join configuration, pkiDir the control plane's PKI
-// directory (kubeadm's /etc/kubernetes/pki), endpoint the API server address joining nodes use.
-func New(config *Config, tokens Tokens, roles Roles, disks DiskKeys, pkiDir, endpoint string, log *slog.Logger) *Server {
-	return &Server{config: config, tokens: tokens, roles: roles, disks: disks, pkiDir: pkiDir, endpoint: endpoint, log: log}
+// New returns a join service.
+func New(o Options) *Server {
+	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, log: o.Log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
@@ -94,10 +121,23 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		if err := CheckDiskUUID(uuid); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
+		if s.disks == nil {
+			return nil, status.Error(codes.FailedPrecondition, "this join service hands out no state disk keys")
+		}
+	}
+	name, _ := atls.AttestedPeerName(ctx)
+	var meshKey wgmesh.Key
+	if s.mesh != nil {
+		if len(req.GetWireguardPublicKey()) != len(meshKey) || [32]byte(req.GetWireguardPublicKey()) == meshKey {
+			return nil, status.Errorf(codes.InvalidArgument, "the join request carries no valid WireGuard public key (%d bytes, want 32): the node cannot be a peer of the cluster's encrypted network", len(req.GetWireguardPublicKey()))
+		}
+		if name == "" {
+			return nil, status.Error(codes.PermissionDenied, "the node's attestation key certificate names no node")
+		}
+		meshKey = wgmesh.Key(req.GetWireguardPublicKey())
 	}
 	var files []*initpb.PKIFile
 	if req.GetControlPlane() {
-		name, _ := atls.AttestedPeerName(ctx)
 		cp, err := s.roles.IsControlPlane(ctx, name)
 		if err != nil {
 			s.log.Error("join failed: looking up the node's role", "caller", caller, "error", err)
@@ -129,13 +169,36 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
 		}
 	}
+	var peers []*initpb.MeshPeer
+	if s.mesh != nil {
+		// Recorded before the node gets its token: the control plane makes it a peer while it starts, and
+		// its first request to the API server already goes through the tunnel.
+		if err := s.mesh.Register(ctx, name, meshKey); err != nil {
+			s.log.Error("join failed: recording the node's WireGuard key", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "recording the node's WireGuard key failed")
+		}
+		list, err := s.mesh.List(ctx)
+		if err != nil {
+			s.log.Error("join failed: listing the mesh", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "listing the cluster's WireGuard peers failed")
+		}
+		for _, p := range list {
+			if p.Node != name {
+				peers = append(peers, &initpb.MeshPeer{Node: p.Node, PublicKey: p.PublicKey[:]})
+			}
+		}
+	}
 	token, err := s.tokens.CreateToken(ctx, TokenTTL)
 	if err != nil {
 		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
-	s.log.Info("node admitted", "caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String())
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey}, nil
+	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String()}
+	if s.mesh != nil {
+		attrs = append(attrs, "wireguardKey", meshKey.String())
+	}
+	s.log.Info("node admitted", attrs...)
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

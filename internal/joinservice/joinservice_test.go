@@ -29,7 +29,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 type countingTokens struct{ n int }
@@ -38,6 +40,22 @@ type countingTokens struct{ n int }
 type roles map[string]bool
 
 func (r roles) IsControlPlane(_ context.Context, name string) (bool, error) { return r[name], nil }
+
+// recordedMesh is the cluster's record of WireGuard keys, by node name.
+type recordedMesh struct{ keys map[string]wgmesh.Key }
+
+func (m *recordedMesh) Register(_ context.Context, name string, key wgmesh.Key) error {
+	m.keys[name] = key
+	return nil
+}
+
+func (m *recordedMesh) List(context.Context) ([]meshpeers.Peer, error) {
+	var out []meshpeers.Peer
+	for name, key := range m.keys {
+		out = append(out, meshpeers.Peer{Node: name, PublicKey: key})
+	}
+	return out, nil
+}
 
 func (c *countingTokens) CreateToken(context.Context, time.Duration) (string, error) {
 	c.n++
@@ -110,7 +128,8 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		}
 	}
 	nodeRoles := roles{"node-0": false}
-	srv, err := NewGRPCServer(New(config, tokens, nodeRoles, nil, pki, "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	mesh := &recordedMesh{keys: map[string]wgmesh.Key{"control-plane-0": {7}}}
+	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: nodeRoles, Mesh: mesh, PKIDir: pki, Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,9 +142,11 @@ func TestJoinOverMutualATLS(t *testing.T) {
 
 	// The joining node trusts a join service that booted as it did (here: the same node).
 	serverPolicy := clusterPolicy(node)
-	var joinAs func(controlPlane bool) (*initpb.JoinResponse, error)
-	join := func() (*initpb.JoinResponse, error) { return joinAs(false) }
-	joinAs = func(controlPlane bool) (*initpb.JoinResponse, error) {
+	_, meshKey, _ := wgmesh.GenerateKey()
+	var joinWith func(controlPlane bool, key []byte) (*initpb.JoinResponse, error)
+	join := func() (*initpb.JoinResponse, error) { return joinWith(false, meshKey[:]) }
+	joinAs := func(controlPlane bool) (*initpb.JoinResponse, error) { return joinWith(controlPlane, meshKey[:]) }
+	joinWith = func(controlPlane bool, key []byte) (*initpb.JoinResponse, error) {
 		v, err := vtpm.NewValidator(roots, serverPolicy, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -141,9 +162,18 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane})
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key})
 	}
 
+	// Without a valid WireGuard key the node could not be a peer: refused, nothing recorded, no token.
+	for _, bad := range [][]byte{nil, make([]byte, 32), meshKey[:31]} {
+		if _, err := joinWith(false, bad); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "WireGuard public key") {
+			t.Fatalf("join with WireGuard key %x = %v, want InvalidArgument", bad, err)
+		}
+	}
+	if len(mesh.keys) != 1 || tokens.n != 0 {
+		t.Fatalf("a refused join left a trace: keys %v, %d tokens", mesh.keys, tokens.n)
+	}
 	resp, err := join()
 	if err != nil {
 		t.Fatalf("Join: %v", err)
@@ -155,6 +185,13 @@ func TestJoinOverMutualATLS(t *testing.T) {
 
 	if len(resp.GetControlPlaneFiles()) != 0 {
 		t.Fatal("a worker join got the control plane's PKI")
+	}
+	// Its key is recorded under its attested name, and it learns the other nodes of the mesh (not itself).
+	if mesh.keys["node-0"] != meshKey {
+		t.Fatalf("recorded WireGuard keys: %v", mesh.keys)
+	}
+	if p := resp.GetMeshPeers(); len(p) != 1 || p[0].GetNode() != "control-plane-0" || !bytes.Equal(p[0].GetPublicKey(), []byte{7, 31: 0}) {
+		t.Fatalf("mesh peers in the answer: %v", p)
 	}
 	// Only a node the provider names a control-plane node gets the control plane's PKI.
 	if _, err := joinAs(true); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `node "node-0" is not a control-plane node`) {
@@ -204,7 +241,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 }
 
 func TestJoinRequiresAnAttestedPeer(t *testing.T) {
-	s := New(nil, &countingTokens{}, roles{}, nil, "", "", slog.New(slog.DiscardHandler))
+	s := New(Options{Tokens: &countingTokens{}, Roles: roles{}, Log: slog.New(slog.DiscardHandler)})
 	if _, err := s.Join(context.Background(), &initpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Join without aTLS = %v, want Unauthenticated", err)
 	}
@@ -315,7 +352,7 @@ func TestJoinReplayIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokens := &countingTokens{}
-	srv, err := NewGRPCServer(New(config, tokens, roles{}, nil, filepath.Dir(writeCA(t)), "10.0.0.1:6443", slog.New(slog.DiscardHandler)), node.Issuer)
+	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: roles{}, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}

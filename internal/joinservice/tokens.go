@@ -1,53 +1,28 @@
 package joinservice
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
 	"time"
-)
 
-// Service account files Kubernetes mounts into every pod.
-const (
-	ServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
-	tokenFile         = "token"
-	caFile            = "ca.crt"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
 // APITokens creates bootstrap tokens as Secrets through the Kubernetes API, with the pod's service account.
 // The account needs only the right to create Secrets in kube-system.
 type APITokens struct {
-	server  string // https://host:port
-	saDir   string
-	client  *http.Client
+	api     *kubeapi.Client
 	nowFunc func() time.Time
 }
 
-// NewAPITokens returns a token creator that talks to the API server at server (https://host:port) and
-// authenticates with the service account in saDir.
-func NewAPITokens(server, saDir string) (*APITokens, error) {
-	if !strings.HasPrefix(server, "https://") {
-		return nil, fmt.Errorf("API server %q: want https://host:port", server)
-	}
-	ca, err := os.ReadFile(saDir + "/" + caFile)
-	if err != nil {
-		return nil, fmt.Errorf("reading the cluster CA of the service account: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("%s/%s holds no PEM certificate", saDir, caFile)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	return &APITokens{server: server, saDir: saDir, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, nowFunc: time.Now}, nil
+// NewAPITokens returns a token creator that uses api.
+func NewAPITokens(api *kubeapi.Client) *APITokens {
+	return &APITokens{api: api, nowFunc: time.Now}
 }
 
 // tokenAlphabet is the character set of bootstrap token IDs and secrets.
@@ -81,7 +56,7 @@ func (t *APITokens) CreateToken(ctx context.Context, ttl time.Duration) (string,
 	if err != nil {
 		return "", err
 	}
-	body, err := json.Marshal(map[string]any{
+	secretObj := map[string]any{
 		"apiVersion": "v1",
 		"kind":       "Secret",
 		"metadata":   map[string]any{"name": "bootstrap-token-" + id, "namespace": "kube-system"},
@@ -95,32 +70,9 @@ func (t *APITokens) CreateToken(ctx context.Context, ttl time.Duration) (string,
 			"auth-extra-groups":              "system:bootstrappers:kubeadm:default-node-token",
 			"description":                    "constellation join",
 		},
-	})
-	if err != nil {
-		return "", err
 	}
-	saToken, err := os.ReadFile(t.saDir + "/" + tokenFile) // read per request: Kubernetes rotates it
-	if err != nil {
-		return "", fmt.Errorf("reading the service account token: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.server+"/api/v1/namespaces/kube-system/secrets", bytes.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(saToken)))
-	resp, err := t.client.Do(req)
-	if err != nil {
+	if err := t.api.Do(ctx, http.MethodPost, "/api/v1/namespaces/kube-system/secrets", "", secretObj, nil); err != nil {
 		return "", fmt.Errorf("creating a bootstrap token: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		var status struct{ Message string }
-		if json.Unmarshal(msg, &status) == nil && status.Message != "" {
-			msg = []byte(status.Message)
-		}
-		return "", fmt.Errorf("creating a bootstrap token: the API server answered %s: %s", resp.Status, msg)
 	}
 	return id + "." + secret, nil
 }

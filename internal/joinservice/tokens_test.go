@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
 // The request that creates a bootstrap token is what the Kubernetes API expects of a bootstrap token Secret
@@ -42,13 +44,14 @@ func TestAPITokens(t *testing.T) {
 	}))
 	defer srv.Close()
 	sa := t.TempDir()
-	os.WriteFile(filepath.Join(sa, tokenFile), []byte("sa-token\n"), 0o600)
-	os.WriteFile(filepath.Join(sa, caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	os.WriteFile(filepath.Join(sa, kubeapi.TokenFile), []byte("sa-token\n"), 0o600)
+	os.WriteFile(filepath.Join(sa, kubeapi.CAFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
 
-	tokens, err := NewAPITokens(srv.URL, sa)
+	api, err := kubeapi.FromServiceAccount(srv.URL, sa)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tokens := NewAPITokens(api)
 	now := time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)
 	tokens.nowFunc = func() time.Time { return now }
 	token, err := tokens.CreateToken(context.Background(), 10*time.Minute)
@@ -74,10 +77,10 @@ func TestAPITokens(t *testing.T) {
 	if _, err := tokens.CreateToken(context.Background(), time.Minute); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Fatalf("refused by the API server: %v", err)
 	}
-	if _, err := NewAPITokens("http://"+strings.TrimPrefix(srv.URL, "https://"), sa); err == nil {
+	if _, err := kubeapi.FromServiceAccount("http://"+strings.TrimPrefix(srv.URL, "https://"), sa); err == nil {
 		t.Fatal("plain HTTP API server accepted")
 	}
-	if _, err := NewAPITokens(srv.URL, t.TempDir()); err == nil {
+	if _, err := kubeapi.FromServiceAccount(srv.URL, t.TempDir()); err == nil {
 		t.Fatal("missing service account accepted")
 	}
 }
@@ -117,7 +120,7 @@ func TestManifests(t *testing.T) {
 	for _, it := range list.Items {
 		kinds = append(kinds, it.Kind)
 	}
-	if strings.Join(kinds, ",") != "ConfigMap,ServiceAccount,Role,RoleBinding,DaemonSet" {
+	if strings.Join(kinds, ",") != "ConfigMap,ServiceAccount,Role,RoleBinding,ClusterRole,ClusterRoleBinding,DaemonSet" {
 		t.Fatalf("kinds %v", kinds)
 	}
 	s := string(raw)
@@ -134,5 +137,8 @@ func TestManifests(t *testing.T) {
 	json.Unmarshal(raw, &compact)
 	if r := compact.Items[2].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "secrets" || strings.Join(r[0].Verbs, ",") != "create" {
 		t.Errorf("the join service's role grants %+v, want only creating secrets", r)
+	}
+	if r := compact.Items[4].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "create,patch,list" {
+		t.Errorf("the join service's cluster role grants %+v, want only creating, patching and listing nodes", r)
 	}
 }

@@ -56,6 +56,15 @@ func GenerateKey() (private, public Key, err error) {
 	return private, public, nil
 }
 
+// PublicKey returns the public key of a private key.
+func PublicKey(private Key) (Key, error) {
+	priv, err := ecdh.X25519().NewPrivateKey(private[:])
+	if err != nil {
+		return Key{}, err
+	}
+	return Key(priv.PublicKey().Bytes()), nil
+}
+
 // Config configures a node's WireGuard interface.
 type Config struct {
 	// Interface is the interface name, for example wg0.

@@ -279,9 +279,13 @@ type JoinRequest struct {
 	// provider names as control-plane nodes in their attestation key certificate.
 	ControlPlane bool `protobuf:"varint,1,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
 	// disk_uuid is the UUID of the node's state disk; the answer carries that disk's key.
-	DiskUuid      string `protobuf:"bytes,2,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DiskUuid string `protobuf:"bytes,2,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
+	// wireguard_public_key is the public key (32 bytes) of the WireGuard key pair the node generated for this
+	// join; the private key never leaves the node. The join service records it for the node's attested name,
+	// and the other nodes make it their peer.
+	WireguardPublicKey []byte `protobuf:"bytes,3,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -328,6 +332,68 @@ func (x *JoinRequest) GetDiskUuid() string {
 	return ""
 }
 
+func (x *JoinRequest) GetWireguardPublicKey() []byte {
+	if x != nil {
+		return x.WireguardPublicKey
+	}
+	return nil
+}
+
+// MeshPeer is a node of the cluster's WireGuard mesh.
+type MeshPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node's name; its addresses come from the provider.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// public_key is its WireGuard public key (32 bytes).
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MeshPeer) Reset() {
+	*x = MeshPeer{}
+	mi := &file_init_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeshPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeshPeer) ProtoMessage() {}
+
+func (x *MeshPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeshPeer.ProtoReflect.Descriptor instead.
+func (*MeshPeer) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MeshPeer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *MeshPeer) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // PKIFile is a file of the control plane's shared PKI, by its path relative to /etc/kubernetes/pki.
 type PKIFile struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -339,7 +405,7 @@ type PKIFile struct {
 
 func (x *PKIFile) Reset() {
 	*x = PKIFile{}
-	mi := &file_init_proto_msgTypes[5]
+	mi := &file_init_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +417,7 @@ func (x *PKIFile) String() string {
 func (*PKIFile) ProtoMessage() {}
 
 func (x *PKIFile) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[5]
+	mi := &file_init_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +430,7 @@ func (x *PKIFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PKIFile.ProtoReflect.Descriptor instead.
 func (*PKIFile) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{5}
+	return file_init_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PKIFile) GetName() string {
@@ -395,14 +461,17 @@ type JoinResponse struct {
 	// service-account key), for control-plane joins only.
 	ControlPlaneFiles []*PKIFile `protobuf:"bytes,5,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
 	// disk_key is the key of the state disk named in the request (64 bytes), derived from the master secret.
-	DiskKey       []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
+	DiskKey []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
+	// mesh_peers are the nodes of the WireGuard mesh when the node was admitted, so that it reaches the control
+	// plane through the tunnel from the start.
+	MeshPeers     []*MeshPeer `protobuf:"bytes,7,rep,name=mesh_peers,json=meshPeers,proto3" json:"mesh_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_init_proto_msgTypes[6]
+	mi := &file_init_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +483,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[6]
+	mi := &file_init_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +496,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{6}
+	return file_init_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JoinResponse) GetApiEndpoint() string {
@@ -472,6 +541,13 @@ func (x *JoinResponse) GetDiskKey() []byte {
 	return nil
 }
 
+func (x *JoinResponse) GetMeshPeers() []*MeshPeer {
+	if x != nil {
+		return x.MeshPeers
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -499,13 +575,18 @@ const file_init_proto_rawDesc = "" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId\"O\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\x81\x01\n" +
 	"\vJoinRequest\x12#\n" +
 	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\x12\x1b\n" +
-	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\"7\n" +
+	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\x120\n" +
+	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\"=\n" +
+	"\bMeshPeer\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\xf3\x01\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xb3\x02\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -514,7 +595,9 @@ const file_init_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x04 \x01(\fR\tclusterId\x12N\n" +
 	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles\x12\x19\n" +
-	"\bdisk_key\x18\x06 \x01(\fR\adiskKey2\xae\x01\n" +
+	"\bdisk_key\x18\x06 \x01(\fR\adiskKey\x12>\n" +
+	"\n" +
+	"mesh_peers\x18\a \x03(\v2\x1f.constellation.init.v1.MeshPeerR\tmeshPeers2\xae\x01\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse\x12U\n" +
 	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponse2W\n" +
@@ -533,30 +616,32 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_init_proto_goTypes = []any{
 	(*RecoverResponse)(nil), // 0: constellation.init.v1.RecoverResponse
 	(*InitRequest)(nil),     // 1: constellation.init.v1.InitRequest
 	(*KMIP)(nil),            // 2: constellation.init.v1.KMIP
 	(*InitResponse)(nil),    // 3: constellation.init.v1.InitResponse
 	(*JoinRequest)(nil),     // 4: constellation.init.v1.JoinRequest
-	(*PKIFile)(nil),         // 5: constellation.init.v1.PKIFile
-	(*JoinResponse)(nil),    // 6: constellation.init.v1.JoinResponse
+	(*MeshPeer)(nil),        // 5: constellation.init.v1.MeshPeer
+	(*PKIFile)(nil),         // 6: constellation.init.v1.PKIFile
+	(*JoinResponse)(nil),    // 7: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
 	2, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	5, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
-	1, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	1, // 3: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
-	4, // 4: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
-	3, // 5: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	0, // 6: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
-	6, // 7: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
+	5, // 2: constellation.init.v1.JoinResponse.mesh_peers:type_name -> constellation.init.v1.MeshPeer
+	1, // 3: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	1, // 4: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
+	4, // 5: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
+	3, // 6: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	0, // 7: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
+	7, // 8: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
+	6, // [6:9] is the sub-list for method output_type
+	3, // [3:6] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -570,7 +655,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

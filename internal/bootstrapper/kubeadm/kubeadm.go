@@ -28,6 +28,9 @@ type Options struct {
 	CgroupRoot string
 	// PodCIDR is this node's pod address range; PodSubnet and ServiceSubnet are the cluster's.
 	PodCIDR, PodSubnet, ServiceSubnet netip.Prefix
+	// PodMTU is the MTU of the pods' interfaces: the tunnel's between nodes, so that nothing fragments.
+	// Zero: the CNI plugin's default.
+	PodMTU int
 }
 
 // Paths on a node.
@@ -67,9 +70,13 @@ func ContainerdConfigFile(o Options) ([]byte, error) {
 
 // CNIConfigFile returns the CNI network of this node: a bridge with the node's pod range.
 func CNIConfigFile(o Options) []byte {
+	mtu := ""
+	if o.PodMTU > 0 {
+		mtu = fmt.Sprintf(`"mtu":%d,`, o.PodMTU)
+	}
 	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"pods","plugins":[`+
-		`{"type":"bridge","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"/var/lib/cni"}},`+
-		`{"type":"portmap","capabilities":{"portMappings":true}}]}`, o.PodCIDR))
+		`{"type":"bridge","bridge":"cni0",%s"isGateway":true,"isDefaultGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"/var/lib/cni"}},`+
+		`{"type":"portmap","capabilities":{"portMappings":true}}]}`, mtu, o.PodCIDR))
 }
 
 var initTmpl = template.Must(template.New("init").Parse(`apiVersion: kubeadm.k8s.io/v1beta4

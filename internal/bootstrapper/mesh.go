@@ -1,0 +1,292 @@
+package bootstrapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
+)
+
+// The node's WireGuard interface and its policy routing.
+const (
+	meshInterface = "wg0"
+	meshTable     = 51820
+	meshMark      = 0x51820
+	// meshKeyFile keeps the node's private key on its encrypted state disk (/var is on it once unlocked), so
+	// that the first control-plane node keeps its key across a recovery, which does not go through the join
+	// service.
+	meshKeyFile = "/var/lib/constellation/wireguard/private.key"
+	// meshSyncInterval is how often a node reads the cluster's record of the mesh.
+	meshSyncInterval = 2 * time.Second
+)
+
+// meshAgent runs the node's part of the cluster's WireGuard mesh: the interface, and its peers kept equal to
+// the cluster's record (package meshpeers), with their addresses from the provider.
+type meshAgent struct {
+	md         *metadata.Client
+	self       metadata.Instance
+	podNetwork netip.Prefix
+	keyFile    string
+	log        *slog.Logger
+
+	mu      sync.Mutex
+	private wgmesh.Key
+	public  wgmesh.Key
+	mesh    *wgmesh.Mesh
+	current []string // the peers set last, "name key" sorted, to log changes only
+}
+
+func newMeshAgent(md *metadata.Client, self metadata.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
+	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, log: log}
+}
+
+// newKey makes a key pair for this node's next join; the private key stays in this process until the state
+// disk is unlocked.
+func (a *meshAgent) newKey() (wgmesh.Key, error) {
+	priv, pub, err := wgmesh.GenerateKey()
+	if err != nil {
+		return wgmesh.Key{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.private, a.public = priv, pub
+	return pub, nil
+}
+
+// loadKey takes the key the node kept on its state disk.
+func (a *meshAgent) loadKey() error {
+	raw, err := os.ReadFile(a.keyFile)
+	if err != nil {
+		return fmt.Errorf("reading this node's WireGuard key from its state disk: %w", err)
+	}
+	priv, err := wgmesh.ParseKey(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return fmt.Errorf("this node's WireGuard key on its state disk: %w", err)
+	}
+	pub, err := wgmesh.PublicKey(priv)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.private, a.public = priv, pub
+	return nil
+}
+
+// NodeLink returns the node's link to the node network: the interface that holds addr, its network and
+// its MTU.
+func NodeLink(addr netip.Addr) (name string, network netip.Prefix, mtu int, err error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return "", netip.Prefix{}, 0, err
+	}
+	for _, ifi := range ifaces {
+		addrs, err := ifi.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(ipn.IP)
+			if ip.Unmap() == addr {
+				ones, _ := ipn.Mask.Size()
+				return ifi.Name, netip.PrefixFrom(addr, ones).Masked(), ifi.MTU, nil
+			}
+		}
+	}
+	return "", netip.Prefix{}, 0, fmt.Errorf("no interface holds the node address %s", addr)
+}
+
+// start keeps the key on the state disk and brings the interface up, in strict mode: the node network and
+// the pod network are reachable only through the tunnel (but for the provider and the join service's port).
+func (a *meshAgent) start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.private == (wgmesh.Key{}) {
+		return errors.New("the node has no WireGuard key")
+	}
+	if err := os.MkdirAll(filepath.Dir(a.keyFile), 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(a.keyFile, []byte(a.private.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("keeping the WireGuard key on the state disk: %w", err)
+	}
+	self, err := netip.ParseAddr(a.self.IP)
+	if err != nil {
+		return fmt.Errorf("node address %q: %w", a.self.IP, err)
+	}
+	link, network, mtu, err := NodeLink(self)
+	if err != nil {
+		return err
+	}
+	infra, err := providerAddress(a.md.URL())
+	if err != nil {
+		return err
+	}
+	routing := &wgmesh.Routing{
+		Table: meshTable, Mark: meshMark, Source: self, Link: link,
+		Protected:         []netip.Prefix{network, a.podNetwork},
+		Infrastructure:    []netip.Prefix{infra},
+		PlaintextTCPPorts: []uint16{joinservice.Port},
+	}
+	if pods, err := netip.ParsePrefix(a.self.PodCIDR); err == nil {
+		routing.Local = []netip.Prefix{pods}
+	}
+	m, err := wgmesh.Start(wgmesh.Config{Interface: meshInterface, PrivateKey: a.private, ListenPort: meshpeers.Port, MTU: mtu - wgmesh.Overhead, Routing: routing})
+	if err != nil {
+		return fmt.Errorf("starting the WireGuard interface: %w", err)
+	}
+	a.mesh = m
+	a.log.Info("WireGuard interface up, strict: the node and pod networks only through the tunnel",
+		"interface", meshInterface, "publicKey", a.public.String(), "mtu", mtu-wgmesh.Overhead, "protected", []string{network.String(), a.podNetwork.String()})
+	return nil
+}
+
+// providerAddress is the host of the metadata service: the provider's infrastructure, reached directly.
+func providerAddress(metadataURL string) (netip.Prefix, error) {
+	u, err := url.Parse(metadataURL)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	addr, err := netip.ParseAddr(u.Hostname())
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("the metadata service %q is not at an IP address: %w", metadataURL, err)
+	}
+	return netip.PrefixFrom(addr, addr.BitLen()), nil
+}
+
+// setPeers makes the recorded nodes, other than this one, the peers, at the addresses the provider gives
+// them. A recorded node the provider does not know is no peer.
+func (a *meshAgent) setPeers(ctx context.Context, recorded []meshpeers.Peer) error {
+	instances, err := a.md.Instances(ctx)
+	if err != nil {
+		return fmt.Errorf("asking the provider for the nodes' addresses: %w", err)
+	}
+	byName := map[string]metadata.Instance{}
+	for _, inst := range instances {
+		byName[inst.Name] = inst
+	}
+	var peers []wgmesh.Peer
+	var names []string
+	for _, r := range recorded {
+		if r.Node == a.self.Name {
+			continue
+		}
+		inst, ok := byName[r.Node]
+		if !ok {
+			a.log.Warn("a node in the cluster's WireGuard record is unknown to the provider; not a peer", "node", r.Node)
+			continue
+		}
+		ip, err1 := netip.ParseAddr(inst.IP)
+		pods, err2 := netip.ParsePrefix(inst.PodCIDR)
+		if err1 != nil || err2 != nil {
+			a.log.Warn("the provider gives a node no usable addresses; not a peer", "node", r.Node, "ip", inst.IP, "podCIDR", inst.PodCIDR)
+			continue
+		}
+		peers = append(peers, wgmesh.Peer{
+			PublicKey:  r.PublicKey,
+			Endpoint:   netip.AddrPortFrom(ip, meshpeers.Port),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen()), pods},
+		})
+		names = append(names, r.Node+" "+r.PublicKey.String())
+	}
+	slices.Sort(names)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.mesh == nil {
+		return errors.New("the WireGuard interface is not up")
+	}
+	if slices.Equal(names, a.current) {
+		return nil
+	}
+	if err := a.mesh.SetPeers(peers); err != nil {
+		return err
+	}
+	a.current = names
+	a.log.Info("WireGuard peers changed", "peers", names)
+	return nil
+}
+
+// peersFromJoin are the mesh's nodes as the join service listed them.
+func peersFromJoin(list []*initpb.MeshPeer) ([]meshpeers.Peer, error) {
+	var out []meshpeers.Peer
+	for _, p := range list {
+		if len(p.GetPublicKey()) != len(wgmesh.Key{}) {
+			return nil, fmt.Errorf("the join service sent a WireGuard key of %d bytes for node %q", len(p.GetPublicKey()), p.GetNode())
+		}
+		out = append(out, meshpeers.Peer{Node: p.GetNode(), PublicKey: wgmesh.Key(p.GetPublicKey())})
+	}
+	return out, nil
+}
+
+// register records this node's own key in the cluster (the first control-plane node, which no join service
+// admitted), with the credentials of kubeconfig.
+func (a *meshAgent) register(ctx context.Context, kubeconfig string) error {
+	api, err := kubeapi.FromKubeconfig(kubeconfig)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	pub := a.public
+	a.mu.Unlock()
+	return retry(ctx, a.log, "recording this node's WireGuard key", func() error {
+		return meshpeers.Register(ctx, api, a.self.Name, pub)
+	})
+}
+
+// follow keeps the peers equal to the cluster's record until ctx ends, reading it with the kubelet's
+// credentials in kubeconfig (once they exist).
+func (a *meshAgent) follow(ctx context.Context, kubeconfig string) {
+	var api *kubeapi.Client
+	failing := false
+	for {
+		err := func() error {
+			if api == nil {
+				var err error
+				if api, err = kubeapi.FromKubeconfig(kubeconfig); err != nil {
+					return err
+				}
+			}
+			recorded, malformed, err := meshpeers.List(ctx, api)
+			if err != nil {
+				return err
+			}
+			if len(malformed) > 0 {
+				a.log.Warn("nodes with a malformed WireGuard key in the cluster's record; not peers", "nodes", malformed)
+			}
+			return a.setPeers(ctx, recorded)
+		}()
+		if err != nil {
+			api = nil // credentials may have been rotated: read them again
+			if !failing {
+				a.log.Warn("reading the cluster's WireGuard peers failed; keeping the current ones and retrying", "error", err)
+			}
+		}
+		failing = err != nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(meshSyncInterval):
+		}
+	}
+}

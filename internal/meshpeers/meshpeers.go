@@ -1,0 +1,114 @@
+// Package meshpeers keeps the cluster's record of its WireGuard mesh: the public key of every admitted node,
+// as an annotation on its Node object. The join service writes a node's key when it admits the node (before
+// the node's kubelet has registered, it creates the Node object for it); the first control-plane node writes
+// its own. Every node reads the record to know its peers. A node that is deleted from the cluster is no
+// longer a peer of any node.
+//
+// Only keys come from here. A peer's addresses (its endpoint and what it may send from) come from the
+// provider, which assigns them, so that a node that edits its own Node object cannot claim another node's
+// traffic.
+package meshpeers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+
+	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
+)
+
+// KeyAnnotation holds a node's WireGuard public key (base64).
+const KeyAnnotation = "constellation.dev/wireguard-public-key"
+
+// Port is the UDP port of every node's WireGuard interface.
+const Port = 51820
+
+// readerRole names the permission of every node to read the record.
+const readerRole = "constellation:mesh-peers"
+
+// Manifests are the Kubernetes objects of the record: every node (the group system:nodes) may list the Node
+// objects, to read its peers' keys. The Node authorizer alone lets a node read only its own.
+func Manifests() ([]byte, error) {
+	meta := map[string]any{"name": readerRole, "labels": map[string]string{"app.kubernetes.io/part-of": "constellation"}}
+	return json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": []map[string]any{
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta,
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list"}}},
+		},
+		{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta,
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": readerRole},
+			"subjects": []map[string]any{{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}},
+		},
+	}}, "", "  ")
+}
+
+// Peer is a node of the mesh as the cluster records it.
+type Peer struct {
+	Node      string
+	PublicKey wgmesh.Key
+}
+
+type node struct {
+	Metadata struct {
+		Name        string            `json:"name"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	} `json:"metadata"`
+}
+
+// Register records key as the WireGuard public key of the node name. If the node has no Node object yet, it
+// creates one, tainted not-ready until its kubelet reports (the kubelet adopts an existing object).
+func Register(ctx context.Context, api *kubeapi.Client, name string, key wgmesh.Key) error {
+	if name == "" || key == (wgmesh.Key{}) {
+		return fmt.Errorf("registering a WireGuard key: node name %q or key missing", name)
+	}
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{KeyAnnotation: key.String()}}}
+	path := "/api/v1/nodes/" + url.PathEscape(name)
+	err := api.Do(ctx, http.MethodPatch, path, kubeapi.MergePatch, patch, nil)
+	if !kubeapi.IsStatus(err, http.StatusNotFound) {
+		if err != nil {
+			return fmt.Errorf("recording the WireGuard key of node %s: %w", name, err)
+		}
+		return nil
+	}
+	obj := map[string]any{
+		"apiVersion": "v1", "kind": "Node",
+		"metadata": map[string]any{"name": name, "annotations": map[string]string{KeyAnnotation: key.String()}},
+		"spec":     map[string]any{"taints": []map[string]string{{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}}},
+	}
+	err = api.Do(ctx, http.MethodPost, "/api/v1/nodes", "", obj, nil)
+	if kubeapi.IsStatus(err, http.StatusConflict) { // the kubelet registered in between
+		err = api.Do(ctx, http.MethodPatch, path, kubeapi.MergePatch, patch, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("recording the WireGuard key of node %s: %w", name, err)
+	}
+	return nil
+}
+
+// List returns the nodes with a recorded key, by name, and the names of nodes whose recorded key is
+// malformed (they are no peers).
+func List(ctx context.Context, api *kubeapi.Client) (peers []Peer, malformed []string, err error) {
+	var list struct{ Items []node }
+	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
+		return nil, nil, fmt.Errorf("listing the nodes: %w", err)
+	}
+	for _, n := range list.Items {
+		raw, ok := n.Metadata.Annotations[KeyAnnotation]
+		if !ok {
+			continue
+		}
+		key, err := wgmesh.ParseKey(raw)
+		if err != nil || key == (wgmesh.Key{}) {
+			malformed = append(malformed, n.Metadata.Name)
+			continue
+		}
+		peers = append(peers, Peer{Node: n.Metadata.Name, PublicKey: key})
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Node < peers[j].Node })
+	return peers, malformed, nil
+}
