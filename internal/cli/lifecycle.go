@@ -3,10 +3,6 @@ package cli
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,9 +17,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
-	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -199,65 +195,11 @@ func firstLine(s string) string {
 	return line
 }
 
-// kubeconfig is the part of a kubeconfig file the CLI reads: the first cluster and user.
-type kubeconfig struct {
-	Clusters []struct {
-		Cluster struct {
-			Server string `json:"server"`
-			CAData string `json:"certificate-authority-data"`
-		} `json:"cluster"`
-	} `json:"clusters"`
-	Users []struct {
-		User struct {
-			CertData string `json:"client-certificate-data"`
-			KeyData  string `json:"client-key-data"`
-		} `json:"user"`
-	} `json:"users"`
-}
-
-// kubeClient returns an HTTP client authenticated with the administrator's kubeconfig, and the API server URL.
-func kubeClient(path string) (*http.Client, string, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, "", err
-	}
-	var kc kubeconfig
-	if err := yaml.Unmarshal(raw, &kc); err != nil {
-		return nil, "", fmt.Errorf("%s: %w", path, err)
-	}
-	if len(kc.Clusters) == 0 || len(kc.Users) == 0 {
-		return nil, "", fmt.Errorf("%s has no cluster or no user", path)
-	}
-	decode := func(s string) []byte { b, _ := base64.StdEncoding.DecodeString(s); return b }
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(decode(kc.Clusters[0].Cluster.CAData)) {
-		return nil, "", fmt.Errorf("%s: no cluster CA certificate", path)
-	}
-	cert, err := tls.X509KeyPair(decode(kc.Users[0].User.CertData), decode(kc.Users[0].User.KeyData))
-	if err != nil {
-		return nil, "", fmt.Errorf("%s: client certificate: %w", path, err)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
-	return &http.Client{Transport: tr, Timeout: 15 * time.Second}, kc.Clusters[0].Cluster.Server, nil
-}
-
 // nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name.
 func nodeReadiness(ctx context.Context, kubeconfigPath string) (map[string]string, error) {
-	client, server, err := kubeClient(kubeconfigPath)
+	api, err := kubeapi.FromKubeconfig(kubeconfigPath)
 	if err != nil {
 		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, server+"/api/v1/nodes", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("listing nodes: %s", resp.Status)
 	}
 	var list struct {
 		Items []struct {
@@ -267,7 +209,7 @@ func nodeReadiness(ctx context.Context, kubeconfigPath string) (map[string]strin
 			}
 		}
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
+	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
 	out := map[string]string{}

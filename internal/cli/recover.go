@@ -19,6 +19,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -122,23 +123,16 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 
 // waitAPIReady waits until the API server answers /readyz with the administrator's credentials.
 func waitAPIReady(ctx context.Context, kubeconfigPath string, limit time.Duration) error {
-	client, server, err := kubeClient(kubeconfigPath)
+	api, err := kubeapi.FromKubeconfig(kubeconfigPath)
 	if err != nil {
 		return err
 	}
+	server := api.Server()
 	deadline := time.Now().Add(limit)
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, server+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
+		err := api.Do(ctx, http.MethodGet, "/readyz", "", nil, nil)
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("readyz: %s", resp.Status)
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the Kubernetes API at %s did not become ready within %s: %w", server, limit, err)

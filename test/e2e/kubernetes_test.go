@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,9 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
-	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"golang.org/x/sys/unix"
+
+	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/wgmesh/wgmeshtest"
 )
 
 // TestMiniKubernetes boots 1 control plane + 2 workers from the full node image (make node-image): the CLI
@@ -117,6 +123,10 @@ func TestMiniKubernetes(t *testing.T) {
 		}
 	}
 
+	// Nothing crosses the node network between nodes in plain text: pod-to-pod traffic and the API server's
+	// traffic with the kubelets go through WireGuard.
+	checkNetworkEncrypted(t, k, state)
+
 	// A worker reboots: its TPM resets (PCR 15 is zero again), it attests to the join service again, gets the
 	// key of its state disk again, finds its kubelet's state there, and is a member and Ready again.
 	worker := mini.NodeAddr(1).String() + ":9090"
@@ -162,6 +172,10 @@ func TestMiniKubernetes(t *testing.T) {
 	})
 	state, _, _ = mini.ReadState(filepath.Join(c.ws, "constellation-mini")) // control-plane-0 has a new PID
 	eventually("the Service answering after the recovery", get)
+
+	// A node removed from the cluster is no longer a peer of the others: it reaches none of their pods.
+	checkRemovedNodeCutOff(t, k, state, eventually)
+
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)
 	}
@@ -170,6 +184,159 @@ func TestMiniKubernetes(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", "kubelet|containerd|kube-apiserver").Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("Kubernetes processes left: %s", out)
+	}
+}
+
+// webPod is a replica of the web Deployment: its node, address and the PID of its etcd process (pods run in
+// the host's PID namespace), whose network namespace is the pod's.
+type webPod struct {
+	node, ip string
+	pid      int
+}
+
+// webPods lists the running web replicas.
+func webPods(t *testing.T, k func(...string) (string, error)) []webPod {
+	t.Helper()
+	out, err := k("get", "pods", "-l", "app=web", "--field-selector=status.phase=Running", "-o", `jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP}{"\n"}{end}`)
+	if err != nil {
+		t.Fatalf("listing the web pods: %v\n%s", err, out)
+	}
+	pids := map[string]int{}
+	raw, _ := exec.Command("pgrep", "-f", "data-dir=/tmp/etcd").Output()
+	for _, f := range strings.Fields(string(raw)) {
+		pid, _ := strconv.Atoi(f)
+		addr, _ := exec.Command("nsenter", "-t", f, "-n", "ip", "-4", "-o", "addr", "show", "eth0").Output()
+		if m := regexp.MustCompile(`inet ([0-9.]+)/`).FindSubmatch(addr); m != nil {
+			pids[string(m[1])] = pid
+		}
+	}
+	var pods []webPod
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && pids[f[1]] != 0 {
+			pods = append(pods, webPod{node: f[0], ip: f[1], pid: pids[f[1]]})
+		}
+	}
+	return pods
+}
+
+// node returns the node of the cluster named name.
+func node(t *testing.T, state mini.State, name string) mini.NodeState {
+	t.Helper()
+	for _, n := range state.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	t.Fatalf("no node %s in the provider's state", name)
+	return mini.NodeState{}
+}
+
+// onNodes returns a web pod on each of two different nodes.
+func onNodes(t *testing.T, pods []webPod, a, b string) (webPod, webPod) {
+	t.Helper()
+	var pa, pb *webPod
+	for i := range pods {
+		switch pods[i].node {
+		case a:
+			pa = &pods[i]
+		case b:
+			pb = &pods[i]
+		}
+	}
+	if pa == nil || pb == nil {
+		t.Fatalf("no web pods on both %s and %s: %+v", a, b, pods)
+	}
+	return *pa, *pb
+}
+
+// podCurl runs curl in the network namespace of the process pid (a pod's).
+func podCurl(pid int, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(pid), "-n", "curl", "-sS", "-m", "5"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// checkNetworkEncrypted captures every frame on the node network's bridge while a pod on worker-0 writes a
+// marker into a pod on worker-1 and reads it back (etcd's HTTP API), and while the API server fetches logs
+// from and runs a command in a pod through the workers' kubelets. Between node addresses only WireGuard may
+// cross; the marker must not appear. A request from this machine to a node's verification service carries a
+// second marker in plain text, and the capture must see that one: otherwise it could not tell.
+func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), state mini.State) {
+	t.Helper()
+	from, to := onNodes(t, webPods(t, k), "worker-0", "worker-1")
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	marker := "constellation-pod-marker-" + suffix
+	control := "constellation-plain-control-" + suffix
+	encoded := base64.StdEncoding.EncodeToString([]byte(marker)) // etcd's JSON API carries values in base64
+	var nodes []netip.Addr
+	for _, n := range state.Nodes {
+		nodes = append(nodes, netip.MustParseAddr(n.IP))
+	}
+	tunnel := func(f wgmeshtest.Flow) bool {
+		return f.Proto == unix.IPPROTO_UDP && (f.SrcPort == meshpeers.Port || f.DstPort == meshpeers.Port)
+	}
+	capture, err := wgmeshtest.StartCapture(mini.BridgeName, [][]byte{[]byte(marker), []byte(encoded), []byte(control)}, nodes, tunnel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := fmt.Sprintf(`{"key":%q,"value":%q}`, base64.StdEncoding.EncodeToString([]byte("marker")), encoded)
+	out, err := podCurl(from.pid, "-X", "POST", "-d", put, "http://"+to.ip+":2379/v3/kv/put")
+	if err == nil {
+		out, err = podCurl(from.pid, "-X", "POST", "-d", fmt.Sprintf(`{"key":%q}`, base64.StdEncoding.EncodeToString([]byte("marker"))), "http://"+to.ip+":2379/v3/kv/range")
+	}
+	readBack := strings.Contains(out, encoded)
+	logs, lerr := k("logs", "-l", "app=web", "--tail=5")
+	execOut, eerr := k("exec", "deploy/web", "--", "/usr/local/bin/etcd", "--version")
+	exec.Command("curl", "-s", "-m", "5", "http://"+node(t, state, "worker-0").IP+":9090/"+control).Run()
+	time.Sleep(500 * time.Millisecond) // the last frames reach the bridge
+	st := capture.Stop()
+	if err != nil || !readBack {
+		t.Fatalf("pod on worker-0 writing to and reading from the pod on worker-1: %v: %s", err, out)
+	}
+	if lerr != nil || eerr != nil || !strings.Contains(execOut, "etcd Version") {
+		t.Fatalf("logs and exec through the kubelets: %v %v\n%s\n%s", lerr, eerr, logs, execOut)
+	}
+	t.Logf("capture on %s: %d frames, %d WireGuard packets between nodes", mini.BridgeName, st.Frames, st.Tunnel)
+	if !st.Found[2] {
+		t.Fatal("the capture did not see the plain-text control request: it could not tell plain text either")
+	}
+	if st.Found[0] || st.Found[1] {
+		t.Fatal("the pod-to-pod marker crossed the node network in plain text")
+	}
+	if u := st.Unexpected(); len(u) > 0 {
+		t.Fatalf("traffic between nodes outside the tunnel:\n%s", strings.Join(u, "\n"))
+	}
+	if st.Tunnel == 0 {
+		t.Fatal("no WireGuard traffic between nodes during the transfer")
+	}
+}
+
+// checkRemovedNodeCutOff deletes worker-1 from the cluster: the other nodes drop it as a peer, and it
+// reaches neither a pod on worker-0 nor the API server any more, while before it did.
+func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), state mini.State, eventually func(string, func() (string, bool))) {
+	t.Helper()
+	var pods []webPod
+	eventually("web pods on both workers", func() (string, bool) {
+		pods = webPods(t, k)
+		w := map[string]bool{}
+		for _, p := range pods {
+			w[p.node] = true
+		}
+		return fmt.Sprint(pods), w["worker-0"] && w["worker-1"]
+	})
+	target, removed := onNodes(t, pods, "worker-0", "worker-1")
+	if out, err := podCurl(removed.pid, "http://"+target.ip+":2379/version"); err != nil {
+		t.Fatalf("before its removal, worker-1's pod does not reach worker-0's: %v: %s", err, out)
+	}
+	if out, err := k("delete", "node", "worker-1"); err != nil {
+		t.Fatalf("deleting worker-1: %v: %s", err, out)
+	}
+	eventually("worker-1 cut off from the pods of worker-0", func() (string, bool) {
+		out, err := podCurl(removed.pid, "-m", "2", "http://"+target.ip+":2379/version")
+		return out, err != nil
+	})
+	api := "https://" + node(t, state, "control-plane-0").IP + ":6443/healthz"
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(node(t, state, "worker-1").PID), "-n", "curl", "-sk", "-m", "3", api).CombinedOutput(); err == nil {
+		t.Fatalf("the removed worker still reaches the API server: %s", out)
 	}
 }
 

@@ -5,7 +5,6 @@ package wgmeshtest
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -180,43 +177,15 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // helperCapture reads every frame on iface until stdin closes and says whether one contained the marker.
 func helperCapture(iface string) error {
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	c, err := StartCapture(iface, [][]byte{[]byte(Marker)}, nil, nil)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return err
-	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
-		return err
-	}
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(done) }()
 	fmt.Println("READY")
-	frames, found := 0, false
-	buf := make([]byte, 65536)
-	for {
-		select {
-		case <-done:
-			fmt.Printf("frames=%d found=%v\n", frames, found)
-			return nil
-		default:
-		}
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			continue // timeout: look at done again
-		}
-		frames++
-		if bytes.Contains(buf[:n], []byte(Marker)) {
-			found = true
-		}
-	}
+	io.Copy(io.Discard, os.Stdin)
+	st := c.Stop()
+	fmt.Printf("frames=%d found=%v\n", st.Frames, st.Found[0])
+	return nil
 }
 
 // Helper is a running helper process.
