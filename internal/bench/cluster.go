@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,50 +18,90 @@ func init() {
 	register(Suite{Names: []string{"cluster-create", "node-join", "node-rejoin", "node-memory"}, Run: runClusterCreate})
 }
 
-// runClusterCreate measures, with the built CLI and node image, seconds from `constellation mini up` to all
-// nodes Ready (1 control plane + 2 workers, every node attested, Kubernetes initialised and joined), and the
-// resident memory per node once the cluster has settled.
-func runClusterCreate(ctx context.Context) ([]Result, error) {
+// benchCluster is a mini cluster in a workspace of its own, created with the built CLI and node image.
+type benchCluster struct {
+	ctx                  context.Context
+	ws, bin, kubectlPath string
+}
+
+// newBenchCluster prepares a workspace with the configuration of a 1 + 2 node cluster.
+func newBenchCluster(ctx context.Context, what string) (*benchCluster, error) {
 	bin, _ := filepath.Abs("bin/constellation")
 	kubectl, _ := filepath.Abs("_out/kubernetes/bin/kubectl")
 	imageDir, _ := filepath.Abs(NodeImageDir)
 	for _, f := range []string{bin, kubectl, filepath.Join(imageDir, "node-image.json")} {
 		if _, err := os.Stat(f); err != nil {
-			return nil, fmt.Errorf("cluster-create needs the built CLI and node image (make build node-image): %w", err)
+			return nil, fmt.Errorf("%s needs the built CLI and node image (make build node-image): %w", what, err)
 		}
 	}
 	if os.Geteuid() != 0 || mini.NetworkInUse() {
-		return nil, errors.New("cluster-create needs root and no running mini cluster")
+		return nil, fmt.Errorf("%s needs root and no running mini cluster", what)
 	}
 	ws, err := os.MkdirTemp("", "bench-cluster-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(ws)
-	run := func(name string, args ...string) (string, error) {
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		return string(out), err
-	}
-	if out, err := run(bin, "config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); err != nil {
+	c := &benchCluster{ctx: ctx, ws: ws, bin: bin, kubectlPath: kubectl}
+	if out, err := c.run(bin, "config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); err != nil {
+		os.RemoveAll(ws)
 		return nil, fmt.Errorf("config generate: %v: %s", err, out)
 	}
+	return c, nil
+}
+
+func (c *benchCluster) run(name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(c.ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func (c *benchCluster) kubectl(args ...string) (string, error) {
+	return c.run(c.kubectlPath, append([]string{"--kubeconfig", filepath.Join(c.ws, "constellation-admin.conf")}, args...)...)
+}
+
+// up creates the cluster and waits until its 3 nodes are Ready.
+func (c *benchCluster) up() error {
 	start := time.Now()
-	defer run(bin, "mini", "down", "--workspace", ws)
-	if out, err := run(bin, "mini", "up", "--workspace", ws); err != nil {
-		return nil, fmt.Errorf("mini up: %v: %s", err, out)
+	if out, err := c.run(c.bin, "mini", "up", "--workspace", c.ws); err != nil {
+		return fmt.Errorf("mini up: %v: %s", err, out)
 	}
 	for {
-		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "nodes", "--no-headers")
+		out, err := c.kubectl("get", "nodes", "--no-headers")
 		if err == nil && strings.Count(out, " Ready ") == 3 {
-			break
+			return nil
 		}
 		if time.Since(start) > 10*time.Minute {
-			return nil, fmt.Errorf("nodes not Ready after 10 minutes: %s", out)
+			return fmt.Errorf("nodes not Ready after 10 minutes: %s", out)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// close removes the cluster and its workspace.
+func (c *benchCluster) close() {
+	c.run(c.bin, "mini", "down", "--workspace", c.ws)
+	os.RemoveAll(c.ws)
+}
+
+func (c *benchCluster) state() (mini.State, error) {
+	st, _, err := mini.ReadState(filepath.Join(c.ws, "constellation-mini"))
+	return st, err
+}
+
+// runClusterCreate measures, with the built CLI and node image, seconds from `constellation mini up` to all
+// nodes Ready (1 control plane + 2 workers, every node attested, Kubernetes initialised and joined), and the
+// resident memory per node once the cluster has settled.
+func runClusterCreate(ctx context.Context) ([]Result, error) {
+	c, err := newBenchCluster(ctx, "cluster-create")
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	start := time.Now()
+	if err := c.up(); err != nil {
+		return nil, err
+	}
 	created := time.Since(start)
-	state, _, err := mini.ReadState(filepath.Join(ws, "constellation-mini"))
+	state, err := c.state()
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +112,7 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 		if n.Role != "worker" {
 			continue
 		}
-		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "node", n.Name,
+		out, err := c.kubectl("get", "node", n.Name,
 			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].lastTransitionTime}`)
 		if err != nil {
 			return nil, fmt.Errorf("reading %s's Ready time: %v: %s", n.Name, err, out)
@@ -98,10 +137,10 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 	}
 	// node-rejoin: a worker of the running cluster reboots; from its power-on until its kubelet reports Ready
 	// again (attestation, join service, disk key, state disk, containerd, kubelet).
-	if out, err := run(bin, "mini", "reboot", "worker-0", "--workspace", ws); err != nil {
+	if out, err := c.run(c.bin, "mini", "reboot", "worker-0", "--workspace", c.ws); err != nil {
 		return nil, fmt.Errorf("mini reboot: %v: %s", err, out)
 	}
-	rebooted, _, err := mini.ReadState(filepath.Join(ws, "constellation-mini"))
+	rebooted, err := c.state()
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +152,7 @@ func runClusterCreate(ctx context.Context) ([]Result, error) {
 	}
 	var rejoin time.Duration
 	for {
-		out, err := run(kubectl, "--kubeconfig", filepath.Join(ws, "constellation-admin.conf"), "get", "node", "worker-0",
+		out, err := c.kubectl("get", "node", "worker-0",
 			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
 		if err == nil {
 			status, beat, _ := strings.Cut(strings.TrimSpace(out), " ")

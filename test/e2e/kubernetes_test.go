@@ -255,7 +255,7 @@ func podCurl(pid int, args ...string) (string, error) {
 	return string(out), err
 }
 
-// checkNetworkEncrypted captures every frame on the node network's bridge while a pod on worker-0 writes a
+// checkNetworkEncrypted captures every frame on the node network's bridge (on each node's port) while a pod on worker-0 writes a
 // marker into a pod on worker-1 and reads it back (etcd's HTTP API), and while the API server fetches logs
 // from and runs a command in a pod through the workers' kubelets. Between node addresses only WireGuard may
 // cross; the marker must not appear. A request from this machine to a node's verification service carries a
@@ -268,13 +268,15 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 	control := "constellation-plain-control-" + suffix
 	encoded := base64.StdEncoding.EncodeToString([]byte(marker)) // etcd's JSON API carries values in base64
 	var nodes []netip.Addr
+	var links []string // the bridge's ports: the bridge's own interface sees only what is addressed to this machine
 	for _, n := range state.Nodes {
 		nodes = append(nodes, netip.MustParseAddr(n.IP))
+		links = append(links, n.HostLink)
 	}
 	tunnel := func(f wgmeshtest.Flow) bool {
 		return f.Proto == unix.IPPROTO_UDP && (f.SrcPort == meshpeers.Port || f.DstPort == meshpeers.Port)
 	}
-	capture, err := wgmeshtest.StartCapture(mini.BridgeName, [][]byte{[]byte(marker), []byte(encoded), []byte(control)}, nodes, tunnel)
+	capture, err := wgmeshtest.StartCapture(links, [][]byte{[]byte(marker), []byte(encoded), []byte(control)}, nodes, tunnel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +297,7 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 	if lerr != nil || eerr != nil || !strings.Contains(execOut, "etcd Version") {
 		t.Fatalf("logs and exec through the kubelets: %v %v\n%s\n%s", lerr, eerr, logs, execOut)
 	}
-	t.Logf("capture on %s: %d frames, %d WireGuard packets between nodes", mini.BridgeName, st.Frames, st.Tunnel)
+	t.Logf("capture on the ports of %s (%s): %d frames, %d WireGuard packets between nodes", mini.BridgeName, strings.Join(links, ", "), st.Frames, st.Tunnel)
 	if !st.Found[2] {
 		t.Fatal("the capture did not see the plain-text control request: it could not tell plain text either")
 	}

@@ -12,10 +12,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Capture records every frame on an interface of the caller's network namespace (AF_PACKET), to tell what
-// crossed it in plain text.
+// Capture records every frame on interfaces of the caller's network namespace (AF_PACKET), to tell what
+// crossed them in plain text. On a bridge, capture on its ports: the bridge's own interface sees only what is
+// addressed to the host.
 type Capture struct {
-	fd      int
+	fds     []int
 	done    chan struct{}
 	markers [][]byte
 	nodes   map[netip.Addr]bool
@@ -63,40 +64,49 @@ func (s CaptureStats) Unexpected() []string {
 	return out
 }
 
-// StartCapture captures on iface until Stop, looking for markers in every frame and classifying the IPv4
+// StartCapture captures on ifaces until Stop, looking for markers in every frame and classifying the IPv4
 // packets between two of nodes: allowed (for example WireGuard's UDP) or not.
-func StartCapture(iface string, markers [][]byte, nodes []netip.Addr, allowed func(Flow) bool) (*Capture, error) {
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
-	if err != nil {
-		return nil, fmt.Errorf("capturing on %s: %w", iface, err)
-	}
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	// Large buffers: a busy bridge must not drop frames before they are looked at.
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	c := &Capture{fd: fd, done: make(chan struct{}), markers: markers, nodes: map[netip.Addr]bool{}, allowed: allowed,
+func StartCapture(ifaces []string, markers [][]byte, nodes []netip.Addr, allowed func(Flow) bool) (*Capture, error) {
+	c := &Capture{done: make(chan struct{}), markers: markers, nodes: map[netip.Addr]bool{}, allowed: allowed,
 		st: CaptureStats{Found: map[int]bool{}, BetweenNodes: map[Flow]int{}}}
 	for _, n := range nodes {
 		c.nodes[n] = true
 	}
-	c.wg.Add(1)
-	go c.run()
+	for _, iface := range ifaces {
+		fd, err := openCapture(iface)
+		if err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("capturing on %s: %w", iface, err)
+		}
+		c.fds = append(c.fds, fd)
+		c.wg.Add(1)
+		go c.run(fd)
+	}
 	return c, nil
 }
 
-func (c *Capture) run() {
+func openCapture(iface string) (int, error) {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return -1, err
+	}
+	ifi, err := net.InterfaceByName(iface)
+	if err == nil {
+		err = unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	}
+	if err == nil {
+		// Large buffers: a busy link must not drop frames before they are looked at.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+		err = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func (c *Capture) run(fd int) {
 	defer c.wg.Done()
 	buf := make([]byte, 65536)
 	for {
@@ -104,7 +114,7 @@ func (c *Capture) run() {
 		case <-c.done:
 			// Drain what the kernel already queued, then end.
 			for {
-				n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
+				n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
 				if err != nil {
 					return
 				}
@@ -112,7 +122,7 @@ func (c *Capture) run() {
 			}
 		default:
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
 			continue // timeout: look at done again
 		}
@@ -168,7 +178,9 @@ func parseFlow(frame []byte) (Flow, bool) {
 func (c *Capture) Stop() CaptureStats {
 	close(c.done)
 	c.wg.Wait()
-	unix.Close(c.fd)
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.st

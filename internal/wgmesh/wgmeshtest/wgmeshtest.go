@@ -52,6 +52,8 @@ func MaybeRunHelper() {
 		err = helperCapture(os.Getenv("WGMESHTEST_IFACE"))
 	case "send":
 		err = helperSend(os.Getenv("WGMESHTEST_TARGET"), os.Getenv("WGMESHTEST_BYTES"))
+	case "sink":
+		err = helperSink(os.Getenv("WGMESHTEST_LISTEN"))
 	default:
 		err = fmt.Errorf("unknown helper %q", mode)
 	}
@@ -173,11 +175,31 @@ func helperSend(target, n string) error {
 	return nil
 }
 
+// helperSink accepts TCP connections on addr and reads and discards everything, until stdin closes.
+func helperSink(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	fmt.Println("READY")
+	io.Copy(io.Discard, os.Stdin)
+	return ln.Close()
+}
+
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // helperCapture reads every frame on iface until stdin closes and says whether one contained the marker.
 func helperCapture(iface string) error {
-	c, err := StartCapture(iface, [][]byte{[]byte(Marker)}, nil, nil)
+	c, err := StartCapture([]string{iface}, [][]byte{[]byte(Marker)}, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -220,11 +242,41 @@ func (h *Helper) Stop() {
 }
 
 func startHelper(netns string, env ...string) (*Helper, error) {
+	return startHelperCmd([]string{"ip", "netns", "exec", netns}, env...)
+}
+
+// StartSink runs a TCP sink on addr in the network namespace of the process pid (a pod's, say); Stop ends it.
+func StartSink(pid int, addr string) (*Helper, error) {
+	return startHelperCmd([]string{"nsenter", "-t", strconv.Itoa(pid), "-n"}, helperEnv+"=sink", "WGMESHTEST_LISTEN="+addr)
+}
+
+// ThroughputFrom sends n bytes over TCP to target (host:port) from the network namespace of the process pid
+// and returns Mbit/s.
+func ThroughputFrom(pid int, target string, n int64) (float64, error) {
+	return throughput([]string{"nsenter", "-t", strconv.Itoa(pid), "-n"}, target, n)
+}
+
+// throughput runs the sending helper under prefix (which enters a network namespace).
+func throughput(prefix []string, target string, n int64) (float64, error) {
+	h, err := startHelperCmd(prefix, helperEnv+"=send", "WGMESHTEST_TARGET="+target, "WGMESHTEST_BYTES="+strconv.FormatInt(n, 10))
+	if err != nil {
+		return 0, err
+	}
+	defer h.Stop()
+	line, err := h.Expect("MBITS ")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(strings.TrimPrefix(line, "MBITS "), 64)
+}
+
+// startHelperCmd starts this binary as a helper under the command prefix (which enters a namespace).
+func startHelperCmd(prefix []string, env ...string) (*Helper, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("ip", "netns", "exec", netns, self, "-test.run=^$")
+	cmd := exec.Command(prefix[0], append(prefix[1:], self, "-test.run=^$")...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
@@ -357,14 +409,5 @@ func (p *Pair) Get(url string) (string, error) {
 
 // Throughput sends n bytes from A to target (host:port) over TCP and returns Mbit/s.
 func (p *Pair) Throughput(target string, n int64) (float64, error) {
-	h, err := startHelper(p.NamespaceA, helperEnv+"=send", "WGMESHTEST_TARGET="+target, "WGMESHTEST_BYTES="+strconv.FormatInt(n, 10))
-	if err != nil {
-		return 0, err
-	}
-	defer h.Stop()
-	line, err := h.Expect("MBITS ")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseFloat(strings.TrimPrefix(line, "MBITS "), 64)
+	return throughput([]string{"ip", "netns", "exec", p.NamespaceA}, target, n)
 }
