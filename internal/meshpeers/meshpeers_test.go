@@ -39,7 +39,9 @@ func (f *fakeNodes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Name        string
 			Annotations map[string]string
 		}
-		Spec struct{ Taints []struct{ Key, Effect string } }
+		Spec struct {
+			Taints []struct{ Key, Effect string }
+		}
 	}
 	json.Unmarshal(body, &obj)
 	switch {
