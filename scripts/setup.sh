@@ -12,6 +12,9 @@ packages=(
   squashfs-tools      # the node image
   busybox-static iptables conntrack  # userland of the node image
   e2fsprogs           # mkfs.ext4: encrypted state disks (node image and tests)
+  libcryptsetup-dev   # cgo build of internal/diskmapper/luks (LUKS2 state disks)
+  cryptsetup-bin      # cryptsetup: cross-checks of the LUKS2 header parser
+  qemu-system-x86     # qemu-system-x86_64: LUKS2 state disk tests under a kernel with device-mapper
 )
 missing=()
 for p in "${packages[@]}"; do
