@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -138,6 +140,34 @@ func TestSetKeyInterrupted(t *testing.T) {
 	}
 }
 
+// A power loss right after the new keyslot was added, before the header was labelled: the disk still says
+// "new", both keys open it, and the node (which has only the derived key now) finishes the re-key.
+func TestSetKeyInterruptedBeforeLabel(t *testing.T) {
+	if _, err := exec.LookPath("cryptsetup"); err != nil {
+		t.Skip("cryptsetup not installed (Debian package cryptsetup-bin; scripts/setup.sh installs it)")
+	}
+	path, _, first := formatFile(t)
+	derived := newKey(t)
+	dir := t.TempDir()
+	oldFile, newFile := filepath.Join(dir, "old"), filepath.Join(dir, "new")
+	os.WriteFile(oldFile, first, 0o600)
+	os.WriteFile(newFile, derived, 0o600)
+	// What SetKey's first step does, done by cryptsetup, without the steps after it.
+	if out, err := exec.Command("cryptsetup", "luksAddKey", "-q", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+		"--key-file", oldFile, path, newFile).CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup luksAddKey: %v %s", err, out)
+	}
+	if h, _ := ReadHeader(path); h.State() != StateNew || opens(t, path, first) < 0 || opens(t, path, derived) < 0 {
+		t.Fatalf("before finishing: %v", h.State())
+	}
+	if err := SetKey(path, nil, derived); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := ReadHeader(path); h.State() != StateInitialised || opens(t, path, first) >= 0 || opens(t, path, derived) < 0 {
+		t.Fatalf("after finishing: %v", h.State())
+	}
+}
+
 func TestResetRule(t *testing.T) {
 	t.Run("unmarked disks are left alone", func(t *testing.T) {
 		path, _, _ := formatFile(t)
@@ -150,7 +180,7 @@ func TestResetRule(t *testing.T) {
 		}
 	})
 	t.Run("a marked new disk is wiped and can be formatted again", func(t *testing.T) {
-		path, uuid, first := formatFile(t)
+		path, uuid, _ := formatFile(t)
 		if err := MarkReset(path); err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +198,6 @@ func TestResetRule(t *testing.T) {
 		if bytes.Contains(raw, []byte(uuid)) || bytes.Contains(raw, []byte(`"keyslots"`)) {
 			t.Fatal("the wiped disk still holds header data")
 		}
-		_ = first
 		if u, _, err := format(path, false); err != nil || u == uuid {
 			t.Fatalf("formatting again: %s, %v", u, err)
 		}
