@@ -187,7 +187,9 @@ func changedBlock(t *testing.T, before, after []byte, from int) int {
 //     The marker must not be in the disk image.
 //  2. a wrong key is refused and the header does not change; the right key reads the marker. On the second
 //     disk both keys open, and finishing the re-key leaves the derived key only.
-//  3. after the host flipped bytes of one data sector, reading it is an integrity error.
+//  3. after the host flipped bytes of one data sector, reading it is an integrity error. The reset rule: a
+//     reset mark leaves the initialised second disk alone; a marked disk that never got its key is wiped and
+//     formatted again.
 func TestQEMU(t *testing.T) {
 	vmlinuz, modules := qemuKernel(t)
 	start := time.Now()
@@ -210,7 +212,8 @@ func TestQEMU(t *testing.T) {
 	newDisk(t, disk, 64<<20)
 	newDisk(t, disk2, 32<<20)
 	newDisk(t, filepath.Join(dir, "scratch.img"), 1<<20)
-	disks := []string{"disk.img", "disk2.img", "scratch.img"}
+	newDisk(t, filepath.Join(dir, "disk3.img"), 32<<20)
+	disks := []string{"disk.img", "disk2.img", "scratch.img", "disk3.img"}
 	t.Logf("prepared in %.1fs", time.Since(start).Seconds())
 
 	r1 := boot(ctx, t, dir, vmlinuz, initrd, 1, disks...)
@@ -277,10 +280,19 @@ func TestQEMU(t *testing.T) {
 	t.Logf("flipped 16 bytes at offset %d of the disk image (the data area starts at %d)", off+2048, data)
 
 	r3 := boot(ctx, t, dir, vmlinuz, initrd, 3, disks...)
-	r3.require(t, 3, "open", "read-marker", "integrity-error", "close")
+	r3.require(t, 3, "open", "read-marker", "integrity-error", "close",
+		"reset-refused-initialised", "reset-refused-opens", "reset-wiped-new", "reset-formatted-again")
 	if !r3.done {
 		t.Fatalf("boot 3 did not finish; console:\n%s", r3.console)
 	}
 	t.Logf("boot 3: %s", r3.checks["integrity-error"])
+	t.Logf("boot 3: %s", r3.checks["reset-refused-initialised"])
+	if h, err := ReadHeader(disk2); err != nil || h.State() != StateInitialised || !h.ResetMarked() {
+		t.Fatalf("the marked initialised disk after boot 3: %+v, %v", h, err)
+	}
+	if h, err := ReadHeader(filepath.Join(dir, "disk3.img")); err != nil || h.State() != StateInitialised || h.ResetMarked() ||
+		!strings.Contains(r3.checks["reset-formatted-again"], h.UUID) || strings.Contains(r3.checks["reset-wiped-new"], h.UUID) {
+		t.Fatalf("the reset disk after boot 3: %+v, %v (boot 3: %q, %q)", h, err, r3.checks["reset-wiped-new"], r3.checks["reset-formatted-again"])
+	}
 	t.Logf("QEMU test: %.1fs in all (boots %.1fs, %.1fs, %.1fs)", time.Since(start).Seconds(), r1.duration.Seconds(), r2.duration.Seconds(), r3.duration.Seconds())
 }

@@ -3,7 +3,8 @@
 // Command qemuguest is the init process of the QEMU test of the luks package (../../qemu_test.go). It runs in a
 // virtual machine whose kernel has device-mapper, works on the virtio disks the test gives it (/dev/vda: the
 // state disk; /dev/vdb: a second state disk for the interrupted re-key; /dev/vdc: a scratch disk on which the
-// test keeps the second disk's first-boot key from one boot to the next), prints one line per check:
+// test keeps the second disk's first-boot key from one boot to the next; /dev/vdd: a disk for the reset rule),
+// prints one line per check:
 //
 //	RESULT ok <check> <details>
 //	RESULT fail <check> <error>
@@ -34,6 +35,7 @@ const (
 	stateDisk  = "/dev/vda"
 	secondDisk = "/dev/vdb"
 	scratch    = "/dev/vdc"
+	resetDisk  = "/dev/vdd"
 	blockSize  = 4096
 	// MarkerBlock holds the marker the host looks for; CorruptBlock is the block the host damages.
 	markerBlock  = 100
@@ -136,7 +138,7 @@ func setup() error {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for _, d := range []string{stateDisk, secondDisk, scratch, "/dev/mapper/control"} {
+	for _, d := range []string{stateDisk, secondDisk, scratch, resetDisk, "/dev/mapper/control"} {
 		for {
 			if _, err := os.Stat(d); err == nil {
 				break
@@ -358,7 +360,6 @@ func boot3() {
 	if err != nil {
 		return
 	}
-	defer func() { result("close", m.Close(), "") }()
 	got, err := readBlock(m.Path, markerBlock)
 	if err == nil && !bytes.Equal(got, marker) {
 		err = errors.New("block 100 does not hold the marker")
@@ -378,4 +379,72 @@ func boot3() {
 	default:
 		result("integrity-error", fmt.Errorf("reading the damaged block %d gave %v, want an integrity error", corruptBlock, err), "")
 	}
+	result("close", m.Close(), "")
+	resetRule()
+}
+
+// resetRule: a reset mark does not wipe the initialised vdb; on vdd, a marked disk that never got its key is
+// wiped and formatted again.
+func resetRule() {
+	key2, uuid2, err := diskKey(secondDisk)
+	if err == nil {
+		err = luks.MarkReset(secondDisk)
+	}
+	var wiped bool
+	if err == nil {
+		wiped, err = luks.ResetIfMarked(secondDisk)
+		if wiped || !errors.Is(err, luks.ErrResetRefused) {
+			err = fmt.Errorf("ResetIfMarked of a marked initialised disk: wiped %v, %v", wiped, err)
+		} else {
+			result("reset-refused-initialised", nil, "%s", err)
+			var m *luks.Mapping
+			if m, err = luks.Open(secondDisk, "y", key2); err == nil {
+				err = m.Close()
+			}
+		}
+	}
+	result("reset-refused-opens", err, "disk %s", uuid2)
+
+	uuid, _, err := luks.Format(resetDisk)
+	if err == nil {
+		err = luks.MarkReset(resetDisk)
+	}
+	if err == nil {
+		if wiped, err = luks.ResetIfMarked(resetDisk); err == nil && !wiped {
+			err = errors.New("a marked new disk was not wiped")
+		}
+	}
+	if err == nil {
+		if _, rerr := luks.ReadUUID(resetDisk); !errors.Is(rerr, luks.ErrNoHeader) {
+			err = fmt.Errorf("after the wipe: %v", rerr)
+		}
+	}
+	result("reset-wiped-new", err, "disk %s", uuid)
+	if err != nil {
+		return
+	}
+	uuid, first, err := luks.Format(resetDisk)
+	var key []byte
+	if err == nil {
+		key, _, err = diskKey(resetDisk)
+	}
+	if err == nil {
+		err = luks.SetKey(resetDisk, first, key)
+	}
+	var m *luks.Mapping
+	if err == nil {
+		m, err = luks.Open(resetDisk, "z", key)
+	}
+	if err == nil {
+		err = writeBlock(m.Path, 1, marker)
+		var got []byte
+		if err == nil {
+			got, err = readBlock(m.Path, 1)
+		}
+		if err == nil && !bytes.Equal(got, marker) {
+			err = errors.New("the block read back differs")
+		}
+		err = errors.Join(err, m.Close())
+	}
+	result("reset-formatted-again", err, "disk %s", uuid)
 }
