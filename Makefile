@@ -24,6 +24,7 @@ FUZZ_TARGETS := \
 	./internal/kms/kmip:FuzzParseWrapped \
 	./internal/attestation/agent:FuzzHandler \
 	./internal/diskmapper:FuzzParseSuperblock \
+	./internal/diskmapper/luks:FuzzParseHeader \
 	./internal/attestation/tdx:FuzzParseQuote \
 	./internal/attestation/tdx:FuzzParseTCBInfo \
 	./internal/attestation/tdx:FuzzParseQEIdentity \

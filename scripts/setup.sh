@@ -12,6 +12,10 @@ packages=(
   squashfs-tools      # the node image
   busybox-static iptables conntrack  # userland of the node image
   e2fsprogs           # mkfs.ext4: encrypted state disks (node image and tests)
+  libcryptsetup-dev   # cgo build of internal/diskmapper/luks (LUKS2 state disks)
+  cryptsetup-bin      # cryptsetup: cross-checks of the LUKS2 header parser
+  qemu-system-x86     # qemu-system-x86_64: LUKS2 state disk tests under a kernel with device-mapper
+  cpio                # cross-check of the initramfs the LUKS2 QEMU test writes
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -23,6 +27,9 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Debian's cloud kernel, unpacked into a cache (not installed): the QEMU tests of LUKS2 state disks boot it.
+bash "$(dirname "$0")/qemu-kernel.sh"
 
 GOBIN="$(go env GOPATH)/bin"
 if ! [ -x "$GOBIN/staticcheck" ]; then
