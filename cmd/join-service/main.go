@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -28,15 +29,16 @@ func main() {
 	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
+	meshSocket := flag.String("mesh", meshpeers.LocalSocket, "the node's WireGuard agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *metadataURL, *keyService, log); err != nil {
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *metadataURL, *keyService, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadataURL, keyService string, log *slog.Logger) error {
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, metadataURL, keyService string, log *slog.Logger) error {
 	if apiEndpoint == "" || metadataURL == "" || keyService == "" {
 		return fmt.Errorf("--api-endpoint, --metadata and --key-service are required")
 	}
@@ -58,7 +60,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, metadat
 	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
 		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: metadata.NewClient(metadataURL), Disks: disks,
-		Mesh: joinservice.APIMesh{API: api}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
+		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
 	}), issuer)
 	if err != nil {
 		return err

@@ -43,10 +43,10 @@ func (stubTokens) CreateToken(context.Context, time.Duration) (string, error) {
 	return "abcdef.0123456789abcdef", nil
 }
 
-// stubMesh stands in for the cluster's record of WireGuard keys on its Node objects (the Kubernetes API).
+// stubMesh stands in for the node's WireGuard agent and the cluster's record of keys (the Kubernetes API).
 type stubMesh struct{}
 
-func (stubMesh) Register(context.Context, string, wgmesh.Key) error { return nil }
+func (stubMesh) Admit(context.Context, string, wgmesh.Key) error { return nil }
 
 func (stubMesh) List(context.Context) ([]meshpeers.Peer, error) {
 	return []meshpeers.Peer{{Node: "control-plane-0", PublicKey: wgmesh.Key{1}}}, nil
@@ -135,6 +135,14 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	kubeletKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "system:node:node-0", Organization: []string{"system:nodes"}}}, kubeletKey)
+	if err != nil {
+		return nil, err
+	}
 	join := func() (time.Duration, error) {
 		start := time.Now()
 		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
@@ -144,7 +152,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 		defer conn.Close()
 		callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{WireguardPublicKey: meshKey[:]})
+		resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{WireguardPublicKey: meshKey[:], KubeletCsr: csr})
 		if err != nil {
 			return 0, err
 		}
@@ -209,5 +217,12 @@ func writeClusterCA(path string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(filepath.Dir(path), "ca.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 )
 
@@ -111,7 +112,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	go func() { errc <- srv.ListenAndServe() }()
 	verifyGRPC := grpc.NewServer()
 	verifypb.RegisterVerifyServer(verifyGRPC, verifyservice.NewGRPCServer(issuer, log.With("service", "verify")))
@@ -133,6 +134,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("attestation agent listening for the node's services", "socket", cfg.AgentSocket)
 	}
 
+	if self.Role == metadata.RoleControlPlane {
+		// The join service on this node hands the nodes it admits to this node's WireGuard agent.
+		ln, err := agent.Listen(meshpeers.LocalSocket)
+		if err != nil {
+			return err
+		}
+		admitSrv := &http.Server{Handler: meshpeers.AdmitHandler(func(node string, key wgmesh.Key) error {
+			return mesh.admit(ctx, node, key)
+		}, log.With("service", "wireguard")), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- admitSrv.Serve(ln) }()
+		defer admitSrv.Close()
+	}
 	if self.Role == metadata.RoleControlPlane && self.Name == FirstControlPlane {
 		creds, err := atls.NewCredentials(issuer, nil)
 		if err != nil {
@@ -165,11 +178,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			},
 			recovered: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
+				go mesh.publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
 				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				return err
 			},
 			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
-				if err := mesh.register(ctx, kubeadm.AdminKubeconfig); err != nil {
+				if err := mesh.publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
 					return err
 				}
 				readers, err := meshpeers.Manifests()

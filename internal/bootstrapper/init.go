@@ -17,6 +17,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -30,7 +31,7 @@ type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
 	Init(ctx context.Context) (adminKubeconfig []byte, err error)
 	// Join joins the cluster, as a control-plane node if controlPlane (its shared PKI already in place).
-	Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error
+	Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool, kubelet kubeadm.KubeletCredentials) error
 	// Apply creates or updates Kubernetes objects (JSON or YAML) with the administrator's credentials.
 	Apply(ctx context.Context, manifests []byte) error
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).

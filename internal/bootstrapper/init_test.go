@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
@@ -32,9 +33,11 @@ func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
 	r.inits++
 	return []byte("kubeconfig"), nil
 }
-func (r *recordingKubernetes) Join(context.Context, string, string, string, bool) error { return nil }
-func (r *recordingKubernetes) Apply(context.Context, []byte) error                      { return nil }
-func (r *recordingKubernetes) Restart(context.Context) error                            { r.restarts++; return nil }
+func (r *recordingKubernetes) Join(context.Context, string, string, string, bool, kubeadm.KubeletCredentials) error {
+	return nil
+}
+func (r *recordingKubernetes) Apply(context.Context, []byte) error { return nil }
+func (r *recordingKubernetes) Restart(context.Context) error       { r.restarts++; return nil }
 
 func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)

@@ -2,7 +2,13 @@ package bootstrapper
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -149,6 +155,11 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	if err != nil {
 		return err
 	}
+	// The kubelet's key stays here; the join service certifies it for this node's attested name.
+	kubeletKey, csr, err := kubeletRequest(self.Name)
+	if err != nil {
+		return err
+	}
 	var resp *initpb.JoinResponse
 	if err := retry(ctx, log, "asking the join service to admit this node", func() error {
 		list, err := md.Instances(ctx)
@@ -166,12 +177,16 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey[:]})
+			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey[:], KubeletCsr: csr})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
 	}); err != nil {
 		return err
+	}
+	kubelet, err := kubeletCredentials(resp, kubeletKey)
+	if err != nil {
+		return fmt.Errorf("the join service's answer: %w", err)
 	}
 	ev := measuredboot.ClusterIDEvent(resp.GetClusterId())
 	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
@@ -194,7 +209,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	if err := mesh.start(); err != nil {
 		return err
 	}
-	if err := mesh.setPeers(ctx, peers); err != nil {
+	if err := mesh.record(ctx, peers); err != nil {
 		return err
 	}
 	go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
@@ -206,11 +221,55 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			return fmt.Errorf("installing the control plane's PKI: %w", err)
 		}
 	}
-	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane); err != nil {
+	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane, kubelet); err != nil {
 		return err
 	}
 	log.Info("joined the cluster")
-	return nil
+	return mesh.publish(ctx, kubeadm.KubeletKubeconfig)
+}
+
+// kubeletRequest makes the kubelet's key and a request for the client certificate of node name.
+func kubeletRequest(name string) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}},
+	}, key)
+	return key, csr, err
+}
+
+// kubeletCredentials checks the kubelet certificate and CA of a join answer: the CA is the one the answer's
+// hash pins, and the certificate is the CA's client certificate for the kubelet's own key.
+func kubeletCredentials(resp *initpb.JoinResponse, key *ecdsa.PrivateKey) (kubeadm.KubeletCredentials, error) {
+	ca, err := x509.ParseCertificate(resp.GetCaCertificate())
+	if err != nil {
+		return kubeadm.KubeletCredentials{}, fmt.Errorf("cluster CA certificate: %w", err)
+	}
+	sum := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
+	if "sha256:"+hex.EncodeToString(sum[:]) != resp.GetCaCertHash() {
+		return kubeadm.KubeletCredentials{}, errors.New("the cluster CA certificate does not match the CA hash")
+	}
+	cert, err := x509.ParseCertificate(resp.GetKubeletCertificate())
+	if err != nil {
+		return kubeadm.KubeletCredentials{}, fmt.Errorf("kubelet certificate: %w", err)
+	}
+	if err := cert.CheckSignatureFrom(ca); err != nil {
+		return kubeadm.KubeletCredentials{}, fmt.Errorf("the kubelet certificate is not signed by the cluster CA: %w", err)
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return kubeadm.KubeletCredentials{}, errors.New("the kubelet certificate is not for this node's kubelet key")
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return kubeadm.KubeletCredentials{}, err
+	}
+	return kubeadm.KubeletCredentials{
+		CACert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}),
+		Cert:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		Key:    pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+	}, nil
 }
 
 // writePKI installs the control plane's shared PKI files a control-plane join received: exactly the expected

@@ -51,6 +51,73 @@ type meshAgent struct {
 	public  wgmesh.Key
 	mesh    *wgmesh.Mesh
 	current []string // the peers set last, "name key" sorted, to log changes only
+	// recorded is the cluster's record as last read; admitted are nodes this node's join service admitted
+	// that have not published their key yet.
+	recorded []meshpeers.Peer
+	admitted map[string]admittedPeer
+}
+
+// admittedPeer is a node a join service on this node admitted, a peer until its key is in the cluster's
+// record or its bootstrap token has expired.
+type admittedPeer struct {
+	key   wgmesh.Key
+	until time.Time
+}
+
+// mergePeers is the record with the admitted nodes' keys in force (they are newer: a node that rejoins has a
+// new key); admitted entries the record has caught up with, or that expired, are dropped from admitted.
+func mergePeers(recorded []meshpeers.Peer, admitted map[string]admittedPeer, now time.Time) []meshpeers.Peer {
+	out := make([]meshpeers.Peer, 0, len(recorded)+len(admitted))
+	seen := map[string]bool{}
+	for _, r := range recorded {
+		if a, ok := admitted[r.Node]; ok {
+			if a.key == r.PublicKey || now.After(a.until) {
+				delete(admitted, r.Node)
+			} else {
+				r.PublicKey = a.key
+			}
+		}
+		seen[r.Node] = true
+		out = append(out, r)
+	}
+	for name, a := range admitted {
+		if now.After(a.until) {
+			delete(admitted, name)
+			continue
+		}
+		if !seen[name] {
+			out = append(out, meshpeers.Peer{Node: name, PublicKey: a.key})
+		}
+	}
+	return out
+}
+
+// admit makes a node this node's join service admitted a peer at once.
+func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) error {
+	a.mu.Lock()
+	if a.admitted == nil {
+		a.admitted = map[string]admittedPeer{}
+	}
+	a.admitted[node] = admittedPeer{key: key, until: time.Now().Add(joinservice.TokenTTL)}
+	a.mu.Unlock()
+	a.log.Info("node admitted by this node's join service; a peer until it publishes its key", "node", node, "publicKey", key.String())
+	return a.apply(ctx)
+}
+
+// record takes the cluster's record of the mesh and applies it.
+func (a *meshAgent) record(ctx context.Context, recorded []meshpeers.Peer) error {
+	a.mu.Lock()
+	a.recorded = recorded
+	a.mu.Unlock()
+	return a.apply(ctx)
+}
+
+// apply sets the peers from the record and the admitted nodes.
+func (a *meshAgent) apply(ctx context.Context) error {
+	a.mu.Lock()
+	merged := mergePeers(a.recorded, a.admitted, time.Now())
+	a.mu.Unlock()
+	return a.setPeers(ctx, merged)
 }
 
 func newMeshAgent(md *metadata.Client, self metadata.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
@@ -239,19 +306,29 @@ func peersFromJoin(list []*initpb.MeshPeer) ([]meshpeers.Peer, error) {
 	return out, nil
 }
 
-// register records this node's own key in the cluster (the first control-plane node, which no join service
-// admitted), with the credentials of kubeconfig.
-func (a *meshAgent) register(ctx context.Context, kubeconfig string) error {
-	api, err := kubeapi.FromKubeconfig(kubeconfig)
-	if err != nil {
-		return err
-	}
+// publish records this node's key in the cluster, on its Node object, with the kubelet's credentials in
+// kubeconfig, as soon as the kubelet has registered.
+func (a *meshAgent) publish(ctx context.Context, kubeconfig string) error {
 	a.mu.Lock()
 	pub := a.public
 	a.mu.Unlock()
-	return retry(ctx, a.log, "recording this node's WireGuard key", func() error {
-		return meshpeers.Register(ctx, api, a.self.Name, pub)
-	})
+	for {
+		api, err := kubeapi.FromKubeconfig(kubeconfig)
+		if err == nil {
+			if err = meshpeers.Publish(ctx, api, a.self.Name, pub); err == nil {
+				a.log.Info("WireGuard key published on this node's Node object", "publicKey", pub.String())
+				return nil
+			}
+		}
+		if !errors.Is(err, meshpeers.ErrNotRegistered) && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("publishing this node's WireGuard key failed; retrying", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // follow keeps the peers equal to the cluster's record until ctx ends, reading it with the kubelet's
@@ -274,7 +351,7 @@ func (a *meshAgent) follow(ctx context.Context, kubeconfig string) {
 			if len(malformed) > 0 {
 				a.log.Warn("nodes with a malformed WireGuard key in the cluster's record; not peers", "nodes", malformed)
 			}
-			return a.setPeers(ctx, recorded)
+			return a.record(ctx, recorded)
 		}()
 		if err != nil {
 			api = nil // credentials may have been rotated: read them again

@@ -32,7 +32,7 @@ func newMiniCmd() *cobra.Command {
 		Short: "Run a local cluster of measured node sandboxes on this machine",
 	}
 	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
-	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniDaemonCmd())
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniAddWorkerCmd(), newMiniDaemonCmd())
 	return cmd
 }
 
@@ -284,19 +284,61 @@ func tailFile(path string, n int) string {
 	return "  " + strings.Join(lines, "\n  ")
 }
 
+// runningMini returns the provider directory of the workspace's running mini cluster.
+func runningMini(cmd *cobra.Command) (string, error) {
+	dir := filepath.Join(workspace(cmd), miniDirName)
+	state, found, err := mini.ReadState(dir)
+	if err != nil {
+		return "", badInput("%w", err)
+	}
+	if !found || !state.DaemonAlive() {
+		return "", badInput("no running mini cluster in %s", workspace(cmd))
+	}
+	return dir, nil
+}
+
+func newMiniAddWorkerCmd() *cobra.Command {
+	var image string
+	cmd := &cobra.Command{
+		Use:   "add-worker",
+		Short: "Boot a new worker into the running cluster; it joins by itself once the join service has attested it",
+		Long: `Boot a new worker into the running cluster, as a cloud's scaling does. It attests to the join service and
+joins by itself. With --image it boots another node image instead of the cluster's, as a malicious
+infrastructure operator could: the join service refuses it unless its measurements match the cluster's.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := runningMini(cmd)
+			if err != nil {
+				return err
+			}
+			if image != "" {
+				if _, err := os.Stat(image); err != nil {
+					return badInput("--image: %w", err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			name, err := mini.AddWorker(ctx, dir, image)
+			if err != nil {
+				return failed(fmt.Errorf("adding a worker: %w", err))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s booted: it attests to the join service and joins the cluster if its measurements match\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "", "boot the worker from this node image instead of the cluster's")
+	return cmd
+}
+
 func newMiniRebootCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "reboot NODE",
 		Short: "Power-cycle a node: its TPM resets, it boots the image again with its state disk and rejoins",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := filepath.Join(workspace(cmd), miniDirName)
-			state, found, err := mini.ReadState(dir)
+			dir, err := runningMini(cmd)
 			if err != nil {
-				return badInput("%w", err)
-			}
-			if !found || !state.DaemonAlive() {
-				return badInput("no running mini cluster in %s", workspace(cmd))
+				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			defer cancel()

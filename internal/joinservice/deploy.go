@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -27,9 +28,8 @@ const clusterRoleName = "constellation:" + Name
 func Image() string { return "constellation.local/join-service:" + version.Version }
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
-// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and create,
-// patch and list Nodes (admitted nodes' WireGuard keys), and a DaemonSet on the control-plane nodes, on the
-// host network at [Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
+// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and list
+// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
 // from workers; keyService the key service's address, for disk keys.
 func Manifests(config map[string]string, metadataURL, keyService string) ([]byte, error) {
 	labels := map[string]string{"app.kubernetes.io/name": Name, "app.kubernetes.io/part-of": "constellation"}
@@ -54,10 +54,10 @@ func Manifests(config map[string]string, metadataURL, keyService string) ([]byte
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
 		},
-		// The WireGuard keys of admitted nodes are recorded on their Node objects, created for them if need be.
+		// A joining node learns the WireGuard peers (keys on the Node objects) from the join service.
 		{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta(clusterRoleName),
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"create", "patch", "list"}}},
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list"}}},
 		},
 		{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(clusterRoleName),
@@ -92,12 +92,14 @@ func Manifests(config map[string]string, metadataURL, keyService string) ([]byte
 								{"name": "config", "mountPath": ConfigDir, "readOnly": true},
 								{"name": "pki", "mountPath": PKIDir, "readOnly": true},
 								{"name": "agent", "mountPath": agent.SocketPath},
+								{"name": "mesh", "mountPath": meshpeers.LocalSocket},
 							},
 						}},
 						"volumes": []map[string]any{
 							{"name": "config", "configMap": map[string]any{"name": ConfigMapName}},
 							hostPath("pki", PKIDir, "Directory"),
 							hostPath("agent", agent.SocketPath, "Socket"),
+							hostPath("mesh", meshpeers.LocalSocket, "Socket"),
 						},
 					},
 				},

@@ -88,7 +88,7 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{DiskUuid: uuid})
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, "node-0")})
 	}
 	uuid := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	resp, err := join(uuid)

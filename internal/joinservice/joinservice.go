@@ -56,10 +56,10 @@ var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
 
-// Mesh is the cluster's record of its WireGuard mesh (see package meshpeers).
+// Mesh is the cluster's WireGuard mesh (see package meshpeers).
 type Mesh interface {
-	// Register records key as the WireGuard public key of the node name.
-	Register(ctx context.Context, name string, key wgmesh.Key) error
+	// Admit makes the node name, with key, a peer of the control plane the joining node talks to.
+	Admit(ctx context.Context, name string, key wgmesh.Key) error
 	// List returns the nodes of the mesh.
 	List(ctx context.Context) ([]meshpeers.Peer, error)
 }
@@ -72,7 +72,7 @@ type Options struct {
 	Roles  Roles
 	// Disks hands out state disk keys; nil: the service refuses joins that name a disk.
 	Disks DiskKeys
-	// Mesh records the admitted nodes' WireGuard keys; nil: none are recorded and none are required.
+	// Mesh admits nodes into the WireGuard mesh; nil: no keys are required.
 	Mesh Mesh
 	// PKIDir is the control plane's PKI directory (kubeadm's /etc/kubernetes/pki).
 	PKIDir string
@@ -136,6 +136,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		}
 		meshKey = wgmesh.Key(req.GetWireguardPublicKey())
 	}
+	// The kubelet's identity is the attested node's, whatever the request says.
+	csr, err := CheckKubeletCSR(req.GetKubeletCsr(), name)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	var files []*initpb.PKIFile
 	if req.GetControlPlane() {
 		cp, err := s.roles.IsControlPlane(ctx, name)
@@ -169,13 +174,23 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
 		}
 	}
+	ca, err := loadClusterCA(s.pkiDir)
+	if err != nil {
+		s.log.Error("join failed: reading the cluster CA", "error", err)
+		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
+	}
+	kubeletCert, err := ca.signKubelet(csr, time.Now())
+	if err != nil {
+		s.log.Error("join failed: signing the kubelet certificate", "caller", caller, "error", err)
+		return nil, status.Error(codes.Internal, "signing the kubelet certificate failed")
+	}
 	var peers []*initpb.MeshPeer
 	if s.mesh != nil {
-		// Recorded before the node gets its token: the control plane makes it a peer while it starts, and
-		// its first request to the API server already goes through the tunnel.
-		if err := s.mesh.Register(ctx, name, meshKey); err != nil {
-			s.log.Error("join failed: recording the node's WireGuard key", "caller", caller, "error", err)
-			return nil, status.Error(codes.Unavailable, "recording the node's WireGuard key failed")
+		// A peer of this control plane before the node gets its token: its first request to the API server
+		// already goes through the tunnel.
+		if err := s.mesh.Admit(ctx, name, meshKey); err != nil {
+			s.log.Error("join failed: admitting the node to the WireGuard mesh", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "admitting the node to the WireGuard mesh failed")
 		}
 		list, err := s.mesh.List(ctx)
 		if err != nil {
@@ -193,12 +208,12 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
-	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String()}
+	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String(), "kubeletCertificate", csr.Subject.CommonName}
 	if s.mesh != nil {
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers}, nil
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

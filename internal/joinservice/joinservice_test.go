@@ -44,7 +44,7 @@ func (r roles) IsControlPlane(_ context.Context, name string) (bool, error) { re
 // recordedMesh is the cluster's record of WireGuard keys, by node name.
 type recordedMesh struct{ keys map[string]wgmesh.Key }
 
-func (m *recordedMesh) Register(_ context.Context, name string, key wgmesh.Key) error {
+func (m *recordedMesh) Admit(_ context.Context, name string, key wgmesh.Key) error {
 	m.keys[name] = key
 	return nil
 }
@@ -87,7 +87,22 @@ func writeCA(t *testing.T) string {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "ca.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return path
+}
+
+// kubeletCSR is a kubelet's certificate request for the client identity of node name.
+func kubeletCSR(t testing.TB, name string) []byte {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 // clusterPolicy is a node's policy without the cluster-ID PCR, as a cluster's configuration holds it.
@@ -121,7 +136,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	tokens := &countingTokens{}
 	caPath := writeCA(t)
 	pki := filepath.Dir(caPath)
-	for _, name := range ControlPlaneFiles[1:] {
+	for _, name := range ControlPlaneFiles[2:] { // ca.crt and ca.key are the CA's
 		os.MkdirAll(filepath.Dir(filepath.Join(pki, name)), 0o700)
 		if err := os.WriteFile(filepath.Join(pki, name), []byte("content of "+name), 0o600); err != nil {
 			t.Fatal(err)
@@ -162,7 +177,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key})
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")})
 	}
 
 	// Without a valid WireGuard key the node could not be a peer: refused, nothing recorded, no token.
@@ -186,6 +201,19 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if len(resp.GetControlPlaneFiles()) != 0 {
 		t.Fatal("a worker join got the control plane's PKI")
 	}
+	// The kubelet's client certificate: the attested node's identity, signed by the cluster CA.
+	caCert, err := x509.ParseCertificate(resp.GetCaCertificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := x509.ParseCertificate(resp.GetKubeletCertificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kc.CheckSignatureFrom(caCert); err != nil || kc.Subject.CommonName != "system:node:node-0" || len(kc.Subject.Organization) != 1 || kc.Subject.Organization[0] != "system:nodes" ||
+		len(kc.ExtKeyUsage) != 1 || kc.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth || kc.IsCA {
+		t.Fatalf("kubelet certificate %v (%v)", kc.Subject, err)
+	}
 	// Its key is recorded under its attested name, and it learns the other nodes of the mesh (not itself).
 	if mesh.keys["node-0"] != meshKey {
 		t.Fatalf("recorded WireGuard keys: %v", mesh.keys)
@@ -202,7 +230,8 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("control-plane join: %v", err)
 	}
-	if got := resp.GetControlPlaneFiles(); len(got) != len(ControlPlaneFiles) || got[1].GetName() != "ca.key" || string(got[1].GetContent()) != "content of ca.key" {
+	caKey, _ := os.ReadFile(filepath.Join(pki, "ca.key"))
+	if got := resp.GetControlPlaneFiles(); len(got) != len(ControlPlaneFiles) || got[1].GetName() != "ca.key" || !bytes.Equal(got[1].GetContent(), caKey) || string(got[2].GetContent()) != "content of sa.key" {
 		t.Fatalf("control-plane files: %v", got)
 	}
 	nodeRoles["node-0"] = false
@@ -373,7 +402,7 @@ func TestJoinReplayIsRefused(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{})
+		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
 	}
 	if err := join(recorder); err != nil {

@@ -8,19 +8,22 @@ import (
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
-// APIMesh is the cluster's record of its WireGuard mesh on the Node objects, written with the join service's
-// service account (which may create Nodes and patch them, nothing else about them).
-type APIMesh struct {
-	API *kubeapi.Client
+// ClusterMesh is the Mesh of a join service on a control-plane node: a node it admits becomes a peer of this
+// node's WireGuard agent at once (over meshpeers.LocalSocket), so that the new node reaches this control plane
+// through the tunnel before its kubelet has registered; the mesh as a whole is read from the Node objects
+// with the join service's service account (which may list Nodes).
+type ClusterMesh struct {
+	Local *meshpeers.AdmitClient
+	API   *kubeapi.Client
 }
 
-// Register implements Mesh.
-func (m APIMesh) Register(ctx context.Context, name string, key wgmesh.Key) error {
-	return meshpeers.Register(ctx, m.API, name, key)
+// Admit implements Mesh.
+func (m ClusterMesh) Admit(ctx context.Context, name string, key wgmesh.Key) error {
+	return m.Local.Admit(ctx, name, key)
 }
 
 // List implements Mesh. Nodes with a malformed key are left out: they are no peers.
-func (m APIMesh) List(ctx context.Context) ([]meshpeers.Peer, error) {
+func (m ClusterMesh) List(ctx context.Context) ([]meshpeers.Peer, error) {
 	peers, _, err := meshpeers.List(ctx, m.API)
 	return peers, err
 }

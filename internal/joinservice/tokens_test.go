@@ -138,7 +138,7 @@ func TestManifests(t *testing.T) {
 	if r := compact.Items[2].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "secrets" || strings.Join(r[0].Verbs, ",") != "create" {
 		t.Errorf("the join service's role grants %+v, want only creating secrets", r)
 	}
-	if r := compact.Items[4].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "create,patch,list" {
-		t.Errorf("the join service's cluster role grants %+v, want only creating, patching and listing nodes", r)
+	if r := compact.Items[4].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "list" {
+		t.Errorf("the join service's cluster role grants %+v, want only listing nodes", r)
 	}
 }

@@ -1,8 +1,12 @@
-// Package meshpeers keeps the cluster's record of its WireGuard mesh: the public key of every admitted node,
-// as an annotation on its Node object. The join service writes a node's key when it admits the node (before
-// the node's kubelet has registered, it creates the Node object for it); the first control-plane node writes
-// its own. Every node reads the record to know its peers. A node that is deleted from the cluster is no
-// longer a peer of any node.
+// Package meshpeers keeps the cluster's record of its WireGuard mesh: the public key of every node, as an
+// annotation on its Node object, which the node publishes itself with its kubelet's credentials (the Node
+// authorizer lets a node change its own Node object only). Only nodes the join service admitted have such
+// credentials. Every node reads the record to know its peers; a node deleted from the cluster is no longer a
+// peer of any node.
+//
+// Before its kubelet has registered, a joining node must already reach the control plane through the tunnel:
+// the join service that admits it tells the WireGuard agent of its own node (LocalSocket), which makes the
+// new node a peer until the node has published its key.
 //
 // Only keys come from here. A peer's addresses (its endpoint and what it may send from) come from the
 // provider, which assigns them, so that a node that edits its own Node object cannot claim another node's
@@ -12,6 +16,7 @@ package meshpeers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -60,32 +65,22 @@ type node struct {
 	} `json:"metadata"`
 }
 
-// Register records key as the WireGuard public key of the node name. If the node has no Node object yet, it
-// creates one, tainted not-ready until its kubelet reports (the kubelet adopts an existing object).
-func Register(ctx context.Context, api *kubeapi.Client, name string, key wgmesh.Key) error {
+// ErrNotRegistered is returned by Publish while the node has no Node object yet.
+var ErrNotRegistered = errors.New("the node has not registered with the API server yet")
+
+// Publish records key as the WireGuard public key of the node name, on its Node object, which its kubelet
+// must have created.
+func Publish(ctx context.Context, api *kubeapi.Client, name string, key wgmesh.Key) error {
 	if name == "" || key == (wgmesh.Key{}) {
-		return fmt.Errorf("registering a WireGuard key: node name %q or key missing", name)
+		return fmt.Errorf("publishing a WireGuard key: node name %q or key missing", name)
 	}
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{KeyAnnotation: key.String()}}}
-	path := "/api/v1/nodes/" + url.PathEscape(name)
-	err := api.Do(ctx, http.MethodPatch, path, kubeapi.MergePatch, patch, nil)
-	if !kubeapi.IsStatus(err, http.StatusNotFound) {
-		if err != nil {
-			return fmt.Errorf("recording the WireGuard key of node %s: %w", name, err)
-		}
-		return nil
-	}
-	obj := map[string]any{
-		"apiVersion": "v1", "kind": "Node",
-		"metadata": map[string]any{"name": name, "annotations": map[string]string{KeyAnnotation: key.String()}},
-		"spec":     map[string]any{"taints": []map[string]string{{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}}},
-	}
-	err = api.Do(ctx, http.MethodPost, "/api/v1/nodes", "", obj, nil)
-	if kubeapi.IsStatus(err, http.StatusConflict) { // the kubelet registered in between
-		err = api.Do(ctx, http.MethodPatch, path, kubeapi.MergePatch, patch, nil)
+	err := api.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+url.PathEscape(name), kubeapi.MergePatch, patch, nil)
+	if kubeapi.IsStatus(err, http.StatusNotFound) {
+		return ErrNotRegistered
 	}
 	if err != nil {
-		return fmt.Errorf("recording the WireGuard key of node %s: %w", name, err)
+		return fmt.Errorf("publishing the WireGuard key of node %s: %w", name, err)
 	}
 	return nil
 }

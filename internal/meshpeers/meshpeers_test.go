@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -101,45 +104,39 @@ func client(t *testing.T, h http.Handler) *kubeapi.Client {
 	return c
 }
 
-func TestRegisterAndList(t *testing.T) {
-	f := &fakeNodes{nodes: map[string]map[string]string{"control-plane-0": {"other": "kept"}}, taint: map[string]bool{}}
+func TestPublishAndList(t *testing.T) {
+	f := &fakeNodes{nodes: map[string]map[string]string{"control-plane-0": {"other": "kept"}, "worker-0": {}}, taint: map[string]bool{}}
 	api := client(t, f)
 	ctx := context.Background()
 	_, k1, _ := wgmesh.GenerateKey()
 	_, k2, _ := wgmesh.GenerateKey()
-	_, k3, _ := wgmesh.GenerateKey()
 
-	// An existing Node gets the annotation, its other annotations stay.
-	if err := Register(ctx, api, "control-plane-0", k1); err != nil {
+	// A registered node's key lands on its Node object; its other annotations stay.
+	if err := Publish(ctx, api, "control-plane-0", k1); err != nil {
 		t.Fatal(err)
 	}
 	if a := f.nodes["control-plane-0"]; a[KeyAnnotation] != k1.String() || a["other"] != "kept" {
-		t.Fatalf("annotations after registering: %v", a)
+		t.Fatalf("annotations after publishing: %v", a)
 	}
-	// A node whose kubelet has not registered yet gets a Node object, tainted not-ready.
-	if err := Register(ctx, api, "worker-0", k2); err != nil {
+	if err := Publish(ctx, api, "worker-0", k2); err != nil {
 		t.Fatal(err)
 	}
-	if f.nodes["worker-0"][KeyAnnotation] != k2.String() || !f.taint["worker-0"] {
-		t.Fatalf("created node: %v, tainted %v", f.nodes["worker-0"], f.taint["worker-0"])
+	// A node whose kubelet has not registered: nothing is created (the kubelet owns its Node object).
+	if err := Publish(ctx, api, "worker-1", k2); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("publishing before the kubelet registered = %v, want ErrNotRegistered", err)
 	}
-	// The kubelet registers between the failed patch and the create: the key still lands.
-	f.raceCreate = true
-	if err := Register(ctx, api, "worker-1", k3); err != nil {
-		t.Fatal(err)
-	}
-	if f.nodes["worker-1"][KeyAnnotation] != k3.String() {
-		t.Fatalf("after the race: %v", f.nodes["worker-1"])
+	if _, ok := f.nodes["worker-1"]; ok {
+		t.Fatal("publishing created a Node object")
 	}
 	// A rejoin replaces the key.
-	if err := Register(ctx, api, "worker-0", k3); err != nil || f.nodes["worker-0"][KeyAnnotation] != k3.String() {
-		t.Fatalf("re-registering: %v %v", err, f.nodes["worker-0"])
+	if err := Publish(ctx, api, "worker-0", k1); err != nil || f.nodes["worker-0"][KeyAnnotation] != k1.String() {
+		t.Fatalf("publishing again: %v %v", err, f.nodes["worker-0"])
 	}
-	if err := Register(ctx, api, "", k1); err == nil {
-		t.Fatal("registered a key without a node name")
+	if err := Publish(ctx, api, "", k1); err == nil {
+		t.Fatal("published a key without a node name")
 	}
-	if err := Register(ctx, api, "worker-2", wgmesh.Key{}); err == nil {
-		t.Fatal("registered an empty key")
+	if err := Publish(ctx, api, "worker-0", wgmesh.Key{}); err == nil {
+		t.Fatal("published an empty key")
 	}
 
 	// Nodes without a key are no peers; a malformed key is reported, and no peer either.
@@ -153,7 +150,7 @@ func TestRegisterAndList(t *testing.T) {
 	for _, p := range peers {
 		names = append(names, p.Node)
 	}
-	if strings.Join(names, ",") != "control-plane-0,worker-0,worker-1" || peers[0].PublicKey != k1 || strings.Join(malformed, ",") != "broken" {
+	if strings.Join(names, ",") != "control-plane-0,worker-0" || peers[0].PublicKey != k1 || strings.Join(malformed, ",") != "broken" {
 		t.Fatalf("List = %v, malformed %v", peers, malformed)
 	}
 
@@ -188,5 +185,43 @@ func TestManifestsGrantOnlyListingNodes(t *testing.T) {
 	}
 	if s := list.Items[1].Subjects; len(s) != 1 || s[0].Kind != "Group" || s[0].Name != "system:nodes" {
 		t.Fatalf("bound to %+v, want the group system:nodes", s)
+	}
+}
+
+// The local admission socket takes a node name and a key, and refuses anything else without calling admit.
+func TestAdmitSocket(t *testing.T) {
+	got := map[string]wgmesh.Key{}
+	h := AdmitHandler(func(node string, key wgmesh.Key) error {
+		if node == "fails" {
+			return errors.New("interface down")
+		}
+		got[node] = key
+		return nil
+	}, slog.New(slog.DiscardHandler))
+	sock := filepath.Join(t.TempDir(), "mesh.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	defer srv.Close()
+	c := NewAdmitClient(sock)
+	_, key, _ := wgmesh.GenerateKey()
+	if err := c.Admit(context.Background(), "worker-3", key); err != nil || got["worker-3"] != key {
+		t.Fatalf("Admit = %v, recorded %v", err, got)
+	}
+	if err := c.Admit(context.Background(), "fails", key); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Admit when the agent fails = %v", err)
+	}
+	for _, body := range []string{``, `{}`, `{"node":"x"}`, `{"node":"x","publicKey":"short"}`, `{"node":"","publicKey":"` + key.String() + `"}`, `[1,2]`} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/admitted", strings.NewReader(body)))
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("body %q: status %d, want 400", body, rec.Code)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("bad requests reached admit: %v", got)
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,17 @@ func TestMiniKubernetes(t *testing.T) {
 	// Each worker got its state disk key, which the join service got from the key service on the first node.
 	if out, _ := k("-n", "kube-system", "logs", "daemonset/join-service"); len(regexp.MustCompile(`"msg":"node admitted".*"disk":"[0-9a-f-]{36}"`).FindAllString(out, -1)) < 2 {
 		t.Fatalf("join service did not hand out disk keys:\n%s", out)
+	}
+	// Each kubelet's identity came from the join service, for the node's attested name; a bootstrap token alone
+	// no longer gets a node certificate (no automatic approval), and no kubelet asked for one.
+	if out, _ := k("-n", "kube-system", "logs", "daemonset/join-service"); strings.Count(out, `"kubeletCertificate":"system:node:worker-`) < 2 {
+		t.Fatalf("the join service did not issue the workers' kubelet certificates:\n%s", out)
+	}
+	if out, err := k("get", "clusterrolebinding", "kubeadm:node-autoapprove-bootstrap"); err == nil || !strings.Contains(out, "NotFound") {
+		t.Fatalf("bootstrap certificate requests are still approved automatically: %v\n%s", err, out)
+	}
+	if out, err := k("get", "csr", "-o", "jsonpath={.items[*].spec.username}"); err != nil || strings.Contains(out, "system:bootstrap:") {
+		t.Fatalf("certificate requests with a bootstrap token: %v %s", err, out)
 	}
 	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=join-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
 		t.Fatalf("join service pods: %v\n%s", err, out)
@@ -176,6 +188,8 @@ func TestMiniKubernetes(t *testing.T) {
 	// A node removed from the cluster is no longer a peer of the others: it reaches none of their pods.
 	checkRemovedNodeCutOff(t, k, state, eventually)
 
+	checkMaliciousJoins(t, c, k, eventually)
+
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)
 	}
@@ -185,6 +199,73 @@ func TestMiniKubernetes(t *testing.T) {
 	if out, _ := exec.Command("pgrep", "-f", "kubelet|containerd|kube-apiserver").Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("Kubernetes processes left: %s", out)
 	}
+}
+
+// checkMaliciousJoins has the infrastructure boot workers from images that are not the cluster's. One
+// differs by a single byte: the node itself finds that the join service runs another image than it booted
+// (PCR 4) and never presents itself. The other runs software that trusts any join service and presents its
+// evidence: the join service refuses it and logs that PCR 4 differed. Neither gets a token, a key, a kubelet
+// certificate or a place in the mesh.
+func checkMaliciousJoins(t *testing.T, c cli, k func(...string) (string, error), eventually func(string, func() (string, bool))) {
+	t.Helper()
+	bad := oneByteDifferent(t, filepath.Join(c.ws, "other-image.squashfs"))
+	if out, code := c.run("mini", "add-worker", "--image", bad); code != 0 || !strings.Contains(out, "worker-2 booted") {
+		t.Fatalf("mini add-worker --image: exit %d\n%s", code, out)
+	}
+	console := func(node string) string {
+		raw, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "nodes", node, "sandbox", "console.log"))
+		return string(raw)
+	}
+	eventually("worker-2 refusing the join service, which runs another image (PCR 4)", func() (string, bool) {
+		out := console("worker-2")
+		return out, strings.Contains(out, "asking the join service to admit this node") && strings.Contains(out, "PCR 4")
+	})
+
+	rogueDir := t.TempDir()
+	rogue := goBuild(t, rogueDir, "./roguenode", "roguenode", "CGO_ENABLED=0")
+	smallImage(t, rogue, rogueDir)
+	if out, code := c.run("mini", "add-worker", "--image", filepath.Join(rogueDir, "node-image.squashfs")); code != 0 || !strings.Contains(out, "worker-3 booted") {
+		t.Fatalf("mini add-worker with the rogue image: exit %d\n%s", code, out)
+	}
+	eventually("the join service refusing worker-3, naming PCR 4", func() (string, bool) {
+		out, _ := k("-n", "kube-system", "logs", "daemonset/join-service")
+		return out, strings.Contains(out, `"msg":"join refused: the node's measurements differ from the cluster's","pcrs":[4],"node":"worker-3"`)
+	})
+	if out := console("worker-3"); !strings.Contains(out, `"msg":"join refused"`) || strings.Contains(out, "ADMITTED") {
+		t.Fatalf("the rogue node's view:\n%s", out)
+	}
+	logs, _ := k("-n", "kube-system", "logs", "daemonset/join-service")
+	for _, node := range []string{"worker-2", "worker-3"} {
+		if strings.Contains(logs, `"msg":"node admitted","caller":"`+node) {
+			t.Fatalf("%s was admitted:\n%s", node, logs)
+		}
+		if out, err := k("get", "node", node); err == nil || !strings.Contains(out, "NotFound") {
+			t.Fatalf("%s has a Node object: %v\n%s", node, err, out)
+		}
+	}
+}
+
+// oneByteDifferent copies the built node image to path with one byte changed, in the padding after the
+// squashfs filesystem (so the node still boots, from an image whose digest differs), and returns path.
+func oneByteDifferent(t *testing.T, path string) string {
+	t.Helper()
+	src, _ := filepath.Abs("../../_out/node-image/node-image.squashfs")
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) < 96 || string(raw[:4]) != "hsqs" {
+		t.Fatalf("%s is not a squashfs image", src)
+	}
+	used := int(binary.LittleEndian.Uint64(raw[40:48])) // the superblock's bytes_used
+	if used >= len(raw) {
+		t.Fatalf("%s has no padding after its %d bytes of filesystem to change", src, used)
+	}
+	raw[len(raw)-1] ^= 0x01
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // webPod is a replica of the web Deployment: its node, address and the PID of its etcd process (pods run in

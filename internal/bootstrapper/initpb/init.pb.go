@@ -284,8 +284,12 @@ type JoinRequest struct {
 	// join; the private key never leaves the node. The join service records it for the node's attested name,
 	// and the other nodes make it their peer.
 	WireguardPublicKey []byte `protobuf:"bytes,3,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// kubelet_csr is a certificate request (DER) for the node's kubelet client certificate, for the subject
+	// CN=system:node:<name>, O=system:nodes; its key never leaves the node. The join service signs it only for
+	// the name in the node's attestation key certificate.
+	KubeletCsr    []byte `protobuf:"bytes,4,opt,name=kubelet_csr,json=kubeletCsr,proto3" json:"kubelet_csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -335,6 +339,13 @@ func (x *JoinRequest) GetDiskUuid() string {
 func (x *JoinRequest) GetWireguardPublicKey() []byte {
 	if x != nil {
 		return x.WireguardPublicKey
+	}
+	return nil
+}
+
+func (x *JoinRequest) GetKubeletCsr() []byte {
+	if x != nil {
+		return x.KubeletCsr
 	}
 	return nil
 }
@@ -464,9 +475,13 @@ type JoinResponse struct {
 	DiskKey []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
 	// mesh_peers are the nodes of the WireGuard mesh when the node was admitted, so that it reaches the control
 	// plane through the tunnel from the start.
-	MeshPeers     []*MeshPeer `protobuf:"bytes,7,rep,name=mesh_peers,json=meshPeers,proto3" json:"mesh_peers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MeshPeers []*MeshPeer `protobuf:"bytes,7,rep,name=mesh_peers,json=meshPeers,proto3" json:"mesh_peers,omitempty"`
+	// kubelet_certificate is the kubelet's client certificate (DER), signed by the cluster CA for the request's
+	// key; ca_certificate is the cluster CA certificate (DER), whose key ca_cert_hash pins.
+	KubeletCertificate []byte `protobuf:"bytes,8,opt,name=kubelet_certificate,json=kubeletCertificate,proto3" json:"kubelet_certificate,omitempty"`
+	CaCertificate      []byte `protobuf:"bytes,9,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -548,6 +563,20 @@ func (x *JoinResponse) GetMeshPeers() []*MeshPeer {
 	return nil
 }
 
+func (x *JoinResponse) GetKubeletCertificate() []byte {
+	if x != nil {
+		return x.KubeletCertificate
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetCaCertificate() []byte {
+	if x != nil {
+		return x.CaCertificate
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -575,18 +604,20 @@ const file_init_proto_rawDesc = "" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\x81\x01\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\xa2\x01\n" +
 	"\vJoinRequest\x12#\n" +
 	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\x12\x1b\n" +
 	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\x120\n" +
-	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\"=\n" +
+	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\x12\x1f\n" +
+	"\vkubelet_csr\x18\x04 \x01(\fR\n" +
+	"kubeletCsr\"=\n" +
 	"\bMeshPeer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\xb3\x02\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\x8b\x03\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -597,7 +628,9 @@ const file_init_proto_rawDesc = "" +
 	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles\x12\x19\n" +
 	"\bdisk_key\x18\x06 \x01(\fR\adiskKey\x12>\n" +
 	"\n" +
-	"mesh_peers\x18\a \x03(\v2\x1f.constellation.init.v1.MeshPeerR\tmeshPeers2\xae\x01\n" +
+	"mesh_peers\x18\a \x03(\v2\x1f.constellation.init.v1.MeshPeerR\tmeshPeers\x12/\n" +
+	"\x13kubelet_certificate\x18\b \x01(\fR\x12kubeletCertificate\x12%\n" +
+	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate2\xae\x01\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse\x12U\n" +
 	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponse2W\n" +

@@ -7,6 +7,7 @@ package kubeadm
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"os"
@@ -168,13 +169,70 @@ func KubeletPatch(o Options) []byte {
 	return []byte(fmt.Sprintf("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupRoot: %q\n", o.CgroupRoot))
 }
 
-// Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it.
-func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool) error {
+// KubeletCredentials are a kubelet's client identity, issued by the join service: the cluster CA certificate,
+// the kubelet's certificate and its key (PEM).
+type KubeletCredentials struct {
+	CACert, Cert, Key []byte
+}
+
+// KubeletPKIDir is where the kubelet keeps its certificates.
+const KubeletPKIDir = "/var/lib/kubelet/pki"
+
+// writeKubeletCredentials installs the kubelet's client certificate and kubeconfig as the kubelet itself
+// would after a TLS bootstrap: kubelet-client-<time>.pem (certificate and key, owner-only), the link
+// kubelet-client-current.pem to it (which the kubelet moves when it renews its certificate), and
+// kubelet.conf naming that link. The kubelet then starts with its identity and never asks for one with the
+// bootstrap token.
+func writeKubeletCredentials(pkiDir, kubeconfig, server string, c KubeletCredentials, now time.Time) error {
+	if len(c.CACert) == 0 || len(c.Cert) == 0 || len(c.Key) == 0 {
+		return fmt.Errorf("kubelet credentials incomplete")
+	}
+	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
+		return err
+	}
+	file := filepath.Join(pkiDir, "kubelet-client-"+now.UTC().Format("2006-01-02-15-04-05")+".pem")
+	if err := os.WriteFile(file, append(append([]byte{}, c.Cert...), c.Key...), 0o600); err != nil {
+		return err
+	}
+	current := filepath.Join(pkiDir, "kubelet-client-current.pem")
+	os.Remove(current)
+	if err := os.Symlink(file, current); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: default-cluster
+  cluster:
+    certificate-authority-data: %s
+    server: %s
+contexts:
+- name: default-context
+  context: {cluster: default-cluster, namespace: default, user: default-auth}
+current-context: default-context
+users:
+- name: default-auth
+  user:
+    client-certificate: %s
+    client-key: %s
+`, base64.StdEncoding.EncodeToString(c.CACert), server, current, current)
+	if err := os.MkdirAll(filepath.Dir(kubeconfig), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(kubeconfig, []byte(conf), 0o600)
+}
+
+// Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it, with the kubelet's
+// identity in creds.
+func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool, creds KubeletCredentials) error {
 	if _, err := os.Stat(KubeletKubeconfig); err == nil {
 		// The node joined before this boot: its state disk holds its kubelet's credentials and configuration.
 		d.logf("this node joined the cluster before; starting the kubelet with its state")
 		d.launchKubelet(ctx)
 		return nil
+	}
+	if err := writeKubeletCredentials(KubeletPKIDir, KubeletKubeconfig, "https://"+endpoint, creds, time.Now()); err != nil {
+		return fmt.Errorf("installing the kubelet's credentials: %w", err)
 	}
 	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash, controlPlane)
 	if err != nil {
@@ -187,8 +245,9 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 		return err
 	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
+	// The kubelet's kubeconfig is there already: the join service issued its identity.
 	cmd := exec.CommandContext(ctx, "kubeadm", "join", "--config", KubeadmConfig,
-		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables")
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
 	}
@@ -287,6 +346,11 @@ func (d *Driver) Init(ctx context.Context) ([]byte, error) {
 	if err := d.configureCoreDNS(ctx); err != nil {
 		return nil, err
 	}
+	// Kubelets get their identity from the join service, for their attested name only. A bootstrap token
+	// must not be enough to obtain a node's certificate for any name: no automatic approval of its requests.
+	if err := d.kubectl(ctx, "delete", "clusterrolebinding", "kubeadm:node-autoapprove-bootstrap"); err != nil {
+		return nil, fmt.Errorf("removing the automatic approval of bootstrap certificate requests: %w", err)
+	}
 	return os.ReadFile(AdminKubeconfig)
 }
 
@@ -317,19 +381,21 @@ func kubeadmFlags(env string) []string {
 	return nil
 }
 
+// kubectl runs kubectl with the administrator's credentials in kube-system.
+func (d *Driver) kubectl(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", AdminKubeconfig, "-n", "kube-system"}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
 func (d *Driver) configureCoreDNS(ctx context.Context) error {
 	patch := fmt.Sprintf(`{"data":{"Corefile":%q}}`, Corefile)
-	kubectl := func(args ...string) error {
-		out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", AdminKubeconfig, "-n", "kube-system"}, args...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := kubectl("patch", "configmap", "coredns", "--type", "merge", "-p", patch); err != nil {
+	if err := d.kubectl(ctx, "patch", "configmap", "coredns", "--type", "merge", "-p", patch); err != nil {
 		return fmt.Errorf("configuring CoreDNS: %w", err)
 	}
-	return kubectl("rollout", "restart", "deployment", "coredns")
+	return d.kubectl(ctx, "rollout", "restart", "deployment", "coredns")
 }
 
 // Restart starts the kubelet of a node whose configuration and credentials are on its state disk; the

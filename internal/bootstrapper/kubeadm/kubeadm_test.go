@@ -1,14 +1,24 @@
 package kubeadm
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
 var opts = Options{
@@ -134,5 +144,35 @@ func TestJoinConfigFile(t *testing.T) {
 		if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
 			t.Fatalf("kubeadm config validate: %v\n%s", err, out)
 		}
+	}
+}
+
+// The kubelet's kubeconfig written from the join service's credentials is one a Kubernetes client loads, and
+// the key is readable by root only.
+func TestWriteKubeletCredentials(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "system:node:w"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	creds := KubeletCredentials{CACert: certPEM, Cert: certPEM, Key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})}
+	pki, conf := filepath.Join(dir, "pki"), filepath.Join(dir, "kubelet.conf")
+	if err := writeKubeletCredentials(pki, conf, "https://10.217.0.10:6443", creds, time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubeapi.FromKubeconfig(conf)
+	if err != nil || c.Server() != "https://10.217.0.10:6443" {
+		t.Fatalf("the kubelet's kubeconfig: %v", err)
+	}
+	target, err := os.Readlink(filepath.Join(pki, "kubelet-client-current.pem"))
+	if err != nil || filepath.Base(target) != "kubelet-client-2026-11-26-04-00-00.pem" {
+		t.Fatalf("current certificate link: %q %v", target, err)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
+	}
+	if err := writeKubeletCredentials(pki, conf, "https://x", KubeletCredentials{}, time.Now()); err == nil {
+		t.Fatal("empty credentials written")
 	}
 }

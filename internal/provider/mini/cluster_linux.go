@@ -1,6 +1,7 @@
 package mini
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -105,6 +106,7 @@ type Provider struct {
 	digest [32]byte
 	net    Network
 	md     *metadata.Server
+	ekCA   *swtpm.CA
 	nodes  []*node
 }
 
@@ -114,9 +116,13 @@ type node struct {
 	name, role string
 	addr       netip.Addr
 	dir        string
-	tpm        *VTPM
-	sb         *Sandbox
-	started    time.Time
+	// image is the node image this node boots, digest its digest: the cluster's, unless it was added with
+	// another one.
+	image   string
+	digest  [32]byte
+	tpm     *VTPM
+	sb      *Sandbox
+	started time.Time
 }
 
 // StatePath is the state file of a provider directory.
@@ -239,27 +245,24 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	undo = append(undo, func() { srv.Close() })
 	p.state.MetadataURL = "http://" + ln.Addr().String()
 
-	p.spec, p.digest, p.net, p.md = spec, digest, n, md
+	p.spec, p.digest, p.net, p.md, p.ekCA = spec, digest, n, md, ekCA
+	// Every node, also those added later, stops before the network goes.
+	undo = append(undo, func() {
+		for i := len(p.nodes) - 1; i >= 0; i-- {
+			if p.nodes[i].sb != nil {
+				p.nodes[i].sb.Stop()
+			}
+			p.nodes[i].tpm.Shutdown()
+		}
+	})
 	for i := range spec.ControlPlanes + spec.Workers {
 		role, name := metadata.RoleControlPlane, fmt.Sprintf("control-plane-%d", i)
 		if i >= spec.ControlPlanes {
 			role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
 		}
-		nd := &node{index: i, name: name, role: role, addr: NodeAddr(i), dir: filepath.Join(p.Dir, "nodes", name)}
-		p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, nd.addr))
-		tpm, err := NewVTPM(ctx, nd.dir, ekCA)
-		if err != nil {
-			return teardown, fmt.Errorf("%s: %w", name, err)
-		}
-		nd.tpm = tpm
-		undo = append(undo, func() { tpm.Shutdown() })
-		if err := p.startNode(ctx, nd); err != nil {
+		if _, err := p.addNode(ctx, name, role, spec.Image, digest); err != nil {
 			return teardown, err
 		}
-		undo = append(undo, func() { nd.sb.Stop() })
-		p.nodes = append(p.nodes, nd)
-		p.state.Nodes = append(p.state.Nodes, nd.state())
-		p.save()
 	}
 	for _, nd := range p.nodes {
 		if err := p.route(nd); err != nil {
@@ -267,6 +270,76 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		}
 	}
 	return teardown, nil
+}
+
+// addNode creates a node's TPM, boots it from image and records it. Its routes are the caller's business.
+func (p *Provider) addNode(ctx context.Context, name, role, image string, digest [32]byte) (*node, error) {
+	i := len(p.nodes)
+	nd := &node{index: i, name: name, role: role, addr: NodeAddr(i), dir: filepath.Join(p.Dir, "nodes", name), image: image, digest: digest}
+	p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, nd.addr))
+	tpm, err := NewVTPM(ctx, nd.dir, p.ekCA)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	nd.tpm = tpm
+	p.nodes = append(p.nodes, nd) // from here on, teardown stops it
+	if err := p.startNode(ctx, nd); err != nil {
+		return nil, err
+	}
+	p.state.Nodes = append(p.state.Nodes, nd.state())
+	p.save()
+	return nd, nil
+}
+
+// MaxNodes bounds a cluster's nodes: each gets a /24 of pods in the /16 and an address of the /24 node network.
+const MaxNodes = 200
+
+// AddWorker boots a new worker into the running cluster, as a cloud's scaling does; it then joins by itself
+// through the join service. image, if not empty, is another node image to boot it from (a node the join
+// service must refuse, unless its measurements match). It returns the node's name.
+func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state.Phase != PhaseRunning {
+		return "", fmt.Errorf("the cluster is %s, not running", p.state.Phase)
+	}
+	if len(p.nodes) >= MaxNodes {
+		return "", fmt.Errorf("the cluster has %d nodes, the most a mini cluster can have", len(p.nodes))
+	}
+	digest := p.digest
+	if image == "" {
+		image = p.spec.Image
+	} else {
+		var err error
+		if image, err = filepath.Abs(image); err != nil {
+			return "", err
+		}
+		if digest, err = measuredboot.DigestFile(image); err != nil {
+			return "", fmt.Errorf("reading the node image: %w", err)
+		}
+	}
+	workers := 0
+	for _, n := range p.nodes {
+		if n.role == metadata.RoleWorker {
+			workers++
+		}
+	}
+	nd, err := p.addNode(ctx, fmt.Sprintf("worker-%d", workers), metadata.RoleWorker, image, digest)
+	if err != nil {
+		return "", err
+	}
+	if err := p.route(nd); err != nil {
+		return "", err
+	}
+	// The other nodes route the new node's pods to it.
+	for _, other := range p.nodes {
+		if other != nd && other.sb != nil {
+			if err := run("nsenter", "-t", strconv.Itoa(other.sb.PID), "-n", "ip", "route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
+				return "", fmt.Errorf("routing for %s: %w", other.name, err)
+			}
+		}
+	}
+	return nd.name, nil
 }
 
 // NetworkInUse reports whether a mini cluster's node network exists on this machine.
@@ -379,7 +452,7 @@ func attachStateDisk(nodeDir string) (string, error) {
 // metadata service with the boot's event log, and a fresh sandbox from the image with its state disk.
 func (p *Provider) startNode(ctx context.Context, nd *node) error {
 	nd.started = time.Now()
-	log, err := nd.tpm.Boot(ctx, measuredboot.Boot{ImageDigest: p.digest, Cmdline: p.spec.Cmdline})
+	log, err := nd.tpm.Boot(ctx, measuredboot.Boot{ImageDigest: nd.digest, Cmdline: p.spec.Cmdline})
 	if err != nil {
 		return fmt.Errorf("%s: %w", nd.name, err)
 	}
@@ -391,7 +464,7 @@ func (p *Provider) startNode(ctx context.Context, nd *node) error {
 		return fmt.Errorf("%s: %w", nd.name, err)
 	}
 	sb, err := StartSandbox(p.net, bootSpec{
-		Name: nd.name, Hostname: nd.name, Image: p.spec.Image, StateDir: sandboxDir, StateDisk: disk,
+		Name: nd.name, Hostname: nd.name, Image: nd.image, StateDir: sandboxDir, StateDisk: disk,
 		TPMSocket: nd.tpm.SocketPath(), Cmdline: strings.Fields(p.spec.Cmdline), Metadata: p.state.MetadataURL,
 	}, nd.addr, fmt.Sprintf("cst-%d", nd.index), cgroupParent)
 	if err != nil {
@@ -475,6 +548,21 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/workers", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Image string `json:"image"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			http.Error(w, "request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		name, err := p.AddWorker(r.Context(), req.Image)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]string{"name": name})
+	})
 	mux.HandleFunc("POST /v1/nodes/{name}/reboot", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reboot(r.Context(), r.PathValue("name")); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
@@ -487,12 +575,26 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	return func() { srv.Close(); os.Remove(path) }, nil
 }
 
-// RebootNode asks the provider daemon of the cluster in dir to reboot a node, and waits until it has booted.
-func RebootNode(ctx context.Context, dir, name string) error {
+// AddWorker asks the provider daemon of the cluster in dir to boot a new worker (from image, if not empty)
+// and returns its name once it has booted.
+func AddWorker(ctx context.Context, dir, image string) (string, error) {
+	body, err := json.Marshal(map[string]string{"image": image})
+	if err != nil {
+		return "", err
+	}
+	var out struct{ Name string }
+	if err := control(ctx, dir, "/v1/workers", body, &out); err != nil {
+		return "", err
+	}
+	return out.Name, nil
+}
+
+// control sends a request to the provider daemon's control socket in dir.
+func control(ctx context.Context, dir, path string, body []byte, out any) error {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", ControlSocket(dir))
 	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://provider/v1/nodes/"+url.PathEscape(name)+"/reboot", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://provider"+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -501,9 +603,17 @@ func RebootNode(ctx context.Context, dir, name string) error {
 		return fmt.Errorf("asking the provider: %w", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("the provider refused: %s", strings.TrimSpace(string(msg)))
 	}
+	if out != nil {
+		return json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(out)
+	}
 	return nil
+}
+
+// RebootNode asks the provider daemon of the cluster in dir to reboot a node, and waits until it has booted.
+func RebootNode(ctx context.Context, dir, name string) error {
+	return control(ctx, dir, "/v1/nodes/"+url.PathEscape(name)+"/reboot", nil, nil)
 }

@@ -1,0 +1,42 @@
+package bootstrapper
+
+import (
+	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
+)
+
+// A node this node's join service admitted is a peer before the cluster's record has its key, with its new
+// key when it rejoined, until the record has caught up or its admission expired.
+func TestMergePeers(t *testing.T) {
+	now := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	old, fresh, other := wgmesh.Key{1}, wgmesh.Key{2}, wgmesh.Key{3}
+	recorded := []meshpeers.Peer{{Node: "control-plane-0", PublicKey: other}, {Node: "worker-0", PublicKey: old}}
+	admitted := map[string]admittedPeer{
+		"worker-0": {key: fresh, until: now.Add(time.Minute)}, // rejoined: newer than the record
+		"worker-1": {key: other, until: now.Add(time.Minute)}, // joining, not registered yet
+		"worker-2": {key: other, until: now.Add(-time.Second)},
+	}
+	got := map[string]wgmesh.Key{}
+	for _, p := range mergePeers(recorded, admitted, now) {
+		got[p.Node] = p.PublicKey
+	}
+	if len(got) != 3 || got["control-plane-0"] != other || got["worker-0"] != fresh || got["worker-1"] != other {
+		t.Fatalf("merged peers: %v", got)
+	}
+	if _, ok := admitted["worker-2"]; ok {
+		t.Fatal("an expired admission was kept")
+	}
+	// The record catches up with worker-0's new key: its admission is done.
+	recorded[1].PublicKey = fresh
+	mergePeers(recorded, admitted, now)
+	if _, ok := admitted["worker-0"]; ok || len(admitted) != 1 {
+		t.Fatalf("admissions after the record caught up: %v", admitted)
+	}
+	// Expired, worker-1 is no peer unless the record has it.
+	if peers := mergePeers(recorded, admitted, now.Add(2*time.Minute)); len(peers) != 2 || len(admitted) != 0 {
+		t.Fatalf("after expiry: %v, admitted %v", peers, admitted)
+	}
+}
