@@ -28,8 +28,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
-	"github.com/constellation-dev/constellation/internal/wgmesh"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 // Config is what the bootstrapper needs from its environment.

@@ -312,7 +312,7 @@ func (a *meshAgent) publish(ctx context.Context, kubeconfig string) error {
 	a.mu.Lock()
 	pub := a.public
 	a.mu.Unlock()
-	for {
+	for attempt := 1; ; attempt++ {
 		api, err := kubeapi.FromKubeconfig(kubeconfig)
 		if err == nil {
 			if err = meshpeers.Publish(ctx, api, a.self.Name, pub); err == nil {
@@ -320,8 +320,9 @@ func (a *meshAgent) publish(ctx context.Context, kubeconfig string) error {
 				return nil
 			}
 		}
-		if !errors.Is(err, meshpeers.ErrNotRegistered) && !errors.Is(err, os.ErrNotExist) {
-			a.log.Warn("publishing this node's WireGuard key failed; retrying", "error", err)
+		// Expected while the kubelet registers or the API server starts: say so once in a while only.
+		if attempt%30 == 1 && !errors.Is(err, meshpeers.ErrNotRegistered) && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("publishing this node's WireGuard key failed; retrying", "attempt", attempt, "error", err)
 		}
 		select {
 		case <-ctx.Done():

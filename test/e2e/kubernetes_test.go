@@ -397,28 +397,34 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 // reaches neither a pod on worker-0 nor the API server any more, while before it did.
 func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), state mini.State, eventually func(string, func() (string, bool))) {
 	t.Helper()
-	var pods []webPod
-	eventually("web pods on both workers", func() (string, bool) {
-		pods = webPods(t, k)
-		w := map[string]bool{}
-		for _, p := range pods {
-			w[p.node] = true
+	removed := strconv.Itoa(node(t, state, "worker-1").PID)
+	var target string
+	eventually("a web pod running on worker-0", func() (string, bool) {
+		out, err := k("get", "pods", "-l", "app=web", "-o", "wide", "--no-headers")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); err == nil && len(f) >= 7 && f[2] == "Running" && f[6] == "worker-0" {
+				target = f[5]
+				return out, true
+			}
 		}
-		return fmt.Sprint(pods), w["worker-0"] && w["worker-1"]
+		return out, false
 	})
-	target, removed := onNodes(t, pods, "worker-0", "worker-1")
-	if out, err := podCurl(removed.pid, "http://"+target.ip+":2379/version"); err != nil {
-		t.Fatalf("before its removal, worker-1's pod does not reach worker-0's: %v: %s", err, out)
+	fromRemoved := func(url string, extra ...string) (string, error) {
+		out, err := exec.Command("nsenter", append(append([]string{"-t", removed, "-n", "curl", "-sS", "-m", "3"}, extra...), url)...).CombinedOutput()
+		return string(out), err
+	}
+	podURL := "http://" + target + ":2379/version"
+	if out, err := fromRemoved(podURL); err != nil {
+		t.Fatalf("before its removal, worker-1 does not reach worker-0's pod %s: %v: %s", target, err, out)
 	}
 	if out, err := k("delete", "node", "worker-1"); err != nil {
 		t.Fatalf("deleting worker-1: %v: %s", err, out)
 	}
 	eventually("worker-1 cut off from the pods of worker-0", func() (string, bool) {
-		out, err := podCurl(removed.pid, "-m", "2", "http://"+target.ip+":2379/version")
+		out, err := fromRemoved(podURL)
 		return out, err != nil
 	})
-	api := "https://" + node(t, state, "control-plane-0").IP + ":6443/healthz"
-	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(node(t, state, "worker-1").PID), "-n", "curl", "-sk", "-m", "3", api).CombinedOutput(); err == nil {
+	if out, err := fromRemoved("https://"+node(t, state, "control-plane-0").IP+":6443/healthz", "-k"); err == nil {
 		t.Fatalf("the removed worker still reaches the API server: %s", out)
 	}
 }
@@ -485,10 +491,10 @@ func TestMiniControlPlanes(t *testing.T) {
 	})
 	// The second API server serves the cluster.
 	state, _, _ := mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(state.Nodes[0].PID), "-n", "curl", "-sk", "-m", "5", "https://"+mini.NodeAddr(1).String()+":6443/readyz").CombinedOutput()
-	if err != nil || string(out) != "ok" {
-		t.Fatalf("API server on control-plane-1: %v %s", err, out)
-	}
+	cl.eventually("the API server on control-plane-1 ready", func() (string, bool) {
+		out, err := exec.Command("nsenter", "-t", strconv.Itoa(state.Nodes[0].PID), "-n", "curl", "-sk", "-m", "5", "https://"+mini.NodeAddr(1).String()+":6443/readyz").CombinedOutput()
+		return string(out), err == nil && string(out) == "ok"
+	})
 	for i := range 2 {
 		if out, code := cl.c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
