@@ -150,10 +150,21 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	if err != nil {
 		return err
 	}
-	// A new WireGuard key for every join: the join service records its public half for this node.
-	meshKey, err := mesh.newKey()
-	if err != nil {
-		return err
+	// A node that joined before keeps its WireGuard key on its state disk, and the cluster knows it; a new
+	// node makes its key now, and the join service admits its public half for this node.
+	rejoin := false
+	if disk != nil {
+		if rejoin, err = disk.hasState(); err != nil {
+			return fmt.Errorf("reading the state disk: %w", err)
+		}
+	}
+	var meshKey []byte
+	if !rejoin {
+		pub, err := mesh.newKey()
+		if err != nil {
+			return err
+		}
+		meshKey = pub[:]
 	}
 	// The kubelet's key stays here; the join service certifies it for this node's attested name.
 	kubeletKey, csr, err := kubeletRequest(self.Name)
@@ -177,7 +188,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey[:], KubeletCsr: csr})
+			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
@@ -205,6 +216,11 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	peers, err := peersFromJoin(resp.GetMeshPeers())
 	if err != nil {
 		return err
+	}
+	if rejoin {
+		if err := mesh.loadKey(); err != nil {
+			return err
+		}
 	}
 	if err := mesh.start(); err != nil {
 		return err

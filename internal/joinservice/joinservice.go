@@ -126,15 +126,20 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		}
 	}
 	name, _ := atls.AttestedPeerName(ctx)
+	// A node's first join carries the WireGuard key it generated; a node that rejoins (its state disk holds
+	// its key, which it published before) carries none.
 	var meshKey wgmesh.Key
-	if s.mesh != nil {
-		if len(req.GetWireguardPublicKey()) != len(meshKey) || [32]byte(req.GetWireguardPublicKey()) == meshKey {
-			return nil, status.Errorf(codes.InvalidArgument, "the join request carries no valid WireGuard public key (%d bytes, want 32): the node cannot be a peer of the cluster's encrypted network", len(req.GetWireguardPublicKey()))
+	if raw := req.GetWireguardPublicKey(); len(raw) > 0 {
+		if s.mesh == nil {
+			return nil, status.Error(codes.FailedPrecondition, "this join service admits no nodes to a WireGuard mesh")
+		}
+		if len(raw) != len(meshKey) || [32]byte(raw) == meshKey {
+			return nil, status.Errorf(codes.InvalidArgument, "the join request's WireGuard public key is not valid (%d bytes, want 32 not all zero)", len(raw))
 		}
 		if name == "" {
 			return nil, status.Error(codes.PermissionDenied, "the node's attestation key certificate names no node")
 		}
-		meshKey = wgmesh.Key(req.GetWireguardPublicKey())
+		meshKey = wgmesh.Key(raw)
 	}
 	// The kubelet's identity is the attested node's, whatever the request says.
 	csr, err := CheckKubeletCSR(req.GetKubeletCsr(), name)
@@ -188,9 +193,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 	if s.mesh != nil {
 		// A peer of this control plane before the node gets its token: its first request to the API server
 		// already goes through the tunnel.
-		if err := s.mesh.Admit(ctx, name, meshKey); err != nil {
-			s.log.Error("join failed: admitting the node to the WireGuard mesh", "caller", caller, "error", err)
-			return nil, status.Error(codes.Unavailable, "admitting the node to the WireGuard mesh failed")
+		if meshKey != (wgmesh.Key{}) {
+			if err := s.mesh.Admit(ctx, name, meshKey); err != nil {
+				s.log.Error("join failed: admitting the node to the WireGuard mesh", "caller", caller, "error", err)
+				return nil, status.Error(codes.Unavailable, "admitting the node to the WireGuard mesh failed")
+			}
 		}
 		list, err := s.mesh.List(ctx)
 		if err != nil {
@@ -209,7 +216,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
 	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String(), "kubeletCertificate", csr.Subject.CommonName}
-	if s.mesh != nil {
+	if meshKey != (wgmesh.Key{}) {
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)

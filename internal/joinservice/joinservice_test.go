@@ -180,14 +180,18 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")})
 	}
 
-	// Without a valid WireGuard key the node could not be a peer: refused, nothing recorded, no token.
-	for _, bad := range [][]byte{nil, make([]byte, 32), meshKey[:31]} {
+	// An invalid WireGuard key: refused, nothing recorded, no token.
+	for _, bad := range [][]byte{make([]byte, 32), meshKey[:31]} {
 		if _, err := joinWith(false, bad); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "WireGuard public key") {
 			t.Fatalf("join with WireGuard key %x = %v, want InvalidArgument", bad, err)
 		}
 	}
 	if len(mesh.keys) != 1 || tokens.n != 0 {
 		t.Fatalf("a refused join left a trace: keys %v, %d tokens", mesh.keys, tokens.n)
+	}
+	// A rejoining node carries no key (it kept its published one): admitted, the mesh unchanged.
+	if _, err := joinWith(false, nil); err != nil || len(mesh.keys) != 1 {
+		t.Fatalf("rejoin without a WireGuard key: %v, keys %v", err, mesh.keys)
 	}
 	resp, err := join()
 	if err != nil {
@@ -264,8 +268,8 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if _, err := join(); err == nil {
 		t.Fatal("a node that already belongs to a cluster joined again")
 	}
-	if tokens.n != 3 {
-		t.Fatalf("%d tokens created, want one per admitted join (3)", tokens.n)
+	if tokens.n != 4 {
+		t.Fatalf("%d tokens created, want one per admitted join (4)", tokens.n)
 	}
 }
 

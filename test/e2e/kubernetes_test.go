@@ -300,6 +300,24 @@ func webPods(t *testing.T, k func(...string) (string, error)) []webPod {
 	return pods
 }
 
+// logNodeConsoles logs the end of every node's bootstrapper log, without the routine lines, for a failed test.
+func logNodeConsoles(t *testing.T, ws string) {
+	logs, _ := filepath.Glob(filepath.Join(ws, "constellation-mini", "nodes", "*", "sandbox", "console.log"))
+	for _, path := range logs {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var lines []string
+		for _, l := range strings.Split(string(raw), "\n") {
+			if l != "" && !strings.Contains(l, `"msg":"evidence issued"`) {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("%s (last %d lines):\n%s", filepath.Base(filepath.Dir(filepath.Dir(path))), min(25, len(lines)), strings.Join(lines[max(0, len(lines)-25):], "\n"))
+	}
+}
+
 // node returns the node of the cluster named name.
 func node(t *testing.T, state mini.State, name string) mini.NodeState {
 	t.Helper()
@@ -398,25 +416,26 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), state mini.State, eventually func(string, func() (string, bool))) {
 	t.Helper()
 	removed := strconv.Itoa(node(t, state, "worker-1").PID)
-	var target string
-	eventually("a web pod running on worker-0", func() (string, bool) {
-		out, err := k("get", "pods", "-l", "app=web", "-o", "wide", "--no-headers")
-		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); err == nil && len(f) >= 7 && f[2] == "Running" && f[6] == "worker-0" {
-				target = f[5]
-				return out, true
-			}
-		}
-		return out, false
-	})
 	fromRemoved := func(url string, extra ...string) (string, error) {
 		out, err := exec.Command("nsenter", append(append([]string{"-t", removed, "-n", "curl", "-sS", "-m", "3"}, extra...), url)...).CombinedOutput()
 		return string(out), err
 	}
-	podURL := "http://" + target + ":2379/version"
-	if out, err := fromRemoved(podURL); err != nil {
-		t.Fatalf("before its removal, worker-1 does not reach worker-0's pod %s: %v: %s", target, err, out)
-	}
+	// Before its removal, worker-1 reaches a ready pod on worker-0 (through the tunnel).
+	var podURL string
+	eventually("worker-1 reaching a ready web pod on worker-0", func() (string, bool) {
+		out, err := k("get", "pods", "-l", "app=web", "-o", `jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP} {.status.containerStatuses[0].ready}{"\n"}{end}`)
+		if err != nil {
+			return out, false
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == "worker-0" && f[2] == "true" {
+				podURL = "http://" + f[1] + ":2379/version"
+				got, err := fromRemoved(podURL)
+				return out + got, err == nil
+			}
+		}
+		return out, false
+	})
 	if out, err := k("delete", "node", "worker-1"); err != nil {
 		t.Fatalf("deleting worker-1: %v: %s", err, out)
 	}
@@ -530,7 +549,12 @@ func startCluster(t *testing.T, controlPlanes, workers int, beforeUp ...func(c c
 	}
 	start := time.Now()
 	out, code := c.run("mini", "up")
-	t.Cleanup(func() { c.run("mini", "down") })
+	t.Cleanup(func() {
+		if t.Failed() {
+			logNodeConsoles(t, c.ws)
+		}
+		c.run("mini", "down")
+	})
 	if code != 0 {
 		t.Fatalf("mini up: exit %d\n%s", code, out)
 	}
