@@ -146,19 +146,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		go func() { errc <- admitSrv.Serve(ln) }()
 		defer admitSrv.Close()
 	}
-	if self.Role == metadata.RoleControlPlane && self.Name == FirstControlPlane {
+	// A control-plane node whose state disk holds the cluster's state waits for 'constellation recover': the
+	// join service that would hand it its disk key runs on the control plane, which needs this node's etcd.
+	recovering := false
+	if disk != nil && self.Role == metadata.RoleControlPlane {
+		if recovering, err = disk.hasState(); err != nil {
+			return fmt.Errorf("reading the state disk: %w", err)
+		}
+	}
+	if self.Name == FirstControlPlane || recovering {
 		creds, err := atls.NewCredentials(issuer, nil)
 		if err != nil {
 			return err
 		}
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
 		k8s := cfg.Kubernetes(self)
-		recovering := false
-		if disk != nil {
-			if recovering, err = disk.hasState(); err != nil {
-				return fmt.Errorf("reading the state disk: %w", err)
-			}
-		}
 		if recovering {
 			log.Warn("the state disk holds an initialised cluster: waiting for 'constellation recover'")
 		}
@@ -174,11 +176,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				} else if _, err := mesh.newKey(); err != nil {
 					return err
 				}
-				return mesh.start()
+				if err := mesh.start(); err != nil {
+					return err
+				}
+				// After a recovery, the peers this node had: the other control-plane nodes, without which
+				// etcd, and so the record of the mesh in the API, cannot come back.
+				return mesh.apply(ctx)
 			},
 			recovered: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 				go mesh.publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
+				if self.Name != FirstControlPlane {
+					return nil // the key service runs on the first control-plane node only
+				}
+				if policy == nil {
+					return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
+				}
 				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				return err
 			},

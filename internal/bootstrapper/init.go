@@ -3,7 +3,9 @@ package bootstrapper
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -216,13 +218,14 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		// The wrong master secret: the disk's key identifier tells, before anything is written.
 		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; is this the master secret of this cluster?", err))
 	}
-	raw, err := os.ReadFile(s.disk.policyFile())
-	if err != nil {
+	// The first control-plane node keeps the cluster's policy for its key service; the others have none.
+	var policy measurements.M
+	if raw, err := os.ReadFile(s.disk.policyFile()); err == nil {
+		if policy, err = measurements.Parse(raw); err != nil {
+			return nil, status.Error(codes.Internal, fmt.Sprintf("the measurement policy on the state disk: %v", err))
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("reading the cluster's measurement policy from the state disk: %v", err))
-	}
-	policy, err := measurements.Parse(raw)
-	if err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("the measurement policy on the state disk: %v", err))
 	}
 	s.done = true
 	ev := measuredboot.ClusterIDEvent(clusterID)

@@ -2,8 +2,10 @@ package bootstrapper
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -33,6 +35,10 @@ const (
 	// that the first control-plane node keeps its key across a recovery, which does not go through the join
 	// service.
 	meshKeyFile = "/var/lib/constellation/wireguard/private.key"
+	// meshPeersFile keeps the cluster's record of the mesh as this node last read it, on its state disk: after
+	// all control-plane nodes restarted, they reach each other (and etcd its quorum) before the record in the
+	// API is readable again.
+	meshPeersFile = "/var/lib/constellation/wireguard/peers.json"
 	// meshSyncInterval is how often a node reads the cluster's record of the mesh.
 	meshSyncInterval = 2 * time.Second
 )
@@ -44,6 +50,7 @@ type meshAgent struct {
 	self       metadata.Instance
 	podNetwork netip.Prefix
 	keyFile    string
+	peersFile  string
 	log        *slog.Logger
 
 	mu      sync.Mutex
@@ -104,12 +111,68 @@ func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) erro
 	return a.apply(ctx)
 }
 
-// record takes the cluster's record of the mesh and applies it.
+// record takes the cluster's record of the mesh, keeps it on the state disk when it changed, and applies it.
 func (a *meshAgent) record(ctx context.Context, recorded []meshpeers.Peer) error {
 	a.mu.Lock()
+	changed := !slices.Equal(a.recorded, recorded)
 	a.recorded = recorded
 	a.mu.Unlock()
+	if changed {
+		if err := a.keepRecord(recorded); err != nil {
+			a.log.Warn("keeping the WireGuard peers on the state disk failed", "error", err)
+		}
+	}
 	return a.apply(ctx)
+}
+
+// keptPeer is a peer as kept on the state disk.
+type keptPeer struct {
+	Node      string `json:"node"`
+	PublicKey string `json:"publicKey"`
+}
+
+func (a *meshAgent) keepRecord(recorded []meshpeers.Peer) error {
+	kept := make([]keptPeer, 0, len(recorded))
+	for _, p := range recorded {
+		kept = append(kept, keptPeer{Node: p.Node, PublicKey: p.PublicKey.String()})
+	}
+	raw, err := json.Marshal(kept)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(a.peersFile), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.Write(a.peersFile, raw, 0o600)
+}
+
+// loadRecord takes the record kept on the state disk, if there is one and nothing newer.
+func (a *meshAgent) loadRecord() error {
+	raw, err := os.ReadFile(a.peersFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var kept []keptPeer
+	if err := json.Unmarshal(raw, &kept); err != nil {
+		return fmt.Errorf("the WireGuard peers kept on the state disk: %w", err)
+	}
+	var recorded []meshpeers.Peer
+	for _, k := range kept {
+		key, err := wgmesh.ParseKey(k.PublicKey)
+		if err != nil {
+			return fmt.Errorf("the WireGuard peers kept on the state disk: node %q: %w", k.Node, err)
+		}
+		recorded = append(recorded, meshpeers.Peer{Node: k.Node, PublicKey: key})
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.recorded == nil {
+		a.recorded = recorded
+	}
+	return nil
 }
 
 // apply sets the peers from the record and the admitted nodes.
@@ -121,7 +184,7 @@ func (a *meshAgent) apply(ctx context.Context) error {
 }
 
 func newMeshAgent(md *metadata.Client, self metadata.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
-	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, log: log}
+	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, peersFile: meshPeersFile, log: log}
 }
 
 // newKey makes a key pair for this node's next join; the private key stays in this process until the state
@@ -137,8 +200,11 @@ func (a *meshAgent) newKey() (wgmesh.Key, error) {
 	return pub, nil
 }
 
-// loadKey takes the key the node kept on its state disk.
+// loadKey takes the key the node kept on its state disk, and the peers it last knew.
 func (a *meshAgent) loadKey() error {
+	if err := a.loadRecord(); err != nil {
+		return err
+	}
 	raw, err := os.ReadFile(a.keyFile)
 	if err != nil {
 		return fmt.Errorf("reading this node's WireGuard key from its state disk: %w", err)

@@ -1,6 +1,9 @@
 package bootstrapper
 
 import (
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -38,5 +41,26 @@ func TestMergePeers(t *testing.T) {
 	// Expired, worker-1 is no peer unless the record has it.
 	if peers := mergePeers(recorded, admitted, now.Add(2*time.Minute)); len(peers) != 2 || len(admitted) != 0 {
 		t.Fatalf("after expiry: %v, admitted %v", peers, admitted)
+	}
+}
+
+// The peers a node last knew survive on its state disk; a damaged file is an error, a missing one is none.
+func TestKeptRecord(t *testing.T) {
+	dir := t.TempDir()
+	a := &meshAgent{peersFile: filepath.Join(dir, "wireguard", "peers.json")}
+	if err := a.loadRecord(); err != nil || a.recorded != nil {
+		t.Fatalf("without a file: %v, %v", err, a.recorded)
+	}
+	want := []meshpeers.Peer{{Node: "control-plane-1", PublicKey: wgmesh.Key{9}}}
+	if err := a.keepRecord(want); err != nil {
+		t.Fatal(err)
+	}
+	b := &meshAgent{peersFile: a.peersFile}
+	if err := b.loadRecord(); err != nil || !slices.Equal(b.recorded, want) {
+		t.Fatalf("loaded %v, %v; want %v", b.recorded, err, want)
+	}
+	os.WriteFile(a.peersFile, []byte(`[{"node":"x","publicKey":"short"}]`), 0o600)
+	if err := (&meshAgent{peersFile: a.peersFile}).loadRecord(); err == nil {
+		t.Fatal("a damaged record was loaded")
 	}
 }

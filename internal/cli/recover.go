@@ -2,9 +2,11 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -27,11 +30,13 @@ import (
 func newRecoverCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "recover",
-		Short: "Bring the cluster back after its first control-plane node restarted",
-		Long: "A restarted first control-plane node has the cluster's state on its encrypted state disk, but not the\n" +
-			"master secret to open it: it waits. recover attests the node (it must run the configured image and be\n" +
-			"fresh), sends it the master secret over aTLS (or, with an external KMS, the wrapped secret and the KMS\n" +
-			"credentials), and waits until the node proves its membership again and the Kubernetes API answers.",
+		Short: "Bring the cluster back after its control-plane nodes restarted",
+		Long: "A restarted control-plane node has the cluster's state on its encrypted state disk, but not the key to\n" +
+			"open it (the join service that would hand it out runs on the control plane): it waits. recover attests\n" +
+			"each control-plane node (it must run the configured image and be fresh), sends it the master secret over\n" +
+			"aTLS (or, with an external KMS, the wrapped secret and the KMS credentials), from which it derives the key\n" +
+			"of its own state disk, and waits until every one proves its membership again and the Kubernetes API\n" +
+			"answers.",
 		Args: cobra.NoArgs,
 		RunE: runRecover,
 	}
@@ -80,15 +85,43 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	first := state.Nodes[0]
-	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", first.Name, first.IP)
-	conn, endpoint, err := dialFreshNode(first.IP, roots, c.Attestation.Measurements)
+	member, err := withClusterID(c.Attestation.Measurements, cs)
+	if err != nil {
+		return failed(err)
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
+	defer cancel()
+	// Every control-plane node waits: with several, none can start its etcd member without the others.
+	var recovered []string
+	for _, n := range state.Nodes {
+		if n.Role != "control-plane" {
+			continue
+		}
+		if err := recoverNode(ctx, out, n, roots, c, member, req, cs); err != nil {
+			return err
+		}
+		recovered = append(recovered, n.Name)
+	}
+	if len(recovered) == 0 {
+		return badInput("the cluster in %s has no control-plane node", ws)
+	}
+	fmt.Fprintf(out, "  %s prove membership of the cluster; waiting for the Kubernetes API\n", strings.Join(recovered, ", "))
+	if err := waitAPIReady(ctx, filepath.Join(ws, AdminKubeconfigFile), 5*time.Minute); err != nil {
+		return failed(err)
+	}
+	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s\n", cs.Endpoint)
+	return nil
+}
+
+// recoverNode attests a waiting control-plane node, sends it what it needs to open its state disk, and checks
+// that it then proves membership of the cluster.
+func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*x509.Certificate, c *config.Config, member measurements.M, req *initpb.InitRequest, cs clusterState) error {
+	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", n.Name, n.IP)
+	conn, endpoint, err := dialFreshNode(n.IP, roots, c.Attestation.Measurements)
 	if err != nil {
 		return failed(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
-	defer cancel()
 	var resp *initpb.RecoverResponse
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -100,24 +133,15 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 		time.Sleep(time.Second)
 	}
 	if err != nil {
-		return failed(fmt.Errorf("recovering %s at %s: %w", first.Name, endpoint, err))
+		return failed(fmt.Errorf("recovering %s at %s: %w", n.Name, endpoint, err))
 	}
 	if got := hex.EncodeToString(resp.GetClusterId()); got != cs.ClusterID {
-		return failed(fmt.Errorf("%s recovered cluster %s, but %s records cluster %s", first.Name, got, StateFile, cs.ClusterID))
+		return failed(fmt.Errorf("%s recovered cluster %s, but %s records cluster %s", n.Name, got, StateFile, cs.ClusterID))
 	}
-	fmt.Fprintf(out, "  %s unlocked its state disk and measured the cluster ID %s…\n", first.Name, cs.ClusterID[:16])
-	member, err := withClusterID(c.Attestation.Measurements, cs)
-	if err != nil {
-		return failed(err)
+	fmt.Fprintf(out, "  %s unlocked its state disk and measured the cluster ID %s…\n", n.Name, cs.ClusterID[:16])
+	if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), roots, member, nil, 0); err != nil {
+		return checkFailed(fmt.Errorf("%s does not prove membership after recovery: %w", n.Name, err))
 	}
-	if _, err := verifyNode(ctx, first.IP+":"+strconv.Itoa(verifyservice.Port), roots, member, nil, 0); err != nil {
-		return checkFailed(fmt.Errorf("%s does not prove membership after recovery: %w", first.Name, err))
-	}
-	fmt.Fprintf(out, "  %s proves membership of the cluster; waiting for the Kubernetes API\n", first.Name)
-	if err := waitAPIReady(ctx, filepath.Join(ws, AdminKubeconfigFile), 5*time.Minute); err != nil {
-		return failed(err)
-	}
-	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s\n", cs.Endpoint)
 	return nil
 }
 

@@ -30,12 +30,11 @@ import (
 
 func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "roguenode")
-	if err := run(context.Background(), log); err != nil {
-		log.Error("rogue node stopped", "error", err)
-		os.Exit(1)
-	}
+	log.Error("rogue node stopped", "error", run(context.Background(), log))
+	os.Exit(1)
 }
 
+// run tries to join until it fails; it does not return otherwise.
 func run(ctx context.Context, log *slog.Logger) error {
 	md := metadata.NewClient(os.Getenv("CONSTELLATION_METADATA"))
 	var self metadata.Instance
