@@ -229,6 +229,10 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 		return err
 	}
 	go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
+	// The key is published as soon as the kubelet has registered, while kubeadm may still be at work (a
+	// control-plane join goes on with etcd and the control plane's components).
+	published := make(chan error, 1)
+	go func() { published <- mesh.publish(ctx, kubeadm.KubeletKubeconfig) }()
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}
@@ -241,7 +245,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 		return err
 	}
 	log.Info("joined the cluster")
-	return mesh.publish(ctx, kubeadm.KubeletKubeconfig)
+	return <-published
 }
 
 // kubeletRequest makes the kubelet's key and a request for the client certificate of node name.

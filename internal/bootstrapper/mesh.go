@@ -62,6 +62,7 @@ type meshAgent struct {
 	// that have not published their key yet.
 	recorded []meshpeers.Peer
 	admitted map[string]admittedPeer
+	kept     []meshpeers.Peer // the peers last kept on the state disk
 }
 
 // admittedPeer is a node a join service on this node admitted, a peer until its key is in the cluster's
@@ -96,6 +97,7 @@ func mergePeers(recorded []meshpeers.Peer, admitted map[string]admittedPeer, now
 			out = append(out, meshpeers.Peer{Node: name, PublicKey: a.key})
 		}
 	}
+	slices.SortFunc(out, func(x, y meshpeers.Peer) int { return strings.Compare(x.Node, y.Node) })
 	return out
 }
 
@@ -111,17 +113,11 @@ func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) erro
 	return a.apply(ctx)
 }
 
-// record takes the cluster's record of the mesh, keeps it on the state disk when it changed, and applies it.
+// record takes the cluster's record of the mesh and applies it.
 func (a *meshAgent) record(ctx context.Context, recorded []meshpeers.Peer) error {
 	a.mu.Lock()
-	changed := !slices.Equal(a.recorded, recorded)
 	a.recorded = recorded
 	a.mu.Unlock()
-	if changed {
-		if err := a.keepRecord(recorded); err != nil {
-			a.log.Warn("keeping the WireGuard peers on the state disk failed", "error", err)
-		}
-	}
 	return a.apply(ctx)
 }
 
@@ -176,10 +172,18 @@ func (a *meshAgent) loadRecord() error {
 }
 
 // apply sets the peers from the record and the admitted nodes.
+// The peers in force, admitted nodes included, are kept on the state disk whenever they change.
 func (a *meshAgent) apply(ctx context.Context) error {
 	a.mu.Lock()
 	merged := mergePeers(a.recorded, a.admitted, time.Now())
+	changed := !slices.Equal(merged, a.kept)
+	a.kept = merged
 	a.mu.Unlock()
+	if changed {
+		if err := a.keepRecord(merged); err != nil {
+			a.log.Warn("keeping the WireGuard peers on the state disk failed", "error", err)
+		}
+	}
 	return a.setPeers(ctx, merged)
 }
 
