@@ -104,6 +104,17 @@ func runPod2Pod(ctx context.Context) ([]Result, error) {
 	defer bypass(false)
 	const size = 256 << 20
 	target := net.JoinHostPort(ipB, "8082")
+	// The workers become each other's peers once both have published their keys: wait for the path.
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		_, err := wgmeshtest.ThroughputFrom(pidA, target, 1<<20)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("pod bench-a does not reach pod bench-b through the tunnel: %w", err)
+		}
+		time.Sleep(time.Second)
+	}
 	var enc, plain []float64
 	for range 5 {
 		e, err := wgmeshtest.ThroughputFrom(pidA, target, size)
