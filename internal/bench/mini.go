@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -36,13 +34,9 @@ func runMiniBoot(ctx context.Context) ([]Result, error) {
 		return nil, errors.New("mini-boot needs root and no running mini cluster")
 	}
 	image := filepath.Join(NodeImageDir, "node-image.squashfs")
-	var manifest nodeimage.Manifest
-	raw, err := os.ReadFile(filepath.Join(NodeImageDir, "node-image.json"))
+	manifest, err := readNodeImageManifest()
 	if err != nil {
 		return nil, fmt.Errorf("mini-boot needs the node image: %w (run make node-image)", err)
-	}
-	if err := json.Unmarshal(raw, &manifest); err != nil {
-		return nil, err
 	}
 	rawPolicy, err := os.ReadFile(filepath.Join(NodeImageDir, "measurements.json"))
 	if err != nil {

@@ -174,14 +174,20 @@ func pidOf(arg string) (int, error) {
 	return 0, fmt.Errorf("no single process with %s", arg)
 }
 
-// etcdImageTag is the tag of the etcd image in the node image.
-func etcdImageTag() (string, error) {
+// readNodeImageManifest reads the built node image's manifest.
+func readNodeImageManifest() (nodeimage.Manifest, error) {
+	var m nodeimage.Manifest
 	raw, err := os.ReadFile(filepath.Join(NodeImageDir, "node-image.json"))
 	if err != nil {
-		return "", err
+		return m, err
 	}
-	var m nodeimage.Manifest
-	if err := json.Unmarshal(raw, &m); err != nil {
+	return m, json.Unmarshal(raw, &m)
+}
+
+// etcdImageTag is the tag of the etcd image in the node image.
+func etcdImageTag() (string, error) {
+	m, err := readNodeImageManifest()
+	if err != nil {
 		return "", err
 	}
 	if m.Versions.Etcd == "" {

@@ -5,10 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -267,8 +265,7 @@ func kubeletCredentials(resp *initpb.JoinResponse, key *ecdsa.PrivateKey) (kubea
 	if err != nil {
 		return kubeadm.KubeletCredentials{}, fmt.Errorf("cluster CA certificate: %w", err)
 	}
-	sum := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
-	if "sha256:"+hex.EncodeToString(sum[:]) != resp.GetCaCertHash() {
+	if joinservice.CAHash(ca) != resp.GetCaCertHash() {
 		return kubeadm.KubeletCredentials{}, errors.New("the cluster CA certificate does not match the CA hash")
 	}
 	cert, err := x509.ParseCertificate(resp.GetKubeletCertificate())

@@ -167,7 +167,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		s.log.Error("join refused: no valid join configuration", "caller", caller, "error", err)
 		return nil, status.Error(codes.Unavailable, "the join service has no valid configuration")
 	}
-	hash, err := CACertHash(filepath.Join(s.pkiDir, "ca.crt"))
+	ca, err := loadClusterCA(s.pkiDir)
 	if err != nil {
 		s.log.Error("join failed: reading the cluster CA", "error", err)
 		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
@@ -178,11 +178,6 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 			s.log.Error("join failed: getting the disk key", "caller", caller, "disk", uuid, "error", err)
 			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
 		}
-	}
-	ca, err := loadClusterCA(s.pkiDir)
-	if err != nil {
-		s.log.Error("join failed: reading the cluster CA", "error", err)
-		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
 	}
 	kubeletCert, err := ca.signKubelet(csr, time.Now())
 	if err != nil {
@@ -220,7 +215,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: hash, ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.
@@ -251,6 +246,11 @@ func CACertHash(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("parsing the cluster CA certificate: %w", err)
 	}
+	return CAHash(cert), nil
+}
+
+// CAHash is kubeadm's discovery hash of a CA certificate: "sha256:" and the hex SHA-256 of its public key.
+func CAHash(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
