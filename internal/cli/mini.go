@@ -231,6 +231,10 @@ func newMiniDownCmd() *cobra.Command {
 				if err := mini.StopDaemon(state, time.Minute); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", err)
 				}
+				// A provider that stopped cleanly removed its nodes and its state; what is left is stale.
+				if state, _, err = mini.ReadState(dir); err != nil {
+					return failed(err)
+				}
 			}
 			// Whatever the provider did not remove (or when it had died): remove it now.
 			if err := mini.Cleanup(dir, state); err != nil {

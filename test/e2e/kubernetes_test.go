@@ -300,8 +300,13 @@ func webPods(t *testing.T, k func(...string) (string, error)) []webPod {
 	return pods
 }
 
-// logNodeConsoles logs the end of every node's bootstrapper log, without the routine lines, for a failed test.
+// logNodeConsoles logs the end of the provider's log and of every node's bootstrapper log, without the
+// routine lines, for a failed test.
 func logNodeConsoles(t *testing.T, ws string) {
+	if raw, err := os.ReadFile(filepath.Join(ws, "constellation-mini", "provider.log")); err == nil {
+		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+		t.Logf("provider (last %d lines):\n%s", min(25, len(lines)), strings.Join(lines[max(0, len(lines)-25):], "\n"))
+	}
 	logs, _ := filepath.Glob(filepath.Join(ws, "constellation-mini", "nodes", "*", "sandbox", "console.log"))
 	for _, path := range logs {
 		raw, err := os.ReadFile(path)

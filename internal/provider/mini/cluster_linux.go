@@ -335,6 +335,9 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 	for _, other := range p.nodes {
 		if other != nd && other.sb != nil {
 			if err := run("nsenter", "-t", strconv.Itoa(other.sb.PID), "-n", "ip", "route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
+				if died := other.died(); died != nil {
+					return "", died
+				}
 				return "", fmt.Errorf("routing for %s: %w", other.name, err)
 			}
 		}
@@ -485,10 +488,30 @@ func (p *Provider) route(nd *node) error {
 	}
 	for _, r := range routes {
 		if err := run("nsenter", append([]string{"-t", strconv.Itoa(nd.sb.PID), "-n", "ip", "route", "add"}, r...)...); err != nil {
+			if died := nd.died(); died != nil {
+				return died
+			}
 			return fmt.Errorf("routing for %s: %w", nd.name, err)
 		}
 	}
 	return nil
+}
+
+// died returns, if the node's first process has ended, an error that says how and shows the end of the
+// node's console.
+func (nd *node) died() error {
+	ended := nd.sb.Exited()
+	if ended == nil {
+		return nil
+	}
+	console := filepath.Join(nd.sb.StateDir, "console.log")
+	raw, _ := os.ReadFile(console)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	tail := strings.Join(lines[max(0, len(lines)-10):], "\n")
+	if tail == "" {
+		tail = "(nothing)"
+	}
+	return fmt.Errorf("node %s stopped while booting (%v); its console %s ends with:\n%s", nd.name, ended, console, tail)
 }
 
 func (nd *node) state() NodeState {

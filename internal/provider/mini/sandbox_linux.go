@@ -65,6 +65,12 @@ type Sandbox struct {
 	HostLink string // the host end of the node's veth
 	Cgroup   string // cgroup path relative to each hierarchy, e.g. constellation/node-0
 	StateDir string
+
+	// exited is closed once the first process has ended and been reaped by the provider that started it; then
+	// exitErr says how it ended. Both are nil for a sandbox known only from a saved state (its provider died):
+	// its PID may since belong to another process.
+	exited  chan struct{}
+	exitErr error
 }
 
 // StartSandbox starts a node: fresh mount, network, UTS and IPC namespaces, its own cgroup subtree, a veth
@@ -121,10 +127,16 @@ func StartSandbox(n Network, spec bootSpec, ip netip.Addr, hostLink, cgroupParen
 		return nil, fmt.Errorf("starting node %s: %w", spec.Name, err)
 	}
 	readyR.Close()
-	sb := &Sandbox{Name: spec.Name, IP: ip, PID: cmd.Process.Pid, HostLink: hostLink, Cgroup: cgroupParent + "/" + spec.Name, StateDir: spec.StateDir}
+	sb := &Sandbox{Name: spec.Name, IP: ip, PID: cmd.Process.Pid, HostLink: hostLink, Cgroup: cgroupParent + "/" + spec.Name, StateDir: spec.StateDir, exited: make(chan struct{})}
 	// The node is not our child in spirit: it keeps running after the CLI exits. Reap it if it dies while we
-	// are still here, so it does not linger as a zombie.
-	go cmd.Wait()
+	// are still here, so it does not linger as a zombie, and keep how it ended for the errors that follow.
+	go func() {
+		sb.exitErr = cmd.Wait()
+		if sb.exitErr == nil {
+			sb.exitErr = errors.New("exit status 0")
+		}
+		close(sb.exited)
+	}()
 	fail := func(err error) (*Sandbox, error) {
 		sb.Stop()
 		return nil, fmt.Errorf("starting node %s: %w", spec.Name, err)
@@ -213,10 +225,23 @@ func (sb *Sandbox) Stop() error {
 	if err := killCgroup(filepath.Join(cgroupRoot, "pids", sb.Cgroup)); err != nil {
 		errs = append(errs, err)
 	}
-	if err := syscall.Kill(sb.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		errs = append(errs, err)
+	// The first process is in the cgroup and dead by now, unless it never got there. Kill it by its PID only
+	// while that PID is certainly still its own: a reaped process's PID is soon another process's.
+	if sb.exited != nil {
+		select {
+		case <-sb.exited:
+		default:
+			if err := syscall.Kill(sb.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				errs = append(errs, err)
+			}
+			<-sb.exited
+		}
+	} else if inCgroup(sb.PID, sb.Cgroup) {
+		if err := syscall.Kill(sb.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+		}
+		waitGone(sb.PID)
 	}
-	waitGone(sb.PID)
 	// The container runtime also creates cgroups in the unified (v2) hierarchy.
 	for _, h := range append(slices.Clone(cgroupHierarchies), "unified") {
 		if err := removeCgroupTree(filepath.Join(cgroupRoot, h, sb.Cgroup)); err != nil {
@@ -233,8 +258,49 @@ func (sb *Sandbox) Stop() error {
 
 // Running reports whether the node's first process is alive.
 func (sb *Sandbox) Running() bool {
+	if sb.exited != nil {
+		select {
+		case <-sb.exited:
+			return false
+		default:
+			return true
+		}
+	}
 	raw, err := os.ReadFile("/proc/" + strconv.Itoa(sb.PID) + "/stat")
-	return err == nil && !bytes.Contains(raw, []byte(") Z "))
+	return err == nil && !bytes.Contains(raw, []byte(") Z ")) && inCgroup(sb.PID, sb.Cgroup)
+}
+
+// Exited returns how the node's first process ended, or nil while it runs (or when this provider did not
+// start it).
+func (sb *Sandbox) Exited() error {
+	if sb.exited == nil {
+		return nil
+	}
+	select {
+	case <-sb.exited:
+		return sb.exitErr
+	default:
+		return nil
+	}
+}
+
+// inCgroup reports whether process pid is in cgroup rel (or below it) of the pids hierarchy: whether a PID
+// recorded for a node still belongs to one of the node's processes.
+func inCgroup(pid int, rel string) bool {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		// hierarchy-ID:controllers:path
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || !slices.Contains(strings.Split(f[1], ","), "pids") {
+			continue
+		}
+		path := strings.TrimPrefix(f[2], "/")
+		return path == rel || strings.HasPrefix(path, rel+"/")
+	}
+	return false
 }
 
 // killCgroup kills every process in a cgroup subtree until none is left, and waits until they have been

@@ -120,6 +120,20 @@ func TestSandboxes(t *testing.T) {
 	if out1 := waitConsole(t, sb1, "READY"); !strings.Contains(out1, "PING-OK") {
 		t.Errorf("node-1 cannot reach node-0 over the bridge:\n%s", out1)
 	}
+	// A node whose first process ends says how it ended; stopping it then kills nothing by its old PID.
+	sb2 := start("node-2", "10.219.0.12", `echo BYE; exit 3`)
+	for sb2.Running() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := sb2.Exited(); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("Exited() of a node that exited with status 3 = %v", err)
+	}
+	if err := sb2.Stop(); err != nil {
+		t.Errorf("Stop of an ended node: %v", err)
+	}
+	if !inCgroup(sb0.PID, sb0.Cgroup) || inCgroup(sb0.PID, sb1.Cgroup) || inCgroup(os.Getpid(), sb0.Cgroup) {
+		t.Errorf("inCgroup does not tell which node's cgroup a process is in")
+	}
 	if got := readMounts(t); got != mountsBefore {
 		t.Errorf("starting nodes changed the host's mounts")
 	}
