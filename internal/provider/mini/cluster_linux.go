@@ -474,6 +474,13 @@ func (p *Provider) startNode(ctx context.Context, nd *node) error {
 		return fmt.Errorf("%s: %w", nd.name, err)
 	}
 	nd.sb = sb
+	// A node whose first process ends by itself has crashed: the operator reads here how it ended.
+	go func() {
+		<-sb.exited
+		if !sb.stopping.Load() {
+			p.Log.Error("node stopped by itself", "node", nd.name, "pid", sb.PID, "how", sb.exitErr.Error(), "console", filepath.Join(sb.StateDir, "console.log"))
+		}
+	}()
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -69,8 +70,9 @@ type Sandbox struct {
 	// exited is closed once the first process has ended and been reaped by the provider that started it; then
 	// exitErr says how it ended. Both are nil for a sandbox known only from a saved state (its provider died):
 	// its PID may since belong to another process.
-	exited  chan struct{}
-	exitErr error
+	exited   chan struct{}
+	exitErr  error
+	stopping atomic.Bool // set by Stop: the end of the first process is expected
 }
 
 // StartSandbox starts a node: fresh mount, network, UTS and IPC namespaces, its own cgroup subtree, a veth
@@ -221,6 +223,7 @@ func (sb *Sandbox) wireNetwork(n Network) error {
 // Stop kills every process of the node (its whole cgroup subtree), removes its cgroups and its veth. The
 // node's namespaces, mounts and loop device go away with its last process.
 func (sb *Sandbox) Stop() error {
+	sb.stopping.Store(true)
 	var errs []error
 	if err := killCgroup(filepath.Join(cgroupRoot, "pids", sb.Cgroup)); err != nil {
 		errs = append(errs, err)
