@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
 // Genuine recorded data (see testdata/README.md).
@@ -270,4 +272,11 @@ func FuzzParseHCLReport(f *testing.F) {
 			t.Fatalf("error %v does not wrap ErrRuntimeData", err)
 		}
 	})
+}
+
+// The size bound of the evidence document agrees with the parser.
+func TestDocumentBound(t *testing.T) {
+	if attestation.MaxHCLReportSize != MaxHCLReportSize {
+		t.Fatalf("attestation.MaxHCLReportSize %d, MaxHCLReportSize %d", attestation.MaxHCLReportSize, MaxHCLReportSize)
+	}
 }
