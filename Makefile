@@ -26,6 +26,7 @@ FUZZ_TARGETS := \
 	./internal/diskmapper:FuzzParseSuperblock \
 	./internal/diskmapper/luks:FuzzParseHeader \
 	./internal/attestation/tdx:FuzzParseQuote \
+	./internal/attestation/azure:FuzzParseHCLReport \
 	./internal/attestation/tdx:FuzzParseTCBInfo \
 	./internal/attestation/tdx:FuzzParseQEIdentity \
 	./internal/attestation/tdx:FuzzParsePCKExtension \

@@ -40,6 +40,9 @@ const (
 	MaxTDXQuoteSize = 64 << 10
 	// MaxAKPublicSize bounds the encoded attestation key in TPMEvidence.AKPublic.
 	MaxAKPublicSize = 2048
+	// MaxHCLReportSize bounds the HCL report of an Azure paravisor (SNPEvidence.HCLReport), as read from
+	// the vTPM NV index.
+	MaxHCLReportSize = 16 << 10
 )
 
 // TPMEvidence is the TPM part of an evidence document.
@@ -79,6 +82,10 @@ type SNPEvidence struct {
 	// CertChain holds the certificates as PEM or concatenated DER (VCEK or VLEK, optionally ASK/ASVK and
 	// ARK), for platforms that provide them outside the extended report.
 	CertChain []byte `json:"certChain,omitempty"`
+	// HCLReport is the HCL report of an Azure confidential VM's paravisor (azure-sev-snp only), as read from
+	// vTPM NV index 0x01400001: the report above, wrapped with the runtime data whose hash is its
+	// REPORT_DATA and which names the vTPM attestation key.
+	HCLReport []byte `json:"hclReport,omitempty"`
 }
 
 // TDXEvidence is the Intel TDX part of an evidence document.
@@ -144,6 +151,9 @@ func (d *Document) checkParts(v Variant) error {
 	if d.TDX != nil && v.Hardware != TDX {
 		return fmt.Errorf("%s evidence has no TDX part, but the document carries one", v)
 	}
+	if d.SNP != nil && len(d.SNP.HCLReport) > 0 && v.Name != AzureSEVSNP.Name {
+		return fmt.Errorf("%s evidence has no HCL report (only %s does), but the document carries one", v, AzureSEVSNP)
+	}
 	return nil
 }
 
@@ -162,6 +172,9 @@ func (d *Document) checkSizes() error {
 		}
 		if len(s.CertChain) > MaxSNPCertSize {
 			return fmt.Errorf("SEV-SNP certificate chain of %d bytes exceeds the limit of %d", len(s.CertChain), MaxSNPCertSize)
+		}
+		if len(s.HCLReport) > MaxHCLReportSize {
+			return fmt.Errorf("HCL report of %d bytes exceeds the limit of %d", len(s.HCLReport), MaxHCLReportSize)
 		}
 	}
 	if q := d.TDX; q != nil {

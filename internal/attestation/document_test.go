@@ -126,6 +126,8 @@ func TestParseHardwareDocumentsRejects(t *testing.T) {
 		"TDX part of SNP+vTPM":   mut(docs["gcp-sev-snp"], func(d *Document) { d.TDX = &TDXEvidence{Quote: []byte{1}} }),
 		"variant changed to TDX": bytes.Replace(snp, []byte(`"qemu-sev-snp"`), []byte(`"qemu-tdx"`), 1),
 		"huge attestation key":   mut(docs["gcp-sev-snp"], func(d *Document) { d.TPM.AKPublic = make([]byte, MaxAKPublicSize+1) }),
+		"HCL report of gcp":      mut(docs["gcp-sev-snp"], func(d *Document) { d.SNP.HCLReport = []byte("HCLA") }),
+		"huge HCL report":        mut(bytes.Replace(docs["gcp-sev-snp"], []byte(`"gcp-sev-snp"`), []byte(`"azure-sev-snp"`), 1), func(d *Document) { d.SNP.HCLReport = make([]byte, MaxHCLReportSize+1) }),
 		"unknown SNP field":      bytes.Replace(snp, []byte(`"report":`), []byte(`"vcek":"","report":`), 1),
 		"unknown TDX field":      bytes.Replace(tdx, []byte(`"quote":`), []byte(`"collateral":"","quote":`), 1),
 		"SNP not an object":      bytes.Replace(snp, []byte(`"snp":{`), []byte(`"snp":[{`), 1),

@@ -61,8 +61,16 @@
 //     data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
 //     key the evidence names, then verifies the quote with that key (signature, binding, PCRs 0-23, event
 //     log) and checks the PCR values against a measurement policy.
-//   - azure-sev-snp: the constructors return an error wrapping attestation.ErrNotSupported, since Azure's
-//     report comes from the paravisor through a vTPM NV index.
+//   - azure-sev-snp (report from Azure's paravisor plus vTPM quote): the guest cannot request reports; the
+//     paravisor stored one at boot in vTPM NV index 0x01400001 as an HCL report (package azure), with
+//     REPORT_DATA = hash of its runtime data, which names the vTPM attestation key ("HCLAkPub").
+//     [AzureIssuer] reads that HCL report, obtains the VCEK chain from the instance metadata service and a
+//     quote whose qualifying data is attestation.BindingDigest of nonce and user data. [AzureValidator]
+//     runs [VerifyHCLReport] (parse the HCL report strictly; verify the SEV-SNP report to the embedded AMD
+//     root; check the policy, Azure's ID key digests in Policy.IDKeyDigests included, with REPORT_DATA =
+//     hash of the runtime data; only then take the attestation key from the runtime data) and then verifies
+//     the quote with that key as for the other vTPM variants. The evidence carries no attestation key of its
+//     own.
 //
 // A validator's policy must pass [Policy.ValidateForCluster]: no ReportData (the validator computes it for
 // each request) and no AllowDebug.

@@ -31,7 +31,7 @@ func checkVTPMVariant(variant attestation.Variant) error {
 	case attestation.AWSSEVSNP.Name, attestation.GCPSEVSNP.Name:
 		return nil
 	case attestation.AzureSEVSNP.Name:
-		return fmt.Errorf("%s is %w: on Azure the paravisor (HCL) requests the SEV-SNP report at boot and stores it in vTPM NV index 0x01400001, with REPORT_DATA = SHA-256 of its runtime-data JSON that holds the attestation key; reading that HCL report and checking its runtime data is not implemented", variant, attestation.ErrNotSupported)
+		return fmt.Errorf("%s evidence is issued and validated by NewAzureIssuer and NewAzureValidator: on Azure the paravisor (HCL) requests the SEV-SNP report at boot and stores it in vTPM NV index 0x01400001, with REPORT_DATA = hash of its runtime data that names the attestation key", variant)
 	}
 	return fmt.Errorf("variant %q is not an SEV-SNP variant with a vTPM (use %s or %s)", variant.Name, attestation.AWSSEVSNP, attestation.GCPSEVSNP)
 }
@@ -113,8 +113,8 @@ type VTPMValidator struct {
 
 // NewVTPMValidator returns a validator of variant (aws-sev-snp or gcp-sev-snp) that verifies reports with
 // verifier, accepts them under policy (which must pass [Policy.ValidateForCluster]) and accepts the vTPM's PCR
-// values under pcrs (which must not be empty). For azure-sev-snp it returns an error wrapping
-// attestation.ErrNotSupported that says what is missing.
+// values under pcrs (which must not be empty). For azure-sev-snp it returns an error that points to
+// [NewAzureValidator].
 func NewVTPMValidator(variant attestation.Variant, verifier *Verifier, policy *Policy, pcrs measurements.M, log *slog.Logger) (*VTPMValidator, error) {
 	if err := checkVTPMVariant(variant); err != nil {
 		return nil, err
