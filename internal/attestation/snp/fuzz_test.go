@@ -119,6 +119,13 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"minimumTCB":{"turin":{"fmc":1,"snp":1,"microcode":1}}}`))
+	withFirmware := testPolicy(reportOptions{measurement: [48]byte{1}})
+	withFirmware.HostData = make([]byte, HostDataSize)
+	withFirmware.MinimumFirmware = map[Product]FirmwareVersion{Milan: {1, 55, 21}}
+	if seed, err = json.Marshal(withFirmware); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := ParsePolicy(data)
 		if err != nil {
