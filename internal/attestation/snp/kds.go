@@ -26,7 +26,7 @@ var ErrVCEKNotServed = errors.New("the key distribution service has no such VCEK
 // hardware ID in lower-case hexadecimal and the TCB components as two-digit decimal numbers; for Turin the
 // hardware ID is the first 8 bytes of CHIP_ID and fmcSPL comes first.
 func VCEKURL(base string, k VCEKKey) (string, error) {
-	b, err := checkKDSURL(base)
+	b, err := parseKDSURL(base)
 	if err != nil {
 		return "", err
 	}
@@ -40,8 +40,15 @@ func VCEKURL(base string, k VCEKKey) (string, error) {
 	return fmt.Sprintf("%s/vcek/v1/%s/%x?%s", b, k.Product, k.HWID, strings.Join(q, "&")), nil
 }
 
-// checkKDSURL checks a base URL of a key distribution service and returns it without a trailing slash.
-func checkKDSURL(base string) (string, error) {
+// CheckKDSURL checks a base URL of a key distribution service: http or https, a host, an optional path, and
+// no user, query or fragment.
+func CheckKDSURL(base string) error {
+	_, err := parseKDSURL(base)
+	return err
+}
+
+// parseKDSURL checks a base URL of a key distribution service and returns it without a trailing slash.
+func parseKDSURL(base string) (string, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return "", fmt.Errorf("key distribution service URL: %w", err)
@@ -68,52 +75,48 @@ type FetchOptions struct {
 // be one VCEK certificate of the requested product that chains to the embedded ASK and ARK, matches the
 // report's chip ID and TCB, and verifies the report's signature. The entry is written atomically. An
 // entry that exists already is replaced only by a certificate that verified.
-func (c *VCEKCache) Fetch(ctx context.Context, v *Verifier, r *Report, opts FetchOptions) (*x509.Certificate, error) {
+func (c *VCEKCache) Fetch(ctx context.Context, v *Verifier, r *Report, opts FetchOptions) (VCEKKey, *x509.Certificate, error) {
 	if c == nil || v == nil || r == nil {
-		return nil, errors.New("VCEK fetch: a cache, a verifier and a report are required")
+		return VCEKKey{}, nil, errors.New("VCEK fetch: a cache, a verifier and a report are required")
 	}
 	base := opts.KDSURL
 	if base == "" {
 		base = DefaultKDSURL
 	}
+	if err := CheckKDSURL(base); err != nil {
+		return VCEKKey{}, nil, err
+	}
 	client := opts.Client
 	if client == nil {
 		client = &http.Client{Timeout: defaultFetchTimeout}
 	}
-	products := []Product{opts.Product}
-	if opts.Product == ProductUnknown {
-		var err error
-		if products, err = vcekProducts(r); err != nil {
-			return nil, err
-		}
+	keys, err := VCEKKeys(r, opts.Product)
+	if err != nil {
+		return VCEKKey{}, nil, err
 	}
 	var notServed []string
-	for _, p := range products {
-		k, err := VCEKKeyFor(r, p)
-		if err != nil {
-			return nil, err
-		}
+	for _, k := range keys {
 		cert, err := fetchVCEK(ctx, client, base, k)
 		if errors.Is(err, ErrVCEKNotServed) {
 			notServed = append(notServed, err.Error())
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return k, nil, err
 		}
 		verified, err := v.Verify(r, &Certificates{VCEK: cert})
 		if err != nil {
-			return nil, fmt.Errorf("refused the VCEK the key distribution service sent for %v, nothing written: %w", k, err)
+			return k, nil, fmt.Errorf("refused the VCEK the key distribution service sent for %v, nothing written: %w", k, err)
 		}
-		if verified.Product != p {
-			return nil, fmt.Errorf("%w: refused the VCEK the key distribution service sent for %v: it is for %v, nothing written", ErrChain, k, verified.Product)
+		if verified.Product != k.Product {
+			return k, nil, fmt.Errorf("%w: refused the VCEK the key distribution service sent for %v: it is for %v, nothing written", ErrChain, k, verified.Product)
 		}
 		if err := atomicfile.Write(c.Path(k), cert.Raw, 0o644); err != nil {
-			return nil, fmt.Errorf("VCEK cache: %w", err)
+			return k, nil, fmt.Errorf("VCEK cache: %w", err)
 		}
-		return cert, nil
+		return k, cert, nil
 	}
-	return nil, fmt.Errorf("%w: %s", ErrVCEKNotServed, strings.Join(notServed, "; "))
+	return VCEKKey{}, nil, fmt.Errorf("%w: %s", ErrVCEKNotServed, strings.Join(notServed, "; "))
 }
 
 const defaultFetchTimeout = 30 * time.Second

@@ -68,17 +68,33 @@ func VCEKKeyFor(r *Report, p Product) (VCEKKey, error) {
 	return VCEKKey{Product: p, HWID: bytes.Clone(hwid), TCB: tcb}, nil
 }
 
-// vcekProducts lists the products a report may come from: the product of its CPUID (version 3 and later),
-// or every product whose reports may have version 2 (Milan and Genoa).
-func vcekProducts(r *Report) ([]Product, error) {
-	if r.Version >= 3 {
-		p, err := r.CPUProduct()
+// VCEKKeys names the VCEKs that may have signed r: the VCEK of product p, or, if p is ProductUnknown, of the
+// product of the report's CPUID (version 3 and later) or of Milan and of Genoa (version 2, which names no
+// product), in this order.
+func VCEKKeys(r *Report, p Product) ([]VCEKKey, error) {
+	if r == nil {
+		return nil, fmt.Errorf("%w: no report", ErrMalformedReport)
+	}
+	products := []Product{p}
+	if p == ProductUnknown {
+		products = []Product{Milan, Genoa}
+		if r.Version >= 3 {
+			cpu, err := r.CPUProduct()
+			if err != nil {
+				return nil, err
+			}
+			products = []Product{cpu}
+		}
+	}
+	keys := make([]VCEKKey, 0, len(products))
+	for _, prod := range products {
+		k, err := VCEKKeyFor(r, prod)
 		if err != nil {
 			return nil, err
 		}
-		return []Product{p}, nil
+		keys = append(keys, k)
 	}
-	return []Product{Milan, Genoa}, nil
+	return keys, nil
 }
 
 // splParam is one TCB parameter of the key distribution service.

@@ -254,7 +254,7 @@ func TestFetchVCEKGenuine(t *testing.T) {
 	}
 
 	// A version 2 report names no product: Milan is tried first, and the service has it.
-	cert, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client})
+	_, cert, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +312,7 @@ func TestFetchVCEKGenuine(t *testing.T) {
 	}
 
 	// Asking for Genoa: the service has no such VCEK, and nothing is written.
-	_, err = cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client, Product: Genoa})
+	_, _, err = cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client, Product: Genoa})
 	if !errors.Is(err, ErrVCEKNotServed) || len(cacheFiles(t, cache)) != 1 {
 		t.Errorf("Genoa: %v, cache %v", err, cacheFiles(t, cache))
 	}
@@ -366,7 +366,7 @@ func TestFetchVCEKRefused(t *testing.T) {
 			kds.respond = tc.respond
 			base, client := startKDS(t, kds)
 			cache := emptyCache(t)
-			_, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client, Product: Milan})
+			_, _, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client, Product: Milan})
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) || !strings.Contains(err.Error(), tc.text) {
 				t.Fatalf("got %v, want %v naming %q", err, tc.want, tc.text)
 			}
@@ -388,7 +388,7 @@ func TestFetchVCEKRefused(t *testing.T) {
 	if err := os.WriteFile(cache.Path(k), genuine, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client}); err == nil {
+	if _, _, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: base, Client: client}); err == nil {
 		t.Fatal("foreign VCEK accepted")
 	}
 	if stored, _ := os.ReadFile(cache.Path(k)); !bytes.Equal(stored, genuine) {
@@ -396,7 +396,7 @@ func TestFetchVCEKRefused(t *testing.T) {
 	}
 	// An unreachable service is an error, and nothing is written.
 	cache = emptyCache(t)
-	if _, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: "http://127.0.0.1:1", Client: loopbackClient()}); err == nil || len(cacheFiles(t, cache)) != 0 {
+	if _, _, err := cache.Fetch(context.Background(), genuineVerifier(t), r, FetchOptions{KDSURL: "http://127.0.0.1:1", Client: loopbackClient()}); err == nil || len(cacheFiles(t, cache)) != 0 {
 		t.Errorf("unreachable service: %v", err)
 	}
 }
@@ -429,7 +429,7 @@ func TestFetchVCEKTestPKI(t *testing.T) {
 			for name, wrong := range map[string]*x509.Certificate{"other chip": otherChip, "other TCB": otherTCBCert} {
 				kds.respond = func(w http.ResponseWriter, _ []byte) { _, _ = w.Write(wrong.Raw) }
 				cache := emptyCache(t)
-				if _, err := cache.Fetch(context.Background(), v, r, FetchOptions{KDSURL: base, Client: client}); !errors.Is(err, ErrSignature) && !errors.Is(err, ErrChain) {
+				if _, _, err := cache.Fetch(context.Background(), v, r, FetchOptions{KDSURL: base, Client: client}); !errors.Is(err, ErrSignature) && !errors.Is(err, ErrChain) {
 					t.Errorf("%s: %v", name, err)
 				}
 				if files := cacheFiles(t, cache); len(files) != 0 {
@@ -438,7 +438,7 @@ func TestFetchVCEKTestPKI(t *testing.T) {
 			}
 			kds.respond = nil
 			cache := emptyCache(t)
-			if _, err := cache.Fetch(context.Background(), v, r, FetchOptions{KDSURL: base, Client: client}); err != nil {
+			if _, _, err := cache.Fetch(context.Background(), v, r, FetchOptions{KDSURL: base, Client: client}); err != nil {
 				t.Fatal(err)
 			}
 			if want := "/vcek/v1/" + product.String() + "/" + hex.EncodeToString(k.HWID) + "?"; !strings.HasPrefix(kds.requests[len(kds.requests)-1], want) {

@@ -283,16 +283,12 @@ func (v *Verifier) Verify(r *Report, certs *Certificates) (*VerifiedReport, erro
 // verifyWithCachedVCEK verifies r with the cached VCEK of each product the report may come from (one for a
 // version 3 report, Milan and Genoa for a version 2 report), and the other certificates of certs.
 func (v *Verifier) verifyWithCachedVCEK(r *Report, certs *Certificates) (*VerifiedReport, error) {
-	products, err := vcekProducts(r)
+	keys, err := VCEKKeys(r, ProductUnknown)
 	if err != nil {
-		return nil, fmt.Errorf("%w: looking up the VCEK in the offline cache: %w", ErrChain, err)
+		return nil, fmt.Errorf("%w: the evidence has no VCEK certificate, and %w", ErrMissingCertificate, err)
 	}
 	var errs []error
-	for _, p := range products {
-		k, err := VCEKKeyFor(r, p)
-		if err != nil {
-			return nil, fmt.Errorf("%w: the evidence has no VCEK certificate, and %w", ErrMissingCertificate, err)
-		}
+	for _, k := range keys {
 		cert, err := v.vcekCache.Lookup(k)
 		if errors.Is(err, ErrVCEKNotCached) {
 			errs = append(errs, err)
