@@ -303,6 +303,9 @@ func (v *Verifier) verifyWithCachedVCEK(r *Report, certs *Certificates) (*Verifi
 		if err != nil {
 			return nil, fmt.Errorf("the VCEK from the offline cache (%s): %w", v.vcekCache.Path(k), err)
 		}
+		if out.Product != k.Product {
+			return nil, fmt.Errorf("%w: the VCEK from the offline cache (%s) is for %v, its entry for %v", ErrChain, v.vcekCache.Path(k), out.Product, k.Product)
+		}
 		out.VCEKFromCache = true
 		return out, nil
 	}
