@@ -34,6 +34,7 @@ FUZZ_TARGETS := \
 	./internal/attestation/snp:FuzzParseCertTable \
 	./internal/attestation/snp:FuzzParseCertificates \
 	./internal/attestation/snp:FuzzParseCRL \
+	./internal/attestation/snp:FuzzParseVCEK \
 	./internal/attestation/snp:FuzzValidator \
 	./internal/attestation/tdx:FuzzValidator \
 	./internal/wgmesh/wgmeshtest:FuzzParseFlow \

@@ -29,7 +29,7 @@ func newAttestationCmd() *cobra.Command {
 		Short: "Inspect and verify attestation evidence",
 	}
 	cmd.AddCommand(newAttestationShowCmd(), newAttestationVerifyCmd())
-	cmd.AddCommand(newAttestationVerifyReportCmd())
+	cmd.AddCommand(newAttestationVerifyReportCmd(), newAttestationFetchVCEKCmd())
 	return cmd
 }
 

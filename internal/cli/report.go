@@ -21,18 +21,20 @@ import (
 // TDX parts of `attestation show`.
 
 type verifyReportFlags struct {
-	snpReport, tdxQuote, policy, crlDir, collateral, certTable, at string
-	certs                                                          []string
+	snpReport, tdxQuote, policy, crlDir, vcekCache, collateral, certTable, at string
+	certs                                                                     []string
 }
 
 func newAttestationVerifyReportCmd() *cobra.Command {
 	var f verifyReportFlags
 	cmd := &cobra.Command{
-		Use:   "verify-report (--snp-report FILE [--certs FILE]... [--cert-table FILE] [--crl-dir DIR] | --tdx-quote FILE --collateral DIR) --policy FILE [--time TIME]",
+		Use:   "verify-report (--snp-report FILE [--certs FILE]... [--cert-table FILE] [--crl-dir DIR] [--vcek-cache DIR] | --tdx-quote FILE --collateral DIR) --policy FILE [--time TIME]",
 		Short: "Verify a raw SEV-SNP report or TDX quote against a policy, offline",
 		Long: "Verify a raw AMD SEV-SNP attestation report or Intel TDX quote offline, at --time (default now):\n" +
 			"parse it, verify its certificate chain to the AMD or Intel root embedded in this binary and its\n" +
-			"signature (with the CRLs or collateral given), then check it against the policy file (JSON: the\n" +
+			"signature (with the CRLs or collateral given; an SEV-SNP report without its VCEK certificate takes the\n" +
+			"VCEK from the offline cache --vcek-cache, which 'attestation fetch-vcek' fills, and verifies it like\n" +
+			"one given), then check it against the policy file (JSON: the\n" +
 			"fields of snp.Policy or tdx.Policy, including the expected reportData).\n" +
 			"Exit code 0: verified and accepted. 1: it does not verify or violates the policy (every reason is\n" +
 			"listed). 2: an input is unusable.",
@@ -44,6 +46,7 @@ func newAttestationVerifyReportCmd() *cobra.Command {
 	fl.StringArrayVar(&f.certs, "certs", nil, "SEV-SNP certificates, PEM or DER: VCEK or VLEK, optionally ASK/ASVK and ARK (repeatable)")
 	fl.StringVar(&f.certTable, "cert-table", "", "SEV-SNP certificate table of an extended report (configfs-tsm auxblob)")
 	fl.StringVar(&f.crlDir, "crl-dir", "", "directory of AMD CRLs, <product>[-<suffix>].crl, DER or PEM")
+	fl.StringVar(&f.vcekCache, "vcek-cache", "", "offline VCEK cache (see 'attestation fetch-vcek'), for a report whose VCEK is not given")
 	fl.StringVar(&f.tdxQuote, "tdx-quote", "", "raw TDX quote (v4 or v5, with its PCK certificate chain)")
 	fl.StringVar(&f.collateral, "collateral", "", "directory of Intel collateral (tcb_info_<fmspc>.json, qe_identity.json, tcb_signing_chain.pem, root_ca.crl, pck_*.crl)")
 	fl.StringVar(&f.policy, "policy", "", "policy file, JSON (required)")
@@ -66,12 +69,12 @@ func runVerifyReport(cmd *cobra.Command, f verifyReportFlags) error {
 		return badInput("give either --snp-report or --tdx-quote, not both")
 	case f.snpReport != "":
 		if f.collateral != "" {
-			return badInput("--collateral is for TDX quotes; an SEV-SNP report takes --certs, --cert-table and --crl-dir")
+			return badInput("--collateral is for TDX quotes; an SEV-SNP report takes --certs, --cert-table, --crl-dir and --vcek-cache")
 		}
 		return verifySNPReport(cmd.OutOrStdout(), f, now)
 	case f.tdxQuote != "":
-		if len(f.certs) > 0 || f.certTable != "" || f.crlDir != "" {
-			return badInput("--certs, --cert-table and --crl-dir are for SEV-SNP reports; a TDX quote carries its PCK chain and takes --collateral")
+		if len(f.certs) > 0 || f.certTable != "" || f.crlDir != "" || f.vcekCache != "" {
+			return badInput("--certs, --cert-table, --crl-dir and --vcek-cache are for SEV-SNP reports; a TDX quote carries its PCK chain and takes --collateral")
 		}
 		return verifyTDXQuote(cmd.OutOrStdout(), f, now)
 	}
@@ -134,10 +137,15 @@ func verifySNPReport(w io.Writer, f verifyReportFlags, now time.Time) error {
 			return badInput("%s: %w", f.certTable, err)
 		}
 	}
-	if *certs == (snp.Certificates{}) {
-		return badInput("no certificates: the report is signed by a %s; pass its certificate with --certs (PEM or DER, as served by AMD's key distribution service) or --cert-table", report.SigningKey)
+	if *certs == (snp.Certificates{}) && f.vcekCache == "" {
+		return badInput("no certificates: the report is signed by a %s; pass its certificate with --certs (PEM or DER, as served by AMD's key distribution service) or --cert-table, or the offline VCEK cache with --vcek-cache", report.SigningKey)
 	}
 	opts := snp.VerifierOptions{Now: func() time.Time { return now }}
+	if f.vcekCache != "" {
+		if opts.VCEKCache, err = snp.LoadVCEKCache(f.vcekCache); err != nil {
+			return badInput("--vcek-cache: %w", err)
+		}
+	}
 	if f.crlDir != "" {
 		if opts.CRLs, err = snp.LoadCRLDir(f.crlDir); err != nil {
 			return badInput("%s: %w", f.crlDir, err)
@@ -162,9 +170,16 @@ func verifySNPReport(w io.Writer, f verifyReportFlags, now time.Time) error {
 	r := verified.Report
 	fmt.Fprintf(w, "SEV-SNP report verified and accepted at %s\n", now.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "  Product:      %s, signed by the %s (%q), chain to the embedded AMD %s root\n", verified.Product, r.SigningKey, verified.EndorsementKey.Subject.CommonName, verified.Product)
+	if verified.VCEKFromCache {
+		fmt.Fprintf(w, "  VCEK:         from the offline cache %s\n", f.vcekCache)
+	}
 	fmt.Fprintf(w, "  Revocation:   %s\n", revocationText(verified))
 	fmt.Fprintf(w, "  Measurement:  %x\n", r.Measurement[:])
 	fmt.Fprintf(w, "  Reported TCB: %s\n", verified.ReportedTCB)
+	fmt.Fprintf(w, "  Firmware:     %s (committed %s)\n", r.CurrentFirmware(), r.CommittedFirmware())
+	if policy.HostData != nil {
+		fmt.Fprintf(w, "  HOST_DATA:    %x (as the policy requires)\n", r.HostData[:])
+	}
 	fmt.Fprintf(w, "  REPORT_DATA:  %x\n", r.ReportData[:])
 	var allowed []string
 	for _, a := range []struct {
@@ -347,7 +362,7 @@ func showSNPReport(w io.Writer, r *snp.Report) {
 			line(t.name, "%s (0x%016x)", d, uint64(t.raw))
 		}
 	}
-	line("Firmware", "current %d.%d build %d, committed %d.%d build %d", r.CurrentMajor, r.CurrentMinor, r.CurrentBuild, r.CommittedMajor, r.CommittedMinor, r.CommittedBuild)
+	line("Firmware", "current %s, committed %s (major.minor.build)", r.CurrentFirmware(), r.CommittedFirmware())
 }
 
 func showTDXQuote(w io.Writer, q *tdx.Quote) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
@@ -70,7 +71,29 @@ func (s *SNP) problems() []string {
 	if s.CRLDir == "" && !s.AllowMissingCRL {
 		p = append(p, "attestation.snp.crlDir: no CRL cache and allowMissingCRL is false, so every report would be refused; set crlDir to the offline cache of AMD CRLs")
 	}
+	for _, d := range []struct{ name, path string }{{"crlDir", s.CRLDir}, {"vcekCacheDir", s.VCEKCacheDir}} {
+		if problem := dirProblem(d.path); problem != "" {
+			p = append(p, "attestation.snp."+d.name+": "+problem)
+		}
+	}
+	if s.CRLDir != "" && s.VCEKCacheDir != "" && filepath.Clean(s.CRLDir) == filepath.Clean(s.VCEKCacheDir) {
+		p = append(p, "attestation.snp.vcekCacheDir: the same directory as crlDir; give the VCEK cache a directory of its own, so that neither cache's files are mistaken for the other's")
+	}
 	return p
+}
+
+// dirProblem says what is wrong with a configured cache directory path, or returns "" (an empty path is
+// unset, which the caller judges).
+func dirProblem(path string) string {
+	switch {
+	case path == "":
+		return ""
+	case strings.TrimSpace(path) != path:
+		return fmt.Sprintf("%q has leading or trailing white space; remove it", path)
+	case strings.ContainsRune(path, 0):
+		return "contains a NUL byte; give a directory path"
+	}
+	return ""
 }
 
 func (t *TDX) problems() []string {
@@ -113,6 +136,7 @@ func (a *Attestation) resolve(dir string) {
 	}
 	if a.SNP != nil {
 		abs(&a.SNP.CRLDir)
+		abs(&a.SNP.VCEKCacheDir)
 	}
 	if a.TDX != nil {
 		abs(&a.TDX.CollateralDir)

@@ -160,12 +160,21 @@ func TestHardwareSectionProblems(t *testing.T) {
 			[]string{"attestation.snp: no accepted launch measurement", "attestation.snp: no accepted product", "attestation.snp: vmpl 7", "attestation.snp.crlDir: no CRL cache"}},
 		"zero minimum TCB": {"qemu-sev-snp", strings.Replace(snpSection, "snp: 8, microcode: 115", "snp: 0, microcode: 115", 1),
 			[]string{"minimum TCB of Milan", "set real minimums"}},
-		"no CRL cache, allowed":     {"qemu-sev-snp", strings.Replace(snpSection, "    crlDir: amd-crls\n", "    allowMissingCRL: true\n", 1), nil},
-		"no SNP section":            {"qemu-sev-snp", "", []string{"attestation.snp: qemu-sev-snp needs an SEV-SNP policy"}},
-		"PCRs without a vTPM":       {"qemu-sev-snp", pcrs + snpSection, []string{"attestation.measurements: qemu-sev-snp has no vTPM", "attestation.snp.measurements"}},
-		"vTPM variant without PCRs": {"aws-sev-snp", snpSection, []string{"attestation.measurements: the measurement policy is empty"}},
-		"TDX section for SNP":       {"qemu-sev-snp", snpSection + tdxSection, []string{"attestation.tdx: set, but qemu-sev-snp evidence has no TDX quote"}},
-		"SNP section for TDX":       {"qemu-tdx", tdxSection + snpSection, []string{"attestation.snp: set, but qemu-tdx evidence has no SEV-SNP report"}},
+		"no CRL cache, allowed":  {"qemu-sev-snp", strings.Replace(snpSection, "    crlDir: amd-crls\n", "    allowMissingCRL: true\n", 1), nil},
+		"no SNP section":         {"qemu-sev-snp", "", []string{"attestation.snp: qemu-sev-snp needs an SEV-SNP policy"}},
+		"host data and firmware": {"qemu-sev-snp", snpSection + "    hostData: \"" + strings.Repeat("ab", 32) + "\"\n    minimumFirmware: {Milan: 1.55.21, Genoa: \"1.55.9\"}\n    vcekCacheDir: vceks\n", nil},
+		"short host data":        {"qemu-sev-snp", snpSection + "    hostData: \"abcd\"\n", []string{"attestation.snp: hostData has 2 bytes, want 32 (64 hex digits)"}},
+		"firmware for one of two products": {"qemu-sev-snp", snpSection + "    minimumFirmware: {Milan: 1.55.21}\n",
+			[]string{"attestation.snp: minimumFirmware has no entry for Genoa, which minimumTCB accepts"}},
+		"zero firmware": {"qemu-sev-snp", snpSection + "    minimumFirmware: {Milan: 1.55.21, Genoa: 0.0.0}\n", []string{"attestation.snp: minimumFirmware of Genoa is 0.0.0"}},
+		"firmware for a product not accepted": {"qemu-sev-snp", snpSection + "    minimumFirmware: {Milan: 1.55.21, Genoa: 1.55.21, Turin: 1.55.21}\n",
+			[]string{"attestation.snp: minimumFirmware has an entry for Turin, which minimumTCB does not accept"}},
+		"VCEK cache is the CRL cache": {"qemu-sev-snp", snpSection + "    vcekCacheDir: ./amd-crls/\n", []string{"attestation.snp.vcekCacheDir: the same directory as crlDir"}},
+		"VCEK cache with space":       {"qemu-sev-snp", snpSection + "    vcekCacheDir: \"vceks \"\n", []string{"attestation.snp.vcekCacheDir: \"vceks \" has leading or trailing white space"}},
+		"PCRs without a vTPM":         {"qemu-sev-snp", pcrs + snpSection, []string{"attestation.measurements: qemu-sev-snp has no vTPM", "attestation.snp.measurements"}},
+		"vTPM variant without PCRs":   {"aws-sev-snp", snpSection, []string{"attestation.measurements: the measurement policy is empty"}},
+		"TDX section for SNP":         {"qemu-sev-snp", snpSection + tdxSection, []string{"attestation.tdx: set, but qemu-sev-snp evidence has no TDX quote"}},
+		"SNP section for TDX":         {"qemu-tdx", tdxSection + snpSection, []string{"attestation.snp: set, but qemu-tdx evidence has no SEV-SNP report"}},
 		"empty TDX section": {"qemu-tdx", "  tdx: {rtmr1: \"00\", acceptedTCBStatuses: [Revoked, Great]}\n",
 			[]string{"attestation.tdx: no accepted MRTD", "attestation.tdx: rtmr1 has 1 bytes", "attestation.tdx: TCB status Revoked cannot be accepted", `attestation.tdx: "Great" is not a TCB status`, "attestation.tdx.collateralDir: not set"}},
 		"TDX debug attributes": {"qemu-tdx", tdxSection + "    tdAttributes: \"0100000000000000\"\n", []string{"debug"}},
@@ -202,6 +211,19 @@ func TestHardwareSectionProblems(t *testing.T) {
 	}
 }
 
+// TestSNPFirmwareParseErrors checks that a minimum firmware version that is not major.minor.build fails
+// parsing with a message that says what is wrong and what is expected.
+func TestSNPFirmwareParseErrors(t *testing.T) {
+	for name, value := range map[string]string{"two parts": "1.55", "too high": "1.55.256", "number": "15521", "leading zero": "1.055.1", "float": "1.55"} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(hardwareConfig("qemu-sev-snp", snpSection+"    minimumFirmware: {Milan: "+value+", Genoa: 1.55.1}\n")))
+			if err == nil || !strings.Contains(err.Error(), "firmware version") || !strings.Contains(err.Error(), "1.55.21") && !strings.Contains(err.Error(), "0 to 255") {
+				t.Fatalf("Parse = %v, want an error about the firmware version", err)
+			}
+		})
+	}
+}
+
 func TestHardwareCachePaths(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, FileName)
@@ -209,6 +231,11 @@ func TestHardwareCachePaths(t *testing.T) {
 	c.Attestation.resolve(dir)
 	if c.Attestation.SNP.CRLDir != filepath.Join(dir, "amd-crls") {
 		t.Errorf("crlDir = %s", c.Attestation.SNP.CRLDir)
+	}
+	c = parseUnchecked(t, hardwareConfig("qemu-sev-snp", snpSection+"    vcekCacheDir: cache/vcek\n"))
+	c.Attestation.resolve(dir)
+	if c.Attestation.SNP.VCEKCacheDir != filepath.Join(dir, "cache/vcek") {
+		t.Errorf("vcekCacheDir = %s", c.Attestation.SNP.VCEKCacheDir)
 	}
 	c = parseUnchecked(t, hardwareConfig("qemu-tdx", tdxSection))
 	c.Attestation.resolve(filepath.Dir(path))

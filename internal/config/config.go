@@ -64,13 +64,18 @@ type Attestation struct {
 
 // SNP is the SEV-SNP section of the attestation configuration: the policy every node's report must meet
 // (the fields of snp.Policy: measurements, minimumTCB per product, vmpl, allow* flags, ID and author key
-// digests; reportData is computed per request and allowDebug is refused) and where the verifier finds its
-// offline CRL cache. The AMD roots are embedded in the binary; nothing is fetched at verification time.
+// digests, hostData, minimumFirmware per product; reportData is computed per request and allowDebug is
+// refused) and where the verifier finds its offline CRL and VCEK caches. The AMD roots are embedded in the
+// binary; nothing is fetched at verification time.
 type SNP struct {
 	snp.Policy
 	// CRLDir is the offline cache of AMD certificate revocation lists (see snp.LoadCRLDir); relative paths
 	// are relative to the configuration file. Without it, the policy must set allowMissingCRL.
 	CRLDir string `json:"crlDir,omitempty"`
+	// VCEKCacheDir is the offline cache of VCEK certificates (see snp.LoadVCEKCache), for evidence that
+	// carries no VCEK; `constellation attestation fetch-vcek` fills it. A cached VCEK is verified like one
+	// in the evidence. Relative paths are relative to the configuration file. Optional.
+	VCEKCacheDir string `json:"vcekCacheDir,omitempty"`
 }
 
 // TDX is the TDX section of the attestation configuration: the policy every node's quote must meet (the

@@ -229,7 +229,7 @@ func (v *AzureValidator) Validate(_ context.Context, evidence, nonce []byte) ([]
 	if len(doc.TPM.AKCert) != 0 || len(doc.TPM.AKPublic) != 0 {
 		return nil, fmt.Errorf("%s evidence carries an attestation key or its certificate; this variant takes the key only from the HCL report's runtime data", attestation.AzureSEVSNP)
 	}
-	certs, err := evidenceCertificates(doc.SNP)
+	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {
 		return nil, err
 	}

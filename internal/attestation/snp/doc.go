@@ -15,6 +15,16 @@
 // with the evidence are candidates to check, never anchors. An ARK in the evidence must be the embedded
 // one; an ASK or ASVK in the evidence must be signed by the embedded ARK.
 //
+// The VCEK of a report may travel with the evidence or, when the evidence carries none (GCP attaches no
+// certificate table to its reports), come from an offline cache directory ([VCEKCache],
+// [VerifierOptions.VCEKCache]), keyed by product, chip ID (hardware ID) and reported TCB. A cached VCEK is a
+// candidate like any other: it must chain to the embedded ASK and ARK and describe the report; being in
+// the cache makes it trusted in no way, so a tampered entry fails verification. [VCEKCache.Fetch] fills the
+// cache ahead of time from AMD's key distribution service or a compatible one
+// ({base}/vcek/v1/{product}/{hwid}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=.., with fmcSPL and an 8-byte
+// hardware ID for Turin, see [VCEKURL]); it writes a fetched certificate, atomically, only after it
+// verified the report with it.
+//
 // Revocation is checked against certificate revocation lists that the caller supplies from an offline
 // cache ([LoadCRLDir], [VerifierOptions.CRLs]); nothing is fetched from the network. A revoked certificate
 // always fails verification. A missing or expired CRL fails the policy check unless the policy sets
@@ -33,7 +43,12 @@
 //     [VerifiedReport].
 //  3. Validate: [Policy.Check] decides whether a verified report is acceptable: REPORT_DATA, launch
 //     measurement, guest policy (debug, migration agent, SMT), VMPL, minimum TCB, ID-key and author-key
-//     digests, report version, product, signing key and CRL availability. An empty policy denies.
+//     digests, report version, product, signing key and CRL availability; if the policy sets them, HOST_DATA
+//     (compared in constant time) and the minimum SEV-SNP firmware version per product, which the current
+//     (CURRENT_MAJOR/MINOR/BUILD) and the committed (COMMITTED_*) firmware of the report must meet, compared
+//     numerically as major.minor.build; a report whose firmware leaves these fields zero fails a minimum.
+//     An empty policy denies. Every violation is listed, and those of REPORT_DATA, HOST_DATA and the firmware
+//     also match ErrReportData, ErrHostData and ErrFirmware.
 //
 // [Validate] runs all three steps.
 //

@@ -26,6 +26,11 @@ var (
 	// ErrReportData is returned (together with ErrPolicy) when REPORT_DATA differs from the expected value:
 	// the report is stale, replayed, or made for another request.
 	ErrReportData = errors.New("REPORT_DATA mismatch")
+	// ErrHostData is returned (together with ErrPolicy) when HOST_DATA differs from the policy's hostData.
+	ErrHostData = errors.New("HOST_DATA mismatch")
+	// ErrFirmware is returned (together with ErrPolicy) when the report's firmware version is below the
+	// policy's minimum or not stated.
+	ErrFirmware = errors.New("SEV-SNP firmware below minimum")
 	// ErrInvalidPolicy is returned for a policy that is incomplete or inconsistent. An empty policy is
 	// invalid: it denies everything.
 	ErrInvalidPolicy = errors.New("SNP policy invalid")

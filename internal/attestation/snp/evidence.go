@@ -121,7 +121,7 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if doc.TPM != nil {
 		return nil, fmt.Errorf("%s evidence carries a TPM part, which this variant does not use", attestation.QEMUSEVSNP)
 	}
-	certs, err := evidenceCertificates(doc.SNP)
+	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -151,9 +151,13 @@ func parseEvidence(evidence []byte, variant attestation.Variant) (*attestation.D
 }
 
 // evidenceCertificates parses the certificates of an SNP evidence part: its certificate table, its
-// certificate chain, or both (then no role may appear twice).
-func evidenceCertificates(ev *attestation.SNPEvidence) (*Certificates, error) {
+// certificate chain, or both (then no role may appear twice). Evidence without certificates is an error
+// unless vcekCache says that the verifier can look up the VCEK in its offline cache.
+func evidenceCertificates(ev *attestation.SNPEvidence, vcekCache bool) (*Certificates, error) {
 	if len(ev.CertTable) == 0 && len(ev.CertChain) == 0 {
+		if vcekCache {
+			return &Certificates{}, nil
+		}
 		return nil, fmt.Errorf("%w: the evidence carries no certificate table and no certificate chain, so the report's signing key is unknown", ErrMissingCertificate)
 	}
 	certs := &Certificates{}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
 	"testing"
@@ -119,6 +120,13 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"minimumTCB":{"turin":{"fmc":1,"snp":1,"microcode":1}}}`))
+	withFirmware := testPolicy(reportOptions{measurement: [48]byte{1}})
+	withFirmware.HostData = make([]byte, HostDataSize)
+	withFirmware.MinimumFirmware = map[Product]FirmwareVersion{Milan: {1, 55, 21}}
+	if seed, err = json.Marshal(withFirmware); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := ParsePolicy(data)
 		if err != nil {
@@ -157,4 +165,34 @@ func sameCert(a, b *x509.Certificate) bool {
 		return a == b
 	}
 	return a.Equal(b)
+}
+
+// FuzzParseVCEK checks that ParseVCEK, the parser of VCEK cache entries and of answers of a key
+// distribution service, never panics, accepts only a VCEK, and that the certificate it accepts encodes
+// to an entry it accepts again.
+func FuzzParseVCEK(f *testing.F) {
+	genuine := readTestdata(f, "vcek.testcer")
+	f.Add(genuine)
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: genuine}))
+	f.Add(genuine[:len(genuine)-1])
+	f.Add(append(append([]byte(nil), genuine...), 0))
+	f.Add(readTestdata(f, "milan.testcer"))
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"))
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x00})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseVCEK(data)
+		if err != nil {
+			if c != nil || !errors.Is(err, ErrMalformedCertificates) {
+				t.Fatalf("error %v with certificate %v", err, c)
+			}
+			return
+		}
+		if c.Subject.CommonName != "SEV-VCEK" || len(data) > MaxVCEKSize {
+			t.Fatalf("accepted %q (%d bytes)", c.Subject.CommonName, len(data))
+		}
+		again, err := ParseVCEK(c.Raw)
+		if err != nil || !again.Equal(c) {
+			t.Fatalf("the DER of an accepted VCEK is rejected: %v", err)
+		}
+	})
 }

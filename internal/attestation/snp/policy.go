@@ -49,6 +49,15 @@ type Policy struct {
 	// (the rollback floor of the firmware) must meet it component by component. The SNP firmware and
 	// microcode minimums must not be zero.
 	MinimumTCB map[Product]TCB `json:"minimumTCB"`
+	// MinimumFirmware, if not empty, maps each product of MinimumTCB to the lowest accepted SEV-SNP firmware
+	// version ("major.minor.build", compared numerically). Both the version the report says the platform
+	// runs (CURRENT_MAJOR/MINOR/BUILD) and the version it has committed (COMMITTED_*, the floor it can be
+	// rolled back to) must meet it. A report whose firmware leaves these fields zero fails it. If set, it
+	// needs an entry for every product of MinimumTCB, so that no accepted product goes unchecked.
+	MinimumFirmware map[Product]FirmwareVersion `json:"minimumFirmware,omitempty"`
+	// HostData, if set, is the required HOST_DATA (32 bytes): data the host supplied when it launched the
+	// guest, which the guest cannot change. It is compared in constant time.
+	HostData HexBytes `json:"hostData,omitempty"`
 	// VMPL is the required VMPL of the report; 0 is the guest's most privileged level.
 	VMPL uint32 `json:"vmpl"`
 	// MinimumReportVersion is the lowest accepted report version; 0 means 2, the lowest this package
@@ -151,6 +160,8 @@ func (p *Policy) Clone() *Policy {
 	c.IDKeyDigests = cloneAll(p.IDKeyDigests)
 	c.AuthorKeyDigests = cloneAll(p.AuthorKeyDigests)
 	c.MinimumTCB = maps.Clone(p.MinimumTCB)
+	c.MinimumFirmware = maps.Clone(p.MinimumFirmware)
+	c.HostData = slices.Clone(p.HostData)
 	return &c
 }
 
@@ -213,6 +224,27 @@ func (p *Policy) problems() []string {
 			problems = append(problems, fmt.Sprintf("minimum TCB of %v sets fmc, which only Turin has", prod))
 		}
 	}
+	for _, prod := range sortedProducts(p.MinimumFirmware) {
+		v := p.MinimumFirmware[prod]
+		switch _, accepted := p.MinimumTCB[prod]; {
+		case !prod.valid():
+			problems = append(problems, fmt.Sprintf("minimumFirmware for unknown product %d", int(prod)))
+		case !accepted:
+			problems = append(problems, fmt.Sprintf("minimumFirmware has an entry for %v, which minimumTCB does not accept; remove the entry or accept the product in minimumTCB", prod))
+		case v.IsZero():
+			problems = append(problems, fmt.Sprintf("minimumFirmware of %v is 0.0.0, which accepts every firmware; set the lowest accepted version (major.minor.build, for instance 1.55.21)", prod))
+		}
+	}
+	if len(p.MinimumFirmware) > 0 {
+		for _, prod := range sortedProducts(p.MinimumTCB) {
+			if _, ok := p.MinimumFirmware[prod]; !ok && prod.valid() {
+				problems = append(problems, fmt.Sprintf("minimumFirmware has no entry for %v, which minimumTCB accepts; add one (major.minor.build) or remove minimumFirmware", prod))
+			}
+		}
+	}
+	if p.HostData != nil && len(p.HostData) != HostDataSize {
+		problems = append(problems, fmt.Sprintf("hostData has %d bytes, want %d (64 hex digits); remove it to accept any HOST_DATA", len(p.HostData), HostDataSize))
+	}
 	if p.VMPL > 3 {
 		problems = append(problems, fmt.Sprintf("vmpl %d, valid levels are 0 to 3", p.VMPL))
 	}
@@ -229,7 +261,7 @@ func (p *Policy) problems() []string {
 	return problems
 }
 
-func sortedProducts(m map[Product]TCB) []Product {
+func sortedProducts[V any](m map[Product]V) []Product {
 	out := make([]Product, 0, len(m))
 	for p := range m {
 		out = append(out, p)
@@ -300,6 +332,22 @@ func (p *Policy) Check(v *VerifiedReport) error {
 	}
 	if r.VMPL != p.VMPL {
 		e.add(nil, "VMPL %d, want %d", r.VMPL, p.VMPL)
+	}
+	if p.HostData != nil && subtle.ConstantTimeCompare(r.HostData[:], p.HostData) != 1 {
+		e.add(ErrHostData, "HOST_DATA %x does not match the policy's hostData %x (the host launched the guest with other host data)", r.HostData[:], []byte(p.HostData))
+	}
+	if minFW, ok := p.MinimumFirmware[v.Product]; ok {
+		for _, f := range []struct {
+			name, fields string
+			got          FirmwareVersion
+		}{{"current", "CURRENT", r.CurrentFirmware()}, {"committed", "COMMITTED", r.CommittedFirmware()}} {
+			switch {
+			case f.got.IsZero():
+				e.add(ErrFirmware, "the report states no %s firmware version (%s_MAJOR, _MINOR and _BUILD are zero, as firmware that predates these fields leaves them), and the policy requires at least %v", f.name, f.fields, minFW)
+			case f.got.Compare(minFW) < 0:
+				e.add(ErrFirmware, "%s firmware %v below minimum %v", f.name, f.got, minFW)
+			}
+		}
 	}
 	if productOK {
 		for _, t := range []struct {

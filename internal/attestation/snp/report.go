@@ -20,6 +20,8 @@ const (
 	MeasurementSize = 48
 	// KeyDigestSize is the size of ID_KEY_DIGEST and AUTHOR_KEY_DIGEST (SHA-384).
 	KeyDigestSize = 48
+	// HostDataSize is the size of HOST_DATA.
+	HostDataSize = 32
 	// ChipIDSize is the size of CHIP_ID.
 	ChipIDSize = 64
 
@@ -110,7 +112,7 @@ type Report struct {
 	SigningKey      SigningKey
 	ReportData      [ReportDataSize]byte
 	Measurement     [MeasurementSize]byte
-	HostData        [32]byte
+	HostData        [HostDataSize]byte
 	IDKeyDigest     [KeyDigestSize]byte
 	AuthorKeyDigest [KeyDigestSize]byte
 	ReportID        [32]byte

@@ -241,7 +241,13 @@ type reportOptions struct {
 	measurement [MeasurementSize]byte
 	idKey       [KeyDigestSize]byte
 	authorKey   *[KeyDigestSize]byte
+	hostData    [HostDataSize]byte
+	// current and committed firmware; nil means 1.55.10
+	currentFW, committedFW *FirmwareVersion
 }
+
+// defaultTestFirmware is the firmware version of test reports.
+var defaultTestFirmware = FirmwareVersion{Major: 1, Minor: 55, Build: 10}
 
 // cpuidOf returns a family and model of a product.
 func cpuidOf(p Product) (uint8, uint8) {
@@ -301,8 +307,16 @@ func buildReport(t testing.TB, o reportOptions) []byte {
 	}
 	copy(b[0x1a0:0x1e0], testChipID)
 	le.PutUint64(b[0x1e0:], uint64(committed))
-	b[0x1e8], b[0x1e9], b[0x1ea] = 10, 55, 1
-	b[0x1ec], b[0x1ed], b[0x1ee] = 10, 55, 1
+	cur, com := defaultTestFirmware, defaultTestFirmware
+	if o.currentFW != nil {
+		cur = *o.currentFW
+	}
+	if o.committedFW != nil {
+		com = *o.committedFW
+	}
+	b[0x1e8], b[0x1e9], b[0x1ea] = cur.Build, cur.Minor, cur.Major
+	b[0x1ec], b[0x1ed], b[0x1ee] = com.Build, com.Minor, com.Major
+	copy(b[0xc0:0xe0], o.hostData[:])
 	le.PutUint64(b[0x1f0:], uint64(raw))
 	return b
 }

@@ -24,14 +24,19 @@ type VerifierOptions struct {
 	CRLs map[Product][][]byte
 	// Now returns the time at which certificates and CRLs must be valid. Nil means time.Now.
 	Now func() time.Time
+	// VCEKCache, if not nil, is where the verifier looks up the VCEK of a VCEK-signed report whose evidence
+	// carries no VCEK certificate (see [LoadVCEKCache]). A cached VCEK is verified exactly like one from the
+	// evidence.
+	VCEKCache *VCEKCache
 }
 
 // Verifier verifies the certificate chain, revocation and signature of attestation reports. It is safe for
 // concurrent use.
 type Verifier struct {
-	roots *Roots
-	crls  map[Product][]issuedCRL
-	now   func() time.Time
+	roots     *Roots
+	crls      map[Product][]issuedCRL
+	now       func() time.Time
+	vcekCache *VCEKCache
 }
 
 // issuedCRL is a CRL whose signature verified with issuer.
@@ -43,7 +48,7 @@ type issuedCRL struct {
 // NewVerifier returns a verifier. It parses every CRL and verifies its signature now, so that a corrupt
 // or foreign CRL cache fails early.
 func NewVerifier(opts VerifierOptions) (*Verifier, error) {
-	v := &Verifier{roots: opts.Roots, now: opts.Now, crls: map[Product][]issuedCRL{}}
+	v := &Verifier{roots: opts.Roots, now: opts.Now, crls: map[Product][]issuedCRL{}, vcekCache: opts.VCEKCache}
 	if v.roots == nil {
 		v.roots = AMDRoots()
 	}
@@ -118,6 +123,8 @@ type VerifiedReport struct {
 	Product Product
 	// EndorsementKey is the VCEK or VLEK certificate that verified the signature.
 	EndorsementKey *x509.Certificate
+	// VCEKFromCache says that the VCEK came from the verifier's offline VCEK cache, not from the evidence.
+	VCEKFromCache bool
 	// Decoded TCB versions of the report.
 	CurrentTCB, ReportedTCB, CommittedTCB, LaunchTCB TCB
 	// Revocation says whether revocation was checked.
@@ -247,9 +254,10 @@ func parseHWID(v []byte, p Product) ([]byte, error) {
 	return nil, fmt.Errorf("%w: VCEK hwID extension of %d bytes is not a chip ID", ErrChain, len(v))
 }
 
-// Verify verifies a parsed report with the certificates that accompany it (certs may be nil if the
-// report's signing key certificate comes from elsewhere; then verification fails with
-// ErrMissingCertificate). In this order it:
+// Verify verifies a parsed report with the certificates that accompany it. If the report is signed by a
+// VCEK and certs hold none (certs may be nil), the VCEK comes from the verifier's VCEK cache
+// ([VerifierOptions.VCEKCache]); without a cache, or without an entry, verification fails with
+// ErrMissingCertificate. In this order it:
 //
 //  1. reads the product from the endorsement key certificate (VCEK or VLEK, as the report says);
 //  2. checks the chain ARK → ASK/ASVK → VCEK/VLEK against the embedded root of that product, with validity
@@ -266,6 +274,46 @@ func (v *Verifier) Verify(r *Report, certs *Certificates) (*VerifiedReport, erro
 	if certs == nil {
 		certs = &Certificates{}
 	}
+	if r.SigningKey != SignedByVCEK || certs.VCEK != nil || v.vcekCache == nil {
+		return v.verify(r, certs)
+	}
+	return v.verifyWithCachedVCEK(r, certs)
+}
+
+// verifyWithCachedVCEK verifies r with the cached VCEK of each product the report may come from (one for a
+// version 3 report, Milan and Genoa for a version 2 report), and the other certificates of certs.
+func (v *Verifier) verifyWithCachedVCEK(r *Report, certs *Certificates) (*VerifiedReport, error) {
+	keys, err := VCEKKeys(r, ProductUnknown)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the evidence has no VCEK certificate, and %w", ErrMissingCertificate, err)
+	}
+	var errs []error
+	for _, k := range keys {
+		cert, err := v.vcekCache.Lookup(k)
+		if errors.Is(err, ErrVCEKNotCached) {
+			errs = append(errs, err)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the evidence has no VCEK certificate, and the offline VCEK cache: %w", err)
+		}
+		c := *certs
+		c.VCEK = cert
+		out, err := v.verify(r, &c)
+		if err != nil {
+			return nil, fmt.Errorf("the VCEK from the offline cache (%s): %w", v.vcekCache.Path(k), err)
+		}
+		if out.Product != k.Product {
+			return nil, fmt.Errorf("%w: the VCEK from the offline cache (%s) is for %v, its entry for %v", ErrChain, v.vcekCache.Path(k), out.Product, k.Product)
+		}
+		out.VCEKFromCache = true
+		return out, nil
+	}
+	return nil, fmt.Errorf("the report is signed by a VCEK, but the evidence has no VCEK certificate and the offline VCEK cache %s has no entry for it (fill the cache with 'constellation attestation fetch-vcek'): %w", v.vcekCache.Dir(), errors.Join(errs...))
+}
+
+// verify is Verify with the certificates to use.
+func (v *Verifier) verify(r *Report, certs *Certificates) (*VerifiedReport, error) {
 	now := v.now()
 
 	var ek *x509.Certificate

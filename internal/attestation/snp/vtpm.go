@@ -162,7 +162,7 @@ func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("vTPM: %w", err)
 	}
-	certs, err := evidenceCertificates(doc.SNP)
+	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {
 		return nil, err
 	}
