@@ -2,7 +2,6 @@ package bootstrapper
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,27 +17,22 @@ const stateMount = "/run/constellation/state"
 
 // stateDisk is the node's state disk before and after it is unlocked.
 type stateDisk struct {
-	image string
-	uuid  string
-	log   *slog.Logger
+	disk *diskmapper.StateDisk
+	uuid string
+	log  *slog.Logger
 	// mountpoint is where the disk is mounted, targets where its state directories appear (stateDirs on a
 	// node; elsewhere in tests).
 	mountpoint string
 	targets    map[string]string
 }
 
-// prepareStateDisk reads the UUID of the state disk image, formatting a new disk first (its first boot).
-func prepareStateDisk(ctx context.Context, image string, log *slog.Logger) (*stateDisk, error) {
-	uuid, err := diskmapper.ReadUUID(image)
-	if errors.Is(err, diskmapper.ErrNoFilesystem) {
-		if uuid, err = diskmapper.Format(ctx, image); err != nil {
-			return nil, err
-		}
-		log.Info("new state disk formatted", "disk", uuid)
-	} else if err != nil {
-		return nil, fmt.Errorf("reading the state disk: %w", err)
+// prepareStateDisk finds the state disk, formatting a new disk first (its first boot).
+func prepareStateDisk(ctx context.Context, device string, log *slog.Logger) (*stateDisk, error) {
+	d, err := diskmapper.Prepare(ctx, device, log)
+	if err != nil {
+		return nil, err
 	}
-	return &stateDisk{image: image, uuid: uuid, log: log, mountpoint: stateMount, targets: stateDirs}, nil
+	return &stateDisk{disk: d, uuid: d.UUID, log: log, mountpoint: stateMount, targets: stateDirs}, nil
 }
 
 // stateDirs are the node's directories that live on the encrypted state disk: everything containerd, the
@@ -48,7 +42,7 @@ var stateDirs = map[string]string{"var": "/var", "kubernetes": "/etc/kubernetes"
 // unlock opens the state disk with its key and mounts its encrypted state directories at /var and
 // /etc/kubernetes, before anything (containerd, the kubelet, kubeadm, etcd) writes there.
 func (s *stateDisk) unlock(key []byte) error {
-	d, err := diskmapper.Open(s.image, s.mountpoint, key)
+	d, err := s.disk.Unlock(context.Background(), key, s.mountpoint)
 	if err != nil {
 		return fmt.Errorf("unlocking the state disk: %w", err)
 	}
@@ -64,13 +58,13 @@ func (s *stateDisk) unlock(key []byte) error {
 			return fmt.Errorf("mounting the state disk's %s at %s: %w", name, target, err)
 		}
 	}
-	s.log.Info("state disk unlocked; /var and /etc/kubernetes are on it", "disk", s.uuid)
+	s.log.Info("state disk unlocked; /var and /etc/kubernetes are on it", "disk", s.uuid, "encryption", s.disk.Backend)
 	return nil
 }
 
 // hasState reports whether the state disk holds the state of a node that was initialised or joined before.
 func (s *stateDisk) hasState() (bool, error) {
-	return diskmapper.HasState(s.image, s.mountpoint)
+	return s.disk.HasState(s.mountpoint)
 }
 
 // policyFile keeps the cluster's measurement policy on the first control-plane node's encrypted state disk,

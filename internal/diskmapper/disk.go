@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/constellation-dev/constellation/internal/diskmapper/luks"
 )
 
 // StateDirName is the encrypted directory on the state disk that holds the node's state.
@@ -99,7 +101,8 @@ type Disk struct {
 	// StateDir is the encrypted directory for the node's state.
 	StateDir   string
 	mountpoint string
-	key        KeyIdentifier
+	key        KeyIdentifier // fscrypt: the key added to the filesystem
+	mapping    *luks.Mapping // LUKS2: the disk's mapping
 }
 
 // Open mounts the state disk image at mountpoint (through a loop device, freed again on unmount) and unlocks
@@ -192,6 +195,12 @@ func HasState(image, mountpoint string) (bool, error) {
 
 // Close removes the key and unmounts the disk. Files still open keep their keys until closed.
 func (d *Disk) Close() error {
+	if d.mapping != nil {
+		if err := unix.Unmount(d.mountpoint, 0); err != nil {
+			return fmt.Errorf("unmounting the state disk: %w", err)
+		}
+		return d.mapping.Close()
+	}
 	err := removeKey(d.mountpoint, d.key)
 	if uerr := unix.Unmount(d.mountpoint, 0); uerr != nil {
 		return errors.Join(err, fmt.Errorf("unmounting the state disk: %w", uerr))

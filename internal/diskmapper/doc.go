@@ -11,4 +11,10 @@
 // loop device with native encryption (fscrypt, policy v2, AES-256-XTS for contents, AES-256-CTS for names): the
 // state directory is encrypted under the disk key; the filesystem's metadata (sizes, times, the UUID) is not.
 // A wrong key is detected by its key identifier before anything is written, and nothing is destroyed.
+//
+// Where the kernel has device-mapper and the binary has libcryptsetup (cgo), the state disk is a LUKS2 volume
+// with authenticated encryption instead (package luks). [Prepare] picks the path for a disk and formats a blank
+// one; [StateDisk.Unlock] opens it with the derived key (for a LUKS2 disk formatted at this boot, after
+// replacing its random first-boot key); [StateDisk.HasState] tells a node that was initialised or joined
+// before. The bootstrapper uses only these three.
 package diskmapper

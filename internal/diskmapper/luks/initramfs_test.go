@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -65,21 +66,27 @@ func (c *cpioWriter) fileFrom(name, src string) error {
 
 // sharedLibraries returns the shared libraries a dynamically linked program loads, the loader included, as
 // ldd lists them.
-func sharedLibraries(prog string) ([]string, error) {
-	out, err := exec.Command("ldd", prog).Output()
-	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w", prog, err)
-	}
+func sharedLibraries(progs ...string) ([]string, error) {
 	var libs []string
 	re := regexp.MustCompile(`(?:=>\s+)?(/\S+)\s+\(0x`)
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
-			libs = append(libs, m[1])
+	for _, prog := range progs {
+		out, err := exec.Command("ldd", prog).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", prog, err)
 		}
-	}
-	if len(libs) == 0 {
-		return nil, fmt.Errorf("ldd found no libraries for %s:\n%s", prog, out)
+		found := 0
+		sc := bufio.NewScanner(bytes.NewReader(out))
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				found++
+				if !slices.Contains(libs, m[1]) {
+					libs = append(libs, m[1])
+				}
+			}
+		}
+		if found == 0 {
+			return nil, fmt.Errorf("ldd found no libraries for %s:\n%s", prog, out)
+		}
 	}
 	return libs, nil
 }
@@ -171,9 +178,9 @@ func modulesInOrder(modDir string, wanted []string) ([]string, error) {
 
 // buildInitramfs writes an initramfs with prog as /init, the shared libraries it needs, and the modules (with
 // /modules/order, in load order).
-func buildInitramfs(t *testing.T, out, prog, modDir string, modules []string) {
+func buildInitramfs(t *testing.T, out, prog, modDir string, modules []string, tools ...string) {
 	t.Helper()
-	libs, err := sharedLibraries(prog)
+	libs, err := sharedLibraries(append([]string{prog}, tools...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +220,13 @@ func buildInitramfs(t *testing.T, out, prog, modDir string, modules []string) {
 	c.file("modules/order", []byte(strings.Join(names, "\n")+"\n"))
 	if err := c.fileFrom("init", prog); err != nil {
 		t.Fatal(err)
+	}
+	// Tools the guest runs (found through PATH=/sbin).
+	c.dir("sbin")
+	for _, tool := range tools {
+		if err := c.fileFrom("sbin/"+filepath.Base(tool), tool); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.close(); err != nil {
 		t.Fatal(err)

@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -352,6 +353,23 @@ func SetKey(path string, oldKey, newKey []byte) error {
 		if r := C.crypt_keyslot_destroy(d.cd, s); r < 0 {
 			return d.err(fmt.Sprintf("destroying the old keyslot %d", s), r)
 		}
+	}
+	return nil
+}
+
+// Supported reports whether LUKS2 state disks can be used here: this binary has libcryptsetup, and the kernel
+// has device-mapper (/dev/mapper/control). Without device-mapper nothing can be mapped; the error says so.
+func Supported() error {
+	// The device node may exist without the driver behind it; the kernel lists its drivers in /proc/misc.
+	misc, err := os.ReadFile("/proc/misc")
+	if err != nil {
+		return fmt.Errorf("reading the kernel's drivers: %w", err)
+	}
+	if !slices.Contains(strings.Fields(string(misc)), "device-mapper") {
+		return errors.New("the kernel has no device-mapper (not in /proc/misc)")
+	}
+	if _, err := os.Stat("/dev/mapper/control"); err != nil {
+		return fmt.Errorf("device-mapper has no control device: %w", err)
 	}
 	return nil
 }

@@ -21,3 +21,6 @@ func MarkReset(path string) error { return ErrNotSupported }
 
 // ResetIfMarked needs libcryptsetup: see the cgo build.
 func ResetIfMarked(path string) (bool, error) { return false, ErrNotSupported }
+
+// Supported reports why this binary cannot use LUKS2 state disks: it was built without libcryptsetup.
+func Supported() error { return ErrNotSupported }

@@ -207,13 +207,20 @@ func TestQEMU(t *testing.T) {
 		t.Fatalf("building the guest: %v\n%s", err, out)
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
-	buildInitramfs(t, initrd, guest, modules, guestModules)
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		t.Skip("mkfs.ext4 not installed (Debian package e2fsprogs)")
+	}
+	buildInitramfs(t, initrd, guest, modules, guestModules, mkfs)
 	disk, disk2 := filepath.Join(dir, "disk.img"), filepath.Join(dir, "disk2.img")
 	newDisk(t, disk, 64<<20)
 	newDisk(t, disk2, 32<<20)
 	newDisk(t, filepath.Join(dir, "scratch.img"), 1<<20)
 	newDisk(t, filepath.Join(dir, "disk3.img"), 32<<20)
-	disks := []string{"disk.img", "disk2.img", "scratch.img", "disk3.img"}
+	nodeDisk, cutDisk := filepath.Join(dir, "node.img"), filepath.Join(dir, "cut.img")
+	newDisk(t, nodeDisk, 32<<20)
+	newDisk(t, cutDisk, 32<<20)
+	disks := []string{"disk.img", "disk2.img", "scratch.img", "disk3.img", "node.img", "cut.img"}
 	t.Logf("prepared in %.1fs", time.Since(start).Seconds())
 
 	r1 := boot(ctx, t, dir, vmlinuz, initrd, 1, disks...)
@@ -245,7 +252,8 @@ func TestQEMU(t *testing.T) {
 	r2 := boot(ctx, t, dir, vmlinuz, initrd, 2, disks...)
 	r2.require(t, 2, "wrong-key-refused", "open", "read-marker", "rewrite-block", "close",
 		"after-crash-opens-with-first-boot-key", "after-crash-opens-with-derived-key", "finish-set-key",
-		"first-boot-key-gone", "derived-key-opens")
+		"first-boot-key-gone", "derived-key-opens",
+		"node-prepare-new", "node-new-has-no-state", "node-unlock-new", "node-store", "cut-prepare-new")
 	if !r2.done {
 		t.Fatalf("boot 2 did not finish; console:\n%s", r2.console)
 	}
@@ -281,7 +289,8 @@ func TestQEMU(t *testing.T) {
 
 	r3 := boot(ctx, t, dir, vmlinuz, initrd, 3, disks...)
 	r3.require(t, 3, "open", "read-marker", "integrity-error", "close",
-		"reset-refused-initialised", "reset-refused-opens", "reset-wiped-new", "reset-formatted-again")
+		"reset-refused-initialised", "reset-refused-opens", "reset-wiped-new", "reset-formatted-again",
+		"node-prepare-again", "node-has-state", "node-wrong-key-refused", "node-unlock-again", "node-state-kept", "cut-prepare-reset")
 	if !r3.done {
 		t.Fatalf("boot 3 did not finish; console:\n%s", r3.console)
 	}
@@ -293,6 +302,24 @@ func TestQEMU(t *testing.T) {
 	if h, err := ReadHeader(filepath.Join(dir, "disk3.img")); err != nil || h.State() != StateInitialised || h.ResetMarked() ||
 		!strings.Contains(r3.checks["reset-formatted-again"], h.UUID) || strings.Contains(r3.checks["reset-wiped-new"], h.UUID) {
 		t.Fatalf("the reset disk after boot 3: %+v, %v (boot 3: %q, %q)", h, err, r3.checks["reset-wiped-new"], r3.checks["reset-formatted-again"])
+	}
+	// The node's state disk, taken through first boot and reboot by the bootstrapper's code: its state file is
+	// not in the image in plain text, the disk kept its UUID, and the disk whose first boot was cut short was
+	// formatted again (a new UUID) without its key ever being set.
+	nodeImg, err := os.ReadFile(nodeDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(nodeImg, []byte("CONSTELLATION-NODE-STATE-MARKER")) {
+		t.Fatal("the node's state file is in the state disk image in plain text")
+	}
+	if h, err := ReadHeader(nodeDisk); err != nil || h.State() != StateInitialised ||
+		r2.checks["node-prepare-new"] != "disk "+h.UUID || r3.checks["node-prepare-again"] != "disk "+h.UUID {
+		t.Fatalf("the node's state disk: %+v, %v (boot 2: %q, boot 3: %q)", h, err, r2.checks["node-prepare-new"], r3.checks["node-prepare-again"])
+	}
+	if h, err := ReadHeader(cutDisk); err != nil || h.State() != StateNew || h.ResetMarked() ||
+		r3.checks["cut-prepare-reset"] != "disk "+h.UUID || r2.checks["cut-prepare-new"] == r3.checks["cut-prepare-reset"] {
+		t.Fatalf("the disk whose first boot was cut short: %+v, %v (boot 2: %q, boot 3: %q)", h, err, r2.checks["cut-prepare-new"], r3.checks["cut-prepare-reset"])
 	}
 	t.Logf("QEMU test: %.1fs in all (boots %.1fs, %.1fs, %.1fs)", time.Since(start).Seconds(), r1.duration.Seconds(), r2.duration.Seconds(), r3.duration.Seconds())
 }

@@ -16,8 +16,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/constellation-dev/constellation/internal/diskmapper"
 	"github.com/constellation-dev/constellation/internal/diskmapper/luks"
 	"github.com/constellation-dev/constellation/internal/diskmapper/luks/internal/testhook"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -36,7 +39,11 @@ const (
 	secondDisk = "/dev/vdb"
 	scratch    = "/dev/vdc"
 	resetDisk  = "/dev/vdd"
-	blockSize  = 4096
+	// nodeDisk is a state disk the guest takes through a node's life with the code the bootstrapper runs
+	// (diskmapper.Prepare, Unlock, HasState); cutDisk one whose first boot ends before the node gets its key.
+	nodeDisk  = "/dev/vde"
+	cutDisk   = "/dev/vdf"
+	blockSize = 4096
 	// MarkerBlock holds the marker the host looks for; CorruptBlock is the block the host damages.
 	markerBlock  = 100
 	corruptBlock = 200
@@ -91,8 +98,10 @@ func main() {
 			boot1()
 		case "2":
 			boot2()
+			nodeFirstBoot()
 		case "3":
 			boot3()
+			nodeSecondBoot()
 		default:
 			result("boot", fmt.Errorf("unknown constellation.boot=%q", boot), "")
 		}
@@ -122,6 +131,7 @@ func setup() error {
 		}
 	}
 	os.MkdirAll("/run/cryptsetup", 0o700) // libcryptsetup's locks
+	os.Setenv("PATH", "/sbin")            // mkfs.ext4
 	order, err := os.ReadFile("/modules/order")
 	if err != nil {
 		return err
@@ -138,7 +148,7 @@ func setup() error {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for _, d := range []string{stateDisk, secondDisk, scratch, resetDisk, "/dev/mapper/control"} {
+	for _, d := range []string{stateDisk, secondDisk, scratch, resetDisk, nodeDisk, cutDisk, "/dev/mapper/control"} {
 		for {
 			if _, err := os.Stat(d); err == nil {
 				break
@@ -447,4 +457,101 @@ func resetRule() {
 		err = errors.Join(err, m.Close())
 	}
 	result("reset-formatted-again", err, "disk %s", uuid)
+}
+
+// nodeMarker is the content of a file the node stores in its state directory; the host must not find it in the
+// disk image.
+const nodeMarker = "CONSTELLATION-NODE-STATE-MARKER-5e1d"
+
+var guestLog = slog.New(slog.NewTextHandler(os.Stdout, nil))
+
+// nodeFirstBoot is a node's first boot with a blank state disk, as the bootstrapper runs it: the disk is
+// formatted with a random first-boot key, the node gets the key derived for the disk's UUID, unlocks the disk
+// with it and stores its state. A second blank disk is formatted and then left, as by a boot cut short before
+// the node got its key.
+func nodeFirstBoot() {
+	ctx := context.Background()
+	sd, err := diskmapper.Prepare(ctx, nodeDisk, guestLog)
+	if err == nil && sd.Backend != diskmapper.BackendLUKS2 {
+		err = fmt.Errorf("backend %s, want %s", sd.Backend, diskmapper.BackendLUKS2)
+	}
+	result("node-prepare-new", err, "disk %v", uuidOf(sd))
+	if err != nil {
+		return
+	}
+	has, err := sd.HasState("/run/state")
+	if err == nil && has {
+		err = errors.New("a new disk has state")
+	}
+	result("node-new-has-no-state", err, "")
+	key, err := deriver.DiskKey(sd.UUID)
+	if err != nil {
+		result("node-key", err, "")
+		return
+	}
+	d, err := sd.Unlock(ctx, key, "/run/state")
+	result("node-unlock-new", err, "")
+	if err != nil {
+		return
+	}
+	err = os.WriteFile(filepath.Join(d.StateDir, "etcd-member"), []byte(nodeMarker), 0o600)
+	if err == nil {
+		err = d.Close()
+	}
+	result("node-store", err, "")
+
+	cut, err := diskmapper.Prepare(ctx, cutDisk, guestLog)
+	result("cut-prepare-new", err, "disk %v", uuidOf(cut))
+}
+
+// nodeSecondBoot is the node's next boot: the disk holds its state; a wrong key is refused; the key derived for
+// the disk opens it with the state stored before. The disk whose first boot was cut short is wiped by the reset
+// rule and formatted again.
+func nodeSecondBoot() {
+	ctx := context.Background()
+	sd, err := diskmapper.Prepare(ctx, nodeDisk, guestLog)
+	result("node-prepare-again", err, "disk %v", uuidOf(sd))
+	if err != nil {
+		return
+	}
+	has, err := sd.HasState("/run/state")
+	if err == nil && !has {
+		err = errors.New("the disk of a node that stored its state has none")
+	}
+	result("node-has-state", err, "")
+	key, err := deriver.DiskKey(sd.UUID)
+	if err != nil {
+		result("node-key", err, "")
+		return
+	}
+	wrong := bytes.Clone(key)
+	wrong[5] ^= 0x80
+	if _, err := sd.Unlock(ctx, wrong, "/run/state"); !errors.Is(err, luks.ErrWrongKey) {
+		result("node-wrong-key-refused", fmt.Errorf("unlocking with a wrong key: %v", err), "")
+	} else {
+		result("node-wrong-key-refused", nil, "")
+	}
+	d, err := sd.Unlock(ctx, key, "/run/state")
+	result("node-unlock-again", err, "")
+	if err != nil {
+		return
+	}
+	got, err := os.ReadFile(filepath.Join(d.StateDir, "etcd-member"))
+	if err == nil && string(got) != nodeMarker {
+		err = fmt.Errorf("the state file holds %q", got)
+	}
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	result("node-state-kept", err, "")
+
+	cut, err := diskmapper.Prepare(ctx, cutDisk, guestLog)
+	result("cut-prepare-reset", err, "disk %v", uuidOf(cut))
+}
+
+func uuidOf(sd *diskmapper.StateDisk) string {
+	if sd == nil {
+		return ""
+	}
+	return sd.UUID
 }
