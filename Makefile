@@ -59,7 +59,7 @@ setup:
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/constellation ./cmd/constellation
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/bootstrapper ./cmd/bootstrapper
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/bootstrapper ./cmd/bootstrapper
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/join-service ./cmd/join-service
 
 test: lint unit fuzz-short

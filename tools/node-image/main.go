@@ -25,6 +25,18 @@ func main() {
 	joinService := flag.String("join-service", "bin/join-service", "the join service binary (make build)")
 	flag.Parse()
 	in.Extra = append(in.Extra, nodeimage.File{Path: "/usr/bin/bootstrapper", Source: *bootstrapper, Mode: 0o755})
+	// The bootstrapper opens LUKS2 state disks through libcryptsetup where the kernel has device-mapper.
+	libs, err := nodeimage.LibraryClosure(*bootstrapper)
+	if err == nil {
+		var files []nodeimage.File
+		if files, err = nodeimage.HostFiles(libs...); err == nil {
+			in.Extra = append(in.Extra, files...)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "node-image: the bootstrapper's libraries:", err)
+		os.Exit(1)
+	}
 	// The image reference carries this build's version, which the bootstrapper built alongside deploys.
 	in.Services = append(in.Services, nodeimage.ContainerImage{
 		Ref:        joinservice.Image(),
