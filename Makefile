@@ -38,7 +38,8 @@ FUZZ_TARGETS := \
 	./internal/attestation/snp:FuzzValidator \
 	./internal/attestation/tdx:FuzzValidator \
 	./internal/wgmesh/wgmeshtest:FuzzParseFlow \
-	./internal/joinservice:FuzzCheckKubeletCSR
+	./internal/joinservice:FuzzCheckKubeletCSR \
+	./internal/joinservice:FuzzParseAttestation
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x

@@ -23,6 +23,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
@@ -94,7 +95,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 	}
-	data, err := joinservice.ConfigData(clusterPolicy(client), []*x509.Certificate{client.CA.Certificate()}, make([]byte, 32))
+	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32))
 	if err != nil {
 		return nil, err
 	}

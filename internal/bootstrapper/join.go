@@ -26,6 +26,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
@@ -75,7 +76,7 @@ func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes,
 	if err != nil {
 		return err
 	}
-	data, err := joinservice.ConfigData(policy, roots, clusterID)
+	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/config"
 )
 
 // maxInputFile bounds the files the attestation commands read.
@@ -49,16 +51,19 @@ func newAttestationShowCmd() *cobra.Command {
 }
 
 type verifyFlags struct {
-	evidence, measurements, ca, nonce, userData string
+	evidence, measurements, ca, nonce, userData, config string
 }
 
 func newAttestationVerifyCmd() *cobra.Command {
 	var f verifyFlags
 	cmd := &cobra.Command{
-		Use:   "verify --evidence FILE --measurements FILE --ca FILE --nonce HEX [--user-data HEX]",
+		Use:   "verify --evidence FILE (--measurements FILE --ca FILE | --config FILE) --nonce HEX [--user-data HEX]",
 		Short: "Verify evidence against expected measurements, a trusted CA and a nonce",
 		Long: "Verify evidence offline. Exit code 0: the evidence holds. 1: it does not (every mismatch is listed).\n" +
-			"2: an input is unusable.",
+			"2: an input is unusable.\n\n" +
+			"mini-vtpm evidence is checked against --measurements and the attestation-key CA of --ca. Evidence of\n" +
+			"the variants on confidential hardware needs their SEV-SNP or TDX policy: pass --config, a\n" +
+			"constellation-conf.yaml whose attestation section (variant, measurements, snp or tdx) is the policy.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runVerify(cmd, f) },
 	}
@@ -67,9 +72,12 @@ func newAttestationVerifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&f.ca, "ca", "", "PEM certificate(s) of the attestation key CA to trust (required)")
 	cmd.Flags().StringVar(&f.nonce, "nonce", "", "the nonce the evidence must be bound to, hex (required)")
 	cmd.Flags().StringVar(&f.userData, "user-data", "", "the user data the evidence must be bound to, hex")
-	for _, name := range []string{"evidence", "measurements", "ca", "nonce"} {
+	cmd.Flags().StringVar(&f.config, "config", "", "configuration file whose attestation section is the policy (instead of --measurements)")
+	for _, name := range []string{"evidence", "nonce"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
+	cmd.MarkFlagsOneRequired("measurements", "config")
+	cmd.MarkFlagsMutuallyExclusive("measurements", "config")
 	return cmd
 }
 
@@ -87,18 +95,6 @@ func runVerify(cmd *cobra.Command, f verifyFlags) error {
 			return badInput("--user-data is not hex: %w", err)
 		}
 	}
-	rawPolicy, err := readFile(f.measurements, "measurements")
-	if err != nil {
-		return err
-	}
-	policy, err := measurements.Parse(rawPolicy)
-	if err != nil {
-		return badInput("%s: %w", f.measurements, err)
-	}
-	roots, err := readCertificates(f.ca)
-	if err != nil {
-		return err
-	}
 	raw, err := readFile(f.evidence, "evidence")
 	if err != nil {
 		return err
@@ -107,7 +103,14 @@ func runVerify(cmd *cobra.Command, f verifyFlags) error {
 	if err != nil {
 		return badInput("%s: %w", f.evidence, err)
 	}
-	validator, err := validatorFor(doc.Variant, roots, policy, cmd)
+	policy, err := verifyPolicy(f, doc.Variant)
+	if err != nil {
+		return err
+	}
+	if policy.Variant != doc.Variant {
+		return checkFailed(fmt.Errorf("evidence does not verify: it is %s evidence, the configuration expects %s", doc.Variant, policy.Variant))
+	}
+	validator, err := validators.New(policy, validators.Options{Log: logger(cmd)})
 	if err != nil {
 		return badInput("%w", err)
 	}
@@ -118,7 +121,11 @@ func runVerify(cmd *cobra.Command, f verifyFlags) error {
 	if wantUserData != nil && subtle.ConstantTimeCompare(userData, wantUserData) != 1 {
 		return checkFailed(fmt.Errorf("evidence does not verify: it is bound to user data %x, not %x", userData, wantUserData))
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Evidence verified: variant %s, %d PCRs match the policy, bound to the nonce", doc.Variant, len(policy))
+	if len(policy.Measurements) > 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "Evidence verified: variant %s, %d PCRs match the policy, bound to the nonce", doc.Variant, len(policy.Measurements))
+	} else {
+		fmt.Fprintf(cmd.OutOrStdout(), "Evidence verified: variant %s, the hardware report matches the policy, bound to the nonce", doc.Variant)
+	}
 	if wantUserData != nil {
 		fmt.Fprint(cmd.OutOrStdout(), " and the user data")
 	}
@@ -126,13 +133,46 @@ func runVerify(cmd *cobra.Command, f verifyFlags) error {
 	return nil
 }
 
-func validatorFor(variant string, roots []*x509.Certificate, policy measurements.M, cmd *cobra.Command) (attestation.Validator, error) {
-	switch variant {
-	case attestation.MiniVTPM.Name:
-		return vtpm.NewValidator(roots, policy, logger(cmd))
-	default:
-		return nil, fmt.Errorf("variant %q cannot be verified by this command", variant)
+// verifyPolicy is the policy `attestation verify` checks evidence of variant against: the configuration's
+// attestation section (--config), or the measurements of --measurements with the variant of the evidence,
+// whose other parts must then not be needed.
+func verifyPolicy(f verifyFlags, variant string) (*validators.Policy, error) {
+	var roots []*x509.Certificate
+	if f.ca != "" {
+		var err error
+		if roots, err = readCertificates(f.ca); err != nil {
+			return nil, err
+		}
 	}
+	if f.config != "" {
+		a, err := config.LoadAttestation(f.config)
+		if err != nil {
+			return nil, badInput("%w", err)
+		}
+		if a.Variant != attestation.MiniVTPM.Name && roots != nil {
+			return nil, badInput("--ca: %s trusts the attestation key only through the hardware report; remove --ca", a.Variant)
+		}
+		p, err := validators.FromConfig(a, roots)
+		if err != nil {
+			return nil, badInput("%s: %w", f.config, err)
+		}
+		return p, nil
+	}
+	rawPolicy, err := readFile(f.measurements, "measurements")
+	if err != nil {
+		return nil, err
+	}
+	pcrs, err := measurements.Parse(rawPolicy)
+	if err != nil {
+		return nil, badInput("%s: %w", f.measurements, err)
+	}
+	if v, err := attestation.VariantByName(variant); err == nil && v.Hardware != attestation.NoHardware {
+		return nil, badInput("%s evidence needs its %s policy besides the measurements; pass --config with a configuration whose attestation section holds it", v, v.Hardware)
+	}
+	if roots == nil {
+		return nil, badInput("--ca: no attestation-key CA certificate given; %s evidence is trusted only through it", variant)
+	}
+	return &validators.Policy{Variant: variant, Measurements: pcrs, AKRoots: roots}, nil
 }
 
 func readFile(path, what string) ([]byte, error) {

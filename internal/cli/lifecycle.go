@@ -163,7 +163,7 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 			att = "runs the configured image"
 		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-		if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), roots, policy, nil, 0); err != nil {
+		if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, policy), nil, 0); err != nil {
 			att, healthy = "FAILED: "+firstLine(err.Error()), false
 		}
 		cancel()

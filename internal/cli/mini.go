@@ -167,7 +167,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	for _, n := range state.Nodes {
 		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
 		fmt.Fprintf(out, "  attesting %s at %s\n", n.Name, endpoint)
-		res, err := verifyNode(cmd.Context(), endpoint, roots, c.Attestation.Measurements, cmd, 2*time.Minute)
+		res, err := verifyNode(cmd.Context(), endpoint, miniPolicy(roots, c.Attestation.Measurements), cmd, 2*time.Minute)
 		if err != nil {
 			console := filepath.Join(dir, "nodes", n.Name, "sandbox", "console.log")
 			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nLast lines of its console (%s):\n%s\nThe cluster is still up for inspection; run 'constellation mini down' to remove it",
@@ -199,7 +199,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
 		deadline := time.Now().Add(5 * time.Minute)
 		for {
-			_, err := verifyNode(cmd.Context(), endpoint, roots, member, nil, 0)
+			_, err := verifyNode(cmd.Context(), endpoint, miniPolicy(roots, member), nil, 0)
 			if err == nil {
 				fmt.Fprintf(out, "  %s joined: its evidence proves membership of this cluster\n", n.Name)
 				break

@@ -139,7 +139,7 @@ func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*
 		return failed(fmt.Errorf("%s recovered cluster %s, but %s records cluster %s", n.Name, got, StateFile, cs.ClusterID))
 	}
 	fmt.Fprintf(out, "  %s unlocked its state disk and measured the cluster ID %s…\n", n.Name, cs.ClusterID[:16])
-	if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), roots, member, nil, 0); err != nil {
+	if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, member), nil, 0); err != nil {
 		return checkFailed(fmt.Errorf("%s does not prove membership after recovery: %w", n.Name, err))
 	}
 	return nil

@@ -14,7 +14,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -41,27 +41,39 @@ func newVerifyCmd() *cobra.Command {
 			if output != "" && output != "json" {
 				return badInput("-o %q is not supported; use json", output)
 			}
-			c, err := config.Load(filepath.Join(workspace(cmd), config.FileName))
+			a, err := config.LoadAttestation(filepath.Join(workspace(cmd), config.FileName))
 			if err != nil {
 				return badInput("%w", err)
 			}
-			if akCA == "" {
-				akCA = filepath.Join(workspace(cmd), miniDirName, "ak-ca", "ca-cert.pem")
+			var roots []*x509.Certificate
+			if a.Variant == attestation.MiniVTPM.Name {
+				if akCA == "" {
+					akCA = filepath.Join(workspace(cmd), miniDirName, "ak-ca", "ca-cert.pem")
+				}
+				if roots, err = readCertificates(akCA); err != nil {
+					return err
+				}
+			} else if akCA != "" {
+				return badInput("--ak-ca: %s trusts the attestation key only through the hardware report; remove --ak-ca", a.Variant)
 			}
-			roots, err := readCertificates(akCA)
+			policy, err := validators.FromConfig(a, roots)
 			if err != nil {
-				return err
+				return badInput("%w", err)
 			}
-			policy := c.Attestation.Measurements
+			if _, err := validators.New(policy, validators.Options{}); err != nil {
+				return badInput("%w", err)
+			}
 			if cs, ok, err := loadClusterState(workspace(cmd)); err != nil {
 				return badInput("%w", err)
 			} else if ok {
 				// An initialised cluster: the node must also prove it belongs to this cluster.
-				if policy, err = withClusterID(policy, cs); err != nil {
+				if len(policy.Measurements) == 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Note: %s evidence has no vTPM, so it cannot prove that the node belongs to cluster %s; only its image is verified.\n", a.Variant, cs.ClusterID)
+				} else if policy.Measurements, err = withClusterID(policy.Measurements, cs); err != nil {
 					return badInput("%w", err)
 				}
 			}
-			res, err := verifyNode(cmd.Context(), endpoint, roots, policy, cmd, 0)
+			res, err := verifyNode(cmd.Context(), endpoint, policy, cmd, 0)
 			if err != nil {
 				return checkFailed(fmt.Errorf("node at %s failed attestation: %w", endpoint, err))
 			}
@@ -69,6 +81,10 @@ func newVerifyCmd() *cobra.Command {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(res)
+			}
+			if len(res.Measurements) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "Node %s at %s verified: %s evidence, the hardware report matches the configuration.\n", res.Node, endpoint, res.Variant)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Node %s at %s verified: %s evidence, %d PCRs match the configuration.\n", res.Node, endpoint, res.Variant, len(res.Measurements))
 			return nil
@@ -85,7 +101,7 @@ func newVerifyCmd() *cobra.Command {
 // verifyNode asks a node for evidence bound to a fresh nonce and validates it. With wait > 0 it retries
 // fetching until the node's verification service answers or wait has passed (a node that is still booting);
 // validation itself is never retried.
-func verifyNode(ctx context.Context, endpoint string, roots []*x509.Certificate, policy measurements.M, cmd *cobra.Command, wait time.Duration) (*verifyResult, error) {
+func verifyNode(ctx context.Context, endpoint string, policy *validators.Policy, cmd *cobra.Command, wait time.Duration) (*verifyResult, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -93,7 +109,7 @@ func verifyNode(ctx context.Context, endpoint string, roots []*x509.Certificate,
 	if cmd != nil {
 		log = logger(cmd)
 	}
-	v, err := vtpm.NewValidator(roots, policy, log)
+	v, err := validators.New(policy, validators.Options{Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -126,5 +142,10 @@ func verifyNode(ctx context.Context, endpoint string, roots []*x509.Certificate,
 	if err != nil {
 		return nil, err
 	}
-	return &verifyResult{Endpoint: endpoint, Node: doc.AttestationKeySubject(), Variant: doc.Variant, Verified: true, Measurements: policy}, nil
+	return &verifyResult{Endpoint: endpoint, Node: doc.AttestationKeySubject(), Variant: doc.Variant, Verified: true, Measurements: policy.Measurements}, nil
+}
+
+// miniPolicy is the policy of the mini provider's nodes: mini-vtpm evidence, its AK CA and pcrs.
+func miniPolicy(roots []*x509.Certificate, pcrs measurements.M) *validators.Policy {
+	return &validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: pcrs, AKRoots: roots}
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -241,5 +242,32 @@ func TestHardwareCachePaths(t *testing.T) {
 	c.Attestation.resolve(filepath.Dir(path))
 	if c.Attestation.TDX.CollateralDir != "/var/cache/intel" {
 		t.Errorf("absolute collateralDir rewritten: %s", c.Attestation.TDX.CollateralDir)
+	}
+}
+
+// LoadAttestation checks the attestation section whatever the provider, and resolves its directories.
+func TestLoadAttestation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	raw := hardwareConfig("qemu-tdx", "  tdx:\n    mrtd: ['"+strings.Repeat("11", 48)+"']\n    collateralDir: intel\n")
+	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err == nil {
+		t.Fatal("Load accepted qemu-tdx with the mini provider")
+	}
+	a, err := LoadAttestation(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Variant != "qemu-tdx" || a.TDX.CollateralDir != filepath.Join(dir, "intel") {
+		t.Fatalf("LoadAttestation = %+v", a)
+	}
+	raw = hardwareConfig("aws-sev-snp", "")
+	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadAttestation(path); err == nil || !strings.Contains(err.Error(), "attestation.snp: aws-sev-snp needs an SEV-SNP policy") {
+		t.Fatalf("aws-sev-snp without its policy: %v", err)
 	}
 }

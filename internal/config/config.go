@@ -126,6 +126,30 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
+// LoadAttestation reads a configuration file strictly, validates its version and attestation section only,
+// and returns that section with its directories resolved. It is for commands that verify evidence: they
+// need no provider, and the configured provider may not be the one that runs the nodes they check.
+func LoadAttestation(path string) (*Attestation, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		return nil, fmt.Errorf("%s: parsing configuration: %w", path, err)
+	}
+	var p []string
+	if c.Version != Version {
+		p = append(p, fmt.Sprintf("version: %q is not supported, want %q", c.Version, Version))
+	}
+	p = append(p, c.Attestation.problems(Provider{})...)
+	if len(p) > 0 {
+		return nil, fmt.Errorf("%s: %w", path, &ValidationError{Problems: p})
+	}
+	c.Attestation.resolve(filepath.Dir(path))
+	return &c.Attestation, nil
+}
+
 // ValidationError lists every invalid field.
 type ValidationError struct{ Problems []string }
 

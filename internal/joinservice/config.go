@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,62 +19,107 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Files of the join configuration directory (the keys of its ConfigMap).
 const (
-	MeasurementsFile = "measurements.json" // the cluster's measurement policy (JSON)
-	AKRootsFile      = "ak-roots.pem"      // CA certificates that certify nodes' attestation keys
+	MeasurementsFile = "measurements.json" // the cluster's measurement policy (JSON); empty for variants without a vTPM
+	AKRootsFile      = "ak-roots.pem"      // CA certificates that certify nodes' attestation keys (mini-vtpm); empty otherwise
 	ClusterIDFile    = "cluster-id"        // hex cluster ID, measured by joining nodes
+	AttestationFile  = "attestation.json"  // the attestation variant and its hardware policy (see ParseAttestation)
 )
 
-// ConfigData returns the files of a join configuration.
-func ConfigData(policy measurements.M, akRoots []*x509.Certificate, clusterID []byte) (map[string]string, error) {
-	if len(policy) == 0 || len(akRoots) == 0 || len(clusterID) != 32 {
-		return nil, errors.New("a join configuration needs a measurement policy, AK roots and a 32-byte cluster ID")
+// configFiles are the files Current reads, in order.
+var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile}
+
+// ConfigData returns the files of a join configuration: the attestation policy every joining node must
+// meet, and the cluster ID. The policy's measurements must not contain the cluster-ID PCR: the join service
+// itself requires it fresh (zero).
+func ConfigData(policy *validators.Policy, clusterID []byte) (map[string]string, error) {
+	if policy == nil || len(clusterID) != 32 {
+		return nil, errors.New("a join configuration needs an attestation policy and a 32-byte cluster ID")
 	}
-	raw, err := json.MarshalIndent(policy, "", "  ")
+	if _, ok := policy.Measurements[measurements.PCRClusterID]; ok {
+		return nil, fmt.Errorf("the measurements hold PCR %d, the cluster ID's; the join service requires it fresh (zero) itself", measurements.PCRClusterID)
+	}
+	// The policy must be enforceable, or every join would be refused.
+	if _, err := validators.New(policy, validators.Options{}); err != nil {
+		return nil, fmt.Errorf("join configuration: %w", err)
+	}
+	att, err := MarshalAttestation(policy)
 	if err != nil {
 		return nil, err
 	}
+	var pcrs []byte
+	if len(policy.Measurements) > 0 {
+		if pcrs, err = json.MarshalIndent(policy.Measurements, "", "  "); err != nil {
+			return nil, err
+		}
+	}
 	var roots bytes.Buffer
-	for _, c := range akRoots {
+	for _, c := range policy.AKRoots {
 		pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return map[string]string{
-		MeasurementsFile: string(raw),
+		MeasurementsFile: string(pcrs),
 		AKRootsFile:      roots.String(),
 		ClusterIDFile:    hex.EncodeToString(clusterID),
+		AttestationFile:  string(att),
 	}, nil
 }
 
 // State is one version of the join configuration.
 type State struct {
-	// Policy is what a joining node must present: the cluster's measurements and a fresh cluster-ID PCR
-	// (zero), so a node that belongs to a cluster, this or another, cannot join again without a reboot.
+	// Variant is the attestation variant every joining node presents.
+	Variant attestation.Variant
+	// Policy is what the vTPM of a joining node must present (variants with a vTPM; nil otherwise): the
+	// cluster's measurements and a fresh cluster-ID PCR (zero), so a node that belongs to a cluster, this or
+	// another, cannot join again without a reboot.
 	Policy    measurements.M
 	AKRoots   []*x509.Certificate
 	ClusterID []byte
 
-	validator *vtpm.Validator
+	attestation *validators.Policy // with Policy as its measurements
+	opts        validators.Options
+	validator   attestation.Validator
+}
+
+// MemberValidator returns a validator that accepts nodes that belong to this cluster: the attestation
+// policy with the cluster ID measured into PCR 15. Variants without a vTPM have no PCR to prove the
+// membership with, and are refused.
+func (s *State) MemberValidator() (attestation.Validator, error) {
+	if !s.Variant.VTPM {
+		return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM", s.Variant, measurements.PCRClusterID)
+	}
+	p := *s.attestation
+	p.Measurements = MemberPolicy(s)
+	return validators.New(&p, s.opts)
 }
 
 // Config is the join configuration in a directory, read again when its content changes. Kubernetes
 // updates a mounted ConfigMap by swapping the directory's content atomically.
 type Config struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	log  *slog.Logger
+	opts validators.Options
 
 	mu      sync.Mutex
 	sum     [32]byte
 	current *State
+	variant attestation.Variant // of the last valid configuration
 }
 
 // NewConfig reads the join configuration in dir; it fails if the configuration is invalid.
 func NewConfig(dir string, log *slog.Logger) (*Config, error) {
-	c := &Config{dir: dir, log: log}
+	return newConfig(dir, log, validators.Options{})
+}
+
+// newConfig is NewConfig with the trust of the validators: tests pass the roots of their test PKI.
+func newConfig(dir string, log *slog.Logger, opts validators.Options) (*Config, error) {
+	opts.Log = log
+	c := &Config{dir: dir, log: log, opts: opts}
 	if _, err := c.Current(); err != nil {
 		return nil, err
 	}
@@ -85,8 +131,8 @@ func NewConfig(dir string, log *slog.Logger) (*Config, error) {
 func (c *Config) Current() (*State, error) {
 	files := map[string][]byte{}
 	h := sha256.New()
-	for _, name := range []string{MeasurementsFile, AKRootsFile, ClusterIDFile} {
-		raw, err := os.ReadFile(filepath.Join(c.dir, name))
+	for _, name := range configFiles {
+		raw, err := readConfigFile(filepath.Join(c.dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("join configuration: %w", err)
 		}
@@ -101,29 +147,80 @@ func (c *Config) Current() (*State, error) {
 	if c.current != nil && sum == c.sum {
 		return c.current, nil
 	}
-	s, err := parseState(files, c.log)
+	s, err := parseState(files, c.opts)
 	if err != nil {
 		c.current = nil
 		return nil, fmt.Errorf("join configuration in %s: %w", c.dir, err)
 	}
 	if c.log != nil {
-		c.log.Info("join configuration loaded", "clusterID", hex.EncodeToString(s.ClusterID[:8]), "pcrs", len(s.Policy))
+		c.log.Info("join configuration loaded", "clusterID", hex.EncodeToString(s.ClusterID[:8]), "variant", s.Variant.Name, "pcrs", len(s.Policy))
 	}
-	c.sum, c.current = sum, s
+	c.sum, c.current, c.variant = sum, s, s.Variant
 	return s, nil
 }
 
-func parseState(files map[string][]byte, log *slog.Logger) (*State, error) {
-	policy, err := measurements.Parse(files[MeasurementsFile])
+// readConfigFile reads one file of the configuration, at most MaxAttestationFileSize bytes (a ConfigMap
+// holds at most 1 MiB).
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", MeasurementsFile, err)
+		return nil, err
 	}
-	if _, ok := policy[measurements.PCRClusterID]; ok {
-		return nil, fmt.Errorf("%s: PCR %d is the cluster ID's; the join service requires it fresh (zero) itself", MeasurementsFile, measurements.PCRClusterID)
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, MaxAttestationFileSize+1))
+	if err != nil {
+		return nil, err
 	}
-	policy = measuredboot.FreshPolicy(policy)
+	if len(raw) > MaxAttestationFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", filepath.Base(path), MaxAttestationFileSize)
+	}
+	return raw, nil
+}
+
+func parseState(files map[string][]byte, opts validators.Options) (*State, error) {
+	policy, err := ParseAttestation(files[AttestationFile])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", AttestationFile, err)
+	}
+	variant, err := attestation.VariantByName(policy.Variant)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", AttestationFile, err)
+	}
+	if variant.VTPM {
+		pcrs, err := measurements.Parse(files[MeasurementsFile])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", MeasurementsFile, err)
+		}
+		if _, ok := pcrs[measurements.PCRClusterID]; ok {
+			return nil, fmt.Errorf("%s: PCR %d is the cluster ID's; the join service requires it fresh (zero) itself", MeasurementsFile, measurements.PCRClusterID)
+		}
+		policy.Measurements = measuredboot.FreshPolicy(pcrs)
+	} else if len(bytes.TrimSpace(files[MeasurementsFile])) != 0 {
+		return nil, fmt.Errorf("%s: %s evidence has no vTPM, so PCR measurements do not apply; leave the file empty", MeasurementsFile, variant)
+	}
+	roots, err := parseAKRoots(files[AKRootsFile])
+	if err != nil {
+		return nil, err
+	}
+	if variant.Name == attestation.MiniVTPM.Name && len(roots) == 0 {
+		return nil, fmt.Errorf("%s: want one or more PEM certificates and nothing else", AKRootsFile)
+	}
+	policy.AKRoots = roots
+	id, err := hex.DecodeString(strings.TrimSpace(string(files[ClusterIDFile])))
+	if err != nil || len(id) != 32 {
+		return nil, fmt.Errorf("%s: want 64 hex digits", ClusterIDFile)
+	}
+	v, err := validators.New(policy, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, attestation: policy, opts: opts, validator: v}, nil
+}
+
+// parseAKRoots parses PEM certificates and nothing else; an empty file holds none.
+func parseAKRoots(raw []byte) ([]*x509.Certificate, error) {
 	var roots []*x509.Certificate
-	rest := files[AKRootsFile]
+	rest := raw
 	for {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
@@ -139,18 +236,10 @@ func parseState(files map[string][]byte, log *slog.Logger) (*State, error) {
 		}
 		roots = append(roots, cert)
 	}
-	if len(roots) == 0 || len(bytes.TrimSpace(rest)) != 0 {
+	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, fmt.Errorf("%s: want one or more PEM certificates and nothing else", AKRootsFile)
 	}
-	id, err := hex.DecodeString(strings.TrimSpace(string(files[ClusterIDFile])))
-	if err != nil || len(id) != 32 {
-		return nil, fmt.Errorf("%s: want 64 hex digits", ClusterIDFile)
-	}
-	v, err := vtpm.NewValidator(roots, policy, log)
-	if err != nil {
-		return nil, err
-	}
-	return &State{Policy: policy, AKRoots: roots, ClusterID: id, validator: v}, nil
+	return roots, nil
 }
 
 // Validator returns a validator that checks evidence against the configuration current at each call.
@@ -158,7 +247,14 @@ func (c *Config) Validator() attestation.Validator { return reloadingValidator{c
 
 type reloadingValidator struct{ c *Config }
 
-func (reloadingValidator) Variant() attestation.Variant { return attestation.MiniVTPM }
+// Variant returns the variant of the current configuration, or of the last valid one if the current one is
+// invalid (Validate then refuses every node).
+func (r reloadingValidator) Variant() attestation.Variant {
+	_, _ = r.c.Current()
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	return r.c.variant
+}
 
 func (r reloadingValidator) Validate(ctx context.Context, evidence, nonce []byte) ([]byte, error) {
 	s, err := r.c.Current()

@@ -8,7 +8,6 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -54,7 +53,7 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid string) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidator(s.AKRoots, MemberPolicy(s), nil)
+	v, err := s.MemberValidator()
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"log/slog"
 	"math/big"
@@ -26,6 +27,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -64,7 +66,7 @@ func (c *countingTokens) CreateToken(context.Context, time.Duration) (string, er
 
 func writeConfig(t *testing.T, dir string, policy measurements.M, roots []*x509.Certificate, clusterID []byte) {
 	t.Helper()
-	data, err := ConfigData(policy, roots, clusterID)
+	data, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,22 +290,38 @@ func TestConfigRejects(t *testing.T) {
 	defer node.Close()
 	roots := []*x509.Certificate{node.CA.Certificate()}
 	id := bytes.Repeat([]byte{1}, 32)
-	if _, err := ConfigData(nil, roots, id); err == nil {
-		t.Fatal("ConfigData accepted an empty policy")
-	}
 	withPCR15 := clusterPolicy(node)
 	withPCR15[15] = measurements.Measurement{}
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, AKRoots: roots}, id); err == nil {
+		t.Fatal("ConfigData accepted an empty policy")
+	}
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id); err == nil {
+		t.Fatal("ConfigData accepted a policy with the cluster-ID PCR")
+	}
 	for name, mutate := range map[string]func(dir string){
 		"missing file": func(dir string) { os.Remove(filepath.Join(dir, AKRootsFile)) },
-		"PCR 15":       func(dir string) { writeConfig(t, dir, withPCR15, roots, id) },
-		"no roots":     func(dir string) { os.WriteFile(filepath.Join(dir, AKRootsFile), []byte("\n"), 0o644) },
+		"PCR 15": func(dir string) {
+			raw, _ := json.Marshal(withPCR15)
+			os.WriteFile(filepath.Join(dir, MeasurementsFile), raw, 0o644)
+		},
+		"no roots": func(dir string) { os.WriteFile(filepath.Join(dir, AKRootsFile), []byte("\n"), 0o644) },
 		"key not cert": func(dir string) {
 			os.WriteFile(filepath.Join(dir, AKRootsFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1}}), 0o644)
 		},
 		"trailing junk": func(dir string) {
 			os.WriteFile(filepath.Join(dir, AKRootsFile), append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: roots[0].Raw}), "junk"...), 0o644)
 		},
-		"short ID":    func(dir string) { os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("abcd"), 0o644) },
+		"short ID":       func(dir string) { os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("abcd"), 0o644) },
+		"no attestation": func(dir string) { os.Remove(filepath.Join(dir, AttestationFile)) },
+		"attestation junk": func(dir string) {
+			os.WriteFile(filepath.Join(dir, AttestationFile), []byte(`{"version":1,"variant":"mini-vtpm"}x`), 0o644)
+		},
+		"oversize": func(dir string) {
+			os.WriteFile(filepath.Join(dir, AttestationFile), bytes.Repeat([]byte(" "), MaxAttestationFileSize+1), 0o644)
+		},
+		"SNP on mini-vtpm": func(dir string) {
+			os.WriteFile(filepath.Join(dir, AttestationFile), []byte(`{"version":1,"variant":"mini-vtpm","snp":{"policy":{"measurements":[],"minimumTCB":{}}}}`), 0o644)
+		},
 		"policy junk": func(dir string) { os.WriteFile(filepath.Join(dir, MeasurementsFile), []byte("{"), 0o644) },
 	} {
 		dir := t.TempDir()

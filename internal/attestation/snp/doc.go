@@ -88,5 +88,6 @@
 //     own.
 //
 // A validator's policy must pass [Policy.ValidateForCluster]: no ReportData (the validator computes it for
-// each request) and no AllowDebug.
+// each request) and no AllowDebug. The CLI and the join service do not call these constructors themselves:
+// package validators builds the validator of a cluster's configured variant from its attestation policy.
 package snp

@@ -92,6 +92,21 @@ type CollateralFiles struct {
 
 // LoadCollateral reads and parses a collateral directory; the File constants document its layout.
 func LoadCollateral(dir string) (*Collateral, error) {
+	files, err := ReadCollateralFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ParseCollateral(*files)
+	if err != nil {
+		return nil, fmt.Errorf("collateral directory %s: %w", dir, err)
+	}
+	return c, nil
+}
+
+// ReadCollateralFiles reads the raw files of a collateral directory (the File constants document its
+// layout), for a verifier elsewhere that parses them with ParseCollateral. It checks that each TCB info file
+// is named after its FMSPC and that the required files are there.
+func ReadCollateralFiles(dir string) (*CollateralFiles, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("reading the TDX collateral directory: %w", err)
@@ -140,11 +155,7 @@ func LoadCollateral(dir string) (*Collateral, error) {
 	if files.PCKProcessorCRL, err = read(FilePCKProcessorCRL, true); err != nil {
 		return nil, err
 	}
-	c, err := ParseCollateral(files)
-	if err != nil {
-		return nil, fmt.Errorf("collateral directory %s: %w", dir, err)
-	}
-	return c, nil
+	return &files, nil
 }
 
 func readLimited(path string) ([]byte, error) {

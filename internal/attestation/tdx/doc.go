@@ -36,5 +36,7 @@
 // evidence document) and Validator implements attestation.Validator: it parses, verifies with the collateral
 // at its clock's time, checks the policy (which must pass Policy.ValidateForCluster) with the expected
 // REPORT_DATA, and returns the user data. azure-tdx, whose TD report comes from Azure's paravisor through a
-// vTPM NV index, is not supported yet: NewVTPMValidator and NewVTPMIssuer say what is missing.
+// vTPM NV index, is not supported yet: NewVTPMValidator and NewVTPMIssuer say what is missing. The CLI and
+// the join service obtain their validators from package validators, which reads the collateral with
+// ReadCollateralFiles and parses it with ParseCollateral.
 package tdx

@@ -1,0 +1,270 @@
+package validators
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
+	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+const genuineCollateral = "../tdx/testdata/collateral"
+
+var pcrs = measurements.M{4: {Expected: measurements.Digest{1}}}
+
+// testSNP returns a test PKI, a platform of it and its policy.
+func testSNP(t *testing.T) (*snptest.PKI, *snptest.Platform) {
+	t.Helper()
+	pki, err := snptest.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := pki.NewPlatform([snp.MeasurementSize]byte{0x4d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki, pl
+}
+
+func testOptions(t *testing.T, pki *snptest.PKI) Options {
+	t.Helper()
+	roots, err := pki.Roots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{SNPRoots: roots, Now: func() time.Time { return snptest.Now }}
+}
+
+func tdxPolicy(t *testing.T) *TDX {
+	t.Helper()
+	files, err := tdx.ReadCollateralFiles(genuineCollateral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{bytes.Repeat([]byte{1}, 48)}}, Collateral: *files}
+}
+
+// Every supported variant gets a validator of that variant.
+func TestNewEveryVariant(t *testing.T) {
+	_, ca, err := tpmtest.NewCACert("AK CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pl := testSNP(t)
+	snpPart := &SNP{Policy: *pl.Policy()}
+	for _, p := range []*Policy{
+		{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}},
+		{Variant: "qemu-sev-snp", SNP: snpPart},
+		{Variant: "aws-sev-snp", Measurements: pcrs, SNP: snpPart},
+		{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: snpPart},
+		{Variant: "azure-sev-snp", Measurements: pcrs, SNP: snpPart},
+		{Variant: "qemu-tdx", TDX: tdxPolicy(t)},
+	} {
+		v, err := New(p, Options{})
+		if err != nil {
+			t.Errorf("%s: %v", p.Variant, err)
+			continue
+		}
+		if v.Variant().Name != p.Variant {
+			t.Errorf("%s: validator of %s", p.Variant, v.Variant())
+		}
+	}
+	// Every registered variant is either built above or refused (azure-tdx, below).
+	if n := len(attestation.Variants()); n != 7 {
+		t.Errorf("%d variants registered; cover the new ones here", n)
+	}
+}
+
+// A policy that cannot be enforced is refused, with what to fix.
+func TestNewRefuses(t *testing.T) {
+	_, ca, err := tpmtest.NewCACert("AK CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pl := testSNP(t)
+	debug := pl.Policy()
+	debug.AllowDebug = true
+	withReportData := pl.Policy()
+	withReportData.ReportData = make([]byte, 64)
+	noTCB := pl.Policy()
+	noTCB.MinimumTCB = nil
+	badTDX := tdxPolicy(t)
+	badTDX.Policy.MRTD = nil
+	noCollateral := tdxPolicy(t)
+	noCollateral.Collateral.QEIdentity = nil
+	snpPart := &SNP{Policy: *pl.Policy()}
+	for name, tc := range map[string]struct {
+		p    *Policy
+		want []string
+	}{
+		"nil policy":                   {nil, []string{"no attestation policy"}},
+		"unknown variant":              {&Policy{Variant: "qemu-sev", SNP: snpPart}, []string{`unknown attestation variant "qemu-sev"`, "known: mini-vtpm", "set the variant"}},
+		"no variant":                   {&Policy{Measurements: pcrs}, []string{`unknown attestation variant ""`}},
+		"azure-tdx":                    {&Policy{Variant: "azure-tdx", Measurements: pcrs, TDX: tdxPolicy(t)}, []string{"azure-tdx is not supported yet", "use another variant"}},
+		"SEV-SNP variant without SNP":  {&Policy{Variant: "aws-sev-snp", Measurements: pcrs}, []string{"aws-sev-snp needs an SEV-SNP policy", "attestation.snp"}},
+		"qemu-sev-snp without SNP":     {&Policy{Variant: "qemu-sev-snp"}, []string{"qemu-sev-snp needs an SEV-SNP policy"}},
+		"azure-sev-snp without SNP":    {&Policy{Variant: "azure-sev-snp", Measurements: pcrs}, []string{"azure-sev-snp needs an SEV-SNP policy"}},
+		"TDX variant without TDX":      {&Policy{Variant: "qemu-tdx"}, []string{"qemu-tdx needs a TDX policy", "collateralDir"}},
+		"allowDebug":                   {&Policy{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: &SNP{Policy: *debug}}, []string{"allowDebug is set", "never accepted in a cluster"}},
+		"allowDebug without vTPM":      {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *debug}}, []string{"allowDebug is set"}},
+		"fixed reportData":             {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *withReportData}}, []string{"reportData is set"}},
+		"SNP policy without TCB":       {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *noTCB}}, []string{"the SEV-SNP policy", "minimumTCB"}},
+		"TDX policy without MRTD":      {&Policy{Variant: "qemu-tdx", TDX: badTDX}, []string{"the TDX policy", "no accepted MRTD"}},
+		"TDX without collateral":       {&Policy{Variant: "qemu-tdx", TDX: noCollateral}, []string{"the TDX collateral", "refresh the collateral cache"}},
+		"vTPM variant without PCRs":    {&Policy{Variant: "aws-sev-snp", SNP: snpPart}, []string{"aws-sev-snp: measurements", "add the expected PCR values"}},
+		"PCRs without vTPM":            {&Policy{Variant: "qemu-sev-snp", Measurements: pcrs, SNP: snpPart}, []string{"qemu-sev-snp has no vTPM", "remove them"}},
+		"mini-vtpm without AK roots":   {&Policy{Variant: "mini-vtpm", Measurements: pcrs}, []string{"mini-vtpm needs the certificate of the CA"}},
+		"AK roots on hardware variant": {&Policy{Variant: "aws-sev-snp", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"only through the hardware report"}},
+		"SNP policy on mini-vtpm":      {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"mini-vtpm evidence has no SEV-SNP report; remove it"}},
+		"TDX policy on SEV-SNP":        {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, TDX: tdxPolicy(t)}, []string{"qemu-sev-snp evidence has no TDX quote; remove it"}},
+		"foreign CRL":                  {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy(), CRLs: map[snp.Product][][]byte{snp.Milan: {[]byte("junk")}}}}, []string{"the AMD CRLs"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			v, err := New(tc.p, Options{})
+			if err == nil {
+				t.Fatalf("New accepted the policy: validator of %s", v.Variant())
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q: %v", want, err)
+				}
+			}
+		})
+	}
+}
+
+// The validators check evidence from the product's issuers, each request with its own REPORT_DATA.
+func TestValidateEvidence(t *testing.T) {
+	pki, pl := testSNP(t)
+	opts := testOptions(t, pki)
+	ctx := context.Background()
+	nonce := bytes.Repeat([]byte{9}, 32)
+
+	t.Run("qemu-sev-snp", func(t *testing.T) {
+		v, err := New(&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := snp.NewIssuer(pl).Issue(ctx, nonce, []byte("user"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := v.Validate(ctx, ev, nonce); err != nil || string(got) != "user" {
+			t.Fatalf("Validate = %q, %v", got, err)
+		}
+		other := bytes.Repeat([]byte{8}, 32)
+		if _, err := v.Validate(ctx, ev, other); !errors.Is(err, snp.ErrReportData) {
+			t.Errorf("evidence for another nonce: %v, want ErrReportData", err)
+		}
+	})
+
+	t.Run("aws-sev-snp", func(t *testing.T) {
+		tpm, err := snptest.NewVTPM()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := New(&Policy{Variant: "aws-sev-snp", Measurements: tpm.Policy(), SNP: &SNP{Policy: *pl.Policy()}}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		issuer, err := snp.NewVTPMIssuer(attestation.AWSSEVSNP, pl, tpm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := issuer.Issue(ctx, nonce, []byte("user"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := v.Validate(ctx, ev, nonce); err != nil || string(got) != "user" {
+			t.Fatalf("Validate = %q, %v", got, err)
+		}
+		// The same evidence as another variant's: refused.
+		gcp, err := New(&Policy{Variant: "gcp-sev-snp", Measurements: tpm.Policy(), SNP: &SNP{Policy: *pl.Policy()}}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := gcp.Validate(ctx, ev, nonce); err == nil {
+			t.Error("a gcp-sev-snp validator accepted aws-sev-snp evidence")
+		}
+		// Another launch measurement: refused by the hardware policy even though the PCRs match.
+		other := pl.Policy()
+		other.Measurements = []snp.HexBytes{bytes.Repeat([]byte{0x4e}, 48)}
+		strict, err := New(&Policy{Variant: "aws-sev-snp", Measurements: tpm.Policy(), SNP: &SNP{Policy: *other}}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := strict.Validate(ctx, ev, nonce); !errors.Is(err, snp.ErrPolicy) {
+			t.Errorf("another launch measurement: %v, want ErrPolicy", err)
+		}
+	})
+
+	t.Run("embedded roots", func(t *testing.T) {
+		// Without the test roots, the test PKI's reports chain to nothing trusted.
+		v, err := New(&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}}, Options{Now: opts.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := snp.NewIssuer(pl).Issue(ctx, nonce, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Validate(ctx, ev, nonce); err == nil {
+			t.Fatal("a report of the test PKI verified against the embedded AMD roots")
+		}
+	})
+}
+
+// FromConfig reads the caches a validated configuration names.
+func TestFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	coll, err := filepath.Abs(genuineCollateral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "crls"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := &config.Attestation{Variant: "qemu-tdx", TDX: &config.TDX{Policy: tdxPolicy(t).Policy, CollateralDir: coll}}
+	p, err := FromConfig(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.TDX.Collateral.TCBInfos) != 1 || len(p.TDX.Collateral.QEIdentity) == 0 {
+		t.Fatalf("collateral not read: %+v", p.TDX.Collateral)
+	}
+	if _, err := New(p, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a.TDX.CollateralDir = filepath.Join(dir, "missing")
+	if _, err := FromConfig(a, nil); err == nil || !strings.Contains(err.Error(), "attestation.tdx.collateralDir") {
+		t.Errorf("missing collateral directory: %v", err)
+	}
+	_, pl := testSNP(t)
+	s := &config.Attestation{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: &config.SNP{Policy: *pl.Policy(), CRLDir: filepath.Join(dir, "crls"), VCEKCacheDir: dir}}
+	p, err = FromConfig(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SNP.VCEKCache == nil || p.SNP.VCEKCache.Dir() != dir {
+		t.Errorf("VCEK cache not opened: %+v", p.SNP)
+	}
+	if v, err := New(p, Options{}); err != nil || v.Variant().Name != attestation.GCPSEVSNP.Name {
+		t.Errorf("New = %v, %v", v, err)
+	}
+	s.SNP.CRLDir = filepath.Join(dir, "missing")
+	if _, err := FromConfig(s, nil); err == nil || !strings.Contains(err.Error(), "attestation.snp.crlDir") {
+		t.Errorf("missing CRL directory: %v", err)
+	}
+}

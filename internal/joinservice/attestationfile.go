@@ -1,0 +1,138 @@
+package joinservice
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
+)
+
+// The attestation file (AttestationFile) of the join configuration names the variant and carries its
+// hardware policy with the offline material the join service verifies with, since it fetches nothing:
+//
+//	{
+//	  "version": 1,
+//	  "variant": "aws-sev-snp",
+//	  "snp": {"policy": {<snp.Policy without reportData>}, "crls": {"Milan": ["<base64 DER or PEM CRL>", ...]}},
+//	  "tdx": {"policy": {<tdx.Policy without reportData>}, "collateral": {"tcbInfos": ["<base64>", ...],
+//	          "qeIdentity": "<base64>", "tcbSigningChain": "<base64>", "rootCACRL": "<base64>",
+//	          "pckPlatformCRL": "<base64>", "pckProcessorCRL": "<base64>"}}
+//	}
+//
+// "snp" is there exactly for the SEV-SNP variants, "tdx" for the TDX variants. The measurements and the
+// attestation-key roots stay in their own files. A VCEK cache does not travel: in the cluster, SEV-SNP
+// evidence must carry its VCEK (or VLEK) certificate.
+
+// AttestationFileVersion is the version of the attestation file's format.
+const AttestationFileVersion = 1
+
+// MaxAttestationFileSize bounds every file of the join configuration; a ConfigMap holds at most 1 MiB.
+const MaxAttestationFileSize = 1 << 20
+
+type attestationFile struct {
+	Version int      `json:"version"`
+	Variant string   `json:"variant"`
+	SNP     *snpFile `json:"snp,omitempty"`
+	TDX     *tdxFile `json:"tdx,omitempty"`
+}
+
+type snpFile struct {
+	Policy *snp.Policy              `json:"policy"`
+	CRLs   map[snp.Product][][]byte `json:"crls,omitempty"`
+}
+
+type tdxFile struct {
+	Policy     *tdx.Policy     `json:"policy"`
+	Collateral *collateralFile `json:"collateral"`
+}
+
+type collateralFile struct {
+	TCBInfos        [][]byte `json:"tcbInfos"`
+	QEIdentity      []byte   `json:"qeIdentity"`
+	TCBSigningChain []byte   `json:"tcbSigningChain"`
+	RootCACRL       []byte   `json:"rootCACRL"`
+	PCKPlatformCRL  []byte   `json:"pckPlatformCRL,omitempty"`
+	PCKProcessorCRL []byte   `json:"pckProcessorCRL,omitempty"`
+}
+
+// MarshalAttestation encodes the variant and hardware policy of p as an attestation file. A VCEK cache in
+// p is not encoded.
+func MarshalAttestation(p *validators.Policy) ([]byte, error) {
+	f := attestationFile{Version: AttestationFileVersion, Variant: p.Variant}
+	if p.SNP != nil {
+		f.SNP = &snpFile{Policy: p.SNP.Policy.Clone(), CRLs: p.SNP.CRLs}
+	}
+	if p.TDX != nil {
+		c := p.TDX.Collateral
+		f.TDX = &tdxFile{Policy: p.TDX.Policy.Clone(), Collateral: &collateralFile{
+			TCBInfos: c.TCBInfos, QEIdentity: c.QEIdentity, TCBSigningChain: c.TCBSigningChain,
+			RootCACRL: c.RootCACRL, PCKPlatformCRL: c.PCKPlatformCRL, PCKProcessorCRL: c.PCKProcessorCRL,
+		}}
+	}
+	raw, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > MaxAttestationFileSize {
+		return nil, fmt.Errorf("the attestation policy takes %d bytes, more than the %d a join configuration holds; keep only the CRLs and collateral the cluster's machines need", len(raw), MaxAttestationFileSize)
+	}
+	return raw, nil
+}
+
+// ParseAttestation parses an attestation file strictly: at most MaxAttestationFileSize bytes, one JSON
+// object of the current version, no unknown fields, no trailing data, a known variant, and the hardware
+// sections present and complete as their parts require. It returns a policy without measurements and
+// attestation-key roots; whether the policy can be enforced, validators.New decides.
+func ParseAttestation(raw []byte) (*validators.Policy, error) {
+	if len(raw) > MaxAttestationFileSize {
+		return nil, fmt.Errorf("%d bytes, more than the limit of %d", len(raw), MaxAttestationFileSize)
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, errors.New("empty; the join configuration must name the attestation variant")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var f attestationFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("not a valid attestation policy: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after the attestation policy")
+	}
+	if f.Version != AttestationFileVersion {
+		return nil, fmt.Errorf("version %d is not supported, want %d; deploy the join service of the same release as the bootstrapper", f.Version, AttestationFileVersion)
+	}
+	if _, err := attestation.VariantByName(f.Variant); err != nil {
+		return nil, err
+	}
+	p := &validators.Policy{Variant: f.Variant}
+	if f.SNP != nil {
+		if f.SNP.Policy == nil {
+			return nil, errors.New("snp: no policy")
+		}
+		for product, list := range f.SNP.CRLs {
+			if len(list) == 0 {
+				return nil, fmt.Errorf("snp.crls: no CRL listed for %v", product)
+			}
+		}
+		p.SNP = &validators.SNP{Policy: *f.SNP.Policy, CRLs: maps.Clone(f.SNP.CRLs)}
+	}
+	if f.TDX != nil {
+		if f.TDX.Policy == nil || f.TDX.Collateral == nil {
+			return nil, errors.New("tdx: want both policy and collateral")
+		}
+		c := f.TDX.Collateral
+		p.TDX = &validators.TDX{Policy: *f.TDX.Policy, Collateral: tdx.CollateralFiles{
+			TCBInfos: c.TCBInfos, QEIdentity: c.QEIdentity, TCBSigningChain: c.TCBSigningChain,
+			RootCACRL: c.RootCACRL, PCKPlatformCRL: c.PCKPlatformCRL, PCKProcessorCRL: c.PCKProcessorCRL,
+		}}
+	}
+	return p, nil
+}
