@@ -21,6 +21,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
@@ -195,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
 				return err
 			},
-			initialised: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+			initialised: func(d *kms.Deriver, clusterID []byte, att *validators.Policy) error {
 				if err := mesh.publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
 					return err
 				}
@@ -207,11 +208,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
 				}
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
-				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
+				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, att.Measurements, log.With("service", "keys"))
 				if err != nil {
 					return err
 				}
-				return deployJoinService(ctx, md, k8s, clusterID, policy, keyService)
+				return deployJoinService(ctx, md, k8s, clusterID, att, keyService)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))

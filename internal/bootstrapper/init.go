@@ -17,9 +17,11 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -48,7 +50,7 @@ type initServer struct {
 	log    *slog.Logger
 	// initialised runs after a successful init, with the cluster's key derivation, cluster ID and
 	// measurement policy.
-	initialised func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
+	initialised func(d *kms.Deriver, clusterID []byte, att *validators.Policy) error
 
 	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
 	// a node without one.
@@ -82,6 +84,11 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("measurement policy: %v", err))
 	}
+	att, err := s.attestationPolicy(req.GetAttestation())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	att.Measurements = policy
 	ms, err := s.masterSecret(ctx, req)
 	if err != nil {
 		return nil, err
@@ -134,11 +141,29 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	s.log.Info("Kubernetes initialised")
 	if s.initialised != nil {
-		if err := s.initialised(d, clusterID, policy); err != nil {
+		if err := s.initialised(d, clusterID, att); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil
+}
+
+// attestationPolicy parses the cluster's attestation policy from an init request: the variant must be the one
+// this node attests as, or the join service would refuse every node of the cluster. An empty policy means this
+// node's variant with the measurements alone.
+func (s *initServer) attestationPolicy(raw []byte) (*validators.Policy, error) {
+	own := s.issuer.Variant().Name
+	if len(raw) == 0 {
+		return &validators.Policy{Variant: own}, nil
+	}
+	att, err := joinservice.ParseAttestation(raw)
+	if err != nil {
+		return nil, fmt.Errorf("attestation policy: %w", err)
+	}
+	if att.Variant != own {
+		return nil, fmt.Errorf("the configuration's attestation variant is %s, but this node attests as %s: set attestation.variant to %s (with its policy) in the configuration", att.Variant, own, own)
+	}
+	return att, nil
 }
 
 // unwrapTimeout bounds the wait for the external KMS during init (its client retries with backoff meanwhile).

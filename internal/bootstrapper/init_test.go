@@ -13,10 +13,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
@@ -47,8 +48,12 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	defer node.Close()
 	k8s := &recordingKubernetes{}
 	var started []byte
+	var startedWith *validators.Policy
 	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(_ *kms.Deriver, clusterID []byte, _ measurements.M) error { started = clusterID; return nil }}
+		initialised: func(_ *kms.Deriver, clusterID []byte, att *validators.Policy) error {
+			started, startedWith = clusterID, att
+			return nil
+		}}
 	ms, _ := kms.GenerateMasterSecret()
 	policy, _ := json.Marshal(node.Policy)
 	ctx := context.Background()
@@ -57,6 +62,11 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	for name, req := range map[string]*initpb.InitRequest{
 		"short secret": {MasterSecret: []byte{1}, Salt: ms.Salt, Measurements: policy},
 		"no policy":    {MasterSecret: ms.Key, Salt: ms.Salt},
+		// The join service would refuse every node: they attest as mini-vtpm.
+		"other variant":         {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":1,"variant":"aws-sev-snp"}`)},
+		"garbage attestation":   {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":1,"variant":"mini-vtpm"}x`)},
+		"unknown attestation":   {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":1,"variant":"mini-vtpm","extra":1}`)},
+		"attestation version 2": {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":2,"variant":"mini-vtpm"}`)},
 	} {
 		if _, err := s.Init(ctx, req); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("%s: Init = %v, want InvalidArgument", name, err)
@@ -73,9 +83,17 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 		t.Fatal("a refused init changed PCR 15")
 	}
 
-	resp, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy})
+	// As the CLI sends it.
+	att, err := joinservice.MarshalAttestation(&validators.Policy{Variant: "mini-vtpm", Measurements: node.Policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: att})
 	if err != nil {
 		t.Fatalf("Init: %v", err)
+	}
+	if startedWith == nil || startedWith.Variant != "mini-vtpm" || len(startedWith.Measurements) != len(node.Policy) {
+		t.Fatalf("the cluster services were started with the attestation policy %+v", startedWith)
 	}
 	d, _ := kms.NewDeriver(ms)
 	want, _ := d.ClusterID()

@@ -69,14 +69,19 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 }
 
 // deployJoinService installs the join service into the new cluster: its configuration (the cluster's
-// measurement policy, the provider's AK roots and the cluster ID) and the DaemonSet that runs it on every
-// control-plane node. Its manifests are part of this measured binary, not supplied from outside.
-func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, policy measurements.M, keyService string) error {
-	roots, err := akRoots(ctx, md)
-	if err != nil {
-		return err
+// attestation policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the
+// cluster ID) and the DaemonSet that runs it on every control-plane node. Its manifests are part of this
+// measured binary, not supplied from outside.
+func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, att *validators.Policy, keyService string) error {
+	p := *att
+	if p.Variant == attestation.MiniVTPM.Name {
+		roots, err := akRoots(ctx, md)
+		if err != nil {
+			return err
+		}
+		p.AKRoots = roots
 	}
-	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID)
+	data, err := joinservice.ConfigData(&p, clusterID)
 	if err != nil {
 		return err
 	}

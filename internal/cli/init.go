@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,9 +19,10 @@ import (
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
@@ -66,7 +66,7 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 //
 // With an external KMS (kmsConf) the node gets the master secret only wrapped, with the KMS credentials, and
 // unwraps it itself: the plain master secret never exists outside attested nodes.
-func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certificate, policy measurements.M, kmsConf *kms.KMIPConfig) (clusterState, error) {
+func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy, kmsConf *kms.KMIPConfig) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
 	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
@@ -88,18 +88,22 @@ func initCluster(ctx context.Context, ws, nodeIP string, roots []*x509.Certifica
 	if err != nil {
 		return clusterState{}, err
 	}
-	conn, endpoint, err := dialFreshNode(nodeIP, roots, policy)
+	conn, endpoint, err := dialFreshNode(nodeIP, att)
 	if err != nil {
 		return clusterState{}, err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	rawPolicy, err := json.Marshal(policy)
+	rawPolicy, err := json.Marshal(att.Measurements)
 	if err != nil {
 		return clusterState{}, err
 	}
 	req.Measurements = rawPolicy
+	// The first node hands the variant and hardware policy on to the join service.
+	if req.Attestation, err = joinservice.MarshalAttestation(att); err != nil {
+		return clusterState{}, err
+	}
 	resp, err := initpb.NewInitClient(conn).Init(ctx, req)
 	if err != nil {
 		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
@@ -143,8 +147,13 @@ func initRequest(secretPath string, file *kms.SecretFile, kmsConf *kms.KMIPConfi
 
 // dialFreshNode connects to the init service of the first control-plane node over aTLS, accepting only a node
 // that runs the configured image and is fresh: PCR 15 zero, so an initialised or recovered node is refused.
-func dialFreshNode(nodeIP string, roots []*x509.Certificate, policy measurements.M) (*grpc.ClientConn, string, error) {
-	v, err := vtpm.NewValidator(roots, measuredboot.FreshPolicy(policy), nil)
+func dialFreshNode(nodeIP string, att *validators.Policy) (*grpc.ClientConn, string, error) {
+	// A fresh node has measured no cluster ID yet (PCR 15 zero), where its variant has a vTPM.
+	fresh := *att
+	if len(att.Measurements) > 0 {
+		fresh.Measurements = measuredboot.FreshPolicy(att.Measurements)
+	}
+	v, err := validators.New(&fresh, validators.Options{})
 	if err != nil {
 		return nil, "", err
 	}

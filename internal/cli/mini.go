@@ -185,7 +185,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		kmsConf = c.KMS.KMIP
 		fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
 	}
-	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, roots, c.Attestation.Measurements, kmsConf)
+	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf)
 	if err != nil {
 		return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 	}

@@ -117,7 +117,7 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 // that it then proves membership of the cluster.
 func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*x509.Certificate, c *config.Config, member measurements.M, req *initpb.InitRequest, cs clusterState) error {
 	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", n.Name, n.IP)
-	conn, endpoint, err := dialFreshNode(n.IP, roots, c.Attestation.Measurements)
+	conn, endpoint, err := dialFreshNode(n.IP, miniPolicy(roots, c.Attestation.Measurements))
 	if err != nil {
 		return failed(err)
 	}

@@ -79,8 +79,12 @@ type InitRequest struct {
 	// master secret exists only inside attested nodes.
 	WrappedMasterSecret []byte `protobuf:"bytes,4,opt,name=wrapped_master_secret,json=wrappedMasterSecret,proto3" json:"wrapped_master_secret,omitempty"`
 	Kmip                *KMIP  `protobuf:"bytes,5,opt,name=kmip,proto3" json:"kmip,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// attestation is the cluster's attestation policy beyond the measurements: the join service's attestation
+	// file (variant and hardware policy, see joinservice.ParseAttestation). The variant must be this node's.
+	// Empty means this node's variant with the measurements alone, which only mini-vtpm allows.
+	Attestation   []byte `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -144,6 +148,13 @@ func (x *InitRequest) GetWrappedMasterSecret() []byte {
 func (x *InitRequest) GetKmip() *KMIP {
 	if x != nil {
 		return x.Kmip
+	}
+	return nil
+}
+
+func (x *InitRequest) GetAttestation() []byte {
+	if x != nil {
+		return x.Attestation
 	}
 	return nil
 }
@@ -585,13 +596,14 @@ const file_init_proto_rawDesc = "" +
 	"init.proto\x12\x15constellation.init.v1\"0\n" +
 	"\x0fRecoverResponse\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xcf\x01\n" +
+	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xf1\x01\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
 	"\fmeasurements\x18\x03 \x01(\fR\fmeasurements\x122\n" +
 	"\x15wrapped_master_secret\x18\x04 \x01(\fR\x13wrappedMasterSecret\x12/\n" +
-	"\x04kmip\x18\x05 \x01(\v2\x1b.constellation.init.v1.KMIPR\x04kmip\"\x7f\n" +
+	"\x04kmip\x18\x05 \x01(\v2\x1b.constellation.init.v1.KMIPR\x04kmip\x12 \n" +
+	"\vattestation\x18\x06 \x01(\fR\vattestation\"\x7f\n" +
 	"\x04KMIP\x12\x1a\n" +
 	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x1b\n" +
 	"\tserver_ca\x18\x02 \x01(\fR\bserverCa\x12\x1f\n" +
