@@ -27,8 +27,9 @@ import (
 //	}
 //
 // "snp" is there exactly for the SEV-SNP variants, "tdx" for the TDX variants. The measurements and the
-// attestation-key roots stay in their own files. A VCEK cache does not travel: in the cluster, SEV-SNP
-// evidence must carry its VCEK (or VLEK) certificate.
+// attestation-key roots stay in their own files. The SEV-SNP part may carry the entries of an offline VCEK
+// cache ("vceks": {"<entry name>": "<base64 DER>"}), for evidence without a VCEK (GCP attaches none); a
+// VCEK from there is checked like one in the evidence.
 
 // AttestationFileVersion is the version of the attestation file's format.
 const AttestationFileVersion = 1
@@ -46,6 +47,8 @@ type attestationFile struct {
 type snpFile struct {
 	Policy *snp.Policy              `json:"policy"`
 	CRLs   map[snp.Product][][]byte `json:"crls,omitempty"`
+	// VCEKs are the entries of the offline VCEK cache (file name -> DER), for evidence without a VCEK.
+	VCEKs map[string][]byte `json:"vceks,omitempty"`
 }
 
 type tdxFile struct {
@@ -62,12 +65,21 @@ type collateralFile struct {
 	PCKProcessorCRL []byte   `json:"pckProcessorCRL,omitempty"`
 }
 
-// MarshalAttestation encodes the variant and hardware policy of p as an attestation file. A VCEK cache in
-// p is not encoded.
+// MarshalAttestation encodes the variant and hardware policy of p as an attestation file, with the entries of
+// its VCEK cache.
 func MarshalAttestation(p *validators.Policy) ([]byte, error) {
 	f := attestationFile{Version: AttestationFileVersion, Variant: p.Variant}
 	if p.SNP != nil {
 		f.SNP = &snpFile{Policy: p.SNP.Policy.Clone(), CRLs: p.SNP.CRLs}
+		if p.SNP.VCEKCache != nil {
+			entries, err := p.SNP.VCEKCache.Entries()
+			if err != nil {
+				return nil, err
+			}
+			if len(entries) > 0 {
+				f.SNP.VCEKs = entries
+			}
+		}
 	}
 	if p.TDX != nil {
 		c := p.TDX.Collateral
@@ -123,6 +135,13 @@ func ParseAttestation(raw []byte) (*validators.Policy, error) {
 			}
 		}
 		p.SNP = &validators.SNP{Policy: *f.SNP.Policy, CRLs: maps.Clone(f.SNP.CRLs)}
+		if f.SNP.VCEKs != nil {
+			cache, err := snp.NewVCEKCacheFromEntries(f.SNP.VCEKs)
+			if err != nil {
+				return nil, fmt.Errorf("snp.vceks: %w", err)
+			}
+			p.SNP.VCEKCache = cache
+		}
 	}
 	if f.TDX != nil {
 		if f.TDX.Policy == nil || f.TDX.Collateral == nil {

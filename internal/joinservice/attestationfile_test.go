@@ -232,12 +232,41 @@ func TestParseAttestation(t *testing.T) {
 		"bad CRL base64":  {`{"version":1,"variant":"qemu-sev-snp","snp":{"policy":{},"crls":{"Milan":["%%"]}}}`, "not a valid attestation policy"},
 		"bad product":     {`{"version":1,"variant":"qemu-sev-snp","snp":{"policy":{},"crls":{"Naples":["AA=="]}}}`, "Naples"},
 		"empty CRL list":  {`{"version":1,"variant":"qemu-sev-snp","snp":{"policy":{},"crls":{"Milan":[]}}}`, "no CRL listed for Milan"},
+		"VCEK entry name": {`{"version":1,"variant":"gcp-sev-snp","snp":{"policy":{},"vceks":{"../x.der":"AA=="}}}`, "snp.vceks"},
 		"TDX half":        {`{"version":1,"variant":"qemu-tdx","tdx":{"policy":{"mrtd":[]}}}`, "want both policy and collateral"},
 		"oversize":        {`{"version":1,"variant":"mini-vtpm"}` + strings.Repeat(" ", MaxAttestationFileSize), "more than the limit"},
 	} {
 		if _, err := ParseAttestation([]byte(tc.raw)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
 		}
+	}
+}
+
+// The entries of an offline VCEK cache travel in the attestation file (GCP's evidence carries no VCEK).
+func TestParseAttestationVCEKs(t *testing.T) {
+	vcek, err := os.ReadFile("../attestation/snp/testdata/vcek.testcer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "milan-00ff-bl2-tee0-snp5-ucode68.der"
+	cache, err := snp.NewVCEKCacheFromEntries(map[string][]byte{name: vcek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := MarshalAttestation(&validators.Policy{Variant: "gcp-sev-snp", SNP: &validators.SNP{VCEKCache: cache}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ParseAttestation(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.SNP == nil || out.SNP.VCEKCache == nil {
+		t.Fatalf("the VCEKs did not travel: %s", raw)
+	}
+	entries, err := out.SNP.VCEKCache.Entries()
+	if err != nil || len(entries) != 1 || !bytes.Equal(entries[name], vcek) {
+		t.Fatalf("entries after the round trip: %d, %v", len(entries), err)
 	}
 }
 

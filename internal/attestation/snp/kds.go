@@ -79,6 +79,9 @@ func (c *VCEKCache) Fetch(ctx context.Context, v *Verifier, r *Report, opts Fetc
 	if c == nil || v == nil || r == nil {
 		return VCEKKey{}, nil, errors.New("VCEK fetch: a cache, a verifier and a report are required")
 	}
+	if c.entries != nil {
+		return VCEKKey{}, nil, errors.New("VCEK fetch: the cache is held in memory; fetch into a cache directory")
+	}
 	base := opts.KDSURL
 	if base == "" {
 		base = DefaultKDSURL

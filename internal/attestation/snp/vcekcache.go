@@ -158,6 +158,75 @@ func (k VCEKKey) check() error {
 // added while it is in use are found.
 type VCEKCache struct {
 	dir string
+	// entries, if not nil, are the cache's entries in memory (file name -> content) instead of a directory:
+	// the cache as it travels in a cluster's join configuration.
+	entries map[string][]byte
+}
+
+// MaxVCEKEntries bounds the entries of a cache held in memory.
+const MaxVCEKEntries = 256
+
+// NewVCEKCacheFromEntries returns a cache held in memory, with the entries [VCEKCache.Entries] returned
+// (file name -> content). Names must be plain file names ending in .der; contents are parsed only when looked
+// up, and checked then like any entry.
+func NewVCEKCacheFromEntries(entries map[string][]byte) (*VCEKCache, error) {
+	if len(entries) > MaxVCEKEntries {
+		return nil, fmt.Errorf("VCEK cache: %d entries, more than %d", len(entries), MaxVCEKEntries)
+	}
+	c := &VCEKCache{dir: "(the join configuration)", entries: make(map[string][]byte, len(entries))}
+	for name, data := range entries {
+		if err := checkEntryName(name); err != nil {
+			return nil, err
+		}
+		if len(data) > MaxVCEKSize {
+			return nil, fmt.Errorf("%w: VCEK cache entry %s has more than %d bytes", ErrMalformedCertificates, name, MaxVCEKSize)
+		}
+		c.entries[name] = bytes.Clone(data)
+	}
+	return c, nil
+}
+
+// checkEntryName accepts the names FileName makes: lower-case letters, digits and dashes, ending in .der.
+func checkEntryName(name string) error {
+	base, ok := strings.CutSuffix(name, ".der")
+	if !ok || base == "" || len(name) > 255 || strings.Trim(base, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		return fmt.Errorf("VCEK cache: entry name %q is not one of this cache (want <product>-<hex chip ID>-<TCB>.der)", name)
+	}
+	return nil
+}
+
+// Entries returns the cache's entries (file name -> content, at most MaxVCEKEntries), to ship them where there
+// is no directory: regular files with entry names only; anything else in the directory is skipped.
+func (c *VCEKCache) Entries() (map[string][]byte, error) {
+	if c.entries != nil {
+		out := make(map[string][]byte, len(c.entries))
+		for name, data := range c.entries {
+			out[name] = bytes.Clone(data)
+		}
+		return out, nil
+	}
+	list, err := os.ReadDir(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("VCEK cache: %w", err)
+	}
+	out := map[string][]byte{}
+	for _, e := range list {
+		if !e.Type().IsRegular() || checkEntryName(e.Name()) != nil {
+			continue
+		}
+		if len(out) == MaxVCEKEntries {
+			return nil, fmt.Errorf("VCEK cache %s: more than %d entries", c.dir, MaxVCEKEntries)
+		}
+		data, err := os.ReadFile(filepath.Join(c.dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("VCEK cache: %w", err)
+		}
+		if len(data) > MaxVCEKSize {
+			return nil, fmt.Errorf("%w: VCEK cache entry %s has more than %d bytes", ErrMalformedCertificates, e.Name(), MaxVCEKSize)
+		}
+		out[e.Name()] = data
+	}
+	return out, nil
 }
 
 // ErrVCEKNotCached is returned (together with ErrMissingCertificate) by [VCEKCache.Lookup] when the cache
@@ -196,6 +265,17 @@ func (c *VCEKCache) Lookup(k VCEKKey) (*x509.Certificate, error) {
 	}
 	if err := k.check(); err != nil {
 		return nil, err
+	}
+	if c.entries != nil {
+		data, ok := c.entries[k.FileName()]
+		if !ok {
+			return nil, fmt.Errorf("%w: %w: no entry %s for %v in %s", ErrMissingCertificate, ErrVCEKNotCached, k.FileName(), k, c.dir)
+		}
+		cert, err := ParseVCEK(data)
+		if err != nil {
+			return nil, fmt.Errorf("VCEK cache entry %s: %w", k.FileName(), err)
+		}
+		return cert, nil
 	}
 	path := c.Path(k)
 	info, err := os.Lstat(path)

@@ -554,3 +554,65 @@ func TestParseVCEK(t *testing.T) {
 		}
 	}
 }
+
+// A cache shipped in memory (as in a cluster's join configuration) holds what the directory held and verifies
+// the same way; its names are checked, and a tampered entry fails verification.
+func TestVCEKCacheInMemory(t *testing.T) {
+	dir := emptyCache(t)
+	_, k := genuineKey(t)
+	vcek := readTestdata(t, "vcek.testcer")
+	if err := os.WriteFile(dir.Path(k), vcek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Not entries: a file with another name, a directory.
+	os.WriteFile(filepath.Join(dir.Dir(), "README"), []byte("notes"), 0o600)
+	os.Mkdir(filepath.Join(dir.Dir(), "sub.der"), 0o700)
+	entries, err := dir.Entries()
+	if err != nil || len(entries) != 1 || !bytes.Equal(entries[k.FileName()], vcek) {
+		t.Fatalf("Entries() = %d entries, %v", len(entries), err)
+	}
+	mem, err := NewVCEKCacheFromEntries(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := readTestdata(t, "attestation.bin")
+	vr, err := Validate(cachedVerifier(t, nil, mem), genuinePolicy(t), raw, nil)
+	if err != nil || !vr.VCEKFromCache {
+		t.Fatalf("offline verification with the cache in memory: %v", err)
+	}
+	if again, err := mem.Entries(); err != nil || len(again) != 1 {
+		t.Fatalf("Entries() of the cache in memory: %v", err)
+	}
+	if _, _, err := mem.Fetch(context.Background(), genuineVerifier(t), &Report{}, FetchOptions{}); err == nil {
+		t.Error("a cache in memory was filled")
+	}
+
+	empty, _ := NewVCEKCacheFromEntries(map[string][]byte{})
+	if _, err := Validate(cachedVerifier(t, nil, empty), genuinePolicy(t), raw, nil); !errors.Is(err, ErrVCEKNotCached) {
+		t.Errorf("empty cache in memory: %v", err)
+	}
+	tampered := bytes.Clone(vcek)
+	tampered[len(tampered)-10] ^= 1 // in the signature
+	bad, _ := NewVCEKCacheFromEntries(map[string][]byte{k.FileName(): tampered})
+	if _, err := Validate(cachedVerifier(t, nil, bad), genuinePolicy(t), raw, nil); err == nil {
+		t.Error("a tampered entry in memory verified")
+	}
+	for name, entries := range map[string]map[string][]byte{
+		"path":      {"../" + k.FileName(): vcek},
+		"upper":     {"Milan-00.der": vcek},
+		"not der":   {"milan-00.pem": vcek},
+		"empty":     {".der": vcek},
+		"oversized": {k.FileName(): make([]byte, MaxVCEKSize+1)},
+	} {
+		if _, err := NewVCEKCacheFromEntries(entries); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	many := map[string][]byte{}
+	for i := range MaxVCEKEntries + 1 {
+		many[fmt.Sprintf("milan-%04x.der", i)] = vcek
+	}
+	if _, err := NewVCEKCacheFromEntries(many); err == nil {
+		t.Error("more than MaxVCEKEntries entries accepted")
+	}
+}
