@@ -334,7 +334,7 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 	// The other nodes route the new node's pods to it.
 	for _, other := range p.nodes {
 		if other != nd && other.sb != nil {
-			if err := run("nsenter", "-t", strconv.Itoa(other.sb.PID), "-n", "ip", "route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
+			if err := other.sb.IPInNode("route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
 				if died := other.died(); died != nil {
 					return "", died
 				}
@@ -494,7 +494,7 @@ func (p *Provider) route(nd *node) error {
 		}
 	}
 	for _, r := range routes {
-		if err := run("nsenter", append([]string{"-t", strconv.Itoa(nd.sb.PID), "-n", "ip", "route", "add"}, r...)...); err != nil {
+		if err := nd.sb.IPInNode(append([]string{"route", "add"}, r...)...); err != nil {
 			if died := nd.died(); died != nil {
 				return died
 			}

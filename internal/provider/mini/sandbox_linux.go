@@ -73,6 +73,10 @@ type Sandbox struct {
 	exited   chan struct{}
 	exitErr  error
 	stopping atomic.Bool // set by Stop: the end of the first process is expected
+	// netns is the node's network namespace, opened while its first process waited for the provider. The
+	// provider configures the node's network through it, never through /proc/<PID>: while the first process
+	// executes the node's init, the kernel briefly shows no namespaces for its PID.
+	netns *os.File
 }
 
 // StartSandbox starts a node: fresh mount, network, UTS and IPC namespaces, its own cgroup subtree, a veth
@@ -143,6 +147,10 @@ func StartSandbox(n Network, spec bootSpec, ip netip.Addr, hostLink, cgroupParen
 		sb.Stop()
 		return nil, fmt.Errorf("starting node %s: %w", spec.Name, err)
 	}
+	// The node waits for the ready pipe and executes nothing before: its PID names its namespaces reliably.
+	if sb.netns, err = os.Open("/proc/" + strconv.Itoa(sb.PID) + "/ns/net"); err != nil {
+		return fail(fmt.Errorf("opening the network namespace: %w", err))
+	}
 	if err := sb.joinCgroups(); err != nil {
 		return fail(err)
 	}
@@ -202,20 +210,38 @@ func initCpuset(base, rel string) error {
 
 func (sb *Sandbox) wireNetwork(n Network) error {
 	peer := sb.HostLink + "n"
-	pid := strconv.Itoa(sb.PID)
-	steps := [][]string{
+	for _, s := range [][]string{
 		{"ip", "link", "add", sb.HostLink, "mtu", strconv.Itoa(MTU), "type", "veth", "peer", "name", peer, "mtu", strconv.Itoa(MTU)},
 		{"ip", "link", "set", sb.HostLink, "master", n.Bridge, "up"},
-		{"ip", "link", "set", peer, "netns", pid},
-		{"nsenter", "-t", pid, "-n", "ip", "link", "set", peer, "name", "eth0"},
-		{"nsenter", "-t", pid, "-n", "ip", "addr", "add", netip.PrefixFrom(sb.IP, n.Gateway.Bits()).String(), "dev", "eth0"},
-		{"nsenter", "-t", pid, "-n", "ip", "link", "set", "eth0", "up"},
-		{"nsenter", "-t", pid, "-n", "ip", "link", "set", "lo", "up"},
-	}
-	for _, s := range steps {
+		{"ip", "link", "set", peer, "netns", strconv.Itoa(sb.PID)},
+	} {
 		if err := run(s[0], s[1:]...); err != nil {
 			return fmt.Errorf("wiring network: %w", err)
 		}
+	}
+	for _, s := range [][]string{
+		{"link", "set", peer, "name", "eth0"},
+		{"addr", "add", netip.PrefixFrom(sb.IP, n.Gateway.Bits()).String(), "dev", "eth0"},
+		{"link", "set", "eth0", "up"},
+		{"link", "set", "lo", "up"},
+	} {
+		if err := sb.IPInNode(s...); err != nil {
+			return fmt.Errorf("wiring network: %w", err)
+		}
+	}
+	return nil
+}
+
+// IPInNode runs ip with args in the node's network namespace.
+func (sb *Sandbox) IPInNode(args ...string) error {
+	if sb.netns == nil {
+		return fmt.Errorf("node %s: its network namespace is not open", sb.Name)
+	}
+	// nsenter enters the namespace through the descriptor it inherits as fd 3.
+	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", "ip"}, args...)...)
+	cmd.ExtraFiles = []*os.File{sb.netns}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s in node %s: %w: %s", strings.Join(args, " "), sb.Name, err, bytes.TrimSpace(out))
 	}
 	return nil
 }
@@ -255,6 +281,9 @@ func (sb *Sandbox) Stop() error {
 		if err := run("ip", "link", "del", sb.HostLink); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if sb.netns != nil {
+		sb.netns.Close()
 	}
 	return errors.Join(errs...)
 }
