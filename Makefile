@@ -27,6 +27,8 @@ FUZZ_TARGETS := \
 	./internal/diskmapper/luks:FuzzParseHeader \
 	./internal/attestation/tdx:FuzzParseQuote \
 	./internal/attestation/azure:FuzzParseHCLReport \
+	./internal/attestation/tdx:FuzzParseTDReport \
+	./internal/attestation/tdx:FuzzBindHCLReport \
 	./internal/attestation/tdx:FuzzParseTCBInfo \
 	./internal/attestation/tdx:FuzzParseQEIdentity \
 	./internal/attestation/tdx:FuzzParsePCKExtension \

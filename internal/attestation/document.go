@@ -40,8 +40,8 @@ const (
 	MaxTDXQuoteSize = 64 << 10
 	// MaxAKPublicSize bounds the encoded attestation key in TPMEvidence.AKPublic.
 	MaxAKPublicSize = 2048
-	// MaxHCLReportSize bounds the HCL report of an Azure paravisor (SNPEvidence.HCLReport), as read from
-	// the vTPM NV index.
+	// MaxHCLReportSize bounds the HCL report of an Azure paravisor (SNPEvidence.HCLReport and
+	// TDXEvidence.HCLReport), as read from the vTPM NV index.
 	MaxHCLReportSize = 16 << 10
 )
 
@@ -92,6 +92,10 @@ type SNPEvidence struct {
 type TDXEvidence struct {
 	// Quote is the raw TDX quote (v4 or v5) with its PCK certificate chain.
 	Quote []byte `json:"quote"`
+	// HCLReport is the HCL report of an Azure confidential VM's paravisor (azure-tdx only), as read from
+	// vTPM NV index 0x01400001: the TD report the quote was made for, with the runtime data whose hash is
+	// its REPORT_DATA and which names the vTPM attestation key.
+	HCLReport []byte `json:"hclReport,omitempty"`
 }
 
 // ErrMalformedDocument wraps every parse error of an evidence document.
@@ -154,6 +158,9 @@ func (d *Document) checkParts(v Variant) error {
 	if d.SNP != nil && len(d.SNP.HCLReport) > 0 && v.Name != AzureSEVSNP.Name {
 		return fmt.Errorf("%s evidence has no HCL report (only %s does), but the document carries one", v, AzureSEVSNP)
 	}
+	if d.TDX != nil && len(d.TDX.HCLReport) > 0 && v.Name != AzureTDX.Name {
+		return fmt.Errorf("%s evidence has no HCL report (only %s does), but the document carries one", v, AzureTDX)
+	}
 	return nil
 }
 
@@ -183,6 +190,9 @@ func (d *Document) checkSizes() error {
 		}
 		if len(q.Quote) > MaxTDXQuoteSize {
 			return fmt.Errorf("TDX quote of %d bytes exceeds the limit of %d", len(q.Quote), MaxTDXQuoteSize)
+		}
+		if len(q.HCLReport) > MaxHCLReportSize {
+			return fmt.Errorf("HCL report of %d bytes exceeds the limit of %d", len(q.HCLReport), MaxHCLReportSize)
 		}
 	}
 	return nil

@@ -127,6 +127,8 @@ func TestParseHardwareDocumentsRejects(t *testing.T) {
 		"variant changed to TDX": bytes.Replace(snp, []byte(`"qemu-sev-snp"`), []byte(`"qemu-tdx"`), 1),
 		"huge attestation key":   mut(docs["gcp-sev-snp"], func(d *Document) { d.TPM.AKPublic = make([]byte, MaxAKPublicSize+1) }),
 		"HCL report of gcp":      mut(docs["gcp-sev-snp"], func(d *Document) { d.SNP.HCLReport = []byte("HCLA") }),
+		"HCL report of qemu-tdx": mut(tdx, func(d *Document) { d.TDX.HCLReport = []byte("HCLA") }),
+		"huge TDX HCL report":    mut(bytes.Replace(tdx, []byte(`"qemu-tdx"`), []byte(`"azure-tdx"`), 1), func(d *Document) { d.TDX.HCLReport = make([]byte, MaxHCLReportSize+1) }),
 		"huge HCL report":        mut(bytes.Replace(docs["gcp-sev-snp"], []byte(`"gcp-sev-snp"`), []byte(`"azure-sev-snp"`), 1), func(d *Document) { d.SNP.HCLReport = make([]byte, MaxHCLReportSize+1) }),
 		"unknown SNP field":      bytes.Replace(snp, []byte(`"report":`), []byte(`"vcek":"","report":`), 1),
 		"unknown TDX field":      bytes.Replace(tdx, []byte(`"quote":`), []byte(`"collateral":"","quote":`), 1),

@@ -18,10 +18,11 @@
 //   - [NVReader] reads the HCL report from the vTPM; [THIMClient] obtains the VCEK certificate and its chain
 //     from the instance metadata service (Azure's THIM cache), which a verifier checks against the AMD roots
 //     it embeds.
+//   - [TDQuoteClient] obtains the quote of a TD report from the instance metadata service (Azure TDX VMs);
+//     package tdx checks that it is the quote of that TD report and verifies it against the Intel root.
 //
-// The test data are genuine recordings of Azure SEV-SNP VMs (testdata/README.md says where they come from
-// and what was reconstructed). Package azuretest has faithful fakes of the NV index and of the VCEK endpoint.
-// No genuine Azure TDX data with matching Intel collateral was found, so azure-tdx is not supported yet; the
-// parser reads TDX HCL reports already (report type 4, the TD report in the first 1024 bytes of the hardware
-// report area).
+// The test data are genuine recordings of Azure SEV-SNP and TDX VMs (testdata/README.md says where they come
+// from and what was reconstructed). Package azuretest has faithful fakes of the NV index and of the VCEK and
+// TD quote endpoints. For TDX HCL reports (report type 4) the TD report is the first 1024 bytes of the
+// hardware report area, and the rest of the area must be zero.
 package azure

@@ -126,7 +126,8 @@ type HCLReport struct {
 
 // ParseHCLReport parses an HCL report as read from the vTPM NV index (padding included). It checks the
 // signature, versions, request type, status, reserved fields, report type, hash type, that the sizes agree
-// with each other and with the input, and that every byte after the report is zero. The returned slices are
+// with each other and with the input, that the hardware report area holds nothing after a TD report, and
+// that every byte after the report is zero. The returned slices are
 // copies.
 func ParseHCLReport(raw []byte) (*HCLReport, error) {
 	if len(raw) > MaxHCLReportSize {
@@ -184,6 +185,11 @@ func ParseHCLReport(raw []byte) (*HCLReport, error) {
 	hwSize := SNPReportSize
 	if typ == ReportTypeTDX {
 		hwSize = TDReportSize
+		// The TD report is smaller than the area; the paravisor leaves the rest zero. Anything there is
+		// data no signature covers.
+		if !allZero(raw[HeaderSize+TDReportSize : HeaderSize+HardwareReportAreaSize]) {
+			return nil, fmt.Errorf("%w: non-zero bytes after the %d-byte TD report in the hardware report area", ErrMalformedHCLReport, TDReportSize)
+		}
 	}
 	return &HCLReport{
 		Version:        version,

@@ -35,8 +35,16 @@
 // ReportDataForNonce of the verifier's nonce and the caller's user data and travels in the TDX part of an
 // evidence document) and Validator implements attestation.Validator: it parses, verifies with the collateral
 // at its clock's time, checks the policy (which must pass Policy.ValidateForCluster) with the expected
-// REPORT_DATA, and returns the user data. azure-tdx, whose TD report comes from Azure's paravisor through a
-// vTPM NV index, is not supported yet: NewVTPMValidator and NewVTPMIssuer say what is missing. The CLI and
+// REPORT_DATA, and returns the user data.
+//
+// For azure-tdx, the paravisor (HCL) of an Azure TDX VM obtains a TD report (TDREPORT_STRUCT, ParseTDReport)
+// at boot with REPORT_DATA = hash of its runtime data, which names the vTPM attestation key, and stores both
+// in vTPM NV index 0x01400001 (package azure). AzureIssuer reads it, obtains the quote of the TD report from
+// the instance metadata service (TrimQuotePadding removes the zeros of the service's buffer), checks that the
+// quote is the TD report's (TDReportStruct.MatchQuote) and adds a vTPM quote bound to the nonce.
+// AzureValidator verifies the quote as for qemu-tdx, then BindHCLReport (TD report match, REPORTDATA binding,
+// attestation key), the policy, and the vTPM quote with that key. VerifySignatures checks the parts of a
+// quote that need no collateral (PCK chain, QE report, signatures). The CLI and
 // the join service obtain their validators from package validators, which reads the collateral with
 // ReadCollateralFiles and parses it with ParseCollateral.
 package tdx

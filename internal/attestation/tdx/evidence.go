@@ -112,20 +112,10 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 }
 
 // NewVTPMValidator is the constructor of validators for TDX variants that combine the quote with a vTPM
-// quote. The only such variant, azure-tdx, is not supported yet: the error, wrapping
-// attestation.ErrNotSupported, says what is missing.
-func NewVTPMValidator(variant attestation.Variant, _ *Collateral, _ *Policy, _ measurements.M, _ func() time.Time, _ *slog.Logger) (attestation.Validator, error) {
-	return nil, checkVTPMVariant(variant)
-}
-
-// NewVTPMIssuer is the constructor of issuers for TDX variants combined with a vTPM; see NewVTPMValidator.
-func NewVTPMIssuer(variant attestation.Variant, _ QuoteProvider) (attestation.Issuer, error) {
-	return nil, checkVTPMVariant(variant)
-}
-
-func checkVTPMVariant(variant attestation.Variant) error {
-	if variant.Name == attestation.AzureTDX.Name {
-		return fmt.Errorf("%s is %w: on Azure the paravisor (HCL) obtains the TD report at boot and stores it in vTPM NV index 0x01400001, with REPORT_DATA = SHA-256 of its runtime-data JSON that holds the attestation key, and the quote for it comes from Azure's instance metadata service; reading that HCL report, checking its runtime data and obtaining the quote are not implemented", variant, attestation.ErrNotSupported)
+// quote: for azure-tdx, it returns NewAzureValidator(collateral, policy, pcrs, now, log).
+func NewVTPMValidator(variant attestation.Variant, collateral *Collateral, policy *Policy, pcrs measurements.M, now func() time.Time, log *slog.Logger) (attestation.Validator, error) {
+	if variant.Name != attestation.AzureTDX.Name {
+		return nil, fmt.Errorf("variant %q is not a TDX variant with a vTPM (the only one is %s)", variant.Name, attestation.AzureTDX)
 	}
-	return fmt.Errorf("variant %q is not a TDX variant with a vTPM (the only one is %s)", variant.Name, attestation.AzureTDX)
+	return NewAzureValidator(collateral, policy, pcrs, now, log)
 }

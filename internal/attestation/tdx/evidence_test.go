@@ -274,15 +274,17 @@ func TestIssuerIssueRejects(t *testing.T) {
 	}
 }
 
-func TestVTPMVariantsNotSupported(t *testing.T) {
-	_, err := NewVTPMValidator(attestation.AzureTDX, nil, clusterPolicy(), measurements.M{4: {}}, nil, nil)
-	if !errors.Is(err, attestation.ErrNotSupported) || !strings.Contains(err.Error(), "azure-tdx is not supported yet") || !strings.Contains(err.Error(), "NV index") {
-		t.Errorf("azure-tdx validator: %v", err)
+func TestNewVTPMValidatorVariants(t *testing.T) {
+	p := newTestPKI(t)
+	c := p.collateral(t, p.newCollateral())
+	v, err := NewVTPMValidator(attestation.AzureTDX, c, clusterPolicy(), measurements.M{4: {}}, nil, nil)
+	if err != nil || v.Variant().Name != attestation.AzureTDX.Name {
+		t.Errorf("azure-tdx validator: %v, %v", v, err)
 	}
-	if _, err := NewVTPMIssuer(attestation.AzureTDX, nil); !errors.Is(err, attestation.ErrNotSupported) {
-		t.Errorf("azure-tdx issuer: %v", err)
+	if _, err := NewVTPMValidator(attestation.AzureTDX, nil, clusterPolicy(), measurements.M{4: {}}, nil, nil); !errors.Is(err, ErrNoCollateral) {
+		t.Errorf("azure-tdx validator without collateral: %v", err)
 	}
-	if _, err := NewVTPMValidator(attestation.QEMUTDX, nil, nil, nil, nil, nil); err == nil || errors.Is(err, attestation.ErrNotSupported) {
+	if _, err := NewVTPMValidator(attestation.QEMUTDX, c, clusterPolicy(), measurements.M{4: {}}, nil, nil); err == nil || !strings.Contains(err.Error(), "not a TDX variant with a vTPM") {
 		t.Errorf("qemu-tdx as a vTPM variant: %v", err)
 	}
 }

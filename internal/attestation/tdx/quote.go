@@ -355,3 +355,39 @@ func (q *Quote) UnverifiedPCK() (*x509.Certificate, *PCKInfo, error) {
 	}
 	return chain[0], info, nil
 }
+
+// TrimQuotePadding returns raw without the zero bytes a quote provider appended after the quote (Azure's
+// instance metadata service returns quotes in a larger, zero-filled buffer). The quote's own length fields
+// decide where it ends; every byte after that must be zero. The result still has to pass ParseQuote.
+func TrimQuotePadding(raw []byte) ([]byte, error) {
+	if len(raw) > MaxQuoteSize {
+		return nil, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrMalformedQuote, len(raw), MaxQuoteSize)
+	}
+	r := &reader{buf: raw}
+	version := r.u16("header version")
+	r.take(headerSize-2, "header")
+	bodySize := uint32(tdReport10Size)
+	if version == QuoteVersion5 {
+		r.u16("body type")
+		bodySize = r.u32("body size")
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if bodySize > uint32(len(raw)) {
+		return nil, fmt.Errorf("%w: truncated: body size %d exceeds the %d bytes of the quote", ErrMalformedQuote, bodySize, len(raw))
+	}
+	r.take(int(bodySize), "TD report body")
+	sigLen := r.u32("signature data length")
+	if r.err != nil {
+		return nil, r.err
+	}
+	if int64(sigLen) > int64(r.rest()) {
+		return nil, fmt.Errorf("%w: truncated: signature data has length %d at offset %d, but only %d bytes are left", ErrMalformedQuote, sigLen, r.off, r.rest())
+	}
+	end := r.off + int(sigLen)
+	if !isZero(raw[end:]) {
+		return nil, fmt.Errorf("%w: non-zero bytes after the %d-byte quote", ErrMalformedQuote, end)
+	}
+	return raw[:end:end], nil
+}

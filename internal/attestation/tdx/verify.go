@@ -97,6 +97,11 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 		return nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
 	}
 	pckInfo.CA = caKind
+	// The collateral must describe this platform; without it nothing else can be decided.
+	tcbInfo, ok := c.tcbInfos[pckInfo.FMSPC]
+	if !ok {
+		return nil, fmt.Errorf("%w: no TCB info for the platform's FMSPC %x; add %s to the collateral", ErrNoCollateral, pckInfo.FMSPC, TCBInfoFileName(pckInfo.FMSPC))
+	}
 
 	// 3. Collateral and revocation.
 	signerKey, err := c.verifySigner(root, now)
@@ -116,10 +121,6 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 	if err := checkNotRevoked(pckCRL, pck, "PCK certificate", "PCK CRL"); err != nil {
 		return nil, err
 	}
-	tcbInfo, ok := c.tcbInfos[pckInfo.FMSPC]
-	if !ok {
-		return nil, fmt.Errorf("%w: no TCB info for the platform's FMSPC %x; add %s to the collateral", ErrNoCollateral, pckInfo.FMSPC, TCBInfoFileName(pckInfo.FMSPC))
-	}
 	if err := tcbInfo.verify(signerKey, now); err != nil {
 		return nil, err
 	}
@@ -130,30 +131,9 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 		return nil, err
 	}
 
-	// 4. QE report: signed by the PCK, binds the attestation key.
-	pckKey, err := p256Key(pck)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
-	}
-	if !verifyP256(pckKey, q.qeReportRaw, q.QEReportSignature[:]) {
-		return nil, fmt.Errorf("%w: TDX quote: QE report signature does not verify with the PCK certificate", ErrInvalidSignature)
-	}
-	h := sha256.New()
-	h.Write(q.AttestationKey[:])
-	h.Write(q.QEAuthData)
-	var want [64]byte
-	h.Sum(want[:0])
-	if subtle.ConstantTimeCompare(want[:], q.QEReport.ReportData[:]) != 1 {
-		return nil, fmt.Errorf("%w: TDX quote: QE report data is not SHA-256(attestation key || QE authentication data): the attestation key is not certified by the QE", ErrInvalidSignature)
-	}
-
-	// 5. Quote signature.
-	ak, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append([]byte{4}, q.AttestationKey[:]...))
-	if err != nil {
-		return nil, fmt.Errorf("%w: TDX quote: attestation key is not a P-256 point: %w", ErrInvalidSignature, err)
-	}
-	if !verifyP256(ak, q.signed, q.Signature[:]) {
-		return nil, fmt.Errorf("%w: TDX quote: signature over the header and TD report does not verify with the attestation key", ErrInvalidSignature)
+	// 4 and 5. QE report and quote signature.
+	if err := checkQuoteSignatures(q, pck); err != nil {
+		return nil, err
 	}
 
 	// 6. Identities of the QE and the TDX module.
@@ -170,6 +150,72 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 		return nil, err
 	}
 	return &Verification{Quote: q, PCK: *pckInfo, TCB: ev}, nil
+}
+
+// checkQuoteSignatures checks the QE report signature by the PCK, the QE report data's binding of the
+// attestation key, and the quote signature by that key over the header and TD report.
+func checkQuoteSignatures(q *Quote, pck *x509.Certificate) error {
+	pckKey, err := p256Key(pck)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
+	}
+	if !verifyP256(pckKey, q.qeReportRaw, q.QEReportSignature[:]) {
+		return fmt.Errorf("%w: TDX quote: QE report signature does not verify with the PCK certificate", ErrInvalidSignature)
+	}
+	h := sha256.New()
+	h.Write(q.AttestationKey[:])
+	h.Write(q.QEAuthData)
+	var want [64]byte
+	h.Sum(want[:0])
+	if subtle.ConstantTimeCompare(want[:], q.QEReport.ReportData[:]) != 1 {
+		return fmt.Errorf("%w: TDX quote: QE report data is not SHA-256(attestation key || QE authentication data): the attestation key is not certified by the QE", ErrInvalidSignature)
+	}
+	ak, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append([]byte{4}, q.AttestationKey[:]...))
+	if err != nil {
+		return fmt.Errorf("%w: TDX quote: attestation key is not a P-256 point: %w", ErrInvalidSignature, err)
+	}
+	if !verifyP256(ak, q.signed, q.Signature[:]) {
+		return fmt.Errorf("%w: TDX quote: signature over the header and TD report does not verify with the attestation key", ErrInvalidSignature)
+	}
+	return nil
+}
+
+// VerifySignatures checks the parts of a quote that need no collateral, at time now: the quoting
+// enclave's vendor, the PCK certificate chain up to the embedded Intel SGX Root CA (signatures and
+// validity, not revocation), the QE report signature by the PCK, the QE report's binding of the
+// attestation key, and the quote signature. It returns the platform identity of the PCK certificate.
+// It is not a verification of the quote: revocation, the QE and TDX module identities and the TCB level
+// need Intel's collateral (Verify).
+func VerifySignatures(q *Quote, now time.Time) (*PCKInfo, error) {
+	return verifySignatures(q, mustIntelRoot(), now)
+}
+
+func verifySignatures(q *Quote, root *x509.Certificate, now time.Time) (*PCKInfo, error) {
+	if q == nil || q.signed == nil {
+		return nil, errors.New("TDX quote: no parsed quote; use ParseQuote")
+	}
+	if q.Header.QEVendorID != intelQEVendorID {
+		return nil, fmt.Errorf("%w: QE vendor ID %x is not Intel's (%x)", ErrCollateralMismatch, q.Header.QEVendorID, intelQEVendorID)
+	}
+	chain, err := parseCertChainPEM(q.PCKCertChain, "PCK certificate chain")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedQuote, err)
+	}
+	pck, ca, err := verifyPCKChain(chain, root, now)
+	if err != nil {
+		return nil, err
+	}
+	info, err := parsePCKExtension(pck)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
+	}
+	if info.CA, err = pckCAOf(ca); err != nil {
+		return nil, err
+	}
+	if err := checkQuoteSignatures(q, pck); err != nil {
+		return nil, err
+	}
+	return info, nil
 }
 
 // checkQEIdentity compares the QE report with Intel's QE identity (its TCB level is evaluated with the

@@ -105,11 +105,6 @@ func New(p *Policy, opts Options) (attestation.Validator, error) {
 // check refuses a policy that does not fit its variant: missing or foreign parts. The parts themselves are
 // validated by the constructors, which share their checks with internal/config.
 func check(variant attestation.Variant, p *Policy) error {
-	if variant.Name == attestation.AzureTDX.Name {
-		// Refused before the policy is looked at: no policy makes it work.
-		_, err := tdx.NewVTPMValidator(variant, nil, nil, nil, nil, nil)
-		return fmt.Errorf("%w: %w; use another variant", ErrPolicy, err)
-	}
 	if variant.VTPM {
 		if err := p.Measurements.Validate(); err != nil {
 			return fmt.Errorf("%w: %s: measurements: %w", ErrPolicy, variant, err)

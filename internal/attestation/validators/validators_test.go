@@ -56,6 +56,12 @@ func tdxPolicy(t *testing.T) *TDX {
 	return &TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{bytes.Repeat([]byte{1}, 48)}}, Collateral: *files}
 }
 
+func debugTDX(t *testing.T) *TDX {
+	p := tdxPolicy(t)
+	p.Policy.TDAttributes = tdx.HexBytes{1, 0, 0, 0, 0, 0, 0, 0}
+	return p
+}
+
 // Every supported variant gets a validator of that variant.
 func TestNewEveryVariant(t *testing.T) {
 	_, ca, err := tpmtest.NewCACert("AK CA", time.Hour)
@@ -71,6 +77,7 @@ func TestNewEveryVariant(t *testing.T) {
 		{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: snpPart},
 		{Variant: "azure-sev-snp", Measurements: pcrs, SNP: snpPart},
 		{Variant: "qemu-tdx", TDX: tdxPolicy(t)},
+		{Variant: "azure-tdx", Measurements: pcrs, TDX: tdxPolicy(t)},
 	} {
 		v, err := New(p, Options{})
 		if err != nil {
@@ -81,7 +88,7 @@ func TestNewEveryVariant(t *testing.T) {
 			t.Errorf("%s: validator of %s", p.Variant, v.Variant())
 		}
 	}
-	// Every registered variant is either built above or refused (azure-tdx, below).
+	// Every registered variant is built above.
 	if n := len(attestation.Variants()); n != 7 {
 		t.Errorf("%d variants registered; cover the new ones here", n)
 	}
@@ -112,7 +119,9 @@ func TestNewRefuses(t *testing.T) {
 		"nil policy":                   {nil, []string{"no attestation policy"}},
 		"unknown variant":              {&Policy{Variant: "qemu-sev", SNP: snpPart}, []string{`unknown attestation variant "qemu-sev"`, "known: mini-vtpm", "set the variant"}},
 		"no variant":                   {&Policy{Measurements: pcrs}, []string{`unknown attestation variant ""`}},
-		"azure-tdx":                    {&Policy{Variant: "azure-tdx", Measurements: pcrs, TDX: tdxPolicy(t)}, []string{"azure-tdx is not supported yet", "use another variant"}},
+		"azure-tdx without PCRs":       {&Policy{Variant: "azure-tdx", TDX: tdxPolicy(t)}, []string{"azure-tdx: measurements"}},
+		"azure-tdx without TDX":        {&Policy{Variant: "azure-tdx", Measurements: pcrs}, []string{"azure-tdx needs a TDX policy"}},
+		"azure-tdx with debug bits":    {&Policy{Variant: "azure-tdx", Measurements: pcrs, TDX: debugTDX(t)}, []string{"the TDX policy", "debug bits"}},
 		"SEV-SNP variant without SNP":  {&Policy{Variant: "aws-sev-snp", Measurements: pcrs}, []string{"aws-sev-snp needs an SEV-SNP policy", "attestation.snp"}},
 		"qemu-sev-snp without SNP":     {&Policy{Variant: "qemu-sev-snp"}, []string{"qemu-sev-snp needs an SEV-SNP policy"}},
 		"azure-sev-snp without SNP":    {&Policy{Variant: "azure-sev-snp", Measurements: pcrs}, []string{"azure-sev-snp needs an SEV-SNP policy"}},

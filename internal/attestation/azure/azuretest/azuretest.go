@@ -4,6 +4,7 @@
 package azuretest
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -52,5 +53,41 @@ func NewTHIMServer(vcekPEM, chainPEM []byte) *httptest.Server {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(azure.THIMCertificates{VCEK: string(vcekPEM), Chain: string(chainPEM), TCBM: "5D00000000000602", CacheControl: "86400"})
+	}))
+}
+
+// TDQuotePath is the path of the TD quote endpoint.
+const TDQuotePath = "/acc/tdquote"
+
+// NewTDQuoteServer starts a loopback server that answers the TD quote endpoint as the instance metadata
+// service does: POST of JSON {"report": base64url TD report}, answered with {"quote": base64url quote}
+// (no padding). quote plays the host's quoting enclave; an error from it is answered with 400. The caller
+// closes the server; its URL plus TDQuotePath is the endpoint.
+func NewTDQuoteServer(quote func(tdReport []byte) ([]byte, error)) *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != TDQuotePath || r.Method != http.MethodPost {
+			http.NotFound(w, r)
+			return
+		}
+		var req azure.TDQuoteRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+			http.Error(w, `{"error":"invalid request body"}`, http.StatusBadRequest)
+			return
+		}
+		report, err := base64.URLEncoding.DecodeString(req.Report)
+		if err != nil {
+			report, err = base64.RawURLEncoding.DecodeString(req.Report)
+		}
+		if err != nil || len(report) != azure.TDReportSize {
+			http.Error(w, `{"error":"invalid report"}`, http.StatusBadRequest)
+			return
+		}
+		q, err := quote(report)
+		if err != nil {
+			http.Error(w, fmt.Sprintf(`{"error":%q}`, err.Error()), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(azure.TDQuoteResponse{Quote: base64.RawURLEncoding.EncodeToString(q)})
 	}))
 }
