@@ -16,7 +16,8 @@
 // one; an ASK or ASVK in the evidence must be signed by the embedded ARK.
 //
 // The VCEK of a report may travel with the evidence or, when the evidence carries none (GCP attaches no
-// certificate table to its reports), come from an offline cache directory ([VCEKCache],
+// certificate table to its reports, and the gcp-sev-snp issuer sends the report alone), come from an offline
+// cache ([VCEKCache],
 // [VerifierOptions.VCEKCache]), keyed by product, chip ID (hardware ID) and reported TCB. A cached VCEK is a
 // candidate like any other: it must chain to the embedded ASK and ARK and describe the report; being in
 // the cache makes it trusted in no way, so a tampered entry fails verification. [VCEKCache.Fetch] fills the

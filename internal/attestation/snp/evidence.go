@@ -31,7 +31,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 	if i == nil || i.reporter == nil {
 		return nil, errors.New("SNP issuer: no reporter")
 	}
-	ev, err := obtainReport(ctx, i.reporter, NonceReportData(attestation.QEMUSEVSNP, nonce, userData))
+	ev, err := obtainReport(ctx, i.reporter, NonceReportData(attestation.QEMUSEVSNP, nonce, userData), false)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,10 @@ func checkIssueArgs(nonce, userData []byte) error {
 // obtainReport requests a report with reportData and checks it before it leaves the guest: it parses
 // strictly, carries reportData, comes from a guest that cannot be debugged, and has a parsable certificate
 // table. Evidence that no verifier accepts fails here, where the cause is visible.
-func obtainReport(ctx context.Context, reporter Reporter, reportData [ReportDataSize]byte) (*attestation.SNPEvidence, error) {
+//
+// Without a certificate table the report is refused unless certsOptional: on GCP the host attaches none, and
+// verifiers take the VCEK from their offline cache.
+func obtainReport(ctx context.Context, reporter Reporter, reportData [ReportDataSize]byte, certsOptional bool) (*attestation.SNPEvidence, error) {
 	ev, err := reporter.Report(ctx, reportData)
 	if err != nil {
 		return nil, fmt.Errorf("obtaining an SEV-SNP report: %w", err)
@@ -71,6 +74,9 @@ func obtainReport(ctx context.Context, reporter Reporter, reportData [ReportData
 	}
 	if report.Policy.Debug() {
 		return nil, fmt.Errorf("this guest was launched with a policy that allows debugging (guest policy 0x%x): no verifier accepts its reports", uint64(report.Policy))
+	}
+	if len(ev.CertTable) == 0 && certsOptional {
+		return &attestation.SNPEvidence{Report: bytes.Clone(ev.Report)}, nil
 	}
 	if len(ev.CertTable) == 0 {
 		return nil, errors.New("the host attached no certificate table to the report, so a verifier cannot check its signature; configure the host's SEV-SNP certificates (VCEK, ASK, ARK) for extended reports")

@@ -267,11 +267,14 @@ type fixedReporter struct {
 	noCerts bool
 	// otherData makes the report carry other REPORT_DATA than requested.
 	otherData bool
+	// endorsementKey is the certificate of the key that signed the last report.
+	endorsementKey *x509.Certificate
 }
 
 func (r *fixedReporter) Report(_ context.Context, rd [ReportDataSize]byte) (*Evidence, error) {
 	pki := getTestPKI(r.t, Milan)
 	cert, key := pki.endorsementKey(r.t, ekOptions{vlek: r.vlek, tcb: defaultTestTCB})
+	r.endorsementKey = cert
 	certs := &Certificates{VCEK: cert, Intermediate: pki.ask, ARK: pki.ark}
 	if r.vlek {
 		certs = &Certificates{VLEK: cert, Intermediate: pki.asvk, ARK: pki.ark}

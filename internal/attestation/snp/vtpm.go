@@ -77,7 +77,7 @@ func (i *VTPMIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	snpEv, err := obtainReport(ctx, i.reporter, rd)
+	snpEv, err := obtainReport(ctx, i.reporter, rd, i.variant.Name == attestation.GCPSEVSNP.Name)
 	if err != nil {
 		return nil, err
 	}

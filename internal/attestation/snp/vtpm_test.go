@@ -169,6 +169,63 @@ func TestVTPMIssueValidate(t *testing.T) {
 	}
 }
 
+// On GCP the host attaches no certificate table: the gcp-sev-snp issuer sends the report alone, and a
+// verifier with the VCEK in its offline cache validates it. The other variants refuse to issue without one.
+func TestVTPMIssueWithoutCertificates(t *testing.T) {
+	ctx := context.Background()
+	tpm := newSoftVTPM(t)
+	aws, err := NewVTPMIssuer(attestation.AWSSEVSNP, &fixedReporter{t: t, noCerts: true}, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aws.Issue(ctx, testNonce(1), nil); err == nil || !strings.Contains(err.Error(), "no certificate table") {
+		t.Fatalf("aws-sev-snp without certificates: %v", err)
+	}
+	reporter := &fixedReporter{t: t, noCerts: true}
+	gcp, err := NewVTPMIssuer(attestation.GCPSEVSNP, reporter, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := gcp.Issue(ctx, testNonce(1), []byte("tls key hash"))
+	if err != nil {
+		t.Fatalf("gcp-sev-snp without certificates: %v", err)
+	}
+	doc, err := attestation.ParseDocument(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.SNP.CertTable) != 0 || len(doc.SNP.CertChain) != 0 {
+		t.Fatal("the evidence carries certificates")
+	}
+	// Without a cache the VCEK is missing; with it in the cache the evidence validates.
+	if _, err := testVTPMValidator(t, attestation.GCPSEVSNP, clusterPolicy(), tpm.policy()).Validate(ctx, ev, testNonce(1)); !errors.Is(err, ErrMissingCertificate) {
+		t.Fatalf("without a VCEK cache: %v", err)
+	}
+	report, err := ParseReport(doc.SNP.Report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := VCEKKeyFor(report, Milan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := NewVCEKCacheFromEntries(map[string][]byte{k.FileName(): reporter.endorsementKey.Raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := NewVerifier(VerifierOptions{Roots: testRoots(t, Milan), Now: fixedNow, VCEKCache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVTPMValidator(attestation.GCPSEVSNP, verifier, clusterPolicy(), tpm.policy(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := v.Validate(ctx, ev, testNonce(1)); err != nil || string(got) != "tls key hash" {
+		t.Fatalf("with the VCEK in the cache: %q, %v", got, err)
+	}
+}
+
 func TestVTPMValidateRejects(t *testing.T) {
 	ctx := context.Background()
 	tpm := newSoftVTPM(t)
