@@ -134,6 +134,16 @@ func TestSandboxes(t *testing.T) {
 	if !inCgroup(sb0.PID, sb0.Cgroup) || inCgroup(sb0.PID, sb1.Cgroup) || inCgroup(os.Getpid(), sb0.Cgroup) {
 		t.Errorf("inCgroup does not tell which node's cgroup a process is in")
 	}
+	// The provider configures a running node through the namespace it opened at the start.
+	if err := sb0.IPInNode("route", "add", "10.97.0.0/16", "dev", "eth0"); err != nil {
+		t.Fatalf("adding a route in node-0: %v", err)
+	}
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(sb0.PID), "-n", "ip", "route", "show", "10.97.0.0/16").CombinedOutput(); err != nil || !strings.Contains(string(out), "10.97.0.0/16 dev eth0") {
+		t.Fatalf("the route is not in node-0: %v: %s", err, out)
+	}
+	if err := sb0.IPInNode("route", "add", "not-a-prefix"); err == nil || !strings.Contains(err.Error(), "node-0") {
+		t.Fatalf("a bad ip command in node-0: %v", err)
+	}
 	if got := readMounts(t); got != mountsBefore {
 		t.Errorf("starting nodes changed the host's mounts")
 	}
