@@ -56,13 +56,9 @@ func newAttestationVerifyReportCmd() *cobra.Command {
 }
 
 func runVerifyReport(cmd *cobra.Command, f verifyReportFlags) error {
-	now := time.Now()
-	if f.at != "" {
-		t, err := parseTime(f.at)
-		if err != nil {
-			return badInput("--time: %w", err)
-		}
-		now = t
+	now, err := timeFlag(f.at)
+	if err != nil {
+		return err
 	}
 	switch {
 	case f.snpReport != "" && f.tdxQuote != "":
@@ -79,6 +75,18 @@ func runVerifyReport(cmd *cobra.Command, f verifyReportFlags) error {
 		return verifyTDXQuote(cmd.OutOrStdout(), f, now)
 	}
 	return badInput("nothing to verify: give --snp-report FILE or --tdx-quote FILE")
+}
+
+// timeFlag returns the time a --time flag names, or now if it is empty.
+func timeFlag(at string) (time.Time, error) {
+	if at == "" {
+		return time.Now(), nil
+	}
+	t, err := parseTime(at)
+	if err != nil {
+		return time.Time{}, badInput("--time: %w", err)
+	}
+	return t, nil
 }
 
 func parseTime(s string) (time.Time, error) {

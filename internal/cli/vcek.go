@@ -51,13 +51,9 @@ func newAttestationFetchVCEKCmd() *cobra.Command {
 }
 
 func runFetchVCEK(cmd *cobra.Command, f fetchVCEKFlags) error {
-	now := time.Now()
-	if f.at != "" {
-		t, err := parseTime(f.at)
-		if err != nil {
-			return badInput("--time: %w", err)
-		}
-		now = t
+	now, err := timeFlag(f.at)
+	if err != nil {
+		return err
 	}
 	product := snp.ProductUnknown
 	if f.product != "" {
