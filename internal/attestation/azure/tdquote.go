@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -54,8 +53,8 @@ func (c *TDQuoteClient) GetTDQuote(ctx context.Context, tdReport []byte) ([]byte
 	if c != nil && c.URL != "" {
 		url = c.URL
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
-	if c != nil && c.Client != nil {
+	var client *http.Client
+	if c != nil {
 		client = c.Client
 	}
 	body, err := json.Marshal(TDQuoteRequest{Report: base64.URLEncoding.EncodeToString(tdReport)})
@@ -67,20 +66,9 @@ func (c *TDQuoteClient) GetTDQuote(ctx context.Context, tdReport []byte) ([]byte
 		return nil, fmt.Errorf("TD quote request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
+	raw, err := metadataCall(ctx, client, 30*time.Second, req, maxTDQuoteResponseSize, "TD quote")
 	if err != nil {
-		return nil, fmt.Errorf("requesting a TD quote from the instance metadata service (%s): %w", url, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxTDQuoteResponseSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the TD quote response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the instance metadata service answered the TD quote request with %s: %.200s", resp.Status, raw)
-	}
-	if len(raw) > maxTDQuoteResponseSize {
-		return nil, fmt.Errorf("the TD quote response exceeds %d bytes", maxTDQuoteResponseSize)
+		return nil, err
 	}
 	var out TDQuoteResponse
 	if err := json.Unmarshal(raw, &out); err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -52,8 +51,8 @@ func (c *THIMClient) FetchCertificates(ctx context.Context) (*THIMCertificates, 
 	if c != nil && c.URL != "" {
 		url = c.URL
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	if c != nil && c.Client != nil {
+	var client *http.Client
+	if c != nil {
 		client = c.Client
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -61,20 +60,9 @@ func (c *THIMClient) FetchCertificates(ctx context.Context) (*THIMCertificates, 
 		return nil, fmt.Errorf("VCEK request: %w", err)
 	}
 	req.Header.Set("Metadata", "true")
-	resp, err := client.Do(req)
+	body, err := metadataCall(ctx, client, 10*time.Second, req, maxTHIMResponseSize, "VCEK")
 	if err != nil {
-		return nil, fmt.Errorf("requesting the VCEK from the instance metadata service (%s): %w", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTHIMResponseSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the VCEK response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("the instance metadata service answered the VCEK request with %s: %.200s", resp.Status, body)
-	}
-	if len(body) > maxTHIMResponseSize {
-		return nil, fmt.Errorf("the VCEK response exceeds %d bytes", maxTHIMResponseSize)
+		return nil, err
 	}
 	var certs THIMCertificates
 	if err := json.Unmarshal(body, &certs); err != nil {
