@@ -21,9 +21,7 @@ import (
 // service and a quote of the vTPM bound to the verifier's nonce.
 
 // HCLReportSource provides the HCL report of the paravisor (an azure.NVReader on an Azure VM).
-type HCLReportSource interface {
-	ReadHCLReport(ctx context.Context) ([]byte, error)
-}
+type HCLReportSource = azure.HCLReportSource
 
 // VCEKSource provides the VCEK certificate and its chain (an azure.THIMClient on an Azure VM).
 type VCEKSource interface {
@@ -105,16 +103,9 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	if i == nil || i.hcl == nil || i.certs == nil || i.tpm == nil {
 		return nil, errors.New("azure-sev-snp issuer not initialised; use NewAzureIssuer")
 	}
-	raw, err := i.hcl.ReadHCLReport(ctx)
+	raw, hcl, err := azure.ReadForIssuing(ctx, i.hcl, azure.ReportTypeSNP, i.tpm.AttestationKey())
 	if err != nil {
 		return nil, err
-	}
-	hcl, err := azure.ParseHCLReport(raw)
-	if err != nil {
-		return nil, err
-	}
-	if hcl.Type != azure.ReportTypeSNP {
-		return nil, fmt.Errorf("the paravisor's HCL report holds a %v report; this is not an SEV-SNP VM (use azure-tdx on TDX VMs)", hcl.Type)
 	}
 	report, err := ParseReport(hcl.HardwareReport)
 	if err != nil {
@@ -129,13 +120,6 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	}
 	if report.Policy.Debug() {
 		return nil, fmt.Errorf("this guest was launched with a policy that allows debugging (guest policy 0x%x): no verifier accepts its reports", uint64(report.Policy))
-	}
-	ak, err := hcl.AttestationKey()
-	if err != nil {
-		return nil, err
-	}
-	if !ak.Equal(i.tpm.AttestationKey()) {
-		return nil, errors.New("the vTPM's attestation key is not the HCLAkPub key the paravisor's HCL report binds; quote with the vTPM's persistent attestation key")
 	}
 	thim, err := i.certs.FetchCertificates(ctx)
 	if err != nil {

@@ -31,9 +31,7 @@ import (
 var ErrHCLReportData = errors.New("the TD report does not bind the HCL report's runtime data")
 
 // HCLReportSource provides the HCL report of the paravisor (an azure.NVReader on an Azure VM).
-type HCLReportSource interface {
-	ReadHCLReport(ctx context.Context) ([]byte, error)
-}
+type HCLReportSource = azure.HCLReportSource
 
 // TDQuoteSource turns a TD report into a quote (an azure.TDQuoteClient on an Azure VM). The quote may carry
 // zero padding after it.
@@ -129,16 +127,9 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	if i == nil || i.hcl == nil || i.quotes == nil || i.tpm == nil {
 		return nil, errors.New("azure-tdx issuer not initialised; use NewAzureIssuer")
 	}
-	raw, err := i.hcl.ReadHCLReport(ctx)
+	raw, hcl, err := azure.ReadForIssuing(ctx, i.hcl, azure.ReportTypeTDX, i.tpm.AttestationKey())
 	if err != nil {
 		return nil, err
-	}
-	hcl, err := azure.ParseHCLReport(raw)
-	if err != nil {
-		return nil, err
-	}
-	if hcl.Type != azure.ReportTypeTDX {
-		return nil, fmt.Errorf("the paravisor's HCL report holds a %v report; this is not a TDX VM (use azure-sev-snp on SEV-SNP VMs)", hcl.Type)
 	}
 	td, err := ParseTDReport(hcl.HardwareReport)
 	if err != nil {
@@ -153,13 +144,6 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	}
 	if td.Body.TDAttributes[0]&tdAttributesTUD != 0 {
 		return nil, fmt.Errorf("this TD runs in debug mode (TD attributes %x): no verifier accepts its quotes", td.Body.TDAttributes)
-	}
-	ak, err := hcl.AttestationKey()
-	if err != nil {
-		return nil, err
-	}
-	if !ak.Equal(i.tpm.AttestationKey()) {
-		return nil, errors.New("the vTPM's attestation key is not the HCLAkPub key the paravisor's HCL report binds; quote with the vTPM's persistent attestation key")
 	}
 	padded, err := i.quotes.GetTDQuote(ctx, td.Raw())
 	if err != nil {
