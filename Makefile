@@ -41,12 +41,13 @@ FUZZ_TARGETS := \
 	./internal/attestation/tdx:FuzzValidator \
 	./internal/wgmesh/wgmeshtest:FuzzParseFlow \
 	./internal/joinservice:FuzzCheckKubeletCSR \
-	./internal/joinservice:FuzzParseAttestation
+	./internal/joinservice:FuzzParseAttestation \
+	./internal/keyservice:FuzzParseSecret
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image cluster
+.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image assemble-node-image cluster
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -63,7 +64,9 @@ setup:
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/constellation ./cmd/constellation
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/bootstrapper ./cmd/bootstrapper
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/join-service ./cmd/join-service
+	for svc in join-service key-service verification-service; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$$svc ./cmd/$$svc || exit 1; \
+	done
 
 test: lint unit fuzz-short
 
@@ -99,8 +102,12 @@ kubernetes:
 components:
 	@bash scripts/build-components.sh
 
-node-image: setup build kubernetes components
-	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image
+NODE_IMAGE_OUT ?= _out/node-image
+node-image: setup build kubernetes components assemble-node-image
+
+# The node image from the binaries already built (the last step of node-image).
+assemble-node-image:
+	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image -out $(NODE_IMAGE_OUT)
 
 cluster: node-image
 	bin/constellation mini up

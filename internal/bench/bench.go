@@ -42,6 +42,8 @@ type Suite struct {
 	// Names are the figures the suite reports; BENCH selects a suite by any of them.
 	Names []string
 	Run   func(ctx context.Context) ([]Result, error)
+	// OnRequest suites take long (a cold build of Kubernetes): they run only when BENCH names them.
+	OnRequest bool
 }
 
 var suites []Suite
@@ -62,6 +64,9 @@ func Run(ctx context.Context, w io.Writer, selected []string) error {
 	ran := false
 	for _, s := range suites {
 		if len(selected) > 0 && !slices.ContainsFunc(s.Names, func(n string) bool { return slices.Contains(selected, n) }) {
+			continue
+		}
+		if len(selected) == 0 && s.OnRequest {
 			continue
 		}
 		ran = true

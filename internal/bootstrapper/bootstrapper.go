@@ -25,11 +25,12 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
-	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -56,7 +57,7 @@ const FirstControlPlane = "control-plane-0"
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	md := metadata.NewClient(cfg.MetadataURL)
 	var self metadata.Instance
-	if err := retry(ctx, log, "asking the metadata service who this node is", func() error {
+	if err := retry.Do(ctx, log, "asking the metadata service who this node is", func() error {
 		var err error
 		self, err = md.Self(ctx)
 		return err
@@ -71,7 +72,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer tpm.Close()
 	var akCert []byte
-	if err := retry(ctx, log, "enrolling the attestation key", func() error {
+	if err := retry.Do(ctx, log, "enrolling the attestation key", func() error {
 		var err error
 		akCert, err = akca.Enroll(ctx, tpm, self.Name, vtpm.ECC, md)
 		return err
@@ -81,7 +82,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("attestation key certified by the provider")
 	// The boot's event log does not change while the node runs: fetch it once, not for every evidence.
 	var bootLog []byte
-	if err := retry(ctx, log, "fetching the boot event log", func() error {
+	if err := retry.Do(ctx, log, "fetching the boot event log", func() error {
 		var err error
 		bootLog, err = md.EventLog(ctx)
 		return err
@@ -108,22 +109,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("reading this node's boot measurements: %w", err)
 	}
-	srv := &http.Server{
-		Addr:              net.JoinHostPort(self.IP, strconv.Itoa(verifyservice.Port)),
-		Handler:           verifyservice.Handler(issuer, log.With("service", "verify")),
-		ReadHeaderTimeout: 10 * time.Second,
+	verify, err := verifyservice.Listen(self.IP, verifyservice.Port, verifyservice.GRPCPort, issuer, log.With("service", "verify"))
+	if err != nil {
+		return err
 	}
 	errc := make(chan error, 8)
-	go func() { errc <- srv.ListenAndServe() }()
-	verifyGRPC := grpc.NewServer()
-	verifypb.RegisterVerifyServer(verifyGRPC, verifyservice.NewGRPCServer(issuer, log.With("service", "verify")))
-	verifyLn, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(verifyservice.GRPCPort)))
-	if err != nil {
-		return fmt.Errorf("verification service: %w", err)
-	}
-	go func() { errc <- verifyGRPC.Serve(verifyLn) }()
-	defer verifyGRPC.Stop()
-	log.Info("verification service listening", "http", srv.Addr, "grpc", verifyLn.Addr().String())
+	go func() { errc <- verify.Serve() }()
+	defer verify.Close()
+	httpAddr, grpcAddr := verify.Addrs()
+	log.Info("verification service listening", "http", httpAddr, "grpc", grpcAddr)
 	if cfg.AgentSocket != "" {
 		ln, err := agent.Listen(cfg.AgentSocket)
 		if err != nil {
@@ -135,6 +129,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("attestation agent listening for the node's services", "socket", cfg.AgentSocket)
 	}
 
+	secrets := keyservice.NewSecretHolder(log.With("service", "keys"))
 	if self.Role == metadata.RoleControlPlane {
 		// The join service on this node hands the nodes it admits to this node's WireGuard agent.
 		ln, err := agent.Listen(meshpeers.LocalSocket)
@@ -146,6 +141,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}, log.With("service", "wireguard")), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- admitSrv.Serve(ln) }()
 		defer admitSrv.Close()
+		// The key service on this node gets the master secret from here once the node has it.
+		secretLn, err := agent.Listen(keyservice.SecretSocket)
+		if err != nil {
+			return err
+		}
+		secretSrv := &http.Server{Handler: secrets, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- secretSrv.Serve(secretLn) }()
+		defer secretSrv.Close()
 	}
 	// A control-plane node whose state disk holds the cluster's state waits for 'constellation recover': the
 	// join service that would hand it its disk key runs on the control plane, which needs this node's etcd.
@@ -184,7 +187,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				// etcd, and so the record of the mesh in the API, cannot come back.
 				return mesh.apply(ctx)
 			},
-			recovered: func(d *kms.Deriver, clusterID []byte, policy measurements.M) error {
+			recovered: func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 				go mesh.publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
 				if self.Name != FirstControlPlane {
@@ -193,10 +196,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				if policy == nil {
 					return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
 				}
-				_, err := serveKeyService(ctx, md, issuer, self, d, clusterID, policy, log.With("service", "keys"))
-				return err
+				// The kubelet has restarted the key service's pod, which waits for this.
+				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy})
 			},
-			initialised: func(d *kms.Deriver, clusterID []byte, att *validators.Policy) error {
+			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 				if err := mesh.publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
 					return err
 				}
@@ -208,11 +211,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
 				}
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
-				keyService, err := serveKeyService(ctx, md, issuer, self, d, clusterID, att.Measurements, log.With("service", "keys"))
-				if err != nil {
+				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements}); err != nil {
 					return err
 				}
-				return deployJoinService(ctx, md, k8s, clusterID, att, keyService)
+				return deployServices(ctx, md, k8s, self, clusterID, att)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
@@ -231,28 +233,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	select {
 	case <-ctx.Done():
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdownCtx)
+		return nil
 	case err := <-errc:
 		return fmt.Errorf("a node service stopped: %w", err)
-	}
-}
-
-// retry runs fn until it succeeds or ctx ends, with backoff, logging failures.
-func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		log.Warn("retrying", "step", what, "attempt", attempt, "error", err)
-		select {
-		case <-ctx.Done():
-			return errors.Join(fmt.Errorf("%s: %w", what, ctx.Err()), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }

@@ -48,9 +48,9 @@ type initServer struct {
 	issuer *vtpm.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
-	// initialised runs after a successful init, with the cluster's key derivation, cluster ID and
-	// measurement policy.
-	initialised func(d *kms.Deriver, clusterID []byte, att *validators.Policy) error
+	// initialised runs after a successful init, with the cluster's master secret, cluster ID and attestation
+	// policy.
+	initialised func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error
 
 	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
 	// a node without one.
@@ -61,8 +61,8 @@ type initServer struct {
 	// startNetwork brings the node's encrypted network up once its state disk is unlocked, before Kubernetes
 	// starts; recovery says whether the node recovers (keeping its key) or is initialised. Nil: none.
 	startNetwork func(recovery bool) error
-	// recovered runs after a successful recovery, with the cluster's key derivation, cluster ID and policy.
-	recovered func(d *kms.Deriver, clusterID []byte, policy measurements.M) error
+	// recovered runs after a successful recovery, with the cluster's master secret, cluster ID and policy.
+	recovered func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
 
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
@@ -141,7 +141,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	s.log.Info("Kubernetes initialised")
 	if s.initialised != nil {
-		if err := s.initialised(d, clusterID, att); err != nil {
+		if err := s.initialised(ms, clusterID, att); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
@@ -270,7 +270,7 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, fmt.Sprintf("restarting Kubernetes: %v", err))
 	}
 	if s.recovered != nil {
-		if err := s.recovered(d, clusterID, policy); err != nil {
+		if err := s.recovered(ms, clusterID, policy); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}

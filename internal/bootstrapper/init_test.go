@@ -50,7 +50,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	var started []byte
 	var startedWith *validators.Policy
 	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(_ *kms.Deriver, clusterID []byte, att *validators.Policy) error {
+		initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 			started, startedWith = clusterID, att
 			return nil
 		}}

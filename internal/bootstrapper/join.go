@@ -32,32 +32,16 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
-	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/retry"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
-
-// akRoots fetches the provider's attestation-key CA certificate.
-func akRoots(ctx context.Context, md *metadata.Client) ([]*x509.Certificate, error) {
-	raw, err := md.AKCA(ctx)
-	if err != nil {
-		return nil, err
-	}
-	block, _ := pem.Decode(raw)
-	if block == nil {
-		return nil, errors.New("the metadata service returned no AK CA certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	return []*x509.Certificate{cert}, nil
-}
 
 // mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
 // chains to the provider's AK CA and matches policy.
 func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy measurements.M, log *slog.Logger) (*atls.Credentials, error) {
-	roots, err := akRoots(ctx, md)
+	roots, err := md.AKRoots(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -68,14 +52,15 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 	return atls.NewCredentials(issuer, []attestation.Validator{v})
 }
 
-// deployJoinService installs the join service into the new cluster: its configuration (the cluster's
-// attestation policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the
-// cluster ID) and the DaemonSet that runs it on every control-plane node. Its manifests are part of this
-// measured binary, not supplied from outside.
-func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes, clusterID []byte, att *validators.Policy, keyService string) error {
+// deployServices installs the cluster's services of this project, from manifests that are part of this
+// measured binary, not supplied from outside: the key service on this node, which gets the master secret from
+// this process; the join service on every control-plane node, with its configuration (the cluster's attestation
+// policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
+// ID); and the verification service on every node.
+func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, self metadata.Instance, clusterID []byte, att *validators.Policy) error {
 	p := *att
 	if p.Variant == attestation.MiniVTPM.Name {
-		roots, err := akRoots(ctx, md)
+		roots, err := md.AKRoots(ctx)
 		if err != nil {
 			return err
 		}
@@ -85,43 +70,28 @@ func deployJoinService(ctx context.Context, md *metadata.Client, k8s Kubernetes,
 	if err != nil {
 		return err
 	}
-	manifests, err := joinservice.Manifests(data, md.URL(), keyService)
+	keys, err := keyservice.Manifests(self.Name, md.URL())
 	if err != nil {
 		return err
 	}
-	return k8s.Apply(ctx, manifests)
-}
-
-// serveKeyService starts the key service on this node: it derives keys from the master secret, which lives
-// only in this process's memory, and answers only control-plane nodes of this cluster (the join services,
-// which hand disk keys to the nodes they attested). It returns the service's address.
-func serveKeyService(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, d *kms.Deriver, clusterID []byte, policy measurements.M, log *slog.Logger) (string, error) {
-	roots, err := akRoots(ctx, md)
-	if err != nil {
-		return "", err
+	if err := k8s.Apply(ctx, keys); err != nil {
+		return fmt.Errorf("deploying the key service: %w", err)
 	}
-	v, err := vtpm.NewValidator(roots, measuredboot.MemberPolicy(policy, clusterID), log)
+	join, err := joinservice.Manifests(data, md.URL(), net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port)))
 	if err != nil {
-		return "", err
+		return err
 	}
-	ks := keyservice.New(d, log)
-	ks.RestrictTo(md.IsControlPlane)
-	srv, err := keyservice.NewGRPCServer(ks, issuer, []attestation.Validator{v})
+	if err := k8s.Apply(ctx, join); err != nil {
+		return fmt.Errorf("deploying the join service: %w", err)
+	}
+	verify, err := verifyservice.Manifests()
 	if err != nil {
-		return "", err
+		return err
 	}
-	addr := net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("key service: %w", err)
+	if err := k8s.Apply(ctx, verify); err != nil {
+		return fmt.Errorf("deploying the verification service: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		srv.Stop()
-	}()
-	go srv.Serve(ln)
-	log.Info("key service listening over mutual aTLS, for control-plane members only", "address", addr)
-	return addr, nil
+	return nil
 }
 
 // ownPolicy is the policy of this node's own boot measurements: a joining node trusts a join service that
@@ -176,7 +146,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 		return err
 	}
 	var resp *initpb.JoinResponse
-	if err := retry(ctx, log, "asking the join service to admit this node", func() error {
+	if err := retry.Do(ctx, log, "asking the join service to admit this node", func() error {
 		list, err := md.Instances(ctx)
 		if err != nil {
 			return err

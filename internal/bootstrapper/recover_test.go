@@ -90,7 +90,7 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var started []byte
 	s = &initServer{issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
-		recovered: func(_ *kms.Deriver, id []byte, p measurements.M) error {
+		recovered: func(_ *kms.MasterSecret, id []byte, p measurements.M) error {
 			started = id
 			if len(p) != len(node.Policy) {
 				t.Errorf("the key service got a policy of %d PCRs, want the %d from init", len(p), len(node.Policy))

@@ -6,10 +6,13 @@ package verifyservice
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -20,11 +23,71 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Port is the verification service's HTTP port on every node; GRPCPort its gRPC port.
+// Port is the HTTP port of the bootstrapper's verification service on every node, GRPCPort its gRPC port.
+// The bootstrapper serves them from the node's start: verifiers attest nodes there before any cluster exists
+// (init, recovery) and at any time after.
 const (
 	Port     = 9090
 	GRPCPort = 9091
 )
+
+// ClusterPort is the HTTP port of the cluster's verification service (a DaemonSet of the cluster, on every
+// node's host network), ClusterGRPCPort its gRPC port. It answers with the same evidence as the bootstrapper's,
+// which issues it: Kubernetes keeps it running on every node the cluster has.
+const (
+	ClusterPort     = 9080
+	ClusterGRPCPort = 9081
+)
+
+// Server is a node's verification service: the same evidence over HTTP ([Handler]) and gRPC ([GRPCServer]).
+type Server struct {
+	http           *http.Server
+	grpc           *grpc.Server
+	httpLn, grpcLn net.Listener
+}
+
+// Listen opens the verification service's ports on host, serving evidence from issuer.
+func Listen(host string, httpPort, grpcPort int, issuer attestation.Issuer, log *slog.Logger) (*Server, error) {
+	httpLn, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(httpPort)))
+	if err != nil {
+		return nil, fmt.Errorf("verification service: %w", err)
+	}
+	grpcLn, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(grpcPort)))
+	if err != nil {
+		httpLn.Close()
+		return nil, fmt.Errorf("verification service: %w", err)
+	}
+	g := grpc.NewServer()
+	verifypb.RegisterVerifyServer(g, NewGRPCServer(issuer, log))
+	return &Server{
+		http:   &http.Server{Handler: Handler(issuer, log), ReadHeaderTimeout: 10 * time.Second},
+		grpc:   g,
+		httpLn: httpLn, grpcLn: grpcLn,
+	}, nil
+}
+
+// Addrs returns the HTTP and the gRPC address.
+func (s *Server) Addrs() (httpAddr, grpcAddr string) {
+	return s.httpLn.Addr().String(), s.grpcLn.Addr().String()
+}
+
+// Serve serves both protocols until [Server.Close], and returns the first error of either.
+func (s *Server) Serve() error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.http.Serve(s.httpLn) }()
+	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
+	err := <-errc
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops both protocols.
+func (s *Server) Close() {
+	s.grpc.Stop()
+	s.http.Close()
+}
 
 // GRPCServer serves the Verify gRPC API: the same evidence as the HTTP handler.
 type GRPCServer struct {

@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
@@ -84,6 +89,84 @@ func TestAttestGRPC(t *testing.T) {
 	for _, bad := range [][]byte{nil, []byte("short"), make([]byte, 65)} {
 		if _, err := FetchGRPC(ctx, ln.Addr().String(), bad); status.Code(errors.Unwrap(err)) != codes.InvalidArgument {
 			t.Fatalf("nonce of %d bytes: %v, want InvalidArgument", len(bad), err)
+		}
+	}
+}
+
+// The cluster's verification service, as its pod runs it: both protocols on one [Server], with evidence from
+// the node's attestation agent rather than from the TPM itself.
+func TestServerThroughAgent(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	v, err := node.Validator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(t.TempDir(), "attest.sock")
+	agentLn, err := agent.Listen(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentSrv := &http.Server{Handler: agent.Handler(node.Issuer, slog.New(slog.DiscardHandler))}
+	go agentSrv.Serve(agentLn)
+	defer agentSrv.Close()
+
+	srv, err := Listen("127.0.0.1", 0, 0, agent.NewClient(socket, attestation.MiniVTPM), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	httpAddr, grpcAddr := srv.Addrs()
+	ctx := context.Background()
+	for name, fetch := range map[string]func(context.Context, string, []byte) ([]byte, error){httpAddr: Fetch, grpcAddr: FetchGRPC} {
+		nonce := bytes.Repeat([]byte{9}, attestation.NonceSize)
+		ev, err := fetch(ctx, name, nonce)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := v.Validate(ctx, ev, nonce); err != nil {
+			t.Fatalf("evidence from %s through the agent does not validate: %v", name, err)
+		}
+	}
+	// Another service holds the port: Listen says so.
+	if _, err := Listen("127.0.0.1", mustPort(t, httpAddr), 0, node.Issuer, nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Listen on a used port = %v", err)
+	}
+	srv.Close()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve after Close = %v, want nil", err)
+	}
+	if _, err := Fetch(ctx, httpAddr, bytes.Repeat([]byte{9}, attestation.NonceSize)); err == nil {
+		t.Fatal("the closed service still answers")
+	}
+}
+
+func mustPort(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestManifests(t *testing.T) {
+	raw, err := Manifests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(raw)
+	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"hostNetwork": true`, `"automountServiceAccountToken": false`, `"--port=9080"`, `"--grpc-port=9081"`, `"path": "/run/constellation/attest.sock"`, `"operator": "Exists"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("manifests lack %s:\n%s", want, s)
 		}
 	}
 }

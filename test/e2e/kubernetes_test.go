@@ -62,6 +62,24 @@ func TestMiniKubernetes(t *testing.T) {
 	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=join-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
 		t.Fatalf("join service pods: %v\n%s", err, out)
 	}
+	// The key service runs in its own pod on the first control-plane node, with the master secret its
+	// bootstrapper handed over; it derived both workers' disk keys for the join service and audited each.
+	if out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=key-service", "--no-headers", "-o", "custom-columns=NODE:.spec.nodeName"); err != nil || strings.TrimSpace(out) != "control-plane-0" {
+		t.Fatalf("key service pods: %v\n%s", err, out)
+	}
+	if out, _ := k("-n", "kube-system", "logs", "daemonset/key-service"); len(regexp.MustCompile(`"msg":"data key issued".*"keyID":"disk-key/[0-9a-f-]{36}"`).FindAllString(out, -1)) < 2 {
+		t.Fatalf("the key service did not audit the workers' disk keys:\n%s", out)
+	}
+	// The cluster's verification service runs on every node and answers with the node's own evidence.
+	eventually("the verification service running on every node", func() (string, bool) {
+		out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=verification-service", "--no-headers", "-o", "custom-columns=STATUS:.status.phase,NODE:.spec.nodeName")
+		return out, err == nil && strings.Count(out, "Running") == 3
+	})
+	for i := range 3 {
+		if out, code := c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9080"); code != 0 || !strings.Contains(out, "4 PCRs match") {
+			t.Fatalf("verify node %d through the cluster's verification service: exit %d\n%s", i, code, out)
+		}
+	}
 	if out, code := c.run("status"); code != 0 || strings.Count(out, "member of this cluster") != 3 || strings.Count(out, "Ready") != 3 {
 		t.Fatalf("status: exit %d\n%s", code, out)
 	}

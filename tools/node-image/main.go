@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
 func main() {
@@ -22,7 +24,16 @@ func main() {
 	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
 	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
 	bootstrapper := flag.String("bootstrapper", "bin/bootstrapper", "the bootstrapper binary (make build)")
-	joinService := flag.String("join-service", "bin/join-service", "the join service binary (make build)")
+	// This project's in-cluster services, each its own container image (make build).
+	services := []struct{ name, ref string }{
+		{"join-service", joinservice.Image()},
+		{"key-service", keyservice.Image()},
+		{"verification-service", verifyservice.Image()},
+	}
+	binaries := make([]*string, len(services))
+	for i, s := range services {
+		binaries[i] = flag.String(s.name, "bin/"+s.name, "the "+strings.ReplaceAll(s.name, "-", " ")+" binary (make build)")
+	}
 	flag.Parse()
 	in.Extra = append(in.Extra, nodeimage.File{Path: "/usr/bin/bootstrapper", Source: *bootstrapper, Mode: 0o755})
 	// The bootstrapper opens LUKS2 state disks through libcryptsetup where the kernel has device-mapper.
@@ -37,12 +48,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "node-image: the bootstrapper's libraries:", err)
 		os.Exit(1)
 	}
-	// The image reference carries this build's version, which the bootstrapper built alongside deploys.
-	in.Services = append(in.Services, nodeimage.ContainerImage{
-		Ref:        joinservice.Image(),
-		Files:      []nodeimage.File{{Path: "/usr/bin/join-service", Source: *joinService, Mode: 0o755}},
-		Entrypoint: []string{"/usr/bin/join-service"},
-	})
+	// The image references carry this build's version, which the bootstrapper built alongside deploys.
+	for i, s := range services {
+		in.Services = append(in.Services, nodeimage.ContainerImage{
+			Ref:        s.ref,
+			Files:      []nodeimage.File{{Path: "/usr/bin/" + s.name, Source: *binaries[i], Mode: 0o755}},
+			Entrypoint: []string{"/usr/bin/" + s.name},
+		})
+	}
 	if err := run(in, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "node-image:", err)
 		os.Exit(1)

@@ -10,6 +10,7 @@ package metadata
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -299,6 +300,23 @@ func (c *Client) EventLog(ctx context.Context) ([]byte, error) {
 func (c *Client) AKCA(ctx context.Context) ([]byte, error) {
 	var raw []byte
 	return raw, c.do(ctx, http.MethodGet, "/v1/ak-ca", nil, &raw)
+}
+
+// AKRoots returns the attestation-key CA as the roots a validator of this provider's nodes trusts.
+func (c *Client) AKRoots(ctx context.Context) ([]*x509.Certificate, error) {
+	raw, err := c.AKCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("the metadata service returned no AK CA certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("the metadata service's AK CA certificate: %w", err)
+	}
+	return []*x509.Certificate{cert}, nil
 }
 
 // Challenge implements akca.Enroller over HTTP.

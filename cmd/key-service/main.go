@@ -1,0 +1,49 @@
+// Command key-service serves keys derived from the cluster's master secret to attested control-plane nodes;
+// see package keyservice.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/version"
+)
+
+func main() {
+	listen := flag.String("listen", fmt.Sprintf(":%d", keyservice.Port), "address to serve on")
+	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
+	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
+	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
+	flag.Parse()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if *metadataURL == "" {
+		log.Error("--metadata is required")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	md := metadata.NewClient(*metadataURL)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("key service stopped", "error", err)
+		os.Exit(1)
+	}
+	log.Info("key service starting", "version", version.Version, "address", ln.Addr().String())
+	if err := keyservice.Run(ctx, keyservice.Options{
+		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, attestation.MiniVTPM),
+		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, Log: log,
+	}); err != nil {
+		log.Error("key service stopped", "error", err)
+		os.Exit(1)
+	}
+}

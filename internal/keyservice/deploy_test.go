@@ -1,0 +1,59 @@
+package keyservice
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// The key service runs on the node that holds the master secret, with no API credentials, and reaches only
+// that node's bootstrapper.
+func TestManifests(t *testing.T) {
+	raw, err := Manifests("control-plane-0", "http://10.217.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Items []struct {
+			Kind string
+			Spec struct {
+				Template struct {
+					Spec struct {
+						HostNetwork                  bool
+						AutomountServiceAccountToken *bool
+						ServiceAccountName           string
+						NodeSelector                 map[string]string
+						Containers                   []struct {
+							Image, ImagePullPolicy string
+							Args                   []string
+						}
+						Volumes []struct {
+							HostPath struct{ Path, Type string }
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &list); err != nil || len(list.Items) != 1 || list.Items[0].Kind != "DaemonSet" {
+		t.Fatalf("want one DaemonSet: %v\n%s", err, raw)
+	}
+	pod := list.Items[0].Spec.Template.Spec
+	if !pod.HostNetwork || pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken || pod.ServiceAccountName != "" {
+		t.Errorf("pod: host network %v, API credentials %v %q; want host network and no credentials", pod.HostNetwork, pod.AutomountServiceAccountToken, pod.ServiceAccountName)
+	}
+	if pod.NodeSelector["kubernetes.io/hostname"] != "control-plane-0" || len(pod.NodeSelector) != 1 {
+		t.Errorf("node selector %v, want the node with the master secret only", pod.NodeSelector)
+	}
+	c := pod.Containers[0]
+	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --metadata=http://10.217.0.1:8080" {
+		t.Errorf("container %+v", c)
+	}
+	var paths []string
+	for _, v := range pod.Volumes {
+		paths = append(paths, v.HostPath.Type+":"+v.HostPath.Path)
+	}
+	if strings.Join(paths, ",") != "Socket:/run/constellation/attest.sock,Socket:"+SecretSocket {
+		t.Errorf("host paths %v, want only the agent's and the secret's sockets", paths)
+	}
+}

@@ -1,0 +1,82 @@
+package keyservice
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/retry"
+)
+
+// Options configure [Run].
+type Options struct {
+	// Listener is where the key service serves. Callers that connect before it has the master secret wait.
+	Listener net.Listener
+	// SecretSocket is where the node's bootstrapper hands over the master secret ([SecretSocket]).
+	SecretSocket string
+	// Issuer attests the key service (the node's attestation agent).
+	Issuer attestation.Issuer
+	// AKRoots returns the roots of the callers' attestation keys (the provider's AK CA).
+	AKRoots func(ctx context.Context) ([]*x509.Certificate, error)
+	// Allowed decides by a caller's attested name whether it may get keys at all (control-plane nodes).
+	Allowed func(ctx context.Context, name string) (bool, error)
+	// Log receives the service's log and its audit lines.
+	Log *slog.Logger
+}
+
+// Run is the key service as it runs on a control-plane node: it waits until the node's bootstrapper hands it
+// the master secret, then serves keys over mutual aTLS to callers that prove they are control-plane nodes of
+// this cluster (the cluster's measurements and, in PCR 15, its cluster ID), until ctx ends.
+func Run(ctx context.Context, o Options) error {
+	if o.Listener == nil || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.Log == nil {
+		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction and a log")
+	}
+	secret, err := waitForSecret(ctx, o.SecretSocket, o.Log)
+	if err != nil {
+		return err
+	}
+	d, err := kms.NewDeriver(secret.MasterSecret)
+	if err != nil {
+		return err
+	}
+	var roots []*x509.Certificate
+	if err := retry.Do(ctx, o.Log, "fetching the attestation-key roots", func() error {
+		roots, err = o.AKRoots(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	v, err := vtpm.NewValidator(roots, measuredboot.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
+	if err != nil {
+		return err
+	}
+	ks := New(d, o.Log)
+	ks.RestrictTo(o.Allowed)
+	srv, err := NewGRPCServer(ks, o.Issuer, []attestation.Validator{v})
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, srv.GracefulStop)
+	defer stop()
+	o.Log.Info("key service serving over mutual aTLS, for control-plane members only", "address", o.Listener.Addr().String(), "clusterID", fmt.Sprintf("%x", secret.ClusterID))
+	return srv.Serve(o.Listener)
+}
+
+// waitForSecret asks the bootstrapper for the master secret until it has one: after a reboot the kubelet may
+// start this service before 'constellation recover' has brought the secret back.
+func waitForSecret(ctx context.Context, socket string, log *slog.Logger) (*Secret, error) {
+	var s *Secret
+	err := retry.Do(ctx, log, "waiting for the master secret from this node's bootstrapper", func() error {
+		var err error
+		s, err = FetchSecret(ctx, socket)
+		return err
+	})
+	return s, err
+}

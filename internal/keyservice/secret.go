@@ -1,0 +1,174 @@
+package keyservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/kms"
+)
+
+// SecretSocket is where the bootstrapper of a control-plane node hands the key service on that node the
+// cluster's master secret. Like the attestation agent's socket it is owner-only and never exposed over the
+// network: the master secret leaves the bootstrapper's memory only for the key service's, on the same node.
+const SecretSocket = "/run/constellation/keys.sock"
+
+// Secret is what the key service needs from the bootstrapper: the master secret it derives keys from, and
+// what its callers must prove (the cluster's measurements and cluster ID). Both come from the attested init
+// or recovery, not from anything an administrator of the cluster can change.
+type Secret struct {
+	MasterSecret *kms.MasterSecret
+	ClusterID    []byte
+	Measurements measurements.M
+}
+
+// String never prints the master secret.
+func (s *Secret) String() string { return "keyservice.Secret(redacted)" }
+
+// secretJSON is the wire form of [Secret].
+type secretJSON struct {
+	Version      int            `json:"version"`
+	Key          []byte         `json:"key"`
+	Salt         []byte         `json:"salt"`
+	ClusterID    []byte         `json:"clusterID"`
+	Measurements measurements.M `json:"measurements"`
+}
+
+const secretVersion = 1
+
+// maxSecret bounds the handover message: a key, a salt, a cluster ID and at most 24 measurements.
+const maxSecret = 16 << 10
+
+func (s *Secret) validate() error {
+	if s.MasterSecret == nil {
+		return errors.New("no master secret")
+	}
+	if err := s.MasterSecret.Validate(); err != nil {
+		return err
+	}
+	if len(s.ClusterID) != 32 {
+		return fmt.Errorf("cluster ID has %d bytes, want 32", len(s.ClusterID))
+	}
+	if len(s.Measurements) == 0 {
+		return errors.New("no measurements: the key service would have no policy for its callers")
+	}
+	return s.Measurements.Validate()
+}
+
+// SecretHolder serves the key service's [Secret] on [SecretSocket] once the bootstrapper has it: before, a
+// request is answered with 503 and the key service waits.
+type SecretHolder struct {
+	log    *slog.Logger
+	mu     sync.Mutex
+	secret []byte // the wire form, nil until Set
+}
+
+// NewSecretHolder returns a holder without a secret, logging each handover to log.
+func NewSecretHolder(log *slog.Logger) *SecretHolder {
+	return &SecretHolder{log: log}
+}
+
+// Set makes s available to the key service.
+func (h *SecretHolder) Set(s *Secret) error {
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("the key service's secret: %w", err)
+	}
+	raw, err := json.Marshal(secretJSON{
+		Version: secretVersion, Key: s.MasterSecret.Key, Salt: s.MasterSecret.Salt,
+		ClusterID: s.ClusterID, Measurements: s.Measurements,
+	})
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.secret = raw
+	return nil
+}
+
+// ServeHTTP answers GET /v1/secret.
+func (h *SecretHolder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || r.URL.Path != "/v1/secret" {
+		http.Error(w, "only GET /v1/secret is served here", http.StatusNotFound)
+		return
+	}
+	h.mu.Lock()
+	raw := h.secret
+	h.mu.Unlock()
+	if raw == nil {
+		http.Error(w, "this node holds no master secret yet: it is handed over after init or 'constellation recover'", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(raw)
+	h.log.Info("master secret handed to the key service on this node")
+}
+
+// FetchSecret asks the bootstrapper on socket for the key service's secret. It returns [ErrNoSecretYet] while
+// the node has none.
+func FetchSecret(ctx context.Context, socket string) (*Secret, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://bootstrapper/v1/secret", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking the bootstrapper for the master secret at %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxSecret+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the master secret from %s: %w", socket, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return nil, ErrNoSecretYet
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("the bootstrapper at %s refused the master secret: %s: %s", socket, resp.Status, bytes.TrimSpace(raw))
+	}
+	return ParseSecret(raw)
+}
+
+// ErrNoSecretYet says that the node's bootstrapper holds no master secret yet.
+var ErrNoSecretYet = errors.New("this node holds no master secret yet")
+
+// ParseSecret parses the handover message strictly.
+func ParseSecret(raw []byte) (*Secret, error) {
+	if len(raw) > maxSecret {
+		return nil, fmt.Errorf("the key service's secret is larger than %d bytes", maxSecret)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var in secretJSON
+	if err := dec.Decode(&in); err != nil {
+		return nil, fmt.Errorf("parsing the key service's secret: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("parsing the key service's secret: trailing data")
+	}
+	if in.Version != secretVersion {
+		return nil, fmt.Errorf("the key service's secret has version %d; this key service reads version %d", in.Version, secretVersion)
+	}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("the key service's secret: %w", err)
+	}
+	return s, nil
+}

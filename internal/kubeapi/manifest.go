@@ -1,0 +1,93 @@
+package kubeapi
+
+import "encoding/json"
+
+// Labels are the labels of this project's component name.
+func Labels(name string) map[string]string {
+	return map[string]string{"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "constellation"}
+}
+
+// Meta is the metadata of the object name of component in kube-system.
+func Meta(component, name string) map[string]any {
+	return map[string]any{"name": name, "namespace": "kube-system", "labels": Labels(component)}
+}
+
+// List encodes objects as one JSON list for `kubectl apply`.
+func List(items ...map[string]any) ([]byte, error) {
+	return json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": items}, "", "  ")
+}
+
+// Toleration of the control-plane taint, for services that run on control-plane nodes.
+var ControlPlaneToleration = map[string]any{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}
+
+// EveryTaint tolerates any taint, for services that run on every node.
+var EveryTaint = map[string]any{"operator": "Exists"}
+
+// Volume is a volume of a [HostService]: a host path or a ConfigMap, mounted at MountPath.
+type Volume struct {
+	Name      string
+	MountPath string
+	ReadOnly  bool
+	// HostPath and HostPathType ("Socket", "Directory", ...) mount a path of the node.
+	HostPath     string
+	HostPathType string
+	// ConfigMap mounts a ConfigMap in kube-system.
+	ConfigMap string
+}
+
+// HostService is one of this project's services as a DaemonSet in kube-system: one container on the host
+// network of the nodes it selects, from an image that is part of the node image and never pulled. Its
+// arguments may use $(NODE_IP), the node's address.
+type HostService struct {
+	Name         string
+	Image        string
+	Args         []string
+	NodeSelector map[string]string
+	Tolerations  []map[string]any
+	// ServiceAccount is the identity the service uses with the API server; empty: the pod gets no API
+	// credentials at all.
+	ServiceAccount string
+	Volumes        []Volume
+}
+
+// DaemonSet returns the service's DaemonSet object.
+func (s HostService) DaemonSet() map[string]any {
+	var mounts, volumes []map[string]any
+	for _, v := range s.Volumes {
+		mounts = append(mounts, map[string]any{"name": v.Name, "mountPath": v.MountPath, "readOnly": v.ReadOnly})
+		switch {
+		case v.ConfigMap != "":
+			volumes = append(volumes, map[string]any{"name": v.Name, "configMap": map[string]any{"name": v.ConfigMap}})
+		default:
+			volumes = append(volumes, map[string]any{"name": v.Name, "hostPath": map[string]any{"path": v.HostPath, "type": v.HostPathType}})
+		}
+	}
+	pod := map[string]any{
+		"hostNetwork":       true,
+		"priorityClassName": "system-cluster-critical",
+		"nodeSelector":      s.NodeSelector,
+		"tolerations":       s.Tolerations,
+		"containers": []map[string]any{{
+			"name":            s.Name,
+			"image":           s.Image,
+			"imagePullPolicy": "Never",
+			"args":            s.Args,
+			"env":             []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
+			"volumeMounts":    mounts,
+		}},
+		"volumes": volumes,
+	}
+	if s.ServiceAccount != "" {
+		pod["serviceAccountName"] = s.ServiceAccount
+	} else {
+		pod["automountServiceAccountToken"] = false
+	}
+	labels := Labels(s.Name)
+	return map[string]any{
+		"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": Meta(s.Name, s.Name),
+		"spec": map[string]any{
+			"selector": map[string]any{"matchLabels": labels},
+			"template": map[string]any{"metadata": map[string]any{"labels": labels}, "spec": pod},
+		},
+	}
+}
