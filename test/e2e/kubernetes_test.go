@@ -202,6 +202,21 @@ func TestMiniKubernetes(t *testing.T) {
 	})
 	state, _, _ = mini.ReadState(filepath.Join(c.ws, "constellation-mini")) // control-plane-0 has a new PID
 	eventually("the Service answering after the recovery", get)
+	// The key service's pod came back with its node and waited until the recovered bootstrapper handed it the
+	// master secret again: a worker that reboots now gets its disk key from it.
+	if out, code := c.run("mini", "reboot", "worker-0"); code != 0 {
+		t.Fatalf("mini reboot worker-0 after the recovery: exit %d\n%s", code, out)
+	}
+	eventually("worker-0 a member again, with its disk key from the recovered key service", func() (string, bool) {
+		out, code := c.run("verify", "--node-endpoint", worker)
+		logs, _ := k("-n", "kube-system", "logs", "daemonset/key-service")
+		return out + logs, code == 0 && regexp.MustCompile(`"msg":"data key issued".*"keyID":"disk-key/[0-9a-f-]{36}"`).MatchString(logs)
+	})
+	eventually("worker-0 Ready after its second reboot", func() (string, bool) {
+		out, err := k("get", "node", "worker-0", "--no-headers")
+		return out, err == nil && strings.Contains(out, " Ready ")
+	})
+	state, _, _ = mini.ReadState(filepath.Join(c.ws, "constellation-mini")) // worker-0 has a new PID
 
 	// A node removed from the cluster is no longer a peer of the others: it reaches none of their pods.
 	checkRemovedNodeCutOff(t, k, state, eventually)
