@@ -2,6 +2,11 @@
 // with mutual aTLS: the key service proves what it runs, and every caller must prove it is a node of this
 // cluster before it gets a key. Every request is written to the audit log with the caller and the key
 // identifier, never the key.
+//
+// In a cluster the key service runs in its own pod on the first control-plane node ([Manifests], [Run]). The
+// node's bootstrapper, which received the master secret over aTLS at init or recovery, hands it over on a
+// node-local socket ([SecretHolder], [FetchSecret]) together with the cluster's measurements and cluster ID,
+// which decide who may call the key service.
 package keyservice
 
 import (

@@ -1,6 +1,9 @@
 // Package verifyservice runs on every node and answers a verifier's nonce with fresh attestation evidence, so
 // that anyone can check at any time what a node runs (`constellation verify`). Evidence protects itself: it
 // is bound to the caller's nonce and signed by the node's certified attestation key, so plain HTTP suffices.
+//
+// It runs twice on a node: in the bootstrapper from the node's start ([Port]), and as the cluster's DaemonSet
+// ([Manifests], [ClusterPort]), whose pods get the same evidence from the node's attestation agent.
 package verifyservice
 
 import (

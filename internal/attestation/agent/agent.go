@@ -1,8 +1,9 @@
 // Package agent lets the node's own services attest through the node's TPM without opening it themselves.
 //
 // The bootstrapper is the only process that talks to the node's TPM. It serves this agent on a Unix socket
-// ([SocketPath]) that only processes on the node reach: the in-cluster services of the control plane (the
-// join service, the key service) mount it and use [Client] as their [attestation.Issuer] for attested TLS.
+// ([SocketPath]) that only processes on the node reach: the in-cluster services (the join service and the key
+// service on the control plane, the verification service on every node) mount it and use [Client] as their
+// [attestation.Issuer].
 // The agent issues evidence for any nonce and user data, so whoever can reach the socket can speak for the
 // node: the socket is owner-only and never exposed over the network.
 package agent
