@@ -66,23 +66,24 @@ func runBuildWarm(ctx context.Context) ([]Result, error) {
 
 // runBuildCold measures the first build on a fresh machine: the same steps with an empty Go build cache (the
 // module cache stays: downloading depends on the network, not on this project). It takes about 25 minutes on
-// two cores, so it runs only when BENCH names it. The image must come out bit for bit as the warm build's.
+// two cores, so it runs only when BENCH names it. The image must come out bit for bit as a warm build's of the
+// same commit, made first.
 func runBuildCold(ctx context.Context) ([]Result, error) {
-	warm, err := readNodeImageManifest()
+	_, _, warm, err := buildTimes(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("the cold build is compared with the node image of make node-image: %w", err)
+		return nil, err
 	}
 	cache, err := os.MkdirTemp("", "bench-gocache-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(cache)
-	steps, _, digest, err := buildTimes(ctx, "GOCACHE="+cache)
+	steps, _, cold, err := buildTimes(ctx, "GOCACHE="+cache)
 	if err != nil {
 		return nil, err
 	}
-	if digest != warm.Digest {
-		return nil, fmt.Errorf("the cold build gave the node image %s, the warm one %s: the build is not reproducible", digest, warm.Digest)
+	if cold != warm {
+		return nil, fmt.Errorf("the cold build gave the node image %s, the warm one %s: the build is not reproducible", cold, warm)
 	}
 	return []Result{
 		{"node-image-cold", (steps[0] + steps[1] + steps[2] + steps[3]).Seconds(), "s"},
