@@ -19,6 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -103,10 +105,11 @@ func confirm(cmd *cobra.Command, question string) (bool, error) {
 func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show every node: attested as a member of this cluster, and Ready in Kubernetes",
+		Short: "Show every node (attested as a member of this cluster, Ready in Kubernetes) and the cluster's services",
 		Long: "Attest every node of the cluster against " + config.FileName + "'s measurements and the cluster ID of\n" +
-			StateFile + ", and ask Kubernetes for each node's readiness. Exit code 0 if every node is attested\n" +
-			"and Ready, 1 if not.",
+			StateFile + ", and ask Kubernetes for each node's readiness and for the pods of the join service, the\n" +
+			"key service and the verification service. Exit code 0 if every node is attested and Ready and every\n" +
+			"service's pods are ready, 1 if not.",
 		Args: cobra.NoArgs,
 		RunE: runStatus,
 	}
@@ -143,9 +146,15 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return failed(err)
 	}
 	var ready map[string]string
+	var services []serviceStatus
 	var kubeErr error
 	if initialised {
-		ready, kubeErr = nodeReadiness(cmd.Context(), filepath.Join(ws, AdminKubeconfigFile))
+		var api *kubeapi.Client
+		if api, kubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); kubeErr == nil {
+			if ready, kubeErr = nodeReadiness(cmd.Context(), api); kubeErr == nil {
+				services, kubeErr = serviceReadiness(cmd.Context(), api)
+			}
+		}
 	}
 
 	out := cmd.OutOrStdout()
@@ -184,10 +193,68 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 	if kubeErr != nil {
 		fmt.Fprintf(out, "Kubernetes API: %v\n", kubeErr)
 	}
+	if len(services) > 0 {
+		fmt.Fprintln(out)
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tPODS READY")
+		for _, svc := range services {
+			fmt.Fprintf(tw, "%s\t%s\n", svc.Name, svc.State)
+			healthy = healthy && svc.Healthy
+		}
+		tw.Flush()
+	}
 	if !healthy {
-		return checkFailed(errors.New("not every node is attested and Ready"))
+		return checkFailed(errors.New("not every node is attested and Ready, or not every service of the cluster is running"))
 	}
 	return nil
+}
+
+// clusterServices are this project's services in the cluster, as DaemonSets in kube-system.
+var clusterServices = []string{joinservice.Name, keyservice.Name, verifyservice.Name}
+
+// serviceStatus is one of [clusterServices] as status shows it.
+type serviceStatus struct {
+	Name    string
+	State   string // "2/2", or why not
+	Healthy bool
+}
+
+// daemonSetList is the part of a DaemonSet list that status reads.
+type daemonSetList struct {
+	Items []struct {
+		Metadata struct{ Name string }
+		Status   struct{ DesiredNumberScheduled, NumberReady int }
+	}
+}
+
+// serviceReadiness returns how many pods of each of this project's services are ready.
+func serviceReadiness(ctx context.Context, api *kubeapi.Client) ([]serviceStatus, error) {
+	var list daemonSetList
+	if err := api.Do(ctx, http.MethodGet, "/apis/apps/v1/namespaces/kube-system/daemonsets?labelSelector=app.kubernetes.io%2Fpart-of%3Dconstellation", "", nil, &list); err != nil {
+		return nil, fmt.Errorf("listing the cluster's services: %w", err)
+	}
+	return servicesFromList(list), nil
+}
+
+// servicesFromList reports every one of [clusterServices]: healthy when it has pods scheduled and all of them ready.
+func servicesFromList(list daemonSetList) []serviceStatus {
+	var out []serviceStatus
+	for _, name := range clusterServices {
+		s := serviceStatus{Name: name, State: "not deployed"}
+		for _, it := range list.Items {
+			if it.Metadata.Name != name {
+				continue
+			}
+			st := it.Status
+			s.State = fmt.Sprintf("%d/%d", st.NumberReady, st.DesiredNumberScheduled)
+			s.Healthy = st.DesiredNumberScheduled > 0 && st.NumberReady == st.DesiredNumberScheduled
+			if st.DesiredNumberScheduled == 0 {
+				s.State = "no node to run on"
+			}
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func firstLine(s string) string {
@@ -196,11 +263,7 @@ func firstLine(s string) string {
 }
 
 // nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name.
-func nodeReadiness(ctx context.Context, kubeconfigPath string) (map[string]string, error) {
-	api, err := kubeapi.FromKubeconfig(kubeconfigPath)
-	if err != nil {
-		return nil, err
-	}
+func nodeReadiness(ctx context.Context, api *kubeapi.Client) (map[string]string, error) {
 	var list struct {
 		Items []struct {
 			Metadata struct{ Name string }

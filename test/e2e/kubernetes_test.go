@@ -80,9 +80,14 @@ func TestMiniKubernetes(t *testing.T) {
 			t.Fatalf("verify node %d through the cluster's verification service: exit %d\n%s", i, code, out)
 		}
 	}
-	if out, code := c.run("status"); code != 0 || strings.Count(out, "member of this cluster") != 3 || strings.Count(out, "Ready") != 3 {
-		t.Fatalf("status: exit %d\n%s", code, out)
-	}
+	// status: every node a member and Ready, every service's pods ready (the DaemonSets' status follows their
+	// pods within moments).
+	eventually("status reporting every node and service healthy", func() (string, bool) {
+		out, code := c.run("status")
+		services := regexp.MustCompile(`(?m)^join-service +1/1$`).MatchString(out) && regexp.MustCompile(`(?m)^key-service +1/1$`).MatchString(out) &&
+			regexp.MustCompile(`(?m)^verification-service +3/3$`).MatchString(out)
+		return out, code == 0 && strings.Count(out, "member of this cluster") == 3 && strings.Count(out, "Ready") == 3 && services
+	})
 	// Every node proves its cluster membership (PCR 15).
 	for i := range 3 {
 		if out, code := c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 || !strings.Contains(out, "4 PCRs match") {
