@@ -54,6 +54,35 @@ func CheckNonce(nonce []byte) error {
 	return nil
 }
 
+// CheckIssueArgs checks what an issuer is asked to bind: a nonce of valid size and user data within
+// [MaxUserDataSize].
+func CheckIssueArgs(nonce, userData []byte) error {
+	if err := CheckNonce(nonce); err != nil {
+		return err
+	}
+	if len(userData) > MaxUserDataSize {
+		return fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), MaxUserDataSize)
+	}
+	return nil
+}
+
+// QuoteBinding has a vTPM quote its PCRs with the binding digest of variant, nonce and userData as
+// qualifying data ([BindingDigest]), and returns the quote as a copy that names no attestation key: the caller
+// sets how the verifier finds the key, which differs per variant.
+func QuoteBinding(ctx context.Context, quote func(ctx context.Context, qualifyingData []byte) (*TPMEvidence, error), variant Variant, nonce, userData []byte) (*TPMEvidence, error) {
+	binding := BindingDigest(variant, nonce, userData)
+	ev, err := quote(ctx, binding[:])
+	if err != nil {
+		return nil, fmt.Errorf("quoting the vTPM: %w", err)
+	}
+	if ev == nil {
+		return nil, errors.New("quoting the vTPM: no evidence returned")
+	}
+	out := *ev
+	out.AKCert, out.AKPublic = nil, nil
+	return &out, nil
+}
+
 // BindingDigest is the value a hardware or TPM statement signs to bind the verifier's nonce and the caller's
 // user data: SHA-256 over a domain separator and the length-prefixed nonce and user data. Length prefixes
 // make the encoding unambiguous, so no other (nonce, userData) pair yields the same digest.

@@ -97,7 +97,7 @@ func (i *AzureIssuer) Variant() attestation.Variant { return attestation.AzureSE
 // userData, and returns the serialized evidence document. It refuses to issue evidence that no verifier
 // would accept, and says why.
 func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := checkIssueArgs(nonce, userData); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
 	}
 	if i == nil || i.hcl == nil || i.certs == nil || i.tpm == nil {
@@ -133,21 +133,15 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	if certs.VCEK == nil {
 		return nil, fmt.Errorf("%w: the metadata service returned no VCEK certificate", ErrMissingCertificate)
 	}
-	binding := attestation.BindingDigest(attestation.AzureSEVSNP, nonce, userData)
-	tpmEv, err := i.tpm.Quote(ctx, binding[:])
+	ev, err := attestation.QuoteBinding(ctx, i.tpm.Quote, attestation.AzureSEVSNP, nonce, userData)
 	if err != nil {
-		return nil, fmt.Errorf("quoting the vTPM: %w", err)
+		return nil, err
 	}
-	if tpmEv == nil {
-		return nil, errors.New("quoting the vTPM: no evidence returned")
-	}
-	ev := *tpmEv
-	ev.AKCert, ev.AKPublic = nil, nil
 	doc := &attestation.Document{
 		Version:  attestation.DocumentVersion,
 		Variant:  attestation.AzureSEVSNP.Name,
 		UserData: bytes.Clone(userData),
-		TPM:      &ev,
+		TPM:      ev,
 		SNP: &attestation.SNPEvidence{
 			Report:    bytes.Clone(hcl.HardwareReport),
 			CertChain: chain,

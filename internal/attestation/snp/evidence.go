@@ -25,7 +25,7 @@ func (i *Issuer) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
 
 // Issue obtains a report bound to nonce and userData and returns the serialized evidence document.
 func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := checkIssueArgs(nonce, userData); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
 	}
 	if i == nil || i.reporter == nil {
@@ -42,16 +42,6 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 		SNP:      ev,
 	}
 	return doc.Marshal()
-}
-
-func checkIssueArgs(nonce, userData []byte) error {
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return err
-	}
-	if len(userData) > attestation.MaxUserDataSize {
-		return fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
-	}
-	return nil
 }
 
 // obtainReport requests a report with reportData and checks it before it leaves the guest: it parses

@@ -62,7 +62,7 @@ func (i *VTPMIssuer) Variant() attestation.Variant { return i.variant }
 
 // Issue obtains a report that binds the attestation key and a quote bound to nonce and userData.
 func (i *VTPMIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := checkIssueArgs(nonce, userData); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
 	}
 	ak := i.tpm.AttestationKey()
@@ -81,21 +81,16 @@ func (i *VTPMIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	binding := attestation.BindingDigest(i.variant, nonce, userData)
-	tpmEv, err := i.tpm.Quote(ctx, binding[:])
+	ev, err := attestation.QuoteBinding(ctx, i.tpm.Quote, i.variant, nonce, userData)
 	if err != nil {
-		return nil, fmt.Errorf("quoting the vTPM: %w", err)
+		return nil, err
 	}
-	if tpmEv == nil {
-		return nil, errors.New("quoting the vTPM: no evidence returned")
-	}
-	ev := *tpmEv
-	ev.AKCert, ev.AKPublic = nil, akDER
+	ev.AKPublic = akDER
 	doc := &attestation.Document{
 		Version:  attestation.DocumentVersion,
 		Variant:  i.variant.Name,
 		UserData: bytes.Clone(userData),
-		TPM:      &ev,
+		TPM:      ev,
 		SNP:      snpEv,
 	}
 	return doc.Marshal()

@@ -118,11 +118,8 @@ func (i *AzureIssuer) Variant() attestation.Variant { return attestation.AzureTD
 // nonce and userData, and returns the serialized evidence document. It refuses to issue evidence that no
 // verifier would accept, and says why.
 func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := attestation.CheckNonce(nonce); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
-	}
-	if len(userData) > attestation.MaxUserDataSize {
-		return nil, fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
 	}
 	if i == nil || i.hcl == nil || i.quotes == nil || i.tpm == nil {
 		return nil, errors.New("azure-tdx issuer not initialised; use NewAzureIssuer")
@@ -160,21 +157,15 @@ func (i *AzureIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte
 	if err := td.MatchQuote(q); err != nil {
 		return nil, fmt.Errorf("the metadata service returned a quote of another TD report: %w", err)
 	}
-	binding := attestation.BindingDigest(attestation.AzureTDX, nonce, userData)
-	tpmEv, err := i.tpm.Quote(ctx, binding[:])
+	ev, err := attestation.QuoteBinding(ctx, i.tpm.Quote, attestation.AzureTDX, nonce, userData)
 	if err != nil {
-		return nil, fmt.Errorf("quoting the vTPM: %w", err)
+		return nil, err
 	}
-	if tpmEv == nil {
-		return nil, errors.New("quoting the vTPM: no evidence returned")
-	}
-	ev := *tpmEv
-	ev.AKCert, ev.AKPublic = nil, nil
 	doc := &attestation.Document{
 		Version:  attestation.DocumentVersion,
 		Variant:  attestation.AzureTDX.Name,
 		UserData: bytes.Clone(userData),
-		TPM:      &ev,
+		TPM:      ev,
 		TDX:      &attestation.TDXEvidence{Quote: bytes.Clone(quote), HCLReport: bytes.Clone(raw)},
 	}
 	return doc.Marshal()

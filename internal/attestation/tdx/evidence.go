@@ -19,11 +19,8 @@ func (i *Issuer) Variant() attestation.Variant { return attestation.QEMUTDX }
 // Issue obtains a quote whose REPORT_DATA is ReportDataForNonce(qemu-tdx, nonce, userData) and returns the
 // serialized evidence document. It implements attestation.Issuer.
 func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := attestation.CheckNonce(nonce); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
-	}
-	if len(userData) > attestation.MaxUserDataSize {
-		return nil, fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
 	}
 	if i == nil || i.provider == nil {
 		return nil, errors.New("TDX issuer: no quote provider")

@@ -107,11 +107,8 @@ func (i *Issuer) Variant() attestation.Variant { return attestation.MiniVTPM }
 
 // Issue quotes all SHA-256 PCRs with qualifying data bound to nonce and userData.
 func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	if err := attestation.CheckNonce(nonce); err != nil {
+	if err := attestation.CheckIssueArgs(nonce, userData); err != nil {
 		return nil, err
-	}
-	if len(userData) > attestation.MaxUserDataSize {
-		return nil, fmt.Errorf("user data of %d bytes exceeds the limit of %d", len(userData), attestation.MaxUserDataSize)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
