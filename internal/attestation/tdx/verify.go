@@ -74,29 +74,12 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 		return nil, errors.New("TDX quote: no verification time given")
 	}
 
-	// 1. Header.
-	if q.Header.QEVendorID != intelQEVendorID {
-		return nil, fmt.Errorf("%w: QE vendor ID %x is not Intel's (%x)", ErrCollateralMismatch, q.Header.QEVendorID, intelQEVendorID)
-	}
-
-	// 2. PCK certificate chain.
-	chain, err := parseCertChainPEM(q.PCKCertChain, "PCK certificate chain")
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedQuote, err)
-	}
-	pck, ca, err := verifyPCKChain(chain, root, now)
+	// 1. Header, 2. PCK certificate chain.
+	pck, ca, pckInfo, err := quotePCK(q, root, now)
 	if err != nil {
 		return nil, err
 	}
-	caKind, err := pckCAOf(ca)
-	if err != nil {
-		return nil, err
-	}
-	pckInfo, err := parsePCKExtension(pck)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
-	}
-	pckInfo.CA = caKind
+	caKind := pckInfo.CA
 	// The collateral must describe this platform; without it nothing else can be decided.
 	tcbInfo, ok := c.tcbInfos[pckInfo.FMSPC]
 	if !ok {
@@ -194,28 +177,37 @@ func verifySignatures(q *Quote, root *x509.Certificate, now time.Time) (*PCKInfo
 	if q == nil || q.signed == nil {
 		return nil, errors.New("TDX quote: no parsed quote; use ParseQuote")
 	}
-	if q.Header.QEVendorID != intelQEVendorID {
-		return nil, fmt.Errorf("%w: QE vendor ID %x is not Intel's (%x)", ErrCollateralMismatch, q.Header.QEVendorID, intelQEVendorID)
-	}
-	chain, err := parseCertChainPEM(q.PCKCertChain, "PCK certificate chain")
+	pck, _, info, err := quotePCK(q, root, now)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedQuote, err)
-	}
-	pck, ca, err := verifyPCKChain(chain, root, now)
-	if err != nil {
-		return nil, err
-	}
-	info, err := parsePCKExtension(pck)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
-	}
-	if info.CA, err = pckCAOf(ca); err != nil {
 		return nil, err
 	}
 	if err := checkQuoteSignatures(q, pck); err != nil {
 		return nil, err
 	}
 	return info, nil
+}
+
+// quotePCK checks that an Intel quoting enclave made q and verifies the PCK certificate chain q carries up to
+// root at time now (signatures and validity, not revocation). It returns the PCK certificate, the PCK CA that
+// issued it, and the platform identity the PCK certificate names.
+func quotePCK(q *Quote, root *x509.Certificate, now time.Time) (pck, ca *x509.Certificate, info *PCKInfo, err error) {
+	if q.Header.QEVendorID != intelQEVendorID {
+		return nil, nil, nil, fmt.Errorf("%w: QE vendor ID %x is not Intel's (%x)", ErrCollateralMismatch, q.Header.QEVendorID, intelQEVendorID)
+	}
+	chain, err := parseCertChainPEM(q.PCKCertChain, "PCK certificate chain")
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", ErrMalformedQuote, err)
+	}
+	if pck, ca, err = verifyPCKChain(chain, root, now); err != nil {
+		return nil, nil, nil, err
+	}
+	if info, err = parsePCKExtension(pck); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", ErrUntrustedCertificate, err)
+	}
+	if info.CA, err = pckCAOf(ca); err != nil {
+		return nil, nil, nil, err
+	}
+	return pck, ca, info, nil
 }
 
 // checkQEIdentity compares the QE report with Intel's QE identity (its TCB level is evaluated with the
