@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
@@ -116,14 +116,8 @@ func (h *SecretHolder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // FetchSecret asks the bootstrapper on socket for the key service's secret. It returns [ErrNoSecretYet] while
 // the node has none.
 func FetchSecret(ctx context.Context, socket string) (*Secret, error) {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := agent.SocketClient(socket, 10*time.Second)
 	defer client.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://bootstrapper/v1/secret", nil)
 	if err != nil {
 		return nil, err

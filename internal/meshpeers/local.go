@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 
+	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -55,9 +55,7 @@ type AdmitClient struct {
 
 // NewAdmitClient returns a client of the agent's socket at path.
 func NewAdmitClient(path string) *AdmitClient {
-	return &AdmitClient{client: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", path)
-	}}}}
+	return &AdmitClient{client: agent.SocketClient(path, 0)}
 }
 
 // Admit makes node, with key, a peer of this node's mesh until it has published its key in the cluster.

@@ -118,11 +118,17 @@ type Client struct {
 
 // NewClient returns an issuer of the given variant that reaches the agent at socketPath.
 func NewClient(socketPath string, variant attestation.Variant) *Client {
+	return &Client{variant: variant, http: SocketClient(socketPath, 30*time.Second)}
+}
+
+// SocketClient returns an HTTP client whose every request goes to the Unix socket at path (made with
+// [Listen]), whatever the URL's host, and times out after timeout (0: no limit but the request's context).
+func SocketClient(path string, timeout time.Duration) *http.Client {
 	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", socketPath)
+		return d.DialContext(ctx, "unix", path)
 	}
-	return &Client{variant: variant, http: &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: 30 * time.Second}}
+	return &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: timeout}
 }
 
 // Variant is the kind of evidence the node's agent issues.
