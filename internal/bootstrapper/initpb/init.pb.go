@@ -82,7 +82,12 @@ type InitRequest struct {
 	// attestation is the cluster's attestation policy beyond the measurements: the join service's attestation
 	// file (variant and hardware policy, see joinservice.ParseAttestation). The variant must be this node's.
 	// Empty means this node's variant with the measurements alone, which only mini-vtpm allows.
-	Attestation   []byte `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	Attestation []byte `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// init_secret proves that the caller is the operator who created the nodes: 32 random bytes the CLI generated
+	// then and handed to the provider only as their SHA-256, which the node reads from its instance metadata at
+	// boot. The node compares SHA-256(init_secret) with it in constant time before it acts on anything else of
+	// the request, for Init and Recover alike, and refuses the request (Unauthenticated) if it differs.
+	InitSecret    []byte `protobuf:"bytes,7,opt,name=init_secret,json=initSecret,proto3" json:"init_secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +160,13 @@ func (x *InitRequest) GetKmip() *KMIP {
 func (x *InitRequest) GetAttestation() []byte {
 	if x != nil {
 		return x.Attestation
+	}
+	return nil
+}
+
+func (x *InitRequest) GetInitSecret() []byte {
+	if x != nil {
+		return x.InitSecret
 	}
 	return nil
 }
@@ -596,14 +608,16 @@ const file_init_proto_rawDesc = "" +
 	"init.proto\x12\x15constellation.init.v1\"0\n" +
 	"\x0fRecoverResponse\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xf1\x01\n" +
+	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\x92\x02\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
 	"\fmeasurements\x18\x03 \x01(\fR\fmeasurements\x122\n" +
 	"\x15wrapped_master_secret\x18\x04 \x01(\fR\x13wrappedMasterSecret\x12/\n" +
 	"\x04kmip\x18\x05 \x01(\v2\x1b.constellation.init.v1.KMIPR\x04kmip\x12 \n" +
-	"\vattestation\x18\x06 \x01(\fR\vattestation\"\x7f\n" +
+	"\vattestation\x18\x06 \x01(\fR\vattestation\x12\x1f\n" +
+	"\vinit_secret\x18\a \x01(\fR\n" +
+	"initSecret\"\x7f\n" +
 	"\x04KMIP\x12\x1a\n" +
 	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x1b\n" +
 	"\tserver_ca\x18\x02 \x01(\fR\bserverCa\x12\x1f\n" +

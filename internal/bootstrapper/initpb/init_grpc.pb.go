@@ -28,7 +28,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Init is served by the first control-plane node before the cluster exists. The CLI calls it over aTLS
-// after it has verified the node's evidence, so the master secret only reaches an attested node.
+// after it has verified the node's evidence, so the master secret only reaches an attested node. The node in
+// turn accepts only a caller who knows the cluster's init secret (InitRequest.init_secret).
 type InitClient interface {
 	Init(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*InitResponse, error)
 	// Recover brings back a first control-plane node that rebooted with the state of an initialised cluster on
@@ -70,7 +71,8 @@ func (c *initClient) Recover(ctx context.Context, in *InitRequest, opts ...grpc.
 // for forward compatibility.
 //
 // Init is served by the first control-plane node before the cluster exists. The CLI calls it over aTLS
-// after it has verified the node's evidence, so the master secret only reaches an attested node.
+// after it has verified the node's evidence, so the master secret only reaches an attested node. The node in
+// turn accepts only a caller who knows the cluster's init secret (InitRequest.init_secret).
 type InitServer interface {
 	Init(context.Context, *InitRequest) (*InitResponse, error)
 	// Recover brings back a first control-plane node that rebooted with the state of an initialised cluster on

@@ -62,6 +62,10 @@ type Spec struct {
 	Image, ImageDigest string
 	// Cmdline is the nodes' first process, measured into PCR 8.
 	Cmdline string
+	// InitSecretHash is the SHA-256 of the cluster's init secret, which the CLI generated and keeps: the
+	// metadata service hands it to every node, which then accepts Init and Recover only from a caller who
+	// knows the secret. Without it, the nodes refuse to be initialised.
+	InitSecretHash []byte
 }
 
 // NodeState records a running node.
@@ -236,6 +240,13 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	undo = append(undo, func() { n.Down() })
 
 	md := metadata.NewServer(ca, p.Log.With("service", "metadata"))
+	if len(spec.InitSecretHash) > 0 {
+		if err := md.SetInitSecretHash(spec.InitSecretHash); err != nil {
+			return teardown, err
+		}
+	} else {
+		p.Log.Warn("no init-secret hash was given: the nodes will refuse Init and Recover")
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(Gateway.Addr().String(), strconv.Itoa(metadataPort)))
 	if err != nil {
 		return teardown, fmt.Errorf("starting the metadata service: %w", err)

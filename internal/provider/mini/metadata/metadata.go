@@ -1,16 +1,20 @@
 // Package metadata is the mini provider's instance metadata service, as a cloud's metadata endpoint: nodes and
 // the CLI ask it which instances exist (name, role, address), a node asks who it is (identified by the source
 // address of its request, like a cloud's IMDS), fetches its boot event log, fetches the attestation-key CA
-// certificate, and enrolls its TPM's attestation key (credential activation, internal/attestation/akca).
+// certificate, enrolls its TPM's attestation key (credential activation, internal/attestation/akca), and reads
+// the SHA-256 of the cluster's init secret, with which it authenticates whoever initialises or recovers it.
 //
 // The service runs outside the nodes, on the provider's side of the node network. It hands out nothing secret:
-// an AK certificate is only issued to the TPM that holds the matching endorsement key.
+// an AK certificate is only issued to the TPM that holds the matching endorsement key, and of the init secret
+// the provider knows only its hash (the CLI keeps the secret).
 package metadata
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -60,6 +64,9 @@ type Server struct {
 
 	mu        sync.RWMutex
 	instances map[string]record // by IP
+	// initSecretHash is the SHA-256 of the cluster's init secret, as the CLI handed it to the provider when it
+	// created the nodes; nil if it handed none.
+	initSecretHash []byte
 }
 
 // record is what the provider knows about an instance.
@@ -85,6 +92,18 @@ func (s *Server) SetInstance(inst Instance, eventLog []byte, ekCerts [][]byte) {
 	s.instances[inst.IP] = record{Instance: inst, eventLog: bytes.Clone(eventLog), ekCerts: ekCerts}
 }
 
+// SetInitSecretHash sets the SHA-256 of the cluster's init secret that every instance reads at boot (see
+// [Client.InitSecretHash]). It must be 32 bytes.
+func (s *Server) SetInitSecretHash(hash []byte) error {
+	if len(hash) != sha256.Size {
+		return fmt.Errorf("the init-secret hash has %d bytes, want a SHA-256 (%d bytes)", len(hash), sha256.Size)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.initSecretHash = bytes.Clone(hash)
+	return nil
+}
+
 // RemoveInstance forgets an instance.
 func (s *Server) RemoveInstance(ip string) {
 	s.mu.Lock()
@@ -98,6 +117,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/instances", s.listInstances)
 	mux.HandleFunc("GET /v1/self", s.self)
 	mux.HandleFunc("GET /v1/self/eventlog", s.eventLog)
+	mux.HandleFunc("GET /v1/self/init-secret-hash", s.initSecret)
 	mux.HandleFunc("GET /v1/ak-ca", s.akCA)
 	mux.HandleFunc("POST /v1/ak/challenge", s.challenge)
 	mux.HandleFunc("POST /v1/ak/complete", s.complete)
@@ -144,6 +164,23 @@ func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(rec.eventLog)
+}
+
+// initSecretResponse is the answer of GET /v1/self/init-secret-hash: the hex SHA-256 of the cluster's init
+// secret, empty when the provider was given none.
+type initSecretResponse struct {
+	SHA256 string `json:"sha256"`
+}
+
+func (s *Server) initSecret(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.caller(r); !ok {
+		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	s.mu.RLock()
+	hash := hex.EncodeToString(s.initSecretHash)
+	s.mu.RUnlock()
+	writeJSON(w, initSecretResponse{SHA256: hash})
 }
 
 func (s *Server) akCA(w http.ResponseWriter, _ *http.Request) {
@@ -294,6 +331,23 @@ func (c *Client) Instances(ctx context.Context) ([]Instance, error) {
 func (c *Client) EventLog(ctx context.Context) ([]byte, error) {
 	var raw []byte
 	return raw, c.do(ctx, http.MethodGet, "/v1/self/eventlog", nil, &raw)
+}
+
+// InitSecretHash returns the SHA-256 of the cluster's init secret, as the provider serves it to the calling
+// instance; nil (and no error) when the provider has none, so that the caller can refuse to be initialised.
+func (c *Client) InitSecretHash(ctx context.Context) ([]byte, error) {
+	var resp initSecretResponse
+	if err := c.do(ctx, http.MethodGet, "/v1/self/init-secret-hash", nil, &resp); err != nil {
+		return nil, err
+	}
+	if resp.SHA256 == "" {
+		return nil, nil
+	}
+	hash, err := hex.DecodeString(resp.SHA256)
+	if err != nil || len(hash) != sha256.Size {
+		return nil, fmt.Errorf("the metadata service's init-secret hash %q is not a SHA-256 (64 hex digits)", resp.SHA256)
+	}
+	return hash, nil
 }
 
 // AKCA returns the PEM certificate of the attestation-key CA.

@@ -1,7 +1,9 @@
 package metadata
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
@@ -101,5 +103,29 @@ func TestEnrollmentRejectsBadRequests(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("oversized body: status %d, want 400", resp.StatusCode)
+	}
+}
+
+// A node reads the hash of the cluster's init secret from its instance metadata: only an instance of the
+// cluster gets an answer, and a provider that was given no hash says so (the node then refuses Init).
+func TestInitSecretHash(t *testing.T) {
+	s, c := newServer(t)
+	ctx := context.Background()
+	if _, err := c.InitSecretHash(ctx); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("InitSecretHash from an unknown address = %v", err)
+	}
+	s.SetInstance(Instance{Name: "control-plane-0", Role: RoleControlPlane, IP: "127.0.0.1"}, nil, nil)
+	if hash, err := c.InitSecretHash(ctx); err != nil || hash != nil {
+		t.Fatalf("InitSecretHash without one = %x, %v; want none", hash, err)
+	}
+	if err := s.SetInitSecretHash([]byte("short")); err == nil {
+		t.Fatal("a hash that is no SHA-256 was accepted")
+	}
+	want := sha256.Sum256([]byte("init secret"))
+	if err := s.SetInitSecretHash(want[:]); err != nil {
+		t.Fatal(err)
+	}
+	if hash, err := c.InitSecretHash(ctx); err != nil || !bytes.Equal(hash, want[:]) {
+		t.Fatalf("InitSecretHash = %x, %v; want %x", hash, err, want)
 	}
 }
