@@ -1,7 +1,9 @@
 // Package bootstrapper is the first process of every node. It identifies the node through the provider's
 // metadata service, proves to the provider that its TPM holds both the certified endorsement key and its
 // attestation key (credential activation), and then serves fresh evidence on the verification service.
-// Cluster initialisation and joining build on this.
+// Cluster initialisation and joining build on this: the first control-plane node (and a control-plane node
+// that waits for recovery) serves Init and Recover over aTLS, only to a caller who knows the cluster's init
+// secret, whose SHA-256 the node reads from its instance metadata at boot.
 package bootstrapper
 
 import (
@@ -159,6 +161,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	if self.Name == FirstControlPlane || recovering {
+		// Only the operator who created the nodes may initialise or recover this one: the provider hands the
+		// node the hash of their init secret. Without it the node refuses both (and says why).
+		var initSecretHash []byte
+		if err := retry.Do(ctx, log, "reading the init-secret hash from the metadata service", func() error {
+			var err error
+			initSecretHash, err = md.InitSecretHash(ctx)
+			return err
+		}); err != nil {
+			return err
+		}
+		if initSecretHash == nil {
+			log.Error("the instance metadata holds no init-secret hash: this node refuses Init and Recover")
+		}
 		creds, err := atls.NewCredentials(issuer, nil)
 		if err != nil {
 			return err
@@ -170,6 +185,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		initpb.RegisterInitServer(grpcSrv, &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
+			initSecretHash: initSecretHash,
 			// The tunnel is up before Kubernetes starts: with a new key at init, with the kept one after a
 			// recovery (the other nodes know it).
 			startNetwork: func(recovery bool) error {

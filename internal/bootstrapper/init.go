@@ -2,6 +2,8 @@ package bootstrapper
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
@@ -30,6 +33,10 @@ import (
 // InitPort is the port of the Init service on the first control-plane node.
 const InitPort = 9000
 
+// InitSecretSize is the size of a cluster's init secret: random bytes the CLI generates when it creates the
+// nodes and sends with Init and Recover. A node knows only its SHA-256, from its instance metadata.
+const InitSecretSize = 32
+
 // Kubernetes is what Init needs from the node's Kubernetes driver.
 type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
@@ -42,12 +49,17 @@ type Kubernetes interface {
 	Restart(ctx context.Context) error
 }
 
-// initServer initialises the cluster on the first control-plane node, once.
+// initServer initialises the cluster on the first control-plane node, once. It serves only a caller who knows
+// the cluster's init secret: anyone who reaches the port first could otherwise initialise the node with a
+// master secret, policy and KMS of their own, and take the administrator's kubeconfig.
 type initServer struct {
 	initpb.UnimplementedInitServer
 	issuer *vtpm.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
+	// initSecretHash is the SHA-256 of the cluster's init secret, from the node's instance metadata. Without
+	// it the node refuses Init and Recover.
+	initSecretHash []byte
 	// initialised runs after a successful init, with the cluster's master secret, cluster ID and attestation
 	// policy.
 	initialised func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error
@@ -69,7 +81,36 @@ type initServer struct {
 	done bool
 }
 
+// authenticate checks the init secret of a request before anything else of it is looked at: SHA-256 of the
+// secret must equal the hash from the node's instance metadata (compared in constant time). A refusal is
+// logged with the caller's address, never with the secret; the node stays as it was.
+func (s *initServer) authenticate(ctx context.Context, rpc string, secret []byte) error {
+	remote := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		remote = p.Addr.String()
+	}
+	if len(s.initSecretHash) != sha256.Size {
+		s.log.Error(rpc+" refused: this node's instance metadata holds no init-secret hash", "remote", remote)
+		return status.Error(codes.FailedPrecondition, "this node's instance metadata holds no hash of the cluster's init secret, so the node cannot "+
+			"tell the operator who created it from anyone else and refuses to be initialised or recovered; create the "+
+			"nodes with 'constellation apply', which hands the provider the hash of the workspace's init secret")
+	}
+	sum := sha256.Sum256(secret)
+	ok := subtle.ConstantTimeCompare(sum[:], s.initSecretHash) & subtle.ConstantTimeEq(int32(len(secret)), InitSecretSize)
+	if ok != 1 {
+		s.log.Warn(rpc+" refused: wrong or missing init secret", "remote", remote, "secretSent", len(secret) > 0)
+		return status.Error(codes.Unauthenticated, "the request's init secret is missing or wrong: only the operator who created "+
+			"the nodes (with the init secret in their workspace) may initialise or recover this node; nothing was changed")
+	}
+	return nil
+}
+
 func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb.InitResponse, error) {
+	// First, before the lock (a caller without the secret must not hold it) and before anything of the request
+	// is acted on.
+	if err := s.authenticate(ctx, "Init", req.GetInitSecret()); err != nil {
+		return nil, err
+	}
 	if !s.lock.TryLock() {
 		return nil, status.Error(codes.FailedPrecondition, "initialisation of this node is already in progress")
 	}
@@ -213,6 +254,11 @@ func (s *initServer) masterSecret(ctx context.Context, req *initpb.InitRequest) 
 // (otherwise nothing changes and the node stays fresh); then the node measures the cluster ID, restarts
 // Kubernetes from its state and its key service, once.
 func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*initpb.RecoverResponse, error) {
+	// The same init secret as for Init: without it, anyone could make the node dial a KMS of their choosing or
+	// try master secrets of their own on its disk.
+	if err := s.authenticate(ctx, "Recover", req.GetInitSecret()); err != nil {
+		return nil, err
+	}
 	if !s.lock.TryLock() {
 		return nil, status.Error(codes.FailedPrecondition, "initialisation or recovery of this node is already in progress")
 	}

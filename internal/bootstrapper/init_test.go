@@ -49,7 +49,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var started []byte
 	var startedWith *validators.Policy
-	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
+	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
 		initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 			started, startedWith = clusterID, att
 			return nil
@@ -68,6 +68,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 		"unknown attestation":   {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":1,"variant":"mini-vtpm","extra":1}`)},
 		"attestation version 2": {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: []byte(`{"version":2,"variant":"mini-vtpm"}`)},
 	} {
+		req.InitSecret = testInitSecret
 		if _, err := s.Init(ctx, req); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("%s: Init = %v, want InvalidArgument", name, err)
 		}
@@ -88,7 +89,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: att})
+	resp, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, Attestation: att})
 	if err != nil {
 		t.Fatalf("Init: %v", err)
 	}
@@ -106,7 +107,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	if !bytes.Equal(started, want) {
 		t.Fatal("the join service was not started with the cluster ID")
 	}
-	if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second Init = %v, want FailedPrecondition", err)
 	}
 	if k8s.inits != 1 {
@@ -149,7 +150,7 @@ func TestInitUnwrapsWithTheExternalKMS(t *testing.T) {
 	}
 	defer node.Close()
 	k8s := &recordingKubernetes{}
-	s := &initServer{issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler)}
+	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler)}
 	policy, _ := json.Marshal(node.Policy)
 	good := &initpb.KMIP{Endpoint: srv.Endpoint, ServerCa: srv.ServerCA, ClientCert: srv.ClientCert, ClientKey: srv.ClientKey}
 	untrusted := &initpb.KMIP{Endpoint: srv.Endpoint, ServerCa: srv.ServerCA, ClientCert: srv.UntrustedClientCert, ClientKey: srv.UntrustedClientKey}
@@ -160,14 +161,14 @@ func TestInitUnwrapsWithTheExternalKMS(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		"plain and wrapped": {&initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, WrappedMasterSecret: wrapped, Kmip: good}, codes.InvalidArgument, "both"},
-		"no secret":         {&initpb.InitRequest{Kmip: good}, codes.InvalidArgument, "no master secret"},
-		"plain file":        {&initpb.InitRequest{WrappedMasterSecret: plainFile, Kmip: good}, codes.InvalidArgument, "plain master secret"},
-		"garbage":           {&initpb.InitRequest{WrappedMasterSecret: []byte("{"), Kmip: good}, codes.InvalidArgument, "wrapped master secret"},
-		"no KMS":            {&initpb.InitRequest{WrappedMasterSecret: wrapped}, codes.InvalidArgument, "KMS configuration"},
-		"untrusted client":  {&initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: untrusted}, codes.FailedPrecondition, "unwrapping"},
-		"corrupted":         {&initpb.InitRequest{WrappedMasterSecret: badFile, Kmip: good}, codes.FailedPrecondition, "authentication"},
-		"KMS unreachable":   {&initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: closed}, codes.FailedPrecondition, "unreachable"},
+		"plain and wrapped": {&initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, WrappedMasterSecret: wrapped, Kmip: good}, codes.InvalidArgument, "both"},
+		"no secret":         {&initpb.InitRequest{InitSecret: testInitSecret, Kmip: good}, codes.InvalidArgument, "no master secret"},
+		"plain file":        {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: plainFile, Kmip: good}, codes.InvalidArgument, "plain master secret"},
+		"garbage":           {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: []byte("{"), Kmip: good}, codes.InvalidArgument, "wrapped master secret"},
+		"no KMS":            {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: wrapped}, codes.InvalidArgument, "KMS configuration"},
+		"untrusted client":  {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: wrapped, Kmip: untrusted}, codes.FailedPrecondition, "unwrapping"},
+		"corrupted":         {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: badFile, Kmip: good}, codes.FailedPrecondition, "authentication"},
+		"KMS unreachable":   {&initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: wrapped, Kmip: closed}, codes.FailedPrecondition, "unreachable"},
 	} {
 		tc.req.Measurements = policy
 		_, err := s.Init(ctx, tc.req)
@@ -179,7 +180,7 @@ func TestInitUnwrapsWithTheExternalKMS(t *testing.T) {
 		t.Fatal("a refused init ran kubeadm")
 	}
 
-	resp, err := s.Init(ctx, &initpb.InitRequest{WrappedMasterSecret: wrapped, Kmip: good, Measurements: policy})
+	resp, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, WrappedMasterSecret: wrapped, Kmip: good, Measurements: policy})
 	if err != nil {
 		t.Fatalf("Init with the wrapped master secret: %v", err)
 	}

@@ -66,8 +66,8 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	}
 	disk := newDisk()
 	policy, _ := json.Marshal(node.Policy)
-	s := &initServer{issuer: node.Issuer, k8s: &recordingKubernetes{}, log: log, disk: disk}
-	if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); err != nil {
+	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: &recordingKubernetes{}, log: log, disk: disk}
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(disk.targets["var"], "etcd-data"), []byte("the cluster's state"), 0o600); err != nil {
@@ -89,7 +89,7 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	}
 	k8s := &recordingKubernetes{}
 	var started []byte
-	s = &initServer{issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
+	s = &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
 		recovered: func(_ *kms.MasterSecret, id []byte, p measurements.M) error {
 			started = id
 			if len(p) != len(node.Policy) {
@@ -97,11 +97,11 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 			}
 			return nil
 		}}
-	if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("Init of a node with a cluster on its disk = %v, want FailedPrecondition", err)
 	}
 	other, _ := kms.GenerateMasterSecret()
-	if _, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: other.Key, Salt: other.Salt}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: other.Key, Salt: other.Salt}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("Recover with another master secret = %v, want FailedPrecondition", err)
 	}
 	pcr15 := func() []byte {
@@ -114,7 +114,7 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if !bytes.Equal(pcr15(), make([]byte, 32)) {
 		t.Fatal("a refused recovery measured a cluster ID")
 	}
-	resp, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt})
+	resp, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt})
 	if err != nil {
 		t.Fatalf("Recover: %v", err)
 	}
@@ -128,7 +128,7 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(disk.targets["var"], "etcd-data")); err != nil || string(got) != "the cluster's state" {
 		t.Fatalf("state after recovery: %q, %v", got, err)
 	}
-	if _, err := s.Recover(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second Recover = %v, want FailedPrecondition", err)
 	}
 }
