@@ -66,11 +66,18 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 //
 // With an external KMS (kmsConf) the node gets the master secret only wrapped, with the KMS credentials, and
 // unwraps it itself: the plain master secret never exists outside attested nodes.
+//
+// The request carries the workspace's init secret, whose hash the provider handed the node: the node accepts
+// Init from no one else.
 func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy, kmsConf *kms.KMIPConfig) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
 	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
 		return clusterState{}, badInput("no %s, and the configuration names an external KMS: create the wrapped master secret with 'constellation kms init --kms-config FILE' first", secretPath)
+	}
+	initSecret, ierr := requireInitSecret(ws)
+	if ierr != nil {
+		return clusterState{}, ierr
 	}
 	if errors.Is(err, fs.ErrNotExist) {
 		ms, err := kms.GenerateMasterSecret()
@@ -88,6 +95,7 @@ func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy,
 	if err != nil {
 		return clusterState{}, err
 	}
+	req.InitSecret = initSecret
 	conn, endpoint, err := dialFreshNode(nodeIP, att)
 	if err != nil {
 		return clusterState{}, err

@@ -32,7 +32,9 @@ func newApplyCmd() *cobra.Command {
 		Short: "Create the cluster of " + config.FileName + ": boot and attest the nodes, initialise Kubernetes",
 		Long: "Create the nodes through the provider, attest each, send the master secret over aTLS to the attested\n" +
 			"first control-plane node, which initialises Kubernetes and installs the in-cluster services; write\n" +
-			AdminKubeconfigFile + " and " + StateFile + ". Every other node joins after the join service attested it.",
+			AdminKubeconfigFile + " and " + StateFile + ". Every other node joins after the join service attested it.\n" +
+			"Before it creates the nodes, apply generates the cluster's init secret (" + InitSecretFile + ", 0600; kept\n" +
+			"for retries and 'recover') and hands the provider only its hash: the nodes accept Init from no one else.",
 		Args: cobra.NoArgs,
 		RunE: runMiniUp,
 	}
@@ -45,7 +47,8 @@ func newTerminateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "terminate",
 		Short: "Remove the cluster and its nodes; keep the configuration and the master secret",
-		Long: "Remove every node and what the provider created, then " + StateFile + " and " + AdminKubeconfigFile + ".\n" +
+		Long: "Remove every node and what the provider created, then " + StateFile + ", " + AdminKubeconfigFile + " and\n" +
+			InitSecretFile + ".\n" +
 			config.FileName + " and the master secret stay: the master secret is what recovers data encrypted by\n" +
 			"this cluster; delete it yourself when nothing needs it any more.",
 		Args: cobra.NoArgs,
@@ -71,7 +74,8 @@ func newTerminateCmd() *cobra.Command {
 			if err := newMiniDownCmd().RunE(cmd, nil); err != nil {
 				return err
 			}
-			for _, f := range []string{StateFile, AdminKubeconfigFile} {
+			// The init secret belongs to these nodes; a new cluster gets a new one.
+			for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile} {
 				if err := os.Remove(filepath.Join(ws, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return failed(err)
 				}

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -118,13 +120,18 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(err)
 	}
+	// Only whoever holds the init secret may initialise (or later recover) the nodes: the provider gets its
+	// hash for their instance metadata. A retried apply keeps the secret of the workspace.
+	initSecret, err := loadOrCreateInitSecret(workspace(cmd))
+	if err != nil {
+		return failed(err)
+	}
 	logPath := filepath.Join(dir, "provider.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return failed(err)
 	}
-	daemon := exec.Command(exe, "mini", "daemon", "--workspace", workspace(cmd),
-		"--control-planes", strconv.Itoa(c.Provider.Mini.ControlPlanes), "--workers", strconv.Itoa(c.Provider.Mini.Workers))
+	daemon := exec.Command(exe, providerDaemonArgs(workspace(cmd), c, initSecret)...)
 	daemon.Stdout, daemon.Stderr = logFile, logFile
 	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := daemon.Start(); err != nil {
@@ -263,16 +270,43 @@ func newMiniDaemonCmd() *cobra.Command {
 				Dir: filepath.Join(workspace(cmd), miniDirName),
 				Log: slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil)).With("component", "mini-provider"),
 			}
-			imagePath := c.ImagePath(filepath.Join(workspace(cmd), config.FileName))
-			return p.Run(ctx, mini.Spec{
-				ControlPlanes: c.Provider.Mini.ControlPlanes, Workers: c.Provider.Mini.Workers,
-				Image: imagePath, ImageDigest: c.Provider.Mini.ImageDigest, Cmdline: nodeimage.DefaultCmdline,
-			})
+			hash, _ := cmd.Flags().GetString("init-secret-hash")
+			spec, err := daemonSpec(c, workspace(cmd), hash)
+			if err != nil {
+				return err
+			}
+			return p.Run(ctx, spec)
 		},
 	}
 	cmd.Flags().Int("control-planes", 1, "")
 	cmd.Flags().Int("workers", 2, "")
+	cmd.Flags().String("init-secret-hash", "", "SHA-256 (hex) of the cluster's init secret, for the nodes' instance metadata")
 	return cmd
+}
+
+// providerDaemonArgs are the arguments of the provider daemon that 'apply' starts: the cluster's size and the
+// hash of the init secret (never the secret), which the provider serves to the nodes as instance metadata.
+func providerDaemonArgs(ws string, c *config.Config, initSecret []byte) []string {
+	return []string{"mini", "daemon", "--workspace", ws,
+		"--control-planes", strconv.Itoa(c.Provider.Mini.ControlPlanes), "--workers", strconv.Itoa(c.Provider.Mini.Workers),
+		"--init-secret-hash", initSecretHash(initSecret)}
+}
+
+// daemonSpec is what the provider daemon boots. Without an init-secret hash the nodes refuse to be
+// initialised (the provider warns).
+func daemonSpec(c *config.Config, ws, initSecretHashHex string) (mini.Spec, error) {
+	spec := mini.Spec{
+		ControlPlanes: c.Provider.Mini.ControlPlanes, Workers: c.Provider.Mini.Workers,
+		Image: c.ImagePath(filepath.Join(ws, config.FileName)), ImageDigest: c.Provider.Mini.ImageDigest, Cmdline: nodeimage.DefaultCmdline,
+	}
+	if initSecretHashHex != "" {
+		hash, err := hex.DecodeString(initSecretHashHex)
+		if err != nil || len(hash) != sha256.Size {
+			return mini.Spec{}, badInput("--init-secret-hash must be a SHA-256 in hex (64 digits)")
+		}
+		spec.InitSecretHash = hash
+	}
+	return spec, nil
 }
 
 // tailFile returns the last n lines of a file, or a note why it cannot.

@@ -36,7 +36,8 @@ func newRecoverCmd() *cobra.Command {
 			"each control-plane node (it must run the configured image and be fresh), sends it the master secret over\n" +
 			"aTLS (or, with an external KMS, the wrapped secret and the KMS credentials), from which it derives the key\n" +
 			"of its own state disk, and waits until every one proves its membership again and the Kubernetes API\n" +
-			"answers.",
+			"answers. The nodes accept this only with the cluster's init secret (" + InitSecretFile + ", written by\n" +
+			"'apply').",
 		Args: cobra.NoArgs,
 		RunE: runRecover,
 	}
@@ -70,18 +71,11 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(err)
 	}
-	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
-	file, err := kms.ReadSecretFile(secretPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return badInput("no %s in %s: the cluster cannot be recovered without its master secret", kms.MasterSecretFileName, ws)
-	} else if err != nil {
-		return badInput("%w", err)
-	}
 	var kmsConf *kms.KMIPConfig
 	if c.KMS != nil {
 		kmsConf = c.KMS.KMIP
 	}
-	req, err := initRequest(secretPath, file, kmsConf)
+	req, err := recoverRequest(ws, kmsConf)
 	if err != nil {
 		return err
 	}
@@ -111,6 +105,26 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 	}
 	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s\n", cs.Endpoint)
 	return nil
+}
+
+// recoverRequest is what recover sends every waiting control-plane node: the master secret (plain, or wrapped
+// with the KMS credentials) and the init secret, without which the nodes refuse Recover.
+func recoverRequest(ws string, kmsConf *kms.KMIPConfig) (*initpb.InitRequest, error) {
+	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
+	file, err := kms.ReadSecretFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, badInput("no %s in %s: the cluster cannot be recovered without its master secret", kms.MasterSecretFileName, ws)
+	} else if err != nil {
+		return nil, badInput("%w", err)
+	}
+	req, err := initRequest(secretPath, file, kmsConf)
+	if err != nil {
+		return nil, err
+	}
+	if req.InitSecret, err = requireInitSecret(ws); err != nil {
+		return nil, err
+	}
+	return req, nil
 }
 
 // recoverNode attests a waiting control-plane node, sends it what it needs to open its state disk, and checks
