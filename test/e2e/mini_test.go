@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
@@ -129,6 +132,18 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	// A second cluster is refused and changes nothing.
 	if out, code := c.run("mini", "up", "--skip-init"); code != 2 || !strings.Contains(out, "already running") {
 		t.Fatalf("second mini up: exit %d\n%s", code, out)
+	}
+
+	// Only the operator who created the nodes can initialise the first one: apply kept the init secret in the
+	// workspace (0600) and handed the provider its hash; a caller without it, or with a wrong one, is refused
+	// as unauthenticated (a node that had found no hash in its metadata would refuse everything, differently).
+	if info, err := os.Stat(filepath.Join(c.ws, "constellation-init-secret")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("the workspace's init secret: %v", err)
+	}
+	for _, secret := range [][]byte{nil, bytes.Repeat([]byte{1}, 32)} {
+		if err := initWithoutAttestation(mini.NodeAddr(0).String()+":9000", secret); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("Init without the init secret = %v, want Unauthenticated", err)
+		}
 	}
 
 	// Any node can be attested at any time.
