@@ -41,6 +41,8 @@ FUZZ_TARGETS := \
 	./internal/attestation/tdx:FuzzValidator \
 	./internal/wgmesh/wgmeshtest:FuzzParseFlow \
 	./internal/joinservice:FuzzCheckKubeletCSR \
+	./internal/bootstrapper:FuzzInitRefusesWithoutTheInitSecret \
+	./internal/provider/mini/metadata:FuzzParseInitSecretHash \
 	./internal/joinservice:FuzzParseAttestation \
 	./internal/keyservice:FuzzParseSecret
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26

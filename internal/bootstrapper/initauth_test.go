@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -382,4 +383,40 @@ func TestInitWithoutAnInitSecretHashIsRefused(t *testing.T) {
 	if k8s.inits != 0 || s.done {
 		t.Errorf("a node without an init-secret hash initialised: kubeadm init ran %d times", k8s.inits)
 	}
+}
+
+// Whatever an unauthenticated caller sends as an Init or Recover request, the node refuses it as
+// unauthenticated, before it looks at anything else: the server here has no TPM, no Kubernetes and no disk,
+// so anything that got past the check would fail differently (or panic).
+func FuzzInitRefusesWithoutTheInitSecret(f *testing.F) {
+	theirSecret, _ := kms.GenerateMasterSecret()
+	for _, req := range []*initpb.InitRequest{
+		{},
+		{MasterSecret: theirSecret.Key, Salt: theirSecret.Salt, Measurements: []byte(`{"4":{"expected":"` + strings.Repeat("00", 32) + `","warnOnly":true}}`)},
+		{InitSecret: bytes.Repeat([]byte{0xa5}, InitSecretSize), WrappedMasterSecret: []byte(`{"version":1}`), Kmip: &initpb.KMIP{Endpoint: "127.0.0.1:5696"}},
+		{InitSecret: testInitSecretHash[:], Attestation: []byte(`{"version":1,"variant":"mini-vtpm"}`)},
+		{InitSecret: testInitSecret[:InitSecretSize-1]},
+	} {
+		raw, err := proto.Marshal(req)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw)
+	}
+	s := &initServer{initSecretHash: testInitSecretHash[:], log: slog.New(slog.DiscardHandler), recovering: true}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var req initpb.InitRequest
+		if err := proto.Unmarshal(raw, &req); err != nil {
+			return // gRPC refuses it before the node sees it
+		}
+		if bytes.Equal(req.GetInitSecret(), testInitSecret) {
+			return
+		}
+		if _, err := s.Init(context.Background(), &req); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("Init = %v, want Unauthenticated", err)
+		}
+		if _, err := s.Recover(context.Background(), &req); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("Recover = %v, want Unauthenticated", err)
+		}
+	})
 }

@@ -336,16 +336,30 @@ func (c *Client) EventLog(ctx context.Context) ([]byte, error) {
 // InitSecretHash returns the SHA-256 of the cluster's init secret, as the provider serves it to the calling
 // instance; nil (and no error) when the provider has none, so that the caller can refuse to be initialised.
 func (c *Client) InitSecretHash(ctx context.Context) ([]byte, error) {
-	var resp initSecretResponse
-	if err := c.do(ctx, http.MethodGet, "/v1/self/init-secret-hash", nil, &resp); err != nil {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/v1/self/init-secret-hash", nil, &raw); err != nil {
 		return nil, err
+	}
+	return parseInitSecretHash(raw)
+}
+
+// parseInitSecretHash parses the metadata service's answer strictly: nil for none, else exactly a SHA-256.
+func parseInitSecretHash(raw []byte) ([]byte, error) {
+	var resp initSecretResponse
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&resp); err != nil {
+		return nil, fmt.Errorf("the metadata service's init-secret hash: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("the metadata service's init-secret hash: trailing data after the JSON object")
 	}
 	if resp.SHA256 == "" {
 		return nil, nil
 	}
 	hash, err := hex.DecodeString(resp.SHA256)
 	if err != nil || len(hash) != sha256.Size {
-		return nil, fmt.Errorf("the metadata service's init-secret hash %q is not a SHA-256 (64 hex digits)", resp.SHA256)
+		return nil, fmt.Errorf("the metadata service's init-secret hash is not a SHA-256 (64 hex digits, got %d characters)", len(resp.SHA256))
 	}
 	return hash, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -128,4 +129,25 @@ func TestInitSecretHash(t *testing.T) {
 	if hash, err := c.InitSecretHash(ctx); err != nil || !bytes.Equal(hash, want[:]) {
 		t.Fatalf("InitSecretHash = %x, %v; want %x", hash, err, want)
 	}
+}
+
+// The node parses the init-secret hash from the metadata service, which the host runs: whatever it answers,
+// the result is no hash (refuse Init), an error, or exactly a SHA-256.
+func FuzzParseInitSecretHash(f *testing.F) {
+	sum := sha256.Sum256([]byte("init secret"))
+	for _, seed := range []string{
+		`{"sha256":""}`, `{"sha256":"` + hex.EncodeToString(sum[:]) + `"}`, `{"sha256":"ab"}`, `{"sha256":"zz"}`,
+		`{"sha256":"` + hex.EncodeToString(sum[:]) + `","extra":1}`, `{"sha256":""}{}`, `[]`, ``, `null`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		hash, err := parseInitSecretHash(raw)
+		if err != nil && hash != nil {
+			t.Fatal("a hash with an error")
+		}
+		if hash != nil && len(hash) != sha256.Size {
+			t.Fatalf("a hash of %d bytes", len(hash))
+		}
+	})
 }
