@@ -91,6 +91,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}); err != nil {
 		return err
 	}
+	// Only the operator who created the nodes may initialise or recover a control-plane node: the provider
+	// hands the node the hash of their init secret. Without it the node refuses both (and says why). Read now,
+	// so that the init service is up as soon as the node can be attested.
+	var initSecretHash []byte
+	if self.Role == metadata.RoleControlPlane {
+		if err := retry.Do(ctx, log, "reading the init-secret hash from the metadata service", func() error {
+			var err error
+			initSecretHash, err = md.InitSecretHash(ctx)
+			return err
+		}); err != nil {
+			return err
+		}
+		if initSecretHash == nil {
+			log.Error("the instance metadata holds no init-secret hash: this node refuses Init and Recover")
+		}
+	}
 	issuer, err := vtpm.NewIssuer(tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
 	if err != nil {
 		return err
@@ -161,19 +177,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	if self.Name == FirstControlPlane || recovering {
-		// Only the operator who created the nodes may initialise or recover this one: the provider hands the
-		// node the hash of their init secret. Without it the node refuses both (and says why).
-		var initSecretHash []byte
-		if err := retry.Do(ctx, log, "reading the init-secret hash from the metadata service", func() error {
-			var err error
-			initSecretHash, err = md.InitSecretHash(ctx)
-			return err
-		}); err != nil {
-			return err
-		}
-		if initSecretHash == nil {
-			log.Error("the instance metadata holds no init-secret hash: this node refuses Init and Recover")
-		}
 		creds, err := atls.NewCredentials(issuer, nil)
 		if err != nil {
 			return err
