@@ -370,7 +370,8 @@ func hostFiles(t *testing.T, dir string) string {
 // rewriteToCipherNull performs the header attack on the LUKS2 disk image at path as a host can: in both header
 // copies, segment 0 becomes cipher_null-ecb without integrity (keyslots, digest and the parameter token are
 // kept, so the node's genuine key still opens a keyslot), and the unkeyed checksums are recomputed; a
-// plaintext ext4 filesystem with the host's files is put at the data offset. It returns the image.
+// plaintext ext4 filesystem with the host's files is put at the data offset (4096-byte blocks: the mapping
+// has 4096-byte sectors). It returns the image.
 func rewriteToCipherNull(t *testing.T, ctx context.Context, path, mkfs, files string) []byte {
 	t.Helper()
 	img, err := os.ReadFile(path)
@@ -404,7 +405,7 @@ func rewriteToCipherNull(t *testing.T, ctx context.Context, path, mkfs, files st
 	data := dataOffset(t, img)
 	fs := filepath.Join(t.TempDir(), "plain.ext4")
 	newDisk(t, fs, int64(len(img)-data))
-	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-d", files, fs).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-b", "4096", "-d", files, fs).CombinedOutput(); err != nil {
 		t.Fatalf("making the host's plaintext filesystem: %v: %s", err, out)
 	}
 	plain, err := os.ReadFile(fs)
