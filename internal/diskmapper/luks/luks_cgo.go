@@ -85,7 +85,7 @@ type device struct {
 }
 
 // diskProfile is the parameters every header must have (see profile).
-var diskProfile = withIntegrity
+var diskProfile = integrityProfile
 
 // openDevice returns a handle of the disk at path; with load, it loads its LUKS2 header and checks that the
 // metadata libcryptsetup loaded, the metadata every later call of the handle acts on, has exactly the
@@ -126,8 +126,11 @@ func (d *device) checkParams() error {
 		return fail(badParam("UUID %q is not a lower-case 8-4-4-4-12 hex UUID", uuid))
 	}
 	var js *C.char
-	if r := C.crypt_dump_json(d.cd, &js, 0); r < 0 || js == nil {
+	if r := C.crypt_dump_json(d.cd, &js, 0); r < 0 {
 		return d.err("reading the loaded LUKS2 metadata", r)
+	}
+	if js == nil {
+		return fmt.Errorf("reading the loaded LUKS2 metadata of %s: libcryptsetup returned none", d.path)
 	}
 	var mdSize, ksSize C.uint64_t
 	if r := C.crypt_get_metadata_size(d.cd, &mdSize, &ksSize); r < 0 {

@@ -255,7 +255,7 @@ func TestOpenRefusesBadArguments(t *testing.T) {
 // guest) loads; the same header rewritten by the host to a cipher_null segment without integrity (both copies,
 // checksums recomputed) is refused by every operation, and the disk is not changed.
 func TestLoadedHeaderIsChecked(t *testing.T) {
-	diskProfile = withIntegrity
+	diskProfile = integrityProfile
 	t.Cleanup(func() { diskProfile = plainProfile })
 	b := readFixture(t, initialisedFixture)
 	h, err := ParseHeader(b)

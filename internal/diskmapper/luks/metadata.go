@@ -39,7 +39,7 @@ const (
 	pbkdfIterations     = 1000
 )
 
-// profile is the parameters a header must have. Production disks have exactly one, withIntegrity; the tests
+// profile is the parameters a header must have. Production disks have exactly one, integrityProfile; the tests
 // that run libcryptsetup on plain files (no device-mapper to format dm-integrity) use plainProfile.
 type profile struct {
 	integrity      string // "" for none
@@ -47,8 +47,8 @@ type profile struct {
 }
 
 var (
-	withIntegrity = profile{integrity: metaIntegrity, keyslotKeySize: metaKeyslotKeySize}
-	plainProfile  = profile{keyslotKeySize: metaAreaKeySize}
+	integrityProfile = profile{integrity: metaIntegrity, keyslotKeySize: metaKeyslotKeySize}
+	plainProfile     = profile{keyslotKeySize: metaAreaKeySize}
 )
 
 // Metadata is what the node checks and authenticates of a LUKS2 header's JSON metadata.
@@ -282,7 +282,7 @@ func slotID(s string, max int) (int, error) {
 // volume key for all keyslots and the segment; no token but the parameter token of SetKey; no flags, no
 // requirements. hdrSize is the size of one header copy (from the binary header) that the JSON area must fit.
 func ParseMetadata(b []byte, hdrSize uint64) (Metadata, error) {
-	return parseMetadata(b, hdrSize, withIntegrity)
+	return parseMetadata(b, hdrSize, integrityProfile)
 }
 
 func parseMetadata(b []byte, hdrSize uint64, p profile) (Metadata, error) {
