@@ -25,6 +25,7 @@ FUZZ_TARGETS := \
 	./internal/attestation/agent:FuzzHandler \
 	./internal/diskmapper:FuzzParseSuperblock \
 	./internal/diskmapper/luks:FuzzParseHeader \
+	./internal/diskmapper/luks:FuzzParseMetadata \
 	./internal/attestation/tdx:FuzzParseQuote \
 	./internal/attestation/azure:FuzzParseHCLReport \
 	./internal/attestation/tdx:FuzzParseTDReport \

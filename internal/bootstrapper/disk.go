@@ -39,6 +39,11 @@ func prepareStateDisk(ctx context.Context, device string, log *slog.Logger) (*st
 // kubelet and etcd store, and the cluster's certificates and keys.
 var stateDirs = map[string]string{"var": "/var", "kubernetes": "/etc/kubernetes"}
 
+// stateDirFlags are the mount flags of the state directories: never device nodes or set-user-ID programs
+// (diskmapper.StateMountFlags); /etc/kubernetes holds configuration, certificates and static pod manifests
+// only, so nothing on it runs either. /var cannot be noexec: containerd's snapshots are there.
+var stateDirFlags = map[string]uintptr{"var": diskmapper.StateMountFlags, "kubernetes": diskmapper.StateMountFlags | unix.MS_NOEXEC}
+
 // unlock opens the state disk with its key and mounts its encrypted state directories at /var and
 // /etc/kubernetes, before anything (containerd, the kubelet, kubeadm, etcd) writes there.
 func (s *stateDisk) unlock(key []byte) error {
@@ -56,6 +61,10 @@ func (s *stateDisk) unlock(key []byte) error {
 		}
 		if err := unix.Mount(dir, target, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("mounting the state disk's %s at %s: %w", name, target, err)
+		}
+		// A bind mount takes its flags from the mount it binds; set them explicitly all the same.
+		if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|stateDirFlags[name], ""); err != nil {
+			return fmt.Errorf("setting the mount flags of %s: %w", target, err)
 		}
 	}
 	s.log.Info("state disk unlocked; /var and /etc/kubernetes are on it", "disk", s.uuid, "encryption", s.disk.Backend)

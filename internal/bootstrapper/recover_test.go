@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm-tools/client"
@@ -73,6 +75,19 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(disk.targets["var"], "etcd-data"), []byte("the cluster's state"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// No device nodes and no set-user-ID programs from the state disk; nothing runs from /etc/kubernetes.
+	for target, want := range map[string][]string{
+		disk.mountpoint:            {"nodev", "nosuid"},
+		disk.targets["var"]:        {"nodev", "nosuid"},
+		disk.targets["kubernetes"]: {"nodev", "nosuid", "noexec"},
+	} {
+		opts := mountOptions(t, target)
+		for _, o := range want {
+			if !slices.Contains(opts, o) {
+				t.Errorf("%s is mounted %v, without %s", target, opts, o)
+			}
+		}
+	}
 	unmount(disk)
 	node.Close()
 
@@ -131,4 +146,25 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if _, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second Recover = %v, want FailedPrecondition", err)
 	}
+}
+
+// mountOptions returns the per-mount options of the mount at target (the last one, if several are stacked),
+// from /proc/self/mountinfo.
+func mountOptions(t *testing.T, target string) []string {
+	t.Helper()
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts []string
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == target {
+			opts = strings.Split(f[5], ",")
+		}
+	}
+	if opts == nil {
+		t.Fatalf("%s is not mounted", target)
+	}
+	return opts
 }

@@ -127,7 +127,7 @@ func Open(image, mountpoint string, key []byte) (*Disk, error) {
 		return nil, err
 	}
 	// Read-only until the key is known to be the disk's: a refused key leaves the disk as it was.
-	if err := unix.Mount(loop, mountpoint, "ext4", unix.MS_NODEV|unix.MS_RDONLY, ""); err != nil {
+	if err := unix.Mount(loop, mountpoint, "ext4", StateMountFlags|unix.MS_RDONLY, ""); err != nil {
 		return nil, fmt.Errorf("mounting the state disk %s: %w", image, err)
 	}
 	d := &Disk{UUID: uuid, StateDir: filepath.Join(mountpoint, StateDirName), mountpoint: mountpoint}
@@ -140,7 +140,7 @@ func Open(image, mountpoint string, key []byte) (*Disk, error) {
 	}
 	have, encrypted, err := policyKey(d.StateDir)
 	if err == nil && encrypted && have == d.key || errors.Is(err, os.ErrNotExist) {
-		if rerr := unix.Mount("", mountpoint, "", unix.MS_REMOUNT|unix.MS_NODEV, ""); rerr != nil {
+		if rerr := unix.Mount("", mountpoint, "", unix.MS_REMOUNT|StateMountFlags, ""); rerr != nil {
 			removeKey(mountpoint, d.key)
 			return fail(fmt.Errorf("mounting the state disk %s writable: %w", image, rerr))
 		}
@@ -182,7 +182,7 @@ func HasState(image, mountpoint string) (bool, error) {
 	if err := os.MkdirAll(mountpoint, 0o700); err != nil {
 		return false, err
 	}
-	if err := unix.Mount(loop, mountpoint, "ext4", unix.MS_NODEV|unix.MS_RDONLY, ""); err != nil {
+	if err := unix.Mount(loop, mountpoint, "ext4", StateMountFlags|unix.MS_RDONLY, ""); err != nil {
 		return false, fmt.Errorf("mounting the state disk %s: %w", image, err)
 	}
 	defer unix.Unmount(mountpoint, 0)

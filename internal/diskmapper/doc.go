@@ -13,8 +13,11 @@
 // A wrong key is detected by its key identifier before anything is written, and nothing is destroyed.
 //
 // Where the kernel has device-mapper and the binary has libcryptsetup (cgo), the state disk is a LUKS2 volume
-// with authenticated encryption instead (package luks). [Prepare] picks the path for a disk and formats a blank
-// one; [StateDisk.Unlock] opens it with the derived key (for a LUKS2 disk formatted at this boot, after
+// with authenticated encryption instead (package luks), whose header parameters are checked and authenticated
+// before use. [Prepare] picks the path from the node's own kernel and binary (luks.Supported), never from
+// what the disk holds (the host writes the disk): where LUKS2 works, a disk that is neither LUKS2 nor blank,
+// an ext4 filesystem included, is refused and never mounted. It formats a blank disk; [StateDisk.Unlock] opens it with the derived key (for a LUKS2 disk formatted at this boot, after
 // replacing its random first-boot key); [StateDisk.HasState] tells a node that was initialised or joined
-// before. The bootstrapper uses only these three.
+// before. The bootstrapper uses only these three. State disks are mounted nodev and nosuid (StateMountFlags),
+// not noexec: containerd's snapshots live in /var on the disk.
 package diskmapper

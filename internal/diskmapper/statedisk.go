@@ -27,6 +27,11 @@ const (
 	BackendFscrypt Backend = "fscrypt"
 )
 
+// StateMountFlags are the mount flags of a state disk: no device nodes and no set-user-ID programs on what
+// the disk holds. Not noexec: /var is on the disk, and containerd's snapshots (the containers' root
+// filesystems) and the kubelet's volumes under it must be executable.
+const StateMountFlags = unix.MS_NODEV | unix.MS_NOSUID
+
 // MappingName is the device-mapper name of an opened LUKS2 state disk (/dev/mapper/constellation-state).
 const MappingName = "constellation-state"
 
@@ -45,20 +50,33 @@ type StateDisk struct {
 	firstBootKey []byte
 }
 
-// Prepare finds the node's state disk at device and returns it, locked. A blank disk (its first boot) is
-// formatted: as LUKS2 with a random first-boot key where the kernel has device-mapper and this binary has
-// libcryptsetup, otherwise as ext4 with encryption support. A LUKS2 disk that was formatted but never given
-// its key (its first boot was cut short, the first-boot key is lost) is wiped and formatted again by the reset
-// rule; nothing was ever stored on it. A disk that holds anything else is refused, never formatted over.
+// Prepare finds the node's state disk at device and returns it, locked. The backend is the node's choice,
+// from its own kernel and binary (luks.Supported), never from what the disk holds, which the host controls:
+//
+//   - Where LUKS2 works, the state disk is LUKS2. A blank disk (its first boot) is formatted with a random
+//     first-boot key. A LUKS2 disk that was formatted but never given its key (its first boot was cut short,
+//     the first-boot key is lost) is wiped and formatted again by the reset rule; nothing was ever stored on
+//     it. Anything else, an ext4 filesystem included, is refused: never mounted, never formatted over.
+//   - Only where LUKS2 cannot be used, the state disk is ext4 with native encryption (fscrypt): a blank disk is
+//     formatted, an ext4 state disk is used, anything else (a LUKS2 disk included) is refused.
 func Prepare(ctx context.Context, device string, log *slog.Logger) (*StateDisk, error) {
 	lerr := luks.Supported()
 	h, err := luks.ReadHeader(device)
+	if lerr == nil {
+		switch {
+		case err == nil:
+			return prepareLUKS(device, h, log)
+		case !errors.Is(err, luks.ErrNoHeader):
+			return nil, fmt.Errorf("reading the state disk %s: %w", device, err)
+		}
+		if err := checkBlank(device); err != nil {
+			return nil, fmt.Errorf("%w. This node keeps its state on LUKS2 with integrity protection: a disk that is neither LUKS2 nor blank (an ext4 filesystem, say) is refused and never mounted", err)
+		}
+		return formatLUKS(device, log)
+	}
 	switch {
 	case err == nil:
-		if lerr != nil {
-			return nil, fmt.Errorf("state disk %s is a LUKS2 disk (%s), but LUKS2 cannot be used here: %w", device, h.UUID, lerr)
-		}
-		return prepareLUKS(device, h, log)
+		return nil, fmt.Errorf("state disk %s is a LUKS2 disk (%s), but LUKS2 cannot be used here: %w", device, h.UUID, lerr)
 	case !errors.Is(err, luks.ErrNoHeader):
 		return nil, fmt.Errorf("reading the state disk %s: %w", device, err)
 	}
@@ -71,9 +89,6 @@ func Prepare(ctx context.Context, device string, log *slog.Logger) (*StateDisk, 
 	}
 	if err := checkBlank(device); err != nil {
 		return nil, err
-	}
-	if lerr == nil {
-		return formatLUKS(device, log)
 	}
 	if uuid, err = Format(ctx, device); err != nil {
 		return nil, err
@@ -188,7 +203,7 @@ func mountMapping(ctx context.Context, m *luks.Mapping, uuid, mountpoint string)
 	if err := os.MkdirAll(mountpoint, 0o700); err != nil {
 		return nil, err
 	}
-	if err := unix.Mount(m.Path, mountpoint, "ext4", unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(m.Path, mountpoint, "ext4", StateMountFlags, ""); err != nil {
 		return nil, fmt.Errorf("mounting state disk %s: %w", uuid, err)
 	}
 	d := &Disk{UUID: uuid, StateDir: filepath.Join(mountpoint, StateDirName), mountpoint: mountpoint, mapping: m}

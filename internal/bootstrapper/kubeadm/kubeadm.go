@@ -1,13 +1,15 @@
 // Package kubeadm drives a node's container runtime and kubeadm: it writes the containerd, CNI and kubeadm
 // configuration a node needs on this product's nodes (no image pulls, no upstream DNS, cgroup v1 with the
 // cgroupfs driver), starts containerd, imports the pre-loaded images, starts the kubelet once kubeadm has
-// configured it, and runs kubeadm init.
+// configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
+// bootstrap token) is readable by root only and exists only while kubeadm runs.
 package kubeadm
 
 import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -228,6 +230,10 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	if _, err := os.Stat(KubeletKubeconfig); err == nil {
 		// The node joined before this boot: its state disk holds its kubelet's credentials and configuration.
 		d.logf("this node joined the cluster before; starting the kubelet with its state")
+		// Earlier versions left the join configuration (with its bootstrap token) on the state disk.
+		if err := removeConfig(KubeadmConfig); err != nil {
+			return err
+		}
 		d.launchKubelet(ctx)
 		return nil
 	}
@@ -241,15 +247,41 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	if err := writeFile(filepath.Join(PatchesDir, "kubeletconfiguration+strategic.yaml"), KubeletPatch(d.Options)); err != nil {
 		return err
 	}
-	if err := writeFile(KubeadmConfig, cfg); err != nil {
-		return err
-	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
 	// The kubelet's kubeconfig is there already: the join service issued its identity.
-	cmd := exec.CommandContext(ctx, "kubeadm", "join", "--config", KubeadmConfig,
-		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", "join", "--config", KubeadmConfig,
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"); err != nil {
 		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
+	}
+	return nil
+}
+
+// runWithConfig runs a command (kubeadm) that reads its configuration from path: the configuration is written
+// there readable by root only (a join configuration holds the bootstrap token), and removed again when the
+// command ends, whether it succeeded or not, so that no token outlives its use on the node. A file left at
+// path by an earlier boot is replaced, never reused.
+func runWithConfig(ctx context.Context, path string, cfg []byte, name string, args ...string) ([]byte, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	// Remove first: WriteFile keeps the mode of an existing file.
+	if err := removeConfig(path); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, cfg, 0o600); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if rerr := removeConfig(path); rerr != nil {
+		return out, errors.Join(err, rerr)
+	}
+	return out, err
+}
+
+// removeConfig removes kubeadm's configuration file, if there is one.
+func removeConfig(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing %s (it may hold a bootstrap token): %w", path, err)
 	}
 	return nil
 }
@@ -334,13 +366,9 @@ func (d *Driver) Init(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(KubeadmConfig, cfg); err != nil {
-		return nil, err
-	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
-	cmd := exec.CommandContext(ctx, "kubeadm", "init", "--config", KubeadmConfig, "--skip-token-print",
-		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", "init", "--config", KubeadmConfig, "--skip-token-print",
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables"); err != nil {
 		return nil, fmt.Errorf("kubeadm init: %w\n%s", err, tail(out, 30))
 	}
 	if err := d.configureCoreDNS(ctx); err != nil {
@@ -403,6 +431,9 @@ func (d *Driver) configureCoreDNS(ctx context.Context) error {
 func (d *Driver) Restart(ctx context.Context) error {
 	if _, err := os.Stat(KubeletKubeconfig); err != nil {
 		return fmt.Errorf("this node has no kubelet configuration to restart from: %w", err)
+	}
+	if err := removeConfig(KubeadmConfig); err != nil {
+		return err
 	}
 	d.launchKubelet(ctx)
 	return nil

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net/netip"
 	"os"
@@ -174,5 +175,44 @@ func TestWriteKubeletCredentials(t *testing.T) {
 	}
 	if err := writeKubeletCredentials(pki, conf, "https://x", KubeletCredentials{}, time.Now()); err == nil {
 		t.Fatal("empty credentials written")
+	}
+}
+
+// kubeadm's configuration (with the bootstrap token) is readable by root only while kubeadm runs, and gone
+// afterwards, whether kubeadm succeeded or not; a file an earlier boot left readable by everyone is replaced.
+func TestRunWithConfigKeepsTheTokenPrivate(t *testing.T) {
+	cfg, err := JoinConfigFile(opts, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kubernetes", "kubeadm.yaml")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A configuration left by an earlier version: mode 0644, an old token.
+	if err := os.WriteFile(path, []byte("token: old.0123456789abcdef\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// stat and cat see the file as kubeadm does while it runs.
+	out, err := runWithConfig(t.Context(), path, cfg, "sh", "-c", `stat -c '%a' "$1" && cat "$1"`, "sh", path)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	mode, content, _ := strings.Cut(string(out), "\n")
+	if mode != "600" {
+		t.Fatalf("the configuration has mode %s while kubeadm runs, want 600", mode)
+	}
+	if content != string(cfg) || !strings.Contains(content, "abcdef.0123456789abcdef") {
+		t.Fatalf("kubeadm read:\n%s", content)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the configuration with the bootstrap token is still there after the join: %v", err)
+	}
+	// A failed join removes it too.
+	if _, err := runWithConfig(t.Context(), path, cfg, "false"); err == nil {
+		t.Fatal("a failing command reported success")
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the configuration is still there after a failed join: %v", err)
 	}
 }

@@ -34,6 +34,7 @@ static void cst_set_quiet(void) {
 import "C"
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -50,27 +51,17 @@ import (
 
 // Disk encryption parameters.
 const (
-	cipher        = "aes"
-	cipherMode    = "xts-plain64"
-	integrity     = "hmac(sha256)" // cryptsetup's "hmac-sha256"
-	sectorSize    = 4096
-	volumeKeySize = 64 + 32 // AES-256-XTS (two 256-bit keys) and the HMAC-SHA256 key
+	cipher     = "aes"
+	cipherMode = "xts-plain64"
+	integrity  = "hmac(sha256)" // cryptsetup's "hmac-sha256"
 	// Keyslots use PBKDF2-SHA256 with the format's minimum iteration count and no benchmark: every key this
 	// package stores is 64 uniformly random bytes, so a slow, memory-hard KDF adds no protection and only
 	// slows every boot (and makes it depend on the machine's memory).
-	pbkdfType       = "pbkdf2"
-	pbkdfHash       = "sha256"
-	pbkdfIterations = 1000
+	pbkdfType = "pbkdf2"
+	pbkdfHash = "sha256"
 	// blankCheckSize is how much of a disk must be zero for Format to take it as blank.
 	blankCheckSize = 1 << 20
 )
-
-func checkKey(what string, key []byte) error {
-	if len(key) != KeySize {
-		return fmt.Errorf("the %s has %d bytes, want %d (a disk key from the key service)", what, len(key), KeySize)
-	}
-	return nil
-}
 
 // C strings that live as long as the process.
 var (
@@ -89,9 +80,16 @@ type device struct {
 	cd   *C.struct_crypt_device
 	log  *C.char
 	path string
+	// meta is the checked metadata of the loaded header.
+	meta Metadata
 }
 
-// openDevice returns a handle of the disk at path; with load, it loads (and checks) its LUKS2 header.
+// diskProfile is the parameters every header must have (see profile).
+var diskProfile = integrityProfile
+
+// openDevice returns a handle of the disk at path; with load, it loads its LUKS2 header and checks that the
+// metadata libcryptsetup loaded, the metadata every later call of the handle acts on, has exactly the
+// parameters Format writes (checkParams).
 func openDevice(path string, load bool) (*device, error) {
 	d := &device{path: path, log: (*C.char)(C.calloc(1, C.CST_LOG_SIZE))}
 	cpath := C.CString(path)
@@ -107,8 +105,81 @@ func openDevice(path string, load bool) (*device, error) {
 			d.free()
 			return nil, err
 		}
+		if err := d.checkParams(); err != nil {
+			d.free()
+			return nil, err
+		}
 	}
 	return d, nil
+}
+
+// checkParams parses the JSON metadata libcryptsetup holds for the disk (its in-memory copy, from which it
+// activates and writes) with ParseMetadata and cross-checks what libcryptsetup itself reports. Anything but
+// the parameters Format writes is refused: the host can rewrite both header copies (their checksum is not
+// keyed), e.g. to a cipher_null segment that the genuine keyslot still opens.
+func (d *device) checkParams() error {
+	uuid := d.uuid()
+	fail := func(err error) error {
+		return fmt.Errorf("disk %s (%s): %w. Refusing to use it: its header was changed by someone who can write the disk (the host); nothing on the disk was changed. Replace the disk with a blank one if its data is not needed", uuid, d.path, err)
+	}
+	if !uuidPattern.MatchString(uuid) {
+		return fail(badParam("UUID %q is not a lower-case 8-4-4-4-12 hex UUID", uuid))
+	}
+	var js *C.char
+	if r := C.crypt_dump_json(d.cd, &js, 0); r < 0 {
+		return d.err("reading the loaded LUKS2 metadata", r)
+	}
+	if js == nil {
+		return fmt.Errorf("reading the loaded LUKS2 metadata of %s: libcryptsetup returned none", d.path)
+	}
+	var mdSize, ksSize C.uint64_t
+	if r := C.crypt_get_metadata_size(d.cd, &mdSize, &ksSize); r < 0 {
+		return d.err("reading the LUKS2 metadata size", r)
+	}
+	m, err := parseMetadata([]byte(C.GoString(js)), uint64(mdSize), diskProfile)
+	if err != nil {
+		return fail(err)
+	}
+	var reqs C.uint32_t
+	if r := C.crypt_persistent_flags_get(d.cd, C.CRYPT_FLAGS_REQUIREMENTS, &reqs); r < 0 || reqs != 0 {
+		return fail(badParam("requirement flags %#x", uint32(reqs)))
+	}
+	var flags C.uint32_t
+	if r := C.crypt_persistent_flags_get(d.cd, C.CRYPT_FLAGS_ACTIVATION, &flags); r < 0 || flags != 0 {
+		return fail(badParam("persistent activation flags %#x", uint32(flags)))
+	}
+	switch {
+	case uint64(ksSize) != m.KeyslotsSize:
+		return fail(badParam("libcryptsetup reports a keyslots area of %d bytes, the metadata %d", uint64(ksSize), m.KeyslotsSize))
+	case uint64(C.crypt_get_data_offset(d.cd))*512 != m.DataOffset:
+		return fail(badParam("libcryptsetup reports the data at %d, the metadata at %d", uint64(C.crypt_get_data_offset(d.cd))*512, m.DataOffset))
+	case C.GoString(C.crypt_get_cipher(d.cd)) != cipher || C.GoString(C.crypt_get_cipher_mode(d.cd)) != cipherMode:
+		return fail(badParam("libcryptsetup reports the cipher %s-%s", C.GoString(C.crypt_get_cipher(d.cd)), C.GoString(C.crypt_get_cipher_mode(d.cd))))
+	case int(C.crypt_get_volume_key_size(d.cd)) != m.profile.keyslotKeySize:
+		return fail(badParam("libcryptsetup reports a %d-byte volume key", int(C.crypt_get_volume_key_size(d.cd))))
+	}
+	d.meta = m
+	return nil
+}
+
+// writeParamsMAC stores the MAC of the header's parameters under key in the parameter token.
+func (d *device) writeParamsMAC(key []byte) error {
+	mac, err := d.meta.ParamsMAC(d.uuid(), key)
+	if err != nil {
+		return err
+	}
+	cjs := C.CString(paramsToken(mac))
+	defer C.free(unsafe.Pointer(cjs))
+	if C.crypt_token_status(d.cd, metaParamsTokenID, nil) != C.CRYPT_TOKEN_INACTIVE {
+		if r := C.crypt_token_json_set(d.cd, metaParamsTokenID, nil); r < 0 {
+			return d.err("removing the old parameter token", r)
+		}
+	}
+	if r := C.crypt_token_json_set(d.cd, metaParamsTokenID, cjs); r < 0 {
+		return d.err("writing the parameter token", r)
+	}
+	d.meta.MAC = mac
+	return nil
 }
 
 func (d *device) free() {
@@ -249,6 +320,10 @@ func format(path string, withIntegrity bool) (string, []byte, error) {
 	if slot < 0 {
 		return "", nil, d.err("adding the first-boot keyslot", slot)
 	}
+	// What was just written must pass the check every later use of the disk makes.
+	if err := d.checkParams(); err != nil {
+		return "", nil, fmt.Errorf("the new header fails its own check (libcryptsetup changed what it writes?): %w", err)
+	}
 	if withIntegrity {
 		if err := d.wipe(slot, key); err != nil {
 			return "", nil, err
@@ -290,7 +365,9 @@ func (d *device) wipe(slot C.int, key []byte) error {
 //  2. label the header "constellation-initialised";
 //  3. destroy oldKey's keyslot.
 //
-// Before 1 completes, oldKey alone opens the disk; between 1 and 3 both do; after 3, newKey alone. A node that
+// Before 1 completes, oldKey alone opens the disk; between 1 and 3 both open a keyslot; after 3, newKey alone.
+// Before the label, SetKey stores the parameter MAC under newKey (see the package documentation): from then on
+// only newKey maps the disk (Open), and finishing needs newKey. A node that
 // lost oldKey (it was in memory only) calls SetKey again with oldKey nil: if newKey already opens a keyslot,
 // SetKey finishes the job (label, then every other keyslot destroyed). If neither key opens the disk, nothing
 // is changed and the error wraps ErrWrongKey.
@@ -322,6 +399,20 @@ func SetKey(path string, oldKey, newKey []byte) error {
 			return err
 		}
 	}
+	if label == LabelInitialised {
+		// The header's parameters were authenticated when the key was set: the MAC must verify under a key
+		// that opens the disk before anything is written.
+		var err error
+		switch {
+		case newSlot >= 0:
+			err = d.meta.VerifyMAC(d.uuid(), newKey)
+		case oldSlot >= 0:
+			err = d.meta.VerifyMAC(d.uuid(), oldKey)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w; nothing was changed", path, err)
+		}
+	}
 	if newSlot < 0 {
 		if oldSlot < 0 {
 			return fmt.Errorf("%w: neither the old nor the new key opens disk %s; nothing was changed. If this disk never got its key and its first-boot key is lost, it holds no state: mark it for reset (MarkReset) and format it again", ErrWrongKey, d.uuid())
@@ -337,6 +428,9 @@ func SetKey(path string, oldKey, newKey []byte) error {
 			C.crypt_keyslot_destroy(d.cd, newSlot)
 			return errors.Join(fmt.Errorf("%s: the new keyslot %d does not open with the new key; it was removed, the old key still opens the disk", path, newSlot), err)
 		}
+	}
+	if err := d.writeParamsMAC(newKey); err != nil {
+		return err
 	}
 	if label != LabelInitialised {
 		if err := d.setLabel(LabelInitialised, subsystem); err != nil {
@@ -381,8 +475,10 @@ func checkName(name string) error {
 	return nil
 }
 
-// Open maps the state disk at /dev/mapper/<name> with key (the key derived for its UUID). A key that opens no
-// keyslot is refused with an error wrapping ErrWrongKey, and nothing on the disk is written. A disk that was
+// Open maps the state disk at /dev/mapper/<name> with key (the key derived for its UUID). A header whose
+// parameters are not the ones Format writes, or whose parameter MAC does not verify under key, is refused with
+// an error wrapping ErrBadParameters (see the package documentation); a key that opens no keyslot with one
+// wrapping ErrWrongKey. Either way nothing is mapped and nothing on the disk is written. A disk that was
 // never given its key (label "constellation-new") is refused: nothing may be stored under a first-boot key,
 // which is what makes the reset rule safe.
 func Open(path, name string, key []byte) (*Mapping, error) {
@@ -405,16 +501,39 @@ func Open(path, name string, key []byte) (*Mapping, error) {
 	default:
 		return nil, fmt.Errorf("disk %s: header label %q: not a state disk of this product; refusing to open it", uuid, label)
 	}
+	slot, err := d.slotOf(C.CRYPT_ANY_SLOT, key)
+	if err != nil {
+		return nil, err
+	}
+	if slot < 0 {
+		return nil, fmt.Errorf("%w: the key opens no keyslot of disk %s; it is not this disk's key. A node must use the key derived for this disk's UUID (%s), from the join service or the master secret; nothing on the disk was changed", ErrWrongKey, uuid, uuid)
+	}
+	if err := d.meta.VerifyMAC(uuid, key); err != nil {
+		return nil, fmt.Errorf("disk %s (%s): %w. Refusing to map it; nothing on the disk was changed", uuid, path, err)
+	}
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
-	r := C.crypt_activate_by_passphrase(d.cd, cname, C.CRYPT_ANY_SLOT, keyPtr(key), C.size_t(len(key)), 0)
+	r := C.crypt_activate_by_passphrase(d.cd, cname, slot, keyPtr(key), C.size_t(len(key)), 0)
 	if r == -C.EPERM {
-		return nil, fmt.Errorf("%w: the key opens no keyslot of disk %s; it is not this disk's key. A node must use the key derived for this disk's UUID (%s), from the join service or the master secret; nothing on the disk was changed", ErrWrongKey, uuid, uuid)
+		return nil, fmt.Errorf("%w: the key opens no keyslot of disk %s; nothing on the disk was changed", ErrWrongKey, uuid)
 	}
 	if r < 0 {
 		return nil, d.err("mapping the disk", r)
 	}
-	return &Mapping{Name: name, Path: "/dev/mapper/" + name, UUID: uuid}, nil
+	m := &Mapping{Name: name, Path: "/dev/mapper/" + name, UUID: uuid}
+	// libcryptsetup maps from the metadata it loaded and this package checked; should it have read the header
+	// again meanwhile, what it holds now differs, and the mapping is removed before anything uses it.
+	checked := d.meta
+	if err := d.checkParams(); err != nil || !sameParams(checked, d.meta) {
+		return nil, errors.Join(fmt.Errorf("disk %s: its header changed while it was mapped; the mapping is removed", uuid), err, m.Close())
+	}
+	return m, nil
+}
+
+func sameParams(a, b Metadata) bool {
+	return a.DataOffset == b.DataOffset && a.JSONSize == b.JSONSize && a.KeyslotsSize == b.KeyslotsSize &&
+		a.DigestIterations == b.DigestIterations && bytes.Equal(a.DigestSalt, b.DigestSalt) &&
+		bytes.Equal(a.DigestValue, b.DigestValue) && bytes.Equal(a.MAC, b.MAC)
 }
 
 // Close removes the mapping; it fails while the mapping is in use (mounted, or open).

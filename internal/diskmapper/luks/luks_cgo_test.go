@@ -5,6 +5,7 @@ package luks
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -16,7 +17,9 @@ import (
 )
 
 // These tests run libcryptsetup on plain files: everything but mapping (which needs device-mapper, see
-// qemu_test.go) works there. They format without integrity, since formatting with dm-integrity maps the disk.
+// qemu_test.go) works there. They format without integrity, since formatting with dm-integrity maps the disk,
+// and so check headers against the parameters of such a disk (plainProfile).
+func init() { diskProfile = plainProfile }
 
 func newKey(t *testing.T) []byte {
 	k := make([]byte, KeySize)
@@ -245,5 +248,62 @@ func TestOpenRefusesBadArguments(t *testing.T) {
 		if _, err := Open(path, tc.name, tc.key); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Open(%q, %d-byte key) = %v", tc.name, len(tc.key), err)
 		}
+	}
+}
+
+// The check runs on what libcryptsetup loaded: a header Format wrote (with dm-integrity, in the QEMU test's
+// guest) loads; the same header rewritten by the host to a cipher_null segment without integrity (both copies,
+// checksums recomputed) is refused by every operation, and the disk is not changed.
+func TestLoadedHeaderIsChecked(t *testing.T) {
+	diskProfile = integrityProfile
+	t.Cleanup(func() { diskProfile = plainProfile })
+	b := readFixture(t, initialisedFixture)
+	h, err := ParseHeader(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := testDeriver(t).DiskKey(h.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := openDevice(writeImage(t, b, 20<<20), true)
+	if err != nil {
+		t.Fatalf("loading a header Format wrote: %v", err)
+	}
+	if err := d.meta.VerifyMAC(h.UUID, key); err != nil {
+		t.Fatal(err)
+	}
+	d.free()
+
+	js, _ := jsonArea(t, b)
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil {
+		t.Fatal(err)
+	}
+	seg := m["segments"].(map[string]any)["0"].(map[string]any)
+	seg["encryption"] = "cipher_null-ecb"
+	delete(seg, "integrity")
+	js, _ = json.Marshal(m)
+	path := writeImage(t, sealCopies(t, b, js), 20<<20)
+	if _, err := ReadHeader(path); err != nil {
+		t.Fatalf("the rewritten header is a valid LUKS2 header: %v", err)
+	}
+	before, _ := os.ReadFile(path)
+	for name, op := range map[string]func() error{
+		"Open":          func() error { _, err := Open(path, "x", key); return err },
+		"SetKey":        func() error { return SetKey(path, nil, key) },
+		"MarkReset":     func() error { return MarkReset(path) },
+		"ResetIfMarked": func() error { _, err := ResetIfMarked(path); return err },
+	} {
+		err := op()
+		if name == "ResetIfMarked" && err == nil {
+			continue // not marked: nothing to do, nothing loaded
+		}
+		if !errors.Is(err, ErrBadParameters) || !strings.Contains(err.Error(), "cipher_null-ecb") {
+			t.Errorf("%s of the rewritten disk: %v", name, err)
+		}
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("a refused header was changed")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -180,7 +181,10 @@ func changedBlock(t *testing.T, before, after []byte, from int) int {
 }
 
 // TestQEMU runs the package against a real device-mapper in a virtual machine (Debian's kernel under QEMU),
-// over three boots of the same disks (see qemuguest for the guest's side):
+// over three boots of the same disks (see qemuguest for the guest's side). Besides the steps below, the
+// bootstrapper's code (diskmapper.Prepare, Unlock) takes state disks through a node's first boot (boot 2) and
+// reboot (boot 3), and the host attacks two of them: an ext4 disk of its own is refused in boot 2, and a
+// state disk whose header it rewrote to cipher_null after boot 2 is refused in boot 3; neither is written.
 //
 //  1. format with a random first-boot key, re-key to the derived key, write a marker through the mapping; on
 //     a second disk, a re-key that a power loss cuts between adding the new keyslot and destroying the old.
@@ -220,7 +224,19 @@ func TestQEMU(t *testing.T) {
 	nodeDisk, cutDisk := filepath.Join(dir, "node.img"), filepath.Join(dir, "cut.img")
 	newDisk(t, nodeDisk, 32<<20)
 	newDisk(t, cutDisk, 32<<20)
-	disks := []string{"disk.img", "disk2.img", "scratch.img", "disk3.img", "node.img", "cut.img"}
+	tamperDisk, ext4Disk := filepath.Join(dir, "tamper.img"), filepath.Join(dir, "ext4.img")
+	newDisk(t, tamperDisk, 32<<20)
+	// The host's own ext4 filesystem, shaped like the state disk of a node without device-mapper.
+	newDisk(t, ext4Disk, 32<<20)
+	planted := hostFiles(t, dir)
+	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-O", "encrypt", "-d", planted, ext4Disk).CombinedOutput(); err != nil {
+		t.Fatalf("making the host's ext4 disk: %v: %s", err, out)
+	}
+	ext4Before, err := os.ReadFile(ext4Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := []string{"disk.img", "disk2.img", "scratch.img", "disk3.img", "node.img", "cut.img", "tamper.img", "ext4.img"}
 	t.Logf("prepared in %.1fs", time.Since(start).Seconds())
 
 	r1 := boot(ctx, t, dir, vmlinuz, initrd, 1, disks...)
@@ -251,13 +267,21 @@ func TestQEMU(t *testing.T) {
 
 	r2 := boot(ctx, t, dir, vmlinuz, initrd, 2, disks...)
 	r2.require(t, 2, "wrong-key-refused", "open", "read-marker", "rewrite-block", "close",
-		"after-crash-opens-with-first-boot-key", "after-crash-opens-with-derived-key", "finish-set-key",
+		"after-crash-first-boot-key-does-not-map", "after-crash-opens-with-derived-key", "finish-set-key",
 		"first-boot-key-gone", "derived-key-opens",
-		"node-prepare-new", "node-new-has-no-state", "node-unlock-new", "node-store", "cut-prepare-new")
+		"node-prepare-new", "node-new-has-no-state", "node-unlock-new", "node-store", "cut-prepare-new",
+		"tamper-prepare-new", "ext4-refused")
 	if !r2.done {
 		t.Fatalf("boot 2 did not finish; console:\n%s", r2.console)
 	}
 	t.Logf("boot 2: wrong key: %s", r2.checks["wrong-key-refused"])
+	t.Logf("boot 2: the host's ext4 disk: %s", r2.checks["ext4-refused"])
+	if after, err := os.ReadFile(ext4Disk); err != nil || !bytes.Equal(ext4Before, after) {
+		t.Fatalf("the node wrote to the host's ext4 disk it refused (%v)", err)
+	}
+	// The attack on the header: rewrite the node's state disk to cipher_null without integrity, keep its
+	// keyslot, and put the host's plaintext ext4 at the data offset.
+	tampered := rewriteToCipherNull(t, ctx, tamperDisk, mkfs, planted)
 	img2, err := os.ReadFile(disk)
 	if err != nil {
 		t.Fatal(err)
@@ -290,11 +314,16 @@ func TestQEMU(t *testing.T) {
 	r3 := boot(ctx, t, dir, vmlinuz, initrd, 3, disks...)
 	r3.require(t, 3, "open", "read-marker", "integrity-error", "close",
 		"reset-refused-initialised", "reset-refused-opens", "reset-wiped-new", "reset-formatted-again",
-		"node-prepare-again", "node-has-state", "node-wrong-key-refused", "node-unlock-again", "node-state-kept", "cut-prepare-reset")
+		"node-prepare-again", "node-has-state", "node-wrong-key-refused", "node-unlock-again", "node-state-kept", "cut-prepare-reset",
+		"tamper-refused")
 	if !r3.done {
 		t.Fatalf("boot 3 did not finish; console:\n%s", r3.console)
 	}
 	t.Logf("boot 3: %s", r3.checks["integrity-error"])
+	t.Logf("boot 3: the rewritten header: %s", r3.checks["tamper-refused"])
+	if after, err := os.ReadFile(tamperDisk); err != nil || !bytes.Equal(tampered, after) {
+		t.Fatalf("the node wrote to the disk whose header the host rewrote (%v)", err)
+	}
 	t.Logf("boot 3: %s", r3.checks["reset-refused-initialised"])
 	if h, err := ReadHeader(disk2); err != nil || h.State() != StateInitialised || !h.ResetMarked() {
 		t.Fatalf("the marked initialised disk after boot 3: %+v, %v", h, err)
@@ -322,4 +351,70 @@ func TestQEMU(t *testing.T) {
 		t.Fatalf("the disk whose first boot was cut short: %+v, %v (boot 2: %q, boot 3: %q)", h, err, r2.checks["cut-prepare-new"], r3.checks["cut-prepare-reset"])
 	}
 	t.Logf("QEMU test: %.1fs in all (boots %.1fs, %.1fs, %.1fs)", time.Since(start).Seconds(), r1.duration.Seconds(), r2.duration.Seconds(), r3.duration.Seconds())
+}
+
+// hostFiles returns a directory with the files the host puts on its own filesystems: a node that mounts one
+// finds its state directory there.
+func hostFiles(t *testing.T, dir string) string {
+	t.Helper()
+	src := filepath.Join(dir, "host-files")
+	if err := os.MkdirAll(filepath.Join(src, "state"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "state", "host-planted"), []byte("planted by the host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+// rewriteToCipherNull performs the header attack on the LUKS2 disk image at path as a host can: in both header
+// copies, segment 0 becomes cipher_null-ecb without integrity (keyslots, digest and the parameter token are
+// kept, so the node's genuine key still opens a keyslot), and the unkeyed checksums are recomputed; a
+// plaintext ext4 filesystem with the host's files is put at the data offset (4096-byte blocks: the mapping
+// has 4096-byte sectors). It returns the image.
+func rewriteToCipherNull(t *testing.T, ctx context.Context, path, mkfs, files string) []byte {
+	t.Helper()
+	img, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := binary.BigEndian.Uint64(img[offHdrSize:])
+	for _, off := range []uint64{0, size} {
+		copyArea := img[off : off+size]
+		area := copyArea[binaryHeaderSize:]
+		var meta map[string]any
+		if err := json.Unmarshal(area[:bytes.IndexByte(area, 0)], &meta); err != nil {
+			t.Fatal(err)
+		}
+		seg := meta["segments"].(map[string]any)["0"].(map[string]any)
+		seg["encryption"] = "cipher_null-ecb"
+		delete(seg, "integrity")
+		js, err := json.Marshal(meta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(area)
+		copy(area, js)
+		clear(copyArea[offChecksum : offChecksum+lenChecksum])
+		sum := sha256.Sum256(copyArea)
+		copy(copyArea[offChecksum:], sum[:])
+		if _, err := ParseHeader(copyArea); err != nil {
+			t.Fatalf("the rewritten header copy at %d: %v", off, err)
+		}
+	}
+	data := dataOffset(t, img)
+	fs := filepath.Join(t.TempDir(), "plain.ext4")
+	newDisk(t, fs, int64(len(img)-data))
+	if out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-b", "4096", "-d", files, fs).CombinedOutput(); err != nil {
+		t.Fatalf("making the host's plaintext filesystem: %v: %s", err, out)
+	}
+	plain, err := os.ReadFile(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(img[data:], plain)
+	if err := os.WriteFile(path, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

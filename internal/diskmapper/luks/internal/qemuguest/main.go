@@ -3,7 +3,8 @@
 // Command qemuguest is the init process of the QEMU test of the luks package (../../qemu_test.go). It runs in a
 // virtual machine whose kernel has device-mapper, works on the virtio disks the test gives it (/dev/vda: the
 // state disk; /dev/vdb: a second state disk for the interrupted re-key; /dev/vdc: a scratch disk on which the
-// test keeps the second disk's first-boot key from one boot to the next; /dev/vdd: a disk for the reset rule),
+// test keeps the second disk's first-boot key from one boot to the next; /dev/vdd: a disk for the reset rule;
+// /dev/vde to /dev/vdh: disks the bootstrapper's code takes through a node's life, two of them the host attacks),
 // prints one line per check:
 //
 //	RESULT ok <check> <details>
@@ -41,9 +42,14 @@ const (
 	resetDisk  = "/dev/vdd"
 	// nodeDisk is a state disk the guest takes through a node's life with the code the bootstrapper runs
 	// (diskmapper.Prepare, Unlock, HasState); cutDisk one whose first boot ends before the node gets its key.
-	nodeDisk  = "/dev/vde"
-	cutDisk   = "/dev/vdf"
-	blockSize = 4096
+	nodeDisk = "/dev/vde"
+	cutDisk  = "/dev/vdf"
+	// tamperDisk is a node's state disk whose header the host rewrites between boots 2 and 3 (a cipher_null
+	// segment without integrity, the genuine keyslot kept, a plaintext ext4 at the data offset); ext4Disk is
+	// an ext4 filesystem the host crafted.
+	tamperDisk = "/dev/vdg"
+	ext4Disk   = "/dev/vdh"
+	blockSize  = 4096
 	// MarkerBlock holds the marker the host looks for; CorruptBlock is the block the host damages.
 	markerBlock  = 100
 	corruptBlock = 200
@@ -99,9 +105,11 @@ func main() {
 		case "2":
 			boot2()
 			nodeFirstBoot()
+			hostCraftedExt4()
 		case "3":
 			boot3()
 			nodeSecondBoot()
+			tamperedHeader()
 		default:
 			result("boot", fmt.Errorf("unknown constellation.boot=%q", boot), "")
 		}
@@ -148,7 +156,7 @@ func setup() error {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for _, d := range []string{stateDisk, secondDisk, scratch, resetDisk, nodeDisk, cutDisk, "/dev/mapper/control"} {
+	for _, d := range []string{stateDisk, secondDisk, scratch, resetDisk, nodeDisk, cutDisk, tamperDisk, ext4Disk, "/dev/mapper/control"} {
 		for {
 			if _, err := os.Stat(d); err == nil {
 				break
@@ -332,17 +340,19 @@ func boot2() {
 		result("key-2", err, "")
 		return
 	}
-	for _, k := range []struct {
-		name string
-		key  []byte
-	}{{"first-boot", first2}, {"derived", key2}} {
-		m, err := luks.Open(secondDisk, "y", k.key)
-		if err == nil {
-			_, err = readBlock(m.Path, 0)
-			err = errors.Join(err, m.Close())
-		}
-		result("after-crash-opens-with-"+k.name+"-key", err, "disk %s", uuid2)
+	// Both keys open a keyslot, but the header's parameters are authenticated under the derived key (SetKey
+	// did so before the label): only the derived key maps the disk.
+	if _, err := luks.Open(secondDisk, "y", first2); !errors.Is(err, luks.ErrBadParameters) {
+		result("after-crash-first-boot-key-does-not-map", fmt.Errorf("opening with the first-boot key: %v", err), "")
+	} else {
+		result("after-crash-first-boot-key-does-not-map", nil, "%s", err)
 	}
+	m, err = luks.Open(secondDisk, "y", key2)
+	if err == nil {
+		_, err = readBlock(m.Path, 0)
+		err = errors.Join(err, m.Close())
+	}
+	result("after-crash-opens-with-derived-key", err, "disk %s", uuid2)
 	// The node rebooted: it lost its first-boot key, and has the derived one.
 	result("finish-set-key", luks.SetKey(secondDisk, nil, key2), "")
 	if _, err := luks.Open(secondDisk, "y", first2); !errors.Is(err, luks.ErrWrongKey) {
@@ -502,6 +512,84 @@ func nodeFirstBoot() {
 
 	cut, err := diskmapper.Prepare(ctx, cutDisk, guestLog)
 	result("cut-prepare-new", err, "disk %v", uuidOf(cut))
+
+	// The disk whose header the host rewrites before boot 3: a node's state disk like the one above.
+	sd, err = diskmapper.Prepare(ctx, tamperDisk, guestLog)
+	if err == nil {
+		key, err = deriver.DiskKey(sd.UUID)
+	}
+	if err == nil {
+		d, err = sd.Unlock(ctx, key, "/run/state")
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(d.StateDir, "etcd-member"), []byte(nodeMarker), 0o600)
+		err = errors.Join(err, d.Close())
+	}
+	result("tamper-prepare-new", err, "disk %v", uuidOf(sd))
+}
+
+// mountedFrom returns the lines of /proc/mounts that mount dev or anything device-mapper or loop: after a
+// refused disk, there must be none.
+func mountedFrom(dev string) string {
+	b, _ := os.ReadFile("/proc/mounts")
+	var found []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, dev+" ") || strings.HasPrefix(l, "/dev/mapper/") || strings.HasPrefix(l, "/dev/loop") {
+			found = append(found, l)
+		}
+	}
+	return strings.Join(found, "; ")
+}
+
+// hostCraftedExt4: the host attached an ext4 filesystem (an image of its own, shaped like the state disk of a
+// node without device-mapper) to a node whose kernel has LUKS2. The node keeps LUKS2: the disk is refused,
+// nothing is mounted, nothing is written (the host compares the image).
+func hostCraftedExt4() {
+	sd, err := diskmapper.Prepare(context.Background(), ext4Disk, guestLog)
+	switch {
+	case err == nil:
+		result("ext4-refused", fmt.Errorf("diskmapper.Prepare took the host's ext4 disk as a %s state disk %s", sd.Backend, sd.UUID), "")
+		if d, uerr := sd.Unlock(context.Background(), make([]byte, luks.KeySize), "/run/crafted"); uerr == nil {
+			d.Close()
+		}
+	case mountedFrom(ext4Disk) != "":
+		result("ext4-refused", fmt.Errorf("refused (%v), but mounted: %s", err, mountedFrom(ext4Disk)), "")
+	default:
+		result("ext4-refused", nil, "%v", err)
+	}
+}
+
+// tamperedHeader: the host rewrote the header of the node's state disk (both copies, checksums recomputed) to a
+// cipher_null segment without integrity and put a plaintext ext4 at the data offset; the genuine keyslot is
+// unchanged, so the node's key still opens it. The node refuses to unlock, maps and mounts nothing, and
+// writes nothing (the host compares the image).
+func tamperedHeader() {
+	ctx := context.Background()
+	sd, err := diskmapper.Prepare(ctx, tamperDisk, guestLog)
+	if err == nil {
+		var key []byte
+		if key, err = deriver.DiskKey(sd.UUID); err != nil {
+			result("tamper-key", err, "")
+			return
+		}
+		var d *diskmapper.Disk
+		if d, err = sd.Unlock(ctx, key, "/run/tampered"); err == nil {
+			got, _ := os.ReadFile(filepath.Join(d.StateDir, "host-planted"))
+			os.WriteFile(filepath.Join(d.StateDir, "written-by-node"), []byte(nodeMarker), 0o600)
+			d.Close()
+			result("tamper-refused", fmt.Errorf("the node unlocked the rewritten disk and mounted the host's filesystem (it reads %q)", got), "")
+			return
+		}
+	}
+	if _, serr := os.Stat("/dev/mapper/" + diskmapper.MappingName); serr == nil || mountedFrom(tamperDisk) != "" {
+		result("tamper-refused", fmt.Errorf("refused (%v), but mapped or mounted: %s", err, mountedFrom(tamperDisk)), "")
+		return
+	}
+	if !errors.Is(err, luks.ErrBadParameters) {
+		result("tamper-refused", fmt.Errorf("want a refusal of the header's parameters, got %v", err), "")
+		return
+	}
+	result("tamper-refused", nil, "%v", err)
 }
 
 // nodeSecondBoot is the node's next boot: the disk holds its state; a wrong key is refused; the key derived for
