@@ -118,3 +118,26 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A configuration whose measurements would accept any node image is invalid: it is neither written nor loaded,
+// so the CLI never sends it to a node.
+func TestRefusesAcceptAnyImage(t *testing.T) {
+	for name, m := range map[string]measurements.M{
+		"all warn-only":       {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}, WarnOnly: true}},
+		"image PCR missing":   {0: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}},
+		"image PCR warn-only": {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := valid()
+			c.Attestation.Measurements = m
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), "attestation.measurements: the measurement policy accepts any node image") {
+				t.Fatalf("Validate = %v, want the measurements refused", err)
+			}
+			path := filepath.Join(t.TempDir(), FileName)
+			if err := c.Write(path, false); err == nil {
+				t.Fatal("Write accepted the configuration")
+			}
+		})
+	}
+}

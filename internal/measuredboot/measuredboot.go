@@ -37,8 +37,8 @@ const FirmwareVersion = "v1"
 // PCRs the scheme defines.
 const (
 	PCRFirmware   = 0
-	PCRNodeImage  = 4
-	PCRBootParams = 8
+	PCRNodeImage  = measurements.PCRNodeImage
+	PCRBootParams = measurements.PCRBootParams
 )
 
 // MaxCmdline bounds the boot command line.
