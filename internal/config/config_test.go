@@ -141,3 +141,17 @@ func TestRefusesAcceptAnyImage(t *testing.T) {
 		})
 	}
 }
+
+// A configuration of a variant whose vTPM the hypervisor implements carries the variant's warning at its top.
+func TestHeaderWarnsOfHostVTPM(t *testing.T) {
+	for _, variant := range []string{"aws-sev-snp", "gcp-sev-snp"} {
+		if h := string(Header(variant)); !strings.Contains(h, "\n# WARNING: "+variant+" PCRs are not hardware-rooted") {
+			t.Errorf("%s: header %q lacks the warning", variant, h)
+		}
+	}
+	for _, variant := range []string{"mini-vtpm", "azure-sev-snp", "qemu-tdx"} {
+		if h := string(Header(variant)); strings.Contains(h, "WARNING") {
+			t.Errorf("%s: header %q warns", variant, h)
+		}
+	}
+}
