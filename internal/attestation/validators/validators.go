@@ -55,7 +55,8 @@ type SNP struct {
 
 // TDX is the TDX part of a policy.
 type TDX struct {
-	// Policy must pass tdx.Policy.ValidateForCluster.
+	// Policy must pass tdx.Policy.ValidateForCluster, and for a variant without a vTPM (qemu-tdx)
+	// tdx.Policy.ValidateForClusterWithoutVTPM (RTMR0-3 set).
 	Policy tdx.Policy
 	// Collateral is Intel's collateral, as read by tdx.ReadCollateralFiles; New parses it strictly.
 	Collateral tdx.CollateralFiles
@@ -158,7 +159,11 @@ func build(variant attestation.Variant, p *Policy, opts Options) (attestation.Va
 		}
 	case attestation.TDX:
 		policy := p.TDX.Policy.Clone()
-		if err := policy.ValidateForCluster(); err != nil {
+		validate := policy.ValidateForCluster
+		if !variant.VTPM {
+			validate = policy.ValidateForClusterWithoutVTPM
+		}
+		if err := validate(); err != nil {
 			return nil, fmt.Errorf("%w: the TDX policy: %w", ErrPolicy, err)
 		}
 		collateral, err := tdx.ParseCollateral(p.TDX.Collateral)
