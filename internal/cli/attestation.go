@@ -290,9 +290,16 @@ func showDocument(w io.Writer, doc *attestation.Document) {
 		fmt.Fprintf(w, "Event log: unparsable: %v\n", err)
 		return
 	}
-	fmt.Fprintf(w, "Event log (%d events)\n", len(events))
+	fmt.Fprintf(w, "Event log (%d events; only digests replayed against a verified quote count, and of an event's type\n"+
+		"and data only what its digest binds: the rest is marked unverified)\n", len(events))
+	if v, err := attestation.VariantByName(doc.Variant); err != nil || !v.VTPM {
+		fmt.Fprintf(w, "  the variant defines no measurement scheme: no event's type or data is bound\n")
+	} else if err := eventlog.CheckData(events, vtpm.Scheme(v)); err != nil {
+		// Binding stays Unbound for every event: nothing of the log's text is shown as bound.
+		fmt.Fprintf(w, "  ALTERED: %v\n", err)
+	}
 	for _, e := range events {
-		fmt.Fprintf(w, "  #%-3d PCR %2d %-14s sha256:%x %s\n", e.Seq, e.PCR, e.Type, e.Digest[:8], e.Description())
+		fmt.Fprintf(w, "  #%-3d PCR %2d sha256:%x %s\n", e.Seq, e.PCR, e.Digest[:8], e.Explain())
 	}
 }
 
