@@ -211,7 +211,8 @@ type Mismatch struct {
 	// Actual is the quoted value; nil when the evidence does not cover the PCR.
 	Actual   []byte
 	WarnOnly bool
-	// Events describe, from the verified event log, the measurements that produced Actual.
+	// Events describe, from the verified event log, the measurements that produced Actual; what the events'
+	// digests do not bind (their type or data) is marked unverified.
 	Events []string
 }
 

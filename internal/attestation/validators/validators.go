@@ -6,8 +6,8 @@
 // with a (v)TPM, the attestation-key roots of mini-vtpm, the SEV-SNP policy with its offline CRLs and VCEK
 // cache, or the TDX policy with Intel's collateral. [New] fails closed: an unknown or unsupported variant,
 // a variant without its hardware policy, a policy of another variant's hardware, or an invalid policy
-// (allowDebug, a fixed reportData, no measurements, ...) is an error that says what to fix, never a
-// validator that checks less. The validators compute the expected REPORT_DATA for every validation from the
+// (allowDebug, a fixed reportData, no measurements, measurements that accept any node image, a qemu-tdx
+// policy without RTMR0-3, ...) is an error that says what to fix, never a validator that checks less. The validators compute the expected REPORT_DATA for every validation from the
 // verifier's nonce (variants without a vTPM) or the attestation key the evidence names (variants with a
 // vTPM, whose quote then binds the nonce).
 package validators
