@@ -16,6 +16,7 @@ FUZZ_TARGETS := \
 	./internal/attestation/measurements:FuzzParse \
 	./internal/attestation/vtpm:FuzzParseQuote \
 	./internal/attestation/vtpm:FuzzVerifySignature \
+	./internal/attestation/vtpm:FuzzEventLog \
 	./internal/atls:FuzzNonceFromCAs \
 	./internal/atls:FuzzFindEvidence \
 	./internal/attestation/akca:FuzzChallenge \

@@ -12,6 +12,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"strings"
@@ -343,7 +344,12 @@ func TestGRPC(t *testing.T) {
 			t.Fatalf("gRPC call over aTLS: %v", err)
 		}
 	}
-	strict, _ := vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, measurements.M{9: {}}, nil)
+	wrong := maps.Clone(node.Policy)
+	wrong[9] = measurements.Measurement{}
+	strict, err := vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, wrong, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := call([]attestation.Validator{strict}); err == nil || !strings.Contains(err.Error(), "PCR 9") {
 		t.Fatalf("gRPC call to a server with wrong measurements = %v", err)
 	}

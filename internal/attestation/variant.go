@@ -21,7 +21,25 @@ type Variant struct {
 	Hardware Hardware
 	// VTPM says whether the evidence carries a TPM 2.0 quote, whose PCR values a measurement policy checks.
 	VTPM bool
+	// HostVTPM says that the vTPM is implemented by the hypervisor, outside the confidential VM's protection.
+	// The hardware report binds only the vTPM's attestation key, so the host can quote any PCR values with
+	// it: the PCRs are not hardware-rooted. See [Variant.Warning].
+	HostVTPM bool
 }
+
+// Warning is the one-line warning a verifier shows with evidence of the variant, or "" if there is none to
+// show: for the variants whose vTPM the hypervisor implements, that their PCRs are not hardware-rooted.
+func (v Variant) Warning() string {
+	if !v.HostVTPM {
+		return ""
+	}
+	return fmt.Sprintf("WARNING: %s PCRs are not hardware-rooted: the vTPM runs in the hypervisor, outside %s protection; "+
+		"the %s report binds only its attestation key, so the host can forge every PCR (node image, boot parameters, cluster ID). "+
+		"Only the launch measurement is verified by the hardware.", v.Name, v.Hardware.Title(), v.Hardware.Title())
+}
+
+// Title is the technology's name as vendors write it: "SEV-SNP", "TDX"; "" for NoHardware.
+func (h Hardware) Title() string { return strings.ToUpper(string(h)) }
 
 // Hardware names a confidential-computing technology that signs evidence.
 type Hardware string
@@ -75,22 +93,26 @@ var (
 		Hardware:    TDX,
 	}
 	// AWSSEVSNP is an AMD SEV-SNP report of an AWS EC2 instance (signed by a VLEK) whose REPORT_DATA binds
-	// the attestation key of the instance's vTPM, combined with a quote of that vTPM.
+	// the attestation key of the instance's vTPM, combined with a quote of that vTPM. The vTPM (NitroTPM) is
+	// implemented by the Nitro hypervisor, outside SEV-SNP protection: its PCRs are not hardware-rooted.
 	AWSSEVSNP = Variant{
 		Name:        "aws-sev-snp",
 		OID:         oid(1, 4),
-		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (AWS)",
+		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (AWS); the vTPM is the hypervisor's, so its PCRs are not hardware-rooted",
 		Hardware:    SEVSNP,
 		VTPM:        true,
+		HostVTPM:    true,
 	}
 	// GCPSEVSNP is an AMD SEV-SNP report of a Google Compute Engine instance whose REPORT_DATA binds the
-	// attestation key of the instance's vTPM, combined with a quote of that vTPM.
+	// attestation key of the instance's vTPM, combined with a quote of that vTPM. The vTPM is implemented by
+	// the host's hypervisor, outside SEV-SNP protection: its PCRs are not hardware-rooted.
 	GCPSEVSNP = Variant{
 		Name:        "gcp-sev-snp",
 		OID:         oid(1, 5),
-		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (GCP)",
+		Description: "AMD SEV-SNP report binding the vTPM attestation key, plus a TPM 2.0 quote over PCRs 0-23 (GCP); the vTPM is the hypervisor's, so its PCRs are not hardware-rooted",
 		Hardware:    SEVSNP,
 		VTPM:        true,
+		HostVTPM:    true,
 	}
 	// AzureSEVSNP is the AMD SEV-SNP report of an Azure confidential VM, which the paravisor (HCL) stores in
 	// a vTPM NV index and whose REPORT_DATA binds the vTPM attestation key, combined with a vTPM quote.

@@ -290,13 +290,9 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; is this the master secret of this cluster?", err))
 	}
 	// The first control-plane node keeps the cluster's policy for its key service; the others have none.
-	var policy measurements.M
-	if raw, err := os.ReadFile(s.disk.policyFile()); err == nil {
-		if policy, err = measurements.Parse(raw); err != nil {
-			return nil, status.Error(codes.Internal, fmt.Sprintf("the measurement policy on the state disk: %v", err))
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("reading the cluster's measurement policy from the state disk: %v", err))
+	policy, err := readClusterPolicy(s.disk.policyFile())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
 	s.done = true
 	ev := measuredboot.ClusterIDEvent(clusterID)
@@ -322,4 +318,22 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	}
 	s.log.Info("node recovered")
 	return &initpb.RecoverResponse{ClusterId: clusterID}, nil
+}
+
+// readClusterPolicy reads the cluster's measurement policy that init kept on the state disk; nil if there is
+// none (a node other than the first control-plane node). A policy that is not valid (one that would accept
+// any node image, too) is an error: the key service is never started with it.
+func readClusterPolicy(path string) (measurements.M, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the cluster's measurement policy from the state disk: %w", err)
+	}
+	policy, err := measurements.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("the measurement policy on the state disk %s: %w", path, err)
+	}
+	return policy, nil
 }

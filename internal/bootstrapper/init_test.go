@@ -73,6 +73,13 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 			t.Fatalf("%s: Init = %v, want InvalidArgument", name, err)
 		}
 	}
+	// A policy that would let the join service admit any node image: refused before anything happens.
+	for name, bad := range tpmtest.AcceptAnyImage(node.Policy) {
+		raw, _ := json.Marshal(bad)
+		if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: raw}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "accepts any node image") {
+			t.Fatalf("%s: Init = %v, want InvalidArgument: accepts any node image", name, err)
+		}
+	}
 	pcr15 := func() []byte {
 		pcrs, err := client.ReadPCRs(node.TPM, client.FullPcrSel(tpm2.AlgSHA256))
 		if err != nil {

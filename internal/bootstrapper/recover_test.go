@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -167,4 +168,30 @@ func mountOptions(t *testing.T, target string) []string {
 		t.Fatalf("%s is not mounted", target)
 	}
 	return opts
+}
+
+// Recovery hands the key service the policy kept on the state disk; one that would accept any node image is
+// refused, and a missing one (a node other than the first control-plane node) is no policy.
+func TestRecoverRefusesAnAcceptAnyImagePolicy(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	path := filepath.Join(t.TempDir(), "measurements.json")
+	if p, err := readClusterPolicy(path); err != nil || p != nil {
+		t.Fatalf("no policy file: %v, %v", p, err)
+	}
+	good, _ := json.Marshal(node.Policy)
+	os.WriteFile(path, good, 0o600)
+	if p, err := readClusterPolicy(path); err != nil || len(p) != len(node.Policy) {
+		t.Fatalf("the policy init kept: %v, %v", p, err)
+	}
+	for name, bad := range tpmtest.AcceptAnyImage(node.Policy) {
+		raw, _ := json.Marshal(bad)
+		os.WriteFile(path, raw, 0o600)
+		if p, err := readClusterPolicy(path); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+			t.Errorf("%s: readClusterPolicy = %v, %v; want ErrAcceptsAnyImage", name, p, err)
+		}
+	}
 }

@@ -114,6 +114,7 @@ func runVerify(cmd *cobra.Command, f verifyFlags) error {
 	if err != nil {
 		return badInput("%w", err)
 	}
+	printVariantWarning(cmd, policy.Variant)
 	userData, err := validator.Validate(context.Background(), raw, nonce)
 	if err != nil {
 		return checkFailed(fmt.Errorf("evidence does not verify: %w", err))
@@ -175,6 +176,14 @@ func verifyPolicy(f verifyFlags, variant string) (*validators.Policy, error) {
 	return &validators.Policy{Variant: variant, Measurements: pcrs, AKRoots: roots}, nil
 }
 
+// printVariantWarning writes the variant's warning (what its evidence cannot prove) to stderr, if it has one,
+// whatever the verification's outcome.
+func printVariantWarning(cmd *cobra.Command, variant string) {
+	if v, err := attestation.VariantByName(variant); err == nil && v.Warning() != "" {
+		fmt.Fprintln(cmd.ErrOrStderr(), v.Warning())
+	}
+}
+
 func readFile(path, what string) ([]byte, error) {
 	if path == "" {
 		return nil, badInput("no %s file given", what)
@@ -228,11 +237,14 @@ func readCertificates(path string) ([]*x509.Certificate, error) {
 func showDocument(w io.Writer, doc *attestation.Document) {
 	fmt.Fprintf(w, "Evidence (NOT verified; use 'constellation attestation verify')\n")
 	fmt.Fprintf(w, "  Version:    %d\n", doc.Version)
-	desc := ""
+	desc, warning := "", ""
 	if v, err := attestation.VariantByName(doc.Variant); err == nil {
-		desc = " (" + v.Description + ")"
+		desc, warning = " ("+v.Description+")", v.Warning()
 	}
 	fmt.Fprintf(w, "  Variant:    %s%s\n", doc.Variant, desc)
+	if warning != "" {
+		fmt.Fprintf(w, "  %s\n", warning)
+	}
 	fmt.Fprintf(w, "  User data:  %s\n", hexOrNone(doc.UserData))
 	showHardware(w, doc)
 	if doc.TPM == nil {
@@ -278,9 +290,16 @@ func showDocument(w io.Writer, doc *attestation.Document) {
 		fmt.Fprintf(w, "Event log: unparsable: %v\n", err)
 		return
 	}
-	fmt.Fprintf(w, "Event log (%d events)\n", len(events))
+	fmt.Fprintf(w, "Event log (%d events; only digests replayed against a verified quote count, and of an event's type\n"+
+		"and data only what its digest binds: the rest is marked unverified)\n", len(events))
+	if v, err := attestation.VariantByName(doc.Variant); err != nil || !v.VTPM {
+		fmt.Fprintf(w, "  the variant defines no measurement scheme: no event's type or data is bound\n")
+	} else if err := eventlog.CheckData(events, vtpm.Scheme(v)); err != nil {
+		// Binding stays Unbound for every event: nothing of the log's text is shown as bound.
+		fmt.Fprintf(w, "  ALTERED: %v\n", err)
+	}
 	for _, e := range events {
-		fmt.Fprintf(w, "  #%-3d PCR %2d %-14s sha256:%x %s\n", e.Seq, e.PCR, e.Type, e.Digest[:8], e.Description())
+		fmt.Fprintf(w, "  #%-3d PCR %2d sha256:%x %s\n", e.Seq, e.PCR, e.Digest[:8], e.Explain())
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
@@ -148,5 +149,36 @@ func TestAttestationShow(t *testing.T) {
 	}
 	if _, _, code := run("attestation", "show", f.ca); code != 2 {
 		t.Fatalf("show of a non-evidence file: code %d, want 2", code)
+	}
+}
+
+// attestation show marks what an event's digest does not bind. The host alters an event's data so that the
+// output names another node image: the event is shown as altered and unverified, never as it was.
+func TestAttestationShowMarksAlteredData(t *testing.T) {
+	f, _ := writeFiles(t)
+	raw, err := os.ReadFile(f.evidence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := attestation.ParseDocument(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var genuine bytes.Buffer
+	showDocument(&genuine, doc)
+	if !strings.Contains(genuine.String(), "EV_IPL: node image sha256:1111") || strings.Contains(genuine.String(), "ALTERED") {
+		t.Fatalf("genuine evidence:\n%s", genuine.String())
+	}
+	doc.TPM.EventLog = bytes.Replace(doc.TPM.EventLog, []byte("sha256:1111"), []byte("sha256:2222"), 1)
+	var altered bytes.Buffer
+	showDocument(&altered, doc)
+	out := altered.String()
+	if !strings.Contains(out, "ALTERED: event log: event data not as the measurement scheme defines: event 0") {
+		t.Errorf("altered evidence not marked:\n%s", out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "sha256:2222") && !strings.Contains(l, "EV_IPL (unverified): node image sha256:2222") {
+			t.Errorf("altered data shown without the unverified mark: %q", l)
+		}
 	}
 }

@@ -84,5 +84,6 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), node image %s, %d expected PCRs.\n",
 		path, controlPlanes, workers, manifest.Digest, len(policy))
+	printVariantWarning(cmd, c.Attestation.Variant)
 	return nil
 }

@@ -63,6 +63,7 @@ func newVerifyCmd() *cobra.Command {
 			if _, err := validators.New(policy, validators.Options{}); err != nil {
 				return badInput("%w", err)
 			}
+			printVariantWarning(cmd, policy.Variant)
 			if cs, ok, err := loadClusterState(workspace(cmd)); err != nil {
 				return badInput("%w", err)
 			} else if ok {

@@ -64,6 +64,9 @@ func TestAttestationVerifyHardware(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "evidence does not verify") || !strings.Contains(errOut, "ARK") {
 		t.Fatalf("aws-sev-snp evidence of an untrusted PKI: code %d, stderr %q", code, errOut)
 	}
+	if !strings.Contains(errOut, hostVTPMWarning) {
+		t.Errorf("attestation verify of aws-sev-snp evidence does not warn that its PCRs are not hardware-rooted: %q", errOut)
+	}
 	for name, tc := range map[string]struct {
 		args     []string
 		code     int
@@ -106,5 +109,31 @@ func TestAttestationVerifyConfig(t *testing.T) {
 	}
 	if _, errOut, code := run("attestation", "verify", "--evidence", f.evidence, "--config", conf, "--nonce", f.nonce); code != 2 || !strings.Contains(errOut, "mini-vtpm needs the certificate of the CA") {
 		t.Fatalf("without --ca: code %d, stderr %q", code, errOut)
+	}
+}
+
+const hostVTPMWarning = "WARNING: aws-sev-snp PCRs are not hardware-rooted: the vTPM runs in the hypervisor"
+
+// Whoever looks at or verifies evidence of a variant whose vTPM the hypervisor implements is told, in one line,
+// that its PCRs are not hardware-rooted.
+func TestHostVTPMWarningIsPrinted(t *testing.T) {
+	dir, evidence, conf, _ := hardwareEvidence(t, false)
+	out, errOut, code := run("attestation", "show", evidence)
+	if code != 0 || !strings.Contains(out, "  "+hostVTPMWarning) || !strings.Contains(out, "the vTPM is the hypervisor's, so its PCRs are not hardware-rooted") {
+		t.Fatalf("attestation show: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// verify warns before it asks the node (here: nothing listens; the loopback port is closed).
+	if filepath.Dir(conf) != dir {
+		t.Fatal("configuration not in the workspace")
+	}
+	_, errOut, code = run("verify", "--workspace", dir, "--node-endpoint", "127.0.0.1:1")
+	if code != 1 || !strings.Contains(errOut, hostVTPMWarning) {
+		t.Fatalf("verify: code %d, stderr %q", code, errOut)
+	}
+	// mini-vtpm evidence comes without the warning.
+	f, _ := writeFiles(t)
+	out, _, _ = run("attestation", "show", f.evidence)
+	if strings.Contains(out, "WARNING") {
+		t.Errorf("attestation show of mini-vtpm evidence warns: %q", out)
 	}
 }

@@ -35,7 +35,7 @@ func (a *Attestation) problems(provider Provider) []string {
 			p = append(p, a.SNP.problems()...)
 		}
 		if a.TDX != nil {
-			p = append(p, a.TDX.problems()...)
+			p = append(p, a.TDX.problems(true)...)
 		}
 		return p
 	}
@@ -51,7 +51,7 @@ func (a *Attestation) problems(provider Provider) []string {
 	case variant.Hardware == attestation.TDX && a.TDX == nil:
 		p = append(p, fmt.Sprintf("attestation.tdx: %s needs a TDX policy (at least mrtd) and collateralDir", variant))
 	case variant.Hardware == attestation.TDX:
-		p = append(p, a.TDX.problems()...)
+		p = append(p, a.TDX.problems(variant.VTPM)...)
 	case a.TDX != nil:
 		p = append(p, fmt.Sprintf("attestation.tdx: set, but %s evidence has no TDX quote; remove it", variant))
 	}
@@ -96,8 +96,13 @@ func dirProblem(path string) string {
 	return ""
 }
 
-func (t *TDX) problems() []string {
-	p := policyProblems("attestation.tdx", t.Policy.ValidateForCluster())
+// problems lists the problems of the TDX section; a variant without a vTPM (qemu-tdx) needs rtmr0 to rtmr3.
+func (t *TDX) problems(withVTPM bool) []string {
+	validate := t.Policy.ValidateForCluster
+	if !withVTPM {
+		validate = t.Policy.ValidateForClusterWithoutVTPM
+	}
+	p := policyProblems("attestation.tdx", validate())
 	if t.CollateralDir == "" {
 		p = append(p, "attestation.tdx.collateralDir: not set; a verifier needs the offline cache of Intel's collateral (TCB info, QE identity, CRLs, TCB signing chain)")
 	}

@@ -59,9 +59,15 @@ const snpSection = `  snp:
 const tdxSection = `  tdx:
     mrtd: ["` + hex48x11 + `"]
     rtmr0: "` + hex48x20 + `"
+    rtmr1: "` + hex48x20 + `"
+    rtmr2: "` + hex48x20 + `"
+    rtmr3: "` + hex48x20 + `"
     acceptedTCBStatuses: [UpToDate, SWHardeningNeeded]
     collateralDir: /var/cache/intel
 `
+
+// rtmrs sets rtmr0 to rtmr3 in a tdx section.
+var rtmrs = "    rtmr0: '" + strings.Repeat("20", 48) + "'\n    rtmr1: '" + strings.Repeat("21", 48) + "'\n    rtmr2: '" + strings.Repeat("22", 48) + "'\n    rtmr3: '" + strings.Repeat("23", 48) + "'\n"
 
 // parseUnchecked reads a configuration without validating it.
 func parseUnchecked(t *testing.T, raw string) *Config {
@@ -180,6 +186,10 @@ func TestHardwareSectionProblems(t *testing.T) {
 			[]string{"attestation.tdx: no accepted MRTD", "attestation.tdx: rtmr1 has 1 bytes", "attestation.tdx: TCB status Revoked cannot be accepted", `attestation.tdx: "Great" is not a TCB status`, "attestation.tdx.collateralDir: not set"}},
 		"TDX debug attributes": {"qemu-tdx", tdxSection + "    tdAttributes: \"0100000000000000\"\n", []string{"debug"}},
 		"no TDX section":       {"qemu-tdx", "", []string{"attestation.tdx: qemu-tdx needs a TDX policy"}},
+		"qemu-tdx with only MRTD": {"qemu-tdx", "  tdx:\n    mrtd: [\"" + hex48x11 + "\"]\n    collateralDir: /var/cache/intel\n",
+			[]string{"attestation.tdx: rtmr0, rtmr1, rtmr2, rtmr3 not set", "accepts any image"}},
+		"qemu-tdx without SEPT_VE_DISABLE": {"qemu-tdx", tdxSection + "    tdAttributes: \"0000000000000000\"\n", []string{"attestation.tdx: tdAttributes 0000000000000000 has SEPT_VE_DISABLE clear"}},
+		"TDX migratable attributes":        {"qemu-tdx", tdxSection + "    tdAttributes: \"0000003000000000\"\n", []string{"MIGRATABLE set, but allowMigratable is false"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(problemsExceptProvider(t, parseUnchecked(t, hardwareConfig(tc.variant, tc.sections))), "\n")
@@ -249,7 +259,7 @@ func TestHardwareCachePaths(t *testing.T) {
 func TestLoadAttestation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, FileName)
-	raw := hardwareConfig("qemu-tdx", "  tdx:\n    mrtd: ['"+strings.Repeat("11", 48)+"']\n    collateralDir: intel\n")
+	raw := hardwareConfig("qemu-tdx", "  tdx:\n    mrtd: ['"+strings.Repeat("11", 48)+"']\n"+rtmrs+"    collateralDir: intel\n")
 	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
@@ -232,8 +233,17 @@ func (c *Config) Write(path string, overwrite bool) error {
 			return err
 		}
 	}
+	return atomicfile.Write(path, append(Header(c.Attestation.Variant), raw...), 0o644)
+}
+
+// Header is the comment at the top of a written configuration: what it is, and the warning of the attestation
+// variant (what its evidence cannot prove), if it has one.
+func Header(variant string) []byte {
 	header := []byte("# Constellation cluster configuration. The measurements are what every node must present.\n")
-	return atomicfile.Write(path, append(header, raw...), 0o644)
+	if v, err := attestation.VariantByName(variant); err == nil && v.Warning() != "" {
+		header = append(header, "# "+v.Warning()+"\n"...)
+	}
+	return header
 }
 
 // ImagePath resolves the node image path relative to the configuration file's directory.

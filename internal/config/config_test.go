@@ -118,3 +118,40 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A configuration whose measurements would accept any node image is invalid: it is neither written nor loaded,
+// so the CLI never sends it to a node.
+func TestRefusesAcceptAnyImage(t *testing.T) {
+	for name, m := range map[string]measurements.M{
+		"all warn-only":       {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}, WarnOnly: true}},
+		"image PCR missing":   {0: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}},
+		"image PCR warn-only": {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := valid()
+			c.Attestation.Measurements = m
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), "attestation.measurements: the measurement policy accepts any node image") {
+				t.Fatalf("Validate = %v, want the measurements refused", err)
+			}
+			path := filepath.Join(t.TempDir(), FileName)
+			if err := c.Write(path, false); err == nil {
+				t.Fatal("Write accepted the configuration")
+			}
+		})
+	}
+}
+
+// A configuration of a variant whose vTPM the hypervisor implements carries the variant's warning at its top.
+func TestHeaderWarnsOfHostVTPM(t *testing.T) {
+	for _, variant := range []string{"aws-sev-snp", "gcp-sev-snp"} {
+		if h := string(Header(variant)); !strings.Contains(h, "\n# WARNING: "+variant+" PCRs are not hardware-rooted") {
+			t.Errorf("%s: header %q lacks the warning", variant, h)
+		}
+	}
+	for _, variant := range []string{"mini-vtpm", "azure-sev-snp", "qemu-tdx"} {
+		if h := string(Header(variant)); strings.Contains(h, "WARNING") {
+			t.Errorf("%s: header %q warns", variant, h)
+		}
+	}
+}

@@ -205,7 +205,8 @@ func TestParseAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &validators.Policy{Variant: "qemu-tdx", TDX: &validators.TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{bytes.Repeat([]byte{1}, 48)}}, Collateral: *files}}
+	r := func(b byte) tdx.HexBytes { return bytes.Repeat([]byte{b}, 48) }
+	in := &validators.Policy{Variant: "qemu-tdx", TDX: &validators.TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{r(1)}, RTMR0: r(2), RTMR1: r(3), RTMR2: r(4), RTMR3: r(5)}, Collateral: *files}}
 	raw, err := MarshalAttestation(in)
 	if err != nil {
 		t.Fatal(err)
@@ -219,6 +220,17 @@ func TestParseAttestation(t *testing.T) {
 	}
 	if _, err := validators.New(out, validators.Options{}); err != nil {
 		t.Fatalf("the parsed TDX policy: %v", err)
+	}
+	// A qemu-tdx policy with only MRTD (the public firmware) would admit any kernel: the join service's
+	// configuration refuses it.
+	onlyMRTD := *in.TDX
+	onlyMRTD.Policy = tdx.Policy{MRTD: []tdx.HexBytes{r(1)}}
+	rawOnly, err := MarshalAttestation(&validators.Policy{Variant: "qemu-tdx", TDX: &onlyMRTD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseState(map[string][]byte{AttestationFile: rawOnly, ClusterIDFile: []byte(strings.Repeat("01", 32))}, validators.Options{}); err == nil || !strings.Contains(err.Error(), "rtmr0, rtmr1, rtmr2, rtmr3 not set") {
+		t.Errorf("join configuration with a qemu-tdx policy of only MRTD: %v", err)
 	}
 	for name, tc := range map[string]struct{ raw, want string }{
 		"empty":           {"", "must name the attestation variant"},

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"math/big"
 	"net"
@@ -297,6 +298,20 @@ func TestConfigRejects(t *testing.T) {
 	}
 	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id); err == nil {
 		t.Fatal("ConfigData accepted a policy with the cluster-ID PCR")
+	}
+	for name, bad := range tpmtest.AcceptAnyImage(clusterPolicy(node)) {
+		// The CLI's side refuses to write it, and the join service refuses to run with it: under it the join
+		// service would admit a node booted from any image.
+		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+			t.Errorf("%s: ConfigData = %v, want ErrAcceptsAnyImage", name, err)
+		}
+		dir := t.TempDir()
+		writeConfig(t, dir, clusterPolicy(node), roots, id)
+		raw, _ := json.Marshal(bad)
+		os.WriteFile(filepath.Join(dir, MeasurementsFile), raw, 0o644)
+		if _, err := NewConfig(dir, nil); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+			t.Errorf("%s: NewConfig = %v, want ErrAcceptsAnyImage", name, err)
+		}
 	}
 	for name, mutate := range map[string]func(dir string){
 		"missing file": func(dir string) { os.Remove(filepath.Join(dir, AKRootsFile)) },

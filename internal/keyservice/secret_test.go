@@ -170,6 +170,31 @@ func TestParseSecretRejects(t *testing.T) {
 	}
 }
 
+// The bootstrapper's handover decides whom the key service serves: a policy that would accept any node image
+// is refused on both sides of the socket.
+func TestSecretRefusesAcceptAnyImage(t *testing.T) {
+	s := testSecret(t)
+	s.Measurements[0] = measurements.Measurement{Expected: measurements.Digest{0x11}}
+	for name, bad := range tpmtest.AcceptAnyImage(s.Measurements) {
+		t.Run(name, func(t *testing.T) {
+			raw := secretWire(t, func(m map[string]any) {
+				pcrs, _ := json.Marshal(bad)
+				var v any
+				json.Unmarshal(pcrs, &v)
+				m["measurements"] = v
+			})
+			if _, err := ParseSecret(raw); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+				t.Errorf("ParseSecret = %v, want ErrAcceptsAnyImage", err)
+			}
+			c := *s
+			c.Measurements = bad
+			if err := NewSecretHolder(slog.New(slog.DiscardHandler)).Set(&c); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+				t.Errorf("Set = %v, want ErrAcceptsAnyImage", err)
+			}
+		})
+	}
+}
+
 func FuzzParseSecret(f *testing.F) {
 	f.Add(secretWire(f, nil))
 	f.Add(secretWire(f, func(m map[string]any) { m["version"] = 2 }))

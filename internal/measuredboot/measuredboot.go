@@ -12,12 +12,21 @@
 //	PCR 8  EV_IPL             "constellation boot parameters: <command line>"
 //
 // PCR 15 stays zero until the node is initialised or joins a cluster; then the bootstrapper extends the
-// cluster ID into it (measurements.PCRClusterID).
+// cluster ID into it (measurements.PCRClusterID):
+//
+//	PCR 15 EV_EVENT_TAG       "constellation cluster id <hex>"
+//
+// [Scheme] is this definition for a verifier: every event's digest is the SHA-256 of its data, and the data
+// decides the type (00000000 is EV_SEPARATOR, the firmware version EV_S_CRTM_VERSION, the cluster ID
+// EV_EVENT_TAG, anything else EV_IPL), so neither the data nor the type of an event can be changed without
+// the validator noticing.
 package measuredboot
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -37,8 +46,8 @@ const FirmwareVersion = "v1"
 // PCRs the scheme defines.
 const (
 	PCRFirmware   = 0
-	PCRNodeImage  = 4
-	PCRBootParams = 8
+	PCRNodeImage  = measurements.PCRNodeImage
+	PCRBootParams = measurements.PCRBootParams
 )
 
 // MaxCmdline bounds the boot command line.
@@ -53,6 +62,44 @@ type Boot struct {
 	Cmdline string
 }
 
+// Prefixes of the scheme's event data.
+const (
+	firmwarePrefix  = "constellation mini firmware "
+	clusterIDPrefix = "constellation cluster id "
+)
+
+var separatorData = []byte{0, 0, 0, 0}
+
+// Scheme is the mini firmware's measurement scheme for a verifier (see the package documentation): every
+// extending event's digest is the SHA-256 of its data, and its type is the one the scheme gives its data;
+// the scheme logs no EV_NO_ACTION events.
+var Scheme eventlog.Scheme = scheme{}
+
+type scheme struct{}
+
+func (scheme) Bind(e eventlog.Event) (eventlog.Binding, error) {
+	if e.Type == eventlog.NoAction {
+		return eventlog.Unbound, errors.New("the mini firmware logs no EV_NO_ACTION events")
+	}
+	if want := typeOf(e.Data); e.Type != want {
+		return eventlog.Unbound, fmt.Errorf("type %v does not fit its data, for which the mini firmware's scheme logs %v", e.Type, want)
+	}
+	return eventlog.TypeAndDataBound, nil
+}
+
+// typeOf is the type the scheme logs data with.
+func typeOf(data []byte) eventlog.EventType {
+	switch {
+	case bytes.Equal(data, separatorData):
+		return eventlog.Separator
+	case bytes.HasPrefix(data, []byte(firmwarePrefix)):
+		return eventlog.SCRTMVersion
+	case bytes.HasPrefix(data, []byte(clusterIDPrefix)):
+		return eventlog.EventTag
+	}
+	return eventlog.IPL
+}
+
 // Event is one measurement.
 type Event struct {
 	PCR  uint32
@@ -65,9 +112,9 @@ func Events(b Boot) ([]Event, error) {
 	if len(b.Cmdline) > MaxCmdline || strings.ContainsAny(b.Cmdline, "\x00\n") {
 		return nil, fmt.Errorf("boot command line must be at most %d bytes without NUL or newline", MaxCmdline)
 	}
-	sep := []byte{0, 0, 0, 0}
+	sep := bytes.Clone(separatorData)
 	return []Event{
-		{PCRFirmware, eventlog.SCRTMVersion, []byte("constellation mini firmware " + FirmwareVersion)},
+		{PCRFirmware, eventlog.SCRTMVersion, []byte(firmwarePrefix + FirmwareVersion)},
 		{PCRFirmware, eventlog.Separator, sep},
 		{PCRNodeImage, eventlog.IPL, []byte("constellation node image sha256:" + hex.EncodeToString(b.ImageDigest[:]))},
 		{PCRNodeImage, eventlog.Separator, sep},
@@ -139,7 +186,7 @@ func Measure(rw io.ReadWriter, b Boot) ([]byte, error) {
 // ClusterIDEvent is the measurement a node makes after init or join: the cluster ID into PCR 15. From then on
 // the node cannot pose as a fresh one, and a verifier learns which cluster the node belongs to.
 func ClusterIDEvent(clusterID []byte) Event {
-	return Event{PCR: measurements.PCRClusterID, Type: eventlog.EventTag, Data: []byte("constellation cluster id " + hex.EncodeToString(clusterID))}
+	return Event{PCR: measurements.PCRClusterID, Type: eventlog.EventTag, Data: []byte(clusterIDPrefix + hex.EncodeToString(clusterID))}
 }
 
 // ExpectedClusterIDPCR is the PCR 15 value of a node of the cluster with this ID.

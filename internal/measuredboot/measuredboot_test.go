@@ -3,8 +3,10 @@ package measuredboot
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-tpm-tools/client"
@@ -110,5 +112,42 @@ func TestMemberAndFreshPolicy(t *testing.T) {
 	}
 	if fresh[4] != policy[4] || fresh[measurements.PCRClusterID].Expected != (measurements.Digest{}) || len(fresh) != 2 {
 		t.Fatalf("FreshPolicy = %v", fresh)
+	}
+}
+
+// Everything the firmware and the bootstrapper log fits the scheme a verifier checks, which binds every
+// event's type and data; a changed type or data does not.
+func TestSchemeBindsEveryEvent(t *testing.T) {
+	_, events, err := Log(boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ClusterIDEvent(bytes.Repeat([]byte{1}, 32))
+	b := eventlog.NewBuilder()
+	events = append(events, b.Append(id.PCR, id.Type, id.Data))
+	if err := eventlog.CheckData(events, Scheme); err != nil {
+		t.Fatalf("the scheme refuses its own events: %v", err)
+	}
+	for _, e := range events {
+		if e.Binding != eventlog.TypeAndDataBound {
+			t.Errorf("event %v: binding %d", e, e.Binding)
+		}
+	}
+	for i := range events {
+		for _, typ := range []eventlog.EventType{eventlog.SCRTMVersion, eventlog.Separator, eventlog.IPL, eventlog.EventTag, eventlog.NoAction, eventlog.PostCode} {
+			if typ == events[i].Type {
+				continue
+			}
+			changed := slices.Clone(events)
+			changed[i].Type = typ
+			if err := eventlog.CheckData(changed, Scheme); !errors.Is(err, eventlog.ErrData) {
+				t.Errorf("event %d as %v: %v, want ErrData", i, typ, err)
+			}
+		}
+		changed := slices.Clone(events)
+		changed[i].Data = append(bytes.Clone(changed[i].Data), '0')
+		if err := eventlog.CheckData(changed, Scheme); !errors.Is(err, eventlog.ErrData) {
+			t.Errorf("event %d with other data: %v, want ErrData", i, err)
+		}
 	}
 }

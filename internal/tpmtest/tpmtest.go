@@ -11,6 +11,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -266,4 +267,21 @@ func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node
 	n.conn = conn
 	n.close = tpm.Close
 	return n, nil
+}
+
+// AcceptAnyImage returns, derived from a valid policy, the policies that would accept any node image and that
+// every entry point must refuse: every PCR warn-only, the node-image PCR missing, the node-image PCR warn-only.
+func AcceptAnyImage(valid measurements.M) map[string]measurements.M {
+	allWarn := measurements.M{}
+	for idx, m := range valid {
+		m.WarnOnly = true
+		allWarn[idx] = m
+	}
+	missing := maps.Clone(valid)
+	delete(missing, measurements.PCRNodeImage)
+	warnImage := maps.Clone(valid)
+	m := warnImage[measurements.PCRNodeImage]
+	m.WarnOnly = true
+	warnImage[measurements.PCRNodeImage] = m
+	return map[string]measurements.M{"all warn-only": allWarn, "image PCR missing": missing, "image PCR warn-only": warnImage}
 }

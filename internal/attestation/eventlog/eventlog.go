@@ -12,6 +12,14 @@
 // Truncation at an event boundary cannot be detected from the log alone (the
 // format has no trailer); such a log parses to the events before the cut, and
 // the mismatch shows up when the replay is compared with the quote.
+//
+// The replay binds only each event's PCR and digest. An event's type and data
+// are descriptive, and bound only where the measurement scheme that wrote the
+// log defines the digest as the hash of the data: [CheckData] checks that for
+// every event a [Scheme] says so and records in [Event.Binding] what is bound.
+// [Event.Explain] renders an event for an operator and marks everything that
+// is not bound as unverified. Show only Explain's text as verified, and only
+// for events of a log whose replay matched a verified quote.
 package eventlog
 
 import (
@@ -154,6 +162,87 @@ type Event struct {
 	Type   EventType // event type
 	Digest [32]byte  // SHA-256 digest extended into PCR (unless Type is NoAction)
 	Data   []byte    // event data; not necessarily what Digest is a hash of
+	// Binding says what of Type and Data the digest binds; set by CheckData, Unbound until then.
+	Binding Binding
+}
+
+// Binding says which descriptive parts of an event its digest binds, under a measurement scheme.
+type Binding int
+
+const (
+	// Unbound: neither type nor data is bound; only the digest is (through the replay).
+	Unbound Binding = iota
+	// DataBound: the digest is the SHA-256 of the data; the type is not bound.
+	DataBound
+	// TypeAndDataBound: the digest is the SHA-256 of the data, and the scheme allows only one type for
+	// that data.
+	TypeAndDataBound
+)
+
+// Scheme is a measurement scheme's definition of its events.
+type Scheme interface {
+	// Bind returns what of an extending event (not NoAction) the scheme binds to its digest, without
+	// checking the digest. An error says the scheme does not allow the event (for example a type that
+	// does not fit its data).
+	Bind(e Event) (Binding, error)
+}
+
+// ErrData is wrapped by the errors of [CheckData].
+var ErrData = errors.New("event log: event data not as the measurement scheme defines")
+
+// CheckData checks the events against scheme and sets each event's Binding: for an event whose digest the
+// scheme defines as the SHA-256 of its data, the digest must be exactly that; an event the scheme does not
+// allow is an error. NoAction events are never extended, so nothing of them is bound; the scheme decides
+// whether it allows them (Bind is called with them, too). On error, no event's Binding is changed.
+func CheckData(events []Event, scheme Scheme) error {
+	bindings := make([]Binding, len(events))
+	for i, e := range events {
+		b, err := scheme.Bind(e)
+		if err != nil {
+			return fmt.Errorf("%w: event %d (PCR %d, %v): %w", ErrData, e.Seq, e.PCR, e.Type, err)
+		}
+		if e.Type == NoAction {
+			b = Unbound
+		}
+		if b != Unbound && !e.DigestMatchesData() {
+			return fmt.Errorf("%w: event %d (PCR %d, %v): the digest is not the SHA-256 of the data, as the scheme defines it (the data was altered)", ErrData, e.Seq, e.PCR, e.Type)
+		}
+		bindings[i] = b
+	}
+	for i := range events {
+		events[i].Binding = bindings[i]
+	}
+	return nil
+}
+
+// TCGScheme is the TCG PC Client Platform Firmware Profile's definition: the digests of EV_SEPARATOR,
+// EV_S_CRTM_VERSION, EV_ACTION, EV_EFI_ACTION and EV_OMIT_BOOT_DEVICE_EVENTS are the hash of their data;
+// every other event's digest covers something else (a PE image, a variable's content, a table). It allows
+// every event and binds no type.
+var TCGScheme Scheme = tcgScheme{}
+
+type tcgScheme struct{}
+
+func (tcgScheme) Bind(e Event) (Binding, error) {
+	switch e.Type {
+	case Separator, SCRTMVersion, Action, EFIAction, OmitBootDeviceEvents:
+		return DataBound, nil
+	}
+	return Unbound, nil
+}
+
+// Explain renders the event for an operator as "<type>: <description>", and says what is not verified: the
+// type where the digest does not bind it, and the data where the digest does not bind it. It is at most
+// about 250 bytes and contains no control characters.
+func (e Event) Explain() string {
+	switch e.Binding {
+	case TypeAndDataBound:
+		return fmt.Sprintf("%v: %s", e.Type, e.Description())
+	case DataBound:
+		return fmt.Sprintf("%v (type unverified): %s", e.Type, e.Description())
+	default:
+		return fmt.Sprintf("%v (unverified): %s", e.Type, e.Description())
+	}
 }
 
 // maxDescription bounds the length in bytes of [Event.Description].
@@ -245,6 +334,18 @@ func Replay(events []Event) map[uint32][32]byte {
 		pcrs[e.PCR] = old
 	}
 	return pcrs
+}
+
+// ResetValue is the SHA-256 value of a PCR after TPM2_Startup, before anything is extended into it (TCG PC
+// Client Platform TPM Profile): all ones for the dynamic-launch PCRs 17 to 22, zero for the others.
+func ResetValue(pcr uint32) [32]byte {
+	var v [32]byte
+	if pcr >= 17 && pcr <= 22 {
+		for i := range v {
+			v[i] = 0xff
+		}
+	}
+	return v
 }
 
 // reader consumes a byte slice with bounds checks.

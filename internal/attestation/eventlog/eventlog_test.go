@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -494,5 +495,66 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("event %d: re-encoded %v, want %v", i, again[i], events[i])
 			}
 		}
+		if err := CheckData(events, TCGScheme); err != nil {
+			if !errors.Is(err, ErrData) {
+				t.Fatalf("CheckData error %v does not wrap ErrData", err)
+			}
+			return
+		}
+		for _, e := range events {
+			if e.Binding != Unbound && !e.DigestMatchesData() {
+				t.Fatalf("event %d bound with a digest that is not its data's hash", e.Seq)
+			}
+			if x := e.Explain(); strings.ContainsFunc(x, func(r rune) bool { return !unicode.IsPrint(r) }) || (e.Binding == Unbound && !strings.Contains(x, "(unverified)")) {
+				t.Fatalf("Explain = %q", x)
+			}
+		}
 	})
+}
+
+// The TCG scheme binds the data of the events the firmware profile defines as hashes of their data, and
+// nothing of the others; CheckData refuses altered data of the first and Explain marks the second.
+func TestCheckDataTCG(t *testing.T) {
+	b := NewBuilder()
+	b.Append(0, SCRTMVersion, []byte("firmware 1.0"))
+	b.AppendDigest(4, EFIBootServicesApplication, sha256.Sum256([]byte("the PE image")), []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
+	b.Append(4, Separator, []byte{0, 0, 0, 0})
+	events := b.Events()
+	if err := CheckData(events, TCGScheme); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"EV_S_CRTM_VERSION (type unverified): firmware 1.0", "EV_EFI_BOOT_SERVICES_APPLICATION (unverified): \\EFI\\BOOT\\BOOTX64.EFI", "EV_SEPARATOR (type unverified): <4 bytes: 00000000>"}
+	for i, e := range events {
+		if got := e.Explain(); got != want[i] {
+			t.Errorf("event %d: Explain = %q, want %q", i, got, want[i])
+		}
+	}
+	// Another version string with the genuine digest: refused, and no binding changes.
+	altered := b.Events()
+	altered[0].Data = []byte("firmware 2.0")
+	if err := CheckData(altered, TCGScheme); !errors.Is(err, ErrData) || !strings.Contains(err.Error(), "event 0") {
+		t.Fatalf("altered version: %v", err)
+	}
+	if altered[2].Binding != Unbound {
+		t.Error("a refused log got bindings")
+	}
+	// Another file name of the boot application is not bound, so it is accepted but unverified.
+	other := b.Events()
+	other[1].Data = []byte("\\EFI\\OTHER.EFI")
+	if err := CheckData(other, TCGScheme); err != nil || !strings.Contains(other[1].Explain(), "(unverified)") {
+		t.Fatalf("unbound data: %v, %q", err, other[1].Explain())
+	}
+}
+
+func TestResetValue(t *testing.T) {
+	for pcr := uint32(0); pcr < NumPCRs; pcr++ {
+		v := ResetValue(pcr)
+		want := byte(0)
+		if pcr >= 17 && pcr <= 22 {
+			want = 0xff
+		}
+		if v[0] != want || v[31] != want {
+			t.Errorf("PCR %d: reset value %x", pcr, v)
+		}
+	}
 }

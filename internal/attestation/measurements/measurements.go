@@ -2,7 +2,10 @@
 // presents, and whether a mismatch only warns.
 //
 // The policy denies by default. An empty policy accepts nothing; a PCR in the policy that the evidence does not
-// cover is a mismatch, never a skip. A failed check reports every mismatching PCR at once, with expected and
+// cover is a mismatch, never a skip. A policy that would accept any node image is invalid ([M.Validate]): the
+// PCRs that measure the image ([ImagePCRs]) must be in it and enforced, so a policy in which every PCR is
+// warn-only, or the image PCR is missing or warn-only, is refused wherever a policy enters the product
+// (configuration, init, recovery, the join service's configuration, the key service's secret, validators). A failed check reports every mismatching PCR at once, with expected and
 // actual values, so an operator can see what differs.
 package measurements
 
@@ -28,6 +31,12 @@ const DigestSize = 32
 
 // Well-known PCRs of this product's measurement scheme.
 const (
+	// PCRNodeImage measures the boot image: the node image's digest on the mini provider's firmware, the
+	// boot application (the node image's unified kernel image) on UEFI firmware.
+	PCRNodeImage = 4
+	// PCRBootParams measures the parameters the image boots with: the bootstrapper's command line on the
+	// mini provider, the kernel command line on UEFI firmware.
+	PCRBootParams = 8
 	// PCRClusterID holds the cluster ID, extended by a node after init or join, so that an initialised node
 	// cannot pose as a fresh one and a verifier can tell which cluster a node belongs to.
 	PCRClusterID = 15
@@ -69,8 +78,16 @@ type Measurement struct {
 // M maps PCR indices to their policy.
 type M map[uint32]Measurement
 
+// ImagePCRs are the PCRs that measure the node image. A valid policy enforces every one of them; without
+// them any image would be accepted.
+var ImagePCRs = []uint32{PCRNodeImage}
+
 // ErrEmptyPolicy is returned when a policy has no entries; an empty policy accepts nothing.
 var ErrEmptyPolicy = errors.New("the measurement policy is empty, so nothing can be verified; add the expected PCR values")
+
+// ErrAcceptsAnyImage is returned by [M.Validate] for a policy that does not pin the node image: every PCR
+// warn-only, or an image PCR ([ImagePCRs]) missing or warn-only.
+var ErrAcceptsAnyImage = errors.New("the measurement policy accepts any node image")
 
 // Parse reads a policy in JSON or YAML: {"<pcr>": {"expected": "<hex>", "warnOnly": false}, ...}.
 // Unknown fields, duplicate or malformed PCR indices and malformed values are errors.
@@ -119,7 +136,9 @@ func (m *M) UnmarshalJSON(raw []byte) error {
 	return nil
 }
 
-// Validate checks that the policy can be enforced: it has entries, all in range.
+// Validate is the one validity check of a policy, made wherever a policy enters: it has entries, all in
+// range, and it pins the node image: at least one PCR is enforced, and every PCR of [ImagePCRs] is in the
+// policy and enforced (not warn-only). A policy that fails it would accept any image ([ErrAcceptsAnyImage]).
 func (m M) Validate() error {
 	if len(m) == 0 {
 		return ErrEmptyPolicy
@@ -129,7 +148,37 @@ func (m M) Validate() error {
 			return fmt.Errorf("PCR index %d out of range 0-%d", idx, NumPCRs-1)
 		}
 	}
+	if !slices.ContainsFunc(m.Indices(), func(idx uint32) bool { return !m[idx].WarnOnly }) {
+		return fmt.Errorf("%w: every PCR is warn-only, so no mismatch fails; enforce at least PCRs %s (set warnOnly: false)", ErrAcceptsAnyImage, joinPCRs(ImagePCRs))
+	}
+	var missing, warnOnly []uint32
+	for _, idx := range ImagePCRs {
+		switch meas, ok := m[idx]; {
+		case !ok:
+			missing = append(missing, idx)
+		case meas.WarnOnly:
+			warnOnly = append(warnOnly, idx)
+		}
+	}
+	var problems []string
+	if len(missing) > 0 {
+		problems = append(problems, fmt.Sprintf("PCR %s missing (add the expected value the node image presents)", joinPCRs(missing)))
+	}
+	if len(warnOnly) > 0 {
+		problems = append(problems, fmt.Sprintf("PCR %s warn-only (set warnOnly: false)", joinPCRs(warnOnly)))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: PCR %s measures the node image and must be enforced: %s", ErrAcceptsAnyImage, joinPCRs(ImagePCRs), strings.Join(problems, "; "))
+	}
 	return nil
+}
+
+func joinPCRs(idx []uint32) string {
+	parts := make([]string, len(idx))
+	for i, p := range idx {
+		parts[i] = strconv.FormatUint(uint64(p), 10)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // MarshalJSON writes the policy with PCR indices as keys, in ascending order.
@@ -162,7 +211,8 @@ type Mismatch struct {
 	// Actual is the quoted value; nil when the evidence does not cover the PCR.
 	Actual   []byte
 	WarnOnly bool
-	// Events describe, from the verified event log, the measurements that produced Actual.
+	// Events describe, from the verified event log, the measurements that produced Actual; what the events'
+	// digests do not bind (their type or data) is marked unverified.
 	Events []string
 }
 

@@ -61,6 +61,38 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+// A policy that accepts any node image is invalid, and Parse, Validate and Check refuse it with a reason.
+func TestValidateRefusesAcceptAnyImage(t *testing.T) {
+	var a Digest
+	a[0] = 0xaa
+	for name, tc := range map[string]struct {
+		m    M
+		want string
+	}{
+		"all warn-only":       {M{0: {Expected: a, WarnOnly: true}, 4: {Expected: a, WarnOnly: true}, 15: {WarnOnly: true}}, "every PCR is warn-only"},
+		"image PCR missing":   {M{0: {Expected: a}, 8: {Expected: a}, 15: {}}, "PCR 4 missing"},
+		"image PCR warn-only": {M{0: {Expected: a}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a}}, "PCR 4 warn-only"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := tc.m.Validate()
+			if !errors.Is(err, ErrAcceptsAnyImage) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want ErrAcceptsAnyImage naming %q", err, tc.want)
+			}
+			raw, _ := json.Marshal(tc.m)
+			if _, err := Parse(raw); !errors.Is(err, ErrAcceptsAnyImage) {
+				t.Errorf("Parse = %v, want ErrAcceptsAnyImage", err)
+			}
+			// Evidence of any image: the policy must not even be checked.
+			if _, err := tc.m.Check(map[uint32][]byte{4: make([]byte, 32)}); !errors.Is(err, ErrAcceptsAnyImage) {
+				t.Errorf("Check = %v, want ErrAcceptsAnyImage", err)
+			}
+		})
+	}
+	if err := (M{4: {Expected: a}, 8: {Expected: a, WarnOnly: true}}).Validate(); err != nil {
+		t.Errorf("a policy enforcing the image PCR: %v", err)
+	}
+}
+
 func TestCheck(t *testing.T) {
 	var a, b Digest
 	a[0], b[0] = 0xaa, 0xbb
@@ -93,7 +125,8 @@ func TestCheck(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": false}}`))
-	f.Add([]byte("15:\n  expected: " + hexB + "\n"))
+	f.Add([]byte("4:\n  expected: " + hexB + "\n15:\n  expected: " + hexB + "\n"))
+	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": true}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		m, err := Parse(raw)
 		if err != nil {

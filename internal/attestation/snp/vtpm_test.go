@@ -324,7 +324,8 @@ func TestVTPMValidateRejects(t *testing.T) {
 		t.Errorf("wrong measurements: %v", err)
 	}
 	// A warn-only mismatch is accepted.
-	wrong[4] = measurements.Measurement{Expected: measurements.Digest{0xcd}, WarnOnly: true}
+	wrong[4] = tpm.policy()[4]
+	wrong[9] = measurements.Measurement{Expected: measurements.Digest{0xcd}, WarnOnly: true}
 	if _, err := testVTPMValidator(t, variant, clusterPolicy(), wrong).Validate(ctx, ev, testNonce(1)); err != nil {
 		t.Errorf("warn-only mismatch: %v", err)
 	}

@@ -258,7 +258,7 @@ func (v *AzureValidator) Validate(_ context.Context, evidence, nonce []byte) ([]
 	if err != nil {
 		return nil, err
 	}
-	if err := v.policy.WithReportData(bound.TDReport.ReportData).Check(verified); err != nil {
+	if err := v.policy.WithReportData(bound.TDReport.ReportData).checkUnderParavisor(verified); err != nil {
 		return nil, err
 	}
 	if err := vtpm.VerifyQuote(attestation.AzureTDX, doc.TPM, bound.AttestationKey, nonce, doc.UserData, v.pcrs, v.log); err != nil {

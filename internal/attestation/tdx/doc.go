@@ -25,7 +25,8 @@
 //     Intel's matching algorithm (component-wise, first matching level).
 //  3. Policy.Check decides: accepted MRTDs (required; an empty policy denies), RTMRs, MRSEAM, XFAM, TD
 //     attributes, minimum TEE TCB SVN, accepted TCB statuses (UpToDate only by default), and the expected
-//     REPORT_DATA. A TD in debug mode is always refused.
+//     REPORT_DATA. A TD in debug mode is always refused, a MIGRATABLE TD unless the policy allows it, and a
+//     TD without SEPT_VE_DISABLE unless a paravisor runs its guest (azure-tdx).
 //
 // REPORT_DATA binds the verifier's nonce and the caller's user data, or a vTPM attestation key
 // (ReportDataForNonce, ReportDataForAttestationKey). On the TD, ConfigfsTSM obtains quotes through the
@@ -34,8 +35,9 @@
 // For the qemu-tdx attestation variant (no vTPM), Issuer implements attestation.Issuer (the quote binds
 // ReportDataForNonce of the verifier's nonce and the caller's user data and travels in the TDX part of an
 // evidence document) and Validator implements attestation.Validator: it parses, verifies with the collateral
-// at its clock's time, checks the policy (which must pass Policy.ValidateForCluster) with the expected
-// REPORT_DATA, and returns the user data.
+// at its clock's time, checks the policy (which must pass Policy.ValidateForClusterWithoutVTPM: without a
+// vTPM, RTMR0-3 are the only measurement of the kernel, command line and initrd, so all four are required)
+// with the expected REPORT_DATA, and returns the user data.
 //
 // For azure-tdx, the paravisor (HCL) of an Azure TDX VM obtains a TD report (TDREPORT_STRUCT, ParseTDReport)
 // at boot with REPORT_DATA = hash of its runtime data, which names the vTPM attestation key, and stores both

@@ -48,14 +48,15 @@ type Validator struct {
 }
 
 // NewValidator returns a validator that verifies quotes with collateral at the time now returns (nil means
-// time.Now) and accepts them under policy. The policy must pass Policy.ValidateForCluster: the validator sets
+// time.Now) and accepts them under policy. The policy must pass Policy.ValidateForClusterWithoutVTPM (RTMR0
+// to RTMR3 set, no ReportData): the validator sets
 // the expected REPORT_DATA itself for every request. Collateral has an expiry: once its next update is
 // past, every validation fails until the collateral cache is refreshed.
 func NewValidator(collateral *Collateral, policy *Policy, now func() time.Time) (*Validator, error) {
 	if collateral == nil || collateral.qeIdentity == nil {
 		return nil, fmt.Errorf("%w: TDX validator without collateral; load the collateral cache with LoadCollateral", ErrNoCollateral)
 	}
-	if err := policy.ValidateForCluster(); err != nil {
+	if err := policy.ValidateForClusterWithoutVTPM(); err != nil {
 		return nil, err
 	}
 	if now == nil {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,13 +186,104 @@ func TestQEMUValidateGenuineQuote(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := mustParseQuote(t, raw)
-	v, err := NewValidator(mustParseCollateral(t, genuineCollateralFiles(t)), &Policy{MRTD: []HexBytes{q.Body.MRTD[:]}}, func() time.Time { return genuineTime })
+	v, err := NewValidator(mustParseCollateral(t, genuineCollateralFiles(t)), genuinePolicy(q), func() time.Time { return genuineTime })
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = v.Validate(context.Background(), ev, testNonce(1))
 	if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "REPORT_DATA does not match") || !strings.Contains(err.Error(), "TCB status NotSupported") {
 		t.Errorf("genuine quote as qemu-tdx evidence: %v", err)
+	}
+}
+
+// genuinePolicy accepts the genuine quote's MRTD and RTMRs.
+func genuinePolicy(q *Quote) *Policy {
+	return &Policy{MRTD: []HexBytes{q.Body.MRTD[:]}, RTMR0: q.Body.RTMR[0][:], RTMR1: q.Body.RTMR[1][:], RTMR2: q.Body.RTMR[2][:], RTMR3: q.Body.RTMR[3][:]}
+}
+
+// Without a vTPM, MRTD measures only the TD's firmware, which boots any kernel: a qemu-tdx policy with only
+// MRTD would accept the genuine quote's platform running any image. It is not a policy.
+func TestQEMUPolicyWithOnlyMRTDIsInvalid(t *testing.T) {
+	q := mustParseQuote(t, genuineQuote(t))
+	coll := mustParseCollateral(t, genuineCollateralFiles(t))
+	onlyMRTD := &Policy{MRTD: []HexBytes{q.Body.MRTD[:]}}
+	if v, err := NewValidator(coll, onlyMRTD, func() time.Time { return genuineTime }); !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), "rtmr0, rtmr1, rtmr2, rtmr3 not set") {
+		t.Fatalf("NewValidator(only MRTD) = %v, %v; want ErrInvalidPolicy naming the RTMRs", v, err)
+	}
+	for i := range 4 {
+		p := genuinePolicy(q)
+		*[]*HexBytes{&p.RTMR0, &p.RTMR1, &p.RTMR2, &p.RTMR3}[i] = nil
+		if err := p.ValidateForClusterWithoutVTPM(); !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), fmt.Sprintf("rtmr%d not set", i)) {
+			t.Errorf("policy without rtmr%d: %v", i, err)
+		}
+	}
+	if err := genuinePolicy(q).ValidateForClusterWithoutVTPM(); err != nil {
+		t.Fatalf("MRTD and RTMR0-3: %v", err)
+	}
+	// A TD under a paravisor with a vTPM (azure-tdx) has the vTPM's PCRs besides.
+	if err := onlyMRTD.ValidateForCluster(); err != nil {
+		t.Errorf("ValidateForCluster(only MRTD) = %v", err)
+	}
+	// tdAttributes, if set, must have SEPT_VE_DISABLE for a TD without a paravisor.
+	p := genuinePolicy(q)
+	p.TDAttributes = q.Body.TDAttributes[:]
+	if err := p.ValidateForClusterWithoutVTPM(); !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), "SEPT_VE_DISABLE clear") {
+		t.Errorf("tdAttributes without SEPT_VE_DISABLE: %v", err)
+	}
+}
+
+// The genuine quote's TD runs with SEPT_VE_DISABLE clear (TDATTRIBUTES 0000004000000000: PKS only). Its
+// signatures verify (step 2), and the policy (step 3) refuses it for that attribute, whatever else matches.
+// MIGRATABLE is checked on the same verified quote with the attribute set after verification: a quote
+// signed with it is refused by the policy step, which sees only the verified body.
+func TestGenuineQuoteAttributes(t *testing.T) {
+	q := mustParseQuote(t, genuineQuote(t))
+	coll := mustParseCollateral(t, genuineCollateralFiles(t))
+	verified, err := Verify(q, coll, genuineTime)
+	if err != nil {
+		t.Fatalf("the genuine quote does not verify: %v", err)
+	}
+	if q.Body.SEPTVEDisable() || q.Body.Migratable() {
+		t.Fatalf("genuine TD attributes %x: the test expects SEPT_VE_DISABLE and MIGRATABLE clear", q.Body.TDAttributes)
+	}
+	pol := genuinePolicy(q)
+	pol.AcceptedTCBStatuses = []TCBStatus{TCBStatusUpToDate, TCBStatusOutOfDate}
+	check := func(p *Policy, v *Verification) []string {
+		t.Helper()
+		err := p.WithReportData(q.Body.ReportData).Check(v)
+		var pe *PolicyError
+		if !errors.As(err, &pe) {
+			t.Fatalf("Check = %v, want a *PolicyError", err)
+		}
+		return pe.Violations
+	}
+	has := func(list []string, sub string) bool {
+		return slices.ContainsFunc(list, func(s string) bool { return strings.Contains(s, sub) })
+	}
+	violations := check(pol, verified)
+	if !has(violations, "SEPT_VE_DISABLE clear") || has(violations, "MIGRATABLE") || has(violations, "MRTD") || has(violations, "RTMR") || has(violations, "REPORT_DATA") {
+		t.Errorf("genuine quote: violations %q, want SEPT_VE_DISABLE among them and no measurement", violations)
+	}
+
+	migratable := *verified
+	body := *verified.Quote
+	body.Body.TDAttributes[3] |= tdAttributeSEPTVEDisable | tdAttributeMigratable
+	migratable.Quote = &body
+	violations = check(pol, &migratable)
+	if !has(violations, "MIGRATABLE set") || has(violations, "SEPT_VE_DISABLE") {
+		t.Errorf("migratable TD: violations %q, want MIGRATABLE", violations)
+	}
+	allow := pol.Clone()
+	allow.AllowMigratable = true
+	if violations := check(allow, &migratable); has(violations, "MIGRATABLE") {
+		t.Errorf("allowMigratable: violations %q", violations)
+	}
+	// Under a paravisor (azure-tdx) SEPT_VE_DISABLE is the paravisor's business; MIGRATABLE is refused there too.
+	if err := pol.WithReportData(q.Body.ReportData).checkUnderParavisor(verified); err == nil || strings.Contains(err.Error(), "SEPT_VE_DISABLE") {
+		t.Errorf("under a paravisor: %v", err)
+	}
+	if err := pol.WithReportData(q.Body.ReportData).checkUnderParavisor(&migratable); err == nil || !strings.Contains(err.Error(), "MIGRATABLE set") {
+		t.Errorf("migratable under a paravisor: %v", err)
 	}
 }
 

@@ -42,8 +42,11 @@ func (h *HexBytes) UnmarshalJSON(b []byte) error {
 }
 
 // Policy says which TDs and platforms a verifier accepts. It denies by default: without an accepted
-// MRTD nothing is accepted, and a TD in debug mode is never accepted. Optional fields that are empty are
-// not checked; a field that is set must match.
+// MRTD nothing is accepted, a TD in debug mode is never accepted, a migratable TD only with AllowMigratable,
+// and a TD without SEPT_VE_DISABLE only where a paravisor runs the guest (azure-tdx). Optional fields that are
+// empty are not checked; a field that is set must match. For a TD without a vTPM, MRTD covers only the
+// firmware: the RTMRs, which the firmware extends with the boot loader, kernel, command line and initrd, are
+// what pin the node image, so [Policy.ValidateForClusterWithoutVTPM] requires all four.
 type Policy struct {
 	// MRTD lists the accepted build-time measurements of the TD (its virtual firmware). Required.
 	MRTD []HexBytes `json:"mrtd"`
@@ -59,8 +62,12 @@ type Policy struct {
 	// XFAM is the expected XFAM (8 bytes, as in the quote). Optional.
 	XFAM HexBytes `json:"xfam,omitempty"`
 	// TDAttributes are the expected TD attributes (8 bytes, as in the quote). Optional; the debug bits
-	// are refused whatever this says.
+	// are refused whatever this says, and so are MIGRATABLE (unless AllowMigratable) and a clear
+	// SEPT_VE_DISABLE (outside a paravisor).
 	TDAttributes HexBytes `json:"tdAttributes,omitempty"`
+	// AllowMigratable accepts TDs with the MIGRATABLE attribute, which a migration TD of the host's choice
+	// can move to another platform. Off by default.
+	AllowMigratable bool `json:"allowMigratable,omitempty"`
 	// AcceptedTCBStatuses lists the TCB statuses accepted; empty means UpToDate only. Revoked and
 	// NotSupported cannot be accepted.
 	AcceptedTCBStatuses []TCBStatus `json:"acceptedTCBStatuses,omitempty"`
@@ -155,6 +162,33 @@ func (p *Policy) ValidateForCluster() error {
 	return joinProblems(problems)
 }
 
+// ValidateForClusterWithoutVTPM checks the policy of a variant without a vTPM (qemu-tdx): valid as for
+// ValidateForCluster, and with RTMR0 to RTMR3 set. Such a TD has no other measurement of what it booted:
+// MRTD is the public firmware, which boots any kernel, so a policy without the RTMRs accepts any image. A set
+// tdAttributes must have SEPT_VE_DISABLE, which such a TD needs. It lists every problem.
+func (p *Policy) ValidateForClusterWithoutVTPM() error {
+	if p == nil {
+		return fmt.Errorf("%w: no policy", ErrInvalidPolicy)
+	}
+	problems := p.problems()
+	if len(p.ReportData) != 0 {
+		problems = append(problems, "reportData is set, but a validator computes it for every request from the nonce; remove it")
+	}
+	var missing []string
+	for i, r := range p.rtmrs() {
+		if len(r) == 0 {
+			missing = append(missing, fmt.Sprintf("rtmr%d", i))
+		}
+	}
+	if len(missing) > 0 {
+		problems = append(problems, fmt.Sprintf("%s not set; without a vTPM the RTMRs are the only measurement of the boot loader, kernel, command line and initrd (MRTD is the firmware alone, which boots any kernel), so a policy without them accepts any image: set rtmr0 to rtmr3 to the node image's values", strings.Join(missing, ", ")))
+	}
+	if len(p.TDAttributes) == 8 && p.TDAttributes[tdAttributeSEPTVEDisableByte]&tdAttributeSEPTVEDisable == 0 {
+		problems = append(problems, fmt.Sprintf("tdAttributes %s has SEPT_VE_DISABLE clear; a TD without a paravisor must run with it", p.TDAttributes))
+	}
+	return joinProblems(problems)
+}
+
 // InvalidPolicyError lists every problem of a policy. It matches ErrInvalidPolicy with errors.Is.
 type InvalidPolicyError struct {
 	// Problems describe what is wrong, one each.
@@ -203,6 +237,9 @@ func (p *Policy) problems() []string {
 	if len(p.TDAttributes) == 8 && p.TDAttributes[0]&tdAttributesTUD != 0 {
 		out = append(out, fmt.Sprintf("tdAttributes %s has debug bits set; a TD in debug mode is never accepted", p.TDAttributes))
 	}
+	if len(p.TDAttributes) == 8 && p.TDAttributes[tdAttributeMigratableByte]&tdAttributeMigratable != 0 && !p.AllowMigratable {
+		out = append(out, fmt.Sprintf("tdAttributes %s has MIGRATABLE set, but allowMigratable is false", p.TDAttributes))
+	}
 	size(p.MinTEETCBSVN, 16, "minTEETCBSVN", true)
 	size(p.ReportData, ReportDataSize, "reportData", true)
 	for _, s := range p.AcceptedTCBStatuses {
@@ -245,8 +282,14 @@ func (e *PolicyError) Error() string {
 func (e *PolicyError) Unwrap() error { return ErrPolicy }
 
 // Check checks a verified quote against the policy. It reports every violation at once. The policy must
-// be valid and hold the expected ReportData.
-func (p *Policy) Check(v *Verification) error {
+// be valid and hold the expected ReportData. The TD must run with SEPT_VE_DISABLE.
+func (p *Policy) Check(v *Verification) error { return p.check(v, true) }
+
+// checkUnderParavisor is Check for a TD whose guest runs under a paravisor (azure-tdx): the paravisor, as
+// the TD's L1, handles EPT violations, and such TDs run with SEPT_VE_DISABLE clear.
+func (p *Policy) checkUnderParavisor(v *Verification) error { return p.check(v, false) }
+
+func (p *Policy) check(v *Verification, requireSEPTVEDisable bool) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -264,6 +307,12 @@ func (p *Policy) Check(v *Verification) error {
 		add("TD attributes have DEBUG set")
 	} else if b.TDAttributes[0]&tdAttributesTUD != 0 {
 		add("TD attributes %x have TD-under-debug bits set", b.TDAttributes)
+	}
+	if b.Migratable() && !p.AllowMigratable {
+		add("TD attributes %x have MIGRATABLE set: a migration TD of the host's choice could move this TD; set allowMigratable to accept it", b.TDAttributes)
+	}
+	if requireSEPTVEDisable && !b.SEPTVEDisable() {
+		add("TD attributes %x have SEPT_VE_DISABLE clear: the host could inject #VE on the TD's private memory", b.TDAttributes)
 	}
 	if subtle.ConstantTimeCompare(b.ReportData[:], p.ReportData) != 1 {
 		add("REPORT_DATA does not match the expected value (stale, replayed, or made for another nonce or key)")

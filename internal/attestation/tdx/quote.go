@@ -108,15 +108,34 @@ type TDReport struct {
 	MRServiceTD [48]byte
 }
 
-// TD attribute bits (byte 0 of TDAttributes holds the TD-under-debug group).
+// TD attribute bits (byte 0 of TDAttributes holds the TD-under-debug group; TDATTRIBUTES is little-endian,
+// so bit n is bit n%8 of byte n/8).
 const (
 	tdAttributeDebug = 1 << 0
 	tdAttributesTUD  = 0xff
+	// SEPT_VE_DISABLE (bit 28): an EPT violation of the TD's private memory does not raise a #VE in the
+	// guest. Without it, the host can make pages pending and have the guest's #VE handler accept them.
+	tdAttributeSEPTVEDisableByte = 3
+	tdAttributeSEPTVEDisable     = 1 << 4
+	// MIGRATABLE (bit 29): the TD can be exported to another platform by a migration TD that the host
+	// chooses, whose own measurement the quote does not show.
+	tdAttributeMigratableByte = 3
+	tdAttributeMigratable     = 1 << 5
 )
 
 // Debug reports whether the TD runs in debug mode (TDATTRIBUTES.DEBUG), in which the host can read and
 // change the TD's memory and registers.
 func (r *TDReport) Debug() bool { return r.TDAttributes[0]&tdAttributeDebug != 0 }
+
+// SEPTVEDisable reports whether TDATTRIBUTES.SEPT_VE_DISABLE is set.
+func (r *TDReport) SEPTVEDisable() bool {
+	return r.TDAttributes[tdAttributeSEPTVEDisableByte]&tdAttributeSEPTVEDisable != 0
+}
+
+// Migratable reports whether TDATTRIBUTES.MIGRATABLE is set.
+func (r *TDReport) Migratable() bool {
+	return r.TDAttributes[tdAttributeMigratableByte]&tdAttributeMigratable != 0
+}
 
 // EnclaveReport is an SGX enclave report, here the report of the quoting enclave.
 type EnclaveReport struct {

@@ -6,8 +6,8 @@
 // with a (v)TPM, the attestation-key roots of mini-vtpm, the SEV-SNP policy with its offline CRLs and VCEK
 // cache, or the TDX policy with Intel's collateral. [New] fails closed: an unknown or unsupported variant,
 // a variant without its hardware policy, a policy of another variant's hardware, or an invalid policy
-// (allowDebug, a fixed reportData, no measurements, ...) is an error that says what to fix, never a
-// validator that checks less. The validators compute the expected REPORT_DATA for every validation from the
+// (allowDebug, a fixed reportData, no measurements, measurements that accept any node image, a qemu-tdx
+// policy without RTMR0-3, ...) is an error that says what to fix, never a validator that checks less. The validators compute the expected REPORT_DATA for every validation from the
 // verifier's nonce (variants without a vTPM) or the attestation key the evidence names (variants with a
 // vTPM, whose quote then binds the nonce).
 package validators
@@ -55,7 +55,8 @@ type SNP struct {
 
 // TDX is the TDX part of a policy.
 type TDX struct {
-	// Policy must pass tdx.Policy.ValidateForCluster.
+	// Policy must pass tdx.Policy.ValidateForCluster, and for a variant without a vTPM (qemu-tdx)
+	// tdx.Policy.ValidateForClusterWithoutVTPM (RTMR0-3 set).
 	Policy tdx.Policy
 	// Collateral is Intel's collateral, as read by tdx.ReadCollateralFiles; New parses it strictly.
 	Collateral tdx.CollateralFiles
@@ -158,7 +159,11 @@ func build(variant attestation.Variant, p *Policy, opts Options) (attestation.Va
 		}
 	case attestation.TDX:
 		policy := p.TDX.Policy.Clone()
-		if err := policy.ValidateForCluster(); err != nil {
+		validate := policy.ValidateForCluster
+		if !variant.VTPM {
+			validate = policy.ValidateForClusterWithoutVTPM
+		}
+		if err := validate(); err != nil {
 			return nil, fmt.Errorf("%w: the TDX policy: %w", ErrPolicy, err)
 		}
 		collateral, err := tdx.ParseCollateral(p.TDX.Collateral)

@@ -53,7 +53,8 @@ func tdxPolicy(t *testing.T) *TDX {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{bytes.Repeat([]byte{1}, 48)}}, Collateral: *files}
+	r := func(b byte) tdx.HexBytes { return bytes.Repeat([]byte{b}, 48) }
+	return &TDX{Policy: tdx.Policy{MRTD: []tdx.HexBytes{r(1)}, RTMR0: r(2), RTMR1: r(3), RTMR2: r(4), RTMR3: r(5)}, Collateral: *files}
 }
 
 func debugTDX(t *testing.T) *TDX {
@@ -109,6 +110,8 @@ func TestNewRefuses(t *testing.T) {
 	noTCB.MinimumTCB = nil
 	badTDX := tdxPolicy(t)
 	badTDX.Policy.MRTD = nil
+	onlyMRTD := tdxPolicy(t)
+	onlyMRTD.Policy.RTMR0, onlyMRTD.Policy.RTMR1, onlyMRTD.Policy.RTMR2, onlyMRTD.Policy.RTMR3 = nil, nil, nil, nil
 	noCollateral := tdxPolicy(t)
 	noCollateral.Collateral.QEIdentity = nil
 	snpPart := &SNP{Policy: *pl.Policy()}
@@ -131,10 +134,14 @@ func TestNewRefuses(t *testing.T) {
 		"fixed reportData":             {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *withReportData}}, []string{"reportData is set"}},
 		"SNP policy without TCB":       {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *noTCB}}, []string{"the SEV-SNP policy", "minimumTCB"}},
 		"TDX policy without MRTD":      {&Policy{Variant: "qemu-tdx", TDX: badTDX}, []string{"the TDX policy", "no accepted MRTD"}},
+		"qemu-tdx with only MRTD":      {&Policy{Variant: "qemu-tdx", TDX: onlyMRTD}, []string{"the TDX policy", "rtmr0, rtmr1, rtmr2, rtmr3 not set", "accepts any image"}},
 		"TDX without collateral":       {&Policy{Variant: "qemu-tdx", TDX: noCollateral}, []string{"the TDX collateral", "refresh the collateral cache"}},
 		"vTPM variant without PCRs":    {&Policy{Variant: "aws-sev-snp", SNP: snpPart}, []string{"aws-sev-snp: measurements", "add the expected PCR values"}},
 		"PCRs without vTPM":            {&Policy{Variant: "qemu-sev-snp", Measurements: pcrs, SNP: snpPart}, []string{"qemu-sev-snp has no vTPM", "remove them"}},
 		"mini-vtpm without AK roots":   {&Policy{Variant: "mini-vtpm", Measurements: pcrs}, []string{"mini-vtpm needs the certificate of the CA"}},
+		"all PCRs warn-only":           {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {WarnOnly: true}, 4: {WarnOnly: true}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "every PCR is warn-only"}},
+		"image PCR missing":            {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {}, 8: {}, 15: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "PCR 4 missing"}},
+		"image PCR warn-only":          {&Policy{Variant: "aws-sev-snp", Measurements: measurements.M{0: {}, 4: {WarnOnly: true}}, SNP: snpPart}, []string{"accepts any node image", "PCR 4 warn-only"}},
 		"AK roots on hardware variant": {&Policy{Variant: "aws-sev-snp", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"only through the hardware report"}},
 		"SNP policy on mini-vtpm":      {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"mini-vtpm evidence has no SEV-SNP report; remove it"}},
 		"TDX policy on SEV-SNP":        {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, TDX: tdxPolicy(t)}, []string{"qemu-sev-snp evidence has no TDX quote; remove it"}},

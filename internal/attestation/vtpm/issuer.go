@@ -5,8 +5,14 @@
 // The quote's qualifying data is attestation.BindingDigest of the verifier's nonce and the caller's user data,
 // so nonce, user data and PCR values are bound in one signed statement. The validator verifies, in this order:
 // the AK certificate chain, the quote signature, the quote structure, the binding, the PCR selection (exactly
-// PCRs 0-23 of the SHA-256 bank), the PCR digest, the event log against the quoted PCRs, and finally the
-// measurement policy.
+// PCRs 0-23 of the SHA-256 bank), the PCR digest, the event log against the quoted PCRs, the event log's data
+// against the variant's measurement scheme ([Scheme]), and finally the measurement policy.
+//
+// The replay binds only each event's digest. For mini-vtpm the scheme is the mini firmware's
+// (measuredboot.Scheme): every event's digest is the hash of its data and the data decides the type, and the
+// log must explain every quoted PCR, so an altered, removed or retyped event is refused. For the cloud vTPMs
+// it is the TCG firmware profile's: separators, versions and actions are checked, and everything else is
+// shown as unverified in mismatch explanations ([eventlog.Event.Explain]).
 package vtpm
 
 import (

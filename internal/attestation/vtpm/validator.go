@@ -19,6 +19,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Validator validates mini-vtpm evidence against pinned AK roots and a measurement policy.
@@ -82,8 +83,10 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 // certificate chain, or a hardware report that binds it). In this order it checks: exactly one quote, its
 // signature by ak, its structure, that its qualifying data is attestation.BindingDigest(variant, nonce,
 // userData), that it covers exactly the SHA-256 PCRs 0-23, that the PCR values in the evidence match the
-// quoted digest, the event log against the quoted PCRs only, and the measurement policy (warn-only mismatches
-// are logged; a failure lists every mismatching PCR with the events behind it).
+// quoted digest, the event log against the quoted PCRs only, the event log's data against the variant's
+// measurement scheme ([Scheme]), and the measurement policy (warn-only mismatches are logged; a failure
+// lists every mismatching PCR with the events behind it, marking what the digests do not bind as
+// unverified).
 func VerifyQuote(variant attestation.Variant, ev *attestation.TPMEvidence, ak crypto.PublicKey, nonce, userData []byte, policy measurements.M, log *slog.Logger) error {
 	if len(ev.Quotes) != 1 {
 		return fmt.Errorf("evidence has %d quotes, want exactly 1 (SHA-256 bank)", len(ev.Quotes))
@@ -114,7 +117,7 @@ func VerifyQuote(variant attestation.Variant, ev *attestation.TPMEvidence, ak cr
 	if !bytes.Equal(digest, info.PCRDigest) {
 		return errors.New("PCR values in the evidence do not match the quoted PCR digest")
 	}
-	events, err := verifyEventLog(ev.EventLog, q.PCRs)
+	events, err := verifyEventLog(ev.EventLog, q.PCRs, Scheme(variant), variant.Name == attestation.MiniVTPM.Name)
 	if err != nil {
 		return err
 	}
@@ -190,15 +193,31 @@ func (v *Validator) verifyAKChain(ev *attestation.TPMEvidence, now time.Time) (*
 	return cert, chains[0], nil
 }
 
-// verifyEventLog parses the log and checks that, for every quoted PCR the log extends, replaying the log gives
-// the quoted value. It returns only events of quoted PCRs; events of other PCRs are not trusted.
-func verifyEventLog(raw []byte, quoted map[uint32][]byte) ([]eventlog.Event, error) {
-	if len(raw) == 0 {
-		return nil, nil
+// Scheme is the measurement scheme whose events the vTPM of variant logs: the mini firmware's for
+// mini-vtpm (every event's type and data bound), the TCG PC Client firmware profile's for the cloud vTPMs
+// (the data of separators, versions and actions bound, nothing else).
+func Scheme(variant attestation.Variant) eventlog.Scheme {
+	if variant.Name == attestation.MiniVTPM.Name {
+		return measuredboot.Scheme
 	}
-	events, err := eventlog.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("parsing event log: %w", err)
+	return eventlog.TCGScheme
+}
+
+// verifyEventLog parses the log, checks that, for every quoted PCR the log extends, replaying the log gives
+// the quoted value, and checks the events' data against scheme (eventlog.CheckData). With complete (the mini
+// firmware and the bootstrapper log every measurement they make) every quoted PCR must be what the log
+// replays to, its reset value where the log has no event, so that a log with events removed (or none) is
+// refused. It returns only events of quoted PCRs; events of other PCRs are not trusted.
+func verifyEventLog(raw []byte, quoted map[uint32][]byte, scheme eventlog.Scheme, complete bool) ([]eventlog.Event, error) {
+	var events []eventlog.Event
+	if len(raw) > 0 {
+		var err error
+		if events, err = eventlog.Parse(raw); err != nil {
+			return nil, fmt.Errorf("parsing event log: %w", err)
+		}
+		if err := eventlog.CheckData(events, scheme); err != nil {
+			return nil, err
+		}
 	}
 	replayed := eventlog.Replay(events)
 	for _, idx := range slices.Sorted(maps.Keys(replayed)) {
@@ -211,6 +230,15 @@ func verifyEventLog(raw []byte, quoted map[uint32][]byte) ([]eventlog.Event, err
 			return nil, fmt.Errorf("event log does not match quoted PCR %d: replay gives %x, quote has %x (measurements were made without being logged, or the log was altered)", idx, got, val)
 		}
 	}
+	if complete {
+		for _, idx := range slices.Sorted(maps.Keys(quoted)) {
+			if _, ok := replayed[idx]; !ok {
+				if reset := eventlog.ResetValue(idx); !bytes.Equal(reset[:], quoted[idx]) {
+					return nil, fmt.Errorf("event log does not explain quoted PCR %d: it logs no event for it, but the quote has %x (measurements were made without being logged, or events were removed from the log)", idx, quoted[idx])
+				}
+			}
+		}
+	}
 	return slices.DeleteFunc(events, func(e eventlog.Event) bool {
 		_, ok := quoted[e.PCR]
 		return !ok
@@ -221,7 +249,7 @@ func describeEvents(events []eventlog.Event, pcr uint32) []string {
 	var out []string
 	for _, e := range events {
 		if e.PCR == pcr && e.Type != eventlog.NoAction {
-			out = append(out, fmt.Sprintf("event %d %s: %s", e.Seq, e.Type, e.Description()))
+			out = append(out, fmt.Sprintf("event %d %s", e.Seq, e.Explain()))
 		}
 	}
 	return out
