@@ -76,7 +76,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	// A policy that would let the join service admit any node image: refused before anything happens.
 	for name, bad := range tpmtest.AcceptAnyImage(node.Policy) {
 		raw, _ := json.Marshal(bad)
-		if _, err := s.Init(ctx, &initpb.InitRequest{MasterSecret: ms.Key, Salt: ms.Salt, Measurements: raw}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "accepts any node image") {
+		if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: raw}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "accepts any node image") {
 			t.Fatalf("%s: Init = %v, want InvalidArgument: accepts any node image", name, err)
 		}
 	}
