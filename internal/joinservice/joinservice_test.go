@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -22,6 +23,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/atls"
@@ -179,7 +182,12 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")})
+		var pr peer.Peer
+		resp, err := initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
+		if info, ok := pr.AuthInfo.(credentials.TLSInfo); err == nil && (!ok || info.State.CurveID != tls.X25519MLKEM768) {
+			t.Fatalf("the join channel's key exchange is not the post-quantum hybrid: %+v", pr.AuthInfo)
+		}
+		return resp, err
 	}
 
 	// An invalid WireGuard key: refused, nothing recorded, no token.
