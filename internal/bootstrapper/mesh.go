@@ -23,6 +23,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -255,7 +256,8 @@ func NodeLink(addr netip.Addr) (name string, network netip.Prefix, mtu int, err 
 }
 
 // start keeps the key on the state disk and brings the interface up, in strict mode: the node network and
-// the pod network are reachable only through the tunnel (but for the provider and the join service's port).
+// the pod network are reachable only through the tunnel, but for the join service's port and, from the
+// provider's address, replies to the node's own connections and the operator's ports (see [wgmesh.Routing]).
 func (a *meshAgent) start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -284,6 +286,7 @@ func (a *meshAgent) start() error {
 		Table: meshTable, Mark: meshMark, Source: self, Link: link,
 		Protected:         []netip.Prefix{network, a.podNetwork},
 		Infrastructure:    []netip.Prefix{infra},
+		OperatorTCPPorts:  operatorPorts,
 		PlaintextTCPPorts: []uint16{joinservice.Port},
 	}
 	if pods, err := netip.ParsePrefix(a.self.PodCIDR); err == nil {
@@ -298,6 +301,15 @@ func (a *meshAgent) start() error {
 		"interface", meshInterface, "publicKey", a.public.String(), "mtu", mtu-wgmesh.Overhead, "protected", []string{network.String(), a.podNetwork.String()})
 	return nil
 }
+
+// operatorPorts are the node's services the operator's CLI reaches from the provider's address (on mini the
+// CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
+// and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
+// reachable from there.
+var operatorPorts = []uint16{InitPort, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
+
+// apiServerPort is the API server's port (kubeadm's bindPort).
+const apiServerPort = 6443
 
 // providerAddress is the host of the metadata service: the provider's infrastructure, reached directly.
 func providerAddress(metadataURL string) (netip.Prefix, error) {
