@@ -62,6 +62,8 @@ type Mesh interface {
 	Admit(ctx context.Context, name string, key wgmesh.Key) error
 	// List returns the nodes of the mesh.
 	List(ctx context.Context) ([]meshpeers.Peer, error)
+	// PresharedRoot returns the mesh's root key for WireGuard preshared keys (see MeshRootKeyID).
+	PresharedRoot(ctx context.Context) (wgmesh.Key, error)
 }
 
 // Options are what a join service works with.
@@ -185,7 +187,19 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		return nil, status.Error(codes.Internal, "signing the kubelet certificate failed")
 	}
 	var peers []*initpb.MeshPeer
+	var pskRoot []byte
 	if s.mesh != nil {
+		// Without the root the node could configure no peer: refuse the join rather than admit a node
+		// whose tunnels would lack their preshared keys.
+		root, err := s.mesh.PresharedRoot(ctx)
+		if err == nil && root == (wgmesh.Key{}) {
+			err = errors.New("the root key is empty")
+		}
+		if err != nil {
+			s.log.Error("join failed: getting the WireGuard preshared root key", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "getting the WireGuard preshared root key failed")
+		}
+		pskRoot = root[:]
 		// A peer of this control plane before the node gets its token: its first request to the API server
 		// already goes through the tunnel.
 		if meshKey != (wgmesh.Key{}) {
@@ -215,7 +229,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.
