@@ -69,6 +69,7 @@ func TestTrafficBetweenNodesIsEncrypted(t *testing.T) {
 	if !strings.Contains(body, wgmeshtest.Marker) {
 		t.Fatalf("the answer through the tunnel lacks the marker: %.100q", body)
 	}
+	checkPresharedKeys(t, p)
 	found, _, err = p.Capture(func() error {
 		_, err := p.Get("http://" + wgmeshtest.LinkB + ":8080/")
 		return err
@@ -231,5 +232,54 @@ func checkOutsider(t *testing.T, p *wgmeshtest.Pair) {
 	})
 	if err != nil || found {
 		t.Errorf("A to B's pod: %v (marker on the link: %v)", err, found)
+	}
+}
+
+// checkPresharedKeys asks both nodes' devices for their peers: every peer has a preshared key.
+func checkPresharedKeys(t *testing.T, p *wgmeshtest.Pair) {
+	t.Helper()
+	for name, h := range map[string]*wgmeshtest.Helper{"A": p.A, "B": p.B} {
+		if err := h.Send("status"); err != nil {
+			t.Fatal(err)
+		}
+		line, err := h.Expect("PEERS ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var peers, withPSK int
+		fmt.Sscanf(line, "PEERS %d PSK %d", &peers, &withPSK)
+		if peers == 0 || withPSK != peers {
+			t.Fatalf("node %s: %d peers, %d with a preshared key: every peer needs one", name, peers, withPSK)
+		}
+	}
+}
+
+// A node that has the other's Curve25519 keys, as a future quantum computer would compute them from the
+// public keys it recorded, but not the pair's preshared key gets no tunnel: the handshake fails and nothing
+// crosses. (Here the two nodes derive their preshared keys from different roots.)
+func TestTunnelNeedsThePresharedKey(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	p, err := wgmeshtest.NewPairWithRoots(wgmesh.Key{1}, wgmesh.Key{2})
+	if err == wgmeshtest.ErrUnsupported {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	found, frames, err := p.Capture(func() error {
+		out, err := p.Get("http://" + wgmeshtest.TunnelB + ":8080/")
+		if err == nil {
+			return fmt.Errorf("a tunnel came up without the pair's preshared key: %.100s", out)
+		}
+		return nil
+	})
+	if err != nil || found {
+		t.Fatalf("%v (marker on the link: %v)", err, found)
+	}
+	if frames == 0 {
+		t.Fatal("the capture saw no frames: A never tried a handshake")
 	}
 }

@@ -5,6 +5,7 @@ package wgmeshtest
 
 import (
 	"bufio"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,19 @@ func helperNode() error {
 			return err
 		}
 	}
-	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT"))}
+	root, err := wgmesh.ParseKey(os.Getenv("WGMESHTEST_PSK_ROOT"))
+	if err != nil {
+		return err
+	}
+	pub, err := wgmesh.PublicKey(priv)
+	if err != nil {
+		return err
+	}
+	psk, err := wgmesh.PairKey(root, pub, peerKey)
+	if err != nil {
+		return err
+	}
+	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT")), PresharedKey: psk}
 	for _, a := range strings.Split(os.Getenv("WGMESHTEST_PEER_ADDR"), ",") {
 		peer.AllowedIPs = append(peer.AllowedIPs, netip.MustParsePrefix(a))
 	}
@@ -172,6 +185,18 @@ func helperNode() error {
 		case "remove-routing": // the node no longer forces its traffic through the tunnel
 			cfg.Routing.Remove()
 			fmt.Println("REMOVED")
+		case "status": // the peers as the device has them: how many, how many with a preshared key
+			st, err := m.Status()
+			if err != nil {
+				return err
+			}
+			withPSK := 0
+			for _, p := range st {
+				if p.HasPresharedKey {
+					withPSK++
+				}
+			}
+			fmt.Printf("PEERS %d PSK %d\n", len(st), withPSK)
 		}
 	}
 	return nil
@@ -359,16 +384,40 @@ var ErrUnsupported = errors.New("wgmeshtest: needs root, /dev/net/tun and iprout
 
 // NewPair sets up a pair whose tunnel has addresses of its own (TunnelA, TunnelB); Close removes everything
 // it created.
-func NewPair() (p *Pair, err error) { return newPair(false) }
+func NewPair() (p *Pair, err error) {
+	root, err := randomKey()
+	if err != nil {
+		return nil, err
+	}
+	return newPair(false, root, root)
+}
+
+// NewPairWithRoots sets up a pair as NewPair does, whose nodes derive their preshared key from the mesh root
+// keys rootA and rootB: with different roots, they have different preshared keys.
+func NewPairWithRoots(rootA, rootB wgmesh.Key) (p *Pair, err error) {
+	return newPair(false, rootA, rootB)
+}
+
+func randomKey() (wgmesh.Key, error) {
+	var k wgmesh.Key
+	_, err := rand.Read(k[:])
+	return k, err
+}
 
 // NewStrictPair sets up a pair in strict mode: the nodes' link addresses are their mesh addresses, reachable
 // only through the tunnel (but for PlaintextPort), and each drops what arrives on the link outside it. The
 // link is a bridge that also holds an outsider C (LinkC, LinkC2, LinkC3 and the provider's address Provider, no peer),
 // which serves the marker on PlaintextPort at LinkC2 and, at Provider, on MetadataPort; B routes its pod range PodRangeB to a
 // pod (PodB) in a namespace of its own, a peer's allowed range for A.
-func NewStrictPair() (p *Pair, err error) { return newPair(true) }
+func NewStrictPair() (p *Pair, err error) {
+	root, err := randomKey()
+	if err != nil {
+		return nil, err
+	}
+	return newPair(true, root, root)
+}
 
-func newPair(strict bool) (p *Pair, err error) {
+func newPair(strict bool, rootA, rootB wgmesh.Key) (p *Pair, err error) {
 	if os.Geteuid() != 0 {
 		return nil, ErrUnsupported
 	}
@@ -463,6 +512,8 @@ func newPair(strict bool) (p *Pair, err error) {
 		extraA = []string{"WGMESHTEST_PEER_ADDR=" + selfB + "/32," + PodRangeB}
 		extraB = []string{"WGMESHTEST_LOCAL=" + PodRangeB}
 	}
+	extraA = append(extraA, "WGMESHTEST_PSK_ROOT="+rootA.String())
+	extraB = append(extraB, "WGMESHTEST_PSK_ROOT="+rootB.String())
 	if p.A, err = node(p.NamespaceA, privA, pubB, selfA, selfB, LinkA, LinkB, p.LinkDevA, extraA...); err != nil {
 		return p, err
 	}
