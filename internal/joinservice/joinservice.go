@@ -3,7 +3,8 @@
 // joining node, and the joining node must present evidence that matches the cluster's attestation policy
 // before it gets anything. Only then does it hand out what joining needs: a short-lived bootstrap token, the
 // cluster CA's hash, and the cluster ID the node measures into its PCR, after which that node can never again
-// pose as a fresh one.
+// pose as a fresh one; with the WireGuard mesh, its peers and the mesh's root key for preshared keys
+// ([MeshRootKeyID]), from the key service.
 //
 // The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
 // again whenever it changes, so tightening the measurements takes effect without a restart.
