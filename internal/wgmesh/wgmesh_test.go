@@ -133,6 +133,7 @@ func TestStrictMode(t *testing.T) {
 	checkOutsider(t, p)
 
 	// A loses its peer: its request fails and nothing crosses in plain text.
+	checkPresharedKeys(t, p)
 	if err := p.A.Send("remove-peers"); err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,8 @@ func TestStrictMode(t *testing.T) {
 // checkOutsider attacks node B from C, on the node network but no peer: from the join service's port as source
 // port (which a filter by source port lets through, and whose replies a routing rule by port sends outside
 // the tunnel) to a port B serves only through the tunnel and to B's pod; and from the provider's address to
-// the same. Every attempt fails and the marker never crosses B's link in plain text. What they may do still
+// the same; and from a process on the peer A that binds the join service's port as its source port. Every
+// attempt fails and the marker never crosses B's link in plain text. What they may do still
 // works: C reaches B's join port, B its own join connection to C and the provider's service, the provider
 // B's operator port, and A the pod through the tunnel, encrypted.
 func checkOutsider(t *testing.T, p *wgmeshtest.Pair) {
@@ -189,6 +191,9 @@ func checkOutsider(t *testing.T, p *wgmeshtest.Pair) {
 		{"the provider to a tunnel-only port of B", p.NamespaceC, url(wgmeshtest.LinkB, wgmeshtest.HTTPPort), provider},
 		{"the provider from the join port to a tunnel-only port of B", p.NamespaceC, url(wgmeshtest.LinkB, wgmeshtest.HTTPPort), from(wgmeshtest.Provider, wgmeshtest.PlaintextPort)},
 		{"the provider to B's pod", p.NamespaceC, url(wgmeshtest.PodB, wgmeshtest.HTTPPort), provider},
+		// Not the join service but another process on a node that binds its port as source port: only
+		// the join service's own connections leave outside the tunnel.
+		{"a process on A from the join port to a tunnel-only port of B", p.NamespaceA, url(wgmeshtest.LinkB, wgmeshtest.HTTPPort), from(wgmeshtest.LinkA2, wgmeshtest.PlaintextPort)},
 	} {
 		var out string
 		found, frames, err := wgmeshtest.CaptureIn(p.NamespaceB, p.LinkDevB, func() error {

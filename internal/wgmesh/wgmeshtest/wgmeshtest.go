@@ -44,6 +44,9 @@ const (
 	// PlaintextPort at LinkC2 (so that the others keep that port free as a source port), and LinkC3 is a
 	// second source (a connection's source address and port stay taken a while after it closed).
 	LinkC, LinkC2, LinkC3 = "10.252.0.3", "10.252.0.4", "10.252.0.5"
+	// LinkA2 is a second address of A on the link, where nothing listens: a source for a process on A that
+	// binds PlaintextPort, which A's join service holds on LinkA.
+	LinkA2 = "10.252.0.6"
 	// Provider is the infrastructure's address on the link (the outsider's second address).
 	Provider = "10.252.0.254"
 	// MetadataPort is where the provider's service listens, which the nodes connect to.
@@ -459,6 +462,7 @@ func newPair(strict bool, rootA, rootB wgmesh.Key) (p *Pair, err error) {
 			{"-n", p.NamespacePod, "addr", "add", PodB + "/24", "dev", podDev}, {"-n", p.NamespacePod, "link", "set", podDev, "up"},
 			{"-n", p.NamespacePod, "link", "set", "lo", "up"}, {"-n", p.NamespacePod, "route", "add", "default", "via", PodGatewayB},
 			{"-n", p.NamespaceB, "addr", "add", PodGatewayB + "/24", "dev", podGwDev}, {"-n", p.NamespaceB, "link", "set", podGwDev, "up"},
+			{"-n", p.NamespaceA, "addr", "add", LinkA2 + "/24", "dev", p.LinkDevA},
 		}...)
 	}
 	cmds = append(cmds, [][]string{
