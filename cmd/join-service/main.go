@@ -60,7 +60,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
 		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: metadata.NewClient(metadataURL), Disks: disks,
-		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
+		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Addr: keyService, Issuer: issuer, Config: config}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
 	}), issuer)
 	if err != nil {
 		return err

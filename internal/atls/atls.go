@@ -8,6 +8,9 @@
 //
 // Either side, or both, can be attested. A side that is not attested presents a plain self-signed
 // certificate; whoever talks to it must authenticate it another way.
+//
+// Both sides use only the hybrid post-quantum key exchange X25519MLKEM768 ([KeyExchange]); a peer that does
+// not offer it is refused.
 package atls
 
 import (
@@ -49,6 +52,15 @@ var oidServerNonce = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 32473, 1, 3, 1}
 // defaultNextProtos are the application protocols a server offers unless told otherwise.
 var defaultNextProtos = []string{"h2", "http/1.1"}
 
+// KeyExchange is the only key exchange aTLS accepts, on both sides: the hybrid of X25519 and ML-KEM-768.
+// Traffic recorded today stays secret against a future quantum computer as long as either half holds, and a
+// peer (or a man in the middle) cannot downgrade a handshake to classical X25519: a client that does not
+// offer it is refused, and a client refuses a server that picks anything else.
+const KeyExchange = tls.X25519MLKEM768
+
+// curvePreferences pins every aTLS configuration to [KeyExchange].
+func curvePreferences() []tls.CurveID { return []tls.CurveID{KeyExchange} }
+
 // CreateServerConfig returns a TLS server configuration. With an issuer the server attests itself to
 // clients; with validators it requires clients to attest themselves with evidence one of them accepts. At
 // least one of the two must be set.
@@ -66,9 +78,12 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 	}
 	// Session tickets are disabled: a resumed session would skip the certificate, and with it the fresh
 	// evidence of this handshake.
-	base := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: defaultNextProtos, SessionTicketsDisabled: true}
+	base := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: defaultNextProtos, SessionTicketsDisabled: true, CurvePreferences: curvePreferences()}
 	base.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
+		if !slices.Contains(chi.SupportedCurves, KeyExchange) {
+			return nil, fmt.Errorf("aTLS: the client does not offer the key exchange %s (post-quantum hybrid); connect with an aTLS client of this release", KeyExchange)
+		}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true, CurvePreferences: curvePreferences()}
 		appProtos, clientNonce := splitALPN(chi.SupportedProtos)
 		if slices.ContainsFunc(appProtos, func(p string) bool { return slices.Contains(base.NextProtos, p) }) {
 			cfg.NextProtos = base.NextProtos
@@ -130,8 +145,9 @@ func CreateClientConfig(issuer attestation.Issuer, validators []attestation.Vali
 		return nil, err
 	}
 	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{alpnNoncePrefix + hex.EncodeToString(nonce)},
+		MinVersion:       tls.VersionTLS13,
+		CurvePreferences: curvePreferences(),
+		NextProtos:       []string{alpnNoncePrefix + hex.EncodeToString(nonce)},
 		// The server's certificate is self-signed; it is verified by its evidence in VerifyConnection.
 		InsecureSkipVerify: true, //nolint:gosec
 	}

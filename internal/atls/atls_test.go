@@ -383,3 +383,97 @@ func FuzzFindEvidence(f *testing.F) {
 type vtpmValidatorStub struct{ attestation.Validator }
 
 func (vtpmValidatorStub) Variant() attestation.Variant { return attestation.MiniVTPM }
+
+// Every aTLS handshake negotiates the post-quantum hybrid key exchange, on both ends.
+func TestKeyExchangeIsPostQuantum(t *testing.T) {
+	node, v := newNode(t)
+	serverCfg, err := CreateServerConfig(node.Issuer, []attestation.Validator{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCfg, err := CreateClientConfig(node.Issuer, []attestation.Validator{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, client := curves(t, serverCfg, clientCfg)
+	if server != tls.X25519MLKEM768 || client != tls.X25519MLKEM768 {
+		t.Fatalf("negotiated key exchange: server %s, client %s; want %s", server, client, tls.X25519MLKEM768)
+	}
+}
+
+// A client that offers only classical X25519 (a downgrade by a peer or a man in the middle that rewrites the
+// offer) is refused; so is a server that accepts only X25519.
+func TestClassicalKeyExchangeRefused(t *testing.T) {
+	node, v := newNode(t)
+	serverCfg, err := CreateServerConfig(node.Issuer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCfg, err := CreateClientConfig(nil, []attestation.Validator{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	classical := clientCfg.Clone()
+	classical.CurvePreferences = []tls.CurveID{tls.X25519}
+	serr, cerr := handshake(t, serverCfg, classical)
+	if serr == nil || cerr == nil {
+		t.Fatalf("a client offering only X25519 got through: server %v, client %v", serr, cerr)
+	}
+	if !strings.Contains(serr.Error(), "key exchange") {
+		t.Errorf("the server's refusal does not say why: %v", serr)
+	}
+
+	plainServer, err := CreateServerConfig(node.Issuer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := plainServer.GetConfigForClient
+	plainServer.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		chi.SupportedCurves = append(chi.SupportedCurves, tls.X25519) // pass the server's own check
+		cfg, err := inner(chi)
+		if cfg != nil {
+			cfg.CurvePreferences = []tls.CurveID{tls.X25519}
+		}
+		return cfg, err
+	}
+	if serr, cerr := handshake(t, plainServer, clientCfg); serr == nil || cerr == nil {
+		t.Fatalf("a client accepted a server that accepts only X25519: server %v, client %v", serr, cerr)
+	}
+}
+
+// curves runs one handshake and returns the key exchange each end negotiated.
+func curves(t *testing.T, serverCfg, clientCfg *tls.Config) (server, client tls.CurveID) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan tls.CurveID, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			done <- 0
+			return
+		}
+		defer conn.Close()
+		tc := tls.Server(conn, serverCfg)
+		if err := tc.Handshake(); err != nil {
+			done <- 0
+			return
+		}
+		done <- tc.ConnectionState().CurveID
+		io.Copy(io.Discard, tc)
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(conn, clientCfg)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	client = tc.ConnectionState().CurveID
+	tc.Close()
+	return <-done, client
+}

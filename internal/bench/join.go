@@ -49,6 +49,8 @@ type stubMesh struct{}
 
 func (stubMesh) Admit(context.Context, string, wgmesh.Key) error { return nil }
 
+func (stubMesh) PresharedRoot(context.Context) (wgmesh.Key, error) { return wgmesh.Key{2}, nil }
+
 func (stubMesh) List(context.Context) ([]meshpeers.Peer, error) {
 	return []meshpeers.Peer{{Node: "control-plane-0", PublicKey: wgmesh.Key{1}}}, nil
 }

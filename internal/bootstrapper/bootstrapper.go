@@ -207,6 +207,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				return mesh.apply(ctx)
 			},
 			recovered: func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
+				if err := mesh.setRootFromMaster(ms); err != nil {
+					return err
+				}
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
 				go mesh.publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
 				if self.Name != FirstControlPlane {
@@ -219,6 +222,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy})
 			},
 			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
+				// Before any node can join: the join service admits nodes as this node's peers.
+				if err := mesh.setRootFromMaster(ms); err != nil {
+					return err
+				}
 				if err := mesh.publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
 					return err
 				}

@@ -196,6 +196,9 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			return err
 		}
 	}
+	if err := mesh.setRoot(resp.GetMeshPskRoot()); err != nil {
+		return fmt.Errorf("the join service's answer: %w", err)
+	}
 	if err := mesh.start(); err != nil {
 		return err
 	}

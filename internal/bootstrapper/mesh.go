@@ -20,9 +20,11 @@ import (
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -39,23 +41,32 @@ const (
 	// all control-plane nodes restarted, they reach each other (and etcd its quorum) before the record in the
 	// API is readable again.
 	meshPeersFile = "/var/lib/constellation/wireguard/peers.json"
+	// meshRootFile keeps the mesh's root key for preshared keys on the state disk, so that a node that
+	// restarts (and the first control-plane node at a recovery, before it has its peers' keys again)
+	// configures its peers with their preshared keys at once.
+	meshRootFile = "/var/lib/constellation/wireguard/psk-root.key"
 	// meshSyncInterval is how often a node reads the cluster's record of the mesh.
 	meshSyncInterval = 2 * time.Second
 )
 
 // meshAgent runs the node's part of the cluster's WireGuard mesh: the interface, and its peers kept equal to
-// the cluster's record (package meshpeers), with their addresses from the provider.
+// the cluster's record (package meshpeers), with their addresses from the provider and each pair's preshared
+// key derived from the mesh's root key (joinservice.MeshRootKeyID), which the node got over aTLS from the join
+// service, or derived from the master secret on the first control-plane node. Without the root it configures
+// no peer.
 type meshAgent struct {
 	md         *metadata.Client
 	self       metadata.Instance
 	podNetwork netip.Prefix
 	keyFile    string
 	peersFile  string
+	rootFile   string
 	log        *slog.Logger
 
 	mu      sync.Mutex
 	private wgmesh.Key
 	public  wgmesh.Key
+	root    wgmesh.Key // the mesh's root key for preshared keys
 	mesh    *wgmesh.Mesh
 	current []string // the peers set last, "name key" sorted, to log changes only
 	// recorded is the cluster's record as last read; admitted are nodes this node's join service admitted
@@ -188,7 +199,7 @@ func (a *meshAgent) apply(ctx context.Context) error {
 }
 
 func newMeshAgent(md *metadata.Client, self metadata.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
-	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, peersFile: meshPeersFile, log: log}
+	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, peersFile: meshPeersFile, rootFile: meshRootFile, log: log}
 }
 
 // newKey makes a key pair for this node's next join; the private key stays in this process until the state
@@ -204,9 +215,65 @@ func (a *meshAgent) newKey() (wgmesh.Key, error) {
 	return pub, nil
 }
 
-// loadKey takes the key the node kept on its state disk, and the peers it last knew.
+// setRoot takes the mesh's root key for preshared keys (32 bytes) and keeps it on the state disk, which must
+// be unlocked.
+func (a *meshAgent) setRoot(raw []byte) error {
+	if len(raw) != len(wgmesh.Key{}) || wgmesh.Key(raw) == (wgmesh.Key{}) {
+		return fmt.Errorf("the WireGuard preshared root key has %d bytes or is zero, want 32 random bytes; the join service must be of this release", len(raw))
+	}
+	if err := os.MkdirAll(filepath.Dir(a.rootFile), 0o700); err != nil {
+		return err
+	}
+	root := wgmesh.Key(raw)
+	if err := atomicfile.Write(a.rootFile, []byte(root.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("keeping the WireGuard preshared root key on the state disk: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.root = root
+	return nil
+}
+
+// setRootFromMaster derives the mesh's root key from the master secret (the first control-plane node at
+// init, a control-plane node at a recovery) and takes it.
+func (a *meshAgent) setRootFromMaster(ms *kms.MasterSecret) error {
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		return err
+	}
+	root, err := joinservice.MeshRootFromMaster(d)
+	if err != nil {
+		return err
+	}
+	return a.setRoot(root[:])
+}
+
+// loadRoot takes the root key kept on the state disk; without one, the node has none until it is given it.
+func (a *meshAgent) loadRoot() error {
+	raw, err := os.ReadFile(a.rootFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		a.log.Warn("no WireGuard preshared root key on the state disk: no peer is configured until the node gets it")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the WireGuard preshared root key from the state disk: %w", err)
+	}
+	root, err := wgmesh.ParseKey(strings.TrimSpace(string(raw)))
+	if err != nil || root == (wgmesh.Key{}) {
+		return fmt.Errorf("the WireGuard preshared root key on the state disk is damaged: %v", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.root = root
+	return nil
+}
+
+// loadKey takes the key the node kept on its state disk, the mesh's root key and the peers it last knew.
 func (a *meshAgent) loadKey() error {
 	if err := a.loadRecord(); err != nil {
+		return err
+	}
+	if err := a.loadRoot(); err != nil {
 		return err
 	}
 	raw, err := os.ReadFile(a.keyFile)
@@ -255,7 +322,8 @@ func NodeLink(addr netip.Addr) (name string, network netip.Prefix, mtu int, err 
 }
 
 // start keeps the key on the state disk and brings the interface up, in strict mode: the node network and
-// the pod network are reachable only through the tunnel (but for the provider and the join service's port).
+// the pod network are reachable only through the tunnel, but for the join service's port and, from the
+// provider's address, replies to the node's own connections and the operator's ports (see [wgmesh.Routing]).
 func (a *meshAgent) start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -284,6 +352,7 @@ func (a *meshAgent) start() error {
 		Table: meshTable, Mark: meshMark, Source: self, Link: link,
 		Protected:         []netip.Prefix{network, a.podNetwork},
 		Infrastructure:    []netip.Prefix{infra},
+		OperatorTCPPorts:  operatorPorts,
 		PlaintextTCPPorts: []uint16{joinservice.Port},
 	}
 	if pods, err := netip.ParsePrefix(a.self.PodCIDR); err == nil {
@@ -299,6 +368,15 @@ func (a *meshAgent) start() error {
 	return nil
 }
 
+// operatorPorts are the node's services the operator's CLI reaches from the provider's address (on mini the
+// CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
+// and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
+// reachable from there.
+var operatorPorts = []uint16{InitPort, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
+
+// apiServerPort is the API server's port (kubeadm's bindPort).
+const apiServerPort = 6443
+
 // providerAddress is the host of the metadata service: the provider's infrastructure, reached directly.
 func providerAddress(metadataURL string) (netip.Prefix, error) {
 	u, err := url.Parse(metadataURL)
@@ -313,41 +391,19 @@ func providerAddress(metadataURL string) (netip.Prefix, error) {
 }
 
 // setPeers makes the recorded nodes, other than this one, the peers, at the addresses the provider gives
-// them. A recorded node the provider does not know is no peer.
+// them, each with the pair's preshared key. A recorded node the provider does not know is no peer.
 func (a *meshAgent) setPeers(ctx context.Context, recorded []meshpeers.Peer) error {
 	instances, err := a.md.Instances(ctx)
 	if err != nil {
 		return fmt.Errorf("asking the provider for the nodes' addresses: %w", err)
 	}
-	byName := map[string]metadata.Instance{}
-	for _, inst := range instances {
-		byName[inst.Name] = inst
+	a.mu.Lock()
+	root, public := a.root, a.public
+	a.mu.Unlock()
+	peers, names, err := meshPeers(recorded, instances, a.self.Name, root, public, a.log)
+	if err != nil {
+		return err
 	}
-	var peers []wgmesh.Peer
-	var names []string
-	for _, r := range recorded {
-		if r.Node == a.self.Name {
-			continue
-		}
-		inst, ok := byName[r.Node]
-		if !ok {
-			a.log.Warn("a node in the cluster's WireGuard record is unknown to the provider; not a peer", "node", r.Node)
-			continue
-		}
-		ip, err1 := netip.ParseAddr(inst.IP)
-		pods, err2 := netip.ParsePrefix(inst.PodCIDR)
-		if err1 != nil || err2 != nil {
-			a.log.Warn("the provider gives a node no usable addresses; not a peer", "node", r.Node, "ip", inst.IP, "podCIDR", inst.PodCIDR)
-			continue
-		}
-		peers = append(peers, wgmesh.Peer{
-			PublicKey:  r.PublicKey,
-			Endpoint:   netip.AddrPortFrom(ip, meshpeers.Port),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen()), pods},
-		})
-		names = append(names, r.Node+" "+r.PublicKey.String())
-	}
-	slices.Sort(names)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.mesh == nil {
@@ -362,6 +418,51 @@ func (a *meshAgent) setPeers(ctx context.Context, recorded []meshpeers.Peer) err
 	a.current = names
 	a.log.Info("WireGuard peers changed", "peers", names)
 	return nil
+}
+
+// meshPeers are the WireGuard peers of the node self (with the public key public) for the recorded nodes, at
+// the provider's addresses of instances, each with the pair's preshared key from root. Without a root there
+// is no peer: an error, never a peer without a preshared key.
+func meshPeers(recorded []meshpeers.Peer, instances []metadata.Instance, self string, root, public wgmesh.Key, log *slog.Logger) ([]wgmesh.Peer, []string, error) {
+	byName := map[string]metadata.Instance{}
+	for _, inst := range instances {
+		byName[inst.Name] = inst
+	}
+	var peers []wgmesh.Peer
+	var names []string
+	for _, r := range recorded {
+		if r.Node == self {
+			continue
+		}
+		inst, ok := byName[r.Node]
+		if !ok {
+			log.Warn("a node in the cluster's WireGuard record is unknown to the provider; not a peer", "node", r.Node)
+			continue
+		}
+		ip, err1 := netip.ParseAddr(inst.IP)
+		pods, err2 := netip.ParsePrefix(inst.PodCIDR)
+		if err1 != nil || err2 != nil {
+			log.Warn("the provider gives a node no usable addresses; not a peer", "node", r.Node, "ip", inst.IP, "podCIDR", inst.PodCIDR)
+			continue
+		}
+		if r.PublicKey == public {
+			log.Warn("a node in the cluster's WireGuard record has this node's key; not a peer", "node", r.Node)
+			continue
+		}
+		psk, err := wgmesh.PairKey(root, public, r.PublicKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("the preshared key with node %s: %w", r.Node, err)
+		}
+		peers = append(peers, wgmesh.Peer{
+			PublicKey:    r.PublicKey,
+			Endpoint:     netip.AddrPortFrom(ip, meshpeers.Port),
+			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen()), pods},
+			PresharedKey: psk,
+		})
+		names = append(names, r.Node+" "+r.PublicKey.String())
+	}
+	slices.Sort(names)
+	return peers, names, nil
 }
 
 // peersFromJoin are the mesh's nodes as the join service listed them.

@@ -1,6 +1,7 @@
 package bootstrapper
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -62,5 +64,64 @@ func TestKeptRecord(t *testing.T) {
 	os.WriteFile(a.peersFile, []byte(`[{"node":"x","publicKey":"short"}]`), 0o600)
 	if err := (&meshAgent{peersFile: a.peersFile}).loadRecord(); err == nil {
 		t.Fatal("a damaged record was loaded")
+	}
+}
+
+// Every peer gets the pair's preshared key from the mesh's root key; without the root no peer is configured
+// at all (fail closed), while an empty mesh needs none.
+func TestMeshPeersHavePresharedKeys(t *testing.T) {
+	_, self, _ := wgmesh.GenerateKey()
+	_, k1, _ := wgmesh.GenerateKey()
+	_, k2, _ := wgmesh.GenerateKey()
+	recorded := []meshpeers.Peer{{Node: "control-plane-0", PublicKey: k1}, {Node: "worker-0", PublicKey: self}, {Node: "worker-1", PublicKey: k2}}
+	instances := []metadata.Instance{
+		{Name: "control-plane-0", IP: "10.217.0.10", PodCIDR: "10.244.0.0/24"},
+		{Name: "worker-0", IP: "10.217.0.11", PodCIDR: "10.244.1.0/24"},
+		{Name: "worker-1", IP: "10.217.0.12", PodCIDR: "10.244.2.0/24"},
+	}
+	log := slog.New(slog.DiscardHandler)
+	root := wgmesh.Key{0x42}
+	peers, _, err := meshPeers(recorded, instances, "worker-0", root, self, log)
+	if err != nil || len(peers) != 2 {
+		t.Fatalf("meshPeers = %v, %v", peers, err)
+	}
+	for _, p := range peers {
+		want, _ := wgmesh.PairKey(root, p.PublicKey, self)
+		if p.PresharedKey == (wgmesh.Key{}) || p.PresharedKey != want {
+			t.Errorf("peer %s has the preshared key %s, want the pair's %s", p.PublicKey, p.PresharedKey, want)
+		}
+	}
+	if peers[0].PresharedKey == peers[1].PresharedKey {
+		t.Error("two pairs share a preshared key")
+	}
+	if peers, _, err := meshPeers(recorded, instances, "worker-0", wgmesh.Key{}, self, log); err == nil || len(peers) != 0 {
+		t.Fatalf("without the root key: %v, %v; want no peer and an error", peers, err)
+	}
+	if _, _, err := meshPeers(recorded[1:2], instances, "worker-0", wgmesh.Key{}, self, log); err != nil {
+		t.Fatalf("a node alone needs no root key: %v", err)
+	}
+}
+
+// The root key survives on the state disk; a wrong-sized one is refused.
+func TestKeptRoot(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	a := &meshAgent{rootFile: filepath.Join(dir, "wireguard", "psk-root.key"), log: log}
+	if err := a.setRoot(make([]byte, 31)); err == nil {
+		t.Fatal("a 31-byte root was taken")
+	}
+	if err := a.setRoot(make([]byte, 32)); err == nil {
+		t.Fatal("a zero root was taken")
+	}
+	root := wgmesh.Key{7, 7}
+	if err := a.setRoot(root[:]); err != nil {
+		t.Fatal(err)
+	}
+	b := &meshAgent{rootFile: a.rootFile, log: log}
+	if err := b.loadRoot(); err != nil || b.root != root {
+		t.Fatalf("loaded %s, %v; want %s", b.root, err, root)
+	}
+	if st, err := os.Stat(a.rootFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the root key file: %v, %v", st, err)
 	}
 }

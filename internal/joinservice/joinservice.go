@@ -3,7 +3,8 @@
 // joining node, and the joining node must present evidence that matches the cluster's attestation policy
 // before it gets anything. Only then does it hand out what joining needs: a short-lived bootstrap token, the
 // cluster CA's hash, and the cluster ID the node measures into its PCR, after which that node can never again
-// pose as a fresh one.
+// pose as a fresh one; with the WireGuard mesh, its peers and the mesh's root key for preshared keys
+// ([MeshRootKeyID]), from the key service.
 //
 // The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
 // again whenever it changes, so tightening the measurements takes effect without a restart.
@@ -62,6 +63,8 @@ type Mesh interface {
 	Admit(ctx context.Context, name string, key wgmesh.Key) error
 	// List returns the nodes of the mesh.
 	List(ctx context.Context) ([]meshpeers.Peer, error)
+	// PresharedRoot returns the mesh's root key for WireGuard preshared keys (see MeshRootKeyID).
+	PresharedRoot(ctx context.Context) (wgmesh.Key, error)
 }
 
 // Options are what a join service works with.
@@ -185,7 +188,19 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		return nil, status.Error(codes.Internal, "signing the kubelet certificate failed")
 	}
 	var peers []*initpb.MeshPeer
+	var pskRoot []byte
 	if s.mesh != nil {
+		// Without the root the node could configure no peer: refuse the join rather than admit a node
+		// whose tunnels would lack their preshared keys.
+		root, err := s.mesh.PresharedRoot(ctx)
+		if err == nil && root == (wgmesh.Key{}) {
+			err = errors.New("the root key is empty")
+		}
+		if err != nil {
+			s.log.Error("join failed: getting the WireGuard preshared root key", "caller", caller, "error", err)
+			return nil, status.Error(codes.Unavailable, "getting the WireGuard preshared root key failed")
+		}
+		pskRoot = root[:]
 		// A peer of this control plane before the node gets its token: its first request to the API server
 		// already goes through the tunnel.
 		if meshKey != (wgmesh.Key{}) {
@@ -215,7 +230,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

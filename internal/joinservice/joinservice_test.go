@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -23,6 +24,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/atls"
@@ -44,8 +47,19 @@ type roles map[string]bool
 
 func (r roles) IsControlPlane(_ context.Context, name string) (bool, error) { return r[name], nil }
 
-// recordedMesh is the cluster's record of WireGuard keys, by node name.
-type recordedMesh struct{ keys map[string]wgmesh.Key }
+// recordedMesh is the cluster's record of WireGuard keys, by node name, and the mesh's preshared root key
+// (none: the root is unavailable).
+type recordedMesh struct {
+	keys map[string]wgmesh.Key
+	root wgmesh.Key
+}
+
+func (m *recordedMesh) PresharedRoot(context.Context) (wgmesh.Key, error) {
+	if m.root == (wgmesh.Key{}) {
+		return wgmesh.Key{}, errors.New("the key service is unreachable")
+	}
+	return m.root, nil
+}
 
 func (m *recordedMesh) Admit(_ context.Context, name string, key wgmesh.Key) error {
 	m.keys[name] = key
@@ -146,7 +160,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		}
 	}
 	nodeRoles := roles{"node-0": false}
-	mesh := &recordedMesh{keys: map[string]wgmesh.Key{"control-plane-0": {7}}}
+	mesh := &recordedMesh{keys: map[string]wgmesh.Key{"control-plane-0": {7}}, root: wgmesh.Key{0x5e}}
 	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: nodeRoles, Mesh: mesh, PKIDir: pki, Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), node.Issuer)
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +194,12 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")})
+		var pr peer.Peer
+		resp, err := initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
+		if info, ok := pr.AuthInfo.(credentials.TLSInfo); err == nil && (!ok || info.State.CurveID != tls.X25519MLKEM768) {
+			t.Fatalf("the join channel's key exchange is not the post-quantum hybrid: %+v", pr.AuthInfo)
+		}
+		return resp, err
 	}
 
 	// An invalid WireGuard key: refused, nothing recorded, no token.
@@ -204,6 +223,23 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	if !bytes.Equal(resp.GetClusterId(), clusterID) || resp.GetToken() != "abcdef.0123456789abcdef" || resp.GetCaCertHash() != wantHash || resp.GetApiEndpoint() != "10.0.0.1:6443" {
 		t.Fatalf("Join response: %+v", resp)
 	}
+	if !bytes.Equal(resp.GetMeshPskRoot(), mesh.root[:]) {
+		t.Fatalf("the join answer's WireGuard preshared root key is %x, want %x", resp.GetMeshPskRoot(), mesh.root)
+	}
+	// Without the preshared root key the join is refused and the node is not admitted: it could configure
+	// no peer.
+	root := mesh.root
+	mesh.root = wgmesh.Key{}
+	_, otherKey, _ := wgmesh.GenerateKey()
+	if _, err := joinWith(false, otherKey[:]); status.Code(err) != codes.Unavailable {
+		t.Fatalf("join without the preshared root key = %v, want Unavailable", err)
+	}
+	for name, k := range mesh.keys {
+		if k == otherKey {
+			t.Fatalf("a join refused for want of the preshared root key admitted %s", name)
+		}
+	}
+	mesh.root = root
 
 	if len(resp.GetControlPlaneFiles()) != 0 {
 		t.Fatal("a worker join got the control plane's PKI")

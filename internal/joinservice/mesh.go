@@ -2,6 +2,7 @@ package joinservice
 
 import (
 	"context"
+	"errors"
 
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
@@ -15,6 +16,16 @@ import (
 type ClusterMesh struct {
 	Local *meshpeers.AdmitClient
 	API   *kubeapi.Client
+	// Root gives the mesh's root key for preshared keys.
+	Root *KeyServiceMeshRoot
+}
+
+// PresharedRoot implements Mesh.
+func (m ClusterMesh) PresharedRoot(ctx context.Context) (wgmesh.Key, error) {
+	if m.Root == nil {
+		return wgmesh.Key{}, errors.New("no source of the WireGuard preshared root key")
+	}
+	return m.Root.PresharedRoot(ctx)
 }
 
 // Admit implements Mesh.

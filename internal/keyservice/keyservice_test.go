@@ -3,6 +3,7 @@ package keyservice
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -93,6 +97,13 @@ func TestGetDataKey(t *testing.T) {
 	key, err := c.GetDataKey(ctx(t), id, kms.DiskKeySize)
 	if err != nil {
 		t.Fatalf("GetDataKey: %v", err)
+	}
+	var pr peer.Peer
+	if _, err := c.api.GetDataKey(ctx(t), &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: kms.DiskKeySize}, grpc.Peer(&pr)); err != nil {
+		t.Fatal(err)
+	}
+	if info, ok := pr.AuthInfo.(credentials.TLSInfo); !ok || info.State.CurveID != tls.X25519MLKEM768 {
+		t.Fatalf("the key service's channel's key exchange is not the post-quantum hybrid: %+v", pr.AuthInfo)
 	}
 	want, _ := e.deriver.DiskKey("0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11")
 	if !bytes.Equal(key, want) {

@@ -8,7 +8,9 @@
 // the join service that admits it tells the WireGuard agent of its own node (LocalSocket), which makes the
 // new node a peer until the node has published its key.
 //
-// Only keys come from here. A peer's addresses (its endpoint and what it may send from) come from the
+// Only public keys come from here; the record holds no secret. Each pair's WireGuard preshared key derives
+// from the mesh's root key, which a node gets over aTLS from the join service (joinservice.MeshRootKeyID).
+// A peer's addresses (its endpoint and what it may send from) come from the
 // provider, which assigns them, so that a node that edits its own Node object cannot claim another node's
 // traffic.
 package meshpeers

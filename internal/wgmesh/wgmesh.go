@@ -2,6 +2,10 @@
 // peers are exactly the other attested members of the cluster, and traffic to a peer's addresses goes through
 // the tunnel.
 //
+// Every pair of peers also shares a preshared key ([PairKey]), mixed into WireGuard's handshake: recorded
+// traffic stays secret against a future quantum computer that breaks Curve25519, as long as the preshared key
+// does not leak. A peer without one is never configured (fail closed).
+//
 // Where the kernel has WireGuard, the kernel's device would be used; this machine's kernel has none, so the
 // interface is a TUN device driven by the userspace implementation (golang.zx2c4.com/wireguard), in the
 // network namespace of the process that starts it. A node's private key is generated on the node and never
@@ -9,8 +13,11 @@
 package wgmesh
 
 import (
+	"bytes"
 	"crypto/ecdh"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -65,6 +72,30 @@ func PublicKey(private Key) (Key, error) {
 	return Key(priv.PublicKey().Bytes()), nil
 }
 
+// pairKeyLabel is the HKDF info prefix of a pair's preshared key; the pair's public keys follow it. It is
+// part of the derivation and never changes.
+const pairKeyLabel = "constellation/v1/wireguard-psk/"
+
+// PairKey returns the preshared key of the peers with the public keys a and b (in either order), derived from
+// the mesh's root key with HKDF-SHA256: info is the label followed by the two public keys, the lower first.
+// Each pair has a key of its own; both ends derive the same one.
+func PairKey(root, a, b Key) (Key, error) {
+	if root == (Key{}) {
+		return Key{}, errors.New("no WireGuard preshared root key: refusing to derive a pair's preshared key from nothing")
+	}
+	if a == (Key{}) || b == (Key{}) || a == b {
+		return Key{}, fmt.Errorf("a preshared key needs two distinct public keys, got %s and %s", a, b)
+	}
+	if bytes.Compare(a[:], b[:]) > 0 {
+		a, b = b, a
+	}
+	k, err := hkdf.Key(sha256.New, root[:], nil, pairKeyLabel+string(a[:])+string(b[:]), len(Key{}))
+	if err != nil {
+		return Key{}, err
+	}
+	return Key(k), nil
+}
+
 // Config configures a node's WireGuard interface.
 type Config struct {
 	// Interface is the interface name, for example wg0.
@@ -93,6 +124,8 @@ type Peer struct {
 	// AllowedIPs are the peer's addresses inside the tunnel: only packets from these are accepted from it,
 	// and packets to them go to it.
 	AllowedIPs []netip.Prefix
+	// PresharedKey is the pair's preshared key ([PairKey]); required.
+	PresharedKey Key
 }
 
 // Mesh is a running WireGuard interface.
@@ -165,7 +198,10 @@ func (m *Mesh) SetPeers(peers []Peer) error {
 		if p.PublicKey == (Key{}) || !p.Endpoint.IsValid() {
 			return fmt.Errorf("peer %s has no public key or no endpoint", p.PublicKey)
 		}
-		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
+		if p.PresharedKey == (Key{}) {
+			return fmt.Errorf("peer %s has no preshared key: refusing to configure it (its traffic would have no post-quantum protection)", p.PublicKey)
+		}
+		fmt.Fprintf(&b, "public_key=%s\npreshared_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.PublicKey[:]), hex.EncodeToString(p.PresharedKey[:]), p.Endpoint)
 		for _, a := range p.AllowedIPs {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
 		}
@@ -206,6 +242,37 @@ func (m *Mesh) route(a netip.Prefix) *netlink.Route {
 		}
 	}
 	return r
+}
+
+// PeerStatus is a peer as the running device has it.
+type PeerStatus struct {
+	PublicKey       Key
+	HasPresharedKey bool
+}
+
+// Status reads the peers from the running device itself (not from what was asked of it).
+func (m *Mesh) Status() ([]PeerStatus, error) {
+	raw, err := m.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("reading the state of %s: %w", m.cfg.Interface, err)
+	}
+	var out []PeerStatus
+	for _, line := range strings.Split(raw, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "public_key":
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != len(Key{}) {
+				return nil, fmt.Errorf("the state of %s has a malformed public key", m.cfg.Interface)
+			}
+			out = append(out, PeerStatus{PublicKey: Key(b)})
+		case "preshared_key":
+			if len(out) > 0 && strings.Trim(v, "0") != "" {
+				out[len(out)-1].HasPresharedKey = true
+			}
+		}
+	}
+	return out, nil
 }
 
 // Peers returns the current peers.

@@ -503,8 +503,11 @@ type JoinResponse struct {
 	// key; ca_certificate is the cluster CA certificate (DER), whose key ca_cert_hash pins.
 	KubeletCertificate []byte `protobuf:"bytes,8,opt,name=kubelet_certificate,json=kubeletCertificate,proto3" json:"kubelet_certificate,omitempty"`
 	CaCertificate      []byte `protobuf:"bytes,9,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// mesh_psk_root is the mesh's root key for WireGuard preshared keys (32 bytes), derived from the master
+	// secret: every pair of nodes derives its own preshared key from it and the pair's public keys.
+	MeshPskRoot   []byte `protobuf:"bytes,10,opt,name=mesh_psk_root,json=meshPskRoot,proto3" json:"mesh_psk_root,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -600,6 +603,13 @@ func (x *JoinResponse) GetCaCertificate() []byte {
 	return nil
 }
 
+func (x *JoinResponse) GetMeshPskRoot() []byte {
+	if x != nil {
+		return x.MeshPskRoot
+	}
+	return nil
+}
+
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -643,7 +653,7 @@ const file_init_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\x8b\x03\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\xaf\x03\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -656,7 +666,9 @@ const file_init_proto_rawDesc = "" +
 	"\n" +
 	"mesh_peers\x18\a \x03(\v2\x1f.constellation.init.v1.MeshPeerR\tmeshPeers\x12/\n" +
 	"\x13kubelet_certificate\x18\b \x01(\fR\x12kubeletCertificate\x12%\n" +
-	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate2\xae\x01\n" +
+	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate\x12\"\n" +
+	"\rmesh_psk_root\x18\n" +
+	" \x01(\fR\vmeshPskRoot2\xae\x01\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse\x12U\n" +
 	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponse2W\n" +

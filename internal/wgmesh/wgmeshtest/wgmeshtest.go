@@ -5,6 +5,7 @@ package wgmeshtest
 
 import (
 	"bufio"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,27 @@ const (
 	LinkNet = "10.252.0.0/24"
 )
 
+// The rest of a strict pair's network: a bridge links A, B and an outsider C, which is on the node network
+// but no peer, and also holds the provider's address. B routes a pod, in a namespace of its own.
+const (
+	// LinkC is the outsider's address on the link; LinkC2 and LinkC3 are more of its addresses: it serves
+	// PlaintextPort at LinkC2 (so that the others keep that port free as a source port), and LinkC3 is a
+	// second source (a connection's source address and port stay taken a while after it closed).
+	LinkC, LinkC2, LinkC3 = "10.252.0.3", "10.252.0.4", "10.252.0.5"
+	// LinkA2 is a second address of A on the link, where nothing listens: a source for a process on A that
+	// binds PlaintextPort, which A's join service holds on LinkA.
+	LinkA2 = "10.252.0.6"
+	// Provider is the infrastructure's address on the link (the outsider's second address).
+	Provider = "10.252.0.254"
+	// MetadataPort is where the provider's service listens, which the nodes connect to.
+	MetadataPort = 8084
+	// OperatorPort is a node port the provider's address may connect to (as the operator's CLI on mini).
+	OperatorPort = 8083
+	// PodNet is the pod network, protected as the link is; PodRangeB is B's pod range, PodB B's pod, which
+	// serves the marker on HTTPPort, and PodGatewayB B's address towards it.
+	PodNet, PodRangeB, PodB, PodGatewayB = "10.254.0.0/16", "10.254.1.0/24", "10.254.1.2", "10.254.1.1"
+)
+
 const helperEnv = "WGMESHTEST_HELPER"
 
 // MaybeRunHelper runs a helper and exits if this process was started as one; otherwise it returns at once.
@@ -54,6 +76,8 @@ func MaybeRunHelper() {
 		err = helperSend(os.Getenv("WGMESHTEST_TARGET"), os.Getenv("WGMESHTEST_BYTES"))
 	case "sink":
 		err = helperSink(os.Getenv("WGMESHTEST_LISTEN"))
+	case "serve":
+		err = helperServe(strings.Split(os.Getenv("WGMESHTEST_LISTEN"), ","))
 	default:
 		err = fmt.Errorf("unknown helper %q", mode)
 	}
@@ -81,7 +105,13 @@ func helperNode() error {
 		// tunnel, but for the plain-text port.
 		cfg.Routing = &wgmesh.Routing{
 			Table: 51820, Mark: 0x51820, Source: self.Addr(), Link: os.Getenv("WGMESHTEST_LINKDEV"),
-			Protected: []netip.Prefix{netip.MustParsePrefix(LinkNet)}, PlaintextTCPPorts: []uint16{PlaintextPort},
+			Protected:         []netip.Prefix{netip.MustParsePrefix(LinkNet), netip.MustParsePrefix(PodNet)},
+			Infrastructure:    []netip.Prefix{netip.MustParsePrefix(Provider + "/32")},
+			OperatorTCPPorts:  []uint16{OperatorPort},
+			PlaintextTCPPorts: []uint16{PlaintextPort},
+		}
+		if local := os.Getenv("WGMESHTEST_LOCAL"); local != "" {
+			cfg.Routing.Local = []netip.Prefix{netip.MustParsePrefix(local)}
 		}
 	}
 	m, err := wgmesh.Start(cfg)
@@ -94,7 +124,22 @@ func helperNode() error {
 			return err
 		}
 	}
-	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT")), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(os.Getenv("WGMESHTEST_PEER_ADDR"))}}
+	root, err := wgmesh.ParseKey(os.Getenv("WGMESHTEST_PSK_ROOT"))
+	if err != nil {
+		return err
+	}
+	pub, err := wgmesh.PublicKey(priv)
+	if err != nil {
+		return err
+	}
+	psk, err := wgmesh.PairKey(root, pub, peerKey)
+	if err != nil {
+		return err
+	}
+	peer := wgmesh.Peer{PublicKey: peerKey, Endpoint: netip.MustParseAddrPort(os.Getenv("WGMESHTEST_PEER_ENDPOINT")), PresharedKey: psk}
+	for _, a := range strings.Split(os.Getenv("WGMESHTEST_PEER_ADDR"), ",") {
+		peer.AllowedIPs = append(peer.AllowedIPs, netip.MustParsePrefix(a))
+	}
 	if err := m.SetPeers([]wgmesh.Peer{peer}); err != nil {
 		return err
 	}
@@ -103,11 +148,13 @@ func helperNode() error {
 	hosts := []string{self.Addr().String(), os.Getenv("WGMESHTEST_LINK")}
 	if strict {
 		hosts = hosts[:1]
-		ln, err := net.Listen("tcp", net.JoinHostPort(hosts[0], strconv.Itoa(PlaintextPort)))
-		if err != nil {
-			return err
+		for _, port := range []int{PlaintextPort, OperatorPort} {
+			ln, err := net.Listen("tcp", net.JoinHostPort(hosts[0], strconv.Itoa(port)))
+			if err != nil {
+				return err
+			}
+			go http.Serve(ln, handler)
 		}
-		go http.Serve(ln, handler)
 	}
 	for _, host := range hosts {
 		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(HTTPPort)))
@@ -141,6 +188,18 @@ func helperNode() error {
 		case "remove-routing": // the node no longer forces its traffic through the tunnel
 			cfg.Routing.Remove()
 			fmt.Println("REMOVED")
+		case "status": // the peers as the device has them: how many, how many with a preshared key
+			st, err := m.Status()
+			if err != nil {
+				return err
+			}
+			withPSK := 0
+			for _, p := range st {
+				if p.HasPresharedKey {
+					withPSK++
+				}
+			}
+			fmt.Printf("PEERS %d PSK %d\n", len(st), withPSK)
 		}
 	}
 	return nil
@@ -193,6 +252,23 @@ func helperSink(addr string) error {
 	fmt.Println("READY")
 	io.Copy(io.Discard, os.Stdin)
 	return ln.Close()
+}
+
+// helperServe serves the marker over HTTP on every address until stdin closes.
+func helperServe(addrs []string) error {
+	body := strings.Repeat(Marker, 100)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) })
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go http.Serve(ln, handler)
+	}
+	fmt.Println("READY")
+	io.Copy(io.Discard, os.Stdin)
+	return nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -293,11 +369,17 @@ func startHelperCmd(prefix []string, env ...string) (*Helper, error) {
 }
 
 // Pair is two nodes, A and B, in network namespaces of their own, linked by a veth pair, with a WireGuard
-// tunnel between them.
+// tunnel between them. A strict pair also has an outsider C and B's pod (see [NewStrictPair]).
 type Pair struct {
 	NamespaceA, NamespaceB string
 	LinkDevA, LinkDevB     string
 	A, B                   *Helper
+
+	// In a strict pair: the outsider's namespace and its link, the pod's namespace, the bridge's namespace,
+	// and what the outsider and the pod serve.
+	NamespaceC, NamespacePod, NamespaceBridge string
+	LinkDevC                                  string
+	C, Pod                                    *Helper
 }
 
 // ErrUnsupported is returned where the machine cannot run a pair (not root, no TUN device, no ip).
@@ -305,13 +387,40 @@ var ErrUnsupported = errors.New("wgmeshtest: needs root, /dev/net/tun and iprout
 
 // NewPair sets up a pair whose tunnel has addresses of its own (TunnelA, TunnelB); Close removes everything
 // it created.
-func NewPair() (p *Pair, err error) { return newPair(false) }
+func NewPair() (p *Pair, err error) {
+	root, err := randomKey()
+	if err != nil {
+		return nil, err
+	}
+	return newPair(false, root, root)
+}
+
+// NewPairWithRoots sets up a pair as NewPair does, whose nodes derive their preshared key from the mesh root
+// keys rootA and rootB: with different roots, they have different preshared keys.
+func NewPairWithRoots(rootA, rootB wgmesh.Key) (p *Pair, err error) {
+	return newPair(false, rootA, rootB)
+}
+
+func randomKey() (wgmesh.Key, error) {
+	var k wgmesh.Key
+	_, err := rand.Read(k[:])
+	return k, err
+}
 
 // NewStrictPair sets up a pair in strict mode: the nodes' link addresses are their mesh addresses, reachable
-// only through the tunnel (but for PlaintextPort), and each drops what arrives on the link outside it.
-func NewStrictPair() (p *Pair, err error) { return newPair(true) }
+// only through the tunnel (but for PlaintextPort), and each drops what arrives on the link outside it. The
+// link is a bridge that also holds an outsider C (LinkC, LinkC2, LinkC3 and the provider's address Provider, no peer),
+// which serves the marker on PlaintextPort at LinkC2 and, at Provider, on MetadataPort; B routes its pod range PodRangeB to a
+// pod (PodB) in a namespace of its own, a peer's allowed range for A.
+func NewStrictPair() (p *Pair, err error) {
+	root, err := randomKey()
+	if err != nil {
+		return nil, err
+	}
+	return newPair(true, root, root)
+}
 
-func newPair(strict bool) (p *Pair, err error) {
+func newPair(strict bool, rootA, rootB wgmesh.Key) (p *Pair, err error) {
 	if os.Geteuid() != 0 {
 		return nil, ErrUnsupported
 	}
@@ -328,17 +437,56 @@ func newPair(strict bool) (p *Pair, err error) {
 			p.Close()
 		}
 	}()
-	cmds := [][]string{
-		{"netns", "add", p.NamespaceA}, {"netns", "add", p.NamespaceB},
-		{"link", "add", p.LinkDevA, "netns", p.NamespaceA, "type", "veth", "peer", "name", p.LinkDevB, "netns", p.NamespaceB},
+	cmds := [][]string{{"netns", "add", p.NamespaceA}, {"netns", "add", p.NamespaceB}}
+	if !strict {
+		cmds = append(cmds, []string{"link", "add", p.LinkDevA, "netns", p.NamespaceA, "type", "veth", "peer", "name", p.LinkDevB, "netns", p.NamespaceB})
+	} else {
+		p.NamespaceC, p.NamespacePod, p.NamespaceBridge, p.LinkDevC = "cstwg-c-"+id, "cstwg-p-"+id, "cstwg-s-"+id, "cstwgc"+id
+		podDev, podGwDev := "cstwgp"+id, "cstwgq"+id
+		cmds = append(cmds, [][]string{
+			{"netns", "add", p.NamespaceC}, {"netns", "add", p.NamespacePod}, {"netns", "add", p.NamespaceBridge},
+			{"-n", p.NamespaceBridge, "link", "add", "br0", "type", "bridge"}, {"-n", p.NamespaceBridge, "link", "set", "br0", "up"},
+		}...)
+		for _, l := range []struct{ ns, dev, port string }{{p.NamespaceA, p.LinkDevA, "sa" + id}, {p.NamespaceB, p.LinkDevB, "sb" + id}, {p.NamespaceC, p.LinkDevC, "sc" + id}} {
+			cmds = append(cmds,
+				[]string{"link", "add", l.dev, "netns", l.ns, "type", "veth", "peer", "name", l.port, "netns", p.NamespaceBridge},
+				[]string{"-n", p.NamespaceBridge, "link", "set", l.port, "master", "br0", "up"})
+		}
+		cmds = append(cmds, [][]string{
+			{"-n", p.NamespaceC, "addr", "add", LinkC + "/24", "dev", p.LinkDevC}, {"-n", p.NamespaceC, "addr", "add", LinkC2 + "/24", "dev", p.LinkDevC},
+			{"-n", p.NamespaceC, "addr", "add", LinkC3 + "/24", "dev", p.LinkDevC},
+			{"-n", p.NamespaceC, "addr", "add", Provider + "/24", "dev", p.LinkDevC},
+			{"-n", p.NamespaceC, "link", "set", p.LinkDevC, "up"}, {"-n", p.NamespaceC, "link", "set", "lo", "up"},
+			{"-n", p.NamespaceC, "route", "add", PodNet, "via", LinkB},
+			{"link", "add", podDev, "netns", p.NamespacePod, "type", "veth", "peer", "name", podGwDev, "netns", p.NamespaceB},
+			{"-n", p.NamespacePod, "addr", "add", PodB + "/24", "dev", podDev}, {"-n", p.NamespacePod, "link", "set", podDev, "up"},
+			{"-n", p.NamespacePod, "link", "set", "lo", "up"}, {"-n", p.NamespacePod, "route", "add", "default", "via", PodGatewayB},
+			{"-n", p.NamespaceB, "addr", "add", PodGatewayB + "/24", "dev", podGwDev}, {"-n", p.NamespaceB, "link", "set", podGwDev, "up"},
+			{"-n", p.NamespaceA, "addr", "add", LinkA2 + "/24", "dev", p.LinkDevA},
+		}...)
+	}
+	cmds = append(cmds, [][]string{
 		{"-n", p.NamespaceA, "addr", "add", LinkA + "/24", "dev", p.LinkDevA}, {"-n", p.NamespaceA, "link", "set", p.LinkDevA, "up"},
 		{"-n", p.NamespaceA, "link", "set", "lo", "up"},
 		{"-n", p.NamespaceB, "addr", "add", LinkB + "/24", "dev", p.LinkDevB}, {"-n", p.NamespaceB, "link", "set", p.LinkDevB, "up"},
 		{"-n", p.NamespaceB, "link", "set", "lo", "up"},
-	}
+	}...)
 	for _, c := range cmds {
 		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
 			return p, fmt.Errorf("ip %s: %w: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	if strict {
+		// B routes for its pod.
+		if out, err := exec.Command("ip", "netns", "exec", p.NamespaceB, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward").CombinedOutput(); err != nil {
+			return p, fmt.Errorf("enabling forwarding in %s: %w: %s", p.NamespaceB, err, out)
+		}
+		if p.C, err = startHelper(p.NamespaceC, helperEnv+"=serve", "WGMESHTEST_LISTEN="+strings.Join([]string{
+			net.JoinHostPort(LinkC2, strconv.Itoa(PlaintextPort)), net.JoinHostPort(Provider, strconv.Itoa(MetadataPort))}, ",")); err != nil {
+			return p, err
+		}
+		if p.Pod, err = startHelper(p.NamespacePod, helperEnv+"=serve", "WGMESHTEST_LISTEN="+net.JoinHostPort(PodB, strconv.Itoa(HTTPPort))); err != nil {
+			return p, err
 		}
 	}
 	privA, pubA, err := wgmesh.GenerateKey()
@@ -349,23 +497,31 @@ func newPair(strict bool) (p *Pair, err error) {
 	if err != nil {
 		return p, err
 	}
-	node := func(ns string, priv, peer wgmesh.Key, self, other, link, otherLink, dev string) (*Helper, error) {
+	node := func(ns string, priv, peer wgmesh.Key, self, other, link, otherLink, dev string, extra ...string) (*Helper, error) {
 		env := []string{helperEnv + "=node", "WGMESHTEST_PRIVATE=" + priv.String(), "WGMESHTEST_PEER=" + peer.String(),
 			"WGMESHTEST_ADDR=" + self + "/32", "WGMESHTEST_PEER_ADDR=" + other + "/32", "WGMESHTEST_PEER_ENDPOINT=" + otherLink + ":51820",
 			"WGMESHTEST_LINK=" + link, "WGMESHTEST_LINKDEV=" + dev}
 		if strict {
 			env = append(env, "WGMESHTEST_STRICT=1")
 		}
-		return startHelper(ns, env...)
+		return startHelper(ns, append(env, extra...)...)
 	}
 	selfA, selfB := TunnelA, TunnelB
 	if strict {
 		selfA, selfB = LinkA, LinkB
 	}
-	if p.A, err = node(p.NamespaceA, privA, pubB, selfA, selfB, LinkA, LinkB, p.LinkDevA); err != nil {
+	var extraA, extraB []string
+	if strict {
+		// A reaches B's pods through the tunnel; B routes them itself.
+		extraA = []string{"WGMESHTEST_PEER_ADDR=" + selfB + "/32," + PodRangeB}
+		extraB = []string{"WGMESHTEST_LOCAL=" + PodRangeB}
+	}
+	extraA = append(extraA, "WGMESHTEST_PSK_ROOT="+rootA.String())
+	extraB = append(extraB, "WGMESHTEST_PSK_ROOT="+rootB.String())
+	if p.A, err = node(p.NamespaceA, privA, pubB, selfA, selfB, LinkA, LinkB, p.LinkDevA, extraA...); err != nil {
 		return p, err
 	}
-	if p.B, err = node(p.NamespaceB, privB, pubA, selfB, selfA, LinkB, LinkA, p.LinkDevB); err != nil {
+	if p.B, err = node(p.NamespaceB, privB, pubA, selfB, selfA, LinkB, LinkA, p.LinkDevB, extraB...); err != nil {
 		return p, err
 	}
 	return p, nil
@@ -373,19 +529,28 @@ func newPair(strict bool) (p *Pair, err error) {
 
 // Close stops the nodes and removes the namespaces (and with them the link).
 func (p *Pair) Close() {
-	for _, h := range []*Helper{p.A, p.B} {
+	for _, h := range []*Helper{p.A, p.B, p.C, p.Pod} {
 		if h != nil {
 			h.Stop()
 		}
 	}
-	exec.Command("ip", "netns", "del", p.NamespaceA).Run()
-	exec.Command("ip", "netns", "del", p.NamespaceB).Run()
+	for _, ns := range []string{p.NamespaceA, p.NamespaceB, p.NamespaceC, p.NamespacePod, p.NamespaceBridge} {
+		if ns != "" {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
 }
 
 // Capture runs fn while capturing every frame on A's link and reports whether the marker crossed it in plain
 // text, and how many frames it saw.
 func (p *Pair) Capture(fn func() error) (found bool, frames int, err error) {
-	c, err := startHelper(p.NamespaceA, helperEnv+"=capture", "WGMESHTEST_IFACE="+p.LinkDevA)
+	return CaptureIn(p.NamespaceA, p.LinkDevA, fn)
+}
+
+// CaptureIn runs fn while capturing every frame on the interface iface of the network namespace ns, and
+// reports whether the marker crossed it in plain text, and how many frames it saw.
+func CaptureIn(ns, iface string, fn func() error) (found bool, frames int, err error) {
+	c, err := startHelper(ns, helperEnv+"=capture", "WGMESHTEST_IFACE="+iface)
 	if err != nil {
 		return false, 0, err
 	}
@@ -403,7 +568,13 @@ func (p *Pair) Capture(fn func() error) (found bool, frames int, err error) {
 
 // Get fetches url from node A with curl.
 func (p *Pair) Get(url string) (string, error) {
-	out, err := exec.Command("ip", "netns", "exec", p.NamespaceA, "curl", "-sS", "-m", "5", url).CombinedOutput()
+	return GetIn(p.NamespaceA, url)
+}
+
+// GetIn fetches url with curl in the network namespace ns; args go to curl before url (for example
+// --local-port or --interface to choose the source).
+func GetIn(ns, url string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append(append([]string{"netns", "exec", ns, "curl", "-sS", "-m", "5"}, args...), url)...).CombinedOutput()
 	return string(out), err
 }
 
