@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"regexp"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/keyservice"
@@ -18,8 +21,14 @@ const DiskKeyLength = kms.DiskKeySize
 
 // DiskKeys returns the key of a node's state disk.
 type DiskKeys interface {
-	DiskKey(ctx context.Context, diskUUID string) ([]byte, error)
+	// DiskKey returns the key of the disk for node, the attested name of the node that presents it. A disk
+	// belongs to the first node that got its key; for any other node DiskKey fails with an error that wraps
+	// [ErrDiskOfAnotherNode].
+	DiskKey(ctx context.Context, diskUUID, node string) ([]byte, error)
 }
+
+// ErrDiskOfAnotherNode says that a node presented a state disk that is bound to another node.
+var ErrDiskOfAnotherNode = errors.New("the state disk belongs to another node")
 
 // diskUUID is the canonical, lower-case form of a disk UUID, the only form accepted as a key identifier.
 var diskUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -41,10 +50,14 @@ type KeyServiceDiskKeys struct {
 	Config *Config
 }
 
-// DiskKey asks the key service for the key of a disk.
-func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid string) ([]byte, error) {
+// DiskKey asks the key service for the key of a disk on behalf of node. The key service keeps the record of
+// which node each disk belongs to and refuses the key to any other node.
+func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]byte, error) {
 	if err := CheckDiskUUID(uuid); err != nil {
 		return nil, err
+	}
+	if node == "" {
+		return nil, errors.New("a disk key is handed out only for a named node")
 	}
 	if k.Addr == "" {
 		return nil, errors.New("no key service configured")
@@ -62,7 +75,11 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid string) ([]byte, 
 		return nil, err
 	}
 	defer c.Close()
-	return c.GetDataKey(ctx, "disk-key/"+uuid, DiskKeyLength)
+	key, err := c.GetDiskKey(ctx, uuid, node, DiskKeyLength)
+	if status.Code(err) == codes.PermissionDenied {
+		return nil, fmt.Errorf("%w: %w", ErrDiskOfAnotherNode, err)
+	}
+	return key, err
 }
 
 // MemberPolicy is the policy of a node that belongs to the cluster: its measurements, and the cluster ID

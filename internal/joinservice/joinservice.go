@@ -5,6 +5,11 @@
 // cluster CA's hash, and the cluster ID the node measures into its PCR, after which that node can never again
 // pose as a fresh one.
 //
+// A node gets the key of the state disk it presents only if that disk is its own: the key service binds every
+// disk UUID to the first node that got its key, by the node's attested name (the subject of its attestation
+// key certificate, which the provider certified for that vTPM, never a name from the request), and a node that
+// presents another node's disk is refused and logged.
+//
 // The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
 // again whenever it changes, so tightening the measurements takes effect without a restart.
 package joinservice
@@ -126,6 +131,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		}
 	}
 	name, _ := atls.AttestedPeerName(ctx)
+	if req.GetDiskUuid() != "" && name == "" {
+		// A disk is bound to the node that first gets its key: a node without a certified name has none to
+		// bind it to.
+		return nil, status.Error(codes.PermissionDenied, "the node's attestation key certificate names no node; no state disk key is handed out for it")
+	}
 	// A node's first join carries the WireGuard key it generated; a node that rejoins (its state disk holds
 	// its key, which it published before) carries none.
 	var meshKey wgmesh.Key
@@ -174,7 +184,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 	}
 	var diskKey []byte
 	if uuid := req.GetDiskUuid(); uuid != "" {
-		if diskKey, err = s.disks.DiskKey(ctx, uuid); err != nil {
+		if diskKey, err = s.disks.DiskKey(ctx, uuid, name); err != nil {
+			if errors.Is(err, ErrDiskOfAnotherNode) {
+				s.log.Warn("join refused: the node presented the state disk of another node; the host may have given it a copy of that node's disk", "caller", caller, "node", name, "disk", uuid, "error", err)
+				return nil, status.Errorf(codes.PermissionDenied, "state disk %s belongs to another node than %q; boot this node with its own or a blank disk", uuid, name)
+			}
 			s.log.Error("join failed: getting the disk key", "caller", caller, "disk", uuid, "error", err)
 			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
 		}
