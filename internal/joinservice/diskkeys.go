@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -43,11 +44,39 @@ func CheckDiskUUID(uuid string) error {
 
 // KeyServiceDiskKeys gets disk keys from the cluster's key service over mutual aTLS: this service attests
 // itself with issuer, and the key service must prove it is a member of this cluster (the cluster's
-// measurements and its cluster ID in PCR 15).
+// measurements and its cluster ID in PCR 15). It keeps one connection for all joins while the configuration
+// stays the same: one handshake, not one per join, which the key service would limit per source.
 type KeyServiceDiskKeys struct {
 	Addr   string
 	Issuer attestation.Issuer
 	Config *Config
+
+	mu     sync.Mutex
+	client *keyservice.Client
+	state  *State // the configuration client trusts the key service by
+	addr   string // the address client connects to
+}
+
+// clientFor returns the connection to the key service that trusts it by s.
+func (k *KeyServiceDiskKeys) clientFor(s *State) (*keyservice.Client, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.client != nil && k.state == s && k.addr == k.Addr {
+		return k.client, nil
+	}
+	v, err := s.MemberValidator()
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyservice.NewClient(k.Addr, k.Issuer, []attestation.Validator{v})
+	if err != nil {
+		return nil, err
+	}
+	if k.client != nil {
+		k.client.Close()
+	}
+	k.client, k.state, k.addr = c, s, k.Addr
+	return c, nil
 }
 
 // DiskKey asks the key service for the key of a disk on behalf of node. The key service keeps the record of
@@ -66,15 +95,10 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.MemberValidator()
+	c, err := k.clientFor(s)
 	if err != nil {
 		return nil, err
 	}
-	c, err := keyservice.NewClient(k.Addr, k.Issuer, []attestation.Validator{v})
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
 	key, err := c.GetDiskKey(ctx, uuid, node, DiskKeyLength)
 	if status.Code(err) == codes.PermissionDenied {
 		return nil, fmt.Errorf("%w: %w", ErrDiskOfAnotherNode, err)

@@ -83,7 +83,10 @@ type Options struct {
 	PKIDir string
 	// Endpoint is the API server address (host:port) joining nodes use.
 	Endpoint string
-	Log      *slog.Logger
+	// IssuanceLimiter limits the evidence the service issues in handshakes, before anyone is authenticated;
+	// nil: atls.DefaultIssuanceLimits.
+	IssuanceLimiter *atls.IssuanceLimiter
+	Log             *slog.Logger
 }
 
 // Server implements the Join gRPC API.
@@ -96,20 +99,26 @@ type Server struct {
 	mesh     Mesh
 	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
+	limit    *atls.IssuanceLimiter
 	log      *slog.Logger
 }
 
 // New returns a join service.
 func New(o Options) *Server {
-	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, log: o.Log}
+	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, limit: o.IssuanceLimiter, log: o.Log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
-// and joining nodes are checked against the current configuration.
+// and joining nodes are checked against the current configuration. The evidence it issues in handshakes is
+// limited per source and in total (see atls.IssuanceLimiter), so that a flood of handshakes does not hold up
+// the joins of genuine nodes.
 func NewGRPCServer(s *Server, issuer attestation.Issuer) (*grpc.Server, error) {
 	creds, err := atls.NewCredentials(issuer, []attestation.Validator{s.config.Validator()})
 	if err != nil {
 		return nil, err
+	}
+	if s.limit != nil {
+		creds.LimitIssuance(s.limit)
 	}
 	srv := grpc.NewServer(grpc.Creds(creds))
 	initpb.RegisterJoinServer(srv, s)
