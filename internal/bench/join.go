@@ -96,7 +96,11 @@ func runJoin(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 	}
-	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32))
+	macKey := make([]byte, 32) // the key the cluster derives from its master secret
+	if _, err := rand.Read(macKey); err != nil {
+		return nil, err
+	}
+	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32), macKey)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +112,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err := writeClusterCA(filepath.Join(pkiDir, "ca.crt")); err != nil {
 		return nil, err
 	}
-	config, err := joinservice.NewConfig(configDir, nil)
+	config, err := joinservice.NewConfig(configDir, nil, macKey)
 	if err != nil {
 		return nil, err
 	}

@@ -219,7 +219,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: self.Name, DiskUUID: ownDisk}); err != nil {
 					return err
 				}
-				return deployServices(ctx, md, k8s, self, clusterID, att)
+				return deployServices(ctx, md, k8s, self, ms, clusterID, att)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))

@@ -55,7 +55,7 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	roots := []*x509.Certificate{cp.CA.Certificate(), node.CA.Certificate()}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, clusterID) // both nodes booted the same way
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 	roots := []*x509.Certificate{cp.CA.Certificate(), nodeA.CA.Certificate(), rootB}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(nodeA), roots, clusterID) // all nodes booted the same image
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 	roots := []*x509.Certificate{node.CA.Certificate()}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}

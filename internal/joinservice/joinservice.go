@@ -11,7 +11,11 @@
 // presents another node's disk is refused and logged.
 //
 // The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
-// again whenever it changes, so tightening the measurements takes effect without a restart.
+// again whenever it changes, so tightening the measurements takes effect without a restart. Any administrator
+// of the cluster can edit a ConfigMap, so the configuration counts only with a MAC under a key derived from the
+// master secret ([ConfigMAC]): the first control-plane node writes it at init from the policy the CLI sent
+// over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
+// the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
 package joinservice
 
 import (

@@ -33,11 +33,13 @@ import (
 )
 
 // remotePurposes are the purposes a remote caller may ask for. The cluster-ID secret and CA seeds never
-// leave the control plane this way.
+// leave the control plane this way. The join configuration's MAC key goes to the join service (a
+// control-plane node, as every caller of a restricted key service).
 var remotePurposes = map[kms.Purpose]bool{
-	kms.PurposeDiskKey:   true,
-	kms.PurposeVolumeKey: true,
-	kms.PurposeDataKey:   true,
+	kms.PurposeDiskKey:    true,
+	kms.PurposeVolumeKey:  true,
+	kms.PurposeDataKey:    true,
+	kms.PurposeJoinConfig: true,
 }
 
 // Port is the key service's port on the control-plane node that serves it.
@@ -93,7 +95,7 @@ func ParseDataKeyID(id string) (kms.Purpose, string, error) {
 		return "", "", fmt.Errorf("data key ID must be <purpose>/<identifier>, for example disk-key/<disk UUID>")
 	}
 	if !remotePurposes[kms.Purpose(purpose)] {
-		return "", "", fmt.Errorf("keys of purpose %q cannot be requested (allowed: disk-key, volume-key, data-key)", purpose)
+		return "", "", fmt.Errorf("keys of purpose %q cannot be requested (allowed: disk-key, volume-key, data-key, join-config)", purpose)
 	}
 	return kms.Purpose(purpose), rest, nil
 }
