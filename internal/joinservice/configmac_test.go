@@ -32,9 +32,10 @@ import (
 )
 
 // An administrator of the cluster edits the join configuration (a ConfigMap it may edit) so that a node of
-// another image joins: its measurements, an accept-all (warn-only) policy, its own attestation-key root, or
-// all of that with a MAC under a key of its own. Each edit is detected and logged, and the node of the other
-// image is refused; the same change made by who holds the master secret (the CLI) does take effect.
+// another image joins: its measurements, an accept-all (warn-only) policy, or the measurements with a MAC under
+// a key of its own or without a MAC; or so that a node whose vTPM its own CA certified joins (another
+// attestation-key root). Each edit is detected and logged, and the node is refused; the same change made by
+// who holds the master secret (the CLI) does take effect.
 func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 	ctx := context.Background()
 	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
@@ -67,9 +68,9 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Stop()
 	serverPolicy := clusterPolicy(cp)
-	join := func() error {
+	joinAs := func(issuer attestation.Issuer) error {
 		v, _ := vtpm.NewValidator([]*x509.Certificate{cp.CA.Certificate()}, serverPolicy, nil)
-		creds, _ := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
+		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
 		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
 		if err != nil {
 			t.Fatal(err)
@@ -79,6 +80,12 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 		defer cancel()
 		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
+	}
+	join := func() error { return joinAs(node.Issuer) }
+	// A node whose vTPM a CA of the administrator's (or the host's) certified: it can claim any measurements.
+	forged, adminCA := namedNode(t, "node-0")
+	if err := joinAs(forged); err == nil {
+		t.Fatal("a node whose attestation key the cluster does not trust joined")
 	}
 	if err := join(); err != nil {
 		t.Fatalf("a node of the cluster's image: %v", err)
@@ -110,10 +117,6 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 		acceptAll[idx] = measurements.Measurement{WarnOnly: true}
 	}
 	acceptAllJSON, _ := json.Marshal(acceptAll)
-	_, adminCA, err := tpmtest.NewCACert("admin's AK CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	original := map[string][]byte{}
 	for _, name := range append(configFiles, MACFile) {
 		original[name], _ = os.ReadFile(filepath.Join(dir, name))
@@ -123,6 +126,7 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, name), content, 0o644)
 		}
 	}
+	attacker := map[string]attestation.Issuer{"another AK root": forged}
 	for name, edit := range map[string]func(){
 		"the other image's measurements": func() { os.WriteFile(filepath.Join(dir, MeasurementsFile), otherJSON, 0o644) },
 		"an accept-all policy":           func() { os.WriteFile(filepath.Join(dir, MeasurementsFile), acceptAllJSON, 0o644) },
@@ -146,8 +150,12 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 			defer restore()
 			before := strings.Count(logs.String(), "join configuration refused: it is not the one the control plane wrote")
 			edit()
-			if err := join(); err == nil {
-				t.Fatal("a node of another image joined")
+			var issuer attestation.Issuer = node.Issuer
+			if a, ok := attacker[name]; ok {
+				issuer = a
+			}
+			if err := joinAs(issuer); err == nil {
+				t.Fatal("the node the edit is for joined")
 			}
 			if after := strings.Count(logs.String(), "join configuration refused: it is not the one the control plane wrote"); after != before+1 {
 				t.Fatalf("the edit was logged %d times, want once:\n%s", after-before, logs.String())
