@@ -2,10 +2,17 @@ package atls
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
 func tcp(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 4242} }
@@ -122,5 +129,109 @@ func TestIssuanceLimitsValid(t *testing.T) {
 		if _, err := NewIssuanceLimiter(bad); err == nil {
 			t.Errorf("limits %+v accepted", bad)
 		}
+	}
+}
+
+// countingIssuer counts the evidence a server issues.
+type countingIssuer struct {
+	attestation.Issuer
+	n atomic.Int64
+}
+
+func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	c.n.Add(1)
+	return c.Issuer.Issue(ctx, nonce, userData)
+}
+
+// A server that attests itself to anyone (as the init and recovery service does) under a flood of handshakes
+// from one source: a client from another source completes its attested handshake, the flooding source gets
+// its burst of quotes, and every other flooding handshake is refused before anything is issued for it.
+func TestHandshakeDuringAFlood(t *testing.T) {
+	node, v := newNode(t)
+	const burst = 5
+	limit, err := NewIssuanceLimiter(IssuanceLimits{Concurrent: 2, Queue: 8, PerSource: 2, Rate: 1e-9, Burst: burst, Sources: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	quotes := &countingIssuer{Issuer: node.Issuer}
+	serverCfg, err := CreateServerConfig(quotes, nil, WithIssuanceLimiter(limit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				tc := tls.Server(conn, serverCfg)
+				if tc.Handshake() == nil {
+					tc.Write([]byte("ok"))
+				}
+			}()
+		}
+	}()
+	handshakeFrom := func(src string) error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		conn, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		cfg, err := CreateClientConfig(nil, []attestation.Validator{v})
+		if err != nil {
+			return err
+		}
+		tc := tls.Client(conn, cfg)
+		if err := tc.Handshake(); err != nil {
+			return err
+		}
+		buf := make([]byte, 2)
+		_, err = io.ReadFull(tc, buf)
+		return err
+	}
+
+	const flooders = 6
+	var (
+		wg           sync.WaitGroup
+		attempts, ok atomic.Int64
+		done         = make(chan struct{})
+	)
+	for range flooders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				attempts.Add(1)
+				if handshakeFrom("127.0.0.2") == nil {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	for quotes.n.Load() < burst || attempts.Load() < burst+2*flooders {
+		time.Sleep(time.Millisecond)
+	}
+	legit := handshakeFrom("127.0.0.3")
+	close(done)
+	wg.Wait()
+	if legit != nil {
+		t.Fatalf("an attested handshake from another source during the flood: %v", legit)
+	}
+	admitted, refused := limit.Stats()
+	if n := quotes.n.Load(); n != burst+1 || ok.Load() != burst || admitted != burst+1 || refused != uint64(attempts.Load())-burst {
+		t.Fatalf("%d quotes for %d flooding handshakes (%d completed) and one other; limiter: %d admitted, %d refused; want the flooding source's burst (%d) and the other's", n, attempts.Load(), ok.Load(), admitted, refused, burst)
 	}
 }
