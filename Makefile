@@ -46,7 +46,8 @@ FUZZ_TARGETS := \
 	./internal/bootstrapper:FuzzInitRefusesWithoutTheInitSecret \
 	./internal/provider/mini/metadata:FuzzParseInitSecretHash \
 	./internal/joinservice:FuzzParseAttestation \
-	./internal/keyservice:FuzzParseSecret
+	./internal/keyservice:FuzzParseSecret \
+	./internal/keyservice:FuzzParseDiskBindings
 # A count, not a duration: duration-based -fuzztime races the fuzz coordinator's deadline in Go 1.26
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x

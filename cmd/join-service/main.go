@@ -17,6 +17,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -52,14 +53,30 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
-	config, err := joinservice.NewConfig(configDir, log)
+	issuer := agent.NewClient(agentSocket, attestation.MiniVTPM)
+	md := metadata.NewClient(metadataURL)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	// The join configuration counts only with its MAC, whose key the key service derives from the master
+	// secret; after a restart of the whole control plane it has it only after 'constellation recover'.
+	var macKey []byte
+	if err := retry.Do(ctx, log, "getting the join configuration's key from the key service", func() error {
+		roots, err := md.AKRoots(ctx)
+		if err != nil {
+			return err
+		}
+		macKey, err = joinservice.FetchConfigKey(ctx, keyService, issuer, roots)
+		return err
+	}); err != nil {
+		return err
+	}
+	config, err := joinservice.NewConfig(configDir, log, macKey)
 	if err != nil {
 		return err
 	}
-	issuer := agent.NewClient(agentSocket, attestation.MiniVTPM)
 	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
-		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: metadata.NewClient(metadataURL), Disks: disks,
+		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks,
 		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Addr: keyService, Issuer: issuer, Config: config}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
 	}), issuer)
 	if err != nil {
@@ -69,8 +86,6 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	go func() {
 		<-ctx.Done()
 		srv.GracefulStop()

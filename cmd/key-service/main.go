@@ -24,6 +24,7 @@ func main() {
 	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
+	diskBindings := flag.String("disk-bindings", keyservice.DiskBindingsFile, "the file recording which node each state disk belongs to")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	if *metadataURL == "" {
@@ -41,7 +42,7 @@ func main() {
 	log.Info("key service starting", "version", version.Version, "address", ln.Addr().String())
 	if err := keyservice.Run(ctx, keyservice.Options{
 		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, attestation.MiniVTPM),
-		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, Log: log,
+		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, DiskBindings: *diskBindings, Log: log,
 	}); err != nil {
 		log.Error("key service stopped", "error", err)
 		os.Exit(1)

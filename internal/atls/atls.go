@@ -63,8 +63,9 @@ func curvePreferences() []tls.CurveID { return []tls.CurveID{KeyExchange} }
 
 // CreateServerConfig returns a TLS server configuration. With an issuer the server attests itself to
 // clients; with validators it requires clients to attest themselves with evidence one of them accepts. At
-// least one of the two must be set.
-func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Validator) (*tls.Config, error) {
+// least one of the two must be set. opts can limit the issuance of evidence ([WithIssuanceLimiter]).
+func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Validator, opts ...ServerOption) (*tls.Config, error) {
+	o := newServerOptions(opts)
 	if issuer == nil && len(validators) == 0 {
 		return nil, errors.New("aTLS server needs an issuer, validators or both")
 	}
@@ -95,6 +96,10 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 			if err := attestation.CheckNonce(clientNonce); err != nil {
 				return nil, fmt.Errorf("aTLS: client nonce: %w", err)
 			}
+			release, err := o.acquire(chi)
+			if err != nil {
+				return nil, err
+			}
 			// Issue the evidence while crypto/tls computes the key exchange: the TPM quote mostly waits for the
 			// TPM, the key exchange mostly computes. GetCertificate, called after the key exchange, collects it.
 			type result struct {
@@ -103,6 +108,7 @@ func CreateServerConfig(issuer attestation.Issuer, validators []attestation.Vali
 			}
 			issued := make(chan result, 1)
 			go func() {
+				defer release()
 				cert, err := selfSignedCert(chi.Context(), issuer, clientNonce)
 				issued <- result{cert, err}
 			}()

@@ -17,6 +17,7 @@ import (
 type Credentials struct {
 	issuer     attestation.Issuer
 	validators []attestation.Validator
+	limit      *IssuanceLimiter // of a server's evidence issuance; nil: DefaultIssuanceLimits
 	serverOnce sync.Once
 	server     credentials.TransportCredentials
 	serverErr  error
@@ -44,7 +45,12 @@ func (c *Credentials) ClientHandshake(ctx context.Context, authority string, raw
 // ServerHandshake performs an aTLS server handshake.
 func (c *Credentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	c.serverOnce.Do(func() {
-		cfg, err := CreateServerConfig(c.issuer, c.validators)
+		limit, err := c.serverLimiter()
+		if err != nil {
+			c.serverErr = err
+			return
+		}
+		cfg, err := CreateServerConfig(c.issuer, c.validators, WithIssuanceLimiter(limit))
 		if err != nil {
 			c.serverErr = err
 			return
@@ -133,7 +139,7 @@ func (c *Credentials) Info() credentials.ProtocolInfo {
 
 // Clone returns a copy of the credentials.
 func (c *Credentials) Clone() credentials.TransportCredentials {
-	return &Credentials{issuer: c.issuer, validators: c.validators}
+	return &Credentials{issuer: c.issuer, validators: c.validators, limit: c.limit}
 }
 
 // OverrideServerName is a no-op: aTLS peers are identified by their evidence, not by name.

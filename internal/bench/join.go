@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -97,7 +98,11 @@ func runJoin(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 	}
-	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32))
+	macKey := make([]byte, 32) // the key the cluster derives from its master secret
+	if _, err := rand.Read(macKey); err != nil {
+		return nil, err
+	}
+	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32), macKey)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +114,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err := writeClusterCA(filepath.Join(pkiDir, "ca.crt")); err != nil {
 		return nil, err
 	}
-	config, err := joinservice.NewConfig(configDir, nil)
+	config, err := joinservice.NewConfig(configDir, nil, macKey)
 	if err != nil {
 		return nil, err
 	}
@@ -146,9 +151,15 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Each join comes from its own loopback address, as joining nodes do from their own: the join service
+	// limits the evidence it issues per source (see atls.IssuanceLimiter).
+	var joins atomic.Int64
 	join := func() (time.Duration, error) {
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(joins.Add(1)%250+1))}
+		dialer := net.Dialer{LocalAddr: src}
 		start := time.Now()
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }))
 		if err != nil {
 			return 0, err
 		}

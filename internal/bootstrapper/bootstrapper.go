@@ -177,6 +177,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	if self.Name == FirstControlPlane || recovering {
+		// The key service binds this node's own state disk to it (the node derives that disk's key itself).
+		var ownDisk string
+		if disk != nil {
+			ownDisk = disk.uuid
+		}
 		creds, err := atls.NewCredentials(issuer, nil)
 		if err != nil {
 			return err
@@ -219,7 +224,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 					return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
 				}
 				// The kubelet has restarted the key service's pod, which waits for this.
-				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy})
+				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: self.Name, DiskUUID: ownDisk})
 			},
 			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 				// Before any node can join: the join service admits nodes as this node's peers.
@@ -237,10 +242,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
 				}
 				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
-				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements}); err != nil {
+				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: self.Name, DiskUUID: ownDisk}); err != nil {
 					return err
 				}
-				return deployServices(ctx, md, k8s, self, clusterID, att)
+				return deployServices(ctx, md, k8s, self, ms, clusterID, att)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))

@@ -32,6 +32,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/retry"
@@ -57,7 +58,7 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 // this process; the join service on every control-plane node, with its configuration (the cluster's attestation
 // policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
 // ID); and the verification service on every node.
-func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, self metadata.Instance, clusterID []byte, att *validators.Policy) error {
+func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, self metadata.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 	p := *att
 	if p.Variant == attestation.MiniVTPM.Name {
 		roots, err := md.AKRoots(ctx)
@@ -66,7 +67,17 @@ func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, se
 		}
 		p.AKRoots = roots
 	}
-	data, err := joinservice.ConfigData(&p, clusterID)
+	// The join configuration is authenticated with a key from the master secret: an administrator of the
+	// cluster can edit the ConfigMap, but the join service refuses what it did not get from here or the CLI.
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		return err
+	}
+	macKey, err := d.JoinConfigKey()
+	if err != nil {
+		return err
+	}
+	data, err := joinservice.ConfigData(&p, clusterID, macKey)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func newSNPCluster(t *testing.T, variant attestation.Variant) *snpCluster {
 		policy.Measurements = tpm.Policy()
 	}
 	c := &snpCluster{dir: t.TempDir(), platform: pl, tpm: tpm, id: bytes.Repeat([]byte{0x1d}, 32)}
-	data, err := ConfigData(policy, c.id)
+	data, err := ConfigData(policy, c.id, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func newSNPCluster(t *testing.T, variant attestation.Variant) *snpCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.config, err = newConfig(c.dir, nil, validators.Options{SNPRoots: roots, Now: func() time.Time { return snptest.Now }}); err != nil {
+	if c.config, err = newConfig(c.dir, nil, testMACKey, validators.Options{SNPRoots: roots, Now: func() time.Time { return snptest.Now }}); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -171,9 +171,7 @@ func TestJoinConfigReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	gcp := bytes.Replace(raw, []byte(`"aws-sev-snp"`), []byte(`"gcp-sev-snp"`), 1)
-	if err := os.WriteFile(filepath.Join(c.dir, AttestationFile), gcp, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeSigned(t, c.dir, AttestationFile, gcp)
 	if v.Variant().Name != attestation.GCPSEVSNP.Name {
 		t.Fatalf("variant after reload: %s", v.Variant())
 	}
@@ -182,18 +180,14 @@ func TestJoinConfigReload(t *testing.T) {
 	}
 	// allowDebug in the cluster's policy: refused, nobody joins, with the reason.
 	debug := bytes.Replace(raw, []byte(`"policy": {`), []byte(`"policy": {"allowDebug": true,`), 1)
-	if err := os.WriteFile(filepath.Join(c.dir, AttestationFile), debug, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeSigned(t, c.dir, AttestationFile, debug)
 	if _, err := v.Validate(ctx, ev, nonce); err == nil || !strings.Contains(err.Error(), "allowDebug") {
 		t.Fatalf("a policy with allowDebug: %v", err)
 	}
 	if v.Variant().Name != attestation.GCPSEVSNP.Name {
 		t.Errorf("variant with an invalid configuration: %s, want the last valid one", v.Variant())
 	}
-	if err := os.WriteFile(filepath.Join(c.dir, AttestationFile), raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeSigned(t, c.dir, AttestationFile, raw)
 	if _, err := v.Validate(ctx, ev, nonce); err != nil {
 		t.Fatalf("after restoring the configuration: %v", err)
 	}

@@ -3,6 +3,7 @@ package joinservice
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -29,17 +30,34 @@ const (
 	AKRootsFile      = "ak-roots.pem"      // CA certificates that certify nodes' attestation keys (mini-vtpm); empty otherwise
 	ClusterIDFile    = "cluster-id"        // hex cluster ID, measured by joining nodes
 	AttestationFile  = "attestation.json"  // the attestation variant and its hardware policy (see ParseAttestation)
+	MACFile          = "mac"               // hex HMAC-SHA256 of the other files under the master secret's join-config key
 )
 
-// configFiles are the files Current reads, in order.
+// configFiles are the files Current reads, in order; the MAC covers them.
 var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile}
 
+// ConfigMAC is the MAC of a join configuration's files under key (kms.Deriver.JoinConfigKey): HMAC-SHA256 over
+// a version label and each file of configFiles, in order, with its name and length.
+func ConfigMAC(key []byte, files map[string][]byte) []byte {
+	m := hmac.New(sha256.New, key)
+	io.WriteString(m, "constellation join configuration v1\x00")
+	for _, name := range configFiles {
+		fmt.Fprintf(m, "%s\x00%d\x00", name, len(files[name]))
+		m.Write(files[name])
+	}
+	return m.Sum(nil)
+}
+
 // ConfigData returns the files of a join configuration: the attestation policy every joining node must
-// meet, and the cluster ID. The policy's measurements must not contain the cluster-ID PCR: the join service
-// itself requires it fresh (zero).
-func ConfigData(policy *validators.Policy, clusterID []byte) (map[string]string, error) {
+// meet, and the cluster ID, authenticated with a MAC under macKey (kms.Deriver.JoinConfigKey), which only
+// who holds the master secret can compute. The policy's measurements must not contain the cluster-ID PCR:
+// the join service itself requires it fresh (zero).
+func ConfigData(policy *validators.Policy, clusterID, macKey []byte) (map[string]string, error) {
 	if policy == nil || len(clusterID) != 32 {
 		return nil, errors.New("a join configuration needs an attestation policy and a 32-byte cluster ID")
+	}
+	if len(macKey) != 32 {
+		return nil, errors.New("a join configuration needs the 32-byte key of its MAC")
 	}
 	if _, ok := policy.Measurements[measurements.PCRClusterID]; ok {
 		return nil, fmt.Errorf("the measurements hold PCR %d, the cluster ID's; the join service requires it fresh (zero) itself", measurements.PCRClusterID)
@@ -62,12 +80,18 @@ func ConfigData(policy *validators.Policy, clusterID []byte) (map[string]string,
 	for _, c := range policy.AKRoots {
 		pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
-	return map[string]string{
+	data := map[string]string{
 		MeasurementsFile: string(pcrs),
 		AKRootsFile:      roots.String(),
 		ClusterIDFile:    hex.EncodeToString(clusterID),
 		AttestationFile:  string(att),
-	}, nil
+	}
+	files := map[string][]byte{}
+	for name, content := range data {
+		files[name] = []byte(content)
+	}
+	data[MACFile] = hex.EncodeToString(ConfigMAC(macKey, files))
+	return data, nil
 }
 
 // State is one version of the join configuration.
@@ -100,26 +124,37 @@ func (s *State) MemberValidator() (attestation.Validator, error) {
 
 // Config is the join configuration in a directory, read again when its content changes. Kubernetes
 // updates a mounted ConfigMap by swapping the directory's content atomically.
+//
+// The ConfigMap is an object any administrator of the cluster can edit, so its content counts only if its MAC
+// verifies under the key derived from the cluster's master secret: the configuration the first control-plane
+// node wrote at init (from the policy the CLI sent over aTLS), or one the CLI wrote later with the master
+// secret. An edited configuration is refused and logged, and the service admits nobody until it is restored.
 type Config struct {
-	dir  string
-	log  *slog.Logger
-	opts validators.Options
+	dir    string
+	log    *slog.Logger
+	opts   validators.Options
+	macKey []byte
 
 	mu      sync.Mutex
 	sum     [32]byte
 	current *State
 	variant attestation.Variant // of the last valid configuration
+	badSum  [32]byte            // of the last configuration whose MAC did not verify (logged once)
 }
 
-// NewConfig reads the join configuration in dir; it fails if the configuration is invalid.
-func NewConfig(dir string, log *slog.Logger) (*Config, error) {
-	return newConfig(dir, log, validators.Options{})
+// NewConfig reads the join configuration in dir, authenticated by its MAC under macKey
+// (kms.Deriver.JoinConfigKey, see [FetchConfigKey]); it fails if the configuration is invalid.
+func NewConfig(dir string, log *slog.Logger, macKey []byte) (*Config, error) {
+	return newConfig(dir, log, macKey, validators.Options{})
 }
 
 // newConfig is NewConfig with the trust of the validators: tests pass the roots of their test PKI.
-func newConfig(dir string, log *slog.Logger, opts validators.Options) (*Config, error) {
+func newConfig(dir string, log *slog.Logger, macKey []byte, opts validators.Options) (*Config, error) {
+	if len(macKey) != 32 {
+		return nil, errors.New("the join configuration needs the 32-byte key of its MAC")
+	}
 	opts.Log = log
-	c := &Config{dir: dir, log: log, opts: opts}
+	c := &Config{dir: dir, log: log, opts: opts, macKey: macKey}
 	if _, err := c.Current(); err != nil {
 		return nil, err
 	}
@@ -131,7 +166,7 @@ func newConfig(dir string, log *slog.Logger, opts validators.Options) (*Config, 
 func (c *Config) Current() (*State, error) {
 	files := map[string][]byte{}
 	h := sha256.New()
-	for _, name := range configFiles {
+	for _, name := range append(configFiles, MACFile) {
 		raw, err := readConfigFile(filepath.Join(c.dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("join configuration: %w", err)
@@ -147,6 +182,16 @@ func (c *Config) Current() (*State, error) {
 	if c.current != nil && sum == c.sum {
 		return c.current, nil
 	}
+	// Nothing of the content counts before its MAC verifies.
+	mac, err := hex.DecodeString(strings.TrimSpace(string(files[MACFile])))
+	if err != nil || !hmac.Equal(mac, ConfigMAC(c.macKey, files)) {
+		c.current = nil
+		if sum != c.badSum {
+			c.badSum = sum
+			c.logger().Error("join configuration refused: it is not the one the control plane wrote (its MAC does not verify); it was edited outside 'constellation'. No node is admitted until the configuration is restored", "dir", c.dir)
+		}
+		return nil, fmt.Errorf("join configuration in %s: %w", c.dir, ErrConfigNotAuthentic)
+	}
 	s, err := parseState(files, c.opts)
 	if err != nil {
 		c.current = nil
@@ -158,6 +203,10 @@ func (c *Config) Current() (*State, error) {
 	c.sum, c.current, c.variant = sum, s, s.Variant
 	return s, nil
 }
+
+// ErrConfigNotAuthentic says that the join configuration's MAC does not verify: somebody without the master
+// secret (an administrator of the cluster, for example) changed it.
+var ErrConfigNotAuthentic = errors.New("its MAC does not verify under the cluster's join-config key: it was changed by someone without the master secret")
 
 // readConfigFile reads one file of the configuration, at most MaxAttestationFileSize bytes (a ConfigMap
 // holds at most 1 MiB).

@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,11 +18,14 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/swtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -50,7 +55,7 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	roots := []*x509.Certificate{cp.CA.Certificate(), node.CA.Certificate()}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, clusterID) // both nodes booted the same way
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +118,178 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	// A key service that is not a member of this cluster is not trusted with the request.
 	other := *state
 	other.ClusterID = bytes.Repeat([]byte{9}, 32)
-	if _, err := (&KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: &Config{dir: dir, current: &other, sum: config.sum}}).DiskKey(ctx, uuid); err == nil {
+	if _, err := (&KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: &Config{dir: dir, current: &other, sum: config.sum}}).DiskKey(ctx, uuid, "node-0"); err == nil {
 		t.Fatal("disk key taken from a key service of another cluster")
+	}
+}
+
+// namedNode is a fresh node on its own swtpm whose attestation key certificate names it name, booted like
+// every node of tpmtest (the reference simulator runs once per process, and node A uses it).
+func namedNode(t *testing.T, name string) (attestation.Issuer, *x509.Certificate) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	ekCA, err := swtpm.NewCA(filepath.Join(dir, "ek-ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "tpm")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := swtpm.Manufacture(ctx, state, ekCA); err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := swtpm.Start(ctx, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	conn, err := tpm.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ca, err := tpmtest.NewAKCA(ekCA.Certificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := eventlog.NewBuilder()
+	for _, m := range tpmtest.BootMeasurements {
+		if err := tpmtest.Measure(conn, log, m.PCR, m.Type, []byte(m.Data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	akCert, err := akca.Enroll(ctx, conn, name, vtpm.ECC, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer, err := vtpm.NewIssuer(conn, vtpm.ECC, akCert, func() ([]byte, error) { return log.Bytes(), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { issuer.Close() })
+	return issuer, ca.Certificate()
+}
+
+// The host gives node B a copy of node A's state disk. B is a genuine node of the cluster's image and attests
+// successfully, but the disk is bound to A, which got its key first: B is refused the key, and both the join
+// service and the key service log why. A keeps getting its key, also after the key service restarted, and B
+// gets the key of its own disk.
+func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+	ms, _ := kms.GenerateMasterSecret()
+	d, _ := kms.NewDeriver(ms)
+	clusterID, _ := d.ClusterID()
+	ev := measuredboot.ClusterIDEvent(clusterID)
+	if err := cp.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
+		t.Fatal(err)
+	}
+	nodeA, err := tpmtest.NewSimulatorNode(vtpm.ECC) // its AK certificate names it node-0
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeA.Close()
+	issuerB, rootB := namedNode(t, "node-b")
+	roots := []*x509.Certificate{cp.CA.Certificate(), nodeA.CA.Certificate(), rootB}
+	dir := t.TempDir()
+	writeConfig(t, dir, clusterPolicy(nodeA), roots, clusterID) // all nodes booted the same image
+	config, err := NewConfig(dir, nil, testMACKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, _ := config.Current()
+	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
+
+	// The key service, with its record of disk bindings in a file, as in the cluster.
+	var audit syncBuffer
+	bindings := filepath.Join(t.TempDir(), "disk-bindings.json")
+	startKeyService := func() (string, func()) {
+		b, err := keyservice.OpenDiskBindings(bindings)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks := keyservice.New(d, slog.New(slog.NewJSONHandler(&audit, nil)))
+		ks.BindDisks(b)
+		srv, err := keyservice.NewGRPCServer(ks, cp.Issuer, []attestation.Validator{members})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(ln)
+		return ln.Addr().String(), srv.Stop
+	}
+	ksAddr, stopKeyService := startKeyService()
+	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
+	var logs syncBuffer
+	jsSrv, err := NewGRPCServer(New(Options{Config: config, Tokens: &countingTokens{}, Roles: roles{}, Disks: disks, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.NewJSONHandler(&logs, nil))}), cp.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go jsSrv.Serve(ln)
+	defer jsSrv.Stop()
+
+	join := func(issuer attestation.Issuer, name, uuid string) (*initpb.JoinResponse, error) {
+		v, _ := vtpm.NewValidator(roots, clusterPolicy(nodeA), nil)
+		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, name)})
+	}
+	diskA := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
+	diskB := "5d0e7c51-2b1e-4f3a-8c7d-9a0b1c2d3e4f"
+	keyA, _ := d.DiskKey(diskA)
+
+	respA, err := join(nodeA.Issuer, "node-0", diskA)
+	if err != nil || !bytes.Equal(respA.GetDiskKey(), keyA) {
+		t.Fatalf("node A's first join: %v", err)
+	}
+	// The attack: node B presents a copy of node A's disk.
+	respB, err := join(issuerB, "node-b", diskA)
+	if status.Code(err) != codes.PermissionDenied || len(respB.GetDiskKey()) != 0 {
+		t.Fatalf("node B asked for node A's disk key: %v (%d key bytes), want PermissionDenied and no key", err, len(respB.GetDiskKey()))
+	}
+	if !strings.Contains(logs.String(), `"msg":"join refused: the node presented the state disk of another node`) || !strings.Contains(logs.String(), `"node":"node-b","disk":"`+diskA+`"`) {
+		t.Fatalf("the join service does not log the refusal:\n%s", logs.String())
+	}
+	if !strings.Contains(audit.String(), `"msg":"disk key refused: the disk belongs to another node`) || !strings.Contains(audit.String(), `"boundTo":"node-0"`) {
+		t.Fatalf("the key service does not audit the refusal:\n%s", audit.String())
+	}
+
+	// After a restart the key service still knows whose disk it is.
+	stopKeyService()
+	disks.Addr, stopKeyService = startKeyService()
+	defer stopKeyService()
+	if _, err := join(issuerB, "node-b", diskA); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("node B after a key service restart: %v, want PermissionDenied", err)
+	}
+	// Node A rejoins with its own disk, node B joins with its own.
+	if resp, err := join(nodeA.Issuer, "node-0", diskA); err != nil || !bytes.Equal(resp.GetDiskKey(), keyA) {
+		t.Fatalf("node A's rejoin: %v", err)
+	}
+	keyB, _ := d.DiskKey(diskB)
+	if resp, err := join(issuerB, "node-b", diskB); err != nil || !bytes.Equal(resp.GetDiskKey(), keyB) {
+		t.Fatalf("node B with its own disk: %v", err)
+	}
+	// Now node A cannot take node B's disk either.
+	if _, err := join(nodeA.Issuer, "node-0", diskB); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("node A asked for node B's disk key: %v, want PermissionDenied", err)
 	}
 }

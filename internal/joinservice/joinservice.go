@@ -6,8 +6,17 @@
 // pose as a fresh one; with the WireGuard mesh, its peers and the mesh's root key for preshared keys
 // ([MeshRootKeyID]), from the key service.
 //
+// A node gets the key of the state disk it presents only if that disk is its own: the key service binds every
+// disk UUID to the first node that got its key, by the node's attested name (the subject of its attestation
+// key certificate, which the provider certified for that vTPM, never a name from the request), and a node that
+// presents another node's disk is refused and logged.
+//
 // The attestation policy lives in the cluster (a ConfigMap mounted as a directory, see [Config]) and is read
-// again whenever it changes, so tightening the measurements takes effect without a restart.
+// again whenever it changes, so tightening the measurements takes effect without a restart. Any administrator
+// of the cluster can edit a ConfigMap, so the configuration counts only with a MAC under a key derived from the
+// master secret ([ConfigMAC]): the first control-plane node writes it at init from the policy the CLI sent
+// over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
+// the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
 package joinservice
 
 import (
@@ -81,7 +90,10 @@ type Options struct {
 	PKIDir string
 	// Endpoint is the API server address (host:port) joining nodes use.
 	Endpoint string
-	Log      *slog.Logger
+	// IssuanceLimiter limits the evidence the service issues in handshakes, before anyone is authenticated;
+	// nil: atls.DefaultIssuanceLimits.
+	IssuanceLimiter *atls.IssuanceLimiter
+	Log             *slog.Logger
 }
 
 // Server implements the Join gRPC API.
@@ -94,20 +106,26 @@ type Server struct {
 	mesh     Mesh
 	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
+	limit    *atls.IssuanceLimiter
 	log      *slog.Logger
 }
 
 // New returns a join service.
 func New(o Options) *Server {
-	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, log: o.Log}
+	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, limit: o.IssuanceLimiter, log: o.Log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
-// and joining nodes are checked against the current configuration.
+// and joining nodes are checked against the current configuration. The evidence it issues in handshakes is
+// limited per source and in total (see atls.IssuanceLimiter), so that a flood of handshakes does not hold up
+// the joins of genuine nodes.
 func NewGRPCServer(s *Server, issuer attestation.Issuer) (*grpc.Server, error) {
 	creds, err := atls.NewCredentials(issuer, []attestation.Validator{s.config.Validator()})
 	if err != nil {
 		return nil, err
+	}
+	if s.limit != nil {
+		creds.LimitIssuance(s.limit)
 	}
 	srv := grpc.NewServer(grpc.Creds(creds))
 	initpb.RegisterJoinServer(srv, s)
@@ -129,6 +147,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		}
 	}
 	name, _ := atls.AttestedPeerName(ctx)
+	if req.GetDiskUuid() != "" && name == "" {
+		// A disk is bound to the node that first gets its key: a node without a certified name has none to
+		// bind it to.
+		return nil, status.Error(codes.PermissionDenied, "the node's attestation key certificate names no node; no state disk key is handed out for it")
+	}
 	// A node's first join carries the WireGuard key it generated; a node that rejoins (its state disk holds
 	// its key, which it published before) carries none.
 	var meshKey wgmesh.Key
@@ -177,7 +200,11 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 	}
 	var diskKey []byte
 	if uuid := req.GetDiskUuid(); uuid != "" {
-		if diskKey, err = s.disks.DiskKey(ctx, uuid); err != nil {
+		if diskKey, err = s.disks.DiskKey(ctx, uuid, name); err != nil {
+			if errors.Is(err, ErrDiskOfAnotherNode) {
+				s.log.Warn("join refused: the node presented the state disk of another node; the host may have given it a copy of that node's disk", "caller", caller, "node", name, "disk", uuid, "error", err)
+				return nil, status.Errorf(codes.PermissionDenied, "state disk %s belongs to another node than %q; boot this node with its own or a blank disk", uuid, name)
+			}
 			s.log.Error("join failed: getting the disk key", "caller", caller, "disk", uuid, "error", err)
 			return nil, status.Error(codes.Unavailable, "getting the state disk key failed")
 		}

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -79,9 +80,36 @@ func (c *countingTokens) CreateToken(context.Context, time.Duration) (string, er
 	return "abcdef.0123456789abcdef", nil
 }
 
+// testMACKey stands for the key the cluster derives from its master secret for the join configuration's MAC.
+var testMACKey = bytes.Repeat([]byte{0x6b}, 32)
+
+// sign recomputes the MAC of the configuration in dir, as who holds the master secret (the CLI) does when it
+// changes the configuration.
+func sign(t testing.TB, dir string) {
+	t.Helper()
+	files := map[string][]byte{}
+	for _, name := range configFiles {
+		if raw, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+			files[name] = raw
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, MACFile), []byte(hex.EncodeToString(ConfigMAC(testMACKey, files))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeSigned writes one file of the configuration in dir and signs the configuration.
+func writeSigned(t testing.TB, dir, name string, content []byte) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sign(t, dir)
+}
+
 func writeConfig(t *testing.T, dir string, policy measurements.M, roots []*x509.Certificate, clusterID []byte) {
 	t.Helper()
-	data, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID)
+	data, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +174,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, clusterID)
 	var logs syncBuffer
-	config, err := NewConfig(dir, slog.New(slog.NewJSONHandler(&logs, nil)))
+	config, err := NewConfig(dir, slog.New(slog.NewJSONHandler(&logs, nil)), testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +318,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		t.Fatalf("the refusal does not say which PCR differed:\n%s", logs.String())
 	}
 	// The configuration becomes invalid: nobody is admitted.
-	os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("nope"), 0o644)
+	writeSigned(t, dir, ClusterIDFile, []byte("nope"))
 	if _, err := join(); err == nil {
 		t.Fatal("admitted with an invalid configuration")
 	}
@@ -329,23 +357,24 @@ func TestConfigRejects(t *testing.T) {
 	id := bytes.Repeat([]byte{1}, 32)
 	withPCR15 := clusterPolicy(node)
 	withPCR15[15] = measurements.Measurement{}
-	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, AKRoots: roots}, id); err == nil {
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, AKRoots: roots}, id, testMACKey); err == nil {
 		t.Fatal("ConfigData accepted an empty policy")
 	}
-	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id); err == nil {
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id, testMACKey); err == nil {
 		t.Fatal("ConfigData accepted a policy with the cluster-ID PCR")
 	}
 	for name, bad := range tpmtest.AcceptAnyImage(clusterPolicy(node)) {
 		// The CLI's side refuses to write it, and the join service refuses to run with it: under it the join
 		// service would admit a node booted from any image.
-		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id, testMACKey); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
 			t.Errorf("%s: ConfigData = %v, want ErrAcceptsAnyImage", name, err)
 		}
 		dir := t.TempDir()
 		writeConfig(t, dir, clusterPolicy(node), roots, id)
 		raw, _ := json.Marshal(bad)
 		os.WriteFile(filepath.Join(dir, MeasurementsFile), raw, 0o644)
-		if _, err := NewConfig(dir, nil); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+		sign(t, dir) // even with a MAC that verifies: the policy itself is invalid
+		if _, err := NewConfig(dir, nil, testMACKey); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
 			t.Errorf("%s: NewConfig = %v, want ErrAcceptsAnyImage", name, err)
 		}
 	}
@@ -378,7 +407,8 @@ func TestConfigRejects(t *testing.T) {
 		dir := t.TempDir()
 		writeConfig(t, dir, clusterPolicy(node), roots, id)
 		mutate(dir)
-		if _, err := NewConfig(dir, nil); err == nil {
+		sign(t, dir) // wrong content, however authentic
+		if _, err := NewConfig(dir, nil, testMACKey); err == nil {
 			t.Errorf("%s: configuration accepted", name)
 		}
 	}
@@ -449,7 +479,7 @@ func TestJoinReplayIsRefused(t *testing.T) {
 	roots := []*x509.Certificate{node.CA.Certificate()}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func TestMeshRootFromTheKeyService(t *testing.T) {
 	roots := []*x509.Certificate{cp.CA.Certificate()}
 	dir := t.TempDir()
 	writeConfig(t, dir, clusterPolicy(cp), roots, clusterID)
-	config, err := NewConfig(dir, nil)
+	config, err := NewConfig(dir, nil, testMACKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package keyservice
 
 import (
+	"path/filepath"
 	"strconv"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
@@ -33,6 +34,8 @@ func Manifests(node, metadataURL string) ([]byte, error) {
 		Volumes: []kubeapi.Volume{
 			{Name: "agent", MountPath: agent.SocketPath, HostPath: agent.SocketPath, HostPathType: "Socket"},
 			{Name: "secret", MountPath: SecretSocket, HostPath: SecretSocket, HostPathType: "Socket"},
+			// The record of which node each state disk belongs to, on this node's encrypted state disk.
+			{Name: "disk-bindings", MountPath: filepath.Dir(DiskBindingsFile), HostPath: filepath.Dir(DiskBindingsFile), HostPathType: "DirectoryOrCreate"},
 		},
 	}.DaemonSet())
 }

@@ -53,7 +53,7 @@ func TestManifests(t *testing.T) {
 	for _, v := range pod.Volumes {
 		paths = append(paths, v.HostPath.Type+":"+v.HostPath.Path)
 	}
-	if strings.Join(paths, ",") != "Socket:/run/constellation/attest.sock,Socket:"+SecretSocket {
-		t.Errorf("host paths %v, want only the agent's and the secret's sockets", paths)
+	if strings.Join(paths, ",") != "Socket:/run/constellation/attest.sock,Socket:"+SecretSocket+",DirectoryOrCreate:/var/lib/constellation/key-service" {
+		t.Errorf("host paths %v, want only the agent's and the secret's sockets and the disk bindings' directory", paths)
 	}
 }

@@ -7,10 +7,17 @@
 // node's bootstrapper, which received the master secret over aTLS at init or recovery, hands it over on a
 // node-local socket ([SecretHolder], [FetchSecret]) together with the cluster's measurements and cluster ID,
 // which decide who may call the key service.
+//
+// A state disk's key is handed out for one node only: the key service binds each disk UUID to the attested
+// name of the first node that gets its key ([DiskBindings]), keeps that record on its own node's encrypted
+// state disk, and refuses the key to any other node. The join service, which has validated the joining node's
+// evidence, names the node (the subject of its attestation key certificate, which the provider certified);
+// the first control-plane node's own disk is bound to it at the handover of the master secret.
 package keyservice
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -26,11 +33,13 @@ import (
 )
 
 // remotePurposes are the purposes a remote caller may ask for. The cluster-ID secret and CA seeds never
-// leave the control plane this way.
+// leave the control plane this way. The join configuration's MAC key goes to the join service (a
+// control-plane node, as every caller of a restricted key service).
 var remotePurposes = map[kms.Purpose]bool{
-	kms.PurposeDiskKey:   true,
-	kms.PurposeVolumeKey: true,
-	kms.PurposeDataKey:   true,
+	kms.PurposeDiskKey:    true,
+	kms.PurposeVolumeKey:  true,
+	kms.PurposeDataKey:    true,
+	kms.PurposeJoinConfig: true,
 }
 
 // Port is the key service's port on the control-plane node that serves it.
@@ -44,6 +53,8 @@ type Server struct {
 	// allowed, if set, decides by the caller's attested name (its attestation key certificate's subject)
 	// whether it may get keys at all.
 	allowed func(ctx context.Context, name string) (bool, error)
+	// disks binds each state disk to the node that first got its key.
+	disks *DiskBindings
 }
 
 // RestrictTo lets only callers get keys whose attested name allowed accepts, for example only
@@ -52,9 +63,14 @@ func (s *Server) RestrictTo(allowed func(ctx context.Context, name string) (bool
 	s.allowed = allowed
 }
 
-// New returns a key service deriving keys with d and writing audit lines to audit.
+// BindDisks keeps the binding of state disks to nodes in b instead of the record in memory that [New] starts
+// with.
+func (s *Server) BindDisks(b *DiskBindings) { s.disks = b }
+
+// New returns a key service deriving keys with d and writing audit lines to audit. It binds disks to nodes in
+// memory until [Server.BindDisks] gives it a persistent record.
 func New(d *kms.Deriver, audit *slog.Logger) *Server {
-	return &Server{deriver: d, audit: audit}
+	return &Server{deriver: d, audit: audit, disks: NewDiskBindings()}
 }
 
 // NewGRPCServer returns a gRPC server with the key service registered, over mutual aTLS: issuer attests the
@@ -79,7 +95,7 @@ func ParseDataKeyID(id string) (kms.Purpose, string, error) {
 		return "", "", fmt.Errorf("data key ID must be <purpose>/<identifier>, for example disk-key/<disk UUID>")
 	}
 	if !remotePurposes[kms.Purpose(purpose)] {
-		return "", "", fmt.Errorf("keys of purpose %q cannot be requested (allowed: disk-key, volume-key, data-key)", purpose)
+		return "", "", fmt.Errorf("keys of purpose %q cannot be requested (allowed: disk-key, volume-key, data-key, join-config)", purpose)
 	}
 	return kms.Purpose(purpose), rest, nil
 }
@@ -116,12 +132,35 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 			return nil, status.Errorf(codes.PermissionDenied, "node %q may not get keys from the key service", name)
 		}
 	}
+	purpose, keyID, err := ParseDataKeyID(req.GetDataKeyId())
+	if err != nil {
+		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "reason", err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	node := req.GetNode()
+	if purpose == kms.PurposeDiskKey {
+		// A disk's key goes to the node the disk is bound to, and to no other: a host that hands a copy of
+		// one node's disk to another node gets nothing for it.
+		if err := s.disks.Bind(keyID, node); err != nil {
+			if errors.Is(err, ErrDiskBound) {
+				owner, _ := s.disks.Owner(keyID)
+				s.audit.Warn("disk key refused: the disk belongs to another node; a node was given a copy of another node's state disk", "caller", caller, "disk", keyID, "node", safeID(node), "boundTo", owner)
+				return nil, status.Errorf(codes.PermissionDenied, "disk %s is bound to another node than %q", keyID, node)
+			}
+			s.audit.Warn("disk key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "node", safeID(node), "reason", err.Error())
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
 	key, err := s.DataKey(req.GetDataKeyId(), req.GetLength())
 	if err != nil {
 		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "length", req.GetLength(), "reason", err.Error())
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	s.audit.Info("data key issued", "caller", caller, "keyID", req.GetDataKeyId(), "length", req.GetLength())
+	attrs := []any{"caller", caller, "keyID", req.GetDataKeyId(), "length", req.GetLength()}
+	if node != "" {
+		attrs = append(attrs, "node", safeID(node))
+	}
+	s.audit.Info("data key issued", attrs...)
 	return &keyservicepb.GetDataKeyResponse{DataKey: key}, nil
 }
 
@@ -159,7 +198,19 @@ func NewClient(addr string, issuer attestation.Issuer, validators []attestation.
 
 // GetDataKey asks for the key with the given ID ("<purpose>/<identifier>") and length.
 func (c *Client) GetDataKey(ctx context.Context, id string, length uint32) ([]byte, error) {
-	resp, err := c.api.GetDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: length})
+	return c.getDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: length})
+}
+
+// GetDiskKey asks for the key of a state disk on behalf of node, the attested name of the node that
+// presented the disk. The key service refuses it (codes.PermissionDenied) if the disk is bound to another
+// node.
+func (c *Client) GetDiskKey(ctx context.Context, uuid, node string, length uint32) ([]byte, error) {
+	return c.getDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: string(kms.PurposeDiskKey) + "/" + uuid, Length: length, Node: node})
+}
+
+func (c *Client) getDataKey(ctx context.Context, req *keyservicepb.GetDataKeyRequest) ([]byte, error) {
+	id, length := req.GetDataKeyId(), req.GetLength()
+	resp, err := c.api.GetDataKey(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("getting data key %s: %w", id, err)
 	}

@@ -94,9 +94,9 @@ func TestGetDataKey(t *testing.T) {
 	}
 	defer c.Close()
 	id := "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
-	key, err := c.GetDataKey(ctx(t), id, kms.DiskKeySize)
+	key, err := c.GetDiskKey(ctx(t), "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11", "node-0", kms.DiskKeySize)
 	if err != nil {
-		t.Fatalf("GetDataKey: %v", err)
+		t.Fatalf("GetDiskKey: %v", err)
 	}
 	var pr peer.Peer
 	if _, err := c.api.GetDataKey(ctx(t), &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: kms.DiskKeySize}, grpc.Peer(&pr)); err != nil {
@@ -109,9 +109,13 @@ func TestGetDataKey(t *testing.T) {
 	if !bytes.Equal(key, want) {
 		t.Fatal("key service returned another key than the derivation")
 	}
-	again, err := c.GetDataKey(ctx(t), id, kms.DiskKeySize)
+	again, err := c.GetDiskKey(ctx(t), "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11", "node-0", kms.DiskKeySize)
 	if err != nil || !bytes.Equal(again, key) {
 		t.Fatalf("second request: %v, same key %v", err, bytes.Equal(again, key))
+	}
+	// The disk is bound to node-0 now: nobody else gets its key.
+	if _, err := c.GetDiskKey(ctx(t), "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11", "node-1", kms.DiskKeySize); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the disk key of node-0's disk for node-1: %v, want PermissionDenied", err)
 	}
 
 	for name, tc := range map[string]struct {
@@ -127,6 +131,7 @@ func TestGetDataKey(t *testing.T) {
 		"huge identifier":   {"data-key/" + strings.Repeat("a", 10000), 32, "invalid"},
 		"short key":         {"data-key/x", 8, "out of range"},
 		"long key":          {"data-key/x", 1 << 31, "out of range"},
+		"disk for nobody":   {id, 32, "named nodes only"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := c.GetDataKey(ctx(t), tc.id, tc.length)
@@ -209,7 +214,7 @@ func TestRestrictTo(t *testing.T) {
 		t.Fatalf("audit log lacks the refusal:\n%s", e.audit.String())
 	}
 	allowed = true
-	if _, err := c.GetDataKey(ctx(t), id, 32); err != nil {
+	if _, err := c.GetDiskKey(ctx(t), "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11", "node-1", 32); err != nil {
 		t.Fatalf("GetDataKey by an allowed caller: %v", err)
 	}
 	if len(asked) != 2 || asked[0] != "node-0" {

@@ -27,6 +27,9 @@ type Options struct {
 	AKRoots func(ctx context.Context) ([]*x509.Certificate, error)
 	// Allowed decides by a caller's attested name whether it may get keys at all (control-plane nodes).
 	Allowed func(ctx context.Context, name string) (bool, error)
+	// DiskBindings is the file in which the key service records which node each state disk belongs to
+	// ([DiskBindingsFile]).
+	DiskBindings string
 	// Log receives the service's log and its audit lines.
 	Log *slog.Logger
 }
@@ -35,8 +38,12 @@ type Options struct {
 // the master secret, then serves keys over mutual aTLS to callers that prove they are control-plane nodes of
 // this cluster (the cluster's measurements and, in PCR 15, its cluster ID), until ctx ends.
 func Run(ctx context.Context, o Options) error {
-	if o.Listener == nil || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.Log == nil {
-		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction and a log")
+	if o.Listener == nil || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.DiskBindings == "" || o.Log == nil {
+		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction, a disk bindings file and a log")
+	}
+	disks, err := OpenDiskBindings(o.DiskBindings)
+	if err != nil {
+		return err
 	}
 	secret, err := waitForSecret(ctx, o.SecretSocket, o.Log)
 	if err != nil {
@@ -45,6 +52,11 @@ func Run(ctx context.Context, o Options) error {
 	d, err := kms.NewDeriver(secret.MasterSecret)
 	if err != nil {
 		return err
+	}
+	if secret.DiskUUID != "" {
+		if err := disks.Bind(secret.DiskUUID, secret.Node); err != nil {
+			return fmt.Errorf("binding the state disk of this node (%s): %w", secret.Node, err)
+		}
 	}
 	var roots []*x509.Certificate
 	if err := retry.Do(ctx, o.Log, "fetching the attestation-key roots", func() error {
@@ -59,6 +71,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	ks := New(d, o.Log)
 	ks.RestrictTo(o.Allowed)
+	ks.BindDisks(disks)
 	srv, err := NewGRPCServer(ks, o.Issuer, []attestation.Validator{v})
 	if err != nil {
 		return err

@@ -29,6 +29,11 @@ type Secret struct {
 	MasterSecret *kms.MasterSecret
 	ClusterID    []byte
 	Measurements measurements.M
+	// Node and DiskUUID are the name and the state disk of the node whose bootstrapper hands the secret over
+	// (DiskUUID empty if it has none). That node derived its disk key itself; the key service binds the disk
+	// to it before it hands out any key, so that no other node can claim the disk.
+	Node     string
+	DiskUUID string
 }
 
 // String never prints the master secret.
@@ -41,6 +46,8 @@ type secretJSON struct {
 	Salt         []byte         `json:"salt"`
 	ClusterID    []byte         `json:"clusterID"`
 	Measurements measurements.M `json:"measurements"`
+	Node         string         `json:"node,omitempty"`
+	DiskUUID     string         `json:"diskUUID,omitempty"`
 }
 
 const secretVersion = 1
@@ -60,6 +67,9 @@ func (s *Secret) validate() error {
 	}
 	if len(s.Measurements) == 0 {
 		return errors.New("no measurements: the key service would have no policy for its callers")
+	}
+	if s.DiskUUID != "" && (!diskUUID.MatchString(s.DiskUUID) || !nodeName.MatchString(s.Node)) {
+		return fmt.Errorf("the node's own state disk %.60q of node %.60q: want a lower-case RFC 4122 UUID and a DNS name", s.DiskUUID, s.Node)
 	}
 	return s.Measurements.Validate()
 }
@@ -84,7 +94,7 @@ func (h *SecretHolder) Set(s *Secret) error {
 	}
 	raw, err := json.Marshal(secretJSON{
 		Version: secretVersion, Key: s.MasterSecret.Key, Salt: s.MasterSecret.Salt,
-		ClusterID: s.ClusterID, Measurements: s.Measurements,
+		ClusterID: s.ClusterID, Measurements: s.Measurements, Node: s.Node, DiskUUID: s.DiskUUID,
 	})
 	if err != nil {
 		return err
@@ -160,7 +170,7 @@ func ParseSecret(raw []byte) (*Secret, error) {
 	if in.Version != secretVersion {
 		return nil, fmt.Errorf("the key service's secret has version %d; this key service reads version %d", in.Version, secretVersion)
 	}
-	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements, Node: in.Node, DiskUUID: in.DiskUUID}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("the key service's secret: %w", err)
 	}

@@ -17,6 +17,9 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
@@ -232,6 +235,9 @@ func TestRunServesAfterHandover(t *testing.T) {
 		}
 	}
 	secret.Measurements = policy
+	// The first control-plane node's own disk, whose key it derived itself.
+	secret.Node, secret.DiskUUID = "control-plane-0", "5d0e7c51-2b1e-4f3a-8c7d-9a0b1c2d3e4f"
+	bindings := filepath.Join(t.TempDir(), "bindings", "disk-bindings.json")
 	var logged syncBuffer
 	log := slog.New(slog.NewJSONHandler(&logged, nil))
 	h, socket := serveSecrets(t, log)
@@ -248,8 +254,9 @@ func TestRunServesAfterHandover(t *testing.T) {
 			AKRoots: func(context.Context) ([]*x509.Certificate, error) {
 				return []*x509.Certificate{node.CA.Certificate()}, nil
 			},
-			Allowed: func(_ context.Context, name string) (bool, error) { _, ok := allowed.Load(name); return ok, nil },
-			Log:     log,
+			Allowed:      func(_ context.Context, name string) (bool, error) { _, ok := allowed.Load(name); return ok, nil },
+			DiskBindings: bindings,
+			Log:          log,
 		})
 	}()
 	if err := h.Set(secret); err != nil {
@@ -267,9 +274,9 @@ func TestRunServesAfterHandover(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		return c.GetDataKey(ctx, id, kms.DiskKeySize)
+		return c.GetDiskKey(ctx, id, "node-0", kms.DiskKeySize)
 	}
-	id := "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
+	id := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	// Not yet a member: PCR 15 does not hold the cluster ID.
 	allowed.Store("node-0", true)
 	if _, err := get(id); err == nil {
@@ -286,6 +293,13 @@ func TestRunServesAfterHandover(t *testing.T) {
 	d, _ := kms.NewDeriver(secret.MasterSecret)
 	if want, _ := d.DiskKey("0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"); !bytes.Equal(key, want) {
 		t.Fatal("the key service derived from another master secret than the one handed over")
+	}
+	// The first control-plane node's disk is bound to it from the start: a copy of it gets no key.
+	if _, err := get(secret.DiskUUID); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the first control-plane node's disk for another node: %v, want PermissionDenied", err)
+	}
+	if owner, err := ParseDiskBindings(mustRead(t, bindings)); err != nil || owner[secret.DiskUUID] != "control-plane-0" || owner[id] != "node-0" {
+		t.Fatalf("recorded bindings %v, %v", owner, err)
 	}
 	// A member that is not a control-plane node is refused.
 	allowed.Delete("node-0")

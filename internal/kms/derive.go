@@ -16,6 +16,8 @@ const (
 	PurposeDataKey   Purpose = "data-key"
 	PurposeClusterID Purpose = "cluster-id"
 	PurposeCASeed    Purpose = "ca-seed"
+	// PurposeJoinConfig keys authenticate the join service's configuration (see [Deriver.JoinConfigKey]).
+	PurposeJoinConfig Purpose = "join-config"
 )
 
 // labelPrefix versions the derivation scheme.
@@ -70,7 +72,7 @@ func Label(purpose Purpose, id string) (string, error) {
 			return "", fmt.Errorf("purpose %s takes no identifier", purpose)
 		}
 		return labelPrefix + string(purpose), nil
-	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed:
+	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed, PurposeJoinConfig:
 		if !validID(id) {
 			return "", fmt.Errorf("key identifier %q is invalid: 1 to %d characters of A-Z a-z 0-9 . _ : -", truncate(id, 80), MaxIDLength)
 		}
@@ -99,6 +101,16 @@ const DiskKeySize = 64
 // DiskKey returns the key of the state disk with the given UUID.
 func (d *Deriver) DiskKey(diskUUID string) ([]byte, error) {
 	return d.Derive(PurposeDiskKey, diskUUID, DiskKeySize)
+}
+
+// JoinConfigKeyID is the key ID ("<purpose>/<identifier>") of the join configuration's MAC key.
+const JoinConfigKeyID = string(PurposeJoinConfig) + "/mac"
+
+// JoinConfigKey returns the 32-byte key of the MAC that authenticates the join service's configuration: only
+// who holds the master secret (the CLI, the first control-plane node, the key service) can write a
+// configuration the join service accepts.
+func (d *Deriver) JoinConfigKey() ([]byte, error) {
+	return d.Derive(PurposeJoinConfig, "mac", 32)
 }
 
 // ClusterIDSecret returns the 32-byte secret from which the cluster ID is computed.

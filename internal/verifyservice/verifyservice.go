@@ -4,6 +4,10 @@
 //
 // It runs twice on a node: in the bootstrapper from the node's start ([Port]), and as the cluster's DaemonSet
 // ([Manifests], [ClusterPort]), whose pods get the same evidence from the node's attestation agent.
+//
+// Anyone may ask, so issuance is limited ([atls.IssuanceLimiter]): per source address and in total, with
+// refusals (HTTP 429, gRPC RESOURCE_EXHAUSTED) instead of a queue, so that a flood from one source does not
+// hold up the evidence that others, a joining node or `constellation recover`, wait for.
 package verifyservice
 
 import (
@@ -15,14 +19,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -60,10 +67,17 @@ func Listen(host string, httpPort, grpcPort int, issuer attestation.Issuer, log 
 		httpLn.Close()
 		return nil, fmt.Errorf("verification service: %w", err)
 	}
+	// One limit for both protocols: they quote with the same TPM.
+	limit, err := atls.NewIssuanceLimiter(atls.DefaultIssuanceLimits)
+	if err != nil {
+		httpLn.Close()
+		grpcLn.Close()
+		return nil, err
+	}
 	g := grpc.NewServer()
-	verifypb.RegisterVerifyServer(g, NewGRPCServer(issuer, log))
+	verifypb.RegisterVerifyServer(g, NewGRPCServer(issuer, log, limit))
 	return &Server{
-		http:   &http.Server{Handler: Handler(issuer, log), ReadHeaderTimeout: 10 * time.Second},
+		http:   &http.Server{Handler: Handler(issuer, log, limit), ReadHeaderTimeout: 10 * time.Second},
 		grpc:   g,
 		httpLn: httpLn, grpcLn: grpcLn,
 	}, nil
@@ -97,14 +111,28 @@ type GRPCServer struct {
 	verifypb.UnimplementedVerifyServer
 	issuer attestation.Issuer
 	log    *slog.Logger
+	limit  *atls.IssuanceLimiter
 }
 
-// NewGRPCServer returns the gRPC verification service of a node.
-func NewGRPCServer(issuer attestation.Issuer, log *slog.Logger) *GRPCServer {
+// NewGRPCServer returns the gRPC verification service of a node. It issues evidence within limit's limits;
+// nil: within [atls.DefaultIssuanceLimits].
+func NewGRPCServer(issuer attestation.Issuer, log *slog.Logger, limit *atls.IssuanceLimiter) *GRPCServer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &GRPCServer{issuer: issuer, log: log}
+	return &GRPCServer{issuer: issuer, log: log, limit: orDefault(limit)}
+}
+
+// orDefault returns limit, or a limiter with the default limits.
+func orDefault(limit *atls.IssuanceLimiter) *atls.IssuanceLimiter {
+	if limit != nil {
+		return limit
+	}
+	l, err := atls.NewIssuanceLimiter(atls.DefaultIssuanceLimits)
+	if err != nil {
+		panic(err) // the default limits are valid
+	}
+	return l
 }
 
 // GetAttestation returns fresh evidence for the caller's nonce. It binds no user data: a caller must not be
@@ -113,6 +141,15 @@ func (s *GRPCServer) GetAttestation(ctx context.Context, req *verifypb.GetAttest
 	if err := attestation.CheckNonce(req.GetNonce()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	var remote net.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr
+	}
+	release, err := s.limit.Acquire(ctx, remote)
+	if err != nil {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
+	defer release()
 	ev, err := s.issuer.Issue(ctx, req.GetNonce(), nil)
 	if err != nil {
 		s.log.Error("issuing evidence failed", "error", err)
@@ -137,11 +174,13 @@ func FetchGRPC(ctx context.Context, endpoint string, nonce []byte) ([]byte, erro
 	return resp.GetEvidence(), nil
 }
 
-// Handler serves GET /v1/attest?nonce=<hex>.
-func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
+// Handler serves GET /v1/attest?nonce=<hex>. It issues evidence within limit's limits; nil: within
+// [atls.DefaultIssuanceLimits].
+func Handler(issuer attestation.Issuer, log *slog.Logger, limit *atls.IssuanceLimiter) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	limit = orDefault(limit)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/attest", func(w http.ResponseWriter, r *http.Request) {
 		nonce, err := hex.DecodeString(r.URL.Query().Get("nonce"))
@@ -153,6 +192,16 @@ func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		var remote net.Addr
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			remote = net.TCPAddrFromAddrPort(ap)
+		}
+		release, err := limit.Acquire(r.Context(), remote)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusTooManyRequests)
+			return
+		}
+		defer release()
 		ev, err := issuer.Issue(r.Context(), nonce, nil)
 		if err != nil {
 			log.Error("issuing evidence failed", "remote", r.RemoteAddr, "error", err)

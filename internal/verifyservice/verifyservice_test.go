@@ -33,7 +33,7 @@ func TestAttest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(Handler(node.Issuer, nil))
+	srv := httptest.NewServer(Handler(node.Issuer, nil, nil))
 	defer srv.Close()
 	endpoint := strings.TrimPrefix(srv.URL, "http://")
 	ctx := context.Background()
@@ -66,7 +66,7 @@ func TestAttestGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	verifypb.RegisterVerifyServer(srv, NewGRPCServer(node.Issuer, nil))
+	verifypb.RegisterVerifyServer(srv, NewGRPCServer(node.Issuer, nil, nil))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,11 @@ type GetDataKeyRequest struct {
 	// Remote callers may ask for the purposes disk-key, volume-key and data-key.
 	DataKeyId string `protobuf:"bytes,1,opt,name=data_key_id,json=dataKeyId,proto3" json:"data_key_id,omitempty"`
 	// length is the key length in bytes, 16 to 64.
-	Length        uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	Length uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	// node is the attested name of the node a caller asks for a disk key on behalf of (the join service for
+	// a joining node). Required for disk-key: the key service binds a disk to the first node that gets its
+	// key and refuses the key to any other node.
+	Node          string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -74,6 +78,13 @@ func (x *GetDataKeyRequest) GetLength() uint32 {
 		return x.Length
 	}
 	return 0
+}
+
+func (x *GetDataKeyRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 type GetDataKeyResponse struct {
@@ -124,10 +135,11 @@ var File_keyservice_proto protoreflect.FileDescriptor
 
 const file_keyservice_proto_rawDesc = "" +
 	"\n" +
-	"\x10keyservice.proto\x12\x1bconstellation.keyservice.v1\"K\n" +
+	"\x10keyservice.proto\x12\x1bconstellation.keyservice.v1\"_\n" +
 	"\x11GetDataKeyRequest\x12\x1e\n" +
 	"\vdata_key_id\x18\x01 \x01(\tR\tdataKeyId\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\rR\x06length\"/\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"/\n" +
 	"\x12GetDataKeyResponse\x12\x19\n" +
 	"\bdata_key\x18\x01 \x01(\fR\adataKey2{\n" +
 	"\n" +

@@ -1,0 +1,78 @@
+package joinservice
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+)
+
+// FetchConfigKey gets the key of the join configuration's MAC from the key service at addr, over mutual aTLS
+// with issuer (this node's vTPM, mini-vtpm). The join service trusts the key service by what it knows
+// without the configuration, which the key is to authenticate: the key service must run on a vTPM that
+// akRoots (the provider's attestation-key CA) certified, with this node's own boot measurements and its
+// cluster ID (see [OwnMemberPolicy]).
+func FetchConfigKey(ctx context.Context, addr string, issuer attestation.Issuer, akRoots []*x509.Certificate) ([]byte, error) {
+	own, err := OwnMemberPolicy(ctx, issuer)
+	if err != nil {
+		return nil, err
+	}
+	v, err := vtpm.NewValidator(akRoots, own, nil)
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyservice.NewClient(addr, issuer, []attestation.Validator{v})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	key, err := c.GetDataKey(ctx, kms.JoinConfigKeyID, 32)
+	if err != nil {
+		return nil, fmt.Errorf("getting the join configuration's key: %w", err)
+	}
+	return key, nil
+}
+
+// OwnMemberPolicy is the policy of this node as its own vTPM quotes it: the PCRs of the firmware, the node
+// image and the boot parameters, and the cluster-ID PCR, which must hold a cluster ID. Every control-plane node
+// of a cluster booted the same image and belongs to the same cluster, so the key service's node matches it.
+// The quote comes from this node's own attestation agent and is not validated: it is the node's own.
+func OwnMemberPolicy(ctx context.Context, issuer attestation.Issuer) (measurements.M, error) {
+	nonce := make([]byte, attestation.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	raw, err := issuer.Issue(ctx, nonce, nil)
+	if err != nil {
+		return nil, fmt.Errorf("quoting this node's own PCRs: %w", err)
+	}
+	doc, err := attestation.ParseDocument(raw)
+	if err != nil {
+		return nil, fmt.Errorf("this node's own evidence: %w", err)
+	}
+	if doc.TPM == nil || len(doc.TPM.Quotes) == 0 {
+		return nil, errors.New("this node's own evidence holds no vTPM quote")
+	}
+	pcrs := doc.TPM.Quotes[0].PCRs
+	m := measurements.M{}
+	for _, idx := range []uint32{measuredboot.PCRFirmware, measuredboot.PCRNodeImage, measuredboot.PCRBootParams, measurements.PCRClusterID} {
+		var d measurements.Digest
+		if len(pcrs[idx]) != len(d) {
+			return nil, fmt.Errorf("this node's own quote lacks PCR %d", idx)
+		}
+		copy(d[:], pcrs[idx])
+		m[idx] = measurements.Measurement{Expected: d}
+	}
+	if m[measurements.PCRClusterID].Expected == (measurements.Digest{}) {
+		return nil, fmt.Errorf("this node has measured no cluster ID into PCR %d: it is no member of a cluster", measurements.PCRClusterID)
+	}
+	return m, nil
+}

@@ -1,0 +1,155 @@
+package joinservice
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+// dialFrom dials addr from the loopback address src, so that a test has several sources on one host.
+func dialFrom(src string) func(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+}
+
+// Flooders from one source hammer the join service's handshakes (each would make the service quote with its
+// TPM) while a genuine node joins from another source: the join completes, the flooders get no more quotes
+// than their source's burst, and every other flooding handshake is refused at once rather than queued.
+func TestJoinDuringAHandshakeFlood(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	roots := []*x509.Certificate{node.CA.Certificate()}
+	dir := t.TempDir()
+	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
+	config, err := NewConfig(dir, nil, testMACKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bucket refills at one quote in 30 years: within the test, a source gets exactly its burst.
+	const burst = 6
+	limit, err := atls.NewIssuanceLimiter(atls.IssuanceLimits{Concurrent: 2, Queue: 8, PerSource: 2, Rate: 1e-9, Burst: burst, Sources: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := &countingTokens{}
+	quotes := &countingIssuer{Issuer: node.Issuer}
+	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: roles{}, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", IssuanceLimiter: limit, Log: slog.New(slog.DiscardHandler)}), quotes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Stop()
+	v, err := vtpm.NewValidator(roots, clusterPolicy(node), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The flood: aTLS handshakes from 127.0.0.2 that ask the service for evidence, until the join is done.
+	// Each gets an answer: refused at once, or failed after the quote (the flooder cannot attest itself).
+	const flooders = 8
+	var (
+		wg       sync.WaitGroup
+		attempts atomic.Int64
+		joined   = make(chan struct{})
+	)
+	flood := func() {
+		defer wg.Done()
+		dial := dialFrom("127.0.0.2")
+		for {
+			select {
+			case <-joined:
+				return
+			default:
+			}
+			cfg, err := atls.CreateClientConfig(nil, []attestation.Validator{v})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			raw, err := dial(context.Background(), ln.Addr().String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			attempts.Add(1)
+			// The flooder is no node: the service refuses it after the quote, if the limiter lets it that far.
+			conn := tls.Client(raw, cfg)
+			_ = conn.Handshake()
+			conn.Close()
+		}
+	}
+	for range flooders {
+		wg.Add(1)
+		go flood()
+	}
+	// The join starts once the flood has had its source's quotes and hammers on.
+	for quotes.n.Load() < burst || attempts.Load() < burst+2*flooders {
+		time.Sleep(time.Millisecond)
+	}
+
+	creds, err := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds), grpc.WithContextDialer(dialFrom("127.0.0.3")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, joinErr := initpb.NewJoinClient(conn).Join(context.Background(), &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+	attemptsDuringJoin := attempts.Load()
+	close(joined)
+	wg.Wait()
+	if joinErr != nil {
+		t.Fatalf("a genuine join from another source during the flood: %v", joinErr)
+	}
+	if tokens.n != 1 {
+		t.Fatalf("%d tokens, want 1", tokens.n)
+	}
+	// The service quoted the flooders' burst and the join, nothing more; all other flooding handshakes were
+	// refused, and every flooding client got its answer (wg.Wait returned).
+	if n := quotes.n.Load(); n != burst+1 {
+		t.Fatalf("the service quoted %d times for %d flooding handshakes and a join, want the flooding source's burst (%d) and the join (1)", n, attempts.Load(), burst)
+	}
+	admitted, refused := limit.Stats()
+	if admitted != burst+1 || refused != uint64(attempts.Load())-burst {
+		t.Fatalf("flood: %d handshakes; limiter: %d admitted, %d refused; want %d admitted and the rest of the flood refused", attempts.Load(), admitted, refused, burst+1)
+	}
+	if attemptsDuringJoin < burst+2*flooders {
+		t.Fatalf("only %d flooding handshakes before the join ended", attemptsDuringJoin)
+	}
+}
+
+// countingIssuer counts the evidence the service issues.
+type countingIssuer struct {
+	attestation.Issuer
+	n atomic.Int64
+}
+
+func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	c.n.Add(1)
+	return c.Issuer.Issue(ctx, nonce, userData)
+}

@@ -1,0 +1,171 @@
+package verifyservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
+)
+
+// countingIssuer counts the evidence the service issues.
+type countingIssuer struct {
+	attestation.Issuer
+	n atomic.Int64
+}
+
+func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
+	c.n.Add(1)
+	return c.Issuer.Issue(ctx, nonce, userData)
+}
+
+// clientFrom is an HTTP client whose connections come from the loopback address src.
+func clientFrom(src string) *http.Client {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+}
+
+// testLimits give each source exactly its burst within a test: the bucket refills at one request in 30 years.
+var testLimits = atls.IssuanceLimits{Concurrent: 2, Queue: 8, PerSource: 2, Rate: 1e-9, Burst: 4, Sources: 16}
+
+// Flooders from one source hammer the verification service while a verifier from another source asks for
+// evidence: the verifier gets valid evidence, the flooders get their source's burst and then 429, at once.
+func TestVerifyDuringAFlood(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	v, err := node.Validator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit, err := atls.NewIssuanceLimiter(testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quotes := &countingIssuer{Issuer: node.Issuer}
+	srv := httptest.NewServer(Handler(quotes, nil, limit))
+	defer srv.Close()
+	url := srv.URL + "/v1/attest?nonce=" + hex.EncodeToString(bytes.Repeat([]byte{5}, attestation.NonceSize))
+
+	const flooders = 8
+	var (
+		wg                    sync.WaitGroup
+		attempts, ok, limited atomic.Int64
+		done                  = make(chan struct{})
+	)
+	for range flooders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := clientFrom("127.0.0.2")
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				attempts.Add(1)
+				resp, err := client.Get(url)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case http.StatusOK:
+					ok.Add(1)
+				case http.StatusTooManyRequests:
+					limited.Add(1)
+				default:
+					t.Errorf("flooder got %s", resp.Status)
+				}
+			}
+		}()
+	}
+	for quotes.n.Load() < int64(testLimits.Burst) || attempts.Load() < int64(testLimits.Burst)+2*flooders {
+		time.Sleep(time.Millisecond)
+	}
+
+	nonce := bytes.Repeat([]byte{9}, attestation.NonceSize)
+	resp, err := clientFrom("127.0.0.3").Get(srv.URL + "/v1/attest?nonce=" + hex.EncodeToString(nonce))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	close(done)
+	wg.Wait()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the verifier from another source during the flood: %s: %s", resp.Status, ev)
+	}
+	if _, err := v.Validate(context.Background(), ev, nonce); err != nil {
+		t.Fatalf("the verifier's evidence: %v", err)
+	}
+	if n := quotes.n.Load(); n != int64(testLimits.Burst)+1 || ok.Load() != int64(testLimits.Burst) || limited.Load() != attempts.Load()-int64(testLimits.Burst) {
+		t.Fatalf("%d quotes for %d flooding requests (%d answered, %d refused) and one verifier; want the source's burst (%d) and the verifier's", n, attempts.Load(), ok.Load(), limited.Load(), testLimits.Burst)
+	}
+}
+
+// The gRPC service has the same limit: a source past its burst gets RESOURCE_EXHAUSTED, another source
+// still gets evidence.
+func TestVerifyGRPCLimitsPerSource(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	limit, err := atls.NewIssuanceLimiter(testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	verifypb.RegisterVerifyServer(srv, NewGRPCServer(node.Issuer, nil, limit))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Stop()
+	ask := func(src string) error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, err = verifypb.NewVerifyClient(conn).GetAttestation(context.Background(), &verifypb.GetAttestationRequest{Nonce: bytes.Repeat([]byte{1}, attestation.NonceSize)})
+		return err
+	}
+	for i := range testLimits.Burst {
+		if err := ask("127.0.0.2"); err != nil {
+			t.Fatalf("request %d within the burst: %v", i, err)
+		}
+	}
+	if err := ask("127.0.0.2"); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("request past the burst: %v, want ResourceExhausted", err)
+	}
+	if err := ask("127.0.0.3"); err != nil {
+		t.Fatalf("another source: %v", err)
+	}
+}
