@@ -99,7 +99,7 @@ func TestGetDataKey(t *testing.T) {
 		t.Fatalf("GetDiskKey: %v", err)
 	}
 	var pr peer.Peer
-	if _, err := c.api.GetDataKey(ctx(t), &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: kms.DiskKeySize}, grpc.Peer(&pr)); err != nil {
+	if _, err := c.api.GetDataKey(ctx(t), &keyservicepb.GetDataKeyRequest{DataKeyId: id, Length: kms.DiskKeySize, Node: "node-0"}, grpc.Peer(&pr)); err != nil {
 		t.Fatal(err)
 	}
 	if info, ok := pr.AuthInfo.(credentials.TLSInfo); !ok || info.State.CurveID != tls.X25519MLKEM768 {
