@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -298,9 +299,14 @@ func TestInitRefusesCallersWithoutTheInitSecret(t *testing.T) {
 	// The operator: attests the node (still fresh) and initialises it with the init secret.
 	policy, _ := json.Marshal(node.Policy)
 	ms, _ := kms.GenerateMasterSecret()
-	resp, err := operatorClient(t, addr, node).Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy})
+	var pr peer.Peer
+	resp, err := operatorClient(t, addr, node).Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}, grpc.Peer(&pr))
 	if err != nil {
 		t.Fatalf("the operator's Init after the refused attempts: %v", err)
+	}
+	// The master secret crossed a channel whose key exchange is the post-quantum hybrid.
+	if info, ok := pr.AuthInfo.(credentials.TLSInfo); !ok || info.State.CurveID != tls.X25519MLKEM768 {
+		t.Fatalf("the init channel's key exchange is not X25519MLKEM768: %+v", pr.AuthInfo)
 	}
 	d, _ := kms.NewDeriver(ms)
 	if want, _ := d.ClusterID(); !bytes.Equal(resp.GetClusterId(), want) || k8s.inits != 1 {
