@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,16 +16,13 @@ import (
 
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
-	"google.golang.org/grpc"
 
-	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
-	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -37,48 +33,15 @@ import (
 // attestation-key root). Each edit is detected and logged, and the node is refused; the same change made by
 // who holds the master secret (the CLI) does take effect.
 func TestEditedJoinConfigurationIsRefused(t *testing.T) {
-	ctx := context.Background()
-	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Close()
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	cp := swtpmNode(t)
+	node := simulatorNode(t)
 	roots := []*x509.Certificate{node.CA.Certificate()}
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
 	var logs syncBuffer
-	config, err := NewConfig(dir, slog.New(slog.NewJSONHandler(&logs, nil)), testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, config := joinConfig(t, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32), slog.New(slog.NewJSONHandler(&logs, nil)))
 	tokens := &countingTokens{}
-	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: roles{}, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), cp.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
-	serverPolicy := clusterPolicy(cp)
+	addr := startJoinService(t, Options{Config: config, Tokens: tokens}, cp.Issuer)
 	joinAs := func(issuer attestation.Issuer) error {
-		v, _ := vtpm.NewValidator([]*x509.Certificate{cp.CA.Certificate()}, serverPolicy, nil)
-		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+		_, err := joiner{addr: addr, issuer: issuer, roots: []*x509.Certificate{cp.CA.Certificate()}, policy: clusterPolicy(cp)}.join(t, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
 	}
 	join := func() error { return joinAs(node.Issuer) }
@@ -176,38 +139,20 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 // node's boot measurements and cluster ID, not by the configuration the key authenticates.
 func TestFetchConfigKey(t *testing.T) {
 	ctx := context.Background()
-	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Close()
-	ms, _ := kms.GenerateMasterSecret()
-	d, _ := kms.NewDeriver(ms)
-	clusterID, _ := d.ClusterID()
+	cp := swtpmNode(t)
+	d, clusterID := masterSecret(t)
 	roots := []*x509.Certificate{cp.CA.Certificate()}
 	if _, err := OwnMemberPolicy(ctx, cp.Issuer); err == nil || !strings.Contains(err.Error(), "no member") {
 		t.Fatalf("the policy of a node without a cluster ID: %v", err)
 	}
-	ev := measuredboot.ClusterIDEvent(clusterID)
-	if err := cp.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		t.Fatal(err)
-	}
+	measureClusterID(t, cp.Issuer, clusterID)
 	own, err := OwnMemberPolicy(ctx, cp.Issuer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	members, _ := vtpm.NewValidator(roots, own, nil)
-	ksSrv, err := keyservice.NewGRPCServer(keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, []attestation.Validator{members})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ksSrv.Serve(ln)
-	defer ksSrv.Stop()
-	key, err := FetchConfigKey(ctx, ln.Addr().String(), cp.Issuer, roots)
+	ksAddr, _ := startKeyService(t, keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, members)
+	key, err := FetchConfigKey(ctx, ksAddr, cp.Issuer, roots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +161,7 @@ func TestFetchConfigKey(t *testing.T) {
 	}
 	// A key service on a vTPM the provider did not certify is not asked.
 	_, otherCA, _ := tpmtest.NewCACert("other AK CA", time.Hour)
-	if _, err := FetchConfigKey(ctx, ln.Addr().String(), cp.Issuer, []*x509.Certificate{otherCA}); err == nil {
+	if _, err := FetchConfigKey(ctx, ksAddr, cp.Issuer, []*x509.Certificate{otherCA}); err == nil {
 		t.Fatal("the key was taken from a key service with an attestation key of another CA")
 	}
 }

@@ -5,26 +5,20 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
-	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -34,66 +28,20 @@ import (
 func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	ctx := context.Background()
 	// The control-plane node: runs the key service and the join service, and is a member of the cluster.
-	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Close()
-	ms, _ := kms.GenerateMasterSecret()
-	d, _ := kms.NewDeriver(ms)
-	clusterID, _ := d.ClusterID()
-	ev := measuredboot.ClusterIDEvent(clusterID)
-	if err := cp.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		t.Fatal(err)
-	}
+	cp, d, clusterID := memberControlPlane(t)
 	// The joining node: fresh.
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := simulatorNode(t)
 	roots := []*x509.Certificate{cp.CA.Certificate(), node.CA.Certificate()}
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(node), roots, clusterID) // both nodes booted the same way
-	config, err := NewConfig(dir, nil, testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, config := joinConfig(t, clusterPolicy(node), roots, clusterID, nil) // both nodes booted the same way
 	state, _ := config.Current()
 
-	serve := func(srv *grpc.Server) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		t.Cleanup(srv.Stop)
-		return ln.Addr().String()
-	}
 	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
-	ksSrv, err := keyservice.NewGRPCServer(keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, []attestation.Validator{members})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ksAddr := serve(ksSrv)
+	ksAddr, _ := startKeyService(t, keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, members)
 	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
-	jsSrv, err := NewGRPCServer(New(Options{Config: config, Tokens: &countingTokens{}, Roles: roles{}, Disks: disks, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), cp.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jsAddr := serve(jsSrv)
+	jsAddr := startJoinService(t, Options{Config: config, Disks: disks}, cp.Issuer)
 
 	join := func(uuid string) (*initpb.JoinResponse, error) {
-		v, _ := vtpm.NewValidator(roots, clusterPolicy(node), nil)
-		creds, _ := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
-		conn, err := grpc.NewClient(jsAddr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, "node-0")})
+		return joiner{addr: jsAddr, issuer: node.Issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, "node-0")})
 	}
 	uuid := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	resp, err := join(uuid)
@@ -177,81 +125,33 @@ func namedNode(t *testing.T, name string) (attestation.Issuer, *x509.Certificate
 // service and the key service log why. A keeps getting its key, also after the key service restarted, and B
 // gets the key of its own disk.
 func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
-	ctx := context.Background()
-	cp, err := tpmtest.NewSWTPMNode(ctx, t.TempDir(), vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cp.Close()
-	ms, _ := kms.GenerateMasterSecret()
-	d, _ := kms.NewDeriver(ms)
-	clusterID, _ := d.ClusterID()
-	ev := measuredboot.ClusterIDEvent(clusterID)
-	if err := cp.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		t.Fatal(err)
-	}
-	nodeA, err := tpmtest.NewSimulatorNode(vtpm.ECC) // its AK certificate names it node-0
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nodeA.Close()
+	cp, d, clusterID := memberControlPlane(t)
+	nodeA := simulatorNode(t) // its AK certificate names it node-0
 	issuerB, rootB := namedNode(t, "node-b")
 	roots := []*x509.Certificate{cp.CA.Certificate(), nodeA.CA.Certificate(), rootB}
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(nodeA), roots, clusterID) // all nodes booted the same image
-	config, err := NewConfig(dir, nil, testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, config := joinConfig(t, clusterPolicy(nodeA), roots, clusterID, nil) // all nodes booted the same image
 	state, _ := config.Current()
 	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
 
 	// The key service, with its record of disk bindings in a file, as in the cluster.
 	var audit syncBuffer
 	bindings := filepath.Join(t.TempDir(), "disk-bindings.json")
-	startKeyService := func() (string, func()) {
+	startBindingKeyService := func() (string, func()) {
 		b, err := keyservice.OpenDiskBindings(bindings)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ks := keyservice.New(d, slog.New(slog.NewJSONHandler(&audit, nil)))
 		ks.BindDisks(b)
-		srv, err := keyservice.NewGRPCServer(ks, cp.Issuer, []attestation.Validator{members})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		return ln.Addr().String(), srv.Stop
+		return startKeyService(t, ks, cp.Issuer, members)
 	}
-	ksAddr, stopKeyService := startKeyService()
+	ksAddr, stopKeyService := startBindingKeyService()
 	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
 	var logs syncBuffer
-	jsSrv, err := NewGRPCServer(New(Options{Config: config, Tokens: &countingTokens{}, Roles: roles{}, Disks: disks, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.NewJSONHandler(&logs, nil))}), cp.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go jsSrv.Serve(ln)
-	defer jsSrv.Stop()
+	jsAddr := startJoinService(t, Options{Config: config, Disks: disks, Log: slog.New(slog.NewJSONHandler(&logs, nil))}, cp.Issuer)
 
 	join := func(issuer attestation.Issuer, name, uuid string) (*initpb.JoinResponse, error) {
-		v, _ := vtpm.NewValidator(roots, clusterPolicy(nodeA), nil)
-		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, name)})
+		return joiner{addr: jsAddr, issuer: issuer, roots: roots, policy: clusterPolicy(nodeA)}.join(t, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, name)})
 	}
 	diskA := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	diskB := "5d0e7c51-2b1e-4f3a-8c7d-9a0b1c2d3e4f"
@@ -275,8 +175,7 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 
 	// After a restart the key service still knows whose disk it is.
 	stopKeyService()
-	disks.Addr, stopKeyService = startKeyService()
-	defer stopKeyService()
+	disks.Addr, _ = startBindingKeyService()
 	if _, err := join(issuerB, "node-b", diskA); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("node B after a key service restart: %v, want PermissionDenied", err)
 	}

@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,7 +17,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
 // dialFrom dials addr from the loopback address src, so that a test has several sources on one host.
@@ -32,18 +29,9 @@ func dialFrom(src string) func(ctx context.Context, addr string) (net.Conn, erro
 // TPM) while a genuine node joins from another source: the join completes, the flooders get no more quotes
 // than their source's burst, and every other flooding handshake is refused at once rather than queued.
 func TestJoinDuringAHandshakeFlood(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := simulatorNode(t)
 	roots := []*x509.Certificate{node.CA.Certificate()}
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
-	config, err := NewConfig(dir, nil, testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, config := joinConfig(t, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32), nil)
 	// The bucket refills at one quote in 30 years: within the test, a source gets exactly its burst.
 	const burst = 6
 	limit, err := atls.NewIssuanceLimiter(atls.IssuanceLimits{Concurrent: 2, Queue: 8, PerSource: 2, Rate: 1e-9, Burst: burst, Sources: 16})
@@ -52,16 +40,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 	}
 	tokens := &countingTokens{}
 	quotes := &countingIssuer{Issuer: node.Issuer}
-	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: roles{}, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", IssuanceLimiter: limit, Log: slog.New(slog.DiscardHandler)}), quotes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	addr := startJoinService(t, Options{Config: config, Tokens: tokens, IssuanceLimiter: limit}, quotes)
 	v, err := vtpm.NewValidator(roots, clusterPolicy(node), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +68,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			raw, err := dial(context.Background(), ln.Addr().String())
+			raw, err := dial(context.Background(), addr)
 			if err != nil {
 				t.Error(err)
 				return
@@ -114,7 +93,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds), grpc.WithContextDialer(dialFrom("127.0.0.3")))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithContextDialer(dialFrom("127.0.0.3")))
 	if err != nil {
 		t.Fatal(err)
 	}

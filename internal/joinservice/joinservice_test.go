@@ -15,7 +15,6 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,7 +28,6 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
@@ -164,20 +162,11 @@ func clusterPolicy(n *tpmtest.Node) measurements.M {
 // A fresh node whose evidence matches the cluster's policy is admitted and told the cluster ID; after a policy
 // change it no longer is; and a node that already measured a cluster ID cannot join again.
 func TestJoinOverMutualATLS(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := simulatorNode(t)
 	roots := []*x509.Certificate{node.CA.Certificate()}
 	clusterID := bytes.Repeat([]byte{0x42}, 32)
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(node), roots, clusterID)
 	var logs syncBuffer
-	config, err := NewConfig(dir, slog.New(slog.NewJSONHandler(&logs, nil)), testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, config := joinConfig(t, clusterPolicy(node), roots, clusterID, slog.New(slog.NewJSONHandler(&logs, nil)))
 	tokens := &countingTokens{}
 	caPath := writeCA(t)
 	pki := filepath.Dir(caPath)
@@ -189,41 +178,17 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	}
 	nodeRoles := roles{"node-0": false}
 	mesh := &recordedMesh{keys: map[string]wgmesh.Key{"control-plane-0": {7}}, root: wgmesh.Key{0x5e}}
-	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: nodeRoles, Mesh: mesh, PKIDir: pki, Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), node.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	addr := startJoinService(t, Options{Config: config, Tokens: tokens, Roles: nodeRoles, Mesh: mesh, PKIDir: pki}, node.Issuer)
 
 	// The joining node trusts a join service that booted as it did (here: the same node).
-	serverPolicy := clusterPolicy(node)
+	j := joiner{addr: addr, issuer: node.Issuer, roots: roots, policy: clusterPolicy(node)}
 	_, meshKey, _ := wgmesh.GenerateKey()
 	var joinWith func(controlPlane bool, key []byte) (*initpb.JoinResponse, error)
 	join := func() (*initpb.JoinResponse, error) { return joinWith(false, meshKey[:]) }
 	joinAs := func(controlPlane bool) (*initpb.JoinResponse, error) { return joinWith(controlPlane, meshKey[:]) }
 	joinWith = func(controlPlane bool, key []byte) (*initpb.JoinResponse, error) {
-		v, err := vtpm.NewValidator(roots, serverPolicy, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		creds, err := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
 		var pr peer.Peer
-		resp, err := initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
+		resp, err := j.join(t, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
 		if info, ok := pr.AuthInfo.(credentials.TLSInfo); err == nil && (!ok || info.State.CurveID != tls.X25519MLKEM768) {
 			t.Fatalf("the join channel's key exchange is not the post-quantum hybrid: %+v", pr.AuthInfo)
 		}
@@ -471,41 +436,14 @@ func (r replayingIssuer) Issue(context.Context, []byte, []byte) ([]byte, error) 
 // A join captured on the wire cannot be replayed: its evidence is bound to the join service's nonce of that
 // handshake and to that handshake's key.
 func TestJoinReplayIsRefused(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := simulatorNode(t)
 	roots := []*x509.Certificate{node.CA.Certificate()}
-	dir := t.TempDir()
-	writeConfig(t, dir, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32))
-	config, err := NewConfig(dir, nil, testMACKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, config := joinConfig(t, clusterPolicy(node), roots, bytes.Repeat([]byte{1}, 32), nil)
 	tokens := &countingTokens{}
-	srv, err := NewGRPCServer(New(Options{Config: config, Tokens: tokens, Roles: roles{}, PKIDir: filepath.Dir(writeCA(t)), Endpoint: "10.0.0.1:6443", Log: slog.New(slog.DiscardHandler)}), node.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	addr := startJoinService(t, Options{Config: config, Tokens: tokens}, node.Issuer)
 	recorder := &recordingIssuer{Issuer: node.Issuer}
 	join := func(issuer attestation.Issuer) error {
-		v, _ := vtpm.NewValidator(roots, clusterPolicy(node), nil)
-		creds, _ := atls.NewCredentials(issuer, []attestation.Validator{v})
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, err = initpb.NewJoinClient(conn).Join(ctx, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+		_, err := joiner{addr: addr, issuer: issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
 	}
 	if err := join(recorder); err != nil {
