@@ -1,5 +1,5 @@
-// Package atomicfile writes files so that a reader sees the old or the new content, never a part, even after
-// a crash.
+// Package atomicfile is the file plumbing of secrets and state: it writes files so that a reader sees the old
+// or the new content, never a part, even after a crash, and reads files that must be private to their owner.
 package atomicfile
 
 import (
