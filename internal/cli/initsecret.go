@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
@@ -42,14 +41,7 @@ func loadOrCreateInitSecret(ws string) ([]byte, error) {
 // secret's is. The error wraps fs.ErrNotExist when there is none.
 func readInitSecret(ws string) ([]byte, error) {
 	path := filepath.Join(ws, InitSecretFile)
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the init secret: %w", err)
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("init secret file %s has mode %04o; it must be readable by its owner only (chmod 600 %s)", path, info.Mode().Perm(), path)
-	}
-	raw, err := os.ReadFile(path)
+	raw, err := atomicfile.ReadPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading the init secret: %w", err)
 	}

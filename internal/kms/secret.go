@@ -159,14 +159,7 @@ func ParseSecretFile(raw []byte) (*SecretFile, error) {
 
 // ReadSecretFile reads and parses a master secret file. A file readable by group or others is refused.
 func ReadSecretFile(path string) (*SecretFile, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading master secret: %w", err)
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("master secret file %s has mode %04o; it must be readable by its owner only (chmod 600 %s)", path, info.Mode().Perm(), path)
-	}
-	raw, err := os.ReadFile(path)
+	raw, err := atomicfile.ReadPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading master secret: %w", err)
 	}
