@@ -7,11 +7,10 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/constellation-dev/constellation/internal/atls/atlstest"
 	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
@@ -132,17 +131,6 @@ func TestIssuanceLimitsValid(t *testing.T) {
 	}
 }
 
-// countingIssuer counts the evidence a server issues.
-type countingIssuer struct {
-	attestation.Issuer
-	n atomic.Int64
-}
-
-func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	c.n.Add(1)
-	return c.Issuer.Issue(ctx, nonce, userData)
-}
-
 // A server that attests itself to anyone (as the init and recovery service does) under a flood of handshakes
 // from one source: a client from another source completes its attested handshake, the flooding source gets
 // its burst of quotes, and every other flooding handshake is refused before anything is issued for it.
@@ -153,7 +141,7 @@ func TestHandshakeDuringAFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	quotes := &countingIssuer{Issuer: node.Issuer}
+	quotes := &atlstest.CountingIssuer{Issuer: node.Issuer}
 	serverCfg, err := CreateServerConfig(quotes, nil, WithIssuanceLimiter(limit))
 	if err != nil {
 		t.Fatal(err)
@@ -179,8 +167,7 @@ func TestHandshakeDuringAFlood(t *testing.T) {
 		}
 	}()
 	handshakeFrom := func(src string) error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		conn, err := d.Dial("tcp", ln.Addr().String())
+		conn, err := atlstest.DialFrom(src)(context.Background(), ln.Addr().String())
 		if err != nil {
 			return err
 		}
@@ -199,39 +186,21 @@ func TestHandshakeDuringAFlood(t *testing.T) {
 	}
 
 	const flooders = 6
-	var (
-		wg           sync.WaitGroup
-		attempts, ok atomic.Int64
-		done         = make(chan struct{})
-	)
-	for range flooders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				attempts.Add(1)
-				if handshakeFrom("127.0.0.2") == nil {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	for quotes.n.Load() < burst || attempts.Load() < burst+2*flooders {
-		time.Sleep(time.Millisecond)
-	}
+	var ok atomic.Int64
+	flood := atlstest.StartFlood(t, flooders, func() error {
+		if handshakeFrom("127.0.0.2") == nil {
+			ok.Add(1)
+		}
+		return nil
+	})
+	flood.AwaitBurst(quotes, burst)
 	legit := handshakeFrom("127.0.0.3")
-	close(done)
-	wg.Wait()
+	flood.Stop()
 	if legit != nil {
 		t.Fatalf("an attested handshake from another source during the flood: %v", legit)
 	}
 	admitted, refused := limit.Stats()
-	if n := quotes.n.Load(); n != burst+1 || ok.Load() != burst || admitted != burst+1 || refused != uint64(attempts.Load())-burst {
-		t.Fatalf("%d quotes for %d flooding handshakes (%d completed) and one other; limiter: %d admitted, %d refused; want the flooding source's burst (%d) and the other's", n, attempts.Load(), ok.Load(), admitted, refused, burst)
+	if n := quotes.Count(); n != burst+1 || ok.Load() != burst || admitted != burst+1 || refused != uint64(flood.Attempts())-burst {
+		t.Fatalf("%d quotes for %d flooding handshakes (%d completed) and one other; limiter: %d admitted, %d refused; want the flooding source's burst (%d) and the other's", n, flood.Attempts(), ok.Load(), admitted, refused, burst)
 	}
 }

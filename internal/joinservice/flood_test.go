@@ -5,25 +5,16 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 
 	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/atls/atlstest"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 )
-
-// dialFrom dials addr from the loopback address src, so that a test has several sources on one host.
-func dialFrom(src string) func(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	return func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
-}
 
 // Flooders from one source hammer the join service's handshakes (each would make the service quote with its
 // TPM) while a genuine node joins from another source: the join completes, the flooders get no more quotes
@@ -39,7 +30,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokens := &countingTokens{}
-	quotes := &countingIssuer{Issuer: node.Issuer}
+	quotes := &atlstest.CountingIssuer{Issuer: node.Issuer}
 	addr := startJoinService(t, Options{Config: config, Tokens: tokens, IssuanceLimiter: limit}, quotes)
 	v, err := vtpm.NewValidator(roots, clusterPolicy(node), nil)
 	if err != nil {
@@ -49,59 +40,36 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 	// The flood: aTLS handshakes from 127.0.0.2 that ask the service for evidence, until the join is done.
 	// Each gets an answer: refused at once, or failed after the quote (the flooder cannot attest itself).
 	const flooders = 8
-	var (
-		wg       sync.WaitGroup
-		attempts atomic.Int64
-		joined   = make(chan struct{})
-	)
-	flood := func() {
-		defer wg.Done()
-		dial := dialFrom("127.0.0.2")
-		for {
-			select {
-			case <-joined:
-				return
-			default:
-			}
-			cfg, err := atls.CreateClientConfig(nil, []attestation.Validator{v})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			raw, err := dial(context.Background(), addr)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			attempts.Add(1)
-			// The flooder is no node: the service refuses it after the quote, if the limiter lets it that far.
-			conn := tls.Client(raw, cfg)
-			_ = conn.Handshake()
-			conn.Close()
+	flood := atlstest.StartFlood(t, flooders, func() error {
+		cfg, err := atls.CreateClientConfig(nil, []attestation.Validator{v})
+		if err != nil {
+			return err
 		}
-	}
-	for range flooders {
-		wg.Add(1)
-		go flood()
-	}
+		raw, err := atlstest.DialFrom("127.0.0.2")(context.Background(), addr)
+		if err != nil {
+			return err
+		}
+		// The flooder is no node: the service refuses it after the quote, if the limiter lets it that far.
+		conn := tls.Client(raw, cfg)
+		_ = conn.Handshake()
+		conn.Close()
+		return nil
+	})
 	// The join starts once the flood has had its source's quotes and hammers on.
-	for quotes.n.Load() < burst || attempts.Load() < burst+2*flooders {
-		time.Sleep(time.Millisecond)
-	}
+	flood.AwaitBurst(quotes, burst)
 
 	creds, err := atls.NewCredentials(node.Issuer, []attestation.Validator{v})
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithContextDialer(dialFrom("127.0.0.3")))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithContextDialer(atlstest.DialFrom("127.0.0.3")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	_, joinErr := initpb.NewJoinClient(conn).Join(context.Background(), &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
-	attemptsDuringJoin := attempts.Load()
-	close(joined)
-	wg.Wait()
+	attemptsDuringJoin := flood.Attempts()
+	flood.Stop()
 	if joinErr != nil {
 		t.Fatalf("a genuine join from another source during the flood: %v", joinErr)
 	}
@@ -109,26 +77,15 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 		t.Fatalf("%d tokens, want 1", tokens.n)
 	}
 	// The service quoted the flooders' burst and the join, nothing more; all other flooding handshakes were
-	// refused, and every flooding client got its answer (wg.Wait returned).
-	if n := quotes.n.Load(); n != burst+1 {
-		t.Fatalf("the service quoted %d times for %d flooding handshakes and a join, want the flooding source's burst (%d) and the join (1)", n, attempts.Load(), burst)
+	// refused, and every flooding client got its answer (the flood stopped).
+	if n := quotes.Count(); n != burst+1 {
+		t.Fatalf("the service quoted %d times for %d flooding handshakes and a join, want the flooding source's burst (%d) and the join (1)", n, flood.Attempts(), burst)
 	}
 	admitted, refused := limit.Stats()
-	if admitted != burst+1 || refused != uint64(attempts.Load())-burst {
-		t.Fatalf("flood: %d handshakes; limiter: %d admitted, %d refused; want %d admitted and the rest of the flood refused", attempts.Load(), admitted, refused, burst+1)
+	if admitted != burst+1 || refused != uint64(flood.Attempts())-burst {
+		t.Fatalf("flood: %d handshakes; limiter: %d admitted, %d refused; want %d admitted and the rest of the flood refused", flood.Attempts(), admitted, refused, burst+1)
 	}
 	if attemptsDuringJoin < burst+2*flooders {
 		t.Fatalf("only %d flooding handshakes before the join ended", attemptsDuringJoin)
 	}
-}
-
-// countingIssuer counts the evidence the service issues.
-type countingIssuer struct {
-	attestation.Issuer
-	n atomic.Int64
-}
-
-func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	c.n.Add(1)
-	return c.Issuer.Issue(ctx, nonce, userData)
 }

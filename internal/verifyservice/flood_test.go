@@ -8,10 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,22 +17,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/atls/atlstest"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 )
-
-// countingIssuer counts the evidence the service issues.
-type countingIssuer struct {
-	attestation.Issuer
-	n atomic.Int64
-}
-
-func (c *countingIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
-	c.n.Add(1)
-	return c.Issuer.Issue(ctx, nonce, userData)
-}
 
 // clientFrom is an HTTP client whose connections come from the loopback address src.
 func clientFrom(src string) *http.Client {
@@ -61,50 +49,32 @@ func TestVerifyDuringAFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	quotes := &countingIssuer{Issuer: node.Issuer}
+	quotes := &atlstest.CountingIssuer{Issuer: node.Issuer}
 	srv := httptest.NewServer(Handler(quotes, nil, limit))
 	defer srv.Close()
 	url := srv.URL + "/v1/attest?nonce=" + hex.EncodeToString(bytes.Repeat([]byte{5}, attestation.NonceSize))
 
 	const flooders = 8
-	var (
-		wg                    sync.WaitGroup
-		attempts, ok, limited atomic.Int64
-		done                  = make(chan struct{})
-	)
-	for range flooders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			client := clientFrom("127.0.0.2")
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				attempts.Add(1)
-				resp, err := client.Get(url)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				switch resp.StatusCode {
-				case http.StatusOK:
-					ok.Add(1)
-				case http.StatusTooManyRequests:
-					limited.Add(1)
-				default:
-					t.Errorf("flooder got %s", resp.Status)
-				}
-			}
-		}()
-	}
-	for quotes.n.Load() < int64(testLimits.Burst) || attempts.Load() < int64(testLimits.Burst)+2*flooders {
-		time.Sleep(time.Millisecond)
-	}
+	var ok, limited atomic.Int64
+	client := clientFrom("127.0.0.2")
+	flood := atlstest.StartFlood(t, flooders, func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			ok.Add(1)
+		case http.StatusTooManyRequests:
+			limited.Add(1)
+		default:
+			t.Errorf("flooder got %s", resp.Status)
+		}
+		return nil
+	})
+	flood.AwaitBurst(quotes, int64(testLimits.Burst))
 
 	nonce := bytes.Repeat([]byte{9}, attestation.NonceSize)
 	resp, err := clientFrom("127.0.0.3").Get(srv.URL + "/v1/attest?nonce=" + hex.EncodeToString(nonce))
@@ -113,16 +83,15 @@ func TestVerifyDuringAFlood(t *testing.T) {
 	}
 	ev, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	close(done)
-	wg.Wait()
+	flood.Stop()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the verifier from another source during the flood: %s: %s", resp.Status, ev)
 	}
 	if _, err := v.Validate(context.Background(), ev, nonce); err != nil {
 		t.Fatalf("the verifier's evidence: %v", err)
 	}
-	if n := quotes.n.Load(); n != int64(testLimits.Burst)+1 || ok.Load() != int64(testLimits.Burst) || limited.Load() != attempts.Load()-int64(testLimits.Burst) {
-		t.Fatalf("%d quotes for %d flooding requests (%d answered, %d refused) and one verifier; want the source's burst (%d) and the verifier's", n, attempts.Load(), ok.Load(), limited.Load(), testLimits.Burst)
+	if n := quotes.Count(); n != int64(testLimits.Burst)+1 || ok.Load() != int64(testLimits.Burst) || limited.Load() != flood.Attempts()-int64(testLimits.Burst) {
+		t.Fatalf("%d quotes for %d flooding requests (%d answered, %d refused) and one verifier; want the source's burst (%d) and the verifier's", n, flood.Attempts(), ok.Load(), limited.Load(), testLimits.Burst)
 	}
 }
 
@@ -147,9 +116,7 @@ func TestVerifyGRPCLimitsPerSource(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Stop()
 	ask := func(src string) error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(atlstest.DialFrom(src)))
 		if err != nil {
 			t.Fatal(err)
 		}
