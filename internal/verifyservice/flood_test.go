@@ -107,16 +107,9 @@ func TestVerifyGRPCLimitsPerSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	verifypb.RegisterVerifyServer(srv, NewGRPCServer(node.Issuer, nil, limit))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	addr := serveGRPC(t, node.Issuer, limit)
 	ask := func(src string) error {
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(atlstest.DialFrom(src)))
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(atlstest.DialFrom(src)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
@@ -55,6 +56,21 @@ func TestAttest(t *testing.T) {
 	}
 }
 
+// serveGRPC serves the gRPC verification service, issuing with issuer under limit (nil: none), on a loopback
+// port until the test ends, and returns its address.
+func serveGRPC(t *testing.T, issuer attestation.Issuer, limit *atls.IssuanceLimiter) string {
+	t.Helper()
+	srv := grpc.NewServer()
+	verifypb.RegisterVerifyServer(srv, NewGRPCServer(issuer, nil, limit))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
 func TestAttestGRPC(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
 	if err != nil {
@@ -65,17 +81,10 @@ func TestAttestGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	verifypb.RegisterVerifyServer(srv, NewGRPCServer(node.Issuer, nil, nil))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	addr := serveGRPC(t, node.Issuer, nil)
 	ctx := context.Background()
 	nonce := bytes.Repeat([]byte{7}, attestation.NonceSize)
-	ev, err := FetchGRPC(ctx, ln.Addr().String(), nonce)
+	ev, err := FetchGRPC(ctx, addr, nonce)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +96,7 @@ func TestAttestGRPC(t *testing.T) {
 		t.Fatal("the evidence binds user data")
 	}
 	for _, bad := range [][]byte{nil, []byte("short"), make([]byte, 65)} {
-		if _, err := FetchGRPC(ctx, ln.Addr().String(), bad); status.Code(errors.Unwrap(err)) != codes.InvalidArgument {
+		if _, err := FetchGRPC(ctx, addr, bad); status.Code(errors.Unwrap(err)) != codes.InvalidArgument {
 			t.Fatalf("nonce of %d bytes: %v, want InvalidArgument", len(bad), err)
 		}
 	}
