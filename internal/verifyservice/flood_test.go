@@ -19,8 +19,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/atls/atlstest"
 	"github.com/constellation-dev/constellation/internal/attestation"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
 )
 
@@ -36,15 +34,7 @@ var testLimits = atls.IssuanceLimits{Concurrent: 2, Queue: 8, PerSource: 2, Rate
 // Flooders from one source hammer the verification service while a verifier from another source asks for
 // evidence: the verifier gets valid evidence, the flooders get their source's burst and then 429, at once.
 func TestVerifyDuringAFlood(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	v, err := node.Validator()
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, v := simulatorNode(t)
 	limit, err := atls.NewIssuanceLimiter(testLimits)
 	if err != nil {
 		t.Fatal(err)
@@ -98,11 +88,7 @@ func TestVerifyDuringAFlood(t *testing.T) {
 // The gRPC service has the same limit: a source past its burst gets RESOURCE_EXHAUSTED, another source
 // still gets evidence.
 func TestVerifyGRPCLimitsPerSource(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node, _ := simulatorNode(t)
 	limit, err := atls.NewIssuanceLimiter(testLimits)
 	if err != nil {
 		t.Fatal(err)

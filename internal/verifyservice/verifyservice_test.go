@@ -24,16 +24,24 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func TestAttest(t *testing.T) {
+// simulatorNode is a node on the reference TPM simulator, until the test ends, and the validator of its
+// evidence.
+func simulatorNode(t *testing.T) (*tpmtest.Node, attestation.Validator) {
+	t.Helper()
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer node.Close()
+	t.Cleanup(func() { node.Close() })
 	v, err := node.Validator()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return node, v
+}
+
+func TestAttest(t *testing.T) {
+	node, v := simulatorNode(t)
 	srv := httptest.NewServer(Handler(node.Issuer, nil, nil))
 	defer srv.Close()
 	endpoint := strings.TrimPrefix(srv.URL, "http://")
@@ -72,15 +80,7 @@ func serveGRPC(t *testing.T, issuer attestation.Issuer, limit *atls.IssuanceLimi
 }
 
 func TestAttestGRPC(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	v, err := node.Validator()
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, v := simulatorNode(t)
 	addr := serveGRPC(t, node.Issuer, nil)
 	ctx := context.Background()
 	nonce := bytes.Repeat([]byte{7}, attestation.NonceSize)
@@ -105,15 +105,7 @@ func TestAttestGRPC(t *testing.T) {
 // The cluster's verification service, as its pod runs it: both protocols on one [Server], with evidence from
 // the node's attestation agent rather than from the TPM itself.
 func TestServerThroughAgent(t *testing.T) {
-	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	v, err := node.Validator()
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, v := simulatorNode(t)
 	socket := filepath.Join(t.TempDir(), "attest.sock")
 	agentLn, err := agent.Listen(socket)
 	if err != nil {
