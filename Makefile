@@ -40,6 +40,10 @@ FUZZ_TARGETS := \
 	./internal/attestation/snp:FuzzParseCRL \
 	./internal/attestation/snp:FuzzParseVCEK \
 	./internal/attestation/snp:FuzzValidator \
+	./internal/attestation/snp:FuzzParsePolicy \
+	./internal/attestation/tdx:FuzzParsePolicy \
+	./internal/attestation/tdx:FuzzParseCertChainPEM \
+	./internal/attestation/tdx:FuzzVerifyQuote \
 	./internal/attestation/tdx:FuzzValidator \
 	./internal/wgmesh/wgmeshtest:FuzzParseFlow \
 	./internal/joinservice:FuzzCheckKubeletCSR \
