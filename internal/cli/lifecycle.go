@@ -6,14 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -34,11 +30,14 @@ func newApplyCmd() *cobra.Command {
 			"first control-plane node, which initialises Kubernetes and installs the in-cluster services; write\n" +
 			AdminKubeconfigFile + " and " + StateFile + ". Every other node joins after the join service attested it.\n" +
 			"Before it creates the nodes, apply generates the cluster's init secret (" + InitSecretFile + ", 0600; kept\n" +
-			"for retries and 'recover') and hands the provider only its hash: the nodes accept Init from no one else.",
+			"for retries and 'recover') and hands the provider only its hash: the nodes accept Init from no one else.\n" +
+			"apply returns when every node is attested, registered and Ready and the cluster's services are ready,\n" +
+			"as 'status' checks them; after --wait it fails (exit 1) and names what is not ready.",
 		Args: cobra.NoArgs,
 		RunE: runMiniUp,
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	addWaitFlag(cmd)
 	return cmd
 }
 
@@ -47,11 +46,8 @@ func newTerminateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "terminate",
 		Short: "Remove the cluster and its nodes; keep the configuration and the master secret",
-		Long: "Remove every node and what the provider created, then " + StateFile + ", " + AdminKubeconfigFile + " and\n" +
-			InitSecretFile + ".\n" +
-			config.FileName + " and the master secret stay: the master secret is what recovers data encrypted by\n" +
-			"this cluster; delete it yourself when nothing needs it any more.",
-		Args: cobra.NoArgs,
+		Long:  "Remove the cluster: " + removedText,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ws := workspace(cmd)
 			if _, found, err := mini.ReadState(filepath.Join(ws, miniDirName)); err != nil {
@@ -71,14 +67,8 @@ func newTerminateCmd() *cobra.Command {
 					return nil
 				}
 			}
-			if err := newMiniDownCmd().RunE(cmd, nil); err != nil {
+			if err := removeCluster(cmd.OutOrStdout(), cmd.ErrOrStderr(), ws); err != nil {
 				return err
-			}
-			// The init secret belongs to these nodes; a new cluster gets a new one.
-			for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile} {
-				if err := os.Remove(filepath.Join(ws, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return failed(err)
-				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Cluster terminated. Kept %s and the master secret.\n", config.FileName)
 			return nil
@@ -87,6 +77,11 @@ func newTerminateCmd() *cobra.Command {
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	return cmd
+}
+
+// addWaitFlag adds --wait, how long a command that creates the cluster waits for it to be ready.
+func addWaitFlag(cmd *cobra.Command) {
+	cmd.Flags().Duration("wait", DefaultWait, "how long to wait for every node to be attested and Ready and the cluster's services to be ready")
 }
 
 // confirm asks a yes/no question on the terminal; without one it refuses, so scripts must pass --yes.
@@ -113,7 +108,7 @@ func newStatusCmd() *cobra.Command {
 		Long: "Attest every node of the cluster against " + config.FileName + "'s measurements and the cluster ID of\n" +
 			StateFile + ", and ask Kubernetes for each node's readiness and for the pods of the join service, the\n" +
 			"key service and the verification service. Exit code 0 if every node is attested and Ready and every\n" +
-			"service's pods are ready, 1 if not.",
+			"service's pods are ready, 1 if not, or if the workspace has no running cluster.",
 		Args: cobra.NoArgs,
 		RunE: runStatus,
 	}
@@ -122,92 +117,12 @@ func newStatusCmd() *cobra.Command {
 }
 
 func runStatus(cmd *cobra.Command, _ []string) error {
-	ws := workspace(cmd)
-	c, err := config.Load(filepath.Join(ws, config.FileName))
+	h, err := checkCluster(cmd.Context(), workspace(cmd))
 	if err != nil {
-		return badInput("%w", err)
+		return err
 	}
-	dir := filepath.Join(ws, miniDirName)
-	state, found, err := mini.ReadState(dir)
-	if err != nil {
-		return badInput("%w", err)
-	}
-	if !found || !state.DaemonAlive() {
-		return checkFailed(fmt.Errorf("no running cluster in %s; create one with 'constellation apply'", ws))
-	}
-	cs, initialised, err := loadClusterState(ws)
-	if err != nil {
-		return badInput("%s: %w", StateFile, err)
-	}
-	policy := c.Attestation.Measurements
-	if initialised {
-		if policy, err = withClusterID(policy, cs); err != nil {
-			return badInput("%w", err)
-		}
-	}
-	roots, err := readCertificates(filepath.Join(dir, "ak-ca", "ca-cert.pem"))
-	if err != nil {
-		return failed(err)
-	}
-	var ready map[string]string
-	var services []serviceStatus
-	var kubeErr error
-	if initialised {
-		var api *kubeapi.Client
-		if api, kubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); kubeErr == nil {
-			if ready, kubeErr = nodeReadiness(cmd.Context(), api); kubeErr == nil {
-				services, kubeErr = serviceReadiness(cmd.Context(), api)
-			}
-		}
-	}
-
-	out := cmd.OutOrStdout()
-	if initialised {
-		fmt.Fprintf(out, "Cluster %s…, Kubernetes API at https://%s\n", cs.ClusterID[:16], cs.Endpoint)
-	} else {
-		fmt.Fprintln(out, "Nodes booted; Kubernetes not initialised")
-	}
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tATTESTATION\tKUBERNETES")
-	healthy := true
-	for _, n := range state.Nodes {
-		att := "member of this cluster"
-		if !initialised {
-			att = "runs the configured image"
-		}
-		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-		if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, policy), nil, 0); err != nil {
-			att, healthy = "FAILED: "+firstLine(err.Error()), false
-		}
-		cancel()
-		k8s := "-"
-		switch {
-		case !initialised:
-		case kubeErr != nil:
-			k8s, healthy = "unknown", false
-		case ready[n.Name] == "":
-			k8s, healthy = "not registered", false
-		default:
-			k8s = ready[n.Name]
-			healthy = healthy && k8s == "Ready"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, att, k8s)
-	}
-	tw.Flush()
-	if kubeErr != nil {
-		fmt.Fprintf(out, "Kubernetes API: %v\n", kubeErr)
-	}
-	if len(services) > 0 {
-		fmt.Fprintln(out)
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tPODS READY")
-		for _, svc := range services {
-			fmt.Fprintf(tw, "%s\t%s\n", svc.Name, svc.State)
-			healthy = healthy && svc.Healthy
-		}
-		tw.Flush()
-	}
-	if !healthy {
+	h.print(cmd.OutOrStdout())
+	if len(h.notReady()) > 0 {
 		return checkFailed(errors.New("not every node is attested and Ready, or not every service of the cluster is running"))
 	}
 	return nil

@@ -70,7 +70,10 @@ func newMiniUpCmd() *cobra.Command {
 		Use:   "up [--control-planes N] [--workers M]",
 		Short: "Boot a local cluster: measured boot of every node, then attestation of every node",
 		Long: "Write " + config.FileName + " from the node image if the workspace has none ('config generate mini'),\n" +
-			"then create the cluster ('apply').",
+			"then create the cluster ('apply'): it returns when every node is attested, registered and Ready and the\n" +
+			"cluster's services are ready, as 'status' checks them, or fails after --wait naming what is not ready.\n" +
+			"It refuses while this workspace's cluster runs. Leftovers of one that did not shut down are removed\n" +
+			"first; if that cluster was initialised, its nodes boot again with their state disks and it is recovered.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := os.Stat(filepath.Join(workspace(cmd), config.FileName)); errors.Is(err, os.ErrNotExist) {
@@ -88,6 +91,7 @@ func newMiniUpCmd() *cobra.Command {
 	cmd.Flags().Int("control-planes", 1, "number of control-plane nodes (default from the configuration)")
 	cmd.Flags().Int("workers", 2, "number of worker nodes (default from the configuration)")
 	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")
+	addWaitFlag(cmd)
 	return cmd
 }
 
@@ -112,6 +116,26 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		}
 	} else if mini.NetworkInUse() {
 		return badInput("the node network %s exists but this workspace has no cluster: another mini cluster runs on this machine; run 'constellation mini down' in its workspace", mini.BridgeName)
+	}
+	// State disks left from an earlier cluster: if that cluster was initialised (the workspace has its state
+	// file), it did not shut down and its nodes come back with their data, by recovery. Otherwise they belong
+	// to no cluster this workspace could bring back, and the new nodes get empty disks.
+	cs, initialised, err := loadClusterState(workspace(cmd))
+	if err != nil {
+		return badInput("%s: %w", StateFile, err)
+	}
+	skipInit, _ := cmd.Flags().GetBool("skip-init")
+	disks := len(mini.StateDisks(dir)) > 0
+	recovering := disks && initialised && !skipInit
+	switch {
+	case recovering:
+		fmt.Fprintf(out, "The nodes' state disks hold cluster %s… (%s): it comes back with its data by 'constellation recover'.\n"+
+			"To create a new cluster instead, remove this one first with 'constellation mini down'.\n", cs.ClusterID[:16], StateFile)
+	case disks && !initialised:
+		fmt.Fprintf(out, "Removing the state disks of an earlier cluster that this workspace does not record (no %s)\n", StateFile)
+		if err := mini.RemoveStateDisks(dir); err != nil {
+			return failed(err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return failed(err)
@@ -182,72 +206,49 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		}
 		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
 	}
-	if skip, _ := cmd.Flags().GetBool("skip-init"); skip {
+	if skipInit {
 		fmt.Fprintf(out, "Mini cluster up: %d node(s) booted from %s and attested against %s (Kubernetes not initialised)\n", len(state.Nodes), c.Provider.Mini.ImageDigest, confPath)
 		return nil
 	}
-	fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", state.Nodes[0].Name)
-	var kmsConf *kms.KMIPConfig
-	if c.KMS != nil {
-		kmsConf = c.KMS.KMIP
-		fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
-	}
-	cs, err := initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf)
-	if err != nil {
-		return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
-	}
-	fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
-	// Every other node joins through the join service; once it has, its PCR 15 proves it belongs to this cluster.
-	member, err := withClusterID(c.Attestation.Measurements, cs)
-	if err != nil {
-		return failed(err)
-	}
-	for _, n := range state.Nodes[1:] {
-		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
-		deadline := time.Now().Add(5 * time.Minute)
-		for {
-			_, err := verifyNode(cmd.Context(), endpoint, miniPolicy(roots, member), nil, 0)
-			if err == nil {
-				fmt.Fprintf(out, "  %s joined: its evidence proves membership of this cluster\n", n.Name)
-				break
-			}
-			if time.Now().After(deadline) {
-				console := filepath.Join(dir, "nodes", n.Name, "sandbox", "console.log")
-				return failed(fmt.Errorf("node %s did not join: %w\nLast lines of its console:\n%s", n.Name, err, tailFile(console, 15)))
-			}
-			time.Sleep(time.Second)
+	if recovering {
+		if err := runRecover(cmd, nil); err != nil {
+			return err
 		}
+	} else {
+		fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", state.Nodes[0].Name)
+		var kmsConf *kms.KMIPConfig
+		if c.KMS != nil {
+			kmsConf = c.KMS.KMIP
+			fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
+		}
+		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf); err != nil {
+			return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
+		}
+		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
 	}
-	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s); kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
+	// Done when 'status' would say so: every node proves membership of this cluster (the others join through
+	// the join service) and is Ready, and the pods of the cluster's services are ready.
+	limit, _ := cmd.Flags().GetDuration("wait")
+	fmt.Fprintf(out, "  waiting up to %s for every node to join and be Ready, and for the cluster's services\n", limit)
+	if err := newReadyWaiter(workspace(cmd), limit, out).wait(cmd.Context()); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s), every node attested and Ready; kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
 }
 
 func newMiniDownCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "down",
-		Short: "Remove the local cluster and everything it created on this machine",
-		Args:  cobra.NoArgs,
+		Short: "Remove the local cluster and everything it created; keep the configuration and the master secret",
+		Long: "Remove the cluster, as 'terminate --yes' does, without asking: " + removedText + "\n" +
+			"The next 'mini up' creates a new cluster.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir := filepath.Join(workspace(cmd), miniDirName)
-			state, found, err := mini.ReadState(dir)
-			if err != nil {
-				return badInput("%w", err)
+			if err := removeCluster(cmd.OutOrStdout(), cmd.ErrOrStderr(), workspace(cmd)); err != nil {
+				return err
 			}
-			if found && state.DaemonAlive() {
-				fmt.Fprintf(cmd.OutOrStdout(), "Stopping the provider (pid %d) and %d node(s)\n", state.DaemonPID, len(state.Nodes))
-				if err := mini.StopDaemon(state, time.Minute); err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", err)
-				}
-				// A provider that stopped cleanly removed its nodes and its state; what is left is stale.
-				if state, _, err = mini.ReadState(dir); err != nil {
-					return failed(err)
-				}
-			}
-			// Whatever the provider did not remove (or when it had died): remove it now.
-			if err := mini.Cleanup(dir, state); err != nil {
-				return failed(fmt.Errorf("removing the cluster: %w", err))
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "Mini cluster removed")
+			fmt.Fprintf(cmd.OutOrStdout(), "Mini cluster removed. Kept %s and the master secret.\n", config.FileName)
 			return nil
 		},
 	}

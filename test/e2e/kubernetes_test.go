@@ -586,6 +586,43 @@ func TestMiniControlPlanes(t *testing.T) {
 		out, code := cl.c.run("status")
 		return out, code == 0
 	})
+
+	// mini down removes the cluster (its nodes' state disks with it), keeps the configuration and the master
+	// secret, and the next mini up creates a new cluster, initialised afresh, ready when it returns.
+	oldState, err := os.ReadFile(filepath.Join(cl.c.ws, "constellation-state.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID := regexp.MustCompile(`clusterID: "?([0-9a-f]{16})`).FindSubmatch(oldState)
+	if oldID == nil {
+		t.Fatalf("no cluster ID in the state file:\n%s", oldState)
+	}
+	if out, code := cl.c.run("mini", "down"); code != 0 {
+		t.Fatalf("mini down: exit %d\n%s", code, out)
+	}
+	for _, f := range []string{"constellation-mini", "constellation-admin.conf", "constellation-state.yaml", "constellation-init-secret"} {
+		if _, err := os.Stat(filepath.Join(cl.c.ws, f)); !os.IsNotExist(err) {
+			t.Errorf("mini down left %s (%v)", f, err)
+		}
+	}
+	for _, f := range []string{"constellation-conf.yaml", "constellation-mastersecret.json"} {
+		if _, err := os.Stat(filepath.Join(cl.c.ws, f)); err != nil {
+			t.Errorf("mini down removed %s: %v", f, err)
+		}
+	}
+	if out, code := cl.c.run("status"); code != 1 || !strings.Contains(out, "constellation mini up") {
+		t.Fatalf("status after mini down: exit %d\n%s", code, out)
+	}
+	out, code = cl.c.run("mini", "up", "--control-planes", "1")
+	if code != 0 || !strings.Contains(out, "Kubernetes initialised") {
+		t.Fatalf("mini up after mini down: exit %d\n%s", code, out)
+	}
+	if out, code := cl.c.run("status"); code != 0 || strings.Contains(out, string(oldID[1])) {
+		t.Fatalf("status of the new cluster: exit %d\n%s", code, out)
+	}
+	if out, err := cl.k("get", "configmap", "marker"); err == nil || !strings.Contains(out, "NotFound") {
+		t.Fatalf("the new cluster has the removed cluster's data: %v\n%s", err, out)
+	}
 }
 
 // cluster is a mini cluster with Kubernetes, booted from the full node image.
@@ -626,6 +663,10 @@ func startCluster(t *testing.T, controlPlanes, workers int, beforeUp ...func(c c
 		t.Fatalf("mini up: exit %d\n%s", code, out)
 	}
 	t.Logf("mini up with Kubernetes init (%d control planes, %d workers): %s", controlPlanes, workers, time.Since(start).Round(time.Second))
+	// mini up returns only when the cluster is ready as status checks it.
+	if out, code := c.run("status"); code != 0 {
+		t.Fatalf("status right after mini up: exit %d\n%s", code, out)
+	}
 	kubeconfig := filepath.Join(c.ws, "constellation-admin.conf")
 	if info, err := os.Stat(kubeconfig); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("admin kubeconfig: %v", err)

@@ -392,6 +392,64 @@ func Cleanup(dir string, s State) error {
 	return errors.Join(errs...)
 }
 
+// stateDiskName is a node's state disk image in its directory.
+const stateDiskName = "state-disk.img"
+
+// StateDisks returns the state disk images of the nodes in a provider directory.
+func StateDisks(dir string) []string {
+	disks, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", stateDiskName))
+	return disks
+}
+
+// RemoveStateDisks deletes the state disks of the nodes in a provider directory, whose nodes must be stopped
+// ([Cleanup]): nodes booted from this directory again get new, empty disks, as new VMs would. What was on the
+// disks is gone. The nodes' TPMs stay.
+func RemoveStateDisks(dir string) error {
+	var errs []error
+	for _, d := range StateDisks(dir) {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove deletes a provider directory whose cluster is down ([Cleanup]): the CAs, the nodes' TPMs and state
+// disks, the provider's log. It refuses while anything is mounted below the directory, rather than delete
+// through a mount.
+func Remove(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("reading the mounts before removing %s: %w", abs, err)
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(unescapeMountPath(f[4])+"/", abs+"/") {
+			return fmt.Errorf("not removing %s: %s is still mounted; unmount it and run this again", abs, unescapeMountPath(f[4]))
+		}
+	}
+	return os.RemoveAll(abs)
+}
+
+// unescapeMountPath undoes the octal escapes (\040 for a space) of a path in /proc/self/mountinfo.
+func unescapeMountPath(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
 // stopStaleTPM stops a swtpm left running on state dir by a dead provider.
 func stopStaleTPM(state string) {
 	swtpm.StopOrphan(state)
@@ -444,7 +502,7 @@ const StateDiskSize = 8 << 30
 // attachStateDisk returns the node's state disk image in its directory, creating an empty one the first
 // time, as a cloud attaches a new blank disk. The node formats and encrypts it itself.
 func attachStateDisk(nodeDir string) (string, error) {
-	path := filepath.Join(nodeDir, "state-disk.img")
+	path := filepath.Join(nodeDir, stateDiskName)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("creating the state disk: %w", err)
