@@ -231,6 +231,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	limit, _ := cmd.Flags().GetDuration("wait")
 	fmt.Fprintf(out, "  waiting up to %s for every node to join and be Ready, and for the cluster's services\n", limit)
 	if err := newReadyWaiter(workspace(cmd), limit, out).wait(cmd.Context()); err != nil {
+		fmt.Fprintf(out, "The nodes' consoles: %s\n", filepath.Join(dir, "nodes", "*", "sandbox", "console.log"))
 		return err
 	}
 	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s), every node attested and Ready; kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
