@@ -73,7 +73,11 @@ func (h clusterHealth) notReady() []awaited {
 	}
 	for _, s := range h.Services {
 		if !s.Healthy {
-			out = append(out, awaited{What: s.Name, State: "pods ready " + s.State})
+			state := s.State // "not deployed", "no node to run on"
+			if strings.Contains(state, "/") {
+				state = "pods ready " + state
+			}
+			out = append(out, awaited{What: s.Name, State: state})
 		}
 	}
 	return out

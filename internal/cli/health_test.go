@@ -106,6 +106,10 @@ func TestReadyWaiterReturnsWhenReady(t *testing.T) {
 	if got := down.notReady(); len(got) != 2 || got[1].What != "Kubernetes API" {
 		t.Fatalf("not ready with the API down: %v", got)
 	}
+	unscheduled := clusterHealth{Initialised: true, Services: []serviceStatus{{"join-service", "no node to run on", false}}}
+	if got := unscheduled.notReady(); len(got) != 1 || got[0].short() != "join-service (no node to run on)" {
+		t.Fatalf("a service without nodes: %v", got)
+	}
 	// A cluster without Kubernetes (mini up --skip-init) is healthy when every node is attested.
 	booted := clusterHealth{Nodes: []nodeHealth{{Name: "control-plane-0", Attestation: "runs the configured image", Attested: true, Kubernetes: "-"}}}
 	if got := booted.notReady(); len(got) != 0 {
