@@ -138,10 +138,17 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	node := req.GetNode()
+	key, err := s.DataKey(req.GetDataKeyId(), req.GetLength())
+	if err != nil {
+		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "length", req.GetLength(), "reason", err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if purpose == kms.PurposeDiskKey {
 		// A disk's key goes to the node the disk is bound to, and to no other: a host that hands a copy of
 		// one node's disk to another node gets nothing for it.
+		// The binding is made only for a request that is otherwise valid (checked by the derivation above).
 		if err := s.disks.Bind(keyID, node); err != nil {
+			clear(key)
 			if errors.Is(err, ErrDiskBound) {
 				owner, _ := s.disks.Owner(keyID)
 				s.audit.Warn("disk key refused: the disk belongs to another node; a node was given a copy of another node's state disk", "caller", caller, "disk", keyID, "node", safeID(node), "boundTo", owner)
@@ -150,11 +157,6 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 			s.audit.Warn("disk key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "node", safeID(node), "reason", err.Error())
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-	}
-	key, err := s.DataKey(req.GetDataKeyId(), req.GetLength())
-	if err != nil {
-		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "length", req.GetLength(), "reason", err.Error())
-		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	attrs := []any{"caller", caller, "keyID", req.GetDataKeyId(), "length", req.GetLength()}
 	if node != "" {
