@@ -35,6 +35,7 @@ import "C"
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -167,6 +168,11 @@ func (d *device) writeParamsMAC(key []byte) error {
 	mac, err := d.meta.ParamsMAC(d.uuid(), key)
 	if err != nil {
 		return err
+	}
+	if hmac.Equal(d.meta.MAC, mac) {
+		// Already in place (a re-key finished after a power loss): rewriting it would remove it first, and a
+		// power loss between the two header writes would leave an initialised disk without its MAC.
+		return nil
 	}
 	cjs := C.CString(paramsToken(mac))
 	defer C.free(unsafe.Pointer(cjs))

@@ -512,7 +512,7 @@ func (m Metadata) ParamsMAC(uuid string, diskKey []byte) ([]byte, error) {
 // VerifyMAC checks the header's parameter MAC under the disk key; a header without one is refused.
 func (m Metadata) VerifyMAC(uuid string, diskKey []byte) error {
 	if m.MAC == nil {
-		return badParam("disk %s has no parameter MAC (a disk is given one with its key)", uuid)
+		return badParam("disk %s has no parameter MAC (a disk is given one with its key; a disk initialised by a version of this product without parameter MACs has none and must be replaced with a blank disk)", uuid)
 	}
 	want, err := m.ParamsMAC(uuid, diskKey)
 	if err != nil {
