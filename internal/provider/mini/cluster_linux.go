@@ -422,6 +422,11 @@ func Remove(dir string) error {
 	if err != nil {
 		return err
 	}
+	// The mount table lists resolved paths: compare with the directory's, or a workspace reached through a
+	// symbolic link would hide what is mounted below it.
+	if resolved, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = resolved
+	}
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return fmt.Errorf("reading the mounts before removing %s: %w", abs, err)
