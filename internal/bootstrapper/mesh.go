@@ -250,7 +250,7 @@ func (a *meshAgent) setRootFromMaster(ms *kms.MasterSecret) error {
 
 // loadRoot takes the root key kept on the state disk; without one, the node has none until it is given it.
 func (a *meshAgent) loadRoot() error {
-	raw, err := os.ReadFile(a.rootFile)
+	raw, err := atomicfile.ReadPrivate(a.rootFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		a.log.Warn("no WireGuard preshared root key on the state disk: no peer is configured until the node gets it")
 		return nil
