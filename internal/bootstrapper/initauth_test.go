@@ -426,3 +426,46 @@ func FuzzInitRefusesWithoutTheInitSecret(f *testing.F) {
 		}
 	})
 }
+
+// The host writes the instance metadata, so it can put there the hash of a secret of its own and initialise the
+// node itself. What it must not gain is anything of the operator's: the operator's CLI attests the node before
+// it sends a request and accepts only a fresh node (PCR 15 zero), so once the host initialised the node the
+// operator's handshake fails and its master secret, policy and init secret never reach the node.
+func TestHostInitialisedNodeGetsNothingFromTheOperator(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	hostSecret := bytes.Repeat([]byte{0xa5}, InitSecretSize)
+	hostHash := sha256.Sum256(hostSecret)
+	k8s := &recordingKubernetes{}
+	s := &initServer{initSecretHash: hostHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler)}
+	addr := startInitService(t, s)
+	ctx := context.Background()
+
+	// The host initialises the node with the secret whose hash it wrote, its own master secret and policy.
+	theirSecret, _ := kms.GenerateMasterSecret()
+	policy, _ := json.Marshal(node.Policy)
+	if _, err := unattestedClient(t, addr).Init(ctx, &initpb.InitRequest{InitSecret: hostSecret, MasterSecret: theirSecret.Key, Salt: theirSecret.Salt, Measurements: policy}); err != nil {
+		t.Fatalf("the host's own Init: %v", err)
+	}
+	if k8s.inits != 1 {
+		t.Fatalf("kubeadm init ran %d times, want 1", k8s.inits)
+	}
+
+	// The operator: the node is no longer fresh, so the aTLS handshake fails before any request is sent.
+	logs := &lockedBuffer{}
+	s.log = slog.New(slog.NewJSONHandler(logs, nil))
+	ms, _ := kms.GenerateMasterSecret()
+	_, err = operatorClient(t, addr, node).Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy})
+	if err == nil {
+		t.Fatal("the operator's Init reached a node the host initialised")
+	}
+	if c := status.Code(err); c == codes.Unauthenticated || c == codes.FailedPrecondition {
+		t.Fatalf("the operator's request reached the node's handler (%v): it must fail in the handshake, before anything is sent", err)
+	}
+	if k8s.inits != 1 || logs.String() != "" {
+		t.Fatalf("the node acted on the operator's request: kubeadm init ran %d times; log:\n%s", k8s.inits, logs.String())
+	}
+}
