@@ -184,3 +184,29 @@ func generateConfig(t *testing.T, ws string) {
 		t.Fatalf("config generate: %s", errOut)
 	}
 }
+
+// A workspace that records an initialised cluster whose state disks are gone (deleted or withheld by the
+// host): mini up refuses rather than initialise a new, empty cluster over its state file and kubeconfig.
+func TestMiniUpRefusesARecordedClusterWithoutDisks(t *testing.T) {
+	ws := t.TempDir()
+	generateConfig(t, ws)
+	state := []byte("clusterID: " + strings.Repeat("ab", 32) + "\nendpoint: 10.217.0.10:6443\n")
+	for name, content := range map[string][]byte{StateFile: state, AdminKubeconfigFile: []byte("kubeconfig")} {
+		if err := os.WriteFile(filepath.Join(ws, name), content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := run("mini", "up", "--workspace", ws)
+	if code == 0 || !strings.Contains(errOut, "state disks are gone") || !strings.Contains(errOut, "mini down") {
+		t.Fatalf("mini up over a recorded cluster without disks: exit %d\n%s%s", code, out, errOut)
+	}
+	if raw, _ := os.ReadFile(filepath.Join(ws, StateFile)); string(raw) != string(state) {
+		t.Error("mini up changed the state file")
+	}
+	if raw, _ := os.ReadFile(filepath.Join(ws, AdminKubeconfigFile)); string(raw) != "kubeconfig" {
+		t.Error("mini up changed the kubeconfig")
+	}
+	if _, err := os.Stat(filepath.Join(ws, InitSecretFile)); !os.IsNotExist(err) {
+		t.Errorf("mini up wrote an init secret before refusing (%v)", err)
+	}
+}

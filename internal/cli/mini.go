@@ -109,6 +109,18 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if found && state.DaemonAlive() {
 		return badInput("a mini cluster is already running (provider pid %d, %d nodes); run 'constellation mini down' first", state.DaemonPID, len(state.Nodes))
 	}
+	cs, initialised, err := loadClusterState(workspace(cmd))
+	if err != nil {
+		return badInput("%s: %w", StateFile, err)
+	}
+	skipInit, _ := cmd.Flags().GetBool("skip-init")
+	disks := len(mini.StateDisks(dir)) > 0
+	if initialised && !disks && !skipInit {
+		// Recover or initialise is decided from the workspace and the disks; disks that went missing must not
+		// turn a recorded cluster into a new, empty one over its state file and kubeconfig.
+		return badInput("this workspace records cluster %s… (%s), but its nodes' state disks are gone; refusing to create a new cluster over it. "+
+			"Restore the disks under %s to bring it back, or remove it with 'constellation mini down' to start a new one", shortID(cs.ClusterID), StateFile, dir)
+	}
 	if found {
 		fmt.Fprintln(out, "Cleaning up the leftovers of a previous cluster that did not shut down")
 		if err := mini.Cleanup(dir, state); err != nil {
@@ -120,17 +132,11 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	// State disks left from an earlier cluster: if that cluster was initialised (the workspace has its state
 	// file), it did not shut down and its nodes come back with their data, by recovery. Otherwise they belong
 	// to no cluster this workspace could bring back, and the new nodes get empty disks.
-	cs, initialised, err := loadClusterState(workspace(cmd))
-	if err != nil {
-		return badInput("%s: %w", StateFile, err)
-	}
-	skipInit, _ := cmd.Flags().GetBool("skip-init")
-	disks := len(mini.StateDisks(dir)) > 0
 	recovering := disks && initialised && !skipInit
 	switch {
 	case recovering:
 		fmt.Fprintf(out, "The nodes' state disks hold cluster %s… (%s): it comes back with its data by 'constellation recover'.\n"+
-			"To create a new cluster instead, remove this one first with 'constellation mini down'.\n", cs.ClusterID[:16], StateFile)
+			"To create a new cluster instead, remove this one first with 'constellation mini down'.\n", shortID(cs.ClusterID), StateFile)
 	case disks && !initialised:
 		fmt.Fprintf(out, "Removing the state disks of an earlier cluster that this workspace does not record (no %s)\n", StateFile)
 		if err := mini.RemoveStateDisks(dir); err != nil {
@@ -390,3 +396,6 @@ func newMiniRebootCmd() *cobra.Command {
 		},
 	}
 }
+
+// shortID is the start of a cluster ID for messages (the whole of a shorter, damaged one).
+func shortID(id string) string { return id[:min(16, len(id))] }
