@@ -248,7 +248,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				return deployServices(ctx, md, k8s, self, ms, clusterID, att)
 			},
 		})
-		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(InitPort)))
+		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(initpb.Port)))
 		if err != nil {
 			return fmt.Errorf("init service: %w", err)
 		}

@@ -30,13 +30,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
-// InitPort is the port of the Init service on the first control-plane node.
-const InitPort = 9000
-
-// InitSecretSize is the size of a cluster's init secret: random bytes the CLI generates when it creates the
-// nodes and sends with Init and Recover. A node knows only its SHA-256, from its instance metadata.
-const InitSecretSize = 32
-
 // Kubernetes is what Init needs from the node's Kubernetes driver.
 type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
@@ -96,7 +89,7 @@ func (s *initServer) authenticate(ctx context.Context, rpc string, secret []byte
 			"nodes with 'constellation apply', which hands the provider the hash of the workspace's init secret")
 	}
 	sum := sha256.Sum256(secret)
-	ok := subtle.ConstantTimeCompare(sum[:], s.initSecretHash) & subtle.ConstantTimeEq(int32(len(secret)), InitSecretSize)
+	ok := subtle.ConstantTimeCompare(sum[:], s.initSecretHash) & subtle.ConstantTimeEq(int32(len(secret)), initpb.InitSecretSize)
 	if ok != 1 {
 		s.log.Warn(rpc+" refused: wrong or missing init secret", "remote", remote, "secretSent", len(secret) > 0)
 		return status.Error(codes.Unauthenticated, "the request's init secret is missing or wrong: only the operator who created "+

@@ -46,7 +46,7 @@ import (
 // testInitSecret is the init secret of the tests' clusters; testInitSecretHash is what their nodes' instance
 // metadata holds.
 var (
-	testInitSecret     = bytes.Repeat([]byte{0x5a}, InitSecretSize)
+	testInitSecret     = bytes.Repeat([]byte{0x5a}, initpb.InitSecretSize)
 	testInitSecretHash = sha256.Sum256(testInitSecret)
 )
 
@@ -235,9 +235,9 @@ func (b *lockedBuffer) String() string {
 // wrongSecrets are what an attacker without the init secret can send.
 var wrongSecrets = map[string][]byte{
 	"no secret":           nil,
-	"a wrong secret":      bytes.Repeat([]byte{0xa5}, InitSecretSize),
+	"a wrong secret":      bytes.Repeat([]byte{0xa5}, initpb.InitSecretSize),
 	"the secret's hash":   testInitSecretHash[:],
-	"a prefix of it":      testInitSecret[:InitSecretSize-1],
+	"a prefix of it":      testInitSecret[:initpb.InitSecretSize-1],
 	"it with extra bytes": append(bytes.Clone(testInitSecret), 0),
 }
 
@@ -399,9 +399,9 @@ func FuzzInitRefusesWithoutTheInitSecret(f *testing.F) {
 	for _, req := range []*initpb.InitRequest{
 		{},
 		{MasterSecret: theirSecret.Key, Salt: theirSecret.Salt, Measurements: []byte(`{"4":{"expected":"` + strings.Repeat("00", 32) + `","warnOnly":true}}`)},
-		{InitSecret: bytes.Repeat([]byte{0xa5}, InitSecretSize), WrappedMasterSecret: []byte(`{"version":1}`), Kmip: &initpb.KMIP{Endpoint: "127.0.0.1:5696"}},
+		{InitSecret: bytes.Repeat([]byte{0xa5}, initpb.InitSecretSize), WrappedMasterSecret: []byte(`{"version":1}`), Kmip: &initpb.KMIP{Endpoint: "127.0.0.1:5696"}},
 		{InitSecret: testInitSecretHash[:], Attestation: []byte(`{"version":1,"variant":"mini-vtpm"}`)},
-		{InitSecret: testInitSecret[:InitSecretSize-1]},
+		{InitSecret: testInitSecret[:initpb.InitSecretSize-1]},
 	} {
 		raw, err := proto.Marshal(req)
 		if err != nil {
@@ -437,7 +437,7 @@ func TestHostInitialisedNodeGetsNothingFromTheOperator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	hostSecret := bytes.Repeat([]byte{0xa5}, InitSecretSize)
+	hostSecret := bytes.Repeat([]byte{0xa5}, initpb.InitSecretSize)
 	hostHash := sha256.Sum256(hostSecret)
 	k8s := &recordingKubernetes{}
 	s := &initServer{initSecretHash: hostHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler)}

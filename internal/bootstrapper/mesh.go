@@ -372,7 +372,7 @@ func (a *meshAgent) start() error {
 // CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
 // and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
 // reachable from there.
-var operatorPorts = []uint16{InitPort, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
+var operatorPorts = []uint16{initpb.Port, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
 
 // apiServerPort is the API server's port (kubeadm's bindPort).
 const apiServerPort = 6443

@@ -20,7 +20,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
-	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -169,7 +168,7 @@ func dialFreshNode(nodeIP string, att *validators.Policy) (*grpc.ClientConn, str
 	if err != nil {
 		return nil, "", err
 	}
-	endpoint := nodeIP + ":" + strconv.Itoa(bootstrapper.InitPort)
+	endpoint := nodeIP + ":" + strconv.Itoa(initpb.Port)
 	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
 	return conn, endpoint, err
 }

@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
-	"github.com/constellation-dev/constellation/internal/bootstrapper"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 )
 
 // InitSecretFile is the workspace file that holds the cluster's init secret (hex, mode 0600). 'apply'
@@ -27,7 +27,7 @@ func loadOrCreateInitSecret(ws string) ([]byte, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return secret, err
 	}
-	secret = make([]byte, bootstrapper.InitSecretSize)
+	secret = make([]byte, initpb.InitSecretSize)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("generating the init secret: %w", err)
 	}
@@ -46,9 +46,9 @@ func readInitSecret(ws string) ([]byte, error) {
 		return nil, fmt.Errorf("reading the init secret: %w", err)
 	}
 	secret, err := hex.DecodeString(string(bytes.TrimSpace(raw)))
-	if err != nil || len(secret) != bootstrapper.InitSecretSize {
+	if err != nil || len(secret) != initpb.InitSecretSize {
 		// Never print the content: it may be the secret, slightly damaged.
-		return nil, fmt.Errorf("init secret file %s does not hold %d bytes in hex; restore it from a backup (without it the nodes of this cluster cannot be initialised or recovered)", path, bootstrapper.InitSecretSize)
+		return nil, fmt.Errorf("init secret file %s does not hold %d bytes in hex; restore it from a backup (without it the nodes of this cluster cannot be initialised or recovered)", path, initpb.InitSecretSize)
 	}
 	return secret, nil
 }

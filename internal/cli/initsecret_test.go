@@ -47,7 +47,7 @@ func TestInitSecretIsGeneratedOnceAndKeptPrivate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(secret) != bootstrapper.InitSecretSize || bytes.Equal(secret, make([]byte, len(secret))) {
+	if len(secret) != initpb.InitSecretSize || bytes.Equal(secret, make([]byte, len(secret))) {
 		t.Fatalf("init secret %d bytes, all zero: %v", len(secret), bytes.Equal(secret, make([]byte, len(secret))))
 	}
 	path := filepath.Join(ws, InitSecretFile)
@@ -118,7 +118,7 @@ func listenInitPort(t *testing.T) (net.Listener, string) {
 		}
 		v := n.Int64()
 		ip := fmt.Sprintf("127.%d.%d.%d", 1+v>>16%254, v>>8&0xff, 1+v%254)
-		ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(bootstrapper.InitPort)))
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(initpb.Port)))
 		if err == nil {
 			return ln, ip
 		}
