@@ -48,6 +48,8 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/constellation-dev/constellation/internal/cadir"
 )
 
 // NV attributes swtpm_setup uses for EK certificate indices.
@@ -103,8 +105,8 @@ func Manufacture(ctx context.Context, stateDir string, ca *CA) (err error) {
 		filepath.Join(tmp, "swtpm-localca.options"), filepath.Join(tmp, "swtpm_setup.conf")
 	files := map[string]string{
 		caConf: "statedir = " + ca.dir + "\n" +
-			"signingkey = " + filepath.Join(ca.dir, caKeyFile) + "\n" +
-			"issuercert = " + filepath.Join(ca.dir, caCertFile) + "\n" +
+			"signingkey = " + filepath.Join(ca.dir, cadir.KeyFile) + "\n" +
+			"issuercert = " + filepath.Join(ca.dir, cadir.CertFile) + "\n" +
 			"certserial = " + filepath.Join(ca.dir, "certserial") + "\n",
 		caOpts: "--platform-manufacturer constellation\n--platform-version 1.0\n--platform-model swtpm\n",
 		setupConf: "create_certs_tool = " + localca + "\n" +

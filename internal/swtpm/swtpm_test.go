@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-tpm-tools/client"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/constellation-dev/constellation/internal/cadir"
 )
 
 func requireSwtpm(t *testing.T) {
@@ -77,7 +79,7 @@ func TestEKCertificates(t *testing.T) {
 	if !reloaded.Certificate().Equal(ca.Certificate()) || !bytes.Equal(reloaded.CertPEM(), ca.CertPEM()) {
 		t.Error("reloaded CA differs from the created one")
 	}
-	if fi, err := os.Stat(filepath.Join(ca.dir, caKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+	if fi, err := os.Stat(filepath.Join(ca.dir, cadir.KeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("CA key file: %v, mode %v; want mode 0600", err, fi.Mode().Perm())
 	}
 

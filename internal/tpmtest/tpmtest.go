@@ -27,12 +27,13 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/cadir"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 )
 
 // NewCACert creates a self-signed ECDSA P-256 CA certificate and key.
 func NewCACert(commonName string, validity time.Duration) (crypto.Signer, *x509.Certificate, error) {
-	return akca.GenerateCA(commonName, validity)
+	return cadir.Generate(commonName, time.Now().Add(validity))
 }
 
 // Manufacturer is a test TPM manufacturer: it writes EK certificates into TPMs.

@@ -53,6 +53,7 @@ var layers = map[string]int{
 	"internal/kms":          trustCore,
 
 	"internal/atomicfile":                        plumbing,
+	"internal/cadir":                             plumbing,
 	"internal/retry":                             plumbing,
 	"internal/version":                           plumbing,
 	"internal/kubeapi":                           plumbing,
