@@ -35,7 +35,6 @@ var layers = map[string]int{
 	"internal/keyservice":    service,
 	"internal/verifyservice": service,
 	"internal/provider/":     service,
-	"internal/bench":         binary, // an application: the benchmark suite's body
 
 	"internal/bootstrapper/kubeadm":   nodePiece,
 	"internal/diskmapper":             nodePiece,

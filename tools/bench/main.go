@@ -8,9 +8,9 @@ import (
 	"os"
 	"strings"
 
-	"github.com/constellation-dev/constellation/internal/bench"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/wgmesh/wgmeshtest"
+	"github.com/constellation-dev/constellation/tools/bench/suite"
 )
 
 func main() {
@@ -20,7 +20,7 @@ func main() {
 	if env := os.Getenv("BENCH"); env != "" {
 		selected = append(selected, strings.Split(env, ",")...)
 	}
-	if err := bench.Run(context.Background(), os.Stdout, selected); err != nil {
+	if err := suite.Run(context.Background(), os.Stdout, selected); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

@@ -1,8 +1,9 @@
-// Package bench is the project's benchmark suite. Every performance figure the project states comes from
-// here: `make bench` prints one line per figure, "<name> <value> <unit>"; BENCH=<name> selects one.
+// Package suite is the body of the project's benchmark suite, run by the command tools/bench. Every performance
+// figure the project states comes from here: `make bench` prints one line per figure, "<name> <value> <unit>";
+// BENCH=<name> selects one.
 //
 // Figures use real parts: the reference TPM simulator, swtpm processes, loopback TCP.
-package bench
+package suite
 
 import (
 	"context"
