@@ -47,7 +47,7 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/constellation-dev/constellation/internal/diskmapper/luks/internal/testhook"
+	"github.com/constellation-dev/constellation/internal/diskmapper/luks/testhook"
 )
 
 // Disk encryption parameters.

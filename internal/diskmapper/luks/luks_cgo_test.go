@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/constellation-dev/constellation/internal/diskmapper/luks/internal/testhook"
+	"github.com/constellation-dev/constellation/internal/diskmapper/luks/testhook"
 )
 
 // These tests run libcryptsetup on plain files: everything but mapping (which needs device-mapper, see

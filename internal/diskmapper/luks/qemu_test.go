@@ -181,7 +181,7 @@ func changedBlock(t *testing.T, before, after []byte, from int) int {
 }
 
 // TestQEMU runs the package against a real device-mapper in a virtual machine (Debian's kernel under QEMU),
-// over three boots of the same disks (see qemuguest for the guest's side). Besides the steps below, the
+// over three boots of the same disks (see test/luksguest for the guest's side). Besides the steps below, the
 // bootstrapper's code (diskmapper.Prepare, Unlock) takes state disks through a node's first boot (boot 2) and
 // reboot (boot 3), and the host attacks two of them: an ext4 disk of its own is refused in boot 2, and a
 // state disk whose header it rewrote to cipher_null after boot 2 is refused in boot 3; neither is written.
@@ -205,7 +205,7 @@ func TestQEMU(t *testing.T) {
 	}
 	dir := t.TempDir()
 	guest := filepath.Join(dir, "init")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", guest, "./internal/qemuguest")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", guest, "github.com/constellation-dev/constellation/test/luksguest")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the guest: %v\n%s", err, out)

@@ -1,7 +1,7 @@
 //go:build linux
 
-// Command qemuguest is the init process of the QEMU test of the luks package (../../qemu_test.go). It runs in a
-// virtual machine whose kernel has device-mapper, works on the virtio disks the test gives it (/dev/vda: the
+// Command luksguest is the init process of the QEMU test of the luks package
+// (internal/diskmapper/luks/qemu_test.go). It runs in a virtual machine whose kernel has device-mapper, works on the virtio disks the test gives it (/dev/vda: the
 // state disk; /dev/vdb: a second state disk for the interrupted re-key; /dev/vdc: a scratch disk on which the
 // test keeps the second disk's first-boot key from one boot to the next; /dev/vdd: a disk for the reset rule;
 // /dev/vde to /dev/vdh: disks the bootstrapper's code takes through a node's life, two of them the host attacks),
@@ -31,7 +31,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/diskmapper"
 	"github.com/constellation-dev/constellation/internal/diskmapper/luks"
-	"github.com/constellation-dev/constellation/internal/diskmapper/luks/internal/testhook"
+	"github.com/constellation-dev/constellation/internal/diskmapper/luks/testhook"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
 

@@ -1,4 +1,5 @@
-// Package testhook lets tests inside the luks package tree stop SetKey at its most delicate point.
+// Package testhook lets the luks package's tests stop SetKey at its most delicate point. Only the luks package
+// and test binaries may import it (test/houserules checks this): what ships never sets a hook.
 package testhook
 
 // BeforeDestroyOldKeyslot, if set, is called by SetKey after the new keyslot was added, checked and the
