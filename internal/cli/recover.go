@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,7 +21,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -35,13 +33,15 @@ func newRecoverCmd() *cobra.Command {
 			"open it (the join service that would hand it out runs on the control plane): it waits. recover attests\n" +
 			"each control-plane node (it must run the configured image and be fresh), sends it the master secret over\n" +
 			"aTLS (or, with an external KMS, the wrapped secret and the KMS credentials), from which it derives the key\n" +
-			"of its own state disk, and waits until every one proves its membership again and the Kubernetes API\n" +
-			"answers. The nodes accept this only with the cluster's init secret (" + InitSecretFile + ", written by\n" +
-			"'apply').",
+			"of its own state disk, and checks that every one proves its membership again. It then waits, as 'mini up'\n" +
+			"does, until the cluster is ready as 'status' checks it (every node attested and Ready, the cluster's\n" +
+			"services ready); after --wait it fails (exit 1) and names what is not ready. The nodes accept recovery\n" +
+			"only with the cluster's init secret (" + InitSecretFile + ", written by 'apply').",
 		Args: cobra.NoArgs,
 		RunE: runRecover,
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	addWaitFlag(cmd)
 	return cmd
 }
 
@@ -99,11 +99,12 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 	if len(recovered) == 0 {
 		return badInput("the cluster in %s has no control-plane node", ws)
 	}
-	fmt.Fprintf(out, "  %s prove membership of the cluster; waiting for the Kubernetes API\n", strings.Join(recovered, ", "))
-	if err := waitAPIReady(ctx, filepath.Join(ws, AdminKubeconfigFile), 5*time.Minute); err != nil {
-		return failed(err)
+	limit, _ := cmd.Flags().GetDuration("wait")
+	fmt.Fprintf(out, "  %s prove membership of the cluster; waiting up to %s for every node to be Ready, and for the cluster's services\n", strings.Join(recovered, ", "), limit)
+	if err := newReadyWaiter(ws, limit, out).wait(cmd.Context()); err != nil {
+		return err
 	}
-	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s\n", cs.Endpoint)
+	fmt.Fprintf(out, "Cluster recovered: Kubernetes at https://%s, every node attested and Ready\n", cs.Endpoint)
 	return nil
 }
 
@@ -157,30 +158,6 @@ func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*
 		return checkFailed(fmt.Errorf("%s does not prove membership after recovery: %w", n.Name, err))
 	}
 	return nil
-}
-
-// waitAPIReady waits until the API server answers /readyz with the administrator's credentials.
-func waitAPIReady(ctx context.Context, kubeconfigPath string, limit time.Duration) error {
-	api, err := kubeapi.FromKubeconfig(kubeconfigPath)
-	if err != nil {
-		return err
-	}
-	server := api.Server()
-	deadline := time.Now().Add(limit)
-	for {
-		err := api.Do(ctx, http.MethodGet, "/readyz", "", nil, nil)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the Kubernetes API at %s did not become ready within %s: %w", server, limit, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Second):
-		}
-	}
 }
 
 // unavailable reports whether a gRPC call failed because the server could not be reached (yet), not because
