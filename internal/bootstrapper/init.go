@@ -24,7 +24,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
-	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -190,7 +189,7 @@ func (s *initServer) attestationPolicy(raw []byte) (*validators.Policy, error) {
 	if len(raw) == 0 {
 		return &validators.Policy{Variant: own}, nil
 	}
-	att, err := joinservice.ParseAttestation(raw)
+	att, err := validators.ParsePolicy(raw)
 	if err != nil {
 		return nil, fmt.Errorf("attestation policy: %w", err)
 	}

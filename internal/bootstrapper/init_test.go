@@ -17,7 +17,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
-	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
@@ -92,7 +91,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	}
 
 	// As the CLI sends it.
-	att, err := joinservice.MarshalAttestation(&validators.Policy{Variant: "mini-vtpm", Measurements: node.Policy})
+	att, err := validators.MarshalPolicy(&validators.Policy{Variant: "mini-vtpm", Measurements: node.Policy})
 	if err != nil {
 		t.Fatal(err)
 	}

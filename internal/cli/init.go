@@ -21,7 +21,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
@@ -108,7 +107,7 @@ func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy,
 	}
 	req.Measurements = rawPolicy
 	// The first node hands the variant and hardware policy on to the join service.
-	if req.Attestation, err = joinservice.MarshalAttestation(att); err != nil {
+	if req.Attestation, err = validators.MarshalPolicy(att); err != nil {
 		return clusterState{}, err
 	}
 	resp, err := initpb.NewInitClient(conn).Init(ctx, req)

@@ -29,9 +29,12 @@ const (
 	MeasurementsFile = "measurements.json" // the cluster's measurement policy (JSON); empty for variants without a vTPM
 	AKRootsFile      = "ak-roots.pem"      // CA certificates that certify nodes' attestation keys (mini-vtpm); empty otherwise
 	ClusterIDFile    = "cluster-id"        // hex cluster ID, measured by joining nodes
-	AttestationFile  = "attestation.json"  // the attestation variant and its hardware policy (see ParseAttestation)
+	AttestationFile  = "attestation.json"  // the attestation variant and its hardware policy (see validators.ParsePolicy)
 	MACFile          = "mac"               // hex HMAC-SHA256 of the other files under the master secret's join-config key
 )
+
+// MaxConfigFileSize bounds every file of the join configuration; a ConfigMap holds at most 1 MiB.
+const MaxConfigFileSize = 1 << 20
 
 // configFiles are the files Current reads, in order; the MAC covers them.
 var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile}
@@ -66,7 +69,7 @@ func ConfigData(policy *validators.Policy, clusterID, macKey []byte) (map[string
 	if _, err := validators.New(policy, validators.Options{}); err != nil {
 		return nil, fmt.Errorf("join configuration: %w", err)
 	}
-	att, err := MarshalAttestation(policy)
+	att, err := validators.MarshalPolicy(policy)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +211,7 @@ func (c *Config) Current() (*State, error) {
 // secret (an administrator of the cluster, for example) changed it.
 var ErrConfigNotAuthentic = errors.New("its MAC does not verify under the cluster's join-config key: it was changed by someone without the master secret")
 
-// readConfigFile reads one file of the configuration, at most MaxAttestationFileSize bytes (a ConfigMap
+// readConfigFile reads one file of the configuration, at most MaxConfigFileSize bytes (a ConfigMap
 // holds at most 1 MiB).
 func readConfigFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
@@ -216,18 +219,18 @@ func readConfigFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, MaxAttestationFileSize+1))
+	raw, err := io.ReadAll(io.LimitReader(f, MaxConfigFileSize+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(raw) > MaxAttestationFileSize {
-		return nil, fmt.Errorf("%s is larger than %d bytes", filepath.Base(path), MaxAttestationFileSize)
+	if len(raw) > MaxConfigFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", filepath.Base(path), MaxConfigFileSize)
 	}
 	return raw, nil
 }
 
 func parseState(files map[string][]byte, opts validators.Options) (*State, error) {
-	policy, err := ParseAttestation(files[AttestationFile])
+	policy, err := validators.ParsePolicy(files[AttestationFile])
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", AttestationFile, err)
 	}

@@ -362,7 +362,7 @@ func TestConfigRejects(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, AttestationFile), []byte(`{"version":1,"variant":"mini-vtpm"}x`), 0o644)
 		},
 		"oversize": func(dir string) {
-			os.WriteFile(filepath.Join(dir, AttestationFile), bytes.Repeat([]byte(" "), MaxAttestationFileSize+1), 0o644)
+			os.WriteFile(filepath.Join(dir, AttestationFile), bytes.Repeat([]byte(" "), MaxConfigFileSize+1), 0o644)
 		},
 		"SNP on mini-vtpm": func(dir string) {
 			os.WriteFile(filepath.Join(dir, AttestationFile), []byte(`{"version":1,"variant":"mini-vtpm","snp":{"policy":{"measurements":[],"minimumTCB":{}}}}`), 0o644)

@@ -80,7 +80,7 @@ type InitRequest struct {
 	WrappedMasterSecret []byte `protobuf:"bytes,4,opt,name=wrapped_master_secret,json=wrappedMasterSecret,proto3" json:"wrapped_master_secret,omitempty"`
 	Kmip                *KMIP  `protobuf:"bytes,5,opt,name=kmip,proto3" json:"kmip,omitempty"`
 	// attestation is the cluster's attestation policy beyond the measurements: the join service's attestation
-	// file (variant and hardware policy, see joinservice.ParseAttestation). The variant must be this node's.
+	// file (variant and hardware policy, see validators.ParsePolicy). The variant must be this node's.
 	// Empty means this node's variant with the measurements alone, which only mini-vtpm allows.
 	Attestation []byte `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
 	// init_secret proves that the caller is the operator who created the nodes: 32 random bytes the CLI generated

@@ -1,4 +1,4 @@
-package joinservice
+package validators
 
 import (
 	"bytes"
@@ -11,11 +11,11 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
-	"github.com/constellation-dev/constellation/internal/attestation/validators"
 )
 
-// The attestation file (AttestationFile) of the join configuration names the variant and carries its
-// hardware policy with the offline material the join service verifies with, since it fetches nothing:
+// The wire form of a policy (the attestation file of the join configuration, InitRequest.attestation) names the
+// variant and carries its hardware policy with the offline material the verifier checks with, since it fetches
+// nothing:
 //
 //	{
 //	  "version": 1,
@@ -31,11 +31,11 @@ import (
 // cache ("vceks": {"<entry name>": "<base64 DER>"}), for evidence without a VCEK (GCP attaches none); a
 // VCEK from there is checked like one in the evidence.
 
-// AttestationFileVersion is the version of the attestation file's format.
-const AttestationFileVersion = 1
+// PolicyFileVersion is the version of the wire form.
+const PolicyFileVersion = 1
 
-// MaxAttestationFileSize bounds every file of the join configuration; a ConfigMap holds at most 1 MiB.
-const MaxAttestationFileSize = 1 << 20
+// MaxPolicyFileSize bounds the wire form: it travels in a ConfigMap, which holds at most 1 MiB.
+const MaxPolicyFileSize = 1 << 20
 
 type attestationFile struct {
 	Version int      `json:"version"`
@@ -65,10 +65,10 @@ type collateralFile struct {
 	PCKProcessorCRL []byte   `json:"pckProcessorCRL,omitempty"`
 }
 
-// MarshalAttestation encodes the variant and hardware policy of p as an attestation file, with the entries of
-// its VCEK cache.
-func MarshalAttestation(p *validators.Policy) ([]byte, error) {
-	f := attestationFile{Version: AttestationFileVersion, Variant: p.Variant}
+// MarshalPolicy encodes the variant and hardware policy of p in the wire form, with the entries of its VCEK
+// cache. Measurements and attestation-key roots are not part of it.
+func MarshalPolicy(p *Policy) ([]byte, error) {
+	f := attestationFile{Version: PolicyFileVersion, Variant: p.Variant}
 	if p.SNP != nil {
 		f.SNP = &snpFile{Policy: p.SNP.Policy.Clone(), CRLs: p.SNP.CRLs}
 		if p.SNP.VCEKCache != nil {
@@ -92,19 +92,19 @@ func MarshalAttestation(p *validators.Policy) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(raw) > MaxAttestationFileSize {
-		return nil, fmt.Errorf("the attestation policy takes %d bytes, more than the %d a join configuration holds; keep only the CRLs and collateral the cluster's machines need", len(raw), MaxAttestationFileSize)
+	if len(raw) > MaxPolicyFileSize {
+		return nil, fmt.Errorf("the attestation policy takes %d bytes, more than the %d a join configuration holds; keep only the CRLs and collateral the cluster's machines need", len(raw), MaxPolicyFileSize)
 	}
 	return raw, nil
 }
 
-// ParseAttestation parses an attestation file strictly: at most MaxAttestationFileSize bytes, one JSON
+// ParsePolicy parses the wire form strictly: at most MaxPolicyFileSize bytes, one JSON
 // object of the current version, no unknown fields, no trailing data, a known variant, and the hardware
 // sections present and complete as their parts require. It returns a policy without measurements and
-// attestation-key roots; whether the policy can be enforced, validators.New decides.
-func ParseAttestation(raw []byte) (*validators.Policy, error) {
-	if len(raw) > MaxAttestationFileSize {
-		return nil, fmt.Errorf("%d bytes, more than the limit of %d", len(raw), MaxAttestationFileSize)
+// attestation-key roots; whether the policy can be enforced, [New] decides.
+func ParsePolicy(raw []byte) (*Policy, error) {
+	if len(raw) > MaxPolicyFileSize {
+		return nil, fmt.Errorf("%d bytes, more than the limit of %d", len(raw), MaxPolicyFileSize)
 	}
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, errors.New("empty; the join configuration must name the attestation variant")
@@ -118,13 +118,13 @@ func ParseAttestation(raw []byte) (*validators.Policy, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data after the attestation policy")
 	}
-	if f.Version != AttestationFileVersion {
-		return nil, fmt.Errorf("version %d is not supported, want %d; deploy the join service of the same release as the bootstrapper", f.Version, AttestationFileVersion)
+	if f.Version != PolicyFileVersion {
+		return nil, fmt.Errorf("version %d is not supported, want %d; the policy was written by another release; run the CLI, the bootstrapper and the join service of one release", f.Version, PolicyFileVersion)
 	}
 	if _, err := attestation.VariantByName(f.Variant); err != nil {
 		return nil, err
 	}
-	p := &validators.Policy{Variant: f.Variant}
+	p := &Policy{Variant: f.Variant}
 	if f.SNP != nil {
 		if f.SNP.Policy == nil {
 			return nil, errors.New("snp: no policy")
@@ -134,7 +134,7 @@ func ParseAttestation(raw []byte) (*validators.Policy, error) {
 				return nil, fmt.Errorf("snp.crls: no CRL listed for %v", product)
 			}
 		}
-		p.SNP = &validators.SNP{Policy: *f.SNP.Policy, CRLs: maps.Clone(f.SNP.CRLs)}
+		p.SNP = &SNP{Policy: *f.SNP.Policy, CRLs: maps.Clone(f.SNP.CRLs)}
 		if f.SNP.VCEKs != nil {
 			cache, err := snp.NewVCEKCacheFromEntries(f.SNP.VCEKs)
 			if err != nil {
@@ -148,7 +148,7 @@ func ParseAttestation(raw []byte) (*validators.Policy, error) {
 			return nil, errors.New("tdx: want both policy and collateral")
 		}
 		c := f.TDX.Collateral
-		p.TDX = &validators.TDX{Policy: *f.TDX.Policy, Collateral: tdx.CollateralFiles{
+		p.TDX = &TDX{Policy: *f.TDX.Policy, Collateral: tdx.CollateralFiles{
 			TCBInfos: c.TCBInfos, QEIdentity: c.QEIdentity, TCBSigningChain: c.TCBSigningChain,
 			RootCACRL: c.RootCACRL, PCKPlatformCRL: c.PCKPlatformCRL, PCKProcessorCRL: c.PCKProcessorCRL,
 		}}
