@@ -153,7 +153,7 @@ func verifyPolicy(f verifyFlags, variant string) (*validators.Policy, error) {
 		if a.Variant != attestation.MiniVTPM.Name && roots != nil {
 			return nil, badInput("--ca: %s trusts the attestation key only through the hardware report; remove --ca", a.Variant)
 		}
-		p, err := validators.FromConfig(a, roots)
+		p, err := a.Policy(roots)
 		if err != nil {
 			return nil, badInput("%s: %w", f.config, err)
 		}

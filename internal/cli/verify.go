@@ -56,7 +56,7 @@ func newVerifyCmd() *cobra.Command {
 			} else if akCA != "" {
 				return badInput("--ak-ca: %s trusts the attestation key only through the hardware report; remove --ak-ca", a.Variant)
 			}
-			policy, err := validators.FromConfig(a, roots)
+			policy, err := a.Policy(roots)
 			if err != nil {
 				return badInput("%w", err)
 			}

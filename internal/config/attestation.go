@@ -1,15 +1,60 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 )
+
+// Policy returns the attestation policy of a section that Load or LoadAttestation validated (its directories
+// resolved), for validators.New: it reads the offline caches the section names (AMD CRLs, VCEK cache, Intel's
+// collateral). akRoots are the attestation-key CA certificates of mini-vtpm; pass nil for other variants.
+func (a *Attestation) Policy(akRoots []*x509.Certificate) (*validators.Policy, error) {
+	if a == nil {
+		return nil, fmt.Errorf("%w: no attestation section", validators.ErrPolicy)
+	}
+	p := &validators.Policy{Variant: a.Variant, Measurements: maps.Clone(a.Measurements)}
+	if a.Variant == attestation.MiniVTPM.Name {
+		p.AKRoots = akRoots
+	}
+	if a.SNP != nil {
+		p.SNP = &validators.SNP{Policy: *a.SNP.Policy.Clone()}
+		if a.SNP.CRLDir != "" {
+			crls, err := snp.LoadCRLDir(a.SNP.CRLDir)
+			if err != nil {
+				return nil, fmt.Errorf("attestation.snp.crlDir: %w", err)
+			}
+			p.SNP.CRLs = crls
+		}
+		if a.SNP.VCEKCacheDir != "" {
+			cache, err := snp.LoadVCEKCache(a.SNP.VCEKCacheDir)
+			if err != nil {
+				return nil, fmt.Errorf("attestation.snp.vcekCacheDir: %w", err)
+			}
+			p.SNP.VCEKCache = cache
+		}
+	}
+	if a.TDX != nil {
+		p.TDX = &validators.TDX{Policy: *a.TDX.Policy.Clone()}
+		if a.TDX.CollateralDir == "" {
+			return nil, fmt.Errorf("%w: attestation.tdx.collateralDir: not set; a verifier needs the offline cache of Intel's collateral", validators.ErrPolicy)
+		}
+		files, err := tdx.ReadCollateralFiles(a.TDX.CollateralDir)
+		if err != nil {
+			return nil, fmt.Errorf("attestation.tdx.collateralDir: %w", err)
+		}
+		p.TDX.Collateral = *files
+	}
+	return p, nil
+}
 
 // problems lists every problem of the attestation section, for the configured provider.
 func (a *Attestation) problems(provider Provider) []string {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 )
 
 // The mini configuration is written exactly as before the hardware sections existed.
@@ -279,5 +280,62 @@ func TestLoadAttestation(t *testing.T) {
 	}
 	if _, err := LoadAttestation(path); err == nil || !strings.Contains(err.Error(), "attestation.snp: aws-sev-snp needs an SEV-SNP policy") {
 		t.Fatalf("aws-sev-snp without its policy: %v", err)
+	}
+}
+
+// Policy reads the caches a validated configuration names.
+func TestPolicy(t *testing.T) {
+	dir := t.TempDir()
+	coll, err := filepath.Abs("../attestation/tdx/testdata/collateral")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(variant, sections string) *Attestation {
+		t.Helper()
+		path := filepath.Join(dir, FileName)
+		if err := os.WriteFile(path, []byte(hardwareConfig(variant, sections)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a, err := LoadAttestation(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a := load("qemu-tdx", strings.Replace(tdxSection, "/var/cache/intel", coll, 1))
+	p, err := a.Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Variant != "qemu-tdx" || len(p.TDX.Collateral.TCBInfos) != 1 || len(p.TDX.Collateral.QEIdentity) == 0 {
+		t.Fatalf("collateral not read: %+v", p.TDX.Collateral)
+	}
+	if _, err := validators.New(p, validators.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a.TDX.CollateralDir = filepath.Join(dir, "missing")
+	if _, err := a.Policy(nil); err == nil || !strings.Contains(err.Error(), "attestation.tdx.collateralDir") {
+		t.Errorf("missing collateral directory: %v", err)
+	}
+
+	for _, d := range []string{"amd-crls", "vceks"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := load("qemu-sev-snp", snpSection+"    vcekCacheDir: vceks\n")
+	p, err = s.Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SNP == nil || p.SNP.VCEKCache == nil || p.SNP.VCEKCache.Dir() != filepath.Join(dir, "vceks") || len(p.SNP.Policy.Measurements) != 1 {
+		t.Errorf("SEV-SNP policy: %+v", p.SNP)
+	}
+	if p.AKRoots != nil || p.Measurements != nil {
+		t.Errorf("a hardware variant's policy has AK roots or measurements: %+v", p)
+	}
+	s.SNP.CRLDir = filepath.Join(dir, "missing")
+	if _, err := s.Policy(nil); err == nil || !strings.Contains(err.Error(), "attestation.snp.crlDir") {
+		t.Errorf("missing CRL directory: %v", err)
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +14,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
-	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -240,47 +237,4 @@ func TestValidateEvidence(t *testing.T) {
 			t.Fatal("a report of the test PKI verified against the embedded AMD roots")
 		}
 	})
-}
-
-// FromConfig reads the caches a validated configuration names.
-func TestFromConfig(t *testing.T) {
-	dir := t.TempDir()
-	coll, err := filepath.Abs(genuineCollateral)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, "crls"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	a := &config.Attestation{Variant: "qemu-tdx", TDX: &config.TDX{Policy: tdxPolicy(t).Policy, CollateralDir: coll}}
-	p, err := FromConfig(a, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.TDX.Collateral.TCBInfos) != 1 || len(p.TDX.Collateral.QEIdentity) == 0 {
-		t.Fatalf("collateral not read: %+v", p.TDX.Collateral)
-	}
-	if _, err := New(p, Options{}); err != nil {
-		t.Fatal(err)
-	}
-	a.TDX.CollateralDir = filepath.Join(dir, "missing")
-	if _, err := FromConfig(a, nil); err == nil || !strings.Contains(err.Error(), "attestation.tdx.collateralDir") {
-		t.Errorf("missing collateral directory: %v", err)
-	}
-	_, pl := testSNP(t)
-	s := &config.Attestation{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: &config.SNP{Policy: *pl.Policy(), CRLDir: filepath.Join(dir, "crls"), VCEKCacheDir: dir}}
-	p, err = FromConfig(s, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.SNP.VCEKCache == nil || p.SNP.VCEKCache.Dir() != dir {
-		t.Errorf("VCEK cache not opened: %+v", p.SNP)
-	}
-	if v, err := New(p, Options{}); err != nil || v.Variant().Name != attestation.GCPSEVSNP.Name {
-		t.Errorf("New = %v, %v", v, err)
-	}
-	s.SNP.CRLDir = filepath.Join(dir, "missing")
-	if _, err := FromConfig(s, nil); err == nil || !strings.Contains(err.Error(), "attestation.snp.crlDir") {
-		t.Errorf("missing CRL directory: %v", err)
-	}
 }
