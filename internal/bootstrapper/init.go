@@ -26,7 +26,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Kubernetes is what Init needs from the node's Kubernetes driver.
@@ -136,7 +135,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	// From here on the node is no longer fresh, whatever happens next.
 	s.done = true
-	ev := measuredboot.ClusterIDEvent(clusterID)
+	ev := measurements.ClusterIDEvent(clusterID)
 	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
 	}
@@ -287,7 +286,7 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	s.done = true
-	ev := measuredboot.ClusterIDEvent(clusterID)
+	ev := measurements.ClusterIDEvent(clusterID)
 	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
@@ -20,7 +21,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -107,7 +107,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	if !bytes.Equal(resp.GetClusterId(), want) || string(resp.GetKubeconfig()) != "kubeconfig" {
 		t.Fatalf("Init response: cluster ID %x, want %x", resp.GetClusterId(), want)
 	}
-	if exp := measuredboot.ExpectedClusterIDPCR(want); !bytes.Equal(pcr15(), exp[:]) {
+	if exp := measurements.ExpectedClusterIDPCR(want); !bytes.Equal(pcr15(), exp[:]) {
 		t.Fatalf("PCR 15 = %x, want the cluster ID's %s", pcr15(), exp)
 	}
 	if !bytes.Equal(started, want) {

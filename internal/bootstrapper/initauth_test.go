@@ -34,12 +34,12 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -95,7 +95,7 @@ func unattestedClient(t *testing.T, addr string) initpb.InitClient {
 func operatorClient(t *testing.T, addr string, node *tpmtest.Node) initpb.InitClient {
 	t.Helper()
 	v, err := validators.New(&validators.Policy{
-		Variant: "mini-vtpm", AKRoots: []*x509.Certificate{node.CA.Certificate()}, Measurements: measuredboot.FreshPolicy(node.Policy),
+		Variant: "mini-vtpm", AKRoots: []*x509.Certificate{node.CA.Certificate()}, Measurements: measurements.FreshPolicy(node.Policy),
 	}, validators.Options{})
 	if err != nil {
 		t.Fatal(err)

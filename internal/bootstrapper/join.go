@@ -184,7 +184,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	if err != nil {
 		return fmt.Errorf("the join service's answer: %w", err)
 	}
-	ev := measuredboot.ClusterIDEvent(resp.GetClusterId())
+	ev := measurements.ClusterIDEvent(resp.GetClusterId())
 	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		return fmt.Errorf("measuring the cluster ID: %w", err)
 	}

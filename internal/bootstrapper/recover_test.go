@@ -22,7 +22,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -138,7 +137,7 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if !bytes.Equal(resp.GetClusterId(), clusterID) || !bytes.Equal(started, clusterID) || k8s.restarts != 1 {
 		t.Fatalf("Recover: cluster ID %x (want %x), services started with %x, %d kubelet restarts", resp.GetClusterId(), clusterID, started, k8s.restarts)
 	}
-	if exp := measuredboot.ExpectedClusterIDPCR(clusterID); !bytes.Equal(pcr15(), exp[:]) {
+	if exp := measurements.ExpectedClusterIDPCR(clusterID); !bytes.Equal(pcr15(), exp[:]) {
 		t.Fatal("PCR 15 does not hold the cluster ID after recovery")
 	}
 	if got, err := os.ReadFile(filepath.Join(disk.targets["var"], "etcd-data")); err != nil || string(got) != "the cluster's state" {

@@ -22,7 +22,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Workspace files written by init.
@@ -56,7 +55,7 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 	if err != nil || len(id) != 32 {
 		return nil, fmt.Errorf("%s: clusterID must be 64 hex digits", StateFile)
 	}
-	return measuredboot.MemberPolicy(policy, id), nil
+	return measurements.MemberPolicy(policy, id), nil
 }
 
 // initCluster sends the master secret to the first control-plane node, after its evidence (checked during
@@ -157,7 +156,7 @@ func dialFreshNode(nodeIP string, att *validators.Policy) (*grpc.ClientConn, str
 	// A fresh node has measured no cluster ID yet (PCR 15 zero), where its variant has a vTPM.
 	fresh := *att
 	if len(att.Measurements) > 0 {
-		fresh.Measurements = measuredboot.FreshPolicy(att.Measurements)
+		fresh.Measurements = measurements.FreshPolicy(att.Measurements)
 	}
 	v, err := validators.New(&fresh, validators.Options{})
 	if err != nil {

@@ -21,7 +21,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // Files of the join configuration directory (the keys of its ConfigMap).
@@ -246,7 +245,7 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 		if _, ok := pcrs[measurements.PCRClusterID]; ok {
 			return nil, fmt.Errorf("%s: PCR %d is the cluster ID's; the join service requires it fresh (zero) itself", MeasurementsFile, measurements.PCRClusterID)
 		}
-		policy.Measurements = measuredboot.FreshPolicy(pcrs)
+		policy.Measurements = measurements.FreshPolicy(pcrs)
 	} else if len(bytes.TrimSpace(files[MeasurementsFile])) != 0 {
 		return nil, fmt.Errorf("%s: %s evidence has no vTPM, so PCR measurements do not apply; leave the file empty", MeasurementsFile, variant)
 	}

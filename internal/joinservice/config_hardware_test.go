@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // snpCluster is a join configuration for an SEV-SNP variant, written to a directory, and a machine of the
@@ -136,7 +136,7 @@ func TestJoinConfigSNP(t *testing.T) {
 				return
 			}
 			// A node that measured a cluster ID is not fresh: refused for joining, a member for the key service.
-			ev15 := measuredboot.ClusterIDEvent(c.id)
+			ev15 := measurements.ClusterIDEvent(c.id)
 			c.tpm.Extend(ev15.PCR, ev15.Data)
 			member := c.issue(t, variant, nonce)
 			if _, err := v.Validate(ctx, member, nonce); err == nil || !strings.Contains(err.Error(), "PCR 15") {

@@ -14,7 +14,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // DiskKeyLength is the length of a state disk key.
@@ -109,5 +108,5 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]
 // MemberPolicy is the policy of a node that belongs to the cluster: its measurements, and the cluster ID
 // measured into PCR 15.
 func MemberPolicy(s *State) measurements.M {
-	return measuredboot.MemberPolicy(s.Policy, s.ClusterID)
+	return measurements.MemberPolicy(s.Policy, s.ClusterID)
 }

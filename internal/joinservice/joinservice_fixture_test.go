@@ -18,7 +18,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -68,7 +67,7 @@ func masterSecret(t *testing.T) (*kms.Deriver, []byte) {
 // measureClusterID makes the node of issuer a member of the cluster clusterID, as the bootstrapper does.
 func measureClusterID(t *testing.T, issuer *vtpm.Issuer, clusterID []byte) {
 	t.Helper()
-	ev := measuredboot.ClusterIDEvent(clusterID)
+	ev := measurements.ClusterIDEvent(clusterID)
 	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		t.Fatal(err)
 	}

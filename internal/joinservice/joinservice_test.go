@@ -33,7 +33,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -293,7 +292,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	}
 
 	// Once the node measured a cluster ID it is no longer fresh.
-	ev := measuredboot.ClusterIDEvent(clusterID)
+	ev := measurements.ClusterIDEvent(clusterID)
 	if err := node.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,9 @@ import (
 	"net"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/retry"
 )
 
@@ -65,7 +65,7 @@ func Run(ctx context.Context, o Options) error {
 	}); err != nil {
 		return err
 	}
-	v, err := vtpm.NewValidator(roots, measuredboot.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
+	v, err := vtpm.NewValidator(roots, measurements.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
 	if err != nil {
 		return err
 	}

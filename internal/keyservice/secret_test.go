@@ -25,7 +25,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -282,7 +281,7 @@ func TestRunServesAfterHandover(t *testing.T) {
 	if _, err := get(id); err == nil {
 		t.Fatal("a node that is not a member of the cluster got a key")
 	}
-	ev := measuredboot.ClusterIDEvent(secret.ClusterID)
+	ev := measurements.ClusterIDEvent(secret.ClusterID)
 	if err := node.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@
 //	PCR 8  EV_IPL             "constellation boot parameters: <command line>"
 //
 // PCR 15 stays zero until the node is initialised or joins a cluster; then the bootstrapper extends the
-// cluster ID into it (measurements.PCRClusterID):
+// cluster ID into it (measurements.ClusterIDEvent, the membership rule of every provider):
 //
 //	PCR 15 EV_EVENT_TAG       "constellation cluster id <hex>"
 //
@@ -29,7 +29,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"strings"
 
@@ -64,8 +63,7 @@ type Boot struct {
 
 // Prefixes of the scheme's event data.
 const (
-	firmwarePrefix  = "constellation mini firmware "
-	clusterIDPrefix = "constellation cluster id "
+	firmwarePrefix = "constellation mini firmware "
 )
 
 var separatorData = []byte{0, 0, 0, 0}
@@ -94,7 +92,7 @@ func typeOf(data []byte) eventlog.EventType {
 		return eventlog.Separator
 	case bytes.HasPrefix(data, []byte(firmwarePrefix)):
 		return eventlog.SCRTMVersion
-	case bytes.HasPrefix(data, []byte(clusterIDPrefix)):
+	case bytes.HasPrefix(data, []byte(measurements.ClusterIDEventPrefix)):
 		return eventlog.EventTag
 	}
 	return eventlog.IPL
@@ -181,40 +179,4 @@ func Measure(rw io.ReadWriter, b Boot) ([]byte, error) {
 		}
 	}
 	return log.Bytes(), nil
-}
-
-// ClusterIDEvent is the measurement a node makes after init or join: the cluster ID into PCR 15. From then on
-// the node cannot pose as a fresh one, and a verifier learns which cluster the node belongs to.
-func ClusterIDEvent(clusterID []byte) Event {
-	return Event{PCR: measurements.PCRClusterID, Type: eventlog.EventTag, Data: []byte(clusterIDPrefix + hex.EncodeToString(clusterID))}
-}
-
-// ExpectedClusterIDPCR is the PCR 15 value of a node of the cluster with this ID.
-func ExpectedClusterIDPCR(clusterID []byte) measurements.Digest {
-	b := eventlog.NewBuilder()
-	e := ClusterIDEvent(clusterID)
-	b.Append(e.PCR, e.Type, e.Data)
-	return measurements.Digest(eventlog.Replay(b.Events())[e.PCR])
-}
-
-// MemberPolicy returns a copy of policy that also requires PCR 15 to hold clusterID: the policy of a node that
-// belongs to that cluster.
-func MemberPolicy(policy measurements.M, clusterID []byte) measurements.M {
-	m := maps.Clone(policy)
-	if m == nil {
-		m = measurements.M{}
-	}
-	m[measurements.PCRClusterID] = measurements.Measurement{Expected: ExpectedClusterIDPCR(clusterID)}
-	return m
-}
-
-// FreshPolicy returns a copy of policy that also requires PCR 15 to be zero: the policy of a node that belongs
-// to no cluster since its boot, so an initialised node can be neither initialised nor joined again.
-func FreshPolicy(policy measurements.M) measurements.M {
-	m := maps.Clone(policy)
-	if m == nil {
-		m = measurements.M{}
-	}
-	m[measurements.PCRClusterID] = measurements.Measurement{}
-	return m
 }

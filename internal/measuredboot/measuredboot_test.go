@@ -99,22 +99,6 @@ func TestRejectsBadCmdline(t *testing.T) {
 	}
 }
 
-func TestMemberAndFreshPolicy(t *testing.T) {
-	policy := measurements.M{4: {Expected: measurements.Digest{1}}}
-	id := bytes.Repeat([]byte{7}, 32)
-	member := MemberPolicy(policy, id)
-	fresh := FreshPolicy(policy)
-	if len(policy) != 1 {
-		t.Fatal("the input policy was changed")
-	}
-	if member[4] != policy[4] || member[measurements.PCRClusterID].Expected != ExpectedClusterIDPCR(id) {
-		t.Fatalf("MemberPolicy = %v", member)
-	}
-	if fresh[4] != policy[4] || fresh[measurements.PCRClusterID].Expected != (measurements.Digest{}) || len(fresh) != 2 {
-		t.Fatalf("FreshPolicy = %v", fresh)
-	}
-}
-
 // Everything the firmware and the bootstrapper log fits the scheme a verifier checks, which binds every
 // event's type and data; a changed type or data does not.
 func TestSchemeBindsEveryEvent(t *testing.T) {
@@ -122,7 +106,7 @@ func TestSchemeBindsEveryEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := ClusterIDEvent(bytes.Repeat([]byte{1}, 32))
+	id := measurements.ClusterIDEvent(bytes.Repeat([]byte{1}, 32))
 	b := eventlog.NewBuilder()
 	events = append(events, b.Append(id.PCR, id.Type, id.Data))
 	if err := eventlog.CheckData(events, Scheme); err != nil {

@@ -7,6 +7,10 @@
 // warn-only, or the image PCR is missing or warn-only, is refused wherever a policy enters the product
 // (configuration, init, recovery, the join service's configuration, the key service's secret, validators). A failed check reports every mismatching PCR at once, with expected and
 // actual values, so an operator can see what differs.
+//
+// Membership of a cluster is a rule over PCR 15, the same for every provider: [ClusterIDEvent] is what a node
+// extends after init or join, [MemberPolicy] what a member of a cluster presents, [FreshPolicy] what a node
+// that belongs to no cluster yet presents.
 package measurements
 
 import (

@@ -38,7 +38,7 @@ func newFlipEvidence(t testing.TB) *flipEvidence {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
-	ev := measuredboot.ClusterIDEvent(bytes.Repeat([]byte{0xc1}, 32))
+	ev := measurements.ClusterIDEvent(bytes.Repeat([]byte{0xc1}, 32))
 	if err := node.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func newFlipEvidence(t testing.TB) *flipEvidence {
 		t.Fatal(err)
 	}
 	roots := []*x509.Certificate{node.CA.Certificate()}
-	accepting := measuredboot.MemberPolicy(node.Policy, bytes.Repeat([]byte{0xc1}, 32))
+	accepting := measurements.MemberPolicy(node.Policy, bytes.Repeat([]byte{0xc1}, 32))
 	accept, err := vtpm.NewValidator(roots, accepting, nil)
 	if err != nil {
 		t.Fatal(err)
