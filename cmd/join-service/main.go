@@ -14,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
@@ -22,7 +23,7 @@ import (
 )
 
 func main() {
-	listen := flag.String("listen", fmt.Sprintf(":%d", joinservice.Port), "address to serve on")
+	listen := flag.String("listen", fmt.Sprintf(":%d", joinpb.Port), "address to serve on")
 	configDir := flag.String("config", joinservice.ConfigDir, "join configuration directory (the join-config ConfigMap)")
 	pkiDir := flag.String("pki", joinservice.PKIDir, "the control plane's PKI directory")
 	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")

@@ -28,9 +28,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
@@ -156,7 +156,7 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	if err != nil {
 		return err
 	}
-	var resp *initpb.JoinResponse
+	var resp *joinpb.JoinResponse
 	if err := retry.Do(ctx, log, "asking the join service to admit this node", func() error {
 		list, err := md.Instances(ctx)
 		if err != nil {
@@ -166,14 +166,14 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 			if inst.Name != FirstControlPlane {
 				continue
 			}
-			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinservice.Port)), grpc.WithTransportCredentials(creds))
+			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinpb.Port)), grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
 			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			resp, err = initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr})
+			resp, err = joinpb.NewJoinClient(conn).Join(callCtx, &joinpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr})
 			return err
 		}
 		return errors.New("no control-plane node in the metadata")
@@ -190,8 +190,8 @@ func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self me
 	}
 	log.Info("admitted by the join service; cluster ID measured", "endpoint", resp.GetApiEndpoint())
 	if disk != nil {
-		if len(resp.GetDiskKey()) != joinservice.DiskKeyLength {
-			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinservice.DiskKeyLength)
+		if len(resp.GetDiskKey()) != joinpb.DiskKeyLength {
+			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinpb.DiskKeyLength)
 		}
 		if err := disk.unlock(resp.GetDiskKey()); err != nil {
 			return err
@@ -250,7 +250,7 @@ func kubeletRequest(name string) (*ecdsa.PrivateKey, []byte, error) {
 
 // kubeletCredentials checks the kubelet certificate and CA of a join answer: the CA is the one the answer's
 // hash pins, and the certificate is the CA's client certificate for the kubelet's own key.
-func kubeletCredentials(resp *initpb.JoinResponse, key *ecdsa.PrivateKey) (kubeadm.KubeletCredentials, error) {
+func kubeletCredentials(resp *joinpb.JoinResponse, key *ecdsa.PrivateKey) (kubeadm.KubeletCredentials, error) {
 	ca, err := x509.ParseCertificate(resp.GetCaCertificate())
 	if err != nil {
 		return kubeadm.KubeletCredentials{}, fmt.Errorf("cluster CA certificate: %w", err)
@@ -281,9 +281,9 @@ func kubeletCredentials(resp *initpb.JoinResponse, key *ecdsa.PrivateKey) (kubea
 
 // writePKI installs the control plane's shared PKI files a control-plane join received: exactly the expected
 // files, keys readable by root only.
-func writePKI(dir string, files []*initpb.PKIFile) error {
+func writePKI(dir string, files []*joinpb.PKIFile) error {
 	want := map[string]bool{}
-	for _, name := range joinservice.ControlPlaneFiles {
+	for _, name := range joinpb.ControlPlaneFiles {
 		want[name] = true
 	}
 	if len(files) != len(want) {

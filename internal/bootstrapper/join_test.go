@@ -15,20 +15,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 )
 
 func TestWritePKI(t *testing.T) {
-	var files []*initpb.PKIFile
-	for _, name := range joinservice.ControlPlaneFiles {
-		files = append(files, &initpb.PKIFile{Name: name, Content: []byte(name)})
+	var files []*joinpb.PKIFile
+	for _, name := range joinpb.ControlPlaneFiles {
+		files = append(files, &joinpb.PKIFile{Name: name, Content: []byte(name)})
 	}
 	dir := t.TempDir()
 	if err := writePKI(dir, files); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range joinservice.ControlPlaneFiles {
+	for _, name := range joinpb.ControlPlaneFiles {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -37,10 +36,10 @@ func TestWritePKI(t *testing.T) {
 			t.Errorf("%s: mode %v", name, fi.Mode().Perm())
 		}
 	}
-	for name, bad := range map[string][]*initpb.PKIFile{
+	for name, bad := range map[string][]*joinpb.PKIFile{
 		"missing file":   files[1:],
-		"escaping path":  append(append([]*initpb.PKIFile{}, files[1:]...), &initpb.PKIFile{Name: "../../etc/passwd"}),
-		"duplicate file": append(append([]*initpb.PKIFile{}, files[1:]...), files[1]),
+		"escaping path":  append(append([]*joinpb.PKIFile{}, files[1:]...), &joinpb.PKIFile{Name: "../../etc/passwd"}),
+		"duplicate file": append(append([]*joinpb.PKIFile{}, files[1:]...), files[1]),
 	} {
 		if err := writePKI(t.TempDir(), bad); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -72,7 +71,7 @@ func TestKubeletCredentials(t *testing.T) {
 		}
 		return der
 	}
-	good := &initpb.JoinResponse{CaCertificate: caDER, CaCertHash: hash, KubeletCertificate: issue(&key.PublicKey, caKey, ca)}
+	good := &joinpb.JoinResponse{CaCertificate: caDER, CaCertHash: hash, KubeletCertificate: issue(&key.PublicKey, caKey, ca)}
 	creds, err := kubeletCredentials(good, key)
 	if err != nil || !strings.Contains(string(creds.Key), "EC PRIVATE KEY") || !strings.Contains(string(creds.Cert), "CERTIFICATE") {
 		t.Fatalf("good answer: %v", err)
@@ -80,7 +79,7 @@ func TestKubeletCredentials(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	impostorDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &other.PublicKey, other) // same name, another key
 	impostor, _ := x509.ParseCertificate(impostorDER)
-	for name, resp := range map[string]*initpb.JoinResponse{
+	for name, resp := range map[string]*joinpb.JoinResponse{
 		"CA not pinned":          {CaCertificate: caDER, CaCertHash: "sha256:" + strings.Repeat("0", 64), KubeletCertificate: good.KubeletCertificate},
 		"another key":            {CaCertificate: caDER, CaCertHash: hash, KubeletCertificate: issue(&other.PublicKey, caKey, ca)},
 		"not signed by the CA":   {CaCertificate: caDER, CaCertHash: hash, KubeletCertificate: issue(&key.PublicKey, other, impostor)},

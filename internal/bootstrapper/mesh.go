@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
@@ -118,7 +119,7 @@ func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) erro
 	if a.admitted == nil {
 		a.admitted = map[string]admittedPeer{}
 	}
-	a.admitted[node] = admittedPeer{key: key, until: time.Now().Add(joinservice.TokenTTL)}
+	a.admitted[node] = admittedPeer{key: key, until: time.Now().Add(joinpb.TokenTTL)}
 	a.mu.Unlock()
 	a.log.Info("node admitted by this node's join service; a peer until it publishes its key", "node", node, "publicKey", key.String())
 	return a.apply(ctx)
@@ -353,7 +354,7 @@ func (a *meshAgent) start() error {
 		Protected:         []netip.Prefix{network, a.podNetwork},
 		Infrastructure:    []netip.Prefix{infra},
 		OperatorTCPPorts:  operatorPorts,
-		PlaintextTCPPorts: []uint16{joinservice.Port},
+		PlaintextTCPPorts: []uint16{joinpb.Port},
 	}
 	if pods, err := netip.ParsePrefix(a.self.PodCIDR); err == nil {
 		routing.Local = []netip.Prefix{pods}
@@ -466,7 +467,7 @@ func meshPeers(recorded []meshpeers.Peer, instances []metadata.Instance, self st
 }
 
 // peersFromJoin are the mesh's nodes as the join service listed them.
-func peersFromJoin(list []*initpb.MeshPeer) ([]meshpeers.Peer, error) {
+func peersFromJoin(list []*joinpb.MeshPeer) ([]meshpeers.Peer, error) {
 	var out []meshpeers.Peer
 	for _, p := range list {
 		if len(p.GetPublicKey()) != len(wgmesh.Key{}) {

@@ -21,7 +21,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
@@ -41,7 +41,7 @@ func TestEditedJoinConfigurationIsRefused(t *testing.T) {
 	tokens := &countingTokens{}
 	addr := startJoinService(t, Options{Config: config, Tokens: tokens}, cp.Issuer)
 	joinAs := func(issuer attestation.Issuer) error {
-		_, err := joiner{addr: addr, issuer: issuer, roots: []*x509.Certificate{cp.CA.Certificate()}, policy: clusterPolicy(cp)}.join(t, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+		_, err := joiner{addr: addr, issuer: issuer, roots: []*x509.Certificate{cp.CA.Certificate()}, policy: clusterPolicy(cp)}.join(t, &joinpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
 	}
 	join := func() error { return joinAs(node.Issuer) }

@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/version"
@@ -29,7 +30,7 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and list
-// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
+// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
 // from workers; keyService the key service's address, for disk keys.
 func Manifests(config map[string]string, metadataURL, keyService string) ([]byte, error) {
 	meta := func(name string) map[string]any { return kubeapi.Meta(Name, name) }
@@ -40,7 +41,7 @@ func Manifests(config map[string]string, metadataURL, keyService string) ([]byte
 		Name:  Name,
 		Image: Image(),
 		Args: []string{
-			"--listen=$(NODE_IP):" + strconv.Itoa(Port),
+			"--listen=$(NODE_IP):" + strconv.Itoa(joinpb.Port),
 			"--api-endpoint=$(NODE_IP):6443",
 			"--api-server=https://$(NODE_IP):6443",
 			"--metadata=" + metadataURL,

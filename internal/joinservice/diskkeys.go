@@ -12,12 +12,9 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
-	"github.com/constellation-dev/constellation/internal/kms"
 )
-
-// DiskKeyLength is the length of a state disk key.
-const DiskKeyLength = kms.DiskKeySize
 
 // DiskKeys returns the key of a node's state disk.
 type DiskKeys interface {
@@ -98,7 +95,7 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]
 	if err != nil {
 		return nil, err
 	}
-	key, err := c.GetDiskKey(ctx, uuid, node, DiskKeyLength)
+	key, err := c.GetDiskKey(ctx, uuid, node, joinpb.DiskKeyLength)
 	if status.Code(err) == codes.PermissionDenied {
 		return nil, fmt.Errorf("%w: %w", ErrDiskOfAnotherNode, err)
 	}

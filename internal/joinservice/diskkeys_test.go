@@ -17,8 +17,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -40,8 +41,8 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
 	jsAddr := startJoinService(t, Options{Config: config, Disks: disks}, cp.Issuer)
 
-	join := func(uuid string) (*initpb.JoinResponse, error) {
-		return joiner{addr: jsAddr, issuer: node.Issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, "node-0")})
+	join := func(uuid string) (*joinpb.JoinResponse, error) {
+		return joiner{addr: jsAddr, issuer: node.Issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &joinpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, "node-0")})
 	}
 	uuid := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	resp, err := join(uuid)
@@ -150,8 +151,8 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 	var logs syncBuffer
 	jsAddr := startJoinService(t, Options{Config: config, Disks: disks, Log: slog.New(slog.NewJSONHandler(&logs, nil))}, cp.Issuer)
 
-	join := func(issuer attestation.Issuer, name, uuid string) (*initpb.JoinResponse, error) {
-		return joiner{addr: jsAddr, issuer: issuer, roots: roots, policy: clusterPolicy(nodeA)}.join(t, &initpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, name)})
+	join := func(issuer attestation.Issuer, name, uuid string) (*joinpb.JoinResponse, error) {
+		return joiner{addr: jsAddr, issuer: issuer, roots: roots, policy: clusterPolicy(nodeA)}.join(t, &joinpb.JoinRequest{DiskUuid: uuid, KubeletCsr: kubeletCSR(t, name)})
 	}
 	diskA := "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
 	diskB := "5d0e7c51-2b1e-4f3a-8c7d-9a0b1c2d3e4f"
@@ -190,5 +191,12 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 	// Now node A cannot take node B's disk either.
 	if _, err := join(nodeA.Issuer, "node-0", diskB); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("node A asked for node B's disk key: %v, want PermissionDenied", err)
+	}
+}
+
+// The Join API's disk key length is what the key service derives for a disk.
+func TestContractDiskKeyLength(t *testing.T) {
+	if joinpb.DiskKeyLength != kms.DiskKeySize {
+		t.Fatalf("joinpb.DiskKeyLength = %d, kms.DiskKeySize = %d", joinpb.DiskKeyLength, kms.DiskKeySize)
 	}
 }

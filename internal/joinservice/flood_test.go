@@ -13,7 +13,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls/atlstest"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 )
 
 // Flooders from one source hammer the join service's handshakes (each would make the service quote with its
@@ -67,7 +67,7 @@ func TestJoinDuringAHandshakeFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, joinErr := initpb.NewJoinClient(conn).Join(context.Background(), &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+	_, joinErr := joinpb.NewJoinClient(conn).Join(context.Background(), &joinpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 	attemptsDuringJoin := flood.Attempts()
 	flood.Stop()
 	if joinErr != nil {

@@ -38,16 +38,10 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
-
-// Port is the join service's port on every control-plane node.
-const Port = 9001
-
-// TokenTTL bounds how long a bootstrap token handed to a joining node is valid.
-const TokenTTL = 10 * time.Minute
 
 // Tokens creates Kubernetes bootstrap tokens.
 type Tokens interface {
@@ -58,12 +52,6 @@ type Tokens interface {
 // The provider answers, as it also issued that certificate.
 type Roles interface {
 	IsControlPlane(ctx context.Context, name string) (bool, error)
-}
-
-// ControlPlaneFiles are the files of the control plane's shared PKI (paths relative to the PKI directory) that
-// a joining control-plane node needs: the cluster, front-proxy and etcd CAs and the service-account key.
-var ControlPlaneFiles = []string{
-	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
 
 // Mesh is the cluster's WireGuard mesh (see package meshpeers).
@@ -98,7 +86,7 @@ type Options struct {
 
 // Server implements the Join gRPC API.
 type Server struct {
-	initpb.UnimplementedJoinServer
+	joinpb.UnimplementedJoinServer
 	config   *Config
 	tokens   Tokens
 	roles    Roles
@@ -128,12 +116,12 @@ func NewGRPCServer(s *Server, issuer attestation.Issuer) (*grpc.Server, error) {
 		creds.LimitIssuance(s.limit)
 	}
 	srv := grpc.NewServer(grpc.Creds(creds))
-	initpb.RegisterJoinServer(srv, s)
+	joinpb.RegisterJoinServer(srv, s)
 	return srv, nil
 }
 
 // Join admits a node whose evidence the aTLS handshake has validated.
-func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.JoinResponse, error) {
+func (s *Server) Join(ctx context.Context, req *joinpb.JoinRequest) (*joinpb.JoinResponse, error) {
 	caller, ok := atls.AttestedPeer(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "the join service only admits attested nodes")
@@ -172,7 +160,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	var files []*initpb.PKIFile
+	var files []*joinpb.PKIFile
 	if req.GetControlPlane() {
 		cp, err := s.roles.IsControlPlane(ctx, name)
 		if err != nil {
@@ -214,7 +202,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		s.log.Error("join failed: signing the kubelet certificate", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "signing the kubelet certificate failed")
 	}
-	var peers []*initpb.MeshPeer
+	var peers []*joinpb.MeshPeer
 	var pskRoot []byte
 	if s.mesh != nil {
 		// Without the root the node could configure no peer: refuse the join rather than admit a node
@@ -243,32 +231,32 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		}
 		for _, p := range list {
 			if p.Node != name {
-				peers = append(peers, &initpb.MeshPeer{Node: p.Node, PublicKey: p.PublicKey[:]})
+				peers = append(peers, &joinpb.MeshPeer{Node: p.Node, PublicKey: p.PublicKey[:]})
 			}
 		}
 	}
-	token, err := s.tokens.CreateToken(ctx, TokenTTL)
+	token, err := s.tokens.CreateToken(ctx, joinpb.TokenTTL)
 	if err != nil {
 		s.log.Error("join failed: creating a bootstrap token", "caller", caller, "error", err)
 		return nil, status.Error(codes.Internal, "creating a bootstrap token failed")
 	}
-	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", TokenTTL.String(), "kubeletCertificate", csr.Subject.CommonName}
+	attrs := []any{"caller", caller, "controlPlane", req.GetControlPlane(), "disk", req.GetDiskUuid(), "tokenTTL", joinpb.TokenTTL.String(), "kubeletCertificate", csr.Subject.CommonName}
 	if meshKey != (wgmesh.Key{}) {
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &joinpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.
-func readPKI(dir string) ([]*initpb.PKIFile, error) {
-	files := make([]*initpb.PKIFile, 0, len(ControlPlaneFiles))
-	for _, name := range ControlPlaneFiles {
+func readPKI(dir string) ([]*joinpb.PKIFile, error) {
+	files := make([]*joinpb.PKIFile, 0, len(joinpb.ControlPlaneFiles))
+	for _, name := range joinpb.ControlPlaneFiles {
 		content, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return nil, err
 		}
-		files = append(files, &initpb.PKIFile{Name: name, Content: content})
+		files = append(files, &joinpb.PKIFile{Name: name, Content: content})
 	}
 	return files, nil
 }

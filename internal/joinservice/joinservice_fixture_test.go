@@ -15,7 +15,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
@@ -156,7 +156,7 @@ type joiner struct {
 }
 
 // join makes one join, on a connection (and so an aTLS handshake) of its own.
-func (j joiner) join(t *testing.T, req *initpb.JoinRequest, opts ...grpc.CallOption) (*initpb.JoinResponse, error) {
+func (j joiner) join(t *testing.T, req *joinpb.JoinRequest, opts ...grpc.CallOption) (*joinpb.JoinResponse, error) {
 	t.Helper()
 	v, err := vtpm.NewValidator(j.roots, j.policy, nil)
 	if err != nil {
@@ -173,5 +173,5 @@ func (j joiner) join(t *testing.T, req *initpb.JoinRequest, opts ...grpc.CallOpt
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return initpb.NewJoinClient(conn).Join(ctx, req, opts...)
+	return joinpb.NewJoinClient(conn).Join(ctx, req, opts...)
 }

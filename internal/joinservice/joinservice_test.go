@@ -32,7 +32,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -169,7 +169,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	tokens := &countingTokens{}
 	caPath := writeCA(t)
 	pki := filepath.Dir(caPath)
-	for _, name := range ControlPlaneFiles[2:] { // ca.crt and ca.key are the CA's
+	for _, name := range joinpb.ControlPlaneFiles[2:] { // ca.crt and ca.key are the CA's
 		os.MkdirAll(filepath.Dir(filepath.Join(pki, name)), 0o700)
 		if err := os.WriteFile(filepath.Join(pki, name), []byte("content of "+name), 0o600); err != nil {
 			t.Fatal(err)
@@ -182,12 +182,12 @@ func TestJoinOverMutualATLS(t *testing.T) {
 	// The joining node trusts a join service that booted as it did (here: the same node).
 	j := joiner{addr: addr, issuer: node.Issuer, roots: roots, policy: clusterPolicy(node)}
 	_, meshKey, _ := wgmesh.GenerateKey()
-	var joinWith func(controlPlane bool, key []byte) (*initpb.JoinResponse, error)
-	join := func() (*initpb.JoinResponse, error) { return joinWith(false, meshKey[:]) }
-	joinAs := func(controlPlane bool) (*initpb.JoinResponse, error) { return joinWith(controlPlane, meshKey[:]) }
-	joinWith = func(controlPlane bool, key []byte) (*initpb.JoinResponse, error) {
+	var joinWith func(controlPlane bool, key []byte) (*joinpb.JoinResponse, error)
+	join := func() (*joinpb.JoinResponse, error) { return joinWith(false, meshKey[:]) }
+	joinAs := func(controlPlane bool) (*joinpb.JoinResponse, error) { return joinWith(controlPlane, meshKey[:]) }
+	joinWith = func(controlPlane bool, key []byte) (*joinpb.JoinResponse, error) {
 		var pr peer.Peer
-		resp, err := j.join(t, &initpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
+		resp, err := j.join(t, &joinpb.JoinRequest{ControlPlane: controlPlane, WireguardPublicKey: key, KubeletCsr: kubeletCSR(t, "node-0")}, grpc.Peer(&pr))
 		if info, ok := pr.AuthInfo.(credentials.TLSInfo); err == nil && (!ok || info.State.CurveID != tls.X25519MLKEM768) {
 			t.Fatalf("the join channel's key exchange is not the post-quantum hybrid: %+v", pr.AuthInfo)
 		}
@@ -266,7 +266,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 		t.Fatalf("control-plane join: %v", err)
 	}
 	caKey, _ := os.ReadFile(filepath.Join(pki, "ca.key"))
-	if got := resp.GetControlPlaneFiles(); len(got) != len(ControlPlaneFiles) || got[1].GetName() != "ca.key" || !bytes.Equal(got[1].GetContent(), caKey) || string(got[2].GetContent()) != "content of sa.key" {
+	if got := resp.GetControlPlaneFiles(); len(got) != len(joinpb.ControlPlaneFiles) || got[1].GetName() != "ca.key" || !bytes.Equal(got[1].GetContent(), caKey) || string(got[2].GetContent()) != "content of sa.key" {
 		t.Fatalf("control-plane files: %v", got)
 	}
 	nodeRoles["node-0"] = false
@@ -306,7 +306,7 @@ func TestJoinOverMutualATLS(t *testing.T) {
 
 func TestJoinRequiresAnAttestedPeer(t *testing.T) {
 	s := New(Options{Tokens: &countingTokens{}, Roles: roles{}, Log: slog.New(slog.DiscardHandler)})
-	if _, err := s.Join(context.Background(), &initpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
+	if _, err := s.Join(context.Background(), &joinpb.JoinRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Join without aTLS = %v, want Unauthenticated", err)
 	}
 }
@@ -442,7 +442,7 @@ func TestJoinReplayIsRefused(t *testing.T) {
 	addr := startJoinService(t, Options{Config: config, Tokens: tokens}, node.Issuer)
 	recorder := &recordingIssuer{Issuer: node.Issuer}
 	join := func(issuer attestation.Issuer) error {
-		_, err := joiner{addr: addr, issuer: issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &initpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
+		_, err := joiner{addr: addr, issuer: issuer, roots: roots, policy: clusterPolicy(node)}.join(t, &joinpb.JoinRequest{KubeletCsr: kubeletCSR(t, "node-0")})
 		return err
 	}
 	if err := join(recorder); err != nil {

@@ -67,7 +67,7 @@ func (k *KeyServiceMeshRoot) PresharedRoot(ctx context.Context) (wgmesh.Key, err
 		return wgmesh.Key{}, err
 	}
 	defer c.Close()
-	raw, err := c.GetDataKey(ctx, string(kms.PurposeDataKey)+"/"+MeshRootKeyID, uint32(len(wgmesh.Key{})))
+	raw, err := c.GetDataKey(ctx, keyservice.DataKeyID(kms.PurposeDataKey, MeshRootKeyID), uint32(len(wgmesh.Key{})))
 	if err != nil {
 		return wgmesh.Key{}, fmt.Errorf("getting the WireGuard preshared root key: %w", err)
 	}

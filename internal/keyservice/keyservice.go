@@ -88,7 +88,13 @@ func NewGRPCServer(s *Server, issuer attestation.Issuer, validators []attestatio
 	return srv, nil
 }
 
-// ParseDataKeyID splits "<purpose>/<identifier>" and checks that a remote caller may ask for it.
+// DataKeyID is the key service's ID of the data key of purpose for identifier: "<purpose>/<identifier>", as
+// ParseDataKeyID reads it.
+func DataKeyID(purpose kms.Purpose, identifier string) string {
+	return string(purpose) + "/" + identifier
+}
+
+// ParseDataKeyID splits "<purpose>/<identifier>" (see DataKeyID) and checks that a remote caller may ask for it.
 func ParseDataKeyID(id string) (kms.Purpose, string, error) {
 	purpose, rest, ok := strings.Cut(id, "/")
 	if !ok {
@@ -207,7 +213,7 @@ func (c *Client) GetDataKey(ctx context.Context, id string, length uint32) ([]by
 // presented the disk. The key service refuses it (codes.PermissionDenied) if the disk is bound to another
 // node.
 func (c *Client) GetDiskKey(ctx context.Context, uuid, node string, length uint32) ([]byte, error) {
-	return c.getDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: string(kms.PurposeDiskKey) + "/" + uuid, Length: length, Node: node})
+	return c.getDataKey(ctx, &keyservicepb.GetDataKeyRequest{DataKeyId: DataKeyID(kms.PurposeDiskKey, uuid), Length: length, Node: node})
 }
 
 func (c *Client) getDataKey(ctx context.Context, req *keyservicepb.GetDataKeyRequest) ([]byte, error) {

@@ -296,320 +296,6 @@ func (x *InitResponse) GetClusterId() []byte {
 	return nil
 }
 
-type JoinRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// control_plane asks to join as a control-plane node. The join service grants it only to nodes the
-	// provider names as control-plane nodes in their attestation key certificate.
-	ControlPlane bool `protobuf:"varint,1,opt,name=control_plane,json=controlPlane,proto3" json:"control_plane,omitempty"`
-	// disk_uuid is the UUID of the node's state disk; the answer carries that disk's key.
-	DiskUuid string `protobuf:"bytes,2,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
-	// wireguard_public_key is the public key (32 bytes) of the WireGuard key pair the node generated for this
-	// join; the private key never leaves the node. The join service records it for the node's attested name,
-	// and the other nodes make it their peer.
-	WireguardPublicKey []byte `protobuf:"bytes,3,opt,name=wireguard_public_key,json=wireguardPublicKey,proto3" json:"wireguard_public_key,omitempty"`
-	// kubelet_csr is a certificate request (DER) for the node's kubelet client certificate, for the subject
-	// CN=system:node:<name>, O=system:nodes; its key never leaves the node. The join service signs it only for
-	// the name in the node's attestation key certificate.
-	KubeletCsr    []byte `protobuf:"bytes,4,opt,name=kubelet_csr,json=kubeletCsr,proto3" json:"kubelet_csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinRequest) Reset() {
-	*x = JoinRequest{}
-	mi := &file_init_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinRequest) ProtoMessage() {}
-
-func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
-func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *JoinRequest) GetControlPlane() bool {
-	if x != nil {
-		return x.ControlPlane
-	}
-	return false
-}
-
-func (x *JoinRequest) GetDiskUuid() string {
-	if x != nil {
-		return x.DiskUuid
-	}
-	return ""
-}
-
-func (x *JoinRequest) GetWireguardPublicKey() []byte {
-	if x != nil {
-		return x.WireguardPublicKey
-	}
-	return nil
-}
-
-func (x *JoinRequest) GetKubeletCsr() []byte {
-	if x != nil {
-		return x.KubeletCsr
-	}
-	return nil
-}
-
-// MeshPeer is a node of the cluster's WireGuard mesh.
-type MeshPeer struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// node is the node's name; its addresses come from the provider.
-	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// public_key is its WireGuard public key (32 bytes).
-	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MeshPeer) Reset() {
-	*x = MeshPeer{}
-	mi := &file_init_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MeshPeer) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MeshPeer) ProtoMessage() {}
-
-func (x *MeshPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MeshPeer.ProtoReflect.Descriptor instead.
-func (*MeshPeer) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *MeshPeer) GetNode() string {
-	if x != nil {
-		return x.Node
-	}
-	return ""
-}
-
-func (x *MeshPeer) GetPublicKey() []byte {
-	if x != nil {
-		return x.PublicKey
-	}
-	return nil
-}
-
-// PKIFile is a file of the control plane's shared PKI, by its path relative to /etc/kubernetes/pki.
-type PKIFile struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PKIFile) Reset() {
-	*x = PKIFile{}
-	mi := &file_init_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PKIFile) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PKIFile) ProtoMessage() {}
-
-func (x *PKIFile) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PKIFile.ProtoReflect.Descriptor instead.
-func (*PKIFile) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *PKIFile) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *PKIFile) GetContent() []byte {
-	if x != nil {
-		return x.Content
-	}
-	return nil
-}
-
-type JoinResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// api_endpoint is host:port of the Kubernetes API server.
-	ApiEndpoint string `protobuf:"bytes,1,opt,name=api_endpoint,json=apiEndpoint,proto3" json:"api_endpoint,omitempty"`
-	// token is a kubeadm bootstrap token with a short lifetime.
-	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	// ca_cert_hash pins the cluster CA ("sha256:<hex>" of its public key).
-	CaCertHash string `protobuf:"bytes,3,opt,name=ca_cert_hash,json=caCertHash,proto3" json:"ca_cert_hash,omitempty"`
-	// cluster_id is extended into the joining node's PCR 15.
-	ClusterId []byte `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	// control_plane_files are the control plane's shared certificates and keys (the cluster CAs and the
-	// service-account key), for control-plane joins only.
-	ControlPlaneFiles []*PKIFile `protobuf:"bytes,5,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
-	// disk_key is the key of the state disk named in the request (64 bytes), derived from the master secret.
-	DiskKey []byte `protobuf:"bytes,6,opt,name=disk_key,json=diskKey,proto3" json:"disk_key,omitempty"`
-	// mesh_peers are the nodes of the WireGuard mesh when the node was admitted, so that it reaches the control
-	// plane through the tunnel from the start.
-	MeshPeers []*MeshPeer `protobuf:"bytes,7,rep,name=mesh_peers,json=meshPeers,proto3" json:"mesh_peers,omitempty"`
-	// kubelet_certificate is the kubelet's client certificate (DER), signed by the cluster CA for the request's
-	// key; ca_certificate is the cluster CA certificate (DER), whose key ca_cert_hash pins.
-	KubeletCertificate []byte `protobuf:"bytes,8,opt,name=kubelet_certificate,json=kubeletCertificate,proto3" json:"kubelet_certificate,omitempty"`
-	CaCertificate      []byte `protobuf:"bytes,9,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	// mesh_psk_root is the mesh's root key for WireGuard preshared keys (32 bytes), derived from the master
-	// secret: every pair of nodes derives its own preshared key from it and the pair's public keys.
-	MeshPskRoot   []byte `protobuf:"bytes,10,opt,name=mesh_psk_root,json=meshPskRoot,proto3" json:"mesh_psk_root,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinResponse) Reset() {
-	*x = JoinResponse{}
-	mi := &file_init_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinResponse) ProtoMessage() {}
-
-func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
-func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *JoinResponse) GetApiEndpoint() string {
-	if x != nil {
-		return x.ApiEndpoint
-	}
-	return ""
-}
-
-func (x *JoinResponse) GetToken() string {
-	if x != nil {
-		return x.Token
-	}
-	return ""
-}
-
-func (x *JoinResponse) GetCaCertHash() string {
-	if x != nil {
-		return x.CaCertHash
-	}
-	return ""
-}
-
-func (x *JoinResponse) GetClusterId() []byte {
-	if x != nil {
-		return x.ClusterId
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetControlPlaneFiles() []*PKIFile {
-	if x != nil {
-		return x.ControlPlaneFiles
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetDiskKey() []byte {
-	if x != nil {
-		return x.DiskKey
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetMeshPeers() []*MeshPeer {
-	if x != nil {
-		return x.MeshPeers
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetKubeletCertificate() []byte {
-	if x != nil {
-		return x.KubeletCertificate
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetCaCertificate() []byte {
-	if x != nil {
-		return x.CaCertificate
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetMeshPskRoot() []byte {
-	if x != nil {
-		return x.MeshPskRoot
-	}
-	return nil
-}
-
 var File_init_proto protoreflect.FileDescriptor
 
 const file_init_proto_rawDesc = "" +
@@ -640,40 +326,10 @@ const file_init_proto_rawDesc = "" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
 	"kubeconfig\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x02 \x01(\fR\tclusterId\"\xa2\x01\n" +
-	"\vJoinRequest\x12#\n" +
-	"\rcontrol_plane\x18\x01 \x01(\bR\fcontrolPlane\x12\x1b\n" +
-	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\x120\n" +
-	"\x14wireguard_public_key\x18\x03 \x01(\fR\x12wireguardPublicKey\x12\x1f\n" +
-	"\vkubelet_csr\x18\x04 \x01(\fR\n" +
-	"kubeletCsr\"=\n" +
-	"\bMeshPeer\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
-	"\n" +
-	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
-	"\aPKIFile\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\xaf\x03\n" +
-	"\fJoinResponse\x12!\n" +
-	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
-	"\fca_cert_hash\x18\x03 \x01(\tR\n" +
-	"caCertHash\x12\x1d\n" +
-	"\n" +
-	"cluster_id\x18\x04 \x01(\fR\tclusterId\x12N\n" +
-	"\x13control_plane_files\x18\x05 \x03(\v2\x1e.constellation.init.v1.PKIFileR\x11controlPlaneFiles\x12\x19\n" +
-	"\bdisk_key\x18\x06 \x01(\fR\adiskKey\x12>\n" +
-	"\n" +
-	"mesh_peers\x18\a \x03(\v2\x1f.constellation.init.v1.MeshPeerR\tmeshPeers\x12/\n" +
-	"\x13kubelet_certificate\x18\b \x01(\fR\x12kubeletCertificate\x12%\n" +
-	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate\x12\"\n" +
-	"\rmesh_psk_root\x18\n" +
-	" \x01(\fR\vmeshPskRoot2\xae\x01\n" +
+	"cluster_id\x18\x02 \x01(\fR\tclusterId2\xae\x01\n" +
 	"\x04Init\x12O\n" +
 	"\x04Init\x12\".constellation.init.v1.InitRequest\x1a#.constellation.init.v1.InitResponse\x12U\n" +
-	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponse2W\n" +
-	"\x04Join\x12O\n" +
-	"\x04Join\x12\".constellation.init.v1.JoinRequest\x1a#.constellation.init.v1.JoinResponseBIZGgithub.com/constellation-dev/constellation/internal/bootstrapper/initpbb\x06proto3"
+	"\aRecover\x12\".constellation.init.v1.InitRequest\x1a&.constellation.init.v1.RecoverResponseBIZGgithub.com/constellation-dev/constellation/internal/bootstrapper/initpbb\x06proto3"
 
 var (
 	file_init_proto_rawDescOnce sync.Once
@@ -687,32 +343,24 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_init_proto_goTypes = []any{
 	(*RecoverResponse)(nil), // 0: constellation.init.v1.RecoverResponse
 	(*InitRequest)(nil),     // 1: constellation.init.v1.InitRequest
 	(*KMIP)(nil),            // 2: constellation.init.v1.KMIP
 	(*InitResponse)(nil),    // 3: constellation.init.v1.InitResponse
-	(*JoinRequest)(nil),     // 4: constellation.init.v1.JoinRequest
-	(*MeshPeer)(nil),        // 5: constellation.init.v1.MeshPeer
-	(*PKIFile)(nil),         // 6: constellation.init.v1.PKIFile
-	(*JoinResponse)(nil),    // 7: constellation.init.v1.JoinResponse
 }
 var file_init_proto_depIdxs = []int32{
 	2, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	6, // 1: constellation.init.v1.JoinResponse.control_plane_files:type_name -> constellation.init.v1.PKIFile
-	5, // 2: constellation.init.v1.JoinResponse.mesh_peers:type_name -> constellation.init.v1.MeshPeer
-	1, // 3: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	1, // 4: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
-	4, // 5: constellation.init.v1.Join.Join:input_type -> constellation.init.v1.JoinRequest
-	3, // 6: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	0, // 7: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
-	7, // 8: constellation.init.v1.Join.Join:output_type -> constellation.init.v1.JoinResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	1, // 1: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	1, // 2: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
+	3, // 3: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	0, // 4: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -726,9 +374,9 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   4,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   1,
 		},
 		GoTypes:           file_init_proto_goTypes,
 		DependencyIndexes: file_init_proto_depIdxs,

@@ -22,8 +22,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -86,12 +85,12 @@ func run(ctx context.Context, log *slog.Logger) error {
 			if inst.Name != "control-plane-0" {
 				continue
 			}
-			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinservice.Port)), grpc.WithTransportCredentials(creds))
+			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinpb.Port)), grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return err
 			}
 			callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{WireguardPublicKey: meshKey[:], KubeletCsr: csr})
+			resp, err := joinpb.NewJoinClient(conn).Join(callCtx, &joinpb.JoinRequest{WireguardPublicKey: meshKey[:], KubeletCsr: csr})
 			cancel()
 			conn.Close()
 			if err != nil {

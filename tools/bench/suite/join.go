@@ -26,8 +26,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -166,7 +166,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 		defer conn.Close()
 		callCtx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		resp, err := initpb.NewJoinClient(conn).Join(callCtx, &initpb.JoinRequest{WireguardPublicKey: meshKey[:], KubeletCsr: csr})
+		resp, err := joinpb.NewJoinClient(conn).Join(callCtx, &joinpb.JoinRequest{WireguardPublicKey: meshKey[:], KubeletCsr: csr})
 		if err != nil {
 			return 0, err
 		}
