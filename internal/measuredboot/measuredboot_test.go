@@ -100,17 +100,17 @@ func TestRejectsBadCmdline(t *testing.T) {
 }
 
 func TestMemberAndFreshPolicy(t *testing.T) {
-	policy := measurements.M{4: {Expected: measurements.Digest{1}}}
+	policy := measurements.M{PCRNodeImage: {Expected: measurements.Digest{1}}, PCRBootParams: {Expected: measurements.Digest{2}}}
 	id := bytes.Repeat([]byte{7}, 32)
 	member := MemberPolicy(policy, id)
 	fresh := FreshPolicy(policy)
-	if len(policy) != 1 {
+	if len(policy) != 2 {
 		t.Fatal("the input policy was changed")
 	}
-	if member[4] != policy[4] || member[measurements.PCRClusterID].Expected != ExpectedClusterIDPCR(id) {
+	if member[PCRNodeImage] != policy[PCRNodeImage] || member[PCRBootParams] != policy[PCRBootParams] || member[measurements.PCRClusterID].Expected != ExpectedClusterIDPCR(id) || len(member) != 3 {
 		t.Fatalf("MemberPolicy = %v", member)
 	}
-	if fresh[4] != policy[4] || fresh[measurements.PCRClusterID].Expected != (measurements.Digest{}) || len(fresh) != 2 {
+	if fresh[PCRNodeImage] != policy[PCRNodeImage] || fresh[PCRBootParams] != policy[PCRBootParams] || fresh[measurements.PCRClusterID].Expected != (measurements.Digest{}) || len(fresh) != 3 {
 		t.Fatalf("FreshPolicy = %v", fresh)
 	}
 }
