@@ -125,8 +125,11 @@ func TestRejectsUnattestedOrWrongPeers(t *testing.T) {
 	node, v := newNode(t)
 	validators := []attestation.Validator{v}
 
-	// A validator whose policy expects another node image.
-	strictPolicy := measurements.M{4: {Expected: measurements.Digest{0xcd}}}
+	// A validator whose policy expects another node image (and the node's boot parameters).
+	strictPolicy := measurements.M{
+		measurements.PCRNodeImage:  {Expected: measurements.Digest{0xcd}},
+		measurements.PCRBootParams: node.Policy[measurements.PCRBootParams],
+	}
 	strict, err := vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, strictPolicy, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -345,12 +348,12 @@ func TestGRPC(t *testing.T) {
 		}
 	}
 	wrong := maps.Clone(node.Policy)
-	wrong[9] = measurements.Measurement{}
+	wrong[measurements.PCRBootParams] = measurements.Measurement{}
 	strict, err := vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, wrong, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := call([]attestation.Validator{strict}); err == nil || !strings.Contains(err.Error(), "PCR 9") {
+	if err := call([]attestation.Validator{strict}); err == nil || !strings.Contains(err.Error(), "PCR 8") {
 		t.Fatalf("gRPC call to a server with wrong measurements = %v", err)
 	}
 }

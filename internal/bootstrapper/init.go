@@ -313,7 +313,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 
 // readClusterPolicy reads the cluster's measurement policy that init kept on the state disk; nil if there is
 // none (a node other than the first control-plane node). A policy that is not valid (one that would accept
-// any node image, too) is an error: the key service is never started with it.
+// any node image, or the genuine image booted with any boot parameters, too) is an error: the key service is
+// never started with it.
 func readClusterPolicy(path string) (measurements.M, error) {
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -72,7 +72,8 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 			t.Fatalf("%s: Init = %v, want InvalidArgument", name, err)
 		}
 	}
-	// A policy that would let the join service admit any node image: refused before anything happens.
+	// A policy that would let the join service admit any node image, or the genuine image booted with any boot
+	// parameters: refused before anything happens.
 	for name, bad := range tpmtest.AcceptAnyImage(node.Policy) {
 		raw, _ := json.Marshal(bad)
 		if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: raw}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "accepts any node image") {

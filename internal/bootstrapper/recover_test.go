@@ -169,8 +169,9 @@ func mountOptions(t *testing.T, target string) []string {
 	return opts
 }
 
-// Recovery hands the key service the policy kept on the state disk; one that would accept any node image is
-// refused, and a missing one (a node other than the first control-plane node) is no policy.
+// Recovery hands the key service the policy kept on the state disk; one that would accept any node image, or
+// the genuine image booted with any boot parameters, is refused, and a missing one (a node other than the first
+// control-plane node) is no policy.
 func TestRecoverRefusesAnAcceptAnyImagePolicy(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
 	if err != nil {

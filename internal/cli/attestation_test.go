@@ -96,7 +96,7 @@ func TestAttestationVerify(t *testing.T) {
 		wrong[k] = v
 	}
 	wrong[4] = measurements.Measurement{Expected: measurements.Digest{0xcd}}
-	wrong[9] = measurements.Measurement{Expected: measurements.Digest{0xab}}
+	wrong[8] = measurements.Measurement{Expected: measurements.Digest{0xab}}
 	wrongFile := filepath.Join(f.dir, "wrong.yaml")
 	raw, _ := json.Marshal(wrong)
 	write(t, wrongFile, raw)
@@ -104,9 +104,20 @@ func TestAttestationVerify(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("wrong measurements: code %d, want 1; stderr %q", code, errOut)
 	}
-	for _, want := range []string{"PCRs 4, 9", "PCR 4: ", "expected cd00", "PCR 9: ", "EV_IPL: node image sha256:1111", "EV_IPL: boot parameters"} {
+	for _, want := range []string{"PCRs 4, 8", "PCR 4: ", "expected cd00", "PCR 8: ", "EV_IPL: node image sha256:1111", "EV_IPL: boot parameters"} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("diff lacks %q:\n%s", want, errOut)
+		}
+	}
+
+	// A policy that would accept any image, or the genuine image with any boot parameters: refused before the
+	// evidence is looked at.
+	for name, bad := range tpmtest.AcceptAnyImage(node.Policy) {
+		badFile := filepath.Join(f.dir, "bad.json")
+		raw, _ := json.Marshal(bad)
+		write(t, badFile, raw)
+		if out, errOut, code := run("attestation", "verify", "--evidence", f.evidence, "--measurements", badFile, "--ca", f.ca, "--nonce", f.nonce); code != 2 || !strings.Contains(errOut, "accepts any node image") {
+			t.Errorf("%s: code %d (want 2), stdout %q, stderr %q", name, code, out, errOut)
 		}
 	}
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
 func TestConfigGenerateMini(t *testing.T) {
@@ -33,7 +35,7 @@ func TestConfigGenerateMini(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Attestation.Measurements[measuredboot.PCRNodeImage] != expected[measuredboot.PCRNodeImage] || c.Provider.Mini.Workers != 2 {
+	if !maps.Equal(c.Attestation.Measurements, expected) || c.Attestation.Measurements[measuredboot.PCRBootParams].WarnOnly || c.Provider.Mini.Workers != 2 {
 		t.Fatalf("configuration does not carry the image's measurements: %+v", c)
 	}
 	if _, errOut, code := run("config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); code != 2 || !strings.Contains(errOut, "--force") {
@@ -44,6 +46,19 @@ func TestConfigGenerateMini(t *testing.T) {
 	}
 	if _, errOut, code := run("config", "generate", "aws"); code != 2 || !strings.Contains(errOut, "not supported") {
 		t.Fatalf("unknown provider: code %d, %q", code, errOut)
+	}
+	// Measurements that would accept any image, or the genuine image with any boot parameters, are not written
+	// into a configuration.
+	for name, bad := range tpmtest.AcceptAnyImage(expected) {
+		raw, _ := json.Marshal(bad)
+		write(t, filepath.Join(imageDir, "measurements.json"), raw)
+		ws := t.TempDir()
+		if _, errOut, code := run("config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); code != 2 || !strings.Contains(errOut, "accepts any node image") {
+			t.Errorf("%s: code %d (want 2), stderr %q", name, code, errOut)
+		}
+		if _, err := os.Stat(filepath.Join(ws, config.FileName)); !os.IsNotExist(err) {
+			t.Errorf("%s: a configuration was written (%v)", name, err)
+		}
 	}
 	os.Remove(filepath.Join(imageDir, "measurements.json"))
 	if _, errOut, code := run("config", "generate", "mini", "--image-dir", imageDir, "--workspace", t.TempDir()); code != 2 || !strings.Contains(errOut, "expected measurements") {

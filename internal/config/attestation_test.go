@@ -26,6 +26,9 @@ func TestMiniOutputUnchanged(t *testing.T) {
       warnOnly: false
     "8":
       expected: "0200000000000000000000000000000000000000000000000000000000000000"
+      warnOnly: false
+    "9":
+      expected: "0300000000000000000000000000000000000000000000000000000000000000"
       warnOnly: true
   variant: mini-vtpm
 provider:
@@ -112,7 +115,7 @@ func TestHardwareSections(t *testing.T) {
 	for _, tc := range []struct{ variant, sections string }{
 		{"qemu-sev-snp", snpSection},
 		{"qemu-tdx", tdxSection},
-		{"gcp-sev-snp", "  measurements:\n    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n" + snpSection},
+		{"gcp-sev-snp", "  measurements:\n    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n    \"8\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n" + snpSection},
 	} {
 		t.Run(tc.variant, func(t *testing.T) {
 			raw := hardwareConfig(tc.variant, tc.sections)
@@ -155,7 +158,7 @@ func TestHardwareSections(t *testing.T) {
 }
 
 func TestHardwareSectionProblems(t *testing.T) {
-	pcrs := "  measurements:\n    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n"
+	pcrs := "  measurements:\n    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n    \"8\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n"
 	for name, tc := range map[string]struct {
 		variant, sections string
 		want              []string

@@ -1,12 +1,14 @@
 package config
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
 func valid() *Config {
@@ -14,7 +16,7 @@ func valid() *Config {
 		Version:  Version,
 		Provider: Provider{Mini: &Mini{ControlPlanes: 1, Workers: 2, Image: "node-image.squashfs", ImageDigest: "sha256:" + strings.Repeat("ab", 32)}},
 		Attestation: Attestation{Variant: "mini-vtpm", Measurements: measurements.M{
-			4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}, WarnOnly: true},
+			4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}, 9: {Expected: measurements.Digest{3}, WarnOnly: true},
 		}},
 	}
 }
@@ -29,7 +31,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	if got.Provider.Mini.Workers != 2 || got.Attestation.Measurements[4] != c.Attestation.Measurements[4] || !got.Attestation.Measurements[8].WarnOnly {
+	if got.Provider.Mini.Workers != 2 || got.Attestation.Measurements[4] != c.Attestation.Measurements[4] || got.Attestation.Measurements[8] != c.Attestation.Measurements[8] || !got.Attestation.Measurements[9].WarnOnly {
 		t.Fatalf("round trip changed the configuration: %+v", got)
 	}
 	if err := c.Write(path, false); err == nil || !strings.Contains(err.Error(), "--force") {
@@ -82,7 +84,7 @@ func TestValidateListsEveryProblem(t *testing.T) {
 
 func TestParseRejects(t *testing.T) {
 	base := "version: v1\nprovider:\n  mini: {controlPlanes: 1, workers: 1, image: x, imageDigest: \"sha256:" + strings.Repeat("0", 64) + "\"}\nattestation:\n  variant: mini-vtpm\n  measurements:\n"
-	good := base + "    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n"
+	good := base + "    \"4\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n    \"8\": {expected: \"" + strings.Repeat("00", 32) + "\"}\n"
 	if _, err := Parse([]byte(good)); err != nil {
 		t.Fatalf("valid configuration rejected: %v", err)
 	}
@@ -119,14 +121,11 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// A configuration whose measurements would accept any node image is invalid: it is neither written nor loaded,
-// so the CLI never sends it to a node.
+// A configuration whose measurements would accept any node image, or the genuine image booted with any boot
+// parameters, is invalid: it is neither written nor loaded, so the CLI never sends it to a node nor verifies
+// with it.
 func TestRefusesAcceptAnyImage(t *testing.T) {
-	for name, m := range map[string]measurements.M{
-		"all warn-only":       {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}, WarnOnly: true}},
-		"image PCR missing":   {0: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}},
-		"image PCR warn-only": {4: {Expected: measurements.Digest{1}, WarnOnly: true}, 8: {Expected: measurements.Digest{2}}},
-	} {
+	for name, m := range tpmtest.AcceptAnyImage(valid().Attestation.Measurements) {
 		t.Run(name, func(t *testing.T) {
 			c := valid()
 			c.Attestation.Measurements = m
@@ -137,6 +136,20 @@ func TestRefusesAcceptAnyImage(t *testing.T) {
 			path := filepath.Join(t.TempDir(), FileName)
 			if err := c.Write(path, false); err == nil {
 				t.Fatal("Write accepted the configuration")
+			}
+			// Written by hand: neither the full load nor the attestation-only load (verify) takes it.
+			raw, err := c.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "accepts any node image") {
+				t.Errorf("Load = %v, want the measurements refused", err)
+			}
+			if _, err := LoadAttestation(path); err == nil || !strings.Contains(err.Error(), "accepts any node image") {
+				t.Errorf("LoadAttestation = %v, want the measurements refused", err)
 			}
 		})
 	}

@@ -329,7 +329,7 @@ func TestConfigRejects(t *testing.T) {
 	}
 	for name, bad := range tpmtest.AcceptAnyImage(clusterPolicy(node)) {
 		// The CLI's side refuses to write it, and the join service refuses to run with it: under it the join
-		// service would admit a node booted from any image.
+		// service would admit a node booted from any image, or from the genuine image with any boot parameters.
 		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id, testMACKey); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
 			t.Errorf("%s: ConfigData = %v, want ErrAcceptsAnyImage", name, err)
 		}

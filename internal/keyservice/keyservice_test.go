@@ -158,7 +158,10 @@ func TestGetDataKey(t *testing.T) {
 func TestRefusesUnattestedCallers(t *testing.T) {
 	// The key service accepts only callers whose node image is another one.
 	e := start(t, func(n *tpmtest.Node) measurements.M {
-		return measurements.M{4: {Expected: measurements.Digest{0xcd}}}
+		return measurements.M{
+			measurements.PCRNodeImage:  {Expected: measurements.Digest{0xcd}},
+			measurements.PCRBootParams: n.Policy[measurements.PCRBootParams],
+		}
 	})
 	c, err := NewClient(e.addr, e.node.Issuer, []attestation.Validator{e.v})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -54,7 +55,7 @@ func testSecret(t testing.TB) *Secret {
 	}
 	d, _ := kms.NewDeriver(ms)
 	id, _ := d.ClusterID()
-	return &Secret{MasterSecret: ms, ClusterID: id, Measurements: measurements.M{4: {Expected: measurements.Digest{0x44}}}}
+	return &Secret{MasterSecret: ms, ClusterID: id, Measurements: measurements.M{4: {Expected: measurements.Digest{0x44}}, 8: {Expected: measurements.Digest{0x88}}}}
 }
 
 // serveSecrets serves a holder on an owner-only socket, as the bootstrapper does.
@@ -106,7 +107,7 @@ func TestSecretHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got.MasterSecret.Key, want.MasterSecret.Key) || !bytes.Equal(got.MasterSecret.Salt, want.MasterSecret.Salt) ||
-		!bytes.Equal(got.ClusterID, want.ClusterID) || got.Measurements[4] != want.Measurements[4] || len(got.Measurements) != 1 {
+		!bytes.Equal(got.ClusterID, want.ClusterID) || !maps.Equal(got.Measurements, want.Measurements) {
 		t.Fatal("the key service got another secret than the bootstrapper handed over")
 	}
 	log := logged.String()
@@ -172,8 +173,8 @@ func TestParseSecretRejects(t *testing.T) {
 	}
 }
 
-// The bootstrapper's handover decides whom the key service serves: a policy that would accept any node image
-// is refused on both sides of the socket.
+// The bootstrapper's handover decides whom the key service serves: a policy that would accept any node image,
+// or the genuine image booted with any boot parameters, is refused on both sides of the socket.
 func TestSecretRefusesAcceptAnyImage(t *testing.T) {
 	s := testSecret(t)
 	s.Measurements[0] = measurements.Measurement{Expected: measurements.Digest{0x11}}

@@ -127,7 +127,7 @@ type Node struct {
 	CA     *akca.CA
 	Issuer *vtpm.Issuer
 	Log    *eventlog.Builder
-	// Policy matches the node's PCRs 0, 4, 9 and 15.
+	// Policy matches the node's PCRs 0, 4, 8 and 15.
 	Policy measurements.M
 	// Manufacturer provisioned the TPM's EK certificate, for nodes made by NewSimulatorNode.
 	Manufacturer *Manufacturer
@@ -149,15 +149,16 @@ func (n *Node) Release() {
 	})
 }
 
-// BootMeasurements are the events NewNode measures.
+// BootMeasurements are the events NewNode measures: the node image into PCR 4, the boot parameters into PCR 8,
+// as the mini firmware does (see package measuredboot).
 var BootMeasurements = []struct {
 	PCR  uint32
 	Type eventlog.EventType
 	Data string
 }{
-	{4, eventlog.IPL, "node image sha256:1111111111111111111111111111111111111111111111111111111111111111"},
-	{9, eventlog.IPL, "boot parameters: console=ttyS0 ro"},
-	{4, eventlog.Separator, "\x00\x00\x00\x00"},
+	{measurements.PCRNodeImage, eventlog.IPL, "node image sha256:1111111111111111111111111111111111111111111111111111111111111111"},
+	{measurements.PCRBootParams, eventlog.IPL, "boot parameters: console=ttyS0 ro"},
+	{measurements.PCRNodeImage, eventlog.Separator, "\x00\x00\x00\x00"},
 }
 
 // NewSimulatorNode starts the reference TPM simulator and makes it a node: provisioned, measured, enrolled.
@@ -207,7 +208,7 @@ func NewNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm) (*Node, error
 		return nil, err
 	}
 	policy := measurements.M{}
-	for _, idx := range []uint32{0, 4, 9, 15} {
+	for _, idx := range []uint32{0, measurements.PCRNodeImage, measurements.PCRBootParams, measurements.PCRClusterID} {
 		var d measurements.Digest
 		copy(d[:], pcrs.GetPcrs()[idx])
 		policy[idx] = measurements.Measurement{Expected: d}
@@ -270,19 +271,29 @@ func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node
 	return n, nil
 }
 
-// AcceptAnyImage returns, derived from a valid policy, the policies that would accept any node image and that
-// every entry point must refuse: every PCR warn-only, the node-image PCR missing, the node-image PCR warn-only.
+// AcceptAnyImage returns, derived from a valid policy, the policies that would accept any node image, or the
+// genuine image booted with any boot parameters, and that every entry point must refuse: every PCR warn-only,
+// and each PCR of measurements.ImagePCRs (the node image, PCR 4, and the boot parameters, PCR 8) missing or
+// warn-only.
 func AcceptAnyImage(valid measurements.M) map[string]measurements.M {
 	allWarn := measurements.M{}
 	for idx, m := range valid {
 		m.WarnOnly = true
 		allWarn[idx] = m
 	}
-	missing := maps.Clone(valid)
-	delete(missing, measurements.PCRNodeImage)
-	warnImage := maps.Clone(valid)
-	m := warnImage[measurements.PCRNodeImage]
-	m.WarnOnly = true
-	warnImage[measurements.PCRNodeImage] = m
-	return map[string]measurements.M{"all warn-only": allWarn, "image PCR missing": missing, "image PCR warn-only": warnImage}
+	out := map[string]measurements.M{"all warn-only": allWarn}
+	for _, pcr := range []struct {
+		idx  uint32
+		name string
+	}{{measurements.PCRNodeImage, "image PCR"}, {measurements.PCRBootParams, "boot-parameters PCR"}} {
+		missing := maps.Clone(valid)
+		delete(missing, pcr.idx)
+		out[pcr.name+" missing"] = missing
+		warnOnly := maps.Clone(valid)
+		m := warnOnly[pcr.idx]
+		m.WarnOnly = true
+		warnOnly[pcr.idx] = m
+		out[pcr.name+" warn-only"] = warnOnly
+	}
+	return out
 }

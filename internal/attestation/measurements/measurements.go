@@ -2,11 +2,13 @@
 // presents, and whether a mismatch only warns.
 //
 // The policy denies by default. An empty policy accepts nothing; a PCR in the policy that the evidence does not
-// cover is a mismatch, never a skip. A policy that would accept any node image is invalid ([M.Validate]): the
-// PCRs that measure the image ([ImagePCRs]) must be in it and enforced, so a policy in which every PCR is
-// warn-only, or the image PCR is missing or warn-only, is refused wherever a policy enters the product
-// (configuration, init, recovery, the join service's configuration, the key service's secret, validators). A failed check reports every mismatching PCR at once, with expected and
-// actual values, so an operator can see what differs.
+// cover is a mismatch, never a skip. A policy that would accept any node image, or the genuine image booted
+// with parameters of the host's choosing, is invalid ([M.Validate]): the PCRs that measure the image and its
+// boot parameters ([ImagePCRs]: [PCRNodeImage] and [PCRBootParams]) must be in it and enforced, so a policy in
+// which every PCR is warn-only, or one of these PCRs is missing or warn-only, is refused wherever a policy
+// enters the product (configuration, init, recovery, the join service's configuration, the key service's
+// secret, validators). A failed check reports every mismatching PCR at once, with expected and actual values,
+// so an operator can see what differs.
 //
 // Membership of a cluster is a rule over PCR 15, the same for every provider: [ClusterIDEvent] is what a node
 // extends after init or join, [MemberPolicy] what a member of a cluster presents, [FreshPolicy] what a node
@@ -82,16 +84,18 @@ type Measurement struct {
 // M maps PCR indices to their policy.
 type M map[uint32]Measurement
 
-// ImagePCRs are the PCRs that measure the node image. A valid policy enforces every one of them; without
-// them any image would be accepted.
-var ImagePCRs = []uint32{PCRNodeImage}
+// ImagePCRs are the PCRs that measure the node image and what it boots with: the image itself
+// ([PCRNodeImage]) and its boot parameters ([PCRBootParams]). A valid policy enforces every one of them:
+// without the first any image would be accepted, without the second the genuine image booted with a
+// command line of the host's choosing (another metadata service, features switched off by flags).
+var ImagePCRs = []uint32{PCRNodeImage, PCRBootParams}
 
 // ErrEmptyPolicy is returned when a policy has no entries; an empty policy accepts nothing.
 var ErrEmptyPolicy = errors.New("the measurement policy is empty, so nothing can be verified; add the expected PCR values")
 
-// ErrAcceptsAnyImage is returned by [M.Validate] for a policy that does not pin the node image: every PCR
-// warn-only, or an image PCR ([ImagePCRs]) missing or warn-only.
-var ErrAcceptsAnyImage = errors.New("the measurement policy accepts any node image")
+// ErrAcceptsAnyImage is returned by [M.Validate] for a policy that does not pin the node image and its boot
+// parameters: every PCR warn-only, or a PCR of [ImagePCRs] missing or warn-only.
+var ErrAcceptsAnyImage = errors.New("the measurement policy accepts any node image or boot parameters")
 
 // Parse reads a policy in JSON or YAML: {"<pcr>": {"expected": "<hex>", "warnOnly": false}, ...}.
 // Unknown fields, duplicate or malformed PCR indices and malformed values are errors.
@@ -141,8 +145,9 @@ func (m *M) UnmarshalJSON(raw []byte) error {
 }
 
 // Validate is the one validity check of a policy, made wherever a policy enters: it has entries, all in
-// range, and it pins the node image: at least one PCR is enforced, and every PCR of [ImagePCRs] is in the
-// policy and enforced (not warn-only). A policy that fails it would accept any image ([ErrAcceptsAnyImage]).
+// range, and it pins the node image and its boot parameters: at least one PCR is enforced, and every PCR of
+// [ImagePCRs] is in the policy and enforced (not warn-only). A policy that fails it would accept any image, or
+// the genuine image with any boot parameters ([ErrAcceptsAnyImage]).
 func (m M) Validate() error {
 	if len(m) == 0 {
 		return ErrEmptyPolicy
@@ -153,7 +158,7 @@ func (m M) Validate() error {
 		}
 	}
 	if !slices.ContainsFunc(m.Indices(), func(idx uint32) bool { return !m[idx].WarnOnly }) {
-		return fmt.Errorf("%w: every PCR is warn-only, so no mismatch fails; enforce at least PCRs %s (set warnOnly: false)", ErrAcceptsAnyImage, joinPCRs(ImagePCRs))
+		return fmt.Errorf("%w: every PCR is warn-only, so no mismatch fails; enforce at least %s (set warnOnly: false)", ErrAcceptsAnyImage, namePCRs(ImagePCRs))
 	}
 	var missing, warnOnly []uint32
 	for _, idx := range ImagePCRs {
@@ -166,23 +171,27 @@ func (m M) Validate() error {
 	}
 	var problems []string
 	if len(missing) > 0 {
-		problems = append(problems, fmt.Sprintf("PCR %s missing (add the expected value the node image presents)", joinPCRs(missing)))
+		problems = append(problems, fmt.Sprintf("%s missing (add the expected value the node image presents)", namePCRs(missing)))
 	}
 	if len(warnOnly) > 0 {
-		problems = append(problems, fmt.Sprintf("PCR %s warn-only (set warnOnly: false)", joinPCRs(warnOnly)))
+		problems = append(problems, fmt.Sprintf("%s warn-only (set warnOnly: false)", namePCRs(warnOnly)))
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%w: PCR %s measures the node image and must be enforced: %s", ErrAcceptsAnyImage, joinPCRs(ImagePCRs), strings.Join(problems, "; "))
+		return fmt.Errorf("%w: %s measure the node image and its boot parameters and must be enforced: %s", ErrAcceptsAnyImage, namePCRs(ImagePCRs), strings.Join(problems, "; "))
 	}
 	return nil
 }
 
-func joinPCRs(idx []uint32) string {
+// namePCRs names a list of PCRs: "PCR 4" or "PCRs 4, 8".
+func namePCRs(idx []uint32) string {
 	parts := make([]string, len(idx))
 	for i, p := range idx {
 		parts[i] = strconv.FormatUint(uint64(p), 10)
 	}
-	return strings.Join(parts, ", ")
+	if len(parts) == 1 {
+		return "PCR " + parts[0]
+	}
+	return "PCRs " + strings.Join(parts, ", ")
 }
 
 // MarshalJSON writes the policy with PCR indices as keys, in ascending order.

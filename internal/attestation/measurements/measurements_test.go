@@ -14,15 +14,15 @@ var (
 )
 
 func TestParseJSONAndYAML(t *testing.T) {
-	jsonIn := `{"4": {"expected": "` + hexA + `", "warnOnly": false}, "9": {"expected": "` + hexB + `", "warnOnly": true}}`
-	yamlIn := "4:\n  expected: " + hexA + "\n  warnOnly: false\n9:\n  expected: \"" + hexB + "\"\n  warnOnly: true\n"
+	jsonIn := `{"4": {"expected": "` + hexA + `", "warnOnly": false}, "8": {"expected": "` + hexA + `"}, "9": {"expected": "` + hexB + `", "warnOnly": true}}`
+	yamlIn := "4:\n  expected: " + hexA + "\n  warnOnly: false\n8:\n  expected: " + hexA + "\n9:\n  expected: \"" + hexB + "\"\n  warnOnly: true\n"
 	for name, in := range map[string]string{"json": jsonIn, "yaml": yamlIn} {
 		t.Run(name, func(t *testing.T) {
 			m, err := Parse([]byte(in))
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			if len(m) != 2 || m[4].Expected[0] != 0xaa || m[4].WarnOnly || !m[9].WarnOnly || m[9].Expected[31] != 0xbb {
+			if len(m) != 3 || m[4].Expected[0] != 0xaa || m[4].WarnOnly || m[8].WarnOnly || !m[9].WarnOnly || m[9].Expected[31] != 0xbb {
 				t.Fatalf("unexpected policy %+v", m)
 			}
 			out, err := json.Marshal(m)
@@ -30,7 +30,7 @@ func TestParseJSONAndYAML(t *testing.T) {
 				t.Fatal(err)
 			}
 			again, err := Parse(out)
-			if err != nil || len(again) != 2 || again[9] != m[9] {
+			if err != nil || len(again) != 3 || again[9] != m[9] {
 				t.Fatalf("round trip: %v %+v", err, again)
 			}
 		})
@@ -61,7 +61,8 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
-// A policy that accepts any node image is invalid, and Parse, Validate and Check refuse it with a reason.
+// A policy that accepts any node image, or the genuine image booted with any boot parameters, is invalid, and
+// Parse, Validate and Check refuse it with a reason.
 func TestValidateRefusesAcceptAnyImage(t *testing.T) {
 	var a Digest
 	a[0] = 0xaa
@@ -69,9 +70,16 @@ func TestValidateRefusesAcceptAnyImage(t *testing.T) {
 		m    M
 		want string
 	}{
-		"all warn-only":       {M{0: {Expected: a, WarnOnly: true}, 4: {Expected: a, WarnOnly: true}, 15: {WarnOnly: true}}, "every PCR is warn-only"},
-		"image PCR missing":   {M{0: {Expected: a}, 8: {Expected: a}, 15: {}}, "PCR 4 missing"},
-		"image PCR warn-only": {M{0: {Expected: a}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a}}, "PCR 4 warn-only"},
+		"all warn-only":             {M{0: {Expected: a, WarnOnly: true}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a, WarnOnly: true}, 15: {WarnOnly: true}}, "every PCR is warn-only"},
+		"image PCR missing":         {M{0: {Expected: a}, 8: {Expected: a}, 15: {}}, "PCR 4 missing"},
+		"image PCR warn-only":       {M{0: {Expected: a}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a}}, "PCR 4 warn-only"},
+		"boot-params PCR missing":   {M{0: {Expected: a}, 4: {Expected: a}, 15: {}}, "PCR 8 missing"},
+		"boot-params PCR warn-only": {M{0: {Expected: a}, 4: {Expected: a}, 8: {Expected: a, WarnOnly: true}}, "PCR 8 warn-only"},
+		"only PCR 4 enforced":       {M{4: {Expected: a}, 8: {Expected: a, WarnOnly: true}}, "PCR 8 warn-only"},
+		"only PCR 8 enforced":       {M{4: {Expected: a, WarnOnly: true}, 8: {Expected: a}}, "PCR 4 warn-only"},
+		"both missing":              {M{0: {Expected: a}, 15: {}}, "PCRs 4, 8 missing"},
+		"both warn-only":            {M{0: {Expected: a}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a, WarnOnly: true}}, "PCRs 4, 8 warn-only"},
+		"one missing one warn-only": {M{0: {Expected: a}, 8: {Expected: a, WarnOnly: true}}, "PCR 4 missing (add the expected value the node image presents); PCR 8 warn-only"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.m.Validate()
@@ -82,22 +90,22 @@ func TestValidateRefusesAcceptAnyImage(t *testing.T) {
 			if _, err := Parse(raw); !errors.Is(err, ErrAcceptsAnyImage) {
 				t.Errorf("Parse = %v, want ErrAcceptsAnyImage", err)
 			}
-			// Evidence of any image: the policy must not even be checked.
-			if _, err := tc.m.Check(map[uint32][]byte{4: make([]byte, 32)}); !errors.Is(err, ErrAcceptsAnyImage) {
+			// Evidence of any image and boot parameters: the policy must not even be checked.
+			if _, err := tc.m.Check(map[uint32][]byte{4: make([]byte, 32), 8: make([]byte, 32)}); !errors.Is(err, ErrAcceptsAnyImage) {
 				t.Errorf("Check = %v, want ErrAcceptsAnyImage", err)
 			}
 		})
 	}
-	if err := (M{4: {Expected: a}, 8: {Expected: a, WarnOnly: true}}).Validate(); err != nil {
-		t.Errorf("a policy enforcing the image PCR: %v", err)
+	if err := (M{4: {Expected: a}, 8: {Expected: a}, 9: {Expected: a, WarnOnly: true}}).Validate(); err != nil {
+		t.Errorf("a policy enforcing PCRs 4 and 8: %v", err)
 	}
 }
 
 func TestCheck(t *testing.T) {
 	var a, b Digest
 	a[0], b[0] = 0xaa, 0xbb
-	m := M{4: {Expected: a}, 9: {Expected: a, WarnOnly: true}, 15: {Expected: b}}
-	verified := map[uint32][]byte{4: a[:], 9: b[:]} // 15 not covered
+	m := M{4: {Expected: a}, 8: {Expected: a}, 9: {Expected: a, WarnOnly: true}, 15: {Expected: b}}
+	verified := map[uint32][]byte{4: a[:], 8: a[:], 9: b[:]} // 15 not covered
 	mms, err := m.Check(verified)
 	if err != nil {
 		t.Fatal(err)
@@ -118,15 +126,16 @@ func TestCheck(t *testing.T) {
 	if _, err := (M{}).Check(verified); !errors.Is(err, ErrEmptyPolicy) {
 		t.Fatalf("empty policy: %v, want ErrEmptyPolicy", err)
 	}
-	if mms, _ := (M{4: {Expected: a}}).Check(verified); len(mms) != 0 {
+	if mms, _ := (M{4: {Expected: a}, 8: {Expected: a}}).Check(verified); len(mms) != 0 {
 		t.Fatalf("matching policy reported %+v", mms)
 	}
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": false}}`))
-	f.Add([]byte("4:\n  expected: " + hexB + "\n15:\n  expected: " + hexB + "\n"))
-	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": true}}`))
+	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": false}, "8": {"expected": "` + hexA + `"}}`))
+	f.Add([]byte("4:\n  expected: " + hexB + "\n8:\n  expected: " + hexB + "\n15:\n  expected: " + hexB + "\n"))
+	f.Add([]byte(`{"4": {"expected": "` + hexA + `", "warnOnly": true}, "8": {"expected": "` + hexA + `"}}`))
+	f.Add([]byte(`{"4": {"expected": "` + hexA + `"}, "8": {"expected": "` + hexA + `", "warnOnly": true}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		m, err := Parse(raw)
 		if err != nil {

@@ -9,17 +9,17 @@ import (
 )
 
 func TestMemberAndFreshPolicy(t *testing.T) {
-	policy := M{4: {Expected: Digest{1}}}
+	policy := M{PCRNodeImage: {Expected: Digest{1}}, PCRBootParams: {Expected: Digest{2}}}
 	id := bytes.Repeat([]byte{7}, 32)
 	member := MemberPolicy(policy, id)
 	fresh := FreshPolicy(policy)
-	if len(policy) != 1 {
+	if len(policy) != 2 {
 		t.Fatal("the input policy was changed")
 	}
-	if member[4] != policy[4] || member[PCRClusterID].Expected != ExpectedClusterIDPCR(id) {
+	if member[PCRNodeImage] != policy[PCRNodeImage] || member[PCRBootParams] != policy[PCRBootParams] || member[PCRClusterID].Expected != ExpectedClusterIDPCR(id) || len(member) != 3 {
 		t.Fatalf("MemberPolicy = %v", member)
 	}
-	if fresh[4] != policy[4] || fresh[PCRClusterID].Expected != (Digest{}) || len(fresh) != 2 {
+	if fresh[PCRNodeImage] != policy[PCRNodeImage] || fresh[PCRBootParams] != policy[PCRBootParams] || fresh[PCRClusterID].Expected != (Digest{}) || len(fresh) != 3 {
 		t.Fatalf("FreshPolicy = %v", fresh)
 	}
 }

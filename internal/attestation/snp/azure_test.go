@@ -496,7 +496,7 @@ func TestAzureIssuerRefuses(t *testing.T) {
 
 func TestNewAzureValidatorRejects(t *testing.T) {
 	verifier := testVerifier(t, testRoots(t, Milan), nil)
-	pcrs := measurements.M{4: {Expected: measurements.Digest{1}}}
+	pcrs := measurements.M{4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}}
 	if _, err := NewAzureValidator(nil, clusterPolicy(), pcrs, nil); err == nil {
 		t.Error("no verifier accepted")
 	}

@@ -40,8 +40,8 @@ func newSoftVTPM(t testing.TB) *softVTPM {
 		t.Fatal(err)
 	}
 	log := eventlog.NewBuilder()
-	log.Append(4, eventlog.IPL, []byte("node image sha256:1111"))
-	log.Append(9, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
+	log.Append(measurements.PCRNodeImage, eventlog.IPL, []byte("node image sha256:1111"))
+	log.Append(measurements.PCRBootParams, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
 	return &softVTPM{key: key, log: log}
 }
 
@@ -58,10 +58,10 @@ func (s *softVTPM) pcrs() map[uint32][]byte {
 	return out
 }
 
-// policy accepts the measured PCRs 4 and 9.
+// policy accepts the measured PCRs 4 and 8.
 func (s *softVTPM) policy() measurements.M {
 	p := measurements.M{}
-	for _, idx := range []uint32{4, 9} {
+	for _, idx := range []uint32{measurements.PCRNodeImage, measurements.PCRBootParams} {
 		p[idx] = measurements.Measurement{Expected: measurements.Digest(s.pcrs()[idx])}
 	}
 	return p
@@ -267,8 +267,8 @@ func TestVTPMValidateRejects(t *testing.T) {
 	}
 	// An event log that claims another node image than the one measured.
 	altered := eventlog.NewBuilder()
-	altered.Append(4, eventlog.IPL, []byte("node image sha256:2222"))
-	altered.Append(9, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
+	altered.Append(measurements.PCRNodeImage, eventlog.IPL, []byte("node image sha256:2222"))
+	altered.Append(measurements.PCRBootParams, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
 	alteredLog := altered.Bytes()
 	v := testVTPMValidator(t, variant, clusterPolicy(), tpm.policy())
 	tpmPart := func(fn func(*attestation.TPMEvidence)) []byte {

@@ -204,7 +204,7 @@ func TestAzureGenuineRefusedWithoutCollateral(t *testing.T) {
 	}
 	q := mustParseQuote(t, quote)
 	pol := &Policy{MRTD: []HexBytes{q.Body.MRTD[:]}}
-	v, err := NewAzureValidator(c, pol, measurements.M{4: {}}, func() time.Time { return genuineAzureTime }, nil)
+	v, err := NewAzureValidator(c, pol, measurements.M{4: {}, 8: {}}, func() time.Time { return genuineAzureTime }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

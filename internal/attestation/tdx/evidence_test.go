@@ -370,14 +370,14 @@ func TestIssuerIssueRejects(t *testing.T) {
 func TestNewVTPMValidatorVariants(t *testing.T) {
 	p := newTestPKI(t)
 	c := p.collateral(t, p.newCollateral())
-	v, err := NewVTPMValidator(attestation.AzureTDX, c, clusterPolicy(), measurements.M{4: {}}, nil, nil)
+	v, err := NewVTPMValidator(attestation.AzureTDX, c, clusterPolicy(), measurements.M{4: {}, 8: {}}, nil, nil)
 	if err != nil || v.Variant().Name != attestation.AzureTDX.Name {
 		t.Errorf("azure-tdx validator: %v, %v", v, err)
 	}
-	if _, err := NewVTPMValidator(attestation.AzureTDX, nil, clusterPolicy(), measurements.M{4: {}}, nil, nil); !errors.Is(err, ErrNoCollateral) {
+	if _, err := NewVTPMValidator(attestation.AzureTDX, nil, clusterPolicy(), measurements.M{4: {}, 8: {}}, nil, nil); !errors.Is(err, ErrNoCollateral) {
 		t.Errorf("azure-tdx validator without collateral: %v", err)
 	}
-	if _, err := NewVTPMValidator(attestation.QEMUTDX, c, clusterPolicy(), measurements.M{4: {}}, nil, nil); err == nil || !strings.Contains(err.Error(), "not a TDX variant with a vTPM") {
+	if _, err := NewVTPMValidator(attestation.QEMUTDX, c, clusterPolicy(), measurements.M{4: {}, 8: {}}, nil, nil); err == nil || !strings.Contains(err.Error(), "not a TDX variant with a vTPM") {
 		t.Errorf("qemu-tdx as a vTPM variant: %v", err)
 	}
 }

@@ -4,12 +4,19 @@
 //
 // A [Policy] names the variant and holds what its evidence must meet: the PCR measurements of the variants
 // with a (v)TPM, the attestation-key roots of mini-vtpm, the SEV-SNP policy with its offline CRLs and VCEK
-// cache, or the TDX policy with Intel's collateral. [New] fails closed: an unknown or unsupported variant,
-// a variant without its hardware policy, a policy of another variant's hardware, or an invalid policy
-// (allowDebug, a fixed reportData, no measurements, measurements that accept any node image, a qemu-tdx
-// policy without RTMR0-3, ...) is an error that says what to fix, never a validator that checks less. The validators compute the expected REPORT_DATA for every validation from the
-// verifier's nonce (variants without a vTPM) or the attestation key the evidence names (variants with a
-// vTPM, whose quote then binds the nonce).
+// cache, or the TDX policy with Intel's collateral. [New] fails closed: an unknown or unsupported variant, a
+// variant without its hardware policy, a policy of another variant's hardware, or an invalid policy
+// (allowDebug, a fixed reportData, no measurements, measurements that accept any node image or boot
+// parameters, a qemu-tdx policy without RTMR0-3, ...) is an error that says what to fix, never a validator that
+// checks less. The validators compute the expected REPORT_DATA for every validation from the verifier's nonce
+// (variants without a vTPM) or the attestation key the evidence names (variants with a vTPM, whose quote then
+// binds the nonce).
+//
+// The node image and its boot parameters are pinned by the PCRs of measurements.ImagePCRs (4 and 8) on the
+// variants with a vTPM. The variants without a vTPM take no PCRs: there the hardware policy pins them, on
+// qemu-tdx by RTMR0-3 (RTMR2 measures the kernel command line), on qemu-sev-snp by the launch measurement,
+// which covers the kernel, initrd and command line only when the host boots the guest with measured direct
+// boot (their hashes in the launch digest).
 package validators
 
 import (

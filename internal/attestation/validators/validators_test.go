@@ -19,7 +19,7 @@ import (
 
 const genuineCollateral = "../tdx/testdata/collateral"
 
-var pcrs = measurements.M{4: {Expected: measurements.Digest{1}}}
+var pcrs = measurements.M{4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}}
 
 // testSNP returns a test PKI, a platform of it and its policy.
 func testSNP(t *testing.T) (*snptest.PKI, *snptest.Platform) {
@@ -136,9 +136,11 @@ func TestNewRefuses(t *testing.T) {
 		"vTPM variant without PCRs":    {&Policy{Variant: "aws-sev-snp", SNP: snpPart}, []string{"aws-sev-snp: measurements", "add the expected PCR values"}},
 		"PCRs without vTPM":            {&Policy{Variant: "qemu-sev-snp", Measurements: pcrs, SNP: snpPart}, []string{"qemu-sev-snp has no vTPM", "remove them"}},
 		"mini-vtpm without AK roots":   {&Policy{Variant: "mini-vtpm", Measurements: pcrs}, []string{"mini-vtpm needs the certificate of the CA"}},
-		"all PCRs warn-only":           {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {WarnOnly: true}, 4: {WarnOnly: true}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "every PCR is warn-only"}},
+		"all PCRs warn-only":           {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {WarnOnly: true}, 4: {WarnOnly: true}, 8: {WarnOnly: true}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "every PCR is warn-only"}},
 		"image PCR missing":            {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {}, 8: {}, 15: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "PCR 4 missing"}},
-		"image PCR warn-only":          {&Policy{Variant: "aws-sev-snp", Measurements: measurements.M{0: {}, 4: {WarnOnly: true}}, SNP: snpPart}, []string{"accepts any node image", "PCR 4 warn-only"}},
+		"image PCR warn-only":          {&Policy{Variant: "aws-sev-snp", Measurements: measurements.M{0: {}, 4: {WarnOnly: true}, 8: {}}, SNP: snpPart}, []string{"accepts any node image", "PCR 4 warn-only"}},
+		"boot-params PCR missing":      {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {}, 4: {}, 15: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"boot parameters", "PCR 8 missing"}},
+		"boot-params PCR warn-only":    {&Policy{Variant: "azure-tdx", Measurements: measurements.M{0: {}, 4: {}, 8: {WarnOnly: true}}, TDX: tdxPolicy(t)}, []string{"boot parameters", "PCR 8 warn-only"}},
 		"AK roots on hardware variant": {&Policy{Variant: "aws-sev-snp", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"only through the hardware report"}},
 		"SNP policy on mini-vtpm":      {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"mini-vtpm evidence has no SEV-SNP report; remove it"}},
 		"TDX policy on SEV-SNP":        {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, TDX: tdxPolicy(t)}, []string{"qemu-sev-snp evidence has no TDX quote; remove it"}},

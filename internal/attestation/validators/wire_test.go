@@ -110,7 +110,7 @@ func FuzzParsePolicy(f *testing.F) {
 		if err != nil || q.Variant != v.Name {
 			t.Fatalf("re-parsing the encoded policy: %v", err)
 		}
-		p.Measurements = measurements.M{4: {}}
+		p.Measurements = measurements.M{4: {}, 8: {}}
 		_, _ = New(p, Options{})
 	})
 }

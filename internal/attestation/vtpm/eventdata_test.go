@@ -57,7 +57,7 @@ func newFlipEvidence(t testing.TB) *flipEvidence {
 		t.Fatal(err)
 	}
 	failing := measurements.M{}
-	for _, idx := range []uint32{0, 4, 9, 15} {
+	for _, idx := range []uint32{0, measurements.PCRNodeImage, measurements.PCRBootParams, measurements.PCRClusterID} {
 		failing[idx] = measurements.Measurement{Expected: measurements.Digest{0xee}}
 	}
 	fail, err := vtpm.NewValidator(roots, failing, nil)

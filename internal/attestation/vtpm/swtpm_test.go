@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -55,11 +56,11 @@ func TestSWTPM(t *testing.T) {
 				t.Skip("tpm2-tools not installed")
 			}
 			node.Release()
-			out, err := exec.Command("tpm2_pcrread", "-T", "swtpm:path="+node.SWTPM.SocketPath(), "sha256:4,9").CombinedOutput()
+			out, err := exec.Command("tpm2_pcrread", "-T", "swtpm:path="+node.SWTPM.SocketPath(), "sha256:4,8").CombinedOutput()
 			if err != nil {
 				t.Fatalf("tpm2_pcrread: %v\n%s", err, out)
 			}
-			for _, idx := range []uint32{4, 9} {
+			for _, idx := range []uint32{measurements.PCRNodeImage, measurements.PCRBootParams} {
 				re := regexp.MustCompile(`(?m)^\s*` + string(rune('0'+idx)) + `\s*:\s*0x([0-9A-F]+)`)
 				m := re.FindSubmatch(out)
 				if m == nil {

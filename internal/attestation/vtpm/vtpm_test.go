@@ -210,7 +210,7 @@ func TestIssuerFollowsPCRChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Extend a PCR after the issuer cached the PCR values: the next evidence must show the new value.
-	if err := tpmtest.Measure(f.rw, f.log, 9, eventlog.IPL, []byte("a late measurement")); err != nil {
+	if err := tpmtest.Measure(f.rw, f.log, measurements.PCRBootParams, eventlog.IPL, []byte("a late measurement")); err != nil {
 		t.Fatal(err)
 	}
 	ev, err := f.issuer.Issue(ctx, nonce(2), nil)
@@ -219,8 +219,8 @@ func TestIssuerFollowsPCRChanges(t *testing.T) {
 	}
 	_, err = v.Validate(ctx, ev, nonce(2))
 	var merr *measurements.Error
-	if !errors.As(err, &merr) || len(merr.Mismatches) != 1 || merr.Mismatches[0].PCR != 9 {
-		t.Fatalf("Validate after a PCR 9 extension = %v, want a PCR 9 mismatch", err)
+	if !errors.As(err, &merr) || len(merr.Mismatches) != 1 || merr.Mismatches[0].PCR != measurements.PCRBootParams {
+		t.Fatalf("Validate after a PCR 8 extension = %v, want a PCR 8 mismatch", err)
 	}
 	if !strings.Contains(err.Error(), "a late measurement") {
 		t.Fatalf("mismatch does not show the new event: %v", err)
@@ -239,7 +239,7 @@ func TestMeasurementMismatchListsEveryPCR(t *testing.T) {
 	}
 	wrong := measurements.Digest{0xcd}
 	policy[4] = measurements.Measurement{Expected: wrong}
-	policy[9] = measurements.Measurement{Expected: wrong}
+	policy[8] = measurements.Measurement{Expected: wrong}
 	policy[12] = measurements.Measurement{Expected: wrong, WarnOnly: true}
 
 	_, err = f.validator(t, policy).Validate(context.Background(), ev, nonce(1))
@@ -248,11 +248,11 @@ func TestMeasurementMismatchListsEveryPCR(t *testing.T) {
 		t.Fatalf("Validate = %v, want *measurements.Error", err)
 	}
 	if len(merr.Mismatches) != 3 || len(measurements.Fatal(merr.Mismatches)) != 2 {
-		t.Fatalf("mismatches = %+v, want PCRs 4, 9 and warn-only 12", merr.Mismatches)
+		t.Fatalf("mismatches = %+v, want PCRs 4, 8 and warn-only 12", merr.Mismatches)
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		"PCRs 4, 9",
+		"PCRs 4, 8",
 		"PCR 4: ",
 		"expected " + wrong.String(),
 		"EV_IPL: node image sha256:1111",
@@ -266,14 +266,14 @@ func TestMeasurementMismatchListsEveryPCR(t *testing.T) {
 	}
 
 	// Only warn-only mismatches: accepted.
-	policy = measurements.M{12: {Expected: wrong, WarnOnly: true}, 4: f.policy[4]}
+	policy = measurements.M{12: {Expected: wrong, WarnOnly: true}, 4: f.policy[4], 8: f.policy[8]}
 	if _, err := f.validator(t, policy).Validate(context.Background(), ev, nonce(1)); err != nil {
 		t.Fatalf("warn-only mismatch rejected: %v", err)
 	}
 }
 
 func TestNewValidatorDeniesByDefault(t *testing.T) {
-	if _, err := vtpm.NewValidator(nil, measurements.M{4: {}}, nil); err == nil {
+	if _, err := vtpm.NewValidator(nil, measurements.M{4: {}, 8: {}}, nil); err == nil {
 		t.Fatal("validator without AK roots accepted")
 	}
 	_, cert, err := tpmtest.NewCACert("ca", time.Hour)

@@ -222,15 +222,15 @@ type VTPM struct {
 	log *eventlog.Builder
 }
 
-// NewVTPM returns a vTPM whose event log measured a node image into PCR 4 and boot parameters into PCR 9.
+// NewVTPM returns a vTPM whose event log measured a node image into PCR 4 and boot parameters into PCR 8.
 func NewVTPM() (*VTPM, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	log := eventlog.NewBuilder()
-	log.Append(4, eventlog.IPL, []byte("node image sha256:1111"))
-	log.Append(9, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
+	log.Append(measurements.PCRNodeImage, eventlog.IPL, []byte("node image sha256:1111"))
+	log.Append(measurements.PCRBootParams, eventlog.IPL, []byte("boot parameters: console=ttyS0"))
 	return &VTPM{key: key, log: log}, nil
 }
 
@@ -251,12 +251,12 @@ func (v *VTPM) PCRs() map[uint32][]byte {
 	return out
 }
 
-// Policy returns a measurement policy that accepts the measured PCRs 4 and 9.
+// Policy returns a measurement policy that accepts the measured PCRs 4 and 8.
 func (v *VTPM) Policy() measurements.M {
 	pcrs := v.PCRs()
 	return measurements.M{
-		4: {Expected: measurements.Digest(pcrs[4])},
-		9: {Expected: measurements.Digest(pcrs[9])},
+		measurements.PCRNodeImage:  {Expected: measurements.Digest(pcrs[measurements.PCRNodeImage])},
+		measurements.PCRBootParams: {Expected: measurements.Digest(pcrs[measurements.PCRBootParams])},
 	}
 }
 
