@@ -9,27 +9,35 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 func main() {
-	provider := flag.String("provider", "", "the cloud provider (mini)")
+	providerName := flag.String("provider", "", "the provider the node runs on ("+strings.Join(providers.Names, ", ")+")")
 	flag.Parse()
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *provider)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *providerName)
+	prov, err := providers.Node(*providerName, os.Getenv("CONSTELLATION_METADATA"))
+	if err != nil || os.Getenv("CONSTELLATION_TPM") == "" {
+		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set", "error", err)
+		os.Exit(2)
+	}
+	podNetwork, serviceNetwork := prov.Networks()
 	cfg := bootstrapper.Config{
-		MetadataURL: os.Getenv("CONSTELLATION_METADATA"),
+		Provider:    prov,
 		TPM:         os.Getenv("CONSTELLATION_TPM"),
 		AgentSocket: agent.SocketPath,
 		StateDisk:   os.Getenv("CONSTELLATION_STATE_DISK"),
-		PodNetwork:  metadata.PodSubnet,
-		Kubernetes: func(self metadata.Instance) bootstrapper.Kubernetes {
+		PodNetwork:  podNetwork,
+		Kubernetes: func(self provider.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
 			if err != nil {
 				log.Warn("no Kubernetes in this node image", "error", err)
@@ -49,18 +57,14 @@ func main() {
 					PauseImage:        "registry.k8s.io/pause:" + versions.Pause,
 					CgroupRoot:        "/constellation/" + self.Name,
 					PodCIDR:           podCIDR(self),
-					PodSubnet:         metadata.PodSubnet,
-					ServiceSubnet:     metadata.ServiceCIDR,
+					PodSubnet:         podNetwork,
+					ServiceSubnet:     serviceNetwork,
 					PodMTU:            podMTU,
 				},
 				ImagesDir: nodeimage.ImagesDir,
 				Log:       func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 			}
 		},
-	}
-	if *provider != "mini" || cfg.MetadataURL == "" || cfg.TPM == "" {
-		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set")
-		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -71,7 +75,7 @@ func main() {
 }
 
 // podCIDR is the node's pod range from the instance metadata.
-func podCIDR(self metadata.Instance) netip.Prefix {
+func podCIDR(self provider.Instance) netip.Prefix {
 	p, err := netip.ParsePrefix(self.PodCIDR)
 	if err != nil {
 		return netip.Prefix{}

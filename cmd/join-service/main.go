@@ -11,13 +11,12 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -26,7 +25,8 @@ func main() {
 	listen := flag.String("listen", fmt.Sprintf(":%d", joinpb.Port), "address to serve on")
 	configDir := flag.String("config", joinservice.ConfigDir, "join configuration directory (the join-config ConfigMap)")
 	pkiDir := flag.String("pki", joinservice.PKIDir, "the control plane's PKI directory")
-	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
+	providerName := flag.String("provider", "", "the provider the cluster runs on (required)")
+	providerEndpoint := flag.String("provider-endpoint", "", "where the provider answers (required; for mini: its metadata service)")
 	keyService := flag.String("key-service", "", "host:port of the cluster's key service, for state disk keys (required)")
 	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
@@ -34,15 +34,15 @@ func main() {
 	meshSocket := flag.String("mesh", meshpeers.LocalSocket, "the node's WireGuard agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *metadataURL, *keyService, log); err != nil {
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *keyService, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, metadataURL, keyService string, log *slog.Logger) error {
-	if apiEndpoint == "" || metadataURL == "" || keyService == "" {
-		return fmt.Errorf("--api-endpoint, --metadata and --key-service are required")
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, keyService string, log *slog.Logger) error {
+	if apiEndpoint == "" || keyService == "" {
+		return fmt.Errorf("--api-endpoint and --key-service are required")
 	}
 	if apiServer == "" {
 		var err error
@@ -54,8 +54,11 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
-	issuer := agent.NewClient(agentSocket, attestation.MiniVTPM)
-	md := metadata.NewClient(metadataURL)
+	md, err := providers.Node(providerName, providerEndpoint)
+	if err != nil {
+		return err
+	}
+	issuer := agent.NewClient(agentSocket, md.Variant())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	// The join configuration counts only with its MAC, whose key the key service derives from the master

@@ -12,28 +12,28 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/keyservice"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
 func main() {
 	listen := flag.String("listen", fmt.Sprintf(":%d", keyservice.Port), "address to serve on")
-	metadataURL := flag.String("metadata", "", "the provider's metadata service (required)")
+	providerName := flag.String("provider", "", "the provider the cluster runs on (required)")
+	providerEndpoint := flag.String("provider-endpoint", "", "where the provider answers (required; for mini: its metadata service)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
 	diskBindings := flag.String("disk-bindings", keyservice.DiskBindingsFile, "the file recording which node each state disk belongs to")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if *metadataURL == "" {
-		log.Error("--metadata is required")
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	md := metadata.NewClient(*metadataURL)
+	md, err := providers.Node(*providerName, *providerEndpoint)
+	if err != nil {
+		log.Error("key service stopped", "error", err)
+		os.Exit(2)
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Error("key service stopped", "error", err)
@@ -41,7 +41,7 @@ func main() {
 	}
 	log.Info("key service starting", "version", version.Version, "address", ln.Addr().String())
 	if err := keyservice.Run(ctx, keyservice.Options{
-		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, attestation.MiniVTPM),
+		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
 		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, DiskBindings: *diskBindings, Log: log,
 	}); err != nil {
 		log.Error("key service stopped", "error", err)

@@ -30,7 +30,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -38,12 +38,12 @@ import (
 
 // Config is what the bootstrapper needs from its environment.
 type Config struct {
-	// MetadataURL is the provider's metadata service.
-	MetadataURL string
+	// Provider is the platform the node runs on.
+	Provider provider.Node
 	// TPM is the path of the node's TPM socket.
 	TPM string
 	// Kubernetes returns the node's Kubernetes driver.
-	Kubernetes func(self metadata.Instance) Kubernetes
+	Kubernetes func(self provider.Instance) Kubernetes
 	// AgentSocket is where the node's own services ask for evidence (agent.SocketPath on a node).
 	AgentSocket string
 	// StateDisk is the node's state disk image; a node without one keeps its state in memory.
@@ -57,8 +57,8 @@ const FirstControlPlane = "control-plane-0"
 
 // Run boots the node's services and blocks until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	md := metadata.NewClient(cfg.MetadataURL)
-	var self metadata.Instance
+	md := cfg.Provider
+	var self provider.Instance
 	if err := retry.Do(ctx, log, "asking the metadata service who this node is", func() error {
 		var err error
 		self, err = md.Self(ctx)
@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// hands the node the hash of their init secret. Without it the node refuses both (and says why). Read now,
 	// so that the init service is up as soon as the node can be attested.
 	var initSecretHash []byte
-	if self.Role == metadata.RoleControlPlane {
+	if self.Role == provider.RoleControlPlane {
 		if err := retry.Do(ctx, log, "reading the init-secret hash from the metadata service", func() error {
 			var err error
 			initSecretHash, err = md.InitSecretHash(ctx)
@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	secrets := keyservice.NewSecretHolder(log.With("service", "keys"))
-	if self.Role == metadata.RoleControlPlane {
+	if self.Role == provider.RoleControlPlane {
 		// The join service on this node hands the nodes it admits to this node's WireGuard agent.
 		ln, err := agent.Listen(meshpeers.LocalSocket)
 		if err != nil {
@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// A control-plane node whose state disk holds the cluster's state waits for 'constellation recover': the
 	// join service that would hand it its disk key runs on the control plane, which needs this node's etcd.
 	recovering := false
-	if disk != nil && self.Role == metadata.RoleControlPlane {
+	if disk != nil && self.Role == provider.RoleControlPlane {
 		if recovering, err = disk.hasState(); err != nil {
 			return fmt.Errorf("reading the state disk: %w", err)
 		}

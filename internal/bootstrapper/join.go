@@ -34,14 +34,14 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
 // mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
 // chains to the provider's AK CA and matches policy.
-func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, policy measurements.M, log *slog.Logger) (*atls.Credentials, error) {
+func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, policy measurements.M, log *slog.Logger) (*atls.Credentials, error) {
 	roots, err := md.AKRoots(ctx)
 	if err != nil {
 		return nil, err
@@ -58,7 +58,7 @@ func mutualCredentials(ctx context.Context, md *metadata.Client, issuer *vtpm.Is
 // this process; the join service on every control-plane node, with its configuration (the cluster's attestation
 // policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
 // ID); and the verification service on every node.
-func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, self metadata.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
+func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self provider.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 	p := *att
 	if p.Variant == attestation.MiniVTPM.Name {
 		roots, err := md.AKRoots(ctx)
@@ -81,14 +81,14 @@ func deployServices(ctx context.Context, md *metadata.Client, k8s Kubernetes, se
 	if err != nil {
 		return err
 	}
-	keys, err := keyservice.Manifests(self.Name, md.URL())
+	keys, err := keyservice.Manifests(self.Name, md.Name(), md.Endpoint())
 	if err != nil {
 		return err
 	}
 	if err := k8s.Apply(ctx, keys); err != nil {
 		return fmt.Errorf("deploying the key service: %w", err)
 	}
-	join, err := joinservice.Manifests(data, md.URL(), net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port)))
+	join, err := joinservice.Manifests(data, md.Name(), md.Endpoint(), net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port)))
 	if err != nil {
 		return err
 	}
@@ -125,8 +125,8 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md *metadata.Client, issuer *vtpm.Issuer, self metadata.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshAgent, log *slog.Logger) error {
-	controlPlane := self.Role == metadata.RoleControlPlane
+func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshAgent, log *slog.Logger) error {
+	controlPlane := self.Role == provider.RoleControlPlane
 	var diskUUID string
 	if disk != nil {
 		diskUUID = disk.uuid

@@ -24,7 +24,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -56,8 +56,8 @@ const (
 // service, or derived from the master secret on the first control-plane node. Without the root it configures
 // no peer.
 type meshAgent struct {
-	md         *metadata.Client
-	self       metadata.Instance
+	md         provider.Node
+	self       provider.Instance
 	podNetwork netip.Prefix
 	keyFile    string
 	peersFile  string
@@ -199,7 +199,7 @@ func (a *meshAgent) apply(ctx context.Context) error {
 	return a.setPeers(ctx, merged)
 }
 
-func newMeshAgent(md *metadata.Client, self metadata.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
+func newMeshAgent(md provider.Node, self provider.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
 	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, peersFile: meshPeersFile, rootFile: meshRootFile, log: log}
 }
 
@@ -345,7 +345,7 @@ func (a *meshAgent) start() error {
 	if err != nil {
 		return err
 	}
-	infra, err := providerAddress(a.md.URL())
+	infra, err := providerAddress(a.md.Endpoint())
 	if err != nil {
 		return err
 	}
@@ -424,8 +424,8 @@ func (a *meshAgent) setPeers(ctx context.Context, recorded []meshpeers.Peer) err
 // meshPeers are the WireGuard peers of the node self (with the public key public) for the recorded nodes, at
 // the provider's addresses of instances, each with the pair's preshared key from root. Without a root there
 // is no peer: an error, never a peer without a preshared key.
-func meshPeers(recorded []meshpeers.Peer, instances []metadata.Instance, self string, root, public wgmesh.Key, log *slog.Logger) ([]wgmesh.Peer, []string, error) {
-	byName := map[string]metadata.Instance{}
+func meshPeers(recorded []meshpeers.Peer, instances []provider.Instance, self string, root, public wgmesh.Key, log *slog.Logger) ([]wgmesh.Peer, []string, error) {
+	byName := map[string]provider.Instance{}
 	for _, inst := range instances {
 		byName[inst.Name] = inst
 	}

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
+	"github.com/constellation-dev/constellation/internal/provider"
 )
 
 // A node this node's join service admitted is a peer before the cluster's record has its key, with its new
@@ -74,7 +74,7 @@ func TestMeshPeersHavePresharedKeys(t *testing.T) {
 	_, k1, _ := wgmesh.GenerateKey()
 	_, k2, _ := wgmesh.GenerateKey()
 	recorded := []meshpeers.Peer{{Node: "control-plane-0", PublicKey: k1}, {Node: "worker-0", PublicKey: self}, {Node: "worker-1", PublicKey: k2}}
-	instances := []metadata.Instance{
+	instances := []provider.Instance{
 		{Name: "control-plane-0", IP: "10.217.0.10", PodCIDR: "10.244.0.0/24"},
 		{Name: "worker-0", IP: "10.217.0.11", PodCIDR: "10.244.1.0/24"},
 		{Name: "worker-1", IP: "10.217.0.12", PodCIDR: "10.244.2.0/24"},

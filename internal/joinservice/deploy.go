@@ -30,9 +30,9 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and list
-// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. metadataURL is the provider's metadata service, which tells control-plane nodes
-// from workers; keyService the key service's address, for disk keys.
-func Manifests(config map[string]string, metadataURL, keyService string) ([]byte, error) {
+// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. The provider (name, at endpoint) tells
+// control-plane nodes from workers; keyService is the key service's address, for disk keys.
+func Manifests(config map[string]string, providerName, providerEndpoint, keyService string) ([]byte, error) {
 	meta := func(name string) map[string]any { return kubeapi.Meta(Name, name) }
 	clusterMeta := func(name string) map[string]any {
 		return map[string]any{"name": name, "labels": kubeapi.Labels(Name)}
@@ -44,7 +44,8 @@ func Manifests(config map[string]string, metadataURL, keyService string) ([]byte
 			"--listen=$(NODE_IP):" + strconv.Itoa(joinpb.Port),
 			"--api-endpoint=$(NODE_IP):6443",
 			"--api-server=https://$(NODE_IP):6443",
-			"--metadata=" + metadataURL,
+			"--provider=" + providerName,
+			"--provider-endpoint=" + providerEndpoint,
 			"--key-service=" + keyService,
 		},
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},

@@ -19,15 +19,16 @@ func Image() string { return "constellation.local/key-service:" + version.Versio
 // Manifests returns the key service's DaemonSet, as a JSON list for `kubectl apply`: one pod on node (the
 // control-plane node whose bootstrapper holds the master secret), on the host network at [Port]. The pod gets no
 // API credentials: it needs none. It reaches the node's bootstrapper for the master secret ([SecretSocket]) and
-// for its evidence (the attestation agent), and metadataURL, the provider's metadata service, to tell
-// control-plane nodes, its only callers, from workers.
-func Manifests(node, metadataURL string) ([]byte, error) {
+// for its evidence (the attestation agent), and its provider (name, at endpoint), to tell control-plane nodes,
+// its only callers, from workers.
+func Manifests(node, providerName, providerEndpoint string) ([]byte, error) {
 	return kubeapi.List(kubeapi.HostService{
 		Name:  Name,
 		Image: Image(),
 		Args: []string{
 			"--listen=$(NODE_IP):" + strconv.Itoa(Port),
-			"--metadata=" + metadataURL,
+			"--provider=" + providerName,
+			"--provider-endpoint=" + providerEndpoint,
 		},
 		NodeSelector: map[string]string{"kubernetes.io/hostname": node},
 		Tolerations:  []map[string]any{kubeapi.ControlPlaneToleration},

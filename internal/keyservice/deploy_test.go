@@ -9,7 +9,7 @@ import (
 // The key service runs on the node that holds the master secret, with no API credentials, and reaches only
 // that node's bootstrapper.
 func TestManifests(t *testing.T) {
-	raw, err := Manifests("control-plane-0", "http://10.217.0.1:8080")
+	raw, err := Manifests("control-plane-0", "mini", "http://10.217.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestManifests(t *testing.T) {
 		t.Errorf("node selector %v, want the node with the master secret only", pod.NodeSelector)
 	}
 	c := pod.Containers[0]
-	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --metadata=http://10.217.0.1:8080" {
+	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
 		t.Errorf("container %+v", c)
 	}
 	var paths []string

@@ -29,7 +29,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/provider"
 )
 
 // Address ranges of a cluster's network, as the provider routes them: services, and pods (one /24 per node,
@@ -39,20 +41,17 @@ var (
 	PodSubnet   = netip.MustParsePrefix("10.218.0.0/16")
 )
 
+// ProviderName is the mini provider's name.
+const ProviderName = "mini"
+
 // Roles of instances.
 const (
-	RoleControlPlane = "control-plane"
-	RoleWorker       = "worker"
+	RoleControlPlane = provider.RoleControlPlane
+	RoleWorker       = provider.RoleWorker
 )
 
 // Instance is one node as the provider knows it.
-type Instance struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-	IP   string `json:"ip"`
-	// PodCIDR is the node's pod address range, routed to the node by the provider's network.
-	PodCIDR string `json:"podCIDR"`
-}
+type Instance = provider.Instance
 
 // maxRequestBody bounds request bodies.
 const maxRequestBody = 64 << 10
@@ -264,6 +263,22 @@ func NewClient(base string) *Client {
 
 // URL is the metadata service's base URL.
 func (c *Client) URL() string { return c.base }
+
+// The client is the mini provider's side of the node's provider seam.
+var _ provider.Node = (*Client)(nil)
+
+// Name is the provider's name.
+func (c *Client) Name() string { return ProviderName }
+
+// Endpoint is the metadata service's base URL, where the services in the cluster reach the provider.
+func (c *Client) Endpoint() string { return c.base }
+
+// Variant is the attestation variant of the mini provider's nodes: a TPM whose attestation key the provider
+// certifies.
+func (c *Client) Variant() attestation.Variant { return attestation.MiniVTPM }
+
+// Networks are the cluster's pod and service networks.
+func (c *Client) Networks() (pods, services netip.Prefix) { return PodSubnet, ServiceCIDR }
 
 // IsControlPlane tells whether the instance named name is a control-plane node.
 func (c *Client) IsControlPlane(ctx context.Context, name string) (bool, error) {

@@ -1,0 +1,30 @@
+package providers
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+)
+
+func TestNode(t *testing.T) {
+	n, err := Node("mini", "http://10.217.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Name() != "mini" || n.Endpoint() != "http://10.217.0.1:8080" || n.Variant().Name != attestation.MiniVTPM.Name {
+		t.Errorf("mini provider: %s at %s issuing %s", n.Name(), n.Endpoint(), n.Variant())
+	}
+	if pods, services := n.Networks(); !pods.IsValid() || !services.IsValid() || pods.Overlaps(services) {
+		t.Errorf("networks: pods %s, services %s", pods, services)
+	}
+	for name, tc := range map[string]struct{ provider, endpoint, want string }{
+		"unknown":     {"aws", "http://x", `unknown provider "aws"`},
+		"empty":       {"", "http://x", `unknown provider ""`},
+		"no endpoint": {"mini", "", "no endpoint"},
+	} {
+		if _, err := Node(tc.provider, tc.endpoint); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}
