@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
@@ -45,7 +46,7 @@ func main() {
 			// Pods send between nodes through the WireGuard tunnel: their MTU is the tunnel's.
 			podMTU := 0
 			if ip, err := netip.ParseAddr(self.IP); err == nil {
-				if _, _, mtu, err := bootstrapper.NodeLink(ip); err == nil {
+				if _, _, mtu, err := meshagent.NodeLink(ip); err == nil {
 					podMTU = mtu - wgmesh.Overhead
 				}
 			}

@@ -27,8 +27,10 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/retry"
@@ -120,7 +122,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	mesh := newMeshAgent(md, self, cfg.PodNetwork, log.With("service", "wireguard"))
+	mesh := meshagent.New(meshagent.Options{
+		Provider: md, Self: self, PodNetwork: cfg.PodNetwork, OperatorTCPPorts: operatorPorts, PlaintextTCPPorts: []uint16{joinpb.Port},
+		Log: log.With("service", "wireguard"),
+	})
 
 	// A node that joins trusts a join service that booted exactly as it did.
 	selfPolicy, err := ownPolicy(tpm)
@@ -155,7 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		admitSrv := &http.Server{Handler: meshpeers.AdmitHandler(func(node string, key wgmesh.Key) error {
-			return mesh.admit(ctx, node, key)
+			return mesh.Admit(ctx, node, key)
 		}, log.With("service", "wireguard")), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- admitSrv.Serve(ln) }()
 		defer admitSrv.Close()
@@ -198,25 +203,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			// recovery (the other nodes know it).
 			startNetwork: func(recovery bool) error {
 				if recovery {
-					if err := mesh.loadKey(); err != nil {
+					if err := mesh.LoadKey(); err != nil {
 						return err
 					}
-				} else if _, err := mesh.newKey(); err != nil {
+				} else if _, err := mesh.NewKey(); err != nil {
 					return err
 				}
-				if err := mesh.start(); err != nil {
+				if err := mesh.Start(); err != nil {
 					return err
 				}
 				// After a recovery, the peers this node had: the other control-plane nodes, without which
 				// etcd, and so the record of the mesh in the API, cannot come back.
-				return mesh.apply(ctx)
+				return mesh.Apply(ctx)
 			},
 			recovered: func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
-				if err := mesh.setRootFromMaster(ms); err != nil {
+				if err := setMeshRootFromMaster(mesh, ms); err != nil {
 					return err
 				}
-				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
-				go mesh.publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
+				go mesh.Follow(ctx, kubeadm.KubeletKubeconfig)
+				go mesh.Publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
 				if self.Name != FirstControlPlane {
 					return nil // the key service runs on the first control-plane node only
 				}
@@ -228,10 +233,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			},
 			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
 				// Before any node can join: the join service admits nodes as this node's peers.
-				if err := mesh.setRootFromMaster(ms); err != nil {
+				if err := setMeshRootFromMaster(mesh, ms); err != nil {
 					return err
 				}
-				if err := mesh.publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
+				if err := mesh.Publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
 					return err
 				}
 				readers, err := meshpeers.Manifests()
@@ -241,7 +246,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				if err := k8s.Apply(ctx, readers); err != nil {
 					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
 				}
-				go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
+				go mesh.Follow(ctx, kubeadm.KubeletKubeconfig)
 				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: self.Name, DiskUUID: ownDisk}); err != nil {
 					return err
 				}

@@ -28,15 +28,19 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/meshagent"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 // mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
@@ -125,7 +129,7 @@ func ownPolicy(tpm interface {
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshAgent, log *slog.Logger) error {
+func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshagent.Agent, log *slog.Logger) error {
 	controlPlane := self.Role == provider.RoleControlPlane
 	var diskUUID string
 	if disk != nil {
@@ -145,7 +149,7 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 	}
 	var meshKey []byte
 	if !rejoin {
-		pub, err := mesh.newKey()
+		pub, err := mesh.NewKey()
 		if err != nil {
 			return err
 		}
@@ -203,24 +207,24 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 		return err
 	}
 	if rejoin {
-		if err := mesh.loadKey(); err != nil {
+		if err := mesh.LoadKey(); err != nil {
 			return err
 		}
 	}
-	if err := mesh.setRoot(resp.GetMeshPskRoot()); err != nil {
+	if err := mesh.SetRoot(resp.GetMeshPskRoot()); err != nil {
 		return fmt.Errorf("the join service's answer: %w", err)
 	}
-	if err := mesh.start(); err != nil {
+	if err := mesh.Start(); err != nil {
 		return err
 	}
-	if err := mesh.record(ctx, peers); err != nil {
+	if err := mesh.Record(ctx, peers); err != nil {
 		return err
 	}
-	go mesh.follow(ctx, kubeadm.KubeletKubeconfig)
+	go mesh.Follow(ctx, kubeadm.KubeletKubeconfig)
 	// The key is published as soon as the kubelet has registered, while kubeadm may still be at work (a
 	// control-plane join goes on with etcd and the control plane's components).
 	published := make(chan error, 1)
-	go func() { published <- mesh.publish(ctx, kubeadm.KubeletKubeconfig) }()
+	go func() { published <- mesh.Publish(ctx, kubeadm.KubeletKubeconfig) }()
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}
@@ -311,3 +315,38 @@ func writePKI(dir string, files []*joinpb.PKIFile) error {
 	}
 	return nil
 }
+
+// peersFromJoin are the mesh's nodes as the join service listed them.
+func peersFromJoin(list []*joinpb.MeshPeer) ([]meshpeers.Peer, error) {
+	var out []meshpeers.Peer
+	for _, p := range list {
+		if len(p.GetPublicKey()) != len(wgmesh.Key{}) {
+			return nil, fmt.Errorf("the join service sent a WireGuard key of %d bytes for node %q", len(p.GetPublicKey()), p.GetNode())
+		}
+		out = append(out, meshpeers.Peer{Node: p.GetNode(), PublicKey: wgmesh.Key(p.GetPublicKey())})
+	}
+	return out, nil
+}
+
+// setMeshRootFromMaster derives the mesh's root key for preshared keys from the master secret (the first
+// control-plane node at init, a control-plane node at a recovery) and gives it to the mesh agent.
+func setMeshRootFromMaster(mesh *meshagent.Agent, ms *kms.MasterSecret) error {
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		return err
+	}
+	root, err := joinservice.MeshRootFromMaster(d)
+	if err != nil {
+		return err
+	}
+	return mesh.SetRoot(root[:])
+}
+
+// operatorPorts are the node's services the operator's CLI reaches from the provider's address (on mini the
+// CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
+// and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
+// reachable from there.
+var operatorPorts = []uint16{initpb.Port, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
+
+// apiServerPort is the API server's port (kubeadm's bindPort).
+const apiServerPort = 6443

@@ -40,6 +40,7 @@ var layers = map[string]int{
 	"internal/diskmapper":             nodePiece,
 	"internal/wgmesh":                 nodePiece,
 	"internal/meshpeers":              nodePiece,
+	"internal/meshagent":              nodePiece,
 	"internal/nodeimage":              nodePiece,
 	"internal/config":                 nodePiece,
 	"internal/provider/mini/metadata": nodePiece,
@@ -196,7 +197,7 @@ func isService(pkg string) bool {
 // isNodeSide reports whether pkg runs on a node (the bootstrapper, the services in the cluster, their mains).
 func isNodeSide(pkg string) bool {
 	for _, s := range []string{"internal/bootstrapper", "internal/joinservice", "internal/keyservice", "internal/verifyservice",
-		"internal/diskmapper", "internal/wgmesh", "internal/meshpeers", "cmd/bootstrapper", "cmd/join-service", "cmd/key-service", "cmd/verification-service"} {
+		"internal/diskmapper", "internal/wgmesh", "internal/meshpeers", "internal/meshagent", "cmd/bootstrapper", "cmd/join-service", "cmd/key-service", "cmd/verification-service"} {
 		if pkg == s || strings.HasPrefix(pkg, s+"/") {
 			return true
 		}

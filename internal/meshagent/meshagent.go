@@ -1,4 +1,8 @@
-package bootstrapper
+// Package meshagent runs a node's part of the cluster's WireGuard mesh: the interface in strict mode (the node
+// and pod networks reachable only through the tunnel), and its peers kept equal to the cluster's record
+// (package meshpeers) with their addresses from the provider and each pair's preshared key derived from the
+// mesh's root key. The node's key, the root key and the last record live on the node's encrypted state disk.
+package meshagent
 
 import (
 	"context"
@@ -18,14 +22,10 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
-	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
-	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
-	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
-	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
@@ -50,19 +50,21 @@ const (
 	meshSyncInterval = 2 * time.Second
 )
 
-// meshAgent runs the node's part of the cluster's WireGuard mesh: the interface, and its peers kept equal to
-// the cluster's record (package meshpeers), with their addresses from the provider and each pair's preshared
-// key derived from the mesh's root key (joinservice.MeshRootKeyID), which the node got over aTLS from the join
+// Agent runs the node's part of the cluster's WireGuard mesh: the interface, and its peers kept equal to the
+// cluster's record (package meshpeers), with their addresses from the provider and each pair's preshared key
+// derived from the mesh's root key (joinservice.MeshRootKeyID), which the node got over aTLS from the join
 // service, or derived from the master secret on the first control-plane node. Without the root it configures
 // no peer.
-type meshAgent struct {
-	md         provider.Node
-	self       provider.Instance
-	podNetwork netip.Prefix
-	keyFile    string
-	peersFile  string
-	rootFile   string
-	log        *slog.Logger
+type Agent struct {
+	md             provider.Node
+	self           provider.Instance
+	podNetwork     netip.Prefix
+	operatorPorts  []uint16
+	plaintextPorts []uint16
+	keyFile        string
+	peersFile      string
+	rootFile       string
+	log            *slog.Logger
 
 	mu      sync.Mutex
 	private wgmesh.Key
@@ -78,7 +80,7 @@ type meshAgent struct {
 }
 
 // admittedPeer is a node a join service on this node admitted, a peer until its key is in the cluster's
-// record or its bootstrap token has expired.
+// Record or its bootstrap token has expired.
 type admittedPeer struct {
 	key   wgmesh.Key
 	until time.Time
@@ -113,8 +115,8 @@ func mergePeers(recorded []meshpeers.Peer, admitted map[string]admittedPeer, now
 	return out
 }
 
-// admit makes a node this node's join service admitted a peer at once.
-func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) error {
+// Admit makes a node this node's join service admitted a peer at once.
+func (a *Agent) Admit(ctx context.Context, node string, key wgmesh.Key) error {
 	a.mu.Lock()
 	if a.admitted == nil {
 		a.admitted = map[string]admittedPeer{}
@@ -122,15 +124,15 @@ func (a *meshAgent) admit(ctx context.Context, node string, key wgmesh.Key) erro
 	a.admitted[node] = admittedPeer{key: key, until: time.Now().Add(joinpb.TokenTTL)}
 	a.mu.Unlock()
 	a.log.Info("node admitted by this node's join service; a peer until it publishes its key", "node", node, "publicKey", key.String())
-	return a.apply(ctx)
+	return a.Apply(ctx)
 }
 
-// record takes the cluster's record of the mesh and applies it.
-func (a *meshAgent) record(ctx context.Context, recorded []meshpeers.Peer) error {
+// Record takes the cluster's record of the mesh and applies it.
+func (a *Agent) Record(ctx context.Context, recorded []meshpeers.Peer) error {
 	a.mu.Lock()
 	a.recorded = recorded
 	a.mu.Unlock()
-	return a.apply(ctx)
+	return a.Apply(ctx)
 }
 
 // keptPeer is a peer as kept on the state disk.
@@ -139,7 +141,7 @@ type keptPeer struct {
 	PublicKey string `json:"publicKey"`
 }
 
-func (a *meshAgent) keepRecord(recorded []meshpeers.Peer) error {
+func (a *Agent) keepRecord(recorded []meshpeers.Peer) error {
 	kept := make([]keptPeer, 0, len(recorded))
 	for _, p := range recorded {
 		kept = append(kept, keptPeer{Node: p.Node, PublicKey: p.PublicKey.String()})
@@ -155,7 +157,7 @@ func (a *meshAgent) keepRecord(recorded []meshpeers.Peer) error {
 }
 
 // loadRecord takes the record kept on the state disk, if there is one and nothing newer.
-func (a *meshAgent) loadRecord() error {
+func (a *Agent) loadRecord() error {
 	raw, err := os.ReadFile(a.peersFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -183,9 +185,9 @@ func (a *meshAgent) loadRecord() error {
 	return nil
 }
 
-// apply sets the peers from the record and the admitted nodes.
+// Apply sets the peers from the record and the admitted nodes.
 // The peers in force, admitted nodes included, are kept on the state disk whenever they change.
-func (a *meshAgent) apply(ctx context.Context) error {
+func (a *Agent) Apply(ctx context.Context) error {
 	a.mu.Lock()
 	merged := mergePeers(a.recorded, a.admitted, time.Now())
 	changed := !slices.Equal(merged, a.kept)
@@ -199,13 +201,31 @@ func (a *meshAgent) apply(ctx context.Context) error {
 	return a.setPeers(ctx, merged)
 }
 
-func newMeshAgent(md provider.Node, self provider.Instance, podNetwork netip.Prefix, log *slog.Logger) *meshAgent {
-	return &meshAgent{md: md, self: self, podNetwork: podNetwork, keyFile: meshKeyFile, peersFile: meshPeersFile, rootFile: meshRootFile, log: log}
+// Options describe the node to an Agent.
+type Options struct {
+	// Provider gives the nodes' addresses; Self is this node.
+	Provider provider.Node
+	Self     provider.Instance
+	// PodNetwork is the cluster's pod network, reachable only through the tunnel.
+	PodNetwork netip.Prefix
+	// OperatorTCPPorts are the node's services the operator reaches from the provider's address (each
+	// authenticates and encrypts by itself); PlaintextTCPPorts are reachable on the node network without the
+	// tunnel (the join service, which a node calls before it has peers). See wgmesh.Routing.
+	OperatorTCPPorts, PlaintextTCPPorts []uint16
+	Log                                 *slog.Logger
 }
 
-// newKey makes a key pair for this node's next join; the private key stays in this process until the state
+// New returns the agent of a node; it brings nothing up yet.
+func New(o Options) *Agent {
+	return &Agent{
+		md: o.Provider, self: o.Self, podNetwork: o.PodNetwork, operatorPorts: o.OperatorTCPPorts, plaintextPorts: o.PlaintextTCPPorts,
+		keyFile: meshKeyFile, peersFile: meshPeersFile, rootFile: meshRootFile, log: o.Log,
+	}
+}
+
+// NewKey makes a key pair for this node's next join; the private key stays in this process until the state
 // disk is unlocked.
-func (a *meshAgent) newKey() (wgmesh.Key, error) {
+func (a *Agent) NewKey() (wgmesh.Key, error) {
 	priv, pub, err := wgmesh.GenerateKey()
 	if err != nil {
 		return wgmesh.Key{}, err
@@ -216,9 +236,9 @@ func (a *meshAgent) newKey() (wgmesh.Key, error) {
 	return pub, nil
 }
 
-// setRoot takes the mesh's root key for preshared keys (32 bytes) and keeps it on the state disk, which must
+// SetRoot takes the mesh's root key for preshared keys (32 bytes) and keeps it on the state disk, which must
 // be unlocked.
-func (a *meshAgent) setRoot(raw []byte) error {
+func (a *Agent) SetRoot(raw []byte) error {
 	if len(raw) != len(wgmesh.Key{}) || wgmesh.Key(raw) == (wgmesh.Key{}) {
 		return fmt.Errorf("the WireGuard preshared root key has %d bytes or is zero, want 32 random bytes; the join service must be of this release", len(raw))
 	}
@@ -235,22 +255,8 @@ func (a *meshAgent) setRoot(raw []byte) error {
 	return nil
 }
 
-// setRootFromMaster derives the mesh's root key from the master secret (the first control-plane node at
-// init, a control-plane node at a recovery) and takes it.
-func (a *meshAgent) setRootFromMaster(ms *kms.MasterSecret) error {
-	d, err := kms.NewDeriver(ms)
-	if err != nil {
-		return err
-	}
-	root, err := joinservice.MeshRootFromMaster(d)
-	if err != nil {
-		return err
-	}
-	return a.setRoot(root[:])
-}
-
 // loadRoot takes the root key kept on the state disk; without one, the node has none until it is given it.
-func (a *meshAgent) loadRoot() error {
+func (a *Agent) loadRoot() error {
 	raw, err := atomicfile.ReadPrivate(a.rootFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		a.log.Warn("no WireGuard preshared root key on the state disk: no peer is configured until the node gets it")
@@ -269,8 +275,8 @@ func (a *meshAgent) loadRoot() error {
 	return nil
 }
 
-// loadKey takes the key the node kept on its state disk, the mesh's root key and the peers it last knew.
-func (a *meshAgent) loadKey() error {
+// LoadKey takes the key the node kept on its state disk, the mesh's root key and the peers it last knew.
+func (a *Agent) LoadKey() error {
 	if err := a.loadRecord(); err != nil {
 		return err
 	}
@@ -322,10 +328,10 @@ func NodeLink(addr netip.Addr) (name string, network netip.Prefix, mtu int, err 
 	return "", netip.Prefix{}, 0, fmt.Errorf("no interface holds the node address %s", addr)
 }
 
-// start keeps the key on the state disk and brings the interface up, in strict mode: the node network and
+// Start keeps the key on the state disk and brings the interface up, in strict mode: the node network and
 // the pod network are reachable only through the tunnel, but for the join service's port and, from the
 // provider's address, replies to the node's own connections and the operator's ports (see [wgmesh.Routing]).
-func (a *meshAgent) start() error {
+func (a *Agent) Start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.private == (wgmesh.Key{}) {
@@ -353,8 +359,8 @@ func (a *meshAgent) start() error {
 		Table: meshTable, Mark: meshMark, Source: self, Link: link,
 		Protected:         []netip.Prefix{network, a.podNetwork},
 		Infrastructure:    []netip.Prefix{infra},
-		OperatorTCPPorts:  operatorPorts,
-		PlaintextTCPPorts: []uint16{joinpb.Port},
+		OperatorTCPPorts:  a.operatorPorts,
+		PlaintextTCPPorts: a.plaintextPorts,
 	}
 	if pods, err := netip.ParsePrefix(a.self.PodCIDR); err == nil {
 		routing.Local = []netip.Prefix{pods}
@@ -368,15 +374,6 @@ func (a *meshAgent) start() error {
 		"interface", meshInterface, "publicKey", a.public.String(), "mtu", mtu-wgmesh.Overhead, "protected", []string{network.String(), a.podNetwork.String()})
 	return nil
 }
-
-// operatorPorts are the node's services the operator's CLI reaches from the provider's address (on mini the
-// CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
-// and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
-// reachable from there.
-var operatorPorts = []uint16{initpb.Port, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
-
-// apiServerPort is the API server's port (kubeadm's bindPort).
-const apiServerPort = 6443
 
 // providerAddress is the host of the metadata service: the provider's infrastructure, reached directly.
 func providerAddress(metadataURL string) (netip.Prefix, error) {
@@ -393,7 +390,7 @@ func providerAddress(metadataURL string) (netip.Prefix, error) {
 
 // setPeers makes the recorded nodes, other than this one, the peers, at the addresses the provider gives
 // them, each with the pair's preshared key. A recorded node the provider does not know is no peer.
-func (a *meshAgent) setPeers(ctx context.Context, recorded []meshpeers.Peer) error {
+func (a *Agent) setPeers(ctx context.Context, recorded []meshpeers.Peer) error {
 	instances, err := a.md.Instances(ctx)
 	if err != nil {
 		return fmt.Errorf("asking the provider for the nodes' addresses: %w", err)
@@ -466,21 +463,9 @@ func meshPeers(recorded []meshpeers.Peer, instances []provider.Instance, self st
 	return peers, names, nil
 }
 
-// peersFromJoin are the mesh's nodes as the join service listed them.
-func peersFromJoin(list []*joinpb.MeshPeer) ([]meshpeers.Peer, error) {
-	var out []meshpeers.Peer
-	for _, p := range list {
-		if len(p.GetPublicKey()) != len(wgmesh.Key{}) {
-			return nil, fmt.Errorf("the join service sent a WireGuard key of %d bytes for node %q", len(p.GetPublicKey()), p.GetNode())
-		}
-		out = append(out, meshpeers.Peer{Node: p.GetNode(), PublicKey: wgmesh.Key(p.GetPublicKey())})
-	}
-	return out, nil
-}
-
-// publish records this node's key in the cluster, on its Node object, with the kubelet's credentials in
+// Publish records this node's key in the cluster, on its Node object, with the kubelet's credentials in
 // kubeconfig, as soon as the kubelet has registered.
-func (a *meshAgent) publish(ctx context.Context, kubeconfig string) error {
+func (a *Agent) Publish(ctx context.Context, kubeconfig string) error {
 	a.mu.Lock()
 	pub := a.public
 	a.mu.Unlock()
@@ -504,9 +489,9 @@ func (a *meshAgent) publish(ctx context.Context, kubeconfig string) error {
 	}
 }
 
-// follow keeps the peers equal to the cluster's record until ctx ends, reading it with the kubelet's
+// Follow keeps the peers equal to the cluster's record until ctx ends, reading it with the kubelet's
 // credentials in kubeconfig (once they exist).
-func (a *meshAgent) follow(ctx context.Context, kubeconfig string) {
+func (a *Agent) Follow(ctx context.Context, kubeconfig string) {
 	var api *kubeapi.Client
 	failing := false
 	for {
@@ -524,7 +509,7 @@ func (a *meshAgent) follow(ctx context.Context, kubeconfig string) {
 			if len(malformed) > 0 {
 				a.log.Warn("nodes with a malformed WireGuard key in the cluster's record; not peers", "nodes", malformed)
 			}
-			return a.record(ctx, recorded)
+			return a.Record(ctx, recorded)
 		}()
 		if err != nil {
 			api = nil // credentials may have been rotated: read them again

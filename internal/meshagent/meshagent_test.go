@@ -1,4 +1,4 @@
-package bootstrapper
+package meshagent
 
 import (
 	"log/slog"
@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/wgmesh"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
 // A node this node's join service admitted is a peer before the cluster's record has its key, with its new
@@ -49,7 +49,7 @@ func TestMergePeers(t *testing.T) {
 // The peers a node last knew survive on its state disk; a damaged file is an error, a missing one is none.
 func TestKeptRecord(t *testing.T) {
 	dir := t.TempDir()
-	a := &meshAgent{peersFile: filepath.Join(dir, "wireguard", "peers.json")}
+	a := &Agent{peersFile: filepath.Join(dir, "wireguard", "peers.json")}
 	if err := a.loadRecord(); err != nil || a.recorded != nil {
 		t.Fatalf("without a file: %v, %v", err, a.recorded)
 	}
@@ -57,12 +57,12 @@ func TestKeptRecord(t *testing.T) {
 	if err := a.keepRecord(want); err != nil {
 		t.Fatal(err)
 	}
-	b := &meshAgent{peersFile: a.peersFile}
+	b := &Agent{peersFile: a.peersFile}
 	if err := b.loadRecord(); err != nil || !slices.Equal(b.recorded, want) {
 		t.Fatalf("loaded %v, %v; want %v", b.recorded, err, want)
 	}
 	os.WriteFile(a.peersFile, []byte(`[{"node":"x","publicKey":"short"}]`), 0o600)
-	if err := (&meshAgent{peersFile: a.peersFile}).loadRecord(); err == nil {
+	if err := (&Agent{peersFile: a.peersFile}).loadRecord(); err == nil {
 		t.Fatal("a damaged record was loaded")
 	}
 }
@@ -106,18 +106,18 @@ func TestMeshPeersHavePresharedKeys(t *testing.T) {
 func TestKeptRoot(t *testing.T) {
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	a := &meshAgent{rootFile: filepath.Join(dir, "wireguard", "psk-root.key"), log: log}
-	if err := a.setRoot(make([]byte, 31)); err == nil {
+	a := &Agent{rootFile: filepath.Join(dir, "wireguard", "psk-root.key"), log: log}
+	if err := a.SetRoot(make([]byte, 31)); err == nil {
 		t.Fatal("a 31-byte root was taken")
 	}
-	if err := a.setRoot(make([]byte, 32)); err == nil {
+	if err := a.SetRoot(make([]byte, 32)); err == nil {
 		t.Fatal("a zero root was taken")
 	}
 	root := wgmesh.Key{7, 7}
-	if err := a.setRoot(root[:]); err != nil {
+	if err := a.SetRoot(root[:]); err != nil {
 		t.Fatal(err)
 	}
-	b := &meshAgent{rootFile: a.rootFile, log: log}
+	b := &Agent{rootFile: a.rootFile, log: log}
 	if err := b.loadRoot(); err != nil || b.root != root {
 		t.Fatalf("loaded %s, %v; want %s", b.root, err, root)
 	}
