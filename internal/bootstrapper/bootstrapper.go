@@ -142,36 +142,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	httpAddr, grpcAddr := verify.Addrs()
 	log.Info("verification service listening", "http", httpAddr, "grpc", grpcAddr)
 	if cfg.AgentSocket != "" {
-		ln, err := agent.Listen(cfg.AgentSocket)
+		stop, err := serveLocal(cfg.AgentSocket, agent.Handler(issuer, log.With("service", "agent")), errc)
 		if err != nil {
 			return err
 		}
-		agentSrv := &http.Server{Handler: agent.Handler(issuer, log.With("service", "agent")), ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- agentSrv.Serve(ln) }()
-		defer agentSrv.Close()
+		defer stop()
 		log.Info("attestation agent listening for the node's services", "socket", cfg.AgentSocket)
 	}
 
 	secrets := keyservice.NewSecretHolder(log.With("service", "keys"))
 	if self.Role == provider.RoleControlPlane {
 		// The join service on this node hands the nodes it admits to this node's WireGuard agent.
-		ln, err := agent.Listen(meshpeers.LocalSocket)
-		if err != nil {
-			return err
-		}
-		admitSrv := &http.Server{Handler: meshpeers.AdmitHandler(func(node string, key wgmesh.Key) error {
+		stopAdmit, err := serveLocal(meshpeers.LocalSocket, meshpeers.AdmitHandler(func(node string, key wgmesh.Key) error {
 			return mesh.Admit(ctx, node, key)
-		}, log.With("service", "wireguard")), ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- admitSrv.Serve(ln) }()
-		defer admitSrv.Close()
-		// The key service on this node gets the master secret from here once the node has it.
-		secretLn, err := agent.Listen(keyservice.SecretSocket)
+		}, log.With("service", "wireguard")), errc)
 		if err != nil {
 			return err
 		}
-		secretSrv := &http.Server{Handler: secrets, ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- secretSrv.Serve(secretLn) }()
-		defer secretSrv.Close()
+		defer stopAdmit()
+		// The key service on this node gets the master secret from here once the node has it.
+		stopSecrets, err := serveLocal(keyservice.SecretSocket, secrets, errc)
+		if err != nil {
+			return err
+		}
+		defer stopSecrets()
 	}
 	// A control-plane node whose state disk holds the cluster's state waits for 'constellation recover': the
 	// join service that would hand it its disk key runs on the control plane, which needs this node's etcd.
@@ -273,4 +267,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case err := <-errc:
 		return fmt.Errorf("a node service stopped: %w", err)
 	}
+}
+
+// serveLocal serves handler on a node-local Unix socket (agent.Listen: owner-only, replacing a stale socket),
+// for the node's own services, until stop is called. A server that stops by itself sends its error to errc.
+func serveLocal(path string, handler http.Handler, errc chan<- error) (stop func(), err error) {
+	ln, err := agent.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() { errc <- fmt.Errorf("serving %s: %w", path, srv.Serve(ln)) }()
+	return func() { srv.Close() }, nil
 }
