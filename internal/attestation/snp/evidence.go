@@ -9,7 +9,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
-// Issuer produces qemu-sev-snp evidence: a report whose REPORT_DATA is [NonceReportData] of the verifier's
+// Issuer produces qemu-sev-snp evidence: a report whose REPORT_DATA is [ReportDataForNonce] of the verifier's
 // nonce and the caller's user data, with the certificate table the host attached to it. It implements
 // attestation.Issuer.
 type Issuer struct {
@@ -31,7 +31,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 	if i == nil || i.reporter == nil {
 		return nil, errors.New("SNP issuer: no reporter")
 	}
-	ev, err := obtainReport(ctx, i.reporter, NonceReportData(attestation.QEMUSEVSNP, nonce, userData), false)
+	ev, err := obtainReport(ctx, i.reporter, ReportDataForNonce(attestation.QEMUSEVSNP, nonce, userData), false)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func NewValidator(verifier *Verifier, policy *Policy) (*Validator, error) {
 func (v *Validator) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
 
 // Validate parses the evidence document, verifies the report (certificate chain to the embedded AMD root,
-// revocation, signature), checks it against the policy with REPORT_DATA = NonceReportData(nonce, user data),
+// revocation, signature), checks it against the policy with REPORT_DATA = ReportDataForNonce(nonce, user data),
 // and returns the user data.
 func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
 	if v == nil || v.verifier == nil || v.policy == nil {
@@ -121,7 +121,7 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	want := NonceReportData(attestation.QEMUSEVSNP, nonce, doc.UserData)
+	want := ReportDataForNonce(attestation.QEMUSEVSNP, nonce, doc.UserData)
 	if _, err := Validate(v.verifier, v.policy.WithReportData(want), doc.SNP.Report, certs); err != nil {
 		return nil, err
 	}

@@ -40,7 +40,7 @@ func (b HexBytes) String() string { return hex.EncodeToString(b) }
 // weaken the policy and default to false.
 type Policy struct {
 	// ReportData is the expected REPORT_DATA (64 bytes), computed by the caller for each request with
-	// [AKReportData] or [NonceReportData]. It is compared in constant time. Required.
+	// [ReportDataForAttestationKey] or [ReportDataForNonce]. It is compared in constant time. Required.
 	ReportData HexBytes `json:"reportData,omitempty"`
 	// Measurements are the accepted launch measurements (48 bytes each). At least one is required.
 	Measurements []HexBytes `json:"measurements"`
@@ -116,7 +116,7 @@ func (p *Policy) Validate() error {
 	}
 	var problems []string
 	if len(p.ReportData) != ReportDataSize {
-		problems = append(problems, fmt.Sprintf("reportData has %d bytes, want %d (compute it with AKReportData or NonceReportData)", len(p.ReportData), ReportDataSize))
+		problems = append(problems, fmt.Sprintf("reportData has %d bytes, want %d (compute it with ReportDataForAttestationKey or ReportDataForNonce)", len(p.ReportData), ReportDataSize))
 	}
 	return joinProblems(append(problems, p.problems()...))
 }

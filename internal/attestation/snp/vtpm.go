@@ -37,7 +37,7 @@ func checkVTPMVariant(variant attestation.Variant) error {
 }
 
 // VTPMIssuer produces evidence of a vTPM-combined SEV-SNP variant (aws-sev-snp, gcp-sev-snp): an SEV-SNP
-// report whose REPORT_DATA is [AKReportData] of the vTPM's attestation key, and a quote of that key over the
+// report whose REPORT_DATA is [ReportDataForAttestationKey] of the vTPM's attestation key, and a quote of that key over the
 // SHA-256 PCRs 0-23 whose qualifying data is attestation.BindingDigest of the verifier's nonce and the
 // caller's user data. It implements attestation.Issuer.
 type VTPMIssuer struct {
@@ -73,7 +73,7 @@ func (i *VTPMIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte,
 	if _, err := parseAttestationKey(akDER); err != nil {
 		return nil, fmt.Errorf("the vTPM attestation key is not usable: %w", err)
 	}
-	rd, err := AKReportData(ak)
+	rd, err := ReportDataForAttestationKey(ak)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +133,7 @@ func NewVTPMValidator(variant attestation.Variant, verifier *Verifier, policy *P
 func (v *VTPMValidator) Variant() attestation.Variant { return v.variant }
 
 // Validate parses the evidence document; verifies the SEV-SNP report and checks it against the policy with
-// REPORT_DATA = AKReportData(attestation key in the evidence); then verifies the vTPM quote with that key,
+// REPORT_DATA = ReportDataForAttestationKey(attestation key in the evidence); then verifies the vTPM quote with that key,
 // its binding to nonce and the user data, the PCR values, the event log and the measurement policy. It
 // returns the user data.
 func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
@@ -161,7 +161,7 @@ func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]b
 	if err != nil {
 		return nil, err
 	}
-	want, err := AKReportData(ak)
+	want, err := ReportDataForAttestationKey(ak)
 	if err != nil {
 		return nil, err
 	}

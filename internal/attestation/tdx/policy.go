@@ -283,13 +283,13 @@ func (e *PolicyError) Unwrap() error { return ErrPolicy }
 
 // Check checks a verified quote against the policy. It reports every violation at once. The policy must
 // be valid and hold the expected ReportData. The TD must run with SEPT_VE_DISABLE.
-func (p *Policy) Check(v *Verification) error { return p.check(v, true) }
+func (p *Policy) Check(v *VerifiedQuote) error { return p.check(v, true) }
 
 // checkUnderParavisor is Check for a TD whose guest runs under a paravisor (azure-tdx): the paravisor, as
 // the TD's L1, handles EPT violations, and such TDs run with SEPT_VE_DISABLE clear.
-func (p *Policy) checkUnderParavisor(v *Verification) error { return p.check(v, false) }
+func (p *Policy) checkUnderParavisor(v *VerifiedQuote) error { return p.check(v, false) }
 
-func (p *Policy) check(v *Verification, requireSEPTVEDisable bool) error {
+func (p *Policy) check(v *VerifiedQuote, requireSEPTVEDisable bool) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}

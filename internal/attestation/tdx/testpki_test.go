@@ -505,7 +505,7 @@ func (p *testPKI) collateral(t testing.TB, c *testCollateral) *Collateral {
 }
 
 // verify verifies raw with the test root at testNow.
-func (p *testPKI) verify(t testing.TB, raw []byte, c *Collateral) (*Verification, error) {
+func (p *testPKI) verify(t testing.TB, raw []byte, c *Collateral) (*VerifiedQuote, error) {
 	t.Helper()
 	q, err := ParseQuote(raw)
 	if err != nil {
