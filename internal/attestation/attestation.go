@@ -6,7 +6,9 @@
 // registry in this package is the single list of variants the product knows.
 //
 // Evidence travels as a versioned [Document]. Validators parse it strictly: unknown fields, trailing data,
-// another version or another variant are errors.
+// another version or another variant are errors. Every validator of a hardware variant opens the evidence
+// with [OpenEvidence] (nonce size, strict parse with size bounds, the variant and its parts) and states
+// there where it takes the attestation key from ([AKSource]); what it verifies then is its own.
 //
 // # One vocabulary for the hardware packages
 //
@@ -28,6 +30,7 @@
 //	the Azure HCL binding              VerifyHCLReport -> *HCLBinding             BindHCLReport -> *HCLBinding
 //	                                   {HCL, Report, AttestationKey}              {HCL, TDReport, AttestationKey}
 //	  its error                        ErrHCLReportData                           ErrHCLReportData
+//	open the evidence                  attestation.OpenEvidence(variant, AKSource, evidence, nonce)
 //	validator without vTPM             NewValidator(verifier, policy)             NewValidator(collateral, policy, now)
 //	validator with a vTPM              NewVTPMValidator(variant, verifier,        NewVTPMValidator(variant, collateral,
 //	                                     policy, pcrs, log)                         policy, pcrs, now, log)

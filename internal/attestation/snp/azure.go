@@ -195,21 +195,9 @@ func (v *AzureValidator) Validate(_ context.Context, evidence, nonce []byte) ([]
 	if v == nil || v.verifier == nil || v.policy == nil || v.pcrs == nil {
 		return nil, errors.New("azure-sev-snp validator not initialised; use NewAzureValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, attestation.AzureSEVSNP)
+	doc, err := attestation.OpenEvidence(attestation.AzureSEVSNP, attestation.AKFromHCLReport, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if len(doc.SNP.HCLReport) == 0 {
-		return nil, fmt.Errorf("%s evidence has no HCL report", attestation.AzureSEVSNP)
-	}
-	if doc.TPM == nil {
-		return nil, fmt.Errorf("%s evidence has no TPM part", attestation.AzureSEVSNP)
-	}
-	if len(doc.TPM.AKCert) != 0 || len(doc.TPM.AKPublic) != 0 {
-		return nil, fmt.Errorf("%s evidence carries an attestation key or its certificate; this variant takes the key only from the HCL report's runtime data", attestation.AzureSEVSNP)
 	}
 	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {

@@ -107,15 +107,9 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if v == nil || v.verifier == nil || v.policy == nil {
 		return nil, errors.New("SNP validator not initialised; use NewValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, attestation.QEMUSEVSNP)
+	doc, err := attestation.OpenEvidence(attestation.QEMUSEVSNP, attestation.NoTPM, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.TPM != nil {
-		return nil, fmt.Errorf("%s evidence carries a TPM part, which this variant does not use", attestation.QEMUSEVSNP)
 	}
 	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {
@@ -126,24 +120,6 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 		return nil, err
 	}
 	return doc.UserData, nil
-}
-
-// parseEvidence parses a document of variant that must carry an SEV-SNP part and no TDX part.
-func parseEvidence(evidence []byte, variant attestation.Variant) (*attestation.Document, error) {
-	doc, err := attestation.ParseDocument(evidence)
-	if err != nil {
-		return nil, err
-	}
-	if doc.Variant != variant.Name {
-		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, variant.Name)
-	}
-	if doc.SNP == nil {
-		return nil, fmt.Errorf("%s evidence has no SEV-SNP report", variant)
-	}
-	if doc.TDX != nil {
-		return nil, fmt.Errorf("%s evidence carries a TDX part", variant)
-	}
-	return doc, nil
 }
 
 // evidenceCertificates parses the certificates of an SNP evidence part: its certificate table, its

@@ -140,18 +140,9 @@ func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]b
 	if v == nil || v.verifier == nil || v.policy == nil || v.pcrs == nil {
 		return nil, errors.New("SNP vTPM validator not initialised; use NewVTPMValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, v.variant)
+	doc, err := attestation.OpenEvidence(v.variant, attestation.AKFromReportData, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.TPM == nil {
-		return nil, fmt.Errorf("%s evidence has no TPM part", v.variant)
-	}
-	if len(doc.TPM.AKCert) != 0 {
-		return nil, fmt.Errorf("%s evidence carries an attestation key certificate; this variant trusts the key only through the SEV-SNP report", v.variant)
 	}
 	ak, err := parseAttestationKey(doc.TPM.AKPublic)
 	if err != nil {
