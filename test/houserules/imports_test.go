@@ -56,6 +56,7 @@ var layers = map[string]int{
 	"internal/retry":                    plumbing,
 	"internal/version":                  plumbing,
 	"internal/kubeapi":                  plumbing,
+	"internal/strictjson":               plumbing,
 	"internal/bootstrapper/initpb":      plumbing,
 	"internal/keyservice/keyservicepb":  plumbing,
 	"internal/verifyservice/verifypb":   plumbing,

@@ -1,16 +1,16 @@
 package snp
 
 import (
-	"bytes"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // HexBytes is a byte string that JSON encodes as hexadecimal.
@@ -93,14 +93,9 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if len(data) > MaxPolicySize {
 		return nil, fmt.Errorf("%w: %d bytes exceed the limit of %d", ErrInvalidPolicy, len(data), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Decode(data, &p, MaxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the policy", ErrInvalidPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

@@ -7,9 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // ErrPolicy wraps every policy violation. Policy.Check returns it as a *PolicyError.
@@ -86,14 +87,9 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 	if len(raw) > MaxPolicySize {
 		return nil, fmt.Errorf("%w: %d bytes exceed the limit of %d", ErrInvalidPolicy, len(raw), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Decode(raw, &p, MaxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the policy", ErrInvalidPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
