@@ -12,7 +12,7 @@ import (
 )
 
 func TestVerifyGenuineQuote(t *testing.T) {
-	c, err := LoadCollateral(genuineCollDir)
+	c, err := LoadCollateral(genuineCollDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
