@@ -56,9 +56,9 @@
 //
 // # Binding
 //
-// REPORT_DATA binds a report to the verifier's request. [ReportDataForAttestationKey] binds a vTPM attestation key (the
-// quote of that key then binds the nonce); [ReportDataForNonce] binds a nonce and user data directly, with
-// attestation.BindingDigest. Policy checks compare REPORT_DATA in constant time.
+// REPORT_DATA binds a report to the verifier's request. [ReportDataForAttestationKey] binds a vTPM
+// attestation key (the quote of that key then binds the nonce); [ReportDataForNonce] binds a nonce and user
+// data directly, with attestation.BindingDigest. Policy checks compare REPORT_DATA in constant time.
 //
 // # Issuing
 //
@@ -74,8 +74,8 @@
 //     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
 //     REPORT_DATA and returns the user data.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
-//     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose qualifying
-//     data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
+//     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
+//     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
 //     key the evidence names, then verifies the quote with that key (signature, binding, PCRs 0-23, event
 //     log) and checks the PCR values against a measurement policy.
 //   - azure-sev-snp (report from Azure's paravisor plus vTPM quote): the guest cannot request reports; the

@@ -37,8 +37,8 @@ func checkVTPMVariant(variant attestation.Variant) error {
 }
 
 // VTPMIssuer produces evidence of a vTPM-combined SEV-SNP variant (aws-sev-snp, gcp-sev-snp): an SEV-SNP
-// report whose REPORT_DATA is [ReportDataForAttestationKey] of the vTPM's attestation key, and a quote of that key over the
-// SHA-256 PCRs 0-23 whose qualifying data is attestation.BindingDigest of the verifier's nonce and the
+// report whose REPORT_DATA is [ReportDataForAttestationKey] of the vTPM's attestation key, and a quote of
+// that key over the SHA-256 PCRs 0-23 whose qualifying data is attestation.BindingDigest of the verifier's nonce and the
 // caller's user data. It implements attestation.Issuer.
 type VTPMIssuer struct {
 	variant  attestation.Variant
@@ -133,8 +133,8 @@ func NewVTPMValidator(variant attestation.Variant, verifier *Verifier, policy *P
 func (v *VTPMValidator) Variant() attestation.Variant { return v.variant }
 
 // Validate parses the evidence document; verifies the SEV-SNP report and checks it against the policy with
-// REPORT_DATA = ReportDataForAttestationKey(attestation key in the evidence); then verifies the vTPM quote with that key,
-// its binding to nonce and the user data, the PCR values, the event log and the measurement policy. It
+// REPORT_DATA = ReportDataForAttestationKey(attestation key in the evidence); then verifies the vTPM quote
+// with that key, its binding to nonce and the user data, the PCR values, the event log and the measurement policy. It
 // returns the user data.
 func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
 	if v == nil || v.verifier == nil || v.policy == nil || v.pcrs == nil {
