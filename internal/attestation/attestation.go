@@ -15,28 +15,29 @@
 // Packages snp (AMD SEV-SNP) and tdx (Intel TDX) name the same ideas the same way, so that a reviewer who
 // knows one reads the other:
 //
-//	idea                               snp                                        tdx
-//	---------------------------------  -----------------------------------------  -----------------------------------------
-//	1. parse the hardware statement    ParseReport -> *Report                     ParseQuote -> *Quote
-//	2. verify it to the embedded root  (*Verifier).Verify -> *VerifiedReport      Verify(q, collateral, now) -> *VerifiedQuote
-//	3. decide under a policy           (*Policy).Check(*VerifiedReport)           (*Policy).Check(*VerifiedQuote)
-//	all three steps                    Validate(verifier, policy, raw, certs)     Validate(collateral, policy, raw, now)
-//	REPORT_DATA for a nonce            ReportDataForNonce(variant, nonce, data)   ReportDataForNonce(variant, nonce, data)
-//	REPORT_DATA for an attestation key ReportDataForAttestationKey(ak)            ReportDataForAttestationKey(variant, nonce, ak)
-//	compare REPORT_DATA                CheckReportData(*Report, want)             CheckReportData(*Quote, want)
-//	  its error                        ErrReportData (and ErrPolicy)              ErrReportData (and ErrPolicy)
-//	expect REPORT_DATA in a policy     (*Policy).WithReportData                   (*Policy).WithReportData
-//	a policy a validator can enforce   (*Policy).ValidateForCluster               (*Policy).ValidateForCluster(WithoutVTPM)
-//	the Azure HCL binding              VerifyHCLReport -> *HCLBinding             BindHCLReport -> *HCLBinding
-//	                                   {HCL, Report, AttestationKey}              {HCL, TDReport, AttestationKey}
-//	  its error                        ErrHCLReportData                           ErrHCLReportData
-//	open the evidence                  attestation.OpenEvidence(variant, AKSource, evidence, nonce)
-//	validator without vTPM             NewValidator(verifier, policy)             NewValidator(collateral, policy, now)
-//	validator with a vTPM              NewVTPMValidator(variant, verifier,        NewVTPMValidator(variant, collateral,
-//	                                     policy, pcrs, log)                         policy, pcrs, now, log)
-//	azure validator                    NewAzureValidator(verifier, policy,        NewAzureValidator(collateral, policy,
-//	                                     pcrs, log)                                 pcrs, now, log)
-//	issuers                            NewIssuer, NewVTPMIssuer, NewAzureIssuer   NewIssuer, NewAzureIssuer
+//	idea                      snp                                       tdx
+//	------------------------  ----------------------------------------  -----------------------------------------------
+//	1. parse                  ParseReport -> *Report                    ParseQuote -> *Quote
+//	2. verify to the root     (*Verifier).Verify -> *VerifiedReport     Verify(q, collateral, now) -> *VerifiedQuote
+//	3. decide under a policy  (*Policy).Check(*VerifiedReport)          (*Policy).Check(*VerifiedQuote)
+//	all three steps           Validate(verifier, policy, raw, certs)    Validate(collateral, policy, raw, now)
+//	REPORT_DATA for a nonce   ReportDataForNonce(variant, nonce, data)  ReportDataForNonce(variant, nonce, data)
+//	REPORT_DATA for an AK     ReportDataForAttestationKey(ak)           ReportDataForAttestationKey(variant, nonce, ak)
+//	compare REPORT_DATA       CheckReportData(*Report, want)            CheckReportData(*Quote, want)
+//	  its error               ErrReportData (and ErrPolicy)             ErrReportData (and ErrPolicy)
+//	expected REPORT_DATA      (*Policy).WithReportData                  (*Policy).WithReportData
+//	enforceable policy        (*Policy).ValidateForCluster              (*Policy).ValidateForCluster(WithoutVTPM)
+//	Azure HCL binding         VerifyHCLReport -> *HCLBinding            BindHCLReport -> *HCLBinding
+//	                            {HCL, Report, AttestationKey}             {HCL, TDReport, AttestationKey}
+//	  its error               ErrHCLReportData                          ErrHCLReportData
+//	open the evidence         OpenEvidence(variant, AKSource, ...)      OpenEvidence(variant, AKSource, ...)
+//	validator without vTPM    NewValidator(verifier, policy)            NewValidator(collateral, policy, now)
+//	validator with a vTPM     NewVTPMValidator(variant, verifier,       NewVTPMValidator(variant, collateral,
+//	                            policy, pcrs, log)                        policy, pcrs, now, log)
+//	Azure validator           NewAzureValidator(verifier, policy,       NewAzureValidator(collateral, policy,
+//	                            pcrs, log)                                pcrs, now, log)
+//	issuers                   NewIssuer, NewVTPMIssuer, NewAzureIssuer  NewIssuer, NewAzureIssuer
+//	test package              snptest: test PKI, platform, vTPM         tdxtest: genuine quote and collateral
 //
 // The parameters of the constructors come in one order: what verifies the hardware statement (the SEV-SNP
 // verifier, the TDX collateral), the hardware policy, the PCR measurements, the clock, the log. The SEV-SNP
