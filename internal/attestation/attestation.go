@@ -6,7 +6,46 @@
 // registry in this package is the single list of variants the product knows.
 //
 // Evidence travels as a versioned [Document]. Validators parse it strictly: unknown fields, trailing data,
-// another version or another variant are errors.
+// another version or another variant are errors. Every validator of a hardware variant opens the evidence
+// with [OpenEvidence] (nonce size, strict parse with size bounds, the variant and its parts) and states
+// there where it takes the attestation key from ([AKSource]); what it verifies then is its own.
+//
+// # One vocabulary for the hardware packages
+//
+// Packages snp (AMD SEV-SNP) and tdx (Intel TDX) name the same ideas the same way, so that a reviewer who
+// knows one reads the other:
+//
+//	idea                      snp                                       tdx
+//	------------------------  ----------------------------------------  -----------------------------------------------
+//	1. parse                  ParseReport -> *Report                    ParseQuote -> *Quote
+//	2. verify to the root     (*Verifier).Verify -> *VerifiedReport     Verify(q, collateral, now) -> *VerifiedQuote
+//	3. decide under a policy  (*Policy).Check(*VerifiedReport)          (*Policy).Check(*VerifiedQuote)
+//	all three steps           Validate(verifier, policy, raw, certs)    Validate(collateral, policy, raw, now)
+//	REPORT_DATA for a nonce   ReportDataForNonce(variant, nonce, data)  ReportDataForNonce(variant, nonce, data)
+//	REPORT_DATA for an AK     ReportDataForAttestationKey(ak)           ReportDataForAttestationKey(variant, nonce, ak)
+//	compare REPORT_DATA       CheckReportData(*Report, want)            CheckReportData(*Quote, want)
+//	  its error               ErrReportData (and ErrPolicy)             ErrReportData (and ErrPolicy)
+//	expected REPORT_DATA      (*Policy).WithReportData                  (*Policy).WithReportData
+//	enforceable policy        (*Policy).ValidateForCluster              (*Policy).ValidateForCluster(WithoutVTPM)
+//	Azure HCL binding         VerifyHCLReport -> *HCLBinding            BindHCLReport -> *HCLBinding
+//	                            {HCL, Report, AttestationKey}             {HCL, TDReport, AttestationKey}
+//	  its error               ErrHCLReportData                          ErrHCLReportData
+//	open the evidence         OpenEvidence(variant, AKSource, ...)      OpenEvidence(variant, AKSource, ...)
+//	validator without vTPM    NewValidator(verifier, policy)            NewValidator(collateral, policy, now)
+//	validator with a vTPM     NewVTPMValidator(variant, verifier,       NewVTPMValidator(variant, collateral,
+//	                            policy, pcrs, log)                        policy, pcrs, now, log)
+//	Azure validator           NewAzureValidator(verifier, policy,       NewAzureValidator(collateral, policy,
+//	                            pcrs, log)                                pcrs, now, log)
+//	issuers                   NewIssuer, NewVTPMIssuer, NewAzureIssuer  NewIssuer, NewAzureIssuer
+//	test package              snptest: test PKI, platform, vTPM         tdxtest: genuine quote and collateral
+//
+// The parameters of the constructors come in one order: what verifies the hardware statement (the SEV-SNP
+// verifier, the TDX collateral), the hardware policy, the PCR measurements, the clock, the log. The SEV-SNP
+// verifier carries its clock (VerifierOptions.Now); the TDX collateral has none, so the TDX constructors
+// take it. The differences that remain are real: the SEV-SNP binding of an attestation key is fixed per
+// boot and carries no variant or nonce, while the TDX one may; on Azure the SEV-SNP report is inside the HCL
+// report and is verified there (VerifyHCLReport verifies signature and policy), while a TD report is only
+// MACed, so BindHCLReport matches it to a quote that was verified before and verifies nothing itself.
 package attestation
 
 import (

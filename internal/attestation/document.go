@@ -1,12 +1,12 @@
 package attestation
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // DocumentVersion is the version of the evidence document this code writes and reads.
@@ -115,14 +115,9 @@ func ParseDocument(raw []byte) (*Document, error) {
 	if len(raw) > MaxDocumentSize {
 		return nil, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrMalformedDocument, len(raw), MaxDocumentSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var doc Document
-	if err := dec.Decode(&doc); err != nil {
+	if err := strictjson.Decode(raw, &doc, MaxDocumentSize); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedDocument, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the document", ErrMalformedDocument)
 	}
 	if doc.Version != DocumentVersion {
 		return nil, fmt.Errorf("%w: version %d, this verifier reads version %d", ErrMalformedDocument, doc.Version, DocumentVersion)

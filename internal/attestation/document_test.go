@@ -38,15 +38,22 @@ func TestParseDocument(t *testing.T) {
 func TestParseDocumentRejects(t *testing.T) {
 	raw := validDocument(t)
 	tests := map[string][]byte{
-		"empty":           nil,
-		"truncated":       raw[:len(raw)-1],
-		"trailing data":   append(bytes.Clone(raw), []byte(`{}`)...),
-		"unknown field":   bytes.Replace(raw, []byte(`"version"`), []byte(`"extra":1,"version"`), 1),
-		"wrong version":   bytes.Replace(raw, []byte(`"version":1`), []byte(`"version":2`), 1),
-		"unknown variant": bytes.Replace(raw, []byte(`"mini-vtpm"`), []byte(`"qemu-vtpm"`), 1),
-		"not json":        []byte("\x00\x01"),
-		"too large":       make([]byte, MaxDocumentSize+1),
-		"huge user data":  bytes.Replace(raw, []byte(`"dXNlcg=="`), []byte(`"`+string(bytes.Repeat([]byte("QUFB"), MaxUserDataSize))+`"`), 1),
+		"empty":         nil,
+		"truncated":     raw[:len(raw)-1],
+		"trailing data": append(bytes.Clone(raw), []byte(`{}`)...),
+		"unknown field": bytes.Replace(raw, []byte(`"version"`), []byte(`"extra":1,"version"`), 1),
+		// encoding/json keeps the last of two keys and matches keys case-insensitively: a document that
+		// names two variants, or two sets of user data, means what the last one says to one reader and
+		// what the first says to another.
+		"variant twice":    bytes.Replace(raw, []byte(`"variant"`), []byte(`"variant":"qemu-tdx","variant"`), 1),
+		"variant in case":  bytes.Replace(raw, []byte(`"variant"`), []byte(`"Variant":"qemu-tdx","variant"`), 1),
+		"user data twice":  bytes.Replace(raw, []byte(`"userData"`), []byte(`"userData":"b3RoZXI=","userData"`), 1),
+		"misspelled field": bytes.Replace(raw, []byte(`"userData"`), []byte(`"USERDATA"`), 1),
+		"wrong version":    bytes.Replace(raw, []byte(`"version":1`), []byte(`"version":2`), 1),
+		"unknown variant":  bytes.Replace(raw, []byte(`"mini-vtpm"`), []byte(`"qemu-vtpm"`), 1),
+		"not json":         []byte("\x00\x01"),
+		"too large":        make([]byte, MaxDocumentSize+1),
+		"huge user data":   bytes.Replace(raw, []byte(`"dXNlcg=="`), []byte(`"`+string(bytes.Repeat([]byte("QUFB"), MaxUserDataSize))+`"`), 1),
 	}
 	for name, in := range tests {
 		t.Run(name, func(t *testing.T) {

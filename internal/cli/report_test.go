@@ -11,14 +11,12 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
-// Genuine test vectors of the snp and tdx packages (see their testdata/README.md).
+// Genuine test vectors of the snp package (see its testdata/README.md) and of package tdxtest.
 const (
 	snpTestdata = "../attestation/snp/testdata"
-	tdxTestdata = "../attestation/tdx/testdata"
-	// genuineTDXQuoteSize is the size of the recorded quote; its file has 39 bytes of test suffix after it.
-	genuineTDXQuoteSize = 4935
 	// snpTime and tdxTime lie in the validity of the recorded certificates and collateral.
 	snpTime = "2025-06-01"
 	tdxTime = "2023-07-01T00:00:00Z"
@@ -169,7 +167,7 @@ func TestVerifyReportSNP(t *testing.T) {
 		"malformed CRL":      {verify("--certs", f.vcek, "--crl-dir", badCRLs, "--policy", f.policy), 2, "CRL"},
 		"missing CRL dir":    {verify("--certs", f.vcek, "--crl-dir", filepath.Join(f.dir, "nope"), "--policy", f.policy), 2, "CRL cache"},
 		"bad time":           {verify("--certs", f.vcek, "--policy", f.policy, "--time", "yesterday"), 2, "--time"},
-		"collateral for SNP": {verify("--certs", f.vcek, "--policy", f.policy, "--collateral", tdxTestdata), 2, "--collateral is for TDX"},
+		"collateral for SNP": {verify("--certs", f.vcek, "--policy", f.policy, "--collateral", t.TempDir()), 2, "--collateral is for TDX"},
 		"nothing to verify":  {[]string{"attestation", "verify-report", "--policy", f.policy}, 2, "nothing to verify"},
 		"both":               {verify("--tdx-quote", f.report, "--policy", f.policy), 2, "not both"},
 	} {
@@ -190,7 +188,7 @@ type tdxFiles struct {
 func writeTDXFiles(t *testing.T) tdxFiles {
 	t.Helper()
 	dir := t.TempDir()
-	raw := readTestFile(t, filepath.Join(tdxTestdata, "tdx_prod_quote_SPR_E4.dat"))[:genuineTDXQuoteSize]
+	raw := tdxtest.Quote()
 	f := tdxFiles{dir: dir, quote: filepath.Join(dir, "quote.dat")}
 	write(t, f.quote, raw)
 	q, err := tdx.ParseQuote(raw)
@@ -210,7 +208,7 @@ func writeTDXFiles(t *testing.T) tdxFiles {
 
 func TestVerifyReportTDX(t *testing.T) {
 	f := writeTDXFiles(t)
-	coll := filepath.Join(tdxTestdata, "collateral")
+	coll := tdxtest.CollateralDir(t)
 	verify := func(extra ...string) []string {
 		return append([]string{"attestation", "verify-report", "--tdx-quote", f.quote, "--collateral", coll}, extra...)
 	}
@@ -247,7 +245,7 @@ func TestVerifyReportTDX(t *testing.T) {
 		"collateral expired":    {verify("--policy", f.policy, "--time", "2024-06-01"), 1, "refresh the collateral cache"},
 		"before the collateral": {verify("--policy", f.policy, "--time", "2023-06-01"), 1, "TDX quote does not verify"},
 		"tampered quote":        {[]string{"attestation", "verify-report", "--tdx-quote", tampered, "--collateral", coll, "--policy", f.policy, "--time", tdxTime}, 1, "signature"},
-		"file with its suffix":  {[]string{"attestation", "verify-report", "--tdx-quote", filepath.Join(tdxTestdata, "tdx_prod_quote_SPR_E4.dat"), "--collateral", coll, "--policy", f.policy}, 2, "39 trailing bytes"},
+		"file with its suffix":  {[]string{"attestation", "verify-report", "--tdx-quote", tdxtest.QuoteFile(t), "--collateral", coll, "--policy", f.policy}, 2, "39 trailing bytes"},
 		"no reportData":         {verify("--policy", f.noReportData, "--time", tdxTime), 2, "no reportData"},
 		"policy not JSON":       {verify("--policy", f.quote), 2, "invalid TDX policy"},
 		"policy with debug":     {verify("--policy", writeJSON(t, filepath.Join(f.dir, "debug.json"), map[string]any{"mrtd": []string{strings.Repeat("00", 48)}, "tdAttributes": "0100000000000000"})), 2, "debug"},
@@ -308,7 +306,7 @@ func TestShowRawReports(t *testing.T) {
 	}
 
 	for name, path := range map[string]string{
-		"TDX quote with suffix": filepath.Join(tdxTestdata, "tdx_prod_quote_SPR_E4.dat"),
+		"TDX quote with suffix": tdxtest.QuoteFile(t),
 		"certificate":           filepath.Join(snpTestdata, "vcek.testcer"),
 	} {
 		if _, errOut, code := run("attestation", "show", path); code != 2 || !strings.Contains(errOut, "neither an evidence document") {

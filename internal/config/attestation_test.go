@@ -10,6 +10,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 )
 
@@ -289,10 +290,7 @@ func TestLoadAttestation(t *testing.T) {
 // Policy reads the caches a validated configuration names.
 func TestPolicy(t *testing.T) {
 	dir := t.TempDir()
-	coll, err := filepath.Abs("../attestation/tdx/testdata/collateral")
-	if err != nil {
-		t.Fatal(err)
-	}
+	coll := tdxtest.CollateralDir(t)
 	load := func(variant, sections string) *Attestation {
 		t.Helper()
 		path := filepath.Join(dir, FileName)

@@ -14,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 )
 
@@ -195,7 +196,7 @@ func TestJoinConfigReload(t *testing.T) {
 // A qemu-tdx policy with only MRTD (the public firmware) would admit any kernel: the join service's
 // configuration refuses it.
 func TestJoinConfigRefusesQEMUTDXWithOnlyMRTD(t *testing.T) {
-	files, err := tdx.ReadCollateralFiles("../attestation/tdx/testdata/collateral")
+	files, err := tdx.ReadCollateralFiles(tdxtest.CollateralDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}

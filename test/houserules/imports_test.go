@@ -59,6 +59,7 @@ var layers = map[string]int{
 	"internal/retry":                    plumbing,
 	"internal/version":                  plumbing,
 	"internal/kubeapi":                  plumbing,
+	"internal/strictjson":               plumbing,
 	"internal/bootstrapper/initpb":      plumbing,
 	"internal/joinservice/joinpb":       plumbing,
 	"internal/keyservice/keyservicepb":  plumbing,

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // SocketPath is where the bootstrapper serves the agent on every node.
@@ -41,11 +42,15 @@ type request struct {
 func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/evidence", func(w http.ResponseWriter, r *http.Request) {
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
-		dec.DisallowUnknownFields()
+		const usage = "request must be JSON {\"nonce\": base64, \"userData\": base64}: "
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequest))
+		if err != nil {
+			http.Error(w, usage+err.Error(), http.StatusBadRequest)
+			return
+		}
 		var req request
-		if err := dec.Decode(&req); err != nil {
-			http.Error(w, "request must be JSON {\"nonce\": base64, \"userData\": base64}: "+err.Error(), http.StatusBadRequest)
+		if err := strictjson.Decode(body, &req, maxRequest); err != nil {
+			http.Error(w, usage+err.Error(), http.StatusBadRequest)
 			return
 		}
 		if err := attestation.CheckNonce(req.Nonce); err != nil {

@@ -27,6 +27,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // NumPCRs is the number of PCRs of a TPM 2.0 PC client.
@@ -110,11 +112,15 @@ func Parse(raw []byte) (M, error) {
 	return m, nil
 }
 
-// UnmarshalJSON reads a policy strictly: decimal PCR indices in range, each entry with an expected value and
-// no unknown fields. It is used for the policy inside the cluster configuration, too.
+// maxJSONSize bounds the JSON of a measurement policy, far above the size of 24 entries.
+const maxJSONSize = 1 << 20
+
+// UnmarshalJSON reads a policy strictly (package strictjson): decimal PCR indices in range, none twice, each
+// entry with an expected value and no unknown, repeated or differently spelled fields. It is used for the
+// policy inside the cluster configuration, too.
 func (m *M) UnmarshalJSON(raw []byte) error {
 	var byKey map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &byKey); err != nil {
+	if err := strictjson.Decode(raw, &byKey, maxJSONSize); err != nil {
 		return err
 	}
 	out := make(M, len(byKey))
@@ -126,13 +132,11 @@ func (m *M) UnmarshalJSON(raw []byte) error {
 		if idx >= NumPCRs {
 			return fmt.Errorf("PCR index %d out of range 0-%d", idx, NumPCRs-1)
 		}
-		dec := json.NewDecoder(bytes.NewReader(val))
-		dec.DisallowUnknownFields()
 		var meas struct {
 			Expected *Digest `json:"expected"`
 			WarnOnly bool    `json:"warnOnly"`
 		}
-		if err := dec.Decode(&meas); err != nil {
+		if err := strictjson.Decode(val, &meas, maxJSONSize); err != nil {
 			return fmt.Errorf("PCR %d: %w", idx, err)
 		}
 		if meas.Expected == nil {

@@ -154,3 +154,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// In JSON (the wire form of the attestation policy), a PCR index or a field given twice would leave the
+// choice of value to the decoder (encoding/json keeps the last); UnmarshalJSON refuses it.
+func TestUnmarshalJSONRefusesRepeats(t *testing.T) {
+	for name, in := range map[string]string{
+		"index twice":         `{"4": {"expected": "` + hexA + `"}, "4": {"expected": "` + hexB + `"}}`,
+		"field twice":         `{"4": {"expected": "` + hexA + `", "expected": "` + hexB + `"}}`,
+		"field in other case": `{"4": {"expected": "` + hexA + `", "Expected": "` + hexB + `"}}`,
+		"misspelled field":    `{"4": {"EXPECTED": "` + hexA + `"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			var m M
+			if err := json.Unmarshal([]byte(in), &m); err == nil {
+				t.Fatalf("json.Unmarshal accepted %s as %v", in, m)
+			}
+		})
+	}
+}

@@ -20,6 +20,10 @@ import (
 // evidence carries that HCL report, the SEV-SNP report in it, the VCEK chain from the instance metadata
 // service and a quote of the vTPM bound to the verifier's nonce.
 
+// ErrHCLReportData is returned when the SEV-SNP report's REPORT_DATA is not the hash of the HCL report's
+// runtime data: the runtime data, and the attestation key in it, are not those the report vouches for.
+var ErrHCLReportData = errors.New("the SEV-SNP report does not bind the HCL report's runtime data")
+
 // HCLReportSource provides the HCL report of the paravisor (an azure.NVReader on an Azure VM).
 type HCLReportSource = azure.HCLReportSource
 
@@ -28,11 +32,11 @@ type VCEKSource interface {
 	FetchCertificates(ctx context.Context) (*azure.THIMCertificates, error)
 }
 
-// VerifiedHCLReport is the result of [VerifyHCLReport]: a verified SEV-SNP report that binds the runtime
-// data of the HCL report, and the vTPM attestation key that runtime data names.
-type VerifiedHCLReport struct {
-	Report         *VerifiedReport
+// HCLBinding is the result of [VerifyHCLReport]: the HCL report, the verified SEV-SNP report in it that
+// binds its runtime data, and the vTPM attestation key that runtime data names.
+type HCLBinding struct {
 	HCL            *azure.HCLReport
+	Report         *VerifiedReport
 	AttestationKey *rsa.PublicKey
 }
 
@@ -41,7 +45,7 @@ type VerifiedHCLReport struct {
 // of its product with certs and checks it against policy with REPORT_DATA = hash of the runtime data (so
 // the runtime data are those the hardware signed); and only then extracts the attestation key from the
 // runtime data. policy must not set ReportData (pass it through [Policy.ValidateForCluster] first).
-func VerifyHCLReport(v *Verifier, policy *Policy, hclReport, report []byte, certs *Certificates) (*VerifiedHCLReport, error) {
+func VerifyHCLReport(v *Verifier, policy *Policy, hclReport, report []byte, certs *Certificates) (*HCLBinding, error) {
 	if v == nil || policy == nil {
 		return nil, errors.New("verifying an HCL report: no verifier or policy")
 	}
@@ -62,7 +66,7 @@ func VerifyHCLReport(v *Verifier, policy *Policy, hclReport, report []byte, cert
 	verified, err := Validate(v, policy.WithReportData(want), hcl.HardwareReport, certs)
 	if err != nil {
 		if errors.Is(err, ErrReportData) {
-			return nil, fmt.Errorf("the SEV-SNP report does not bind the HCL report's runtime data (its REPORT_DATA is not the %v of the runtime data, so the runtime data and the attestation key in it were altered or belong to another report): %w", hcl.Hash, err)
+			return nil, fmt.Errorf("%w (its REPORT_DATA is not the %v of the runtime data, so the runtime data and the attestation key in it were altered or belong to another report): %w", ErrHCLReportData, hcl.Hash, err)
 		}
 		return nil, fmt.Errorf("the HCL report's SEV-SNP report: %w", err)
 	}
@@ -70,7 +74,7 @@ func VerifyHCLReport(v *Verifier, policy *Policy, hclReport, report []byte, cert
 	if err != nil {
 		return nil, err
 	}
-	return &VerifiedHCLReport{Report: verified, HCL: hcl, AttestationKey: ak}, nil
+	return &HCLBinding{Report: verified, HCL: hcl, AttestationKey: ak}, nil
 }
 
 // AzureIssuer produces azure-sev-snp evidence. It implements attestation.Issuer.
@@ -191,21 +195,9 @@ func (v *AzureValidator) Validate(_ context.Context, evidence, nonce []byte) ([]
 	if v == nil || v.verifier == nil || v.policy == nil || v.pcrs == nil {
 		return nil, errors.New("azure-sev-snp validator not initialised; use NewAzureValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, attestation.AzureSEVSNP)
+	doc, err := attestation.OpenEvidence(attestation.AzureSEVSNP, attestation.AKFromHCLReport, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if len(doc.SNP.HCLReport) == 0 {
-		return nil, fmt.Errorf("%s evidence has no HCL report", attestation.AzureSEVSNP)
-	}
-	if doc.TPM == nil {
-		return nil, fmt.Errorf("%s evidence has no TPM part", attestation.AzureSEVSNP)
-	}
-	if len(doc.TPM.AKCert) != 0 || len(doc.TPM.AKPublic) != 0 {
-		return nil, fmt.Errorf("%s evidence carries an attestation key or its certificate; this variant takes the key only from the HCL report's runtime data", attestation.AzureSEVSNP)
 	}
 	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {

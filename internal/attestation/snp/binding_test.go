@@ -20,10 +20,10 @@ var testVariant = attestation.Variant{Name: "test-sev-snp"}
 func TestNonceBinding(t *testing.T) {
 	nonce := []byte("0123456789abcdef0123456789abcdef")
 	userData := []byte("hash of the TLS key")
-	rd := NonceReportData(testVariant, nonce, userData)
+	rd := ReportDataForNonce(testVariant, nonce, userData)
 	digest := attestation.BindingDigest(testVariant, nonce, userData)
 	if [32]byte(rd[:32]) != digest || !isZero(rd[32:]) {
-		t.Fatalf("NonceReportData %x is not the binding digest followed by zeros", rd)
+		t.Fatalf("ReportDataForNonce %x is not the binding digest followed by zeros", rd)
 	}
 
 	o := reportOptions{reportData: rd, measurement: [48]byte{7}}
@@ -39,7 +39,7 @@ func TestNonceBinding(t *testing.T) {
 		if err := p.Check(vr); err != nil {
 			return err
 		}
-		return CheckReportData(vr, rd)
+		return CheckReportData(vr.Report, rd)
 	}
 	if err := check(rd); err != nil {
 		t.Fatalf("bound nonce and user data: %v", err)
@@ -49,12 +49,12 @@ func TestNonceBinding(t *testing.T) {
 	secondHalf := rd
 	secondHalf[40] = 1
 	for name, want := range map[string][ReportDataSize]byte{
-		"other nonce":              NonceReportData(testVariant, otherNonce, userData),
-		"other user data":          NonceReportData(testVariant, nonce, []byte("hash of another key")),
-		"other variant":            NonceReportData(attestation.MiniVTPM, nonce, userData),
+		"other nonce":              ReportDataForNonce(testVariant, otherNonce, userData),
+		"other user data":          ReportDataForNonce(testVariant, nonce, []byte("hash of another key")),
+		"other variant":            ReportDataForNonce(attestation.MiniVTPM, nonce, userData),
 		"non-zero second half":     secondHalf,
-		"attestation key binding":  mustAKReportData(t, mustP384(t).Public()),
-		"nonce moved to user data": NonceReportData(testVariant, nil, append(append([]byte(nil), nonce...), userData...)),
+		"attestation key binding":  mustReportDataForAttestationKey(t, mustP384(t).Public()),
+		"nonce moved to user data": ReportDataForNonce(testVariant, nil, append(append([]byte(nil), nonce...), userData...)),
 	} {
 		if err := check(want); !errors.Is(err, ErrReportData) || !errors.Is(err, ErrPolicy) {
 			t.Errorf("%s: %v, want ErrReportData", name, err)
@@ -62,9 +62,9 @@ func TestNonceBinding(t *testing.T) {
 	}
 }
 
-func mustAKReportData(t *testing.T, pub any) [ReportDataSize]byte {
+func mustReportDataForAttestationKey(t *testing.T, pub any) [ReportDataSize]byte {
 	t.Helper()
-	rd, err := AKReportData(pub)
+	rd, err := ReportDataForAttestationKey(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,20 +80,20 @@ func TestAKBinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd := mustAKReportData(t, ecKey.Public())
+	rd := mustReportDataForAttestationKey(t, ecKey.Public())
 	// The definition: SHA-512 over the label and the DER SubjectPublicKeyInfo.
 	der, _ := x509.MarshalPKIXPublicKey(ecKey.Public())
 	if want := sha512.Sum512(append([]byte("constellation snp ak binding v1\x00"), der...)); rd != want {
-		t.Errorf("AKReportData %x, want %x", rd, want)
+		t.Errorf("ReportDataForAttestationKey %x, want %x", rd, want)
 	}
-	if mustAKReportData(t, ecKey.Public()) != rd {
-		t.Error("AKReportData is not deterministic")
+	if mustReportDataForAttestationKey(t, ecKey.Public()) != rd {
+		t.Error("ReportDataForAttestationKey is not deterministic")
 	}
-	if mustAKReportData(t, rsaKey.Public()) == rd {
+	if mustReportDataForAttestationKey(t, rsaKey.Public()) == rd {
 		t.Error("two keys have the same binding")
 	}
-	if _, err := AKReportData("not a key"); err == nil {
-		t.Error("AKReportData accepted a non-key")
+	if _, err := ReportDataForAttestationKey("not a key"); err == nil {
+		t.Error("ReportDataForAttestationKey accepted a non-key")
 	}
 
 	o := reportOptions{reportData: rd}
@@ -102,10 +102,10 @@ func TestAKBinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckReportData(vr, rd); err != nil {
+	if err := CheckReportData(vr.Report, rd); err != nil {
 		t.Errorf("bound AK: %v", err)
 	}
-	if err := CheckReportData(vr, mustAKReportData(t, rsaKey.Public())); !errors.Is(err, ErrReportData) {
+	if err := CheckReportData(vr.Report, mustReportDataForAttestationKey(t, rsaKey.Public())); !errors.Is(err, ErrReportData) {
 		t.Errorf("other AK: %v", err)
 	}
 	if err := CheckReportData(nil, rd); !errors.Is(err, ErrPolicy) {

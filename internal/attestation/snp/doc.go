@@ -51,13 +51,14 @@
 //     An empty policy denies. Every violation is listed, and those of REPORT_DATA, HOST_DATA and the firmware
 //     also match ErrReportData, ErrHostData and ErrFirmware.
 //
-// [Validate] runs all three steps.
+// [Validate] runs all three steps. Package tdx names its steps, results, bindings and constructors the
+// same way; the table in the documentation of package attestation lines them up.
 //
 // # Binding
 //
-// REPORT_DATA binds a report to the verifier's request. [AKReportData] binds a vTPM attestation key (the
-// quote of that key then binds the nonce); [NonceReportData] binds a nonce and user data directly, with
-// attestation.BindingDigest. Policy checks compare REPORT_DATA in constant time.
+// REPORT_DATA binds a report to the verifier's request. [ReportDataForAttestationKey] binds a vTPM
+// attestation key (the quote of that key then binds the nonce); [ReportDataForNonce] binds a nonce and user
+// data directly, with attestation.BindingDigest. Policy checks compare REPORT_DATA in constant time.
 //
 // # Issuing
 //
@@ -69,12 +70,12 @@
 // The attestation variants built on these steps implement attestation.Issuer and attestation.Validator and
 // carry the report in the SNP part of an evidence document:
 //
-//   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [NonceReportData] of the
+//   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [ReportDataForNonce] of the
 //     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
 //     REPORT_DATA and returns the user data.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
-//     REPORT_DATA = [AKReportData] of the vTPM's attestation key and a quote of that key whose qualifying
-//     data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
+//     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
+//     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
 //     key the evidence names, then verifies the quote with that key (signature, binding, PCRs 0-23, event
 //     log) and checks the PCR values against a measurement policy.
 //   - azure-sev-snp (report from Azure's paravisor plus vTPM quote): the guest cannot request reports; the

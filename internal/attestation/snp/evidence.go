@@ -9,7 +9,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 )
 
-// Issuer produces qemu-sev-snp evidence: a report whose REPORT_DATA is [NonceReportData] of the verifier's
+// Issuer produces qemu-sev-snp evidence: a report whose REPORT_DATA is [ReportDataForNonce] of the verifier's
 // nonce and the caller's user data, with the certificate table the host attached to it. It implements
 // attestation.Issuer.
 type Issuer struct {
@@ -31,7 +31,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 	if i == nil || i.reporter == nil {
 		return nil, errors.New("SNP issuer: no reporter")
 	}
-	ev, err := obtainReport(ctx, i.reporter, NonceReportData(attestation.QEMUSEVSNP, nonce, userData), false)
+	ev, err := obtainReport(ctx, i.reporter, ReportDataForNonce(attestation.QEMUSEVSNP, nonce, userData), false)
 	if err != nil {
 		return nil, err
 	}
@@ -101,49 +101,25 @@ func NewValidator(verifier *Verifier, policy *Policy) (*Validator, error) {
 func (v *Validator) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
 
 // Validate parses the evidence document, verifies the report (certificate chain to the embedded AMD root,
-// revocation, signature), checks it against the policy with REPORT_DATA = NonceReportData(nonce, user data),
+// revocation, signature), checks it against the policy with REPORT_DATA = ReportDataForNonce(nonce, user data),
 // and returns the user data.
 func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
 	if v == nil || v.verifier == nil || v.policy == nil {
 		return nil, errors.New("SNP validator not initialised; use NewValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, attestation.QEMUSEVSNP)
+	doc, err := attestation.OpenEvidence(attestation.QEMUSEVSNP, attestation.NoTPM, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.TPM != nil {
-		return nil, fmt.Errorf("%s evidence carries a TPM part, which this variant does not use", attestation.QEMUSEVSNP)
 	}
 	certs, err := evidenceCertificates(doc.SNP, v.verifier.vcekCache != nil)
 	if err != nil {
 		return nil, err
 	}
-	want := NonceReportData(attestation.QEMUSEVSNP, nonce, doc.UserData)
+	want := ReportDataForNonce(attestation.QEMUSEVSNP, nonce, doc.UserData)
 	if _, err := Validate(v.verifier, v.policy.WithReportData(want), doc.SNP.Report, certs); err != nil {
 		return nil, err
 	}
 	return doc.UserData, nil
-}
-
-// parseEvidence parses a document of variant that must carry an SEV-SNP part and no TDX part.
-func parseEvidence(evidence []byte, variant attestation.Variant) (*attestation.Document, error) {
-	doc, err := attestation.ParseDocument(evidence)
-	if err != nil {
-		return nil, err
-	}
-	if doc.Variant != variant.Name {
-		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, variant.Name)
-	}
-	if doc.SNP == nil {
-		return nil, fmt.Errorf("%s evidence has no SEV-SNP report", variant)
-	}
-	if doc.TDX != nil {
-		return nil, fmt.Errorf("%s evidence carries a TDX part", variant)
-	}
-	return doc, nil
 }
 
 // evidenceCertificates parses the certificates of an SNP evidence part: its certificate table, its

@@ -214,7 +214,7 @@ func TestConfigFSRoundTrip(t *testing.T) {
 	vmpl := uint32(2)
 	rep := &ConfigFSReporter{Root: f.root, Privlevel: &vmpl, fs: f}
 	nonce := []byte("fresh nonce of the verifier 0123")
-	rd := NonceReportData(testVariant, nonce, []byte("user data"))
+	rd := ReportDataForNonce(testVariant, nonce, []byte("user data"))
 	ev, err := rep.Report(context.Background(), rd)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestConfigFSRoundTrip(t *testing.T) {
 	if _, err := Validate(testVerifier(t, testRoots(t, Milan), nil), p, ev.Report, certs); err != nil {
 		t.Errorf("round trip: %v", err)
 	}
-	p.ReportData = HexBytes(mustSlice(NonceReportData(testVariant, []byte("another nonce of the verifier 01"), []byte("user data"))))
+	p.ReportData = HexBytes(mustSlice(ReportDataForNonce(testVariant, []byte("another nonce of the verifier 01"), []byte("user data"))))
 	if _, err := Validate(testVerifier(t, testRoots(t, Milan), nil), p, ev.Report, certs); !errors.Is(err, ErrReportData) {
 		t.Errorf("other nonce: %v", err)
 	}

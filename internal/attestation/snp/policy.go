@@ -1,16 +1,16 @@
 package snp
 
 import (
-	"bytes"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // HexBytes is a byte string that JSON encodes as hexadecimal.
@@ -40,7 +40,7 @@ func (b HexBytes) String() string { return hex.EncodeToString(b) }
 // weaken the policy and default to false.
 type Policy struct {
 	// ReportData is the expected REPORT_DATA (64 bytes), computed by the caller for each request with
-	// [AKReportData] or [NonceReportData]. It is compared in constant time. Required.
+	// [ReportDataForAttestationKey] or [ReportDataForNonce]. It is compared in constant time. Required.
 	ReportData HexBytes `json:"reportData,omitempty"`
 	// Measurements are the accepted launch measurements (48 bytes each). At least one is required.
 	Measurements []HexBytes `json:"measurements"`
@@ -93,14 +93,9 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if len(data) > MaxPolicySize {
 		return nil, fmt.Errorf("%w: %d bytes exceed the limit of %d", ErrInvalidPolicy, len(data), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Decode(data, &p, MaxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the policy", ErrInvalidPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -116,7 +111,7 @@ func (p *Policy) Validate() error {
 	}
 	var problems []string
 	if len(p.ReportData) != ReportDataSize {
-		problems = append(problems, fmt.Sprintf("reportData has %d bytes, want %d (compute it with AKReportData or NonceReportData)", len(p.ReportData), ReportDataSize))
+		problems = append(problems, fmt.Sprintf("reportData has %d bytes, want %d (compute it with ReportDataForAttestationKey or ReportDataForNonce)", len(p.ReportData), ReportDataSize))
 	}
 	return joinProblems(append(problems, p.problems()...))
 }

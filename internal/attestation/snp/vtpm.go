@@ -37,8 +37,8 @@ func checkVTPMVariant(variant attestation.Variant) error {
 }
 
 // VTPMIssuer produces evidence of a vTPM-combined SEV-SNP variant (aws-sev-snp, gcp-sev-snp): an SEV-SNP
-// report whose REPORT_DATA is [AKReportData] of the vTPM's attestation key, and a quote of that key over the
-// SHA-256 PCRs 0-23 whose qualifying data is attestation.BindingDigest of the verifier's nonce and the
+// report whose REPORT_DATA is [ReportDataForAttestationKey] of the vTPM's attestation key, and a quote of
+// that key over the SHA-256 PCRs 0-23 whose qualifying data is attestation.BindingDigest of the verifier's nonce and the
 // caller's user data. It implements attestation.Issuer.
 type VTPMIssuer struct {
 	variant  attestation.Variant
@@ -73,7 +73,7 @@ func (i *VTPMIssuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte,
 	if _, err := parseAttestationKey(akDER); err != nil {
 		return nil, fmt.Errorf("the vTPM attestation key is not usable: %w", err)
 	}
-	rd, err := AKReportData(ak)
+	rd, err := ReportDataForAttestationKey(ak)
 	if err != nil {
 		return nil, err
 	}
@@ -133,25 +133,16 @@ func NewVTPMValidator(variant attestation.Variant, verifier *Verifier, policy *P
 func (v *VTPMValidator) Variant() attestation.Variant { return v.variant }
 
 // Validate parses the evidence document; verifies the SEV-SNP report and checks it against the policy with
-// REPORT_DATA = AKReportData(attestation key in the evidence); then verifies the vTPM quote with that key,
-// its binding to nonce and the user data, the PCR values, the event log and the measurement policy. It
+// REPORT_DATA = ReportDataForAttestationKey(attestation key in the evidence); then verifies the vTPM quote
+// with that key, its binding to nonce and the user data, the PCR values, the event log and the measurement policy. It
 // returns the user data.
 func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
 	if v == nil || v.verifier == nil || v.policy == nil || v.pcrs == nil {
 		return nil, errors.New("SNP vTPM validator not initialised; use NewVTPMValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := parseEvidence(evidence, v.variant)
+	doc, err := attestation.OpenEvidence(v.variant, attestation.AKFromReportData, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.TPM == nil {
-		return nil, fmt.Errorf("%s evidence has no TPM part", v.variant)
-	}
-	if len(doc.TPM.AKCert) != 0 {
-		return nil, fmt.Errorf("%s evidence carries an attestation key certificate; this variant trusts the key only through the SEV-SNP report", v.variant)
 	}
 	ak, err := parseAttestationKey(doc.TPM.AKPublic)
 	if err != nil {
@@ -161,7 +152,7 @@ func (v *VTPMValidator) Validate(_ context.Context, evidence, nonce []byte) ([]b
 	if err != nil {
 		return nil, err
 	}
-	want, err := AKReportData(ak)
+	want, err := ReportDataForAttestationKey(ak)
 	if err != nil {
 		return nil, err
 	}

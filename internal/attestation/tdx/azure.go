@@ -217,27 +217,9 @@ func (v *AzureValidator) Validate(_ context.Context, evidence, nonce []byte) ([]
 	if v == nil || v.collateral == nil || v.policy == nil || v.pcrs == nil || v.now == nil {
 		return nil, errors.New("azure-tdx validator not initialised; use NewAzureValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := attestation.ParseDocument(evidence)
+	doc, err := attestation.OpenEvidence(attestation.AzureTDX, attestation.AKFromHCLReport, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.Variant != attestation.AzureTDX.Name {
-		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, attestation.AzureTDX.Name)
-	}
-	if doc.TDX == nil {
-		return nil, fmt.Errorf("%s evidence has no TDX quote", attestation.AzureTDX)
-	}
-	if len(doc.TDX.HCLReport) == 0 {
-		return nil, fmt.Errorf("%s evidence has no HCL report", attestation.AzureTDX)
-	}
-	if doc.TPM == nil {
-		return nil, fmt.Errorf("%s evidence has no TPM part", attestation.AzureTDX)
-	}
-	if len(doc.TPM.AKCert) != 0 || len(doc.TPM.AKPublic) != 0 {
-		return nil, fmt.Errorf("%s evidence carries an attestation key or its certificate; this variant takes the key only from the HCL report's runtime data", attestation.AzureTDX)
 	}
 	q, err := ParseQuote(doc.TDX.Quote)
 	if err != nil {

@@ -198,7 +198,7 @@ func TestAzureGenuineTampered(t *testing.T) {
 // so the validator, which needs it, refuses the genuine evidence and says what is missing.
 func TestAzureGenuineRefusedWithoutCollateral(t *testing.T) {
 	hcl, quote := genuineAzure(t)
-	c, err := LoadCollateral(genuineCollDir) // collateral of another platform (FMSPC 50806f000000)
+	c, err := LoadCollateral(genuineCollDir(t)) // collateral of another platform (FMSPC 50806f000000)
 	if err != nil {
 		t.Fatal(err)
 	}

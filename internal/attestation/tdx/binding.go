@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
@@ -56,10 +57,17 @@ func ReportDataForAttestationKey(variant attestation.Variant, nonce []byte, ak c
 	return reportData(variant, nonce, der, tagVTPM), nil
 }
 
-// CheckReportData compares the quote's REPORT_DATA with want in constant time.
+// ErrReportData is returned by [CheckReportData] when REPORT_DATA is not the expected value.
+var ErrReportData = errors.New("REPORT_DATA mismatch")
+
+// CheckReportData compares the REPORT_DATA of a quote with want in constant time. It says nothing about
+// who signed the quote: pass the Quote of a [VerifiedQuote], or verify the quote afterwards.
 func CheckReportData(q *Quote, want [ReportDataSize]byte) error {
+	if q == nil {
+		return fmt.Errorf("%w: no quote", ErrPolicy)
+	}
 	if subtle.ConstantTimeCompare(q.Body.ReportData[:], want[:]) != 1 {
-		return fmt.Errorf("%w: TDX quote: REPORT_DATA does not match the expected value (stale, replayed, or made for another nonce or key)", ErrPolicy)
+		return fmt.Errorf("%w: %w: TDX quote: REPORT_DATA does not match the expected value (stale, replayed, or made for another nonce or key)", ErrPolicy, ErrReportData)
 	}
 	return nil
 }

@@ -78,7 +78,7 @@ func TestCheckReportData(t *testing.T) {
 	for i := range ReportDataSize {
 		want := tq.body.ReportData
 		want[i] ^= 0x80
-		if err := CheckReportData(q, want); !errors.Is(err, ErrPolicy) {
+		if err := CheckReportData(q, want); !errors.Is(err, ErrPolicy) || !errors.Is(err, ErrReportData) {
 			t.Fatalf("byte %d differs: CheckReportData = %v", i, err)
 		}
 	}

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // Collateral errors.
@@ -430,19 +432,6 @@ type (
 	}
 )
 
-// decodeStrict decodes one JSON value into v: no unknown fields, no trailing data.
-func decodeStrict(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
-}
-
 // collateralParser collects the first error of a parse, naming the document and the field.
 type collateralParser struct {
 	what string
@@ -566,7 +555,7 @@ func ParseTCBInfo(raw []byte) (*TCBInfo, error) {
 		return nil, fmt.Errorf("%w: TCB info: %d bytes exceeds the limit of %d", ErrMalformedCollateral, len(raw), maxCollateralFile)
 	}
 	var env jsonTCBInfoEnvelope
-	if err := decodeStrict(raw, &env); err != nil {
+	if err := strictjson.Decode(raw, &env, maxCollateralFile); err != nil {
 		return nil, fmt.Errorf("%w: TCB info: %w", ErrMalformedCollateral, err)
 	}
 	if len(env.TCBInfo) == 0 {
@@ -637,7 +626,7 @@ func ParseQEIdentity(raw []byte) (*QEIdentity, error) {
 		return nil, fmt.Errorf("%w: QE identity: %d bytes exceeds the limit of %d", ErrMalformedCollateral, len(raw), maxCollateralFile)
 	}
 	var env jsonQEIdentityEnvelope
-	if err := decodeStrict(raw, &env); err != nil {
+	if err := strictjson.Decode(raw, &env, maxCollateralFile); err != nil {
 		return nil, fmt.Errorf("%w: QE identity: %w", ErrMalformedCollateral, err)
 	}
 	if len(env.EnclaveIdentity) == 0 {

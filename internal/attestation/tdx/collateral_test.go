@@ -13,7 +13,7 @@ import (
 )
 
 func TestLoadCollateral(t *testing.T) {
-	c, err := LoadCollateral(genuineCollDir)
+	c, err := LoadCollateral(genuineCollDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,23 +38,7 @@ func TestLoadCollateral(t *testing.T) {
 		t.Errorf("CRLs %v, signing chain %d", c.pckCRLs, len(c.signingChain))
 	}
 
-	copyDir := func(t *testing.T) string {
-		dir := t.TempDir()
-		entries, err := os.ReadDir(genuineCollDir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			b, err := os.ReadFile(filepath.Join(genuineCollDir, e.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return dir
-	}
+	copyDir := genuineCollDir
 	for _, name := range []string{FileQEIdentity, FileTCBSigningChain, FileRootCACRL, FilePCKPlatformCRL, "tcb_info_50806f000000.json"} {
 		dir := copyDir(t)
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {

@@ -23,10 +23,13 @@
 //     chain and its revocation, the collateral's signatures and expiry, the QE report and its binding of
 //     the attestation key, the quote signature, the QE and TDX module identities, and the TCB status by
 //     Intel's matching algorithm (component-wise, first matching level).
-//  3. Policy.Check decides: accepted MRTDs (required; an empty policy denies), RTMRs, MRSEAM, XFAM, TD
-//     attributes, minimum TEE TCB SVN, accepted TCB statuses (UpToDate only by default), and the expected
-//     REPORT_DATA. A TD in debug mode is always refused, a MIGRATABLE TD unless the policy allows it, and a
+//  3. Policy.Check decides on the VerifiedQuote that Verify returns: accepted MRTDs (required; an empty
+//     policy denies), RTMRs, MRSEAM, XFAM, TD attributes, minimum TEE TCB SVN, accepted TCB statuses
+//     (UpToDate only by default), and the expected REPORT_DATA. A TD in debug mode is always refused, a MIGRATABLE TD unless the policy allows it, and a
 //     TD without SEPT_VE_DISABLE unless a paravisor runs its guest (azure-tdx).
+//
+// Validate runs all three steps. Package snp names its steps, results, bindings and constructors the same way;
+// the table in the documentation of package attestation lines them up.
 //
 // REPORT_DATA binds the verifier's nonce and the caller's user data, or a vTPM attestation key
 // (ReportDataForNonce, ReportDataForAttestationKey). On the TD, ConfigfsTSM obtains quotes through the

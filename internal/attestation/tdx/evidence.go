@@ -75,21 +75,9 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if v == nil || v.collateral == nil || v.policy == nil || v.now == nil {
 		return nil, errors.New("TDX validator not initialised; use NewValidator")
 	}
-	if err := attestation.CheckNonce(nonce); err != nil {
-		return nil, err
-	}
-	doc, err := attestation.ParseDocument(evidence)
+	doc, err := attestation.OpenEvidence(attestation.QEMUTDX, attestation.NoTPM, evidence, nonce)
 	if err != nil {
 		return nil, err
-	}
-	if doc.Variant != attestation.QEMUTDX.Name {
-		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, attestation.QEMUTDX.Name)
-	}
-	if doc.TDX == nil {
-		return nil, fmt.Errorf("%s evidence has no TDX quote", attestation.QEMUTDX)
-	}
-	if doc.TPM != nil || doc.SNP != nil {
-		return nil, fmt.Errorf("%s evidence carries a TPM or SEV-SNP part, which this variant does not use", attestation.QEMUTDX)
 	}
 	q, err := ParseQuote(doc.TDX.Quote)
 	if err != nil {

@@ -248,7 +248,7 @@ func TestGenuineQuoteAttributes(t *testing.T) {
 	}
 	pol := genuinePolicy(q)
 	pol.AcceptedTCBStatuses = []TCBStatus{TCBStatusUpToDate, TCBStatusOutOfDate}
-	check := func(p *Policy, v *Verification) []string {
+	check := func(p *Policy, v *VerifiedQuote) []string {
 		t.Helper()
 		err := p.WithReportData(q.Body.ReportData).Check(v)
 		var pe *PolicyError

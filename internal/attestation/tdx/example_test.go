@@ -3,22 +3,24 @@ package tdx_test
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
-// Verify a raw quote offline: load the collateral directory, parse, verify at the caller's time, then
-// check the policy with the REPORT_DATA expected for this verification.
+// Verify a raw quote offline: parse Intel's collateral (LoadCollateral reads it from a directory), parse
+// the quote, verify at the caller's time, then check the policy with the REPORT_DATA expected for this
+// verification.
 func Example() {
-	raw, err := os.ReadFile("testdata/tdx_prod_quote_SPR_E4.dat")
-	if err != nil {
-		panic(err)
-	}
-	raw = raw[:4935] // the file carries a test suffix after the quote
-
-	collateral, err := tdx.LoadCollateral("testdata/collateral")
+	raw := tdxtest.Quote()
+	collateral, err := tdx.ParseCollateral(tdx.CollateralFiles{
+		TCBInfos:        [][]byte{tdxtest.Collateral(tdxtest.TCBInfoFile)},
+		QEIdentity:      tdxtest.Collateral(tdx.FileQEIdentity),
+		TCBSigningChain: tdxtest.Collateral(tdx.FileTCBSigningChain),
+		RootCACRL:       tdxtest.Collateral(tdx.FileRootCACRL),
+		PCKPlatformCRL:  tdxtest.Collateral(tdx.FilePCKPlatformCRL),
+	})
 	if err != nil {
 		panic(err)
 	}

@@ -7,9 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // ErrPolicy wraps every policy violation. Policy.Check returns it as a *PolicyError.
@@ -86,14 +87,9 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 	if len(raw) > MaxPolicySize {
 		return nil, fmt.Errorf("%w: %d bytes exceed the limit of %d", ErrInvalidPolicy, len(raw), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Decode(raw, &p, MaxPolicySize); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the policy", ErrInvalidPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -283,13 +279,13 @@ func (e *PolicyError) Unwrap() error { return ErrPolicy }
 
 // Check checks a verified quote against the policy. It reports every violation at once. The policy must
 // be valid and hold the expected ReportData. The TD must run with SEPT_VE_DISABLE.
-func (p *Policy) Check(v *Verification) error { return p.check(v, true) }
+func (p *Policy) Check(v *VerifiedQuote) error { return p.check(v, true) }
 
 // checkUnderParavisor is Check for a TD whose guest runs under a paravisor (azure-tdx): the paravisor, as
 // the TD's L1, handles EPT violations, and such TDs run with SEPT_VE_DISABLE clear.
-func (p *Policy) checkUnderParavisor(v *Verification) error { return p.check(v, false) }
+func (p *Policy) checkUnderParavisor(v *VerifiedQuote) error { return p.check(v, false) }
 
-func (p *Policy) check(v *Verification, requireSEPTVEDisable bool) error {
+func (p *Policy) check(v *VerifiedQuote, requireSEPTVEDisable bool) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
+
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
 func TestParseGenuineQuote(t *testing.T) {
@@ -98,12 +99,9 @@ func TestParseQuoteMatchesGoTDXGuest(t *testing.T) {
 }
 
 func TestParseQuoteTrailingData(t *testing.T) {
-	// The file in testdata carries a text suffix after the quote; a strict parser must refuse it.
-	raw, err := os.ReadFile(genuineQuoteFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = ParseQuote(raw)
+	// The recorded file carries a text suffix after the quote; a strict parser must refuse it.
+	raw := tdxtest.RecordedQuote()
+	_, err := ParseQuote(raw)
 	if !errors.Is(err, ErrMalformedQuote) || !strings.Contains(err.Error(), "39 trailing bytes after the quote") {
 		t.Fatalf("ParseQuote(quote + suffix) = %v, want 39 trailing bytes", err)
 	}
@@ -248,10 +246,7 @@ func TestParseQuoteV5(t *testing.T) {
 }
 
 func FuzzParseQuote(f *testing.F) {
-	raw, err := os.ReadFile(genuineQuoteFile)
-	if err != nil {
-		f.Fatal(err)
-	}
+	raw := tdxtest.RecordedQuote()
 	f.Add(raw[:genuineQuoteSize])
 	f.Add(raw)
 	p := newTestPKI(f)

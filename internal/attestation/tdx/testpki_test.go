@@ -14,54 +14,32 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
-// Genuine data (see testdata/README.md).
-const (
-	genuineQuoteFile = "testdata/tdx_prod_quote_SPR_E4.dat"
-	genuineCollDir   = "testdata/collateral"
-	// genuineQuoteSize is the size of the quote proper; the file carries a test suffix after it.
-	genuineQuoteSize = 4935
-	genuineSuffix    = "\nextra bytes(only for testing purpose)\n"
-)
+// Genuine data (package tdxtest, see its testdata/README.md).
+const genuineQuoteSize = tdxtest.QuoteSize
 
-// genuineTime lies in the validity window of every part of the genuine collateral
-// (2023-06-18T08:42:58Z, TCB info issue date, to 2023-07-08T07:24:59Z, QE identity next update).
-var genuineTime = time.Date(2023, time.July, 1, 0, 0, 0, 0, time.UTC)
+// genuineTime lies in the validity window of every part of the genuine collateral.
+var genuineTime = tdxtest.Time
 
 // genuineQuote returns the genuine quote without the suffix its file carries.
-func genuineQuote(t testing.TB) []byte {
-	t.Helper()
-	raw, err := os.ReadFile(genuineQuoteFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(raw) != genuineQuoteSize+len(genuineSuffix) || string(raw[genuineQuoteSize:]) != genuineSuffix {
-		t.Fatalf("%s is not the expected file", genuineQuoteFile)
-	}
-	return raw[:genuineQuoteSize:genuineQuoteSize]
-}
+func genuineQuote(testing.TB) []byte { return tdxtest.Quote() }
 
-func genuineCollateralFiles(t testing.TB) CollateralFiles {
-	t.Helper()
-	read := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join(genuineCollDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+// genuineCollDir returns a directory of t with the genuine collateral.
+func genuineCollDir(t testing.TB) string { return tdxtest.CollateralDir(t) }
+
+func genuineCollateralFiles(testing.TB) CollateralFiles {
 	return CollateralFiles{
-		TCBInfos:        [][]byte{read("tcb_info_50806f000000.json")},
-		QEIdentity:      read(FileQEIdentity),
-		TCBSigningChain: read(FileTCBSigningChain),
-		RootCACRL:       read(FileRootCACRL),
-		PCKPlatformCRL:  read(FilePCKPlatformCRL),
+		TCBInfos:        [][]byte{tdxtest.Collateral(tdxtest.TCBInfoFile)},
+		QEIdentity:      tdxtest.Collateral(FileQEIdentity),
+		TCBSigningChain: tdxtest.Collateral(FileTCBSigningChain),
+		RootCACRL:       tdxtest.Collateral(FileRootCACRL),
+		PCKPlatformCRL:  tdxtest.Collateral(FilePCKPlatformCRL),
 	}
 }
 
@@ -505,7 +483,7 @@ func (p *testPKI) collateral(t testing.TB, c *testCollateral) *Collateral {
 }
 
 // verify verifies raw with the test root at testNow.
-func (p *testPKI) verify(t testing.TB, raw []byte, c *Collateral) (*Verification, error) {
+func (p *testPKI) verify(t testing.TB, raw []byte, c *Collateral) (*VerifiedQuote, error) {
 	t.Helper()
 	q, err := ParseQuote(raw)
 	if err != nil {

@@ -15,9 +15,9 @@ import (
 // enclave than the QE identity describes, another TDX module signer, another platform family.
 var ErrCollateralMismatch = errors.New("TDX quote does not match Intel's collateral")
 
-// Verification is the result of a successful Verify: a quote whose every signature and certificate checked
+// VerifiedQuote is the result of a successful Verify: a quote whose every signature and certificate checked
 // out, and its TCB status. The policy decides whether the TD and the status are acceptable.
-type Verification struct {
+type VerifiedQuote struct {
 	Quote *Quote
 	// PCK is the platform identity and TCB from the verified PCK certificate.
 	PCK PCKInfo
@@ -39,13 +39,13 @@ type Verification struct {
 //
 // A TCB status that is not up to date is no error here: it is reported in the result for the policy to
 // decide (see Policy.Check).
-func Verify(q *Quote, c *Collateral, now time.Time) (*Verification, error) {
+func Verify(q *Quote, c *Collateral, now time.Time) (*VerifiedQuote, error) {
 	return verify(q, c, mustIntelRoot(), now)
 }
 
-// VerifyQuote parses raw, verifies it with c at time now and checks it against p. It returns the
-// verification only if every step passed.
-func VerifyQuote(raw []byte, c *Collateral, p *Policy, now time.Time) (*Verification, error) {
+// Validate runs the three steps on a raw quote: it parses raw, verifies it with c at time now and checks it
+// against p. It returns the verified quote only if every step passed.
+func Validate(c *Collateral, p *Policy, raw []byte, now time.Time) (*VerifiedQuote, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func VerifyQuote(raw []byte, c *Collateral, p *Policy, now time.Time) (*Verifica
 	return v, nil
 }
 
-func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Verification, error) {
+func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*VerifiedQuote, error) {
 	if q == nil || q.signed == nil {
 		return nil, errors.New("TDX quote: no parsed quote; use ParseQuote")
 	}
@@ -132,7 +132,7 @@ func verify(q *Quote, c *Collateral, root *x509.Certificate, now time.Time) (*Ve
 	if err != nil {
 		return nil, err
 	}
-	return &Verification{Quote: q, PCK: *pckInfo, TCB: ev}, nil
+	return &VerifiedQuote{Quote: q, PCK: *pckInfo, TCB: ev}, nil
 }
 
 // checkQuoteSignatures checks the QE report signature by the PCK, the QE report data's binding of the

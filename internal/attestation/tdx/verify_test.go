@@ -12,7 +12,7 @@ import (
 )
 
 func TestVerifyGenuineQuote(t *testing.T) {
-	c, err := LoadCollateral(genuineCollDir)
+	c, err := LoadCollateral(genuineCollDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,30 +491,30 @@ func TestVerifyArguments(t *testing.T) {
 	}
 }
 
-func TestVerifyQuoteEndToEnd(t *testing.T) {
+func TestValidateEndToEnd(t *testing.T) {
 	p := newTestPKI(t)
 	files := p.files(t, p.newCollateral())
 	c := mustParseCollateral(t, files)
-	// VerifyQuote uses the embedded root, so it can only be shown to fail on test data ...
+	// Validate uses the embedded root, so it can only be shown to fail on test data ...
 	tq := p.newQuote()
 	raw := p.build(t, tq)
 	pol := testPolicy(tq.body.ReportData)
-	if _, err := VerifyQuote(raw, c, pol, testNow); !errors.Is(err, ErrUntrustedCertificate) {
-		t.Errorf("VerifyQuote(test quote) = %v, want ErrUntrustedCertificate", err)
+	if _, err := Validate(c, pol, raw, testNow); !errors.Is(err, ErrUntrustedCertificate) {
+		t.Errorf("Validate(test quote) = %v, want ErrUntrustedCertificate", err)
 	}
 	// ... and it checks the policy before anything else.
-	if _, err := VerifyQuote(raw, c, &Policy{}, testNow); !errors.Is(err, ErrInvalidPolicy) {
-		t.Errorf("VerifyQuote with an empty policy = %v, want ErrInvalidPolicy", err)
+	if _, err := Validate(c, &Policy{}, raw, testNow); !errors.Is(err, ErrInvalidPolicy) {
+		t.Errorf("Validate with an empty policy = %v, want ErrInvalidPolicy", err)
 	}
-	if _, err := VerifyQuote(raw[:100], c, pol, testNow); !errors.Is(err, ErrMalformedQuote) {
-		t.Errorf("VerifyQuote(truncated) = %v", err)
+	if _, err := Validate(c, pol, raw[:100], testNow); !errors.Is(err, ErrMalformedQuote) {
+		t.Errorf("Validate(truncated) = %v", err)
 	}
 	// On genuine data, the TCB status decides.
 	gq := mustParseQuote(t, genuineQuote(t))
 	gpol := (&Policy{MRTD: []HexBytes{gq.Body.MRTD[:]}}).WithReportData(gq.Body.ReportData)
-	_, err := VerifyQuote(genuineQuote(t), mustParseCollateral(t, genuineCollateralFiles(t)), gpol, genuineTime)
+	_, err := Validate(mustParseCollateral(t, genuineCollateralFiles(t)), gpol, genuineQuote(t), genuineTime)
 	if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "TCB status NotSupported") {
-		t.Errorf("VerifyQuote(genuine) = %v", err)
+		t.Errorf("Validate(genuine) = %v", err)
 	}
 }
 

@@ -14,10 +14,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
-
-const genuineCollateral = "../tdx/testdata/collateral"
 
 var pcrs = measurements.M{4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}}
 
@@ -46,7 +45,7 @@ func testOptions(t *testing.T, pki *snptest.PKI) Options {
 
 func tdxPolicy(t *testing.T) *TDX {
 	t.Helper()
-	files, err := tdx.ReadCollateralFiles(genuineCollateral)
+	files, err := tdx.ReadCollateralFiles(tdxtest.CollateralDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}

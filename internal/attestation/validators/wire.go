@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // The wire form of a policy (the attestation file of the join configuration, InitRequest.attestation) names the
@@ -109,14 +109,9 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, errors.New("empty; the join configuration must name the attestation variant")
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var f attestationFile
-	if err := dec.Decode(&f); err != nil {
+	if err := strictjson.Decode(raw, &f, MaxPolicyFileSize); err != nil {
 		return nil, fmt.Errorf("not a valid attestation policy: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data after the attestation policy")
 	}
 	if f.Version != PolicyFileVersion {
 		return nil, fmt.Errorf("version %d is not supported, want %d; the policy was written by another release; run the CLI, the bootstrapper and the join service of one release", f.Version, PolicyFileVersion)

@@ -10,11 +10,12 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
 // The wire form is parsed strictly, and each failure says what is wrong.
 func TestParsePolicy(t *testing.T) {
-	files, err := tdx.ReadCollateralFiles(genuineCollateral)
+	files, err := tdx.ReadCollateralFiles(tdxtest.CollateralDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
+	"github.com/constellation-dev/constellation/internal/attestation/tdx/tdxtest"
 )
 
 func init() {
@@ -18,21 +19,15 @@ func init() {
 	register(Suite{Names: []string{"tdx-verify"}, Run: runTDXVerify})
 }
 
-// SNPTestdata and TDXTestdata are the genuine test vectors the hardware figures use, relative to the
-// repository root (where `make bench` runs).
-var (
-	SNPTestdata = "internal/attestation/snp/testdata"
-	TDXTestdata = "internal/attestation/tdx/testdata"
-)
+// SNPTestdata holds the genuine SEV-SNP test vectors the hardware figures use, relative to the repository
+// root (where `make bench` runs). The TDX ones are embedded in package tdxtest.
+var SNPTestdata = "internal/attestation/snp/testdata"
 
 // Verification times inside the validity of the recorded certificates and collateral.
 var (
 	snpBenchTime = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
-	tdxBenchTime = time.Date(2023, 7, 1, 0, 0, 0, 0, time.UTC)
+	tdxBenchTime = tdxtest.Time
 )
-
-// genuineTDXQuoteSize is the size of the recorded TDX quote; its file carries a test suffix after it.
-const genuineTDXQuoteSize = 4935
 
 // perSecondOneCore runs fn as a Go benchmark on one core and returns its rate.
 func perSecondOneCore(fn func() error) (float64, error) {
@@ -113,17 +108,16 @@ func runSNPValidate(context.Context) ([]Result, error) {
 // signatures, the QE report and quote signatures, and the TCB level. (The policy step is left out: this
 // quote's TCB status under its collateral is NotSupported, which no policy accepts.)
 func runTDXVerify(context.Context) ([]Result, error) {
-	raw, err := os.ReadFile(filepath.Join(TDXTestdata, "tdx_prod_quote_SPR_E4.dat"))
+	raw := tdxtest.Quote()
+	collateral, err := tdx.ParseCollateral(tdx.CollateralFiles{
+		TCBInfos:        [][]byte{tdxtest.Collateral(tdxtest.TCBInfoFile)},
+		QEIdentity:      tdxtest.Collateral(tdx.FileQEIdentity),
+		TCBSigningChain: tdxtest.Collateral(tdx.FileTCBSigningChain),
+		RootCACRL:       tdxtest.Collateral(tdx.FileRootCACRL),
+		PCKPlatformCRL:  tdxtest.Collateral(tdx.FilePCKPlatformCRL),
+	})
 	if err != nil {
-		return nil, fmt.Errorf("reading the genuine TDX quote (run from the repository root): %w", err)
-	}
-	if len(raw) < genuineTDXQuoteSize {
-		return nil, fmt.Errorf("the genuine TDX quote file has %d bytes, want at least %d", len(raw), genuineTDXQuoteSize)
-	}
-	raw = raw[:genuineTDXQuoteSize]
-	collateral, err := tdx.LoadCollateral(filepath.Join(TDXTestdata, "collateral"))
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the genuine TDX collateral: %w", err)
 	}
 	rate, err := perSecondOneCore(func() error {
 		q, err := tdx.ParseQuote(raw)
