@@ -1,7 +1,6 @@
 package keyservice
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // DiskBindingsFile is where the key service keeps its record of which node each state disk belongs to: a
@@ -91,14 +91,9 @@ func ParseDiskBindings(raw []byte) (map[string]string, error) {
 	if len(raw) > maxDiskBindingsFile {
 		return nil, fmt.Errorf("larger than %d bytes", maxDiskBindingsFile)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var in diskBindingsJSON
-	if err := dec.Decode(&in); err != nil {
+	if err := strictjson.Decode(raw, &in, maxDiskBindingsFile); err != nil {
 		return nil, fmt.Errorf("parsing: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("parsing: trailing data")
 	}
 	if in.Version != diskBindingsVersion {
 		return nil, fmt.Errorf("version %d, this key service reads version %d", in.Version, diskBindingsVersion)

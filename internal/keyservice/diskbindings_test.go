@@ -56,6 +56,7 @@ func TestDiskBindings(t *testing.T) {
 		"bad uuid":      `{"version":1,"disks":{"x":"node-a"}}`,
 		"bad name":      `{"version":1,"disks":{"` + disk + `":"A B"}}`,
 		"trailing":      `{"version":1,"disks":{}} {}`,
+		"disk twice":    `{"version":1,"disks":{"` + disk + `":"node-a","` + disk + `":"node-b"}}`,
 	} {
 		os.WriteFile(path, []byte(content), 0o600)
 		if _, err := OpenDiskBindings(path); err == nil {

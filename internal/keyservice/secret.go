@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // SecretSocket is where the bootstrapper of a control-plane node hands the key service on that node the
@@ -158,14 +159,9 @@ func ParseSecret(raw []byte) (*Secret, error) {
 	if len(raw) > maxSecret {
 		return nil, fmt.Errorf("the key service's secret is larger than %d bytes", maxSecret)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var in secretJSON
-	if err := dec.Decode(&in); err != nil {
+	if err := strictjson.Decode(raw, &in, maxSecret); err != nil {
 		return nil, fmt.Errorf("parsing the key service's secret: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("parsing the key service's secret: trailing data")
 	}
 	if in.Version != secretVersion {
 		return nil, fmt.Errorf("the key service's secret has version %d; this key service reads version %d", in.Version, secretVersion)

@@ -160,7 +160,9 @@ func TestParseSecretRejects(t *testing.T) {
 		"bad PCR": {secretWire(t, func(m map[string]any) {
 			m["measurements"] = map[string]any{"99": map[string]any{"expected": strings.Repeat("00", 32)}}
 		}), "PCR"},
-		"trailing data":     {append(secretWire(t, nil), []byte(" {}")...), "trailing data"},
+		"trailing data": {append(secretWire(t, nil), []byte(" {}")...), "trailing data"},
+		// Two readers of a repeated key would disagree on the cluster ID (encoding/json takes the last).
+		"cluster ID twice":  {append(bytes.TrimSuffix(secretWire(t, nil), []byte("}")), []byte(`,"clusterID":"`+base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))+`"}`)...), "twice"},
 		"truncated":         {secretWire(t, nil)[:40], "parsing"},
 		"not JSON":          {[]byte("master secret"), "parsing"},
 		"larger than limit": {bytes.Repeat([]byte(" "), maxSecret+1), "larger than"},

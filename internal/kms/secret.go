@@ -18,17 +18,16 @@
 package kms
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // Sizes of the master secret's parts.
@@ -117,16 +116,15 @@ func (f *SecretFile) Marshal() ([]byte, error) {
 	return json.MarshalIndent(out, "", "  ")
 }
 
-// ParseSecretFile parses a master secret file strictly.
+// maxSecretFile bounds a master secret file; a wrapped one with its KMS key ID takes a few hundred bytes.
+const maxSecretFile = 64 << 10
+
+// ParseSecretFile parses a master secret file strictly (package strictjson: one object, known keys spelled
+// exactly and once).
 func ParseSecretFile(raw []byte) (*SecretFile, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
 	var in secretFile
-	if err := dec.Decode(&in); err != nil {
+	if err := strictjson.Decode(raw, &in, maxSecretFile); err != nil {
 		return nil, fmt.Errorf("parsing master secret file: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("parsing master secret file: trailing data")
 	}
 	if in.Version != secretFileVersion {
 		return nil, fmt.Errorf("master secret file version %d, this version reads %d", in.Version, secretFileVersion)

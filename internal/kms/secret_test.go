@@ -52,17 +52,19 @@ func TestSecretFileRoundTrip(t *testing.T) {
 func TestParseSecretFileRejects(t *testing.T) {
 	key := strings.Repeat("A", 43) + "="
 	tests := map[string]string{
-		"empty":          ``,
-		"unknown field":  `{"version":1,"key":"` + key + `","salt":"` + key + `","extra":1}`,
-		"wrong version":  `{"version":2,"key":"` + key + `","salt":"` + key + `"}`,
-		"short key":      `{"version":1,"key":"AAAA","salt":"` + key + `"}`,
-		"no salt":        `{"version":1,"key":"` + key + `"}`,
-		"neither":        `{"version":1,"salt":"` + key + `"}`,
-		"both":           `{"version":1,"key":"` + key + `","salt":"` + key + `","wrapped":{"version":1}}`,
-		"bad wrapped":    `{"version":1,"salt":"` + key + `","wrapped":{"version":1,"algorithm":"AES-256-GCM","keyID":"1"}}`,
-		"trailing":       `{"version":1,"key":"` + key + `","salt":"` + key + `"} {}`,
-		"not json":       `key: value`,
-		"key not base64": `{"version":1,"key":"!!","salt":"` + key + `"}`,
+		"empty":           ``,
+		"unknown field":   `{"version":1,"key":"` + key + `","salt":"` + key + `","extra":1}`,
+		"wrong version":   `{"version":2,"key":"` + key + `","salt":"` + key + `"}`,
+		"short key":       `{"version":1,"key":"AAAA","salt":"` + key + `"}`,
+		"no salt":         `{"version":1,"key":"` + key + `"}`,
+		"neither":         `{"version":1,"salt":"` + key + `"}`,
+		"both":            `{"version":1,"key":"` + key + `","salt":"` + key + `","wrapped":{"version":1}}`,
+		"bad wrapped":     `{"version":1,"salt":"` + key + `","wrapped":{"version":1,"algorithm":"AES-256-GCM","keyID":"1"}}`,
+		"trailing":        `{"version":1,"key":"` + key + `","salt":"` + key + `"} {}`,
+		"key twice":       `{"version":1,"key":"` + key + `","salt":"` + key + `","key":"` + key + `"}`,
+		"key in capitals": `{"version":1,"KEY":"` + key + `","salt":"` + key + `"}`,
+		"not json":        `key: value`,
+		"key not base64":  `{"version":1,"key":"!!","salt":"` + key + `"}`,
 	}
 	for name, in := range tests {
 		if _, err := ParseSecretFile([]byte(in)); err == nil {

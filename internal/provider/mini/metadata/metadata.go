@@ -32,6 +32,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
 // Address ranges of a cluster's network, as the provider routes them: services, and pods (one /24 per node,
@@ -361,13 +362,8 @@ func (c *Client) InitSecretHash(ctx context.Context) ([]byte, error) {
 // parseInitSecretHash parses the metadata service's answer strictly: nil for none, else exactly a SHA-256.
 func parseInitSecretHash(raw []byte) ([]byte, error) {
 	var resp initSecretResponse
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&resp); err != nil {
+	if err := strictjson.Decode(raw, &resp, 4096); err != nil {
 		return nil, fmt.Errorf("the metadata service's init-secret hash: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("the metadata service's init-secret hash: trailing data after the JSON object")
 	}
 	if resp.SHA256 == "" {
 		return nil, nil
