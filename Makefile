@@ -21,6 +21,8 @@ FUZZ_TARGETS := \
 	./internal/atls:FuzzFindEvidence \
 	./internal/attestation/akca:FuzzChallenge \
 	./internal/config:FuzzParse \
+	./internal/registrymirror:FuzzHostsTOML \
+	./internal/registrymirror:FuzzParse \
 	./internal/kms:FuzzParseSecretFile \
 	./internal/kms/kmip:FuzzParseWrapped \
 	./internal/attestation/agent:FuzzHandler \
