@@ -257,7 +257,7 @@ func (s *Server) Join(ctx context.Context, req *initpb.JoinRequest) (*initpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &initpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw, RegistryMirrors: initpb.MirrorsToProto(cur.RegistryMirrors)}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.
