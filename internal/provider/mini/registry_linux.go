@@ -1,9 +1,14 @@
 package mini
 
 import (
+	"fmt"
 	"net"
+	"net/http"
+	"path/filepath"
 	"strconv"
+	"time"
 
+	"github.com/constellation-dev/constellation/internal/provider/mini/mirror"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
@@ -36,4 +41,44 @@ func DefaultMirrors(hostPort int) []registrymirror.Mirror {
 		ms = append(ms, registrymirror.Mirror{Registry: r, Endpoints: []string{RegistryEndpoint()}})
 	}
 	return ms
+}
+
+// registryDir is the mirror's storage in the provider directory: it lives and goes with the cluster (mini down
+// removes it), and survives a restart of the provider, as for a recovery.
+func registryDir(dir string) string { return filepath.Join(dir, "registry") }
+
+// startRegistry opens the mirror's storage and serves pushes on 127.0.0.1:hostPort (0: the default). The node
+// network's address comes later, with the network (serveRegistryToNodes).
+func (p *Provider) startRegistry(hostPort int) (func(), error) {
+	if hostPort == 0 {
+		hostPort = DefaultRegistryHostPort
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return func() {}, fmt.Errorf("the registry mirror cannot listen on %s (%w): free that port, or choose another with provider.mini.registryPort in constellation-conf.yaml "+
+			"and name it in registryMirrors as localhost:<port> (a new configuration: 'constellation config generate mini --force --registry-port <port>')", addr, err)
+	}
+	srv, err := mirror.New(registryDir(p.Dir), p.Log.With("service", "registry"))
+	if err != nil {
+		ln.Close()
+		return func() {}, err
+	}
+	p.registry = srv
+	hs := &http.Server{Handler: srv.PushHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	p.progress(fmt.Sprintf("registry mirror: push to localhost:%d from this machine", hostPort))
+	return func() { hs.Close() }, nil
+}
+
+// serveRegistryToNodes serves the mirror, for pulls only, on the node network at Gateway:RegistryPort.
+func (p *Provider) serveRegistryToNodes() (func(), error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(Gateway.Addr().String(), strconv.Itoa(RegistryPort)))
+	if err != nil {
+		return func() {}, fmt.Errorf("starting the registry mirror on the node network: %w", err)
+	}
+	hs := &http.Server{Handler: p.registry.PullHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	p.progress("registry mirror: the nodes pull from " + RegistryEndpoint())
+	return func() { hs.Close() }, nil
 }
