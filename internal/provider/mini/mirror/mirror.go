@@ -72,7 +72,7 @@ func New(dir string, log *slog.Logger) (*Server, error) {
 	s := &Server{dir: dir, log: log}
 	s.reg = registry.New(
 		registry.WithBlobHandler(&diskBlobs{dir: filepath.Join(dir, "blobs")}),
-		registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)),
+		registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelInfo)),
 	)
 	n, err := s.replay()
 	if err != nil {
