@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
 )
 
 // pushToMirror pushes ci to the provider's registry mirror on this machine's loopback port, as
@@ -101,6 +103,18 @@ func TestMiniRegistryMirror(t *testing.T) {
 	if log, _ := os.ReadFile(filepath.Join(cl.c.ws, "constellation-mini", "provider.log")); !strings.Contains(string(log), "/v2/docker.io/library/absent/manifests/1") {
 		t.Errorf("the mirror was not asked for docker.io/library/absent:1")
 	}
+	// The event names the mirror's answer (not found) even if containerd tried Docker Hub after it; containerd's own
+	// log on the node names every host it asked.
+	containerdLog := nodeContainerdLog(t, cl, "mirror-absent")
+	if !strings.Contains(containerdLog, `url="http://10.217.0.1:5000/v2/library/absent/manifests/1?ns=docker.io"`) || strings.Contains(containerdLog, "registry-1.docker.io") {
+		var lines []string
+		for _, l := range strings.Split(containerdLog, "\n") {
+			if strings.Contains(l, "absent") {
+				lines = append(lines, l)
+			}
+		}
+		t.Errorf("containerd did not ask the mirror alone for docker.io/library/absent:1:\n%s", strings.Join(lines, "\n"))
+	}
 
 	// The host alters one layer of an image in the mirror's storage before any node pulled it (the image has a
 	// layer of its own). A pod that runs it by digest does not start: containerd refuses the layer.
@@ -136,6 +150,24 @@ func TestMiniRegistryMirror(t *testing.T) {
 	if out, _ := k("logs", "mirror-tampered"); strings.Contains(out, "this must never run") {
 		t.Fatalf("the altered image ran:\n%s", out)
 	}
+}
+
+// nodeContainerdLog returns containerd's log on the node that runs pod, read in the node's mount namespace.
+func nodeContainerdLog(t *testing.T, cl *cluster, pod string) string {
+	t.Helper()
+	nodeName, err := cl.k("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}")
+	if err != nil || nodeName == "" {
+		t.Fatalf("the node of %s: %v %s", pod, err, nodeName)
+	}
+	state, _, err := mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(node(t, state, nodeName).PID), "-m", "cat", "/var/log/containerd.log").CombinedOutput()
+	if err != nil {
+		t.Fatalf("reading containerd's log on %s: %v\n%s", nodeName, err, out)
+	}
+	return string(out)
 }
 
 // mirrorManifest: the user's image from the mirror, with imagePullPolicy Always, 2 replicas on different workers;
