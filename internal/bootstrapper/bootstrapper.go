@@ -33,6 +33,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -225,7 +226,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				// The kubelet has restarted the key service's pod, which waits for this.
 				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: self.Name, DiskUUID: ownDisk})
 			},
-			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
+			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 				// Before any node can join: the join service admits nodes as this node's peers.
 				if err := setMeshRootFromMaster(mesh, ms); err != nil {
 					return err
@@ -244,7 +245,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: self.Name, DiskUUID: ownDisk}); err != nil {
 					return err
 				}
-				return deployServices(ctx, md, k8s, self, ms, clusterID, att)
+				return deployServices(ctx, md, k8s, self, ms, clusterID, att, mirrors)
 			},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(initpb.Port)))

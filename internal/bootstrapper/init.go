@@ -26,6 +26,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
 // Kubernetes is what Init needs from the node's Kubernetes driver.
@@ -38,6 +39,9 @@ type Kubernetes interface {
 	Apply(ctx context.Context, manifests []byte) error
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).
 	Restart(ctx context.Context) error
+	// ConfigureRegistryMirrors makes the container runtime pull the mirrored registries' images from their
+	// mirrors only (a validated list, from the cluster configuration).
+	ConfigureRegistryMirrors(ms []registrymirror.Mirror) error
 }
 
 // initServer initialises the cluster on the first control-plane node, once. It serves only a caller who knows
@@ -51,9 +55,9 @@ type initServer struct {
 	// initSecretHash is the SHA-256 of the cluster's init secret, from the node's instance metadata. Without
 	// it the node refuses Init and Recover.
 	initSecretHash []byte
-	// initialised runs after a successful init, with the cluster's master secret, cluster ID and attestation
-	// policy.
-	initialised func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error
+	// initialised runs after a successful init, with the cluster's master secret, cluster ID, attestation
+	// policy and registry mirrors.
+	initialised func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
 
 	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
 	// a node without one.
@@ -121,6 +125,10 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	att.Measurements = policy
+	mirrors, err := registrymirror.FromWire(req.GetRegistryMirrors())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("registry mirrors: %v", err))
+	}
 	ms, err := s.masterSecret(ctx, req)
 	if err != nil {
 		return nil, err
@@ -158,11 +166,17 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		if err := atomicfile.Write(s.disk.policyFile(), raw, 0o600); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("keeping the measurement policy: %v", err))
 		}
+		if err := keepMirrors(s.disk, mirrors); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
 	}
 	if s.startNetwork != nil {
 		if err := s.startNetwork(false); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
+	}
+	if err := s.k8s.ConfigureRegistryMirrors(mirrors); err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("configuring the registry mirrors: %v", err))
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))
@@ -173,7 +187,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	s.log.Info("Kubernetes initialised")
 	if s.initialised != nil {
-		if err := s.initialised(ms, clusterID, att); err != nil {
+		if err := s.initialised(ms, clusterID, att, mirrors); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
@@ -285,6 +299,10 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	mirrors, err := keptMirrors(s.disk)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
 	s.done = true
 	ev := measurements.ClusterIDEvent(clusterID)
 	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
@@ -295,6 +313,9 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		if err := s.startNetwork(true); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
+	}
+	if err := s.k8s.ConfigureRegistryMirrors(mirrors); err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("configuring the registry mirrors: %v", err))
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))

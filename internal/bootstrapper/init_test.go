@@ -21,12 +21,22 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kms/kmip"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
 // recordingKubernetes stands in for kubeadm, which the end-to-end test (test/e2e) runs for real; here only
 // the init protocol is under test.
-type recordingKubernetes struct{ inits, restarts int }
+type recordingKubernetes struct {
+	inits, restarts int
+	// mirrors are the registry mirror lists the runtime was configured with, in order.
+	mirrors [][]registrymirror.Mirror
+}
+
+func (r *recordingKubernetes) ConfigureRegistryMirrors(ms []registrymirror.Mirror) error {
+	r.mirrors = append(r.mirrors, ms)
+	return nil
+}
 
 func (r *recordingKubernetes) PrepareRuntime(context.Context) error { return nil }
 func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
@@ -49,7 +59,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	var started []byte
 	var startedWith *validators.Policy
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
+		initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy, _ []registrymirror.Mirror) error {
 			started, startedWith = clusterID, att
 			return nil
 		}}
@@ -195,5 +205,48 @@ func TestInitUnwrapsWithTheExternalKMS(t *testing.T) {
 	want, _ := d.ClusterID()
 	if !bytes.Equal(resp.GetClusterId(), want) {
 		t.Fatalf("cluster ID %x, want %x (derived from the unwrapped master secret)", resp.GetClusterId(), want)
+	}
+}
+
+// The registry mirrors of an init request are validated before the node acts on the request: a list with a name
+// or endpoint that would add TOML of its own to containerd's configuration (another host, skip_verify) is refused,
+// and the node stays fresh. A valid list configures the runtime before it starts and goes on to the join service.
+func TestInitValidatesRegistryMirrors(t *testing.T) {
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	k8s := &recordingKubernetes{}
+	var handedOn []registrymirror.Mirror
+	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
+		initialised: func(_ *kms.MasterSecret, _ []byte, _ *validators.Policy, ms []registrymirror.Mirror) error {
+			handedOn = ms
+			return nil
+		}}
+	ms, _ := kms.GenerateMasterSecret()
+	policy, _ := json.Marshal(node.Policy)
+	req := func(m ...*initpb.RegistryMirror) *initpb.InitRequest {
+		return &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, RegistryMirrors: m}
+	}
+	for _, bad := range []*initpb.RegistryMirror{
+		{Registry: "docker.io\"\nskip_verify = true\n#", Endpoints: []string{"http://10.217.0.1:5000"}},
+		{Registry: "docker.io", Endpoints: []string{"http://10.217.0.1:5000\"]\n[host.\"https://6.6.6.6\"]\n#"}},
+		{Registry: "docker.io", Endpoints: []string{"http://registry-1.docker.io"}},
+		{Registry: "../../etc", Endpoints: []string{"http://10.217.0.1:5000"}},
+	} {
+		if _, err := s.Init(context.Background(), req(bad)); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("Init with mirror %q -> %q = %v, want InvalidArgument", bad.Registry, bad.Endpoints, err)
+		}
+	}
+	if s.done || k8s.inits != 0 || len(k8s.mirrors) != 0 {
+		t.Fatal("a refused init request changed the node")
+	}
+	good := &initpb.RegistryMirror{Registry: "docker.io", Endpoints: []string{"http://10.217.0.1:5000"}}
+	if _, err := s.Init(context.Background(), req(good)); err != nil {
+		t.Fatal(err)
+	}
+	if len(k8s.mirrors) != 1 || len(k8s.mirrors[0]) != 1 || k8s.mirrors[0][0].Registry != "docker.io" || len(handedOn) != 1 {
+		t.Fatalf("runtime mirrors %+v, handed on %+v", k8s.mirrors, handedOn)
 	}
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -61,8 +62,8 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 // measured binary, not supplied from outside: the key service on this node, which gets the master secret from
 // this process; the join service on every control-plane node, with its configuration (the cluster's attestation
 // policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
-// ID); and the verification service on every node.
-func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self provider.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy) error {
+// ID; and the registry mirrors every node gets); and the verification service on every node.
+func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self provider.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 	p := *att
 	if p.Variant == attestation.MiniVTPM.Name {
 		roots, err := md.AKRoots(ctx)
@@ -81,7 +82,7 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self 
 	if err != nil {
 		return err
 	}
-	data, err := joinservice.ConfigData(&p, clusterID, macKey)
+	data, err := joinservice.ConfigData(&p, clusterID, macKey, mirrors)
 	if err != nil {
 		return err
 	}
@@ -188,6 +189,11 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 	if err != nil {
 		return fmt.Errorf("the join service's answer: %w", err)
 	}
+	// The join service checked them under the join configuration's MAC; this node renders only a valid list.
+	mirrors, err := registrymirror.FromWire(resp.GetRegistryMirrors())
+	if err != nil {
+		return fmt.Errorf("the join service's answer: registry mirrors: %w", err)
+	}
 	ev := measurements.ClusterIDEvent(resp.GetClusterId())
 	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
 		return fmt.Errorf("measuring the cluster ID: %w", err)
@@ -198,6 +204,9 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinpb.DiskKeyLength)
 		}
 		if err := disk.unlock(resp.GetDiskKey()); err != nil {
+			return err
+		}
+		if err := keepMirrors(disk, mirrors); err != nil {
 			return err
 		}
 	}
@@ -225,6 +234,9 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 	// control-plane join goes on with etcd and the control plane's components).
 	published := make(chan error, 1)
 	go func() { published <- mesh.Publish(ctx, kubeadm.KubeletKubeconfig) }()
+	if err := k8s.ConfigureRegistryMirrors(mirrors); err != nil {
+		return fmt.Errorf("configuring the registry mirrors: %w", err)
+	}
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}

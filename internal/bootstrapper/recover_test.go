@@ -69,7 +69,8 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	disk := newDisk()
 	policy, _ := json.Marshal(node.Policy)
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: &recordingKubernetes{}, log: log, disk: disk}
-	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); err != nil {
+	mirrors := []*initpb.RegistryMirror{{Registry: "localhost:5001", Endpoints: []string{"http://10.217.0.1:5000"}}}
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, RegistryMirrors: mirrors}); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(disk.targets["var"], "etcd-data"), []byte("the cluster's state"), 0o600); err != nil {
@@ -142,6 +143,10 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(disk.targets["var"], "etcd-data")); err != nil || string(got) != "the cluster's state" {
 		t.Fatalf("state after recovery: %q, %v", got, err)
+	}
+	// The registry mirrors of init, kept on the state disk (Recover carries none).
+	if len(k8s.mirrors) != 1 || len(k8s.mirrors[0]) != 1 || k8s.mirrors[0][0].Registry != "localhost:5001" {
+		t.Fatalf("the recovered node's runtime was configured with mirrors %+v, want those of init", k8s.mirrors)
 	}
 	if _, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second Recover = %v, want FailedPrecondition", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -43,6 +44,7 @@ func newConfigGenerateCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing configuration")
 	cmd.Flags().IntVar(&controlPlanes, "control-planes", 1, "number of control-plane nodes")
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes")
+	cmd.Flags().Int("registry-port", mini.DefaultRegistryHostPort, "port on 127.0.0.1 where the registry mirror takes pushes (localhost:PORT/...)")
 	return cmd
 }
 
@@ -75,8 +77,10 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 		Version: config.Version,
 		Provider: config.Provider{Mini: &config.Mini{
 			ControlPlanes: controlPlanes, Workers: workers, Image: image, ImageDigest: manifest.Digest,
+			RegistryPort: registryPortFlag(cmd),
 		}},
-		Attestation: config.Attestation{Variant: attestation.MiniVTPM.Name, Measurements: policy},
+		Attestation:     config.Attestation{Variant: attestation.MiniVTPM.Name, Measurements: policy},
+		RegistryMirrors: mini.DefaultMirrors(registryPortFlag(cmd)),
 	}
 	path := filepath.Join(workspace, config.FileName)
 	if err := c.Write(path, force); err != nil {

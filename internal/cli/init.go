@@ -22,6 +22,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
 // Workspace files written by init.
@@ -65,8 +66,8 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 // unwraps it itself: the plain master secret never exists outside attested nodes.
 //
 // The request carries the workspace's init secret, whose hash the provider handed the node: the node accepts
-// Init from no one else.
-func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy, kmsConf *kms.KMIPConfig) (clusterState, error) {
+// Init from no one else; and the cluster's registry mirrors, which the node hands on to the join service.
+func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy, kmsConf *kms.KMIPConfig, mirrors []registrymirror.Mirror) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
 	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
@@ -93,6 +94,7 @@ func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy,
 		return clusterState{}, err
 	}
 	req.InitSecret = initSecret
+	req.RegistryMirrors = initpb.MirrorsToProto(mirrors)
 	conn, endpoint, err := dialFreshNode(nodeIP, att)
 	if err != nil {
 		return clusterState{}, err

@@ -122,6 +122,7 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	h.print(cmd.OutOrStdout())
+	printRegistryMirrors(cmd.OutOrStdout(), workspace(cmd))
 	if len(h.notReady()) > 0 {
 		return checkFailed(errors.New("not every node is attested and Ready, or not every service of the cluster is running"))
 	}

@@ -227,7 +227,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 			kmsConf = c.KMS.KMIP
 			fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
 		}
-		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf); err != nil {
+		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf, c.RegistryMirrors); err != nil {
 			return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 		}
 		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
@@ -306,6 +306,7 @@ func daemonSpec(c *config.Config, ws, initSecretHashHex string) (mini.Spec, erro
 	spec := mini.Spec{
 		ControlPlanes: c.Provider.Mini.ControlPlanes, Workers: c.Provider.Mini.Workers,
 		Image: c.ImagePath(filepath.Join(ws, config.FileName)), ImageDigest: c.Provider.Mini.ImageDigest, Cmdline: nodeimage.DefaultCmdline,
+		RegistryHostPort: registryHostPort(c),
 	}
 	if initSecretHashHex != "" {
 		hash, err := hex.DecodeString(initSecretHashHex)

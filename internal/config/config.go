@@ -1,6 +1,6 @@
 // Package config is the cluster configuration file, constellation-conf.yaml: the provider, the attestation
-// variant with the expected measurements, and the optional external KMS. Parsing is strict (unknown fields are
-// errors) and Validate reports every problem with the field it concerns.
+// variant with the expected measurements, the optional external KMS, and the nodes' registry mirrors. Parsing
+// is strict (unknown fields are errors) and Validate reports every problem with the field it concerns.
 package config
 
 import (
@@ -18,6 +18,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
 // FileName is the configuration file of a workspace.
@@ -32,6 +33,10 @@ type Config struct {
 	Provider    Provider    `json:"provider"`
 	Attestation Attestation `json:"attestation"`
 	KMS         *KMS        `json:"kms,omitempty"`
+	// RegistryMirrors are the registries whose images the nodes pull from a mirror, and only from there (see
+	// package registrymirror). The list reaches the nodes with the attested init and through the join service,
+	// never from the provider.
+	RegistryMirrors []registrymirror.Mirror `json:"registryMirrors,omitempty"`
 }
 
 // Provider selects and configures where nodes run. Exactly one provider is set.
@@ -48,6 +53,9 @@ type Mini struct {
 	Image string `json:"image"`
 	// ImageDigest is the expected SHA-256 of the image ("sha256:<hex>"); a node never boots another image.
 	ImageDigest string `json:"imageDigest"`
+	// RegistryPort is the port on 127.0.0.1 of this machine where the provider's registry mirror takes pushes
+	// (docker push localhost:<port>/...); 0 means 5001.
+	RegistryPort int `json:"registryPort,omitempty"`
 }
 
 // Attestation is what a node must prove.
@@ -178,6 +186,9 @@ func (c *Config) Validate() error {
 		if m.Image == "" {
 			p = append(p, "provider.mini.image: no node image; build one with 'make node-image'")
 		}
+		if m.RegistryPort < 0 || m.RegistryPort > 65535 {
+			p = append(p, fmt.Sprintf("provider.mini.registryPort: %d, want a port 1 to 65535 (0 or none: 5001)", m.RegistryPort))
+		}
 		if !validDigest(m.ImageDigest) {
 			p = append(p, fmt.Sprintf("provider.mini.imageDigest: %q is not sha256:<64 hex digits>", m.ImageDigest))
 		}
@@ -191,6 +202,11 @@ func (c *Config) Validate() error {
 			if err := check.Resolve(""); err != nil {
 				p = append(p, "kms: "+err.Error())
 			}
+		}
+	}
+	if err := registrymirror.Validate(c.RegistryMirrors); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			p = append(p, "registryMirrors: "+line)
 		}
 	}
 	if len(p) > 0 {

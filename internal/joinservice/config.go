@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
+	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
 // Files of the join configuration directory (the keys of its ConfigMap).
@@ -29,14 +31,20 @@ const (
 	AKRootsFile      = "ak-roots.pem"      // CA certificates that certify nodes' attestation keys (mini-vtpm); empty otherwise
 	ClusterIDFile    = "cluster-id"        // hex cluster ID, measured by joining nodes
 	AttestationFile  = "attestation.json"  // the attestation variant and its hardware policy (see validators.ParsePolicy)
-	MACFile          = "mac"               // hex HMAC-SHA256 of the other files under the master secret's join-config key
+	// RegistryMirrorsFile holds the cluster's registry mirrors (JSON, see package registrymirror), which every
+	// joining node gets; a configuration without mirrors may leave it out.
+	RegistryMirrorsFile = "registry-mirrors.json"
+	MACFile             = "mac" // hex HMAC-SHA256 of the other files under the master secret's join-config key
 )
 
 // MaxConfigFileSize bounds every file of the join configuration; a ConfigMap holds at most 1 MiB.
 const MaxConfigFileSize = 1 << 20
 
 // configFiles are the files Current reads, in order; the MAC covers them.
-var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile}
+var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile, RegistryMirrorsFile}
+
+// optionalFiles may be missing from a configuration: they then count, for the MAC too, as empty.
+var optionalFiles = map[string]bool{RegistryMirrorsFile: true}
 
 // ConfigMAC is the MAC of a join configuration's files under key (kms.Deriver.JoinConfigKey): HMAC-SHA256 over
 // a version label and each file of configFiles, in order, with its name and length.
@@ -51,10 +59,10 @@ func ConfigMAC(key []byte, files map[string][]byte) []byte {
 }
 
 // ConfigData returns the files of a join configuration: the attestation policy every joining node must
-// meet, and the cluster ID, authenticated with a MAC under macKey (kms.Deriver.JoinConfigKey), which only
-// who holds the master secret can compute. The policy's measurements must not contain the cluster-ID PCR:
-// the join service itself requires it fresh (zero).
-func ConfigData(policy *validators.Policy, clusterID, macKey []byte) (map[string]string, error) {
+// meet, the cluster ID and the registry mirrors every joining node gets, authenticated with a MAC under macKey
+// (kms.Deriver.JoinConfigKey), which only who holds the master secret can compute. The policy's measurements
+// must not contain the cluster-ID PCR: the join service itself requires it fresh (zero).
+func ConfigData(policy *validators.Policy, clusterID, macKey []byte, mirrors []registrymirror.Mirror) (map[string]string, error) {
 	if policy == nil || len(clusterID) != 32 {
 		return nil, errors.New("a join configuration needs an attestation policy and a 32-byte cluster ID")
 	}
@@ -78,15 +86,20 @@ func ConfigData(policy *validators.Policy, clusterID, macKey []byte) (map[string
 			return nil, err
 		}
 	}
+	rawMirrors, err := registrymirror.Marshal(mirrors)
+	if err != nil {
+		return nil, fmt.Errorf("join configuration: %w", err)
+	}
 	var roots bytes.Buffer
 	for _, c := range policy.AKRoots {
 		pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	data := map[string]string{
-		MeasurementsFile: string(pcrs),
-		AKRootsFile:      roots.String(),
-		ClusterIDFile:    hex.EncodeToString(clusterID),
-		AttestationFile:  string(att),
+		MeasurementsFile:    string(pcrs),
+		AKRootsFile:         roots.String(),
+		ClusterIDFile:       hex.EncodeToString(clusterID),
+		AttestationFile:     string(att),
+		RegistryMirrorsFile: string(rawMirrors),
 	}
 	files := map[string][]byte{}
 	for name, content := range data {
@@ -106,6 +119,8 @@ type State struct {
 	Policy    measurements.M
 	AKRoots   []*x509.Certificate
 	ClusterID []byte
+	// RegistryMirrors are the cluster's registry mirrors, which the join service hands every node it admits.
+	RegistryMirrors []registrymirror.Mirror
 
 	attestation *validators.Policy // with Policy as its measurements
 	opts        validators.Options
@@ -170,6 +185,9 @@ func (c *Config) Current() (*State, error) {
 	h := sha256.New()
 	for _, name := range append(configFiles, MACFile) {
 		raw, err := readConfigFile(filepath.Join(c.dir, name))
+		if errors.Is(err, fs.ErrNotExist) && optionalFiles[name] {
+			raw, err = nil, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("join configuration: %w", err)
 		}
@@ -261,11 +279,15 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 	if err != nil || len(id) != 32 {
 		return nil, fmt.Errorf("%s: want 64 hex digits", ClusterIDFile)
 	}
+	mirrors, err := registrymirror.Parse(files[RegistryMirrorsFile])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", RegistryMirrorsFile, err)
+	}
 	v, err := validators.New(policy, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, attestation: policy, opts: opts, validator: v}, nil
+	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, RegistryMirrors: mirrors, attestation: policy, opts: opts, validator: v}, nil
 }
 
 // parseAKRoots parses PEM certificates and nothing else; an empty file holds none.

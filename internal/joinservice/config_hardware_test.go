@@ -47,7 +47,7 @@ func newSNPCluster(t *testing.T, variant attestation.Variant) *snpCluster {
 		policy.Measurements = tpm.Policy()
 	}
 	c := &snpCluster{dir: t.TempDir(), platform: pl, tpm: tpm, id: bytes.Repeat([]byte{0x1d}, 32)}
-	data, err := ConfigData(policy, c.id, testMACKey)
+	data, err := ConfigData(policy, c.id, testMACKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -245,7 +245,7 @@ func (s *Server) Join(ctx context.Context, req *joinpb.JoinRequest) (*joinpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &joinpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw}, nil
+	return &joinpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw, RegistryMirrors: joinpb.MirrorsToProto(cur.RegistryMirrors)}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

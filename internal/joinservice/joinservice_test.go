@@ -106,7 +106,7 @@ func writeSigned(t testing.TB, dir, name string, content []byte) {
 
 func writeConfig(t *testing.T, dir string, policy measurements.M, roots []*x509.Certificate, clusterID []byte) {
 	t.Helper()
-	data, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID, testMACKey)
+	data, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy, AKRoots: roots}, clusterID, testMACKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,16 +321,16 @@ func TestConfigRejects(t *testing.T) {
 	id := bytes.Repeat([]byte{1}, 32)
 	withPCR15 := clusterPolicy(node)
 	withPCR15[15] = measurements.Measurement{}
-	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, AKRoots: roots}, id, testMACKey); err == nil {
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, AKRoots: roots}, id, testMACKey, nil); err == nil {
 		t.Fatal("ConfigData accepted an empty policy")
 	}
-	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id, testMACKey); err == nil {
+	if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: withPCR15, AKRoots: roots}, id, testMACKey, nil); err == nil {
 		t.Fatal("ConfigData accepted a policy with the cluster-ID PCR")
 	}
 	for name, bad := range tpmtest.AcceptAnyImage(clusterPolicy(node)) {
 		// The CLI's side refuses to write it, and the join service refuses to run with it: under it the join
 		// service would admit a node booted from any image, or from the genuine image with any boot parameters.
-		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id, testMACKey); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
+		if _, err := ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: bad, AKRoots: roots}, id, testMACKey, nil); !errors.Is(err, measurements.ErrAcceptsAnyImage) {
 			t.Errorf("%s: ConfigData = %v, want ErrAcceptsAnyImage", name, err)
 		}
 		dir := t.TempDir()

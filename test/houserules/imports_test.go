@@ -56,6 +56,7 @@ var layers = map[string]int{
 
 	"internal/atomicfile":               plumbing,
 	"internal/cadir":                    plumbing,
+	"internal/registrymirror":           plumbing, // a mirror list, its validation and its hosts.toml: a configuration format
 	"internal/retry":                    plumbing,
 	"internal/version":                  plumbing,
 	"internal/kubeapi":                  plumbing,

@@ -87,9 +87,14 @@ type InitRequest struct {
 	// then and handed to the provider only as their SHA-256, which the node reads from its instance metadata at
 	// boot. The node compares SHA-256(init_secret) with it in constant time before it acts on anything else of
 	// the request, for Init and Recover alike, and refuses the request (Unauthenticated) if it differs.
-	InitSecret    []byte `protobuf:"bytes,7,opt,name=init_secret,json=initSecret,proto3" json:"init_secret,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InitSecret []byte `protobuf:"bytes,7,opt,name=init_secret,json=initSecret,proto3" json:"init_secret,omitempty"`
+	// registry_mirrors are the registries whose images the nodes pull from a mirror, from the cluster
+	// configuration. The node validates them (package registrymirror), keeps them on its state disk and hands them
+	// to the join service, which passes them to every joining node under the join configuration's MAC. Recover
+	// does not use them: a node keeps those it got at init or join.
+	RegistryMirrors []*RegistryMirror `protobuf:"bytes,8,rep,name=registry_mirrors,json=registryMirrors,proto3" json:"registry_mirrors,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -171,6 +176,68 @@ func (x *InitRequest) GetInitSecret() []byte {
 	return nil
 }
 
+func (x *InitRequest) GetRegistryMirrors() []*RegistryMirror {
+	if x != nil {
+		return x.RegistryMirrors
+	}
+	return nil
+}
+
+// RegistryMirror sends the image pulls of one registry to mirror endpoints, and nowhere else.
+type RegistryMirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// registry is the registry's host name with an optional port, as image references name it ("docker.io").
+	Registry string `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`
+	// endpoints are the mirror's base URLs ("http://10.217.0.1:5000"), tried in order.
+	Endpoints     []string `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryMirror) Reset() {
+	*x = RegistryMirror{}
+	mi := &file_init_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryMirror) ProtoMessage() {}
+
+func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryMirror.ProtoReflect.Descriptor instead.
+func (*RegistryMirror) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RegistryMirror) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *RegistryMirror) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
 // KMIP is how a node reaches the external KMS: over mutual TLS with the cluster's client certificate.
 type KMIP struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -186,7 +253,7 @@ type KMIP struct {
 
 func (x *KMIP) Reset() {
 	*x = KMIP{}
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +265,7 @@ func (x *KMIP) String() string {
 func (*KMIP) ProtoMessage() {}
 
 func (x *KMIP) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +278,7 @@ func (x *KMIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KMIP.ProtoReflect.Descriptor instead.
 func (*KMIP) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{2}
+	return file_init_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *KMIP) GetEndpoint() string {
@@ -254,7 +321,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +333,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +346,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{3}
+	return file_init_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InitResponse) GetKubeconfig() []byte {
@@ -304,7 +371,7 @@ const file_init_proto_rawDesc = "" +
 	"init.proto\x12\x15constellation.init.v1\"0\n" +
 	"\x0fRecoverResponse\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\x92\x02\n" +
+	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xe4\x02\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
@@ -313,7 +380,11 @@ const file_init_proto_rawDesc = "" +
 	"\x04kmip\x18\x05 \x01(\v2\x1b.constellation.init.v1.KMIPR\x04kmip\x12 \n" +
 	"\vattestation\x18\x06 \x01(\fR\vattestation\x12\x1f\n" +
 	"\vinit_secret\x18\a \x01(\fR\n" +
-	"initSecret\"\x7f\n" +
+	"initSecret\x12P\n" +
+	"\x10registry_mirrors\x18\b \x03(\v2%.constellation.init.v1.RegistryMirrorR\x0fregistryMirrors\"J\n" +
+	"\x0eRegistryMirror\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1c\n" +
+	"\tendpoints\x18\x02 \x03(\tR\tendpoints\"\x7f\n" +
 	"\x04KMIP\x12\x1a\n" +
 	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x1b\n" +
 	"\tserver_ca\x18\x02 \x01(\fR\bserverCa\x12\x1f\n" +
@@ -343,24 +414,26 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_init_proto_goTypes = []any{
 	(*RecoverResponse)(nil), // 0: constellation.init.v1.RecoverResponse
 	(*InitRequest)(nil),     // 1: constellation.init.v1.InitRequest
-	(*KMIP)(nil),            // 2: constellation.init.v1.KMIP
-	(*InitResponse)(nil),    // 3: constellation.init.v1.InitResponse
+	(*RegistryMirror)(nil),  // 2: constellation.init.v1.RegistryMirror
+	(*KMIP)(nil),            // 3: constellation.init.v1.KMIP
+	(*InitResponse)(nil),    // 4: constellation.init.v1.InitResponse
 }
 var file_init_proto_depIdxs = []int32{
-	2, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	1, // 1: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	1, // 2: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
-	3, // 3: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	0, // 4: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
+	2, // 1: constellation.init.v1.InitRequest.registry_mirrors:type_name -> constellation.init.v1.RegistryMirror
+	1, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	1, // 3: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
+	4, // 4: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	0, // 5: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -374,7 +447,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,5 +1,5 @@
 // Package kubeadm drives a node's container runtime and kubeadm: it writes the containerd, CNI and kubeadm
-// configuration a node needs on this product's nodes (no image pulls, no upstream DNS, cgroup v1 with the
+// configuration a node needs on this product's nodes (image pulls only from the cluster's registry mirrors, no upstream DNS, cgroup v1 with the
 // cgroupfs driver), starts containerd, imports the pre-loaded images, starts the kubelet once kubeadm has
 // configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
 // bootstrap token) is readable by root only and exists only while kubeadm runs.
@@ -62,12 +62,15 @@ var containerdTmpl = template.Must(template.New("containerd").Parse(`version = 3
     SystemdCgroup = false
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{{.PauseImage}}"
+[plugins."io.containerd.cri.v1.images".registry]
+  # One <registry>/hosts.toml per mirrored registry (ConfigureRegistryMirrors); no other registry is reachable.
+  config_path = "{{.RegistryHostsDir}}"
 `))
 
 // ContainerdConfigFile returns containerd's configuration.
 func ContainerdConfigFile(o Options) ([]byte, error) {
 	var b bytes.Buffer
-	err := containerdTmpl.Execute(&b, map[string]string{"CNIBinDir": CNIBinDir, "CNIConfDir": CNIConfDir, "PauseImage": o.PauseImage})
+	err := containerdTmpl.Execute(&b, map[string]string{"CNIBinDir": CNIBinDir, "CNIConfDir": CNIConfDir, "PauseImage": o.PauseImage, "RegistryHostsDir": RegistryHostsDir})
 	return b.Bytes(), err
 }
 
@@ -313,6 +316,8 @@ type Driver struct {
 	ImagesDir string
 	// Log receives the output of containerd, the kubelet and kubeadm.
 	Log func(format string, args ...any)
+	// hostsDir replaces RegistryHostsDir in tests.
+	hostsDir string
 }
 
 func (d *Driver) logf(format string, args ...any) {

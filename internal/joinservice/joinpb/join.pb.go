@@ -230,9 +230,11 @@ type JoinResponse struct {
 	CaCertificate      []byte `protobuf:"bytes,9,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
 	// mesh_psk_root is the mesh's root key for WireGuard preshared keys (32 bytes), derived from the master
 	// secret: every pair of nodes derives its own preshared key from it and the pair's public keys.
-	MeshPskRoot   []byte `protobuf:"bytes,10,opt,name=mesh_psk_root,json=meshPskRoot,proto3" json:"mesh_psk_root,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MeshPskRoot []byte `protobuf:"bytes,10,opt,name=mesh_psk_root,json=meshPskRoot,proto3" json:"mesh_psk_root,omitempty"`
+	// registry_mirrors are the cluster's registry mirrors, from the join configuration (authenticated by its MAC).
+	RegistryMirrors []*RegistryMirror `protobuf:"bytes,11,rep,name=registry_mirrors,json=registryMirrors,proto3" json:"registry_mirrors,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -335,6 +337,68 @@ func (x *JoinResponse) GetMeshPskRoot() []byte {
 	return nil
 }
 
+func (x *JoinResponse) GetRegistryMirrors() []*RegistryMirror {
+	if x != nil {
+		return x.RegistryMirrors
+	}
+	return nil
+}
+
+// RegistryMirror makes the node's container runtime pull the images of a registry from its mirrors only.
+type RegistryMirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// registry is the registry's host name with an optional port, as image references name it ("docker.io").
+	Registry string `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`
+	// endpoints are the mirror's base URLs ("http://10.217.0.1:5000"), tried in order.
+	Endpoints     []string `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryMirror) Reset() {
+	*x = RegistryMirror{}
+	mi := &file_join_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryMirror) ProtoMessage() {}
+
+func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_join_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryMirror.ProtoReflect.Descriptor instead.
+func (*RegistryMirror) Descriptor() ([]byte, []int) {
+	return file_join_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RegistryMirror) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *RegistryMirror) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
 var File_join_proto protoreflect.FileDescriptor
 
 const file_join_proto_rawDesc = "" +
@@ -353,7 +417,7 @@ const file_join_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\xaf\x03\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\x81\x04\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -368,7 +432,11 @@ const file_join_proto_rawDesc = "" +
 	"\x13kubelet_certificate\x18\b \x01(\fR\x12kubeletCertificate\x12%\n" +
 	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate\x12\"\n" +
 	"\rmesh_psk_root\x18\n" +
-	" \x01(\fR\vmeshPskRoot2W\n" +
+	" \x01(\fR\vmeshPskRoot\x12P\n" +
+	"\x10registry_mirrors\x18\v \x03(\v2%.constellation.join.v1.RegistryMirrorR\x0fregistryMirrors\"J\n" +
+	"\x0eRegistryMirror\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1c\n" +
+	"\tendpoints\x18\x02 \x03(\tR\tendpoints2W\n" +
 	"\x04Join\x12O\n" +
 	"\x04Join\x12\".constellation.join.v1.JoinRequest\x1a#.constellation.join.v1.JoinResponseBHZFgithub.com/constellation-dev/constellation/internal/joinservice/joinpbb\x06proto3"
 
@@ -384,23 +452,25 @@ func file_join_proto_rawDescGZIP() []byte {
 	return file_join_proto_rawDescData
 }
 
-var file_join_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_join_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_join_proto_goTypes = []any{
-	(*JoinRequest)(nil),  // 0: constellation.join.v1.JoinRequest
-	(*MeshPeer)(nil),     // 1: constellation.join.v1.MeshPeer
-	(*PKIFile)(nil),      // 2: constellation.join.v1.PKIFile
-	(*JoinResponse)(nil), // 3: constellation.join.v1.JoinResponse
+	(*JoinRequest)(nil),    // 0: constellation.join.v1.JoinRequest
+	(*MeshPeer)(nil),       // 1: constellation.join.v1.MeshPeer
+	(*PKIFile)(nil),        // 2: constellation.join.v1.PKIFile
+	(*JoinResponse)(nil),   // 3: constellation.join.v1.JoinResponse
+	(*RegistryMirror)(nil), // 4: constellation.join.v1.RegistryMirror
 }
 var file_join_proto_depIdxs = []int32{
 	2, // 0: constellation.join.v1.JoinResponse.control_plane_files:type_name -> constellation.join.v1.PKIFile
 	1, // 1: constellation.join.v1.JoinResponse.mesh_peers:type_name -> constellation.join.v1.MeshPeer
-	0, // 2: constellation.join.v1.Join.Join:input_type -> constellation.join.v1.JoinRequest
-	3, // 3: constellation.join.v1.Join.Join:output_type -> constellation.join.v1.JoinResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 2: constellation.join.v1.JoinResponse.registry_mirrors:type_name -> constellation.join.v1.RegistryMirror
+	0, // 3: constellation.join.v1.Join.Join:input_type -> constellation.join.v1.JoinRequest
+	3, // 4: constellation.join.v1.Join.Join:output_type -> constellation.join.v1.JoinResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_join_proto_init() }
@@ -414,7 +484,7 @@ func file_join_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_join_proto_rawDesc), len(file_join_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

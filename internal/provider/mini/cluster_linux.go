@@ -26,6 +26,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
+	"github.com/constellation-dev/constellation/internal/provider/mini/mirror"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 )
 
@@ -66,6 +67,8 @@ type Spec struct {
 	// metadata service hands it to every node, which then accepts Init and Recover only from a caller who
 	// knows the secret. Without it, the nodes refuse to be initialised.
 	InitSecretHash []byte
+	// RegistryHostPort is the registry mirror's port on 127.0.0.1 (0: DefaultRegistryHostPort).
+	RegistryHostPort int
 }
 
 // NodeState records a running node.
@@ -112,6 +115,8 @@ type Provider struct {
 	md     *metadata.Server
 	ekCA   *swtpm.CA
 	nodes  []*node
+	// registry is the registry mirror (registry_linux.go).
+	registry *mirror.Server
 }
 
 // node is a booted node: its TPM and its sandbox.
@@ -222,6 +227,11 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	if got := fmt.Sprintf("sha256:%x", digest); got != spec.ImageDigest {
 		return teardown, fmt.Errorf("node image %s has digest %s, the configuration expects %s; rebuild it or run 'constellation config generate mini --force'", spec.Image, got, spec.ImageDigest)
 	}
+	stopRegistry, err := p.startRegistry(spec.RegistryHostPort)
+	undo = append(undo, stopRegistry)
+	if err != nil {
+		return teardown, err
+	}
 	ekCA, err := swtpm.NewCA(filepath.Join(p.Dir, "ek-ca"))
 	if err != nil {
 		return teardown, err
@@ -255,6 +265,11 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	go srv.Serve(ln)
 	undo = append(undo, func() { srv.Close() })
 	p.state.MetadataURL = "http://" + ln.Addr().String()
+	stopNodeRegistry, err := p.serveRegistryToNodes()
+	undo = append(undo, stopNodeRegistry)
+	if err != nil {
+		return teardown, err
+	}
 
 	p.spec, p.digest, p.net, p.md, p.ekCA = spec, digest, n, md, ekCA
 	// Every node, also those added later, stops before the network goes.

@@ -102,7 +102,7 @@ func runJoin(ctx context.Context) ([]Result, error) {
 	if _, err := rand.Read(macKey); err != nil {
 		return nil, err
 	}
-	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32), macKey)
+	data, err := joinservice.ConfigData(&validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: clusterPolicy(client), AKRoots: []*x509.Certificate{client.CA.Certificate()}}, make([]byte, 32), macKey, nil)
 	if err != nil {
 		return nil, err
 	}
