@@ -194,59 +194,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		initpb.RegisterInitServer(grpcSrv, &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
 			initSecretHash: initSecretHash,
-			// The tunnel is up before Kubernetes starts: with a new key at init, with the kept one after a
-			// recovery (the other nodes know it).
-			startNetwork: func(recovery bool) error {
-				if recovery {
-					if err := mesh.LoadKey(); err != nil {
-						return err
-					}
-				} else if _, err := mesh.NewKey(); err != nil {
-					return err
-				}
-				if err := mesh.Start(); err != nil {
-					return err
-				}
-				// After a recovery, the peers this node had: the other control-plane nodes, without which
-				// etcd, and so the record of the mesh in the API, cannot come back.
-				return mesh.Apply(ctx)
-			},
-			recovered: func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
-				if err := setMeshRootFromMaster(mesh, ms); err != nil {
-					return err
-				}
-				go mesh.Follow(ctx, kubeadm.KubeletKubeconfig)
-				go mesh.Publish(ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
-				if self.Name != FirstControlPlane {
-					return nil // the key service runs on the first control-plane node only
-				}
-				if policy == nil {
-					return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
-				}
-				// The kubelet has restarted the key service's pod, which waits for this.
-				return secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: self.Name, DiskUUID: ownDisk})
-			},
-			initialised: func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
-				// Before any node can join: the join service admits nodes as this node's peers.
-				if err := setMeshRootFromMaster(mesh, ms); err != nil {
-					return err
-				}
-				if err := mesh.Publish(ctx, kubeadm.KubeletKubeconfig); err != nil {
-					return err
-				}
-				readers, err := meshpeers.Manifests()
-				if err != nil {
-					return err
-				}
-				if err := k8s.Apply(ctx, readers); err != nil {
-					return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
-				}
-				go mesh.Follow(ctx, kubeadm.KubeletKubeconfig)
-				if err := secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: self.Name, DiskUUID: ownDisk}); err != nil {
-					return err
-				}
-				return deployServices(ctx, md, k8s, self, ms, clusterID, att, mirrors)
-			},
+			life:           &firstNode{ctx: ctx, md: md, self: self, k8s: k8s, mesh: mesh, secrets: secrets, ownDisk: ownDisk},
 		})
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(initpb.Port)))
 		if err != nil {
@@ -280,4 +228,76 @@ func serveLocal(path string, handler http.Handler, errc chan<- error) (stop func
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go func() { errc <- fmt.Errorf("serving %s: %w", path, srv.Serve(ln)) }()
 	return func() { srv.Close() }, nil
+}
+
+// firstNode is the life of a control-plane node that serves Init or Recover (the init service's Lifecycle):
+// its encrypted network, the key service's secret, and the cluster services it deploys at init.
+type firstNode struct {
+	ctx     context.Context
+	md      provider.Node
+	self    provider.Instance
+	k8s     Kubernetes
+	mesh    *meshagent.Agent
+	secrets *keyservice.SecretHolder
+	// ownDisk is the UUID of the node's own state disk, which the key service binds to it ("" without one).
+	ownDisk string
+}
+
+// StartNetwork brings the tunnel up before Kubernetes starts: with a new key at init, with the kept one after
+// a recovery (the other nodes know it).
+func (n *firstNode) StartNetwork(recovery bool) error {
+	if recovery {
+		if err := n.mesh.LoadKey(); err != nil {
+			return err
+		}
+	} else if _, err := n.mesh.NewKey(); err != nil {
+		return err
+	}
+	if err := n.mesh.Start(); err != nil {
+		return err
+	}
+	// After a recovery, the peers this node had: the other control-plane nodes, without which etcd, and so
+	// the record of the mesh in the API, cannot come back.
+	return n.mesh.Apply(n.ctx)
+}
+
+// Recovered follows the cluster's mesh again and, on the first control-plane node, hands the key service (whose
+// pod the kubelet has restarted, and which waits for it) the master secret.
+func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
+	if err := setMeshRootFromMaster(n.mesh, ms); err != nil {
+		return err
+	}
+	go n.mesh.Follow(n.ctx, kubeadm.KubeletKubeconfig)
+	go n.mesh.Publish(n.ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
+	if n.self.Name != FirstControlPlane {
+		return nil // the key service runs on the first control-plane node only
+	}
+	if policy == nil {
+		return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
+	}
+	return n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: n.self.Name, DiskUUID: n.ownDisk})
+}
+
+// Initialised publishes this node as the mesh's first member, lets nodes read their peers, hands the key
+// service the master secret, and deploys the cluster services; before any node can join, since the join
+// service admits nodes as this node's peers.
+func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+	if err := setMeshRootFromMaster(n.mesh, ms); err != nil {
+		return err
+	}
+	if err := n.mesh.Publish(n.ctx, kubeadm.KubeletKubeconfig); err != nil {
+		return err
+	}
+	readers, err := meshpeers.Manifests()
+	if err != nil {
+		return err
+	}
+	if err := n.k8s.Apply(n.ctx, readers); err != nil {
+		return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
+	}
+	go n.mesh.Follow(n.ctx, kubeadm.KubeletKubeconfig)
+	if err := n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: n.self.Name, DiskUUID: n.ownDisk}); err != nil {
+		return err
+	}
+	return deployServices(n.ctx, n.md, n.k8s, n.self, ms, clusterID, att, mirrors)
 }

@@ -44,6 +44,19 @@ type Kubernetes interface {
 	ConfigureRegistryMirrors(ms []registrymirror.Mirror) error
 }
 
+// Lifecycle is the rest of the node, as the init service drives it: the steps that follow from Init and
+// Recover. Run implements it with the node's mesh agent, key holder and cluster services.
+type Lifecycle interface {
+	// StartNetwork brings the node's encrypted network up once its state disk is unlocked, before Kubernetes
+	// starts; recovery says whether the node recovers (keeping its key) or is initialised.
+	StartNetwork(recovery bool) error
+	// Initialised runs after a successful init, with the cluster's master secret, cluster ID, attestation
+	// policy and registry mirrors.
+	Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
+	// Recovered runs after a successful recovery, with the cluster's master secret, cluster ID and policy.
+	Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
+}
+
 // initServer initialises the cluster on the first control-plane node, once. It serves only a caller who knows
 // the cluster's init secret: anyone who reaches the port first could otherwise initialise the node with a
 // master secret, policy and KMS of their own, and take the administrator's kubeconfig.
@@ -55,9 +68,8 @@ type initServer struct {
 	// initSecretHash is the SHA-256 of the cluster's init secret, from the node's instance metadata. Without
 	// it the node refuses Init and Recover.
 	initSecretHash []byte
-	// initialised runs after a successful init, with the cluster's master secret, cluster ID, attestation
-	// policy and registry mirrors.
-	initialised func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
+	// life is the rest of the node; nil: nothing follows (tests of init alone).
+	life Lifecycle
 
 	// disk is the node's state disk, unlocked with the key derived for it before Kubernetes starts; nil for
 	// a node without one.
@@ -65,11 +77,6 @@ type initServer struct {
 	// recovering is set when the state disk holds an initialised cluster's state: the node then waits for
 	// Recover, and refuses Init.
 	recovering bool
-	// startNetwork brings the node's encrypted network up once its state disk is unlocked, before Kubernetes
-	// starts; recovery says whether the node recovers (keeping its key) or is initialised. Nil: none.
-	startNetwork func(recovery bool) error
-	// recovered runs after a successful recovery, with the cluster's master secret, cluster ID and policy.
-	recovered func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
 
 	// lock makes init one-shot: a node is initialised or joins, once, never twice.
 	lock sync.Mutex
@@ -170,8 +177,8 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
-	if s.startNetwork != nil {
-		if err := s.startNetwork(false); err != nil {
+	if s.life != nil {
+		if err := s.life.StartNetwork(false); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
 	}
@@ -186,8 +193,8 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.Internal, fmt.Sprintf("initialising Kubernetes: %v", err))
 	}
 	s.log.Info("Kubernetes initialised")
-	if s.initialised != nil {
-		if err := s.initialised(ms, clusterID, att, mirrors); err != nil {
+	if s.life != nil {
+		if err := s.life.Initialised(ms, clusterID, att, mirrors); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
@@ -309,8 +316,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
 	}
 	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
-	if s.startNetwork != nil {
-		if err := s.startNetwork(true); err != nil {
+	if s.life != nil {
+		if err := s.life.StartNetwork(true); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
 	}
@@ -323,8 +330,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	if err := s.k8s.Restart(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("restarting Kubernetes: %v", err))
 	}
-	if s.recovered != nil {
-		if err := s.recovered(ms, clusterID, policy); err != nil {
+	if s.life != nil {
+		if err := s.life.Recovered(ms, clusterID, policy); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}

@@ -59,10 +59,10 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	var started []byte
 	var startedWith *validators.Policy
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy, _ []registrymirror.Mirror) error {
+		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy, _ []registrymirror.Mirror) error {
 			started, startedWith = clusterID, att
 			return nil
-		}}
+		}}}
 	ms, _ := kms.GenerateMasterSecret()
 	policy, _ := json.Marshal(node.Policy)
 	ctx := context.Background()
@@ -220,10 +220,10 @@ func TestInitValidatesRegistryMirrors(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var handedOn []registrymirror.Mirror
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		initialised: func(_ *kms.MasterSecret, _ []byte, _ *validators.Policy, ms []registrymirror.Mirror) error {
+		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, _ []byte, _ *validators.Policy, ms []registrymirror.Mirror) error {
 			handedOn = ms
 			return nil
-		}}
+		}}}
 	ms, _ := kms.GenerateMasterSecret()
 	policy, _ := json.Marshal(node.Policy)
 	req := func(m ...*initpb.RegistryMirror) *initpb.InitRequest {
@@ -249,4 +249,32 @@ func TestInitValidatesRegistryMirrors(t *testing.T) {
 	if len(k8s.mirrors) != 1 || len(k8s.mirrors[0]) != 1 || k8s.mirrors[0][0].Registry != "docker.io" || len(handedOn) != 1 {
 		t.Fatalf("runtime mirrors %+v, handed on %+v", k8s.mirrors, handedOn)
 	}
+}
+
+// lifecycleFuncs is a Lifecycle of functions; a nil one does nothing.
+type lifecycleFuncs struct {
+	startNetwork func(recovery bool) error
+	initialised  func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
+	recovered    func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
+}
+
+func (l lifecycleFuncs) StartNetwork(recovery bool) error {
+	if l.startNetwork == nil {
+		return nil
+	}
+	return l.startNetwork(recovery)
+}
+
+func (l lifecycleFuncs) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+	if l.initialised == nil {
+		return nil
+	}
+	return l.initialised(ms, clusterID, att, mirrors)
+}
+
+func (l lifecycleFuncs) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
+	if l.recovered == nil {
+		return nil
+	}
+	return l.recovered(ms, clusterID, policy)
 }

@@ -106,13 +106,13 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var started []byte
 	s = &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
-		recovered: func(_ *kms.MasterSecret, id []byte, p measurements.M) error {
+		life: lifecycleFuncs{recovered: func(_ *kms.MasterSecret, id []byte, p measurements.M) error {
 			started = id
 			if len(p) != len(node.Policy) {
 				t.Errorf("the key service got a policy of %d PCRs, want the %d from init", len(p), len(node.Policy))
 			}
 			return nil
-		}}
+		}}}
 	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("Init of a node with a cluster on its disk = %v, want FailedPrecondition", err)
 	}
