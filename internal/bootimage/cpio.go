@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/nodeinit"
 )
 
 // cpioArchive builds a cpio archive in the "newc" format the kernel unpacks as its initramfs, reproducibly:
@@ -49,17 +51,19 @@ var InitrdModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", 
 // ModulesDir is where the initramfs holds its modules, with "order" listing them in load order.
 const ModulesDir = "lib/modules"
 
-// Initramfs returns an initramfs with init as /init and the wanted modules of the kernel's module tree
-// modDir (with their dependencies, each after what it needs; built-in modules are skipped) in ModulesDir.
-func Initramfs(init []byte, modDir string, wanted []string) ([]byte, error) {
+// Initramfs returns an initramfs with init as /init, the kernel command line the image boots with as
+// nodeinit.CmdlineFile, and the wanted modules of the kernel's module tree modDir (with their dependencies,
+// each after what it needs; built-in modules are skipped) in ModulesDir.
+func Initramfs(init []byte, cmdline string, modDir string, wanted []string) ([]byte, error) {
 	order, err := modulesInOrder(modDir, wanted)
 	if err != nil {
 		return nil, err
 	}
 	c := &cpioArchive{}
-	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "lib", ModulesDir} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "etc", "lib", ModulesDir} {
 		c.dir(d)
 	}
+	c.file(strings.TrimPrefix(nodeinit.CmdlineFile, "/"), []byte(cmdline))
 	var names []string
 	for _, m := range order {
 		data, err := os.ReadFile(m)

@@ -99,17 +99,17 @@ func BuildUKIFor(ctx context.Context, in Inputs, v Verity) ([]byte, string, erro
 	if err != nil {
 		return nil, "", fmt.Errorf("reading the initramfs's init: %w", err)
 	}
-	initrd, err := Initramfs(init, in.Modules, InitrdModules)
+	cmdline := Cmdline(in.KernelCmdline, v, in.FirstProcess)
+	if len(cmdline) > nodeinit.MaxCmdline {
+		return nil, "", fmt.Errorf("the kernel command line is %d bytes, more than %d", len(cmdline), nodeinit.MaxCmdline)
+	}
+	initrd, err := Initramfs(init, cmdline, in.Modules, InitrdModules)
 	if err != nil {
 		return nil, "", fmt.Errorf("the initramfs: %w", err)
 	}
 	osrel := in.OSRelease
 	if len(osrel) == 0 {
 		osrel = []byte("NAME=\"Constellation node\"\nID=constellation\n")
-	}
-	cmdline := Cmdline(in.KernelCmdline, v, in.FirstProcess)
-	if len(cmdline) > nodeinit.MaxCmdline {
-		return nil, "", fmt.Errorf("the kernel command line is %d bytes, more than %d", len(cmdline), nodeinit.MaxCmdline)
 	}
 	uki, err := BuildUKI(ctx, UKI{Stub: stub, Kernel: kernel, Initrd: initrd, Cmdline: cmdline, OSRel: osrel})
 	return uki, cmdline, err

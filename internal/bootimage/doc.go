@@ -14,7 +14,9 @@
 // BOOTX64.EFI is a unified kernel image (UKI): Debian's systemd-stub (systemd 252) with the sections .osrel,
 // .cmdline, .linux (Debian's cloud kernel) and .initrd (cmd/node-init and the kernel modules it loads).
 // The command line carries the root's dm-verity parameters and root hash, and, after "--", the node's first
-// process; the init (package nodeinit) refuses to boot unless the root partition matches the root hash.
+// process; the initramfs carries the same command line. The init (package nodeinit) refuses to boot unless
+// the kernel runs with exactly that command line (systemd-stub replaces it with one the host's boot option
+// passes when Secure Boot is off) and the root partition matches the root hash.
 //
 // The build is reproducible: the UKI's COFF timestamp is zero and its checksum recomputed, the ESP's volume ID
 // and timestamps are fixed, the verity salt is the SHA-256 of the root filesystem, and the GPT disk and

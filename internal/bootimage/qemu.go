@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -64,8 +65,8 @@ func (b Boot) Find(prefix string) (Line, bool) {
 // BootQEMU boots a raw disk image as a UEFI machine under QEMU with TCG (no KVM needed): q35, OVMF firmware
 // from pflash with a fresh copy of its variable store, a fresh swtpm as the machine's TPM 2.0 (TIS), the image
 // as a virtio disk, no network, the serial console on stdout. It returns when the machine powers off or
-// ctx ends. workDir holds the variable store and the TPM's state.
-func BootQEMU(ctx context.Context, image, workDir string) (Boot, error) {
+// ctx ends. workDir holds the variable store and the TPM's state. extra are further QEMU arguments.
+func BootQEMU(ctx context.Context, image, workDir string, extra ...string) (Boot, error) {
 	var b Boot
 	if err := QEMUPrerequisites(); err != nil {
 		return b, err
@@ -113,12 +114,17 @@ func BootQEMU(ctx context.Context, image, workDir string) (Boot, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024",
+	disk := "virtio-blk-pci,drive=disk,bootindex=0"
+	if slices.Contains(extra, "-kernel") { // QEMU's direct kernel boot takes boot index 0
+		disk = "virtio-blk-pci,drive=disk"
+	}
+	args := append([]string{"-accel", "tcg", "-machine", "q35", "-smp", "2", "-m", "1024",
 		"-nographic", "-no-reboot", "-no-user-config", "-nic", "none",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
-		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
-		"-chardev", "socket,id=chrtpm,path="+sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
-		"-drive", "if=none,id=disk,format=raw,file="+image, "-device", "virtio-blk-pci,drive=disk,bootindex=0")
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + OVMFCode,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+		"-drive", "if=none,id=disk,format=raw,file=" + image, "-device", disk}, extra...)
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	out, err := qemu.StdoutPipe()
 	if err != nil {
 		return b, err

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,7 +51,7 @@ func bootImage(t *testing.T, dir string) (*Disk, []byte) {
 // on disk, and the node must refuse to switch into it.
 func TestQEMUBoot(t *testing.T) {
 	if testing.Short() {
-		t.Skip("boots a virtual machine twice (-short)")
+		t.Skip("boots a virtual machine three times (-short)")
 	}
 	if err := QEMUPrerequisites(); err != nil {
 		t.Skip(err)
@@ -94,7 +95,28 @@ func TestQEMUBoot(t *testing.T) {
 	t.Logf("PCRs 4, 11, 12, 13 equal the values computed from the image")
 	t.Logf("figure: UEFI boot (OVMF, TCG) to the first process on the verified root: %.1fs", first.At.Seconds())
 
-	// The attack: the host flips one byte of a file in the root partition of the disk image.
+	// The host's first attack: it starts the genuine UKI with a command line of its own (here another first
+	// process), as a boot option can; systemd-stub, with Secure Boot off, replaces the embedded command line.
+	// QEMU's -kernel and -append do it through OVMF.
+	uki := filepath.Join(dir, "host-BOOTX64.EFI")
+	if out, err := exec.CommandContext(ctx, "mcopy", "-i", fmt.Sprintf("%s@@%d", image, partitionAlign), "::/EFI/BOOT/BOOTX64.EFI", uki).CombinedOutput(); err != nil {
+		t.Fatalf("reading the UKI from the ESP: %v: %s", err, out)
+	}
+	hostCmdline := strings.Replace(d.Cmdline, "-- /usr/bin/first", "-- /usr/bin/first --host-chosen", 1)
+	b, err = BootQEMU(ctx, image, dir, "-kernel", uki, "-append", hostCmdline)
+	if err != nil {
+		t.Fatalf("%v; console:\n%s", err, b.Console)
+	}
+	if _, ok := b.Find("RESULT first-process"); ok {
+		t.Fatalf("the node booted with the host's command line; console:\n%s", b.Console)
+	}
+	refused, ok := b.Find("REFUSING TO BOOT")
+	if !ok || !strings.Contains(refused.Text, "not the image's") {
+		t.Fatalf("the node did not refuse the host's command line loudly; console:\n%s", b.Console)
+	}
+	t.Logf("host's command line: %s", refused.Text)
+
+	// The second attack: the host flips one byte of a file in the root partition of the disk image.
 	raw, err := os.ReadFile(image)
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +137,7 @@ func TestQEMUBoot(t *testing.T) {
 	if _, ok := b.Find("RESULT first-process"); ok {
 		t.Fatalf("the node switched into a root partition the host changed; console:\n%s", b.Console)
 	}
-	refused, ok := b.Find("REFUSING TO BOOT")
+	refused, ok = b.Find("REFUSING TO BOOT")
 	if !ok || !strings.Contains(refused.Text, "does not match the root hash") {
 		t.Fatalf("the node did not refuse the changed root loudly; console:\n%s", b.Console)
 	}

@@ -17,6 +17,9 @@ const (
 	ParamVerity = "constellation.verity"
 )
 
+// CmdlineFile is where the initramfs carries the kernel command line the image boots with.
+const CmdlineFile = "/etc/cmdline"
+
 // MaxCmdline bounds the kernel command line the init parses.
 const MaxCmdline = 4096
 

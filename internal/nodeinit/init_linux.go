@@ -45,11 +45,11 @@ func Run(log *slog.Logger, argv []string) error {
 	if err := loadModules(log); err != nil {
 		return err
 	}
-	raw, err := os.ReadFile("/proc/cmdline")
+	cmdline, err := imageCmdline()
 	if err != nil {
-		return fmt.Errorf("reading the kernel command line: %w", err)
+		return err
 	}
-	root, err := ParseCmdline(strings.TrimSpace(string(raw)))
+	root, err := ParseCmdline(cmdline)
 	if err != nil {
 		return err
 	}
@@ -83,6 +83,25 @@ func Run(log *slog.Logger, argv []string) error {
 		return fmt.Errorf("starting the first process %s: %w", argv[0], err)
 	}
 	return nil
+}
+
+// imageCmdline returns the kernel command line the image was built with, which the initramfs carries, after
+// checking that the kernel runs with it. systemd-stub replaces the command line of the UKI with one the boot
+// option passes when Secure Boot is off; the boot options are the host's, so such a command line (another
+// root hash, another first process) is refused here, besides being measured into PCR 12.
+func imageCmdline() (string, error) {
+	want, err := os.ReadFile(CmdlineFile)
+	if err != nil {
+		return "", fmt.Errorf("reading the image's kernel command line: %w", err)
+	}
+	got, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return "", fmt.Errorf("reading the kernel command line: %w", err)
+	}
+	if strings.TrimSpace(string(got)) != strings.TrimSpace(string(want)) {
+		return "", fmt.Errorf("the kernel runs with a command line that is not the image's (the boot option passed its own): %q", strings.TrimSpace(string(got)))
+	}
+	return strings.TrimSpace(string(want)), nil
 }
 
 // loadModules loads the modules of the initramfs in the order its list gives.
