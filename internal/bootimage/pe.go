@@ -1,6 +1,7 @@
 package bootimage
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -161,9 +162,9 @@ func AuthenticodeSHA256(img []byte) ([32]byte, error) {
 	return d, nil
 }
 
-// SectionData returns the bytes of a section as they are in memory after loading: VirtualSize bytes from the
-// section's raw data, padded with zeros where VirtualSize exceeds the raw data. ok is false when the image has
-// no such section.
+// SectionData returns the bytes of a section as they are in memory after loading: its first VirtualSize bytes
+// of raw data. ok is false when the image has no such section. A section that is larger in memory than in the
+// file (zero-filled by the loader) is refused: no section of a UKI is.
 func SectionData(img []byte, name string) (data []byte, ok bool, err error) {
 	p, err := parsePE(img)
 	if err != nil {
@@ -173,12 +174,10 @@ func SectionData(img []byte, name string) (data []byte, ok bool, err error) {
 		if s.Name != name {
 			continue
 		}
-		if s.VirtualSize > MaxPEImage {
-			return nil, false, fmt.Errorf("PE section %q: virtual size %d too large", name, s.VirtualSize)
+		if s.VirtualSize > s.SizeOfRawData {
+			return nil, false, fmt.Errorf("PE section %q is larger in memory (%d bytes) than in the file (%d bytes)", name, s.VirtualSize, s.SizeOfRawData)
 		}
-		data = make([]byte, s.VirtualSize)
-		copy(data, img[s.PointerToRaw:uint64(s.PointerToRaw)+uint64(min(s.SizeOfRawData, s.VirtualSize))])
-		return data, true, nil
+		return bytes.Clone(img[s.PointerToRaw : uint64(s.PointerToRaw)+uint64(s.VirtualSize)]), true, nil
 	}
 	return nil, false, nil
 }

@@ -177,11 +177,21 @@ func FuzzAuthenticode(f *testing.F) {
 		if _, err := AuthenticodeSHA256(img); err != nil {
 			t.Fatalf("the headers parse but the digest fails: %v", err)
 		}
+		seen := map[string]bool{}
 		for _, s := range secs {
-			if _, ok, err := SectionData(img, s.Name); !ok || err != nil {
-				if s.VirtualSize <= MaxPEImage {
-					t.Fatalf("section %q: %v %v", s.Name, ok, err)
+			if seen[s.Name] {
+				continue // SectionData returns the first section of a name
+			}
+			seen[s.Name] = true
+			data, ok, err := SectionData(img, s.Name)
+			if s.VirtualSize > s.SizeOfRawData {
+				if err == nil {
+					t.Fatalf("section %q larger in memory than in the file: no error", s.Name)
 				}
+				continue
+			}
+			if !ok || err != nil || len(data) != int(s.VirtualSize) {
+				t.Fatalf("section %q: %d bytes, %v, %v", s.Name, len(data), ok, err)
 			}
 		}
 	})
