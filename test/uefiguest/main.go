@@ -1,6 +1,7 @@
 // Command uefiguest is the first process of the test root filesystem that the UEFI boot test of package
 // bootimage boots: it reports on the console that it runs from the verified root, the TPM's SHA-256 PCRs
-// 4, 11, 12 and 13 as the kernel reads them from the TPM, and the firmware's event log, then powers off.
+// (the firmware's 0-3, 5, 7 and the boot chain's 4, 11, 12, 13) as the kernel reads them from the TPM, and the
+// firmware's event log, then powers off.
 package main
 
 import (
@@ -17,7 +18,7 @@ func main() {
 	if raw, err := os.ReadFile("/etc/os-release"); err == nil {
 		fmt.Printf("RESULT root %s\n", strings.Join(strings.Fields(string(raw)), " "))
 	}
-	for _, pcr := range []int{4, 11, 12, 13} {
+	for _, pcr := range []int{0, 1, 2, 3, 4, 5, 7, 11, 12, 13} {
 		raw, err := os.ReadFile(fmt.Sprintf("/sys/class/tpm/tpm0/pcr-sha256/%d", pcr))
 		if err != nil {
 			fmt.Printf("RESULT fail reading PCR %d: %v\n", pcr, err)
