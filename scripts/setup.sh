@@ -16,6 +16,10 @@ packages=(
   cryptsetup-bin      # cryptsetup: cross-checks of the LUKS2 header parser
   qemu-system-x86     # qemu-system-x86_64: LUKS2 state disk tests under a kernel with device-mapper
   cpio                # cross-check of the initramfs the LUKS2 QEMU test writes
+  binutils mtools     # objcopy and mformat/mcopy: the UKI and the ESP of the UEFI disk image
+  systemd-boot-efi    # systemd-stub, the UKI's EFI stub
+  ovmf                # UEFI firmware for the boot test of the UEFI disk image
+  sbsigntool          # sbsign: cross-check of the Authenticode digest
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,10 @@
 // Package nodeimage builds the node image: a read-only squashfs root filesystem with everything a node runs,
 // and the container images nodes import, all reproducibly (the same inputs give the same bytes), and computes
 // the measurements a node booted from the image presents (with internal/measuredboot).
+//
+// For real (UEFI) virtual machines, WriteUEFIImage also wraps the squashfs into a bootable GPT disk image,
+// node-image.raw, with a unified kernel image and a dm-verity protected root, and writes the PCR values its
+// boot presents to measurements-uefi.json (package bootimage); the mini provider's files are unchanged.
 package nodeimage
 
 import (

@@ -42,6 +42,8 @@ var layers = map[string]int{
 	"internal/meshpeers":              nodePiece,
 	"internal/meshagent":              nodePiece,
 	"internal/nodeimage":              nodePiece,
+	"internal/bootimage":              nodePiece,
+	"internal/nodeinit":               nodePiece,
 	"internal/config":                 nodePiece,
 	"internal/provider/mini/metadata": nodePiece,
 	"internal/provider":               nodePiece, // the seam: what a node asks of its provider

@@ -23,6 +23,11 @@ func main() {
 	flag.StringVar(&in.KubernetesBin, "kubernetes-bin", "_out/kubernetes/bin", "Kubernetes binaries")
 	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
 	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
+	uefi := nodeimage.DefaultUEFIInputs()
+	flag.StringVar(&uefi.Kernel, "kernel", uefi.Kernel, "the kernel of the UEFI disk image (scripts/qemu-kernel.sh)")
+	flag.StringVar(&uefi.Modules, "modules", uefi.Modules, "the kernel's module tree")
+	flag.StringVar(&uefi.Stub, "stub", uefi.Stub, "systemd-stub (Debian package systemd-boot-efi)")
+	flag.StringVar(&uefi.Init, "node-init", uefi.Init, "the initramfs's init (make build)")
 	bootstrapper := flag.String("bootstrapper", "bin/bootstrapper", "the bootstrapper binary (make build)")
 	// This project's in-cluster services, each its own container image (make build).
 	services := []struct{ name, ref string }{
@@ -56,13 +61,13 @@ func main() {
 			Entrypoint: []string{"/usr/bin/" + s.name},
 		})
 	}
-	if err := run(in, *out); err != nil {
+	if err := run(in, uefi, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "node-image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in nodeimage.Inputs, out string) error {
+func run(in nodeimage.Inputs, uefi nodeimage.UEFIInputs, out string) error {
 	versions, err := versionsFromKubeadm(in.KubernetesBin + "/kubeadm")
 	if err != nil {
 		return err
@@ -74,6 +79,13 @@ func run(in nodeimage.Inputs, out string) error {
 		return err
 	}
 	fmt.Printf("node-image: %s/node-image.squashfs %s, %d MiB, built in %s\n", out, m.Digest, m.Size>>20, time.Since(start).Round(time.Second))
+	start = time.Now()
+	fmt.Println("node-image: UEFI disk image")
+	d, err := nodeimage.WriteUEFIImage(context.Background(), uefi, out)
+	if err != nil {
+		return fmt.Errorf("the UEFI disk image: %w", err)
+	}
+	fmt.Printf("node-image: %s/node-image.raw %s, %d MiB, UKI %s, built in %s more\n", out, d.Digest, d.Size>>20, d.UKI, time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
 

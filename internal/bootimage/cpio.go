@@ -1,0 +1,162 @@
+package bootimage
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/constellation-dev/constellation/internal/nodeinit"
+)
+
+// cpioArchive builds a cpio archive in the "newc" format the kernel unpacks as its initramfs, reproducibly:
+// owner root, time zero, inode numbers in order of addition.
+type cpioArchive struct {
+	buf bytes.Buffer
+	ino int
+}
+
+func (c *cpioArchive) entry(name string, mode uint32, data []byte) {
+	c.ino++
+	fmt.Fprintf(&c.buf, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
+	c.buf.WriteString(name)
+	c.buf.WriteByte(0)
+	c.pad()
+	c.buf.Write(data)
+	c.pad()
+}
+
+func (c *cpioArchive) pad() {
+	for c.buf.Len()%4 != 0 {
+		c.buf.WriteByte(0)
+	}
+}
+
+func (c *cpioArchive) dir(name string)               { c.entry(name, 0o040755, nil) }
+func (c *cpioArchive) file(name string, data []byte) { c.entry(name, 0o100755, data) }
+func (c *cpioArchive) bytes() []byte {
+	c.entry("TRAILER!!!", 0, nil)
+	return c.buf.Bytes()
+}
+
+// InitrdModules are the kernel modules the initramfs loads (with their dependencies): the virtio disk,
+// device-mapper with dm-verity, and squashfs for the root filesystem.
+var InitrdModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "squashfs"}
+
+// ModulesDir is where the initramfs holds its modules, with "order" listing them in load order.
+const ModulesDir = "lib/modules"
+
+// Initramfs returns an initramfs with init as /init, the kernel command line the image boots with as
+// nodeinit.CmdlineFile, and the wanted modules of the kernel's module tree modDir (with their dependencies,
+// each after what it needs; built-in modules are skipped) in ModulesDir.
+func Initramfs(init []byte, cmdline string, modDir string, wanted []string) ([]byte, error) {
+	order, err := modulesInOrder(modDir, wanted)
+	if err != nil {
+		return nil, err
+	}
+	c := &cpioArchive{}
+	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "etc", "lib", ModulesDir} {
+		c.dir(d)
+	}
+	c.file(strings.TrimPrefix(nodeinit.CmdlineFile, "/"), []byte(cmdline))
+	var names []string
+	for _, m := range order {
+		data, err := os.ReadFile(m)
+		if err != nil {
+			return nil, err
+		}
+		names = append(names, filepath.Base(m))
+		c.file(ModulesDir+"/"+filepath.Base(m), data)
+	}
+	c.file(ModulesDir+"/order", []byte(strings.Join(names, "\n")+"\n"))
+	c.file("init", init)
+	return c.bytes(), nil
+}
+
+func moduleName(file string) string {
+	return strings.ReplaceAll(strings.TrimSuffix(filepath.Base(file), ".ko"), "-", "_")
+}
+
+// moduleDeps returns the dependencies a module's .modinfo section names (what depmod reads).
+func moduleDeps(path string) ([]string, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	s := f.Section(".modinfo")
+	if s == nil {
+		return nil, fmt.Errorf("%s has no .modinfo section", path)
+	}
+	data, err := s.Data()
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok && len(v) > 0 {
+			deps := strings.Split(string(v), ",")
+			slices.Sort(deps)
+			return deps, nil
+		}
+	}
+	return nil, nil
+}
+
+// modulesInOrder returns the module files of the wanted modules and everything they depend on, each after its
+// dependencies. Wanted modules built into the kernel (no file) are skipped.
+func modulesInOrder(modDir string, wanted []string) ([]string, error) {
+	index := map[string]string{}
+	err := filepath.WalkDir(filepath.Join(modDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".ko") {
+			index[moduleName(p)] = p
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the kernel modules: %w", err)
+	}
+	var order []string
+	state := map[string]int{} // 1: visiting, 2: done
+	var visit func(name string, chain []string) error
+	visit = func(name string, chain []string) error {
+		name = strings.ReplaceAll(name, "-", "_")
+		switch state[name] {
+		case 1:
+			return fmt.Errorf("module dependency cycle: %v", append(chain, name))
+		case 2:
+			return nil
+		}
+		path, ok := index[name]
+		if !ok {
+			if len(chain) > 0 {
+				return fmt.Errorf("module %s (needed by %s) not found under %s", name, chain[len(chain)-1], modDir)
+			}
+			state[name] = 2 // built in
+			return nil
+		}
+		state[name] = 1
+		deps, err := moduleDeps(path)
+		if err != nil {
+			return err
+		}
+		for _, d := range deps {
+			if err := visit(d, append(chain, name)); err != nil {
+				return err
+			}
+		}
+		state[name] = 2
+		order = append(order, path)
+		return nil
+	}
+	for _, w := range wanted {
+		if err := visit(w, nil); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
