@@ -151,17 +151,17 @@ func TestReadRefuses(t *testing.T) {
 		archive []byte
 		want    string
 	}{
-		"truncated":       {docker[:len(docker)/2+100], "reading the archive"},
+		"truncated":      {docker[:len(docker)/2+100], "reading the archive"},
 		"cut at a block": {docker[:len(docker)/2/512*512], ""}, // an entry missing, or cut short
-		"not a tar":       {[]byte("this is not an archive at all, just text that is long enough for a tar header? no." + strings.Repeat(" ", 600)), "tar"},
-		"empty":           {nil, "not a tar archive"},
-		"gzip":            {gz.Bytes(), "compressed (gzip)"},
-		"no images":       {tarOf(t, [2]string{"hello.txt", "hi"}), "neither a docker archive"},
-		"duplicate":       {tarOf(t, [2]string{"manifest.json", `[]`}, [2]string{"./manifest.json", `[{"RepoTags":["example.com/pause:1"]}]`}), "more than once"},
-		"bad tag":         {tarOf(t, [2]string{"manifest.json", `[{"Config":"c","RepoTags":["Not/A:Ref:!"]}]`}), "image reference"},
-		"bad json":        {tarOf(t, [2]string{"manifest.json", `{"Config"`}), "manifest.json"},
-		"oci no idx":      {tarOf(t, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`}), "without index.json"},
-		"oci v2":          {tarOf(t, [2]string{"oci-layout", `{"imageLayoutVersion":"2.0.0"}`}, [2]string{"index.json", `{}`}), "OCI layout version"},
+		"not a tar":      {[]byte("this is not an archive at all, just text that is long enough for a tar header? no." + strings.Repeat(" ", 600)), "tar"},
+		"empty":          {nil, "not a tar archive"},
+		"gzip":           {gz.Bytes(), "compressed (gzip)"},
+		"no images":      {tarOf(t, [2]string{"hello.txt", "hi"}), "neither a docker archive"},
+		"duplicate":      {tarOf(t, [2]string{"manifest.json", `[]`}, [2]string{"./manifest.json", `[{"RepoTags":["example.com/pause:1"]}]`}), "more than once"},
+		"bad tag":        {tarOf(t, [2]string{"manifest.json", `[{"Config":"c","RepoTags":["Not/A:Ref:!"]}]`}), "image reference"},
+		"bad json":       {tarOf(t, [2]string{"manifest.json", `{"Config"`}), "manifest.json"},
+		"oci no idx":     {tarOf(t, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`}), "without index.json"},
+		"oci v2":         {tarOf(t, [2]string{"oci-layout", `{"imageLayoutVersion":"2.0.0"}`}, [2]string{"index.json", `{}`}), "OCI layout version"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			x, err := Read(bytes.NewReader(tc.archive))
