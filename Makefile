@@ -21,6 +21,7 @@ FUZZ_TARGETS := \
 	./internal/atls:FuzzFindEvidence \
 	./internal/attestation/akca:FuzzChallenge \
 	./internal/config:FuzzParse \
+	./internal/imagearchive:FuzzRead \
 	./internal/kms:FuzzParseSecretFile \
 	./internal/kms/kmip:FuzzParseWrapped \
 	./internal/attestation/agent:FuzzHandler \

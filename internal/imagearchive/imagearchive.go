@@ -79,15 +79,30 @@ func (x *Index) Names() []string {
 	return out
 }
 
-// Read reads an archive from r to its end and returns its images. It fails on anything containerd's import
+// Read reads an archive from r to its end and returns its images; from an io.ReadSeeker (a file) it reads
+// only the entries it needs and the tar headers. It fails on anything containerd's import
 // would refuse or could read differently.
 func Read(r io.Reader) (*Index, error) {
-	br := bufio.NewReader(r)
-	head, _ := br.Peek(10)
-	if kind := compression(head); kind != "" {
-		return nil, fmt.Errorf("the archive is compressed (%s); decompress it first", kind)
+	var tr *tar.Reader
+	if rs, ok := r.(io.ReadSeeker); ok {
+		// A file: the tar reader seeks over the entries' contents instead of reading them.
+		head := make([]byte, 10)
+		n, _ := io.ReadFull(rs, head)
+		if kind := compression(head[:n]); kind != "" {
+			return nil, fmt.Errorf("the archive is compressed (%s); decompress it first", kind)
+		}
+		if _, err := rs.Seek(-int64(n), io.SeekCurrent); err != nil {
+			return nil, err
+		}
+		tr = tar.NewReader(rs)
+	} else {
+		br := bufio.NewReader(r)
+		head, _ := br.Peek(10)
+		if kind := compression(head); kind != "" {
+			return nil, fmt.Errorf("the archive is compressed (%s); decompress it first", kind)
+		}
+		tr = tar.NewReader(br)
 	}
-	tr := tar.NewReader(br)
 	var (
 		layout   *ocispec.ImageLayout
 		manifest *[]dockerManifest
@@ -109,7 +124,7 @@ func Read(r io.Reader) (*Index, error) {
 		if entries++; entries > MaxEntries {
 			return nil, fmt.Errorf("more than %d entries", MaxEntries)
 		}
-		//nolint:staticcheck // containerd reads TypeRegA as a regular file, and so must this reader
+		//lint:ignore SA1019 containerd reads TypeRegA as a regular file, and so must this reader
 		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
 			continue // containerd uses only regular files (and symbolic links to them, for layers)
 		}

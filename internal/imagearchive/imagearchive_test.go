@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -83,9 +85,21 @@ func tarOf(t testing.TB, files ...[2]string) []byte {
 	return b.Bytes()
 }
 
+// read reads an archive both from a file-like reader (which the tar reader seeks in) and from a stream, and
+// fails the test unless both agree.
+func read(t testing.TB, data []byte) (*Index, error) {
+	t.Helper()
+	x, err := Read(bytes.NewReader(data))
+	y, err2 := Read(struct{ io.Reader }{bytes.NewReader(data)})
+	if (err == nil) != (err2 == nil) || !reflect.DeepEqual(x, y) {
+		t.Fatalf("reading as a file: %+v, %v; as a stream: %+v, %v", x, err, y, err2)
+	}
+	return x, err
+}
+
 func TestReadDockerArchive(t *testing.T) {
 	img := testImage(t)
-	x, err := Read(bytes.NewReader(dockerArchive(t, map[string]v1.Image{"example.com/app:v1": img, "busybox": img})))
+	x, err := read(t, (dockerArchive(t, map[string]v1.Image{"example.com/app:v1": img, "busybox": img})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +124,7 @@ func TestReadOCIArchive(t *testing.T) {
 		{map[string]string{"io.containerd.image.name": "app", "org.opencontainers.image.ref.name": "example.com/app:v3"}, "", ""},
 		{nil, "", ""},
 	} {
-		x, err := Read(bytes.NewReader(ociArchive(t, img, tc.annotations)))
+		x, err := read(t, (ociArchive(t, img, tc.annotations)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +136,7 @@ func TestReadOCIArchive(t *testing.T) {
 
 // Docker 25 and later write both an OCI layout and manifest.json; containerd reads the OCI layout.
 func TestReadBoth(t *testing.T) {
-	x, err := Read(bytes.NewReader(tarOf(t,
+	x, err := read(t, (tarOf(t,
 		[2]string{"manifest.json", `[{"Config":"c","RepoTags":["example.com/docker:v1"],"Layers":[]}]`},
 		[2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`},
 		[2]string{"index.json", `{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":1,"annotations":{"io.containerd.image.name":"example.com/oci:v1"}}]}`},
@@ -131,7 +145,7 @@ func TestReadBoth(t *testing.T) {
 		t.Fatalf("got %v, %v", x, err)
 	}
 	// An oci-layout without a version leaves it a docker archive, as for containerd.
-	x, err = Read(bytes.NewReader(tarOf(t,
+	x, err = read(t, (tarOf(t,
 		[2]string{"oci-layout", `{}`},
 		[2]string{"manifest.json", `[{"Config":"c","RepoTags":["example.com/docker:v1"],"Layers":[]}]`},
 	)))
@@ -164,7 +178,7 @@ func TestReadRefuses(t *testing.T) {
 		"oci v2":         {tarOf(t, [2]string{"oci-layout", `{"imageLayoutVersion":"2.0.0"}`}, [2]string{"index.json", `{}`}), "OCI layout version"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			x, err := Read(bytes.NewReader(tc.archive))
+			x, err := read(t, (tc.archive))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %+v, error %v; want an error with %q", x, err, tc.want)
 			}
@@ -186,7 +200,7 @@ func TestClaims(t *testing.T) {
 		{ociArchive(t, img, map[string]string{"io.containerd.image.name": "busybox:latest"}), []string{"busybox:latest"}},
 		{ociArchive(t, img, map[string]string{"org.opencontainers.image.ref.name": "3.10.2"}), nil},
 	} {
-		x, err := Read(bytes.NewReader(tc.archive))
+		x, err := read(t, (tc.archive))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,7 +242,7 @@ func FuzzRead(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		x, err := Read(bytes.NewReader(data))
+		x, err := read(t, data)
 		if err != nil {
 			return
 		}
