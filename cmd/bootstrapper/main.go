@@ -53,8 +53,9 @@ func main() {
 					ServiceSubnet:     metadata.ServiceCIDR,
 					PodMTU:            podMTU,
 				},
-				ImagesDir: nodeimage.ImagesDir,
-				Log:       func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+				ImagesDir:       nodeimage.ImagesDir,
+				LoadedImagesDir: kubeadm.LoadedImagesDir,
+				Log:             func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 			}
 		},
 	}
