@@ -308,3 +308,24 @@ func ParseImageList(out []byte) (map[string]string, error) {
 	}
 	return refs, nil
 }
+
+// Loadable reports whether the archive's images may be loaded into nodes whose node image holds the images
+// protected: every image must have a full name, and none may take a name of protected, whose images only the
+// node image provides.
+func (x *Index) Loadable(protected []string) error {
+	if claims := x.Claims(protected); len(claims) > 0 {
+		return fmt.Errorf("it names the node image's own image(s) %s, which only the node image provides; give your image another name", strings.Join(claims, ", "))
+	}
+	if len(x.Images) == 0 {
+		return errors.New("it holds no image")
+	}
+	for _, img := range x.Images {
+		switch {
+		case img.Tag != "":
+			return fmt.Errorf("image %s is named only %q, without its repository; write the archive with the full reference (e.g. example.com/app:%s)", img.Digest, img.Tag, img.Tag)
+		case img.Name == "":
+			return fmt.Errorf("image %s has no name; tag it before saving it (e.g. docker tag IMAGE example.com/app:dev)", img.Digest)
+		}
+	}
+	return nil
+}

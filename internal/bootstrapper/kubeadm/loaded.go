@@ -157,16 +157,8 @@ const MaxLoadedArchiveSize = 8 << 30
 // none of them as one of the node image's own images (protected), which the measured image brought and the
 // host may not replace.
 func loadDecision(x *imagearchive.Index, protected []string) error {
-	if claims := x.Claims(protected); len(claims) > 0 {
-		return fmt.Errorf("refused: it names the node image's own image(s) %s, which only the node image provides", strings.Join(claims, ", "))
-	}
-	if len(x.Images) == 0 {
-		return errors.New("it holds no image")
-	}
-	for _, img := range x.Images {
-		if img.Name == "" {
-			return fmt.Errorf("an image of it (%s) has no name", img.Digest)
-		}
+	if err := x.Loadable(protected); err != nil {
+		return fmt.Errorf("refused: %w", err)
 	}
 	return nil
 }
