@@ -130,7 +130,7 @@ func TestLoadDecision(t *testing.T) {
 		{imagearchive.Index{Images: []imagearchive.Image{{Name: "example.com/app:v1"}}}, ""},
 		{imagearchive.Index{Images: []imagearchive.Image{{Name: "example.com/app:v1"}, {Name: "registry.k8s.io/pause:3.10.2"}}}, "only the node image provides"},
 		{imagearchive.Index{Images: []imagearchive.Image{{Name: "example.com/app:v1"}, {Tag: "v2", Digest: "sha256:ab"}}}, "without its repository"},
-		{imagearchive.Index{Images: []imagearchive.Image{{Digest: "sha256:ab"}}}, "no name"},,
+		{imagearchive.Index{Images: []imagearchive.Image{{Digest: "sha256:ab"}}}, "no name"},
 		{imagearchive.Index{}, "no image"},
 	} {
 		err := loadDecision(&tc.x, protected)
