@@ -214,9 +214,13 @@ func archiveNames(archives []string) ([]string, error) {
 
 // imageDigests returns the digests containerd has for refs; every one must be there.
 func (d *Driver) imageDigests(ctx context.Context, refs []string) (map[string]string, error) {
-	out, err := exec.CommandContext(ctx, "ctr", "-a", ContainerdSocket, "-n", "k8s.io", "images", "ls").CombinedOutput()
+	// Only the standard output: ctr writes warnings (cgroup v1 is deprecated) to its standard error.
+	var stderr strings.Builder
+	cmd := exec.CommandContext(ctx, "ctr", "-a", ContainerdSocket, "-n", "k8s.io", "images", "ls")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("listing the images: %w: %s", err, tail(out, 5))
+		return nil, fmt.Errorf("listing the images: %w: %s", err, tail([]byte(stderr.String()), 5))
 	}
 	all, err := imagearchive.ParseImageList(out)
 	if err != nil {

@@ -266,10 +266,15 @@ func (p *Provider) loadInto(ctx context.Context, nd *node, archives []StoredArch
 	ctr := func(stdin io.Reader, args ...string) ([]byte, error) {
 		cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", pid, "-m", "--", "ctr", "-a", nodeContainerdSocket, "-n", "k8s.io"}, args...)...)
 		cmd.Stdin = stdin
-		var out strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &out
-		err := cmd.Run()
-		return []byte(out.String()), err
+		// The output is the standard output only: ctr writes warnings (cgroup v1 is deprecated) to its
+		// standard error, which an error shows.
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		return out, nil
 	}
 	for _, a := range archives {
 		f, err := os.Open(a.Path)
@@ -277,16 +282,16 @@ func (p *Provider) loadInto(ctx context.Context, nd *node, archives []StoredArch
 			res.Error = err.Error()
 			return res
 		}
-		out, err := ctr(f, "images", "import", "-")
+		_, err = ctr(f, "images", "import", "-")
 		f.Close()
 		if err != nil {
-			res.Error = fmt.Sprintf("importing %s: %v: %s", filepath.Base(a.Source), err, strings.TrimSpace(string(out)))
+			res.Error = fmt.Sprintf("importing %s: %v", filepath.Base(a.Source), err)
 			return res
 		}
 	}
 	out, err := ctr(nil, "images", "ls")
 	if err != nil {
-		res.Error = fmt.Sprintf("listing the images: %v: %s", err, strings.TrimSpace(string(out)))
+		res.Error = fmt.Sprintf("listing the images: %v", err)
 		return res
 	}
 	digests, err := imagearchive.ParseImageList(out)
