@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -68,7 +69,10 @@ func TestMiniLoad(t *testing.T) {
 			for _, n := range nodes {
 				pod, ok := ready[n]
 				if !ok {
-					return out, false
+					// Say why: the nodes' and the pods' conditions.
+					more, _ := k("get", "nodes,pods", "-o", "wide")
+					events, _ := k("get", "events", "--sort-by=.lastTimestamp")
+					return out + "\n" + more + "\n" + tailLines(events, 30), false
 				}
 				if logs, err := k("logs", pod); err != nil || !strings.Contains(logs, say) {
 					return out + "\n" + pod + ": " + logs, false
@@ -134,6 +138,7 @@ spec:
       - name: app
         image: %s
         imagePullPolicy: Never
+        args: ["-listen", ":8080"]
 `
 
 // nodeImageRef returns the reference of the node image's container image that starts with prefix.
@@ -159,13 +164,21 @@ func nodeImageRef(t *testing.T, prefix string) string {
 // nodeImageDigest returns the digest containerd on the node (first process pid) has for ref.
 func nodeImageDigest(t *testing.T, pid int, ref string) string {
 	t.Helper()
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-m", "--", "ctr", "-a", "/run/containerd/containerd.sock", "-n", "k8s.io", "images", "ls").CombinedOutput()
+	var stderr bytes.Buffer
+	cmd := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-m", "--", "ctr", "-a", "/run/containerd/containerd.sock", "-n", "k8s.io", "images", "ls")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("listing the images of node %d: %v\n%s", pid, err, out)
+		t.Fatalf("listing the images of node %d: %v\n%s", pid, err, stderr.Bytes())
 	}
 	refs, err := imagearchive.ParseImageList(out)
 	if err != nil || refs[ref] == "" {
 		t.Fatalf("%s on node %d: %v\n%s", ref, pid, err, out)
 	}
 	return refs[ref]
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
