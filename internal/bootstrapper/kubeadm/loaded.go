@@ -65,14 +65,22 @@ func (d *Driver) importLoaded(ctx context.Context) error {
 	}
 	after, err := d.imageDigests(ctx, protected)
 	if changed := changedImages(before, after); err != nil || len(changed) > 0 {
-		d.logf("the node image's images changed while importing loaded archives (%s; %v): importing the node image's archives again", strings.Join(changed, ", "), err)
+		why := strings.Join(changed, ", ")
+		if err != nil {
+			why = err.Error()
+		}
+		d.logf("the node image's images changed while importing loaded archives (%s): importing the node image's archives again", why)
 		if err := d.importArchives(ctx, own); err != nil {
 			return err
 		}
 		after, err = d.imageDigests(ctx, protected)
-		if changed := changedImages(before, after); err != nil || len(changed) > 0 {
-			return fmt.Errorf("the node image's images %s no longer are what the node image holds (%v)", strings.Join(changed, ", "), err)
+		if err != nil {
+			return fmt.Errorf("checking the node image's images after importing them again: %w", err)
 		}
+		if changed := changedImages(before, after); len(changed) > 0 {
+			return fmt.Errorf("the node image's images %s are no longer what the node image holds, even after importing them again", strings.Join(changed, ", "))
+		}
+		d.logf("the node image's images are restored")
 	}
 	return nil
 }
