@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/constellation-dev/constellation/internal/imagearchive"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
@@ -28,10 +29,13 @@ func TestMiniLoad(t *testing.T) {
 	const ref, say = "example.com/constellation/loaded-app:v1", "hello from a loaded image"
 	app, _ := writeArchive(t, dir, workloadImage(t, ref, say))
 
+	start := time.Now()
 	out, code := c.run("mini", "load", app)
 	if code != 0 {
 		t.Fatalf("mini load: exit %d\n%s", code, out)
 	}
+	info, _ := os.Stat(app)
+	t.Logf("mini load of a %d-byte archive into 2 running nodes: %s", info.Size(), time.Since(start).Round(time.Millisecond))
 	for _, n := range []string{"control-plane-0", "worker-0"} {
 		if !strings.Contains(out, n+": loaded "+ref+" (sha256:") {
 			t.Fatalf("mini load did not report %s:\n%s", n, out)
