@@ -62,8 +62,9 @@ func main() {
 					ServiceSubnet:     serviceNetwork,
 					PodMTU:            podMTU,
 				},
-				ImagesDir: nodeimage.ImagesDir,
-				Log:       func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+				ImagesDir:       nodeimage.ImagesDir,
+				LoadedImagesDir: kubeadm.LoadedImagesDir,
+				Log:             func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 			}
 		},
 	}

@@ -34,7 +34,7 @@ func newMiniCmd() *cobra.Command {
 		Short: "Run a local cluster of measured node sandboxes on this machine",
 	}
 	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
-	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniAddWorkerCmd(), newMiniDaemonCmd())
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniAddWorkerCmd(), newMiniLoadCmd(), newMiniDaemonCmd())
 	return cmd
 }
 

@@ -58,7 +58,8 @@ var layers = map[string]int{
 
 	"internal/atomicfile":               plumbing,
 	"internal/cadir":                    plumbing,
-	"internal/registrymirror":           plumbing, // a mirror list, its validation and its hosts.toml: a configuration format
+	"internal/registrymirror":           plumbing,
+	"internal/imagearchive":             plumbing, // which names a docker or OCI archive gives its images // a mirror list, its validation and its hosts.toml: a configuration format
 	"internal/retry":                    plumbing,
 	"internal/version":                  plumbing,
 	"internal/kubeapi":                  plumbing,

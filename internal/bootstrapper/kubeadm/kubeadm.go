@@ -3,6 +3,12 @@
 // cgroupfs driver), starts containerd, imports the pre-loaded images, starts the kubelet once kubeadm has
 // configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
 // bootstrap token) is readable by root only and exists only while kubeadm runs.
+//
+// On mini clusters only (the mini provider is the only one that creates the directory), a node also imports
+// the image archives its user loaded from the host (`constellation mini load`, LoadedImagesDir). They are the
+// host's choice, as an image pulled through the host's network would be, and meant for the development loop;
+// they never replace an image of the measured node image (the control plane, pause, this product's services):
+// an archive naming one is refused, and the node checks afterwards that the node image's images are unchanged.
 package kubeadm
 
 import (
@@ -314,6 +320,9 @@ type Driver struct {
 	Options Options
 	// ImagesDir holds the container image archives to import.
 	ImagesDir string
+	// LoadedImagesDir, if set and present, holds further image archives from the host (LoadedImagesDir of
+	// the mini provider), imported after ImagesDir's, which they cannot replace.
+	LoadedImagesDir string
 	// Log receives the output of containerd, the kubelet and kubeadm.
 	Log func(format string, args ...any)
 	// hostsDir replaces RegistryHostsDir in tests.
@@ -359,6 +368,9 @@ func (d *Driver) PrepareRuntime(ctx context.Context) error {
 		if out, err := exec.CommandContext(ctx, "ctr", "-a", ContainerdSocket, "-n", "k8s.io", "images", "import", a).CombinedOutput(); err != nil {
 			return fmt.Errorf("importing %s: %w: %s", filepath.Base(a), err, out)
 		}
+	}
+	if err := d.importLoaded(ctx); err != nil {
+		return fmt.Errorf("importing the loaded images: %w", err)
 	}
 	d.logf("container runtime ready, %d images imported", len(archives))
 	return nil

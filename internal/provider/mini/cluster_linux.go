@@ -555,8 +555,12 @@ func (p *Provider) startNode(ctx context.Context, nd *node) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", nd.name, err)
 	}
+	loaded, err := prepareLoadedImages(p.Dir)
+	if err != nil {
+		return err
+	}
 	sb, err := StartSandbox(p.net, bootSpec{
-		Name: nd.name, Hostname: nd.name, Image: nd.image, StateDir: sandboxDir, StateDisk: disk,
+		Name: nd.name, Hostname: nd.name, Image: nd.image, StateDir: sandboxDir, StateDisk: disk, LoadedImages: loaded,
 		TPMSocket: nd.tpm.SocketPath(), Cmdline: strings.Fields(p.spec.Cmdline), Metadata: p.state.MetadataURL,
 	}, nd.addr, fmt.Sprintf("cst-%d", nd.index), cgroupParent)
 	if err != nil {
@@ -654,7 +658,8 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 // ControlSocket is the provider's control socket in its directory: requests from the CLI (reboots).
 func ControlSocket(dir string) string { return filepath.Join(dir, "provider.sock") }
 
-// serveControl answers POST /v1/nodes/{name}/reboot on the control socket, owner-only.
+// serveControl answers POST /v1/workers, /v1/images and /v1/nodes/{name}/reboot on the control socket,
+// owner-only.
 func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	path := ControlSocket(p.Dir)
 	os.Remove(path)
@@ -682,6 +687,7 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 		}
 		json.NewEncoder(w).Encode(map[string]string{"name": name})
 	})
+	mux.HandleFunc("POST /v1/images", p.serveLoad)
 	mux.HandleFunc("POST /v1/nodes/{name}/reboot", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reboot(r.Context(), r.PathValue("name")); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)

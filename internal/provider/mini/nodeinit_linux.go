@@ -25,6 +25,8 @@ type bootSpec struct {
 	Metadata  string   `json:"metadata"`  // metadata service URL, passed to the node
 	Hostname  string   `json:"hostname"`
 	StateDisk string   `json:"stateDisk,omitempty"` // host path of the node's state disk image (a sparse file)
+	// LoadedImages is the host directory of loaded image archives, shown read-only at NodeLoadedImages.
+	LoadedImages string `json:"loadedImages,omitempty"`
 }
 
 // NodeTPMSocket is where a node finds its TPM.
@@ -128,6 +130,11 @@ func nodeInit(specPath string) error {
 		}
 		if err := unix.Mount(s.StateDisk, root+NodeStateDisk, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("attaching the state disk: %w", err)
+		}
+	}
+	if s.LoadedImages != "" {
+		if err := bindReadOnly(s.LoadedImages, root+NodeLoadedImages); err != nil {
+			return fmt.Errorf("showing the loaded images: %w", err)
 		}
 	}
 	old := filepath.Join(root, ".oldroot")

@@ -84,7 +84,7 @@ type Sandbox struct {
 // The sandbox outlives the calling process; Stop ends it.
 func StartSandbox(n Network, spec bootSpec, ip netip.Addr, hostLink, cgroupParent string) (*Sandbox, error) {
 	// The init stage runs with / as working directory: every host path must be absolute.
-	for _, p := range []*string{&spec.Image, &spec.StateDir, &spec.TPMSocket, &spec.StateDisk} {
+	for _, p := range []*string{&spec.Image, &spec.StateDir, &spec.TPMSocket, &spec.StateDisk, &spec.LoadedImages} {
 		if *p == "" {
 			continue // no state disk
 		}

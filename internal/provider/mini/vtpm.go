@@ -2,7 +2,9 @@
 // Each node has a software TPM the provider owns, manufactured with an endorsement-key certificate from the
 // provider's CA; before a node's first process starts, the provider measures the node image and the boot
 // command line into that TPM (internal/measuredboot) and keeps the event log, which it serves to the node
-// through the metadata service (internal/provider/mini/metadata).
+// through the metadata service (internal/provider/mini/metadata). It also keeps the container image archives
+// its user loads (`constellation mini load`), imports them into the running nodes and shows them read-only to
+// every node it boots; only this provider creates that directory, so only mini nodes import such images.
 package mini
 
 import (

@@ -5,7 +5,7 @@
 //	workload -say TEXT [-cat FILE]... [-listen ADDR]
 //
 // It prints each FILE (so that a pod's log shows what an image volume holds), then answers every HTTP request
-// on ADDR with TEXT, or sleeps forever without -listen.
+// on ADDR with TEXT, or, without -listen, waits until it is told to stop.
 package main
 
 import (
@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 type files []string
@@ -36,7 +38,12 @@ func main() {
 		fmt.Printf("%s: %s\n", f, b)
 	}
 	if *listen == "" {
-		select {}
+		// Wait for the kubelet's SIGTERM; a bare select{} would be a deadlock to the runtime, as no other
+		// goroutine exists.
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+		<-stop
+		return
 	}
 	http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, *say) })
 	if err := http.ListenAndServe(*listen, nil); err != nil {
