@@ -120,13 +120,7 @@ func ownPolicy(tpm interface {
 	if err != nil {
 		return nil, err
 	}
-	m := measurements.M{}
-	for _, idx := range []uint32{measuredboot.PCRFirmware, measuredboot.PCRNodeImage, measuredboot.PCRBootParams} {
-		var d measurements.Digest
-		copy(d[:], pcrs.GetPcrs()[idx])
-		m[idx] = measurements.Measurement{Expected: d}
-	}
-	return m, nil
+	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, measuredboot.BootPCRs...)
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
@@ -62,14 +63,9 @@ func OwnMemberPolicy(ctx context.Context, issuer attestation.Issuer) (measuremen
 		return nil, errors.New("this node's own evidence holds no vTPM quote")
 	}
 	pcrs := doc.TPM.Quotes[0].PCRs
-	m := measurements.M{}
-	for _, idx := range []uint32{measuredboot.PCRFirmware, measuredboot.PCRNodeImage, measuredboot.PCRBootParams, measurements.PCRClusterID} {
-		var d measurements.Digest
-		if len(pcrs[idx]) != len(d) {
-			return nil, fmt.Errorf("this node's own quote lacks PCR %d", idx)
-		}
-		copy(d[:], pcrs[idx])
-		m[idx] = measurements.Measurement{Expected: d}
+	m, err := measurements.FromPCRs(func(idx uint32) []byte { return pcrs[idx] }, append(slices.Clone(measuredboot.BootPCRs), measurements.PCRClusterID)...)
+	if err != nil {
+		return nil, fmt.Errorf("this node's own quote: %w", err)
 	}
 	if m[measurements.PCRClusterID].Expected == (measurements.Digest{}) {
 		return nil, fmt.Errorf("this node has measured no cluster ID into PCR %d: it is no member of a cluster", measurements.PCRClusterID)

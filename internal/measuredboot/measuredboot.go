@@ -49,6 +49,10 @@ const (
 	PCRBootParams = measurements.PCRBootParams
 )
 
+// BootPCRs are the PCRs the scheme's boot measures: a node that presents the same values booted the same
+// firmware, image and parameters. A node's own values of these PCRs are the policy it trusts its peers with.
+var BootPCRs = []uint32{PCRFirmware, PCRNodeImage, PCRBootParams}
+
 // MaxCmdline bounds the boot command line.
 const MaxCmdline = 4096
 
@@ -143,11 +147,7 @@ func Expected(b Boot) (measurements.M, error) {
 		return nil, err
 	}
 	replayed := eventlog.Replay(events)
-	m := measurements.M{}
-	for _, pcr := range []uint32{PCRFirmware, PCRNodeImage, PCRBootParams} {
-		m[pcr] = measurements.Measurement{Expected: measurements.Digest(replayed[pcr])}
-	}
-	return m, nil
+	return measurements.FromPCRs(func(pcr uint32) []byte { v := replayed[pcr]; return v[:] }, BootPCRs...)
 }
 
 // DigestFile returns the SHA-256 of a node image file.

@@ -3,6 +3,7 @@ package measurements
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"maps"
 
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
@@ -51,4 +52,18 @@ func FreshPolicy(policy M) M {
 	}
 	m[PCRClusterID] = Measurement{}
 	return m
+}
+
+// FromPCRs is the policy that enforces the values pcr reads for the PCRs idx: for example a node's own PCRs,
+// as the policy it trusts peers with that booted as it did. A value that is not a SHA-256 digest is an error.
+func FromPCRs(pcr func(idx uint32) []byte, idx ...uint32) (M, error) {
+	m := M{}
+	for _, i := range idx {
+		v := pcr(i)
+		if len(v) != DigestSize {
+			return nil, fmt.Errorf("PCR %d has %d bytes, want a SHA-256 value of %d", i, len(v), DigestSize)
+		}
+		m[i] = Measurement{Expected: Digest(v)}
+	}
+	return m, nil
 }

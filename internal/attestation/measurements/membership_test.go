@@ -41,3 +41,19 @@ func TestExpectedClusterIDPCR(t *testing.T) {
 		t.Fatal("two clusters have the same PCR 15")
 	}
 }
+
+// A node's own PCRs become a policy only if each is a SHA-256 value: a missing or short one is an error, never
+// an expected zero.
+func TestFromPCRs(t *testing.T) {
+	pcrs := map[uint32][]byte{0: bytes.Repeat([]byte{1}, 32), 4: bytes.Repeat([]byte{4}, 32), 8: bytes.Repeat([]byte{8}, 31)}
+	read := func(i uint32) []byte { return pcrs[i] }
+	m, err := FromPCRs(read, 0, 4)
+	if err != nil || len(m) != 2 || m[4].Expected != Digest(pcrs[4]) || m[4].WarnOnly {
+		t.Fatalf("FromPCRs(0, 4) = %v, %v", m, err)
+	}
+	for _, idx := range []uint32{8, 15} {
+		if _, err := FromPCRs(read, 0, idx); err == nil {
+			t.Errorf("PCR %d (%d bytes) made a policy", idx, len(pcrs[idx]))
+		}
+	}
+}
