@@ -81,7 +81,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
 		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks,
-		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Addr: keyService, Issuer: issuer, Config: config}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
+		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Keys: disks}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
 	}), issuer)
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -33,44 +32,44 @@ func MeshRootFromMaster(d *kms.Deriver) (wgmesh.Key, error) {
 	return wgmesh.Key(raw), nil
 }
 
-// KeyServiceMeshRoot gets the mesh's preshared root key from the cluster's key service over mutual aTLS, as
-// KeyServiceDiskKeys gets disk keys, once: the root never changes for a cluster.
+// KeyServiceMeshRoot gets the mesh's preshared root key from the cluster's key service, over the connection
+// Keys keeps for disk keys (mutual aTLS, the key service trusted by the join configuration), once: the root
+// never changes for a cluster.
 type KeyServiceMeshRoot struct {
-	Addr   string
-	Issuer attestation.Issuer
-	Config *Config
+	Keys *KeyServiceDiskKeys
 
 	mu   sync.Mutex
 	root wgmesh.Key
 }
 
-// PresharedRoot returns the root key.
+// PresharedRoot returns the root key. Concurrent first calls may each ask the key service; they get the same key.
 func (k *KeyServiceMeshRoot) PresharedRoot(ctx context.Context) (wgmesh.Key, error) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.root != (wgmesh.Key{}) {
-		return k.root, nil
+	root := k.root
+	k.mu.Unlock()
+	if root != (wgmesh.Key{}) {
+		return root, nil
 	}
-	if k.Addr == "" {
+	if k.Keys == nil || k.Keys.Addr == "" {
 		return wgmesh.Key{}, errors.New("no key service configured")
 	}
-	s, err := k.Config.Current()
+	s, err := k.Keys.Config.Current()
 	if err != nil {
 		return wgmesh.Key{}, err
 	}
-	v, err := s.MemberValidator()
+	c, err := k.Keys.clientFor(s)
 	if err != nil {
 		return wgmesh.Key{}, err
 	}
-	c, err := keyservice.NewClient(k.Addr, k.Issuer, []attestation.Validator{v})
-	if err != nil {
-		return wgmesh.Key{}, err
-	}
-	defer c.Close()
 	raw, err := c.GetDataKey(ctx, keyservice.DataKeyID(kms.PurposeDataKey, MeshRootKeyID), uint32(len(wgmesh.Key{})))
 	if err != nil {
 		return wgmesh.Key{}, fmt.Errorf("getting the WireGuard preshared root key: %w", err)
 	}
+	if len(raw) != len(wgmesh.Key{}) || wgmesh.Key(raw) == (wgmesh.Key{}) {
+		return wgmesh.Key{}, fmt.Errorf("the key service sent a WireGuard preshared root key of %d bytes or zero", len(raw))
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.root = wgmesh.Key(raw)
 	return k.root, nil
 }
