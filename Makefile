@@ -78,6 +78,7 @@ node-image: setup build kubernetes components assemble-node-image
 # The node image from the binaries already built (the last step of node-image).
 assemble-node-image:
 	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image -out $(NODE_IMAGE_OUT)
+	$(GO) run ./tools/sign-measurements -image-dir $(NODE_IMAGE_OUT)
 
 cluster: node-image
 	bin/constellation mini up
