@@ -81,7 +81,7 @@ assemble-node-image:
 	$(GO) run ./tools/sign-measurements -image-dir $(NODE_IMAGE_OUT)
 
 cluster: node-image
-	bin/constellation mini up
+	bin/constellation mini up --allow-dev-signed
 
 clean:
 	rm -rf bin _out

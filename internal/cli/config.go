@@ -45,11 +45,13 @@ func newConfigGenerateCmd() *cobra.Command {
 	cmd.Flags().IntVar(&controlPlanes, "control-planes", 1, "number of control-plane nodes")
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes")
 	cmd.Flags().Int("registry-port", mini.DefaultRegistryHostPort, "port on 127.0.0.1 where the registry mirror takes pushes (localhost:PORT/...)")
+	addSignatureFlags(cmd)
 	return cmd
 }
 
 // generateMiniConfig writes the workspace configuration for the mini provider from a built node image: its
-// digest and the measurements a node booted from it presents.
+// digest and the measurements a node booted from it presents, once the measurements' signature and log entry
+// verify offline for that digest and the mini provider's variant.
 func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlPlanes, workers int, force bool) error {
 	manifestPath := filepath.Join(imageDir, "node-image.json")
 	raw, err := os.ReadFile(manifestPath)
@@ -61,10 +63,16 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 		return badInput("%s: %w", manifestPath, err)
 	}
 	measPath := filepath.Join(imageDir, "measurements.json")
-	rawMeas, err := os.ReadFile(measPath)
-	if err != nil {
+	if _, err := os.Stat(measPath); err != nil {
 		return badInput("reading the expected measurements: %w", err)
 	}
+	rootPath, _ := cmd.Flags().GetString("trusted-root")
+	allowDev, _ := cmd.Flags().GetBool("allow-dev-signed")
+	rawMeas, signature, err := verifyImageMeasurements(measPath, rootPath, manifest.Digest, attestation.MiniVTPM.Name, allowDev)
+	if err != nil {
+		return err
+	}
+	warnDevSigned(cmd, signature)
 	policy, err := measurements.Parse(rawMeas)
 	if err != nil {
 		return badInput("%s: %w", measPath, err)

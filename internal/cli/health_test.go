@@ -180,7 +180,7 @@ func generateConfig(t *testing.T, ws string) {
 	write(t, filepath.Join(imageDir, "measurements.json"), rawMeas)
 	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: "sha256:0700000000000000000000000000000000000000000000000000000000000000", Cmdline: nodeimage.DefaultCmdline})
 	write(t, filepath.Join(imageDir, "node-image.json"), rawManifest)
-	if _, errOut, code := run("config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); code != 0 {
+	if _, errOut, code := run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws}, signImage(t, imageDir)...)...); code != 0 {
 		t.Fatalf("config generate: %s", errOut)
 	}
 }

@@ -88,6 +88,7 @@ func newMiniUpCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().String("image-dir", "_out/node-image", "node image to write "+config.FileName+" from, if the workspace has none")
+	addSignatureFlags(cmd)
 	cmd.Flags().Int("control-planes", 1, "number of control-plane nodes (default from the configuration)")
 	cmd.Flags().Int("workers", 2, "number of worker nodes (default from the configuration)")
 	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")

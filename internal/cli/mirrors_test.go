@@ -20,7 +20,7 @@ func TestConfigGenerateMirrors(t *testing.T) {
 	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: "sha256:0700000000000000000000000000000000000000000000000000000000000000", Cmdline: nodeimage.DefaultCmdline})
 	write(t, filepath.Join(imageDir, "node-image.json"), rawManifest)
 	ws := t.TempDir()
-	if out, errOut, code := run("config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws, "--registry-port", "5002"); code != 0 {
+	if out, errOut, code := run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws, "--registry-port", "5002"}, signImage(t, imageDir)...)...); code != 0 {
 		t.Fatalf("config generate: %d %s %s", code, out, errOut)
 	}
 	c, err := config.Load(filepath.Join(ws, config.FileName))

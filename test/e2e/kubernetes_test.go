@@ -638,7 +638,7 @@ func startCluster(t *testing.T, controlPlanes, workers int, beforeUp ...func(c c
 	}
 	bins := t.TempDir()
 	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
-	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--control-planes", strconv.Itoa(controlPlanes), "--workers", strconv.Itoa(workers)); code != 0 {
+	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--allow-dev-signed", "--control-planes", strconv.Itoa(controlPlanes), "--workers", strconv.Itoa(workers)); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
 	for _, f := range beforeUp {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed/signtest"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
@@ -49,6 +50,23 @@ func goBuild(t *testing.T, dir, pkg, name string, env ...string) string {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
 	return out
+}
+
+// signImage signs imageDir's measurements as a local build does, with a development key and a transparency
+// log of its own on loopback (stopped when signing is done), and returns the flags that make config generate
+// trust them.
+func signImage(t *testing.T, imageDir string) []string {
+	t.Helper()
+	signDir := t.TempDir()
+	ports, err := signtest.FreePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "run", "../../tools/sign-measurements", "-image-dir", imageDir, "-dir", signDir, "-port", strconv.Itoa(ports.HTTP))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("signing the measurements: %v\n%s", err, b)
+	}
+	return []string{"--trusted-root", filepath.Join(signDir, "trusted-root.json"), "--allow-dev-signed"}
 }
 
 // smallImage builds a node image with the real bootstrapper and busybox, without Kubernetes: enough to boot
@@ -114,7 +132,7 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	smallImage(t, bootstrapper, imageDir)
 	hostBefore := sysctls()
 
-	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"); code != 0 {
+	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"}, signImage(t, imageDir)...)...); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
 	out, code := c.run("mini", "up", "--skip-init")
@@ -234,7 +252,7 @@ func TestMiniUpAfterCrash(t *testing.T) {
 	bootstrapper := goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/bootstrapper", "bootstrapper", "CGO_ENABLED=0")
 	imageDir := t.TempDir()
 	smallImage(t, bootstrapper, imageDir)
-	if out, code := c.run("config", "generate", "mini", "--image-dir", imageDir, "--workers", "0"); code != 0 {
+	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "0"}, signImage(t, imageDir)...)...); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
 	t.Cleanup(func() { c.run("mini", "down") })

@@ -42,7 +42,7 @@ func newBenchCluster(ctx context.Context, what string) (*benchCluster, error) {
 		return nil, err
 	}
 	c := &benchCluster{ctx: ctx, ws: ws, bin: bin, kubectlPath: kubectl}
-	if out, err := c.run(bin, "config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws); err != nil {
+	if out, err := c.run(bin, "config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws, "--allow-dev-signed"); err != nil {
 		os.RemoveAll(ws)
 		return nil, fmt.Errorf("config generate: %v: %s", err, out)
 	}
