@@ -97,4 +97,3 @@ func signImage(t *testing.T, imageDir string) []string {
 	write(t, rootPath, rawRoot)
 	return []string{"--trusted-root", rootPath, "--allow-dev-signed"}
 }
-
