@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -585,6 +586,30 @@ func TestMiniControlPlanes(t *testing.T) {
 	// recover returns only when the cluster is ready as status checks it.
 	if out, code := cl.c.run("status"); code != 0 {
 		t.Fatalf("status right after recover: exit %d\n%s", code, out)
+	}
+
+	// The provider crashes (killed without warning, as a power loss of the host would): the next mini up
+	// cleans up, boots the nodes again with their state disks and recovers the cluster with its data by itself,
+	// and returns when it is ready.
+	state, _, err := mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(state.DaemonPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for state.DaemonAlive() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	out, code = cl.c.run("mini", "up")
+	if code != 0 || !strings.Contains(out, "comes back with its data") || !strings.Contains(out, "Cluster recovered") {
+		t.Fatalf("mini up after the provider crashed: exit %d\n%s", code, out)
+	}
+	if out, code := cl.c.run("status"); code != 0 {
+		t.Fatalf("status right after mini up recovered the crashed cluster: exit %d\n%s", code, out)
+	}
+	if out, err := cl.k("get", "configmap", "marker", "-o", "jsonpath={.data.value}"); err != nil || out != marker {
+		t.Fatalf("the ConfigMap written before the provider crashed: %v %q", err, out)
 	}
 
 	// mini down removes the cluster (its nodes' state disks with it), keeps the configuration and the master
