@@ -13,14 +13,14 @@ import (
 	"github.com/constellation-dev/constellation/internal/nodeinit"
 )
 
-// cpioArchive builds a cpio archive in the "newc" format the kernel unpacks as its initramfs, reproducibly:
-// owner root, time zero, inode numbers in order of addition.
-type cpioArchive struct {
+// CPIO builds a cpio archive in the "newc" format the kernel unpacks as its initramfs, reproducibly: owner
+// root, time zero, inode numbers in order of addition. The zero value is an empty archive.
+type CPIO struct {
 	buf bytes.Buffer
 	ino int
 }
 
-func (c *cpioArchive) entry(name string, mode uint32, data []byte) {
+func (c *CPIO) entry(name string, mode uint32, data []byte) {
 	c.ino++
 	fmt.Fprintf(&c.buf, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
 		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
@@ -31,15 +31,20 @@ func (c *cpioArchive) entry(name string, mode uint32, data []byte) {
 	c.pad()
 }
 
-func (c *cpioArchive) pad() {
+func (c *CPIO) pad() {
 	for c.buf.Len()%4 != 0 {
 		c.buf.WriteByte(0)
 	}
 }
 
-func (c *cpioArchive) dir(name string)               { c.entry(name, 0o040755, nil) }
-func (c *cpioArchive) file(name string, data []byte) { c.entry(name, 0o100755, data) }
-func (c *cpioArchive) bytes() []byte {
+// Dir adds a directory (mode 0755).
+func (c *CPIO) Dir(name string) { c.entry(name, 0o040755, nil) }
+
+// File adds an executable file (mode 0755) with data.
+func (c *CPIO) File(name string, data []byte) { c.entry(name, 0o100755, data) }
+
+// Bytes ends the archive and returns it; nothing may be added afterwards.
+func (c *CPIO) Bytes() []byte {
 	c.entry("TRAILER!!!", 0, nil)
 	return c.buf.Bytes()
 }
@@ -55,15 +60,15 @@ const ModulesDir = "lib/modules"
 // nodeinit.CmdlineFile, and the wanted modules of the kernel's module tree modDir (with their dependencies,
 // each after what it needs; built-in modules are skipped) in ModulesDir.
 func Initramfs(init []byte, cmdline string, modDir string, wanted []string) ([]byte, error) {
-	order, err := modulesInOrder(modDir, wanted)
+	order, err := ModulesInOrder(modDir, wanted)
 	if err != nil {
 		return nil, err
 	}
-	c := &cpioArchive{}
+	c := &CPIO{}
 	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "etc", "lib", ModulesDir} {
-		c.dir(d)
+		c.Dir(d)
 	}
-	c.file(strings.TrimPrefix(nodeinit.CmdlineFile, "/"), []byte(cmdline))
+	c.File(strings.TrimPrefix(nodeinit.CmdlineFile, "/"), []byte(cmdline))
 	var names []string
 	for _, m := range order {
 		data, err := os.ReadFile(m)
@@ -71,11 +76,11 @@ func Initramfs(init []byte, cmdline string, modDir string, wanted []string) ([]b
 			return nil, err
 		}
 		names = append(names, filepath.Base(m))
-		c.file(ModulesDir+"/"+filepath.Base(m), data)
+		c.File(ModulesDir+"/"+filepath.Base(m), data)
 	}
-	c.file(ModulesDir+"/order", []byte(strings.Join(names, "\n")+"\n"))
-	c.file("init", init)
-	return c.bytes(), nil
+	c.File(ModulesDir+"/order", []byte(strings.Join(names, "\n")+"\n"))
+	c.File("init", init)
+	return c.Bytes(), nil
 }
 
 func moduleName(file string) string {
@@ -107,9 +112,9 @@ func moduleDeps(path string) ([]string, error) {
 	return nil, nil
 }
 
-// modulesInOrder returns the module files of the wanted modules and everything they depend on, each after its
+// ModulesInOrder returns the module files of the wanted modules and everything they depend on, each after its
 // dependencies. Wanted modules built into the kernel (no file) are skipped.
-func modulesInOrder(modDir string, wanted []string) ([]string, error) {
+func ModulesInOrder(modDir string, wanted []string) ([]string, error) {
 	index := map[string]string{}
 	err := filepath.WalkDir(filepath.Join(modDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".ko") {
