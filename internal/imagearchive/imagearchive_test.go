@@ -14,10 +14,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/constellation-dev/constellation/internal/imagearchive/archivetest"
 )
 
 func testImage(t testing.TB) v1.Image {
@@ -42,29 +42,6 @@ func dockerArchive(t testing.TB, refs map[string]v1.Image) []byte {
 	}
 	var b bytes.Buffer
 	if err := tarball.MultiRefWrite(m, &b); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
-// ociArchive writes an image with annotations into an OCI layout and tars the directory, as a user does with
-// `crane pull --format=oci` and tar.
-func ociArchive(t testing.TB, img v1.Image, annotations map[string]string) []byte {
-	t.Helper()
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(annotations)); err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	if err := tw.AddFS(os.DirFS(dir)); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -124,7 +101,7 @@ func TestReadOCIArchive(t *testing.T) {
 		{map[string]string{"io.containerd.image.name": "app", "org.opencontainers.image.ref.name": "example.com/app:v3"}, "", ""},
 		{nil, "", ""},
 	} {
-		x, err := read(t, (ociArchive(t, img, tc.annotations)))
+		x, err := read(t, (archivetest.OCI(t, img, tc.annotations)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,9 +173,9 @@ func TestClaims(t *testing.T) {
 		{dockerArchive(t, map[string]v1.Image{"example.com/app:v1": img}), nil},
 		{dockerArchive(t, map[string]v1.Image{"registry.k8s.io/pause:3.10.2": img}), []string{"registry.k8s.io/pause:3.10.2"}},
 		{dockerArchive(t, map[string]v1.Image{"busybox": img}), []string{"docker.io/library/busybox:latest"}},
-		{ociArchive(t, img, map[string]string{"org.opencontainers.image.ref.name": "registry.k8s.io/pause:3.10.2"}), []string{"registry.k8s.io/pause:3.10.2"}},
-		{ociArchive(t, img, map[string]string{"io.containerd.image.name": "busybox:latest"}), []string{"busybox:latest"}},
-		{ociArchive(t, img, map[string]string{"org.opencontainers.image.ref.name": "3.10.2"}), nil},
+		{archivetest.OCI(t, img, map[string]string{"org.opencontainers.image.ref.name": "registry.k8s.io/pause:3.10.2"}), []string{"registry.k8s.io/pause:3.10.2"}},
+		{archivetest.OCI(t, img, map[string]string{"io.containerd.image.name": "busybox:latest"}), []string{"busybox:latest"}},
+		{archivetest.OCI(t, img, map[string]string{"org.opencontainers.image.ref.name": "3.10.2"}), nil},
 	} {
 		x, err := read(t, (tc.archive))
 		if err != nil {
@@ -232,7 +209,7 @@ example.com/app:v1                application/vnd.oci.image.manifest.v1+json    
 func FuzzRead(f *testing.F) {
 	img := testImage(f)
 	f.Add(dockerArchive(f, map[string]v1.Image{"example.com/app:v1": img}))
-	f.Add(ociArchive(f, img, map[string]string{"org.opencontainers.image.ref.name": "example.com/app:v1"}))
+	f.Add(archivetest.OCI(f, img, map[string]string{"org.opencontainers.image.ref.name": "example.com/app:v1"}))
 	f.Add(tarOf(f, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`}, [2]string{"index.json", `{"manifests":[{"annotations":{"io.containerd.image.name":"a/b:c"}}]}`}))
 	f.Add(tarOf(f, [2]string{"manifest.json", `[{"Config":"c","RepoTags":["a:b"]}]`}))
 	seeds, _ := filepath.Glob("testdata/*.tar")

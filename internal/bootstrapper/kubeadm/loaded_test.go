@@ -11,10 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-
 	"github.com/constellation-dev/constellation/internal/imagearchive"
+	"github.com/constellation-dev/constellation/internal/imagearchive/archivetest"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -38,21 +36,7 @@ func hostOCIArchive(t *testing.T, path string, annotations map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(annotations)); err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	if err := tw.AddFS(os.DirFS(dir)); err != nil {
-		t.Fatal(err)
-	}
-	tw.Close()
-	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, archivetest.OCI(t, img, annotations), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,8 +1,6 @@
 package mini
 
 import (
-	"archive/tar"
-	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,10 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
+	"github.com/constellation-dev/constellation/internal/imagearchive/archivetest"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -40,22 +36,8 @@ func writeOCI(t *testing.T, dir, refName string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lay := t.TempDir()
-	p, err := layout.Write(lay, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": refName})); err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	if err := tw.AddFS(os.DirFS(lay)); err != nil {
-		t.Fatal(err)
-	}
-	tw.Close()
 	path := filepath.Join(dir, "oci-"+strings.NewReplacer("/", "_", ":", "_").Replace(refName)+".tar")
-	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, archivetest.OCI(t, img, map[string]string{"org.opencontainers.image.ref.name": refName}), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
