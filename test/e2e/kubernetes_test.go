@@ -95,6 +95,8 @@ func TestMiniKubernetes(t *testing.T) {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
 		}
 	}
+	// One report of every node's fresh evidence, which a third party verifies offline.
+	checkClusterReport(t, c, "control-plane-0", "worker-0", "worker-1")
 	// Against another cluster ID, the same node fails, on PCR 15.
 	statePath := filepath.Join(c.ws, "constellation-state.yaml")
 	realState, err := os.ReadFile(statePath)
