@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/clusterreport"
-	"github.com/constellation-dev/constellation/internal/attestation/clusterreport/reporttest"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/tpmtest/reporttest"
 )
 
 // TestVerifyReport checks a report of three nodes with real TPMs offline (the log that signed its

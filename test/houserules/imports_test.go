@@ -36,21 +36,20 @@ var layers = map[string]int{
 	"internal/verifyservice": service,
 	"internal/provider/":     service,
 
-	"internal/bootstrapper/kubeadm":                 nodePiece,
-	"internal/diskmapper":                           nodePiece,
-	"internal/wgmesh":                               nodePiece,
-	"internal/meshpeers":                            nodePiece,
-	"internal/meshagent":                            nodePiece,
-	"internal/nodeimage":                            nodePiece,
-	"internal/bootimage":                            nodePiece,
-	"internal/nodeinit":                             nodePiece,
-	"internal/config":                               nodePiece,
-	"internal/provider/mini/metadata":               nodePiece,
-	"internal/provider":                             nodePiece, // the seam: what a node asks of its provider
-	"internal/provider/providers":                   nodePiece, // opens a node's provider by name
-	"internal/tpmtest":                              nodePiece,
-	"internal/attestation/clusterreport/reporttest": nodePiece, // real test nodes (swtpm) for cluster reports
-	"internal/swtpm":                                nodePiece,
+	"internal/bootstrapper/kubeadm":   nodePiece,
+	"internal/diskmapper":             nodePiece,
+	"internal/wgmesh":                 nodePiece,
+	"internal/meshpeers":              nodePiece,
+	"internal/meshagent":              nodePiece,
+	"internal/nodeimage":              nodePiece,
+	"internal/bootimage":              nodePiece,
+	"internal/nodeinit":               nodePiece,
+	"internal/config":                 nodePiece,
+	"internal/provider/mini/metadata": nodePiece,
+	"internal/provider":               nodePiece, // the seam: what a node asks of its provider
+	"internal/provider/providers":     nodePiece, // opens a node's provider by name
+	"internal/tpmtest":                nodePiece,
+	"internal/swtpm":                  nodePiece,
 
 	"internal/attestation":  trustCore,
 	"internal/atls":         trustCore,

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/clusterreport"
-	"github.com/constellation-dev/constellation/internal/attestation/clusterreport/reporttest"
+	"github.com/constellation-dev/constellation/internal/tpmtest/reporttest"
 )
 
 func init() {
