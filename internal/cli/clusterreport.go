@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -391,6 +392,7 @@ func printReportResult(out io.Writer, r *clusterreport.Report, res *clusterrepor
 	} else {
 		fmt.Fprintf(out, "Policy: %s has no vTPM: the report's hardware policy, which the signature does not cover, pins the image\n", res.Policy.Variant)
 	}
+	printHardwarePolicy(out, res.Policy)
 	for _, c := range res.Policy.AKRoots {
 		sum := sha256.Sum256(c.Raw)
 		how := "pinned by --ak-ca"
@@ -416,4 +418,25 @@ func printReportResult(out io.Writer, r *clusterreport.Report, res *clusterrepor
 			fmt.Fprintf(out, "  the hardware report matches the policy\n")
 		}
 	}
+}
+
+// printHardwarePolicy shows the SEV-SNP or TDX policy the report carries: the signature does not cover it, so
+// the reader must judge it (launch measurement, minimum TCB and the like).
+func printHardwarePolicy(out io.Writer, p *validators.Policy) {
+	var what, vendor string
+	var v any
+	switch {
+	case p.SNP != nil:
+		what, vendor, v = "SEV-SNP", "AMD", p.SNP.Policy
+	case p.TDX != nil:
+		what, vendor, v = "TDX", "Intel", p.TDX.Policy
+	default:
+		return
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		raw = []byte(err.Error())
+	}
+	fmt.Fprintf(out, "%s policy, from the report (the signature does not cover it; check it is the one you expect): %s\n", what, raw)
+	fmt.Fprintf(out, "  each hardware report is verified to the %s root embedded in this binary, with the revocation lists and collateral the report carries\n", vendor)
 }

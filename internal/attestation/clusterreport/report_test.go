@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/clusterreport"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed/signtest"
+	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/tpmtest/reporttest"
 )
@@ -36,6 +38,10 @@ var fx struct {
 	otherImageBundle []byte
 	// otherLogRoot is the trusted root with another log key.
 	otherLogRoot []byte
+	// snpMeasurements are the PCRs of the SEV-SNP test vTPMs, signed for aws-sev-snp in snpBundle.
+	snpMeasurements     measurements.M
+	snpMeasurementsJSON []byte
+	snpBundle           []byte
 }
 
 func TestMain(m *testing.M) {
@@ -67,6 +73,17 @@ func setup() error {
 		return err
 	}
 	if fx.otherImageBundle, err = fx.c.Sign(ctx, fx.c.Image.Measurements, otherImage, fx.c.Image.Variant); err != nil {
+		return err
+	}
+	vtpm, err := snptest.NewVTPM()
+	if err != nil {
+		return err
+	}
+	fx.snpMeasurements = vtpm.Policy()
+	if fx.snpMeasurementsJSON, err = json.Marshal(fx.snpMeasurements); err != nil {
+		return err
+	}
+	if fx.snpBundle, err = fx.c.Sign(ctx, fx.snpMeasurementsJSON, reporttest.ImageDigest, attestation.AWSSEVSNP.Name); err != nil {
 		return err
 	}
 	fx.c.StopLog()
