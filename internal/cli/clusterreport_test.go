@@ -137,3 +137,21 @@ func TestNodeInventory(t *testing.T) {
 		})
 	}
 }
+
+func TestVerifyAllFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify", "--all"}, "--all needs -o REPORT"},
+		{[]string{"verify", "--all", "-o", "json"}, "--all needs -o REPORT"},
+		{[]string{"verify", "--all", "-o", "r.json", "--node-endpoint", "10.217.0.11:9090"}, "exclude each other"},
+		{[]string{"verify", "--all", "-o", "r.json", "--grpc"}, "remove --grpc"},
+		{[]string{"verify", "--node-endpoint", "10.217.0.11:9090", "--seed", "00"}, "go with --all"},
+		{[]string{"verify", "--all", "-o", "r.json", "--workspace", t.TempDir()}, "constellation-conf.yaml"},
+	} {
+		if out, errOut, code := run(tc.args...); code != ExitBadInput || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, want 2 and %q\n%s%s", tc.args, code, tc.want, out, errOut)
+		}
+	}
+}

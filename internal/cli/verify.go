@@ -50,11 +50,17 @@ func newVerifyCmd() *cobra.Command {
 				if output == "" || output == "json" {
 					return badInput("--all needs -o REPORT, the file to write the report to")
 				}
+				if useGRPC, _ := cmd.Flags().GetBool("grpc"); useGRPC {
+					return badInput("--all asks every node's HTTP verification service; remove --grpc")
+				}
 				rf.out, rf.akCA = output, akCA
 				return runVerifyAll(cmd, rf)
 			}
 			if endpoint == "" {
 				return badInput("--node-endpoint (or --all) is required")
+			}
+			if rf.seed != "" || rf.measurements != "" {
+				return badInput("--seed and --measurements go with --all")
 			}
 			if output != "" && output != "json" {
 				return badInput("-o %q is not supported; use json", output)
