@@ -230,6 +230,9 @@ func TestMiniKubernetes(t *testing.T) {
 	checkRemovedNodeCutOff(t, k, state, eventually)
 
 	checkMaliciousJoins(t, c, k, eventually)
+	// Now the provider runs workers that Kubernetes does not know (the refused ones; worker-1, deleted from
+	// Kubernetes, too): no report can list every node.
+	checkReportNamesUnknownNodes(t, c, "worker-2", "worker-3")
 
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)

@@ -133,3 +133,22 @@ func checkNoSecrets(t *testing.T, ws string, r *clusterreport.Report, raw []byte
 		}
 	}
 }
+
+// checkReportNamesUnknownNodes has the CLI collect a report while the provider runs nodes that Kubernetes does
+// not know (workers it refused, a node deleted from Kubernetes): verify --all names each and writes nothing.
+func checkReportNamesUnknownNodes(t *testing.T, c cli, nodes ...string) {
+	t.Helper()
+	report := filepath.Join(t.TempDir(), "report.json")
+	out, code := c.run("verify", "--all", "-o", report, "--allow-dev-signed")
+	if code != 1 || !strings.Contains(out, "the provider and Kubernetes do not know the same nodes") {
+		t.Fatalf("verify --all with nodes unknown to Kubernetes: exit %d\n%s", code, out)
+	}
+	for _, n := range nodes {
+		if !strings.Contains(out, n+": an instance of the provider, but not a Kubernetes node") {
+			t.Errorf("verify --all does not name %s:\n%s", n, out)
+		}
+	}
+	if _, err := os.Stat(report); !os.IsNotExist(err) {
+		t.Errorf("a report was written: %v", err)
+	}
+}
