@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -45,13 +46,20 @@ func seedReport(f *testing.F) []byte {
 func FuzzParse(f *testing.F) {
 	good := seedReport(f)
 	f.Add(good)
+	// A genuine report of three nodes with their own swtpm, as TestVerifyGenuineReport's fixture writes it.
+	recorded, err := os.ReadFile("testdata/report.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(recorded)
 	f.Add(bytes.Replace(good, []byte(`"version": 1`), []byte(`"version": 2`), 1))
 	f.Add(bytes.Replace(good, []byte(`"role": "worker"`), []byte(`"role": "admin"`), 1))
 	f.Add(bytes.Replace(good, []byte(`"clusterID"`), []byte(`"ClusterID"`), 1))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"version":1,"nodes":[]}`))
 	key := signtest.NewKey()
-	root, err := json.Marshal(signed.Root{
+	var root []byte
+	root, err = json.Marshal(signed.Root{
 		Keys: []signed.Key{{Name: "fuzz", PublicKey: &key.PublicKey}},
 		Log:  signed.Log{Origin: "log.fuzz.invalid", PublicKey: &signtest.NewKey().PublicKey},
 	})
