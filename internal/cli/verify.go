@@ -30,13 +30,37 @@ type verifyResult struct {
 
 func newVerifyCmd() *cobra.Command {
 	var endpoint, output, akCA string
+	var all bool
+	var rf reportFlags
 	cmd := &cobra.Command{
-		Use:   "verify --node-endpoint HOST:PORT [-o json]",
-		Short: "Attest a node: fresh evidence for a random nonce, checked against the configured measurements",
-		Args:  cobra.NoArgs,
+		Use:   "verify (--node-endpoint HOST:PORT [-o json] | --all -o REPORT)",
+		Short: "Attest a node, or every node into a cluster report: fresh evidence checked against the configuration",
+		Long: "With --node-endpoint: ask the node for evidence bound to a random nonce and check it against the\n" +
+			"configuration's policy (and, in an initialised cluster, its cluster ID).\n" +
+			"With --all -o REPORT: do that for every node of the cluster (the provider's instances and the Kubernetes\n" +
+			"nodes must be the same), each with its nonce derived from one random seed (--seed: one you chose), and\n" +
+			"write one self-contained report: the evidence, the node list, the signed measurements of the image and\n" +
+			"the policy. 'constellation verify-report REPORT' checks it anywhere, offline. The report holds no secret.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if all {
+				if endpoint != "" {
+					return badInput("--all and --node-endpoint exclude each other")
+				}
+				if output == "" || output == "json" {
+					return badInput("--all needs -o REPORT, the file to write the report to")
+				}
+				if useGRPC, _ := cmd.Flags().GetBool("grpc"); useGRPC {
+					return badInput("--all asks every node's HTTP verification service; remove --grpc")
+				}
+				rf.out, rf.akCA = output, akCA
+				return runVerifyAll(cmd, rf)
+			}
 			if endpoint == "" {
-				return badInput("--node-endpoint is required")
+				return badInput("--node-endpoint (or --all) is required")
+			}
+			if rf.seed != "" || rf.measurements != "" {
+				return badInput("--seed and --measurements go with --all")
 			}
 			if output != "" && output != "json" {
 				return badInput("-o %q is not supported; use json", output)
@@ -94,8 +118,12 @@ func newVerifyCmd() *cobra.Command {
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
 	cmd.Flags().StringVar(&endpoint, "node-endpoint", "", "the node's verification service, HOST:PORT (required)")
 	cmd.Flags().Bool("grpc", false, "ask the node's gRPC verification service (port 9091) instead of HTTP (port 9090)")
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json; with --all: the report file to write")
 	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the mini provider's)")
+	cmd.Flags().BoolVar(&all, "all", false, "attest every node of the cluster and write a cluster report to -o")
+	cmd.Flags().StringVar(&rf.seed, "seed", "", "with --all: the seed of the nodes' nonces, 64 hex digits (default: random)")
+	cmd.Flags().StringVar(&rf.measurements, "measurements", "", "with --all: the signed measurements file, its bundle next to it (default: measurements.json next to the configured node image)")
+	addSignatureFlags(cmd)
 	return cmd
 }
 

@@ -186,15 +186,21 @@ func NewSimulatorNode(alg vtpm.KeyAlgorithm) (*Node, error) {
 	return n, nil
 }
 
-// NewNode measures BootMeasurements into the TPM behind rw, enrolls it with ca and creates its issuer.
+// NewNode measures BootMeasurements into the TPM behind rw, enrolls it with ca as "node-0" and creates its
+// issuer.
 func NewNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm) (*Node, error) {
+	return NewNamedNode(rw, ca, alg, "node-0")
+}
+
+// NewNamedNode is [NewNode] for a node named name: its attestation key certificate names it.
+func NewNamedNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm, name string) (*Node, error) {
 	log := eventlog.NewBuilder()
 	for _, m := range BootMeasurements {
 		if err := Measure(rw, log, m.PCR, m.Type, []byte(m.Data)); err != nil {
 			return nil, err
 		}
 	}
-	akCert, err := akca.Enroll(context.Background(), rw, "node-0", alg, ca)
+	akCert, err := akca.Enroll(context.Background(), rw, name, alg, ca)
 	if err != nil {
 		return nil, fmt.Errorf("enrolling: %w", err)
 	}

@@ -95,6 +95,8 @@ func TestMiniKubernetes(t *testing.T) {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
 		}
 	}
+	// One report of every node's fresh evidence, which a third party verifies offline.
+	checkClusterReport(t, c, "control-plane-0", "worker-0", "worker-1")
 	// Against another cluster ID, the same node fails, on PCR 15.
 	statePath := filepath.Join(c.ws, "constellation-state.yaml")
 	realState, err := os.ReadFile(statePath)
@@ -228,6 +230,9 @@ func TestMiniKubernetes(t *testing.T) {
 	checkRemovedNodeCutOff(t, k, state, eventually)
 
 	checkMaliciousJoins(t, c, k, eventually)
+	// Now the provider runs workers that Kubernetes does not know (the refused ones; worker-1, deleted from
+	// Kubernetes, too): no report can list every node.
+	checkReportNamesUnknownNodes(t, c, "worker-2", "worker-3")
 
 	if out, code := c.run("mini", "down"); code != 0 {
 		t.Fatalf("mini down: exit %d\n%s", code, out)
