@@ -299,6 +299,39 @@ func Verify(r Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDe
 	}, nil
 }
 
+// VerifyAny verifies a bundle as [Verify] does, against the one of roots that holds the bundle's signing key
+// (e.g. the embedded release root and a local development root): a key is trusted only together with the log
+// of its own root.
+func VerifyAny(roots []Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDevelopment bool) (*Result, error) {
+	b, err := ParseBundle(bundleJSON)
+	if err != nil {
+		return nil, err
+	}
+	hint := b.GetVerificationMaterial().GetPublicKey().GetHint()
+	var names []string
+	var lastErr error
+	for _, r := range roots {
+		names = append(names, r.Names()...)
+		_, keys, err := r.material()
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := keys[hint]; !ok {
+			continue
+		}
+		res, err := Verify(r, bundleJSON, measurementsJSON, want, allowDevelopment)
+		if err == nil {
+			return res, nil
+		}
+		lastErr = err
+	}
+	if lastErr != nil {
+		return nil, lastErr
+	}
+	slices.Sort(names)
+	return nil, fmt.Errorf("the measurements are signed by key %s, which is not trusted (trusted: %v)", hint, names)
+}
+
 // material turns the root into sigstore-go's trusted material: the log under its log ID, the keys behind
 // their hints.
 func (r Root) material() (root.TrustedMaterial, map[string]Key, error) {
