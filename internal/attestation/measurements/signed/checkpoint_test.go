@@ -145,12 +145,12 @@ func TestConsistency(t *testing.T) {
 		older, newer []byte
 		dir, wantErr string
 	}{
-		"a rewritten log, same key":                {cp1, cpRewritten, dirRewritten, "rewritten or forked"},
+		"a rewritten log, same key":                 {cp1, cpRewritten, dirRewritten, "rewritten or forked"},
 		"a rewritten checkpoint over genuine tiles": {cp1, cpRewritten, dir3, "tile"},
-		"a fork at the kept size":                  {cp1, cpForked, dir3, "forked"},
-		"an edited kept checkpoint":                {[]byte(edited), cp3, dir3, "not signed by the log"},
-		"a current checkpoint by another key":      {cp1, cpOtherKey, dir3, "not signed by the log"},
-		"a current tree smaller than the kept one": {cp1, cpSmall, smallDir, "shrank"},
+		"a fork at the kept size":                   {cp1, cpForked, dir3, "forked"},
+		"an edited kept checkpoint":                 {[]byte(edited), cp3, dir3, "not signed by the log"},
+		"a current checkpoint by another key":       {cp1, cpOtherKey, dir3, "not signed by the log"},
+		"a current tree smaller than the kept one":  {cp1, cpSmall, smallDir, "shrank"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
