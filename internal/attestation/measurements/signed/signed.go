@@ -9,7 +9,16 @@
 // [Verify] never touches the network: it checks the signature against the keys of a [Root], the inclusion
 // proof and the checkpoint against the log key and origin of the same [Root], that the bundle covers exactly
 // the measurements file, and that the statement names the image and variant the caller expects. There is no
-// way to skip the log: a bundle without a log entry the root can verify is refused.
+// way to skip the log: a bundle without a log entry the root can verify is refused. [VerifyAny] verifies
+// against several roots (the release root and a development root), each key together with its own root's log.
+//
+// The release root is embedded at build time from release-root.json in this directory ([ReleaseRoot]); a
+// release manager replaces the file with the root of the release key pair and commits it. Release keys rest
+// encrypted under a passphrase ([EncryptPrivateKeyPEM], sigstore's scrypt + secretbox format).
+//
+// [ParseCheckpoint] verifies a log's checkpoint (c2sp.org/tlog-checkpoint) against the trusted log key and
+// origin, and [Consistent] proves from the log's tiles (c2sp.org/tlog-tiles) that a newer checkpoint's tree
+// extends an older one's: a log that rewrote, dropped or reordered entries, forked or shrank fails.
 package signed
 
 import (
