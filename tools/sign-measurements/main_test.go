@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -119,6 +120,16 @@ func TestReleaseSigning(t *testing.T) {
 			t.Errorf("%s: %+v, %v", m.Measurements, res, err)
 		}
 	}
+	// A CLI built with this release root embedded (the repository's file replaced by the build's overlay, as
+	// a release manager replaces it) verifies the release as one, offline, without any development root.
+	cli := buildCLIWithReleaseRoot(t, filepath.Join(dir, releaseRootFile))
+	emptySignDir := t.TempDir()
+	for _, m := range nodeimage.MeasuredImages {
+		out, err := runCLI(cli, emptySignDir, "image", "verify", filepath.Join(img, m.Measurements))
+		if err != nil || !strings.Contains(out, `release key "release"`) || strings.Contains(out, "WARNING") {
+			t.Errorf("the CLI with the embedded release root, %s: %v\n%s", m.Measurements, err, out)
+		}
+	}
 	// Development signing of the same directory afterwards replaces the release bundles; the development
 	// root marks its key.
 	signDir := t.TempDir()
@@ -140,6 +151,13 @@ func TestReleaseSigning(t *testing.T) {
 			t.Errorf("%s, development-signed: %+v, %v", m.Measurements, res, err)
 		}
 	}
+	// The CLI marks the development build and wants --allow-dev-signed for it.
+	if out, err := runCLI(cli, signDir, "image", "verify", filepath.Join(img, "measurements.json")); err == nil || !strings.Contains(out, "--allow-dev-signed") {
+		t.Errorf("a development-signed image without --allow-dev-signed: %v\n%s", err, out)
+	}
+	if out, err := runCLI(cli, signDir, "image", "verify", filepath.Join(img, "measurements.json"), "--allow-dev-signed"); err != nil || !strings.Contains(out, "DEVELOPMENT build") {
+		t.Errorf("a development-signed image with --allow-dev-signed: %v\n%s", err, out)
+	}
 	raw, _ := json.Marshal(root)
 	if bytes.Contains(raw, []byte("PRIVATE")) {
 		t.Error("the release root holds a private key")
@@ -153,4 +171,30 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// buildCLIWithReleaseRoot builds the CLI with rootPath in place of the repository's release root.
+func buildCLIWithReleaseRoot(t *testing.T, rootPath string) string {
+	t.Helper()
+	repoRoot, err := filepath.Abs(filepath.Join("..", "..", signed.ReleaseRootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	overlay, _ := json.Marshal(map[string]map[string]string{"Replace": {repoRoot: rootPath}})
+	writeFile(t, filepath.Join(dir, "overlay.json"), overlay)
+	bin := filepath.Join(dir, "constellation")
+	cmd := exec.Command("go", "build", "-overlay", filepath.Join(dir, "overlay.json"), "-o", bin, "github.com/constellation-dev/constellation/cmd/constellation")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the CLI: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runCLI runs the CLI with signDir as the signing directory (of the default development root).
+func runCLI(bin, signDir string, args ...string) (string, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "CONSTELLATION_SIGNING_DIR="+signDir)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
