@@ -97,7 +97,11 @@ func logCheck(cmd *cobra.Command, roots []signed.Root, checkpointPath string, lr
 		fmt.Fprintln(out, "  consistency: FAILED")
 		return checkFailed(err)
 	}
-	fmt.Fprintf(out, "  consistency: proven, the current tree of %d entries extends the kept tree of %d entries\n", newer.Size, older.Size)
+	if newer.Size == older.Size {
+		fmt.Fprintf(out, "  consistency: proven, the log has not grown since and signed the same tree\n")
+	} else {
+		fmt.Fprintf(out, "  consistency: proven, the current tree of %d entries extends the kept tree of %d entries\n", newer.Size, older.Size)
+	}
 	if !save {
 		return nil
 	}

@@ -100,7 +100,7 @@ func TestImageVerifyReleaseAndDevelopment(t *testing.T) {
 			t.Fatal(err)
 		}
 		signFile(t, releaseKey, release, img.Measurements, digest, img.Variant)
-		signFile(t, testLog.key.Key, dev, img.Measurements, digest, img.Variant)
+		signFile(t, devKey(t), dev, img.Measurements, digest, img.Variant)
 	}
 	// The UEFI measurements signed, genuinely, but for the squashfs image.
 	swapped := imageDirWithUEFI(t)
@@ -140,7 +140,7 @@ func TestImageVerifyReleaseAndDevelopment(t *testing.T) {
 func TestSigningDirectoryRootIsDevelopment(t *testing.T) {
 	withReleaseRoot(t)
 	dir := imageDirWithUEFI(t)
-	signFile(t, testLog.key.Key, dir, "measurements.json", squashfsDigest, attestation.MiniVTPM.Name)
+	signFile(t, devKey(t), dir, "measurements.json", squashfsDigest, attestation.MiniVTPM.Name)
 	stopTestLog(t)
 	edited := testLog.root
 	edited.Keys = []signed.Key{{Name: "release", PublicKey: testLog.root.Keys[0].PublicKey}}
@@ -272,13 +272,13 @@ func TestStatusShowsTheSignature(t *testing.T) {
 // checkpoint kept from a bundle, with the log stopped, and refuses an edited one.
 func TestImageLogCheck(t *testing.T) {
 	dir := imageDirWithUEFI(t)
-	signFile(t, testLog.key.Key, dir, "measurements.json", squashfsDigest, attestation.MiniVTPM.Name)
+	signFile(t, devKey(t), dir, "measurements.json", squashfsDigest, attestation.MiniVTPM.Name)
 	b, err := signed.ParseBundle(mustRead(t, filepath.Join(dir, "measurements.json"+signed.BundleSuffix)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	kept := []byte(b.GetVerificationMaterial().GetTlogEntries()[0].GetInclusionProof().GetCheckpoint().GetEnvelope())
-	signFile(t, testLog.key.Key, dir, bootimage.MeasurementsFile, uefiDigest, bootimage.MeasurementsVariant) // the log grows
+	signFile(t, devKey(t), dir, bootimage.MeasurementsFile, uefiDigest, bootimage.MeasurementsVariant) // the log grows
 	flags := devRootFlags(t)
 	stopTestLog(t)
 	tiles := testLog.stopped.TilesDir
@@ -319,4 +319,13 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// devKey returns the test log's development key, setting the log up first.
+func devKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	testLog.mu.Lock()
+	defer testLog.mu.Unlock()
+	runningTestLog(t)
+	return testLog.key.Key
 }

@@ -146,7 +146,7 @@ func TestMiniUpVerifyDown(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "provider.log"))
 		t.Fatalf("mini up: exit %d\n%s\nprovider log:\n%s", code, out, log)
 	}
-	for _, want := range []string{"measured boot", "control-plane-0 verified: control-plane-0", "worker-0 verified: worker-0", "Mini cluster up: 2 node(s)"} {
+	for _, want := range []string{"measurements verified offline, DEVELOPMENT build", "measured boot", "control-plane-0 verified: control-plane-0", "worker-0 verified: worker-0", "Mini cluster up: 2 node(s)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("mini up output lacks %q:\n%s", want, out)
 		}
