@@ -16,7 +16,7 @@ FUZZ_TARGETS ?= $(shell bash scripts/fuzz-targets.sh)
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image assemble-node-image cluster
+.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image assemble-node-image cluster release release-key
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench      benchmark suite, one line per figure (BENCH=<name> selects one)"
 	@echo "make node-image build Kubernetes and the node components from source, then the node image"
 	@echo "make cluster    everything above, then a local cluster (1 control plane, 2 workers) in this directory"
+	@echo "make release    the node image in $(RELEASE_OUT), its measurements signed with the release key"
+	@echo "make release-key  create the release key pair (once) and install its root in the repository"
 
 setup:
 	@bash scripts/setup.sh
@@ -79,6 +81,19 @@ node-image: setup build kubernetes components assemble-node-image
 assemble-node-image:
 	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image -out $(NODE_IMAGE_OUT)
 	$(GO) run ./tools/sign-measurements -image-dir $(NODE_IMAGE_OUT)
+
+# Release signing: the release directory holds the release key and the release log's key, encrypted under
+# the passphrase in $$CONSTELLATION_RELEASE_KEY_PASSPHRASE (read from the environment only), and the release
+# log. The CLI embeds the release root (internal/attestation/measurements/signed/release-root.json).
+RELEASE_DIR ?= $(or $(CONSTELLATION_RELEASE_DIR),/var/lib/constellation/release)
+RELEASE_OUT ?= _out/release
+
+release-key:
+	$(GO) run ./tools/sign-measurements release-key -dir $(RELEASE_DIR) -install
+
+release: setup build kubernetes components
+	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image -out $(RELEASE_OUT)
+	$(GO) run ./tools/sign-measurements release -dir $(RELEASE_DIR) -image-dir $(RELEASE_OUT)
 
 cluster: node-image
 	bin/constellation mini up --allow-dev-signed

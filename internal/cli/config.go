@@ -66,9 +66,7 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 	if _, err := os.Stat(measPath); err != nil {
 		return badInput("reading the expected measurements: %w", err)
 	}
-	rootPath, _ := cmd.Flags().GetString("trusted-root")
-	allowDev, _ := cmd.Flags().GetBool("allow-dev-signed")
-	rawMeas, signature, err := verifyImageMeasurements(measPath, rootPath, manifest.Digest, attestation.MiniVTPM.Name, allowDev)
+	rawMeas, signature, err := verifyImageMeasurements(cmd, measPath, manifest.Digest, attestation.MiniVTPM.Name)
 	if err != nil {
 		return err
 	}
@@ -94,8 +92,8 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 	if err := c.Write(path, force); err != nil {
 		return badInput("%w", err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), node image %s, %d expected PCRs.\n",
-		path, controlPlanes, workers, manifest.Digest, len(policy))
+	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), node image %s, %d expected PCRs, signed: %s.\n",
+		path, controlPlanes, workers, manifest.Digest, len(policy), signedBy(signature))
 	printVariantWarning(cmd, c.Attestation.Variant)
 	return nil
 }

@@ -168,8 +168,9 @@ func TestMiniDownRemovesTheCluster(t *testing.T) {
 	}
 }
 
-// generateConfig writes a mini configuration into ws, for an image that is not there.
-func generateConfig(t *testing.T, ws string) {
+// generateConfig writes a mini configuration into ws, for an image that is not there, and returns the flags
+// that make a command trust the image's signed measurements.
+func generateConfig(t *testing.T, ws string) []string {
 	t.Helper()
 	imageDir := t.TempDir()
 	expected, err := measuredboot.Expected(measuredboot.Boot{ImageDigest: [32]byte{7}, Cmdline: nodeimage.DefaultCmdline})
@@ -180,23 +181,25 @@ func generateConfig(t *testing.T, ws string) {
 	write(t, filepath.Join(imageDir, "measurements.json"), rawMeas)
 	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: "sha256:0700000000000000000000000000000000000000000000000000000000000000", Cmdline: nodeimage.DefaultCmdline})
 	write(t, filepath.Join(imageDir, "node-image.json"), rawManifest)
-	if _, errOut, code := run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws}, signImage(t, imageDir)...)...); code != 0 {
+	sig := signImage(t, imageDir)
+	if _, errOut, code := run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws}, sig...)...); code != 0 {
 		t.Fatalf("config generate: %s", errOut)
 	}
+	return sig
 }
 
 // A workspace that records an initialised cluster whose state disks are gone (deleted or withheld by the
 // host): mini up refuses rather than initialise a new, empty cluster over its state file and kubeconfig.
 func TestMiniUpRefusesARecordedClusterWithoutDisks(t *testing.T) {
 	ws := t.TempDir()
-	generateConfig(t, ws)
+	sig := generateConfig(t, ws)
 	state := []byte("clusterID: " + strings.Repeat("ab", 32) + "\nendpoint: 10.217.0.10:6443\n")
 	for name, content := range map[string][]byte{StateFile: state, AdminKubeconfigFile: []byte("kubeconfig")} {
 		if err := os.WriteFile(filepath.Join(ws, name), content, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	out, errOut, code := run("mini", "up", "--workspace", ws)
+	out, errOut, code := run(append([]string{"mini", "up", "--workspace", ws}, sig...)...)
 	if code == 0 || !strings.Contains(errOut, "state disks are gone") || !strings.Contains(errOut, "mini down") {
 		t.Fatalf("mini up over a recorded cluster without disks: exit %d\n%s%s", code, out, errOut)
 	}

@@ -1,15 +1,19 @@
 package cli
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
+	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -18,7 +22,7 @@ func newImageCmd() *cobra.Command {
 		Use:   "image",
 		Short: "Work with node images and their signed measurements",
 	}
-	cmd.AddCommand(newImageVerifyCmd())
+	cmd.AddCommand(newImageVerifyCmd(), newImageLogCheckCmd())
 	return cmd
 }
 
@@ -31,20 +35,23 @@ func defaultTrustedRoot() string {
 	return filepath.Join(dir, "trusted-root.json")
 }
 
+// releaseRoot is the root of releases this binary embeds (a variable so that tests can put a root of their
+// own in its place).
+var releaseRoot = signed.ReleaseRoot
+
 func newImageVerifyCmd() *cobra.Command {
-	var trustedRoot, imageDigest, variant string
-	var allowDev bool
+	var imageDigest, variant string
 	cmd := &cobra.Command{
 		Use:   "verify MEASUREMENTS_FILE",
 		Short: "Verify the signed, logged measurements of a node image, offline",
 		Long: "Verify MEASUREMENTS_FILE against its sigstore bundle (MEASUREMENTS_FILE" + signed.BundleSuffix + "): the\n" +
-			"signature by a key of the trusted root, the transparency log entry's inclusion proof and the log's signed\n" +
-			"checkpoint, that the bundle covers exactly this file, and that it names the image digest (by default from\n" +
-			"node-image.json next to the file) and the variant. Nothing is fetched from the network. Images signed with\n" +
-			"the development key of a local build are accepted only with --allow-dev-signed.",
+			"signature by a trusted key, the transparency log entry's inclusion proof and the log's signed checkpoint,\n" +
+			"that the bundle covers exactly this file, and that it names the image digest and the variant (by default\n" +
+			"from the manifest next to the file: node-image.json for measurements.json, node-image-uefi.json for\n" +
+			"measurements-uefi.json). Nothing is fetched from the network.\n\n" + trustText,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, res, err := verifyImageMeasurements(args[0], trustedRoot, imageDigest, variant, allowDev)
+			_, res, err := verifyImageMeasurements(cmd, args[0], imageDigest, variant)
 			if err != nil {
 				return err
 			}
@@ -52,22 +59,33 @@ func newImageVerifyCmd() *cobra.Command {
 			fmt.Fprintf(out, "%s: verified offline\n", args[0])
 			fmt.Fprintf(out, "  measurements sha256 %s, covered by the signed statement\n", res.MeasurementsSHA256)
 			fmt.Fprintf(out, "  image %s, variant %s: named by the signed statement\n", res.Predicate.ImageDigest, res.Predicate.Variant)
-			fmt.Fprintf(out, "  signature: valid, key %q\n", res.Key.Name)
+			fmt.Fprintf(out, "  signature: valid, %s\n", signedBy(res))
 			fmt.Fprintf(out, "  transparency log %s: entry %d included in the signed checkpoint of size %d\n", res.LogOrigin, res.LogIndex, res.CheckpointSize)
 			warnDevSigned(cmd, res)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&trustedRoot, "trusted-root", defaultTrustedRoot(), trustedRootUsage)
-	cmd.Flags().StringVar(&imageDigest, "image-digest", "", "the image the measurements must belong to (default: the digest in node-image.json next to the file)")
-	cmd.Flags().StringVar(&variant, "variant", attestation.MiniVTPM.Name, "the attestation variant the measurements must be for")
-	cmd.Flags().BoolVar(&allowDev, "allow-dev-signed", false, allowDevUsage)
+	addSignatureFlags(cmd)
+	cmd.Flags().StringVar(&imageDigest, "image-digest", "", "the image the measurements must belong to (default: the digest in the manifest next to the file)")
+	cmd.Flags().StringVar(&variant, "variant", "", "the attestation variant the measurements must be for (default: the file's: "+variantDefaults()+")")
 	return cmd
 }
 
+func variantDefaults() string {
+	var parts []string
+	for _, m := range nodeimage.MeasuredImages {
+		parts = append(parts, m.Measurements+" "+m.Variant)
+	}
+	return strings.Join(parts, ", ")
+}
+
 const (
-	trustedRootUsage = "trusted root: signing keys and the transparency log's key and origin"
+	trustedRootUsage = "trusted root of local builds: signing keys and the transparency log's key and origin (default: the signing directory's; its keys count as development keys)"
 	allowDevUsage    = "accept measurements signed with the development key of a local build (an image you built yourself)"
+	trustText        = "Trusted are the release key and the release log embedded in this binary, and the development root of\n" +
+		"local builds (--trusted-root; by default $CONSTELLATION_SIGNING_DIR/trusted-root.json, whose keys are always\n" +
+		"development keys). Images signed with a development key are accepted only with --allow-dev-signed, and shown\n" +
+		"as development builds."
 )
 
 // addSignatureFlags adds the flags that say which signed measurements a command accepts.
@@ -76,37 +94,84 @@ func addSignatureFlags(cmd *cobra.Command) {
 	cmd.Flags().Bool("allow-dev-signed", false, allowDevUsage)
 }
 
-// warnDevSigned warns when the verified measurements carry the development signature.
-func warnDevSigned(cmd *cobra.Command, res *signed.Result) {
-	if res.Key.Development {
-		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: the measurements are signed with the development key (%s) of a local build, not a release key; "+
-			"use this image only if you built it yourself\n", res.Key.Name)
+// trustedRoots returns the roots a command trusts: the embedded release root, and the development root of
+// --trusted-root. A root read from the default place (the signing directory a local build writes) has only
+// development keys, whatever the file says; without such a file only releases verify.
+func trustedRoots(cmd *cobra.Command) ([]signed.Root, error) {
+	release, err := releaseRoot()
+	if err != nil {
+		return nil, failed(fmt.Errorf("this binary's embedded release root: %w", err))
 	}
+	roots := []signed.Root{release}
+	path, _ := cmd.Flags().GetString("trusted-root")
+	explicit := cmd.Flags().Changed("trusted-root")
+	raw, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && !explicit:
+		return roots, nil
+	case err != nil:
+		return nil, badInput("reading the trusted root: %w", err)
+	}
+	dev, err := signed.ParseRoot(raw)
+	if err != nil {
+		return nil, badInput("%s: %w", path, err)
+	}
+	if !explicit {
+		dev = dev.AsDevelopment()
+	}
+	return append(roots, dev), nil
 }
 
-// verifyImageMeasurements verifies a measurements file's bundle offline against the trusted root in
-// rootPath, for imageDigest (or the digest of node-image.json next to the file when empty) and variant. It
-// returns the measurements it verified: the caller must use these bytes, not read the file again.
-func verifyImageMeasurements(measPath, rootPath, imageDigest, variant string, allowDev bool) ([]byte, *signed.Result, error) {
-	rawRoot, err := os.ReadFile(rootPath)
-	if err != nil {
-		return nil, nil, badInput("reading the trusted root: %w (a local build writes it with 'make node-image'; or pass --trusted-root)", err)
+// signedBy says which key signed, marking a development key.
+func signedBy(res *signed.Result) string {
+	if res.Key.Development {
+		return fmt.Sprintf("DEVELOPMENT build, key %q (not a release)", res.Key.Name)
 	}
-	root, err := signed.ParseRoot(rawRoot)
+	return fmt.Sprintf("release key %q", res.Key.Name)
+}
+
+// warnDevSigned warns, once per command, when the verified measurements carry a development signature.
+func warnDevSigned(cmd *cobra.Command, res *signed.Result) {
+	if !res.Key.Development || cmd.Annotations["dev-signed-warned"] != "" {
+		return
+	}
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations["dev-signed-warned"] = "yes"
+	fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: the measurements are signed with the development key (%s) of a local build, not a release key; "+
+		"use this image only if you built it yourself\n", res.Key.Name)
+}
+
+// verifyImageMeasurements verifies a measurements file's bundle offline against the roots the command
+// trusts, for imageDigest and variant (when empty: the digest of the manifest next to the file, and the
+// file's variant), accepting a development signature only with --allow-dev-signed. It returns the
+// measurements it verified: the caller must use these bytes, not read the file again.
+func verifyImageMeasurements(cmd *cobra.Command, measPath, imageDigest, variant string) ([]byte, *signed.Result, error) {
+	allowDev, _ := cmd.Flags().GetBool("allow-dev-signed")
+	return verifyMeasurementsFile(cmd, measPath, imageDigest, variant, allowDev)
+}
+
+// verifyMeasurementsFile is verifyImageMeasurements with the development rule given.
+func verifyMeasurementsFile(cmd *cobra.Command, measPath, imageDigest, variant string, allowDev bool) ([]byte, *signed.Result, error) {
+	roots, err := trustedRoots(cmd)
 	if err != nil {
-		return nil, nil, badInput("%s: %w", rootPath, err)
+		return nil, nil, err
+	}
+	img, known := nodeimage.MeasuredImageFor(measPath)
+	if variant == "" {
+		if !known {
+			return nil, nil, badInput("%s is none of the measurements files of a node image (%s); pass --variant", measPath, variantDefaults())
+		}
+		variant = img.Variant
 	}
 	if imageDigest == "" {
-		manifestPath := filepath.Join(filepath.Dir(measPath), "node-image.json")
-		raw, err := os.ReadFile(manifestPath)
-		if err != nil {
-			return nil, nil, badInput("reading the node image manifest for the image digest: %w (or pass --image-digest)", err)
+		if !known {
+			return nil, nil, badInput("%s is none of the measurements files of a node image; pass --image-digest", measPath)
 		}
-		var m nodeimage.Manifest
-		if err := json.Unmarshal(raw, &m); err != nil {
-			return nil, nil, badInput("%s: %w", manifestPath, err)
+		if imageDigest, err = nodeimage.ManifestDigest(filepath.Join(filepath.Dir(measPath), img.Manifest)); err != nil {
+			return nil, nil, badInput("the image digest: %w (or pass --image-digest)", err)
 		}
-		imageDigest = m.Digest
 	}
 	meas, err := os.ReadFile(measPath)
 	if err != nil {
@@ -116,9 +181,32 @@ func verifyImageMeasurements(measPath, rootPath, imageDigest, variant string, al
 	if err != nil {
 		return nil, nil, badInput("reading the measurements' signature bundle: %w (build and sign the image with 'make node-image')", err)
 	}
-	res, err := signed.Verify(root, bundle, meas, signed.Predicate{ImageDigest: imageDigest, Variant: variant}, allowDev)
+	res, err := signed.VerifyAny(roots, bundle, meas, signed.Predicate{ImageDigest: imageDigest, Variant: variant}, allowDev)
 	if err != nil {
 		return nil, nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
 	}
 	return meas, res, nil
+}
+
+// verifyConfiguredImage re-verifies, before a command uses them, that the configuration's measurements are
+// the signed ones of its node image: the bundle next to the configured image verifies offline for the
+// configured image digest and variant, and the configuration holds exactly the signed measurements.
+func verifyConfiguredImage(cmd *cobra.Command, c *config.Config, confPath string, allowDev bool) (*signed.Result, error) {
+	if c.Provider.Mini == nil {
+		return nil, badInput("%s configures no node image", confPath)
+	}
+	measPath := filepath.Join(filepath.Dir(c.ImagePath(confPath)), "measurements.json")
+	raw, res, err := verifyMeasurementsFile(cmd, measPath, c.Provider.Mini.ImageDigest, c.Attestation.Variant, allowDev)
+	if err != nil {
+		return nil, err
+	}
+	signedPolicy, err := measurements.Parse(raw)
+	if err != nil {
+		return nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
+	}
+	if !maps.Equal(signedPolicy, c.Attestation.Measurements) {
+		return nil, checkFailed(fmt.Errorf("the measurements of %s are not the signed measurements of node image %s (%s); "+
+			"write them again with 'constellation config generate mini --force'", confPath, c.Provider.Mini.ImageDigest, measPath))
+	}
+	return res, nil
 }

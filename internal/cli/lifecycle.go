@@ -32,11 +32,14 @@ func newApplyCmd() *cobra.Command {
 			"Before it creates the nodes, apply generates the cluster's init secret (" + InitSecretFile + ", 0600; kept\n" +
 			"for retries and 'recover') and hands the provider only its hash: the nodes accept Init from no one else.\n" +
 			"apply returns when every node is attested, registered and Ready and the cluster's services are ready,\n" +
-			"as 'status' checks them; after --wait it fails (exit 1) and names what is not ready.",
+			"as 'status' checks them; after --wait it fails (exit 1) and names what is not ready.\n" +
+			"First it verifies again, offline, that the configuration's measurements are the signed measurements of\n" +
+			"the configured node image (a development-signed image only with --allow-dev-signed).",
 		Args: cobra.NoArgs,
 		RunE: runMiniUp,
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	addSignatureFlags(cmd)
 	addWaitFlag(cmd)
 	return cmd
 }
@@ -113,6 +116,7 @@ func newStatusCmd() *cobra.Command {
 		RunE: runStatus,
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	cmd.Flags().String("trusted-root", defaultTrustedRoot(), trustedRootUsage)
 	return cmd
 }
 
@@ -122,6 +126,7 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	h.print(cmd.OutOrStdout())
+	printImageSignature(cmd)
 	printRegistryMirrors(cmd.OutOrStdout(), workspace(cmd))
 	if len(h.notReady()) > 0 {
 		return checkFailed(errors.New("not every node is attested and Ready, or not every service of the cluster is running"))
@@ -210,4 +215,21 @@ func nodeReadiness(ctx context.Context, api *kubeapi.Client) (map[string]string,
 		}
 	}
 	return out, nil
+}
+
+// printImageSignature shows who signed the configured node image's measurements, marking a development
+// build, or why they do not verify.
+func printImageSignature(cmd *cobra.Command) {
+	out := cmd.OutOrStdout()
+	confPath := filepath.Join(workspace(cmd), config.FileName)
+	c, err := config.Load(confPath)
+	if err != nil || c.Provider.Mini == nil {
+		return
+	}
+	res, err := verifyConfiguredImage(cmd, c, confPath, true)
+	if err != nil {
+		fmt.Fprintf(out, "Node image %s: measurements NOT VERIFIED: %v\n", c.Provider.Mini.ImageDigest, err)
+		return
+	}
+	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.Provider.Mini.ImageDigest, signedBy(res))
 }

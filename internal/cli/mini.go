@@ -102,6 +102,15 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
+	// The measurements decide which nodes get the cluster's secrets: they are used only as the signed
+	// measurements of the configured image, checked again at every start.
+	allowDev, _ := cmd.Flags().GetBool("allow-dev-signed")
+	signature, err := verifyConfiguredImage(cmd, c, confPath, allowDev)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.Provider.Mini.ImageDigest, signedBy(signature))
+	warnDevSigned(cmd, signature)
 	dir := filepath.Join(workspace(cmd), miniDirName)
 	state, found, err := mini.ReadState(dir)
 	if err != nil {

@@ -606,7 +606,7 @@ func TestMiniControlPlanes(t *testing.T) {
 	for state.DaemonAlive() {
 		time.Sleep(10 * time.Millisecond)
 	}
-	out, code = cl.c.run("mini", "up")
+	out, code = cl.c.run("mini", "up", "--allow-dev-signed")
 	if code != 0 || !strings.Contains(out, "comes back with its data") || !strings.Contains(out, "Cluster recovered") {
 		t.Fatalf("mini up after the provider crashed: exit %d\n%s", code, out)
 	}
@@ -636,7 +636,7 @@ func TestMiniControlPlanes(t *testing.T) {
 	if out, code := cl.c.run("status"); code != 1 || !strings.Contains(out, "constellation mini up") {
 		t.Fatalf("status after mini down: exit %d\n%s", code, out)
 	}
-	out, code = cl.c.run("mini", "up", "--control-planes", "1")
+	out, code = cl.c.run("mini", "up", "--allow-dev-signed", "--control-planes", "1")
 	if code != 0 || !strings.Contains(out, "Kubernetes initialised") {
 		t.Fatalf("mini up after mini down: exit %d\n%s", code, out)
 	}
@@ -675,7 +675,7 @@ func startCluster(t *testing.T, controlPlanes, workers int, beforeUp ...func(c c
 		f(c)
 	}
 	start := time.Now()
-	out, code := c.run("mini", "up")
+	out, code := c.run("mini", "up", "--allow-dev-signed")
 	t.Cleanup(func() {
 		if t.Failed() {
 			logNodeConsoles(t, c.ws)

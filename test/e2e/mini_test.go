@@ -132,23 +132,28 @@ func TestMiniUpVerifyDown(t *testing.T) {
 	smallImage(t, bootstrapper, imageDir)
 	hostBefore := sysctls()
 
-	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"}, signImage(t, imageDir)...)...); code != 0 {
+	sig := signImage(t, imageDir)
+	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "1"}, sig...)...); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
-	out, code := c.run("mini", "up", "--skip-init")
+	// mini up verifies the measurements' signature again: a development build needs the flags again.
+	if out, code := c.run(append([]string{"mini", "up", "--skip-init"}, sig[:2]...)...); code != 1 || !strings.Contains(out, "--allow-dev-signed") {
+		t.Fatalf("mini up of a development-signed image without --allow-dev-signed: exit %d\n%s", code, out)
+	}
+	out, code := c.run(append([]string{"mini", "up", "--skip-init"}, sig...)...)
 	t.Cleanup(func() { c.run("mini", "down") })
 	if code != 0 {
 		log, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "provider.log"))
 		t.Fatalf("mini up: exit %d\n%s\nprovider log:\n%s", code, out, log)
 	}
-	for _, want := range []string{"measured boot", "control-plane-0 verified: control-plane-0", "worker-0 verified: worker-0", "Mini cluster up: 2 node(s)"} {
+	for _, want := range []string{"measurements verified offline, DEVELOPMENT build", "measured boot", "control-plane-0 verified: control-plane-0", "worker-0 verified: worker-0", "Mini cluster up: 2 node(s)"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("mini up output lacks %q:\n%s", want, out)
 		}
 	}
 
 	// A second cluster is refused and changes nothing.
-	if out, code := c.run("mini", "up", "--skip-init"); code != 2 || !strings.Contains(out, "already running") {
+	if out, code := c.run(append([]string{"mini", "up", "--skip-init"}, sig...)...); code != 2 || !strings.Contains(out, "already running") {
 		t.Fatalf("second mini up: exit %d\n%s", code, out)
 	}
 
@@ -252,12 +257,13 @@ func TestMiniUpAfterCrash(t *testing.T) {
 	bootstrapper := goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/bootstrapper", "bootstrapper", "CGO_ENABLED=0")
 	imageDir := t.TempDir()
 	smallImage(t, bootstrapper, imageDir)
-	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "0"}, signImage(t, imageDir)...)...); code != 0 {
+	sig := signImage(t, imageDir)
+	if out, code := c.run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workers", "0"}, sig...)...); code != 0 {
 		t.Fatalf("config generate: %d\n%s", code, out)
 	}
 	t.Cleanup(func() { c.run("mini", "down") })
 	for round := range 4 {
-		out, code := c.run("mini", "up", "--skip-init")
+		out, code := c.run(append([]string{"mini", "up", "--skip-init"}, sig...)...)
 		if code != 0 {
 			t.Fatalf("mini up (round %d): exit %d\n%s", round, code, out)
 		}

@@ -61,7 +61,7 @@ func (c *benchCluster) kubectl(args ...string) (string, error) {
 // up creates the cluster: `mini up` returns once every node is attested as a member and Ready and the
 // cluster's services are ready, which `status` then confirms.
 func (c *benchCluster) up() error {
-	if out, err := c.run(c.bin, "mini", "up", "--workspace", c.ws); err != nil {
+	if out, err := c.run(c.bin, "mini", "up", "--workspace", c.ws, "--allow-dev-signed"); err != nil {
 		return fmt.Errorf("mini up: %v: %s", err, out)
 	}
 	return nil

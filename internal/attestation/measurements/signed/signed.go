@@ -9,7 +9,16 @@
 // [Verify] never touches the network: it checks the signature against the keys of a [Root], the inclusion
 // proof and the checkpoint against the log key and origin of the same [Root], that the bundle covers exactly
 // the measurements file, and that the statement names the image and variant the caller expects. There is no
-// way to skip the log: a bundle without a log entry the root can verify is refused.
+// way to skip the log: a bundle without a log entry the root can verify is refused. [VerifyAny] verifies
+// against several roots (the release root and a development root), each key together with its own root's log.
+//
+// The release root is embedded at build time from release-root.json in this directory ([ReleaseRoot]); a
+// release manager replaces the file with the root of the release key pair and commits it. Release keys rest
+// encrypted under a passphrase ([EncryptPrivateKeyPEM], sigstore's scrypt + secretbox format).
+//
+// [ParseCheckpoint] verifies a log's checkpoint (c2sp.org/tlog-checkpoint) against the trusted log key and
+// origin, and [Consistent] proves from the log's tiles (c2sp.org/tlog-tiles) that a newer checkpoint's tree
+// extends an older one's: a log that rewrote, dropped or reordered entries, forked or shrank fails.
 package signed
 
 import (
@@ -297,6 +306,39 @@ func Verify(r Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDe
 		LogOrigin: r.Log.Origin, LogIndex: entry.GetLogIndex(),
 		CheckpointSize: uint64(entry.GetInclusionProof().GetTreeSize()),
 	}, nil
+}
+
+// VerifyAny verifies a bundle as [Verify] does, against the one of roots that holds the bundle's signing key
+// (e.g. the embedded release root and a local development root): a key is trusted only together with the log
+// of its own root.
+func VerifyAny(roots []Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDevelopment bool) (*Result, error) {
+	b, err := ParseBundle(bundleJSON)
+	if err != nil {
+		return nil, err
+	}
+	hint := b.GetVerificationMaterial().GetPublicKey().GetHint()
+	var names []string
+	var lastErr error
+	for _, r := range roots {
+		names = append(names, r.Names()...)
+		_, keys, err := r.material()
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := keys[hint]; !ok {
+			continue
+		}
+		res, err := Verify(r, bundleJSON, measurementsJSON, want, allowDevelopment)
+		if err == nil {
+			return res, nil
+		}
+		lastErr = err
+	}
+	if lastErr != nil {
+		return nil, lastErr
+	}
+	slices.Sort(names)
+	return nil, fmt.Errorf("the measurements are signed by key %s, which is not trusted (trusted: %v)", hint, names)
 }
 
 // material turns the root into sigstore-go's trusted material: the log under its log ID, the keys behind

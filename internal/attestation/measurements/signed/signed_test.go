@@ -31,6 +31,9 @@ var fx struct {
 	root                        signed.Root
 	trustedKey, untrustedKey    signed.Key
 	good, otherImage, untrusted []byte
+	// tilesDir is the log's storage; rewrittenTilesDir that of a second log with the same key and origin
+	// and other entries.
+	tilesDir, rewrittenTilesDir string
 }
 
 // fixtures signs the test bundles on first use, with a log of its own that it stops right after.
@@ -64,12 +67,14 @@ func setup(dir string) error {
 	if err != nil {
 		return err
 	}
-	log, err := signtest.Start(ctx, bin, filepath.Join(dir, "log"), origin, signtest.NewKey(), ports)
+	logKey := signtest.NewKey()
+	log, err := signtest.Start(ctx, bin, filepath.Join(dir, "log"), origin, logKey, ports)
 	if err != nil {
 		return err
 	}
 	// Verification is offline: the log is gone before the first test runs.
 	defer log.Stop()
+	fx.tilesDir = log.TilesDir
 	key, untrusted := signtest.NewKey(), signtest.NewKey()
 	fx.trustedKey = signed.Key{Name: "test", PublicKey: &key.PublicKey}
 	fx.untrustedKey = signed.Key{Name: "untrusted", PublicKey: &untrusted.PublicKey}
@@ -87,8 +92,25 @@ func setup(dir string) error {
 	if fx.otherImage, err = sign(signed.Signer{Key: key, LogURL: log.URL}, other); err != nil {
 		return err
 	}
-	fx.untrusted, err = sign(signed.Signer{Key: untrusted, LogURL: log.URL}, image)
-	return err
+	if fx.untrusted, err = sign(signed.Signer{Key: untrusted, LogURL: log.URL}, image); err != nil {
+		return err
+	}
+	// A second log with the genuine log's key and origin, whose first entry is another one.
+	if ports, err = signtest.FreePorts(); err != nil {
+		return err
+	}
+	rewritten, err := signtest.Start(ctx, bin, filepath.Join(dir, "rewritten-log"), origin, logKey, ports)
+	if err != nil {
+		return err
+	}
+	defer rewritten.Stop()
+	fx.rewrittenTilesDir = rewritten.TilesDir
+	for _, digest := range []string{other, image} {
+		if _, err := sign(signed.Signer{Key: key, LogURL: rewritten.URL}, digest); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var want = signed.Predicate{ImageDigest: image, Variant: variant}

@@ -49,7 +49,9 @@ type Log struct {
 	URL string
 	// Log is what a verifier trusts of it.
 	Log signed.Log
-	cmd *exec.Cmd
+	// TilesDir holds the log's checkpoint and tiles (c2sp.org/tlog-tiles), as a log's readers fetch them.
+	TilesDir string
+	cmd      *exec.Cmd
 	// exited is closed when the server process has ended.
 	exited chan struct{}
 }
@@ -79,7 +81,8 @@ func FreePorts() (Ports, error) {
 
 // Start runs the server binary bin with its storage in dir (the log persists there), origin as the
 // checkpoints' origin and key as the checkpoint signing key, on 127.0.0.1 only. It returns when the server
-// answers its health check.
+// answers its health check; the server reads its key from a file in dir, which is removed again by then.
+// The server's tiles and checkpoint are in [Log.TilesDir].
 func Start(ctx context.Context, bin, dir, origin string, key *ecdsa.PrivateKey, ports Ports) (*Log, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tiles"), 0o700); err != nil {
 		return nil, fmt.Errorf("the log directory: %w", err)
@@ -112,13 +115,19 @@ func Start(ctx context.Context, bin, dir, origin string, key *ecdsa.PrivateKey, 
 		return nil, fmt.Errorf("starting the log server %s: %w", bin, err)
 	}
 	l := &Log{
-		URL:    "http://127.0.0.1:" + strconv.Itoa(ports.HTTP),
-		Log:    signed.Log{Origin: origin, PublicKey: &key.PublicKey},
-		cmd:    cmd,
-		exited: make(chan struct{}),
+		URL:      "http://127.0.0.1:" + strconv.Itoa(ports.HTTP),
+		Log:      signed.Log{Origin: origin, PublicKey: &key.PublicKey},
+		TilesDir: filepath.Join(dir, "tiles"),
+		cmd:      cmd,
+		exited:   make(chan struct{}),
 	}
 	go func() { _ = cmd.Wait(); close(l.exited) }()
-	if err := l.waitHealthy(ctx); err != nil {
+	err = l.waitHealthy(ctx)
+	// The server read its key when it started; the key's owner keeps it (for a release log, encrypted).
+	if rmErr := os.Remove(keyPath); rmErr != nil && err == nil {
+		err = fmt.Errorf("removing the log server's copy of its key: %w", rmErr)
+	}
+	if err != nil {
 		l.Stop()
 		out, _ := os.ReadFile(filepath.Join(dir, "server.log"))
 		return nil, fmt.Errorf("%w; its output:\n%s", err, out)
