@@ -175,4 +175,3 @@ func rootFiles(guest string) ([]nodeimage.File, error) {
 	}
 	return append(append(files, host...), ipt...), nil
 }
-
