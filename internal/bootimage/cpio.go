@@ -49,9 +49,38 @@ func (c *CPIO) Bytes() []byte {
 	return c.buf.Bytes()
 }
 
-// InitrdModules are the kernel modules the initramfs loads (with their dependencies): the virtio disk,
-// device-mapper with dm-verity, and squashfs for the root filesystem.
-var InitrdModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "squashfs"}
+// BootModules are the kernel modules the initramfs needs to open the root: the virtio disk, device-mapper
+// with dm-verity, and squashfs.
+var BootModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "squashfs"}
+
+// NodeModules are the kernel modules a Kubernetes node needs besides those of the root, for Debian's cloud
+// kernel (what it has built in, such as ext4, IPv6, hmac, sha256, aes and AF_PACKET, is not listed). The node's
+// root has no modprobe, so the kernel cannot load a module on demand: everything a node uses is loaded in
+// advance.
+var NodeModules = []string{
+	// The node network: the virtio NIC, the kernel's WireGuard, TUN for the userspace fallback.
+	"virtio_net", "wireguard", "tun",
+	// The state disk: dm-crypt with dm-integrity (LUKS2, aes-xts-plain64 with hmac-sha256), the crypto
+	// templates dm-crypt would otherwise ask for on demand, and the kernel's crypto API for user space, which
+	// libcryptsetup uses for the keyslots.
+	"dm_crypt", "dm_integrity", "ecb", "xts", "authenc", "af_alg", "algif_skcipher", "algif_hash",
+	// containerd's snapshotter.
+	"overlay",
+	// The CNI bridge plugin's bridge and veth pairs, and bridged traffic through the packet filter.
+	"bridge", "veth", "br_netfilter",
+	// The packet filter, through the image's iptables (the nf_tables variant, xtables-nft-multi; the legacy
+	// iptable_* tables are not used): nf_tables with the x_tables compatibility layer and its NAT chains,
+	// connection tracking and NAT, and the matches and targets that kube-proxy (iptables mode), the portmap
+	// plugin and the mesh's filter chains use.
+	"nf_tables", "nft_compat", "nft_chain_nat", "nf_conntrack", "nf_nat",
+	"xt_conntrack", "xt_addrtype", "xt_mark", "xt_comment", "xt_tcpudp", "xt_multiport", "xt_statistic",
+	"xt_recent", "xt_nat", "xt_MASQUERADE", "ipt_REJECT", "ip6t_REJECT",
+}
+
+// InitrdModules are the kernel modules the initramfs loads (with their dependencies, each after what it
+// needs) before it switches to the root: BootModules, then NodeModules. They are part of the unified kernel
+// image, so measured with it.
+var InitrdModules = append(slices.Clone(BootModules), NodeModules...)
 
 // ModulesDir is where the initramfs holds its modules, with "order" listing them in load order.
 const ModulesDir = "lib/modules"

@@ -12,7 +12,9 @@
 //	                                   superblock), read-only
 //
 // BOOTX64.EFI is a unified kernel image (UKI): Debian's systemd-stub (systemd 252) with the sections .osrel,
-// .cmdline, .linux (Debian's cloud kernel) and .initrd (cmd/node-init and the kernel modules it loads).
+// .cmdline, .linux (Debian's cloud kernel) and .initrd (cmd/node-init and the kernel modules it loads before
+// it switches to the root: InitrdModules, those that open the root and those a Kubernetes node needs, each
+// after its dependencies).
 // The command line carries the root's dm-verity parameters and root hash, and, after "--", the node's first
 // process; the initramfs carries the same command line. The init (package nodeinit) refuses to boot unless
 // the kernel runs with exactly that command line (systemd-stub replaces it with one the host's boot option

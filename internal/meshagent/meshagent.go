@@ -371,7 +371,7 @@ func (a *Agent) Start() error {
 	}
 	a.mesh = m
 	a.log.Info("WireGuard interface up, strict: the node and pod networks only through the tunnel",
-		"interface", meshInterface, "publicKey", a.public.String(), "mtu", mtu-wgmesh.Overhead, "protected", []string{network.String(), a.podNetwork.String()})
+		"interface", meshInterface, "backend", m.Backend(), "publicKey", a.public.String(), "mtu", mtu-wgmesh.Overhead, "protected", []string{network.String(), a.podNetwork.String()})
 	return nil
 }
 

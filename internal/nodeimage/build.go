@@ -69,9 +69,9 @@ var iptablesCommands = []string{"iptables", "iptables-save", "iptables-restore",
 // busyboxApplets are the basic tools the kubelet, kubeadm and the CNI plugins call.
 var busyboxApplets = []string{"sh", "mount", "umount", "nsenter", "touch", "losetup", "ip", "tc", "cat", "ls", "mkdir", "rm", "cp", "sleep"}
 
-// iptablesFiles returns xtables-nft-multi, its front-end links, its extensions and all their libraries,
+// IptablesFiles returns xtables-nft-multi, its front-end links, its extensions and all their libraries,
 // installed at /usr/sbin, so that kube-proxy and the CNI plugins can program the kernel.
-func iptablesFiles() ([]File, error) {
+func IptablesFiles() ([]File, error) {
 	const multi = "/usr/sbin/xtables-nft-multi"
 	exts, err := filepath.Glob("/usr/lib/x86_64-linux-gnu/xtables/*.so")
 	if err != nil || len(exts) == 0 {
@@ -124,7 +124,7 @@ func ContainerImages(in Inputs) ([]ContainerImage, error) {
 		}
 	}
 	proxy := k8s("kube-proxy")
-	ipt, err := iptablesFiles()
+	ipt, err := IptablesFiles()
 	if err != nil {
 		return nil, fmt.Errorf("kube-proxy image: %w", err)
 	}
@@ -174,7 +174,7 @@ func RootFiles(in Inputs) ([]File, error) {
 	for _, p := range plugins {
 		files = append(files, bin(in.CNIDir, filepath.Base(p), CNIBinDir+"/"+filepath.Base(p)))
 	}
-	ipt, err := iptablesFiles()
+	ipt, err := IptablesFiles()
 	if err != nil {
 		return nil, err
 	}

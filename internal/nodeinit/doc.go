@@ -1,5 +1,8 @@
 // Package nodeinit is the init of a node's initramfs in the UEFI boot scheme (see package bootimage): it loads
-// the kernel modules the initramfs carries (virtio, device-mapper with dm-verity, squashfs), checks that the
+// the kernel modules the initramfs carries in the order its list gives (those that open the root: virtio,
+// device-mapper with dm-verity, squashfs; and those the node needs later, bootimage.NodeModules: WireGuard,
+// dm-crypt and dm-integrity, overlayfs, bridge and veth, nf_tables with the matches kube-proxy and the mesh
+// use; the root has no modprobe, so nothing is loaded on demand), checks that the
 // kernel runs with the command line the initramfs carries (CmdlineFile, the image's own: systemd-stub replaces
 // the UKI's command line with one the host's boot option passes when Secure Boot is off), opens the root
 // partition named on that command line with dm-verity under the root hash it carries (the command line is

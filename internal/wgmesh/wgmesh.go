@@ -6,10 +6,13 @@
 // traffic stays secret against a future quantum computer that breaks Curve25519, as long as the preshared key
 // does not leak. A peer without one is never configured (fail closed).
 //
-// Where the kernel has WireGuard, the kernel's device would be used; this machine's kernel has none, so the
-// interface is a TUN device driven by the userspace implementation (golang.zx2c4.com/wireguard), in the
-// network namespace of the process that starts it. A node's private key is generated on the node and never
-// leaves it; only public keys are exchanged.
+// Where the kernel has WireGuard (a node's VM: Debian's kernel with the wireguard module), the interface is the
+// kernel's, a link of type "wireguard" configured over generic netlink (wgctrl). Where it has none (the mini
+// provider's host), the interface is a TUN device driven by the userspace implementation
+// (golang.zx2c4.com/wireguard) inside the process that starts it. Either way it lives in the network namespace
+// of that process, and everything above the device (peers with their preshared keys, routes, policy rules,
+// filters) is the same; [Mesh.Backend] says which runs. A node's private key is generated on the node and
+// never leaves it; only public keys are exchanged.
 package wgmesh
 
 import (
@@ -19,20 +22,16 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Key is a WireGuard (Curve25519) key.
@@ -110,6 +109,9 @@ type Config struct {
 	// Routing, if set, routes through the tunnel by policy (see [Routing]); without it, the routes to the
 	// peers' addresses go into the main table.
 	Routing *Routing
+	// Backend chooses what runs the device; the default (BackendAuto) is the kernel's WireGuard where the
+	// kernel has it, else the userspace implementation.
+	Backend Backend
 }
 
 // Overhead is what WireGuard adds to every packet over IPv6 paths (over IPv4, 20 bytes less): outer IP and
@@ -130,16 +132,18 @@ type Peer struct {
 
 // Mesh is a running WireGuard interface.
 type Mesh struct {
-	cfg  Config
-	dev  *device.Device
-	tun  tun.Device
-	link netlink.Link
+	cfg     Config
+	dev     wgDevice
+	backend Backend
+	link    netlink.Link
 
 	mu    sync.Mutex
 	peers []Peer
 }
 
-// Start creates the interface in the caller's network namespace and brings it up, with no peers.
+// Start creates the interface in the caller's network namespace and brings it up, with no peers. The device
+// is the kernel's WireGuard where the kernel has it (cfg.Backend chooses otherwise); above the device,
+// everything is the same for both.
 func Start(cfg Config) (*Mesh, error) {
 	if cfg.Interface == "" || cfg.ListenPort <= 0 || cfg.ListenPort > 65535 || cfg.MTU < 1280 {
 		return nil, fmt.Errorf("WireGuard configuration incomplete: interface %q, port %d, MTU %d (at least 1280)", cfg.Interface, cfg.ListenPort, cfg.MTU)
@@ -152,48 +156,43 @@ func Start(cfg Config) (*Mesh, error) {
 			return nil, err
 		}
 	}
-	t, err := tun.CreateTUN(cfg.Interface, cfg.MTU)
+	dev, link, backend, err := newDevice(cfg.Backend, cfg.Interface, cfg.MTU)
 	if err != nil {
-		return nil, fmt.Errorf("creating %s: %w (is /dev/net/tun available?)", cfg.Interface, err)
+		return nil, err
 	}
-	dev := device.NewDevice(t, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
-	m := &Mesh{cfg: cfg, dev: dev, tun: t}
-	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
+	m := &Mesh{cfg: cfg, dev: dev, backend: backend, link: link}
+	private, port := wgtypes.Key(cfg.PrivateKey), cfg.ListenPort
+	set := wgtypes.Config{PrivateKey: &private, ListenPort: &port, ReplacePeers: true}
 	if cfg.Routing != nil {
-		uapi += fmt.Sprintf("fwmark=%d\n", cfg.Routing.Mark)
+		mark := int(cfg.Routing.Mark)
+		set.FirewallMark = &mark
 	}
-	if err := dev.IpcSet(uapi); err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("configuring %s: %w", cfg.Interface, err)
-	}
-	if err := dev.Up(); err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("bringing %s up: %w", cfg.Interface, err)
-	}
-	if m.link, err = netlink.LinkByName(cfg.Interface); err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("finding %s: %w", cfg.Interface, err)
+	if err := dev.configure(set); err != nil {
+		dev.close()
+		return nil, fmt.Errorf("configuring %s (%s WireGuard): %w", cfg.Interface, backend, err)
 	}
 	if err := netlink.LinkSetUp(m.link); err != nil {
-		dev.Close()
+		dev.close()
 		return nil, fmt.Errorf("bringing %s up: %w", cfg.Interface, err)
 	}
 	if cfg.Routing != nil {
 		if err := cfg.Routing.install(cfg.ListenPort); err != nil {
-			dev.Close()
+			dev.close()
 			return nil, err
 		}
 	}
 	return m, nil
 }
 
+// Backend says what runs the device: BackendKernel or BackendUserspace.
+func (m *Mesh) Backend() Backend { return m.backend }
+
 // SetPeers makes peers the mesh's only peers: a node that is not in the list stops being a peer at once, and
 // the routes to its addresses through the tunnel are removed.
 func (m *Mesh) SetPeers(peers []Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var b strings.Builder
-	b.WriteString("replace_peers=true\n")
+	set := wgtypes.Config{ReplacePeers: true}
 	for _, p := range peers {
 		if p.PublicKey == (Key{}) || !p.Endpoint.IsValid() {
 			return fmt.Errorf("peer %s has no public key or no endpoint", p.PublicKey)
@@ -201,12 +200,15 @@ func (m *Mesh) SetPeers(peers []Peer) error {
 		if p.PresharedKey == (Key{}) {
 			return fmt.Errorf("peer %s has no preshared key: refusing to configure it (its traffic would have no post-quantum protection)", p.PublicKey)
 		}
-		fmt.Fprintf(&b, "public_key=%s\npreshared_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.PublicKey[:]), hex.EncodeToString(p.PresharedKey[:]), p.Endpoint)
+		psk := wgtypes.Key(p.PresharedKey)
+		pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), PresharedKey: &psk,
+			Endpoint: net.UDPAddrFromAddrPort(p.Endpoint), ReplaceAllowedIPs: true}
 		for _, a := range p.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
+			pc.AllowedIPs = append(pc.AllowedIPs, *ipNet(a))
 		}
+		set.Peers = append(set.Peers, pc)
 	}
-	if err := m.dev.IpcSet(b.String()); err != nil {
+	if err := m.dev.configure(set); err != nil {
 		return fmt.Errorf("setting the peers of %s: %w", m.cfg.Interface, err)
 	}
 	// Routes: every allowed prefix of a current peer through the tunnel; routes of removed peers go.
@@ -252,27 +254,11 @@ type PeerStatus struct {
 
 // Status reads the peers from the running device itself (not from what was asked of it).
 func (m *Mesh) Status() ([]PeerStatus, error) {
-	raw, err := m.dev.IpcGet()
+	st, err := m.dev.state()
 	if err != nil {
-		return nil, fmt.Errorf("reading the state of %s: %w", m.cfg.Interface, err)
+		return nil, fmt.Errorf("reading the state of %s (%s WireGuard): %w", m.cfg.Interface, m.backend, err)
 	}
-	var out []PeerStatus
-	for _, line := range strings.Split(raw, "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "public_key":
-			b, err := hex.DecodeString(v)
-			if err != nil || len(b) != len(Key{}) {
-				return nil, fmt.Errorf("the state of %s has a malformed public key", m.cfg.Interface)
-			}
-			out = append(out, PeerStatus{PublicKey: Key(b)})
-		case "preshared_key":
-			if len(out) > 0 && strings.Trim(v, "0") != "" {
-				out[len(out)-1].HasPresharedKey = true
-			}
-		}
-	}
-	return out, nil
+	return st, nil
 }
 
 // Peers returns the current peers.
@@ -290,7 +276,7 @@ func (m *Mesh) AddAddress(a netip.Prefix) error {
 // Close removes the interface. The routing policy stays (see [Routing.Remove]): a node whose tunnel is down
 // must not fall back to plain text.
 func (m *Mesh) Close() {
-	m.dev.Close()
+	m.dev.close()
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

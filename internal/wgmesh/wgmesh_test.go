@@ -110,6 +110,7 @@ func TestStrictMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	checkBackend(t, p)
 	b := "http://" + wgmeshtest.LinkB + ":" + strconv.Itoa(wgmeshtest.HTTPPort) + "/"
 	var body string
 	found, frames, err := p.Capture(func() error {
@@ -237,6 +238,24 @@ func checkOutsider(t *testing.T, p *wgmeshtest.Pair) {
 	})
 	if err != nil || found {
 		t.Errorf("A to B's pod: %v (marker on the link: %v)", err, found)
+	}
+}
+
+// checkBackend checks that each node's interface is what its mesh says runs it: a link of type "wireguard"
+// for the kernel's WireGuard, a TUN device for the userspace implementation.
+func checkBackend(t *testing.T, p *wgmeshtest.Pair) {
+	t.Helper()
+	for ns, h := range map[string]*wgmeshtest.Helper{p.NamespaceA: p.A, p.NamespaceB: p.B} {
+		backend := strings.TrimSpace(strings.TrimPrefix(h.Ready, "READY"))
+		out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", "wg0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link show wg0 in %s: %v: %s", ns, err, out)
+		}
+		want := map[string]string{string(wgmesh.BackendKernel): "wireguard", string(wgmesh.BackendUserspace): "tun"}[backend]
+		if want == "" || !strings.Contains(string(out), "\n    "+want+" ") {
+			t.Fatalf("node in %s says its backend is %q, but its interface is:\n%s", ns, backend, out)
+		}
+		t.Logf("node in %s: %s WireGuard", ns, backend)
 	}
 }
 

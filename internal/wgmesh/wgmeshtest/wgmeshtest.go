@@ -98,7 +98,8 @@ func helperNode() error {
 		return err
 	}
 	self := netip.MustParsePrefix(os.Getenv("WGMESHTEST_ADDR"))
-	cfg := wgmesh.Config{Interface: "wg0", PrivateKey: priv, ListenPort: 51820, MTU: 1500 - wgmesh.Overhead}
+	cfg := wgmesh.Config{Interface: "wg0", PrivateKey: priv, ListenPort: 51820, MTU: 1500 - wgmesh.Overhead,
+		Backend: wgmesh.Backend(os.Getenv("WGMESHTEST_BACKEND"))}
 	strict := os.Getenv("WGMESHTEST_STRICT") != ""
 	if strict {
 		// The node's own link address is its address in the mesh: the link is reachable only through the
@@ -176,7 +177,7 @@ func helperNode() error {
 			}
 		}()
 	}
-	fmt.Println("READY")
+	fmt.Println("READY", m.Backend())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		switch in.Text() {
@@ -291,6 +292,8 @@ type Helper struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Scanner
+	// Ready is the line the helper said when it was ready; a node says its WireGuard backend there.
+	Ready string
 }
 
 // Send writes a line to the helper.
@@ -361,7 +364,7 @@ func startHelperCmd(prefix []string, env ...string) (*Helper, error) {
 		return nil, err
 	}
 	h := &Helper{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
-	if _, err := h.Expect("READY"); err != nil {
+	if h.Ready, err = h.Expect("READY"); err != nil {
 		h.Stop()
 		return nil, err
 	}

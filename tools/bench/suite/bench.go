@@ -2,7 +2,8 @@
 // figure the project states comes from here: `make bench` prints one line per figure, "<name> <value> <unit>";
 // BENCH=<name> selects one.
 //
-// Figures use real parts: the reference TPM simulator, swtpm processes, loopback TCP.
+// Figures use real parts: the reference TPM simulator, swtpm processes, loopback TCP, virtual machines under
+// QEMU (TCG) for what only a guest kernel has (kernel WireGuard, device-mapper).
 package suite
 
 import (
