@@ -240,9 +240,25 @@ func TestMiniKubernetes(t *testing.T) {
 	if mini.NetworkInUse() {
 		t.Error("node network left")
 	}
-	if out, _ := exec.Command("pgrep", "-f", "kubelet|containerd|kube-apiserver").Output(); len(strings.TrimSpace(string(out))) > 0 {
-		t.Errorf("Kubernetes processes left: %s", out)
+	if left := nodeProcesses("kubelet|containerd|kube-apiserver"); len(left) > 0 {
+		t.Errorf("Kubernetes processes of the nodes left: %s", strings.Join(left, ", "))
 	}
+}
+
+// nodeProcesses lists the processes matching pattern (pgrep -f) that run in a mini node's cgroup (under
+// /constellation/), as "PID command"; a test of another package may run its own API server meanwhile.
+func nodeProcesses(pattern string) []string {
+	out, _ := exec.Command("pgrep", "-f", pattern).Output()
+	var left []string
+	for _, pid := range strings.Fields(string(out)) {
+		cg, err := os.ReadFile("/proc/" + pid + "/cgroup")
+		if err != nil || !strings.Contains(string(cg), "/constellation/") {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+		left = append(left, pid+" "+strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " "))
+	}
+	return left
 }
 
 // checkMaliciousJoins has the infrastructure boot workers from images that are not the cluster's. One
