@@ -80,115 +80,137 @@ func repoRoot() (string, error) {
 // the test if the binaries are not built.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	etcdBin, apiserverBin, err := Binaries()
-	if err != nil {
+	if _, _, err := Binaries(); err != nil {
 		t.Skip(err)
 	}
-	dir := t.TempDir()
-	s := &Server{dir: dir}
+	s, stop, err := Run(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Run runs etcd and kube-apiserver, keeping their data and logs in dir, and returns when the API server is
+// ready; stop ends both.
+func Run(dir string) (s *Server, stop func(), err error) {
+	etcdBin, apiserverBin, err := Binaries()
+	if err != nil {
+		return nil, nil, err
+	}
+	s = &Server{dir: dir}
 	s.caKey, s.caCert, err = cadir.Generate("kubeapitest CA", time.Now().Add(24*time.Hour))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	s.CAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.caCert.Raw})
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
+	files := map[string][]byte{"ca.pem": s.CAPEM}
+	var certPEM, keyPEM []byte
+	if certPEM, keyPEM, err = s.issue("127.0.0.1", nil, true); err != nil {
+		return nil, nil, err
 	}
-	caFile := write("ca.pem", s.CAPEM)
-	certPEM, keyPEM, err := s.issue("127.0.0.1", nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := write("server.pem", certPEM), write("server-key.pem", keyPEM)
+	files["server.pem"], files["server-key.pem"] = certPEM, keyPEM
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	saDER, err := x509.MarshalECPrivateKey(saKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	saFile := write("sa-key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saDER}))
+	files["sa-key.pem"] = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saDER})
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, nil, err
+		}
+	}
+	path := func(name string) string { return filepath.Join(dir, name) }
 
 	ports, err := freePorts(3)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	etcdClient := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	ctx, cancel := context.WithCancel(context.Background())
-	etcd := exec.CommandContext(ctx, etcdBin, "--data-dir", filepath.Join(dir, "etcd"),
+	etcd := exec.CommandContext(ctx, etcdBin, "--data-dir", path("etcd"),
 		"--listen-client-urls", etcdClient, "--advertise-client-urls", etcdClient,
 		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(ports[1]),
 		"--initial-advertise-peer-urls", "http://127.0.0.1:"+strconv.Itoa(ports[1]),
 		"--initial-cluster", "default=http://127.0.0.1:"+strconv.Itoa(ports[1]),
 		"--unsafe-no-fsync", "--log-level", "warn")
-	etcdLog := logFile(t, dir, "etcd.log")
-	etcd.Stdout, etcd.Stderr = etcdLog, etcdLog
 	apiserver := exec.CommandContext(ctx, apiserverBin,
 		"--etcd-servers", etcdClient,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none",
 		"--secure-port", strconv.Itoa(ports[2]),
-		"--tls-cert-file", certFile, "--tls-private-key-file", keyFile,
-		"--client-ca-file", caFile,
+		"--tls-cert-file", path("server.pem"), "--tls-private-key-file", path("server-key.pem"),
+		"--client-ca-file", path("ca.pem"),
 		"--authorization-mode", "Node,RBAC",
 		"--enable-admission-plugins", "NodeRestriction",
 		"--service-account-issuer", "https://kubernetes.default.svc",
-		"--service-account-key-file", saFile, "--service-account-signing-key-file", saFile,
+		"--service-account-key-file", path("sa-key.pem"), "--service-account-signing-key-file", path("sa-key.pem"),
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--enable-priority-and-fairness=false",
-		"--cert-dir", filepath.Join(dir, "certs"))
-	apiLog := logFile(t, dir, "kube-apiserver.log")
-	apiserver.Stdout, apiserver.Stderr = apiLog, apiLog
-	t.Cleanup(func() {
-		cancel()
-		if apiserver.Process != nil {
-			apiserver.Wait()
+		"--cert-dir", path("certs"))
+	var logs []*os.File
+	for _, c := range []struct {
+		cmd  *exec.Cmd
+		name string
+	}{{etcd, "etcd.log"}, {apiserver, "kube-apiserver.log"}} {
+		f, err := os.Create(path(c.name))
+		if err != nil {
+			cancel()
+			return nil, nil, err
 		}
-		if etcd.Process != nil {
-			etcd.Wait()
-		}
-	})
-	if err := etcd.Start(); err != nil {
-		t.Fatalf("starting etcd: %v", err)
+		logs = append(logs, f)
+		c.cmd.Stdout, c.cmd.Stderr = f, f
 	}
-	if err := apiserver.Start(); err != nil {
-		t.Fatalf("starting kube-apiserver: %v", err)
+	// Each process is waited for exactly once, by its own goroutine.
+	apiserverExited, etcdExited := make(chan error, 1), make(chan error, 1)
+	started := []chan error{}
+	stop = func() {
+		cancel()
+		for _, c := range started {
+			err := <-c
+			c <- err
+		}
+		for _, f := range logs {
+			f.Close()
+		}
+	}
+	for _, c := range []struct {
+		cmd    *exec.Cmd
+		exited chan error
+	}{{etcd, etcdExited}, {apiserver, apiserverExited}} {
+		if err := c.cmd.Start(); err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("starting %s: %w", filepath.Base(c.cmd.Path), err)
+		}
+		started = append(started, c.exited)
+		go func() { c.exited <- c.cmd.Wait() }()
 	}
 	s.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
 
 	admin, err := s.HTTPClient("kubeapitest-admin", "system:masters")
 	if err != nil {
-		t.Fatal(err)
+		stop()
+		return nil, nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- apiserver.Wait() }()
 	for {
 		resp, err := admin.Get(s.URL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s
+				return s, stop, nil
 			}
 		}
 		select {
-		case err := <-exited:
-			t.Fatalf("kube-apiserver exited: %v\n%s", err, tail(filepath.Join(dir, "kube-apiserver.log")))
+		case err := <-apiserverExited:
+			apiserverExited <- err
+			stop()
+			return nil, nil, fmt.Errorf("kube-apiserver exited: %v\n%s", err, tail(path("kube-apiserver.log")))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func logFile(t testing.TB, dir, name string) *os.File {
-	f, err := os.Create(filepath.Join(dir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
 }
 
 // tail is the end of a log file, for failures.
@@ -267,15 +289,23 @@ func (s *Server) HTTPClient(user string, groups ...string) (*http.Client, error)
 // it (as the kubelet's kubeconfig refers to its rotated certificate), and returns its path.
 func (s *Server) Kubeconfig(t testing.TB, user string, groups ...string) string {
 	t.Helper()
-	certPEM, keyPEM, err := s.issue(user, groups, false)
+	path, err := s.WriteKubeconfig(t.TempDir(), user, groups...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	return path
+}
+
+// WriteKubeconfig is [Server.Kubeconfig] into dir.
+func (s *Server) WriteKubeconfig(dir, user string, groups ...string) (string, error) {
+	certPEM, keyPEM, err := s.issue(user, groups, false)
+	if err != nil {
+		return "", err
+	}
 	ca, cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
 	for p, data := range map[string][]byte{ca: s.CAPEM, cert: certPEM, key: keyPEM} {
 		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 	}
 	kubeconfig := fmt.Sprintf(`apiVersion: v1
@@ -296,10 +326,7 @@ contexts:
 current-context: test
 `, s.URL, ca, user, cert, key, user)
 	path := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return path, os.WriteFile(path, []byte(kubeconfig), 0o600)
 }
 
 // freePorts asks the kernel for n unused loopback ports.
