@@ -48,6 +48,21 @@ func NewWatcher(cfg *rest.Config, log *slog.Logger) (*Watcher, error) {
 	// No periodic resync: the informer's cache is complete after the first list, and every change arrives as
 	// an event.
 	inf := metadatainformer.NewFilteredMetadataInformer(client, nodes, metav1.NamespaceAll, 0, cache.Indexers{}, nil).Informer()
+	// The cache keeps of each Node only what the record needs: its name and recorded key. A node holds the
+	// whole cluster's record, so this is its memory at a thousand nodes.
+	if err := inf.SetTransform(func(obj any) (any, error) {
+		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
+			kept := &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta}
+			kept.Name, kept.ResourceVersion = m.Name, m.ResourceVersion
+			if key, ok := m.Annotations[KeyAnnotation]; ok {
+				kept.Annotations = map[string]string{KeyAnnotation: key}
+			}
+			return kept, nil
+		}
+		return obj, nil
+	}); err != nil {
+		return nil, err
+	}
 	w := &Watcher{informer: inf, changed: make(chan struct{}, 1)}
 	notify := func() {
 		select {

@@ -36,6 +36,8 @@ type Server struct {
 	URL string
 	// CAPEM is the CA that signs the server's certificate and every client certificate.
 	CAPEM []byte
+	// APIServerPID is the process ID of kube-apiserver (for CPU figures).
+	APIServerPID int
 
 	dir    string
 	caKey  *ecdsa.PrivateKey
@@ -189,6 +191,7 @@ func Run(dir string) (s *Server, stop func(), err error) {
 		go func() { c.exited <- c.cmd.Wait() }()
 	}
 	s.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	s.APIServerPID = apiserver.Process.Pid
 
 	admin, err := s.HTTPClient("kubeapitest-admin", "system:masters")
 	if err != nil {
