@@ -20,12 +20,15 @@ import (
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
+	"k8s.io/klog/v2"
 )
 
 func main() {
 	providerName := flag.String("provider", "", "the provider the node runs on ("+strings.Join(providers.Names, ", ")+")")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *providerName)
+	// The Kubernetes client library (the mesh's watch) logs through klog: into the same structured log.
+	klog.SetSlogLogger(log.With("library", "client-go"))
 	prov, err := providers.Node(*providerName, os.Getenv("CONSTELLATION_METADATA"))
 	if err != nil || os.Getenv("CONSTELLATION_TPM") == "" {
 		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set", "error", err)

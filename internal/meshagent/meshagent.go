@@ -46,8 +46,9 @@ const (
 	// restarts (and the first control-plane node at a recovery, before it has its peers' keys again)
 	// configures its peers with their preshared keys at once.
 	meshRootFile = "/var/lib/constellation/wireguard/psk-root.key"
-	// meshSyncInterval is how often a node reads the cluster's record of the mesh.
-	meshSyncInterval = 2 * time.Second
+	// meshRetryInterval is how long a node waits before it tries again to watch or apply the cluster's
+	// record of the mesh after that failed.
+	meshRetryInterval = 2 * time.Second
 )
 
 // Agent runs the node's part of the cluster's WireGuard mesh: the interface, and its peers kept equal to the
@@ -489,39 +490,49 @@ func (a *Agent) Publish(ctx context.Context, kubeconfig string) error {
 	}
 }
 
-// Follow keeps the peers equal to the cluster's record until ctx ends, reading it with the kubelet's
-// credentials in kubeconfig (once they exist).
+// Follow keeps the peers equal to the cluster's record until ctx ends, watching it with the kubelet's
+// credentials in kubeconfig (once they exist): each change of the record is applied when it arrives, and an
+// apply that failed (the provider did not answer, say) is retried.
 func (a *Agent) Follow(ctx context.Context, kubeconfig string) {
-	var api *kubeapi.Client
-	failing := false
-	for {
-		err := func() error {
-			if api == nil {
-				var err error
-				if api, err = kubeapi.FromKubeconfig(kubeconfig); err != nil {
-					return err
-				}
-			}
-			recorded, malformed, err := meshpeers.List(ctx, api)
-			if err != nil {
-				return err
-			}
-			if len(malformed) > 0 {
-				a.log.Warn("nodes with a malformed WireGuard key in the cluster's record; not peers", "nodes", malformed)
-			}
-			return a.Record(ctx, recorded)
-		}()
-		if err != nil {
-			api = nil // credentials may have been rotated: read them again
-			if !failing {
-				a.log.Warn("reading the cluster's WireGuard peers failed; keeping the current ones and retrying", "error", err)
+	var w *meshpeers.Watcher
+	for w == nil {
+		cfg, err := meshpeers.RESTConfig(kubeconfig)
+		if err == nil {
+			w, err = meshpeers.NewWatcher(cfg, a.log)
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("watching the cluster's WireGuard peers is not possible yet; retrying", "error", err)
+		}
+		if w == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(meshRetryInterval):
 			}
 		}
-		failing = err != nil
+	}
+	go w.Run(ctx)
+	if !w.WaitSynced(ctx) {
+		return
+	}
+	var retry <-chan time.Time
+	var lastMalformed []string
+	for {
+		recorded, malformed := w.Peers()
+		if len(malformed) > 0 && !slices.Equal(malformed, lastMalformed) {
+			a.log.Warn("nodes with a malformed WireGuard key in the cluster's record; not peers", "nodes", malformed)
+		}
+		lastMalformed = malformed
+		retry = nil
+		if err := a.Record(ctx, recorded); err != nil {
+			a.log.Warn("applying the cluster's WireGuard peers failed; keeping the current ones and retrying", "error", err)
+			retry = time.After(meshRetryInterval)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(meshSyncInterval):
+		case <-w.Changed():
+		case <-retry:
 		}
 	}
 }

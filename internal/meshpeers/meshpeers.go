@@ -1,8 +1,9 @@
 // Package meshpeers keeps the cluster's record of its WireGuard mesh: the public key of every node, as an
 // annotation on its Node object, which the node publishes itself with its kubelet's credentials (the Node
 // authorizer lets a node change its own Node object only). Only nodes the join service admitted have such
-// credentials. Every node reads the record to know its peers; a node deleted from the cluster is no longer a
-// peer of any node.
+// credentials. Every node follows the record to know its peers, through one watch of the Node objects' metadata
+// ([Watcher]), so that the API server's load grows with the changes, not with the square of the nodes; a node
+// deleted from the cluster is no longer a peer of any node.
 //
 // Before its kubelet has registered, a joining node must already reach the control plane through the tunnel:
 // the join service that admits it tells the WireGuard agent of its own node (LocalSocket), which makes the
@@ -37,14 +38,14 @@ const Port = 51820
 // readerRole names the permission of every node to read the record.
 const readerRole = "constellation:mesh-peers"
 
-// Manifests are the Kubernetes objects of the record: every node (the group system:nodes) may list the Node
-// objects, to read its peers' keys. The Node authorizer alone lets a node read only its own.
+// Manifests are the Kubernetes objects of the record: every node (the group system:nodes) may list and watch
+// the Node objects, to read its peers' keys. The Node authorizer alone lets a node read only its own.
 func Manifests() ([]byte, error) {
 	meta := map[string]any{"name": readerRole, "labels": map[string]string{"app.kubernetes.io/part-of": "constellation"}}
 	return json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": []map[string]any{
 		{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta,
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list"}}},
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list", "watch"}}},
 		},
 		{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta,
@@ -95,17 +96,27 @@ func List(ctx context.Context, api *kubeapi.Client) (peers []Peer, malformed []s
 		return nil, nil, fmt.Errorf("listing the nodes: %w", err)
 	}
 	for _, n := range list.Items {
-		raw, ok := n.Metadata.Annotations[KeyAnnotation]
-		if !ok {
-			continue
-		}
-		key, err := wgmesh.ParseKey(raw)
-		if err != nil || key == (wgmesh.Key{}) {
-			malformed = append(malformed, n.Metadata.Name)
-			continue
-		}
-		peers = append(peers, Peer{Node: n.Metadata.Name, PublicKey: key})
+		peers, malformed = collect(peers, malformed, n.Metadata.Name, n.Metadata.Annotations)
 	}
-	sort.Slice(peers, func(i, j int) bool { return peers[i].Node < peers[j].Node })
+	sortRecord(peers, malformed)
 	return peers, malformed, nil
+}
+
+// collect adds the node's recorded key to peers, or its name to malformed if the key does not parse; a node
+// without a key is neither.
+func collect(peers []Peer, malformed []string, name string, annotations map[string]string) ([]Peer, []string) {
+	raw, ok := annotations[KeyAnnotation]
+	if !ok {
+		return peers, malformed
+	}
+	key, err := wgmesh.ParseKey(raw)
+	if err != nil || key == (wgmesh.Key{}) {
+		return peers, append(malformed, name)
+	}
+	return append(peers, Peer{Node: name, PublicKey: key}), malformed
+}
+
+func sortRecord(peers []Peer, malformed []string) {
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Node < peers[j].Node })
+	sort.Strings(malformed)
 }

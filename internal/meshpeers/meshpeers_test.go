@@ -164,7 +164,7 @@ func TestPublishAndList(t *testing.T) {
 	}
 }
 
-func TestManifestsGrantOnlyListingNodes(t *testing.T) {
+func TestManifestsGrantOnlyReadingNodes(t *testing.T) {
 	raw, err := Manifests()
 	if err != nil {
 		t.Fatal(err)
@@ -180,8 +180,8 @@ func TestManifestsGrantOnlyListingNodes(t *testing.T) {
 		t.Fatalf("manifests: %v\n%s", err, raw)
 	}
 	r := list.Items[0].Rules
-	if list.Items[0].Kind != "ClusterRole" || len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "list" {
-		t.Fatalf("the role grants %+v, want only listing nodes", r)
+	if list.Items[0].Kind != "ClusterRole" || len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "list,watch" {
+		t.Fatalf("the role grants %+v, want only listing and watching nodes", r)
 	}
 	if s := list.Items[1].Subjects; len(s) != 1 || s[0].Kind != "Group" || s[0].Name != "system:nodes" {
 		t.Fatalf("bound to %+v, want the group system:nodes", s)

@@ -1,0 +1,149 @@
+package meshpeers
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"testing"
+
+	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
+)
+
+// applyManifests creates the objects of Manifests with the admin's client.
+func applyManifests(t *testing.T, admin *kubeapi.Client) {
+	t.Helper()
+	raw, err := Manifests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct{ Items []map[string]any }
+	if err := json.Unmarshal(raw, &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, item := range list.Items {
+		path := map[string]string{
+			"ClusterRole":        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+			"ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+		}[item["kind"].(string)]
+		if err := admin.Do(t.Context(), http.MethodPost, path, "", item, nil); err != nil {
+			t.Fatalf("creating %s: %v", item["kind"], err)
+		}
+	}
+}
+
+// waitPeers waits for the watcher to show exactly want (node names with keys).
+func waitPeers(ctx context.Context, t *testing.T, w *Watcher, want map[string]wgmesh.Key) {
+	t.Helper()
+	for {
+		peers, _ := w.Peers()
+		got := map[string]wgmesh.Key{}
+		for _, p := range peers {
+			got[p.Node] = p.PublicKey
+		}
+		if len(got) == len(want) && func() bool {
+			for n, k := range want {
+				if got[n] != k {
+					return false
+				}
+			}
+			return true
+		}() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the watcher shows %v, want %v", peers, want)
+		case <-w.Changed():
+		}
+	}
+}
+
+// TestWatchWithNodeCredentials runs the record on a real API server (Node and RBAC authorizers, the
+// NodeRestriction admission plugin), read by a node through a watch with a node's credentials: the RBAC
+// objects of Manifests let it watch; a key a node publishes reaches the watcher; a deleted node leaves the
+// record. The network's attack through the API: a node that publishes its own key on another node's Node
+// object (to receive that node's traffic) is refused by the API server, and the record keeps the genuine key.
+func TestWatchWithNodeCredentials(t *testing.T) {
+	srv := kubeapitest.Start(t)
+	ctx := t.Context()
+	admin, err := kubeapi.FromKubeconfig(srv.Kubeconfig(t, "admin", "system:masters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyManifests(t, admin)
+	for _, n := range []string{"a", "b", "c"} {
+		if err := admin.Do(ctx, http.MethodPost, "/api/v1/nodes", "", map[string]any{"metadata": map[string]any{"name": n}}, nil); err != nil {
+			t.Fatalf("creating node %s: %v", n, err)
+		}
+	}
+	nodeClient := func(name string) *kubeapi.Client {
+		c, err := kubeapi.FromKubeconfig(srv.Kubeconfig(t, "system:node:"+name, "system:nodes"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	cfg, err := RESTConfig(srv.Kubeconfig(t, "system:node:a", "system:nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWatcher(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	if !w.WaitSynced(ctx) {
+		t.Fatal("the watch never synced: may system:nodes list and watch Node objects?")
+	}
+	if peers, malformed := w.Peers(); len(peers) != 0 || len(malformed) != 0 {
+		t.Fatalf("a fresh cluster's record: %v %v, want empty", peers, malformed)
+	}
+
+	keyB, keyC := testKey(t), testKey(t)
+	if err := Publish(ctx, nodeClient("b"), "b", keyB); err != nil {
+		t.Fatal(err)
+	}
+	if err := Publish(ctx, nodeClient("c"), "c", keyC); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(ctx, t, w, map[string]wgmesh.Key{"b": keyB, "c": keyC})
+
+	// Node c claims node b's place in the mesh.
+	err = Publish(ctx, nodeClient("c"), "b", keyC)
+	if !kubeapi.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("node c publishing its key on node b's object: %v, want 403 Forbidden", err)
+	}
+	// A malformed key is no peer and is reported.
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{KeyAnnotation: "not a key"}}}
+	if err := nodeClient("c").Do(ctx, http.MethodPatch, "/api/v1/nodes/c", kubeapi.MergePatch, patch, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(ctx, t, w, map[string]wgmesh.Key{"b": keyB})
+	if _, malformed := w.Peers(); !slices.Equal(malformed, []string{"c"}) {
+		t.Fatalf("malformed: %v, want [c]", malformed)
+	}
+
+	if err := admin.Do(ctx, http.MethodDelete, "/api/v1/nodes/b", "", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(ctx, t, w, map[string]wgmesh.Key{})
+	// Every change came through the one watch: it never failed and was never listed again.
+	if n := w.Failures(); n != 0 {
+		t.Fatalf("the watch failed %d times (may system:nodes watch Node objects?)", n)
+	}
+}
+
+func testKey(t *testing.T) wgmesh.Key {
+	t.Helper()
+	_, pub, err := wgmesh.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
