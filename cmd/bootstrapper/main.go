@@ -26,17 +26,20 @@ func main() {
 	providerName := flag.String("provider", "", "the provider the node runs on ("+strings.Join(providers.Names, ", ")+")")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *providerName)
-	prov, err := providers.Node(*providerName, os.Getenv("CONSTELLATION_METADATA"))
-	if err != nil || os.Getenv("CONSTELLATION_TPM") == "" {
-		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set", "error", err)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	machine, err := providers.Boot(ctx, *providerName, log)
+	if err != nil {
+		log.Error("unsupported environment", "error", err)
 		os.Exit(2)
 	}
+	prov := machine.Provider
 	podNetwork, serviceNetwork := prov.Networks()
 	cfg := bootstrapper.Config{
 		Provider:    prov,
-		TPM:         os.Getenv("CONSTELLATION_TPM"),
+		TPM:         machine.TPM,
 		AgentSocket: agent.SocketPath,
-		StateDisk:   os.Getenv("CONSTELLATION_STATE_DISK"),
+		StateDisk:   machine.StateDisk,
 		PodNetwork:  podNetwork,
 		Kubernetes: func(self provider.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
@@ -68,8 +71,6 @@ func main() {
 			}
 		},
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if err := bootstrapper.Run(ctx, cfg, log); err != nil {
 		log.Error("bootstrapper failed", "error", err)
 		os.Exit(1)

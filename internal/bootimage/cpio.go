@@ -51,7 +51,7 @@ func (c *CPIO) Bytes() []byte {
 
 // InitrdModules are the kernel modules the initramfs loads (with their dependencies): the virtio disk,
 // device-mapper with dm-verity, and squashfs for the root filesystem.
-var InitrdModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "squashfs"}
+var InitrdModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "dm_mod", "dm_verity", "squashfs"}
 
 // ModulesDir is where the initramfs holds its modules, with "order" listing them in load order.
 const ModulesDir = "lib/modules"
