@@ -17,7 +17,8 @@ import (
 // deviceWait bounds the wait for the network card and the TPM to appear.
 const deviceWait = 60 * time.Second
 
-// Prepare readies the machine for the node's first process: writable /run and /tmp (the root is read-only),
+// Prepare readies the machine for the node's first process: writable /run (with /run/constellation for the
+// node's local sockets) and /tmp (the root is read-only),
 // securityfs for the firmware's event log, the network card's address derived from its MAC address, and the
 // TPM device. It returns the node's provider seam and the TPM's path.
 func Prepare(ctx context.Context, log *slog.Logger) (*Client, string, error) {
@@ -29,6 +30,10 @@ func Prepare(ctx context.Context, log *slog.Logger) (*Client, string, error) {
 		if err := mountOnce(m.src, m.dst, m.fstype, m.data); err != nil {
 			return nil, "", err
 		}
+	}
+	// The node's local sockets (attestation agent, mesh, key service) live here, for root only.
+	if err := os.MkdirAll("/run/constellation", 0o700); err != nil {
+		return nil, "", err
 	}
 	addr, link, err := configureNetwork(ctx)
 	if err != nil {
