@@ -1,6 +1,7 @@
 // Command sign-measurements signs a built node image's expected measurements with the development key and
 // logs the signature in a local Rekor v2 transparency log, writing measurements.json.sigstore.json next to
-// measurements.json.
+// measurements.json (for mini-vtpm and the node image's digest) and, when the build made the bootable disk
+// image, measurements-uefi.json.sigstore.json (for qemu-vtpm and the disk image's digest).
 //
 // The development key, the log's checkpoint key, the log itself and the trusted root a CLI needs to verify
 // (trusted-root.json) live in the signing directory (-dir, default $CONSTELLATION_SIGNING_DIR or
@@ -22,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed/signtest"
+	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -89,24 +92,59 @@ func run(ctx context.Context, imageDir, dir string, port int) (string, error) {
 	if err := json.Unmarshal(rawManifest, &manifest); err != nil {
 		return "", fmt.Errorf("node-image.json: %w", err)
 	}
-	measPath := filepath.Join(imageDir, "measurements.json")
-	meas, err := os.ReadFile(measPath)
+	targets := []target{{filepath.Join(imageDir, "measurements.json"), manifest.Digest, attestation.MiniVTPM.Name}}
+	// The bootable disk image's measurements, for the QEMU provider's machines, when the build made one.
+	if rawDisk, err := os.ReadFile(filepath.Join(imageDir, bootimage.ManifestFile)); err == nil {
+		var disk bootimage.Disk
+		if err := json.Unmarshal(rawDisk, &disk); err != nil {
+			return "", fmt.Errorf("%s: %w", bootimage.ManifestFile, err)
+		}
+		targets = append(targets, target{filepath.Join(imageDir, bootimage.MeasurementsFile), disk.Digest, attestation.QEMUVTPM.Name})
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	var done []string
+	var stopLog func()
+	defer func() {
+		if stopLog != nil {
+			stopLog()
+		}
+	}()
+	for _, tg := range targets {
+		what, err := tg.sign(ctx, root, devKey, logKey, dir, port, &stopLog)
+		if err != nil {
+			return "", err
+		}
+		done = append(done, what)
+	}
+	return strings.Join(done, "; "), nil
+}
+
+// target is a measurements file to sign for an image digest and a variant.
+type target struct {
+	measPath, digest, variant string
+}
+
+// sign signs the target's measurements unless its bundle still verifies. The log server is started once, on
+// the first signature, if none answers; *stopLog then stops it.
+func (tg target) sign(ctx context.Context, root signed.Root, devKey, logKey *ecdsa.PrivateKey, dir string, port int, stopLog *func()) (string, error) {
+	meas, err := os.ReadFile(tg.measPath)
 	if err != nil {
 		return "", fmt.Errorf("reading the measurements: %w", err)
 	}
-	pred := signed.Predicate{ImageDigest: manifest.Digest, Variant: attestation.MiniVTPM.Name}
-	bundlePath := measPath + signed.BundleSuffix
+	pred := signed.Predicate{ImageDigest: tg.digest, Variant: tg.variant}
+	bundlePath := tg.measPath + signed.BundleSuffix
 	if old, err := os.ReadFile(bundlePath); err == nil {
 		if _, err := signed.Verify(root, old, meas, pred, true); err == nil {
-			return "measurements signature up to date", nil
+			return filepath.Base(tg.measPath) + " signature up to date", nil
 		}
 	}
-	stmt, err := signed.Statement(filepath.Base(measPath), meas, pred)
+	stmt, err := signed.Statement(filepath.Base(tg.measPath), meas, pred)
 	if err != nil {
 		return "", err
 	}
 	logURL := "http://127.0.0.1:" + strconv.Itoa(port)
-	if !healthy(ctx, logURL) {
+	if *stopLog == nil && !healthy(ctx, logURL) {
 		bin := filepath.Join(dir, "rekor-server")
 		if err := signtest.BuildServer(ctx, bin); err != nil {
 			return "", err
@@ -116,7 +154,7 @@ func run(ctx context.Context, imageDir, dir string, port int) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		defer log.Stop()
+		*stopLog = func() { log.Stop() }
 	}
 	bundle, err := signed.Signer{Key: devKey, LogURL: logURL}.Sign(ctx, stmt)
 	if err != nil {
@@ -129,7 +167,7 @@ func run(ctx context.Context, imageDir, dir string, port int) (string, error) {
 	if err := atomicfile.Write(bundlePath, bundle, 0o644); err != nil {
 		return "", fmt.Errorf("writing the bundle: %w", err)
 	}
-	return "signed " + measPath + " for " + manifest.Digest + " with the development key, logged at " + logURL, nil
+	return "signed " + tg.measPath + " for " + tg.digest + " (" + tg.variant + ") with the development key, logged at " + logURL, nil
 }
 
 func healthy(ctx context.Context, url string) bool {
