@@ -46,9 +46,13 @@ func newVerifyCmd() *cobra.Command {
 				return badInput("%w", err)
 			}
 			var roots []*x509.Certificate
-			if a.Variant == attestation.MiniVTPM.Name {
+			if a.Variant == attestation.MiniVTPM.Name || a.Variant == attestation.QEMUVTPM.Name {
 				if akCA == "" {
-					akCA = filepath.Join(workspace(cmd), miniDirName, "ak-ca", "ca-cert.pem")
+					providerDir := miniDirName
+					if a.Variant == attestation.QEMUVTPM.Name {
+						providerDir = qemuDirName
+					}
+					akCA = filepath.Join(workspace(cmd), providerDir, "ak-ca", "ca-cert.pem")
 				}
 				if roots, err = readCertificates(akCA); err != nil {
 					return err
@@ -95,7 +99,7 @@ func newVerifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&endpoint, "node-endpoint", "", "the node's verification service, HOST:PORT (required)")
 	cmd.Flags().Bool("grpc", false, "ask the node's gRPC verification service (port 9091) instead of HTTP (port 9090)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
-	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the mini provider's)")
+	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the workspace's mini or QEMU provider's)")
 	return cmd
 }
 

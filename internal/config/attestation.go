@@ -68,7 +68,7 @@ func (a *Attestation) problems(provider Provider) []string {
 		p = append(p, fmt.Sprintf("attestation.variant: the mini provider runs only %s (its nodes are local sandboxes with software TPMs, without SEV-SNP or TDX); %s needs nodes on confidential hardware", attestation.MiniVTPM, variant))
 	}
 	if provider.QEMU != nil && err == nil && variant.Name != attestation.QEMUVTPM.Name {
-		p = append(p, fmt.Sprintf("attestation.variant: the qemu provider runs only %s (its nodes are virtual machines with software TPMs, without SEV-SNP or TDX); %s needs nodes on confidential hardware", attestation.QEMUVTPM, variant))
+		p = append(p, fmt.Sprintf("attestation.variant: the qemu provider's machines present only %s evidence (UEFI firmware, a software TPM each, no SEV-SNP or TDX), not %s; set attestation.variant: %s", attestation.QEMUVTPM, variant, attestation.QEMUVTPM))
 	}
 	known := err == nil
 	switch {

@@ -58,6 +58,10 @@ type QEMU struct {
 	// MemoryMiB is each machine's memory; 0 means 2048. The firmware measures the machine's memory size
 	// (PCR 1), so the pinned firmware measurements hold only for the default.
 	MemoryMiB int `json:"memoryMiB,omitempty"`
+	// Accelerator is how QEMU runs the machines: "tcg" (emulation; the pinned firmware measurements were
+	// recorded with it), "kvm" (the host's CPU, which the firmware measures: record the firmware PCRs again),
+	// or "auto" (KVM where /dev/kvm opens, TCG otherwise). Empty means "tcg".
+	Accelerator string `json:"accelerator,omitempty"`
 }
 
 // Mini configures the local provider.
@@ -204,6 +208,9 @@ func (c *Config) Validate() error {
 		}
 		if !validDigest(q.ImageDigest) {
 			p = append(p, fmt.Sprintf("provider.qemu.imageDigest: %q is not sha256:<64 hex digits>", q.ImageDigest))
+		}
+		if a := q.Accelerator; a != "" && a != "tcg" && a != "kvm" && a != "auto" {
+			p = append(p, fmt.Sprintf("provider.qemu.accelerator: %q, want tcg, kvm or auto", a))
 		}
 		if q.MemoryMiB != 0 && (q.MemoryMiB < 1024 || q.MemoryMiB > 4096) {
 			p = append(p, fmt.Sprintf("provider.qemu.memoryMiB: %d, want 1024 to 4096 (0 or none: 2048)", q.MemoryMiB))
