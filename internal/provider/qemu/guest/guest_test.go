@@ -61,3 +61,25 @@ func TestClient(t *testing.T) {
 		t.Errorf("EventLog = %q, %v", got, err)
 	}
 }
+
+// The MAC address is the host's: whatever it is, AddrFromMAC returns an address of the node network that
+// maps back to the same MAC, or an error.
+func FuzzAddrFromMAC(f *testing.F) {
+	f.Add([]byte{0x52, 0x54, 10, 219, 0, 10})
+	f.Add([]byte{0x52, 0x54, 10, 219, 0, 1})
+	f.Add([]byte{0x52, 0x54, 10, 219, 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		addr, err := AddrFromMAC(net.HardwareAddr(raw))
+		if err != nil {
+			return
+		}
+		if !NodeNetwork.Contains(addr) || addr == Gateway {
+			t.Fatalf("AddrFromMAC(%x) = %s", raw, addr)
+		}
+		mac, err := MACForAddr(addr)
+		if err != nil || !bytes.Equal(mac, raw) {
+			t.Fatalf("MACForAddr(%s) = %s, %v; want %x", addr, mac, err, raw)
+		}
+	})
+}
