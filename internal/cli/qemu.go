@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -229,7 +230,13 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	for _, n := range state.Nodes {
 		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
 		fmt.Fprintf(out, "  attesting %s at %s (%s; the machine boots under %s)\n", n.Name, endpoint, n.Console, n.Accel)
-		res, err := verifyNode(cmd.Context(), endpoint, policy, cmd, wait)
+		ctx, poweredOff := whileRunning(cmd.Context(), n.PID)
+		res, err := verifyNode(ctx, endpoint, policy, cmd, wait)
+		off := poweredOff()
+		if err != nil && off {
+			return failed(fmt.Errorf("machine %s powered off while it booted (the node refused to boot, or QEMU failed: %s)\nLast lines of its console (%s):\n%s\nRun 'constellation terminate' to remove the cluster",
+				n.Name, filepath.Join(dir, "nodes", n.Name, "qemu.log"), n.Console, tailFile(n.Console, 15)))
+		}
 		if err != nil {
 			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nLast lines of its console (%s):\n%s\nThe machines are still up for inspection; run 'constellation terminate' to remove them",
 				n.Name, err, n.Console, tailFile(n.Console, 15)))
@@ -239,6 +246,34 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	fmt.Fprintf(out, "QEMU cluster up: %d machine(s) booted from %s and attested against %s (Kubernetes not initialised: not supported on this provider yet)\n",
 		len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, config.FileName))
 	return nil
+}
+
+// whileRunning returns a context that ends when the process pid (a machine's QEMU) has exited, and a
+// function that stops watching and tells whether it had.
+func whileRunning(parent context.Context, pid int) (context.Context, func() bool) {
+	ctx, cancel := context.WithCancel(parent)
+	var exited atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if syscall.Kill(pid, 0) != nil {
+				exited.Store(true)
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	return ctx, func() bool {
+		cancel()
+		<-done
+		return exited.Load()
+	}
 }
 
 // removeQEMUCluster stops the workspace's QEMU provider and removes its machines and network; ok is false

@@ -132,7 +132,7 @@ func verifyNode(ctx context.Context, endpoint string, policy *validators.Policy,
 	var ev []byte
 	for {
 		ev, err = fetch(ctx, endpoint, nonce)
-		if err == nil || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -160,4 +161,33 @@ func TestQEMUNodeAttests(t *testing.T) {
 		t.Fatalf("verify of the rogue machine: exit %d, want 1 naming PCRs 4 and 11\n%s", code, out)
 	}
 	t.Logf("rogue machine refused:\n%s", out)
+	if out, code := host.run("terminate", "--yes"); code != 0 {
+		t.Fatalf("terminate: exit %d\n%s", code, out)
+	}
+	qemuLeftovers(t, state)
+
+	// ATTACK: the host boots the machine from an image whose root filesystem differs in one byte. The node
+	// refuses to boot (dm-verity) and powers off; apply says so at once, with the machine's console.
+	if raw, err = os.ReadFile(filepath.Join(qemuImageDir, bootimage.ImageFile)); err != nil {
+		t.Fatal(err)
+	}
+	// The second GPT partition entry (LBA 2 on, 128 bytes each) is the root; its first LBA at offset 32.
+	rootStart := int(binary.LittleEndian.Uint64(raw[2*512+128+32:])) * 512
+	raw[rootStart+1<<20] ^= 0xff
+	if err := os.WriteFile(rogue, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw = nil
+	if digest, err = measuredboot.DigestFile(rogue); err != nil {
+		t.Fatal(err)
+	}
+	q.ImageDigest = fmt.Sprintf("sha256:%x", digest)
+	if err := rogueConf.Write(filepath.Join(host.ws, config.FileName), true); err != nil {
+		t.Fatal(err)
+	}
+	out, code = host.run("apply")
+	state, _, _ = qemu.ReadState(filepath.Join(host.ws, "constellation-qemu"))
+	if code != 1 || !strings.Contains(out, "machine control-plane-0 powered off while it booted") || !strings.Contains(out, "REFUSING TO BOOT") {
+		t.Fatalf("apply of an image with a changed root: exit %d, want 1 with the console's refusal\n%s", code, out)
+	}
 }
