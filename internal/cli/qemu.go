@@ -139,6 +139,8 @@ func generateQEMUConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 	if err := c.Write(path, force); err != nil {
 		return badInput("%w", err)
 	}
+	fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: qemu-vtpm machines run on no confidential hardware: the host runs their firmware and TPM and can read their memory; "+
+		"attestation proves their boot chain only against a host that does not forge the TPM.")
 	fw, _ := qemu.PinnedFirmware()
 	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), disk image %s, %d expected PCRs (firmware of OVMF %s).\n",
 		path, controlPlanes, workers, disk.Digest, len(policy), fw.OVMF)

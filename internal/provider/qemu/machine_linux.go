@@ -49,8 +49,6 @@ type machine struct {
 	waitErr error
 	// Accel is how QEMU runs the machine: "kvm" or "tcg".
 	Accel string
-	// EKCerts are the EK certificates of the machine's TPM.
-	EKCerts [][]byte
 }
 
 // Files of a machine in its directory.
@@ -116,7 +114,10 @@ func machineArgs(s machineSpec, ctrl string, accelArgs []string) []string {
 // startMachine powers on a machine: its TPM (manufactured with an EK certificate from ekCA the first time),
 // a fresh firmware variable store, the image read-only, and QEMU in the node
 // network's namespace. The machine runs until stop.
-func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA) (*machine, error) {
+//
+// register is called with the TPM's EK certificates before the machine powers on, so that the metadata
+// service knows the node before it can ask.
+func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA, register func(ekCerts [][]byte)) (*machine, error) {
 	if err := bootimage.QEMUPrerequisites(); err != nil {
 		return nil, err
 	}
@@ -131,6 +132,7 @@ func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA) (*machine,
 	if err != nil {
 		return nil, err
 	}
+	register(ekCerts)
 	vars, err := os.ReadFile(bootimage.OVMFVars)
 	if err != nil {
 		return nil, fmt.Errorf("the firmware's variable store: %w", err)
@@ -158,7 +160,7 @@ func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA) (*machine,
 	if err != nil {
 		return nil, err
 	}
-	m := &machine{tpm: tpm, exited: make(chan struct{}), Accel: name, EKCerts: ekCerts}
+	m := &machine{tpm: tpm, exited: make(chan struct{}), Accel: name}
 	args := append([]string{"--net=" + netnsPath, "--", "qemu-system-x86_64"}, machineArgs(s, tpm.CtrlPath(), accelArgs)...)
 	m.cmd = exec.Command("nsenter", args...)
 	out, err := os.OpenFile(filepath.Join(s.Dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)

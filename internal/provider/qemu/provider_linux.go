@@ -277,14 +277,16 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		}
 		dir := NodeDir(p.Dir, name)
 		p.progress(fmt.Sprintf("booting %s (%s, MAC %s): UEFI measured boot into its TPM", name, addr, mac))
-		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel}, ekCA)
+		// The node asks who it is as soon as its network is up: it is registered with its TPM's EK
+		// certificates (only that TPM can have an attestation key certified in its name) before it powers on.
+		// Its event log is its own.
+		inst := provider.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}
+		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel}, ekCA,
+			func(ekCerts [][]byte) { md.SetInstance(inst, nil, ekCerts) })
 		if err != nil {
 			return teardown, fmt.Errorf("%s: %w", name, err)
 		}
 		p.nodes = append(p.nodes, m)
-		// The node asks who it is as soon as its network is up: register it with its TPM's EK certificates
-		// (only that TPM can have an attestation key certified in its name). Its event log is its own.
-		md.SetInstance(provider.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}, nil, m.EKCerts)
 		p.state.Nodes = append(p.state.Nodes, NodeState{Name: name, Role: role, IP: addr.String(), MAC: mac.String(), PID: m.PID(), Accel: m.Accel, Console: ConsolePath(dir), Started: time.Now()})
 		p.save()
 	}
