@@ -49,8 +49,9 @@ func (c *CPIO) Bytes() []byte {
 	return c.buf.Bytes()
 }
 
-// InitrdModules are the kernel modules the initramfs loads (with their dependencies): the virtio disk,
-// device-mapper with dm-verity, and squashfs for the root filesystem.
+// InitrdModules are the kernel modules the initramfs loads (with their dependencies): the virtio disk and
+// network card (the node configures its network from the card's MAC address), device-mapper with dm-verity,
+// and squashfs for the root filesystem.
 var InitrdModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "dm_mod", "dm_verity", "squashfs"}
 
 // ModulesDir is where the initramfs holds its modules, with "order" listing them in load order.
