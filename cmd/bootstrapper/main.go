@@ -29,17 +29,20 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "bootstrapper", "provider", *providerName)
 	// The Kubernetes client library (the mesh's watch) logs through klog: into the same structured log.
 	klog.SetSlogLogger(log.With("library", "client-go"))
-	prov, err := providers.Node(*providerName, os.Getenv("CONSTELLATION_METADATA"))
-	if err != nil || os.Getenv("CONSTELLATION_TPM") == "" {
-		log.Error("unsupported environment: want --provider=mini with CONSTELLATION_METADATA and CONSTELLATION_TPM set", "error", err)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	machine, err := providers.Boot(ctx, *providerName, log)
+	if err != nil {
+		log.Error("unsupported environment", "error", err)
 		os.Exit(2)
 	}
+	prov := machine.Provider
 	podNetwork, serviceNetwork := prov.Networks()
 	cfg := bootstrapper.Config{
 		Provider:    prov,
-		TPM:         os.Getenv("CONSTELLATION_TPM"),
+		TPM:         machine.TPM,
 		AgentSocket: agent.SocketPath,
-		StateDisk:   os.Getenv("CONSTELLATION_STATE_DISK"),
+		StateDisk:   machine.StateDisk,
 		PodNetwork:  podNetwork,
 		Kubernetes: func(self provider.Instance) bootstrapper.Kubernetes {
 			versions, err := nodeimage.ReadVersions()
@@ -71,8 +74,6 @@ func main() {
 			}
 		},
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if err := bootstrapper.Run(ctx, cfg, log); err != nil {
 		log.Error("bootstrapper failed", "error", err)
 		os.Exit(1)

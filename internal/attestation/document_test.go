@@ -50,7 +50,7 @@ func TestParseDocumentRejects(t *testing.T) {
 		"user data twice":  bytes.Replace(raw, []byte(`"userData"`), []byte(`"userData":"b3RoZXI=","userData"`), 1),
 		"misspelled field": bytes.Replace(raw, []byte(`"userData"`), []byte(`"USERDATA"`), 1),
 		"wrong version":    bytes.Replace(raw, []byte(`"version":1`), []byte(`"version":2`), 1),
-		"unknown variant":  bytes.Replace(raw, []byte(`"mini-vtpm"`), []byte(`"qemu-vtpm"`), 1),
+		"unknown variant":  bytes.Replace(raw, []byte(`"mini-vtpm"`), []byte(`"no-such-vtpm"`), 1),
 		"not json":         []byte("\x00\x01"),
 		"too large":        make([]byte, MaxDocumentSize+1),
 		"huge user data":   bytes.Replace(raw, []byte(`"dXNlcg=="`), []byte(`"`+string(bytes.Repeat([]byte("QUFB"), MaxUserDataSize))+`"`), 1),
@@ -192,7 +192,7 @@ func TestVariantRegistry(t *testing.T) {
 		vtpm     bool
 	}{
 		{"mini-vtpm", NoHardware, true},
-		{"qemu-sev-snp", SEVSNP, false}, {"qemu-tdx", TDX, false},
+		{"qemu-vtpm", NoHardware, true}, {"qemu-sev-snp", SEVSNP, false}, {"qemu-tdx", TDX, false},
 		{"aws-sev-snp", SEVSNP, true}, {"gcp-sev-snp", SEVSNP, true}, {"azure-sev-snp", SEVSNP, true}, {"azure-tdx", TDX, true},
 	} {
 		v, err := VariantByName(want.name)
@@ -200,7 +200,7 @@ func TestVariantRegistry(t *testing.T) {
 			t.Errorf("variant %s = %+v, %v", want.name, v, err)
 		}
 	}
-	if len(Variants()) != 7 {
+	if len(Variants()) != 8 {
 		t.Errorf("%d variants registered", len(Variants()))
 	}
 	if _, err := VariantByName("nope"); err == nil {

@@ -76,6 +76,18 @@ var (
 		VTPM:        true,
 	}
 
+	// QEMUVTPM is evidence from the TPM 2.0 of a virtual machine of the QEMU provider (UEFI firmware, the
+	// node image's unified kernel image), whose attestation key the provider certifies after credential
+	// activation against the TPM's endorsement key certificate, as for mini-vtpm. Its PCRs follow the UEFI
+	// measured-boot scheme and its event log is the firmware's. There is no confidential hardware: the host
+	// runs the TPM and could forge its PCRs; the variant proves the boot chain against a host that does not.
+	QEMUVTPM = Variant{
+		Name:        "qemu-vtpm",
+		OID:         oid(1, 8),
+		Description: "TPM 2.0 quote over PCRs 0-23 (SHA-256) of a UEFI virtual machine, attestation key certified by the QEMU provider",
+		VTPM:        true,
+	}
+
 	// QEMUSEVSNP is an AMD SEV-SNP attestation report of a confidential VM on an on-premises QEMU/KVM host,
 	// without a vTPM. REPORT_DATA binds the verifier's nonce and the caller's user data directly.
 	QEMUSEVSNP = Variant{
@@ -135,7 +147,7 @@ var (
 )
 
 // registry is the single list of variants. Names and OIDs are stable: never reuse or renumber one.
-var registry = []Variant{MiniVTPM, QEMUSEVSNP, QEMUTDX, AWSSEVSNP, GCPSEVSNP, AzureSEVSNP, AzureTDX}
+var registry = []Variant{MiniVTPM, QEMUVTPM, QEMUSEVSNP, QEMUTDX, AWSSEVSNP, GCPSEVSNP, AzureSEVSNP, AzureTDX}
 
 // Variants returns every known variant.
 func Variants() []Variant { return slices.Clone(registry) }

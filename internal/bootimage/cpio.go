@@ -58,7 +58,8 @@ var BootModules = []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "s
 // root has no modprobe, so the kernel cannot load a module on demand: everything a node uses is loaded in
 // advance.
 var NodeModules = []string{
-	// The node network: the virtio NIC, the kernel's WireGuard, TUN for the userspace fallback.
+	// The node network: the virtio NIC (the node configures its network from the card's MAC address), the
+	// kernel's WireGuard, TUN for the userspace fallback.
 	"virtio_net", "wireguard", "tun",
 	// The state disk: dm-crypt with dm-integrity (LUKS2, aes-xts-plain64 with hmac-sha256), the crypto
 	// templates dm-crypt would otherwise ask for on demand, and the kernel's crypto API for user space, which

@@ -19,11 +19,8 @@ const (
 	ImageFile        = "node-image.raw"
 	MeasurementsFile = "measurements-uefi.json"
 	ManifestFile     = "node-image-uefi.json"
-	// MeasurementsVariant names, in the signed statement over measurements-uefi.json, what its measurements
-	// are a policy for: the TPM of a VM that boots this disk image with UEFI firmware.
-	MeasurementsVariant = "uefi-vtpm"
-	RootPartition       = "constellation-root"
-	ESPPartition        = "esp"
+	RootPartition    = "constellation-root"
+	ESPPartition     = "esp"
 )
 
 // DefaultKernelCmdline is the kernel command line before the root's parameters: the serial console, a quiet

@@ -37,13 +37,14 @@
 //	PCR 13  system extensions found on the ESP; nothing for a genuine boot
 //
 // These are computed at build time (ExpectedUEFI, written to measurements-uefi.json) and checked against a
-// real boot by TestQEMUBoot. The policy will enforce PCRs 4, 11, 12 and 13: PCR 4 pins the UKI (and so the
+// real boot by TestQEMUBoot. The policy (attestation variant qemu-vtpm, measurements.UEFIScheme) enforces
+// PCRs 4, 11, 12 and 13: PCR 4 pins the UKI (and so the
 // kernel, initramfs, command line and through the root hash the whole root filesystem), PCR 11 pins the same
 // sections as the stub saw them, and PCRs 12 and 13 must stay zero because the ESP and the boot variables
 // belong to the host: a command line of its choosing (another root hash) or files it puts on the ESP are
 // measured there. The firmware's own PCRs (0-3, 5, 7: firmware code, configuration, option ROMs, GPT, Secure
 // Boot state) depend on the pinned OVMF build and the machine's configuration; they cannot be computed from
-// the image and are to be recorded from a reference boot by the provider. PCR 9 (the kernel's initrd and load
+// the image and are recorded from a reference boot by the QEMU provider (package internal/provider/qemu). PCR 9 (the kernel's initrd and load
 // options events) is not used.
 //
 // BootQEMU boots an image as such a machine (OVMF, swtpm, QEMU with TCG) for tests and benchmarks.

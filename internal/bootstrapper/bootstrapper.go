@@ -10,10 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 
@@ -43,7 +45,8 @@ import (
 type Config struct {
 	// Provider is the platform the node runs on.
 	Provider provider.Node
-	// TPM is the path of the node's TPM socket.
+	// TPM is the path of the node's TPM: a unix socket (the mini provider's swtpm) or a character device (a
+	// machine's TPM, /dev/tpmrm0).
 	TPM string
 	// Kubernetes returns the node's Kubernetes driver.
 	Kubernetes func(self provider.Instance) Kubernetes
@@ -71,9 +74,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("node identified", "name", self.Name, "role", self.Role, "ip", self.IP)
 
-	tpm, err := net.Dial("unix", cfg.TPM)
+	tpm, err := openTPM(cfg.TPM)
 	if err != nil {
-		return fmt.Errorf("connecting to the TPM at %s: %w", cfg.TPM, err)
+		return err
 	}
 	defer tpm.Close()
 	var akCert []byte
@@ -110,7 +113,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("the instance metadata holds no init-secret hash: this node refuses Init and Recover")
 		}
 	}
-	issuer, err := vtpm.NewIssuer(tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
+	issuer, err := vtpm.NewIssuerFor(md.Variant(), tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
 	if err != nil {
 		return err
 	}
@@ -129,7 +132,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 
 	// A node that joins trusts a join service that booted exactly as it did.
-	selfPolicy, err := ownPolicy(tpm)
+	selfPolicy, err := ownPolicy(tpm, md.Variant())
 	if err != nil {
 		return fmt.Errorf("reading this node's boot measurements: %w", err)
 	}
@@ -216,6 +219,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case err := <-errc:
 		return fmt.Errorf("a node service stopped: %w", err)
 	}
+}
+
+// openTPM opens the node's TPM at path: a character device (a machine's TPM) or a unix socket (swtpm).
+func openTPM(path string) (io.ReadWriteCloser, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("the TPM at %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeCharDevice != 0 {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening the TPM device %s: %w", path, err)
+		}
+		return f, nil
+	}
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the TPM at %s: %w", path, err)
+	}
+	return conn, nil
 }
 
 // serveLocal serves handler on a node-local Unix socket (agent.Listen: owner-only, replacing a stale socket),

@@ -115,12 +115,17 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self 
 func ownPolicy(tpm interface {
 	Read([]byte) (int, error)
 	Write([]byte) (int, error)
-}) (measurements.M, error) {
+}, variant attestation.Variant) (measurements.M, error) {
 	pcrs, err := client.ReadPCRs(tpm, client.FullPcrSel(tpm2.AlgSHA256))
 	if err != nil {
 		return nil, err
 	}
-	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, measuredboot.BootPCRs...)
+	boot := measuredboot.BootPCRs
+	if variant.Name == attestation.QEMUVTPM.Name {
+		// The UEFI scheme: the firmware's PCRs and the image's.
+		boot = append([]uint32{0, 1, 2, 3, 5, 7}, measurements.UEFIScheme.ImagePCRs...)
+	}
+	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, boot...)
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.

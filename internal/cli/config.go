@@ -29,21 +29,28 @@ func newConfigGenerateCmd() *cobra.Command {
 	var force bool
 	var controlPlanes, workers int
 	cmd := &cobra.Command{
-		Use:   "generate mini",
+		Use:   "generate mini|qemu",
 		Short: "Write " + config.FileName + " for a provider, with the node image's expected measurements",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] != "mini" {
-				return badInput("provider %q is not supported; available: mini", args[0])
+			switch args[0] {
+			case "mini":
+				return generateMiniConfig(cmd, imageDir, workspace, controlPlanes, workers, force)
+			case "qemu":
+				if !cmd.Flags().Changed("workers") {
+					workers = 0
+				}
+				return generateQEMUConfig(cmd, imageDir, workspace, controlPlanes, workers, force)
+			default:
+				return badInput("provider %q is not supported; available: mini, qemu", args[0])
 			}
-			return generateMiniConfig(cmd, imageDir, workspace, controlPlanes, workers, force)
 		},
 	}
-	cmd.Flags().StringVar(&imageDir, "image-dir", "_out/node-image", "directory with node-image.squashfs, node-image.json and measurements.json")
+	cmd.Flags().StringVar(&imageDir, "image-dir", "_out/node-image", "directory with the node image and its measurements (mini: node-image.squashfs, node-image.json, measurements.json; qemu: node-image.raw, node-image-uefi.json, measurements-uefi.json)")
 	cmd.Flags().StringVar(&workspace, "workspace", ".", "directory to write "+config.FileName+" to")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing configuration")
 	cmd.Flags().IntVar(&controlPlanes, "control-planes", 1, "number of control-plane nodes")
-	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes")
+	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes (qemu: default 0)")
 	cmd.Flags().Int("registry-port", mini.DefaultRegistryHostPort, "port on 127.0.0.1 where the registry mirror takes pushes (localhost:PORT/...)")
 	addSignatureFlags(cmd)
 	return cmd

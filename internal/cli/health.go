@@ -264,6 +264,16 @@ func (w *readyWaiter) wait(ctx context.Context) error {
 // data), then the state file, the admin kubeconfig and the init secret. The configuration and the master
 // secret stay: the master secret is what recovers data encrypted by this cluster.
 func removeCluster(out, errOut io.Writer, ws string) error {
+	if ok, err := removeQEMUCluster(out, errOut, ws); err != nil {
+		return err
+	} else if ok {
+		for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile} {
+			if err := os.Remove(filepath.Join(ws, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return failed(err)
+			}
+		}
+		return nil
+	}
 	dir := filepath.Join(ws, miniDirName)
 	state, found, err := mini.ReadState(dir)
 	if err != nil {

@@ -53,9 +53,10 @@ func newTerminateCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ws := workspace(cmd)
+			_, qemuErr := os.Stat(filepath.Join(ws, qemuDirName))
 			if _, found, err := mini.ReadState(filepath.Join(ws, miniDirName)); err != nil {
 				return badInput("%w", err)
-			} else if !found {
+			} else if !found && qemuErr != nil {
 				if _, ok, _ := loadClusterState(ws); !ok {
 					return badInput("no cluster in %s (no %s and no %s)", ws, miniDirName, StateFile)
 				}
@@ -121,6 +122,9 @@ func newStatusCmd() *cobra.Command {
 }
 
 func runStatus(cmd *cobra.Command, _ []string) error {
+	if c, err := config.Load(filepath.Join(workspace(cmd), config.FileName)); err == nil && c.Provider.QEMU != nil {
+		return qemuStatus(cmd, c)
+	}
 	h, err := checkCluster(cmd.Context(), workspace(cmd))
 	if err != nil {
 		return err

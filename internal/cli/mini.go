@@ -53,6 +53,9 @@ func loadMiniConfig(cmd *cobra.Command) (*config.Config, string, error) {
 		}
 		return nil, "", badInput("%w", err)
 	}
+	if c.Provider.Mini == nil {
+		return c, path, nil // another provider: the flags of 'mini up' do not apply
+	}
 	if cmd.Flags().Changed("control-planes") {
 		c.Provider.Mini.ControlPlanes, _ = cmd.Flags().GetInt("control-planes")
 	}
@@ -101,6 +104,12 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	c, confPath, err := loadMiniConfig(cmd)
 	if err != nil {
 		return err
+	}
+	if c.Provider.QEMU != nil {
+		if cmd.Name() != "apply" {
+			return badInput("%s configures the QEMU provider; create its cluster with 'constellation apply'", confPath)
+		}
+		return runQEMUApply(cmd, c)
 	}
 	// The measurements decide which nodes get the cluster's secrets: they are used only as the signed
 	// measurements of the configured image, checked again at every start.

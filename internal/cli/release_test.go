@@ -104,7 +104,7 @@ func TestImageVerifyReleaseAndDevelopment(t *testing.T) {
 	}
 	// The UEFI measurements signed, genuinely, but for the squashfs image.
 	swapped := imageDirWithUEFI(t)
-	signFile(t, releaseKey, swapped, bootimage.MeasurementsFile, squashfsDigest, bootimage.MeasurementsVariant)
+	signFile(t, releaseKey, swapped, bootimage.MeasurementsFile, squashfsDigest, attestation.QEMUVTPM.Name)
 	devFlags := devRootFlags(t)
 	stopTestLog(t)
 
@@ -122,7 +122,7 @@ func TestImageVerifyReleaseAndDevelopment(t *testing.T) {
 			t.Errorf("%s, development-signed without the flag: exit %d\n%s", name, code, errOut)
 		}
 	}
-	if out, _, code := run("image", "verify", filepath.Join(release, bootimage.MeasurementsFile)); !strings.Contains(out, uefiDigest) || !strings.Contains(out, bootimage.MeasurementsVariant) || code != 0 {
+	if out, _, code := run("image", "verify", filepath.Join(release, bootimage.MeasurementsFile)); !strings.Contains(out, uefiDigest) || !strings.Contains(out, attestation.QEMUVTPM.Name) || code != 0 {
 		t.Errorf("the UEFI measurements are not verified for the UEFI image:\n%s", out)
 	}
 	if _, errOut, code := run("image", "verify", filepath.Join(swapped, bootimage.MeasurementsFile)); code != 1 || !strings.Contains(errOut, "not for image") {
@@ -278,7 +278,7 @@ func TestImageLogCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := []byte(b.GetVerificationMaterial().GetTlogEntries()[0].GetInclusionProof().GetCheckpoint().GetEnvelope())
-	signFile(t, devKey(t), dir, bootimage.MeasurementsFile, uefiDigest, bootimage.MeasurementsVariant) // the log grows
+	signFile(t, devKey(t), dir, bootimage.MeasurementsFile, uefiDigest, attestation.QEMUVTPM.Name) // the log grows
 	flags := devRootFlags(t)
 	stopTestLog(t)
 	tiles := testLog.stopped.TilesDir

@@ -70,9 +70,13 @@ func newVerifyCmd() *cobra.Command {
 				return badInput("%w", err)
 			}
 			var roots []*x509.Certificate
-			if a.Variant == attestation.MiniVTPM.Name {
+			if a.Variant == attestation.MiniVTPM.Name || a.Variant == attestation.QEMUVTPM.Name {
 				if akCA == "" {
-					akCA = filepath.Join(workspace(cmd), miniDirName, "ak-ca", "ca-cert.pem")
+					providerDir := miniDirName
+					if a.Variant == attestation.QEMUVTPM.Name {
+						providerDir = qemuDirName
+					}
+					akCA = filepath.Join(workspace(cmd), providerDir, "ak-ca", "ca-cert.pem")
 				}
 				if roots, err = readCertificates(akCA); err != nil {
 					return err
@@ -119,7 +123,7 @@ func newVerifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&endpoint, "node-endpoint", "", "the node's verification service, HOST:PORT (required)")
 	cmd.Flags().Bool("grpc", false, "ask the node's gRPC verification service (port 9091) instead of HTTP (port 9090)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json; with --all: the report file to write")
-	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the mini provider's)")
+	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA (default: the workspace's mini or QEMU provider's)")
 	cmd.Flags().BoolVar(&all, "all", false, "attest every node of the cluster and write a cluster report to -o")
 	cmd.Flags().StringVar(&rf.seed, "seed", "", "with --all: the seed of the nodes' nonces, 64 hex digits (default: random)")
 	cmd.Flags().StringVar(&rf.measurements, "measurements", "", "with --all: the signed measurements file, its bundle next to it (default: measurements.json next to the configured node image)")
@@ -156,7 +160,7 @@ func verifyNode(ctx context.Context, endpoint string, policy *validators.Policy,
 	var ev []byte
 	for {
 		ev, err = fetch(ctx, endpoint, nonce)
-		if err == nil || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)

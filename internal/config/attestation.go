@@ -12,17 +12,19 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 )
 
 // Policy returns the attestation policy of a section that Load or LoadAttestation validated (its directories
 // resolved), for validators.New: it reads the offline caches the section names (AMD CRLs, VCEK cache, Intel's
-// collateral). akRoots are the attestation-key CA certificates of mini-vtpm; pass nil for other variants.
+// collateral). akRoots are the attestation-key CA certificates of mini-vtpm and qemu-vtpm; pass nil for other
+// variants.
 func (a *Attestation) Policy(akRoots []*x509.Certificate) (*validators.Policy, error) {
 	if a == nil {
 		return nil, fmt.Errorf("%w: no attestation section", validators.ErrPolicy)
 	}
 	p := &validators.Policy{Variant: a.Variant, Measurements: maps.Clone(a.Measurements)}
-	if a.Variant == attestation.MiniVTPM.Name {
+	if v, err := attestation.VariantByName(a.Variant); err == nil && vtpm.ProviderCertified(v) {
 		p.AKRoots = akRoots
 	}
 	if a.SNP != nil {
@@ -65,9 +67,16 @@ func (a *Attestation) problems(provider Provider) []string {
 	} else if provider.Mini != nil && variant.Name != attestation.MiniVTPM.Name {
 		p = append(p, fmt.Sprintf("attestation.variant: the mini provider runs only %s (its nodes are local sandboxes with software TPMs, without SEV-SNP or TDX); %s needs nodes on confidential hardware", attestation.MiniVTPM, variant))
 	}
+	if provider.QEMU != nil && err == nil && variant.Name != attestation.QEMUVTPM.Name {
+		p = append(p, fmt.Sprintf("attestation.variant: the qemu provider's machines present only %s evidence (UEFI firmware, a software TPM each, no SEV-SNP or TDX), not %s; set attestation.variant: %s", attestation.QEMUVTPM, variant, attestation.QEMUVTPM))
+	}
 	known := err == nil
 	switch {
-	case !known || variant.VTPM:
+	case known && variant.VTPM:
+		if err := a.Measurements.ValidateScheme(vtpm.ImageScheme(variant)); err != nil {
+			p = append(p, "attestation.measurements: "+err.Error())
+		}
+	case !known:
 		if err := a.Measurements.Validate(); err != nil {
 			p = append(p, "attestation.measurements: "+err.Error())
 		}

@@ -42,6 +42,26 @@ type Config struct {
 // Provider selects and configures where nodes run. Exactly one provider is set.
 type Provider struct {
 	Mini *Mini `json:"mini,omitempty"`
+	QEMU *QEMU `json:"qemu,omitempty"`
+}
+
+// QEMU configures the provider of QEMU virtual machines on this machine (UEFI, a software TPM per machine).
+type QEMU struct {
+	// ControlPlanes and Workers are the node counts.
+	ControlPlanes int `json:"controlPlanes"`
+	Workers       int `json:"workers"`
+	// Image is the bootable disk image (node-image.raw); relative paths are relative to the configuration
+	// file.
+	Image string `json:"image"`
+	// ImageDigest is the expected SHA-256 of the disk image ("sha256:<hex>"); a machine never boots another.
+	ImageDigest string `json:"imageDigest"`
+	// MemoryMiB is each machine's memory; 0 means 2048. The firmware measures the machine's memory size
+	// (PCR 1), so the pinned firmware measurements hold only for the default.
+	MemoryMiB int `json:"memoryMiB,omitempty"`
+	// Accelerator is how QEMU runs the machines: "tcg" (emulation; the pinned firmware measurements were
+	// recorded with it), "kvm" (the host's CPU, which the firmware measures: record the firmware PCRs again),
+	// or "auto" (KVM where /dev/kvm opens, TCG otherwise). Empty means "tcg".
+	Accelerator string `json:"accelerator,omitempty"`
 }
 
 // Mini configures the local provider.
@@ -173,8 +193,30 @@ func (c *Config) Validate() error {
 		p = append(p, fmt.Sprintf("version: %q is not supported, want %q", c.Version, Version))
 	}
 	switch {
+	case c.Provider.Mini != nil && c.Provider.QEMU != nil:
+		p = append(p, "provider: both mini and qemu are set; set exactly one")
+	case c.Provider.QEMU != nil:
+		q := c.Provider.QEMU
+		if q.ControlPlanes < 1 || q.ControlPlanes > 3 {
+			p = append(p, fmt.Sprintf("provider.qemu.controlPlanes: %d, want 1 to 3", q.ControlPlanes))
+		}
+		if q.Workers < 0 || q.Workers > 4 {
+			p = append(p, fmt.Sprintf("provider.qemu.workers: %d, want 0 to 4", q.Workers))
+		}
+		if q.Image == "" {
+			p = append(p, "provider.qemu.image: no disk image; build one with 'make node-image'")
+		}
+		if !validDigest(q.ImageDigest) {
+			p = append(p, fmt.Sprintf("provider.qemu.imageDigest: %q is not sha256:<64 hex digits>", q.ImageDigest))
+		}
+		if a := q.Accelerator; a != "" && a != "tcg" && a != "kvm" && a != "auto" {
+			p = append(p, fmt.Sprintf("provider.qemu.accelerator: %q, want tcg, kvm or auto", a))
+		}
+		if q.MemoryMiB != 0 && (q.MemoryMiB < 1024 || q.MemoryMiB > 4096) {
+			p = append(p, fmt.Sprintf("provider.qemu.memoryMiB: %d, want 1024 to 4096 (0 or none: 2048)", q.MemoryMiB))
+		}
 	case c.Provider.Mini == nil:
-		p = append(p, "provider: no provider configured (set provider.mini)")
+		p = append(p, "provider: no provider configured (set provider.mini or provider.qemu)")
 	default:
 		m := c.Provider.Mini
 		if m.ControlPlanes < 1 || m.ControlPlanes > 5 {
@@ -264,11 +306,17 @@ func Header(variant string) []byte {
 
 // ImagePath resolves the node image path relative to the configuration file's directory.
 func (c *Config) ImagePath(configPath string) string {
-	if c.Provider.Mini == nil {
+	var image string
+	switch {
+	case c.Provider.Mini != nil:
+		image = c.Provider.Mini.Image
+	case c.Provider.QEMU != nil:
+		image = c.Provider.QEMU.Image
+	default:
 		return ""
 	}
-	if filepath.IsAbs(c.Provider.Mini.Image) {
-		return c.Provider.Mini.Image
+	if filepath.IsAbs(image) {
+		return image
 	}
-	return filepath.Join(filepath.Dir(configPath), c.Provider.Mini.Image)
+	return filepath.Join(filepath.Dir(configPath), image)
 }

@@ -18,10 +18,11 @@ type MeasuredImage struct {
 }
 
 // MeasuredImages are the images `make node-image` writes with expected measurements: the squashfs image of
-// the mini provider and the bootable UEFI disk image.
+// the mini provider and the bootable UEFI disk image, whose measurements (the image's PCRs) are signed for the
+// QEMU provider's machines.
 var MeasuredImages = []MeasuredImage{
 	{Measurements: "measurements.json", Manifest: "node-image.json", Variant: attestation.MiniVTPM.Name},
-	{Measurements: bootimage.MeasurementsFile, Manifest: bootimage.ManifestFile, Variant: bootimage.MeasurementsVariant},
+	{Measurements: bootimage.MeasurementsFile, Manifest: bootimage.ManifestFile, Variant: attestation.QEMUVTPM.Name},
 }
 
 // MeasuredImageFor returns the image whose measurements file is named as measPath's base name.

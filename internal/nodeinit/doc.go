@@ -12,8 +12,9 @@
 // first process (the arguments after "--" on the command line). On any failure it refuses to boot: it says
 // why on the console and powers the machine off.
 //
-// Left for the provider: networking (the first process configures it), the state disk (the root is
-// read-only; /etc/kubernetes, /var, /run need the encrypted state disk or a tmpfs), the TPM (the kernel's
-// /dev/tpmrm0 instead of the mini provider's swtpm socket) and where the metadata service is (the command line
-// or DHCP).
+// Left for the first process and its provider (package internal/provider/qemu/guest): networking (the
+// address derived from the MAC address the provider assigns, the metadata service at a fixed address), the TPM
+// (the kernel's /dev/tpmrm0 instead of the mini provider's swtpm socket), the firmware's event log
+// (securityfs), and the state disk (the root is read-only; /etc/kubernetes, /var need the encrypted state disk
+// or a tmpfs).
 package nodeinit

@@ -17,7 +17,8 @@
 // manufacturer, model and version), which crypto/x509 parses but lists in UnhandledCriticalExtensions;
 // verify them with CheckSignatureFrom or clear that list before x509.Certificate.Verify.
 //
-// Start runs swtpm on such a state directory; Close stops it cleanly. swtpm keeps its state across
+// Start runs swtpm on such a state directory; Close stops it cleanly. StartForMachine runs it as the TPM of a
+// QEMU virtual machine instead (control socket only; the machine's firmware starts the TPM). swtpm keeps its state across
 // restarts and counts a stop without TPM2_Shutdown as a dictionary-attack event, so always Close a TPM.
 //
 // The package needs the swtpm binaries (Debian packages swtpm and swtpm-tools) in PATH. Manufacture

@@ -46,6 +46,7 @@ var layers = map[string]int{
 	"internal/nodeinit":               nodePiece,
 	"internal/config":                 nodePiece,
 	"internal/provider/mini/metadata": nodePiece,
+	"internal/provider/qemu/guest":    nodePiece,
 	"internal/provider":               nodePiece, // the seam: what a node asks of its provider
 	"internal/provider/providers":     nodePiece, // opens a node's provider by name
 	"internal/tpmtest":                nodePiece,

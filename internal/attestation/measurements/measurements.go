@@ -4,8 +4,9 @@
 // The policy denies by default. An empty policy accepts nothing; a PCR in the policy that the evidence does not
 // cover is a mismatch, never a skip. A policy that would accept any node image, or the genuine image booted
 // with parameters of the host's choosing, is invalid ([M.Validate]): the PCRs that measure the image and its
-// boot parameters ([ImagePCRs]: [PCRNodeImage] and [PCRBootParams]) must be in it and enforced, so a policy in
-// which every PCR is warn-only, or one of these PCRs is missing or warn-only, is refused wherever a policy
+// boot parameters (the ImagePCRs of the node's measured-boot [Scheme]: PCRs 4 and 8 on the mini provider,
+// [MiniScheme]; PCRs 4, 11, 12 and 13 on UEFI machines, [UEFIScheme]) must be in it and enforced, so a policy
+// in which every PCR is warn-only, or one of these PCRs is missing or warn-only, is refused wherever a policy
 // enters the product (configuration, init, recovery, the join service's configuration, the key service's
 // secret, validators). A failed check reports every mismatching PCR at once, with expected and actual values,
 // so an operator can see what differs.
@@ -86,11 +87,62 @@ type Measurement struct {
 // M maps PCR indices to their policy.
 type M map[uint32]Measurement
 
-// ImagePCRs are the PCRs that measure the node image and what it boots with: the image itself
-// ([PCRNodeImage]) and its boot parameters ([PCRBootParams]). A valid policy enforces every one of them:
-// without the first any image would be accepted, without the second the genuine image booted with a
-// command line of the host's choosing (another metadata service, features switched off by flags).
+// ImagePCRs are the PCRs that measure the node image and what it boots with in the mini provider's scheme
+// ([MiniScheme]): the image itself ([PCRNodeImage]) and its boot parameters ([PCRBootParams]). A valid policy
+// of that scheme enforces every one of them: without the first any image would be accepted, without the
+// second the genuine image booted with a command line of the host's choosing (another metadata service,
+// features switched off by flags).
 var ImagePCRs = []uint32{PCRNodeImage, PCRBootParams}
+
+// PCRs of the UEFI measured-boot scheme (systemd-stub in a unified kernel image on UEFI firmware; see package
+// bootimage) besides [PCRNodeImage], which there measures the boot application.
+const (
+	// PCRKernelBoot measures the sections of the unified kernel image as systemd-stub saw them: kernel,
+	// initramfs, command line, OS release.
+	PCRKernelBoot = 11
+	// PCRKernelConfig measures a kernel command line the host's boot option passes, and credentials found on
+	// the ESP; nothing for a genuine boot.
+	PCRKernelConfig = 12
+	// PCRSysExts measures system extensions found on the ESP; nothing for a genuine boot.
+	PCRSysExts = 13
+)
+
+// Scheme is a measured-boot scheme: the PCRs through which a node's boot pins the node image and the
+// parameters it boots with. Every policy of a scheme must enforce all of them.
+type Scheme struct {
+	Name string
+	// ImagePCRs measure the node image and its boot parameters.
+	ImagePCRs []uint32
+}
+
+// The measured-boot schemes of this product.
+var (
+	// MiniScheme is the mini provider's firmware: PCR 4 the node image's digest, PCR 8 the first process's
+	// command line.
+	MiniScheme = Scheme{Name: "mini", ImagePCRs: ImagePCRs}
+	// UEFIScheme is a UEFI machine booting the node image's unified kernel image: PCR 4 the boot application
+	// (the UKI, and the kernel systemd-stub loads from it), PCR 11 the UKI's sections, PCRs 12 and 13 what the
+	// host could add through the boot option and the ESP (a genuine boot leaves them at zero). There is no
+	// PCR 8: the command line is a section of the UKI.
+	UEFIScheme = Scheme{Name: "uefi", ImagePCRs: []uint32{PCRNodeImage, PCRKernelBoot, PCRKernelConfig, PCRSysExts}}
+)
+
+// schemes are the measured-boot schemes a policy that names no variant may be for.
+var schemes = []Scheme{MiniScheme, UEFIScheme}
+
+// schemeOf is the scheme a policy that satisfies none is reported against: the mini scheme if it has PCR 8,
+// else the UEFI scheme if it has a PCR only that scheme pins, else the mini scheme.
+func (m M) schemeOf() Scheme {
+	if _, ok := m[PCRBootParams]; ok {
+		return MiniScheme
+	}
+	for _, idx := range []uint32{PCRKernelBoot, PCRKernelConfig, PCRSysExts} {
+		if _, ok := m[idx]; ok {
+			return UEFIScheme
+		}
+	}
+	return MiniScheme
+}
 
 // ErrEmptyPolicy is returned when a policy has no entries; an empty policy accepts nothing.
 var ErrEmptyPolicy = errors.New("the measurement policy is empty, so nothing can be verified; add the expected PCR values")
@@ -148,11 +200,31 @@ func (m *M) UnmarshalJSON(raw []byte) error {
 	return nil
 }
 
-// Validate is the one validity check of a policy, made wherever a policy enters: it has entries, all in
-// range, and it pins the node image and its boot parameters: at least one PCR is enforced, and every PCR of
-// [ImagePCRs] is in the policy and enforced (not warn-only). A policy that fails it would accept any image, or
-// the genuine image with any boot parameters ([ErrAcceptsAnyImage]).
+// Validate is the validity check of a policy at the entry points that do not know the variant of the nodes
+// it is for: the policy must pass [M.ValidateScheme] for at least one measured-boot scheme of this product.
+// The entry points that know the variant (every validator, the configuration) check the variant's own scheme
+// (vtpm.ImageScheme), so a policy of one scheme is never enforced on the other's nodes.
 func (m M) Validate() error {
+	err := m.ValidateScheme(m.schemeOf())
+	if err == nil {
+		return nil
+	}
+	for _, s := range schemes {
+		if m.ValidateScheme(s) == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// ValidateScheme is the one validity check of a policy for nodes of a measured-boot scheme: it has entries,
+// all in range, and it pins the node image and its boot parameters: at least one PCR is enforced, and every
+// PCR of the scheme's ImagePCRs is in the policy and enforced (not warn-only). A policy that fails it would
+// accept any image, or the genuine image with any boot parameters ([ErrAcceptsAnyImage]).
+func (m M) ValidateScheme(s Scheme) error {
+	if len(s.ImagePCRs) == 0 {
+		return fmt.Errorf("measured-boot scheme %q names no image PCRs", s.Name)
+	}
 	if len(m) == 0 {
 		return ErrEmptyPolicy
 	}
@@ -162,10 +234,10 @@ func (m M) Validate() error {
 		}
 	}
 	if !slices.ContainsFunc(m.Indices(), func(idx uint32) bool { return !m[idx].WarnOnly }) {
-		return fmt.Errorf("%w: every PCR is warn-only, so no mismatch fails; enforce at least %s (set warnOnly: false)", ErrAcceptsAnyImage, namePCRs(ImagePCRs))
+		return fmt.Errorf("%w: every PCR is warn-only, so no mismatch fails; enforce at least %s (set warnOnly: false)", ErrAcceptsAnyImage, namePCRs(s.ImagePCRs))
 	}
 	var missing, warnOnly []uint32
-	for _, idx := range ImagePCRs {
+	for _, idx := range s.ImagePCRs {
 		switch meas, ok := m[idx]; {
 		case !ok:
 			missing = append(missing, idx)
@@ -181,7 +253,7 @@ func (m M) Validate() error {
 		problems = append(problems, fmt.Sprintf("%s warn-only (set warnOnly: false)", namePCRs(warnOnly)))
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%w: %s measure the node image and its boot parameters and must be enforced: %s", ErrAcceptsAnyImage, namePCRs(ImagePCRs), strings.Join(problems, "; "))
+		return fmt.Errorf("%w: %s measure the node image and its boot parameters (%s boot scheme) and must be enforced: %s", ErrAcceptsAnyImage, namePCRs(s.ImagePCRs), s.Name, strings.Join(problems, "; "))
 	}
 	return nil
 }

@@ -80,6 +80,12 @@ func TestValidateRefusesAcceptAnyImage(t *testing.T) {
 		"both missing":              {M{0: {Expected: a}, 15: {}}, "PCRs 4, 8 missing"},
 		"both warn-only":            {M{0: {Expected: a}, 4: {Expected: a, WarnOnly: true}, 8: {Expected: a, WarnOnly: true}}, "PCRs 4, 8 warn-only"},
 		"one missing one warn-only": {M{0: {Expected: a}, 8: {Expected: a, WarnOnly: true}}, "PCR 4 missing (add the expected value the node image presents); PCR 8 warn-only"},
+		// The UEFI scheme: PCRs 4, 11, 12 and 13.
+		"UEFI: UKI PCR missing":   {M{0: {Expected: a}, 4: {Expected: a}, 12: {}, 13: {}}, "PCR 11 missing"},
+		"UEFI: UKI PCR warn-only": {M{4: {Expected: a}, 11: {Expected: a, WarnOnly: true}, 12: {}, 13: {}}, "PCR 11 warn-only"},
+		"UEFI: ESP PCRs missing":  {M{4: {Expected: a}, 11: {Expected: a}}, "PCRs 12, 13 missing"},
+		"UEFI: ESP PCR warn-only": {M{4: {Expected: a}, 11: {Expected: a}, 12: {}, 13: {WarnOnly: true}}, "PCR 13 warn-only"},
+		"UEFI: image PCR missing": {M{0: {Expected: a}, 11: {Expected: a}, 12: {}, 13: {}}, "PCR 4 missing"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.m.Validate()
@@ -95,6 +101,17 @@ func TestValidateRefusesAcceptAnyImage(t *testing.T) {
 				t.Errorf("Check = %v, want ErrAcceptsAnyImage", err)
 			}
 		})
+	}
+	uefi := M{0: {Expected: a}, 4: {Expected: a}, 11: {Expected: a}, 12: {}, 13: {}}
+	if err := uefi.Validate(); err != nil {
+		t.Errorf("a policy enforcing PCRs 4, 11, 12 and 13: %v", err)
+	}
+	// A policy of one scheme is not one of the other: the variant's entry points check its own scheme.
+	if err := uefi.ValidateScheme(MiniScheme); !errors.Is(err, ErrAcceptsAnyImage) || !strings.Contains(err.Error(), "PCR 8 missing") {
+		t.Errorf("a UEFI policy under the mini scheme: %v", err)
+	}
+	if err := (M{4: {Expected: a}, 8: {Expected: a}}).ValidateScheme(UEFIScheme); !errors.Is(err, ErrAcceptsAnyImage) || !strings.Contains(err.Error(), "PCRs 11, 12, 13 missing") {
+		t.Errorf("a mini policy under the UEFI scheme: %v", err)
 	}
 	if err := (M{4: {Expected: a}, 8: {Expected: a}, 9: {Expected: a, WarnOnly: true}}).Validate(); err != nil {
 		t.Errorf("a policy enforcing PCRs 4 and 8: %v", err)

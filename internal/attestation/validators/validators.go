@@ -3,7 +3,7 @@
 // (verify, attestation verify) and the join service validate the same evidence the same way.
 //
 // A [Policy] names the variant and holds what its evidence must meet: the PCR measurements of the variants
-// with a (v)TPM, the attestation-key roots of mini-vtpm, the SEV-SNP policy with its offline CRLs and VCEK
+// with a (v)TPM, the attestation-key roots of mini-vtpm and qemu-vtpm, the SEV-SNP policy with its offline CRLs and VCEK
 // cache, or the TDX policy with Intel's collateral. [New] fails closed: an unknown or unsupported variant, a
 // variant without its hardware policy, a policy of another variant's hardware, or an invalid policy
 // (allowDebug, a fixed reportData, no measurements, measurements that accept any node image or boot
@@ -12,8 +12,9 @@
 // (variants without a vTPM) or the attestation key the evidence names (variants with a vTPM, whose quote then
 // binds the nonce).
 //
-// The node image and its boot parameters are pinned by the PCRs of measurements.ImagePCRs (4 and 8) on the
-// variants with a vTPM. The variants without a vTPM take no PCRs: there the hardware policy pins them, on
+// The node image and its boot parameters are pinned on the variants with a vTPM by the image PCRs of the
+// variant's measured-boot scheme (vtpm.ImageScheme): PCRs 4, 11, 12 and 13 on qemu-vtpm (UEFI), PCRs 4 and 8
+// on the others. The variants without a vTPM take no PCRs: there the hardware policy pins them, on
 // qemu-tdx by RTMR0-3 (RTMR2 measures the kernel command line), on qemu-sev-snp by the launch measurement,
 // which covers the kernel, initrd and command line only when the host boots the guest with measured direct
 // boot (their hashes in the launch digest).
@@ -40,8 +41,8 @@ type Policy struct {
 	// Measurements are the expected PCR values of the variants with a TPM or vTPM (required for them);
 	// variants without a vTPM take none.
 	Measurements measurements.M
-	// AKRoots are the CA certificates that certify nodes' attestation keys; mini-vtpm only (required
-	// there). The other variants trust the attestation key only through the hardware report.
+	// AKRoots are the CA certificates that certify nodes' attestation keys; mini-vtpm and qemu-vtpm only
+	// (required there). The other variants trust the attestation key only through the hardware report.
 	AKRoots []*x509.Certificate
 	// SNP is the SEV-SNP policy; required for the SEV-SNP variants, refused for the others.
 	SNP *SNP
@@ -114,13 +115,13 @@ func New(p *Policy, opts Options) (attestation.Validator, error) {
 // validated by the constructors, which share their checks with internal/config.
 func check(variant attestation.Variant, p *Policy) error {
 	if variant.VTPM {
-		if err := p.Measurements.Validate(); err != nil {
+		if err := p.Measurements.ValidateScheme(vtpm.ImageScheme(variant)); err != nil {
 			return fmt.Errorf("%w: %s: measurements: %w", ErrPolicy, variant, err)
 		}
 	} else if len(p.Measurements) > 0 {
 		return policyErr("%s has no vTPM, so PCR measurements do not apply; remove them and put the launch measurement into the %s policy", variant, variant.Hardware)
 	}
-	if variant.Name == attestation.MiniVTPM.Name {
+	if vtpm.ProviderCertified(variant) {
 		if len(p.AKRoots) == 0 {
 			return policyErr("%s needs the certificate of the CA that certifies the nodes' attestation keys", variant)
 		}
@@ -143,10 +144,10 @@ func check(variant attestation.Variant, p *Policy) error {
 func build(variant attestation.Variant, p *Policy, opts Options) (attestation.Validator, error) {
 	switch variant.Hardware {
 	case attestation.NoHardware:
-		if variant.Name != attestation.MiniVTPM.Name {
+		if !vtpm.ProviderCertified(variant) {
 			break
 		}
-		return vtpm.NewValidator(p.AKRoots, p.Measurements, opts.Log)
+		return vtpm.NewValidatorFor(variant, p.AKRoots, p.Measurements, opts.Log)
 	case attestation.SEVSNP:
 		policy := p.SNP.Policy.Clone()
 		if err := policy.ValidateForCluster(); err != nil {

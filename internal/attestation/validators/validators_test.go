@@ -20,6 +20,9 @@ import (
 
 var pcrs = measurements.M{4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}}
 
+// uefiPCRs is a policy of the UEFI scheme (qemu-vtpm).
+var uefiPCRs = measurements.M{4: {Expected: measurements.Digest{1}}, 11: {Expected: measurements.Digest{2}}, 12: {}, 13: {}}
+
 // testSNP returns a test PKI, a platform of it and its policy.
 func testSNP(t *testing.T) (*snptest.PKI, *snptest.Platform) {
 	t.Helper()
@@ -69,6 +72,7 @@ func TestNewEveryVariant(t *testing.T) {
 	snpPart := &SNP{Policy: *pl.Policy()}
 	for _, p := range []*Policy{
 		{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}},
+		{Variant: "qemu-vtpm", Measurements: uefiPCRs, AKRoots: []*x509.Certificate{ca}},
 		{Variant: "qemu-sev-snp", SNP: snpPart},
 		{Variant: "aws-sev-snp", Measurements: pcrs, SNP: snpPart},
 		{Variant: "gcp-sev-snp", Measurements: pcrs, SNP: snpPart},
@@ -86,7 +90,7 @@ func TestNewEveryVariant(t *testing.T) {
 		}
 	}
 	// Every registered variant is built above.
-	if n := len(attestation.Variants()); n != 7 {
+	if n := len(attestation.Variants()); n != 8 {
 		t.Errorf("%d variants registered; cover the new ones here", n)
 	}
 }
@@ -140,6 +144,11 @@ func TestNewRefuses(t *testing.T) {
 		"image PCR warn-only":          {&Policy{Variant: "aws-sev-snp", Measurements: measurements.M{0: {}, 4: {WarnOnly: true}, 8: {}}, SNP: snpPart}, []string{"accepts any node image", "PCR 4 warn-only"}},
 		"boot-params PCR missing":      {&Policy{Variant: "mini-vtpm", Measurements: measurements.M{0: {}, 4: {}, 15: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"boot parameters", "PCR 8 missing"}},
 		"boot-params PCR warn-only":    {&Policy{Variant: "azure-tdx", Measurements: measurements.M{0: {}, 4: {}, 8: {WarnOnly: true}}, TDX: tdxPolicy(t)}, []string{"boot parameters", "PCR 8 warn-only"}},
+		"qemu-vtpm without AK roots":   {&Policy{Variant: "qemu-vtpm", Measurements: uefiPCRs}, []string{"qemu-vtpm needs the certificate of the CA"}},
+		"qemu-vtpm with a mini policy": {&Policy{Variant: "qemu-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "uefi boot scheme", "PCRs 11, 12, 13 missing"}},
+		"qemu-vtpm UKI PCR warn-only":  {&Policy{Variant: "qemu-vtpm", Measurements: measurements.M{0: {}, 4: {}, 11: {WarnOnly: true}, 12: {}, 13: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "PCR 11 warn-only"}},
+		"qemu-vtpm ESP PCR missing":    {&Policy{Variant: "qemu-vtpm", Measurements: measurements.M{0: {}, 4: {}, 11: {}, 12: {}}, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "PCR 13 missing"}},
+		"mini-vtpm with a UEFI policy": {&Policy{Variant: "mini-vtpm", Measurements: uefiPCRs, AKRoots: []*x509.Certificate{ca}}, []string{"accepts any node image", "PCR 8 missing"}},
 		"AK roots on hardware variant": {&Policy{Variant: "aws-sev-snp", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"only through the hardware report"}},
 		"SNP policy on mini-vtpm":      {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"mini-vtpm evidence has no SEV-SNP report; remove it"}},
 		"TDX policy on SEV-SNP":        {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, TDX: tdxPolicy(t)}, []string{"qemu-sev-snp evidence has no TDX quote; remove it"}},

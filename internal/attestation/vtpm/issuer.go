@@ -88,11 +88,21 @@ type Issuer struct {
 	runtime  []eventlog.Event  // measurements made after boot, through Measure
 	akCert   []byte
 	eventLog func() ([]byte, error)
+	variant  attestation.Variant
 }
 
 // NewIssuer loads the attestation key of the TPM behind rw and checks that akCertDER certifies it.
 // eventLog returns the current TCG event log; it may be nil when the platform keeps none.
 func NewIssuer(rw io.ReadWriter, alg KeyAlgorithm, akCertDER []byte, eventLog func() ([]byte, error)) (*Issuer, error) {
+	return NewIssuerFor(attestation.MiniVTPM, rw, alg, akCertDER, eventLog)
+}
+
+// NewIssuerFor is [NewIssuer] for evidence of variant, one whose attestation key the provider certifies
+// ([ProviderCertified]).
+func NewIssuerFor(variant attestation.Variant, rw io.ReadWriter, alg KeyAlgorithm, akCertDER []byte, eventLog func() ([]byte, error)) (*Issuer, error) {
+	if !ProviderCertified(variant) {
+		return nil, fmt.Errorf("%s evidence is not a TPM quote with a provider-certified attestation key", variant)
+	}
 	cert, err := x509.ParseCertificate(akCertDER)
 	if err != nil {
 		return nil, fmt.Errorf("parsing attestation key certificate: %w", err)
@@ -105,11 +115,11 @@ func NewIssuer(rw io.ReadWriter, alg KeyAlgorithm, akCertDER []byte, eventLog fu
 		ak.Close()
 		return nil, errors.New("the attestation key certificate does not certify this TPM's attestation key; enroll the TPM again")
 	}
-	return &Issuer{rw: rw, ak: ak, akCert: bytes.Clone(akCertDER), eventLog: eventLog}, nil
+	return &Issuer{rw: rw, ak: ak, akCert: bytes.Clone(akCertDER), eventLog: eventLog, variant: variant}, nil
 }
 
-// Variant returns attestation.MiniVTPM.
-func (i *Issuer) Variant() attestation.Variant { return attestation.MiniVTPM }
+// Variant returns the variant of the evidence the issuer produces.
+func (i *Issuer) Variant() attestation.Variant { return i.variant }
 
 // Issue quotes all SHA-256 PCRs with qualifying data bound to nonce and userData.
 func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, error) {
@@ -121,7 +131,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 	}
 	doc := &attestation.Document{
 		Version:  attestation.DocumentVersion,
-		Variant:  attestation.MiniVTPM.Name,
+		Variant:  i.variant.Name,
 		UserData: bytes.Clone(userData),
 		TPM:      &attestation.TPMEvidence{AKCert: i.akCert},
 	}
@@ -130,7 +140,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 		return nil, err
 	}
 	doc.TPM.EventLog = log
-	binding := attestation.BindingDigest(attestation.MiniVTPM, nonce, userData)
+	binding := attestation.BindingDigest(i.variant, nonce, userData)
 	quote, sig, pcrs, err := i.quote(binding[:])
 	if err != nil {
 		return nil, err

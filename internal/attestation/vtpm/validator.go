@@ -24,10 +24,11 @@ import (
 
 // Validator validates mini-vtpm evidence against pinned AK roots and a measurement policy.
 type Validator struct {
-	roots  *x509.CertPool
-	policy measurements.M
-	log    *slog.Logger
-	now    func() time.Time
+	variant attestation.Variant
+	roots   *x509.CertPool
+	policy  measurements.M
+	log     *slog.Logger
+	now     func() time.Time
 	// akCache remembers AK certificate chains that verified, keyed by their exact bytes.
 	akCache akCache
 }
@@ -35,10 +36,20 @@ type Validator struct {
 // NewValidator returns a validator that trusts attestation keys certified by akRoots and accepts only PCR
 // values matching policy. Both are required: no roots or an empty policy is an error, not "accept all".
 func NewValidator(akRoots []*x509.Certificate, policy measurements.M, log *slog.Logger) (*Validator, error) {
+	return NewValidatorFor(attestation.MiniVTPM, akRoots, policy, log)
+}
+
+// NewValidatorFor is [NewValidator] for evidence of variant, one whose attestation key the provider certifies
+// ([ProviderCertified]); the policy must pin the image PCRs of the variant's measured-boot scheme
+// ([ImageScheme]).
+func NewValidatorFor(variant attestation.Variant, akRoots []*x509.Certificate, policy measurements.M, log *slog.Logger) (*Validator, error) {
+	if !ProviderCertified(variant) {
+		return nil, fmt.Errorf("%s evidence is not a TPM quote with a provider-certified attestation key", variant)
+	}
 	if len(akRoots) == 0 {
 		return nil, errors.New("no attestation key root certificate configured; pin the provider's AK CA certificate")
 	}
-	if err := policy.Validate(); err != nil {
+	if err := policy.ValidateScheme(ImageScheme(variant)); err != nil {
 		return nil, err
 	}
 	if log == nil {
@@ -48,11 +59,11 @@ func NewValidator(akRoots []*x509.Certificate, policy measurements.M, log *slog.
 	for _, r := range akRoots {
 		pool.AddCert(r)
 	}
-	return &Validator{roots: pool, policy: policy, log: log, now: time.Now, akCache: akCache{entries: map[[32]byte]akCacheEntry{}}}, nil
+	return &Validator{variant: variant, roots: pool, policy: policy, log: log, now: time.Now, akCache: akCache{entries: map[[32]byte]akCacheEntry{}}}, nil
 }
 
-// Variant returns attestation.MiniVTPM.
-func (v *Validator) Variant() attestation.Variant { return attestation.MiniVTPM }
+// Variant returns the variant of the evidence the validator accepts.
+func (v *Validator) Variant() attestation.Variant { return v.variant }
 
 // Validate checks evidence for nonce and returns the user data it binds.
 func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte, error) {
@@ -63,8 +74,8 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	if doc.Variant != attestation.MiniVTPM.Name {
-		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, attestation.MiniVTPM.Name)
+	if doc.Variant != v.variant.Name {
+		return nil, fmt.Errorf("evidence is of variant %q, this validator accepts %q", doc.Variant, v.variant.Name)
 	}
 	if doc.TPM == nil {
 		return nil, errors.New("evidence has no TPM part")
@@ -73,7 +84,7 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	if err := VerifyQuote(attestation.MiniVTPM, doc.TPM, ak.PublicKey, nonce, doc.UserData, v.policy, v.log); err != nil {
+	if err := VerifyQuote(v.variant, doc.TPM, ak.PublicKey, nonce, doc.UserData, v.policy, v.log); err != nil {
 		return nil, err
 	}
 	return doc.UserData, nil
@@ -119,6 +130,9 @@ func VerifyQuote(variant attestation.Variant, ev *attestation.TPMEvidence, ak cr
 	}
 	events, err := verifyEventLog(ev.EventLog, q.PCRs, Scheme(variant), variant.Name == attestation.MiniVTPM.Name)
 	if err != nil {
+		return err
+	}
+	if err := policy.ValidateScheme(ImageScheme(variant)); err != nil {
 		return err
 	}
 	mms, err := policy.Check(q.PCRs)
@@ -193,9 +207,25 @@ func (v *Validator) verifyAKChain(ev *attestation.TPMEvidence, now time.Time) (*
 	return cert, chains[0], nil
 }
 
+// ProviderCertified tells whether the attestation key of variant's TPM is certified by the provider (after
+// credential activation against the TPM's endorsement key certificate) rather than bound by a hardware
+// report: mini-vtpm and qemu-vtpm.
+func ProviderCertified(variant attestation.Variant) bool {
+	return variant.Name == attestation.MiniVTPM.Name || variant.Name == attestation.QEMUVTPM.Name
+}
+
+// ImageScheme is the measured-boot scheme whose image PCRs a policy for variant's nodes must enforce: the
+// UEFI scheme for qemu-vtpm (PCRs 4, 11, 12, 13), the mini scheme (PCRs 4 and 8) for the others.
+func ImageScheme(variant attestation.Variant) measurements.Scheme {
+	if variant.Name == attestation.QEMUVTPM.Name {
+		return measurements.UEFIScheme
+	}
+	return measurements.MiniScheme
+}
+
 // Scheme is the measurement scheme whose events the vTPM of variant logs: the mini firmware's for
-// mini-vtpm (every event's type and data bound), the TCG PC Client firmware profile's for the cloud vTPMs
-// (the data of separators, versions and actions bound, nothing else).
+// mini-vtpm (every event's type and data bound), the TCG PC Client firmware profile's for the UEFI firmware
+// of qemu-vtpm and the cloud vTPMs (the data of separators, versions and actions bound, nothing else).
 func Scheme(variant attestation.Variant) eventlog.Scheme {
 	if variant.Name == attestation.MiniVTPM.Name {
 		return measuredboot.Scheme

@@ -11,15 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
-
-	"github.com/google/go-tpm-tools/client"
-	"github.com/google/go-tpm/legacy/tpm2"
-	"github.com/google/go-tpm/tpmutil"
 
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/swtpm"
@@ -36,14 +29,7 @@ type VTPM struct {
 // first time.
 func NewVTPM(ctx context.Context, dir string, ekCA *swtpm.CA) (*VTPM, error) {
 	state := filepath.Join(dir, "tpm")
-	if _, err := os.Stat(filepath.Join(state, "tpm2-00.permall")); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(state, 0o700); err != nil {
-			return nil, err
-		}
-		if err := swtpm.Manufacture(ctx, state, ekCA); err != nil {
-			return nil, fmt.Errorf("manufacturing the node's TPM: %w", err)
-		}
-	} else if err != nil {
+	if err := swtpm.ManufactureOnce(ctx, state, ekCA); err != nil {
 		return nil, err
 	}
 	return &VTPM{state: state}, nil
@@ -69,10 +55,10 @@ func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
 	}
 	// The provider is the platform owner: a node or provider that died without TPM2_Shutdown is a power loss,
 	// not a dictionary attack, so clear the lockout counter it left (swtpm counts unclean stops).
-	if err := tpm2.DictionaryAttackLockReset(conn, tpm2.AuthCommand{Session: tpm2.HandlePasswordSession, Attributes: tpm2.AttrContinueSession}); err != nil {
+	if err := swtpm.ResetLockout(conn); err != nil {
 		conn.Close()
 		tpm.Close()
-		return nil, fmt.Errorf("resetting the TPM's lockout counter: %w", err)
+		return nil, err
 	}
 	log, err := measuredboot.Measure(conn, b)
 	if err != nil {
@@ -80,7 +66,7 @@ func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
 		tpm.Close()
 		return nil, fmt.Errorf("measured boot: %w", err)
 	}
-	ekCerts, err := readEKCertificates(conn)
+	ekCerts, err := swtpm.EKCertificates(conn)
 	conn.Close()
 	if err != nil {
 		tpm.Close()
@@ -88,23 +74,6 @@ func (v *VTPM) Boot(ctx context.Context, b measuredboot.Boot) ([]byte, error) {
 	}
 	v.tpm, v.ekCerts = tpm, ekCerts
 	return log, nil
-}
-
-// readEKCertificates reads the EK certificates the TPM was manufactured with (TCG EK credential profile NV
-// indices), so the provider knows which TPM belongs to which node.
-func readEKCertificates(rw io.ReadWriter) ([][]byte, error) {
-	var certs [][]byte
-	for _, idx := range []uint32{client.EKCertNVIndexRSA, client.EKCertNVIndexECC} {
-		der, err := tpm2.NVReadEx(rw, tpmutil.Handle(idx), tpm2.HandleOwner, "", 0)
-		if err != nil {
-			continue // this TPM has no certificate of that kind
-		}
-		certs = append(certs, der)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("the node's TPM holds no EK certificate")
-	}
-	return certs, nil
 }
 
 // EKCertificates are the DER EK certificates of the node's TPM, known after Boot.

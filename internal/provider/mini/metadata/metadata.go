@@ -1,4 +1,5 @@
-// Package metadata is the mini provider's instance metadata service, as a cloud's metadata endpoint: nodes and
+// Package metadata is the instance metadata service of the local providers (mini, and qemu, whose nodes use
+// it through package guest), as a cloud's metadata endpoint: nodes and
 // the CLI ask it which instances exist (name, role, address), a node asks who it is (identified by the source
 // address of its request, like a cloud's IMDS), fetches its boot event log, fetches the attestation-key CA
 // certificate, enrolls its TPM's attestation key (credential activation, internal/attestation/akca), and reads
@@ -84,8 +85,8 @@ func NewServer(ca *akca.CA, log *slog.Logger) *Server {
 	return &Server{ca: ca, log: log, instances: map[string]record{}}
 }
 
-// SetInstance registers or updates an instance, the event log of its current boot and the EK certificates of
-// its TPM. Only that TPM can have an attestation key certified in the instance's name.
+// SetInstance registers or updates an instance, the event log of its current boot (nil for a machine whose own
+// firmware measures its boot and which reads the log from its kernel) and the EK certificates of its TPM. Only that TPM can have an attestation key certified in the instance's name.
 func (s *Server) SetInstance(inst Instance, eventLog []byte, ekCerts [][]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -160,6 +161,11 @@ func (s *Server) eventLog(w http.ResponseWriter, r *http.Request) {
 	rec, ok := s.caller(r)
 	if !ok {
 		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	if rec.eventLog == nil {
+		// A machine with firmware of its own (the QEMU provider's) reads its event log from its kernel.
+		http.Error(w, "the provider keeps no event log of this instance: read the firmware's log from the node's own kernel", http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

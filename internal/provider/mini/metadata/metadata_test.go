@@ -54,6 +54,11 @@ func TestInstances(t *testing.T) {
 	if log, err := c.EventLog(ctx); err != nil || string(log) != "log" {
 		t.Fatalf("EventLog = %q, %v", log, err)
 	}
+	// An instance whose firmware keeps its own log gets none from the provider.
+	s.SetInstance(Instance{Name: "cp-0", Role: RoleControlPlane, IP: "127.0.0.1"}, nil, nil)
+	if log, err := c.EventLog(ctx); err == nil || !strings.Contains(err.Error(), "own kernel") {
+		t.Fatalf("EventLog of a machine with its own firmware = %q, %v", log, err)
+	}
 	list, err := c.Instances(ctx)
 	if err != nil || len(list) != 2 || list[0].Name != "cp-0" {
 		t.Fatalf("Instances = %+v, %v", list, err)

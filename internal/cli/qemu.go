@@ -1,0 +1,345 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/bootimage"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/provider/qemu"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
+)
+
+// qemuDirName is the QEMU provider's directory in a workspace.
+const qemuDirName = "constellation-qemu"
+
+func newQEMUCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "qemu",
+		Short:  "The provider of QEMU virtual machines on this machine",
+		Hidden: true,
+	}
+	daemon := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the provider of a QEMU cluster (started by 'apply')",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadQEMUConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			spec, err := qemuSpec(c, workspace(cmd), cmd)
+			if err != nil {
+				return err
+			}
+			p := &qemu.Provider{
+				Dir: filepath.Join(workspace(cmd), qemuDirName),
+				Log: slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil)).With("component", "qemu-provider"),
+			}
+			return p.Run(ctx, spec)
+		},
+	}
+	daemon.Flags().String("workspace", ".", "directory with "+config.FileName)
+	daemon.Flags().String("init-secret-hash", "", "SHA-256 (hex) of the cluster's init secret, for the nodes' instance metadata")
+	cmd.AddCommand(daemon)
+	return cmd
+}
+
+// loadQEMUConfig reads the workspace configuration, which must be one of the QEMU provider.
+func loadQEMUConfig(cmd *cobra.Command) (*config.Config, error) {
+	path := filepath.Join(workspace(cmd), config.FileName)
+	c, err := config.Load(path)
+	if err != nil {
+		return nil, badInput("%w", err)
+	}
+	if c.Provider.QEMU == nil {
+		return nil, badInput("%s configures no QEMU provider (provider.qemu)", path)
+	}
+	return c, nil
+}
+
+// qemuSpec is what the provider daemon boots.
+func qemuSpec(c *config.Config, ws string, cmd *cobra.Command) (qemu.Spec, error) {
+	q := c.Provider.QEMU
+	spec := qemu.Spec{
+		ControlPlanes: q.ControlPlanes, Workers: q.Workers, MemoryMiB: q.MemoryMiB, Accel: q.Accelerator,
+		Image: c.ImagePath(filepath.Join(ws, config.FileName)), ImageDigest: q.ImageDigest,
+	}
+	if hexHash, _ := cmd.Flags().GetString("init-secret-hash"); hexHash != "" {
+		hash, err := hex.DecodeString(hexHash)
+		if err != nil || len(hash) != sha256.Size {
+			return qemu.Spec{}, badInput("--init-secret-hash must be a SHA-256 in hex (64 digits)")
+		}
+		spec.InitSecretHash = hash
+	}
+	return spec, nil
+}
+
+// generateQEMUConfig writes the workspace configuration for the QEMU provider from a built bootable disk
+// image: its digest, and the measurements a machine booting it presents (the image's PCRs 4, 11, 12, 13 from
+// measurements-uefi.json once its signature verifies for the disk image's digest and qemu-vtpm, and the
+// firmware's PCRs pinned for the provider's OVMF build).
+func generateQEMUConfig(cmd *cobra.Command, imageDir, workspace string, controlPlanes, workers int, force bool) error {
+	manifestPath := filepath.Join(imageDir, bootimage.ManifestFile)
+	raw, err := os.ReadFile(manifestPath)
+	if err != nil {
+		return badInput("reading the disk image's description: %w (build the image with 'make node-image' or pass --image-dir)", err)
+	}
+	var disk bootimage.Disk
+	if err := json.Unmarshal(raw, &disk); err != nil {
+		return badInput("%s: %w", manifestPath, err)
+	}
+	measPath := filepath.Join(imageDir, bootimage.MeasurementsFile)
+	rawMeas, signature, err := verifyImageMeasurements(cmd, measPath, disk.Digest, attestation.QEMUVTPM.Name)
+	if err != nil {
+		return err
+	}
+	warnDevSigned(cmd, signature)
+	var image measurements.M
+	if err := json.Unmarshal(rawMeas, &image); err != nil {
+		return badInput("%s: %w", measPath, err)
+	}
+	policy, err := qemu.Policy(image)
+	if err != nil {
+		return badInput("%s: %w", measPath, err)
+	}
+	imagePath, err := filepath.Abs(filepath.Join(imageDir, bootimage.ImageFile))
+	if err != nil {
+		return badInput("%w", err)
+	}
+	c := &config.Config{
+		Version:     config.Version,
+		Provider:    config.Provider{QEMU: &config.QEMU{ControlPlanes: controlPlanes, Workers: workers, Image: imagePath, ImageDigest: disk.Digest}},
+		Attestation: config.Attestation{Variant: attestation.QEMUVTPM.Name, Measurements: policy},
+	}
+	path := filepath.Join(workspace, config.FileName)
+	if err := c.Write(path, force); err != nil {
+		return badInput("%w", err)
+	}
+	fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: qemu-vtpm machines run on no confidential hardware: the host runs their firmware and TPM and can read their memory; "+
+		"attestation proves their boot chain only against a host that does not forge the TPM.")
+	fw, _ := qemu.PinnedFirmware()
+	fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), disk image %s, %d expected PCRs (firmware of OVMF %s); signed: %s.\n",
+		path, controlPlanes, workers, disk.Digest, len(policy), fw.OVMF, signedBy(signature))
+	return nil
+}
+
+// qemuPolicyRoots reads the QEMU provider's attestation-key CA of a workspace.
+func qemuPolicyRoots(ws string) ([]*x509.Certificate, error) {
+	return readCertificates(qemu.AKCAPath(filepath.Join(ws, qemuDirName)))
+}
+
+// runQEMUApply creates the machines of a QEMU configuration through the provider daemon and attests each.
+// Initialising Kubernetes on them is not supported yet: apply stops once every machine is attested.
+func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
+	out := cmd.OutOrStdout()
+	ws := workspace(cmd)
+	dir := filepath.Join(ws, qemuDirName)
+	state, found, err := qemu.ReadState(dir)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	if found && state.DaemonAlive() {
+		return badInput("a QEMU cluster is already running (provider pid %d, %d machines); run 'constellation terminate' first", state.DaemonPID, len(state.Nodes))
+	}
+	if found {
+		fmt.Fprintln(out, "Cleaning up the leftovers of a previous cluster that did not shut down")
+		if err := qemu.Cleanup(dir, state); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: cleanup: %v\n", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return failed(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return failed(err)
+	}
+	initSecret, err := loadOrCreateInitSecret(ws)
+	if err != nil {
+		return failed(err)
+	}
+	logPath := filepath.Join(dir, "provider.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return failed(err)
+	}
+	daemon := exec.Command(exe, "qemu", "daemon", "--workspace", ws, "--init-secret-hash", initSecretHash(initSecret))
+	daemon.Stdout, daemon.Stderr = logFile, logFile
+	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := daemon.Start(); err != nil {
+		logFile.Close()
+		return failed(fmt.Errorf("starting the provider: %w", err))
+	}
+	logFile.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- daemon.Wait() }()
+	fmt.Fprintf(out, "Provider started (pid %d, log %s)\n", daemon.Process.Pid, logPath)
+	printed := 0
+	for {
+		s, ok, _ := qemu.ReadState(dir)
+		if ok {
+			for ; printed < len(s.Progress); printed++ {
+				fmt.Fprintf(out, "  %s\n", s.Progress[printed])
+			}
+			if s.Phase == qemu.PhaseRunning {
+				state = s
+				break
+			}
+			if s.Phase == qemu.PhaseFailed {
+				<-exited
+				return failed(fmt.Errorf("booting the machines failed: %s (see %s)", s.Error, logPath))
+			}
+		}
+		select {
+		case err := <-exited:
+			return failed(fmt.Errorf("the provider stopped while booting the machines: %v (see %s)", err, logPath))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	roots, err := qemuPolicyRoots(ws)
+	if err != nil {
+		return failed(err)
+	}
+	policy, err := c.Attestation.Policy(roots)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	wait, _ := cmd.Flags().GetDuration("wait")
+	for _, n := range state.Nodes {
+		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
+		fmt.Fprintf(out, "  attesting %s at %s (%s; the machine boots under %s)\n", n.Name, endpoint, n.Console, n.Accel)
+		ctx, poweredOff := whileRunning(cmd.Context(), n.PID)
+		res, err := verifyNode(ctx, endpoint, policy, cmd, wait)
+		off := poweredOff()
+		if err != nil && off {
+			return failed(fmt.Errorf("machine %s powered off while it booted (the node refused to boot, or QEMU failed: %s)\nLast lines of its console (%s):\n%s\nRun 'constellation terminate' to remove the cluster",
+				n.Name, filepath.Join(dir, "nodes", n.Name, "qemu.log"), n.Console, tailFile(n.Console, 15)))
+		}
+		if err != nil {
+			return checkFailed(fmt.Errorf("node %s failed attestation: %w\nLast lines of its console (%s):\n%s\nThe machines are still up for inspection; run 'constellation terminate' to remove them",
+				n.Name, err, n.Console, tailFile(n.Console, 15)))
+		}
+		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
+	}
+	fmt.Fprintf(out, "QEMU cluster up: %d machine(s) booted from %s and attested against %s (Kubernetes not initialised: not supported on this provider yet)\n",
+		len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, config.FileName))
+	return nil
+}
+
+// whileRunning returns a context that ends when the process pid (a machine's QEMU) has exited, and a
+// function that stops watching and tells whether it had.
+func whileRunning(parent context.Context, pid int) (context.Context, func() bool) {
+	ctx, cancel := context.WithCancel(parent)
+	var exited atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if syscall.Kill(pid, 0) != nil {
+				exited.Store(true)
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	return ctx, func() bool {
+		cancel()
+		<-done
+		return exited.Load()
+	}
+}
+
+// removeQEMUCluster stops the workspace's QEMU provider and removes its machines and network; ok is false
+// when the workspace has no QEMU provider directory.
+func removeQEMUCluster(out, errOut io.Writer, ws string) (bool, error) {
+	dir := filepath.Join(ws, qemuDirName)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	state, found, err := qemu.ReadState(dir)
+	if err != nil {
+		return true, badInput("%w", err)
+	}
+	if found && state.DaemonAlive() {
+		fmt.Fprintf(out, "Stopping the provider (pid %d) and %d machine(s)\n", state.DaemonPID, len(state.Nodes))
+		if err := qemu.StopDaemon(state, time.Minute); err != nil {
+			fmt.Fprintf(errOut, "warning: %v\n", err)
+		}
+		if state, found, err = qemu.ReadState(dir); err != nil {
+			return true, failed(err)
+		}
+	}
+	if found {
+		if err := qemu.Cleanup(dir, state); err != nil {
+			return true, failed(fmt.Errorf("removing the cluster's machines: %w", err))
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return true, failed(fmt.Errorf("removing the machines' disks and TPMs: %w", err))
+	}
+	return true, nil
+}
+
+// qemuStatus shows every machine of the workspace's QEMU cluster: attested or not, and the tail of the
+// serial console of a machine that is not.
+func qemuStatus(cmd *cobra.Command, c *config.Config) error {
+	out := cmd.OutOrStdout()
+	ws := workspace(cmd)
+	dir := filepath.Join(ws, qemuDirName)
+	state, found, err := qemu.ReadState(dir)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	if !found || !state.DaemonAlive() {
+		return checkFailed(fmt.Errorf("no running QEMU cluster in %s", ws))
+	}
+	roots, err := qemuPolicyRoots(ws)
+	if err != nil {
+		return failed(err)
+	}
+	policy, err := c.Attestation.Policy(roots)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	bad := 0
+	for _, n := range state.Nodes {
+		res, err := verifyNode(cmd.Context(), n.IP+":"+strconv.Itoa(verifyservice.Port), policy, cmd, 0)
+		if err != nil {
+			bad++
+			fmt.Fprintf(out, "%s\t%s\tNOT ATTESTED: %v\n  last lines of its console (%s):\n%s\n", n.Name, n.IP, err, n.Console, tailFile(n.Console, 10))
+			continue
+		}
+		fmt.Fprintf(out, "%s\t%s\tattested (%s)\n", n.Name, n.IP, res.Node)
+	}
+	if bad > 0 {
+		return checkFailed(fmt.Errorf("%d of %d machines are not attested", bad, len(state.Nodes)))
+	}
+	return nil
+}

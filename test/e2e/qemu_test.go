@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/bootimage"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/provider/qemu"
+)
+
+// qemuImageDir is where 'make node-image' writes the bootable disk image.
+const qemuImageDir = "../../_out/node-image"
+
+func requireQEMU(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the QEMU provider needs root")
+	}
+	if err := bootimage.QEMUPrerequisites(); err != nil {
+		t.Skip(err)
+	}
+	for _, tool := range []string{"ip", "nsenter", "swtpm_setup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed; run scripts/setup.sh", tool)
+		}
+	}
+	for _, f := range []string{bootimage.ImageFile, bootimage.MeasurementsFile + ".sigstore.json"} {
+		if _, err := os.Stat(filepath.Join(qemuImageDir, f)); err != nil {
+			t.Skipf("no signed disk image (%v); build it with 'make node-image'", err)
+		}
+	}
+	if qemu.NetworkInUse() {
+		t.Skipf("a QEMU cluster runs on this machine (namespace %s)", qemu.Netns)
+	}
+}
+
+// qemuLeftovers fails the test if a machine, a TPM or the network of the provider in dir is left.
+func qemuLeftovers(t *testing.T, state qemu.State) {
+	t.Helper()
+	if state.DaemonAlive() {
+		t.Error("provider still running")
+	}
+	for _, n := range state.Nodes {
+		if syscall.Kill(n.PID, 0) == nil {
+			t.Errorf("machine %s (pid %d) still running", n.Name, n.PID)
+		}
+	}
+	if qemu.NetworkInUse() {
+		t.Errorf("node network left (namespace %s or link %s)", qemu.Netns, qemu.HostLink)
+	}
+}
+
+// A QEMU machine booted from the node's disk image under UEFI firmware enrols its attestation key and is
+// attested with the generated qemu-vtpm policy: the real firmware's and systemd-stub's measurements, replayed
+// from the firmware's own event log. ATTACK: the host boots a machine from an image that differs in one byte
+// of the UKI (its .osrel section); verify refuses it and names the PCRs that differ.
+func TestQEMUNodeAttests(t *testing.T) {
+	requireQEMU(t)
+	bins := t.TempDir()
+	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
+	if out, code := c.run("config", "generate", "qemu", "--image-dir", qemuImageDir, "--allow-dev-signed"); code != 0 {
+		t.Fatalf("config generate qemu: exit %d\n%s", code, out)
+	}
+	conf, err := config.Load(filepath.Join(c.ws, config.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conf.Attestation.Variant != "qemu-vtpm" || len(conf.Attestation.Measurements) != 9 {
+		t.Fatalf("generated configuration: variant %s, measurements %v", conf.Attestation.Variant, conf.Attestation.Measurements.Indices())
+	}
+
+	start := time.Now()
+	out, code := c.run("apply")
+	dir := filepath.Join(c.ws, "constellation-qemu")
+	state, _, _ := qemu.ReadState(dir)
+	t.Cleanup(func() {
+		c.run("terminate", "--yes")
+		qemuLeftovers(t, state)
+	})
+	if code != 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, "provider.log"))
+		t.Fatalf("apply: exit %d\n%s\nprovider log:\n%s", code, out, log)
+	}
+	t.Logf("power-on to attested: %s", time.Since(start).Round(time.Second))
+	for _, want := range []string{"UEFI measured boot", "control-plane-0 verified: control-plane-0", "QEMU cluster up: 1 machine(s)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apply output lacks %q:\n%s", want, out)
+		}
+	}
+	node := qemu.NodeAddr(0).String()
+	out, code = c.run("verify", "--node-endpoint", node+":9090", "-o", "json")
+	var res struct {
+		Node     string `json:"node"`
+		Variant  string `json:"variant"`
+		Verified bool   `json:"verified"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || !res.Verified || res.Node != "control-plane-0" || res.Variant != "qemu-vtpm" {
+		t.Fatalf("verify control-plane-0: exit %d\n%s", code, out)
+	}
+	if out, code := c.run("status"); code != 0 || !strings.Contains(out, "attested (control-plane-0)") {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	if out, code := c.run("terminate", "--yes"); code != 0 {
+		t.Fatalf("terminate: exit %d\n%s", code, out)
+	}
+	qemuLeftovers(t, state)
+
+	// ATTACK: the host boots the machine from an image with one byte of the UKI changed. The machine boots
+	// (nothing checks the UKI without Secure Boot), but its measurements are not the image's.
+	rogue := filepath.Join(t.TempDir(), bootimage.ImageFile)
+	raw, err := os.ReadFile(filepath.Join(qemuImageDir, bootimage.ImageFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	osrel := []byte(`NAME="Constellation node"`)
+	if bytes.Count(raw, osrel) != 1 {
+		t.Fatalf("the UKI's .osrel appears %d times in the image, want once", bytes.Count(raw, osrel))
+	}
+	raw[bytes.Index(raw, osrel)+len(`NAME="`)] = 'K'
+	if err := os.WriteFile(rogue, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw = nil
+	digest, err := measuredboot.DigestFile(rogue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The host's workspace: the genuine policy, the rogue image.
+	host := cli{t: t, bin: c.bin, ws: t.TempDir()}
+	rogueConf := *conf
+	q := *conf.Provider.QEMU
+	q.Image, q.ImageDigest = rogue, fmt.Sprintf("sha256:%x", digest)
+	rogueConf.Provider.QEMU = &q
+	if err := rogueConf.Write(filepath.Join(host.ws, config.FileName), false); err != nil {
+		t.Fatal(err)
+	}
+	out, code = host.run("apply")
+	state, _, _ = qemu.ReadState(filepath.Join(host.ws, "constellation-qemu"))
+	t.Cleanup(func() {
+		host.run("terminate", "--yes")
+		qemuLeftovers(t, state)
+	})
+	if code != 1 || !strings.Contains(out, "control-plane-0 failed attestation") || !strings.Contains(out, "PCRs 4, 11") {
+		t.Fatalf("apply of the rogue image: exit %d, want 1 naming PCRs 4 and 11\n%s", code, out)
+	}
+	// The operator's verify, with the operator's configuration, refuses the node and names the PCRs.
+	akCA := filepath.Join(host.ws, "constellation-qemu", "ak-ca", "ca-cert.pem")
+	out, code = c.run("verify", "--node-endpoint", node+":9090", "--ak-ca", akCA)
+	if code != 1 || !strings.Contains(out, "measurements do not match the policy (PCRs 4, 11)") {
+		t.Fatalf("verify of the rogue machine: exit %d, want 1 naming PCRs 4 and 11\n%s", code, out)
+	}
+	t.Logf("rogue machine refused:\n%s", out)
+	if out, code := host.run("terminate", "--yes"); code != 0 {
+		t.Fatalf("terminate: exit %d\n%s", code, out)
+	}
+	qemuLeftovers(t, state)
+
+	// ATTACK: the host boots the machine from an image whose root filesystem differs in one byte. The node
+	// refuses to boot (dm-verity) and powers off; apply says so at once, with the machine's console.
+	if raw, err = os.ReadFile(filepath.Join(qemuImageDir, bootimage.ImageFile)); err != nil {
+		t.Fatal(err)
+	}
+	// The second GPT partition entry (LBA 2 on, 128 bytes each) is the root; its first LBA at offset 32.
+	rootStart := int(binary.LittleEndian.Uint64(raw[2*512+128+32:])) * 512
+	raw[rootStart+1<<20] ^= 0xff
+	if err := os.WriteFile(rogue, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw = nil
+	if digest, err = measuredboot.DigestFile(rogue); err != nil {
+		t.Fatal(err)
+	}
+	q.ImageDigest = fmt.Sprintf("sha256:%x", digest)
+	if err := rogueConf.Write(filepath.Join(host.ws, config.FileName), true); err != nil {
+		t.Fatal(err)
+	}
+	out, code = host.run("apply")
+	state, _, _ = qemu.ReadState(filepath.Join(host.ws, "constellation-qemu"))
+	if code != 1 || !strings.Contains(out, "machine control-plane-0 powered off while it booted") || !strings.Contains(out, "REFUSING TO BOOT") {
+		t.Fatalf("apply of an image with a changed root: exit %d, want 1 with the console's refusal\n%s", code, out)
+	}
+}
