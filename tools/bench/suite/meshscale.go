@@ -104,6 +104,7 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("creating the nodes: %w", err)
 	}
+	progress("%d nodes created; starting KWOK", scaleNodes)
 	stopKWOK, err := startKWOK(ctx, kwok, dir, adminKubeconfig)
 	if err != nil {
 		return nil, err
@@ -113,6 +114,7 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 
+	progress("KWOK reports all nodes Ready; starting %d followers", scaleNodes)
 	// One follower per node, each with its node's own credentials (a client certificate of
 	// system:node:<name>), so each has its own connection and watch.
 	var requests atomic.Int64
@@ -149,6 +151,7 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 	}
 	syncTime := time.Since(start)
 
+	progress("all followers synced in %s; measuring a steady minute", syncTime.Round(time.Millisecond))
 	// A steady minute.
 	time.Sleep(10 * time.Second)
 	window := 60 * time.Second
@@ -174,6 +177,7 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 	runtime.ReadMemStats(&ms)
 	memPerFollower := float64(ms.HeapInuse) / 1024 / scaleNodes
 
+	progress("steady minute: %.1f req/s in all, %.2f of the followers; measuring convergence", apiRPS, followerRPS)
 	// Convergence: a node leaves the record; how long until no follower has it as a peer.
 	var converge []time.Duration
 	for round := range 5 {
@@ -183,6 +187,7 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 		converge = append(converge, d)
+		progress("node %s gone from every follower after %s", nodeName(i), d.Round(time.Millisecond))
 	}
 	slices.Sort(converge)
 
@@ -204,6 +209,11 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 		{"mesh-converge-1000", converge[len(converge)/2].Seconds(), "s"},
 		{"mesh-poll-list-kb-1000", float64(len(raw)) / 1024, "KiB"},
 	}, nil
+}
+
+// progress tells on stderr how far a long benchmark is.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
 func nodeName(i int) string { return fmt.Sprintf("node-%04d", i) }
