@@ -398,6 +398,7 @@ func measureRemoval(ctx context.Context, admin *kubeapi.Client, followers []*mes
 	if err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+node, kubeapi.MergePatch, patch, nil); err != nil {
 		return 0, err
 	}
+	patched := time.Since(start)
 	wg.Wait()
 	var last time.Time
 	for i, t := range seen {
@@ -408,6 +409,7 @@ func measureRemoval(ctx context.Context, admin *kubeapi.Client, followers []*mes
 			last = t
 		}
 	}
+	progress("node %s: the API server took %s to apply the change", node, patched.Round(time.Millisecond))
 	return last.Sub(start), nil
 }
 
