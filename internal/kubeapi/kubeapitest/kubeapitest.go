@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,6 +154,10 @@ func Run(dir string) (s *Server, stop func(), err error) {
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--enable-priority-and-fairness=false",
 		"--cert-dir", path("certs"))
+	// Both die with this process, even when it is killed (a test's timeout, an interrupted benchmark).
+	for _, c := range []*exec.Cmd{etcd, apiserver} {
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	var logs []*os.File
 	for _, c := range []struct {
 		cmd  *exec.Cmd

@@ -318,6 +318,7 @@ func startKWOK(ctx context.Context, bin, dir, kubeconfig string) (func(), error)
 	cmd := exec.CommandContext(kctx, bin, "--kubeconfig", kubeconfig, "--config", cfg,
 		"--manage-nodes-with-annotation-selector", kwokAnnotation+"=fake", "--node-lease-duration-seconds", "40",
 		"--server-address", "127.0.0.1:0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logf, err := os.Create(filepath.Join(dir, "kwok.log"))
 	if err != nil {
 		cancel()
