@@ -131,6 +131,11 @@ func recoverRequest(ws string, kmsConf *kms.KMIPConfig) (*initpb.InitRequest, er
 // recoverNode attests a waiting control-plane node, sends it what it needs to open its state disk, and checks
 // that it then proves membership of the cluster.
 func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*x509.Certificate, c *config.Config, member measurements.M, req *initpb.InitRequest, cs clusterState) error {
+	// While other control-plane nodes run, a restarted one rejoins through their join service by itself.
+	if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, member), nil, 0); err == nil {
+		fmt.Fprintf(out, "  %s already proves membership of the cluster: it rejoined through another control-plane node\n", n.Name)
+		return nil
+	}
 	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", n.Name, n.IP)
 	conn, endpoint, err := dialFreshNode(n.IP, miniPolicy(roots, c.Attestation.Measurements))
 	if err != nil {
