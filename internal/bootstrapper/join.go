@@ -187,7 +187,7 @@ func (j joiner) join(ctx context.Context) error {
 	req := &joinpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr}
 	var resp *joinpb.JoinResponse
 	stopped := false
-	if err := retry.Do(ctx, log, "asking a join service of the control plane to admit this node", func() error {
+	if err := retry.Do(ctx, log, "asking the join service to admit this node", func() error {
 		if j.done != nil && j.done() {
 			stopped = true
 			return nil
