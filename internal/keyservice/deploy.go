@@ -41,6 +41,8 @@ func Manifests(providerName, providerEndpoint string) ([]byte, error) {
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},
 		Tolerations:    []map[string]any{kubeapi.ControlPlaneToleration},
 		ServiceAccount: Name,
+		// It listens once it has the master secret and serves: ready only then.
+		ReadyPort: Port,
 		Volumes: []kubeapi.Volume{
 			{Name: "agent", MountPath: agent.SocketPath, HostPath: agent.SocketPath, HostPathType: "Socket"},
 			{Name: "secret", MountPath: SecretSocket, HostPath: SecretSocket, HostPathType: "Socket"},

@@ -33,6 +33,7 @@ func TestManifests(t *testing.T) {
 						Containers                   []struct {
 							Image, ImagePullPolicy string
 							Args                   []string
+							ReadinessProbe         struct{ TCPSocket struct{ Port int } }
 						}
 						Volumes []struct {
 							HostPath struct{ Path, Type string }
@@ -69,6 +70,9 @@ func TestManifests(t *testing.T) {
 	c := pod.Containers[0]
 	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --api-server=https://$(NODE_IP):6443 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
 		t.Errorf("container %+v", c)
+	}
+	if c.ReadinessProbe.TCPSocket.Port != Port {
+		t.Errorf("readiness %+v, want ready once it listens (it serves) at %d", c.ReadinessProbe, Port)
 	}
 	var paths []string
 	for _, v := range pod.Volumes {

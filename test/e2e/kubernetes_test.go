@@ -673,9 +673,10 @@ func checkNoSpecialControlPlane(t *testing.T, cl *cluster) {
 		return string(raw)
 	}
 	for _, n := range []string{"control-plane-1", "control-plane-2"} {
-		if out := console(n); !strings.Contains(out, "master secret received from a key service of the control plane") {
-			t.Fatalf("%s got no master secret from a key service:\n%s", n, out)
-		}
+		cl.eventually(n+" getting the master secret from a key service", func() (string, bool) {
+			out := console(n)
+			return out, strings.Contains(out, "master secret received from a key service of the control plane")
+		})
 	}
 	if out, code := cl.c.run("mini", "stop", "control-plane-0"); code != 0 {
 		t.Fatalf("mini stop control-plane-0: exit %d\n%s", code, out)
