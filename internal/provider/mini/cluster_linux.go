@@ -132,6 +132,8 @@ type node struct {
 	tpm     *VTPM
 	sb      *Sandbox
 	started time.Time
+	// stopped is set while the node is powered off (Stop), until Reboot starts it again.
+	stopped bool
 }
 
 // StatePath is the state file of a provider directory.
@@ -359,7 +361,7 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 	}
 	// The other nodes route the new node's pods to it.
 	for _, other := range p.nodes {
-		if other != nd && other.sb != nil {
+		if other != nd && other.sb != nil && !other.stopped {
 			if err := other.sb.IPInNode("route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
 				if died := other.died(); died != nil {
 					return "", died
@@ -647,6 +649,7 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 	if err := p.startNode(ctx, nd); err != nil {
 		return err
 	}
+	nd.stopped = false
 	if err := p.route(nd); err != nil {
 		return err
 	}
@@ -672,6 +675,7 @@ func (p *Provider) Stop(name string) error {
 		if err := nd.sb.Stop(); err != nil {
 			return fmt.Errorf("stopping %s: %w", name, err)
 		}
+		nd.stopped = true
 		p.state.Progress = append(p.state.Progress, name+" stopped")
 		return p.save()
 	}
