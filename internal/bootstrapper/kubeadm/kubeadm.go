@@ -290,8 +290,17 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
 	// The kubelet's kubeconfig is there already: the join service issued its identity.
-	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", "join", "--config", KubeadmConfig,
-		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"); err != nil {
+	args := []string{"join", "--config", KubeadmConfig,
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"}
+	if controlPlane {
+		// kubeadm checks every etcd member's health before the kubelet starts. Only the control-plane node
+		// whose join service admitted this node has it as a WireGuard peer before its kubelet registers and
+		// publishes its key; another control-plane node that became an etcd member meanwhile would be out
+		// of reach, and the check would fail the join. Adding the member needs a quorum all the same, and
+		// this node's etcd reaches every member once its key is published.
+		args = append(args, "--skip-phases=check-etcd")
+	}
+	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", args...); err != nil {
 		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
 	}
 	return nil
