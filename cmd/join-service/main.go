@@ -14,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
@@ -27,22 +28,22 @@ func main() {
 	pkiDir := flag.String("pki", joinservice.PKIDir, "the control plane's PKI directory")
 	providerName := flag.String("provider", "", "the provider the cluster runs on (required)")
 	providerEndpoint := flag.String("provider-endpoint", "", "where the provider answers (required; for mini: its metadata service)")
-	keyService := flag.String("key-service", "", "host:port of the cluster's key service, for state disk keys (required)")
+	nodeIP := flag.String("node-ip", "", "this node's address: its key service is asked first, then those of the other control-plane nodes (required)")
 	apiEndpoint := flag.String("api-endpoint", "", "host:port of the API server that joining nodes use (required)")
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	meshSocket := flag.String("mesh", meshpeers.LocalSocket, "the node's WireGuard agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *keyService, log); err != nil {
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *nodeIP, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, keyService string, log *slog.Logger) error {
-	if apiEndpoint == "" || keyService == "" {
-		return fmt.Errorf("--api-endpoint and --key-service are required")
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, nodeIP string, log *slog.Logger) error {
+	if apiEndpoint == "" || nodeIP == "" {
+		return fmt.Errorf("--api-endpoint and --node-ip are required")
 	}
 	if apiServer == "" {
 		var err error
@@ -61,6 +62,8 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	issuer := agent.NewClient(agentSocket, md.Variant())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// Disk keys come from the key service of any control-plane node, this node's first.
+	keyServices := keyservice.ControlPlaneAddrs(md, nodeIP)
 	// The join configuration counts only with its MAC, whose key the key service derives from the master
 	// secret; after a restart of the whole control plane it has it only after 'constellation recover'.
 	var macKey []byte
@@ -69,7 +72,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 		if err != nil {
 			return err
 		}
-		macKey, err = joinservice.FetchConfigKey(ctx, keyService, issuer, roots)
+		macKey, err = joinservice.FetchConfigKey(ctx, keyServices, issuer, roots, md)
 		return err
 	}); err != nil {
 		return err
@@ -78,7 +81,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
-	disks := &joinservice.KeyServiceDiskKeys{Addr: keyService, Issuer: issuer, Config: config}
+	disks := &joinservice.KeyServiceDiskKeys{Endpoints: keyServices, Issuer: issuer, Config: config, Roles: md}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
 		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks,
 		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Keys: disks}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,

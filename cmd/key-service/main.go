@@ -14,6 +14,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -24,7 +25,8 @@ func main() {
 	providerEndpoint := flag.String("provider-endpoint", "", "where the provider answers (required; for mini: its metadata service)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
-	diskBindings := flag.String("disk-bindings", keyservice.DiskBindingsFile, "the file recording which node each state disk belongs to")
+	apiServer := flag.String("api-server", "", "URL of the API server that keeps the shared disk bindings (required)")
+	legacyBindings := flag.String("legacy-disk-bindings", keyservice.LegacyDiskBindingsFile, "a file of disk bindings from before the shared record, moved into it at start")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -34,15 +36,16 @@ func main() {
 		log.Error("key service stopped", "error", err)
 		os.Exit(2)
 	}
-	ln, err := net.Listen("tcp", *listen)
+	api, err := kubeapi.FromServiceAccount(*apiServer, kubeapi.ServiceAccountDir)
 	if err != nil {
 		log.Error("key service stopped", "error", err)
-		os.Exit(1)
+		os.Exit(2)
 	}
-	log.Info("key service starting", "version", version.Version, "address", ln.Addr().String())
+	log.Info("key service starting", "version", version.Version, "address", *listen)
 	if err := keyservice.Run(ctx, keyservice.Options{
-		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
-		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, DiskBindings: *diskBindings, Log: log,
+		Listen: func() (net.Listener, error) { return net.Listen("tcp", *listen) }, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
+		AKRoots: md.AKRoots, Allowed: md.IsControlPlane,
+		DiskBindings: keyservice.NewAPIDiskBindings(api), LegacyDiskBindings: *legacyBindings, Log: log,
 	}); err != nil {
 		log.Error("key service stopped", "error", err)
 		os.Exit(1)

@@ -171,13 +171,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		defer stopSecrets()
 	}
-	// A control-plane node whose state disk holds the cluster's state waits for 'constellation recover': the
-	// join service that would hand it its disk key runs on the control plane, which needs this node's etcd.
+	// A control-plane node whose state disk holds the cluster's state rejoins through the join service of
+	// another control-plane node, as a worker does, while the others run; if all of them restarted (etcd has no
+	// quorum, no join service answers), it waits for 'constellation recover'. Whichever comes first counts.
 	recovering := false
 	if disk != nil && self.Role == provider.RoleControlPlane {
 		if recovering, err = disk.hasState(); err != nil {
 			return fmt.Errorf("reading the state disk: %w", err)
 		}
+	}
+	joining := joiner{md: md, issuer: issuer, self: self, policy: selfPolicy, k8s: cfg.Kubernetes(self), disk: disk, mesh: mesh, log: log.With("step", "join")}
+	if self.Role == provider.RoleControlPlane {
+		joining.secrets = secrets
 	}
 	if self.Name == FirstControlPlane || recovering {
 		// The key service binds this node's own state disk to it (the node derives that disk's key itself).
@@ -192,13 +197,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		grpcSrv := grpc.NewServer(grpc.Creds(creds))
 		k8s := cfg.Kubernetes(self)
 		if recovering {
-			log.Warn("the state disk holds an initialised cluster: waiting for 'constellation recover'")
+			log.Warn("the state disk holds an initialised cluster: rejoining through another control-plane node, or waiting for 'constellation recover'")
 		}
-		initpb.RegisterInitServer(grpcSrv, &initServer{
+		init := &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
 			initSecretHash: initSecretHash,
-			life:           &firstNode{ctx: ctx, md: md, self: self, k8s: k8s, mesh: mesh, secrets: secrets, ownDisk: ownDisk},
-		})
+			life:           &firstNode{ctx: ctx, md: md, self: self, k8s: k8s, mesh: mesh, secrets: secrets, ownDisk: ownDisk, issuer: issuer, disk: disk, log: log.With("step", "recover")},
+		}
+		initpb.RegisterInitServer(grpcSrv, init)
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(initpb.Port)))
 		if err != nil {
 			return fmt.Errorf("init service: %w", err)
@@ -206,9 +212,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		go func() { errc <- grpcSrv.Serve(ln) }()
 		defer grpcSrv.Stop()
 		log.Info("init service listening over aTLS", "address", ln.Addr().String())
+		if recovering {
+			joining.claim, joining.done = init.claim, init.isDone
+			go func() {
+				if err := joining.join(ctx); err != nil {
+					log.Error("rejoining the cluster failed", "error", err)
+				}
+			}()
+		}
 	} else {
 		go func() {
-			if err := join(ctx, md, issuer, self, selfPolicy, cfg.Kubernetes(self), disk, mesh, log.With("step", "join")); err != nil {
+			if err := joining.join(ctx); err != nil {
 				log.Error("joining the cluster failed", "error", err)
 			}
 		}()
@@ -264,6 +278,11 @@ type firstNode struct {
 	secrets *keyservice.SecretHolder
 	// ownDisk is the UUID of the node's own state disk, which the key service binds to it ("" without one).
 	ownDisk string
+	// issuer, disk and log serve a control-plane node without a policy on its disk, which gets the master
+	// secret's companions from another key service after a recovery.
+	issuer *vtpm.Issuer
+	disk   *stateDisk
+	log    *slog.Logger
 }
 
 // StartNetwork brings the tunnel up before Kubernetes starts: with a new key at init, with the kept one after
@@ -284,19 +303,26 @@ func (n *firstNode) StartNetwork(recovery bool) error {
 	return n.mesh.Apply(n.ctx)
 }
 
-// Recovered follows the cluster's mesh again and, on the first control-plane node, hands the key service (whose
-// pod the kubelet has restarted, and which waits for it) the master secret.
+// Recovered follows the cluster's mesh again and hands the node's key service (whose pod the kubelet has
+// restarted, and which waits for it) the master secret, with the policy kept on the state disk. A control-plane
+// node that joined before key services ran on every control-plane node kept no policy: its key service gets
+// secret and policy from another key service, as after a join.
 func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
 	if err := setMeshRootFromMaster(n.mesh, ms); err != nil {
 		return err
 	}
 	go n.mesh.Follow(n.ctx, kubeadm.KubeletKubeconfig)
 	go n.mesh.Publish(n.ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
-	if n.self.Name != FirstControlPlane {
-		return nil // the key service runs on the first control-plane node only
-	}
 	if policy == nil {
-		return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
+		if n.self.Name == FirstControlPlane {
+			return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
+		}
+		go func() {
+			if err := shareSecretFromPeers(n.ctx, n.md, n.issuer, n.self, n.disk, n.secrets, n.log); err != nil {
+				n.log.Error("getting the master secret for this node's key service failed", "error", err)
+			}
+		}()
+		return nil
 	}
 	return n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: n.self.Name, DiskUUID: n.ownDisk})
 }
@@ -322,5 +348,5 @@ func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *val
 	if err := n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: n.self.Name, DiskUUID: n.ownDisk}); err != nil {
 		return err
 	}
-	return deployServices(n.ctx, n.md, n.k8s, n.self, ms, clusterID, att, mirrors)
+	return deployServices(n.ctx, n.md, n.k8s, ms, clusterID, att, mirrors)
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -18,7 +16,6 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
@@ -163,15 +160,8 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		if err := s.disk.unlock(key); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		raw, err := json.Marshal(policy)
-		if err != nil {
+		if err := keepPolicy(s.disk, policy); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
-		}
-		if err := os.MkdirAll(filepath.Dir(s.disk.policyFile()), 0o700); err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
-		}
-		if err := atomicfile.Write(s.disk.policyFile(), raw, 0o600); err != nil {
-			return nil, status.Error(codes.Internal, fmt.Sprintf("keeping the measurement policy: %v", err))
 		}
 		if err := keepMirrors(s.disk, mirrors); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
@@ -217,6 +207,26 @@ func (s *initServer) attestationPolicy(raw []byte) (*validators.Policy, error) {
 		return nil, fmt.Errorf("the configuration's attestation variant is %s, but this node attests as %s: set attestation.variant to %s (with its policy) in the configuration", att.Variant, own, own)
 	}
 	return att, nil
+}
+
+// claim makes the node's start one-shot for a control-plane node that rejoins through another control-plane
+// node's join service while it also waits for Recover: true if the rejoin goes ahead, false if Init or
+// Recover came first. Recover, after a claim, is refused as for a recovered node.
+func (s *initServer) claim() bool {
+	s.lock.Lock()
+	defer s.lock.Unlock()
+	if s.done {
+		return false
+	}
+	s.done = true
+	return true
+}
+
+// isDone reports whether the node was initialised, recovered or rejoined.
+func (s *initServer) isDone() bool {
+	s.lock.Lock()
+	defer s.lock.Unlock()
+	return s.done
 }
 
 // unwrapTimeout bounds the wait for the external KMS during init (its client retries with backoff meanwhile).
@@ -301,7 +311,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		// The wrong master secret: the disk's key identifier tells, before anything is written.
 		return nil, status.Error(codes.FailedPrecondition, fmt.Sprintf("%v; is this the master secret of this cluster?", err))
 	}
-	// The first control-plane node keeps the cluster's policy for its key service; the others have none.
+	// Every control-plane node keeps the cluster's policy for its key service (one that joined before key
+	// services ran on every control-plane node has none).
 	policy, err := readClusterPolicy(s.disk.policyFile())
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -339,8 +350,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	return &initpb.RecoverResponse{ClusterId: clusterID}, nil
 }
 
-// readClusterPolicy reads the cluster's measurement policy that init kept on the state disk; nil if there is
-// none (a node other than the first control-plane node). A policy that is not valid (one that would accept
+// readClusterPolicy reads the cluster's measurement policy that init or a join kept on the state disk; nil if
+// there is none (a control-plane node that joined before key services ran on every control-plane node). A policy that is not valid (one that would accept
 // any node image, or the genuine image booted with any boot parameters, too) is an error: the key service is
 // never started with it.
 func readClusterPolicy(path string) (measurements.M, error) {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -59,11 +61,11 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 }
 
 // deployServices installs the cluster's services of this project, from manifests that are part of this
-// measured binary, not supplied from outside: the key service on this node, which gets the master secret from
-// this process; the join service on every control-plane node, with its configuration (the cluster's attestation
+// measured binary, not supplied from outside: the key service on every control-plane node, which gets the
+// master secret from its node's bootstrapper; the join service on every control-plane node, with its configuration (the cluster's attestation
 // policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
 // ID; and the registry mirrors every node gets); and the verification service on every node.
-func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self provider.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 	p := *att
 	if p.Variant == attestation.MiniVTPM.Name {
 		roots, err := md.AKRoots(ctx)
@@ -86,14 +88,14 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self 
 	if err != nil {
 		return err
 	}
-	keys, err := keyservice.Manifests(self.Name, md.Name(), md.Endpoint())
+	keys, err := keyservice.Manifests(md.Name(), md.Endpoint())
 	if err != nil {
 		return err
 	}
 	if err := k8s.Apply(ctx, keys); err != nil {
 		return fmt.Errorf("deploying the key service: %w", err)
 	}
-	join, err := joinservice.Manifests(data, md.Name(), md.Endpoint(), net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port)))
+	join, err := joinservice.Manifests(data, md.Name(), md.Endpoint())
 	if err != nil {
 		return err
 	}
@@ -128,21 +130,48 @@ func ownPolicy(tpm interface {
 	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, boot...)
 }
 
-// join asks the first control-plane node's join service to admit this node, then joins Kubernetes.
-func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, policy measurements.M, k8s Kubernetes, disk *stateDisk, mesh *meshagent.Agent, log *slog.Logger) error {
+// joiner is a node that joins the cluster through the join service of a control-plane node.
+type joiner struct {
+	md     provider.Node
+	issuer *vtpm.Issuer
+	self   provider.Instance
+	// policy is this node's own boot measurements: it trusts a join service (and a key service) that booted
+	// exactly as it did.
+	policy measurements.M
+	k8s    Kubernetes
+	disk   *stateDisk
+	mesh   *meshagent.Agent
+	// secrets is the control-plane node's holder of the master secret, which it gets from a key service of
+	// the control plane once it joined; nil on a worker.
+	secrets *keyservice.SecretHolder
+	// claim, if set, is asked once a join service has admitted the node, before the node acts on the answer:
+	// false means that the node was recovered meanwhile ('constellation recover'), and the join is dropped.
+	// done, if set, tells the join to stop trying for the same reason.
+	claim func() bool
+	done  func() bool
+	log   *slog.Logger
+}
+
+// join asks the join service of a control-plane node to admit this node (any that answers: no control-plane
+// node is special), then joins Kubernetes; a control-plane node then gets the master secret from a key
+// service of the control plane, so that its own key service serves too.
+func (j joiner) join(ctx context.Context) error {
+	md, issuer, self, k8s, disk, mesh, log := j.md, j.issuer, j.self, j.k8s, j.disk, j.mesh, j.log
 	controlPlane := self.Role == provider.RoleControlPlane
 	var diskUUID string
 	if disk != nil {
 		diskUUID = disk.uuid
 	}
-	creds, err := mutualCredentials(ctx, md, issuer, policy, log)
+	creds, err := mutualCredentials(ctx, md, issuer, j.policy, log)
 	if err != nil {
 		return err
 	}
 	// A node that joined before keeps its WireGuard key on its state disk, and the cluster knows it; a new
-	// node makes its key now, and the join service admits its public half for this node.
-	rejoin := false
-	if disk != nil {
+	// node makes its key now, and the join service admits its public half for this node. The state disk is
+	// still locked here: a node that waits for recovery has state on it, and only a recovering node has a
+	// claim.
+	rejoin := j.claim != nil
+	if disk != nil && !rejoin {
 		if rejoin, err = disk.hasState(); err != nil {
 			return fmt.Errorf("reading the state disk: %w", err)
 		}
@@ -160,29 +189,39 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 	if err != nil {
 		return err
 	}
+	req := &joinpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr}
 	var resp *joinpb.JoinResponse
+	stopped := false
 	if err := retry.Do(ctx, log, "asking the join service to admit this node", func() error {
+		if j.done != nil && j.done() {
+			stopped = true
+			return nil
+		}
 		list, err := md.Instances(ctx)
 		if err != nil {
 			return err
 		}
+		var errs []error
 		for _, inst := range list {
-			if inst.Name != FirstControlPlane {
+			if inst.Role != provider.RoleControlPlane || inst.Name == self.Name {
 				continue
 			}
-			conn, err := grpc.NewClient(net.JoinHostPort(inst.IP, strconv.Itoa(joinpb.Port)), grpc.WithTransportCredentials(creds))
-			if err != nil {
-				return err
+			if resp, err = joinAt(ctx, net.JoinHostPort(inst.IP, strconv.Itoa(joinpb.Port)), creds, req); err == nil {
+				log.Info("admitted by the join service", "node", inst.Name)
+				return nil
 			}
-			defer conn.Close()
-			callCtx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			resp, err = joinpb.NewJoinClient(conn).Join(callCtx, &joinpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr})
-			return err
+			errs = append(errs, fmt.Errorf("%s: %w", inst.Name, err))
 		}
-		return errors.New("no control-plane node in the metadata")
+		if len(errs) == 0 {
+			return errors.New("no other control-plane node in the metadata")
+		}
+		return errors.Join(errs...)
 	}); err != nil {
 		return err
+	}
+	if stopped || (j.claim != nil && !j.claim()) {
+		log.Info("the node was recovered meanwhile; it does not rejoin")
+		return nil
 	}
 	kubelet, err := kubeletCredentials(resp, kubeletKey)
 	if err != nil {
@@ -239,7 +278,7 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)
 	}
-	if controlPlane {
+	if controlPlane && !rejoin {
 		if err := writePKI(kubeadm.PKIDir, resp.GetControlPlaneFiles()); err != nil {
 			return fmt.Errorf("installing the control plane's PKI: %w", err)
 		}
@@ -248,7 +287,94 @@ func join(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provi
 		return err
 	}
 	log.Info("joined the cluster")
+	if controlPlane && j.secrets != nil {
+		if err := shareSecretFromPeers(ctx, md, issuer, self, disk, j.secrets, log); err != nil {
+			return err
+		}
+	}
 	return <-published
+}
+
+// joinAt makes one join request to the join service at addr.
+func joinAt(ctx context.Context, addr string, creds *atls.Credentials, req *joinpb.JoinRequest) (*joinpb.JoinResponse, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return joinpb.NewJoinClient(conn).Join(ctx, req)
+}
+
+// shareSecretFromPeers gets the cluster's master secret, its cluster ID and its measurement policy from the
+// key service of another control-plane node, keeps the policy on the state disk (for a recovery) and hands
+// the secret to this node's key service. The node must be a member of the cluster by now (its cluster ID
+// measured): the key service hands the secret only to an attested control-plane member. This node in turn
+// trusts only a key service on a control-plane node that booted exactly as it did and belongs to the same
+// cluster.
+func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, log *slog.Logger) error {
+	own, err := joinservice.OwnMemberPolicy(ctx, issuer)
+	if err != nil {
+		return err
+	}
+	roots, err := md.AKRoots(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := vtpm.NewValidator(roots, own, log)
+	if err != nil {
+		return err
+	}
+	all := keyservice.ControlPlaneAddrs(md, "")
+	own4 := net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port))
+	pool := &keyservice.Pool{
+		// This node's own key service waits for what is fetched here.
+		Endpoints: func(ctx context.Context) ([]string, error) {
+			addrs, err := all(ctx)
+			return slices.DeleteFunc(addrs, func(a string) bool { return a == own4 }), err
+		},
+		Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, md.IsControlPlane),
+	}
+	defer pool.Close()
+	var secret *keyservice.Secret
+	if err := retry.Do(ctx, log, "getting the master secret from a key service of the control plane", func() error {
+		return pool.Do(ctx, func(ctx context.Context, c *keyservice.Client) error {
+			var err error
+			secret, err = c.GetMasterSecret(ctx)
+			return err
+		})
+	}); err != nil {
+		return err
+	}
+	secret.Node = self.Name
+	if disk != nil {
+		secret.DiskUUID = disk.uuid
+		if err := keepPolicy(disk, secret.Measurements); err != nil {
+			return err
+		}
+	}
+	if err := secrets.Set(secret); err != nil {
+		return err
+	}
+	log.Info("master secret received from a key service of the control plane; this node's key service serves too")
+	return nil
+}
+
+// keepPolicy keeps the cluster's measurement policy on the node's encrypted state disk: after a recovery the
+// node's key service checks its callers against it.
+func keepPolicy(disk *stateDisk, policy measurements.M) error {
+	raw, err := json.Marshal(policy)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(disk.policyFile()), 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(disk.policyFile(), raw, 0o600); err != nil {
+		return fmt.Errorf("keeping the measurement policy: %w", err)
+	}
+	return nil
 }
 
 // kubeletRequest makes the kubelet's key and a request for the client certificate of node name.

@@ -34,7 +34,7 @@ func newMiniCmd() *cobra.Command {
 		Short: "Run a local cluster of measured node sandboxes on this machine",
 	}
 	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
-	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniAddWorkerCmd(), newMiniLoadCmd(), newMiniDaemonCmd())
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniStopCmd(), newMiniAddWorkerCmd(), newMiniLoadCmd(), newMiniDaemonCmd())
 	return cmd
 }
 
@@ -412,6 +412,27 @@ func newMiniRebootCmd() *cobra.Command {
 				return failed(fmt.Errorf("rebooting %s: %w", args[0], err))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s rebooted: it attests again and rejoins the cluster with the key of its state disk\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newMiniStopCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop NODE",
+		Short: "Power a node off (its state disk and TPM stay); 'mini reboot NODE' starts it again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, err := runningMini(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			if err := mini.StopNode(ctx, dir, args[0]); err != nil {
+				return failed(fmt.Errorf("stopping %s: %w", args[0], err))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s stopped: 'constellation mini reboot %s' starts it again\n", args[0], args[0])
 			return nil
 		},
 	}

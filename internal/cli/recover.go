@@ -87,11 +87,17 @@ func runRecover(cmd *cobra.Command, _ []string) error {
 	defer cancel()
 	// Every control-plane node waits: with several, none can start its etcd member without the others.
 	var recovered []string
+	controlPlanes := 0
+	for _, n := range state.Nodes {
+		if n.Role == "control-plane" {
+			controlPlanes++
+		}
+	}
 	for _, n := range state.Nodes {
 		if n.Role != "control-plane" {
 			continue
 		}
-		if err := recoverNode(ctx, out, n, roots, c, member, req, cs); err != nil {
+		if err := recoverNode(ctx, out, n, roots, c, member, req, cs, controlPlanes > 1); err != nil {
 			return err
 		}
 		recovered = append(recovered, n.Name)
@@ -129,8 +135,16 @@ func recoverRequest(ws string, kmsConf *kms.KMIPConfig) (*initpb.InitRequest, er
 }
 
 // recoverNode attests a waiting control-plane node, sends it what it needs to open its state disk, and checks
-// that it then proves membership of the cluster.
-func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*x509.Certificate, c *config.Config, member measurements.M, req *initpb.InitRequest, cs clusterState) error {
+// that it then proves membership of the cluster. With several control-plane nodes (canRejoin), a node that
+// already proves membership rejoined through another one's join service meanwhile, and is left as it is.
+func recoverNode(ctx context.Context, out io.Writer, n mini.NodeState, roots []*x509.Certificate, c *config.Config, member measurements.M, req *initpb.InitRequest, cs clusterState, canRejoin bool) error {
+	// While other control-plane nodes run, a restarted one rejoins through their join service by itself.
+	if canRejoin {
+		if _, err := verifyNode(ctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, member), nil, 0); err == nil {
+			fmt.Fprintf(out, "  %s already proves membership of the cluster: it rejoined through another control-plane node\n", n.Name)
+			return nil
+		}
+	}
 	fmt.Fprintf(out, "Attesting %s at %s (it must run the configured image and wait for recovery)\n", n.Name, n.IP)
 	conn, endpoint, err := dialFreshNode(n.IP, miniPolicy(roots, c.Attestation.Measurements))
 	if err != nil {

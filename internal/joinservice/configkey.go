@@ -16,12 +16,13 @@ import (
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
-// FetchConfigKey gets the key of the join configuration's MAC from the key service at addr, over mutual aTLS
-// with issuer (this node's vTPM, mini-vtpm). The join service trusts the key service by what it knows
-// without the configuration, which the key is to authenticate: the key service must run on a vTPM that
-// akRoots (the provider's attestation-key CA) certified, with this node's own boot measurements and its
-// cluster ID (see [OwnMemberPolicy]).
-func FetchConfigKey(ctx context.Context, addr string, issuer attestation.Issuer, akRoots []*x509.Certificate) ([]byte, error) {
+// FetchConfigKey gets the key of the join configuration's MAC from whichever key service of endpoints answers
+// (see keyservice.ControlPlaneAddrs), over mutual aTLS with issuer (this node's vTPM, mini-vtpm). The join
+// service trusts a key service by what it knows without the configuration, which the key is to authenticate:
+// the key service must run on a vTPM that akRoots (the provider's attestation-key CA) certified for a node
+// that roles names a control-plane node, with this node's own boot measurements and its cluster ID (see
+// [OwnMemberPolicy]).
+func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) ([]byte, error) {
 	own, err := OwnMemberPolicy(ctx, issuer)
 	if err != nil {
 		return nil, err
@@ -30,13 +31,14 @@ func FetchConfigKey(ctx context.Context, addr string, issuer attestation.Issuer,
 	if err != nil {
 		return nil, err
 	}
-	c, err := keyservice.NewClient(addr, issuer, []attestation.Validator{v})
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	key, err := c.GetDataKey(ctx, kms.JoinConfigKeyID, 32)
-	if err != nil {
+	p := &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, roles.IsControlPlane)}
+	defer p.Close()
+	var key []byte
+	if err := p.Do(ctx, func(ctx context.Context, c *keyservice.Client) error {
+		var err error
+		key, err = c.GetDataKey(ctx, kms.JoinConfigKeyID, 32)
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("getting the join configuration's key: %w", err)
 	}
 	return key, nil

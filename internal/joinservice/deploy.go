@@ -31,8 +31,9 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and list
 // Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. The provider (name, at endpoint) tells
-// control-plane nodes from workers; keyService is the key service's address, for disk keys.
-func Manifests(config map[string]string, providerName, providerEndpoint, keyService string) ([]byte, error) {
+// control-plane nodes from workers and lists them: the join service gets disk keys from the key service of
+// any control-plane node, its own node's first.
+func Manifests(config map[string]string, providerName, providerEndpoint string) ([]byte, error) {
 	meta := func(name string) map[string]any { return kubeapi.Meta(Name, name) }
 	clusterMeta := func(name string) map[string]any {
 		return map[string]any{"name": name, "labels": kubeapi.Labels(Name)}
@@ -46,7 +47,7 @@ func Manifests(config map[string]string, providerName, providerEndpoint, keyServ
 			"--api-server=https://$(NODE_IP):6443",
 			"--provider=" + providerName,
 			"--provider-endpoint=" + providerEndpoint,
-			"--key-service=" + keyService,
+			"--node-ip=$(NODE_IP)",
 		},
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},
 		Tolerations:    []map[string]any{kubeapi.ControlPlaneToleration},

@@ -38,45 +38,61 @@ func CheckDiskUUID(uuid string) error {
 	return nil
 }
 
-// KeyServiceDiskKeys gets disk keys from the cluster's key service over mutual aTLS: this service attests
-// itself with issuer, and the key service must prove it is a member of this cluster (the cluster's
-// measurements and its cluster ID in PCR 15). It keeps one connection for all joins while the configuration
-// stays the same: one handshake, not one per join, which the key service would limit per source.
+// KeyServiceDiskKeys gets disk keys from whichever key service of the cluster answers (one runs on every
+// control-plane node), over mutual aTLS: this service attests itself with issuer, and the key service must
+// prove it is a member of this cluster (the cluster's measurements and its cluster ID in PCR 15) on a node
+// that Roles names a control-plane node. It keeps one connection per key service for all joins while the
+// configuration stays the same: one handshake, not one per join, which the key service would limit per source.
 type KeyServiceDiskKeys struct {
-	Addr   string
-	Issuer attestation.Issuer
-	Config *Config
+	// Endpoints lists the key services' addresses, tried in order (see keyservice.ControlPlaneAddrs).
+	Endpoints func(ctx context.Context) ([]string, error)
+	Issuer    attestation.Issuer
+	Config    *Config
+	// Roles tells control-plane nodes: a key service anywhere else is not trusted.
+	Roles Roles
 
-	mu     sync.Mutex
-	client *keyservice.Client
-	state  *State // the configuration client trusts the key service by
-	addr   string // the address client connects to
+	mu    sync.Mutex
+	pool  *keyservice.Pool
+	state *State // the configuration pool trusts the key services by
 }
 
-// clientFor returns the connection to the key service that trusts it by s.
-func (k *KeyServiceDiskKeys) clientFor(s *State) (*keyservice.Client, error) {
+// poolFor returns the key services that are trusted by s.
+func (k *KeyServiceDiskKeys) poolFor(s *State) (*keyservice.Pool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.client != nil && k.state == s && k.addr == k.Addr {
-		return k.client, nil
+	if k.pool != nil && k.state == s {
+		return k.pool, nil
+	}
+	if k.Endpoints == nil || k.Roles == nil {
+		return nil, errors.New("no key service configured")
 	}
 	v, err := s.MemberValidator()
 	if err != nil {
 		return nil, err
 	}
-	c, err := keyservice.NewClient(k.Addr, k.Issuer, []attestation.Validator{v})
-	if err != nil {
-		return nil, err
+	if k.pool != nil {
+		k.pool.Close()
 	}
-	if k.client != nil {
-		k.client.Close()
-	}
-	k.client, k.state, k.addr = c, s, k.Addr
-	return c, nil
+	k.pool = &keyservice.Pool{Endpoints: k.Endpoints, Issuer: k.Issuer, Validator: keyservice.ControlPlaneOnly(v, k.Roles.IsControlPlane)}
+	k.state = s
+	return k.pool, nil
 }
 
-// DiskKey asks the key service for the key of a disk on behalf of node. The key service keeps the record of
-// which node each disk belongs to and refuses the key to any other node.
+// do calls fn with a key service of the cluster, trusted by the current configuration.
+func (k *KeyServiceDiskKeys) do(ctx context.Context, fn func(ctx context.Context, c *keyservice.Client) error) error {
+	s, err := k.Config.Current()
+	if err != nil {
+		return err
+	}
+	p, err := k.poolFor(s)
+	if err != nil {
+		return err
+	}
+	return p.Do(ctx, fn)
+}
+
+// DiskKey asks a key service for the key of a disk on behalf of node. The key services share the record of
+// which node each disk belongs to and refuse the key to any other node.
 func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]byte, error) {
 	if err := CheckDiskUUID(uuid); err != nil {
 		return nil, err
@@ -84,18 +100,12 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]
 	if node == "" {
 		return nil, errors.New("a disk key is handed out only for a named node")
 	}
-	if k.Addr == "" {
-		return nil, errors.New("no key service configured")
-	}
-	s, err := k.Config.Current()
-	if err != nil {
-		return nil, err
-	}
-	c, err := k.clientFor(s)
-	if err != nil {
-		return nil, err
-	}
-	key, err := c.GetDiskKey(ctx, uuid, node, joinpb.DiskKeyLength)
+	var key []byte
+	err := k.do(ctx, func(ctx context.Context, c *keyservice.Client) error {
+		var err error
+		key, err = c.GetDiskKey(ctx, uuid, node, joinpb.DiskKeyLength)
+		return err
+	})
 	if status.Code(err) == codes.PermissionDenied {
 		return nil, fmt.Errorf("%w: %w", ErrDiskOfAnotherNode, err)
 	}

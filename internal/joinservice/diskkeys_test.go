@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -20,6 +21,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/swtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
@@ -38,7 +40,7 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 
 	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
 	ksAddr, _ := startKeyService(t, keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, members)
-	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
+	disks := &KeyServiceDiskKeys{Endpoints: fixedAddrs(ksAddr), Issuer: cp.Issuer, Config: config, Roles: roles{"node-0": true}}
 	jsAddr := startJoinService(t, Options{Config: config, Disks: disks}, cp.Issuer)
 
 	join := func(uuid string) (*joinpb.JoinResponse, error) {
@@ -67,9 +69,18 @@ func TestJoinHandsOutTheDiskKey(t *testing.T) {
 	// A key service that is not a member of this cluster is not trusted with the request.
 	other := *state
 	other.ClusterID = bytes.Repeat([]byte{9}, 32)
-	if _, err := (&KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: &Config{dir: dir, current: &other, sum: config.sum}}).DiskKey(ctx, uuid, "node-0"); err == nil {
+	if _, err := (&KeyServiceDiskKeys{Endpoints: fixedAddrs(ksAddr), Issuer: cp.Issuer, Config: &Config{dir: dir, current: &other, sum: config.sum}, Roles: roles{"node-0": true}}).DiskKey(ctx, uuid, "node-0"); err == nil {
 		t.Fatal("disk key taken from a key service of another cluster")
 	}
+	// Nor is a key service on a node that the provider does not name a control-plane node.
+	if _, err := (&KeyServiceDiskKeys{Endpoints: fixedAddrs(ksAddr), Issuer: cp.Issuer, Config: config, Roles: roles{}}).DiskKey(ctx, uuid, "node-0"); err == nil || !strings.Contains(err.Error(), "no control-plane node") {
+		t.Fatalf("disk key taken from a key service that is not on a control-plane node: %v", err)
+	}
+}
+
+// fixedAddrs lists the key services at addrs.
+func fixedAddrs(addrs ...string) func(context.Context) ([]string, error) {
+	return func(context.Context) ([]string, error) { return addrs, nil }
 }
 
 // namedNode is a fresh node on its own swtpm whose attestation key certificate names it name, booted like
@@ -123,8 +134,8 @@ func namedNode(t *testing.T, name string) (attestation.Issuer, *x509.Certificate
 
 // The host gives node B a copy of node A's state disk. B is a genuine node of the cluster's image and attests
 // successfully, but the disk is bound to A, which got its key first: B is refused the key, and both the join
-// service and the key service log why. A keeps getting its key, also after the key service restarted, and B
-// gets the key of its own disk.
+// service and the key service log why. A keeps getting its key, also from another key service than the one
+// that bound the disk (which refuses B as well), and B gets the key of its own disk.
 func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 	cp, d, clusterID := memberControlPlane(t)
 	nodeA := simulatorNode(t) // its AK certificate names it node-0
@@ -134,20 +145,22 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 	state, _ := config.Current()
 	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
 
-	// The key service, with its record of disk bindings in a file, as in the cluster.
+	// The key services of the control plane, with their shared record of disk bindings, as in the cluster;
+	// the join service asks the first that answers.
 	var audit syncBuffer
-	bindings := filepath.Join(t.TempDir(), "disk-bindings.json")
+	api := kubeapitest.New(t, keyservice.DiskBindingsNamespace)
 	startBindingKeyService := func() (string, func()) {
-		b, err := keyservice.OpenDiskBindings(bindings)
-		if err != nil {
-			t.Fatal(err)
-		}
 		ks := keyservice.New(d, slog.New(slog.NewJSONHandler(&audit, nil)))
-		ks.BindDisks(b)
+		ks.BindDisks(keyservice.NewAPIDiskBindings(api.Client(t)))
 		return startKeyService(t, ks, cp.Issuer, members)
 	}
 	ksAddr, stopKeyService := startBindingKeyService()
-	disks := &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}
+	var ksAddrs atomic.Value
+	ksAddrs.Store([]string{ksAddr})
+	disks := &KeyServiceDiskKeys{
+		Endpoints: func(context.Context) ([]string, error) { return ksAddrs.Load().([]string), nil },
+		Issuer:    cp.Issuer, Config: config, Roles: roles{"node-0": true},
+	}
 	var logs syncBuffer
 	jsAddr := startJoinService(t, Options{Config: config, Disks: disks, Log: slog.New(slog.NewJSONHandler(&logs, nil))}, cp.Issuer)
 
@@ -174,11 +187,13 @@ func TestJoinRefusesTheDiskOfAnotherNode(t *testing.T) {
 		t.Fatalf("the key service does not audit the refusal:\n%s", audit.String())
 	}
 
-	// After a restart the key service still knows whose disk it is.
+	// The key service that bound the disk is down; the join service reaches another one, which did not make
+	// the binding, and which refuses the disk to node B all the same.
 	stopKeyService()
-	disks.Addr, _ = startBindingKeyService()
+	other, _ := startBindingKeyService()
+	ksAddrs.Store([]string{ksAddr, other})
 	if _, err := join(issuerB, "node-b", diskA); status.Code(err) != codes.PermissionDenied {
-		t.Fatalf("node B after a key service restart: %v, want PermissionDenied", err)
+		t.Fatalf("node B at another key service: %v, want PermissionDenied", err)
 	}
 	// Node A rejoins with its own disk, node B joins with its own.
 	if resp, err := join(nodeA.Issuer, "node-0", diskA); err != nil || !bytes.Equal(resp.GetDiskKey(), keyA) {

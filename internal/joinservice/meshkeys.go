@@ -50,18 +50,15 @@ func (k *KeyServiceMeshRoot) PresharedRoot(ctx context.Context) (wgmesh.Key, err
 	if root != (wgmesh.Key{}) {
 		return root, nil
 	}
-	if k.Keys == nil || k.Keys.Addr == "" {
+	if k.Keys == nil {
 		return wgmesh.Key{}, errors.New("no key service configured")
 	}
-	s, err := k.Keys.Config.Current()
-	if err != nil {
-		return wgmesh.Key{}, err
-	}
-	c, err := k.Keys.clientFor(s)
-	if err != nil {
-		return wgmesh.Key{}, err
-	}
-	raw, err := c.GetDataKey(ctx, keyservice.DataKeyID(kms.PurposeDataKey, MeshRootKeyID), uint32(len(wgmesh.Key{})))
+	var raw []byte
+	err := k.Keys.do(ctx, func(ctx context.Context, c *keyservice.Client) error {
+		var err error
+		raw, err = c.GetDataKey(ctx, keyservice.DataKeyID(kms.PurposeDataKey, MeshRootKeyID), uint32(len(wgmesh.Key{})))
+		return err
+	})
 	if err != nil {
 		return wgmesh.Key{}, fmt.Errorf("getting the WireGuard preshared root key: %w", err)
 	}

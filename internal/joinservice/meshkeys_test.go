@@ -22,7 +22,7 @@ func TestMeshRootFromTheKeyService(t *testing.T) {
 	members, _ := vtpm.NewValidator(roots, MemberPolicy(state), nil)
 	ksAddr, stopKeyService := startKeyService(t, keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, members)
 
-	k := &KeyServiceMeshRoot{Keys: &KeyServiceDiskKeys{Addr: ksAddr, Issuer: cp.Issuer, Config: config}}
+	k := &KeyServiceMeshRoot{Keys: &KeyServiceDiskKeys{Endpoints: fixedAddrs(ksAddr), Issuer: cp.Issuer, Config: config, Roles: roles{"node-0": true}}}
 	got, err := k.PresharedRoot(ctx)
 	if err != nil {
 		t.Fatalf("PresharedRoot: %v", err)

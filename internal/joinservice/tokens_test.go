@@ -105,7 +105,7 @@ func TestRandomTokenAlphabet(t *testing.T) {
 }
 
 func TestManifests(t *testing.T) {
-	raw, err := Manifests(map[string]string{ClusterIDFile: "00"}, "mini", "http://10.217.0.1:8080", "10.217.0.10:9002")
+	raw, err := Manifests(map[string]string{ClusterIDFile: "00"}, "mini", "http://10.217.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestManifests(t *testing.T) {
 		t.Fatalf("kinds %v", kinds)
 	}
 	s := string(raw)
-	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"--provider=mini"`, `"--provider-endpoint=http://10.217.0.1:8080"`, `"--key-service=10.217.0.10:9002"`, `"readOnly": true`} {
+	for _, want := range []string{`"image": "` + Image() + `"`, `"imagePullPolicy": "Never"`, `"--provider=mini"`, `"--provider-endpoint=http://10.217.0.1:8080"`, `"--node-ip=$(NODE_IP)"`, `"readOnly": true`} {
 		if !strings.Contains(s, want) {
 			t.Errorf("manifests lack %s", want)
 		}

@@ -6,17 +6,24 @@ import (
 	"testing"
 )
 
-// The key service runs on the node that holds the master secret, with no API credentials, and reaches only
-// that node's bootstrapper.
+// The key service runs on every control-plane node; its service account may only read and create ConfigMaps
+// in the namespace of the disk bindings (no update, no delete: a binding is made once), and nothing else.
 func TestManifests(t *testing.T) {
-	raw, err := Manifests("control-plane-0", "mini", "http://10.217.0.1:8080")
+	raw, err := Manifests("mini", "http://10.217.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
 	}
+	type rule struct {
+		APIGroups, Resources, Verbs, ResourceNames []string
+	}
 	var list struct {
 		Items []struct {
-			Kind string
-			Spec struct {
+			Kind     string
+			Metadata struct{ Name, Namespace string }
+			Rules    []rule
+			RoleRef  struct{ Kind, Name string }
+			Subjects []struct{ Kind, Name, Namespace string }
+			Spec     struct {
 				Template struct {
 					Spec struct {
 						HostNetwork                  bool
@@ -26,6 +33,7 @@ func TestManifests(t *testing.T) {
 						Containers                   []struct {
 							Image, ImagePullPolicy string
 							Args                   []string
+							ReadinessProbe         struct{ TCPSocket struct{ Port int } }
 						}
 						Volumes []struct {
 							HostPath struct{ Path, Type string }
@@ -35,25 +43,42 @@ func TestManifests(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal(raw, &list); err != nil || len(list.Items) != 1 || list.Items[0].Kind != "DaemonSet" {
-		t.Fatalf("want one DaemonSet: %v\n%s", err, raw)
+	if err := json.Unmarshal(raw, &list); err != nil {
+		t.Fatal(err)
 	}
-	pod := list.Items[0].Spec.Template.Spec
-	if !pod.HostNetwork || pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken || pod.ServiceAccountName != "" {
-		t.Errorf("pod: host network %v, API credentials %v %q; want host network and no credentials", pod.HostNetwork, pod.AutomountServiceAccountToken, pod.ServiceAccountName)
+	var kinds []string
+	for _, it := range list.Items {
+		kinds = append(kinds, it.Kind+":"+it.Metadata.Namespace+"/"+it.Metadata.Name)
 	}
-	if pod.NodeSelector["kubernetes.io/hostname"] != "control-plane-0" || len(pod.NodeSelector) != 1 {
-		t.Errorf("node selector %v, want the node with the master secret only", pod.NodeSelector)
+	if got := strings.Join(kinds, ","); got != "Namespace:/"+DiskBindingsNamespace+",ServiceAccount:kube-system/key-service,Role:"+DiskBindingsNamespace+"/key-service,RoleBinding:"+DiskBindingsNamespace+"/key-service,DaemonSet:kube-system/key-service" {
+		t.Fatalf("objects %s", got)
+	}
+	role, binding := list.Items[2], list.Items[3]
+	if len(role.Rules) != 1 || strings.Join(role.Rules[0].APIGroups, ",") != "" || strings.Join(role.Rules[0].Resources, ",") != "configmaps" || strings.Join(role.Rules[0].Verbs, ",") != "get,create" {
+		t.Errorf("role %+v, want get and create of ConfigMaps only", role.Rules)
+	}
+	if binding.RoleRef.Kind != "Role" || binding.RoleRef.Name != Name || len(binding.Subjects) != 1 || binding.Subjects[0] != (struct{ Kind, Name, Namespace string }{"ServiceAccount", Name, "kube-system"}) {
+		t.Errorf("role binding %+v %+v, want the key service's service account only", binding.RoleRef, binding.Subjects)
+	}
+	pod := list.Items[4].Spec.Template.Spec
+	if !pod.HostNetwork || pod.AutomountServiceAccountToken != nil || pod.ServiceAccountName != Name {
+		t.Errorf("pod: host network %v, API credentials %v %q; want host network and the key service's account", pod.HostNetwork, pod.AutomountServiceAccountToken, pod.ServiceAccountName)
+	}
+	if _, ok := pod.NodeSelector["node-role.kubernetes.io/control-plane"]; !ok || len(pod.NodeSelector) != 1 {
+		t.Errorf("node selector %v, want every control-plane node", pod.NodeSelector)
 	}
 	c := pod.Containers[0]
-	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
+	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --api-server=https://$(NODE_IP):6443 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
 		t.Errorf("container %+v", c)
+	}
+	if c.ReadinessProbe.TCPSocket.Port != Port {
+		t.Errorf("readiness %+v, want ready once it listens (it serves) at %d", c.ReadinessProbe, Port)
 	}
 	var paths []string
 	for _, v := range pod.Volumes {
 		paths = append(paths, v.HostPath.Type+":"+v.HostPath.Path)
 	}
 	if strings.Join(paths, ",") != "Socket:/run/constellation/attest.sock,Socket:"+SecretSocket+",DirectoryOrCreate:/var/lib/constellation/key-service" {
-		t.Errorf("host paths %v, want only the agent's and the secret's sockets and the disk bindings' directory", paths)
+		t.Errorf("host paths %v, want only the agent's and the secret's sockets and the legacy disk bindings' directory", paths)
 	}
 }

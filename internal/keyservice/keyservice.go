@@ -3,20 +3,28 @@
 // cluster before it gets a key. Every request is written to the audit log with the caller and the key
 // identifier, never the key.
 //
-// In a cluster the key service runs in its own pod on the first control-plane node ([Manifests], [Run]). The
-// node's bootstrapper, which received the master secret over aTLS at init or recovery, hands it over on a
+// In a cluster the key service runs in its own pod on every control-plane node ([Manifests], [Run]); no node
+// is special. The node's bootstrapper, which received the master secret over aTLS (from the CLI at init or
+// recovery, or from the key service of another control-plane node when it joined), hands it over on a
 // node-local socket ([SecretHolder], [FetchSecret]) together with the cluster's measurements and cluster ID,
-// which decide who may call the key service.
+// which decide who may call the key service. A key service hands the master secret itself
+// ([Server.GetMasterSecret]) only to a control-plane node of the cluster: attested as a member (the cluster's
+// measurements, its cluster ID in PCR 15) and named a control-plane node by the provider in its attestation
+// key certificate. Callers reach whichever key service answers ([Pool]) and accept only one that proves the
+// same of itself ([ControlPlaneOnly]).
 //
 // A state disk's key is handed out for one node only: the key service binds each disk UUID to the attested
-// name of the first node that gets its key ([DiskBindings]), keeps that record on its own node's encrypted
-// state disk, and refuses the key to any other node. The join service, which has validated the joining node's
-// evidence, names the node (the subject of its attestation key certificate, which the provider certified);
-// the first control-plane node's own disk is bound to it at the handover of the master secret.
+// name of the first node that gets its key ([DiskBinder]), in a record all key services share (immutable
+// objects in the Kubernetes API that only the key services may create, [APIDiskBindings]), and refuses the
+// key to any other node. The join service, which has validated the joining node's evidence, names the node
+// (the subject of its attestation key certificate, which the provider certified); a control-plane node's own
+// disk is bound to it at the handover of the master secret.
 package keyservice
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +36,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/keyservice/keyservicepb"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
@@ -54,7 +63,9 @@ type Server struct {
 	// whether it may get keys at all.
 	allowed func(ctx context.Context, name string) (bool, error)
 	// disks binds each state disk to the node that first got its key.
-	disks *DiskBindings
+	disks DiskBinder
+	// secret is what [Server.GetMasterSecret] hands over; nil: it hands over nothing.
+	secret *Secret
 }
 
 // RestrictTo lets only callers get keys whose attested name allowed accepts, for example only
@@ -65,7 +76,12 @@ func (s *Server) RestrictTo(allowed func(ctx context.Context, name string) (bool
 
 // BindDisks keeps the binding of state disks to nodes in b instead of the record in memory that [New] starts
 // with.
-func (s *Server) BindDisks(b *DiskBindings) { s.disks = b }
+func (s *Server) BindDisks(b DiskBinder) { s.disks = b }
+
+// ShareSecret lets the server hand sec (the master secret it derives from, with the cluster ID and
+// measurements) to the control-plane nodes its restriction ([Server.RestrictTo]) allows; without a
+// restriction it hands it to nobody.
+func (s *Server) ShareSecret(sec *Secret) { s.secret = sec }
 
 // New returns a key service deriving keys with d and writing audit lines to audit. It binds disks to nodes in
 // memory until [Server.BindDisks] gives it a persistent record.
@@ -127,15 +143,8 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		return nil, status.Error(codes.Unauthenticated, "the key service only answers attested callers")
 	}
 	if s.allowed != nil {
-		name, _ := atls.AttestedPeerName(ctx)
-		ok, err := s.allowed(ctx, name)
-		if err != nil {
-			s.audit.Error("data key refused: checking the caller failed", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "error", err)
-			return nil, status.Error(codes.Unavailable, "checking the caller failed")
-		}
-		if name == "" || !ok {
-			s.audit.Warn("data key refused: caller not allowed", "caller", caller, "keyID", safeID(req.GetDataKeyId()))
-			return nil, status.Errorf(codes.PermissionDenied, "node %q may not get keys from the key service", name)
+		if err := s.authorize(ctx, "data key", caller, "keyID", safeID(req.GetDataKeyId())); err != nil {
+			return nil, err
 		}
 	}
 	purpose, keyID, err := ParseDataKeyID(req.GetDataKeyId())
@@ -153,10 +162,10 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		// A disk's key goes to the node the disk is bound to, and to no other: a host that hands a copy of
 		// one node's disk to another node gets nothing for it.
 		// The binding is made only for a request that is otherwise valid (checked by the derivation above).
-		if err := s.disks.Bind(keyID, node); err != nil {
+		if err := s.disks.Bind(ctx, keyID, node); err != nil {
 			clear(key)
 			if errors.Is(err, ErrDiskBound) {
-				owner, _ := s.disks.Owner(keyID)
+				owner, _, _ := s.disks.Owner(ctx, keyID)
 				s.audit.Warn("disk key refused: the disk belongs to another node; a node was given a copy of another node's state disk", "caller", caller, "disk", keyID, "node", safeID(node), "boundTo", owner)
 				return nil, status.Errorf(codes.PermissionDenied, "disk %s is bound to another node than %q", keyID, node)
 			}
@@ -170,6 +179,50 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 	}
 	s.audit.Info("data key issued", attrs...)
 	return &keyservicepb.GetDataKeyResponse{DataKey: key}, nil
+}
+
+// authorize checks with the restriction that the attested caller may get what of the key service; attrs
+// name what it asked for in the audit line of a refusal.
+func (s *Server) authorize(ctx context.Context, what, caller string, attrs ...any) error {
+	name, _ := atls.AttestedPeerName(ctx)
+	ok, err := s.allowed(ctx, name)
+	if err != nil {
+		s.audit.Error(what+" refused: checking the caller failed", append([]any{"caller", caller, "error", err}, attrs...)...)
+		return status.Error(codes.Unavailable, "checking the caller failed")
+	}
+	if name == "" || !ok {
+		s.audit.Warn(what+" refused: caller not allowed", append([]any{"caller", caller}, attrs...)...)
+		return status.Errorf(codes.PermissionDenied, "node %q may not get keys from the key service", name)
+	}
+	return nil
+}
+
+// GetMasterSecret hands the master secret, the cluster ID and the measurements to an attested caller that
+// the restriction allows (a control-plane node): the handshake has proved it a member of this cluster (the
+// cluster's measurements and cluster ID), and the restriction that the provider names it a control-plane node
+// in its attestation key certificate. Without a restriction (or without a secret to share) it refuses
+// everyone.
+func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterSecretRequest) (*keyservicepb.GetMasterSecretResponse, error) {
+	caller, attested := atls.AttestedPeer(ctx)
+	if !attested {
+		s.audit.Error("master secret refused: caller not attested")
+		return nil, status.Error(codes.Unauthenticated, "the key service only answers attested callers")
+	}
+	if s.allowed == nil || s.secret == nil {
+		s.audit.Error("master secret refused: this key service hands it to nobody", "caller", caller)
+		return nil, status.Error(codes.FailedPrecondition, "this key service hands the master secret to nobody")
+	}
+	if err := s.authorize(ctx, "master secret", caller); err != nil {
+		return nil, err
+	}
+	pcrs, err := json.Marshal(s.secret.Measurements)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.audit.Info("master secret handed to a control-plane node", "caller", caller)
+	return &keyservicepb.GetMasterSecretResponse{
+		Key: s.secret.MasterSecret.Key, Salt: s.secret.MasterSecret.Salt, ClusterId: s.secret.ClusterID, Measurements: pcrs,
+	}, nil
 }
 
 // safeID bounds an untrusted identifier for logging.
@@ -226,6 +279,32 @@ func (c *Client) getDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		return nil, fmt.Errorf("getting data key %s: key service returned %d bytes, want %d", id, len(resp.GetDataKey()), length)
 	}
 	return resp.GetDataKey(), nil
+}
+
+// GetMasterSecret asks the key service for the cluster's master secret, with the cluster ID and the
+// measurements, as a control-plane node does after it joined. The answer is checked as the bootstrapper's
+// handover is ([Secret]); Node and DiskUUID are left empty.
+func (c *Client) GetMasterSecret(ctx context.Context) (*Secret, error) {
+	resp, err := c.api.GetMasterSecret(ctx, &keyservicepb.GetMasterSecretRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("getting the master secret: %w", err)
+	}
+	pcrs, err := measurements.Parse(resp.GetMeasurements())
+	if err != nil {
+		return nil, fmt.Errorf("the key service's measurements: %w", err)
+	}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: resp.GetKey(), Salt: resp.GetSalt()}, ClusterID: resp.GetClusterId(), Measurements: pcrs}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("the key service's master secret: %w", err)
+	}
+	d, err := kms.NewDeriver(s.MasterSecret)
+	if err != nil {
+		return nil, err
+	}
+	if id, err := d.ClusterID(); err != nil || !bytes.Equal(id, s.ClusterID) {
+		return nil, errors.New("the key service's master secret does not derive its cluster ID")
+	}
+	return s, nil
 }
 
 // Close closes the connection.

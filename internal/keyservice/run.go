@@ -19,6 +19,9 @@ import (
 type Options struct {
 	// Listener is where the key service serves. Callers that connect before it has the master secret wait.
 	Listener net.Listener
+	// Listen, if Listener is nil, opens the listener once the key service has the master secret: until then
+	// callers find no key service there, and try another.
+	Listen func() (net.Listener, error)
 	// SecretSocket is where the node's bootstrapper hands over the master secret ([SecretSocket]).
 	SecretSocket string
 	// Issuer attests the key service (the node's attestation agent).
@@ -27,24 +30,25 @@ type Options struct {
 	AKRoots func(ctx context.Context) ([]*x509.Certificate, error)
 	// Allowed decides by a caller's attested name whether it may get keys at all (control-plane nodes).
 	Allowed func(ctx context.Context, name string) (bool, error)
-	// DiskBindings is the file in which the key service records which node each state disk belongs to
-	// ([DiskBindingsFile]).
-	DiskBindings string
+	// DiskBindings is the record of which node each state disk belongs to, which every key service of the
+	// cluster shares ([APIDiskBindings]).
+	DiskBindings DiskBinder
+	// LegacyDiskBindings, if set, is a file of bindings from before the shared record
+	// ([LegacyDiskBindingsFile]), moved into DiskBindings when the key service starts.
+	LegacyDiskBindings string
 	// Log receives the service's log and its audit lines.
 	Log *slog.Logger
 }
 
 // Run is the key service as it runs on a control-plane node: it waits until the node's bootstrapper hands it
 // the master secret, then serves keys over mutual aTLS to callers that prove they are control-plane nodes of
-// this cluster (the cluster's measurements and, in PCR 15, its cluster ID), until ctx ends.
+// this cluster (the cluster's measurements and, in PCR 15, its cluster ID), until ctx ends. It hands the
+// master secret itself to the same callers (control-plane nodes that joined), and to no one else.
 func Run(ctx context.Context, o Options) error {
-	if o.Listener == nil || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.DiskBindings == "" || o.Log == nil {
-		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction, a disk bindings file and a log")
+	if (o.Listener == nil && o.Listen == nil) || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.DiskBindings == nil || o.Log == nil {
+		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction, a disk bindings record and a log")
 	}
-	disks, err := OpenDiskBindings(o.DiskBindings)
-	if err != nil {
-		return err
-	}
+	disks := o.DiskBindings
 	secret, err := waitForSecret(ctx, o.SecretSocket, o.Log)
 	if err != nil {
 		return err
@@ -53,9 +57,31 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	// The record lives in the API, which may come back after this service (a recovery): wait for it.
+	// A disk bound to another node is final; anything else (the API not answering yet) is tried again.
+	var bound error
+	untilBound := func(what string, fn func() error) error {
+		return retry.Do(ctx, o.Log, what, func() error {
+			if err := fn(); errors.Is(err, ErrDiskBound) {
+				bound = err
+			} else if err != nil {
+				return err
+			}
+			return nil
+		})
+	}
+	if o.LegacyDiskBindings != "" {
+		if err := untilBound("moving the legacy disk bindings into the shared record", func() error {
+			return MigrateDiskBindingsFile(ctx, o.LegacyDiskBindings, disks, o.Log)
+		}); err != nil || bound != nil {
+			return errors.Join(err, bound)
+		}
+	}
 	if secret.DiskUUID != "" {
-		if err := disks.Bind(secret.DiskUUID, secret.Node); err != nil {
-			return fmt.Errorf("binding the state disk of this node (%s): %w", secret.Node, err)
+		if err := untilBound("binding this node's own state disk", func() error {
+			return disks.Bind(ctx, secret.DiskUUID, secret.Node)
+		}); err != nil || bound != nil {
+			return fmt.Errorf("binding the state disk of this node (%s): %w", secret.Node, errors.Join(err, bound))
 		}
 	}
 	var roots []*x509.Certificate
@@ -72,9 +98,15 @@ func Run(ctx context.Context, o Options) error {
 	ks := New(d, o.Log)
 	ks.RestrictTo(o.Allowed)
 	ks.BindDisks(disks)
+	ks.ShareSecret(secret)
 	srv, err := NewGRPCServer(ks, o.Issuer, []attestation.Validator{v})
 	if err != nil {
 		return err
+	}
+	if o.Listener == nil {
+		if o.Listener, err = o.Listen(); err != nil {
+			return err
+		}
 	}
 	stop := context.AfterFunc(ctx, srv.GracefulStop)
 	defer stop()

@@ -26,6 +26,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -221,6 +222,50 @@ func FuzzParseSecret(f *testing.F) {
 	})
 }
 
+// runKeyService runs the key service as in its pod, on node, with the shared disk bindings of api, letting
+// the callers allowed names (control-plane nodes) get keys; the bootstrapper hands it secret. It returns the
+// service's address; the service stops with the test.
+func runKeyService(t *testing.T, node *tpmtest.Node, roots []*x509.Certificate, secret *Secret, api *kubeapitest.Server, allowed func(string) bool, log *slog.Logger) string {
+	t.Helper()
+	h, socket := serveSecrets(t, log)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{
+			Listener: ln, SecretSocket: socket, Issuer: node.Issuer,
+			AKRoots:      func(context.Context) ([]*x509.Certificate, error) { return roots, nil },
+			Allowed:      func(_ context.Context, name string) (bool, error) { return allowed(name), nil },
+			DiskBindings: NewAPIDiskBindings(api.Client(t)),
+			Log:          log,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run after cancel: %v", err)
+		}
+	})
+	if err := h.Set(secret); err != nil {
+		t.Fatal(err)
+	}
+	return ln.Addr().String()
+}
+
+// bootPolicy is the policy of node's boot, without the cluster-ID PCR.
+func bootPolicy(node *tpmtest.Node) measurements.M {
+	policy := measurements.M{}
+	for k, v := range node.Policy {
+		if k != measurements.PCRClusterID {
+			policy[k] = v
+		}
+	}
+	return policy
+}
+
 // The key service as it runs in its pod: it waits for the bootstrapper's handover, then serves keys derived from
 // that master secret, only to control-plane members of the cluster named in the handover.
 func TestRunServesAfterHandover(t *testing.T) {
@@ -228,50 +273,26 @@ func TestRunServesAfterHandover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer node.Close()
+	t.Cleanup(func() { node.Close() })
 	secret := testSecret(t)
-	policy := measurements.M{}
-	for k, v := range node.Policy {
-		if k != measurements.PCRClusterID {
-			policy[k] = v
-		}
-	}
+	policy := bootPolicy(node)
 	secret.Measurements = policy
 	// The first control-plane node's own disk, whose key it derived itself.
 	secret.Node, secret.DiskUUID = "control-plane-0", "5d0e7c51-2b1e-4f3a-8c7d-9a0b1c2d3e4f"
-	bindings := filepath.Join(t.TempDir(), "bindings", "disk-bindings.json")
+	api := kubeapitest.New(t, DiskBindingsNamespace)
 	var logged syncBuffer
 	log := slog.New(slog.NewJSONHandler(&logged, nil))
-	h, socket := serveSecrets(t, log)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var allowed sync.Map
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Options{
-			Listener: ln, SecretSocket: socket, Issuer: node.Issuer,
-			AKRoots: func(context.Context) ([]*x509.Certificate, error) {
-				return []*x509.Certificate{node.CA.Certificate()}, nil
-			},
-			Allowed:      func(_ context.Context, name string) (bool, error) { _, ok := allowed.Load(name); return ok, nil },
-			DiskBindings: bindings,
-			Log:          log,
-		})
-	}()
-	if err := h.Set(secret); err != nil {
-		t.Fatal(err)
-	}
+	addr := runKeyService(t, node, []*x509.Certificate{node.CA.Certificate()}, secret, api, func(name string) bool { _, ok := allowed.Load(name); return ok }, log)
 	// The caller checks the key service against the cluster's measurements (both are the same node here).
 	service, err := vtpm.NewValidator([]*x509.Certificate{node.CA.Certificate()}, policy, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx := context.Background()
 	// A new connection per request: a refused handshake ends the connection it was made on.
 	get := func(id string) ([]byte, error) {
-		c, err := NewClient(ln.Addr().String(), node.Issuer, []attestation.Validator{service})
+		c, err := NewClient(addr, node.Issuer, []attestation.Validator{service})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -300,17 +321,15 @@ func TestRunServesAfterHandover(t *testing.T) {
 	if _, err := get(secret.DiskUUID); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the first control-plane node's disk for another node: %v, want PermissionDenied", err)
 	}
-	if owner, err := ParseDiskBindings(mustRead(t, bindings)); err != nil || owner[secret.DiskUUID] != "control-plane-0" || owner[id] != "node-0" {
-		t.Fatalf("recorded bindings %v, %v", owner, err)
+	for disk, owner := range map[string]string{secret.DiskUUID: "control-plane-0", id: "node-0"} {
+		if cm, ok := api.ConfigMap(t, DiskBindingsNamespace, "disk-"+disk); !ok || cm.Data["node"] != owner {
+			t.Fatalf("recorded binding of %s: %+v %v, want %s", disk, cm, ok, owner)
+		}
 	}
 	// A member that is not a control-plane node is refused.
 	allowed.Delete("node-0")
 	if _, err := get(id); err == nil {
 		t.Fatal("a caller the restriction refuses got a key")
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run after cancel: %v", err)
 	}
 	if !strings.Contains(logged.String(), `"msg":"key service serving over mutual aTLS, for control-plane members only"`) {
 		t.Fatalf("log:\n%s", logged.String())

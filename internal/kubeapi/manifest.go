@@ -48,6 +48,9 @@ type HostService struct {
 	// credentials at all.
 	ServiceAccount string
 	Volumes        []Volume
+	// ReadyPort, if set, is a port on the node's address at which the service listens once it serves: the pod
+	// is ready only then (a TCP readiness probe).
+	ReadyPort int
 }
 
 // DaemonSet returns the service's DaemonSet object.
@@ -62,20 +65,24 @@ func (s HostService) DaemonSet() map[string]any {
 			volumes = append(volumes, map[string]any{"name": v.Name, "hostPath": map[string]any{"path": v.HostPath, "type": v.HostPathType}})
 		}
 	}
+	container := map[string]any{
+		"name":            s.Name,
+		"image":           s.Image,
+		"imagePullPolicy": "Never",
+		"args":            s.Args,
+		"env":             []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
+		"volumeMounts":    mounts,
+	}
+	if s.ReadyPort != 0 {
+		container["readinessProbe"] = map[string]any{"tcpSocket": map[string]any{"port": s.ReadyPort}, "periodSeconds": 2}
+	}
 	pod := map[string]any{
 		"hostNetwork":       true,
 		"priorityClassName": "system-cluster-critical",
 		"nodeSelector":      s.NodeSelector,
 		"tolerations":       s.Tolerations,
-		"containers": []map[string]any{{
-			"name":            s.Name,
-			"image":           s.Image,
-			"imagePullPolicy": "Never",
-			"args":            s.Args,
-			"env":             []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
-			"volumeMounts":    mounts,
-		}},
-		"volumes": volumes,
+		"containers":        []map[string]any{container},
+		"volumes":           volumes,
 	}
 	if s.ServiceAccount != "" {
 		pod["serviceAccountName"] = s.ServiceAccount

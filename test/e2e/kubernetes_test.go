@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
@@ -547,19 +548,21 @@ spec:
   ports: [{port: 80, targetPort: 2379}]
 `
 
-// TestMiniControlPlanes boots 2 control-plane nodes: the second joins through the join service as a
-// control-plane node (the join service hands the shared PKI only to a node the provider names a control-plane
-// node), runs its own API server and etcd member, and gets a join service of its own.
+// TestMiniControlPlanes boots 3 control-plane nodes: the others join through the join service as
+// control-plane nodes (the join service hands the shared PKI only to a node the provider names a control-plane
+// node), run their own API server and etcd member, and get a join service and a key service of their own (the
+// master secret from another key service, by attestation). No control-plane node is special: with the first
+// one stopped, a new worker joins and gets its disk key, and the first one rejoins by itself.
 func TestMiniControlPlanes(t *testing.T) {
 	// The master secret of this cluster is held by an external KMS (a real pykmip-server): the workspace
 	// holds it only wrapped, and the first node unwraps it itself.
-	cl := startCluster(t, 2, 0, withExternalKMS)
+	cl := startCluster(t, 3, 0, withExternalKMS)
 	if raw, err := os.ReadFile(filepath.Join(cl.c.ws, "constellation-mastersecret.json")); err != nil || !bytes.Contains(raw, []byte(`"wrapped"`)) || bytes.Contains(raw, []byte(`"key"`)) {
 		t.Fatalf("the master secret file is not wrapped only: %v\n%s", err, raw)
 	}
-	cl.eventually("both control-plane nodes Ready", func() (string, bool) {
+	cl.eventually("the control-plane nodes Ready", func() (string, bool) {
 		out, err := cl.k("get", "nodes", "--no-headers", "-l", "node-role.kubernetes.io/control-plane")
-		return out, err == nil && strings.Count(out, " Ready ") == 2
+		return out, err == nil && strings.Count(out, " Ready ") == 3
 	})
 	cl.eventually("an API server, an etcd member and a join service on each", func() (string, bool) {
 		out, err := cl.k("-n", "kube-system", "get", "pods", "--no-headers", "-o", "custom-columns=NAME:.metadata.name,STATUS:.status.phase,NODE:.spec.nodeName")
@@ -571,7 +574,14 @@ func TestMiniControlPlanes(t *testing.T) {
 				return out, false
 			}
 		}
-		return out, regexp.MustCompile(`join-service-\S+\s+Running\s+control-plane-1`).MatchString(out)
+		for _, n := range []string{"control-plane-1", "control-plane-2"} {
+			for _, svc := range []string{"join-service", "key-service"} {
+				if !regexp.MustCompile(svc + `-\S+\s+Running\s+` + n).MatchString(out) {
+					return out, false
+				}
+			}
+		}
+		return out, true
 	})
 	// The second API server serves the cluster.
 	state, _, _ := mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
@@ -579,20 +589,28 @@ func TestMiniControlPlanes(t *testing.T) {
 		out, err := exec.Command("nsenter", "-t", strconv.Itoa(state.Nodes[0].PID), "-n", "curl", "-sk", "-m", "5", "https://"+mini.NodeAddr(1).String()+":6443/readyz").CombinedOutput()
 		return string(out), err == nil && string(out) == "ok"
 	})
-	for i := range 2 {
+	for i := range 3 {
 		if out, code := cl.c.run("verify", "--node-endpoint", mini.NodeAddr(i).String()+":9090"); code != 0 {
 			t.Fatalf("verify node %d: exit %d\n%s", i, code, out)
 		}
 	}
+	checkNoSpecialControlPlane(t, cl)
 
-	// Both control-plane nodes restart: each has the cluster's state on its disk and waits (neither's etcd
-	// has a quorum alone). recover attests both and hands each what opens its disk; the cluster is back, with
-	// the data written before, and both meshes find each other again from what they kept.
+	// All control-plane nodes go down together and start again: each has the cluster's state on its disk and
+	// waits (no etcd has a quorum alone, no join service answers). recover attests each and hands it what opens
+	// its disk; the cluster is back, with the data written before, and the meshes find each other again from
+	// what they kept.
 	marker := "both-control-planes-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if out, err := cl.k("create", "configmap", "marker", "--from-literal=value="+marker); err != nil {
 		t.Fatalf("create configmap: %v\n%s", err, out)
 	}
-	for _, n := range []string{"control-plane-0", "control-plane-1"} {
+	controlPlanes := []string{"control-plane-0", "control-plane-1", "control-plane-2"}
+	for _, n := range controlPlanes {
+		if out, code := cl.c.run("mini", "stop", n); code != 0 {
+			t.Fatalf("mini stop %s: exit %d\n%s", n, code, out)
+		}
+	}
+	for _, n := range controlPlanes {
 		if out, code := cl.c.run("mini", "reboot", n); code != 0 {
 			t.Fatalf("mini reboot %s: exit %d\n%s", n, code, out)
 		}
@@ -662,6 +680,86 @@ func TestMiniControlPlanes(t *testing.T) {
 	if out, err := cl.k("get", "configmap", "marker"); err == nil || !strings.Contains(out, "NotFound") {
 		t.Fatalf("the new cluster has the removed cluster's data: %v\n%s", err, out)
 	}
+}
+
+// checkNoSpecialControlPlane stops the first control-plane node of a cluster of three: a new worker still joins
+// through another control-plane node and gets its disk key from another key service; its kubelet's credentials
+// can neither create nor read a disk binding. The first node then starts again and rejoins by itself, gets the
+// master secret again by attestation, and its key service serves again.
+func checkNoSpecialControlPlane(t *testing.T, cl *cluster) {
+	t.Helper()
+	ws := filepath.Join(cl.c.ws, "constellation-mini")
+	console := func(node string) string {
+		raw, _ := os.ReadFile(filepath.Join(ws, "nodes", node, "sandbox", "console.log"))
+		return string(raw)
+	}
+	for _, n := range []string{"control-plane-1", "control-plane-2"} {
+		cl.eventually(n+" getting the master secret from a key service", func() (string, bool) {
+			out := console(n)
+			return out, strings.Contains(out, "master secret received from a key service of the control plane")
+		})
+	}
+	if out, code := cl.c.run("mini", "stop", "control-plane-0"); code != 0 {
+		t.Fatalf("mini stop control-plane-0: exit %d\n%s", code, out)
+	}
+	// The administrator's kubeconfig names the first node's API server: ask the second's.
+	k := func(args ...string) (string, error) {
+		return cl.k(append([]string{"--server", "https://" + mini.NodeAddr(1).String() + ":6443"}, args...)...)
+	}
+	start := time.Now()
+	if out, code := cl.c.run("mini", "add-worker"); code != 0 || !strings.Contains(out, "worker-0 booted") {
+		t.Fatalf("mini add-worker with the first control-plane node stopped: exit %d\n%s", code, out)
+	}
+	cl.eventually("worker-0 Ready, joined through another control-plane node", func() (string, bool) {
+		out, err := k("get", "node", "worker-0", "--no-headers")
+		return out + console("worker-0"), err == nil && strings.Contains(out, " Ready ") && strings.Contains(console("worker-0"), "state disk unlocked")
+	})
+	t.Logf("worker-0 joined with control-plane-0 stopped: %s", time.Since(start).Round(time.Second))
+	state, _, err := mini.ReadState(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The attack: the worker's kubelet credentials (what a compromised worker holds) write a disk binding.
+	worker := node(t, state, "worker-0")
+	for _, args := range [][]string{
+		{"create", "configmap", "disk-0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11", "--from-literal=node=worker-0"},
+		{"get", "configmaps"},
+	} {
+		cmd := append([]string{"-t", strconv.Itoa(worker.PID), "-m", "-n", "--", "kubectl", "--kubeconfig", "/etc/kubernetes/kubelet.conf", "-n", keyservice.DiskBindingsNamespace}, args...)
+		out, err := exec.Command("nsenter", cmd...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "forbidden") {
+			t.Fatalf("a worker's kubelet credentials: kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	out, err := k("-n", keyservice.DiskBindingsNamespace, "get", "configmaps", "-o", "custom-columns=NAME:.metadata.name,NODE:.data.node,IMMUTABLE:.immutable", "--no-headers")
+	if err != nil || !regexp.MustCompile(`disk-\S+\s+worker-0\s+true`).MatchString(out) || strings.Count(out, "disk-") != 4 {
+		t.Fatalf("the shared disk bindings: %v\n%s", err, out)
+	}
+
+	// The first node starts again: it rejoins through another control-plane node by itself (no recover),
+	// gets its disk key and the master secret again, and its key service serves.
+	start = time.Now()
+	if out, code := cl.c.run("mini", "reboot", "control-plane-0"); code != 0 {
+		t.Fatalf("mini reboot control-plane-0: exit %d\n%s", code, out)
+	}
+	cl.eventually("control-plane-0 rejoined, with the master secret for its key service", func() (string, bool) {
+		out := console("control-plane-0")
+		return out, strings.Contains(out, "state disk unlocked") && strings.Contains(out, "master secret received from a key service of the control plane")
+	})
+	// Its node's state in the API is stale for a while; its key service's own log (from its kubelet) is not.
+	cl.eventually("control-plane-0's key service serving again", func() (string, bool) {
+		pod, err := k("-n", "kube-system", "get", "pods", "--field-selector", "spec.nodeName=control-plane-0", "-l", "app.kubernetes.io/name=key-service", "-o", "jsonpath={.items[0].metadata.name}")
+		if err != nil {
+			return pod, false
+		}
+		out, err := k("-n", "kube-system", "logs", pod)
+		return out, err == nil && strings.Contains(out, "key service serving over mutual aTLS")
+	})
+	t.Logf("control-plane-0 rejoined after it was stopped, its key service serving: %s", time.Since(start).Round(time.Second))
+	cl.eventually("status: every node attested and Ready, every service ready", func() (string, bool) {
+		out, code := cl.c.run("status")
+		return out, code == 0
+	})
 }
 
 // cluster is a mini cluster with Kubernetes, booted from the full node image.

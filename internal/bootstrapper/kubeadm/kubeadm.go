@@ -141,10 +141,8 @@ func InitConfigFile(o Options) ([]byte, error) {
 var joinTmpl = template.Must(template.New("join").Parse(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: JoinConfiguration
 discovery:
-  bootstrapToken:
-    apiServerEndpoint: "{{.Endpoint}}"
-    token: "{{.Token}}"
-    caCertHashes: ["{{.CAHash}}"]
+  file: {kubeConfigPath: "{{.DiscoveryFile}}"}
+  tlsBootstrapToken: "{{.Token}}"
 nodeRegistration:
   name: "{{.NodeName}}"
   criSocket: "unix://{{.Socket}}"
@@ -161,18 +159,44 @@ controlPlane:
 // PatchesDir holds this node's kubelet configuration patches (its cgroup root differs per node).
 const PatchesDir = "/etc/kubernetes/patches"
 
-// JoinConfigFile returns kubeadm's configuration to join a cluster, as a control-plane node if controlPlane
-// (with the shared certificates already in PKIDir).
-func JoinConfigFile(o Options, endpoint, token, caHash string, controlPlane bool) ([]byte, error) {
-	if !o.NodeIP.IsValid() || o.NodeName == "" || endpoint == "" || token == "" || !strings.HasPrefix(caHash, "sha256:") {
-		return nil, fmt.Errorf("kubeadm join options incomplete: node, endpoint, token and a sha256 CA hash are required")
+// DiscoveryFile is the kubeconfig from which kubeadm join learns the API server it joins through and the
+// cluster CA: written by the node from the join service's attested answer (the CA checked against its hash).
+const DiscoveryFile = "/etc/kubernetes/discovery.conf"
+
+// JoinConfigFile returns kubeadm's configuration to join a cluster through the API server and cluster CA of
+// the kubeconfig discoveryFile (see [DiscoveryKubeconfig]), as a control-plane node if controlPlane (with the
+// shared certificates already in PKIDir). kubeadm then talks to that API server only: a join through any
+// control-plane node works while another (the one named in the cluster's configuration) is down.
+func JoinConfigFile(o Options, discoveryFile, token string, controlPlane bool) ([]byte, error) {
+	if !o.NodeIP.IsValid() || o.NodeName == "" || discoveryFile == "" || token == "" {
+		return nil, fmt.Errorf("kubeadm join options incomplete: node, discovery file and token are required")
 	}
 	var b bytes.Buffer
 	err := joinTmpl.Execute(&b, map[string]any{
-		"Endpoint": endpoint, "Token": token, "CAHash": caHash, "NodeName": o.NodeName, "Socket": ContainerdSocket,
+		"DiscoveryFile": discoveryFile, "Token": token, "NodeName": o.NodeName, "Socket": ContainerdSocket,
 		"NodeIP": o.NodeIP, "Patches": PatchesDir, "ControlPlane": controlPlane,
 	})
 	return b.Bytes(), err
+}
+
+// DiscoveryKubeconfig is the kubeconfig of kubeadm's discovery: the API server at endpoint (host:port) with
+// the cluster CA caCert (PEM), and no credentials (kubeadm uses the bootstrap token).
+func DiscoveryKubeconfig(endpoint string, caCert []byte) []byte {
+	return []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: kubernetes
+  cluster:
+    certificate-authority-data: %s
+    server: https://%s
+contexts:
+- name: discovery
+  context: {cluster: kubernetes, user: discovery}
+current-context: discovery
+users:
+- name: discovery
+  user: {}
+`, base64.StdEncoding.EncodeToString(caCert), endpoint))
 }
 
 // KubeletPatch is the strategic-merge patch of the kubelet configuration for this node.
@@ -249,7 +273,15 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	if err := writeKubeletCredentials(KubeletPKIDir, KubeletKubeconfig, "https://"+endpoint, creds, time.Now()); err != nil {
 		return fmt.Errorf("installing the kubelet's credentials: %w", err)
 	}
-	cfg, err := JoinConfigFile(d.Options, endpoint, token, caHash, controlPlane)
+	if !strings.HasPrefix(caHash, "sha256:") {
+		return fmt.Errorf("the cluster CA's hash %.80q is not a sha256 hash", caHash)
+	}
+	// The CA comes from the join service's attested answer, checked against caHash by the caller.
+	if err := writeFile(DiscoveryFile, DiscoveryKubeconfig(endpoint, creds.CACert)); err != nil {
+		return err
+	}
+	defer os.Remove(DiscoveryFile)
+	cfg, err := JoinConfigFile(d.Options, DiscoveryFile, token, controlPlane)
 	if err != nil {
 		return err
 	}
@@ -258,8 +290,17 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
 	// The kubelet's kubeconfig is there already: the join service issued its identity.
-	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", "join", "--config", KubeadmConfig,
-		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"); err != nil {
+	args := []string{"join", "--config", KubeadmConfig,
+		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"}
+	if controlPlane {
+		// kubeadm checks every etcd member's health before the kubelet starts. Only the control-plane node
+		// whose join service admitted this node has it as a WireGuard peer before its kubelet registers and
+		// publishes its key; another control-plane node that became an etcd member meanwhile would be out
+		// of reach, and the check would fail the join. Adding the member needs a quorum all the same, and
+		// this node's etcd reaches every member once its key is published.
+		args = append(args, "--skip-phases=check-etcd")
+	}
+	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", args...); err != nil {
 		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
 	}
 	return nil

@@ -108,20 +108,43 @@ func TestKubeadmFlags(t *testing.T) {
 	}
 }
 
+// testCA is a self-signed CA certificate.
+func testCA(t *testing.T) *x509.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return cert
+}
+
 func TestJoinConfigFile(t *testing.T) {
 	worker := opts
 	worker.NodeName, worker.CgroupRoot = "worker-0", "/constellation/worker-0"
-	raw, err := JoinConfigFile(worker, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), false)
+	// The discovery file names the API server joined through, with the cluster CA.
+	discovery := filepath.Join(t.TempDir(), "discovery.conf")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: testCA(t).Raw})
+	os.WriteFile(discovery, DiscoveryKubeconfig("10.217.0.11:6443", caPEM), 0o644)
+	if kc := docs(t, DiscoveryKubeconfig("10.217.0.11:6443", caPEM))["Config"]; kc["clusters"].([]any)[0].(map[string]any)["cluster"].(map[string]any)["server"] != "https://10.217.0.11:6443" {
+		t.Fatalf("discovery kubeconfig: %v", kc)
+	}
+	raw, err := JoinConfigFile(worker, discovery, "abcdef.0123456789abcdef", false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := docs(t, raw)["JoinConfiguration"]
+	if disc := d["discovery"].(map[string]any); disc["file"].(map[string]any)["kubeConfigPath"] != discovery || disc["tlsBootstrapToken"] != "abcdef.0123456789abcdef" {
+		t.Fatalf("join discovery: %v", disc)
+	}
 	if d["nodeRegistration"].(map[string]any)["imagePullPolicy"] != "Never" || d["patches"].(map[string]any)["directory"] != PatchesDir || d["controlPlane"] != nil {
 		t.Fatalf("join configuration: %v", d)
 	}
 	cp := opts
 	cp.NodeName, cp.NodeIP = "control-plane-1", netip.MustParseAddr("10.217.0.11")
-	rawCP, err := JoinConfigFile(cp, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), true)
+	rawCP, err := JoinConfigFile(cp, discovery, "abcdef.0123456789abcdef", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +155,8 @@ func TestJoinConfigFile(t *testing.T) {
 	if !strings.Contains(string(KubeletPatch(worker)), `cgroupRoot: "/constellation/worker-0"`) {
 		t.Fatalf("kubelet patch: %s", KubeletPatch(worker))
 	}
-	if _, err := JoinConfigFile(worker, "10.217.0.10:6443", "t", "md5:x", false); err == nil {
-		t.Fatal("a CA hash that is not sha256 accepted")
+	if _, err := JoinConfigFile(worker, "", "t", false); err == nil {
+		t.Fatal("a join configuration without discovery file")
 	}
 	kubeadm, _ := filepath.Abs("../../../_out/kubernetes/bin/kubeadm")
 	if _, err := os.Stat(kubeadm); err != nil {
@@ -181,7 +204,7 @@ func TestWriteKubeletCredentials(t *testing.T) {
 // kubeadm's configuration (with the bootstrap token) is readable by root only while kubeadm runs, and gone
 // afterwards, whether kubeadm succeeded or not; a file an earlier boot left readable by everyone is replaced.
 func TestRunWithConfigKeepsTheTokenPrivate(t *testing.T) {
-	cfg, err := JoinConfigFile(opts, "10.217.0.10:6443", "abcdef.0123456789abcdef", "sha256:"+strings.Repeat("ab", 32), false)
+	cfg, err := JoinConfigFile(opts, "/etc/kubernetes/discovery.conf", "abcdef.0123456789abcdef", false)
 	if err != nil {
 		t.Fatal(err)
 	}

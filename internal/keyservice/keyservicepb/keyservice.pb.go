@@ -131,6 +131,114 @@ func (x *GetDataKeyResponse) GetDataKey() []byte {
 	return nil
 }
 
+type GetMasterSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMasterSecretRequest) Reset() {
+	*x = GetMasterSecretRequest{}
+	mi := &file_keyservice_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMasterSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMasterSecretRequest) ProtoMessage() {}
+
+func (x *GetMasterSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMasterSecretRequest.ProtoReflect.Descriptor instead.
+func (*GetMasterSecretRequest) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{2}
+}
+
+type GetMasterSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key and salt are the master secret (32 bytes each).
+	Key  []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Salt []byte `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	// cluster_id is the cluster's ID (32 bytes), which every caller of a key service must have measured.
+	ClusterId []byte `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// measurements is the cluster's measurement policy (JSON, as measurements.M), which decides, with the
+	// cluster ID, who may call a key service.
+	Measurements  []byte `protobuf:"bytes,4,opt,name=measurements,proto3" json:"measurements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMasterSecretResponse) Reset() {
+	*x = GetMasterSecretResponse{}
+	mi := &file_keyservice_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMasterSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMasterSecretResponse) ProtoMessage() {}
+
+func (x *GetMasterSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMasterSecretResponse.ProtoReflect.Descriptor instead.
+func (*GetMasterSecretResponse) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetMasterSecretResponse) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *GetMasterSecretResponse) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
+func (x *GetMasterSecretResponse) GetClusterId() []byte {
+	if x != nil {
+		return x.ClusterId
+	}
+	return nil
+}
+
+func (x *GetMasterSecretResponse) GetMeasurements() []byte {
+	if x != nil {
+		return x.Measurements
+	}
+	return nil
+}
+
 var File_keyservice_proto protoreflect.FileDescriptor
 
 const file_keyservice_proto_rawDesc = "" +
@@ -141,11 +249,19 @@ const file_keyservice_proto_rawDesc = "" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\"/\n" +
 	"\x12GetDataKeyResponse\x12\x19\n" +
-	"\bdata_key\x18\x01 \x01(\fR\adataKey2{\n" +
+	"\bdata_key\x18\x01 \x01(\fR\adataKey\"\x18\n" +
+	"\x16GetMasterSecretRequest\"\x82\x01\n" +
+	"\x17GetMasterSecretResponse\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
+	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\fR\tclusterId\x12\"\n" +
+	"\fmeasurements\x18\x04 \x01(\fR\fmeasurements2\xf9\x01\n" +
 	"\n" +
 	"KeyService\x12m\n" +
 	"\n" +
-	"GetDataKey\x12..constellation.keyservice.v1.GetDataKeyRequest\x1a/.constellation.keyservice.v1.GetDataKeyResponseBMZKgithub.com/constellation-dev/constellation/internal/keyservice/keyservicepbb\x06proto3"
+	"GetDataKey\x12..constellation.keyservice.v1.GetDataKeyRequest\x1a/.constellation.keyservice.v1.GetDataKeyResponse\x12|\n" +
+	"\x0fGetMasterSecret\x123.constellation.keyservice.v1.GetMasterSecretRequest\x1a4.constellation.keyservice.v1.GetMasterSecretResponseBMZKgithub.com/constellation-dev/constellation/internal/keyservice/keyservicepbb\x06proto3"
 
 var (
 	file_keyservice_proto_rawDescOnce sync.Once
@@ -159,16 +275,20 @@ func file_keyservice_proto_rawDescGZIP() []byte {
 	return file_keyservice_proto_rawDescData
 }
 
-var file_keyservice_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_keyservice_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_keyservice_proto_goTypes = []any{
-	(*GetDataKeyRequest)(nil),  // 0: constellation.keyservice.v1.GetDataKeyRequest
-	(*GetDataKeyResponse)(nil), // 1: constellation.keyservice.v1.GetDataKeyResponse
+	(*GetDataKeyRequest)(nil),       // 0: constellation.keyservice.v1.GetDataKeyRequest
+	(*GetDataKeyResponse)(nil),      // 1: constellation.keyservice.v1.GetDataKeyResponse
+	(*GetMasterSecretRequest)(nil),  // 2: constellation.keyservice.v1.GetMasterSecretRequest
+	(*GetMasterSecretResponse)(nil), // 3: constellation.keyservice.v1.GetMasterSecretResponse
 }
 var file_keyservice_proto_depIdxs = []int32{
 	0, // 0: constellation.keyservice.v1.KeyService.GetDataKey:input_type -> constellation.keyservice.v1.GetDataKeyRequest
-	1, // 1: constellation.keyservice.v1.KeyService.GetDataKey:output_type -> constellation.keyservice.v1.GetDataKeyResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: constellation.keyservice.v1.KeyService.GetMasterSecret:input_type -> constellation.keyservice.v1.GetMasterSecretRequest
+	1, // 2: constellation.keyservice.v1.KeyService.GetDataKey:output_type -> constellation.keyservice.v1.GetDataKeyResponse
+	3, // 3: constellation.keyservice.v1.KeyService.GetMasterSecret:output_type -> constellation.keyservice.v1.GetMasterSecretResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -185,7 +305,7 @@ func file_keyservice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyservice_proto_rawDesc), len(file_keyservice_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

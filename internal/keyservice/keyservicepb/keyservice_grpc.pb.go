@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_GetDataKey_FullMethodName = "/constellation.keyservice.v1.KeyService/GetDataKey"
+	KeyService_GetDataKey_FullMethodName      = "/constellation.keyservice.v1.KeyService/GetDataKey"
+	KeyService_GetMasterSecret_FullMethodName = "/constellation.keyservice.v1.KeyService/GetMasterSecret"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -30,6 +31,10 @@ const (
 type KeyServiceClient interface {
 	// GetDataKey returns the key of the given purpose and identifier.
 	GetDataKey(ctx context.Context, in *GetDataKeyRequest, opts ...grpc.CallOption) (*GetDataKeyResponse, error)
+	// GetMasterSecret returns the cluster's master secret, with what a key service needs beside it, to a
+	// control-plane node of the cluster (attested as a member, named a control-plane node by the provider in its
+	// attestation key certificate), so that its own key service serves too. Every other caller is refused.
+	GetMasterSecret(ctx context.Context, in *GetMasterSecretRequest, opts ...grpc.CallOption) (*GetMasterSecretResponse, error)
 }
 
 type keyServiceClient struct {
@@ -50,6 +55,16 @@ func (c *keyServiceClient) GetDataKey(ctx context.Context, in *GetDataKeyRequest
 	return out, nil
 }
 
+func (c *keyServiceClient) GetMasterSecret(ctx context.Context, in *GetMasterSecretRequest, opts ...grpc.CallOption) (*GetMasterSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMasterSecretResponse)
+	err := c.cc.Invoke(ctx, KeyService_GetMasterSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -58,6 +73,10 @@ func (c *keyServiceClient) GetDataKey(ctx context.Context, in *GetDataKeyRequest
 type KeyServiceServer interface {
 	// GetDataKey returns the key of the given purpose and identifier.
 	GetDataKey(context.Context, *GetDataKeyRequest) (*GetDataKeyResponse, error)
+	// GetMasterSecret returns the cluster's master secret, with what a key service needs beside it, to a
+	// control-plane node of the cluster (attested as a member, named a control-plane node by the provider in its
+	// attestation key certificate), so that its own key service serves too. Every other caller is refused.
+	GetMasterSecret(context.Context, *GetMasterSecretRequest) (*GetMasterSecretResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -70,6 +89,9 @@ type UnimplementedKeyServiceServer struct{}
 
 func (UnimplementedKeyServiceServer) GetDataKey(context.Context, *GetDataKeyRequest) (*GetDataKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDataKey not implemented")
+}
+func (UnimplementedKeyServiceServer) GetMasterSecret(context.Context, *GetMasterSecretRequest) (*GetMasterSecretResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetMasterSecret not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -110,6 +132,24 @@ func _KeyService_GetDataKey_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_GetMasterSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMasterSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).GetMasterSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_GetMasterSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).GetMasterSecret(ctx, req.(*GetMasterSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +160,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDataKey",
 			Handler:    _KeyService_GetDataKey_Handler,
+		},
+		{
+			MethodName: "GetMasterSecret",
+			Handler:    _KeyService_GetMasterSecret_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -29,6 +30,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/constellation-dev/constellation/internal/cadir"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
 // Server is a running API server.
@@ -40,9 +42,10 @@ type Server struct {
 	// APIServerPID is the process ID of kube-apiserver (for CPU figures).
 	APIServerPID int
 
-	dir    string
-	caKey  *ecdsa.PrivateKey
-	caCert *x509.Certificate
+	dir        string
+	namespaces []string // created by New
+	caKey      *ecdsa.PrivateKey
+	caCert     *x509.Certificate
 }
 
 // Binaries returns the paths of etcd and kube-apiserver, or an error that says how to build them.
@@ -355,4 +358,82 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// New starts an API server that ends with the test, with the namespaces created.
+func New(t testing.TB, namespaces ...string) *Server {
+	t.Helper()
+	s := Start(t)
+	s.namespaces = namespaces
+	admin := s.Client(t)
+	for _, ns := range namespaces {
+		obj := map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}
+		if err := admin.Do(t.Context(), http.MethodPost, "/api/v1/namespaces", "", obj, nil); err != nil {
+			t.Fatalf("creating namespace %s: %v", ns, err)
+		}
+	}
+	return s
+}
+
+// Client returns a client of the server as a cluster administrator (system:masters).
+func (s *Server) Client(t testing.TB) *kubeapi.Client {
+	t.Helper()
+	c, err := kubeapi.FromKubeconfig(s.Kubeconfig(t, "kubeapitest-admin", "system:masters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// ConfigMap is the part of a ConfigMap tests look at.
+type ConfigMap struct {
+	Metadata struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Immutable bool              `json:"immutable"`
+	Data      map[string]string `json:"data"`
+}
+
+// ConfigMap reads a ConfigMap as the administrator.
+func (s *Server) ConfigMap(t testing.TB, namespace, name string) (ConfigMap, bool) {
+	t.Helper()
+	var cm ConfigMap
+	err := s.Client(t).Do(t.Context(), http.MethodGet, "/api/v1/namespaces/"+namespace+"/configmaps/"+name, "", nil, &cm)
+	if kubeapi.IsStatus(err, http.StatusNotFound) {
+		return ConfigMap{}, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cm, true
+}
+
+// Put stores a ConfigMap as an administrator would, replacing one of the same name (immutable or not).
+func (s *Server) Put(t testing.TB, namespace, name string, data map[string]string) {
+	t.Helper()
+	admin := s.Client(t)
+	path := "/api/v1/namespaces/" + namespace + "/configmaps"
+	if err := admin.Do(t.Context(), http.MethodDelete, path+"/"+name, "", nil, nil); err != nil && !kubeapi.IsStatus(err, http.StatusNotFound) {
+		t.Fatal(err)
+	}
+	obj := map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": name, "namespace": namespace}, "data": data}
+	if err := admin.Do(t.Context(), http.MethodPost, path, "", obj, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Creates counts the ConfigMaps in the namespaces New created (nothing but the test's clients creates any
+// there: no controller runs).
+func (s *Server) Creates(t testing.TB) int {
+	t.Helper()
+	n := 0
+	for _, ns := range s.namespaces {
+		var list struct{ Items []json.RawMessage }
+		if err := s.Client(t).Do(t.Context(), http.MethodGet, "/api/v1/namespaces/"+ns+"/configmaps", "", nil, &list); err != nil {
+			t.Fatal(err)
+		}
+		n += len(list.Items)
+	}
+	return n
 }

@@ -132,6 +132,8 @@ type node struct {
 	tpm     *VTPM
 	sb      *Sandbox
 	started time.Time
+	// stopped is set while the node is powered off (Stop), until Reboot starts it again.
+	stopped bool
 }
 
 // StatePath is the state file of a provider directory.
@@ -359,7 +361,7 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 	}
 	// The other nodes route the new node's pods to it.
 	for _, other := range p.nodes {
-		if other != nd && other.sb != nil {
+		if other != nd && other.sb != nil && !other.stopped {
 			if err := other.sb.IPInNode("route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
 				if died := other.died(); died != nil {
 					return "", died
@@ -647,6 +649,7 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 	if err := p.startNode(ctx, nd); err != nil {
 		return err
 	}
+	nd.stopped = false
 	if err := p.route(nd); err != nil {
 		return err
 	}
@@ -655,10 +658,35 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 	return p.save()
 }
 
+// Stop powers a node off, as a cloud's stop does: every process of the node ends; its state disk and TPM stay,
+// and the metadata service keeps listing it (a stopped instance is still the cluster's). Reboot starts it
+// again.
+func (p *Provider) Stop(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state.Phase != PhaseRunning {
+		return fmt.Errorf("the cluster is %s, not running", p.state.Phase)
+	}
+	for _, nd := range p.nodes {
+		if nd.name != name {
+			continue
+		}
+		p.Log.Info("stopping node", "node", name)
+		if err := nd.sb.Stop(); err != nil {
+			return fmt.Errorf("stopping %s: %w", name, err)
+		}
+		nd.stopped = true
+		p.state.Progress = append(p.state.Progress, name+" stopped")
+		return p.save()
+	}
+	return fmt.Errorf("no node %q", name)
+}
+
 // ControlSocket is the provider's control socket in its directory: requests from the CLI (reboots).
 func ControlSocket(dir string) string { return filepath.Join(dir, "provider.sock") }
 
-// serveControl answers POST /v1/workers, /v1/images and /v1/nodes/{name}/reboot on the control socket,
+// serveControl answers POST /v1/workers, /v1/images, /v1/nodes/{name}/reboot and /v1/nodes/{name}/stop on
+// the control socket,
 // owner-only.
 func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	path := ControlSocket(p.Dir)
@@ -690,6 +718,13 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	mux.HandleFunc("POST /v1/images", p.serveLoad)
 	mux.HandleFunc("POST /v1/nodes/{name}/reboot", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reboot(r.Context(), r.PathValue("name")); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/nodes/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		if err := p.Stop(r.PathValue("name")); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
@@ -736,6 +771,11 @@ func control(ctx context.Context, dir, path string, body []byte, out any) error 
 		return json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(out)
 	}
 	return nil
+}
+
+// StopNode asks the provider daemon of the cluster in dir to power a node off; RebootNode starts it again.
+func StopNode(ctx context.Context, dir, name string) error {
+	return control(ctx, dir, "/v1/nodes/"+url.PathEscape(name)+"/stop", nil, nil)
 }
 
 // RebootNode asks the provider daemon of the cluster in dir to reboot a node, and waits until it has booted.
