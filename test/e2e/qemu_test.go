@@ -17,6 +17,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/qemu"
+	"github.com/constellation-dev/constellation/internal/provider/qemu/qemutest"
 )
 
 // qemuImageDir is where 'make node-image' writes the bootable disk image.
@@ -40,8 +41,9 @@ func requireQEMU(t *testing.T) {
 			t.Skipf("no signed disk image (%v); build it with 'make node-image'", err)
 		}
 	}
+	qemutest.LockProvider(t)
 	if qemu.NetworkInUse() {
-		t.Skipf("a QEMU cluster runs on this machine (namespace %s)", qemu.Netns)
+		t.Fatalf("a QEMU cluster runs on this machine (namespace %s) outside the tests; remove it first", qemu.Netns)
 	}
 }
 

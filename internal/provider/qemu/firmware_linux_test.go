@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootimage"
+	"github.com/constellation-dev/constellation/internal/provider/qemu/qemutest"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -45,8 +46,9 @@ func requireMachine(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(imageDir, bootimage.ImageFile)); err != nil {
 		t.Skipf("no disk image (%v); build it with 'make node-image'", err)
 	}
+	qemutest.LockProvider(t)
 	if NetworkInUse() {
-		t.Skipf("a QEMU cluster runs on this machine (namespace %s)", Netns)
+		t.Fatalf("a QEMU cluster runs on this machine (namespace %s) outside the tests; remove it first", Netns)
 	}
 }
 
