@@ -58,7 +58,7 @@ func NewWatcher(cfg *rest.Config, log *slog.Logger) (*Watcher, error) {
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { notify() },
 		UpdateFunc: func(old, cur any) {
-			if keyOf(old) != keyOf(cur) {
+			if keyOf(old) != keyOf(cur) || quarantined(old) != quarantined(cur) {
 				notify()
 			}
 		},
@@ -84,6 +84,16 @@ func keyOf(obj any) string {
 	return m.Annotations[KeyAnnotation]
 }
 
+// quarantined tells whether a Node object from the informer carries [QuarantineLabel].
+func quarantined(obj any) bool {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return false
+	}
+	_, q := m.Labels[QuarantineLabel]
+	return q
+}
+
 // Run watches until ctx ends.
 func (w *Watcher) Run(ctx context.Context) { w.informer.RunWithContext(ctx) }
 
@@ -103,7 +113,7 @@ func (w *Watcher) Peers() (peers []Peer, malformed []string) {
 		if !ok {
 			continue
 		}
-		peers, malformed = collect(peers, malformed, m.Name, m.Annotations)
+		peers, malformed = collect(peers, malformed, m.Name, m.Labels, m.Annotations)
 	}
 	sortRecord(peers, malformed)
 	return peers, malformed
