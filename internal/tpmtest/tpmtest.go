@@ -186,15 +186,21 @@ func NewSimulatorNode(alg vtpm.KeyAlgorithm) (*Node, error) {
 	return n, nil
 }
 
-// NewNode measures BootMeasurements into the TPM behind rw, enrolls it with ca and creates its issuer.
+// NewNode measures BootMeasurements into the TPM behind rw, enrolls it with ca (as "node-0") and creates its
+// issuer.
 func NewNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm) (*Node, error) {
+	return NewNamedNode(rw, ca, alg, "node-0")
+}
+
+// NewNamedNode is NewNode for a node whose attestation key certificate names it name.
+func NewNamedNode(rw io.ReadWriter, ca *akca.CA, alg vtpm.KeyAlgorithm, name string) (*Node, error) {
 	log := eventlog.NewBuilder()
 	for _, m := range BootMeasurements {
 		if err := Measure(rw, log, m.PCR, m.Type, []byte(m.Data)); err != nil {
 			return nil, err
 		}
 	}
-	akCert, err := akca.Enroll(context.Background(), rw, "node-0", alg, ca)
+	akCert, err := akca.Enroll(context.Background(), rw, name, alg, ca)
 	if err != nil {
 		return nil, fmt.Errorf("enrolling: %w", err)
 	}
@@ -233,6 +239,11 @@ func (n *Node) Close() error {
 // NewSWTPMNode manufactures a swtpm in dir with an EK certificate from a local CA, starts it, and makes it a
 // node. The node's Close shuts the TPM down cleanly.
 func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node, error) {
+	return NewNamedSWTPMNode(ctx, dir, alg, nil, "node-0")
+}
+
+// NewNamedSWTPMNode is NewSWTPMNode for a node named name, enrolled with ca (nil: a new AK CA for its EK CA).
+func NewNamedSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm, ca *akca.CA, name string) (*Node, error) {
 	ekCA, err := swtpm.NewCA(filepath.Join(dir, "ek-ca"))
 	if err != nil {
 		return nil, err
@@ -253,13 +264,14 @@ func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node
 		tpm.Close()
 		return nil, err
 	}
-	ca, err := NewAKCA(ekCA.Certificate())
-	if err != nil {
-		conn.Close()
-		tpm.Close()
-		return nil, err
+	if ca == nil {
+		if ca, err = NewAKCA(ekCA.Certificate()); err != nil {
+			conn.Close()
+			tpm.Close()
+			return nil, err
+		}
 	}
-	n, err := NewNode(conn, ca, alg)
+	n, err := NewNamedNode(conn, ca, alg, name)
 	if err != nil {
 		conn.Close()
 		tpm.Close()
