@@ -7,6 +7,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/reattest"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -47,6 +48,7 @@ func Manifests(config map[string]string, providerName, providerEndpoint, keyServ
 			"--provider=" + providerName,
 			"--provider-endpoint=" + providerEndpoint,
 			"--key-service=" + keyService,
+			"--node-name=$(NODE_NAME)",
 		},
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},
 		Tolerations:    []map[string]any{kubeapi.ControlPlaneToleration},
@@ -63,7 +65,13 @@ func Manifests(config map[string]string, providerName, providerEndpoint, keyServ
 		map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(Name)},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(Name),
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}}},
+			"rules": []map[string]any{
+				{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}},
+				// Continuous attestation (package reattest): one active controller by a Lease, and its switch.
+				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"create"}},
+				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "resourceNames": []string{reattest.LeaseName}, "verbs": []string{"get", "update"}},
+				{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{reattest.ControlConfigMap}, "verbs": []string{"get"}},
+			},
 		},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(Name),
@@ -73,7 +81,8 @@ func Manifests(config map[string]string, providerName, providerEndpoint, keyServ
 		// A joining node learns the WireGuard peers (keys on the Node objects) from the join service.
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta(clusterRoleName),
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list"}}},
+			// The continuous attestation follows the Nodes (watch), and marks and quarantines them (update).
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"get", "list", "watch", "update"}}},
 		},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(clusterRoleName),

@@ -55,6 +55,16 @@ type Server struct {
 	allowed func(ctx context.Context, name string) (bool, error)
 	// disks binds each state disk to the node that first got its key.
 	disks *DiskBindings
+	// quarantined, if set, tells whether a node is quarantined (it failed its continuous attestation, see
+	// package reattest): such a node gets no key, neither as the caller nor as the node a key is asked for.
+	quarantined func(ctx context.Context, node string) (bool, error)
+}
+
+// RefuseQuarantined makes the key service refuse every key to a node that quarantined reports as
+// quarantined, whether the node calls or a key is asked for on its behalf; if quarantined fails, it refuses
+// the key too.
+func (s *Server) RefuseQuarantined(quarantined func(ctx context.Context, node string) (bool, error)) {
+	s.quarantined = quarantined
 }
 
 // RestrictTo lets only callers get keys whose attested name allowed accepts, for example only
@@ -136,6 +146,23 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		if name == "" || !ok {
 			s.audit.Warn("data key refused: caller not allowed", "caller", caller, "keyID", safeID(req.GetDataKeyId()))
 			return nil, status.Errorf(codes.PermissionDenied, "node %q may not get keys from the key service", name)
+		}
+	}
+	if s.quarantined != nil {
+		name, _ := atls.AttestedPeerName(ctx)
+		for _, node := range []string{name, req.GetNode()} {
+			if node == "" {
+				continue
+			}
+			q, err := s.quarantined(ctx, node)
+			if err != nil {
+				s.audit.Error("data key refused: checking the node's quarantine failed", "caller", caller, "node", safeID(node), "keyID", safeID(req.GetDataKeyId()), "error", err)
+				return nil, status.Error(codes.Unavailable, "checking whether the node is quarantined failed")
+			}
+			if q {
+				s.audit.Warn("data key refused: the node is quarantined (it failed its continuous attestation)", "caller", caller, "node", safeID(node), "keyID", safeID(req.GetDataKeyId()))
+				return nil, status.Errorf(codes.PermissionDenied, "node %q is quarantined: it gets no keys until it rejoins with a fresh attestation", node)
+			}
 		}
 	}
 	purpose, keyID, err := ParseDataKeyID(req.GetDataKeyId())

@@ -30,6 +30,9 @@ type Options struct {
 	// DiskBindings is the file in which the key service records which node each state disk belongs to
 	// ([DiskBindingsFile]).
 	DiskBindings string
+	// Quarantined, if set, tells whether a node is quarantined; such a node gets no key
+	// ([Server.RefuseQuarantined]).
+	Quarantined func(ctx context.Context, node string) (bool, error)
 	// Log receives the service's log and its audit lines.
 	Log *slog.Logger
 }
@@ -72,6 +75,9 @@ func Run(ctx context.Context, o Options) error {
 	ks := New(d, o.Log)
 	ks.RestrictTo(o.Allowed)
 	ks.BindDisks(disks)
+	if o.Quarantined != nil {
+		ks.RefuseQuarantined(o.Quarantined)
+	}
 	srv, err := NewGRPCServer(ks, o.Issuer, []attestation.Validator{v})
 	if err != nil {
 		return err

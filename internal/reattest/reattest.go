@@ -164,7 +164,7 @@ func New(o Options) (*Controller, error) {
 	}, nil
 }
 
-// Run follows the Node objects and checks each node until ctx ends.
+// Run follows the Node objects and checks each node until ctx ends; then it returns nil.
 func (c *Controller) Run(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactory(c.o.Client, 0)
 	inf := factory.Core().V1().Nodes().Informer()
@@ -235,10 +235,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	go inf.RunWithContext(ctx)
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return ctx.Err()
+	if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		c.log.Info("re-attestation controller following the nodes", "interval", c.o.Interval.String(), "taintAfter", c.o.TaintAfter.String())
 	}
-	c.log.Info("re-attestation controller following the nodes", "interval", c.o.Interval.String(), "taintAfter", c.o.TaintAfter.String())
 	<-ctx.Done()
 	wg.Wait()
 	return nil

@@ -2,16 +2,23 @@ package reattest
 
 import (
 	"context"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -282,5 +289,70 @@ func TestForgedReleaseFailsAgain(t *testing.T) {
 	ctl.waitCheck(t, "worker-2", func(ch check) bool { return ch.state == Failed && strings.HasPrefix(ch.reason, ReasonMeasurements) })
 	if n := c.nodeObject(t, "worker-2"); n.Labels[meshpeers.QuarantineLabel] == "" {
 		t.Fatalf("worker-2 is not quarantined: %v", n.Labels)
+	}
+}
+
+// TestKeyServiceRefusesQuarantinedNode is the quarantined node's attack on its keys: its disk key asked for
+// on its behalf, and any key asked for by the node itself (a quarantined control-plane node's join service),
+// from the key service, which checks the mark on the Node object before it hands out a key.
+func TestKeyServiceRefusesQuarantinedNode(t *testing.T) {
+	c := newCluster(t, []string{"worker-0", "worker-1"})
+	ctl := c.start(t, fastOptions())
+	ctl.waitState(t, "worker-1", Trusted)
+
+	ms, err := kms.GenerateMasterSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := kms.NewDeriver(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := keyservice.New(d, slog.New(slog.DiscardHandler))
+	ks.RefuseQuarantined(func(ctx context.Context, node string) (bool, error) { return Quarantined(ctx, c.admin, node) })
+	members, err := c.currentPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key service runs on worker-0's TPM; its callers are the cluster's members.
+	srv, err := keyservice.NewGRPCServer(ks, c.nodes["worker-0"].tpm.Issuer, []attestation.Validator{members})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	client := func(n *testNode) *keyservice.Client {
+		kc, err := keyservice.NewClient(ln.Addr().String(), n.tpm.Issuer, []attestation.Validator{members})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { kc.Close() })
+		return kc
+	}
+	const disk = "0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11"
+	if _, err := client(c.nodes["worker-0"]).GetDiskKey(t.Context(), disk, "worker-1", 32); err != nil {
+		t.Fatalf("worker-1's disk key while it is trusted: %v", err)
+	}
+	// worker-1 asks for a key itself, over its own aTLS connection, before its measured state changes.
+	own := client(c.nodes["worker-1"])
+	if _, err := own.GetDataKey(t.Context(), "data-key/x", 32); err != nil {
+		t.Fatal(err)
+	}
+
+	extendPCR(t, c.nodes["worker-1"])
+	ctl.waitState(t, "worker-1", Failed)
+	if _, err := client(c.nodes["worker-0"]).GetDiskKey(t.Context(), disk, "worker-1", 32); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the quarantined node's disk key: %v, want PermissionDenied", err)
+	}
+	// The open connection of its attested handshake from before gets nothing either.
+	if _, err := own.GetDataKey(t.Context(), "data-key/x", 32); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a key asked for by the quarantined node: %v, want PermissionDenied", err)
+	}
+	if _, err := client(c.nodes["worker-0"]).GetDataKey(t.Context(), "data-key/x", 32); err != nil {
+		t.Fatalf("the healthy node: %v", err)
 	}
 }
