@@ -38,6 +38,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/reattest"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -106,6 +107,13 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self 
 	}
 	if err := k8s.Apply(ctx, verify); err != nil {
 		return fmt.Errorf("deploying the verification service: %w", err)
+	}
+	quarantine, err := reattest.Manifests()
+	if err != nil {
+		return err
+	}
+	if err := k8s.Apply(ctx, quarantine); err != nil {
+		return fmt.Errorf("deploying the quarantine's admission policy: %w", err)
 	}
 	return nil
 }
