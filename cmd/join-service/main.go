@@ -21,7 +21,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
-	"github.com/constellation-dev/constellation/internal/reattest"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -38,8 +38,8 @@ func main() {
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	meshSocket := flag.String("mesh", meshpeers.LocalSocket, "the node's WireGuard agent socket")
 	nodeName := flag.String("node-name", "", "this node's name: its identity in the continuous attestation's leader election (empty: no continuous attestation)")
-	interval := flag.Duration("reattest-interval", reattest.DefaultInterval, "how often the continuous attestation checks each node")
-	metrics := flag.String("reattest-metrics", fmt.Sprintf("127.0.0.1:%d", reattest.MetricsPort), "where the continuous attestation serves its metrics (Prometheus text format; empty: nowhere)")
+	interval := flag.Duration("reattest-interval", reattestation.DefaultInterval, "how often the continuous attestation checks each node")
+	metrics := flag.String("reattest-metrics", fmt.Sprintf("127.0.0.1:%d", reattestation.MetricsPort), "where the continuous attestation serves its metrics (Prometheus text format; empty: nowhere)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	re := reattestFlags{node: *nodeName, interval: *interval, metrics: *metrics}
@@ -101,7 +101,9 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	}
 	var release func(context.Context, string) (bool, error)
 	if re.node != "" {
-		release = func(ctx context.Context, name string) (bool, error) { return reattest.Release(ctx, clientset, name) }
+		release = func(ctx context.Context, name string) (bool, error) {
+			return reattestation.Release(ctx, clientset, name)
+		}
 		if err := startReattest(ctx, clientset, config, re, log.With("service", "reattest")); err != nil {
 			return err
 		}
@@ -128,8 +130,8 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 // startReattest runs the continuous attestation in the background (active on one control-plane node at a
 // time), checking the nodes against the members of the current join configuration.
 func startReattest(ctx context.Context, clientset kubernetes.Interface, config *joinservice.Config, re reattestFlags, log *slog.Logger) error {
-	metrics := reattest.NewMetrics()
-	c, err := reattest.New(reattest.Options{Client: clientset, Policy: config.MemberValidator, Interval: re.interval, Metrics: metrics, Log: log})
+	metrics := reattestation.NewMetrics()
+	c, err := reattestation.New(reattestation.Options{Client: clientset, Policy: config.MemberValidator, Interval: re.interval, Metrics: metrics, Log: log})
 	if err != nil {
 		return err
 	}
@@ -143,7 +145,7 @@ func startReattest(ctx context.Context, clientset kubernetes.Interface, config *
 		context.AfterFunc(ctx, func() { srv.Close() })
 	}
 	go func() {
-		if err := reattest.RunElected(ctx, c, re.node); err != nil {
+		if err := reattestation.RunElected(ctx, c, re.node); err != nil {
 			log.Error("continuous attestation stopped", "error", err)
 		}
 	}()

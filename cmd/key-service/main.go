@@ -16,7 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
-	"github.com/constellation-dev/constellation/internal/reattest"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -56,7 +56,7 @@ func main() {
 		Listener: ln, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
 		AKRoots: md.AKRoots, Allowed: md.IsControlPlane, DiskBindings: *diskBindings, Log: log,
 		Quarantined: func(ctx context.Context, node string) (bool, error) {
-			return reattest.Quarantined(ctx, clientset, node)
+			return reattestation.Quarantined(ctx, clientset, node)
 		},
 	}); err != nil {
 		log.Error("key service stopped", "error", err)

@@ -38,7 +38,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
-	"github.com/constellation-dev/constellation/internal/reattest"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -108,7 +108,7 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self 
 	if err := k8s.Apply(ctx, verify); err != nil {
 		return fmt.Errorf("deploying the verification service: %w", err)
 	}
-	quarantine, err := reattest.Manifests()
+	quarantine, err := reattestation.Manifests()
 	if err != nil {
 		return err
 	}

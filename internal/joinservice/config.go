@@ -140,7 +140,7 @@ func (s *State) MemberValidator() (attestation.Validator, error) {
 }
 
 // MemberValidator returns the validator of the current configuration's members (see [State.MemberValidator]),
-// made once per version of the configuration: the continuous attestation (package reattest) checks every
+// made once per version of the configuration: the continuous attestation (package reattestation) checks every
 // node against it.
 func (c *Config) MemberValidator() (attestation.Validator, error) {
 	s, err := c.Current()

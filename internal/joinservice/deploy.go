@@ -7,7 +7,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
-	"github.com/constellation-dev/constellation/internal/reattest"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -67,10 +67,10 @@ func Manifests(config map[string]string, providerName, providerEndpoint, keyServ
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(Name),
 			"rules": []map[string]any{
 				{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}},
-				// Continuous attestation (package reattest): one active controller by a Lease, and its switch.
+				// Continuous attestation (package reattestation): one active controller by a Lease, and its switch.
 				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"create"}},
-				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "resourceNames": []string{reattest.LeaseName}, "verbs": []string{"get", "update"}},
-				{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{reattest.ControlConfigMap}, "verbs": []string{"get"}},
+				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "resourceNames": []string{reattestation.LeaseName}, "verbs": []string{"get", "update"}},
+				{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{reattestation.ControlConfigMap}, "verbs": []string{"get"}},
 			},
 		},
 		map[string]any{

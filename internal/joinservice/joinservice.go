@@ -78,7 +78,7 @@ type Options struct {
 	PKIDir string
 	// Endpoint is the API server address (host:port) joining nodes use.
 	Endpoint string
-	// Release lifts the quarantine of a node that failed its continuous attestation (reattest.Release), once
+	// Release lifts the quarantine of a node that failed its continuous attestation (reattestation.Release), once
 	// it rejoins with fresh valid evidence; nil: no continuous attestation.
 	Release func(ctx context.Context, name string) (released bool, err error)
 	// IssuanceLimiter limits the evidence the service issues in handshakes, before anyone is authenticated;

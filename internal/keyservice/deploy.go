@@ -21,7 +21,7 @@ const clusterRoleName = "constellation:" + Name
 
 // Manifests returns the key service's DaemonSet, as a JSON list for `kubectl apply`: one pod on node (the
 // control-plane node whose bootstrapper holds the master secret), on the host network at [Port]. Its service
-// account may only read Node objects, to refuse keys to a quarantined node (see package reattest). It reaches
+// account may only read Node objects, to refuse keys to a quarantined node (see package reattestation). It reaches
 // the node's bootstrapper for the master secret ([SecretSocket]) and for its evidence (the attestation agent),
 // and its provider (name, at endpoint), to tell control-plane nodes, its only callers, from workers.
 func Manifests(node, providerName, providerEndpoint string) ([]byte, error) {

@@ -56,7 +56,7 @@ type Server struct {
 	// disks binds each state disk to the node that first got its key.
 	disks *DiskBindings
 	// quarantined, if set, tells whether a node is quarantined (it failed its continuous attestation, see
-	// package reattest): such a node gets no key, neither as the caller nor as the node a key is asked for.
+	// package reattestation): such a node gets no key, neither as the caller nor as the node a key is asked for.
 	quarantined func(ctx context.Context, node string) (bool, error)
 }
 

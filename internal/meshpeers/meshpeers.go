@@ -32,7 +32,7 @@ import (
 // KeyAnnotation holds a node's WireGuard public key (base64).
 const KeyAnnotation = "constellation.dev/wireguard-public-key"
 
-// QuarantineLabel marks a node that failed its continuous attestation (package reattest): it is no peer of
+// QuarantineLabel marks a node that failed its continuous attestation (package reattestation): it is no peer of
 // any node, whatever key it recorded. Its value is the reason. The prefix node-restriction.kubernetes.io/ is
 // one the API server's NodeRestriction admission forbids kubelets to set or remove, so the node itself
 // cannot lift its quarantine.

@@ -5,7 +5,7 @@
 // It runs twice on a node: in the bootstrapper from the node's start ([Port]), and as the cluster's DaemonSet
 // ([Manifests], [ClusterPort]), whose pods get the same evidence from the node's attestation agent.
 //
-// A verifier that follows the node over time (package reattest) asks the gRPC service to bind the WireGuard
+// A verifier that follows the node over time (package reattestation) asks the gRPC service to bind the WireGuard
 // public key the node's mesh interface uses into the evidence ([MeshKeyUserData]): the node, not the caller,
 // chooses that user data, so a caller still cannot have the node vouch for a key of the caller's choosing.
 //

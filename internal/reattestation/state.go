@@ -1,4 +1,4 @@
-package reattest
+package reattestation
 
 import (
 	"math/rand/v2"

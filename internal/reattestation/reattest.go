@@ -1,4 +1,4 @@
-// Package reattest attests every node of the cluster again and again, not only when it joins: a node that
+// Package reattestation attests every node of the cluster again and again, not only when it joins: a node that
 // stops proving itself loses its place, its keys and its peers.
 //
 // The controller runs in the join service's process on the control plane, which holds the cluster's
@@ -24,7 +24,7 @@
 // trusted members (the controller alerts instead: log and [AlertAnnotation]); at most one quarantine per
 // interval; enforcement can be paused cluster-wide ([ControlConfigMap], which only administrators can write);
 // and the controller's figures are served in Prometheus' text format ([Metrics]).
-package reattest
+package reattestation
 
 import (
 	"bytes"
