@@ -390,6 +390,15 @@ const (
 	ReasonMeshKey      = "mesh-key"     // bound to another WireGuard key than the one the node recorded
 )
 
+// Judge is the controller's verdict on evidence node sent for nonce, checked against v (the cluster's member
+// policy): Trusted, or Failed with the reason.
+func Judge(ctx context.Context, v attestation.Validator, node *corev1.Node, evidence, nonce []byte) (State, string) {
+	if o, reason := judge(ctx, v, node, evidence, nonce); o != verified {
+		return Failed, reason
+	}
+	return Trusted, ""
+}
+
 // judge validates evidence the node sent for nonce against v, and checks that it is the node's own and binds
 // the mesh key recorded on its Node object.
 func judge(ctx context.Context, v attestation.Validator, node *corev1.Node, raw, nonce []byte) (outcome, string) {
