@@ -1,6 +1,8 @@
 package reattestation
 
 import (
+	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,52 @@ func TestOneQuarantinePerInterval(t *testing.T) {
 	}
 	if n := c.nodeObject(t, "worker-2"); n.Labels[meshpeers.QuarantineLabel] != "" {
 		t.Fatal("the healthy node was quarantined")
+	}
+}
+
+// TestOneActiveController: two controllers (the join service on two control-plane nodes) elect one leader by
+// the Lease; only it checks nodes; when it stops, the other takes over.
+func TestOneActiveController(t *testing.T) {
+	c := newCluster(t, []string{"worker-0"})
+	type tagged struct{ by, node string }
+	checks := make(chan tagged, 1024)
+	run := func(id string) context.CancelFunc {
+		o := fastOptions()
+		o.Client, o.Policy, o.Port = c.admin, c.currentPolicy, c.port
+		o.OnCheck = func(node string, _ State, _ string) { checks <- tagged{id, node} }
+		o.Log = slog.New(slog.DiscardHandler)
+		ctrl, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := RunElected(ctx, ctrl, id); err != nil {
+				t.Error(err)
+			}
+		}()
+		stop := func() { cancel(); <-done }
+		t.Cleanup(stop)
+		return stop
+	}
+	stopA := run("control-plane-a")
+	first := <-checks
+	run("control-plane-b")
+	for range 10 {
+		if ch := <-checks; ch.by != first.by {
+			t.Fatalf("checks by %s and %s at once", first.by, ch.by)
+		}
+	}
+	if first.by != "control-plane-a" {
+		t.Fatalf("the first controller's checks came from %s", first.by)
+	}
+	stopA()
+	// Checks of A already reported may still be queued; then B takes over.
+	for ch := range checks {
+		if ch.by == "control-plane-b" {
+			break
+		}
 	}
 }

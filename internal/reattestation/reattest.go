@@ -166,6 +166,10 @@ func New(o Options) (*Controller, error) {
 
 // Run follows the Node objects and checks each node until ctx ends; then it returns nil.
 func (c *Controller) Run(ctx context.Context) error {
+	// A controller that leads again (RunElected) starts from what the Node objects say, not from its last term.
+	c.mu.Lock()
+	c.records, c.cancel, c.notify = map[string]*nodeState{}, map[string]context.CancelFunc{}, map[string]chan struct{}{}
+	c.mu.Unlock()
 	factory := informers.NewSharedInformerFactory(c.o.Client, 0)
 	inf := factory.Core().V1().Nodes().Informer()
 	c.nodes = inf.GetIndexer()
