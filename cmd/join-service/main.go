@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/joinservice"
@@ -18,6 +22,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -33,15 +38,26 @@ func main() {
 	apiServer := flag.String("api-server", "", "API server URL for this service (default: the in-cluster address)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	meshSocket := flag.String("mesh", meshpeers.LocalSocket, "the node's WireGuard agent socket")
+	nodeName := flag.String("node-name", "", "this node's name: its identity in the continuous attestation's leader election (empty: no continuous attestation)")
+	interval := flag.Duration("reattest-interval", reattestation.DefaultInterval, "how often the continuous attestation checks each node")
+	metrics := flag.String("reattest-metrics", fmt.Sprintf("127.0.0.1:%d", reattestation.MetricsPort), "where the continuous attestation serves its metrics (Prometheus text format; empty: nowhere)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *nodeIP, log); err != nil {
+	re := reattestFlags{node: *nodeName, interval: *interval, metrics: *metrics}
+	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *nodeIP, re, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, nodeIP string, log *slog.Logger) error {
+// reattestFlags configure the continuous attestation.
+type reattestFlags struct {
+	node     string
+	interval time.Duration
+	metrics  string
+}
+
+func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, nodeIP string, re reattestFlags, log *slog.Logger) error {
 	if apiEndpoint == "" || nodeIP == "" {
 		return fmt.Errorf("--api-endpoint and --node-ip are required")
 	}
@@ -82,8 +98,21 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 		return err
 	}
 	disks := &joinservice.KeyServiceDiskKeys{Endpoints: keyServices, Issuer: issuer, Config: config, Roles: md}
+	clientset, err := kubeapi.ClientsetFromServiceAccount(apiServer, kubeapi.ServiceAccountDir, "constellation-join-service")
+	if err != nil {
+		return err
+	}
+	var release func(context.Context, string) (bool, error)
+	if re.node != "" {
+		release = func(ctx context.Context, name string) (bool, error) {
+			return reattestation.Release(ctx, clientset, name)
+		}
+		if err := startReattest(ctx, clientset, config, re, log.With("service", "reattest")); err != nil {
+			return err
+		}
+	}
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
-		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks,
+		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks, Release: release,
 		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Keys: disks}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
 	}), issuer)
 	if err != nil {
@@ -99,4 +128,29 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	}()
 	log.Info("join service listening over mutual aTLS", "address", ln.Addr().String(), "version", version.Version)
 	return srv.Serve(ln)
+}
+
+// startReattest runs the continuous attestation in the background (active on one control-plane node at a
+// time), checking the nodes against the members of the current join configuration.
+func startReattest(ctx context.Context, clientset kubernetes.Interface, config *joinservice.Config, re reattestFlags, log *slog.Logger) error {
+	metrics := reattestation.NewMetrics()
+	c, err := reattestation.New(reattestation.Options{Client: clientset, Policy: config.MemberValidator, Interval: re.interval, Metrics: metrics, Log: log})
+	if err != nil {
+		return err
+	}
+	if re.metrics != "" {
+		ln, err := net.Listen("tcp", re.metrics)
+		if err != nil {
+			return fmt.Errorf("metrics of the continuous attestation: %w", err)
+		}
+		srv := &http.Server{Handler: metrics.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		context.AfterFunc(ctx, func() { srv.Close() })
+	}
+	go func() {
+		if err := reattestation.RunElected(ctx, c, re.node); err != nil {
+			log.Error("continuous attestation stopped", "error", err)
+		}
+	}()
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/providers"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -25,7 +26,7 @@ func main() {
 	providerEndpoint := flag.String("provider-endpoint", "", "where the provider answers (required; for mini: its metadata service)")
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
-	apiServer := flag.String("api-server", "", "URL of the API server that keeps the shared disk bindings (required)")
+	apiServer := flag.String("api-server", "", "URL of the API server that keeps the shared disk bindings and the nodes' quarantine marks (required)")
 	legacyBindings := flag.String("legacy-disk-bindings", keyservice.LegacyDiskBindingsFile, "a file of disk bindings from before the shared record, moved into it at start")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -36,7 +37,16 @@ func main() {
 		log.Error("key service stopped", "error", err)
 		os.Exit(2)
 	}
+	if *apiServer == "" {
+		log.Error("key service stopped: --api-server is required (the shared disk bindings, the quarantine marks)")
+		os.Exit(2)
+	}
 	api, err := kubeapi.FromServiceAccount(*apiServer, kubeapi.ServiceAccountDir)
+	if err != nil {
+		log.Error("key service stopped", "error", err)
+		os.Exit(2)
+	}
+	clientset, err := kubeapi.ClientsetFromServiceAccount(*apiServer, kubeapi.ServiceAccountDir, "constellation-key-service")
 	if err != nil {
 		log.Error("key service stopped", "error", err)
 		os.Exit(2)
@@ -46,6 +56,9 @@ func main() {
 		Listen: func() (net.Listener, error) { return net.Listen("tcp", *listen) }, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
 		AKRoots: md.AKRoots, Allowed: md.IsControlPlane,
 		DiskBindings: keyservice.NewAPIDiskBindings(api), LegacyDiskBindings: *legacyBindings, Log: log,
+		Quarantined: func(ctx context.Context, node string) (bool, error) {
+			return reattestation.Quarantined(ctx, clientset, node)
+		},
 	}); err != nil {
 		log.Error("key service stopped", "error", err)
 		os.Exit(1)

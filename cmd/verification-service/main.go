@@ -23,7 +23,7 @@ func main() {
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	srv, err := verifyservice.Listen(*host, *port, *grpcPort, agent.NewClient(*agentSocket, attestation.MiniVTPM), log)
+	srv, err := verifyservice.Listen(*host, *port, *grpcPort, agent.NewClient(*agentSocket, attestation.MiniVTPM), nil, log)
 	if err != nil {
 		log.Error("verification service stopped", "error", err)
 		os.Exit(1)

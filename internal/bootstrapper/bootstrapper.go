@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("reading this node's boot measurements: %w", err)
 	}
-	verify, err := verifyservice.Listen(self.IP, verifyservice.Port, verifyservice.GRPCPort, issuer, log.With("service", "verify"))
+	verify, err := verifyservice.Listen(self.IP, verifyservice.Port, verifyservice.GRPCPort, issuer, mesh.PublicKey, log.With("service", "verify"))
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -108,6 +109,13 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	}
 	if err := k8s.Apply(ctx, verify); err != nil {
 		return fmt.Errorf("deploying the verification service: %w", err)
+	}
+	quarantine, err := reattestation.Manifests()
+	if err != nil {
+		return err
+	}
+	if err := k8s.Apply(ctx, quarantine); err != nil {
+		return fmt.Errorf("deploying the quarantine's admission policy: %w", err)
 	}
 	return nil
 }

@@ -36,6 +36,9 @@ type nodeHealth struct {
 	Attestation    string // "member of this cluster", "runs the configured image", or "FAILED: why"
 	Attested       bool
 	Kubernetes     string // "Ready", "NotReady", "Unknown", "not registered", "unknown" or "-" (not initialised)
+	// Continuous is the cluster's continuous attestation of the node (package reattestation): its state and
+	// when its evidence last verified, "QUARANTINED: reason", or "-".
+	Continuous string
 }
 
 // awaited is one thing that keeps a cluster from being ready: what (a node, a service, the Kubernetes API),
@@ -123,17 +126,20 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 	if err != nil {
 		return clusterHealth{}, failed(err)
 	}
-	var ready map[string]string
+	var ready, continuous map[string]string
 	if initialised {
 		var api *kubeapi.Client
 		if api, h.KubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); h.KubeErr == nil {
-			if ready, h.KubeErr = nodeReadiness(ctx, api); h.KubeErr == nil {
+			if ready, continuous, h.KubeErr = nodeReadiness(ctx, api, time.Now()); h.KubeErr == nil {
 				h.Services, h.KubeErr = serviceReadiness(ctx, api)
 			}
 		}
 	}
 	for _, n := range state.Nodes {
-		nh := nodeHealth{Name: n.Name, Role: n.Role, IP: n.IP, Attestation: "member of this cluster", Attested: true, Kubernetes: "-"}
+		nh := nodeHealth{Name: n.Name, Role: n.Role, IP: n.IP, Attestation: "member of this cluster", Attested: true, Kubernetes: "-", Continuous: "-"}
+		if c, ok := continuous[n.Name]; ok {
+			nh.Continuous = c
+		}
 		if !initialised {
 			nh.Attestation = "runs the configured image"
 		}
@@ -164,9 +170,9 @@ func (h clusterHealth) print(out io.Writer) {
 		fmt.Fprintln(out, "Nodes booted; Kubernetes not initialised")
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tATTESTATION\tKUBERNETES")
+	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tATTESTATION\tKUBERNETES\tCONTINUOUS")
 	for _, n := range h.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, n.Attestation, n.Kubernetes)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, n.Attestation, n.Kubernetes, n.Continuous)
 	}
 	tw.Flush()
 	if h.KubeErr != nil {

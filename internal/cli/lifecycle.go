@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -18,7 +19,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -192,20 +195,25 @@ func firstLine(s string) string {
 }
 
 // nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name.
-func nodeReadiness(ctx context.Context, api *kubeapi.Client) (map[string]string, error) {
+func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (ready, continuous map[string]string, err error) {
 	var list struct {
 		Items []struct {
-			Metadata struct{ Name string }
-			Status   struct {
+			Metadata struct {
+				Name                string
+				Labels, Annotations map[string]string
+			}
+			Status struct {
 				Conditions []struct{ Type, Status string }
 			}
 		}
 	}
 	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
-		return nil, fmt.Errorf("listing nodes: %w", err)
+		return nil, nil, fmt.Errorf("listing nodes: %w", err)
 	}
 	out := map[string]string{}
+	continuous = map[string]string{}
 	for _, n := range list.Items {
+		continuous[n.Metadata.Name] = continuousState(n.Metadata.Labels, n.Metadata.Annotations, now)
 		out[n.Metadata.Name] = "Unknown"
 		for _, c := range n.Status.Conditions {
 			if c.Type == "Ready" {
@@ -218,7 +226,27 @@ func nodeReadiness(ctx context.Context, api *kubeapi.Client) (map[string]string,
 			}
 		}
 	}
-	return out, nil
+	return out, continuous, nil
+}
+
+// continuousState is the continuous attestation of a node as its Node object records it: the quarantine
+// (a label only the control plane sets), or the state the controller wrote and when the node's evidence last
+// verified.
+func continuousState(labels, annotations map[string]string, now time.Time) string {
+	if reason, ok := labels[meshpeers.QuarantineLabel]; ok {
+		return "QUARANTINED: " + reason
+	}
+	state, ok := annotations[reattestation.StateAnnotation]
+	if !ok {
+		return "-"
+	}
+	if at, err := time.Parse(time.RFC3339, annotations[reattestation.VerifiedAnnotation]); err == nil {
+		state += fmt.Sprintf(" (verified %s ago)", now.Sub(at).Round(time.Second))
+	}
+	if alert := annotations[reattestation.AlertAnnotation]; alert != "" {
+		state += "; " + alert
+	}
+	return state
 }
 
 // printImageSignature shows who signed the configured node image's measurements, marking a development

@@ -3,6 +3,10 @@ package cli
 import (
 	"encoding/json"
 	"testing"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 )
 
 // status calls the cluster's services healthy only when each is deployed, has nodes to run on, and all its
@@ -34,5 +38,22 @@ func TestServicesFromList(t *testing.T) {
 	list.Items[0].Status.DesiredNumberScheduled, list.Items[0].Status.NumberReady = 0, 0
 	if s := servicesFromList(list)[0]; s.Healthy || s.State != "no node to run on" {
 		t.Fatalf("a service scheduled nowhere: %+v", s)
+	}
+}
+
+func TestContinuousState(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
+	for _, tc := range []struct {
+		labels, annotations map[string]string
+		want                string
+	}{
+		{nil, nil, "-"},
+		{nil, map[string]string{reattestation.StateAnnotation: "trusted", reattestation.VerifiedAnnotation: "2026-01-01T00:00:07Z"}, "trusted (verified 3s ago)"},
+		{map[string]string{meshpeers.QuarantineLabel: "measurements"}, map[string]string{reattestation.StateAnnotation: "trusted"}, "QUARANTINED: measurements"},
+		{nil, map[string]string{reattestation.StateAnnotation: "failed measurements", reattestation.AlertAnnotation: "enforcement paused: not quarantined"}, "failed measurements; enforcement paused: not quarantined"},
+	} {
+		if got := continuousState(tc.labels, tc.annotations, now); got != tc.want {
+			t.Errorf("continuousState(%v, %v) = %q, want %q", tc.labels, tc.annotations, got, tc.want)
+		}
 	}
 }

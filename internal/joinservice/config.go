@@ -139,6 +139,26 @@ func (s *State) MemberValidator() (attestation.Validator, error) {
 	return validators.New(&p, s.opts)
 }
 
+// MemberValidator returns the validator of the current configuration's members (see [State.MemberValidator]),
+// made once per version of the configuration: the continuous attestation (package reattestation) checks every
+// node against it.
+func (c *Config) MemberValidator() (attestation.Validator, error) {
+	s, err := c.Current()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.memberOf != s {
+		v, err := s.MemberValidator()
+		if err != nil {
+			return nil, err
+		}
+		c.memberOf, c.member = s, v
+	}
+	return c.member, nil
+}
+
 // Config is the join configuration in a directory, read again when its content changes. Kubernetes
 // updates a mounted ConfigMap by swapping the directory's content atomically.
 //
@@ -157,6 +177,9 @@ type Config struct {
 	current *State
 	variant attestation.Variant // of the last valid configuration
 	badSum  [32]byte            // of the last configuration whose MAC did not verify (logged once)
+	// member validates the members of the configuration memberOf (see MemberValidator).
+	memberOf *State
+	member   attestation.Validator
 }
 
 // NewConfig reads the join configuration in dir, authenticated by its MAC under macKey

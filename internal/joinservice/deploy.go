@@ -7,6 +7,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -48,6 +49,7 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 			"--provider=" + providerName,
 			"--provider-endpoint=" + providerEndpoint,
 			"--node-ip=$(NODE_IP)",
+			"--node-name=$(NODE_NAME)",
 		},
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},
 		Tolerations:    []map[string]any{kubeapi.ControlPlaneToleration},
@@ -64,7 +66,13 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 		map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(Name)},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(Name),
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}}},
+			"rules": []map[string]any{
+				{"apiGroups": []string{""}, "resources": []string{"secrets"}, "verbs": []string{"create"}},
+				// Continuous attestation (package reattestation): one active controller by a Lease, and its switch.
+				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"create"}},
+				{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "resourceNames": []string{reattestation.LeaseName}, "verbs": []string{"get", "update"}},
+				{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{reattestation.ControlConfigMap}, "verbs": []string{"get"}},
+			},
 		},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(Name),
@@ -74,7 +82,8 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 		// A joining node learns the WireGuard peers (keys on the Node objects) from the join service.
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta(clusterRoleName),
-			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"list"}}},
+			// The continuous attestation follows the Nodes (watch), and marks and quarantines them (update).
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"get", "list", "watch", "update"}}},
 		},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(clusterRoleName),

@@ -78,6 +78,9 @@ type Options struct {
 	PKIDir string
 	// Endpoint is the API server address (host:port) joining nodes use.
 	Endpoint string
+	// Release lifts the quarantine of a node that failed its continuous attestation (reattestation.Release), once
+	// it rejoins with fresh valid evidence; nil: no continuous attestation.
+	Release func(ctx context.Context, name string) (released bool, err error)
 	// IssuanceLimiter limits the evidence the service issues in handshakes, before anyone is authenticated;
 	// nil: atls.DefaultIssuanceLimits.
 	IssuanceLimiter *atls.IssuanceLimiter
@@ -94,13 +97,14 @@ type Server struct {
 	mesh     Mesh
 	pkiDir   string // the control plane's PKI directory
 	endpoint string // host:port of the API server joining nodes use
+	release  func(ctx context.Context, name string) (bool, error)
 	limit    *atls.IssuanceLimiter
 	log      *slog.Logger
 }
 
 // New returns a join service.
 func New(o Options) *Server {
-	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, limit: o.IssuanceLimiter, log: o.Log}
+	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, release: o.Release, limit: o.IssuanceLimiter, log: o.Log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
@@ -185,6 +189,18 @@ func (s *Server) Join(ctx context.Context, req *joinpb.JoinRequest) (*joinpb.Joi
 	if err != nil {
 		s.log.Error("join failed: reading the cluster CA", "error", err)
 		return nil, status.Error(codes.Internal, "reading the cluster CA failed")
+	}
+	// A quarantined node that rejoins has rebooted and passed a fresh attestation against the current policy
+	// (the handshake): that, and only that, lifts its quarantine, before it asks for its keys.
+	if s.release != nil && name != "" {
+		released, err := s.release(ctx, name)
+		if err != nil {
+			s.log.Error("join failed: releasing the node from its quarantine", "caller", caller, "node", name, "error", err)
+			return nil, status.Error(codes.Unavailable, "releasing the node from its quarantine failed")
+		}
+		if released {
+			s.log.Warn("quarantined node released: it rejoined with fresh evidence that matches the cluster's policy", "caller", caller, "node", name)
+		}
 	}
 	var diskKey []byte
 	if uuid := req.GetDiskUuid(); uuid != "" {

@@ -16,14 +16,20 @@ const Name = "key-service"
 // bootstrapper that deploys it, and never pulled.
 func Image() string { return "constellation.local/key-service:" + version.Version }
 
+// clusterRoleName names the key service's only permission outside its namespace: reading Node objects, for
+// their quarantine mark.
+const clusterRoleName = "constellation:" + Name
+
 // Manifests returns the key service's objects, as a JSON list for `kubectl apply`: a DaemonSet with one pod on
 // every control-plane node, on the host network at [Port]; the namespace of the shared disk bindings
 // ([DiskBindingsNamespace]); and a service account that may only read and create ConfigMaps there (create, not
 // update or delete: a binding is made once, immutable). The pod reaches its node's bootstrapper for the master
 // secret ([SecretSocket]) and for its evidence (the attestation agent), its node's API server for the
-// bindings, the legacy bindings file on its node's state disk (moved into the shared record once), and its
+// bindings and for the Node objects' quarantine mark (a ClusterRole lets it get Nodes, nothing else; see
+// package reattestation), the legacy bindings file on its node's state disk (moved into the shared record once), and its
 // provider (name, at endpoint), to tell control-plane nodes, its only callers, from workers.
 func Manifests(providerName, providerEndpoint string) ([]byte, error) {
+	clusterMeta := map[string]any{"name": clusterRoleName, "labels": kubeapi.Labels(Name)}
 	meta := func(name string) map[string]any {
 		m := kubeapi.Meta(Name, name)
 		m["namespace"] = DiskBindingsNamespace
@@ -54,6 +60,15 @@ func Manifests(providerName, providerEndpoint string) ([]byte, error) {
 	return kubeapi.List(
 		map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": DiskBindingsNamespace, "labels": kubeapi.Labels(Name)}},
 		map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": kubeapi.Meta(Name, Name)},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta,
+			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"nodes"}, "verbs": []string{"get"}}},
+		},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta,
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": clusterRoleName},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(Name),
 			"rules": []map[string]any{{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "verbs": []string{"get", "create"}}},

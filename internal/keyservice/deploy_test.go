@@ -7,7 +7,8 @@ import (
 )
 
 // The key service runs on every control-plane node; its service account may only read and create ConfigMaps
-// in the namespace of the disk bindings (no update, no delete: a binding is made once), and nothing else.
+// in the namespace of the disk bindings (no update, no delete: a binding is made once), and read Node objects
+// (their quarantine mark), nothing else.
 func TestManifests(t *testing.T) {
 	raw, err := Manifests("mini", "http://10.217.0.1:8080")
 	if err != nil {
@@ -50,17 +51,24 @@ func TestManifests(t *testing.T) {
 	for _, it := range list.Items {
 		kinds = append(kinds, it.Kind+":"+it.Metadata.Namespace+"/"+it.Metadata.Name)
 	}
-	if got := strings.Join(kinds, ","); got != "Namespace:/"+DiskBindingsNamespace+",ServiceAccount:kube-system/key-service,Role:"+DiskBindingsNamespace+"/key-service,RoleBinding:"+DiskBindingsNamespace+"/key-service,DaemonSet:kube-system/key-service" {
+	if got := strings.Join(kinds, ","); got != "Namespace:/"+DiskBindingsNamespace+",ServiceAccount:kube-system/key-service,ClusterRole:/"+clusterRoleName+",ClusterRoleBinding:/"+clusterRoleName+",Role:"+DiskBindingsNamespace+"/key-service,RoleBinding:"+DiskBindingsNamespace+"/key-service,DaemonSet:kube-system/key-service" {
 		t.Fatalf("objects %s", got)
 	}
-	role, binding := list.Items[2], list.Items[3]
+	// Outside its namespace it may only read Node objects (for their quarantine mark).
+	if r := list.Items[2].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "get" {
+		t.Errorf("the key service's cluster role grants %+v, want only reading nodes", r)
+	}
+	if b := list.Items[3]; b.RoleRef.Name != clusterRoleName || len(b.Subjects) != 1 || b.Subjects[0] != (struct{ Kind, Name, Namespace string }{"ServiceAccount", Name, "kube-system"}) {
+		t.Errorf("cluster role binding %+v %+v, want the key service's service account only", b.RoleRef, b.Subjects)
+	}
+	role, binding := list.Items[4], list.Items[5]
 	if len(role.Rules) != 1 || strings.Join(role.Rules[0].APIGroups, ",") != "" || strings.Join(role.Rules[0].Resources, ",") != "configmaps" || strings.Join(role.Rules[0].Verbs, ",") != "get,create" {
 		t.Errorf("role %+v, want get and create of ConfigMaps only", role.Rules)
 	}
 	if binding.RoleRef.Kind != "Role" || binding.RoleRef.Name != Name || len(binding.Subjects) != 1 || binding.Subjects[0] != (struct{ Kind, Name, Namespace string }{"ServiceAccount", Name, "kube-system"}) {
 		t.Errorf("role binding %+v %+v, want the key service's service account only", binding.RoleRef, binding.Subjects)
 	}
-	pod := list.Items[4].Spec.Template.Spec
+	pod := list.Items[6].Spec.Template.Spec
 	if !pod.HostNetwork || pod.AutomountServiceAccountToken != nil || pod.ServiceAccountName != Name {
 		t.Errorf("pod: host network %v, API credentials %v %q; want host network and the key service's account", pod.HostNetwork, pod.AutomountServiceAccountToken, pod.ServiceAccountName)
 	}

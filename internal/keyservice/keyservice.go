@@ -66,6 +66,16 @@ type Server struct {
 	disks DiskBinder
 	// secret is what [Server.GetMasterSecret] hands over; nil: it hands over nothing.
 	secret *Secret
+	// quarantined, if set, tells whether a node is quarantined (it failed its continuous attestation, see
+	// package reattestation): such a node gets no key, neither as the caller nor as the node a key is asked for.
+	quarantined func(ctx context.Context, node string) (bool, error)
+}
+
+// RefuseQuarantined makes the key service refuse every key to a node that quarantined reports as
+// quarantined, whether the node calls or a key is asked for on its behalf; if quarantined fails, it refuses
+// the key too.
+func (s *Server) RefuseQuarantined(quarantined func(ctx context.Context, node string) (bool, error)) {
+	s.quarantined = quarantined
 }
 
 // RestrictTo lets only callers get keys whose attested name allowed accepts, for example only
@@ -147,6 +157,9 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 			return nil, err
 		}
 	}
+	if err := s.refuseQuarantined(ctx, "data key", caller, req.GetNode(), "keyID", safeID(req.GetDataKeyId())); err != nil {
+		return nil, err
+	}
 	purpose, keyID, err := ParseDataKeyID(req.GetDataKeyId())
 	if err != nil {
 		s.audit.Warn("data key refused", "caller", caller, "keyID", safeID(req.GetDataKeyId()), "reason", err.Error())
@@ -181,6 +194,30 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 	return &keyservicepb.GetDataKeyResponse{DataKey: key}, nil
 }
 
+// refuseQuarantined refuses what was asked for (attrs name it for the audit line) if the attested caller or
+// the node it is asked for is quarantined, or if that cannot be checked.
+func (s *Server) refuseQuarantined(ctx context.Context, what, caller, forNode string, attrs ...any) error {
+	if s.quarantined == nil {
+		return nil
+	}
+	name, _ := atls.AttestedPeerName(ctx)
+	for _, node := range []string{name, forNode} {
+		if node == "" {
+			continue
+		}
+		q, err := s.quarantined(ctx, node)
+		if err != nil {
+			s.audit.Error(what+" refused: checking the node's quarantine failed", append([]any{"caller", caller, "node", safeID(node), "error", err}, attrs...)...)
+			return status.Error(codes.Unavailable, "checking whether the node is quarantined failed")
+		}
+		if q {
+			s.audit.Warn(what+" refused: the node is quarantined (it failed its continuous attestation)", append([]any{"caller", caller, "node", safeID(node)}, attrs...)...)
+			return status.Errorf(codes.PermissionDenied, "node %q is quarantined: it gets no keys until it rejoins with a fresh attestation", node)
+		}
+	}
+	return nil
+}
+
 // authorize checks with the restriction that the attested caller may get what of the key service; attrs
 // name what it asked for in the audit line of a refusal.
 func (s *Server) authorize(ctx context.Context, what, caller string, attrs ...any) error {
@@ -213,6 +250,9 @@ func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterS
 		return nil, status.Error(codes.FailedPrecondition, "this key service hands the master secret to nobody")
 	}
 	if err := s.authorize(ctx, "master secret", caller); err != nil {
+		return nil, err
+	}
+	if err := s.refuseQuarantined(ctx, "master secret", caller, ""); err != nil {
 		return nil, err
 	}
 	pcrs, err := json.Marshal(s.secret.Measurements)

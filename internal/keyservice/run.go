@@ -36,6 +36,9 @@ type Options struct {
 	// LegacyDiskBindings, if set, is a file of bindings from before the shared record
 	// ([LegacyDiskBindingsFile]), moved into DiskBindings when the key service starts.
 	LegacyDiskBindings string
+	// Quarantined, if set, tells whether a node is quarantined; such a node gets no key
+	// ([Server.RefuseQuarantined]).
+	Quarantined func(ctx context.Context, node string) (bool, error)
 	// Log receives the service's log and its audit lines.
 	Log *slog.Logger
 }
@@ -99,6 +102,9 @@ func Run(ctx context.Context, o Options) error {
 	ks.RestrictTo(o.Allowed)
 	ks.BindDisks(disks)
 	ks.ShareSecret(secret)
+	if o.Quarantined != nil {
+		ks.RefuseQuarantined(o.Quarantined)
+	}
 	srv, err := NewGRPCServer(ks, o.Issuer, []attestation.Validator{v})
 	if err != nil {
 		return err

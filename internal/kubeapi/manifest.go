@@ -37,7 +37,7 @@ type Volume struct {
 
 // HostService is one of this project's services as a DaemonSet in kube-system: one container on the host
 // network of the nodes it selects, from an image that is part of the node image and never pulled. Its
-// arguments may use $(NODE_IP), the node's address.
+// arguments may use $(NODE_IP), the node's address, and $(NODE_NAME), its name.
 type HostService struct {
 	Name         string
 	Image        string
@@ -70,8 +70,11 @@ func (s HostService) DaemonSet() map[string]any {
 		"image":           s.Image,
 		"imagePullPolicy": "Never",
 		"args":            s.Args,
-		"env":             []map[string]any{{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}}},
-		"volumeMounts":    mounts,
+		"env": []map[string]any{
+			{"name": "NODE_IP", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.hostIP"}}},
+			{"name": "NODE_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "spec.nodeName"}}},
+		},
+		"volumeMounts": mounts,
 	}
 	if s.ReadyPort != 0 {
 		container["readinessProbe"] = map[string]any{"tcpSocket": map[string]any{"port": s.ReadyPort}, "periodSeconds": 2}

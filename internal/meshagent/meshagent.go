@@ -302,6 +302,13 @@ func (a *Agent) LoadKey() error {
 	return nil
 }
 
+// PublicKey returns the public key of the node's WireGuard interface, zero before the node has a key.
+func (a *Agent) PublicKey() (wgmesh.Key, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.public, nil
+}
+
 // NodeLink returns the node's link to the node network: the interface that holds addr, its network and
 // its MTU.
 func NodeLink(addr netip.Addr) (name string, network netip.Prefix, mtu int, err error) {

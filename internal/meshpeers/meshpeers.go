@@ -32,6 +32,12 @@ import (
 // KeyAnnotation holds a node's WireGuard public key (base64).
 const KeyAnnotation = "constellation.dev/wireguard-public-key"
 
+// QuarantineLabel marks a node that failed its continuous attestation (package reattestation): it is no peer of
+// any node, whatever key it recorded. Its value is the reason. The prefix node-restriction.kubernetes.io/ is
+// one the API server's NodeRestriction admission forbids kubelets to set or remove, so the node itself
+// cannot lift its quarantine.
+const QuarantineLabel = "node-restriction.kubernetes.io/constellation-quarantined"
+
 // Port is the UDP port of every node's WireGuard interface.
 const Port = 51820
 
@@ -64,6 +70,7 @@ type Peer struct {
 type node struct {
 	Metadata struct {
 		Name        string            `json:"name"`
+		Labels      map[string]string `json:"labels,omitempty"`
 		Annotations map[string]string `json:"annotations,omitempty"`
 	} `json:"metadata"`
 }
@@ -96,17 +103,17 @@ func List(ctx context.Context, api *kubeapi.Client) (peers []Peer, malformed []s
 		return nil, nil, fmt.Errorf("listing the nodes: %w", err)
 	}
 	for _, n := range list.Items {
-		peers, malformed = collect(peers, malformed, n.Metadata.Name, n.Metadata.Annotations)
+		peers, malformed = collect(peers, malformed, n.Metadata.Name, n.Metadata.Labels, n.Metadata.Annotations)
 	}
 	sortRecord(peers, malformed)
 	return peers, malformed, nil
 }
 
 // collect adds the node's recorded key to peers, or its name to malformed if the key does not parse; a node
-// without a key is neither.
-func collect(peers []Peer, malformed []string, name string, annotations map[string]string) ([]Peer, []string) {
+// without a key, or quarantined ([QuarantineLabel]), is neither.
+func collect(peers []Peer, malformed []string, name string, labels, annotations map[string]string) ([]Peer, []string) {
 	raw, ok := annotations[KeyAnnotation]
-	if !ok {
+	if _, quarantined := labels[QuarantineLabel]; !ok || quarantined {
 		return peers, malformed
 	}
 	key, err := wgmesh.ParseKey(raw)

@@ -48,14 +48,17 @@ func NewWatcher(cfg *rest.Config, log *slog.Logger) (*Watcher, error) {
 	// No periodic resync: the informer's cache is complete after the first list, and every change arrives as
 	// an event.
 	inf := metadatainformer.NewFilteredMetadataInformer(client, nodes, metav1.NamespaceAll, 0, cache.Indexers{}, nil).Informer()
-	// The cache keeps of each Node only what the record needs: its name and recorded key. A node holds the
-	// whole cluster's record, so this is its memory at a thousand nodes.
+	// The cache keeps of each Node only what the record needs: its name, recorded key and quarantine mark. A
+	// node holds the whole cluster's record, so this is its memory at a thousand nodes.
 	if err := inf.SetTransform(func(obj any) (any, error) {
 		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
 			kept := &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta}
 			kept.Name, kept.ResourceVersion = m.Name, m.ResourceVersion
 			if key, ok := m.Annotations[KeyAnnotation]; ok {
 				kept.Annotations = map[string]string{KeyAnnotation: key}
+			}
+			if mark, ok := m.Labels[QuarantineLabel]; ok {
+				kept.Labels = map[string]string{QuarantineLabel: mark}
 			}
 			return kept, nil
 		}
@@ -73,7 +76,7 @@ func NewWatcher(cfg *rest.Config, log *slog.Logger) (*Watcher, error) {
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { notify() },
 		UpdateFunc: func(old, cur any) {
-			if keyOf(old) != keyOf(cur) {
+			if keyOf(old) != keyOf(cur) || quarantined(old) != quarantined(cur) {
 				notify()
 			}
 		},
@@ -99,6 +102,16 @@ func keyOf(obj any) string {
 	return m.Annotations[KeyAnnotation]
 }
 
+// quarantined tells whether a Node object from the informer carries [QuarantineLabel].
+func quarantined(obj any) bool {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return false
+	}
+	_, q := m.Labels[QuarantineLabel]
+	return q
+}
+
 // Run watches until ctx ends.
 func (w *Watcher) Run(ctx context.Context) { w.informer.RunWithContext(ctx) }
 
@@ -118,7 +131,7 @@ func (w *Watcher) Peers() (peers []Peer, malformed []string) {
 		if !ok {
 			continue
 		}
-		peers, malformed = collect(peers, malformed, m.Name, m.Annotations)
+		peers, malformed = collect(peers, malformed, m.Name, m.Labels, m.Annotations)
 	}
 	sortRecord(peers, malformed)
 	return peers, malformed

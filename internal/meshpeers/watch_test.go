@@ -147,3 +147,60 @@ func testKey(t *testing.T) wgmesh.Key {
 	}
 	return pub
 }
+
+// TestQuarantinedNodeIsNoPeer: a node the cluster quarantined (QuarantineLabel, set by an administrator's
+// credentials, as the re-attestation controller has) leaves every watcher's peers at once, though its key
+// stays on its Node object; the node's attack, removing the label with its own kubelet's credentials, is
+// refused by the API server (NodeRestriction), and it stays out of the mesh.
+func TestQuarantinedNodeIsNoPeer(t *testing.T) {
+	srv := kubeapitest.Start(t)
+	ctx := t.Context()
+	admin, err := kubeapi.FromKubeconfig(srv.Kubeconfig(t, "admin", "system:masters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyManifests(t, admin)
+	keys := map[string]wgmesh.Key{"a": testKey(t), "b": testKey(t)}
+	for n, k := range keys {
+		meta := map[string]any{"name": n, "annotations": map[string]string{KeyAnnotation: k.String()}}
+		if err := admin.Do(ctx, http.MethodPost, "/api/v1/nodes", "", map[string]any{"metadata": meta}, nil); err != nil {
+			t.Fatalf("creating node %s: %v", n, err)
+		}
+	}
+	cfg, err := RESTConfig(srv.Kubeconfig(t, "system:node:a", "system:nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWatcher(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	waitPeers(ctx, t, w, keys)
+
+	quarantine := map[string]any{"metadata": map[string]any{"labels": map[string]any{QuarantineLabel: "measurements"}}}
+	if err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/b", kubeapi.MergePatch, quarantine, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(ctx, t, w, map[string]wgmesh.Key{"a": keys["a"]})
+	if peers, _, err := List(ctx, admin); err != nil || len(peers) != 1 || peers[0].Node != "a" {
+		t.Fatalf("List: %v %v, want only a", peers, err)
+	}
+
+	// Node b lifts its own quarantine with its kubelet's credentials.
+	b, err := kubeapi.FromKubeconfig(srv.Kubeconfig(t, "system:node:b", "system:nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lift := map[string]any{"metadata": map[string]any{"labels": map[string]any{QuarantineLabel: nil}}}
+	if err := b.Do(ctx, http.MethodPatch, "/api/v1/nodes/b", kubeapi.MergePatch, lift, nil); !kubeapi.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("node b removing its quarantine label: %v, want 403 Forbidden", err)
+	}
+	// A fresh key published by the quarantined node changes nothing either.
+	if err := Publish(ctx, b, "b", testKey(t)); err != nil {
+		t.Fatal(err)
+	}
+	if peers, _, err := List(ctx, admin); err != nil || len(peers) != 1 || peers[0].Node != "a" {
+		t.Fatalf("List after node b's new key: %v %v, want only a", peers, err)
+	}
+}

@@ -239,6 +239,11 @@ func (n *Node) Close() error {
 // NewSWTPMNode manufactures a swtpm in dir with an EK certificate from a local CA, starts it, and makes it a
 // node. The node's Close shuts the TPM down cleanly.
 func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node, error) {
+	return NewNamedSWTPMNode(ctx, dir, alg, nil, "node-0")
+}
+
+// NewNamedSWTPMNode is NewSWTPMNode for a node named name, enrolled with ca (nil: a new AK CA for its EK CA).
+func NewNamedSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm, ca *akca.CA, name string) (*Node, error) {
 	ekCA, err := swtpm.NewCA(filepath.Join(dir, "ek-ca"))
 	if err != nil {
 		return nil, err
@@ -259,13 +264,14 @@ func NewSWTPMNode(ctx context.Context, dir string, alg vtpm.KeyAlgorithm) (*Node
 		tpm.Close()
 		return nil, err
 	}
-	ca, err := NewAKCA(ekCA.Certificate())
-	if err != nil {
-		conn.Close()
-		tpm.Close()
-		return nil, err
+	if ca == nil {
+		if ca, err = NewAKCA(ekCA.Certificate()); err != nil {
+			conn.Close()
+			tpm.Close()
+			return nil, err
+		}
 	}
-	n, err := NewNode(conn, ca, alg)
+	n, err := NewNamedNode(conn, ca, alg, name)
 	if err != nil {
 		conn.Close()
 		tpm.Close()

@@ -5,6 +5,10 @@
 // It runs twice on a node: in the bootstrapper from the node's start ([Port]), and as the cluster's DaemonSet
 // ([Manifests], [ClusterPort]), whose pods get the same evidence from the node's attestation agent.
 //
+// A verifier that follows the node over time (package reattestation) asks the gRPC service to bind the WireGuard
+// public key the node's mesh interface uses into the evidence ([MeshKeyUserData]): the node, not the caller,
+// chooses that user data, so a caller still cannot have the node vouch for a key of the caller's choosing.
+//
 // Anyone may ask, so issuance is limited ([atls.IssuanceLimiter]): per source address and in total, with
 // refusals (HTTP 429, gRPC RESOURCE_EXHAUSTED) instead of a queue, so that a flood from one source does not
 // hold up the evidence that others, a joining node or `constellation recover`, wait for.
@@ -26,6 +30,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -56,8 +61,21 @@ type Server struct {
 	httpLn, grpcLn net.Listener
 }
 
-// Listen opens the verification service's ports on host, serving evidence from issuer.
-func Listen(host string, httpPort, grpcPort int, issuer attestation.Issuer, log *slog.Logger) (*Server, error) {
+// MeshKeyFunc returns the WireGuard public key the node's mesh interface uses; an error if it has none yet.
+type MeshKeyFunc func() (wgmesh.Key, error)
+
+// meshKeyLabel separates the user data that binds a mesh key from every other use of user data.
+const meshKeyLabel = "constellation mesh key v1\x00"
+
+// MeshKeyUserData is the user data by which a node binds the WireGuard public key its mesh uses into its
+// evidence: a fixed label and the 32-byte key.
+func MeshKeyUserData(key wgmesh.Key) []byte {
+	return append([]byte(meshKeyLabel), key[:]...)
+}
+
+// Listen opens the verification service's ports on host, serving evidence from issuer. meshKey (nil: the
+// node binds none) gives the key that evidence asked with bind_mesh_key binds.
+func Listen(host string, httpPort, grpcPort int, issuer attestation.Issuer, meshKey MeshKeyFunc, log *slog.Logger) (*Server, error) {
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(httpPort)))
 	if err != nil {
 		return nil, fmt.Errorf("verification service: %w", err)
@@ -75,7 +93,9 @@ func Listen(host string, httpPort, grpcPort int, issuer attestation.Issuer, log 
 		return nil, err
 	}
 	g := grpc.NewServer()
-	verifypb.RegisterVerifyServer(g, NewGRPCServer(issuer, log, limit))
+	gs := NewGRPCServer(issuer, log, limit)
+	gs.meshKey = meshKey
+	verifypb.RegisterVerifyServer(g, gs)
 	return &Server{
 		http:   &http.Server{Handler: Handler(issuer, log, limit), ReadHeaderTimeout: 10 * time.Second},
 		grpc:   g,
@@ -109,10 +129,15 @@ func (s *Server) Close() {
 // GRPCServer serves the Verify gRPC API: the same evidence as the HTTP handler.
 type GRPCServer struct {
 	verifypb.UnimplementedVerifyServer
-	issuer attestation.Issuer
-	log    *slog.Logger
-	limit  *atls.IssuanceLimiter
+	issuer  attestation.Issuer
+	log     *slog.Logger
+	limit   *atls.IssuanceLimiter
+	meshKey MeshKeyFunc
 }
+
+// BindMeshKey lets the service bind the node's mesh key (from meshKey) into evidence for callers that ask for
+// it (bind_mesh_key).
+func (s *GRPCServer) BindMeshKey(meshKey MeshKeyFunc) { s.meshKey = meshKey }
 
 // NewGRPCServer returns the gRPC verification service of a node. It issues evidence within limit's limits;
 // nil: within [atls.DefaultIssuanceLimits].
@@ -135,8 +160,9 @@ func orDefault(limit *atls.IssuanceLimiter) *atls.IssuanceLimiter {
 	return l
 }
 
-// GetAttestation returns fresh evidence for the caller's nonce. It binds no user data: a caller must not be
-// able to have the node vouch for a key of the caller's choosing.
+// GetAttestation returns fresh evidence for the caller's nonce. It binds no user data of the caller's: a caller
+// must not be able to have the node vouch for a key of the caller's choosing. Asked with bind_mesh_key, it
+// binds the node's own mesh key ([MeshKeyUserData]), or refuses if the node has none.
 func (s *GRPCServer) GetAttestation(ctx context.Context, req *verifypb.GetAttestationRequest) (*verifypb.GetAttestationResponse, error) {
 	if err := attestation.CheckNonce(req.GetNonce()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -150,7 +176,21 @@ func (s *GRPCServer) GetAttestation(ctx context.Context, req *verifypb.GetAttest
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	}
 	defer release()
-	ev, err := s.issuer.Issue(ctx, req.GetNonce(), nil)
+	var userData []byte
+	if req.GetBindMeshKey() {
+		if s.meshKey == nil {
+			return nil, status.Error(codes.FailedPrecondition, "this verification service binds no mesh key; ask the bootstrapper's (port 9091)")
+		}
+		key, err := s.meshKey()
+		if err == nil && key == (wgmesh.Key{}) {
+			err = errors.New("the node has no WireGuard key yet")
+		}
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "the node's mesh key: %v", err)
+		}
+		userData = MeshKeyUserData(key)
+	}
+	ev, err := s.issuer.Issue(ctx, req.GetNonce(), userData)
 	if err != nil {
 		s.log.Error("issuing evidence failed", "error", err)
 		return nil, status.Error(codes.Internal, "issuing evidence failed")
@@ -160,6 +200,16 @@ func (s *GRPCServer) GetAttestation(ctx context.Context, req *verifypb.GetAttest
 
 // FetchGRPC asks the gRPC verification service at endpoint (host:port) for evidence bound to nonce.
 func FetchGRPC(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
+	return fetchGRPC(ctx, endpoint, &verifypb.GetAttestationRequest{Nonce: nonce})
+}
+
+// FetchGRPCMeshKey asks the gRPC verification service at endpoint (host:port) for evidence bound to nonce and
+// to the node's mesh key ([MeshKeyUserData]).
+func FetchGRPCMeshKey(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
+	return fetchGRPC(ctx, endpoint, &verifypb.GetAttestationRequest{Nonce: nonce, BindMeshKey: true})
+}
+
+func fetchGRPC(ctx context.Context, endpoint string, req *verifypb.GetAttestationRequest) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -167,7 +217,7 @@ func FetchGRPC(ctx context.Context, endpoint string, nonce []byte) ([]byte, erro
 		return nil, err
 	}
 	defer conn.Close()
-	resp, err := verifypb.NewVerifyClient(conn).GetAttestation(ctx, &verifypb.GetAttestationRequest{Nonce: nonce})
+	resp, err := verifypb.NewVerifyClient(conn).GetAttestation(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("asking %s for evidence: %w", endpoint, err)
 	}

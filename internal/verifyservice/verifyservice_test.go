@@ -19,6 +19,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/verifyservice/verifypb"
+	"github.com/constellation-dev/constellation/internal/wgmesh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -115,7 +116,7 @@ func TestServerThroughAgent(t *testing.T) {
 	go agentSrv.Serve(agentLn)
 	defer agentSrv.Close()
 
-	srv, err := Listen("127.0.0.1", 0, 0, agent.NewClient(socket, attestation.MiniVTPM), nil)
+	srv, err := Listen("127.0.0.1", 0, 0, agent.NewClient(socket, attestation.MiniVTPM), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestServerThroughAgent(t *testing.T) {
 		}
 	}
 	// Another service holds the port: Listen says so.
-	if _, err := Listen("127.0.0.1", mustPort(t, httpAddr), 0, node.Issuer, nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
+	if _, err := Listen("127.0.0.1", mustPort(t, httpAddr), 0, node.Issuer, nil, nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Listen on a used port = %v", err)
 	}
 	srv.Close()
@@ -169,5 +170,39 @@ func TestManifests(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("manifests lack %s:\n%s", want, s)
 		}
+	}
+}
+
+// TestMeshKeyBinding: asked to bind the mesh key, the node binds the key it uses, which the validated user
+// data shows; a service without a mesh key refuses instead of issuing unbound evidence.
+func TestMeshKeyBinding(t *testing.T) {
+	node, v := simulatorNode(t)
+	key := wgmesh.Key{1, 2, 3}
+	srv := grpc.NewServer()
+	gs := NewGRPCServer(node.Issuer, nil, nil)
+	gs.BindMeshKey(func() (wgmesh.Key, error) { return key, nil })
+	verifypb.RegisterVerifyServer(srv, gs)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	ctx := context.Background()
+	nonce := bytes.Repeat([]byte{9}, attestation.NonceSize)
+	ev, err := FetchGRPCMeshKey(ctx, ln.Addr().String(), nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	userData, err := v.Validate(ctx, ev, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(userData, MeshKeyUserData(key)) {
+		t.Fatalf("user data %x, want the mesh key's binding", userData)
+	}
+	unbound := serveGRPC(t, node.Issuer, nil)
+	if _, err := FetchGRPCMeshKey(ctx, unbound, nonce); status.Code(errors.Unwrap(err)) != codes.FailedPrecondition {
+		t.Fatalf("a service without a mesh key: %v, want FailedPrecondition", err)
 	}
 }

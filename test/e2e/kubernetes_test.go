@@ -166,6 +166,10 @@ func TestMiniKubernetes(t *testing.T) {
 	// traffic with the kubelets go through WireGuard.
 	checkNetworkEncrypted(t, k, state)
 
+	// A worker whose measured state changes after it joined is quarantined by the others; it comes back only
+	// through a reboot and a fresh attestation.
+	checkContinuousAttestation(t, c, k, state, eventually)
+
 	// A worker reboots: its TPM resets (PCR 15 is zero again), it attests to the join service again, gets the
 	// key of its state disk again, finds its kubelet's state there, and is a member and Ready again.
 	worker := mini.NodeAddr(1).String() + ":9090"

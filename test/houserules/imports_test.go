@@ -34,6 +34,7 @@ var layers = map[string]int{
 	"internal/joinservice":   service,
 	"internal/keyservice":    service,
 	"internal/verifyservice": service,
+	"internal/reattestation": service,
 	"internal/provider/":     service,
 
 	"internal/bootstrapper/kubeadm":   nodePiece,

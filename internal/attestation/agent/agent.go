@@ -4,6 +4,8 @@
 // ([SocketPath]) that only processes on the node reach: the in-cluster services (the join service and the key
 // service on the control plane, the verification service on every node) mount it and use [Client] as their
 // [attestation.Issuer].
+// The agent also measures components the node loads at runtime into a PCR ([Measurer]), as firmware measures
+// the boot: such a measurement can only change what the node's evidence shows, never make it more trusted.
 // The agent issues evidence for any nonce and user data, so whoever can reach the socket can speak for the
 // node: the socket is owner-only and never exposed over the network.
 package agent
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/eventlog"
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
@@ -38,9 +41,51 @@ type request struct {
 	UserData []byte `json:"userData"`
 }
 
-// Handler serves POST /v1/evidence: evidence from issuer for the request's nonce and user data.
+// Measurer extends a PCR with an event and records it in the event log the node's evidence carries.
+type Measurer interface {
+	Measure(pcr uint32, typ eventlog.EventType, data []byte) error
+}
+
+// measureRequest is the body of POST /v1/measure.
+type measureRequest struct {
+	PCR   uint32 `json:"pcr"`
+	Event string `json:"event"`
+}
+
+// maxEvent bounds the description of a runtime measurement.
+const maxEvent = 1024
+
+// Handler serves POST /v1/evidence: evidence from issuer for the request's nonce and user data; and, if
+// issuer is a [Measurer], POST /v1/measure: {"pcr": N, "event": "what was loaded"} extends PCR N (0 to 23)
+// with that event.
 func Handler(issuer attestation.Issuer, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	if m, ok := issuer.(Measurer); ok {
+		mux.HandleFunc("POST /v1/measure", func(w http.ResponseWriter, r *http.Request) {
+			const usage = "request must be JSON {\"pcr\": 0-23, \"event\": text}: "
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 2*maxEvent))
+			if err != nil {
+				http.Error(w, usage+err.Error(), http.StatusBadRequest)
+				return
+			}
+			var req measureRequest
+			if err := strictjson.Decode(body, &req, 2*maxEvent); err != nil {
+				http.Error(w, usage+err.Error(), http.StatusBadRequest)
+				return
+			}
+			if req.PCR > 23 || req.Event == "" || len(req.Event) > maxEvent {
+				http.Error(w, usage+"PCR out of range, or event empty or longer than 1024 bytes", http.StatusBadRequest)
+				return
+			}
+			if err := m.Measure(req.PCR, eventlog.IPL, []byte(req.Event)); err != nil {
+				log.Error("a runtime measurement failed", "pcr", req.PCR, "error", err)
+				http.Error(w, "measuring failed", http.StatusInternalServerError)
+				return
+			}
+			log.Warn("runtime measurement extended a PCR", "pcr", req.PCR, "event", req.Event)
+			w.WriteHeader(http.StatusNoContent)
+		})
+	}
 	mux.HandleFunc("POST /v1/evidence", func(w http.ResponseWriter, r *http.Request) {
 		const usage = "request must be JSON {\"nonce\": base64, \"userData\": base64}: "
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequest))

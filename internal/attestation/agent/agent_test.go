@@ -103,3 +103,45 @@ func TestAgentRefusesBadRequests(t *testing.T) {
 		t.Fatalf("no agent: %v", err)
 	}
 }
+
+// A runtime measurement through the agent changes the node's PCR: its next evidence no longer matches the
+// policy of its boot.
+func TestMeasure(t *testing.T) {
+	node, path := serve(t)
+	c := agent.SocketClient(path, 0)
+	post := func(body string) int {
+		resp, err := c.Post("http://agent/v1/measure", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, bad := range []string{`{"pcr": 24, "event": "x"}`, `{"pcr": 4}`, `{"pcr": 4, "event": "x", "more": 1}`, `not json`} {
+		if code := post(bad); code != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", bad, code)
+		}
+	}
+	v, err := node.Validator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := bytes.Repeat([]byte{1}, attestation.NonceSize)
+	issue := func() error {
+		ev, err := agent.NewClient(path, attestation.MiniVTPM).Issue(context.Background(), nonce, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = v.Validate(context.Background(), ev, nonce)
+		return err
+	}
+	if err := issue(); err != nil {
+		t.Fatal(err)
+	}
+	if code := post(`{"pcr": 4, "event": "a component loaded at runtime"}`); code != http.StatusNoContent {
+		t.Fatalf("measure: %d", code)
+	}
+	if err := issue(); err == nil || !strings.Contains(err.Error(), "PCR 4") {
+		t.Fatalf("evidence after a runtime measurement of PCR 4: %v, want a mismatch of PCR 4", err)
+	}
+}

@@ -24,7 +24,10 @@ const (
 type GetAttestationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// nonce is the verifier's fresh random value, 16 to 64 bytes.
-	Nonce         []byte `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Nonce []byte `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// bind_mesh_key asks the node to bind, as the evidence's user data, the WireGuard public key its mesh
+	// interface uses (see verifyservice.MeshKeyUserData). The node chooses the user data, never the caller.
+	BindMeshKey   bool `protobuf:"varint,2,opt,name=bind_mesh_key,json=bindMeshKey,proto3" json:"bind_mesh_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -66,9 +69,16 @@ func (x *GetAttestationRequest) GetNonce() []byte {
 	return nil
 }
 
+func (x *GetAttestationRequest) GetBindMeshKey() bool {
+	if x != nil {
+		return x.BindMeshKey
+	}
+	return false
+}
+
 type GetAttestationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// evidence is the serialized evidence document; it binds the nonce and no user data.
+	// evidence is the serialized evidence document; it binds the nonce, and, if asked, the node's mesh key.
 	Evidence      []byte `protobuf:"bytes,1,opt,name=evidence,proto3" json:"evidence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -115,9 +125,10 @@ var File_verify_proto protoreflect.FileDescriptor
 
 const file_verify_proto_rawDesc = "" +
 	"\n" +
-	"\fverify.proto\x12\x17constellation.verify.v1\"-\n" +
+	"\fverify.proto\x12\x17constellation.verify.v1\"Q\n" +
 	"\x15GetAttestationRequest\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\fR\x05nonce\"4\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12\"\n" +
+	"\rbind_mesh_key\x18\x02 \x01(\bR\vbindMeshKey\"4\n" +
 	"\x16GetAttestationResponse\x12\x1a\n" +
 	"\bevidence\x18\x01 \x01(\fR\bevidence2{\n" +
 	"\x06Verify\x12q\n" +
