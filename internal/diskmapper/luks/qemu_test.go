@@ -63,7 +63,7 @@ func boot(ctx context.Context, t *testing.T, dir, vmlinuz, initrd string, n int,
 	t.Helper()
 	args := []string{"-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot", "-no-user-config", "-nic", "none",
 		"-kernel", vmlinuz, "-initrd", initrd,
-		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet constellation.boot=%d", n)}
+		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet no_timer_check constellation.boot=%d", n)}
 	for _, d := range disks {
 		args = append(args, "-drive", "file="+filepath.Join(dir, d)+",format=raw,if=virtio")
 	}
