@@ -2,7 +2,6 @@ package meshpeers
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,28 +12,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
-
-// applyManifests creates the objects of Manifests with the admin's client.
-func applyManifests(t *testing.T, admin *kubeapi.Client) {
-	t.Helper()
-	raw, err := Manifests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var list struct{ Items []map[string]any }
-	if err := json.Unmarshal(raw, &list); err != nil {
-		t.Fatal(err)
-	}
-	for _, item := range list.Items {
-		path := map[string]string{
-			"ClusterRole":        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-			"ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-		}[item["kind"].(string)]
-		if err := admin.Do(t.Context(), http.MethodPost, path, "", item, nil); err != nil {
-			t.Fatalf("creating %s: %v", item["kind"], err)
-		}
-	}
-}
 
 // waitPeers waits for the watcher to show exactly want (node names with keys).
 func waitPeers(ctx context.Context, t *testing.T, w *Watcher, want map[string]wgmesh.Key) {
@@ -75,7 +52,9 @@ func TestWatchWithNodeCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyManifests(t, admin)
+	if raw, err := Manifests(); err != nil || kubeapitest.Create(ctx, admin, raw) != nil {
+		t.Fatalf("creating the record's RBAC objects: %v", err)
+	}
 	for _, n := range []string{"a", "b", "c"} {
 		if err := admin.Do(ctx, http.MethodPost, "/api/v1/nodes", "", map[string]any{"metadata": map[string]any{"name": n}}, nil); err != nil {
 			t.Fatalf("creating node %s: %v", n, err)
@@ -159,7 +138,9 @@ func TestQuarantinedNodeIsNoPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyManifests(t, admin)
+	if raw, err := Manifests(); err != nil || kubeapitest.Create(ctx, admin, raw) != nil {
+		t.Fatalf("creating the record's RBAC objects: %v", err)
+	}
 	keys := map[string]wgmesh.Key{"a": testKey(t), "b": testKey(t)}
 	for n, k := range keys {
 		meta := map[string]any{"name": n, "annotations": map[string]string{KeyAnnotation: k.String()}}

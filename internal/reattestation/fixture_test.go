@@ -3,13 +3,11 @@ package reattestation
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"testing"
@@ -88,7 +86,11 @@ func newCluster(t *testing.T, names []string, controlPlane ...string) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyManifests(t, adminAPI)
+	if raw, err := Manifests(); err != nil {
+		t.Fatal(err)
+	} else if err := kubeapitest.Create(t.Context(), adminAPI, raw); err != nil {
+		t.Fatal(err)
+	}
 	ms, err := kms.GenerateMasterSecret()
 	if err != nil {
 		t.Fatal(err)
@@ -280,26 +282,4 @@ func newKey(t *testing.T) wgmesh.Key {
 		t.Fatal(err)
 	}
 	return pub
-}
-
-// applyManifests creates the objects of Manifests with the admin's client.
-func applyManifests(t *testing.T, admin *kubeapi.Client) {
-	t.Helper()
-	raw, err := Manifests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var list struct{ Items []map[string]any }
-	if err := json.Unmarshal(raw, &list); err != nil {
-		t.Fatal(err)
-	}
-	for _, item := range list.Items {
-		path := map[string]string{
-			"ValidatingAdmissionPolicy":        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
-			"ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
-		}[item["kind"].(string)]
-		if err := admin.Do(t.Context(), http.MethodPost, path, "", item, nil); err != nil {
-			t.Fatalf("creating %s: %v", item["kind"], err)
-		}
-	}
 }

@@ -437,3 +437,48 @@ func (s *Server) Creates(t testing.TB) int {
 	}
 	return n
 }
+
+// collections are the API paths of the kinds of objects this project's manifests hold; namespaced ones take
+// the object's namespace.
+var collections = map[string]struct {
+	path       string
+	namespaced bool
+}{
+	"Namespace":                        {"/api/v1/namespaces", false},
+	"ServiceAccount":                   {"/api/v1/namespaces/%s/serviceaccounts", true},
+	"ConfigMap":                        {"/api/v1/namespaces/%s/configmaps", true},
+	"ClusterRole":                      {"/apis/rbac.authorization.k8s.io/v1/clusterroles", false},
+	"ClusterRoleBinding":               {"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", false},
+	"Role":                             {"/apis/rbac.authorization.k8s.io/v1/namespaces/%s/roles", true},
+	"RoleBinding":                      {"/apis/rbac.authorization.k8s.io/v1/namespaces/%s/rolebindings", true},
+	"ValidatingAdmissionPolicy":        {"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", false},
+	"ValidatingAdmissionPolicyBinding": {"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings", false},
+}
+
+// Create creates, with client, the objects of a JSON list as the project's Manifests functions write them (a
+// kind this package does not know is an error).
+func Create(ctx context.Context, client *kubeapi.Client, list []byte) error {
+	var l struct {
+		Items []map[string]any `json:"items"`
+	}
+	if err := json.Unmarshal(list, &l); err != nil {
+		return err
+	}
+	for _, item := range l.Items {
+		kind, _ := item["kind"].(string)
+		c, ok := collections[kind]
+		if !ok {
+			return fmt.Errorf("creating a %q: not a kind this test server knows", kind)
+		}
+		path := c.path
+		if c.namespaced {
+			meta, _ := item["metadata"].(map[string]any)
+			ns, _ := meta["namespace"].(string)
+			path = fmt.Sprintf(c.path, ns)
+		}
+		if err := client.Do(ctx, http.MethodPost, path, "", item, nil); err != nil {
+			return fmt.Errorf("creating %s: %w", kind, err)
+		}
+	}
+	return nil
+}

@@ -88,7 +88,11 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := applyMeshManifests(ctx, admin); err != nil {
+	rbac, err := meshpeers.Manifests()
+	if err != nil {
+		return nil, err
+	}
+	if err := kubeapitest.Create(ctx, admin, rbac); err != nil {
 		return nil, err
 	}
 	keys := make([]wgmesh.Key, scaleNodes)
@@ -242,31 +246,6 @@ func parallel(workers, n int, fn func(i int) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// applyMeshManifests creates the RBAC objects of the mesh record (every node may list and watch Nodes).
-func applyMeshManifests(ctx context.Context, admin *kubeapi.Client) error {
-	raw, err := meshpeers.Manifests()
-	if err != nil {
-		return err
-	}
-	var list struct{ Items []map[string]any }
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return err
-	}
-	for _, item := range list.Items {
-		path := map[string]string{
-			"ClusterRole":        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-			"ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-		}[item["kind"].(string)]
-		if path == "" {
-			return fmt.Errorf("unexpected object %v in the mesh manifests", item["kind"])
-		}
-		if err := admin.Do(ctx, http.MethodPost, path, "", item, nil); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // buildKWOK builds KWOK from its pinned module (build/kwok) into _out/tools/kwok, once.
