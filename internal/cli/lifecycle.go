@@ -123,7 +123,9 @@ func newStatusCmd() *cobra.Command {
 
 func runStatus(cmd *cobra.Command, _ []string) error {
 	if c, err := config.Load(filepath.Join(workspace(cmd), config.FileName)); err == nil && c.Provider.QEMU != nil {
-		return qemuStatus(cmd, c)
+		if _, initialised, _ := loadClusterState(workspace(cmd)); !initialised {
+			return qemuStatus(cmd, c) // machines attested, Kubernetes not (yet) initialised
+		}
 	}
 	h, err := checkCluster(cmd.Context(), workspace(cmd))
 	if err != nil {
