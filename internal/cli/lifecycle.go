@@ -41,6 +41,7 @@ func newApplyCmd() *cobra.Command {
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
 	addSignatureFlags(cmd)
 	addWaitFlag(cmd)
+	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")
 	return cmd
 }
 

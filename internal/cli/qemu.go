@@ -252,6 +252,11 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
 	}
 	fmt.Fprintf(out, "  every machine attested after %s\n", time.Since(start).Round(time.Second))
+	if skip, _ := cmd.Flags().GetBool("skip-init"); skip {
+		fmt.Fprintf(out, "QEMU cluster up: %d machine(s) booted from %s and attested against %s (Kubernetes not initialised)\n",
+			len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, config.FileName))
+		return nil
+	}
 	first := state.Nodes[0]
 	fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", first.Name)
 	start = time.Now()
