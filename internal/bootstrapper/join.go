@@ -34,7 +34,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
@@ -51,7 +50,7 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidator(roots, policy, log)
+	v, err := vtpm.NewValidatorFor(md.Variant(), roots, policy, log)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +119,7 @@ func ownPolicy(tpm interface {
 	if err != nil {
 		return nil, err
 	}
-	boot := measuredboot.BootPCRs
-	if variant.Name == attestation.QEMUVTPM.Name {
-		// The UEFI scheme: the firmware's PCRs and the image's.
-		boot = append([]uint32{0, 1, 2, 3, 5, 7}, measurements.UEFIScheme.ImagePCRs...)
-	}
-	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, boot...)
+	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, vtpm.BootPCRs(variant)...)
 }
 
 // join asks the first control-plane node's join service to admit this node, then joins Kubernetes.

@@ -43,6 +43,13 @@ func Prepare(ctx context.Context, log *slog.Logger) (*Client, string, string, er
 	if err := mountCgroups(); err != nil {
 		return nil, "", "", err
 	}
+	// A Kubernetes node routes its pods' traffic (the bridge CNI), and bridged pod traffic must pass the
+	// node's packet filter (kube-proxy's rules, the mesh's strict rules).
+	for _, k := range []string{"net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"} {
+		if err := os.WriteFile("/proc/sys/"+k, []byte("1"), 0); err != nil {
+			return nil, "", "", fmt.Errorf("setting %s: %w (is br_netfilter loaded?)", k, err)
+		}
+	}
 	addr, link, err := configureNetwork(ctx)
 	if err != nil {
 		return nil, "", "", err
