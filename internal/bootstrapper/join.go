@@ -60,11 +60,12 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 // deployServices installs the cluster's services of this project, from manifests that are part of this
 // measured binary, not supplied from outside: the key service on this node, which gets the master secret from
 // this process; the join service on every control-plane node, with its configuration (the cluster's attestation
-// policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
+// policy: variant, measurements and hardware policy; for a vTPM whose attestation key the provider certifies
+// (mini-vtpm, qemu-vtpm) the provider's AK roots; and the cluster
 // ID; and the registry mirrors every node gets); and the verification service on every node.
 func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, self provider.Instance, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 	p := *att
-	if p.Variant == attestation.MiniVTPM.Name {
+	if v, err := attestation.VariantByName(p.Variant); err == nil && vtpm.ProviderCertified(v) {
 		roots, err := md.AKRoots(ctx)
 		if err != nil {
 			return err
