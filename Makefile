@@ -16,7 +16,7 @@ FUZZ_TARGETS ?= $(shell bash scripts/fuzz-targets.sh)
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench demo clean kubernetes components node-image assemble-node-image cluster release release-key
+.PHONY: help setup build test unit lint fuzz-short fuzz bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -64,6 +64,10 @@ fuzz:
 
 bench:
 	@$(GO) run ./tools/bench
+
+# The Kubernetes cluster of QEMU machines (1 control plane, 1 worker; tens of minutes under TCG), on its own.
+e2e-qemu:
+	flock /tmp/qemu.lock env CONSTELLATION_E2E_QEMU_CLUSTER=1 $(GO) test -race -count=1 -timeout 120m -v -run '^TestQEMUCluster$$' ./test/e2e/
 
 demo: setup build
 	@bash scripts/demo.sh

@@ -36,7 +36,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
@@ -54,7 +53,7 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidator(roots, policy, log)
+	v, err := vtpm.NewValidatorFor(md.Variant(), roots, policy, log)
 	if err != nil {
 		return nil, err
 	}
@@ -63,12 +62,13 @@ func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issue
 
 // deployServices installs the cluster's services of this project, from manifests that are part of this
 // measured binary, not supplied from outside: the key service on every control-plane node, which gets the
-// master secret from its node's bootstrapper; the join service on every control-plane node, with its configuration (the cluster's attestation
-// policy: variant, measurements and hardware policy; for mini-vtpm the provider's AK roots; and the cluster
+// master secret from its node's bootstrapper; the join service on every control-plane node, with its
+// configuration (the cluster's attestation policy: variant, measurements and hardware policy; for a vTPM whose
+// attestation key the provider certifies (mini-vtpm, qemu-vtpm) the provider's AK roots; and the cluster
 // ID; and the registry mirrors every node gets); and the verification service on every node.
 func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 	p := *att
-	if p.Variant == attestation.MiniVTPM.Name {
+	if v, err := attestation.VariantByName(p.Variant); err == nil && vtpm.ProviderCertified(v) {
 		roots, err := md.AKRoots(ctx)
 		if err != nil {
 			return err
@@ -130,12 +130,7 @@ func ownPolicy(tpm interface {
 	if err != nil {
 		return nil, err
 	}
-	boot := measuredboot.BootPCRs
-	if variant.Name == attestation.QEMUVTPM.Name {
-		// The UEFI scheme: the firmware's PCRs and the image's.
-		boot = append([]uint32{0, 1, 2, 3, 5, 7}, measurements.UEFIScheme.ImagePCRs...)
-	}
-	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, boot...)
+	return measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, vtpm.BootPCRs(variant)...)
 }
 
 // joiner is a node that joins the cluster through the join service of a control-plane node.

@@ -13,9 +13,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/provider/qemu"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -101,13 +103,9 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 	if err != nil {
 		return clusterHealth{}, badInput("%w", err)
 	}
-	dir := filepath.Join(ws, miniDirName)
-	state, found, err := mini.ReadState(dir)
+	nodes, att, err := runningNodes(ws, c)
 	if err != nil {
-		return clusterHealth{}, badInput("%w", err)
-	}
-	if !found || !state.DaemonAlive() {
-		return clusterHealth{}, errNoCluster(ws, "no running nodes")
+		return clusterHealth{}, err
 	}
 	h := clusterHealth{}
 	var initialised bool
@@ -116,15 +114,10 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 		return clusterHealth{}, badInput("%s: %w", StateFile, err)
 	}
 	h.Initialised = initialised
-	policy := c.Attestation.Measurements
 	if initialised {
-		if policy, err = withClusterID(policy, h.State); err != nil {
+		if att.Measurements, err = withClusterID(att.Measurements, h.State); err != nil {
 			return clusterHealth{}, badInput("%w", err)
 		}
-	}
-	roots, err := readCertificates(filepath.Join(dir, "ak-ca", "ca-cert.pem"))
-	if err != nil {
-		return clusterHealth{}, failed(err)
 	}
 	var ready, continuous map[string]string
 	if initialised {
@@ -135,7 +128,7 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 			}
 		}
 	}
-	for _, n := range state.Nodes {
+	for _, n := range nodes {
 		nh := nodeHealth{Name: n.Name, Role: n.Role, IP: n.IP, Attestation: "member of this cluster", Attested: true, Kubernetes: "-", Continuous: "-"}
 		if c, ok := continuous[n.Name]; ok {
 			nh.Continuous = c
@@ -144,7 +137,7 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 			nh.Attestation = "runs the configured image"
 		}
 		vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if _, err := verifyNode(vctx, n.IP+":"+strconv.Itoa(verifyservice.Port), miniPolicy(roots, policy), nil, 0); err != nil {
+		if _, err := verifyNode(vctx, n.IP+":"+strconv.Itoa(verifyservice.Port), att, nil, 0); err != nil {
 			nh.Attestation, nh.Attested = "FAILED: "+firstLine(err.Error()), false
 		}
 		cancel()
@@ -160,6 +153,52 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 		h.Nodes = append(h.Nodes, nh)
 	}
 	return h, nil
+}
+
+// clusterNode is a node of the workspace's running cluster, from its provider's record.
+type clusterNode struct{ Name, Role, IP string }
+
+// runningNodes returns the nodes of the workspace's running cluster (mini or QEMU provider) and the policy of
+// its configured image, before any cluster ID.
+func runningNodes(ws string, c *config.Config) ([]clusterNode, *validators.Policy, error) {
+	var nodes []clusterNode
+	if c.Provider.QEMU != nil {
+		state, found, err := qemu.ReadState(filepath.Join(ws, qemuDirName))
+		if err != nil {
+			return nil, nil, badInput("%w", err)
+		}
+		if !found || !state.DaemonAlive() {
+			return nil, nil, errNoCluster(ws, "no running machines")
+		}
+		roots, err := qemuPolicyRoots(ws)
+		if err != nil {
+			return nil, nil, failed(err)
+		}
+		att, err := c.Attestation.Policy(roots)
+		if err != nil {
+			return nil, nil, badInput("%w", err)
+		}
+		for _, n := range state.Nodes {
+			nodes = append(nodes, clusterNode{Name: n.Name, Role: n.Role, IP: n.IP})
+		}
+		return nodes, att, nil
+	}
+	dir := filepath.Join(ws, miniDirName)
+	state, found, err := mini.ReadState(dir)
+	if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	if !found || !state.DaemonAlive() {
+		return nil, nil, errNoCluster(ws, "no running nodes")
+	}
+	roots, err := readCertificates(filepath.Join(dir, "ak-ca", "ca-cert.pem"))
+	if err != nil {
+		return nil, nil, failed(err)
+	}
+	for _, n := range state.Nodes {
+		nodes = append(nodes, clusterNode{Name: n.Name, Role: n.Role, IP: n.IP})
+	}
+	return nodes, miniPolicy(roots, c.Attestation.Measurements), nil
 }
 
 // print writes the health of a cluster as status shows it.

@@ -44,6 +44,7 @@ func newApplyCmd() *cobra.Command {
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
 	addSignatureFlags(cmd)
 	addWaitFlag(cmd)
+	cmd.Flags().Bool("skip-init", false, "boot and attest the nodes, but do not initialise Kubernetes")
 	return cmd
 }
 
@@ -126,7 +127,9 @@ func newStatusCmd() *cobra.Command {
 
 func runStatus(cmd *cobra.Command, _ []string) error {
 	if c, err := config.Load(filepath.Join(workspace(cmd), config.FileName)); err == nil && c.Provider.QEMU != nil {
-		return qemuStatus(cmd, c)
+		if _, initialised, _ := loadClusterState(workspace(cmd)); !initialised {
+			return qemuStatus(cmd, c) // machines attested, Kubernetes not (yet) initialised
+		}
 	}
 	h, err := checkCluster(cmd.Context(), workspace(cmd))
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/provider/qemu"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -150,8 +151,10 @@ func qemuPolicyRoots(ws string) ([]*x509.Certificate, error) {
 	return readCertificates(qemu.AKCAPath(filepath.Join(ws, qemuDirName)))
 }
 
-// runQEMUApply creates the machines of a QEMU configuration through the provider daemon and attests each.
-// Initialising Kubernetes on them is not supported yet: apply stops once every machine is attested.
+// runQEMUApply creates the machines of a QEMU configuration through the provider daemon, attests each, sends
+// the master secret over aTLS to the attested first control-plane machine, which initialises Kubernetes, and
+// waits, as mini's apply does, until every machine is attested as a member of the cluster and Ready (the
+// others join through the join service) and the cluster's services are ready.
 func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	out := cmd.OutOrStdout()
 	ws := workspace(cmd)
@@ -226,7 +229,12 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	if err != nil {
 		return badInput("%w", err)
 	}
+	// An emulated machine (TCG) takes many minutes for Kubernetes: unless --wait says otherwise, wait longer.
 	wait, _ := cmd.Flags().GetDuration("wait")
+	if !cmd.Flags().Changed("wait") {
+		wait = qemuDefaultWait
+	}
+	start := time.Now()
 	for _, n := range state.Nodes {
 		endpoint := n.IP + ":" + strconv.Itoa(verifyservice.Port)
 		fmt.Fprintf(out, "  attesting %s at %s (%s; the machine boots under %s)\n", n.Name, endpoint, n.Console, n.Accel)
@@ -243,10 +251,40 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 		}
 		fmt.Fprintf(out, "  %s verified: %s\n", n.Name, res.Node)
 	}
-	fmt.Fprintf(out, "QEMU cluster up: %d machine(s) booted from %s and attested against %s (Kubernetes not initialised: not supported on this provider yet)\n",
-		len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, config.FileName))
+	fmt.Fprintf(out, "  every machine attested after %s\n", time.Since(start).Round(time.Second))
+	if skip, _ := cmd.Flags().GetBool("skip-init"); skip {
+		fmt.Fprintf(out, "QEMU cluster up: %d machine(s) booted from %s and attested against %s (Kubernetes not initialised)\n",
+			len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, config.FileName))
+		return nil
+	}
+	first := state.Nodes[0]
+	fmt.Fprintf(out, "  initialising Kubernetes on %s over aTLS (the master secret goes only to the attested node)\n", first.Name)
+	start = time.Now()
+	var kmsConf *kms.KMIPConfig
+	if c.KMS != nil {
+		kmsConf = c.KMS.KMIP
+	}
+	ictx, cancel := context.WithTimeout(cmd.Context(), wait)
+	cs, err := initCluster(ictx, ws, first.IP, policy, kmsConf, c.RegistryMirrors)
+	cancel()
+	if err != nil {
+		return failed(fmt.Errorf("%w\nLast lines of %s's console (%s):\n%s", err, first.Name, first.Console, tailFile(first.Console, 15)))
+	}
+	fmt.Fprintf(out, "  Kubernetes initialised on %s after %s, cluster ID %s…\n", first.Name, time.Since(start).Round(time.Second), cs.ClusterID[:16])
+	fmt.Fprintf(out, "  waiting up to %s for every node to join and be Ready, and for the cluster's services\n", wait)
+	start = time.Now()
+	if err := newReadyWaiter(ws, wait, out).wait(cmd.Context()); err != nil {
+		fmt.Fprintf(out, "The machines' consoles: %s\n", qemu.ConsolePath(filepath.Join(dir, "nodes", "*")))
+		return err
+	}
+	fmt.Fprintf(out, "QEMU cluster up after %s more: Kubernetes at https://%s with %d machine(s) booted from %s, every node attested and Ready; kubeconfig %s\n",
+		time.Since(start).Round(time.Second), cs.Endpoint, len(state.Nodes), c.Provider.QEMU.ImageDigest, filepath.Join(ws, AdminKubeconfigFile))
 	return nil
 }
+
+// qemuDefaultWait is how long apply waits on a QEMU cluster unless --wait is given: each phase (boot and
+// attestation, Kubernetes init, joining and readiness) of emulated machines takes many minutes.
+const qemuDefaultWait = time.Hour
 
 // whileRunning returns a context that ends when the process pid (a machine's QEMU) has exited, and a
 // function that stops watching and tells whether it had.

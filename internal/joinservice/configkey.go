@@ -6,14 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/measuredboot"
 )
 
 // FetchConfigKey gets the key of the join configuration's MAC from whichever key service of endpoints answers
@@ -27,7 +25,7 @@ func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidator(akRoots, own, nil)
+	v, err := vtpm.NewValidatorFor(issuer.Variant(), akRoots, own, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +63,7 @@ func OwnMemberPolicy(ctx context.Context, issuer attestation.Issuer) (measuremen
 		return nil, errors.New("this node's own evidence holds no vTPM quote")
 	}
 	pcrs := doc.TPM.Quotes[0].PCRs
-	m, err := measurements.FromPCRs(func(idx uint32) []byte { return pcrs[idx] }, append(slices.Clone(measuredboot.BootPCRs), measurements.PCRClusterID)...)
+	m, err := measurements.FromPCRs(func(idx uint32) []byte { return pcrs[idx] }, append(vtpm.BootPCRs(issuer.Variant()), measurements.PCRClusterID)...)
 	if err != nil {
 		return nil, fmt.Errorf("this node's own quote: %w", err)
 	}

@@ -94,7 +94,7 @@ func Run(ctx context.Context, o Options) error {
 	}); err != nil {
 		return err
 	}
-	v, err := vtpm.NewValidator(roots, measurements.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
+	v, err := vtpm.NewValidatorFor(o.Issuer.Variant(), roots, measurements.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
 	if err != nil {
 		return err
 	}

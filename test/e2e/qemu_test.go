@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -83,7 +84,7 @@ func TestQEMUNodeAttests(t *testing.T) {
 	}
 
 	start := time.Now()
-	out, code := c.run("apply")
+	out, code := c.run("apply", "--skip-init")
 	dir := filepath.Join(c.ws, "constellation-qemu")
 	state, _, _ := qemu.ReadState(dir)
 	t.Cleanup(func() {
@@ -192,4 +193,128 @@ func TestQEMUNodeAttests(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "machine control-plane-0 powered off while it booted") || !strings.Contains(out, "REFUSING TO BOOT") {
 		t.Fatalf("apply of an image with a changed root: exit %d, want 1 with the console's refusal\n%s", code, out)
 	}
+}
+
+// A Kubernetes cluster of QEMU machines (1 control plane, 1 worker) under UEFI firmware: apply attests both
+// machines with the generated qemu-vtpm policy, initialises Kubernetes on the control plane over aTLS, and the
+// worker joins through the join service; both are Ready, and the CLI's verify passes for each as a member of
+// the cluster. Each node's state disk is LUKS2 with integrity and its mesh kernel WireGuard (their logs say so).
+// ATTACK: the host reads the worker's state disk: a pod on the worker writes a marker under /var (its log, on
+// the node's state disk), and the marker never appears in the disk's file on the host.
+//
+// Under TCG this takes a long time (tens of minutes): it runs from 'make e2e-qemu' (which sets
+// CONSTELLATION_E2E_QEMU_CLUSTER), not with the other end-to-end tests.
+func TestQEMUCluster(t *testing.T) {
+	if os.Getenv("CONSTELLATION_E2E_QEMU_CLUSTER") == "" {
+		t.Skip("a cluster of emulated machines takes tens of minutes: run it with 'make e2e-qemu' (CONSTELLATION_E2E_QEMU_CLUSTER=1)")
+	}
+	requireQEMU(t)
+	kubectl, _ := filepath.Abs("../../_out/kubernetes/bin/kubectl")
+	if _, err := os.Stat(kubectl); err != nil {
+		t.Skipf("no kubectl (%v); build it with 'make kubernetes'", err)
+	}
+	bins := t.TempDir()
+	c := cli{t: t, bin: goBuild(t, bins, "github.com/constellation-dev/constellation/cmd/constellation", "constellation"), ws: t.TempDir()}
+	start := time.Now()
+	if out, code := c.run("config", "generate", "qemu", "--image-dir", qemuImageDir, "--allow-dev-signed", "--workers", "1"); code != 0 {
+		t.Fatalf("config generate qemu: exit %d\n%s", code, out)
+	}
+	out, code := c.run("apply")
+	dir := filepath.Join(c.ws, "constellation-qemu")
+	state, _, _ := qemu.ReadState(dir)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range state.Nodes {
+				t.Logf("console of %s:\n%s", n.Name, tailFile(n.Console, 60))
+			}
+		}
+		c.run("terminate", "--yes")
+		qemuLeftovers(t, state)
+	})
+	if code != 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, "provider.log"))
+		t.Fatalf("apply: exit %d\n%s\nprovider log:\n%s", code, out, log)
+	}
+	t.Logf("config generate to cluster ready (1 control plane, 1 worker, %s): %s\n%s", state.Nodes[0].Accel, time.Since(start).Round(time.Second), out)
+	if out, code := c.run("status"); code != 0 { // exit 0: every node attested as a member and Ready
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	for _, n := range state.Nodes {
+		out, code := c.run("verify", "--node-endpoint", n.IP+":9090", "-o", "json")
+		var res struct {
+			Node     string `json:"node"`
+			Variant  string `json:"variant"`
+			Verified bool   `json:"verified"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &res) != nil || !res.Verified || res.Node != n.Name || res.Variant != "qemu-vtpm" {
+			t.Fatalf("verify %s: exit %d\n%s", n.Name, code, out)
+		}
+		console, err := os.ReadFile(n.Console)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`"encryption":"luks2"`, `"backend":"kernel"`} {
+			if !bytes.Contains(console, []byte(want)) {
+				t.Errorf("the console of %s lacks %s", n.Name, want)
+			}
+		}
+	}
+
+	// ATTACK: the host reads the worker's state disk. The pod's container writes the marker to its log, which
+	// the node keeps under /var/log/pods on the state disk (the marker is in the container's arguments: the
+	// node image's images have no shell).
+	kubeconfig := filepath.Join(c.ws, "constellation-admin.conf")
+	k := func(args ...string) (string, error) {
+		out, err := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	marker := "constellation-qemu-disk-marker-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"marker"},"spec":{"nodeName":"worker-0","restartPolicy":"Never",`+
+		`"containers":[{"name":"marker","image":"registry.k8s.io/kube-proxy:%s","imagePullPolicy":"Never","command":["/usr/local/bin/kube-proxy","--%s"]}]}}`,
+		kubeProxyVersion(t), marker)
+	apply := exec.Command(kubectl, "--kubeconfig", kubeconfig, "apply", "-f", "-")
+	apply.Stdin = strings.NewReader(pod)
+	if out, err := apply.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(20 * time.Minute); ; {
+		out, _ := k("logs", "marker")
+		if strings.Contains(out, marker) {
+			break
+		}
+		if time.Now().After(deadline) {
+			desc, _ := k("describe", "pod", "marker")
+			t.Fatalf("the marker pod never logged the marker:\n%s\n%s", out, desc)
+		}
+		time.Sleep(5 * time.Second)
+	}
+	// The node wrote the marker to its state disk; the kernel writes dirty pages back within 30 s
+	// (vm.dirty_expire_centisecs) and ext4 commits every 5 s. Look at the host's disk file for well past that.
+	disk := filepath.Join(dir, "nodes", "worker-0", "state-disk.img")
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Second) {
+		if found, err := fileContains(disk, []byte(marker)); err != nil || found {
+			t.Fatalf("the host reads the pod's marker in the worker's state disk %s (found %v, %v)", disk, found, err)
+		}
+	}
+	t.Logf("the marker is not in the worker's state disk file; whole test: %s", time.Since(start).Round(time.Second))
+}
+
+// kubeProxyVersion is the Kubernetes version of the node image (its kube-proxy image's tag).
+func kubeProxyVersion(t *testing.T) string {
+	t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(qemuImageDir, "images", "registry.k8s.io_kube-proxy_*.tar"))
+	if len(matches) != 1 {
+		t.Fatalf("the node image's kube-proxy image: %v", matches)
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(matches[0]), "registry.k8s.io_kube-proxy_"), ".tar")
+}
+
+// tailFile returns the last n lines of a file.
+func tailFile(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -223,6 +223,16 @@ func ImageScheme(variant attestation.Variant) measurements.Scheme {
 	return measurements.MiniScheme
 }
 
+// BootPCRs are the PCRs that describe how a node of variant booted, which every node of a cluster shares:
+// for mini-vtpm the mini firmware's (measuredboot.BootPCRs); for qemu-vtpm the UEFI firmware's (0, 1, 2, 3,
+// 5, 7) and the image's (ImageScheme). A node pins its own values of these to trust its peers.
+func BootPCRs(variant attestation.Variant) []uint32 {
+	if variant.Name == attestation.QEMUVTPM.Name {
+		return append([]uint32{0, 1, 2, 3, 5, 7}, measurements.UEFIScheme.ImagePCRs...)
+	}
+	return slices.Clone(measuredboot.BootPCRs)
+}
+
 // Scheme is the measurement scheme whose events the vTPM of variant logs: the mini firmware's for
 // mini-vtpm (every event's type and data bound), the TCG PC Client firmware profile's for the UEFI firmware
 // of qemu-vtpm and the cloud vTPMs (the data of separators, versions and actions bound, nothing else).

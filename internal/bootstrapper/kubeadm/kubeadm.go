@@ -24,6 +24,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options describe a node for kubeadm.
@@ -91,6 +93,18 @@ func CNIConfigFile(o Options) []byte {
 		`{"type":"portmap","capabilities":{"portMappings":true}}]}`, mtu, o.PodCIDR))
 }
 
+// kubeadmTimeouts are kubeadm's waits for the control plane, the kubelet and the API server: generous,
+// because a node may be an emulated machine (QEMU without hardware virtualisation) where the control plane
+// takes many minutes to come up. They bound waits only; a healthy node is done as soon as it is ready.
+const kubeadmTimeouts = `timeouts:
+  controlPlaneComponentHealthCheck: 40m0s
+  kubeletHealthCheck: 40m0s
+  kubernetesAPICall: 10m0s
+  etcdAPICall: 10m0s
+  tlsBootstrap: 40m0s
+  discovery: 40m0s
+`
+
 var initTmpl = template.Must(template.New("init").Parse(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
 localAPIEndpoint: {advertiseAddress: "{{.NodeIP}}", bindPort: 6443}
@@ -99,7 +113,7 @@ nodeRegistration:
   criSocket: "unix://{{.Socket}}"
   imagePullPolicy: Never
   kubeletExtraArgs: [{name: node-ip, value: "{{.NodeIP}}"}]
----
+` + kubeadmTimeouts + `---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 kubernetesVersion: "{{.KubernetesVersion}}"
@@ -150,6 +164,7 @@ nodeRegistration:
   kubeletExtraArgs: [{name: node-ip, value: "{{.NodeIP}}"}]
 patches:
   directory: "{{.Patches}}"
+` + kubeadmTimeouts + `
 {{- if .ControlPlane}}
 controlPlane:
   localAPIEndpoint: {advertiseAddress: "{{.NodeIP}}", bindPort: 6443}
@@ -395,6 +410,9 @@ func (d *Driver) PrepareRuntime(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := ensureCgroupRoot(d.Options.CgroupRoot); err != nil {
+		return err
+	}
 	if err := d.startBackground("containerd", "/var/log/containerd.log", "containerd", "--config", ContainerdConfig); err != nil {
 		return err
 	}
@@ -414,6 +432,19 @@ func (d *Driver) PrepareRuntime(ctx context.Context) error {
 		return fmt.Errorf("importing the loaded images: %w", err)
 	}
 	d.logf("container runtime ready, %d images imported", len(archives))
+	return nil
+}
+
+// ensureCgroupRoot creates the kubelet's cgroup root where the node has the cgroup v2 hierarchy (a virtual
+// machine, which mounts it itself); on cgroup v1 the provider created it in every hierarchy.
+func ensureCgroupRoot(root string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/cgroup", &fs); err != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join("/sys/fs/cgroup", root), 0o755); err != nil {
+		return fmt.Errorf("creating the kubelet's cgroup root %s: %w", root, err)
+	}
 	return nil
 }
 

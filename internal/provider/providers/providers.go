@@ -57,11 +57,11 @@ func Boot(ctx context.Context, name string, log *slog.Logger) (*Machine, error) 
 		}
 		return &Machine{Provider: prov, TPM: tpm, StateDisk: os.Getenv("CONSTELLATION_STATE_DISK")}, nil
 	case guest.ProviderName:
-		client, tpm, err := guest.Prepare(ctx, log)
+		client, tpm, disk, err := guest.Prepare(ctx, log)
 		if err != nil {
 			return nil, fmt.Errorf("provider %s: %w", name, err)
 		}
-		return &Machine{Provider: client, TPM: tpm}, nil
+		return &Machine{Provider: client, TPM: tpm, StateDisk: disk}, nil
 	default:
 		return nil, fmt.Errorf("unknown provider %q; known: %v", name, Names)
 	}

@@ -9,6 +9,6 @@ import (
 )
 
 // Prepare readies a Linux machine for the node's first process; there is nothing to prepare elsewhere.
-func Prepare(context.Context, *slog.Logger) (*Client, string, error) {
-	return nil, "", errors.New("a QEMU provider node runs Linux")
+func Prepare(context.Context, *slog.Logger) (*Client, string, string, error) {
+	return nil, "", "", errors.New("a QEMU provider node runs Linux")
 }
