@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
+	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/qemu"
 )
 
 func newImageCmd() *cobra.Command {
@@ -190,23 +193,35 @@ func verifyMeasurementsFile(cmd *cobra.Command, measPath, imageDigest, variant s
 
 // verifyConfiguredImage re-verifies, before a command uses them, that the configuration's measurements are
 // the signed ones of its node image: the bundle next to the configured image verifies offline for the
-// configured image digest and variant, and the configuration holds exactly the signed measurements.
+// configured image digest and variant, and the configuration holds exactly the policy built from the signed
+// measurements (on QEMU: the disk image's PCRs and the firmware PCRs pinned in this binary).
 func verifyConfiguredImage(cmd *cobra.Command, c *config.Config, confPath string, allowDev bool) (*signed.Result, error) {
-	if c.Provider.Mini == nil {
+	var provider, digest, measFile string
+	policyOf := func(m measurements.M) (measurements.M, error) { return m, nil }
+	switch {
+	case c.Provider.Mini != nil:
+		provider, digest, measFile = "mini", c.Provider.Mini.ImageDigest, "measurements.json"
+	case c.Provider.QEMU != nil:
+		provider, digest, measFile, policyOf = "qemu", c.Provider.QEMU.ImageDigest, bootimage.MeasurementsFile, qemu.Policy
+	default:
 		return nil, badInput("%s configures no node image", confPath)
 	}
-	measPath := filepath.Join(filepath.Dir(c.ImagePath(confPath)), "measurements.json")
-	raw, res, err := verifyMeasurementsFile(cmd, measPath, c.Provider.Mini.ImageDigest, c.Attestation.Variant, allowDev)
+	measPath := filepath.Join(filepath.Dir(c.ImagePath(confPath)), measFile)
+	raw, res, err := verifyMeasurementsFile(cmd, measPath, digest, c.Attestation.Variant, allowDev)
 	if err != nil {
 		return nil, err
 	}
-	signedPolicy, err := measurements.Parse(raw)
+	var signedImage measurements.M
+	if err := json.Unmarshal(raw, &signedImage); err != nil {
+		return nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
+	}
+	signedPolicy, err := policyOf(signedImage)
 	if err != nil {
 		return nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
 	}
 	if !maps.Equal(signedPolicy, c.Attestation.Measurements) {
 		return nil, checkFailed(fmt.Errorf("the measurements of %s are not the signed measurements of node image %s (%s); "+
-			"write them again with 'constellation config generate mini --force'", confPath, c.Provider.Mini.ImageDigest, measPath))
+			"write them again with 'constellation config generate %s --force'", confPath, digest, measPath, provider))
 	}
 	return res, nil
 }

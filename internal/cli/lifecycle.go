@@ -258,13 +258,13 @@ func printImageSignature(cmd *cobra.Command) {
 	out := cmd.OutOrStdout()
 	confPath := filepath.Join(workspace(cmd), config.FileName)
 	c, err := config.Load(confPath)
-	if err != nil || c.Provider.Mini == nil {
+	if err != nil || c.ImageDigest() == "" {
 		return
 	}
 	res, err := verifyConfiguredImage(cmd, c, confPath, true)
 	if err != nil {
-		fmt.Fprintf(out, "Node image %s: measurements NOT VERIFIED: %v\n", c.Provider.Mini.ImageDigest, err)
+		fmt.Fprintf(out, "Node image %s: measurements NOT VERIFIED: %v\n", c.ImageDigest(), err)
 		return
 	}
-	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.Provider.Mini.ImageDigest, signedBy(res))
+	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.ImageDigest(), signedBy(res))
 }

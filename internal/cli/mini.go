@@ -105,11 +105,8 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	if c.Provider.QEMU != nil {
-		if cmd.Name() != "apply" {
-			return badInput("%s configures the QEMU provider; create its cluster with 'constellation apply'", confPath)
-		}
-		return runQEMUApply(cmd, c)
+	if c.Provider.QEMU != nil && cmd.Name() != "apply" {
+		return badInput("%s configures the QEMU provider; create its cluster with 'constellation apply'", confPath)
 	}
 	// The measurements decide which nodes get the cluster's secrets: they are used only as the signed
 	// measurements of the configured image, checked again at every start.
@@ -118,8 +115,11 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.Provider.Mini.ImageDigest, signedBy(signature))
+	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.ImageDigest(), signedBy(signature))
 	warnDevSigned(cmd, signature)
+	if c.Provider.QEMU != nil {
+		return runQEMUApply(cmd, c)
+	}
 	dir := filepath.Join(workspace(cmd), miniDirName)
 	state, found, err := mini.ReadState(dir)
 	if err != nil {

@@ -36,11 +36,13 @@ func newRecoverCmd() *cobra.Command {
 			"of its own state disk, and checks that every one proves its membership again. It then waits, as 'mini up'\n" +
 			"does, until the cluster is ready as 'status' checks it (every node attested and Ready, the cluster's\n" +
 			"services ready); after --wait it fails (exit 1) and names what is not ready. The nodes accept recovery\n" +
-			"only with the cluster's init secret (" + InitSecretFile + ", written by 'apply').",
+			"only with the cluster's init secret (" + InitSecretFile + ", written by 'apply'). First it verifies again,\n" +
+			"offline, that the configuration's measurements are the signed measurements of the configured node image.",
 		Args: cobra.NoArgs,
 		RunE: runRecover,
 	}
 	cmd.Flags().String("workspace", ".", "directory with "+config.FileName)
+	addSignatureFlags(cmd)
 	addWaitFlag(cmd)
 	return cmd
 }
@@ -48,10 +50,19 @@ func newRecoverCmd() *cobra.Command {
 func runRecover(cmd *cobra.Command, _ []string) error {
 	out := cmd.OutOrStdout()
 	ws := workspace(cmd)
-	c, err := config.Load(filepath.Join(ws, config.FileName))
+	confPath := filepath.Join(ws, config.FileName)
+	c, err := config.Load(confPath)
 	if err != nil {
 		return badInput("%w", err)
 	}
+	// The measurements decide which nodes get the master secret: only the signed ones of the configured image.
+	allowDev, _ := cmd.Flags().GetBool("allow-dev-signed")
+	signature, err := verifyConfiguredImage(cmd, c, confPath, allowDev)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Node image %s: measurements verified offline, %s\n", c.ImageDigest(), signedBy(signature))
+	warnDevSigned(cmd, signature)
 	cs, initialised, err := loadClusterState(ws)
 	if err != nil {
 		return badInput("%s: %w", StateFile, err)

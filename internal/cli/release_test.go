@@ -156,8 +156,8 @@ func TestSigningDirectoryRootIsDevelopment(t *testing.T) {
 	}
 }
 
-// apply and mini up verify the configured image's measurements again before they use them, with the log
-// stopped, and refuse before anything starts.
+// apply, mini up and recover verify the configured image's measurements again before they use them, with the
+// log stopped, and refuse before anything starts.
 func TestApplyReverifiesTheMeasurements(t *testing.T) {
 	imageDir := imageDirWithUEFI(t)
 	sig := signImage(t, imageDir)
@@ -222,7 +222,7 @@ func TestApplyReverifiesTheMeasurements(t *testing.T) {
 		}},
 	}
 	for name, tc := range tests {
-		for _, command := range [][]string{{"apply"}, {"mini", "up"}} {
+		for _, command := range [][]string{{"apply"}, {"mini", "up"}, {"recover"}} {
 			t.Run(strings.Join(command, " ")+": "+name, func(t *testing.T) {
 				restore()
 				tc.edit()
@@ -241,6 +241,78 @@ func TestApplyReverifiesTheMeasurements(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// apply of a QEMU configuration verifies the disk image's signed measurements again, offline, and that the
+// configuration's policy is exactly the one built from them and the firmware PCRs pinned in the binary: a host
+// that edits the workspace between config generate and apply (another image, an extra or changed PCR, the
+// bundle removed) gets nothing booted.
+func TestApplyReverifiesTheQEMUMeasurements(t *testing.T) {
+	dir := t.TempDir()
+	uefi := measurements.M{}
+	for _, idx := range []uint32{4, 11, 12, 13} {
+		uefi[idx] = measurements.Measurement{Expected: measurements.Digest{byte(idx)}}
+	}
+	rawUEFI, _ := json.Marshal(uefi)
+	write(t, filepath.Join(dir, bootimage.MeasurementsFile), rawUEFI)
+	rawDisk, _ := json.Marshal(bootimage.Disk{Digest: uefiDigest, Measurements: uefi})
+	write(t, filepath.Join(dir, bootimage.ManifestFile), rawDisk)
+	sig := signImage(t, imageDirWithUEFI(t)) // starts the test log and writes the development root
+	signFile(t, testLog.key.Key, dir, bootimage.MeasurementsFile, uefiDigest, attestation.QEMUVTPM.Name)
+	ws := t.TempDir()
+	if _, errOut, code := run(append([]string{"config", "generate", "qemu", "--image-dir", dir, "--workspace", ws}, sig...)...); code != 0 {
+		t.Fatalf("config generate qemu: %s", errOut)
+	}
+	stopTestLog(t)
+	confPath := filepath.Join(ws, config.FileName)
+	genuineConf, _ := os.ReadFile(confPath)
+	measPath := filepath.Join(dir, bootimage.MeasurementsFile)
+	bundlePath := measPath + signed.BundleSuffix
+	genuineBundle, _ := os.ReadFile(bundlePath)
+	editConf := func(edit func(c *config.Config)) func() {
+		return func() {
+			c, err := config.Load(confPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			edit(c)
+			if err := c.Write(confPath, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tests := map[string]struct {
+		edit    func()
+		code    int
+		wantErr string
+	}{
+		"a changed firmware PCR": {code: 1, wantErr: "not the signed measurements", edit: editConf(func(c *config.Config) {
+			c.Attestation.Measurements[0] = measurements.Measurement{Expected: measurements.Digest{0xcd}}
+		})},
+		"a changed image PCR": {code: 1, wantErr: "not the signed measurements", edit: editConf(func(c *config.Config) {
+			c.Attestation.Measurements[11] = measurements.Measurement{Expected: measurements.Digest{0xcd}}
+		})},
+		"another disk image": {code: 1, wantErr: "not for image", edit: editConf(func(c *config.Config) {
+			c.Provider.QEMU.ImageDigest = squashfsDigest
+		})},
+		"no bundle": {code: 2, wantErr: "bundle", edit: func() { os.Remove(bundlePath) }},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			write(t, confPath, genuineConf)
+			write(t, bundlePath, genuineBundle)
+			tc.edit()
+			_, errOut, code := run(append([]string{"apply", "--workspace", ws}, sig...)...)
+			if code != tc.code || !strings.Contains(errOut, tc.wantErr) {
+				t.Fatalf("exit %d, want %d and an error containing %q:\n%s", code, tc.code, tc.wantErr, errOut)
+			}
+			for _, f := range []string{qemuDirName, InitSecretFile} {
+				if _, err := os.Stat(filepath.Join(ws, f)); !os.IsNotExist(err) {
+					t.Errorf("%s was created before the refusal (%v)", f, err)
+				}
+			}
+		})
 	}
 }
 

@@ -304,6 +304,17 @@ func Header(variant string) []byte {
 	return header
 }
 
+// ImageDigest is the digest ("sha256:<hex>") of the configured provider's node image; empty without one.
+func (c *Config) ImageDigest() string {
+	switch {
+	case c.Provider.Mini != nil:
+		return c.Provider.Mini.ImageDigest
+	case c.Provider.QEMU != nil:
+		return c.Provider.QEMU.ImageDigest
+	}
+	return ""
+}
+
 // ImagePath resolves the node image path relative to the configuration file's directory.
 func (c *Config) ImagePath(configPath string) string {
 	var image string

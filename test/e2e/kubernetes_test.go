@@ -199,11 +199,11 @@ func TestMiniKubernetes(t *testing.T) {
 	if out, code := c.run("status"); code != 1 || !strings.Contains(out, "control-plane-0") {
 		t.Fatalf("status while the control plane waits for recovery: exit %d\n%s", code, out)
 	}
-	out, code := c.run("recover")
+	out, code := c.run("recover", "--allow-dev-signed")
 	if code != 0 || !strings.Contains(out, "Cluster recovered") {
 		t.Fatalf("recover: exit %d\n%s", code, out)
 	}
-	if out, code := c.run("recover"); code == 0 {
+	if out, code := c.run("recover", "--allow-dev-signed"); code == 0 {
 		t.Fatalf("a second recover succeeded:\n%s", out)
 	}
 	if out, err := k("get", "configmap", "marker", "-o", "jsonpath={.data.value}"); err != nil || out != marker {
@@ -619,7 +619,7 @@ func TestMiniControlPlanes(t *testing.T) {
 			t.Fatalf("mini reboot %s: exit %d\n%s", n, code, out)
 		}
 	}
-	out, code := cl.c.run("recover")
+	out, code := cl.c.run("recover", "--allow-dev-signed")
 	if code != 0 || !strings.Contains(out, "control-plane-1 unlocked its state disk") || !strings.Contains(out, "Cluster recovered") {
 		t.Fatalf("recover: exit %d\n%s", code, out)
 	}
