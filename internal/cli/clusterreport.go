@@ -294,20 +294,24 @@ func nodeNames(r *clusterreport.Report) string {
 func newVerifyReportCmd() *cobra.Command {
 	var akCA, seed string
 	cmd := &cobra.Command{
-		Use:   "verify-report REPORT [--trusted-root FILE] [--allow-dev-signed] [--ak-ca FILE] [--seed HEX]",
+		Use:   "verify-report REPORT [--trusted-root FILE] [--allow-dev-signed] [--ak-ca FILE | --ak-ca-from-report] [--seed HEX]",
 		Short: "Verify a cluster report offline: signed measurements, policy and every node's evidence",
 		Long: "Verify a cluster report written by 'verify --all -o REPORT', with no access to the cluster and no network:\n" +
 			"the measurements bundle against the trusted root (signature, transparency log inclusion, signed checkpoint)\n" +
 			"for the report's measurements file, image digest and variant; the policy, rebuilt from the signed\n" +
 			"measurements and the cluster ID (the report's stated policy must be the same); and every node's evidence\n" +
 			"against it, for the nonce derived from the report's seed, its node list and the node's name. It prints the\n" +
-			"node count and names: compare them with the nodes you expect. --ak-ca pins the attestation-key CA\n" +
-			"(mini-vtpm; otherwise the report's own is used, and said so); --seed requires the seed you chose.\n" +
+			"node count and names: compare them with the nodes you expect. Where the provider certifies the nodes'\n" +
+			"attestation keys (mini-vtpm, qemu-vtpm), --ak-ca pins its CA: the cluster's, from the operator's\n" +
+			"workspace. A CA the report names proves nothing about who wrote it; --ak-ca-from-report accepts it\n" +
+			"anyway (a consistency check only). --seed requires the seed you chose.\n" +
 			"Exit code 0: everything verified. 1: something does not. 2: an input is unusable.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runVerifyReportFile(cmd, args[0], akCA, seed) },
 	}
-	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA to pin (default: the report's)")
+	cmd.Flags().StringVar(&akCA, "ak-ca", "", "PEM certificate of the attestation-key CA to pin (the cluster's: <workspace>/constellation-mini/ak-ca/ca-cert.pem)")
+	cmd.Flags().Bool("ak-ca-from-report", false, "accept the attestation-key CA the report names (proves only that the report is consistent, not who wrote it)")
+	cmd.MarkFlagsMutuallyExclusive("ak-ca", "ak-ca-from-report")
 	cmd.Flags().StringVar(&seed, "seed", "", "the seed the report must have been collected with, hex (the one you chose)")
 	addSignatureFlags(cmd)
 	return cmd
@@ -332,6 +336,7 @@ func runVerifyReportFile(cmd *cobra.Command, path, akCA, seedHex string) error {
 	}
 	opts := clusterreport.VerifyOptions{Validators: validators.Options{Log: logger(cmd)}}
 	opts.AllowDevelopment, _ = cmd.Flags().GetBool("allow-dev-signed")
+	opts.TrustReportAKRoots, _ = cmd.Flags().GetBool("ak-ca-from-report")
 	if akCA != "" {
 		if opts.AKRoots, err = readCertificates(akCA); err != nil {
 			return err
@@ -350,6 +355,9 @@ func runVerifyReportFile(cmd *cobra.Command, path, akCA, seedHex string) error {
 	printReportResult(out, r, res)
 	if res != nil && res.Signature != nil {
 		warnDevSigned(cmd, res.Signature)
+	}
+	if errors.Is(verr, clusterreport.ErrUnpinnedAKRoots) {
+		return checkFailed(fmt.Errorf("%s does not verify: %w: pass it with --ak-ca FILE, or --ak-ca-from-report to check only that the report is consistent", path, verr))
 	}
 	if verr != nil {
 		return checkFailed(fmt.Errorf("%s does not verify: %w", path, verr))
@@ -397,7 +405,7 @@ func printReportResult(out io.Writer, r *clusterreport.Report, res *clusterrepor
 		sum := sha256.Sum256(c.Raw)
 		how := "pinned by --ak-ca"
 		if res.AKRootsFromReport {
-			how = "taken from the report (pin it with --ak-ca)"
+			how = "taken from the report (--ak-ca-from-report: it proves nothing about who wrote the report; pin it with --ak-ca)"
 		}
 		fmt.Fprintf(out, "Attestation-key CA %q (sha256 %x): %s\n", c.Subject.CommonName, sum, how)
 	}

@@ -43,7 +43,12 @@ func TestVerifyReport(t *testing.T) {
 	}
 	good := writeReport("report.json", r)
 
+	// ATTACK: nothing pins the attestation-key CA, and the report names its own (a forger's could): refused.
 	out, errOut, code := run("verify-report", good, "--trusted-root", root, "--allow-dev-signed")
+	if code != 1 || !strings.Contains(errOut, "only the report names") || !strings.Contains(errOut, "--ak-ca FILE") || strings.Contains(out, "Verified") {
+		t.Fatalf("verify-report without a pinned attestation-key CA: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = run("verify-report", good, "--trusted-root", root, "--allow-dev-signed", "--ak-ca-from-report")
 	if code != 0 {
 		t.Fatalf("verify-report: exit %d\n%s%s", code, out, errOut)
 	}
@@ -54,7 +59,7 @@ func TestVerifyReport(t *testing.T) {
 		"attestation key certified for worker-0",
 		"4 PCRs match: image and boot parameters as signed, member of cluster " + c.ClusterID,
 		"transparency log log.test.invalid: entry",
-		"taken from the report (pin it with --ak-ca)",
+		"taken from the report (--ak-ca-from-report: it proves nothing about who wrote the report; pin it with --ak-ca)",
 		"Verified: all 3 nodes run image " + reporttest.ImageDigest,
 	} {
 		if !strings.Contains(out, want) {
@@ -71,11 +76,11 @@ func TestVerifyReport(t *testing.T) {
 	if out, errOut, code := run("verify-report", good, "--trusted-root", root, "--allow-dev-signed", "--ak-ca", ca, "--seed", hex.EncodeToString(r.Seed)); code != 0 || !strings.Contains(out, "pinned by --ak-ca") {
 		t.Fatalf("with the AK CA and seed pinned: exit %d\n%s%s", code, out, errOut)
 	}
-	if out, errOut, code := run("verify-report", good, "--trusted-root", root, "--allow-dev-signed", "--seed", strings.Repeat("00", 32)); code != 1 {
+	if out, errOut, code := run("verify-report", good, "--trusted-root", root, "--allow-dev-signed", "--ak-ca", ca, "--seed", strings.Repeat("00", 32)); code != 1 {
 		t.Fatalf("with another seed: exit %d\n%s%s", code, out, errOut)
 	}
 	// Development-signed measurements only on request.
-	if out, errOut, code := run("verify-report", good, "--trusted-root", root); code != 1 || !strings.Contains(errOut, "--allow-dev-signed") {
+	if out, errOut, code := run("verify-report", good, "--trusted-root", root, "--ak-ca", ca); code != 1 || !strings.Contains(errOut, "--allow-dev-signed") {
 		t.Fatalf("without --allow-dev-signed: exit %d\n%s%s", code, out, errOut)
 	}
 
@@ -83,7 +88,7 @@ func TestVerifyReport(t *testing.T) {
 	swapped := *r
 	swapped.Nodes = append([]clusterreport.Node(nil), r.Nodes...)
 	swapped.Nodes[1].Evidence, swapped.Nodes[2].Evidence = r.Nodes[2].Evidence, r.Nodes[1].Evidence
-	out, errOut, code = run("verify-report", writeReport("swapped.json", &swapped), "--trusted-root", root, "--allow-dev-signed")
+	out, errOut, code = run("verify-report", writeReport("swapped.json", &swapped), "--trusted-root", root, "--allow-dev-signed", "--ak-ca", ca)
 	if code != 1 || strings.Count(out, "FAILED") != 2 || !strings.Contains(out, "Node control-plane-0 (control-plane, 10.217.0.11:9090): verified") ||
 		!strings.Contains(errOut, "2 of 3 nodes failed: worker-0, worker-1") {
 		t.Fatalf("swapped evidence: exit %d\n%s%s", code, out, errOut)

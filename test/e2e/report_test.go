@@ -42,13 +42,18 @@ func checkClusterReport(t *testing.T, c cli, nodes ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, data := range map[string][]byte{"report.json": raw, "trusted-root.json": root} {
+	// The cluster's attestation-key CA, which the operator hands the verifier with the report.
+	akCA, err := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "ak-ca", "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"report.json": raw, "trusted-root.json": root, "ak-ca.pem": akCA} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	verifyOffline := func(report string) (string, int) {
-		cmd := exec.Command("unshare", "--net", "--", c.bin, "verify-report", report, "--trusted-root", "trusted-root.json", "--allow-dev-signed")
+		cmd := exec.Command("unshare", "--net", "--", c.bin, "verify-report", report, "--trusted-root", "trusted-root.json", "--allow-dev-signed", "--ak-ca", "ak-ca.pem")
 		cmd.Dir, cmd.Env = dir, []string{"HOME=" + dir, "PATH=/nonexistent"}
 		var b bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &b, &b

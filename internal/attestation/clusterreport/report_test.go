@@ -118,7 +118,7 @@ func parse(t *testing.T, raw []byte) *clusterreport.Report {
 }
 
 func verify(r *clusterreport.Report, root []byte) (*clusterreport.Result, error) {
-	return clusterreport.Verify(context.Background(), r, root, clusterreport.VerifyOptions{AllowDevelopment: true})
+	return clusterreport.Verify(context.Background(), r, root, clusterreport.VerifyOptions{AllowDevelopment: true, TrustReportAKRoots: true})
 }
 
 func TestVerifyGenuineReport(t *testing.T) {
@@ -144,6 +144,12 @@ func TestVerifyGenuineReport(t *testing.T) {
 	// The policy is the signed measurements and PCR 15.
 	if len(res.Policy.Measurements) != 4 {
 		t.Errorf("policy: %v", res.Policy.Measurements)
+	}
+	// ATTACK: the report's writer certified the nodes' attestation keys with a CA of its own (as a forger with
+	// software TPMs extended to the signed measurements would): unless the reader pins the CA, or says it
+	// accepts the report's, nothing verifies.
+	if _, err := clusterreport.Verify(context.Background(), r, fx.c.RootJSON, clusterreport.VerifyOptions{AllowDevelopment: true}); !errors.Is(err, clusterreport.ErrUnpinnedAKRoots) {
+		t.Fatalf("a report with the writer's own attestation-key CA, nothing pinned: %v", err)
 	}
 	// Pinned roots that are the report's verify; the result says they were pinned.
 	res, err = clusterreport.Verify(context.Background(), r, fx.c.RootJSON, clusterreport.VerifyOptions{AllowDevelopment: true, AKRoots: fx.c.AKRoots, Seed: r.Seed})
@@ -282,7 +288,7 @@ func TestAttacks(t *testing.T) {
 		{
 			name:   "a seed other than the one the reader chose",
 			attack: func(*clusterreport.Report) {},
-			opts:   &clusterreport.VerifyOptions{AllowDevelopment: true, Seed: second.Seed},
+			opts:   &clusterreport.VerifyOptions{AllowDevelopment: true, TrustReportAKRoots: true, Seed: second.Seed},
 			want:   "is not the seed",
 		},
 	} {
@@ -293,7 +299,7 @@ func TestAttacks(t *testing.T) {
 			if tc.root != nil {
 				root = tc.root
 			}
-			opts := clusterreport.VerifyOptions{AllowDevelopment: true}
+			opts := clusterreport.VerifyOptions{AllowDevelopment: true, TrustReportAKRoots: true}
 			if tc.opts != nil {
 				opts = *tc.opts
 			}

@@ -23,11 +23,22 @@ type VerifyOptions struct {
 	// AKRoots, if set, are the attestation-key roots the verifier pins (mini-vtpm); the report's must be
 	// exactly these. Without them the report's own roots are used, and [Result.AKRootsFromReport] says so.
 	AKRoots []*x509.Certificate
+	// TrustReportAKRoots accepts, when no AKRoots are pinned, the attestation-key roots the report names. Such
+	// a root proves nothing about who wrote the report: anyone can certify software TPMs with a CA of their own
+	// and extend them to the signed measurements. Without it, a report whose variant certifies attestation keys
+	// verifies only against pinned roots.
+	TrustReportAKRoots bool
 	// Seed, if set, is the seed the reader chose for the report; the report's must be it.
 	Seed []byte
 	// Validators are the options of the evidence validators (clock, log).
 	Validators validators.Options
 }
+
+// ErrUnpinnedAKRoots is returned by [Verify] for a report whose nodes' attestation keys are certified by a CA
+// that only the report itself names.
+var ErrUnpinnedAKRoots = errors.New("the nodes' attestation keys are certified by a CA that only the report names, " +
+	"which proves nothing about who wrote the report (anyone can certify software TPMs with a CA of their own): " +
+	"pin the CA you trust (the cluster's attestation-key CA certificate)")
 
 // Result says what [Verify] checked.
 type Result struct {
@@ -77,6 +88,9 @@ func Verify(ctx context.Context, r *Report, trustedRootJSON []byte, opts VerifyO
 	res := &Result{Signature: sig}
 	if res.Policy, res.AKRootsFromReport, err = r.rebuildPolicy(opts.AKRoots); err != nil {
 		return res, err
+	}
+	if res.AKRootsFromReport && !opts.TrustReportAKRoots {
+		return res, ErrUnpinnedAKRoots
 	}
 	v, err := validators.New(res.Policy, opts.Validators)
 	if err != nil {
