@@ -237,15 +237,17 @@ func hostileProvider(t *testing.T, host cli) qemu.State {
 	}
 	exited := make(chan struct{})
 	go func() { daemon.Wait(); close(exited) }()
+	var running qemu.State
 	t.Cleanup(func() {
 		host.run("terminate", "--yes")
 		daemon.Process.Kill()
 		<-exited
+		qemuLeftovers(t, running)
 	})
 	for {
 		s, ok, _ := qemu.ReadState(dir)
 		if ok && s.Phase == qemu.PhaseRunning {
-			t.Cleanup(func() { qemuLeftovers(t, s) })
+			running = s
 			return s
 		}
 		select {
