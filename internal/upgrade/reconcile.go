@@ -97,7 +97,7 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 		r.setPhase(st, phaseOr(st.Phase, v1alpha1.PhasePending), "paused by spec.paused before the next node")
 		return reconcile.Result{}, nil
 	}
-	next, role, err := r.next(ctx, st)
+	next, role, existing, err := r.next(ctx, st)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -121,8 +121,10 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 		r.fail(st, cur, fmt.Errorf("the provider did not create a replacement: %w; nothing was changed, delete and recreate the NodeUpgrade to try again", err))
 		return reconcile.Result{}, nil
 	}
-	if name == "" || name == next || r.known(st, name, cur) {
-		r.fail(st, cur, fmt.Errorf("the provider named the replacement %q, which is not a new node", name))
+	// The provider is the host: a replacement it names must be a node that did not exist before, or the
+	// upgrade would drain a node for one that is there already (and count that one as upgraded).
+	if name == "" || existing[name] || r.known(st, name, cur) {
+		r.fail(st, cur, fmt.Errorf("the provider named the replacement %q, which is not a new node; nothing was drained", name))
 		return reconcile.Result{}, nil
 	}
 	cur.ReplacementNode = name
@@ -281,15 +283,17 @@ func (r *Reconciler) removing(ctx context.Context, st *v1alpha1.NodeUpgradeStatu
 }
 
 // next picks the node to replace next: a node that does not report the wanted image and is neither replaced
-// nor a replacement, control-plane nodes first, by name.
-func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (name, role string, err error) {
+// nor a replacement, control-plane nodes first, by name. existing are the names of all nodes.
+func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (name, role string, existing map[string]bool, err error) {
 	var nodes corev1.NodeList
 	if err := r.Client.List(ctx, &nodes); err != nil {
-		return "", "", fmt.Errorf("listing nodes: %w", err)
+		return "", "", nil, fmt.Errorf("listing nodes: %w", err)
 	}
+	existing = map[string]bool{}
 	var cps, workers []string
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
+		existing[n.Name] = true
 		if n.Annotations[ImageDigestAnnotation] == st.ImageDigest || r.known(st, n.Name, nil) {
 			continue
 		}
@@ -303,11 +307,11 @@ func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (
 	slices.Sort(workers)
 	switch {
 	case len(cps) > 0:
-		return cps[0], RoleControlPlane, nil
+		return cps[0], RoleControlPlane, existing, nil
 	case len(workers) > 0:
-		return workers[0], RoleWorker, nil
+		return workers[0], RoleWorker, existing, nil
 	}
-	return "", "", nil
+	return "", "", existing, nil
 }
 
 // known reports whether name is an old or a replacement node of this upgrade, other than in skip.

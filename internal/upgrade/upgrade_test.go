@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -43,8 +42,7 @@ const (
 func TestMain(m *testing.M) {
 	// The controller's libraries log through these; the tests' failures say what matters.
 	ctrllog.SetLogger(logr.Discard())
-	klog.SetOutput(io.Discard)
-	klog.LogToStderr(false)
+	klog.SetLogger(logr.Discard())
 	os.Exit(m.Run())
 }
 
@@ -330,6 +328,9 @@ type fleet struct {
 	n         int
 	createErr error
 	notReady  map[string]bool // names of nodes to create that stay NotReady
+	// existing, if set, is the name of a node that is there already, which the provider answers instead of
+	// creating one; bootImage, if set, is the image it boots instead of the one asked for.
+	existing, bootImage string
 }
 
 func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error) {
@@ -341,6 +342,12 @@ func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error
 	}
 	if image != newImage {
 		return "", fmt.Errorf("asked for image %s", image)
+	}
+	if f.existing != "" {
+		return f.existing, nil
+	}
+	if f.bootImage != "" {
+		image = f.bootImage
 	}
 	f.n++
 	name := fmt.Sprintf("%s-new-%d", role, f.n)
@@ -580,5 +587,57 @@ func TestNodeUpgradeAPI(t *testing.T) {
 	bad.Status.Nodes[0].Step = "patching"
 	if err := e.admin.Status().Update(t.Context(), bad); !apierrors.IsInvalid(err) {
 		t.Errorf("an unknown step: %v, want invalid", err)
+	}
+}
+
+// TestUpgradeRefusesExistingNodeAsReplacement is the host's provider answering a request for a new node with
+// the name of a node that is there already (Ready, on the new image): the controller must not drain and delete
+// the old node for it, which would shrink the cluster by one node.
+func TestUpgradeRefusesExistingNodeAsReplacement(t *testing.T) {
+	e := newEnv(t)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.node("worker-1", upgrade.RoleWorker, newImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+	e.fleet.existing = "worker-1"
+	e.run()
+	e.upgrade()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, `"worker-1"`) {
+		t.Errorf("message %q does not name the node and the provider's answer", st.Message)
+	}
+	e.refusedUntouched("worker-0", "web-0")
+}
+
+// TestUpgradeRefusesReplacementOnOtherImage is the host's provider booting the replacement from another image
+// than the one asked for (the old one, which the join service still admits during the upgrade): the old node is
+// not drained for it.
+func TestUpgradeRefusesReplacementOnOtherImage(t *testing.T) {
+	e := newEnv(t)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+	e.fleet.bootImage = oldImage
+	e.run()
+	e.upgrade()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, oldImage) {
+		t.Errorf("message %q does not name the node and the image", st.Message)
+	}
+	e.refusedUntouched("worker-0", "web-0")
+}
+
+// refusedUntouched checks that the node is still there, schedulable, with its pod, and that the provider
+// deleted nothing.
+func (e *env) refusedUntouched(node, pod string) {
+	e.t.Helper()
+	if !slices.Contains(e.nodes(), node) || e.unschedulable(node) {
+		e.t.Errorf("%s was cordoned or deleted", node)
+	}
+	if got := e.pods(); !slices.Equal(got, []string{pod}) {
+		e.t.Errorf("pods %v, want %s", got, pod)
+	}
+	for _, c := range e.fleet.Calls() {
+		if strings.HasPrefix(c, "delete") {
+			e.t.Errorf("the provider was asked to %s", c)
+		}
 	}
 }
