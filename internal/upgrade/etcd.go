@@ -3,11 +3,13 @@ package upgrade
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -67,7 +69,13 @@ func (e *EtcdMembers) RemoveMember(ctx context.Context, name, replacement string
 	if !replacementVotes {
 		return fmt.Errorf("%w: the replacement %s is not a started, voting etcd member", ErrNotYet, replacement)
 	}
-	if _, err := cli.MemberRemove(ctx, old); err != nil {
+	_, err = cli.MemberRemove(ctx, old)
+	if errors.Is(rpctypes.Error(err), rpctypes.ErrUnhealthy) {
+		// etcd refuses while the remaining members have not all been connected for a while (they would lack
+		// a quorum, or the replacement has just started).
+		return fmt.Errorf("%w: etcd would not stay healthy without %s yet", ErrNotYet, name)
+	}
+	if err != nil {
 		return fmt.Errorf("removing etcd member %s (%x): %w", name, old, err)
 	}
 	return nil

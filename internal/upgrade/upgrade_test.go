@@ -75,7 +75,7 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, srv: srv, admin: admin}
 	e.fleet = &fleet{env: e, notReady: map[string]bool{}}
 	e.etcd = &etcdMembers{fleet: e.fleet}
-	// Everything the controller's manifests hold but its Deployment (no pods run here).
+	// The controller's manifests, its Deployment included (no pods run here).
 	list, err := upgrade.Manifests()
 	if err != nil {
 		t.Fatal(err)
@@ -85,9 +85,6 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	for _, item := range l.Items {
-		if item["kind"] == "Deployment" {
-			continue
-		}
 		if err := admin.Create(t.Context(), &unstructured.Unstructured{Object: item}); err != nil {
 			t.Fatalf("creating the %s of the controller's manifests: %v", item["kind"], err)
 		}
@@ -587,6 +584,30 @@ func TestNodeUpgradeAPI(t *testing.T) {
 	bad.Status.Nodes[0].Step = "patching"
 	if err := e.admin.Status().Update(t.Context(), bad); !apierrors.IsInvalid(err) {
 		t.Errorf("an unknown step: %v, want invalid", err)
+	}
+
+	// The controller's service account may evict pods and change the status, not delete pods or change
+	// the spec.
+	cfg, err := e.srv.RESTConfig("system:serviceaccount:kube-system:"+upgrade.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := client.New(cfg, client.Options{Scheme: e.admin.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+	if err := ctl.Delete(t.Context(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "apps"}}); !apierrors.IsForbidden(err) {
+		t.Errorf("the controller deleting a pod: %v, want forbidden", err)
+	}
+	spec := got.DeepCopy()
+	spec.Spec.Abort = true
+	if err := ctl.Update(t.Context(), spec); !apierrors.IsForbidden(err) {
+		t.Errorf("the controller changing the spec: %v, want forbidden", err)
+	}
+	if err := ctl.Get(t.Context(), types.NamespacedName{Name: "kube-system", Namespace: "default"}, &corev1.Secret{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the controller reading a Secret: %v, want forbidden", err)
 	}
 }
 
