@@ -200,11 +200,18 @@ func (e *env) setNodeReady(name string, ready bool, reason string) error {
 // pod runs a pod on the node (Running and Ready, as its kubelet would report it); it ends at once when evicted.
 func (e *env) pod(name, node string, labels map[string]string, owner *metav1.OwnerReference) {
 	e.t.Helper()
+	e.podGrace(name, node, labels, owner, 0)
+}
+
+// podGrace is pod with a termination grace period: evicted, it is terminating until the test ends it as its
+// kubelet would.
+func (e *env) podGrace(name, node string, labels map[string]string, owner *metav1.OwnerReference, grace int64) {
+	e.t.Helper()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps", Labels: labels},
 		Spec: corev1.PodSpec{
 			NodeName:                      node,
-			TerminationGracePeriodSeconds: ptr.To[int64](0),
+			TerminationGracePeriodSeconds: ptr.To(grace),
 			Containers:                    []corev1.Container{{Name: "app", Image: "app"}},
 		},
 	}
@@ -389,6 +396,7 @@ func TestUpgradeReplacesControlPlaneFirst(t *testing.T) {
 	app := map[string]string{"app": "web"}
 	e.pod("web-0", "worker-0", app, nil)
 	e.pod("web-1", "worker-0", app, nil)
+	e.podGrace("slow-0", "worker-1", nil, nil, 30)
 	e.pod("agent-0", "worker-0", nil, &metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "agent", UID: "0b6e5f4c-0000-4000-8000-000000000001", Controller: ptr.To(true)})
 	pdb := &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "apps"},
@@ -413,11 +421,19 @@ func TestUpgradeReplacesControlPlaneFirst(t *testing.T) {
 	if !e.unschedulable("worker-0") {
 		t.Error("worker-0 is drained but not cordoned")
 	}
-	if got := e.pods(); !slices.Equal(got, []string{"agent-0", "web-0", "web-1"}) {
-		t.Fatalf("pods while the budget allows no disruption: %v, want all three", got)
+	if got := e.pods(); !slices.Equal(got, []string{"agent-0", "slow-0", "web-0", "web-1"}) {
+		t.Fatalf("pods while the budget allows no disruption: %v, want all", got)
 	}
 	// The application has a spare replica elsewhere now: the budget allows the disruption.
 	setPDB(2)
+	// worker-1's pod takes its time to end: the node stays until it has.
+	e.wait("slow-0 to end", inFlight("worker-1", v1alpha1.StepDraining, "waiting for pods to end: apps/slow-0"))
+	if !slices.Contains(e.nodes(), "worker-1") || slices.Contains(e.fleet.Calls(), "delete worker-1") {
+		t.Fatal("worker-1 was deleted while its pod was terminating")
+	}
+	if err := e.admin.Delete(t.Context(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "slow-0", Namespace: "apps"}}, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
 	st := e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
 
 	want := []string{
@@ -517,6 +533,34 @@ func TestUpgradeAbort(t *testing.T) {
 	}
 	if e.unschedulable("worker-1") {
 		t.Error("worker-1 was cordoned after the abort")
+	}
+}
+
+// TestUpgradeStopsAfterInterruptedCreate is a controller that stopped after it marked a replacement as being
+// created, and before it learned the new node's name: the next one cannot know whether the provider created a
+// node, so it stops the upgrade rather than create a second extra node.
+func TestUpgradeStopsAfterInterruptedCreate(t *testing.T) {
+	e := newEnv(t)
+	e.cluster()
+	e.upgrade()
+	var nu v1alpha1.NodeUpgrade
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: v1alpha1.Name}, &nu); err != nil {
+		t.Fatal(err)
+	}
+	nu.Status = v1alpha1.NodeUpgradeStatus{
+		ObservedGeneration: nu.Generation, Phase: v1alpha1.PhaseRunning, ImageDigest: newImage, KubernetesVersion: "v1.37.2",
+		Nodes: []v1alpha1.NodeProgress{{OldNode: "cp-0", Role: upgrade.RoleControlPlane, Step: v1alpha1.StepCreating}},
+	}
+	if err := e.admin.Status().Update(t.Context(), &nu); err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "cp-0") || !strings.Contains(st.Message, "creating") {
+		t.Errorf("message %q does not name the node and the step", st.Message)
+	}
+	if got := e.fleet.Calls(); len(got) != 0 {
+		t.Errorf("provider calls %v, want none", got)
 	}
 }
 
