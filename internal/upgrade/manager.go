@@ -40,6 +40,8 @@ type Options struct {
 	LeaseNamespace string
 	// Retry is how long to wait before asking again what only time changes (default 5 s).
 	Retry time.Duration
+	// JoinTimeout is how long a replacement may take to join and become Ready (default 30 min).
+	JoinTimeout time.Duration
 }
 
 // LeaseName is the controller's leader election lease.
@@ -53,6 +55,9 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, error) {
 	}
 	if opts.Retry == 0 {
 		opts.Retry = 5 * time.Second
+	}
+	if opts.JoinTimeout == 0 {
+		opts.JoinTimeout = 30 * time.Minute
 	}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -83,7 +88,7 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("indexing pods by node: %w", err)
 	}
-	r := &Reconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Fleet: opts.Fleet, Etcd: opts.Etcd, Log: opts.Log, Retry: opts.Retry}
+	r := &Reconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Fleet: opts.Fleet, Etcd: opts.Etcd, Log: opts.Log, Retry: opts.Retry, JoinTimeout: opts.JoinTimeout}
 	toUpgrade := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: v1alpha1.Name}}}
 	})

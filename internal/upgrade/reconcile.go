@@ -38,6 +38,9 @@ type Reconciler struct {
 	// Retry is how long to wait before asking again what only time changes: an eviction a
 	// PodDisruptionBudget refused, an etcd member that has not started yet.
 	Retry time.Duration
+	// JoinTimeout is how long a replacement may take to register and become Ready; after it, the upgrade
+	// fails (the old node was not touched).
+	JoinTimeout time.Duration
 	// now is the clock of status timestamps.
 	now func() time.Time
 }
@@ -155,16 +158,27 @@ func (r *Reconciler) advance(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 // joining waits until the replacement is registered, Ready, and reports the wanted image and version.
 func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur *v1alpha1.NodeProgress) (reconcile.Result, error) {
 	st := &nu.Status
+	// wait waits for the replacement until the join timeout, then fails.
+	wait := func(msg string) (reconcile.Result, error) {
+		left := r.JoinTimeout
+		if cur.StepStarted != nil {
+			left -= r.clock().Sub(cur.StepStarted.Time)
+		}
+		if left <= 0 {
+			r.fail(st, cur, fmt.Errorf("%s did not join within %s (%s); the old node was not touched, delete the replacement through the provider", cur.ReplacementNode, r.JoinTimeout, msg))
+			return reconcile.Result{}, nil
+		}
+		r.setMessage(st, cur, msg)
+		return reconcile.Result{RequeueAfter: left}, nil
+	}
 	var node corev1.Node
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: cur.ReplacementNode}, &node); apierrors.IsNotFound(err) {
-		r.setMessage(st, cur, "waiting for "+cur.ReplacementNode+" to register")
-		return reconcile.Result{}, nil
+		return wait("waiting for " + cur.ReplacementNode + " to register")
 	} else if err != nil {
 		return reconcile.Result{}, fmt.Errorf("reading node %s: %w", cur.ReplacementNode, err)
 	}
 	if ready, why := nodeReady(&node); !ready {
-		r.setMessage(st, cur, "waiting for "+cur.ReplacementNode+" to become Ready: "+why)
-		return reconcile.Result{}, nil
+		return wait("waiting for " + cur.ReplacementNode + " to become Ready: " + why)
 	}
 	if (cur.Role == RoleControlPlane) != isControlPlane(&node) {
 		r.fail(st, cur, fmt.Errorf("the replacement %s joined with another role than %s", cur.ReplacementNode, cur.Role))
@@ -173,8 +187,7 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 	switch digest := node.Annotations[ImageDigestAnnotation]; digest {
 	case st.ImageDigest:
 	case "":
-		r.setMessage(st, cur, "waiting for "+cur.ReplacementNode+" to report its image (annotation "+ImageDigestAnnotation+")")
-		return reconcile.Result{}, nil
+		return wait("waiting for " + cur.ReplacementNode + " to report its image (annotation " + ImageDigestAnnotation + ")")
 	default:
 		r.fail(st, cur, fmt.Errorf("the replacement %s runs image %s, not %s", cur.ReplacementNode, digest, st.ImageDigest))
 		return reconcile.Result{}, nil

@@ -53,6 +53,8 @@ type env struct {
 	admin client.Client
 	fleet *fleet
 	etcd  *etcdMembers
+	// joinTimeout, if set, is the controller's.
+	joinTimeout time.Duration
 }
 
 func newEnv(t *testing.T) *env {
@@ -132,7 +134,7 @@ func (e *env) run() (stop func()) {
 	mgr, err := upgrade.NewManager(cfg, upgrade.Options{
 		Fleet: e.fleet, Etcd: e.etcd, Log: log,
 		LeaderElection: true, LeaseNamespace: "kube-system",
-		Retry: 100 * time.Millisecond,
+		Retry: 100 * time.Millisecond, JoinTimeout: e.joinTimeout,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -512,6 +514,23 @@ func TestUpgradeWaitsForReadyReplacement(t *testing.T) {
 	// Once it is Ready, the upgrade goes on.
 	e.setReady("worker-new-1", true, "KubeletReady")
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+}
+
+// TestUpgradeJoinTimeout fails the upgrade when a replacement does not join in time, and leaves the old node
+// alone. (The timeout is a nanosecond: any replacement is late, whatever the machine's speed.)
+func TestUpgradeJoinTimeout(t *testing.T) {
+	e := newEnv(t)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+	e.fleet.notReady["worker-new-1"] = true
+	e.joinTimeout = time.Nanosecond
+	e.run()
+	e.upgrade()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, "joining") || !strings.Contains(st.Message, "did not join") {
+		t.Errorf("message %q does not name the node, the step and the timeout", st.Message)
+	}
+	e.refusedUntouched("worker-0", "web-0")
 }
 
 // TestUpgradeAbort stops after the node being replaced when spec.abort is set.
