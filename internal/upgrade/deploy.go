@@ -50,6 +50,11 @@ var Rules = []map[string]any{
 	{"apiGroups": []string{"upgrade.constellation.dev"}, "resources": []string{"nodeupgrades/status"}, "verbs": []string{"get", "patch", "update"}},
 }
 
+// ClusterInfoRules are its permissions in kube-public: reading the cluster's control-plane endpoint.
+var ClusterInfoRules = []map[string]any{
+	{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{"cluster-info"}, "verbs": []string{"get"}},
+}
+
 // LeaseRules are its permissions in kube-system: its leader election lease, and the events that announce a
 // new leader.
 var LeaseRules = []map[string]any{
@@ -58,7 +63,7 @@ var LeaseRules = []map[string]any{
 }
 
 // Manifests returns the controller's objects, as a JSON list for `kubectl apply`: the NodeUpgrade CRD, the
-// service account with [Rules] and [LeaseRules], and a Deployment on the control-plane nodes, on the host
+// service account with [Rules], [LeaseRules] and [ClusterInfoRules], and a Deployment on the control-plane nodes, on the host
 // network (it reaches etcd at 127.0.0.1:2379 with kubeadm's client certificate, to remove the members of
 // replaced control-plane nodes), with leader election. It reads the provider's credential from the Secret
 // [ProviderCredentialSecret], mounted as files.
@@ -69,6 +74,8 @@ func Manifests() ([]byte, error) {
 	}
 	clusterMeta := map[string]any{"name": "constellation:" + Name, "labels": kubeapi.Labels(Name)}
 	labels := kubeapi.Labels(Name)
+	publicMeta := kubeapi.Meta(Name, Name)
+	publicMeta["namespace"] = "kube-public"
 	container := map[string]any{
 		"name":            Name,
 		"image":           Image(),
@@ -116,6 +123,12 @@ func Manifests() ([]byte, error) {
 		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": kubeapi.Meta(Name, Name), "rules": LeaseRules},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": kubeapi.Meta(Name, Name),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
+		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": publicMeta, "rules": ClusterInfoRules},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": publicMeta,
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
 		},

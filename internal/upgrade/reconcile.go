@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -107,6 +109,15 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 	if next == "" {
 		r.setPhase(st, v1alpha1.PhaseSucceeded, fmt.Sprintf("every node runs image %s (%d replaced)", st.ImageDigest, len(st.Nodes)))
 		return reconcile.Result{}, nil
+	}
+	if role == RoleControlPlane {
+		if err := r.checkEndpoint(ctx, next); err != nil {
+			st.Nodes = append(st.Nodes, v1alpha1.NodeProgress{OldNode: next, Role: role})
+			cur = &st.Nodes[len(st.Nodes)-1]
+			r.setStep(cur, v1alpha1.StepCreating, "")
+			r.fail(st, cur, err)
+			return reconcile.Result{}, nil
+		}
 	}
 	// Record that a replacement is being created before asking for it: if the controller stops in between,
 	// the next one sees the mark and stops instead of creating a second extra node.
@@ -325,6 +336,36 @@ func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (
 		return workers[0], RoleWorker, existing, nil
 	}
 	return "", "", existing, nil
+}
+
+// checkEndpoint refuses to replace the control-plane node that serves the cluster's control-plane endpoint
+// (the API server address in every kubelet's and kubeadm's configuration, kube-public/cluster-info): once it is
+// gone, no node reaches the control plane any more.
+func (r *Reconciler) checkEndpoint(ctx context.Context, name string) error {
+	var info corev1.ConfigMap
+	if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: "kube-public", Name: "cluster-info"}, &info); err != nil {
+		return fmt.Errorf("reading the cluster's control-plane endpoint (kube-public/cluster-info): %w", err)
+	}
+	kc, err := clientcmd.Load([]byte(info.Data["kubeconfig"]))
+	if err != nil {
+		return fmt.Errorf("the kubeconfig of kube-public/cluster-info: %w", err)
+	}
+	var node corev1.Node
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: name}, &node); err != nil {
+		return fmt.Errorf("reading node %s: %w", name, err)
+	}
+	for _, c := range kc.Clusters {
+		u, err := url.Parse(c.Server)
+		if err != nil || u.Hostname() == "" {
+			return fmt.Errorf("the control-plane endpoint %q of kube-public/cluster-info is not a URL", c.Server)
+		}
+		for _, a := range node.Status.Addresses {
+			if a.Address == u.Hostname() {
+				return fmt.Errorf("%s serves the cluster's control-plane endpoint %s, which every node uses; it cannot be replaced before the endpoint moves to an address that outlives it (a load balancer or a virtual IP)", name, c.Server)
+			}
+		}
+	}
+	return nil
 }
 
 // known reports whether name is an old or a replacement node of this upgrade, other than in skip.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,7 +56,13 @@ type env struct {
 	etcd  *etcdMembers
 	// joinTimeout, if set, is the controller's.
 	joinTimeout time.Duration
+	// addrs counts the nodes' addresses given out; the node endpointNode gets the control-plane endpoint's.
+	addrs        atomic.Int32
+	endpointNode string
 }
+
+// endpoint is the cluster's control-plane endpoint, as kubeadm publishes it.
+const endpoint = "10.0.0.100"
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -92,6 +99,15 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	e.waitCRD()
+	// The control-plane endpoint kubeadm publishes, as a load balancer's address.
+	e.create(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cluster-info", Namespace: "kube-public"}, Data: map[string]string{"kubeconfig": `apiVersion: v1
+kind: Config
+clusters:
+- name: ""
+  cluster:
+    certificate-authority-data: ""
+    server: https://` + endpoint + `:6443
+`}})
 	// Pods need their namespace's default service account (no controller here makes it).
 	e.create(&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "apps"}})
 	return e
@@ -196,6 +212,13 @@ func (e *env) setNodeReady(name string, ready bool, reason string) error {
 	}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status, Reason: reason, Message: reason, LastHeartbeatTime: metav1.Now()}}
 	n.Status.NodeInfo.KubeletVersion = "v1.37.2"
+	if len(n.Status.Addresses) == 0 {
+		addr := fmt.Sprintf("10.0.1.%d", e.addrs.Add(1))
+		if name == e.endpointNode {
+			addr = endpoint
+		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
+	}
 	return e.admin.Status().Update(context.Background(), &n)
 }
 
@@ -531,6 +554,27 @@ func TestUpgradeJoinTimeout(t *testing.T) {
 		t.Errorf("message %q does not name the node, the step and the timeout", st.Message)
 	}
 	e.refusedUntouched("worker-0", "web-0")
+}
+
+// TestUpgradeKeepsControlPlaneEndpoint refuses to replace the control-plane node whose address is the
+// cluster's control-plane endpoint: every kubelet talks to it, and would not reach the control plane once it is
+// gone. Nothing is created or changed.
+func TestUpgradeKeepsControlPlaneEndpoint(t *testing.T) {
+	e := newEnv(t)
+	e.endpointNode = "cp-0"
+	e.cluster()
+	e.run()
+	e.upgrade()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "cp-0") || !strings.Contains(st.Message, endpoint) {
+		t.Errorf("message %q does not name the node and the endpoint", st.Message)
+	}
+	if got := e.fleet.Calls(); len(got) != 0 {
+		t.Errorf("provider calls %v, want none", got)
+	}
+	if e.unschedulable("cp-0") {
+		t.Error("cp-0 was cordoned")
+	}
 }
 
 // TestUpgradeAbort stops after the node being replaced when spec.abort is set.
