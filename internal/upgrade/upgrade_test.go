@@ -577,6 +577,33 @@ func TestUpgradeKeepsControlPlaneEndpoint(t *testing.T) {
 	}
 }
 
+// TestUpgradePause holds the upgrade before it starts a node and before it drains one, until it is resumed.
+func TestUpgradePause(t *testing.T) {
+	e := newEnv(t)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.node("worker-1", upgrade.RoleWorker, oldImage, true)
+	e.create(&v1alpha1.NodeUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: v1alpha1.NodeUpgradeSpec{ImageDigest: newImage, Paused: true}})
+	e.fleet.notReady["worker-new-1"] = true
+	e.run()
+	e.wait("the pause", func(st *v1alpha1.NodeUpgradeStatus) bool { return strings.Contains(st.Message, "paused") })
+	if got := e.fleet.Calls(); len(got) != 0 {
+		t.Fatalf("provider calls %v while paused", got)
+	}
+	e.editSpec(func(s *v1alpha1.NodeUpgradeSpec) { s.Paused = false })
+	e.wait("worker-0's replacement", inFlight("worker-0", v1alpha1.StepJoining, "Ready=False"))
+	e.editSpec(func(s *v1alpha1.NodeUpgradeSpec) { s.Paused = true })
+	e.setReady("worker-new-1", true, "KubeletReady")
+	e.wait("the pause before the drain", inFlight("worker-0", v1alpha1.StepJoining, "paused"))
+	if e.unschedulable("worker-0") {
+		t.Fatal("worker-0 was cordoned while paused")
+	}
+	e.editSpec(func(s *v1alpha1.NodeUpgradeSpec) { s.Paused = false })
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+	if got, want := e.nodes(), []string{"worker-new-1", "worker-new-2"}; !slices.Equal(got, want) {
+		t.Errorf("nodes %v, want %v", got, want)
+	}
+}
+
 // TestUpgradeAbort stops after the node being replaced when spec.abort is set.
 func TestUpgradeAbort(t *testing.T) {
 	e := newEnv(t)
