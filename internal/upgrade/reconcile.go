@@ -56,7 +56,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	stored := nu.DeepCopy()
 	// save stores the status as it is now: a merge patch of what changed since it was last stored, without a
 	// version check, as the controller (the leader) is the status' only writer, so that a spec edited
-	// meanwhile (abort, pause) does not lose a step.
+	// meanwhile (abort, pause) does not lose a step. If it cannot, it puts the status back as it was stored, so
+	// that nothing of the failed step is written later.
 	save := func() error {
 		if equality.Semantic.DeepEqual(stored.Status, nu.Status) {
 			return nil
@@ -64,6 +65,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		base := nu.DeepCopy()
 		base.Status = stored.Status
 		if err := r.Client.Status().Patch(ctx, &nu, client.MergeFrom(base)); err != nil {
+			stored.Status.DeepCopyInto(&nu.Status)
 			return fmt.Errorf("recording the upgrade's progress in NodeUpgrade %s: %w", nu.Name, err)
 		}
 		stored = nu.DeepCopy()
