@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -139,7 +140,7 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 	}
 	// The provider is the host: a replacement it names must be a node that did not exist before, or the
 	// upgrade would drain a node for one that is there already (and count that one as upgraded).
-	if name == "" || existing[name] || r.known(st, name, cur) {
+	if len(validation.IsDNS1123Subdomain(name)) > 0 || existing[name] || r.known(st, name, cur) {
 		r.fail(st, cur, fmt.Errorf("the provider named the replacement %q, which is not a new node; nothing was drained", name))
 		return reconcile.Result{}, nil
 	}

@@ -747,20 +747,24 @@ func TestNodeUpgradeAPI(t *testing.T) {
 
 // TestUpgradeRefusesExistingNodeAsReplacement is the host's provider answering a request for a new node with
 // the name of a node that is there already (Ready, on the new image): the controller must not drain and delete
-// the old node for it, which would shrink the cluster by one node.
+// the old node for it, which would shrink the cluster by one node. Nor does it take a name no node can have.
 func TestUpgradeRefusesExistingNodeAsReplacement(t *testing.T) {
-	e := newEnv(t)
-	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
-	e.node("worker-1", upgrade.RoleWorker, newImage, true)
-	e.pod("web-0", "worker-0", nil, nil)
-	e.fleet.existing = "worker-1"
-	e.run()
-	e.upgrade()
-	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
-	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, `"worker-1"`) {
-		t.Errorf("message %q does not name the node and the provider's answer", st.Message)
+	for _, answer := range []string{"worker-1", "worker-1/../x"} {
+		t.Run(answer, func(t *testing.T) {
+			e := newEnv(t)
+			e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+			e.node("worker-1", upgrade.RoleWorker, newImage, true)
+			e.pod("web-0", "worker-0", nil, nil)
+			e.fleet.existing = answer
+			e.run()
+			e.upgrade()
+			st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+			if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, `"`+answer+`"`) {
+				t.Errorf("message %q does not name the node and the provider's answer", st.Message)
+			}
+			e.refusedUntouched("worker-0", "web-0")
+		})
 	}
-	e.refusedUntouched("worker-0", "web-0")
 }
 
 // TestUpgradeRefusesReplacementOnOtherImage is the host's provider booting the replacement from another image
