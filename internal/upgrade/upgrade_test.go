@@ -397,13 +397,26 @@ func (f *fleet) Calls() []string {
 }
 
 // etcdMembers records member removals into the fleet's calls, to check their order.
-type etcdMembers struct{ fleet *fleet }
+type etcdMembers struct {
+	fleet *fleet
+	// notYet, while set, is why etcd cannot lose a member yet.
+	notYet string
+}
 
 func (m *etcdMembers) RemoveMember(_ context.Context, name, replacement string) error {
 	m.fleet.mu.Lock()
 	defer m.fleet.mu.Unlock()
+	if m.notYet != "" {
+		return fmt.Errorf("%w: %s", upgrade.ErrNotYet, m.notYet)
+	}
 	m.fleet.calls = append(m.fleet.calls, "etcd remove "+name+" for "+replacement)
 	return nil
+}
+
+func (m *etcdMembers) setNotYet(why string) {
+	m.fleet.mu.Lock()
+	defer m.fleet.mu.Unlock()
+	m.notYet = why
 }
 
 // cluster is one control-plane node and two workers on the old image.
@@ -601,6 +614,24 @@ func TestUpgradePause(t *testing.T) {
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
 	if got, want := e.nodes(), []string{"worker-new-1", "worker-new-2"}; !slices.Equal(got, want) {
 		t.Errorf("nodes %v, want %v", got, want)
+	}
+}
+
+// TestUpgradeWaitsForEtcd keeps a control-plane node, drained, until etcd can do without its member.
+func TestUpgradeWaitsForEtcd(t *testing.T) {
+	e := newEnv(t)
+	e.node("cp-0", upgrade.RoleControlPlane, oldImage, true)
+	e.etcd.setNotYet("the replacement's member is a learner")
+	e.run()
+	e.upgrade()
+	e.wait("etcd", inFlight("cp-0", v1alpha1.StepRemoving, "learner"))
+	if !slices.Contains(e.nodes(), "cp-0") || slices.Contains(e.fleet.Calls(), "delete cp-0") {
+		t.Fatal("cp-0 was deleted while etcd needed its member")
+	}
+	e.etcd.setNotYet("")
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+	if got, want := e.fleet.Calls(), []string{"create control-plane", "etcd remove cp-0 for control-plane-new-1", "delete cp-0"}; !slices.Equal(got, want) {
+		t.Errorf("calls %v, want %v", got, want)
 	}
 }
 
