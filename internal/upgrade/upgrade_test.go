@@ -635,6 +635,20 @@ func TestUpgradeWaitsForEtcd(t *testing.T) {
 	}
 }
 
+// TestUpgradeRefusesOtherKubernetesVersion stops when the replacement's kubelet is not the version asked for.
+func TestUpgradeRefusesOtherKubernetesVersion(t *testing.T) {
+	e := newEnv(t)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+	e.create(&v1alpha1.NodeUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: v1alpha1.NodeUpgradeSpec{ImageDigest: newImage, KubernetesVersion: "v1.38.0"}})
+	e.run()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "v1.37.2") || !strings.Contains(st.Message, "v1.38.0") {
+		t.Errorf("message %q does not name both versions", st.Message)
+	}
+	e.refusedUntouched("worker-0", "web-0")
+}
+
 // TestUpgradeAbort stops after the node being replaced when spec.abort is set.
 func TestUpgradeAbort(t *testing.T) {
 	e := newEnv(t)
