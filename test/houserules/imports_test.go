@@ -35,6 +35,7 @@ var layers = map[string]int{
 	"internal/keyservice":    service,
 	"internal/verifyservice": service,
 	"internal/reattestation": service,
+	"internal/upgrade":       service,
 	"internal/provider/":     service,
 
 	"internal/bootstrapper/kubeadm":   nodePiece,
@@ -71,6 +72,7 @@ var layers = map[string]int{
 	"internal/keyservice/keyservicepb":  plumbing,
 	"internal/verifyservice/verifypb":   plumbing,
 	"internal/diskmapper/luks/testhook": plumbing,
+	"internal/upgrade/api":              plumbing, // the NodeUpgrade API types: a wire contract
 }
 
 // exceptions are imports that break a rule today, each with the reason it is still here. The list only

@@ -14,6 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -34,6 +35,7 @@ func main() {
 		{"join-service", joinservice.Image()},
 		{"key-service", keyservice.Image()},
 		{"verification-service", verifyservice.Image()},
+		{"upgrade-controller", upgrade.Image()},
 	}
 	binaries := make([]*string, len(services))
 	for i, s := range services {

@@ -1,0 +1,52 @@
+// Package upgrade is the cluster's upgrade controller: it moves every node to a new node image (and Kubernetes
+// version) by replacing nodes, never by changing one in place. Driven by the NodeUpgrade custom resource
+// (package v1alpha1), it replaces one node at a time, control plane before workers: it asks the provider for a
+// new node of the same role, waits until that node has joined (attested by the join service) and is Ready,
+// cordons the old node and evicts its pods through the Eviction API (PodDisruptionBudgets hold it back, pods are
+// never deleted directly), removes a control-plane node's etcd member, and has the provider delete the old
+// node. Every failure stops the upgrade (phase Failed, naming the node and the step); nothing continues past it.
+//
+// The NodeUpgrade's status is the controller's only memory: a controller that restarts, or whose pod is
+// evicted from the node it drains, resumes from there. A node's image is what its Node object's
+// [ImageDigestAnnotation] says. That annotation is for progress only: the kubelet can write it, so nothing that
+// decides whom to trust reads it; the join service decides which images may join, by attestation.
+package upgrade
+
+import (
+	"context"
+	"errors"
+)
+
+// ImageDigestAnnotation is the annotation of a Node that names the node image it booted ("sha256:<hex>"). A
+// node without it counts as running another image than the one wanted.
+const ImageDigestAnnotation = "constellation.dev/image-digest"
+
+// controlPlaneLabel marks control-plane nodes (kubeadm sets it).
+const controlPlaneLabel = "node-role.kubernetes.io/control-plane"
+
+// Roles of nodes, as the provider names them.
+const (
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+)
+
+// Fleet is what the controller asks of the provider: the provider's authenticated node management.
+type Fleet interface {
+	// CreateNode boots a new node of the role (RoleControlPlane, RoleWorker) from the node image with the
+	// digest and returns the name its Node object will have. The node joins the cluster by itself.
+	CreateNode(ctx context.Context, role, imageDigest string) (string, error)
+	// DeleteNode removes the node (its machine, state disk and TPM). A node that is already gone is no error:
+	// a controller that restarted may ask twice.
+	DeleteNode(ctx context.Context, name string) error
+}
+
+// Etcd is the control plane's etcd membership.
+type Etcd interface {
+	// RemoveMember removes the etcd member of the control-plane node name, but only once the member of its
+	// replacement has started and votes; until then it returns an error that wraps [ErrNotYet]. A node without a
+	// member is no error (it was removed already).
+	RemoveMember(ctx context.Context, name, replacement string) error
+}
+
+// ErrNotYet says that a step waits for the cluster: try again later.
+var ErrNotYet = errors.New("not yet")
