@@ -259,12 +259,15 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		}
 		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
 	}
-	// The cluster's upgrade controller finds the provider and the controller credential in a Secret.
+	// The cluster's upgrade controller finds the provider and the controller credential in a Secret, which
+	// apply writes as soon as the API server answers (a recovered cluster's may take a while).
 	access := provider.FleetAccess{Provider: metadata.ProviderName, Endpoint: state.MetadataURL, Credential: controllerCredential}
-	if err := storeFleetAccess(cmd.Context(), workspace(cmd), access); err != nil {
-		return failed(err)
+	if !recovering {
+		if err := storeFleetAccess(cmd.Context(), workspace(cmd), access); err != nil {
+			return failed(err)
+		}
+		fmt.Fprintf(out, "  the controller credential is in the Secret %s/%s\n", provider.FleetSecretNamespace, provider.FleetSecretName)
 	}
-	fmt.Fprintf(out, "  the controller credential is in the Secret %s/%s\n", provider.FleetSecretNamespace, provider.FleetSecretName)
 	// Done when 'status' would say so: every node proves membership of this cluster (the others join through
 	// the join service) and is Ready, and the pods of the cluster's services are ready.
 	limit, _ := cmd.Flags().GetDuration("wait")
@@ -272,6 +275,12 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err := newReadyWaiter(workspace(cmd), limit, out).wait(cmd.Context()); err != nil {
 		fmt.Fprintf(out, "The nodes' consoles: %s\n", filepath.Join(dir, "nodes", "*", "sandbox", "console.log"))
 		return err
+	}
+	if recovering {
+		if err := storeFleetAccess(cmd.Context(), workspace(cmd), access); err != nil {
+			return failed(err)
+		}
+		fmt.Fprintf(out, "  the controller credential is in the Secret %s/%s\n", provider.FleetSecretNamespace, provider.FleetSecretName)
 	}
 	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s), every node attested and Ready; kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
