@@ -735,6 +735,11 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("no node %q; nodes: %s", name, strings.Join(names, ", "))
 	}
+	// The TPM will measure the digest the node was created with: boot it only if the image still has it.
+	if err := checkImage(nd.image, nd.digest); err != nil {
+		p.Log.Error("a node's image changed: refusing to boot it", "node", name, "error", err.Error())
+		return fmt.Errorf("rebooting %s: %w", name, err)
+	}
 	p.Log.Info("rebooting node", "node", name)
 	if err := nd.sb.Stop(); err != nil {
 		return fmt.Errorf("stopping %s: %w", name, err)

@@ -153,6 +153,7 @@ func (p *Provider) CreateNode(ctx context.Context, role, imageDigest string) (st
 	if err != nil {
 		return "", fmt.Errorf("reading node image %s: %w", imageDigest, err)
 	}
+	// The node's TPM measures this digest: it must be the registered one, and the bytes the node boots.
 	if got := fmt.Sprintf("sha256:%x", digest); got != imageDigest {
 		p.Log.Error("a registered node image changed: refusing to boot it", "image", imageDigest, "path", path, "digest", got)
 		return "", fmt.Errorf("node image %s changed since it was registered (%s now has digest %s): refusing to boot it; register the image again", imageDigest, path, got)
@@ -226,6 +227,19 @@ func (p *Provider) removeNode(nd *node) error {
 		errs = append(errs, fmt.Errorf("removing its state disk and TPM: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// checkImage checks that the node image at path still has the digest want, which a node's TPM measures when
+// it boots from it.
+func checkImage(path string, want [32]byte) error {
+	got, err := measuredboot.DigestFile(path)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("node image %s changed: its digest is now sha256:%x, the node was created from sha256:%x; refusing to boot it", path, got, want)
+	}
+	return nil
 }
 
 // serveRegisterImage answers POST /v1/node-images {"path": absolute path} with {"digest": "sha256:<hex>"}.

@@ -345,6 +345,10 @@ func TestFleetProviderCreateRefusesUnknownAndTamperedImages(t *testing.T) {
 	if _, err := fleet.CreateNode(ctx, provider.RoleControlPlane, clusterDigest); err == nil || !strings.Contains(err.Error(), "changed since it was registered") {
 		t.Fatalf("the tampered cluster image: %v", err)
 	}
+	// Nor does a node created from it boot again: the TPM would measure the digest it was created with.
+	if err := f.p.Reboot(ctx, "worker-0"); err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("rebooting a node whose image changed: %v", err)
+	}
 	if after := f.snapshot(t); after != before {
 		t.Fatalf("refused creates changed the cluster:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
