@@ -118,9 +118,11 @@ func TestMiniFleet(t *testing.T) {
 		return out, err == nil && strings.Contains(out, " Ready ")
 	})
 	t.Logf("worker-1 created and Ready: %s", time.Since(start).Round(time.Second))
-	if out, code := c.run("status"); code != 0 || !strings.Contains(out, "worker-1") {
-		t.Fatalf("status with worker-1: exit %d\n%s", code, out)
-	}
+	// The cluster's services start on the new node too (the verification service runs on every node).
+	cl.eventually("status: worker-1 attested and Ready, every service ready", func() (string, bool) {
+		out, code := c.run("status")
+		return out, code == 0 && strings.Contains(out, "worker-1")
+	})
 
 	if err := fleet.DeleteNode(ctx, "control-plane-0"); err == nil || !strings.Contains(err.Error(), "last running control-plane") {
 		t.Fatalf("deleting the only control-plane node: %v", err)
