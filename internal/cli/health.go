@@ -306,13 +306,13 @@ func (w *readyWaiter) wait(ctx context.Context) error {
 
 // removeCluster removes the workspace's cluster: it stops the provider and its nodes, removes what they left
 // on this machine and the provider's directory (the nodes' TPMs and state disks, which held the cluster's
-// data), then the state file, the admin kubeconfig and the init secret. The configuration and the master
+// data), then the state file, the admin kubeconfig, the init secret and the controller credential. The configuration and the master
 // secret stay: the master secret is what recovers data encrypted by this cluster.
 func removeCluster(out, errOut io.Writer, ws string) error {
 	if ok, err := removeQEMUCluster(out, errOut, ws); err != nil {
 		return err
 	} else if ok {
-		for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile} {
+		for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile, ControllerCredentialFile} {
 			if err := os.Remove(filepath.Join(ws, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return failed(err)
 			}
@@ -344,8 +344,8 @@ func removeCluster(out, errOut io.Writer, ws string) error {
 	if err := mini.Remove(dir); err != nil {
 		return failed(fmt.Errorf("removing the nodes' state disks and TPMs: %w", err))
 	}
-	// The init secret belongs to these nodes; a new cluster gets a new one.
-	for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile} {
+	// The init secret and the controller credential belong to this cluster; a new cluster gets new ones.
+	for _, f := range []string{StateFile, AdminKubeconfigFile, InitSecretFile, ControllerCredentialFile} {
 		if err := os.Remove(filepath.Join(ws, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return failed(err)
 		}
@@ -354,6 +354,6 @@ func removeCluster(out, errOut io.Writer, ws string) error {
 }
 
 // removedText says what removeCluster removed and kept, for the help of the commands that call it.
-var removedText = "the nodes, their state disks (with the cluster's data) and TPMs, " + StateFile + ", " + AdminKubeconfigFile + " and\n" +
-	InitSecretFile + ". " + config.FileName + " and the master secret stay: the master secret is what recovers\n" +
+var removedText = "the nodes, their state disks (with the cluster's data) and TPMs, " + StateFile + ", " + AdminKubeconfigFile + ",\n" +
+	InitSecretFile + " and " + ControllerCredentialFile + ". " + config.FileName + " and the master secret stay: the master secret is what recovers\n" +
 	"data encrypted by this cluster; delete it yourself when nothing needs it any more."

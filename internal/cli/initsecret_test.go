@@ -139,10 +139,18 @@ func TestApplyHandsTheProviderTheHashAndInitSendsTheSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// apply → provider daemon: the command line carries the hash, never the secret.
-	args := providerDaemonArgs(ws, c, secret)
+	cred, err := loadOrCreateControllerCredential(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// apply → provider daemon: the command line carries the hashes, never the secret or the credential.
+	args := providerDaemonArgs(ws, c, secret, cred)
 	if slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, hex.EncodeToString(secret)) }) {
 		t.Fatal("the provider's command line holds the init secret")
+	}
+	if slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, hex.EncodeToString(cred)) }) {
+		t.Fatal("the provider's command line holds the controller credential")
 	}
 	root := newMiniCmd()
 	daemon, rest, err := root.Find(args[1:])
@@ -153,7 +161,8 @@ func TestApplyHandsTheProviderTheHashAndInitSendsTheSecret(t *testing.T) {
 		t.Fatalf("the daemon does not take its arguments: %v", err)
 	}
 	hashHex, _ := daemon.Flags().GetString("init-secret-hash")
-	spec, err := daemonSpec(c, ws, hashHex)
+	credHashHex, _ := daemon.Flags().GetString("controller-credential-hash")
+	spec, err := daemonSpec(c, ws, hashHex, credHashHex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,8 +170,14 @@ func TestApplyHandsTheProviderTheHashAndInitSendsTheSecret(t *testing.T) {
 	if !bytes.Equal(spec.InitSecretHash, want[:]) || spec.ControlPlanes != 1 || spec.Workers != 2 {
 		t.Fatalf("the provider boots %+v, want the init secret's hash %x", spec, want)
 	}
-	if _, err := daemonSpec(c, ws, "abcd"); err == nil {
+	if wantCred := sha256.Sum256(cred); !bytes.Equal(spec.ControllerCredentialHash, wantCred[:]) {
+		t.Fatalf("the provider gets %x as the controller credential's hash, want %x", spec.ControllerCredentialHash, wantCred)
+	}
+	if _, err := daemonSpec(c, ws, "abcd", ""); err == nil {
 		t.Fatal("a malformed init-secret hash was accepted")
+	}
+	if _, err := daemonSpec(c, ws, hashHex, "abcd"); err == nil {
+		t.Fatal("a malformed controller-credential hash was accepted")
 	}
 
 	// provider → node: the metadata service serves the hash to the node.

@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -34,6 +35,9 @@ func newApplyCmd() *cobra.Command {
 			AdminKubeconfigFile + " and " + StateFile + ". Every other node joins after the join service attested it.\n" +
 			"Before it creates the nodes, apply generates the cluster's init secret (" + InitSecretFile + ", 0600; kept\n" +
 			"for retries and 'recover') and hands the provider only its hash: the nodes accept Init from no one else.\n" +
+			"Likewise it generates the controller credential (" + ControllerCredentialFile + ", 0600), hands the provider only\n" +
+			"its hash and, after init, keeps it in the Secret kube-system/" + provider.FleetSecretName + ": the\n" +
+			"provider creates and deletes nodes only for the cluster's upgrade controller, which presents it.\n" +
 			"apply returns when every node is attested, registered and Ready and the cluster's services are ready,\n" +
 			"as 'status' checks them; after --wait it fails (exit 1) and names what is not ready.\n" +
 			"First it verifies again, offline, that the configuration's measurements are the signed measurements of\n" +

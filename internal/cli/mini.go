@@ -21,7 +21,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -34,7 +36,7 @@ func newMiniCmd() *cobra.Command {
 		Short: "Run a local cluster of measured node sandboxes on this machine",
 	}
 	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
-	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniStopCmd(), newMiniAddWorkerCmd(), newMiniLoadCmd(), newMiniDaemonCmd())
+	cmd.AddCommand(newMiniUpCmd(), newMiniDownCmd(), newMiniRebootCmd(), newMiniStopCmd(), newMiniAddWorkerCmd(), newMiniLoadCmd(), newMiniRegisterImageCmd(), newMiniDaemonCmd())
 	return cmd
 }
 
@@ -175,12 +177,18 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(err)
 	}
+	// Only the cluster's upgrade controller may have the provider create and delete nodes: the provider gets
+	// the hash of the controller credential, the cluster the credential itself (after init, below).
+	controllerCredential, err := loadOrCreateControllerCredential(workspace(cmd))
+	if err != nil {
+		return failed(err)
+	}
 	logPath := filepath.Join(dir, "provider.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return failed(err)
 	}
-	daemon := exec.Command(exe, providerDaemonArgs(workspace(cmd), c, initSecret)...)
+	daemon := exec.Command(exe, providerDaemonArgs(workspace(cmd), c, initSecret, controllerCredential)...)
 	daemon.Stdout, daemon.Stderr = logFile, logFile
 	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := daemon.Start(); err != nil {
@@ -251,6 +259,15 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 		}
 		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
 	}
+	// The cluster's upgrade controller finds the provider and the controller credential in a Secret, which
+	// apply writes as soon as the API server answers (a recovered cluster's may take a while).
+	access := provider.FleetAccess{Provider: metadata.ProviderName, Endpoint: state.MetadataURL, Credential: controllerCredential}
+	if !recovering {
+		if err := storeFleetAccess(cmd.Context(), workspace(cmd), access); err != nil {
+			return failed(err)
+		}
+		fmt.Fprintf(out, "  the controller credential is in the Secret %s/%s\n", provider.FleetSecretNamespace, provider.FleetSecretName)
+	}
 	// Done when 'status' would say so: every node proves membership of this cluster (the others join through
 	// the join service) and is Ready, and the pods of the cluster's services are ready.
 	limit, _ := cmd.Flags().GetDuration("wait")
@@ -258,6 +275,12 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err := newReadyWaiter(workspace(cmd), limit, out).wait(cmd.Context()); err != nil {
 		fmt.Fprintf(out, "The nodes' consoles: %s\n", filepath.Join(dir, "nodes", "*", "sandbox", "console.log"))
 		return err
+	}
+	if recovering {
+		if err := storeFleetAccess(cmd.Context(), workspace(cmd), access); err != nil {
+			return failed(err)
+		}
+		fmt.Fprintf(out, "  the controller credential is in the Secret %s/%s\n", provider.FleetSecretNamespace, provider.FleetSecretName)
 	}
 	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s), every node attested and Ready; kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
@@ -298,7 +321,8 @@ func newMiniDaemonCmd() *cobra.Command {
 				Log: slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil)).With("component", "mini-provider"),
 			}
 			hash, _ := cmd.Flags().GetString("init-secret-hash")
-			spec, err := daemonSpec(c, workspace(cmd), hash)
+			credHash, _ := cmd.Flags().GetString("controller-credential-hash")
+			spec, err := daemonSpec(c, workspace(cmd), hash, credHash)
 			if err != nil {
 				return err
 			}
@@ -308,20 +332,24 @@ func newMiniDaemonCmd() *cobra.Command {
 	cmd.Flags().Int("control-planes", 1, "")
 	cmd.Flags().Int("workers", 2, "")
 	cmd.Flags().String("init-secret-hash", "", "SHA-256 (hex) of the cluster's init secret, for the nodes' instance metadata")
+	cmd.Flags().String("controller-credential-hash", "", "SHA-256 (hex) of the controller credential, with which the cluster's upgrade controller has nodes created and deleted")
 	return cmd
 }
 
-// providerDaemonArgs are the arguments of the provider daemon that 'apply' starts: the cluster's size and the
-// hash of the init secret (never the secret), which the provider serves to the nodes as instance metadata.
-func providerDaemonArgs(ws string, c *config.Config, initSecret []byte) []string {
+// providerDaemonArgs are the arguments of the provider daemon that 'apply' starts: the cluster's size, the
+// hash of the init secret (never the secret), which the provider serves to the nodes as instance metadata, and
+// the hash of the controller credential (never the credential), with which the provider authenticates its
+// upgrade controller.
+func providerDaemonArgs(ws string, c *config.Config, initSecret, controllerCredential []byte) []string {
 	return []string{"mini", "daemon", "--workspace", ws,
 		"--control-planes", strconv.Itoa(c.Provider.Mini.ControlPlanes), "--workers", strconv.Itoa(c.Provider.Mini.Workers),
-		"--init-secret-hash", initSecretHash(initSecret)}
+		"--init-secret-hash", initSecretHash(initSecret), "--controller-credential-hash", controllerCredentialHash(controllerCredential)}
 }
 
 // daemonSpec is what the provider daemon boots. Without an init-secret hash the nodes refuse to be
-// initialised (the provider warns).
-func daemonSpec(c *config.Config, ws, initSecretHashHex string) (mini.Spec, error) {
+// initialised, without a controller-credential hash the provider creates and deletes no nodes on request (the
+// provider warns).
+func daemonSpec(c *config.Config, ws, initSecretHashHex, controllerCredentialHashHex string) (mini.Spec, error) {
 	spec := mini.Spec{
 		ControlPlanes: c.Provider.Mini.ControlPlanes, Workers: c.Provider.Mini.Workers,
 		Image: c.ImagePath(filepath.Join(ws, config.FileName)), ImageDigest: c.Provider.Mini.ImageDigest, Cmdline: nodeimage.DefaultCmdline,
@@ -333,6 +361,13 @@ func daemonSpec(c *config.Config, ws, initSecretHashHex string) (mini.Spec, erro
 			return mini.Spec{}, badInput("--init-secret-hash must be a SHA-256 in hex (64 digits)")
 		}
 		spec.InitSecretHash = hash
+	}
+	if controllerCredentialHashHex != "" {
+		hash, err := hex.DecodeString(controllerCredentialHashHex)
+		if err != nil || len(hash) != sha256.Size {
+			return mini.Spec{}, badInput("--controller-credential-hash must be a SHA-256 in hex (64 digits)")
+		}
+		spec.ControllerCredentialHash = hash
 	}
 	return spec, nil
 }
@@ -394,6 +429,38 @@ infrastructure operator could: the join service refuses it unless its measuremen
 	}
 	cmd.Flags().StringVar(&image, "image", "", "boot the worker from this node image instead of the cluster's")
 	return cmd
+}
+
+func newMiniRegisterImageCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "register-image FILE",
+		Short: "Make a node image known to the provider, which then boots nodes from it when the cluster's upgrade controller asks; prints its digest",
+		Long: `Make a node image known to the running cluster's provider. The provider copies the image, computes its
+digest from the copy and prints it ("sha256:<hex>"): the cluster's upgrade controller can then have nodes
+created from that image by its digest. Before every node it boots from it, the provider checks the copy's
+digest again. Whether a node from the image joins is decided by attestation: the join service admits it only
+if its measurements match the cluster's.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, err := runningMini(cmd)
+			if err != nil {
+				return err
+			}
+			if info, err := os.Stat(args[0]); err != nil {
+				return badInput("%w", err)
+			} else if !info.Mode().IsRegular() {
+				return badInput("%s is not a file", args[0])
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
+			defer cancel()
+			digest, err := mini.RegisterNodeImage(ctx, dir, args[0])
+			if err != nil {
+				return failed(fmt.Errorf("registering %s: %w", args[0], err))
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), digest)
+			return nil
+		},
+	}
 }
 
 func newMiniRebootCmd() *cobra.Command {

@@ -55,3 +55,11 @@ type Node interface {
 	// Networks are the cluster's pod network (every node's PodCIDR is inside it) and service network.
 	Networks() (pods, services netip.Prefix)
 }
+
+// Fleet is what the cluster's upgrade controller asks of its provider.
+type Fleet interface {
+	// CreateNode boots a new node of role (RoleControlPlane or RoleWorker) from the node image with the given digest ("sha256:<hex>"), which the operator made known to the provider; it returns the new node's name.
+	CreateNode(ctx context.Context, role, imageDigest string) (string, error)
+	// DeleteNode powers the node off and removes it with its state disk and TPM.
+	DeleteNode(ctx context.Context, name string) error
+}

@@ -69,6 +69,10 @@ type Spec struct {
 	InitSecretHash []byte
 	// RegistryHostPort is the registry mirror's port on 127.0.0.1 (0: DefaultRegistryHostPort).
 	RegistryHostPort int
+	// ControllerCredentialHash is the SHA-256 of the controller credential, which the CLI generated and the
+	// cluster keeps: the metadata service creates and deletes nodes for the cluster's upgrade controller only
+	// when it presents the credential (fleet_linux.go). Without it, the provider changes no nodes on request.
+	ControllerCredentialHash []byte
 }
 
 // NodeState records a running node.
@@ -117,6 +121,13 @@ type Provider struct {
 	nodes  []*node
 	// registry is the registry mirror (registry_linux.go).
 	registry *mirror.Server
+	// images are the node images the provider boots nodes from on request, by digest ("sha256:<hex>"): the
+	// cluster's and those the operator registered (fleet_linux.go).
+	images map[string]string
+	// nextSlot is where the search for a free node slot (address, pod range) starts, and named the next
+	// number of a new node's name by role: a deleted node's slot and name are not reused at once.
+	nextSlot int
+	named    map[string]int
 }
 
 // node is a booted node: its TPM and its sandbox.
@@ -200,6 +211,18 @@ func (p *Provider) Run(ctx context.Context, spec Spec) error {
 		return err
 	}
 	p.mu.Lock()
+	if len(spec.ControllerCredentialHash) > 0 {
+		if err := p.md.SetFleet(p, spec.ControllerCredentialHash); err != nil {
+			p.state.Phase, p.state.Error = PhaseFailed, err.Error()
+			p.save()
+			p.mu.Unlock()
+			stopControl()
+			teardown()
+			return err
+		}
+	} else {
+		p.Log.Warn("no controller credential hash was given: the provider creates and deletes no nodes on request")
+	}
 	p.state.Phase = PhaseRunning
 	p.progress(fmt.Sprintf("cluster running: %d control plane(s), %d worker(s)", spec.ControlPlanes, spec.Workers))
 	p.mu.Unlock()
@@ -274,6 +297,10 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	}
 
 	p.spec, p.digest, p.net, p.md, p.ekCA = spec, digest, n, md, ekCA
+	p.named, p.nextSlot = map[string]int{}, 0
+	if err := p.loadImages(); err != nil {
+		return teardown, err
+	}
 	// Every node, also those added later, stops before the network goes.
 	undo = append(undo, func() {
 		for i := len(p.nodes) - 1; i >= 0; i-- {
@@ -288,6 +315,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		if i >= spec.ControlPlanes {
 			role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
 		}
+		p.named[role] = max(p.named[role], nameNumber(name, role)+1)
 		if _, err := p.addNode(ctx, name, role, spec.Image, digest); err != nil {
 			return teardown, err
 		}
@@ -300,9 +328,13 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	return teardown, nil
 }
 
-// addNode creates a node's TPM, boots it from image and records it. Its routes are the caller's business.
+// addNode creates a node's TPM, boots it from image and records it. Its routes are the caller's business. On
+// an error, the node it returns (if not nil) is recorded half-booted: teardown or removeNode end it.
 func (p *Provider) addNode(ctx context.Context, name, role, image string, digest [32]byte) (*node, error) {
-	i := len(p.nodes)
+	i, err := p.freeSlot()
+	if err != nil {
+		return nil, err
+	}
 	nd := &node{index: i, name: name, role: role, addr: NodeAddr(i), dir: filepath.Join(p.Dir, "nodes", name), image: image, digest: digest}
 	p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, nd.addr))
 	tpm, err := NewVTPM(ctx, nd.dir, p.ekCA)
@@ -312,11 +344,56 @@ func (p *Provider) addNode(ctx context.Context, name, role, image string, digest
 	nd.tpm = tpm
 	p.nodes = append(p.nodes, nd) // from here on, teardown stops it
 	if err := p.startNode(ctx, nd); err != nil {
-		return nil, err
+		return nd, err
 	}
 	p.state.Nodes = append(p.state.Nodes, nd.state())
 	p.save()
 	return nd, nil
+}
+
+// freeSlot returns a slot (an address and a pod range) that no node has, the first free one from nextSlot
+// on: a deleted node's slot is reused only after every other one.
+func (p *Provider) freeSlot() (int, error) {
+	used := map[int]bool{}
+	for _, n := range p.nodes {
+		used[n.index] = true
+	}
+	for k := range MaxNodes {
+		if i := (p.nextSlot + k) % MaxNodes; !used[i] {
+			p.nextSlot = i + 1
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("the cluster has %d nodes, the most a mini cluster can have", len(p.nodes))
+}
+
+// newName names a new node of role: control-plane-N or worker-N with an N that no node of this provider had.
+func (p *Provider) newName(role string) string {
+	next := p.named[role]
+	for _, n := range p.nodes {
+		if n.role == role {
+			next = max(next, nameNumber(n.name, role)+1)
+		}
+	}
+	p.named[role] = next + 1
+	return rolePrefix(role) + strconv.Itoa(next)
+}
+
+func rolePrefix(role string) string {
+	if role == metadata.RoleControlPlane {
+		return "control-plane-"
+	}
+	return "worker-"
+}
+
+// nameNumber is the N of a node named control-plane-N or worker-N after its role; -1 for another name.
+func nameNumber(name, role string) int {
+	if s, ok := strings.CutPrefix(name, rolePrefix(role)); ok {
+		if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+			return n
+		}
+	}
+	return -1
 }
 
 // MaxNodes bounds a cluster's nodes: each gets a /24 of pods in the /16 and an address of the /24 node network.
@@ -331,9 +408,6 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 	if p.state.Phase != PhaseRunning {
 		return "", fmt.Errorf("the cluster is %s, not running", p.state.Phase)
 	}
-	if len(p.nodes) >= MaxNodes {
-		return "", fmt.Errorf("the cluster has %d nodes, the most a mini cluster can have", len(p.nodes))
-	}
 	digest := p.digest
 	if image == "" {
 		image = p.spec.Image
@@ -346,31 +420,50 @@ func (p *Provider) AddWorker(ctx context.Context, image string) (string, error) 
 			return "", fmt.Errorf("reading the node image: %w", err)
 		}
 	}
-	workers := 0
-	for _, n := range p.nodes {
-		if n.role == metadata.RoleWorker {
-			workers++
-		}
-	}
-	nd, err := p.addNode(ctx, fmt.Sprintf("worker-%d", workers), metadata.RoleWorker, image, digest)
+	nd, err := p.bootNode(ctx, metadata.RoleWorker, image, digest)
 	if err != nil {
 		return "", err
 	}
-	if err := p.route(nd); err != nil {
-		return "", err
+	return nd.name, nil
+}
+
+// bootNode boots a new node of role into the running cluster from image, whose digest the caller checked, and
+// routes between it and the other nodes. A node that fails to boot is removed again. p.mu is held.
+func (p *Provider) bootNode(ctx context.Context, role, image string, digest [32]byte) (*node, error) {
+	if len(p.nodes) >= MaxNodes {
+		return nil, fmt.Errorf("the cluster has %d nodes, the most a mini cluster can have", len(p.nodes))
 	}
-	// The other nodes route the new node's pods to it.
+	nd, err := p.addNode(ctx, p.newName(role), role, image, digest)
+	if err == nil {
+		err = p.routeNew(nd)
+	}
+	if err != nil {
+		if nd != nil {
+			if rerr := p.removeNode(nd); rerr != nil {
+				p.Log.Error("removing a node that failed to boot", "node", nd.name, "error", rerr.Error())
+			}
+		}
+		return nil, err
+	}
+	return nd, nil
+}
+
+// routeNew adds a new node's routes, and routes to its pods in the other running nodes.
+func (p *Provider) routeNew(nd *node) error {
+	if err := p.route(nd); err != nil {
+		return err
+	}
 	for _, other := range p.nodes {
 		if other != nd && other.sb != nil && !other.stopped {
 			if err := other.sb.IPInNode("route", "add", PodCIDR(nd.index).String(), "via", nd.addr.String()); err != nil {
 				if died := other.died(); died != nil {
-					return "", died
+					return died
 				}
-				return "", fmt.Errorf("routing for %s: %w", other.name, err)
+				return fmt.Errorf("routing for %s: %w", other.name, err)
 			}
 		}
 	}
-	return nd.name, nil
+	return nil
 }
 
 // NetworkInUse reports whether a mini cluster's node network exists on this machine.
@@ -642,6 +735,11 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("no node %q; nodes: %s", name, strings.Join(names, ", "))
 	}
+	// The TPM will measure the digest the node was created with: boot it only if the image still has it.
+	if err := checkImage(nd.image, nd.digest); err != nil {
+		p.Log.Error("a node's image changed: refusing to boot it", "node", name, "error", err.Error())
+		return fmt.Errorf("rebooting %s: %w", name, err)
+	}
 	p.Log.Info("rebooting node", "node", name)
 	if err := nd.sb.Stop(); err != nil {
 		return fmt.Errorf("stopping %s: %w", name, err)
@@ -653,7 +751,11 @@ func (p *Provider) Reboot(ctx context.Context, name string) error {
 	if err := p.route(nd); err != nil {
 		return err
 	}
-	p.state.Nodes[nd.index] = nd.state()
+	for i := range p.state.Nodes {
+		if p.state.Nodes[i].Name == nd.name {
+			p.state.Nodes[i] = nd.state()
+		}
+	}
 	p.state.Progress = append(p.state.Progress, name+" rebooted")
 	return p.save()
 }
@@ -685,9 +787,8 @@ func (p *Provider) Stop(name string) error {
 // ControlSocket is the provider's control socket in its directory: requests from the CLI (reboots).
 func ControlSocket(dir string) string { return filepath.Join(dir, "provider.sock") }
 
-// serveControl answers POST /v1/workers, /v1/images, /v1/nodes/{name}/reboot and /v1/nodes/{name}/stop on
-// the control socket,
-// owner-only.
+// serveControl answers POST /v1/workers, /v1/images, /v1/node-images, /v1/nodes/{name}/reboot and
+// /v1/nodes/{name}/stop on the control socket, owner-only.
 func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	path := ControlSocket(p.Dir)
 	os.Remove(path)
@@ -716,6 +817,7 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 		json.NewEncoder(w).Encode(map[string]string{"name": name})
 	})
 	mux.HandleFunc("POST /v1/images", p.serveLoad)
+	mux.HandleFunc("POST /v1/node-images", p.serveRegisterImage)
 	mux.HandleFunc("POST /v1/nodes/{name}/reboot", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reboot(r.Context(), r.PathValue("name")); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)

@@ -32,6 +32,27 @@ func Node(name, endpoint string) (provider.Node, error) {
 	}
 }
 
+// Fleet opens the fleet of provider name, reachable at endpoint (as for [Node]), for the cluster's upgrade
+// controller, which presents credential (the controller credential of the Secret
+// provider.FleetSecretName; see provider.FleetAccessFromSecret).
+func Fleet(name, endpoint string, credential []byte) (provider.Fleet, error) {
+	switch name {
+	case metadata.ProviderName:
+		if endpoint == "" {
+			return nil, fmt.Errorf("provider %s: no endpoint (the metadata service's URL)", name)
+		}
+		fleet, err := metadata.NewFleetClient(endpoint, credential)
+		if err != nil {
+			return nil, fmt.Errorf("provider %s: %w", name, err)
+		}
+		return fleet, nil
+	case guest.ProviderName:
+		return nil, fmt.Errorf("provider %s cannot create or delete nodes on request yet; replace its machines with 'constellation apply'", name)
+	default:
+		return nil, fmt.Errorf("unknown provider %q; known: %v", name, Names)
+	}
+}
+
 // Machine is what a node's first process learns from its platform at boot: the provider seam, the TPM (a unix
 // socket or a character device) and the state disk ("" for none).
 type Machine struct {

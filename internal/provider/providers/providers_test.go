@@ -28,3 +28,24 @@ func TestNode(t *testing.T) {
 		}
 	}
 }
+
+func TestFleet(t *testing.T) {
+	cred := make([]byte, 32)
+	if f, err := Fleet("mini", "http://10.217.0.1:8080", cred); err != nil || f == nil {
+		t.Fatalf("mini: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		provider, endpoint string
+		cred               []byte
+		want               string
+	}{
+		"unknown":          {"aws", "http://x", cred, `unknown provider "aws"`},
+		"qemu":             {"qemu", "http://x", cred, "cannot create or delete nodes"},
+		"no endpoint":      {"mini", "", cred, "no endpoint"},
+		"short credential": {"mini", "http://x", cred[:16], "16 bytes"},
+	} {
+		if _, err := Fleet(tc.provider, tc.endpoint, tc.cred); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}

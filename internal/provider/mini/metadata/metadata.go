@@ -4,6 +4,8 @@
 // address of its request, like a cloud's IMDS), fetches its boot event log, fetches the attestation-key CA
 // certificate, enrolls its TPM's attestation key (credential activation, internal/attestation/akca), and reads
 // the SHA-256 of the cluster's init secret, with which it authenticates whoever initialises or recovers it.
+// The cluster's upgrade controller creates and deletes nodes through it (the fleet API, fleet.go), with the
+// controller credential, of which the provider, again, knows only the SHA-256.
 //
 // The service runs outside the nodes, on the provider's side of the node network. It hands out nothing secret:
 // an AK certificate is only issued to the TPM that holds the matching endorsement key, and of the init secret
@@ -68,6 +70,10 @@ type Server struct {
 	// initSecretHash is the SHA-256 of the cluster's init secret, as the CLI handed it to the provider when it
 	// created the nodes; nil if it handed none.
 	initSecretHash []byte
+	// fleet creates and deletes nodes for the holder of the controller credential, whose SHA-256 is
+	// fleetCredentialHash (fleet.go); nil: nobody may.
+	fleet               provider.Fleet
+	fleetCredentialHash []byte
 }
 
 // record is what the provider knows about an instance.
@@ -122,6 +128,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/ak-ca", s.akCA)
 	mux.HandleFunc("POST /v1/ak/challenge", s.challenge)
 	mux.HandleFunc("POST /v1/ak/complete", s.complete)
+	mux.HandleFunc("POST /v1/fleet/nodes", s.createNode)
+	mux.HandleFunc("DELETE /v1/fleet/nodes/{name}", s.deleteNode)
 	return mux
 }
 
