@@ -6,6 +6,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/provider/providers"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -86,10 +88,9 @@ func openFleet(dir string) (upgrade.Fleet, error) {
 		}
 		data[key] = b
 	}
-	return fleetFor(string(data["provider"]), string(data["endpoint"]), data["credential"])
-}
-
-// fleetFor opens the fleet of the named provider.
-func fleetFor(name, _ string, _ []byte) (upgrade.Fleet, error) {
-	return nil, fmt.Errorf("this build has no client of the %s provider that creates and deletes nodes", name)
+	access, err := provider.FleetAccessFromSecret(data)
+	if err != nil {
+		return nil, fmt.Errorf("the provider credential (Secret kube-system/%s): %w", upgrade.ProviderCredentialSecret, err)
+	}
+	return providers.Fleet(access.Provider, access.Endpoint, access.Credential)
 }

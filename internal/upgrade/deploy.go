@@ -3,6 +3,7 @@ package upgrade
 import (
 	_ "embed"
 	"fmt"
+	"github.com/constellation-dev/constellation/internal/provider"
 
 	"sigs.k8s.io/yaml"
 
@@ -20,7 +21,7 @@ func Image() string { return "constellation.local/upgrade-controller:" + version
 // ProviderCredentialSecret is the Secret in kube-system with the provider's endpoint and the credential with
 // which the controller creates and deletes nodes; the controller reads it as files in ProviderCredentialDir.
 const (
-	ProviderCredentialSecret = "constellation-provider-credential"
+	ProviderCredentialSecret = provider.FleetSecretName
 	ProviderCredentialDir    = "/etc/constellation/provider-credential"
 )
 
