@@ -35,9 +35,32 @@ func requireMachine(t *testing.T) {
 			t.Skipf("%s not installed; run scripts/setup.sh", tool)
 		}
 	}
+	lockMini(t)
+	// Under the lock no other test's cluster exists: a network left now is a cluster outside the tests, or
+	// the leftover of one that crashed. Skipping would let every end-to-end test pass without running.
 	if mini.NetworkInUse() {
-		t.Skipf("a mini cluster already runs on this machine (%s exists)", mini.BridgeName)
+		t.Fatalf("a mini cluster's network (%s) exists on this machine, but no test holds it: stop that cluster "+
+			"('constellation mini down' in its workspace) or remove a crashed one's leftovers ('ip link del %s') and run again",
+			mini.BridgeName, mini.BridgeName)
 	}
+}
+
+// miniLockPath serialises the tests that create a mini cluster (one network per machine), across packages and
+// test binaries.
+const miniLockPath = "/tmp/constellation-mini-provider.lock"
+
+// lockMini waits until no other test runs a mini cluster on this machine; the lock ends with the test.
+func lockMini(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(miniLockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("opening %s: %v", miniLockPath, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("locking %s: %v", miniLockPath, err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
 }
 
 // goBuild builds a command of this module into dir.
