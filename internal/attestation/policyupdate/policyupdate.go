@@ -15,6 +15,7 @@ package policyupdate
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -25,6 +26,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
@@ -271,4 +273,37 @@ func Describe(set measurements.M) string {
 		return fmt.Sprintf("%d PCRs", len(set))
 	}
 	return fmt.Sprintf("image PCR %d %s…", measurements.PCRNodeImage, img.Expected.String()[:12])
+}
+
+// AnySet returns a validator that accepts what one of vs accepts, one validator per accepted measurement set,
+// all of one variant. When none accepts, its error joins theirs, each naming its set's position.
+func AnySet(vs ...attestation.Validator) (attestation.Validator, error) {
+	if len(vs) == 0 {
+		return nil, errors.New("no measurement set to validate against")
+	}
+	for _, v := range vs[1:] {
+		if v.Variant().Name != vs[0].Variant().Name {
+			return nil, fmt.Errorf("the measurement sets' validators are of two variants, %s and %s", vs[0].Variant(), v.Variant())
+		}
+	}
+	if len(vs) == 1 {
+		return vs[0], nil
+	}
+	return anySet(vs), nil
+}
+
+type anySet []attestation.Validator
+
+func (a anySet) Variant() attestation.Variant { return a[0].Variant() }
+
+func (a anySet) Validate(ctx context.Context, evidence, nonce []byte) ([]byte, error) {
+	var errs []error
+	for i, v := range a {
+		userData, err := v.Validate(ctx, evidence, nonce)
+		if err == nil {
+			return userData, nil
+		}
+		errs = append(errs, fmt.Errorf("measurement set %d: %w", i+1, err))
+	}
+	return nil, errors.Join(errs...)
 }
