@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -416,4 +418,33 @@ func mustValidator(t *testing.T, roots []*x509.Certificate, set measurements.M, 
 		t.Fatal(err)
 	}
 	return v
+}
+
+// The master secret's handover carries the update in force only if it verifies under that master secret: a
+// handover (from the bootstrapper, or another key service's answer) with a forged update is refused whole.
+func TestSecretRefusesAForgedPolicyUpdate(t *testing.T) {
+	secret := testSecret(t)
+	other := testSecret(t)
+	d, _ := kms.NewDeriver(other.MasterSecret)
+	key, _ := d.MeasurementPolicyKey()
+	forged, err := policyupdate.Author(key, secret.ClusterID, 9, secret.Measurements)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret.PolicyUpdate, _ = forged.Marshal()
+	h := NewSecretHolder(slog.New(slog.DiscardHandler))
+	if err := h.Set(secret); !errors.Is(err, policyupdate.ErrNotAuthentic) {
+		t.Fatalf("a handover with an update under another master secret's key: %v, want ErrNotAuthentic", err)
+	}
+	d, _ = kms.NewDeriver(secret.MasterSecret)
+	key, _ = d.MeasurementPolicyKey()
+	genuine, _ := policyupdate.Author(key, secret.ClusterID, 9, secret.Measurements)
+	secret.PolicyUpdate, _ = genuine.Marshal()
+	if err := h.Set(secret); err != nil {
+		t.Fatalf("a handover with the genuine update: %v", err)
+	}
+	raw, _ := json.Marshal(map[string]any{"version": 1, "key": secret.MasterSecret.Key, "salt": secret.MasterSecret.Salt, "clusterID": secret.ClusterID, "measurements": secret.Measurements, "policyUpdate": bytes.Replace(secret.PolicyUpdate, []byte(`"epoch":9`), []byte(`"epoch":99`), 1)})
+	if _, err := ParseSecret(raw); !errors.Is(err, policyupdate.ErrNotAuthentic) {
+		t.Fatalf("a handover whose update's epoch was raised: %v, want ErrNotAuthentic", err)
+	}
 }
