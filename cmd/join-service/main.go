@@ -83,12 +83,21 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	// The join configuration counts only with its MAC, whose key the key service derives from the master
 	// secret; after a restart of the whole control plane it has it only after 'constellation recover'.
 	var macKey []byte
+	var policy joinservice.PolicySource
 	if err := retry.Do(ctx, log, "getting the join configuration's key from the key service", func() error {
 		roots, err := md.AKRoots(ctx)
 		if err != nil {
 			return err
 		}
-		macKey, err = joinservice.FetchConfigKey(ctx, keyServices, issuer, roots, md)
+		if macKey, err = joinservice.FetchConfigKey(ctx, keyServices, issuer, roots, md); err != nil {
+			return err
+		}
+		// The measurement sets in force (two during an upgrade) come from the key service at every join.
+		var closePolicy func() error
+		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyServices, issuer, roots, md)
+		if err == nil {
+			context.AfterFunc(ctx, func() { closePolicy() })
+		}
 		return err
 	}); err != nil {
 		return err
@@ -97,6 +106,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
+	config.FollowPolicy(policy)
 	disks := &joinservice.KeyServiceDiskKeys{Endpoints: keyServices, Issuer: issuer, Config: config, Roles: md}
 	clientset, err := kubeapi.ClientsetFromServiceAccount(apiServer, kubeapi.ServiceAccountDir, "constellation-join-service")
 	if err != nil {

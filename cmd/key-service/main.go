@@ -27,6 +27,8 @@ func main() {
 	agentSocket := flag.String("agent", agent.SocketPath, "the node's attestation agent socket")
 	secretSocket := flag.String("secret", keyservice.SecretSocket, "the socket on which the node's bootstrapper hands over the master secret")
 	apiServer := flag.String("api-server", "", "URL of the API server that keeps the shared disk bindings and the nodes' quarantine marks (required)")
+	policyListen := flag.String("policy-listen", fmt.Sprintf(":%d", keyservice.PolicyPort), "address of the policy port, where the measurement policy is read and updated (server-side aTLS)")
+	policyFile := flag.String("policy-file", keyservice.PolicyFile, "where the measurement policy update in force is kept, on the node's encrypted state disk")
 	legacyBindings := flag.String("legacy-disk-bindings", keyservice.LegacyDiskBindingsFile, "a file of disk bindings from before the shared record, moved into it at start")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -56,6 +58,7 @@ func main() {
 		Listen: func() (net.Listener, error) { return net.Listen("tcp", *listen) }, SecretSocket: *secretSocket, Issuer: agent.NewClient(*agentSocket, md.Variant()),
 		AKRoots: md.AKRoots, Allowed: md.IsControlPlane,
 		DiskBindings: keyservice.NewAPIDiskBindings(api), LegacyDiskBindings: *legacyBindings, Log: log,
+		PolicyFile: *policyFile, PolicyListen: func() (net.Listener, error) { return net.Listen("tcp", *policyListen) },
 		Quarantined: func(ctx context.Context, node string) (bool, error) {
 			return reattestation.Quarantined(ctx, clientset, node)
 		},

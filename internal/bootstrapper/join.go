@@ -484,9 +484,10 @@ func setMeshRootFromMaster(mesh *meshagent.Agent, ms *kms.MasterSecret) error {
 
 // operatorPorts are the node's services the operator's CLI reaches from the provider's address (on mini the
 // CLI runs on the provider's host): init and recovery, the node's and the cluster's verification service,
-// and the API server. Each authenticates and encrypts by itself; nothing else of the node or its pods is
-// reachable from there.
-var operatorPorts = []uint16{initpb.Port, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, apiServerPort}
+// the key service's policy port (measurement policy updates, which count by their MAC and epoch), and the API
+// server. Each authenticates and encrypts by itself; nothing else of the node or its pods is reachable from
+// there.
+var operatorPorts = []uint16{initpb.Port, verifyservice.Port, verifyservice.GRPCPort, verifyservice.ClusterPort, verifyservice.ClusterGRPCPort, keyservice.PolicyPort, apiServerPort}
 
 // apiServerPort is the API server's port (kubeadm's bindPort).
 const apiServerPort = 6443

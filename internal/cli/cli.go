@@ -72,7 +72,7 @@ func NewRootCmd(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(newVersionCmd(), newConfigCmd(), newApplyCmd(), newStatusCmd(), newRecoverCmd(), newTerminateCmd(), newMiniCmd(), newQEMUCmd(), newVerifyCmd(), newVerifyReportCmd(), newAttestationCmd(), newKMSCmd(), newImageCmd())
+	root.AddCommand(newVersionCmd(), newConfigCmd(), newApplyCmd(), newStatusCmd(), newRecoverCmd(), newTerminateCmd(), newMiniCmd(), newQEMUCmd(), newVerifyCmd(), newVerifyReportCmd(), newAttestationCmd(), newKMSCmd(), newImageCmd(), newUpgradeCmd())
 	return root
 }
 

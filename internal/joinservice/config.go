@@ -14,13 +14,16 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
@@ -121,10 +124,16 @@ type State struct {
 	ClusterID []byte
 	// RegistryMirrors are the cluster's registry mirrors, which the join service hands every node it admits.
 	RegistryMirrors []registrymirror.Mirror
+	// Sets are the measurement sets a joining node may present (variants with a vTPM; nil otherwise), without
+	// the cluster-ID PCR: the configuration's measurements, or the one or two sets of the measurement policy
+	// update in force ([Config.FollowPolicy]). Policy is the first's fresh policy.
+	Sets []measurements.M
+	// Epoch is the epoch of the measurement policy update whose sets are in force (0: the configuration's).
+	Epoch uint64
 
 	attestation *validators.Policy // with Policy as its measurements
 	opts        validators.Options
-	validator   attestation.Validator
+	validators  []attestation.Validator // one per set (one for variants without a vTPM)
 }
 
 // MemberValidator returns a validator that accepts nodes that belong to this cluster: the attestation
@@ -134,16 +143,24 @@ func (s *State) MemberValidator() (attestation.Validator, error) {
 	if !s.Variant.VTPM {
 		return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM", s.Variant, measurements.PCRClusterID)
 	}
-	p := *s.attestation
-	p.Measurements = MemberPolicy(s)
-	return validators.New(&p, s.opts)
+	vs := make([]attestation.Validator, 0, len(s.Sets))
+	for _, set := range s.Sets {
+		p := *s.attestation
+		p.Measurements = measurements.MemberPolicy(set, s.ClusterID)
+		v, err := validators.New(&p, s.opts)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, v)
+	}
+	return policyupdate.AnySet(vs...)
 }
 
 // MemberValidator returns the validator of the current configuration's members (see [State.MemberValidator]),
 // made once per version of the configuration: the continuous attestation (package reattestation) checks every
 // node against it.
 func (c *Config) MemberValidator() (attestation.Validator, error) {
-	s, err := c.Current()
+	s, err := c.Effective(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +197,89 @@ type Config struct {
 	// member validates the members of the configuration memberOf (see MemberValidator).
 	memberOf *State
 	member   attestation.Validator
+	// policy, if set, tells the measurement policy update in force, whose sets replace the configuration's
+	// measurements (see FollowPolicy); effective is the configuration with them, made from effectiveOf and
+	// effectiveUpdate.
+	policy          PolicySource
+	effectiveOf     *State
+	effectiveUpdate *policyupdate.Update
+	effective       *State
+}
+
+// PolicySource returns the measurement policy update in force (nil: none since the cluster's init), from
+// where an administrator of the cluster cannot write: the key service ([KeyServicePolicy]).
+type PolicySource func(ctx context.Context) (*policyupdate.Update, error)
+
+// FollowPolicy makes the measurement sets of the update in force, as src tells them at each join, replace the
+// configuration's measurements: during an upgrade the old and the new image, after it the new one only. The
+// configuration's measurements count only while there is no update: an administrator who puts back a
+// configuration saved during an upgrade (its MAC verifies) changes nothing, and if src fails, nobody is
+// admitted.
+func (c *Config) FollowPolicy(src PolicySource) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.policy = src
+}
+
+// Effective returns the configuration as it is now ([Config.Current]) with the measurement sets in force
+// ([Config.FollowPolicy]).
+func (c *Config) Effective(ctx context.Context) (*State, error) {
+	s, err := c.Current()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	src := c.policy
+	c.mu.Unlock()
+	if src == nil {
+		return s, nil
+	}
+	u, err := src(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the measurement policy in force is unknown: %w", err)
+	}
+	if u == nil {
+		return s, nil
+	}
+	if !s.Variant.VTPM {
+		return nil, fmt.Errorf("a measurement policy update (epoch %d) is in force, but %s evidence has no vTPM, so its measurement sets do not apply; no node is admitted", u.Epoch, s.Variant)
+	}
+	if !bytes.Equal(u.ClusterID, s.ClusterID) {
+		return nil, fmt.Errorf("the measurement policy update in force (epoch %d) is for another cluster than the join configuration's", u.Epoch)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.effective != nil && c.effectiveOf == s && c.effectiveUpdate.Same(u) {
+		return c.effective, nil
+	}
+	e, err := s.withSets(u.Sets, u.Epoch)
+	if err != nil {
+		return nil, fmt.Errorf("the measurement policy update in force (epoch %d): %w", u.Epoch, err)
+	}
+	c.logger().Info("measurement policy in force", "epoch", u.Epoch, "sets", len(u.Sets), "policy", u.String())
+	c.effectiveOf, c.effectiveUpdate, c.effective = s, u, e
+	return e, nil
+}
+
+// withSets returns a copy of s whose joining nodes present one of sets.
+func (s *State) withSets(sets []measurements.M, epoch uint64) (*State, error) {
+	e := *s
+	e.Sets, e.Epoch, e.validators = sets, epoch, nil
+	for _, set := range sets {
+		if _, ok := set[measurements.PCRClusterID]; ok {
+			return nil, fmt.Errorf("a measurement set holds PCR %d, the cluster ID's; the join service requires it fresh (zero) itself", measurements.PCRClusterID)
+		}
+		p := *s.attestation
+		p.Measurements = measurements.FreshPolicy(set)
+		v, err := validators.New(&p, s.opts)
+		if err != nil {
+			return nil, err
+		}
+		e.validators = append(e.validators, v)
+	}
+	e.Policy = measurements.FreshPolicy(sets[0])
+	e.attestation = s.attestation
+	return &e, nil
 }
 
 // NewConfig reads the join configuration in dir, authenticated by its MAC under macKey
@@ -310,7 +410,18 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 	if err != nil {
 		return nil, err
 	}
-	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, RegistryMirrors: mirrors, attestation: policy, opts: opts, validator: v}, nil
+	var sets []measurements.M
+	if variant.VTPM {
+		sets = []measurements.M{imageSet(policy.Measurements)}
+	}
+	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, RegistryMirrors: mirrors, Sets: sets, attestation: policy, opts: opts, validators: []attestation.Validator{v}}, nil
+}
+
+// imageSet is a fresh policy without its cluster-ID PCR: the measurement set of a node image.
+func imageSet(fresh measurements.M) measurements.M {
+	set := maps.Clone(fresh)
+	delete(set, measurements.PCRClusterID)
+	return set
 }
 
 // parseAKRoots parses PEM certificates and nothing else; an empty file holds none.
@@ -353,29 +464,45 @@ func (r reloadingValidator) Variant() attestation.Variant {
 }
 
 func (r reloadingValidator) Validate(ctx context.Context, evidence, nonce []byte) ([]byte, error) {
-	s, err := r.c.Current()
+	s, err := r.c.Effective(ctx)
 	if err != nil {
 		r.c.logger().Error("join refused: no valid join configuration", "error", err)
 		return nil, err
 	}
-	userData, err := s.validator.Validate(ctx, evidence, nonce)
-	if err != nil {
-		// The node only sees a failed handshake; the operator reads here why (for a measurement mismatch:
-		// which PCRs, expected and actual values, and the events behind them).
+	// The node must match one of the measurement sets in force (two during an upgrade).
+	var errs []error
+	var pcrs []uint32
+	mismatched := true
+	for i, v := range s.validators {
+		userData, err := v.Validate(ctx, evidence, nonce)
+		if err == nil {
+			return userData, nil
+		}
+		if len(s.validators) > 1 {
+			err = fmt.Errorf("measurement set %d of %d: %w", i+1, len(s.validators), err)
+		}
+		errs = append(errs, err)
 		var mismatch *measurements.Error
-		if errors.As(err, &mismatch) {
-			fatal := measurements.Fatal(mismatch.Mismatches)
-			pcrs := make([]uint32, 0, len(fatal))
-			for _, m := range fatal {
+		if !errors.As(err, &mismatch) {
+			mismatched = false
+			continue
+		}
+		for _, m := range measurements.Fatal(mismatch.Mismatches) {
+			if !slices.Contains(pcrs, m.PCR) {
 				pcrs = append(pcrs, m.PCR)
 			}
-			r.c.logger().Warn("join refused: the node's measurements differ from the cluster's", "pcrs", pcrs, "node", subjectOf(evidence), "error", err)
-		} else {
-			r.c.logger().Warn("join refused: evidence invalid", "node", subjectOf(evidence), "error", err)
 		}
-		return nil, err
 	}
-	return userData, nil
+	err = errors.Join(errs...)
+	// The node only sees a failed handshake; the operator reads here why (for a measurement mismatch:
+	// which PCRs, expected and actual values, and the events behind them).
+	if mismatched {
+		slices.Sort(pcrs)
+		r.c.logger().Warn("join refused: the node's measurements differ from the cluster's", "pcrs", pcrs, "node", subjectOf(evidence), "sets", len(s.validators), "epoch", s.Epoch, "error", err)
+	} else {
+		r.c.logger().Warn("join refused: evidence invalid", "node", subjectOf(evidence), "error", err)
+	}
+	return nil, err
 }
 
 // subjectOf names the node an evidence document claims to be (unverified, for logs only).

@@ -9,6 +9,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -21,15 +22,10 @@ import (
 // that roles names a control-plane node, with this node's own boot measurements and its cluster ID (see
 // [OwnMemberPolicy]).
 func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) ([]byte, error) {
-	own, err := OwnMemberPolicy(ctx, issuer)
+	p, err := ownKeyServices(ctx, endpoints, issuer, akRoots, roles)
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidatorFor(issuer.Variant(), akRoots, own, nil)
-	if err != nil {
-		return nil, err
-	}
-	p := &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, roles.IsControlPlane)}
 	defer p.Close()
 	var key []byte
 	if err := p.Do(ctx, func(ctx context.Context, c *keyservice.Client) error {
@@ -40,6 +36,45 @@ func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]
 		return nil, fmt.Errorf("getting the join configuration's key: %w", err)
 	}
 	return key, nil
+}
+
+// ownKeyServices are the key services of endpoints as the join service trusts them without its configuration:
+// on a vTPM that akRoots certified for a control-plane node, with this node's own boot measurements and cluster
+// ID.
+func ownKeyServices(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (*keyservice.Pool, error) {
+	own, err := OwnMemberPolicy(ctx, issuer)
+	if err != nil {
+		return nil, err
+	}
+	v, err := vtpm.NewValidatorFor(issuer.Variant(), akRoots, own, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, roles.IsControlPlane)}, nil
+}
+
+// KeyServicePolicy returns the source of the measurement policy update in force ([Config.FollowPolicy]): asked
+// at each call of whichever key service of endpoints answers, trusted as [FetchConfigKey] trusts it. The key
+// service keeps the update on its node's encrypted state disk and accepts only a newer one under the master
+// secret's MAC, so what it answers is the latest update the operator's CLI sent, whatever the ConfigMap holds.
+// close closes the connections.
+func KeyServicePolicy(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (src PolicySource, close func() error, err error) {
+	p, err := ownKeyServices(ctx, endpoints, issuer, akRoots, roles)
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(ctx context.Context) (*policyupdate.Update, error) {
+		var u *policyupdate.Update
+		err := p.Do(ctx, func(ctx context.Context, c *keyservice.Client) error {
+			var err error
+			u, _, err = c.GetMeasurementPolicy(ctx)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("asking the key service for the measurement policy in force: %w", err)
+		}
+		return u, nil
+	}, p.Close, nil
 }
 
 // OwnMemberPolicy is the policy of this node as its own vTPM quotes it: the PCRs of the firmware, the node

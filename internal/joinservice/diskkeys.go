@@ -80,7 +80,7 @@ func (k *KeyServiceDiskKeys) poolFor(s *State) (*keyservice.Pool, error) {
 
 // do calls fn with a key service of the cluster, trusted by the current configuration.
 func (k *KeyServiceDiskKeys) do(ctx context.Context, fn func(ctx context.Context, c *keyservice.Client) error) error {
-	s, err := k.Config.Current()
+	s, err := k.Config.Effective(ctx)
 	if err != nil {
 		return err
 	}
@@ -112,8 +112,8 @@ func (k *KeyServiceDiskKeys) DiskKey(ctx context.Context, uuid, node string) ([]
 	return key, err
 }
 
-// MemberPolicy is the policy of a node that belongs to the cluster: its measurements, and the cluster ID
-// measured into PCR 15.
+// MemberPolicy is the policy of a node that belongs to the cluster: its measurements (the first set in force),
+// and the cluster ID measured into PCR 15.
 func MemberPolicy(s *State) measurements.M {
 	return measurements.MemberPolicy(s.Policy, s.ClusterID)
 }

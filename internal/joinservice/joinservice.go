@@ -17,6 +17,12 @@
 // master secret ([ConfigMAC]): the first control-plane node writes it at init from the policy the CLI sent
 // over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
 // the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
+//
+// Which node images may join is the measurement policy in force at the key service ([Config.FollowPolicy],
+// [KeyServicePolicy]), asked at every join: the configuration's measurements until the operator's CLI sends
+// a measurement policy update (package policyupdate), then the update's one or two sets (the old and the new
+// image during an upgrade). The key service keeps the highest epoch it accepted on its node's encrypted state
+// disk, so neither an update nor a join configuration saved from an upgrade's window reopens it.
 package joinservice
 
 import (

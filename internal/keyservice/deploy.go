@@ -24,7 +24,8 @@ const clusterRoleName = "constellation:" + Name
 // every control-plane node, on the host network at [Port]; the namespace of the shared disk bindings
 // ([DiskBindingsNamespace]); and a service account that may only read and create ConfigMaps there (create, not
 // update or delete: a binding is made once, immutable). The pod reaches its node's bootstrapper for the master
-// secret ([SecretSocket]) and for its evidence (the attestation agent), its node's API server for the
+// secret ([SecretSocket]) and for its evidence (the attestation agent), its directory on the node's encrypted
+// state disk for the measurement policy in force ([PolicyFile]), its node's API server for the
 // bindings and for the Node objects' quarantine mark (a ClusterRole lets it get Nodes, nothing else; see
 // package reattestation), the legacy bindings file on its node's state disk (moved into the shared record once), and its
 // provider (name, at endpoint), to tell control-plane nodes, its only callers, from workers.
@@ -40,6 +41,7 @@ func Manifests(providerName, providerEndpoint string) ([]byte, error) {
 		Image: Image(),
 		Args: []string{
 			"--listen=$(NODE_IP):" + strconv.Itoa(Port),
+			"--policy-listen=$(NODE_IP):" + strconv.Itoa(PolicyPort),
 			"--api-server=https://$(NODE_IP):6443",
 			"--provider=" + providerName,
 			"--provider-endpoint=" + providerEndpoint,
@@ -52,8 +54,9 @@ func Manifests(providerName, providerEndpoint string) ([]byte, error) {
 		Volumes: []kubeapi.Volume{
 			{Name: "agent", MountPath: agent.SocketPath, HostPath: agent.SocketPath, HostPathType: "Socket"},
 			{Name: "secret", MountPath: SecretSocket, HostPath: SecretSocket, HostPathType: "Socket"},
-			// The bindings of key services before the shared record, on the first control-plane node's
-			// encrypted state disk: moved into the shared record once.
+			// The key service's directory on its node's encrypted state disk: the measurement policy in force
+			// ([PolicyFile]), and the bindings of key services before the shared record (on the first
+			// control-plane node), moved into the shared record once.
 			{Name: "legacy-disk-bindings", MountPath: filepath.Dir(LegacyDiskBindingsFile), HostPath: filepath.Dir(LegacyDiskBindingsFile), HostPathType: "DirectoryOrCreate"},
 		},
 	}

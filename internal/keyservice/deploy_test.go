@@ -76,7 +76,7 @@ func TestManifests(t *testing.T) {
 		t.Errorf("node selector %v, want every control-plane node", pod.NodeSelector)
 	}
 	c := pod.Containers[0]
-	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --api-server=https://$(NODE_IP):6443 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
+	if c.Image != Image() || c.ImagePullPolicy != "Never" || strings.Join(c.Args, " ") != "--listen=$(NODE_IP):9002 --policy-listen=$(NODE_IP):9003 --api-server=https://$(NODE_IP):6443 --provider=mini --provider-endpoint=http://10.217.0.1:8080" {
 		t.Errorf("container %+v", c)
 	}
 	if c.ReadinessProbe.TCPSocket.Port != Port {

@@ -19,6 +19,16 @@
 // key to any other node. The join service, which has validated the joining node's evidence, names the node
 // (the subject of its attestation key certificate, which the provider certified); a control-plane node's own
 // disk is bound to it at the handover of the master secret.
+//
+// Which node images are members is the measurement policy in force ([Policy]): the cluster's init
+// measurements, until the operator's CLI sends a measurement policy update (package policyupdate: one or two
+// measurement sets, an epoch, a MAC under a key derived from the master secret). Anyone may send an update,
+// on the key service's policy port too ([PolicyPort], where only the key service attests itself); the MAC and
+// the epoch decide. The key service keeps the update in force on its node's encrypted state disk
+// ([PolicyFile]) and refuses any update whose epoch is not higher (the same update again aside), after a
+// restart too; it hands the update on with the master secret to a control-plane node that joins later, and
+// checks a caller's connection made under an earlier policy again under the one in force. The join service
+// asks it for the sets in force at every join.
 package keyservice
 
 import (
@@ -37,6 +47,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/keyservice/keyservicepb"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
@@ -69,7 +80,13 @@ type Server struct {
 	// quarantined, if set, tells whether a node is quarantined (it failed its continuous attestation, see
 	// package reattestation): such a node gets no key, neither as the caller nor as the node a key is asked for.
 	quarantined func(ctx context.Context, node string) (bool, error)
+	// policy is the measurement policy the server enforces and serves; nil: none is served.
+	policy *Policy
 }
+
+// EnforcePolicy serves p's measurement policy (the MeasurementPolicy service, beside the key service) and
+// hands its update in force on with the master secret.
+func (s *Server) EnforcePolicy(p *Policy) { s.policy = p }
 
 // RefuseQuarantined makes the key service refuse every key to a node that quarantined reports as
 // quarantined, whether the node calls or a key is asked for on its behalf; if quarantined fails, it refuses
@@ -111,6 +128,9 @@ func NewGRPCServer(s *Server, issuer attestation.Issuer, validators []attestatio
 	}
 	srv := grpc.NewServer(grpc.Creds(creds))
 	keyservicepb.RegisterKeyServiceServer(srv, s)
+	if s.policy != nil {
+		keyservicepb.RegisterMeasurementPolicyServer(srv, s.policy)
+	}
 	return srv, nil
 }
 
@@ -156,6 +176,9 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyservicepb.GetDataKeyReq
 		if err := s.authorize(ctx, "data key", caller, "keyID", safeID(req.GetDataKeyId())); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.recheck(ctx, "data key", caller, "keyID", safeID(req.GetDataKeyId())); err != nil {
+		return nil, err
 	}
 	if err := s.refuseQuarantined(ctx, "data key", caller, req.GetNode(), "keyID", safeID(req.GetDataKeyId())); err != nil {
 		return nil, err
@@ -218,6 +241,19 @@ func (s *Server) refuseQuarantined(ctx context.Context, what, caller, forNode st
 	return nil
 }
 
+// recheck refuses what was asked for (attrs name it for the audit line) if the caller, attested under an
+// earlier measurement policy, does not match the one in force ([Policy.Recheck]).
+func (s *Server) recheck(ctx context.Context, what, caller string, attrs ...any) error {
+	if s.policy == nil || s.policy.build == nil {
+		return nil
+	}
+	if err := s.policy.Recheck(ctx); err != nil {
+		s.audit.Warn(what+" refused: the caller does not match the measurement policy in force", append([]any{"caller", caller, "reason", err.Error()}, attrs...)...)
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	return nil
+}
+
 // authorize checks with the restriction that the attested caller may get what of the key service; attrs
 // name what it asked for in the audit line of a refusal.
 func (s *Server) authorize(ctx context.Context, what, caller string, attrs ...any) error {
@@ -252,6 +288,9 @@ func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterS
 	if err := s.authorize(ctx, "master secret", caller); err != nil {
 		return nil, err
 	}
+	if err := s.recheck(ctx, "master secret", caller); err != nil {
+		return nil, err
+	}
 	if err := s.refuseQuarantined(ctx, "master secret", caller, ""); err != nil {
 		return nil, err
 	}
@@ -259,9 +298,14 @@ func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterS
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	var update []byte
+	if s.policy != nil {
+		_, update = s.policy.Current()
+	}
 	s.audit.Info("master secret handed to a control-plane node", "caller", caller)
 	return &keyservicepb.GetMasterSecretResponse{
 		Key: s.secret.MasterSecret.Key, Salt: s.secret.MasterSecret.Salt, ClusterId: s.secret.ClusterID, Measurements: pcrs,
+		PolicyUpdate: update,
 	}, nil
 }
 
@@ -276,8 +320,9 @@ func safeID(id string) string {
 
 // Client calls a key service.
 type Client struct {
-	conn *grpc.ClientConn
-	api  keyservicepb.KeyServiceClient
+	conn   *grpc.ClientConn
+	api    keyservicepb.KeyServiceClient
+	policy keyservicepb.MeasurementPolicyClient
 }
 
 // NewClient connects to the key service at addr over mutual aTLS: validators decide which key services to
@@ -294,7 +339,66 @@ func NewClient(addr string, issuer attestation.Issuer, validators []attestation.
 	if err != nil {
 		return nil, fmt.Errorf("connecting to key service %s: %w", addr, err)
 	}
-	return &Client{conn: conn, api: keyservicepb.NewKeyServiceClient(conn)}, nil
+	return newClient(conn), nil
+}
+
+func newClient(conn *grpc.ClientConn) *Client {
+	return &Client{conn: conn, api: keyservicepb.NewKeyServiceClient(conn), policy: keyservicepb.NewMeasurementPolicyClient(conn)}
+}
+
+// NewPolicyClient connects to the policy port of a key service ([PolicyPort]) at addr over aTLS on which
+// only the key service attests itself: validators decide which key services to trust. Only the measurement
+// policy calls work on it.
+func NewPolicyClient(addr string, validators []attestation.Validator) (*Client, error) {
+	if len(validators) == 0 {
+		return nil, errors.New("a key service's policy client needs at least one validator")
+	}
+	creds, err := atls.NewCredentials(nil, validators)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to key service %s: %w", addr, err)
+	}
+	return newClient(conn), nil
+}
+
+// GetMeasurementPolicy returns the key service's measurement policy update in force (nil: none since init;
+// parsed, its MAC not verified: the caller trusts the attested key service, or verifies it with the key) and
+// the measurements of the cluster's init.
+func (c *Client) GetMeasurementPolicy(ctx context.Context) (*policyupdate.Update, measurements.M, error) {
+	resp, err := c.policy.GetMeasurementPolicy(ctx, &keyservicepb.GetMeasurementPolicyRequest{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("getting the measurement policy: %w", err)
+	}
+	base, err := measurements.Parse(resp.GetMeasurements())
+	if err != nil {
+		return nil, nil, fmt.Errorf("the key service's measurements: %w", err)
+	}
+	if len(resp.GetUpdate()) == 0 {
+		return nil, base, nil
+	}
+	u, err := policyupdate.Parse(resp.GetUpdate())
+	if err != nil {
+		return nil, nil, fmt.Errorf("the key service's measurement policy update: %w", err)
+	}
+	return u, base, nil
+}
+
+// UpdateMeasurementPolicy sends the update raw (package policyupdate's wire form) and returns the update in
+// force afterwards. A refused update fails with the key service's reason: codes.PermissionDenied (its MAC),
+// codes.FailedPrecondition (an epoch not above the one in force), codes.InvalidArgument (its content).
+func (c *Client) UpdateMeasurementPolicy(ctx context.Context, raw []byte) (*policyupdate.Update, error) {
+	resp, err := c.policy.UpdateMeasurementPolicy(ctx, &keyservicepb.UpdateMeasurementPolicyRequest{Update: raw})
+	if err != nil {
+		return nil, fmt.Errorf("sending the measurement policy update: %w", err)
+	}
+	u, err := policyupdate.Parse(resp.GetUpdate())
+	if err != nil {
+		return nil, fmt.Errorf("the key service's measurement policy update in force: %w", err)
+	}
+	return u, nil
 }
 
 // GetDataKey asks for the key with the given ID ("<purpose>/<identifier>") and length.
@@ -333,7 +437,7 @@ func (c *Client) GetMasterSecret(ctx context.Context) (*Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the key service's measurements: %w", err)
 	}
-	s := &Secret{MasterSecret: &kms.MasterSecret{Key: resp.GetKey(), Salt: resp.GetSalt()}, ClusterID: resp.GetClusterId(), Measurements: pcrs}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: resp.GetKey(), Salt: resp.GetSalt()}, ClusterID: resp.GetClusterId(), Measurements: pcrs, PolicyUpdate: resp.GetPolicyUpdate()}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("the key service's master secret: %w", err)
 	}

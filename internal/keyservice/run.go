@@ -9,8 +9,7 @@ import (
 	"net"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
-	"github.com/constellation-dev/constellation/internal/attestation/measurements"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/retry"
 )
@@ -39,6 +38,12 @@ type Options struct {
 	// Quarantined, if set, tells whether a node is quarantined; such a node gets no key
 	// ([Server.RefuseQuarantined]).
 	Quarantined func(ctx context.Context, node string) (bool, error)
+	// PolicyFile is where the key service keeps the measurement policy update in force, on the node's
+	// encrypted state disk ([PolicyFile]); empty: in memory only.
+	PolicyFile string
+	// PolicyListen, if set, opens the policy port's listener ([PolicyPort]) once the key service has the
+	// master secret: there anyone reads the measurement policy and sends updates, which count by their MAC.
+	PolicyListen func() (net.Listener, error)
 	// Log receives the service's log and its audit lines.
 	Log *slog.Logger
 }
@@ -94,11 +99,28 @@ func Run(ctx context.Context, o Options) error {
 	}); err != nil {
 		return err
 	}
-	v, err := vtpm.NewValidatorFor(o.Issuer.Variant(), roots, measurements.MemberPolicy(secret.Measurements, secret.ClusterID), o.Log)
+	// The callers must be members with one of the measurement sets in force: the init's, or those of the
+	// latest update the key service accepted (kept in its policy file), or got with the master secret.
+	policy, err := NewPolicy(d, secret.ClusterID, secret.Measurements, o.PolicyFile, MemberValidators(o.Issuer.Variant(), roots, secret.ClusterID, o.Log), o.Log)
 	if err != nil {
 		return err
 	}
+	if len(secret.PolicyUpdate) > 0 {
+		u, changed, err := policy.Apply(secret.PolicyUpdate)
+		switch {
+		case errors.Is(err, policyupdate.ErrStale), errors.Is(err, policyupdate.ErrConflict):
+			o.Log.Warn("the measurement policy update handed over with the master secret is not newer than the one in force; keeping the one in force", "reason", err.Error())
+		case err != nil:
+			return fmt.Errorf("the measurement policy update handed over with the master secret: %w", err)
+		case changed:
+			o.Log.Info("measurement policy update in force, handed over with the master secret", "epoch", u.Epoch, "policy", u.String())
+		}
+	}
+	current, _ := policy.Current()
+	o.Log.Info("measurement policy in force", "policy", current.String(), "sets", len(policy.Sets()))
+	v := policy.Validator()
 	ks := New(d, o.Log)
+	ks.EnforcePolicy(policy)
 	ks.RestrictTo(o.Allowed)
 	ks.BindDisks(disks)
 	ks.ShareSecret(secret)
@@ -116,6 +138,25 @@ func Run(ctx context.Context, o Options) error {
 	}
 	stop := context.AfterFunc(ctx, srv.GracefulStop)
 	defer stop()
+	if o.PolicyListen != nil {
+		psrv, err := NewPolicyServer(policy, o.Issuer)
+		if err != nil {
+			return err
+		}
+		pl, err := o.PolicyListen()
+		if err != nil {
+			return err
+		}
+		stopPolicy := context.AfterFunc(ctx, psrv.GracefulStop)
+		defer stopPolicy()
+		defer psrv.Stop()
+		go func() {
+			if err := psrv.Serve(pl); err != nil {
+				o.Log.Error("the key service's policy port stopped", "error", err)
+			}
+		}()
+		o.Log.Info("key service's policy port serving (server-side aTLS; updates count by their MAC and epoch)", "address", pl.Addr().String())
+	}
 	o.Log.Info("key service serving over mutual aTLS, for control-plane members only", "address", o.Listener.Addr().String(), "clusterID", fmt.Sprintf("%x", secret.ClusterID))
 	return srv.Serve(o.Listener)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
@@ -35,6 +36,10 @@ type Secret struct {
 	// to it before it hands out any key, so that no other node can claim the disk.
 	Node     string
 	DiskUUID string
+	// PolicyUpdate is the measurement policy update in force in the cluster (package policyupdate's wire form,
+	// authenticated by its MAC; empty: none since init), which a key service on a control-plane node that
+	// joined later gets with the master secret. It decides instead of Measurements.
+	PolicyUpdate []byte
 }
 
 // String never prints the master secret.
@@ -49,12 +54,14 @@ type secretJSON struct {
 	Measurements measurements.M `json:"measurements"`
 	Node         string         `json:"node,omitempty"`
 	DiskUUID     string         `json:"diskUUID,omitempty"`
+	PolicyUpdate []byte         `json:"policyUpdate,omitempty"`
 }
 
 const secretVersion = 1
 
-// maxSecret bounds the handover message: a key, a salt, a cluster ID and at most 24 measurements.
-const maxSecret = 16 << 10
+// maxSecret bounds the handover message: a key, a salt, a cluster ID, at most 24 measurements and a
+// measurement policy update (base64).
+const maxSecret = 16<<10 + 2*policyupdate.MaxSize
 
 func (s *Secret) validate() error {
 	if s.MasterSecret == nil {
@@ -72,7 +79,24 @@ func (s *Secret) validate() error {
 	if s.DiskUUID != "" && (!diskUUID.MatchString(s.DiskUUID) || !nodeName.MatchString(s.Node)) {
 		return fmt.Errorf("the node's own state disk %.60q of node %.60q: want a lower-case RFC 4122 UUID and a DNS name", s.DiskUUID, s.Node)
 	}
-	return s.Measurements.Validate()
+	if err := s.Measurements.Validate(); err != nil {
+		return err
+	}
+	if len(s.PolicyUpdate) == 0 {
+		return nil
+	}
+	d, err := kms.NewDeriver(s.MasterSecret)
+	if err != nil {
+		return err
+	}
+	key, err := d.MeasurementPolicyKey()
+	if err != nil {
+		return err
+	}
+	if _, err := policyupdate.Open(s.PolicyUpdate, key, s.ClusterID); err != nil {
+		return fmt.Errorf("the measurement policy update in force: %w", err)
+	}
+	return nil
 }
 
 // SecretHolder serves the key service's [Secret] on [SecretSocket] once the bootstrapper has it: before, a
@@ -95,7 +119,7 @@ func (h *SecretHolder) Set(s *Secret) error {
 	}
 	raw, err := json.Marshal(secretJSON{
 		Version: secretVersion, Key: s.MasterSecret.Key, Salt: s.MasterSecret.Salt,
-		ClusterID: s.ClusterID, Measurements: s.Measurements, Node: s.Node, DiskUUID: s.DiskUUID,
+		ClusterID: s.ClusterID, Measurements: s.Measurements, Node: s.Node, DiskUUID: s.DiskUUID, PolicyUpdate: s.PolicyUpdate,
 	})
 	if err != nil {
 		return err
@@ -166,7 +190,7 @@ func ParseSecret(raw []byte) (*Secret, error) {
 	if in.Version != secretVersion {
 		return nil, fmt.Errorf("the key service's secret has version %d; this key service reads version %d", in.Version, secretVersion)
 	}
-	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements, Node: in.Node, DiskUUID: in.DiskUUID}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements, Node: in.Node, DiskUUID: in.DiskUUID, PolicyUpdate: in.PolicyUpdate}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("the key service's secret: %w", err)
 	}

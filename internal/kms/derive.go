@@ -18,6 +18,9 @@ const (
 	PurposeCASeed    Purpose = "ca-seed"
 	// PurposeJoinConfig keys authenticate the join service's configuration (see [Deriver.JoinConfigKey]).
 	PurposeJoinConfig Purpose = "join-config"
+	// PurposeMeasurementPolicy keys authenticate the measurement policy updates the CLI sends the key services
+	// (see [Deriver.MeasurementPolicyKey]).
+	PurposeMeasurementPolicy Purpose = "measurement-policy"
 )
 
 // labelPrefix versions the derivation scheme.
@@ -72,7 +75,7 @@ func Label(purpose Purpose, id string) (string, error) {
 			return "", fmt.Errorf("purpose %s takes no identifier", purpose)
 		}
 		return labelPrefix + string(purpose), nil
-	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed, PurposeJoinConfig:
+	case PurposeDiskKey, PurposeVolumeKey, PurposeDataKey, PurposeCASeed, PurposeJoinConfig, PurposeMeasurementPolicy:
 		if !validID(id) {
 			return "", fmt.Errorf("key identifier %q is invalid: 1 to %d characters of A-Z a-z 0-9 . _ : -", truncate(id, 80), MaxIDLength)
 		}
@@ -111,6 +114,13 @@ const JoinConfigKeyID = string(PurposeJoinConfig) + "/mac"
 // configuration the join service accepts.
 func (d *Deriver) JoinConfigKey() ([]byte, error) {
 	return d.Derive(PurposeJoinConfig, "mac", 32)
+}
+
+// MeasurementPolicyKey returns the 32-byte key of the MAC that authenticates a measurement policy update (the
+// measurement sets the key services and the join service accept, see package policyupdate): only who holds
+// the master secret (the CLI) can author one. It is never handed to a remote caller.
+func (d *Deriver) MeasurementPolicyKey() ([]byte, error) {
+	return d.Derive(PurposeMeasurementPolicy, "mac", 32)
 }
 
 // ClusterIDSecret returns the 32-byte secret from which the cluster ID is computed.

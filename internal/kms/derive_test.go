@@ -34,6 +34,8 @@ func TestDeriveKnownAnswers(t *testing.T) {
 		{PurposeDataKey, "etcd-backup", 16, "816cc13506b89c7699aa0dac9c15c20b"},
 		{PurposeCASeed, "kubernetes", 64, "4bebc81dd62c4cf384014645a67b77343c553b8e96f8c1188c5b4895735329d55c4f64a1eae6b10b043fa397bfd04edd4b423bb81f6f270a3139763bff924f1a"},
 		{PurposeVolumeKey, "pvc-1234", 32, "cdb0182c0222f152a122a216fb2e6d143ac3699bde86ebb68810f32e77548d98"},
+		{PurposeJoinConfig, "mac", 32, "c01e4ce008ae00c65b41d577abcaf652d336bfe5025fee6480a7d34e4de84fa4"},
+		{PurposeMeasurementPolicy, "mac", 32, "48ce962fa92b01b18f4e320781d9338f5d5525067b77618a06455ba059055ca3"},
 	}
 	for _, tc := range tests {
 		got, err := d.Derive(tc.purpose, tc.id, tc.length)
@@ -51,6 +53,12 @@ func TestDeriveKnownAnswers(t *testing.T) {
 	if hex.EncodeToString(disk) != "89fc07c57f5dfa41f5a6de0cd641f629561cb4ca53f33597f04c72faf411a4eb"+
 		"18a5807670b7299de14559addf86cf2a9dcfa243eefee77dd1600b05fe8edd80" {
 		t.Errorf("DiskKey = %x, want the 64-byte disk-key derivation", disk)
+	}
+	// The measurement policy's MAC key is its own: not the join configuration's.
+	policyKey, _ := d.MeasurementPolicyKey()
+	joinKey, _ := d.JoinConfigKey()
+	if hex.EncodeToString(policyKey) != "48ce962fa92b01b18f4e320781d9338f5d5525067b77618a06455ba059055ca3" || bytes.Equal(policyKey, joinKey) {
+		t.Errorf("MeasurementPolicyKey = %x", policyKey)
 	}
 }
 

@@ -21,6 +21,187 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetMeasurementPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMeasurementPolicyRequest) Reset() {
+	*x = GetMeasurementPolicyRequest{}
+	mi := &file_keyservice_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMeasurementPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMeasurementPolicyRequest) ProtoMessage() {}
+
+func (x *GetMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMeasurementPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetMeasurementPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{0}
+}
+
+type GetMeasurementPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is the update in force (package policyupdate's wire form); empty: none since the cluster's init.
+	Update []byte `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	// measurements is the cluster's measurement set of its init (JSON, as measurements.M), in force while there
+	// is no update.
+	Measurements  []byte `protobuf:"bytes,2,opt,name=measurements,proto3" json:"measurements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMeasurementPolicyResponse) Reset() {
+	*x = GetMeasurementPolicyResponse{}
+	mi := &file_keyservice_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMeasurementPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMeasurementPolicyResponse) ProtoMessage() {}
+
+func (x *GetMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMeasurementPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetMeasurementPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetMeasurementPolicyResponse) GetUpdate() []byte {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *GetMeasurementPolicyResponse) GetMeasurements() []byte {
+	if x != nil {
+		return x.Measurements
+	}
+	return nil
+}
+
+type UpdateMeasurementPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is package policyupdate's wire form.
+	Update        []byte `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMeasurementPolicyRequest) Reset() {
+	*x = UpdateMeasurementPolicyRequest{}
+	mi := &file_keyservice_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMeasurementPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMeasurementPolicyRequest) ProtoMessage() {}
+
+func (x *UpdateMeasurementPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMeasurementPolicyRequest.ProtoReflect.Descriptor instead.
+func (*UpdateMeasurementPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UpdateMeasurementPolicyRequest) GetUpdate() []byte {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+type UpdateMeasurementPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is the update in force after the request.
+	Update        []byte `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMeasurementPolicyResponse) Reset() {
+	*x = UpdateMeasurementPolicyResponse{}
+	mi := &file_keyservice_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMeasurementPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMeasurementPolicyResponse) ProtoMessage() {}
+
+func (x *UpdateMeasurementPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyservice_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMeasurementPolicyResponse.ProtoReflect.Descriptor instead.
+func (*UpdateMeasurementPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_keyservice_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateMeasurementPolicyResponse) GetUpdate() []byte {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
 type GetDataKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// data_key_id is "<purpose>/<identifier>", for example "disk-key/0b6c3a2e-6a64-4a6f-9d4e-3f1f3e6e2f11".
@@ -38,7 +219,7 @@ type GetDataKeyRequest struct {
 
 func (x *GetDataKeyRequest) Reset() {
 	*x = GetDataKeyRequest{}
-	mi := &file_keyservice_proto_msgTypes[0]
+	mi := &file_keyservice_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +231,7 @@ func (x *GetDataKeyRequest) String() string {
 func (*GetDataKeyRequest) ProtoMessage() {}
 
 func (x *GetDataKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyservice_proto_msgTypes[0]
+	mi := &file_keyservice_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +244,7 @@ func (x *GetDataKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDataKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetDataKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyservice_proto_rawDescGZIP(), []int{0}
+	return file_keyservice_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetDataKeyRequest) GetDataKeyId() string {
@@ -96,7 +277,7 @@ type GetDataKeyResponse struct {
 
 func (x *GetDataKeyResponse) Reset() {
 	*x = GetDataKeyResponse{}
-	mi := &file_keyservice_proto_msgTypes[1]
+	mi := &file_keyservice_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +289,7 @@ func (x *GetDataKeyResponse) String() string {
 func (*GetDataKeyResponse) ProtoMessage() {}
 
 func (x *GetDataKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyservice_proto_msgTypes[1]
+	mi := &file_keyservice_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +302,7 @@ func (x *GetDataKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDataKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetDataKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyservice_proto_rawDescGZIP(), []int{1}
+	return file_keyservice_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetDataKeyResponse) GetDataKey() []byte {
@@ -139,7 +320,7 @@ type GetMasterSecretRequest struct {
 
 func (x *GetMasterSecretRequest) Reset() {
 	*x = GetMasterSecretRequest{}
-	mi := &file_keyservice_proto_msgTypes[2]
+	mi := &file_keyservice_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -151,7 +332,7 @@ func (x *GetMasterSecretRequest) String() string {
 func (*GetMasterSecretRequest) ProtoMessage() {}
 
 func (x *GetMasterSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyservice_proto_msgTypes[2]
+	mi := &file_keyservice_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -164,7 +345,7 @@ func (x *GetMasterSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMasterSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetMasterSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyservice_proto_rawDescGZIP(), []int{2}
+	return file_keyservice_proto_rawDescGZIP(), []int{6}
 }
 
 type GetMasterSecretResponse struct {
@@ -176,14 +357,17 @@ type GetMasterSecretResponse struct {
 	ClusterId []byte `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// measurements is the cluster's measurement policy (JSON, as measurements.M), which decides, with the
 	// cluster ID, who may call a key service.
-	Measurements  []byte `protobuf:"bytes,4,opt,name=measurements,proto3" json:"measurements,omitempty"`
+	Measurements []byte `protobuf:"bytes,4,opt,name=measurements,proto3" json:"measurements,omitempty"`
+	// policy_update is the measurement policy update in force (package policyupdate's wire form; empty: none),
+	// which decides instead of measurements once there is one.
+	PolicyUpdate  []byte `protobuf:"bytes,5,opt,name=policy_update,json=policyUpdate,proto3" json:"policy_update,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetMasterSecretResponse) Reset() {
 	*x = GetMasterSecretResponse{}
-	mi := &file_keyservice_proto_msgTypes[3]
+	mi := &file_keyservice_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +379,7 @@ func (x *GetMasterSecretResponse) String() string {
 func (*GetMasterSecretResponse) ProtoMessage() {}
 
 func (x *GetMasterSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyservice_proto_msgTypes[3]
+	mi := &file_keyservice_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +392,7 @@ func (x *GetMasterSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMasterSecretResponse.ProtoReflect.Descriptor instead.
 func (*GetMasterSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyservice_proto_rawDescGZIP(), []int{3}
+	return file_keyservice_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetMasterSecretResponse) GetKey() []byte {
@@ -239,29 +423,48 @@ func (x *GetMasterSecretResponse) GetMeasurements() []byte {
 	return nil
 }
 
+func (x *GetMasterSecretResponse) GetPolicyUpdate() []byte {
+	if x != nil {
+		return x.PolicyUpdate
+	}
+	return nil
+}
+
 var File_keyservice_proto protoreflect.FileDescriptor
 
 const file_keyservice_proto_rawDesc = "" +
 	"\n" +
-	"\x10keyservice.proto\x12\x1bconstellation.keyservice.v1\"_\n" +
+	"\x10keyservice.proto\x12\x1bconstellation.keyservice.v1\"\x1d\n" +
+	"\x1bGetMeasurementPolicyRequest\"Z\n" +
+	"\x1cGetMeasurementPolicyResponse\x12\x16\n" +
+	"\x06update\x18\x01 \x01(\fR\x06update\x12\"\n" +
+	"\fmeasurements\x18\x02 \x01(\fR\fmeasurements\"8\n" +
+	"\x1eUpdateMeasurementPolicyRequest\x12\x16\n" +
+	"\x06update\x18\x01 \x01(\fR\x06update\"9\n" +
+	"\x1fUpdateMeasurementPolicyResponse\x12\x16\n" +
+	"\x06update\x18\x01 \x01(\fR\x06update\"_\n" +
 	"\x11GetDataKeyRequest\x12\x1e\n" +
 	"\vdata_key_id\x18\x01 \x01(\tR\tdataKeyId\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\"/\n" +
 	"\x12GetDataKeyResponse\x12\x19\n" +
 	"\bdata_key\x18\x01 \x01(\fR\adataKey\"\x18\n" +
-	"\x16GetMasterSecretRequest\"\x82\x01\n" +
+	"\x16GetMasterSecretRequest\"\xa7\x01\n" +
 	"\x17GetMasterSecretResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x03 \x01(\fR\tclusterId\x12\"\n" +
-	"\fmeasurements\x18\x04 \x01(\fR\fmeasurements2\xf9\x01\n" +
+	"\fmeasurements\x18\x04 \x01(\fR\fmeasurements\x12#\n" +
+	"\rpolicy_update\x18\x05 \x01(\fR\fpolicyUpdate2\xf9\x01\n" +
 	"\n" +
 	"KeyService\x12m\n" +
 	"\n" +
 	"GetDataKey\x12..constellation.keyservice.v1.GetDataKeyRequest\x1a/.constellation.keyservice.v1.GetDataKeyResponse\x12|\n" +
-	"\x0fGetMasterSecret\x123.constellation.keyservice.v1.GetMasterSecretRequest\x1a4.constellation.keyservice.v1.GetMasterSecretResponseBMZKgithub.com/constellation-dev/constellation/internal/keyservice/keyservicepbb\x06proto3"
+	"\x0fGetMasterSecret\x123.constellation.keyservice.v1.GetMasterSecretRequest\x1a4.constellation.keyservice.v1.GetMasterSecretResponse2\xb8\x02\n" +
+	"\x11MeasurementPolicy\x12\x8b\x01\n" +
+	"\x14GetMeasurementPolicy\x128.constellation.keyservice.v1.GetMeasurementPolicyRequest\x1a9.constellation.keyservice.v1.GetMeasurementPolicyResponse\x12\x94\x01\n" +
+	"\x17UpdateMeasurementPolicy\x12;.constellation.keyservice.v1.UpdateMeasurementPolicyRequest\x1a<.constellation.keyservice.v1.UpdateMeasurementPolicyResponseBMZKgithub.com/constellation-dev/constellation/internal/keyservice/keyservicepbb\x06proto3"
 
 var (
 	file_keyservice_proto_rawDescOnce sync.Once
@@ -275,20 +478,28 @@ func file_keyservice_proto_rawDescGZIP() []byte {
 	return file_keyservice_proto_rawDescData
 }
 
-var file_keyservice_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_keyservice_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_keyservice_proto_goTypes = []any{
-	(*GetDataKeyRequest)(nil),       // 0: constellation.keyservice.v1.GetDataKeyRequest
-	(*GetDataKeyResponse)(nil),      // 1: constellation.keyservice.v1.GetDataKeyResponse
-	(*GetMasterSecretRequest)(nil),  // 2: constellation.keyservice.v1.GetMasterSecretRequest
-	(*GetMasterSecretResponse)(nil), // 3: constellation.keyservice.v1.GetMasterSecretResponse
+	(*GetMeasurementPolicyRequest)(nil),     // 0: constellation.keyservice.v1.GetMeasurementPolicyRequest
+	(*GetMeasurementPolicyResponse)(nil),    // 1: constellation.keyservice.v1.GetMeasurementPolicyResponse
+	(*UpdateMeasurementPolicyRequest)(nil),  // 2: constellation.keyservice.v1.UpdateMeasurementPolicyRequest
+	(*UpdateMeasurementPolicyResponse)(nil), // 3: constellation.keyservice.v1.UpdateMeasurementPolicyResponse
+	(*GetDataKeyRequest)(nil),               // 4: constellation.keyservice.v1.GetDataKeyRequest
+	(*GetDataKeyResponse)(nil),              // 5: constellation.keyservice.v1.GetDataKeyResponse
+	(*GetMasterSecretRequest)(nil),          // 6: constellation.keyservice.v1.GetMasterSecretRequest
+	(*GetMasterSecretResponse)(nil),         // 7: constellation.keyservice.v1.GetMasterSecretResponse
 }
 var file_keyservice_proto_depIdxs = []int32{
-	0, // 0: constellation.keyservice.v1.KeyService.GetDataKey:input_type -> constellation.keyservice.v1.GetDataKeyRequest
-	2, // 1: constellation.keyservice.v1.KeyService.GetMasterSecret:input_type -> constellation.keyservice.v1.GetMasterSecretRequest
-	1, // 2: constellation.keyservice.v1.KeyService.GetDataKey:output_type -> constellation.keyservice.v1.GetDataKeyResponse
-	3, // 3: constellation.keyservice.v1.KeyService.GetMasterSecret:output_type -> constellation.keyservice.v1.GetMasterSecretResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	4, // 0: constellation.keyservice.v1.KeyService.GetDataKey:input_type -> constellation.keyservice.v1.GetDataKeyRequest
+	6, // 1: constellation.keyservice.v1.KeyService.GetMasterSecret:input_type -> constellation.keyservice.v1.GetMasterSecretRequest
+	0, // 2: constellation.keyservice.v1.MeasurementPolicy.GetMeasurementPolicy:input_type -> constellation.keyservice.v1.GetMeasurementPolicyRequest
+	2, // 3: constellation.keyservice.v1.MeasurementPolicy.UpdateMeasurementPolicy:input_type -> constellation.keyservice.v1.UpdateMeasurementPolicyRequest
+	5, // 4: constellation.keyservice.v1.KeyService.GetDataKey:output_type -> constellation.keyservice.v1.GetDataKeyResponse
+	7, // 5: constellation.keyservice.v1.KeyService.GetMasterSecret:output_type -> constellation.keyservice.v1.GetMasterSecretResponse
+	1, // 6: constellation.keyservice.v1.MeasurementPolicy.GetMeasurementPolicy:output_type -> constellation.keyservice.v1.GetMeasurementPolicyResponse
+	3, // 7: constellation.keyservice.v1.MeasurementPolicy.UpdateMeasurementPolicy:output_type -> constellation.keyservice.v1.UpdateMeasurementPolicyResponse
+	4, // [4:8] is the sub-list for method output_type
+	0, // [0:4] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -305,9 +516,9 @@ func file_keyservice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyservice_proto_rawDesc), len(file_keyservice_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   8,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_keyservice_proto_goTypes,
 		DependencyIndexes: file_keyservice_proto_depIdxs,

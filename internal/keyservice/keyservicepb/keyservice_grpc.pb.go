@@ -169,3 +169,157 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "keyservice.proto",
 }
+
+const (
+	MeasurementPolicy_GetMeasurementPolicy_FullMethodName    = "/constellation.keyservice.v1.MeasurementPolicy/GetMeasurementPolicy"
+	MeasurementPolicy_UpdateMeasurementPolicy_FullMethodName = "/constellation.keyservice.v1.MeasurementPolicy/UpdateMeasurementPolicy"
+)
+
+// MeasurementPolicyClient is the client API for MeasurementPolicy service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// MeasurementPolicy is the measurement sets a key service accepts, and the join service with it. It serves on
+// the key service's mutual aTLS port and on its policy port, where only the key service attests itself: an
+// update counts by its MAC (under a key derived from the master secret) and its epoch, not by who sends it.
+type MeasurementPolicyClient interface {
+	// GetMeasurementPolicy returns the update in force (none: the measurements of the cluster's init).
+	GetMeasurementPolicy(ctx context.Context, in *GetMeasurementPolicyRequest, opts ...grpc.CallOption) (*GetMeasurementPolicyResponse, error)
+	// UpdateMeasurementPolicy puts an update in force if its MAC verifies and its epoch is higher than the one
+	// in force; the update in force itself is accepted again, anything else refused.
+	UpdateMeasurementPolicy(ctx context.Context, in *UpdateMeasurementPolicyRequest, opts ...grpc.CallOption) (*UpdateMeasurementPolicyResponse, error)
+}
+
+type measurementPolicyClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewMeasurementPolicyClient(cc grpc.ClientConnInterface) MeasurementPolicyClient {
+	return &measurementPolicyClient{cc}
+}
+
+func (c *measurementPolicyClient) GetMeasurementPolicy(ctx context.Context, in *GetMeasurementPolicyRequest, opts ...grpc.CallOption) (*GetMeasurementPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMeasurementPolicyResponse)
+	err := c.cc.Invoke(ctx, MeasurementPolicy_GetMeasurementPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *measurementPolicyClient) UpdateMeasurementPolicy(ctx context.Context, in *UpdateMeasurementPolicyRequest, opts ...grpc.CallOption) (*UpdateMeasurementPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateMeasurementPolicyResponse)
+	err := c.cc.Invoke(ctx, MeasurementPolicy_UpdateMeasurementPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// MeasurementPolicyServer is the server API for MeasurementPolicy service.
+// All implementations must embed UnimplementedMeasurementPolicyServer
+// for forward compatibility.
+//
+// MeasurementPolicy is the measurement sets a key service accepts, and the join service with it. It serves on
+// the key service's mutual aTLS port and on its policy port, where only the key service attests itself: an
+// update counts by its MAC (under a key derived from the master secret) and its epoch, not by who sends it.
+type MeasurementPolicyServer interface {
+	// GetMeasurementPolicy returns the update in force (none: the measurements of the cluster's init).
+	GetMeasurementPolicy(context.Context, *GetMeasurementPolicyRequest) (*GetMeasurementPolicyResponse, error)
+	// UpdateMeasurementPolicy puts an update in force if its MAC verifies and its epoch is higher than the one
+	// in force; the update in force itself is accepted again, anything else refused.
+	UpdateMeasurementPolicy(context.Context, *UpdateMeasurementPolicyRequest) (*UpdateMeasurementPolicyResponse, error)
+	mustEmbedUnimplementedMeasurementPolicyServer()
+}
+
+// UnimplementedMeasurementPolicyServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedMeasurementPolicyServer struct{}
+
+func (UnimplementedMeasurementPolicyServer) GetMeasurementPolicy(context.Context, *GetMeasurementPolicyRequest) (*GetMeasurementPolicyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetMeasurementPolicy not implemented")
+}
+func (UnimplementedMeasurementPolicyServer) UpdateMeasurementPolicy(context.Context, *UpdateMeasurementPolicyRequest) (*UpdateMeasurementPolicyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateMeasurementPolicy not implemented")
+}
+func (UnimplementedMeasurementPolicyServer) mustEmbedUnimplementedMeasurementPolicyServer() {}
+func (UnimplementedMeasurementPolicyServer) testEmbeddedByValue()                           {}
+
+// UnsafeMeasurementPolicyServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to MeasurementPolicyServer will
+// result in compilation errors.
+type UnsafeMeasurementPolicyServer interface {
+	mustEmbedUnimplementedMeasurementPolicyServer()
+}
+
+func RegisterMeasurementPolicyServer(s grpc.ServiceRegistrar, srv MeasurementPolicyServer) {
+	// If the following call pancis, it indicates UnimplementedMeasurementPolicyServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&MeasurementPolicy_ServiceDesc, srv)
+}
+
+func _MeasurementPolicy_GetMeasurementPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMeasurementPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeasurementPolicyServer).GetMeasurementPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeasurementPolicy_GetMeasurementPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeasurementPolicyServer).GetMeasurementPolicy(ctx, req.(*GetMeasurementPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MeasurementPolicy_UpdateMeasurementPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMeasurementPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeasurementPolicyServer).UpdateMeasurementPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeasurementPolicy_UpdateMeasurementPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeasurementPolicyServer).UpdateMeasurementPolicy(ctx, req.(*UpdateMeasurementPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// MeasurementPolicy_ServiceDesc is the grpc.ServiceDesc for MeasurementPolicy service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var MeasurementPolicy_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "constellation.keyservice.v1.MeasurementPolicy",
+	HandlerType: (*MeasurementPolicyServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetMeasurementPolicy",
+			Handler:    _MeasurementPolicy_GetMeasurementPolicy_Handler,
+		},
+		{
+			MethodName: "UpdateMeasurementPolicy",
+			Handler:    _MeasurementPolicy_UpdateMeasurementPolicy_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "keyservice.proto",
+}

@@ -1,0 +1,205 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"google.golang.org/grpc/codes"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
+)
+
+// controlPlaneKeyServices runs n key services, each on a control-plane node of its own (a swtpm, a member of
+// the cluster of d), with their policy ports on loopback; it returns their policies, the policy ports' addresses
+// and the AK roots of their nodes.
+func controlPlaneKeyServices(t *testing.T, n int, d *kms.Deriver, clusterID []byte) ([]*keyservice.Policy, []string, []*x509.Certificate, measurements.M) {
+	t.Helper()
+	var policies []*keyservice.Policy
+	var addrs []string
+	var roots []*x509.Certificate
+	var image measurements.M
+	for range n {
+		node, err := tpmtest.NewSWTPMNode(context.Background(), t.TempDir(), vtpm.ECC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { node.Close() })
+		pcrs, err := client.ReadPCRs(node.TPM, client.FullPcrSel(tpm2.AlgSHA256))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if image, err = measurements.FromPCRs(func(idx uint32) []byte { return pcrs.GetPcrs()[idx] }, 0, measurements.PCRNodeImage, measurements.PCRBootParams); err != nil {
+			t.Fatal(err)
+		}
+		ev := measurements.ClusterIDEvent(clusterID)
+		if err := node.Issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
+			t.Fatal(err)
+		}
+		p, err := keyservice.NewPolicy(d, clusterID, image, t.TempDir()+"/policy.json", nil, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := keyservice.NewPolicyServer(p, node.Issuer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(ln)
+		t.Cleanup(srv.Stop)
+		policies, addrs, roots = append(policies, p), append(addrs, ln.Addr().String()), append(roots, node.CA.Certificate())
+	}
+	return policies, addrs, roots, image
+}
+
+// otherImage is image with the node image b.
+func otherImage(image measurements.M, b byte) measurements.M {
+	out := measurements.M{}
+	for idx, m := range image {
+		out[idx] = m
+	}
+	out[measurements.PCRNodeImage] = measurements.Measurement{Expected: measurements.Digest(bytes.Repeat([]byte{b}, 32))}
+	return out
+}
+
+// An upgrade's measurement policy, driven by the CLI's functions against the key services of two
+// control-plane nodes and a real API server: start (both images, the narrowing left in the cluster), abort
+// (the old image only, at an epoch above the narrowing), start again and finish (the new image only). The
+// attack: the narrowing left in the cluster before the abort, sent by anyone after it (an administrator, or an
+// upgrade controller that did not see the abort), is refused, and the old image stays in force.
+func TestUpgradePolicyStartAbortFinish(t *testing.T) {
+	ctx := context.Background()
+	ms, err := kms.GenerateMasterSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := kms.NewDeriver(ms)
+	clusterID, _ := d.ClusterID()
+	key, _ := d.MeasurementPolicyKey()
+	policies, addrs, roots, old := controlPlaneKeyServices(t, 2, d, clusterID)
+	newImage := otherImage(old, 0x2e)
+	api := kubeapitest.New(t)
+	var out bytes.Buffer
+	up := &PolicyUpgrade{
+		Key: key, ClusterID: clusterID, KeyServices: addrs, Known: []measurements.M{newImage}, API: api.Client(t), Out: &out,
+		Trust: func(sets ...measurements.M) (attestation.Validator, error) {
+			return keyservice.MemberValidators(attestation.MiniVTPM, roots, clusterID, nil)(sets)
+		},
+	}
+	inForce := func() []*policyupdate.Update {
+		var us []*policyupdate.Update
+		for _, p := range policies {
+			u, _ := p.Current()
+			us = append(us, u)
+		}
+		return us
+	}
+	window, narrowing, err := up.Start(ctx, old, newImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if window.Epoch != 1 || narrowing.Epoch != 2 || len(window.Sets) != 2 || len(narrowing.Sets) != 1 {
+		t.Fatalf("start: %v, %v", window, narrowing)
+	}
+	for _, u := range inForce() {
+		if !u.Same(window) {
+			t.Fatalf("a key service has %v in force, want %v", u, window)
+		}
+	}
+	left, leftRaw, found, err := keyservice.LoadNarrowing(ctx, api.Client(t))
+	if err != nil || !found || !left.Same(narrowing) {
+		t.Fatalf("the narrowing left in the cluster: %v, %v, %v", left, found, err)
+	}
+	// check shows the configuration's image against both in force, and the PCR that differs.
+	st, err := up.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var check bytes.Buffer
+	c := &config.Config{Provider: config.Provider{Mini: &config.Mini{ImageDigest: "sha256:" + strings.Repeat("2e", 32)}}, Attestation: config.Attestation{Measurements: newImage}}
+	if err := printUpgradeCheck(&check, c, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"node image sha256:2e2e", "An upgrade is open", "PCR 4: " + old[measurements.PCRNodeImage].Expected.String() + " -> " + strings.Repeat("2e", 32)} {
+		if !strings.Contains(check.String(), want) {
+			t.Errorf("check does not say %q:\n%s", want, check.String())
+		}
+	}
+	// Another upgrade cannot start while one is open; the same one resumes.
+	if _, _, err := up.Start(ctx, old, otherImage(old, 0x3f)); err == nil || !strings.Contains(err.Error(), "open already") {
+		t.Fatalf("a second upgrade while one is open: %v", err)
+	}
+	if again, _, err := up.Start(ctx, old, newImage); err != nil || !again.Same(window) {
+		t.Fatalf("the same upgrade started again: %v, %v", again, err)
+	}
+
+	rollback, err := up.Abort(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rollback.Epoch != 3 || len(rollback.Sets) != 1 || !containsSet(rollback.Sets, old) {
+		t.Fatalf("abort: %v", rollback)
+	}
+	if _, _, found, _ := keyservice.LoadNarrowing(ctx, api.Client(t)); found {
+		t.Fatal("the narrowing is still left in the cluster after the abort")
+	}
+	// The attack: the narrowing saved from before the abort is sent to every key service.
+	v, _ := up.Trust(old, newImage)
+	if _, err := keyservice.SendPolicy(ctx, addrs, v, leftRaw); err == nil || !strings.Contains(err.Error(), "older") || !strings.Contains(err.Error(), codes.FailedPrecondition.String()) {
+		t.Fatalf("the narrowing from before the abort: %v, want refused as older", err)
+	}
+	for _, u := range inForce() {
+		if !u.Same(rollback) {
+			t.Fatalf("a key service has %v in force after the narrowing was replayed, want %v", u, rollback)
+		}
+	}
+
+	window, narrowing, err = up.Start(ctx, old, newImage)
+	if err != nil || window.Epoch != 4 || narrowing.Epoch != 5 {
+		t.Fatalf("start after the abort: %v, %v, %v", window, narrowing, err)
+	}
+	done, err := up.Finish(ctx)
+	if err != nil || !done.Same(narrowing) {
+		t.Fatalf("finish: %v, %v", done, err)
+	}
+	for _, u := range inForce() {
+		if !u.Same(narrowing) {
+			t.Fatalf("a key service has %v in force after the finish, want %v", u, narrowing)
+		}
+	}
+	// The key services of this test still run the old image, which the policy in force no longer names: the
+	// CLI trusts them by a configuration that names it.
+	if _, err := up.Status(ctx); err == nil {
+		if st, _ := up.Status(ctx); len(st.Unreachable) == 0 {
+			t.Fatal("key services of an image no set names were trusted")
+		}
+	}
+	up.Known = append(up.Known, old)
+	if _, err := up.Abort(ctx); err == nil || !strings.Contains(err.Error(), "no upgrade is open") {
+		t.Fatalf("abort without an open upgrade: %v", err)
+	}
+	st, err = up.Status(ctx)
+	if err != nil || len(st.Unreachable) != 0 || !st.Latest.Same(narrowing) {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+	if !strings.Contains(out.String(), "in force at 2 key services") {
+		t.Fatalf("the CLI's output:\n%s", out.String())
+	}
+}

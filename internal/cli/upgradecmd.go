@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-dev/constellation/internal/attestation"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/keyservice"
+	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
+)
+
+func newUpgradeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "upgrade",
+		Short: "The measurement policy of a node image upgrade: what it would change, and its rollback",
+		Long: "While an upgrade runs, the key service of every control-plane node, and the join service with it,\n" +
+			"accept exactly two node images, the old and the new one; when it ends, the new one only. Only the holder\n" +
+			"of the master secret (this CLI) authors these measurement policies; the key services keep the newest on\n" +
+			"their nodes' encrypted state disks and refuse an older one sent again.",
+	}
+	cmd.PersistentFlags().String("workspace", ".", "directory with "+config.FileName)
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Show what the configuration would move the cluster to: node image and measurements, against those in force",
+		Args:  cobra.NoArgs,
+		RunE:  runUpgradeCheck,
+	}
+	abort := &cobra.Command{
+		Use:   "abort",
+		Short: "Roll an open upgrade back: every key service accepts the old node image only again",
+		Long: "abort authors the measurement policy that accepts the old image only, at an epoch above every policy\n" +
+			"authored for the upgrade (so the upgrade's narrowing left in the cluster can never take effect), and\n" +
+			"sends it to the key service of every control-plane node; it fails unless every one has it in force.\n" +
+			"Nodes of the new image are refused from then on.",
+		Args: cobra.NoArgs,
+		RunE: runUpgradeAbort,
+	}
+	cmd.AddCommand(check, abort)
+	return cmd
+}
+
+// policyUpgradeOf returns the measurement policy of the workspace's running cluster as the CLI drives it,
+// with the configuration.
+func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error) {
+	ws := workspace(cmd)
+	c, err := config.Load(filepath.Join(ws, config.FileName))
+	if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	cs, initialised, err := loadClusterState(ws)
+	if err != nil {
+		return nil, nil, badInput("%s: %w", StateFile, err)
+	}
+	if !initialised {
+		return nil, nil, badInput("no %s in %s: this workspace has no initialised cluster", StateFile, ws)
+	}
+	clusterID, err := hex.DecodeString(cs.ClusterID)
+	if err != nil || len(clusterID) != 32 {
+		return nil, nil, badInput("%s: clusterID must be 64 hex digits", StateFile)
+	}
+	nodes, att, err := runningNodes(ws, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	variant, err := attestation.VariantByName(att.Variant)
+	if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	if !variant.VTPM {
+		return nil, nil, badInput("%s evidence has no vTPM: the measurement policy of an upgrade applies to variants with a vTPM only", variant)
+	}
+	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
+	file, err := kms.ReadSecretFile(secretPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, badInput("no %s in %s: only the holder of the master secret can change the measurement policy", kms.MasterSecretFileName, ws)
+	} else if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	if file.IsWrapped() {
+		return nil, nil, badInput("%s is wrapped by a KMS key: authoring a measurement policy with it is not supported yet", secretPath)
+	}
+	d, err := kms.NewDeriver(file.Plain)
+	if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	if id, err := d.ClusterID(); err != nil || !bytes.Equal(id, clusterID) {
+		return nil, nil, badInput("%s is not the master secret of the cluster %s… in %s", secretPath, cs.ClusterID[:16], StateFile)
+	}
+	key, err := d.MeasurementPolicyKey()
+	if err != nil {
+		return nil, nil, failed(err)
+	}
+	api, err := kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
+	if err != nil {
+		return nil, nil, badInput("%w", err)
+	}
+	var addrs []string
+	for _, n := range nodes {
+		if n.Role == "control-plane" {
+			addrs = append(addrs, net.JoinHostPort(n.IP, strconv.Itoa(keyservice.PolicyPort)))
+		}
+	}
+	return &PolicyUpgrade{
+		Key: key, ClusterID: clusterID, KeyServices: addrs, Known: []measurements.M{c.Attestation.Measurements}, API: api,
+		Out: cmd.OutOrStdout(),
+		Trust: func(sets ...measurements.M) (attestation.Validator, error) {
+			return keyservice.MemberValidators(variant, att.AKRoots, clusterID, nil)(sets)
+		},
+	}, c, nil
+}
+
+func runUpgradeAbort(cmd *cobra.Command, _ []string) error {
+	up, _, err := policyUpgradeOf(cmd)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Rolling the upgrade back at %d key services\n", len(up.KeyServices))
+	rollback, err := up.Abort(cmd.Context())
+	if err != nil {
+		return failed(err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Upgrade aborted: %s; nodes of the new image are refused from now on\n", rollback)
+	return nil
+}
+
+func runUpgradeCheck(cmd *cobra.Command, _ []string) error {
+	up, c, err := policyUpgradeOf(cmd)
+	if err != nil {
+		return err
+	}
+	st, err := up.Status(cmd.Context())
+	if err != nil {
+		return failed(err)
+	}
+	return printUpgradeCheck(cmd.OutOrStdout(), c, st)
+}
+
+// printUpgradeCheck writes what the configuration would change: its node image and measurements against the
+// measurement policy in force at each key service.
+func printUpgradeCheck(out io.Writer, c *config.Config, st *PolicyStatus) error {
+	digest := ""
+	switch {
+	case c.Provider.Mini != nil:
+		digest = c.Provider.Mini.ImageDigest
+	case c.Provider.QEMU != nil:
+		digest = c.Provider.QEMU.ImageDigest
+	}
+	want := c.Attestation.Measurements
+	fmt.Fprintf(out, "Configuration: node image %s, %s\n", digest, policyupdate.Describe(want))
+	printSet(out, "  ", want)
+	addrs := make([]string, 0, len(st.InForce))
+	for a := range st.InForce {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY SERVICE\tEPOCH\tIMAGES IN FORCE")
+	var running []measurements.M
+	for _, a := range addrs {
+		f := st.InForce[a]
+		epoch := "0 (init)"
+		if f.Update != nil {
+			epoch = strconv.FormatUint(f.Update.Epoch, 10)
+		}
+		var names []string
+		for _, set := range f.Sets() {
+			names = append(names, policyupdate.Describe(set))
+			if !containsSet(running, set) {
+				running = append(running, set)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\n", a, epoch, names)
+	}
+	for a, err := range st.Unreachable {
+		fmt.Fprintf(tw, "%s\t-\tno answer: %v\n", a, err)
+	}
+	tw.Flush()
+	for i, set := range running {
+		if !containsSet([]measurements.M{want}, set) {
+			fmt.Fprintf(out, "In force, image %d: %s\n", i+1, policyupdate.Describe(set))
+			printDiff(out, set, want)
+		}
+	}
+	switch {
+	case len(running) == 1 && containsSet(running, want):
+		fmt.Fprintln(out, "The configuration's image is the one in force: nothing to upgrade")
+	case len(running) == 2:
+		fmt.Fprintf(out, "An upgrade is open (both images accepted); it ends with the narrowing left in ConfigMap kube-system/%s, or 'constellation upgrade abort'\n", keyservice.NarrowingConfigMap)
+	default:
+		fmt.Fprintln(out, "An upgrade would accept both images until the last node of the old image is gone, then the configuration's only")
+	}
+	return nil
+}
+
+// printSet writes every PCR of a set.
+func printSet(out io.Writer, indent string, set measurements.M) {
+	for _, idx := range set.Indices() {
+		fmt.Fprintf(out, "%sPCR %d: %s\n", indent, idx, set[idx].Expected)
+	}
+}
+
+// printDiff writes the PCRs in which from and to differ.
+func printDiff(out io.Writer, from, to measurements.M) {
+	idx := map[uint32]bool{}
+	for i := range from {
+		idx[i] = true
+	}
+	for i := range to {
+		idx[i] = true
+	}
+	keys := make([]int, 0, len(idx))
+	for i := range idx {
+		keys = append(keys, int(i))
+	}
+	sort.Ints(keys)
+	for _, k := range keys {
+		a, inA := from[uint32(k)]
+		b, inB := to[uint32(k)]
+		switch {
+		case !inA:
+			fmt.Fprintf(out, "  PCR %d: (none) -> %s\n", k, b.Expected)
+		case !inB:
+			fmt.Fprintf(out, "  PCR %d: %s -> (none)\n", k, a.Expected)
+		case a != b:
+			fmt.Fprintf(out, "  PCR %d: %s -> %s\n", k, a.Expected, b.Expected)
+		}
+	}
+}
