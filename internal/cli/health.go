@@ -124,7 +124,7 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 		var api *kubeapi.Client
 		if api, h.KubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); h.KubeErr == nil {
 			if ready, continuous, h.KubeErr = nodeReadiness(ctx, api, time.Now()); h.KubeErr == nil {
-				h.Services, h.KubeErr = serviceReadiness(ctx, api)
+				h.Services, h.KubeErr = serviceReadiness(ctx, api, expectedPods(nodes))
 			}
 		}
 	}

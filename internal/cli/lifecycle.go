@@ -166,17 +166,32 @@ type daemonSetList struct {
 	}
 }
 
-// serviceReadiness returns how many pods of each of this project's services are ready.
-func serviceReadiness(ctx context.Context, api *kubeapi.Client) ([]serviceStatus, error) {
+// serviceReadiness returns how many pods of each of this project's services are ready, against expected: the
+// number of nodes each service must run on.
+func serviceReadiness(ctx context.Context, api *kubeapi.Client, expected map[string]int) ([]serviceStatus, error) {
 	var list daemonSetList
 	if err := api.Do(ctx, http.MethodGet, "/apis/apps/v1/namespaces/kube-system/daemonsets?labelSelector=app.kubernetes.io%2Fpart-of%3Dconstellation", "", nil, &list); err != nil {
 		return nil, fmt.Errorf("listing the cluster's services: %w", err)
 	}
-	return servicesFromList(list), nil
+	return servicesFromList(list, expected), nil
 }
 
-// servicesFromList reports every one of [clusterServices]: healthy when it has pods scheduled and all of them ready.
-func servicesFromList(list daemonSetList) []serviceStatus {
+// expectedPods is how many pods of each of [clusterServices] the cluster of nodes runs when it is healthy: the
+// join and key services one per control-plane node, the verification service one per node.
+func expectedPods(nodes []clusterNode) map[string]int {
+	controlPlanes := 0
+	for _, n := range nodes {
+		if n.Role == provider.RoleControlPlane {
+			controlPlanes++
+		}
+	}
+	return map[string]int{joinservice.Name: controlPlanes, keyservice.Name: controlPlanes, verifyservice.Name: len(nodes)}
+}
+
+// servicesFromList reports every one of [clusterServices]: healthy when it is scheduled on exactly the expected
+// number of nodes (the DaemonSet controller counts a node that just registered only a moment later) and all its
+// pods are ready.
+func servicesFromList(list daemonSetList, expected map[string]int) []serviceStatus {
 	var out []serviceStatus
 	for _, name := range clusterServices {
 		s := serviceStatus{Name: name, State: "not deployed"}
@@ -186,9 +201,12 @@ func servicesFromList(list daemonSetList) []serviceStatus {
 			}
 			st := it.Status
 			s.State = fmt.Sprintf("%d/%d", st.NumberReady, st.DesiredNumberScheduled)
-			s.Healthy = st.DesiredNumberScheduled > 0 && st.NumberReady == st.DesiredNumberScheduled
-			if st.DesiredNumberScheduled == 0 {
+			s.Healthy = st.DesiredNumberScheduled > 0 && st.NumberReady == st.DesiredNumberScheduled && st.DesiredNumberScheduled == expected[name]
+			switch {
+			case st.DesiredNumberScheduled == 0:
 				s.State = "no node to run on"
+			case st.DesiredNumberScheduled != expected[name]:
+				s.State += fmt.Sprintf(" (scheduled on %d nodes, %d expected)", st.DesiredNumberScheduled, expected[name])
 			}
 		}
 		out = append(out, s)

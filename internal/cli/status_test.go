@@ -9,8 +9,9 @@ import (
 	"github.com/constellation-dev/constellation/internal/reattestation"
 )
 
-// status calls the cluster's services healthy only when each is deployed, has nodes to run on, and all its
-// pods are ready.
+// status calls the cluster's services healthy only when each is deployed, is scheduled on the nodes it must run
+// on (a control-plane node that registered a moment ago is not counted by the DaemonSet yet), and all its pods
+// are ready.
 func TestServicesFromList(t *testing.T) {
 	var list daemonSetList
 	if err := json.Unmarshal([]byte(`{"items": [
@@ -20,7 +21,8 @@ func TestServicesFromList(t *testing.T) {
 	]}`), &list); err != nil {
 		t.Fatal(err)
 	}
-	got := servicesFromList(list)
+	nodes := []clusterNode{{Name: "control-plane-0", Role: "control-plane"}, {Name: "control-plane-1", Role: "control-plane"}, {Name: "worker-0", Role: "worker"}}
+	got := servicesFromList(list, expectedPods(nodes))
 	want := []serviceStatus{
 		{"join-service", "2/2", true},
 		{"key-service", "not deployed", false},
@@ -34,9 +36,14 @@ func TestServicesFromList(t *testing.T) {
 			t.Errorf("service %d: got %+v, want %+v", i, got[i], want[i])
 		}
 	}
+	// A third control-plane node registered, the DaemonSet does not count it yet: not healthy.
+	nodes = append(nodes, clusterNode{Name: "control-plane-2", Role: "control-plane"})
+	if s := servicesFromList(list, expectedPods(nodes))[0]; s.Healthy || s.State != "2/2 (scheduled on 2 nodes, 3 expected)" {
+		t.Fatalf("a service not yet scheduled on a new control-plane node: %+v", s)
+	}
 	list.Items = list.Items[:1]
 	list.Items[0].Status.DesiredNumberScheduled, list.Items[0].Status.NumberReady = 0, 0
-	if s := servicesFromList(list)[0]; s.Healthy || s.State != "no node to run on" {
+	if s := servicesFromList(list, expectedPods(nodes))[0]; s.Healthy || s.State != "no node to run on" {
 		t.Fatalf("a service scheduled nowhere: %+v", s)
 	}
 }
