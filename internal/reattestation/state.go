@@ -42,6 +42,11 @@ type nodeState struct {
 	UnreachableSince time.Time
 	// Misses counts the checks in a row without evidence.
 	Misses int
+	// Released is the join service's last release of the node the controller acted on (see
+	// [ReleasedAnnotation]); Epoch counts the controller's fresh starts of the node, so that a check begun
+	// before one is not recorded after it.
+	Released string
+	Epoch    uint64
 }
 
 // timing is the schedule of checks.
