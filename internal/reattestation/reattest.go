@@ -189,6 +189,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := leaseInf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		// Without its records the controller checks nobody: say why, until it can read them.
+		c.log.Error("reading the nodes' attestation records failed; no node is checked until they can be read. Check that the namespace and the join service's role there exist (the join service's manifests)", "namespace", RecordNamespace, "error", err)
+	}); err != nil {
+		return err
+	}
 	go leaseInf.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), leaseInf.HasSynced) {
 		return nil
