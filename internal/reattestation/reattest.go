@@ -45,6 +45,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -218,6 +219,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			// Quarantined, whatever the record says: stays Failed until it rejoins.
 			rec = &nodeState{State: Failed, Reason: reason, Released: rec.Released}
 		}
+		rec.UID = n.UID
 		c.records[n.Name] = rec
 		nctx, cancel := context.WithCancel(ctx)
 		c.cancel[n.Name] = cancel
@@ -308,7 +310,7 @@ func (c *Controller) updated(old, cur *corev1.Node) {
 	_, wasQ := old.Labels[meshpeers.QuarantineLabel]
 	_, isQ := cur.Labels[meshpeers.QuarantineLabel]
 	if wasQ && !isQ {
-		c.restart(cur.Name, "")
+		c.restart(cur.Name, cur.UID, "")
 	}
 }
 
@@ -319,16 +321,16 @@ func (c *Controller) recordChanged(l *coordinationv1.Lease) {
 	if released == "" {
 		return
 	}
-	c.restart(l.Name, released)
+	c.restart(l.Name, types.UID(l.Annotations[NodeUIDAnnotation]), released)
 }
 
-// restart attests node name from scratch, at once; released is the release it acts on ("" for a lifted
-// quarantine; a release already acted on changes nothing).
-func (c *Controller) restart(name, released string) {
+// restart attests node name (its Node object's UID) from scratch, at once; released is the release it acts
+// on ("" for a lifted quarantine; a release already acted on changes nothing).
+func (c *Controller) restart(name string, uid types.UID, released string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rec, ok := c.records[name]
-	if !ok || (released != "" && released == rec.Released) {
+	if !ok || rec.UID != uid || (released != "" && released == rec.Released) {
 		return
 	}
 	if released == "" {
@@ -337,7 +339,7 @@ func (c *Controller) restart(name, released string) {
 	if rec.State == Failed {
 		c.log.Info("node released after an attested rejoin; attesting it again", "node", name)
 	}
-	*rec = nodeState{State: Pending, Released: released, Epoch: rec.Epoch + 1}
+	*rec = nodeState{State: Pending, UID: uid, Released: released, Epoch: rec.Epoch + 1}
 	select {
 	case c.notify[name] <- struct{}{}:
 	default:
