@@ -218,3 +218,43 @@ func (c *cluster) startStoppable(t *testing.T, o Options) stoppable {
 	t.Cleanup(stop)
 	return stoppable{ctl, stop}
 }
+
+// TestForgedReleaseFailsAgain: a quarantined node forges its release after an attested rejoin, with its own
+// kubelet's credentials: the "rejoined" state on its Node object (where the record used to be) and a release in
+// its record. The first changes nothing, the second is refused; it stays Failed and quarantined.
+func TestForgedReleaseFailsAgain(t *testing.T) {
+	c := newCluster(t, []string{"worker-0", "worker-1", "worker-2"}, "worker-0", "worker-1", "worker-2")
+	ctl := c.start(t, fastOptions())
+	ctl.waitState(t, "worker-0", Trusted)
+	ctl.waitState(t, "worker-1", Trusted)
+	ctl.waitState(t, "worker-2", Trusted)
+	// worker-2 is a control-plane node; quarantining one of three keeps etcd's quorum.
+	extendPCR(t, c.nodes["worker-2"])
+	ctl.waitState(t, "worker-2", Failed)
+	kubelet := c.kubelet(t, "worker-2")
+	ctx := t.Context()
+	release := map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		StateAnnotation: ReleasedState, ReleasedAnnotation: time.Now().UTC().Format(time.RFC3339Nano)}}}
+	if err := kubelet.Do(ctx, http.MethodPatch, "/api/v1/nodes/worker-2", kubeapi.MergePatch, release, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := "/apis/coordination.k8s.io/v1/namespaces/" + RecordNamespace + "/leases/worker-2"
+	if err := kubelet.Do(ctx, http.MethodPatch, path, kubeapi.MergePatch, release, nil); !kubeapi.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("the quarantined node's kubelet writes a release into its record: %v, want 403 Forbidden", err)
+	}
+	// Two more checks: still Failed, still quarantined.
+	for range 2 {
+		if ch := ctl.waitCheck(t, "worker-2", func(check) bool { return true }); ch.state != Failed || !strings.HasPrefix(ch.reason, ReasonMeasurements) {
+			t.Fatalf("after the forged release: %+v", ch)
+		}
+	}
+	if n := c.nodeObject(t, "worker-2"); n.Labels[meshpeers.QuarantineLabel] == "" {
+		t.Fatalf("worker-2 is not quarantined: %v", n.Labels)
+	}
+	if got := c.statusOf(t, "worker-2"); !strings.HasPrefix(got, "QUARANTINED") {
+		t.Fatalf("status of worker-2: %q", got)
+	}
+	if r, _ := c.record(t, "worker-2"); r.State != string(Failed) || r.Released != "" {
+		t.Fatalf("worker-2's record: %+v", r)
+	}
+}
