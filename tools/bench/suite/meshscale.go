@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -415,8 +416,18 @@ func measureRemoval(ctx context.Context, admin *kubeapi.Client, followers []*mes
 		}()
 	}
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]any{meshpeers.KeyAnnotation: nil}}}
-	if err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+node, kubeapi.MergePatch, patch, nil); err != nil {
-		return 0, err
+	// An overloaded API server may answer later than the client waits; the patch is the same again.
+	for {
+		err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+node, kubeapi.MergePatch, patch, nil)
+		var timeout net.Error
+		if errors.As(err, &timeout) && timeout.Timeout() && ctx.Err() == nil {
+			progress("node %s: the API server did not answer the patch in time; sending it again", node)
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		break
 	}
 	patched := time.Since(start)
 	wg.Wait()
