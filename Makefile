@@ -16,7 +16,7 @@ FUZZ_TARGETS ?= $(shell bash scripts/fuzz-targets.sh)
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
+.PHONY: help setup build test unit lint fuzz-short fuzz soak-reattest bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -24,6 +24,7 @@ help:
 	@echo "make demo       set up, build, and verify genuine evidence from a software TPM with the CLI"
 	@echo "make test       lint, unit and integration tests (real TPMs), short fuzzing"
 	@echo "make bench      benchmark suite, one line per figure (BENCH=<name> selects one)"
+	@echo "make soak-reattest  30-minute soak: continuous attestation never quarantines an honest node"
 	@echo "make node-image build Kubernetes and the node components from source, then the node image"
 	@echo "make cluster    everything above, then a local cluster (1 control plane, 2 workers) in this directory"
 	@echo "make release    the node image in $(RELEASE_OUT), its measurements signed with the release key"
@@ -50,6 +51,11 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	staticcheck ./...
+
+# A 30-minute soak of the continuous attestation (not part of `make test`): honest nodes, a lossy network,
+# changes of leader; no node may ever be failed or quarantined.
+soak-reattest:
+	REATTEST_SOAK=$${REATTEST_SOAK:-30m} $(GO) test -race -count=1 -timeout 45m -v -run '^TestSoakNoFalseQuarantine$$' ./internal/reattestation/
 
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \

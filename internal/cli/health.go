@@ -38,8 +38,9 @@ type nodeHealth struct {
 	Attestation    string // "member of this cluster", "runs the configured image", or "FAILED: why"
 	Attested       bool
 	Kubernetes     string // "Ready", "NotReady", "Unknown", "not registered", "unknown" or "-" (not initialised)
-	// Continuous is the cluster's continuous attestation of the node (package reattestation): its state and
-	// when its evidence last verified, "QUARANTINED: reason", or "-".
+	// Continuous is the cluster's continuous attestation of the node (package reattestation): the state of
+	// its record (which only the join service writes) and when its evidence last verified, "QUARANTINED:
+	// reason", "pending" without a current record, or "-".
 	Continuous string
 }
 

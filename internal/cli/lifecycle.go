@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/joinservice"
@@ -219,13 +221,15 @@ func firstLine(s string) string {
 	return line
 }
 
-// nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name.
+// nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name,
+// and its continuous attestation (see reattestation.Describe).
 func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (ready, continuous map[string]string, err error) {
 	var list struct {
 		Items []struct {
 			Metadata struct {
-				Name                string
-				Labels, Annotations map[string]string
+				Name   string
+				UID    types.UID
+				Labels map[string]string
 			}
 			Status struct {
 				Conditions []struct{ Type, Status string }
@@ -235,10 +239,13 @@ func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (rea
 	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
 		return nil, nil, fmt.Errorf("listing nodes: %w", err)
 	}
+	// The records of the continuous attestation, which only the join service writes; unreadable, every node
+	// is pending.
+	records, recordsErr := reattestation.Records(ctx, api)
 	out := map[string]string{}
 	continuous = map[string]string{}
 	for _, n := range list.Items {
-		continuous[n.Metadata.Name] = continuousState(n.Metadata.Labels, n.Metadata.Annotations, now)
+		continuous[n.Metadata.Name] = continuousState(n.Metadata.Name, n.Metadata.UID, n.Metadata.Labels, records, recordsErr, now)
 		out[n.Metadata.Name] = "Unknown"
 		for _, c := range n.Status.Conditions {
 			if c.Type == "Ready" {
@@ -254,24 +261,14 @@ func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (rea
 	return out, continuous, nil
 }
 
-// continuousState is the continuous attestation of a node as its Node object records it: the quarantine
-// (a label only the control plane sets), or the state the controller wrote and when the node's evidence last
-// verified.
-func continuousState(labels, annotations map[string]string, now time.Time) string {
-	if reason, ok := labels[meshpeers.QuarantineLabel]; ok {
-		return "QUARANTINED: " + reason
+// continuousState is the continuous attestation of a node: its quarantine (a label only the control plane
+// sets), or its record, which only the join service writes (reattestation.Describe); pending if the records
+// could not be read (recordsErr).
+func continuousState(name string, uid types.UID, labels map[string]string, records map[string]*coordinationv1.Lease, recordsErr error, now time.Time) string {
+	if _, q := labels[meshpeers.QuarantineLabel]; !q && recordsErr != nil {
+		return "pending (records unreadable)"
 	}
-	state, ok := annotations[reattestation.StateAnnotation]
-	if !ok {
-		return "-"
-	}
-	if at, err := time.Parse(time.RFC3339, annotations[reattestation.VerifiedAnnotation]); err == nil {
-		state += fmt.Sprintf(" (verified %s ago)", now.Sub(at).Round(time.Second))
-	}
-	if alert := annotations[reattestation.AlertAnnotation]; alert != "" {
-		state += "; " + alert
-	}
-	return state
+	return reattestation.Describe(name, uid, labels, records[name], now)
 }
 
 // printImageSignature shows who signed the configured node image's measurements, marking a development

@@ -2,8 +2,13 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/reattestation"
@@ -48,19 +53,47 @@ func TestServicesFromList(t *testing.T) {
 	}
 }
 
+// TestContinuousState: status shows the quarantine by the Node's label, and otherwise only the record of the
+// node's current Node object (its UID); no record, an outdated or another node's record, or unreadable
+// records: pending, never trusted.
 func TestContinuousState(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
+	const uid = types.UID("6a1e2c44-0000-4000-8000-000000000001")
+	record := func(uid types.UID, state string, verified time.Time, alert string) *coordinationv1.Lease {
+		validity := int32(30)
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "worker-0", Annotations: map[string]string{
+			reattestation.NodeUIDAnnotation: string(uid), reattestation.StateAnnotation: state}}}
+		l.Spec.LeaseDurationSeconds = &validity
+		if !verified.IsZero() {
+			l.Spec.RenewTime = &metav1.MicroTime{Time: verified}
+		}
+		if alert != "" {
+			l.Annotations[reattestation.AlertAnnotation] = alert
+		}
+		return l
+	}
+	quarantined := map[string]string{meshpeers.QuarantineLabel: "measurements"}
 	for _, tc := range []struct {
-		labels, annotations map[string]string
-		want                string
+		labels map[string]string
+		record *coordinationv1.Lease
+		err    error
+		want   string
 	}{
-		{nil, nil, "-"},
-		{nil, map[string]string{reattestation.StateAnnotation: "trusted", reattestation.VerifiedAnnotation: "2026-01-01T00:00:07Z"}, "trusted (verified 3s ago)"},
-		{map[string]string{meshpeers.QuarantineLabel: "measurements"}, map[string]string{reattestation.StateAnnotation: "trusted"}, "QUARANTINED: measurements"},
-		{nil, map[string]string{reattestation.StateAnnotation: "failed measurements", reattestation.AlertAnnotation: "enforcement paused: not quarantined"}, "failed measurements; enforcement paused: not quarantined"},
+		{nil, nil, nil, "pending (no record)"},
+		{nil, record(uid, "trusted", now.Add(-3*time.Second), ""), nil, "trusted (verified 3s ago)"},
+		{nil, record(uid, "trusted", now.Add(-31*time.Second), ""), nil, "pending (record outdated: verified 31s ago)"},
+		{nil, record("another-uid", "trusted", now.Add(-3*time.Second), ""), nil, "pending (no record)"},
+		{nil, record(uid, "trusted", now.Add(-3*time.Second), ""), errors.New("forbidden"), "pending (records unreadable)"},
+		{quarantined, record(uid, "trusted", now, ""), nil, "QUARANTINED: measurements"},
+		{quarantined, nil, errors.New("forbidden"), "QUARANTINED: measurements"},
+		{nil, record(uid, "failed measurements", time.Time{}, "enforcement paused: not quarantined"), nil, "failed measurements; enforcement paused: not quarantined"},
 	} {
-		if got := continuousState(tc.labels, tc.annotations, now); got != tc.want {
-			t.Errorf("continuousState(%v, %v) = %q, want %q", tc.labels, tc.annotations, got, tc.want)
+		records := map[string]*coordinationv1.Lease{}
+		if tc.record != nil {
+			records["worker-0"] = tc.record
+		}
+		if got := continuousState("worker-0", uid, tc.labels, records, tc.err, now); got != tc.want {
+			t.Errorf("continuousState(%v, %+v, %v) = %q, want %q", tc.labels, tc.record, tc.err, got, tc.want)
 		}
 	}
 }

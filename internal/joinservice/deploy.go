@@ -30,8 +30,9 @@ const clusterRoleName = "constellation:" + Name
 func Image() string { return "constellation.local/join-service:" + version.Version }
 
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
-// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens) and list
-// Nodes (the WireGuard peers), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. The provider (name, at endpoint) tells
+// configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), follow and
+// update Nodes (the WireGuard peers, the continuous attestation's quarantine), and keep the continuous
+// attestation's records (Leases in reattestation.RecordNamespace, a namespace of their own), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. The provider (name, at endpoint) tells
 // control-plane nodes from workers and lists them: the join service gets disk keys from the key service of
 // any control-plane node, its own node's first.
 func Manifests(config map[string]string, providerName, providerEndpoint string) ([]byte, error) {
@@ -39,6 +40,7 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 	clusterMeta := func(name string) map[string]any {
 		return map[string]any{"name": name, "labels": kubeapi.Labels(Name)}
 	}
+	recordMeta := map[string]any{"name": Name, "namespace": reattestation.RecordNamespace, "labels": kubeapi.Labels(Name)}
 	service := kubeapi.HostService{
 		Name:  Name,
 		Image: Image(),
@@ -88,6 +90,18 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(clusterRoleName),
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": clusterRoleName},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
+		// The continuous attestation's records, one Lease per node, in a namespace of their own that only this
+		// service account writes (no role grants nodes anything there).
+		map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": reattestation.RecordNamespace, "labels": kubeapi.Labels(Name)}},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": recordMeta,
+			"rules": []map[string]any{{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"get", "list", "watch", "create", "update", "delete"}}},
+		},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": recordMeta,
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
 		},
 		service.DaemonSet(),

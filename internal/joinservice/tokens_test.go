@@ -120,7 +120,7 @@ func TestManifests(t *testing.T) {
 	for _, it := range list.Items {
 		kinds = append(kinds, it.Kind)
 	}
-	if strings.Join(kinds, ",") != "ConfigMap,ServiceAccount,Role,RoleBinding,ClusterRole,ClusterRoleBinding,DaemonSet" {
+	if strings.Join(kinds, ",") != "ConfigMap,ServiceAccount,Role,RoleBinding,ClusterRole,ClusterRoleBinding,Namespace,Role,RoleBinding,DaemonSet" {
 		t.Fatalf("kinds %v", kinds)
 	}
 	s := string(raw)
@@ -146,5 +146,9 @@ func TestManifests(t *testing.T) {
 	// Nodes: listed for the mesh, followed and marked by the continuous attestation; nothing else.
 	if r := compact.Items[4].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "nodes" || strings.Join(r[0].Verbs, ",") != "get,list,watch,update" {
 		t.Errorf("the join service's cluster role grants %+v, want only nodes", r)
+	}
+	// The continuous attestation's records: Leases in their namespace, nothing else.
+	if r := compact.Items[7].Rules; len(r) != 1 || strings.Join(r[0].Resources, ",") != "leases" || strings.Join(r[0].Verbs, ",") != "get,list,watch,create,update,delete" {
+		t.Errorf("the join service's role on the records grants %+v, want only leases", r)
 	}
 }

@@ -19,6 +19,7 @@ const LeaseName = "constellation-reattest"
 // RunElected runs the controller while this process holds the Lease (identity: this node's name), and waits
 // to take it over while another holds it, until ctx ends.
 func RunElected(ctx context.Context, c *Controller, identity string) error {
+	c.identity = identity
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: ControlNamespace, Name: LeaseName},
 		Client:     c.o.Client.CoordinationV1(),

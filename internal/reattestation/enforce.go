@@ -2,11 +2,13 @@ package reattestation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,73 +28,94 @@ const (
 	Paused           = "paused"
 )
 
-// enforce brings the Node object in line with the node's record: state annotations, the NoSchedule taint of
-// an unreachable node, the quarantine of a failed one (within the safety rails).
+// enforce records the node's state (its record in [RecordNamespace]) and brings the Node object in line with
+// it: the NoSchedule taint of an unreachable node, the quarantine of a failed one (within the safety rails).
+// The Node object is written only when that changes, never for the record.
 func (c *Controller) enforce(ctx context.Context, node *corev1.Node, rec nodeState, now time.Time) error {
+	ref := refOf(node)
 	switch rec.State {
 	case Failed:
-		return c.quarantine(ctx, node.Name, rec, now)
+		alert, err := c.quarantine(ctx, node.Name, rec, now)
+		return errors.Join(err, c.writeRecord(ctx, ref, rec, alert))
 	case Unreachable:
-		taint := rec.taintUnreachable(now, c.t)
-		return c.update(ctx, node.Name, func(n *corev1.Node) bool {
-			changed := setAnnotation(n, StateAnnotation, string(Unreachable))
-			if taint && addTaint(n, corev1.Taint{Key: UnreachableTaint, Effect: corev1.TaintEffectNoSchedule}) {
+		var err error
+		if rec.taintUnreachable(now, c.t) && !tainted(node, UnreachableTaint) {
+			err = c.update(ctx, node.Name, func(n *corev1.Node) bool {
+				if !addTaint(n, corev1.Taint{Key: UnreachableTaint, Effect: corev1.TaintEffectNoSchedule}) {
+					return false
+				}
 				c.log.Warn("node without evidence for too long: tainted NoSchedule", "node", n.Name, "since", rec.UnreachableSince.Format(time.RFC3339))
-				changed = true
-			}
-			return changed
-		})
+				return true
+			})
+		}
+		return errors.Join(err, c.writeRecord(ctx, ref, rec, ""))
 	case Trusted:
-		return c.update(ctx, node.Name, func(n *corev1.Node) bool {
-			changed := setAnnotation(n, StateAnnotation, string(Trusted))
-			if t, err := time.Parse(time.RFC3339, n.Annotations[VerifiedAnnotation]); err != nil || rec.LastVerified.Sub(t) >= c.t.Interval {
-				changed = setAnnotation(n, VerifiedAnnotation, rec.LastVerified.UTC().Format(time.RFC3339)) || changed
-			}
-			changed = removeTaint(n, UnreachableTaint) || changed
-			return changed
-		})
+		var err error
+		if tainted(node, UnreachableTaint) {
+			err = c.update(ctx, node.Name, func(n *corev1.Node) bool { return removeTaint(n, UnreachableTaint) })
+		}
+		return errors.Join(err, c.writeRecord(ctx, ref, rec, ""))
 	}
 	return nil
 }
 
+// writeRecord writes the node's record, with alert (why a Failed node is not quarantined; "": none). A
+// release by the join service the controller has not acted on yet is not overwritten: the controller starts
+// over with the node when it sees it.
+func (c *Controller) writeRecord(ctx context.Context, node nodeRef, rec nodeState, alert string) error {
+	return updateRecord(ctx, c.o.Client, node, c.record(node.Name), func(l *coordinationv1.Lease) bool {
+		if l.Annotations[ReleasedAnnotation] != rec.Released {
+			return false
+		}
+		changed := setRecord(l, rec, c.identity, RecordValidity(c.t.Interval), c.t.Interval)
+		if alert != "" {
+			changed = setString(l.Annotations, AlertAnnotation, alert) || changed
+		} else if _, ok := l.Annotations[AlertAnnotation]; ok {
+			delete(l.Annotations, AlertAnnotation)
+			changed = true
+		}
+		return changed
+	})
+}
+
+// RecordValidity is how long a Trusted record holds after the node's last verification, for a controller
+// that checks every interval: the record's verification time is refreshed at least every two intervals and
+// a half (see setRecord), and a margin covers a change of leader.
+func RecordValidity(interval time.Duration) time.Duration { return 3 * interval }
+
 // quarantine isolates a failed node: the label no kubelet may remove (every mesh agent drops it as a peer, the
 // key service refuses it keys), the NoExecute taint (its pods run elsewhere) and the cordon. Not where it
-// would break etcd's quorum, not while enforcement is paused, and at most one node per interval.
-func (c *Controller) quarantine(ctx context.Context, name string, rec nodeState, now time.Time) error {
+// would break etcd's quorum, not while enforcement is paused, and at most one node per interval: then it
+// returns the alert, why the node is not quarantined.
+func (c *Controller) quarantine(ctx context.Context, name string, rec nodeState, now time.Time) (alert string, err error) {
 	obj, ok, err := c.nodes.GetByKey(name)
 	if err != nil || !ok {
-		return err
+		return "", err
 	}
 	node := obj.(*corev1.Node)
 	if quarantined(node) {
-		return nil
-	}
-	alert := func(msg string) error {
-		return c.update(ctx, name, func(n *corev1.Node) bool {
-			changed := setAnnotation(n, StateAnnotation, string(Failed)+" "+rec.Reason)
-			return setAnnotation(n, AlertAnnotation, msg) || changed
-		})
+		return "", nil
 	}
 	paused, err := c.paused(ctx)
 	if err != nil {
-		return fmt.Errorf("reading the enforcement switch (ConfigMap %s/%s): %w", ControlNamespace, ControlConfigMap, err)
+		return "", fmt.Errorf("reading the enforcement switch (ConfigMap %s/%s): %w", ControlNamespace, ControlConfigMap, err)
 	}
 	if paused {
 		c.log.Error("ALERT: node failed its re-attestation, but enforcement is paused: not quarantined", "node", name, "reason", rec.Reason)
-		return alert("enforcement paused: not quarantined")
+		return "enforcement paused: not quarantined", nil
 	}
 	if _, cp := node.Labels[controlPlaneLabel]; cp {
 		healthy, total := c.controlPlane(name)
 		if !quorumWithout(healthy, total) {
 			c.log.Error("ALERT: control-plane node failed its re-attestation; not quarantined automatically, as etcd would lose its quorum of trusted members. Replace the node", "node", name, "reason", rec.Reason, "trustedControlPlane", healthy, "controlPlane", total)
-			return alert(fmt.Sprintf("not quarantined: etcd quorum (%d of %d control-plane nodes not failed)", healthy, total))
+			return fmt.Sprintf("not quarantined: etcd quorum (%d of %d control-plane nodes not failed)", healthy, total), nil
 		}
 	}
 	c.mu.Lock()
 	if !c.lastAction.IsZero() && now.Sub(c.lastAction) < c.t.Interval {
 		c.mu.Unlock()
 		c.log.Warn("node failed its re-attestation; its quarantine waits: at most one quarantine per interval", "node", name, "reason", rec.Reason)
-		return alert("quarantine deferred: at most one per interval")
+		return "quarantine deferred: at most one per interval", nil
 	}
 	c.lastAction = now
 	c.mu.Unlock()
@@ -103,19 +126,17 @@ func (c *Controller) quarantine(ctx context.Context, name string, rec nodeState,
 		n.Labels[meshpeers.QuarantineLabel] = labelValue(rec.Reason)
 		addTaint(n, corev1.Taint{Key: QuarantineTaint, Value: labelValue(rec.Reason), Effect: corev1.TaintEffectNoExecute})
 		n.Spec.Unschedulable = true
-		setAnnotation(n, StateAnnotation, string(Failed)+" "+rec.Reason)
-		delete(n.Annotations, AlertAnnotation)
 		return true
 	})
 	if err != nil {
 		c.mu.Lock()
 		c.lastAction = time.Time{}
 		c.mu.Unlock()
-		return err
+		return "", err
 	}
 	c.o.Metrics.quarantined()
 	c.log.Warn("node quarantined: tainted NoExecute, cordoned, dropped from the mesh, refused keys; it rejoins only after a reboot and a fresh attestation", "node", name, "reason", rec.Reason)
-	return nil
+	return "", nil
 }
 
 // quorumWithout tells whether etcd keeps a majority of its members (total, one per control-plane node) among
@@ -179,22 +200,32 @@ func updateNode(ctx context.Context, client kubernetes.Interface, name string, m
 }
 
 // Release lifts the quarantine of a node that has just rejoined with fresh, valid evidence (the join service
-// calls it when it admits the node): the label, the taints and the cordon go, and the controller attests the
-// node from scratch. A node without a Node object (a first join) has nothing to release.
+// calls it when it admits the node): the label, the taints and the cordon go, its record says so
+// ([ReleasedState], [ReleasedAnnotation]), and the controller attests the node from scratch. A node without a
+// Node object (a first join) has nothing to release.
 func Release(ctx context.Context, client kubernetes.Interface, name string) (released bool, err error) {
+	node, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("releasing node %s from its quarantine: reading its Node object: %w", name, err)
+	}
+	lease, err := client.CoordinationV1().Leases(RecordNamespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		lease = nil
+	} else if err != nil {
+		return false, fmt.Errorf("releasing node %s from its quarantine: reading its attestation record: %w", name, err)
+	}
+	rec, _ := RecordOf(lease, name, node.UID)
 	err = updateNode(ctx, client, name, func(n *corev1.Node) bool {
 		_, q := n.Labels[meshpeers.QuarantineLabel]
 		released = q
-		changed := q || stateOf(n) == string(Failed)
 		delete(n.Labels, meshpeers.QuarantineLabel)
-		changed = removeTaint(n, QuarantineTaint) || changed
+		changed := removeTaint(n, QuarantineTaint) || q
 		changed = removeTaint(n, UnreachableTaint) || changed
 		if q {
 			n.Spec.Unschedulable = false
-		}
-		if changed {
-			setAnnotation(n, StateAnnotation, ReleasedState)
-			delete(n.Annotations, AlertAnnotation)
 		}
 		return changed
 	})
@@ -203,6 +234,19 @@ func Release(ctx context.Context, client kubernetes.Interface, name string) (rel
 	}
 	if err != nil {
 		return false, fmt.Errorf("releasing node %s from its quarantine: %w", name, err)
+	}
+	if !released && rec.State != string(Failed) {
+		return released, nil
+	}
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	err = updateRecord(ctx, client, refOf(node), lease, func(l *coordinationv1.Lease) bool {
+		l.Annotations[StateAnnotation] = ReleasedState
+		l.Annotations[ReleasedAnnotation] = at
+		delete(l.Annotations, AlertAnnotation)
+		return true
+	})
+	if err != nil {
+		return released, fmt.Errorf("releasing node %s from its quarantine: %w", name, err)
 	}
 	return released, nil
 }
@@ -239,15 +283,8 @@ func labelValue(reason string) string {
 	return strings.Trim(v, "-_.")
 }
 
-func setAnnotation(n *corev1.Node, key, value string) bool {
-	if n.Annotations[key] == value {
-		return false
-	}
-	if n.Annotations == nil {
-		n.Annotations = map[string]string{}
-	}
-	n.Annotations[key] = value
-	return true
+func tainted(n *corev1.Node, key string) bool {
+	return slices.ContainsFunc(n.Spec.Taints, func(x corev1.Taint) bool { return x.Key == key })
 }
 
 func addTaint(n *corev1.Node, t corev1.Taint) bool {

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -89,6 +90,10 @@ func newCluster(t *testing.T, names []string, controlPlane ...string) *cluster {
 	if raw, err := Manifests(); err != nil {
 		t.Fatal(err)
 	} else if err := kubeapitest.Create(t.Context(), adminAPI, raw); err != nil {
+		t.Fatal(err)
+	}
+	// The records' namespace, as the join service's manifests create it.
+	if _, err := admin.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: RecordNamespace}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	ms, err := kms.GenerateMasterSecret()
@@ -203,6 +208,15 @@ type controller struct {
 // start runs a controller with o (Client, Policy, Port and OnCheck filled in) until the test ends.
 func (c *cluster) start(t *testing.T, o Options) *controller {
 	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ctl, done := c.run(t, ctx, o)
+	t.Cleanup(func() { cancel(); <-done })
+	return ctl
+}
+
+// run runs a controller with o until ctx ends; done is closed once it has stopped.
+func (c *cluster) run(t *testing.T, ctx context.Context, o Options) (ctl *controller, done <-chan struct{}) {
+	t.Helper()
 	checks := make(chan check, 1024)
 	o.Client, o.Policy, o.Port = c.admin, c.currentPolicy, c.port
 	o.OnCheck = func(node string, state State, reason string) { checks <- check{node, state, reason} }
@@ -213,16 +227,14 @@ func (c *cluster) start(t *testing.T, o Options) *controller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	stopped := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(stopped)
 		if err := ctrl.Run(ctx); err != nil {
 			t.Error(err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return &controller{Controller: ctrl, checks: checks}
+	return &controller{Controller: ctrl, checks: checks}, stopped
 }
 
 // waitCheck waits for a check of node that satisfies ok, and returns it.
@@ -254,6 +266,20 @@ func (c *cluster) nodeObject(t *testing.T, name string) *corev1.Node {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// record reads the controller's record of node name (ok false: none of its current Node object).
+func (c *cluster) record(t *testing.T, name string) (Record, bool) {
+	t.Helper()
+	n := c.nodeObject(t, name)
+	l, err := c.admin.CoordinationV1().Leases(RecordNamespace).Get(t.Context(), name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return Record{}, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return RecordOf(l, name, n.UID)
 }
 
 // kubelet is the API client of node name's kubelet.

@@ -112,8 +112,8 @@ func TestControlPlaneQuorumRail(t *testing.T) {
 	if _, q := n.Labels[meshpeers.QuarantineLabel]; q || n.Spec.Unschedulable {
 		t.Fatalf("the only control-plane node was quarantined: %v %v", n.Labels, n.Spec)
 	}
-	if !strings.Contains(n.Annotations[AlertAnnotation], "quorum") {
-		t.Fatalf("no alert on the node: %v", n.Annotations)
+	if r, _ := c.record(t, "control-plane-0"); !strings.Contains(r.Alert, "quorum") {
+		t.Fatalf("no alert in the node's record: %+v", r)
 	}
 }
 
@@ -130,8 +130,11 @@ func TestPauseRail(t *testing.T) {
 	extendPCR(t, c.nodes["worker-0"])
 	ctl.waitState(t, "worker-0", Failed)
 	n := c.nodeObject(t, "worker-0")
-	if _, q := n.Labels[meshpeers.QuarantineLabel]; q || !strings.Contains(n.Annotations[AlertAnnotation], "paused") {
-		t.Fatalf("paused enforcement: labels %v annotations %v", n.Labels, n.Annotations)
+	if r, _ := c.record(t, "worker-0"); !strings.Contains(r.Alert, "paused") {
+		t.Fatalf("paused enforcement: record %+v", r)
+	}
+	if _, q := n.Labels[meshpeers.QuarantineLabel]; q {
+		t.Fatalf("paused enforcement: labels %v", n.Labels)
 	}
 	cm.Data[EnforcementKey] = "enforcing"
 	if _, err := c.admin.CoreV1().ConfigMaps(ControlNamespace).Update(t.Context(), cm, metav1.UpdateOptions{}); err != nil {
@@ -182,7 +185,7 @@ func TestOneQuarantinePerInterval(t *testing.T) {
 		n := c.nodeObject(t, name)
 		if n.Labels[meshpeers.QuarantineLabel] != "" {
 			quarantined = append(quarantined, name)
-		} else if strings.Contains(n.Annotations[AlertAnnotation], "deferred") {
+		} else if r, _ := c.record(t, name); strings.Contains(r.Alert, "deferred") {
 			deferred = append(deferred, name)
 		}
 	}

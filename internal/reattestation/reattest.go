@@ -1,27 +1,31 @@
 // Package reattestation attests every node of the cluster again and again, not only when it joins: a node that
 // stops proving itself loses its place, its keys and its peers.
 //
-// The controller runs in the join service's process on the control plane, which holds the cluster's
-// attestation policy (the MAC-checked join configuration, read again when it changes); one instance of it is
-// active at a time, by leader election on a Lease ([RunElected]). It follows the Node objects through one watch
-// (an informer) and, every interval (default 10 s, with jitter) per node, asks the node's verification service
-// for fresh evidence for a fresh nonce, in which the node binds the WireGuard public key its mesh interface
-// uses (verifyservice.MeshKeyUserData). The evidence counts if it validates against the CURRENT member policy
-// (measurements, hardware minimums, the cluster ID in PCR 15), names the node (its attestation key
-// certificate's subject), and binds the key recorded on the Node object.
+// The controller runs in the join service's process on the control plane, which holds the cluster's attestation
+// policy (the MAC-checked join configuration, read again when it changes); one instance of it is active at a
+// time, by leader election on a Lease ([RunElected]). It follows the Node objects through one watch (an
+// informer) and, every interval (default 10 s, with jitter) per node, asks the node's verification service for
+// fresh evidence for a fresh nonce, in which the node binds the WireGuard public key its mesh interface uses
+// (verifyservice.MeshKeyUserData). The evidence counts if it validates against the CURRENT member policy
+// (measurements, hardware minimums, the cluster ID in PCR 15), names the node (its attestation key certificate's
+// subject), and binds the key recorded on the Node object.
 //
-// Each node is Trusted (verified within two intervals), Unreachable (no evidence; retried with backoff,
-// tainted NoSchedule after about a minute, never more) or Failed (evidence received and wrong). The state and
-// the last verification are written on the Node object ([StateAnnotation], [VerifiedAnnotation]); they are
-// informational, since the node may write its own annotations. A Failed node is quarantined by the others:
-// tainted NoExecute and cordoned, and marked with meshpeers.QuarantineLabel, which NodeRestriction forbids a
-// kubelet to set or remove; every mesh agent then drops it as a peer, and the key service refuses it keys. A
-// ValidatingAdmissionPolicy ([Manifests]) forbids a quarantined node to uncordon itself or to delete (and so
-// re-register) its Node object. Only a fresh attested rejoin lifts the quarantine: the join service calls
-// [Release] when it admits the node again.
+// Each node is Trusted (verified within two intervals), Unreachable (no evidence; retried with backoff, tainted
+// NoSchedule after about a minute, never more) or Failed (evidence received and wrong). The controller keeps its
+// record of each node (state, reason, last verification, alert) in a Lease of the node's name in
+// [RecordNamespace], which only the join service's service account may write, never on the Node object, whose
+// annotations the node's own kubelet may write; the record names the Node object's UID, so that a record left
+// from a deleted node is no record of a new node of the same name ([RecordOf]). A new leader continues from the
+// records, and `constellation status` shows them. The records are also why the Node objects, which every node's
+// mesh agent watches, change only when a node's taints or quarantine do. A Failed node is quarantined by the
+// others: tainted NoExecute and cordoned, and marked with meshpeers.QuarantineLabel, which NodeRestriction
+// forbids a kubelet to set or remove; every mesh agent then drops it as a peer, and the key service refuses it
+// keys. A ValidatingAdmissionPolicy ([Manifests]) forbids a quarantined node to uncordon itself or to delete
+// (and so re-register) its Node object. Only a fresh attested rejoin lifts the quarantine: the join service
+// calls [Release] when it admits the node again.
 //
-// Safety rails: a control-plane node is not quarantined where that would leave etcd without a quorum of
-// trusted members (the controller alerts instead: log and [AlertAnnotation]); at most one quarantine per
+// Safety rails: a control-plane node is not quarantined where that would leave etcd without a quorum of trusted
+// members (the controller alerts instead: log and [AlertAnnotation] on the record); at most one quarantine per
 // interval; enforcement can be paused cluster-wide ([ControlConfigMap], which only administrators can write);
 // and the controller's figures are served in Prometheus' text format ([Metrics]).
 package reattestation
@@ -39,7 +43,9 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -51,20 +57,13 @@ import (
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
-// Annotations and taints the controller writes on Node objects.
+// Taints the controller puts on Node objects, and the state of a released node.
 const (
-	// StateAnnotation is the node's state (see [State]), with the reason after a space if it has one.
-	StateAnnotation = "constellation.dev/attestation-state"
-	// VerifiedAnnotation is when the node's evidence last verified (RFC 3339).
-	VerifiedAnnotation = "constellation.dev/attestation-verified"
-	// AlertAnnotation says why a Failed node is not quarantined (a control-plane node that etcd's quorum
-	// needs, or enforcement paused).
-	AlertAnnotation = "constellation.dev/attestation-alert"
 	// QuarantineTaint evicts every pod from a Failed node (NoExecute).
 	QuarantineTaint = "constellation.dev/quarantined"
 	// UnreachableTaint keeps new pods off a node without evidence for about a minute (NoSchedule).
 	UnreachableTaint = "constellation.dev/attestation-unreachable"
-	// ReleasedState is what the join service writes as the state of a node it admitted again.
+	// ReleasedState is what the join service writes as the state of a node it admitted again (in its record).
 	ReleasedState = "rejoined"
 )
 
@@ -83,7 +82,7 @@ type FetchFunc func(ctx context.Context, endpoint string, nonce []byte) ([]byte,
 // Options configure a [Controller].
 type Options struct {
 	// Client reaches the API server with the join service's permissions (Nodes: get, list, watch, update;
-	// the control ConfigMap: get).
+	// Leases in RecordNamespace: get, list, watch, create, update, delete; the control ConfigMap: get).
 	Client kubernetes.Interface
 	// Policy returns the validator of the cluster's current member policy; an error: no valid policy now
 	// (the controller then judges nobody).
@@ -115,7 +114,10 @@ type Controller struct {
 	log    *slog.Logger
 	sem    chan struct{}
 	nodes  cache.Indexer
+	leases cache.Indexer // the records (RecordNamespace)
 	notify map[string]chan struct{}
+	// identity names this instance in the records it writes (RunElected's identity).
+	identity string
 
 	mu         sync.Mutex
 	records    map[string]*nodeState
@@ -166,10 +168,39 @@ func New(o Options) (*Controller, error) {
 
 // Run follows the Node objects and checks each node until ctx ends; then it returns nil.
 func (c *Controller) Run(ctx context.Context) error {
-	// A controller that leads again (RunElected) starts from what the Node objects say, not from its last term.
+	// A controller that leads again (RunElected) starts from the records, not from its last term.
 	c.mu.Lock()
 	c.records, c.cancel, c.notify = map[string]*nodeState{}, map[string]context.CancelFunc{}, map[string]chan struct{}{}
 	c.mu.Unlock()
+	// The records first: a node's checks start from its record.
+	leaseFactory := informers.NewSharedInformerFactoryWithOptions(c.o.Client, 0, informers.WithNamespace(RecordNamespace))
+	leaseInf := leaseFactory.Coordination().V1().Leases().Informer()
+	c.leases = leaseInf.GetIndexer()
+	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if l, ok := obj.(*coordinationv1.Lease); ok {
+				c.recordChanged(l)
+			}
+		},
+		UpdateFunc: func(_, cur any) {
+			if l, ok := cur.(*coordinationv1.Lease); ok {
+				c.recordChanged(l)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	if err := leaseInf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		// Without its records the controller checks nobody: say why, until it can read them.
+		c.log.Error("reading the nodes' attestation records failed; no node is checked until they can be read. Check that the namespace and the join service's role there exist (the join service's manifests)", "namespace", RecordNamespace, "error", err)
+	}); err != nil {
+		return err
+	}
+	go leaseInf.RunWithContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), leaseInf.HasSynced) {
+		return nil
+	}
+
 	factory := informers.NewSharedInformerFactory(c.o.Client, 0)
 	inf := factory.Core().V1().Nodes().Informer()
 	c.nodes = inf.GetIndexer()
@@ -181,10 +212,14 @@ func (c *Controller) Run(ctx context.Context) error {
 			return
 		}
 		rec := &nodeState{State: Pending}
-		if reason, ok := n.Labels[meshpeers.QuarantineLabel]; ok {
-			// Quarantined before this controller started: stays Failed until it rejoins.
-			rec = &nodeState{State: Failed, Reason: reason}
+		if prev, ok := recordFromLease(c.record(n.Name), refOf(n)); ok {
+			rec = &prev
 		}
+		if reason, ok := n.Labels[meshpeers.QuarantineLabel]; ok && rec.State != Failed {
+			// Quarantined, whatever the record says: stays Failed until it rejoins.
+			rec = &nodeState{State: Failed, Reason: reason, Released: rec.Released}
+		}
+		rec.UID = n.UID
 		c.records[n.Name] = rec
 		nctx, cancel := context.WithCancel(ctx)
 		c.cancel[n.Name] = cancel
@@ -193,7 +228,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.follow(nctx, n.Name, wake)
+			c.follow(nctx, refOf(n), wake)
 		}()
 	}
 	stop := func(name string) {
@@ -206,6 +241,17 @@ func (c *Controller) Run(ctx context.Context) error {
 			delete(c.notify, name)
 			c.o.Metrics.forget(name)
 		}
+	}
+	// removed deletes the record of a deleted Node object (the garbage collector would too, by its owner
+	// reference; a record of an earlier UID is never taken for a new node's anyway).
+	removed := func(n *corev1.Node) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := deleteRecord(ctx, c.o.Client, c.record(n.Name), refOf(n)); err != nil && ctx.Err() == nil {
+				c.log.Warn("the record of a deleted node stays; the garbage collector deletes it", "node", n.Name, "error", err)
+			}
+		}()
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
@@ -222,6 +268,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			if o.UID != n.UID {
 				// Deleted and created again under the same name between two events.
 				stop(n.Name)
+				removed(o)
 				start(n)
 				return
 			}
@@ -233,6 +280,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 			if n, ok := obj.(*corev1.Node); ok {
 				stop(n.Name)
+				removed(n)
 			}
 		},
 	}); err != nil {
@@ -247,42 +295,59 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// updated handles a change of a Node object: a rejoined node (the join service released it) is checked
-// again from scratch, at once.
+// record is the record of node name as last seen (nil if none).
+func (c *Controller) record(name string) *coordinationv1.Lease {
+	obj, ok, err := c.leases.GetByKey(RecordNamespace + "/" + name)
+	if err != nil || !ok {
+		return nil
+	}
+	return obj.(*coordinationv1.Lease)
+}
+
+// updated handles a change of a Node object: a node whose quarantine was lifted is checked again from
+// scratch, at once.
 func (c *Controller) updated(old, cur *corev1.Node) {
 	_, wasQ := old.Labels[meshpeers.QuarantineLabel]
 	_, isQ := cur.Labels[meshpeers.QuarantineLabel]
-	rejoined := stateOf(cur) == ReleasedState && stateOf(old) != ReleasedState
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rec, ok := c.records[cur.Name]
-	if !ok {
-		return
-	}
-	if (wasQ && !isQ) || rejoined {
-		if rec.State == Failed {
-			c.log.Info("node released after an attested rejoin; attesting it again", "node", cur.Name)
-		}
-		// Checked again at once: a node that wrote the annotation itself fails again at its next check.
-		*rec = nodeState{State: Pending}
-		select {
-		case c.notify[cur.Name] <- struct{}{}:
-		default:
-		}
+	if wasQ && !isQ {
+		c.restart(cur.Name, cur.UID, "")
 	}
 }
 
-// stateOf is the state annotation of a node without the reason.
-func stateOf(n *corev1.Node) string {
-	s := n.Annotations[StateAnnotation]
-	if i := bytes.IndexByte([]byte(s), ' '); i >= 0 {
-		s = s[:i]
+// recordChanged handles a change of a record: a release by the join service after an attested rejoin makes
+// the controller check the node again from scratch, at once.
+func (c *Controller) recordChanged(l *coordinationv1.Lease) {
+	released := l.Annotations[ReleasedAnnotation]
+	if released == "" {
+		return
 	}
-	return s
+	c.restart(l.Name, types.UID(l.Annotations[NodeUIDAnnotation]), released)
+}
+
+// restart attests node name (its Node object's UID) from scratch, at once; released is the release it acts
+// on ("" for a lifted quarantine; a release already acted on changes nothing).
+func (c *Controller) restart(name string, uid types.UID, released string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rec, ok := c.records[name]
+	if !ok || rec.UID != uid || (released != "" && released == rec.Released) {
+		return
+	}
+	if released == "" {
+		released = rec.Released
+	}
+	if rec.State == Failed {
+		c.log.Info("node released after an attested rejoin; attesting it again", "node", name)
+	}
+	*rec = nodeState{State: Pending, UID: uid, Released: released, Epoch: rec.Epoch + 1}
+	select {
+	case c.notify[name] <- struct{}{}:
+	default:
+	}
 }
 
 // follow checks the node name until ctx ends.
-func (c *Controller) follow(ctx context.Context, name string, wake <-chan struct{}) {
+func (c *Controller) follow(ctx context.Context, node nodeRef, wake <-chan struct{}) {
 	delay := time.Duration(0)
 	if c.t.Jitter > 0 {
 		// Spread the first checks of the nodes over the jitter.
@@ -303,7 +368,7 @@ func (c *Controller) follow(ctx context.Context, name string, wake <-chan struct
 				}
 			}
 		}
-		next := c.check(ctx, name)
+		next := c.check(ctx, node)
 		if ctx.Err() != nil {
 			return
 		}
@@ -312,12 +377,26 @@ func (c *Controller) follow(ctx context.Context, name string, wake <-chan struct
 }
 
 // check attests the node once, records the result and acts on it; it returns the delay until the next check.
-func (c *Controller) check(ctx context.Context, name string) time.Duration {
+func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
+	name := ref.Name
 	obj, ok, err := c.nodes.GetByKey(name)
 	if err != nil || !ok {
 		return c.t.Interval
 	}
 	node := obj.(*corev1.Node)
+	if node.UID != ref.UID {
+		return c.t.Interval
+	}
+	c.mu.Lock()
+	rec, ok := c.records[name]
+	var epoch uint64
+	if ok {
+		epoch = rec.Epoch
+	}
+	c.mu.Unlock()
+	if !ok {
+		return c.t.Interval
+	}
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -332,10 +411,11 @@ func (c *Controller) check(ctx context.Context, name string) time.Duration {
 	now := time.Now()
 	c.o.Metrics.observe(name, o, reason, now.Sub(start))
 	c.mu.Lock()
-	rec, ok := c.records[name]
-	if !ok {
+	rec, ok = c.records[name]
+	if !ok || rec.Epoch != epoch {
+		// Started over (released) while this check ran: its result is of before.
 		c.mu.Unlock()
-		return c.t.Interval
+		return 0
 	}
 	before := *rec
 	*rec = rec.observe(o, reason, now, c.t).stale(now, c.t)

@@ -3,6 +3,8 @@ package reattestation
 import (
 	"math/rand/v2"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // State is what the controller knows of a node's attestation.
@@ -42,6 +44,13 @@ type nodeState struct {
 	UnreachableSince time.Time
 	// Misses counts the checks in a row without evidence.
 	Misses int
+	// UID is the UID of the Node object the record is of.
+	UID types.UID
+	// Released is the join service's last release of the node the controller acted on (see
+	// [ReleasedAnnotation]); Epoch counts the controller's fresh starts of the node, so that a check begun
+	// before one is not recorded after it.
+	Released string
+	Epoch    uint64
 }
 
 // timing is the schedule of checks.

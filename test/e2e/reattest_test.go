@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
@@ -27,9 +30,9 @@ func checkContinuousAttestation(t *testing.T, c cli, k func(...string) (string, 
 	t.Helper()
 	type nodeMeta struct {
 		Metadata struct {
-			Name        string
-			Labels      map[string]string
-			Annotations map[string]string
+			Name   string
+			UID    types.UID
+			Labels map[string]string
 		}
 		Spec struct {
 			Unschedulable bool
@@ -51,7 +54,25 @@ func checkContinuousAttestation(t *testing.T, c cli, k func(...string) (string, 
 		}
 		return m
 	}
-	stateOf := func(n nodeMeta) string { return n.Metadata.Annotations[reattestation.StateAnnotation] }
+	// The controller's record of a node (a Lease in its own namespace, which only the join service writes).
+	stateOf := func(n nodeMeta) string {
+		out, err := k("-n", reattestation.RecordNamespace, "get", "lease", n.Metadata.Name, "-o", "json")
+		if err != nil {
+			return ""
+		}
+		var lease coordinationv1.Lease
+		if json.Unmarshal([]byte(out), &lease) != nil {
+			return ""
+		}
+		r, ok := reattestation.RecordOf(&lease, n.Metadata.Name, n.Metadata.UID)
+		if !ok {
+			return ""
+		}
+		if r.State == "trusted" && !r.Trusted(time.Now()) {
+			return "trusted but outdated"
+		}
+		return r.State
+	}
 	eventually("every node continuously attested: trusted", func() (string, bool) {
 		ns := nodes()
 		var s []string

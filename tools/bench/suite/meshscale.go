@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,17 +22,25 @@ import (
 	"syscall"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
-	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 )
 
 func init() {
 	register(Suite{Names: []string{"mesh-converge-1000", "apiserver-rps-1000", "mesh-rps-1000", "apiserver-cpu-1000",
-		"mesh-follower-cpu-1000", "mesh-follower-memory-1000", "mesh-sync-1000", "mesh-poll-list-kb-1000"},
+		"mesh-follower-cpu-1000", "mesh-follower-memory-1000", "mesh-sync-1000", "mesh-poll-list-kb-1000",
+		"mesh-node-events-1000", "reattest-record-writes-1000"},
 		Run: runMeshScale, OnRequest: true})
 }
 
@@ -56,6 +66,13 @@ const kwokAnnotation = "kwok.x-k8s.io/node"
 //     1000 followers' peer lists (median of 5)
 //   - mesh-poll-list-kb-1000: the size of one list of the Node objects, which the previous design (every node
 //     listing every 2 s) fetched 500 times per second at this size
+//   - mesh-node-events-1000: Node watch events the API server sent per follower per minute in the steady minute
+//     (every change of any Node object reaches every follower)
+//   - reattest-record-writes-1000: the continuous attestation's record writes per second in that minute
+//
+// Throughout, the continuous attestation's load runs as its controller makes it at 1000 nodes: every node's
+// record (a Lease in reattestation.RecordNamespace) written after every check, every 10 s ± 1 s per node, which
+// is more often than the controller writes it (after about every other check).
 func runMeshScale(ctx context.Context) ([]Result, error) {
 	kwok, err := buildKWOK(ctx)
 	if err != nil {
@@ -118,7 +135,14 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 
-	progress("KWOK reports all nodes Ready; starting %d followers", scaleNodes)
+	progress("KWOK reports all nodes Ready; starting the continuous attestation's record writes")
+	records, err := startRecordLoad(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+	defer records.stop()
+
+	progress("starting %d followers", scaleNodes)
 	// One follower per node, each with its node's own credentials (a client certificate of
 	// system:node:<name>), so each has its own connection and watch.
 	var requests atomic.Int64
@@ -164,24 +188,39 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 	followerReqBefore := requests.Load()
+	eventsBefore, err := apiserverMetric(ctx, srv, nodeWatchEvents)
+	if err != nil {
+		return nil, err
+	}
+	writesBefore := records.writes.Load()
 	cpuBefore, apiCPUBefore := processCPU(), pidCPU(srv.APIServerPID)
 	time.Sleep(window)
 	cpuAfter, apiCPUAfter := processCPU(), pidCPU(srv.APIServerPID)
+	writesAfter := records.writes.Load()
 	apiAfter, err := apiserverRequests(ctx, srv)
 	if err != nil {
+		return nil, err
+	}
+	eventsAfter, err := apiserverMetric(ctx, srv, nodeWatchEvents)
+	if err != nil {
+		return nil, err
+	}
+	if err := records.err(); err != nil {
 		return nil, err
 	}
 	followerRPS := float64(requests.Load()-followerReqBefore) / window.Seconds()
 	apiRPS := (apiAfter - apiBefore - 1) / window.Seconds() // less the first scrape itself
 	followerCPU := float64(cpuAfter-cpuBefore) / float64(time.Millisecond) / scaleNodes / window.Minutes()
 	apiCPU := float64(apiCPUAfter-apiCPUBefore) / float64(window)
+	nodeEvents := (eventsAfter - eventsBefore) / scaleNodes / window.Minutes()
+	recordWrites := float64(writesAfter-writesBefore) / window.Seconds()
 
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	memPerFollower := float64(ms.HeapInuse) / 1024 / scaleNodes
 
-	progress("steady minute: %.1f req/s in all, %.2f of the followers; measuring convergence", apiRPS, followerRPS)
+	progress("steady minute: %.1f req/s in all, %.2f of the followers, %.1f record writes/s, %.1f Node events per follower per minute; measuring convergence", apiRPS, followerRPS, recordWrites, nodeEvents)
 	// Convergence: a node leaves the record; how long until no follower has it as a peer.
 	var converge []time.Duration
 	for round := range 5 {
@@ -212,6 +251,8 @@ func runMeshScale(ctx context.Context) ([]Result, error) {
 		{"mesh-follower-memory-1000", memPerFollower, "KiB per node"},
 		{"mesh-converge-1000", converge[len(converge)/2].Seconds(), "s"},
 		{"mesh-poll-list-kb-1000", float64(len(raw)) / 1024, "KiB"},
+		{"mesh-node-events-1000", nodeEvents, "events/min per node"},
+		{"reattest-record-writes-1000", recordWrites, "writes/s"},
 	}, nil
 }
 
@@ -375,8 +416,18 @@ func measureRemoval(ctx context.Context, admin *kubeapi.Client, followers []*mes
 		}()
 	}
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]any{meshpeers.KeyAnnotation: nil}}}
-	if err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+node, kubeapi.MergePatch, patch, nil); err != nil {
-		return 0, err
+	// An overloaded API server may answer later than the client waits; the patch is the same again.
+	for {
+		err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+node, kubeapi.MergePatch, patch, nil)
+		var timeout net.Error
+		if errors.As(err, &timeout) && timeout.Timeout() && ctx.Err() == nil {
+			progress("node %s: the API server did not answer the patch in time; sending it again", node)
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		break
 	}
 	patched := time.Since(start)
 	wg.Wait()
@@ -395,6 +446,16 @@ func measureRemoval(ctx context.Context, admin *kubeapi.Client, followers []*mes
 
 // apiserverRequests is the API server's count of requests served (apiserver_request_total).
 func apiserverRequests(ctx context.Context, srv *kubeapitest.Server) (float64, error) {
+	return apiserverMetric(ctx, srv, func(line string) bool { return strings.HasPrefix(line, "apiserver_request_total{") })
+}
+
+// nodeWatchEvents selects the API server's count of watch events of Node objects sent to watchers.
+func nodeWatchEvents(line string) bool {
+	return strings.HasPrefix(line, "apiserver_watch_events_total{") && (strings.Contains(line, `resource="nodes"`) || strings.Contains(line, `kind="Node"`))
+}
+
+// apiserverMetric is the sum of the API server's metric lines that match.
+func apiserverMetric(ctx context.Context, srv *kubeapitest.Server, match func(line string) bool) (float64, error) {
 	body, err := rawGet(ctx, srv, "/metrics")
 	if err != nil {
 		return 0, err
@@ -404,7 +465,7 @@ func apiserverRequests(ctx context.Context, srv *kubeapitest.Server) (float64, e
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "apiserver_request_total{") {
+		if !match(line) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
@@ -462,4 +523,100 @@ func pidCPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// recordLoad writes the continuous attestation's records of all nodes as its controller would.
+type recordLoad struct {
+	writes atomic.Int64
+	mu     sync.Mutex
+	first  error
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// startRecordLoad creates the records' namespace and writes every node's record every 10 s ± 1 s, as the
+// controller's service account would, until stop.
+func startRecordLoad(ctx context.Context, srv *kubeapitest.Server) (*recordLoad, error) {
+	cfg, err := srv.RESTConfig("admin", "system:masters")
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = -1, 0 // the controller's own client is not the limit measured here
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}}
+	if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		return nil, err
+	}
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	l := &recordLoad{cancel: cancel}
+	// One writer per node, as the controller's checks are (its concurrency bounds the checks in flight, not
+	// the writes).
+	for _, n := range nodes.Items {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.follow(lctx, client, n.Name, n.UID)
+		}()
+	}
+	return l, nil
+}
+
+func (l *recordLoad) follow(ctx context.Context, client kubernetes.Interface, name string, uid types.UID) {
+	leases := client.CoordinationV1().Leases(reattestation.RecordNamespace)
+	validity := int32(reattestation.RecordValidity(reattestation.DefaultInterval).Seconds())
+	holder := "bench"
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: reattestation.RecordNamespace, Annotations: map[string]string{
+			reattestation.NodeUIDAnnotation: string(uid), reattestation.StateAnnotation: string(reattestation.Trusted)}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &validity},
+	}
+	timer := time.NewTimer(time.Duration(mrand.Int64N(int64(reattestation.DefaultInterval))))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		now := metav1.NewMicroTime(time.Now())
+		lease.Spec.RenewTime = &now
+		var err error
+		if lease.ResourceVersion == "" {
+			lease, err = leases.Create(ctx, lease, metav1.CreateOptions{})
+		} else {
+			lease, err = leases.Update(ctx, lease, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				l.mu.Lock()
+				if l.first == nil {
+					l.first = fmt.Errorf("writing the record of %s: %w", name, err)
+				}
+				l.mu.Unlock()
+			}
+			return
+		}
+		l.writes.Add(1)
+		jitter := time.Duration(mrand.Int64N(int64(reattestation.DefaultInterval/5))) - reattestation.DefaultInterval/10
+		timer.Reset(reattestation.DefaultInterval + jitter)
+	}
+}
+
+// err is the first write that failed, if any.
+func (l *recordLoad) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.first
+}
+
+func (l *recordLoad) stop() {
+	l.cancel()
+	l.wg.Wait()
 }

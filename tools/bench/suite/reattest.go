@@ -190,6 +190,10 @@ func runReattestLatency(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The records' namespace, as the join service's manifests create it.
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}}, metav1.CreateOptions{}); err != nil {
+		return nil, err
+	}
 	nodes, err := newReattestNodes(ctx, dir, 2)
 	if err != nil {
 		return nil, err
@@ -258,6 +262,13 @@ func runReattestLatency(ctx context.Context) ([]Result, error) {
 	}
 	if _, q := n.Labels[meshpeers.QuarantineLabel]; !q {
 		return nil, errors.New("the failed node was not quarantined")
+	}
+	lease, err := client.CoordinationV1().Leases(reattestation.RecordNamespace).Get(ctx, nodes.names[1], metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("the failed node's record: %w", err)
+	}
+	if r, ok := reattestation.RecordOf(lease, n.Name, n.UID); !ok || r.State != string(reattestation.Failed) {
+		return nil, fmt.Errorf("the failed node's record says %+v", r)
 	}
 	return []Result{{"reattest-latency", took.Seconds(), "s"}}, nil
 }
