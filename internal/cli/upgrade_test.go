@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -201,5 +202,24 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "in force at 2 key services") {
 		t.Fatalf("the CLI's output:\n%s", out.String())
+	}
+}
+
+// upgrade start refuses, before it reads the workspace or reaches a key service, new measurements that would
+// let any image in, and a file that is not a measurement policy.
+func TestUpgradeStartRefusesAcceptAnyImage(t *testing.T) {
+	dir := t.TempDir()
+	warnOnly := filepath.Join(dir, "warn-only.json")
+	write(t, warnOnly, []byte(`{"4": {"expected": "`+strings.Repeat("ab", 32)+`", "warnOnly": true}, "8": {"expected": "`+strings.Repeat("cd", 32)+`"}}`))
+	garbage := filepath.Join(dir, "garbage.json")
+	write(t, garbage, []byte(`{"4": "not a measurement"}`))
+	for file, want := range map[string]string{warnOnly: "accepts any node image", garbage: "parsing measurements"} {
+		_, errOut, code := run("upgrade", "start", "--measurements", file, "--workspace", dir)
+		if code != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("%s: exit %d, want 2 and %q:\n%s", filepath.Base(file), code, want, errOut)
+		}
+	}
+	if _, errOut, code := run("upgrade", "start", "--workspace", dir); code == 0 || !strings.Contains(errOut, "measurements") {
+		t.Errorf("without --measurements: exit %d\n%s", code, errOut)
 	}
 }

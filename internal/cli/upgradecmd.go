@@ -50,8 +50,67 @@ func newUpgradeCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: runUpgradeAbort,
 	}
-	cmd.AddCommand(check, abort)
+	start := &cobra.Command{
+		Use:   "start --measurements FILE",
+		Short: "Open an upgrade: every key service accepts the configured node image and the one of FILE",
+		Long: "start authors the measurement policy that accepts two images, the configuration's (the running one)\n" +
+			"and the new one whose measurements FILE holds (JSON or YAML, as in the configuration), and sends it to the\n" +
+			"key service of every control-plane node; it fails unless every one has it in force. The narrowing to the\n" +
+			"new image only is left in ConfigMap kube-system/" + keyservice.NarrowingConfigMap + " for 'upgrade finish' (or the\n" +
+			"upgrade controller). Nodes of the new image are admitted from now on; 'upgrade abort' rolls back.",
+		Args: cobra.NoArgs,
+		RunE: runUpgradeStart,
+	}
+	start.Flags().String("measurements", "", "measurements of the new node image (required)")
+	_ = start.MarkFlagRequired("measurements")
+	finish := &cobra.Command{
+		Use:   "finish",
+		Short: "End an open upgrade: every key service accepts the new node image only",
+		Long: "finish puts the narrowing that 'upgrade start' left in the cluster in force at the key service of every\n" +
+			"control-plane node: from then on a node of the old image is refused at join, and continuous attestation\n" +
+			"fails every running node of the old image at its next check. Run it once no node of the old image is left.",
+		Args: cobra.NoArgs,
+		RunE: runUpgradeFinish,
+	}
+	cmd.AddCommand(check, start, finish, abort)
 	return cmd
+}
+
+func runUpgradeStart(cmd *cobra.Command, _ []string) error {
+	path, _ := cmd.Flags().GetString("measurements")
+	raw, err := readFile(path, "the new image's measurements")
+	if err != nil {
+		return err
+	}
+	next, err := measurements.Parse(raw)
+	if err != nil {
+		return badInput("%s: %w", path, err)
+	}
+	up, c, err := policyUpgradeOf(cmd)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Opening the upgrade from the configured image to the one of %s at %d key services\n", path, len(up.KeyServices))
+	window, _, err := up.Start(cmd.Context(), c.Attestation.Measurements, next)
+	if err != nil {
+		return failed(err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Upgrade open: %s; nodes of both images are admitted\n", window)
+	return nil
+}
+
+func runUpgradeFinish(cmd *cobra.Command, _ []string) error {
+	up, _, err := policyUpgradeOf(cmd)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Finishing the upgrade at %d key services\n", len(up.KeyServices))
+	narrowed, err := up.Finish(cmd.Context())
+	if err != nil {
+		return failed(err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Upgrade finished: %s; nodes of the old image are refused from now on\n", narrowed)
+	return nil
 }
 
 // policyUpgradeOf returns the measurement policy of the workspace's running cluster as the CLI drives it,
