@@ -46,6 +46,13 @@ func TestServicesFromList(t *testing.T) {
 	if s := servicesFromList(list, expectedPods(nodes))[0]; s.Healthy || s.State != "2/2 (scheduled on 2 nodes, 3 expected)" {
 		t.Fatalf("a service not yet scheduled on a new control-plane node: %+v", s)
 	}
+	// A Node left in Kubernetes whose machine the provider no longer has (its pod not ready): the service runs
+	// on every node there is.
+	nodes = nodes[:2]
+	list.Items[0].Status.DesiredNumberScheduled, list.Items[0].Status.NumberReady = 3, 2
+	if s := servicesFromList(list, expectedPods(nodes))[0]; !s.Healthy || s.State != "2/3" {
+		t.Fatalf("a service on every node the provider has, and a Node left behind: %+v", s)
+	}
 	list.Items = list.Items[:1]
 	list.Items[0].Status.DesiredNumberScheduled, list.Items[0].Status.NumberReady = 0, 0
 	if s := servicesFromList(list, expectedPods(nodes))[0]; s.Healthy || s.State != "no node to run on" {
