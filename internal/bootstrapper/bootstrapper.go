@@ -3,7 +3,9 @@
 // attestation key (credential activation), and then serves fresh evidence on the verification service.
 // Cluster initialisation and joining build on this: the first control-plane node (and a control-plane node
 // that waits for recovery) serves Init and Recover over aTLS, only to a caller who knows the cluster's init
-// secret, whose SHA-256 the node reads from its instance metadata at boot.
+// secret, whose SHA-256 the node reads from its instance metadata at boot. Every other node joins through a
+// join service it trusts by its own image's measurements or, during an upgrade, by a set of the peer policy its
+// metadata hints, which it measures into PCR 14 before it trusts anyone by it (joinservice.MeasurePeerHint).
 package bootstrapper
 
 import (
@@ -132,7 +134,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Log: log.With("service", "wireguard"),
 	})
 
-	// A node that joins trusts a join service that booted exactly as it did.
+	// A node that joins trusts a join service that booted exactly as it did (or, during an upgrade, with a set
+	// of the peer policy it measures first, see joiner.join).
 	selfPolicy, err := ownPolicy(tpm, md.Variant())
 	if err != nil {
 		return fmt.Errorf("reading this node's boot measurements: %w", err)
