@@ -71,6 +71,14 @@ func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*pol
 		return nil, err
 	}
 	h, err := policyupdate.ParsePeerHint(raw)
+	if err == nil {
+		for i, set := range h.Sets {
+			if err = set.ValidateScheme(vtpm.ImageScheme(md.Variant())); err != nil {
+				err = fmt.Errorf("set %d does not fit this node's measured boot: %w", i+1, err)
+				break
+			}
+		}
+	}
 	if err != nil {
 		log.Error("the provider's peer policy is not valid; this node trusts peers of its own image only", "error", err)
 		return nil, nil
