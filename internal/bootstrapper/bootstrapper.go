@@ -3,7 +3,9 @@
 // attestation key (credential activation), and then serves fresh evidence on the verification service.
 // Cluster initialisation and joining build on this: the first control-plane node (and a control-plane node
 // that waits for recovery) serves Init and Recover over aTLS, only to a caller who knows the cluster's init
-// secret, whose SHA-256 the node reads from its instance metadata at boot.
+// secret, whose SHA-256 the node reads from its instance metadata at boot. Every other node joins through a
+// join service it trusts by its own image's measurements or, during an upgrade, by a set of the peer policy its
+// metadata hints, which it measures into PCR 14 before it trusts anyone by it (joinservice.MeasurePeerHint).
 package bootstrapper
 
 import (
@@ -25,6 +27,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
@@ -131,7 +134,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Log: log.With("service", "wireguard"),
 	})
 
-	// A node that joins trusts a join service that booted exactly as it did.
+	// A node that joins trusts a join service that booted exactly as it did (or, during an upgrade, with a set
+	// of the peer policy it measures first, see joiner.join).
 	selfPolicy, err := ownPolicy(tpm, md.Variant())
 	if err != nil {
 		return fmt.Errorf("reading this node's boot measurements: %w", err)
@@ -180,7 +184,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return fmt.Errorf("reading the state disk: %w", err)
 		}
 	}
-	joining := joiner{md: md, issuer: issuer, self: self, policy: selfPolicy, k8s: cfg.Kubernetes(self), disk: disk, mesh: mesh, log: log.With("step", "join")}
+	// During an upgrade the provider hints the measurement sets of the peers a joining node trusts besides those
+	// of its own image; the node measures the hint before it trusts a peer by it (joiner.join).
+	var hint *policyupdate.PeerHint
+	if self.Name != FirstControlPlane {
+		if err := retry.Do(ctx, log, "reading the peer policy from the metadata service", func() error {
+			var err error
+			hint, err = readPeerHint(ctx, md, log)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	joining := joiner{md: md, issuer: issuer, self: self, policy: selfPolicy, hint: hint, k8s: cfg.Kubernetes(self), disk: disk, mesh: mesh, log: log.With("step", "join")}
 	if self.Role == provider.RoleControlPlane {
 		joining.secrets = secrets
 	}
@@ -318,7 +334,8 @@ func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy mea
 			return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
 		}
 		go func() {
-			if err := shareSecretFromPeers(n.ctx, n.md, n.issuer, n.self, n.disk, n.secrets, n.log); err != nil {
+			// A recovered node measured no peer policy it could rely on: it trusts key services of its own image.
+			if err := shareSecretFromPeers(n.ctx, n.md, n.issuer, n.self, n.disk, n.secrets, nil, n.log); err != nil {
 				n.log.Error("getting the master secret for this node's key service failed", "error", err)
 			}
 		}()

@@ -28,6 +28,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
@@ -47,17 +48,42 @@ import (
 )
 
 // mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
-// chains to the provider's AK CA and matches policy.
-func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, policy measurements.M, log *slog.Logger) (*atls.Credentials, error) {
+// chains to the provider's AK CA and matches policy (this node's own image) or one of the sets of hint (nil:
+// none), which the node must have measured (joinservice.MeasurePeerHint).
+func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, policy measurements.M, hint *policyupdate.PeerHint, log *slog.Logger) (*atls.Credentials, error) {
 	roots, err := md.AKRoots(ctx)
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidatorFor(md.Variant(), roots, policy, log)
+	v, err := joinservice.PeerValidator(md.Variant(), roots, policy, hint, log)
 	if err != nil {
 		return nil, err
 	}
 	return atls.NewCredentials(issuer, []attestation.Validator{v})
+}
+
+// readPeerHint reads the peer policy hint of the provider: nil if there is none. The host writes it: a hint
+// that is not a valid peer policy counts as none (the node trusts peers of its own image only) and is logged;
+// an error means that the metadata service could not be read.
+func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*policyupdate.PeerHint, error) {
+	raw, err := md.PeerPolicy(ctx)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	h, err := policyupdate.ParsePeerHint(raw)
+	if err == nil {
+		for i, set := range h.Sets {
+			if err = set.ValidateScheme(vtpm.ImageScheme(md.Variant())); err != nil {
+				err = fmt.Errorf("set %d does not fit this node's measured boot: %w", i+1, err)
+				break
+			}
+		}
+	}
+	if err != nil {
+		log.Error("the provider's peer policy is not valid; this node trusts peers of its own image only", "error", err)
+		return nil, nil
+	}
+	return h, nil
 }
 
 // deployServices installs the cluster's services of this project, from manifests that are part of this
@@ -139,8 +165,10 @@ type joiner struct {
 	issuer *vtpm.Issuer
 	self   provider.Instance
 	// policy is this node's own boot measurements: it trusts a join service (and a key service) that booted
-	// exactly as it did.
+	// exactly as it did, or with one of the sets of hint, the provider's peer policy (nil: none), which it
+	// measures into PCR 14 before it trusts any peer.
 	policy measurements.M
+	hint   *policyupdate.PeerHint
 	k8s    Kubernetes
 	disk   *stateDisk
 	mesh   *meshagent.Agent
@@ -165,7 +193,15 @@ func (j joiner) join(ctx context.Context) error {
 	if disk != nil {
 		diskUUID = disk.uuid
 	}
-	creds, err := mutualCredentials(ctx, md, issuer, j.policy, log)
+	// Measured before any peer is trusted by it: the join service sees which peers this node trusted, and
+	// admits it only if it trusted nothing but the measurement sets in force.
+	if err := joinservice.MeasurePeerHint(issuer, j.hint); err != nil {
+		return err
+	}
+	if j.hint != nil {
+		log.Info("peer policy measured: this node also trusts peers of its measurement sets", "peerPolicy", j.hint.String())
+	}
+	creds, err := mutualCredentials(ctx, md, issuer, j.policy, j.hint, log)
 	if err != nil {
 		return err
 	}
@@ -291,7 +327,7 @@ func (j joiner) join(ctx context.Context) error {
 	}
 	log.Info("joined the cluster")
 	if controlPlane && j.secrets != nil {
-		if err := shareSecretFromPeers(ctx, md, issuer, self, disk, j.secrets, log); err != nil {
+		if err := shareSecretFromPeers(ctx, md, issuer, self, disk, j.secrets, j.hint, log); err != nil {
 			return err
 		}
 	}
@@ -314,9 +350,9 @@ func joinAt(ctx context.Context, addr string, creds *atls.Credentials, req *join
 // key service of another control-plane node, keeps the policy on the state disk (for a recovery) and hands
 // the secret to this node's key service. The node must be a member of the cluster by now (its cluster ID
 // measured): the key service hands the secret only to an attested control-plane member. This node in turn
-// trusts only a key service on a control-plane node that booted exactly as it did and belongs to the same
-// cluster.
-func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, log *slog.Logger) error {
+// trusts only a key service on a control-plane node that belongs to the same cluster and booted exactly as it
+// did, or with one of the sets of hint, the peer policy it measured before it joined.
+func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, hint *policyupdate.PeerHint, log *slog.Logger) error {
 	own, err := joinservice.OwnMemberPolicy(ctx, issuer)
 	if err != nil {
 		return err
@@ -325,7 +361,7 @@ func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer *vtpm.Is
 	if err != nil {
 		return err
 	}
-	v, err := vtpm.NewValidator(roots, own, log)
+	v, err := joinservice.MemberPeerValidator(md.Variant(), roots, own, hint, log)
 	if err != nil {
 		return err
 	}

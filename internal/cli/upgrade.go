@@ -42,6 +42,27 @@ type PolicyUpgrade struct {
 	API *kubeapi.Client
 	// Out receives one line per step.
 	Out io.Writer
+	// PeerPolicy, if set, hands joining nodes the peer policy of sets through the provider (none: remove it;
+	// see policyupdate.PeerHint): the sets of the window while an upgrade is open, so that a node of either
+	// image trusts a join service of the other; none before and after. Nodes measure it, and the join service
+	// admits only nodes whose peer policy holds nothing but the sets in force.
+	PeerPolicy func(ctx context.Context, sets ...measurements.M) error
+}
+
+// setPeerPolicy hands joining nodes the peer policy of sets, if the provider takes one.
+func (p *PolicyUpgrade) setPeerPolicy(ctx context.Context, sets ...measurements.M) error {
+	if p.PeerPolicy == nil {
+		return nil
+	}
+	if err := p.PeerPolicy(ctx, sets...); err != nil {
+		return fmt.Errorf("handing joining nodes the peer policy through the provider: %w", err)
+	}
+	if len(sets) == 0 {
+		fmt.Fprintln(p.out(), "  peer policy removed at the provider: joining nodes trust peers of their own image only")
+	} else {
+		fmt.Fprintf(p.out(), "  peer policy of %d measurement sets handed to joining nodes through the provider\n", len(sets))
+	}
+	return nil
 }
 
 // PolicyStatus is what the key services have in force.
@@ -240,6 +261,10 @@ func (p *PolicyUpgrade) Start(ctx context.Context, old, new measurements.M) (win
 	if err := p.send(ctx, window, old, new); err != nil {
 		return nil, nil, err
 	}
+	// Only once both images are in force: a node that trusts both is refused while one of them is not.
+	if err := p.setPeerPolicy(ctx, old, new); err != nil {
+		return nil, nil, err
+	}
 	return window, narrowing, nil
 }
 
@@ -258,6 +283,10 @@ func (p *PolicyUpgrade) Finish(ctx context.Context) (*policyupdate.Update, error
 	}
 	v, err := p.trust(ctx, u.Sets...)
 	if err != nil {
+		return nil, err
+	}
+	// Before the window closes: a node that boots from now on trusts peers of its own image only.
+	if err := p.setPeerPolicy(ctx); err != nil {
 		return nil, err
 	}
 	if _, err := keyservice.SendPolicy(ctx, p.KeyServices, v, raw); err != nil {
@@ -289,6 +318,9 @@ func (p *PolicyUpgrade) Abort(ctx context.Context) (*policyupdate.Update, error)
 	}
 	rollback, err := policyupdate.Author(p.Key, p.ClusterID, epoch, cur.Sets[0])
 	if err != nil {
+		return nil, err
+	}
+	if err := p.setPeerPolicy(ctx); err != nil {
 		return nil, err
 	}
 	if err := p.send(ctx, rollback, cur.Sets...); err != nil {

@@ -104,6 +104,12 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 			return keyservice.MemberValidators(attestation.MiniVTPM, roots, clusterID, nil)(sets)
 		},
 	}
+	// The peer policy the provider hands joining nodes: the window's sets while it is open, none otherwise.
+	var peerPolicy []measurements.M
+	up.PeerPolicy = func(_ context.Context, sets ...measurements.M) error {
+		peerPolicy = sets
+		return nil
+	}
 	inForce := func() []*policyupdate.Update {
 		var us []*policyupdate.Update
 		for _, p := range policies {
@@ -118,6 +124,9 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	}
 	if window.Epoch != 1 || narrowing.Epoch != 2 || len(window.Sets) != 2 || len(narrowing.Sets) != 1 {
 		t.Fatalf("start: %v, %v", window, narrowing)
+	}
+	if len(peerPolicy) != 2 || !containsSet(peerPolicy[:1], old) || !containsSet(peerPolicy[1:], newImage) {
+		t.Fatalf("the peer policy after the start: %v, want the old and the new image", peerPolicy)
 	}
 	for _, u := range inForce() {
 		if !u.Same(window) {
@@ -158,6 +167,9 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	if rollback.Epoch != 3 || len(rollback.Sets) != 1 || !containsSet(rollback.Sets, old) {
 		t.Fatalf("abort: %v", rollback)
 	}
+	if peerPolicy != nil {
+		t.Fatalf("the peer policy after the abort: %v, want none", peerPolicy)
+	}
 	if _, _, found, _ := keyservice.LoadNarrowing(ctx, api.Client(t)); found {
 		t.Fatal("the narrowing is still left in the cluster after the abort")
 	}
@@ -176,9 +188,15 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	if err != nil || window.Epoch != 4 || narrowing.Epoch != 5 {
 		t.Fatalf("start after the abort: %v, %v, %v", window, narrowing, err)
 	}
+	if len(peerPolicy) != 2 {
+		t.Fatalf("the peer policy after the second start: %v", peerPolicy)
+	}
 	done, err := up.Finish(ctx)
 	if err != nil || !done.Same(narrowing) {
 		t.Fatalf("finish: %v, %v", done, err)
+	}
+	if peerPolicy != nil {
+		t.Fatalf("the peer policy after the finish: %v, want none", peerPolicy)
 	}
 	for _, u := range inForce() {
 		if !u.Same(narrowing) {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
 )
 
 func newUpgradeCmd() *cobra.Command {
@@ -174,13 +176,28 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 			addrs = append(addrs, net.JoinHostPort(n.IP, strconv.Itoa(keyservice.PolicyPort)))
 		}
 	}
-	return &PolicyUpgrade{
+	up := &PolicyUpgrade{
 		Key: key, ClusterID: clusterID, KeyServices: addrs, Known: []measurements.M{c.Attestation.Measurements}, API: api,
 		Out: cmd.OutOrStdout(),
 		Trust: func(sets ...measurements.M) (attestation.Validator, error) {
 			return keyservice.MemberValidators(variant, att.AKRoots, clusterID, nil)(sets)
 		},
-	}, c, nil
+	}
+	if c.Provider.Mini != nil {
+		dir := filepath.Join(ws, miniDirName)
+		up.PeerPolicy = func(ctx context.Context, sets ...measurements.M) error {
+			var raw []byte
+			if len(sets) > 0 {
+				h, err := policyupdate.NewPeerHint(sets...)
+				if err != nil {
+					return err
+				}
+				raw = h.Marshal()
+			}
+			return mini.SetPeerPolicy(ctx, dir, raw)
+		}
+	}
+	return up, c, nil
 }
 
 func runUpgradeAbort(cmd *cobra.Command, _ []string) error {

@@ -476,6 +476,13 @@ func (r reloadingValidator) Validate(ctx context.Context, evidence, nonce []byte
 	for i, v := range s.validators {
 		userData, err := v.Validate(ctx, evidence, nonce)
 		if err == nil {
+			if s.Variant.VTPM {
+				// Which peers the node trusted is measured in its PCR 14: it must have trusted only the sets in
+				// force, or it may have been handed to a rogue join service and back.
+				if err := r.checkPeerPolicy(evidence, s); err != nil {
+					return nil, err
+				}
+			}
 			return userData, nil
 		}
 		if len(s.validators) > 1 {
@@ -503,6 +510,26 @@ func (r reloadingValidator) Validate(ctx context.Context, evidence, nonce []byte
 		r.c.logger().Warn("join refused: evidence invalid", "node", subjectOf(evidence), "error", err)
 	}
 	return nil, err
+}
+
+// checkPeerPolicy refuses a node whose measured peer policy (see [checkPeerPolicy]) is not covered by the sets
+// in force of s, and logs why.
+func (r reloadingValidator) checkPeerPolicy(evidence []byte, s *State) error {
+	hints, err := checkPeerPolicy(evidence, s.Sets)
+	if err == nil {
+		if len(hints) > 0 {
+			r.c.logger().Info("the node's measured peer policy trusts only measurement sets in force", "node", subjectOf(evidence), "peerPolicy", hints[len(hints)-1].String(), "epoch", s.Epoch)
+		}
+		return nil
+	}
+	var uncovered *policyupdate.UncoveredSetError
+	if errors.As(err, &uncovered) {
+		set, _ := uncovered.Set.MarshalJSON()
+		r.c.logger().Warn("join refused: the node trusted peers by a measurement set that is not in force; the host may have hinted a rogue image's measurements to it, or the hint is from an upgrade that ended (reboot the node with the current hint)", "node", subjectOf(evidence), "set", string(set), "sets", len(s.Sets), "epoch", s.Epoch, "error", err)
+	} else {
+		r.c.logger().Warn("join refused: the node's peer policy (PCR 14) is not explained by its event log", "node", subjectOf(evidence), "error", err)
+	}
+	return err
 }
 
 // subjectOf names the node an evidence document claims to be (unverified, for logs only).

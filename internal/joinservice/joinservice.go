@@ -23,6 +23,14 @@
 // a measurement policy update (package policyupdate), then the update's one or two sets (the old and the new
 // image during an upgrade). The key service keeps the highest epoch it accepted on its node's encrypted state
 // disk, so neither an update nor a join configuration saved from an upgrade's window reopens it.
+//
+// A joining node trusts a join service, and a control-plane node the key services it gets the master secret
+// from, that booted its own image, or one of the sets of the peer policy its provider hints during an upgrade
+// ([PeerValidator], [MemberPeerValidator]). The host writes that hint, so the node measures it into PCR 14
+// first ([MeasurePeerHint]); the join service replays PCR 14 from the node's event log, counting only what the
+// verified quote proves, and admits the node only if every set it trusted is covered by a set in force. A node
+// the host pointed at a rogue image's join service is refused by the genuine one. The member policy of the
+// continuous attestation leaves PCR 14 alone.
 package joinservice
 
 import (

@@ -16,9 +16,15 @@
 //
 //	PCR 15 EV_EVENT_TAG       "constellation cluster id <hex>"
 //
+// Before a joining node trusts any peer, it extends the peer policy it was given, if any, into PCR 14
+// (measurements.PCRPeerPolicy, policyupdate.PeerHint): the measurement sets of the peers it trusts besides
+// its own image's. No event of the firmware touches PCR 14; it stays zero on a node given no peer policy.
+//
+//	PCR 14 EV_EVENT_TAG       "constellation peer policy {"version":1,"sets":[...]}"
+//
 // [Scheme] is this definition for a verifier: every event's digest is the SHA-256 of its data, and the data
 // decides the type (00000000 is EV_SEPARATOR, the firmware version EV_S_CRTM_VERSION, the cluster ID
-// EV_EVENT_TAG, anything else EV_IPL), so neither the data nor the type of an event can be changed without
+// EV_EVENT_TAG, as is the peer policy, anything else EV_IPL), so neither the data nor the type of an event can be changed without
 // the validator noticing.
 package measuredboot
 
@@ -96,7 +102,7 @@ func typeOf(data []byte) eventlog.EventType {
 		return eventlog.Separator
 	case bytes.HasPrefix(data, []byte(firmwarePrefix)):
 		return eventlog.SCRTMVersion
-	case bytes.HasPrefix(data, []byte(measurements.ClusterIDEventPrefix)):
+	case bytes.HasPrefix(data, []byte(measurements.ClusterIDEventPrefix)), bytes.HasPrefix(data, []byte(measurements.PeerPolicyEventPrefix)):
 		return eventlog.EventTag
 	}
 	return eventlog.IPL

@@ -46,6 +46,10 @@ type Node interface {
 	// InitSecretHash is the SHA-256 of the cluster's init secret, as the operator handed it to the provider;
 	// nil (and no error) if there is none.
 	InitSecretHash(ctx context.Context) ([]byte, error)
+	// PeerPolicy is the peer policy hint the operator handed the provider (the JSON form of a
+	// policyupdate.PeerHint): the measurement sets of the peers a joining node trusts besides those of its own
+	// image; nil (and no error) if there is none. A node measures it before it trusts any peer by it.
+	PeerPolicy(ctx context.Context) ([]byte, error)
 	// AKRoots are the CA certificates that certify nodes' attestation keys; Challenge and Complete enroll the
 	// calling node's attestation key with that CA (akca.Enroll).
 	AKRoots(ctx context.Context) ([]*x509.Certificate, error)

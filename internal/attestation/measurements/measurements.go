@@ -13,7 +13,8 @@
 //
 // Membership of a cluster is a rule over PCR 15, the same for every provider: [ClusterIDEvent] is what a node
 // extends after init or join, [MemberPolicy] what a member of a cluster presents, [FreshPolicy] what a node
-// that belongs to no cluster yet presents.
+// that belongs to no cluster yet presents. PCR 14 ([PCRPeerPolicy]) shows which peers a joining node trusted;
+// no policy of a node image holds it (it differs between nodes of one image).
 package measurements
 
 import (
@@ -49,6 +50,12 @@ const (
 	// PCRClusterID holds the cluster ID, extended by a node after init or join, so that an initialised node
 	// cannot pose as a fresh one and a verifier can tell which cluster a node belongs to.
 	PCRClusterID = 15
+	// PCRPeerPolicy holds the peer policy a joining node was given (the measurement sets of the peers it trusts
+	// besides its own image's, see package policyupdate's PeerHint), extended by the node before it trusts any
+	// peer; zero if it was given none. No measured-boot scheme of this product uses it: the mini firmware
+	// measures PCRs 0, 4 and 8, OVMF PCRs 0 to 7, systemd-stub PCRs 11 to 13, and no shim (which would extend
+	// its MOK lists into PCR 14) is in the boot chain. Unlike PCRs 16 and 23 it cannot be reset by software.
+	PCRPeerPolicy = 14
 )
 
 // Digest is a SHA-256 PCR value, written as hex.

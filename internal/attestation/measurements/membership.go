@@ -16,6 +16,10 @@ import (
 // ClusterIDEventPrefix starts the data of the cluster ID event.
 const ClusterIDEventPrefix = "constellation cluster id "
 
+// PeerPolicyEventPrefix starts the data of the peer policy event, an EV_EVENT_TAG in [PCRPeerPolicy] whose
+// digest is the SHA-256 of its data (package policyupdate, PeerHint.Event).
+const PeerPolicyEventPrefix = "constellation peer policy "
+
 // ClusterIDEvent is the measurement a node makes after init or join: an EV_EVENT_TAG with the cluster ID into
 // PCR 15, digest the SHA-256 of its data. From then on the node cannot pose as a fresh one, and a verifier
 // learns which cluster the node belongs to.

@@ -11,6 +11,10 @@
 //
 // The wire form is JSON, parsed strictly ([Parse]) and bounded ([MaxSize]); the MAC covers a canonical
 // encoding of the parsed content (version, cluster ID, epoch and every set), never the bytes as sent.
+//
+// A joining node learns the sets in force from nobody it can trust yet: its provider hints them ([PeerHint],
+// without MAC), the node measures the hint into PCR 14 before it trusts a peer by it, and the join service
+// admits it only if every set it trusted is in force ([PeerHintsOf], [CheckPeerHints]).
 package policyupdate
 
 import (

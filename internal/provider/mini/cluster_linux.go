@@ -24,6 +24,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/provider/mini/mirror"
@@ -787,7 +788,7 @@ func (p *Provider) Stop(name string) error {
 // ControlSocket is the provider's control socket in its directory: requests from the CLI (reboots).
 func ControlSocket(dir string) string { return filepath.Join(dir, "provider.sock") }
 
-// serveControl answers POST /v1/workers, /v1/images, /v1/node-images, /v1/nodes/{name}/reboot and
+// serveControl answers POST /v1/workers, /v1/peer-policy, /v1/images, /v1/node-images, /v1/nodes/{name}/reboot and
 // /v1/nodes/{name}/stop on the control socket, owner-only.
 func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 	path := ControlSocket(p.Dir)
@@ -815,6 +816,18 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 			return
 		}
 		json.NewEncoder(w).Encode(map[string]string{"name": name})
+	})
+	mux.HandleFunc("POST /v1/peer-policy", func(w http.ResponseWriter, r *http.Request) {
+		raw, err := io.ReadAll(io.LimitReader(r.Body, policyupdate.MaxSize+1))
+		if err != nil {
+			http.Error(w, "request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := p.md.SetPeerPolicy(raw); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /v1/images", p.serveLoad)
 	mux.HandleFunc("POST /v1/node-images", p.serveRegisterImage)
@@ -873,6 +886,13 @@ func control(ctx context.Context, dir, path string, body []byte, out any) error 
 		return json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(out)
 	}
 	return nil
+}
+
+// SetPeerPolicy asks the provider daemon of the cluster in dir to hand joining nodes the peer policy raw (the
+// JSON form of a policyupdate.PeerHint: the measurement sets of the peers they trust besides those of their own
+// image); nil or empty removes it.
+func SetPeerPolicy(ctx context.Context, dir string, raw []byte) error {
+	return control(ctx, dir, "/v1/peer-policy", raw, nil)
 }
 
 // StopNode asks the provider daemon of the cluster in dir to power a node off; RebootNode starts it again.

@@ -3,7 +3,9 @@
 // the CLI ask it which instances exist (name, role, address), a node asks who it is (identified by the source
 // address of its request, like a cloud's IMDS), fetches its boot event log, fetches the attestation-key CA
 // certificate, enrolls its TPM's attestation key (credential activation, internal/attestation/akca), and reads
-// the SHA-256 of the cluster's init secret, with which it authenticates whoever initialises or recovers it.
+// the SHA-256 of the cluster's init secret, with which it authenticates whoever initialises or recovers it,
+// and the peer policy hint a joining node measures before it trusts peers of another image by it (during an
+// upgrade; see policyupdate.PeerHint).
 // The cluster's upgrade controller creates and deletes nodes through it (the fleet API, fleet.go), with the
 // controller credential, of which the provider, again, knows only the SHA-256.
 //
@@ -34,6 +36,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
@@ -74,6 +77,9 @@ type Server struct {
 	// fleetCredentialHash (fleet.go); nil: nobody may.
 	fleet               provider.Fleet
 	fleetCredentialHash []byte
+	// peerPolicy is the peer policy hint (policyupdate.PeerHint, canonical form) every instance reads when it
+	// joins; nil: none, a node trusts peers of its own image only.
+	peerPolicy []byte
 }
 
 // record is what the provider knows about an instance.
@@ -111,6 +117,28 @@ func (s *Server) SetInitSecretHash(hash []byte) error {
 	return nil
 }
 
+// SetPeerPolicy sets the peer policy hint every instance reads when it joins (see [Client.PeerPolicy]): the
+// JSON form of a policyupdate.PeerHint, checked here; nil or empty removes it.
+func (s *Server) SetPeerPolicy(raw []byte) error {
+	var canonical []byte
+	if len(bytes.TrimSpace(raw)) > 0 {
+		h, err := policyupdate.ParsePeerHint(raw)
+		if err != nil {
+			return err
+		}
+		canonical = h.Marshal()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.peerPolicy = canonical
+	if canonical == nil {
+		s.log.Info("peer policy removed: joining nodes trust peers of their own image only")
+	} else {
+		s.log.Info("peer policy set: joining nodes also trust peers of its measurement sets", "peerPolicy", string(canonical))
+	}
+	return nil
+}
+
 // RemoveInstance forgets an instance.
 func (s *Server) RemoveInstance(ip string) {
 	s.mu.Lock()
@@ -125,6 +153,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/self", s.self)
 	mux.HandleFunc("GET /v1/self/eventlog", s.eventLog)
 	mux.HandleFunc("GET /v1/self/init-secret-hash", s.initSecret)
+	mux.HandleFunc("GET /v1/peer-policy", s.peerPolicyHint)
 	mux.HandleFunc("GET /v1/ak-ca", s.akCA)
 	mux.HandleFunc("POST /v1/ak/challenge", s.challenge)
 	mux.HandleFunc("POST /v1/ak/complete", s.complete)
@@ -195,6 +224,19 @@ func (s *Server) initSecret(w http.ResponseWriter, r *http.Request) {
 	hash := hex.EncodeToString(s.initSecretHash)
 	s.mu.RUnlock()
 	writeJSON(w, initSecretResponse{SHA256: hash})
+}
+
+// peerPolicyHint answers GET /v1/peer-policy: the peer policy hint, empty when there is none.
+func (s *Server) peerPolicyHint(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.caller(r); !ok {
+		http.Error(w, "the request does not come from an instance of this cluster", http.StatusNotFound)
+		return
+	}
+	s.mu.RLock()
+	raw := s.peerPolicy
+	s.mu.RUnlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(raw)
 }
 
 func (s *Server) akCA(w http.ResponseWriter, _ *http.Request) {
@@ -371,6 +413,19 @@ func (c *Client) InitSecretHash(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	return parseInitSecretHash(raw)
+}
+
+// PeerPolicy returns the peer policy hint (the JSON form of a policyupdate.PeerHint) as the provider serves it;
+// nil (and no error) when there is none. The provider is the host: the caller measures what it acts on.
+func (c *Client) PeerPolicy(ctx context.Context) ([]byte, error) {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/v1/peer-policy", nil, &raw); err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, nil
+	}
+	return raw, nil
 }
 
 // parseInitSecretHash parses the metadata service's answer strictly: nil for none, else exactly a SHA-256.

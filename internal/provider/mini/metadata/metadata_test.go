@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 )
 
@@ -155,4 +157,45 @@ func FuzzParseInitSecretHash(f *testing.F) {
 			t.Fatalf("a hash of %d bytes", len(hash))
 		}
 	})
+}
+
+// The peer policy the operator sets reaches the nodes in its canonical form; an invalid one is refused when
+// it is set, and removing it leaves none.
+func TestPeerPolicy(t *testing.T) {
+	s, c := newServer(t)
+	ctx := context.Background()
+	if _, err := c.PeerPolicy(ctx); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("PeerPolicy from an unknown address = %v", err)
+	}
+	s.SetInstance(Instance{Name: "worker-0", Role: RoleWorker, IP: "127.0.0.1"}, nil, nil)
+	if raw, err := c.PeerPolicy(ctx); err != nil || raw != nil {
+		t.Fatalf("PeerPolicy without one = %q, %v; want none", raw, err)
+	}
+	set := func(b byte) measurements.M {
+		return measurements.M{
+			0:                          {Expected: measurements.Digest(bytes.Repeat([]byte{0x0f}, 32))},
+			measurements.PCRNodeImage:  {Expected: measurements.Digest(bytes.Repeat([]byte{b}, 32))},
+			measurements.PCRBootParams: {Expected: measurements.Digest(bytes.Repeat([]byte{0x88}, 32))},
+		}
+	}
+	hint, err := policyupdate.NewPeerHint(set(1), set(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spaced := bytes.ReplaceAll(hint.Marshal(), []byte(","), []byte(", "))
+	if err := s.SetPeerPolicy(spaced); err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := c.PeerPolicy(ctx); err != nil || !bytes.Equal(raw, hint.Marshal()) {
+		t.Fatalf("PeerPolicy = %q, %v; want %q", raw, err, hint.Marshal())
+	}
+	if err := s.SetPeerPolicy([]byte(`{"version":1,"sets":[]}`)); err == nil {
+		t.Fatal("a peer policy without sets was accepted")
+	}
+	if err := s.SetPeerPolicy(nil); err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := c.PeerPolicy(ctx); err != nil || raw != nil {
+		t.Fatalf("PeerPolicy after its removal = %q, %v; want none", raw, err)
+	}
 }
