@@ -39,7 +39,8 @@ type Options struct {
 	// ([Server.RefuseQuarantined]).
 	Quarantined func(ctx context.Context, node string) (bool, error)
 	// PolicyFile is where the key service keeps the measurement policy update in force, on the node's
-	// encrypted state disk ([PolicyFile]); empty: in memory only.
+	// encrypted state disk ([PolicyFile]). Required: a key service that kept its policy in memory only would
+	// fall back to the init's measurements at its next start, and admit an image the operator removed.
 	PolicyFile string
 	// PolicyListen, if set, opens the policy port's listener ([PolicyPort]) once the key service has the
 	// master secret: there anyone reads the measurement policy and sends updates, which count by their MAC.
@@ -55,6 +56,9 @@ type Options struct {
 func Run(ctx context.Context, o Options) error {
 	if (o.Listener == nil && o.Listen == nil) || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.DiskBindings == nil || o.Log == nil {
 		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction, a disk bindings record and a log")
+	}
+	if o.PolicyFile == "" {
+		return errors.New("the key service needs a policy file on the node's encrypted state disk (--policy-file): kept in memory only, the measurement policy in force would be lost at the next start and a removed image admitted again")
 	}
 	disks := o.DiskBindings
 	secret, err := waitForSecret(ctx, o.SecretSocket, o.Log)

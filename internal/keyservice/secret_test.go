@@ -240,6 +240,7 @@ func runKeyService(t *testing.T, node *tpmtest.Node, roots []*x509.Certificate, 
 			AKRoots:      func(context.Context) ([]*x509.Certificate, error) { return roots, nil },
 			Allowed:      func(_ context.Context, name string) (bool, error) { return allowed(name), nil },
 			DiskBindings: NewAPIDiskBindings(api.Client(t)),
+			PolicyFile:   filepath.Join(t.TempDir(), "measurement-policy.json"),
 			Log:          log,
 		})
 	}()
@@ -339,5 +340,22 @@ func TestRunServesAfterHandover(t *testing.T) {
 func TestRunRefusesIncompleteOptions(t *testing.T) {
 	if err := Run(context.Background(), Options{}); err == nil {
 		t.Fatal("Run without options succeeded")
+	}
+	// Everything but the policy file: a key service that keeps the policy in memory only would forget an
+	// update at its next start and admit the image the operator removed.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	o := Options{
+		Listener: ln, SecretSocket: filepath.Join(t.TempDir(), "secret.sock"), Issuer: agent.NewClient(filepath.Join(t.TempDir(), "agent.sock"), attestation.MiniVTPM),
+		AKRoots:      func(context.Context) ([]*x509.Certificate, error) { return nil, nil },
+		Allowed:      func(context.Context, string) (bool, error) { return true, nil },
+		DiskBindings: NewAPIDiskBindings(nil),
+		Log:          slog.New(slog.DiscardHandler),
+	}
+	if err := Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "policy file") {
+		t.Fatalf("Run without a policy file: %v, want a refusal naming the policy file", err)
 	}
 }
