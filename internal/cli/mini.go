@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -22,6 +21,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -183,44 +183,12 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(err)
 	}
-	logPath := filepath.Join(dir, "provider.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return failed(err)
-	}
-	daemon := exec.Command(exe, providerDaemonArgs(workspace(cmd), c, initSecret, controllerCredential)...)
-	daemon.Stdout, daemon.Stderr = logFile, logFile
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := daemon.Start(); err != nil {
-		logFile.Close()
-		return failed(fmt.Errorf("starting the provider: %w", err))
-	}
-	logFile.Close()
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
-	fmt.Fprintf(out, "Provider started (pid %d, log %s)\n", daemon.Process.Pid, logPath)
-
-	printed := 0
-	for {
+	if err := daemon.Start(out, dir, exe, providerDaemonArgs(workspace(cmd), c, initSecret, controllerCredential), "the cluster", func() (daemon.Status, bool) {
 		s, ok, _ := mini.ReadState(dir)
-		if ok {
-			for ; printed < len(s.Progress); printed++ {
-				fmt.Fprintf(out, "  %s\n", s.Progress[printed])
-			}
-			if s.Phase == mini.PhaseRunning {
-				state = s
-				break
-			}
-			if s.Phase == mini.PhaseFailed {
-				<-exited
-				return failed(fmt.Errorf("booting the cluster failed: %s (see %s)", s.Error, logPath))
-			}
-		}
-		select {
-		case err := <-exited:
-			return failed(fmt.Errorf("the provider stopped while booting the cluster: %v (see %s)", err, logPath))
-		case <-time.After(200 * time.Millisecond):
-		}
+		state = s
+		return s.Status, ok
+	}); err != nil {
+		return failed(err)
 	}
 
 	// Every node must prove, before anything else happens, that it booted the configured image.

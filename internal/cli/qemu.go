@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -26,6 +25,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/qemu"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -183,43 +183,12 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	if err != nil {
 		return failed(err)
 	}
-	logPath := filepath.Join(dir, "provider.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return failed(err)
-	}
-	daemon := exec.Command(exe, "qemu", "daemon", "--workspace", ws, "--init-secret-hash", initSecretHash(initSecret))
-	daemon.Stdout, daemon.Stderr = logFile, logFile
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := daemon.Start(); err != nil {
-		logFile.Close()
-		return failed(fmt.Errorf("starting the provider: %w", err))
-	}
-	logFile.Close()
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
-	fmt.Fprintf(out, "Provider started (pid %d, log %s)\n", daemon.Process.Pid, logPath)
-	printed := 0
-	for {
+	if err := daemon.Start(out, dir, exe, []string{"qemu", "daemon", "--workspace", ws, "--init-secret-hash", initSecretHash(initSecret)}, "the machines", func() (daemon.Status, bool) {
 		s, ok, _ := qemu.ReadState(dir)
-		if ok {
-			for ; printed < len(s.Progress); printed++ {
-				fmt.Fprintf(out, "  %s\n", s.Progress[printed])
-			}
-			if s.Phase == qemu.PhaseRunning {
-				state = s
-				break
-			}
-			if s.Phase == qemu.PhaseFailed {
-				<-exited
-				return failed(fmt.Errorf("booting the machines failed: %s (see %s)", s.Error, logPath))
-			}
-		}
-		select {
-		case err := <-exited:
-			return failed(fmt.Errorf("the provider stopped while booting the machines: %v (see %s)", err, logPath))
-		case <-time.After(200 * time.Millisecond):
-		}
+		state = s
+		return s.Status, ok
+	}); err != nil {
+		return failed(err)
 	}
 	roots, err := qemuPolicyRoots(ws)
 	if err != nil {

@@ -19,13 +19,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/provider/mini/mirror"
 	"github.com/constellation-dev/constellation/internal/swtpm"
@@ -90,21 +89,17 @@ type NodeState struct {
 
 // State is the provider's record of a cluster, in <dir>/state.json.
 type State struct {
-	DaemonPID   int               `json:"daemonPID"`
-	Phase       string            `json:"phase"` // booting, running, failed, stopping
-	Error       string            `json:"error,omitempty"`
-	Progress    []string          `json:"progress"`
-	MetadataURL string            `json:"metadataURL"`
-	Sysctls     map[string]string `json:"sysctls"`
-	Nodes       []NodeState       `json:"nodes"`
+	daemon.Status
+	Sysctls map[string]string `json:"sysctls"`
+	Nodes   []NodeState       `json:"nodes"`
 }
 
 // Phases of a cluster.
 const (
-	PhaseBooting  = "booting"
-	PhaseRunning  = "running"
-	PhaseFailed   = "failed"
-	PhaseStopping = "stopping"
+	PhaseBooting  = daemon.PhaseBooting
+	PhaseRunning  = daemon.PhaseRunning
+	PhaseFailed   = daemon.PhaseFailed
+	PhaseStopping = daemon.PhaseStopping
 )
 
 // Provider runs a mini cluster from a directory: the CAs, the node TPMs and sandboxes, the metadata service.
@@ -149,40 +144,15 @@ type node struct {
 }
 
 // StatePath is the state file of a provider directory.
-func StatePath(dir string) string { return filepath.Join(dir, "state.json") }
+func StatePath(dir string) string { return daemon.StatePath(dir) }
 
 // ReadState reads the state of the cluster in dir; ok is false when there is none.
-func ReadState(dir string) (State, bool, error) {
-	raw, err := os.ReadFile(StatePath(dir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return State{}, false, nil
-	}
-	if err != nil {
-		return State{}, false, err
-	}
-	var s State
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return State{}, false, fmt.Errorf("reading %s: %w", StatePath(dir), err)
-	}
-	return s, true, nil
-}
+func ReadState(dir string) (State, bool, error) { return daemon.ReadState[State](dir) }
 
 // DaemonAlive reports whether the provider process of a state still runs.
-func (s State) DaemonAlive() bool {
-	if s.DaemonPID <= 0 {
-		return false
-	}
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(s.DaemonPID) + "/cmdline")
-	return err == nil && strings.Contains(string(raw), "mini")
-}
+func (s State) DaemonAlive() bool { return s.Alive("mini") }
 
-func (p *Provider) save() error {
-	raw, err := json.MarshalIndent(p.state, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(StatePath(p.Dir), raw, 0o600)
-}
+func (p *Provider) save() error { return daemon.WriteState(p.Dir, p.state) }
 
 func (p *Provider) progress(msg string) {
 	p.Log.Info(msg)
@@ -193,7 +163,7 @@ func (p *Provider) progress(msg string) {
 // Run boots the cluster, serves the metadata service, and tears everything down when ctx ends. It is the
 // provider daemon's main loop.
 func (p *Provider) Run(ctx context.Context, spec Spec) error {
-	p.state = State{DaemonPID: os.Getpid(), Phase: PhaseBooting, Sysctls: readSysctls()}
+	p.state = State{Status: daemon.Status{DaemonPID: os.Getpid(), Phase: PhaseBooting}, Sysctls: readSysctls()}
 	if err := p.save(); err != nil {
 		return err
 	}
@@ -594,23 +564,7 @@ func restoreSysctls(saved map[string]string) {
 }
 
 // StopDaemon asks the provider daemon of a state to tear its cluster down and waits until it is gone.
-func StopDaemon(s State, wait time.Duration) error {
-	if !s.DaemonAlive() {
-		return nil
-	}
-	if err := syscall.Kill(s.DaemonPID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return err
-	}
-	deadline := time.Now().Add(wait)
-	for s.DaemonAlive() {
-		if time.Now().After(deadline) {
-			syscall.Kill(s.DaemonPID, syscall.SIGKILL)
-			return fmt.Errorf("the provider (pid %d) did not stop within %s; killed it, cleaning up", s.DaemonPID, wait)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return nil
-}
+func StopDaemon(s State, wait time.Duration) error { return daemon.Stop(s.Status, s.DaemonAlive, wait) }
 
 // StateDiskSize is the size of a node's state disk (a sparse file: it takes only what the node writes).
 const StateDiskSize = 8 << 30

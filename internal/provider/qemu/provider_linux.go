@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -19,10 +18,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/provider"
+	"github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/mini/metadata"
 	"github.com/constellation-dev/constellation/internal/provider/qemu/guest"
 	"github.com/constellation-dev/constellation/internal/swtpm"
@@ -57,20 +56,16 @@ type NodeState struct {
 
 // State is the provider's record of a cluster, in <dir>/state.json.
 type State struct {
-	DaemonPID   int         `json:"daemonPID"`
-	Phase       string      `json:"phase"` // booting, running, failed, stopping
-	Error       string      `json:"error,omitempty"`
-	Progress    []string    `json:"progress"`
-	MetadataURL string      `json:"metadataURL"`
-	Nodes       []NodeState `json:"nodes"`
+	daemon.Status
+	Nodes []NodeState `json:"nodes"`
 }
 
 // Phases of a cluster.
 const (
-	PhaseBooting  = "booting"
-	PhaseRunning  = "running"
-	PhaseFailed   = "failed"
-	PhaseStopping = "stopping"
+	PhaseBooting  = daemon.PhaseBooting
+	PhaseRunning  = daemon.PhaseRunning
+	PhaseFailed   = daemon.PhaseFailed
+	PhaseStopping = daemon.PhaseStopping
 )
 
 // MaxNodes bounds a cluster's machines (each gets an address of the /24 node network from .10 on).
@@ -102,7 +97,7 @@ type Provider struct {
 }
 
 // StatePath is the state file of a provider directory.
-func StatePath(dir string) string { return filepath.Join(dir, "state.json") }
+func StatePath(dir string) string { return daemon.StatePath(dir) }
 
 // NodeDir is the directory of a node's machine.
 func NodeDir(dir, name string) string { return filepath.Join(dir, "nodes", name) }
@@ -111,37 +106,13 @@ func NodeDir(dir, name string) string { return filepath.Join(dir, "nodes", name)
 func AKCAPath(dir string) string { return filepath.Join(dir, "ak-ca", "ca-cert.pem") }
 
 // ReadState reads the state of the cluster in dir; ok is false when there is none.
-func ReadState(dir string) (State, bool, error) {
-	raw, err := os.ReadFile(StatePath(dir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return State{}, false, nil
-	}
-	if err != nil {
-		return State{}, false, err
-	}
-	var s State
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return State{}, false, fmt.Errorf("reading %s: %w", StatePath(dir), err)
-	}
-	return s, true, nil
-}
+func ReadState(dir string) (State, bool, error) { return daemon.ReadState[State](dir) }
 
-// DaemonAlive reports whether the provider process of a state still runs.
-func (s State) DaemonAlive() bool {
-	if s.DaemonPID <= 0 {
-		return false
-	}
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(s.DaemonPID) + "/cmdline")
-	return err == nil && (strings.Contains(string(raw), "qemu") || s.DaemonPID == os.Getpid())
-}
+// DaemonAlive reports whether the provider process of a state still runs (the provider may run in this
+// process, as in tests).
+func (s State) DaemonAlive() bool { return s.DaemonPID == os.Getpid() || s.Alive("qemu") }
 
-func (p *Provider) save() error {
-	raw, err := json.MarshalIndent(p.state, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(StatePath(p.Dir), raw, 0o600)
-}
+func (p *Provider) save() error { return daemon.WriteState(p.Dir, p.state) }
 
 func (p *Provider) progress(msg string) {
 	p.Log.Info(msg)
@@ -161,7 +132,7 @@ func (p *Provider) Run(ctx context.Context, spec Spec) error {
 		return err
 	}
 	p.Dir = dir
-	p.state = State{DaemonPID: os.Getpid(), Phase: PhaseBooting}
+	p.state = State{Status: daemon.Status{DaemonPID: os.Getpid(), Phase: PhaseBooting}}
 	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
 		return err
 	}
@@ -318,20 +289,4 @@ func Cleanup(dir string, s State) error {
 
 // StopDaemon stops the provider daemon of a state (which powers off its machines and removes the network),
 // waiting up to wait before it kills it.
-func StopDaemon(s State, wait time.Duration) error {
-	if !s.DaemonAlive() {
-		return nil
-	}
-	if err := syscall.Kill(s.DaemonPID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return err
-	}
-	deadline := time.Now().Add(wait)
-	for s.DaemonAlive() {
-		if time.Now().After(deadline) {
-			syscall.Kill(s.DaemonPID, syscall.SIGKILL)
-			return fmt.Errorf("the provider (pid %d) did not stop within %s; killed it, cleaning up", s.DaemonPID, wait)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return nil
-}
+func StopDaemon(s State, wait time.Duration) error { return daemon.Stop(s.Status, s.DaemonAlive, wait) }
