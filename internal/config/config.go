@@ -82,6 +82,9 @@ type QEMUSNP struct {
 	// Firmware is the OVMF image built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev), given to QEMU as
 	// -bios. Relative paths are relative to the configuration file.
 	Firmware string `json:"firmware"`
+	// FirmwareDigest is the SHA-256 ("sha256:<hex>") of the firmware the launch measurement was computed
+	// from; the CLI refuses to launch with another.
+	FirmwareDigest string `json:"firmwareDigest"`
 	// UKI is the disk image's unified kernel image, booted directly (-kernel, kernel-hashes=on), so that the
 	// launch measurement covers it. Relative paths are relative to the configuration file.
 	UKI string `json:"uki"`
@@ -378,6 +381,9 @@ func (q *QEMU) confidentialProblems() []string {
 	}
 	if s.Firmware == "" {
 		p = append(p, "provider.qemu.snp.firmware: no firmware; name an OVMF image built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev)")
+	}
+	if !validDigest(s.FirmwareDigest) {
+		p = append(p, fmt.Sprintf("provider.qemu.snp.firmwareDigest: %q is not sha256:<64 hex digits>", s.FirmwareDigest))
 	}
 	if s.UKI == "" {
 		p = append(p, "provider.qemu.snp.uki: no unified kernel image; the machines boot it directly so that the launch measurement covers it")

@@ -78,7 +78,7 @@ func TestQEMUProblems(t *testing.T) {
 func validQEMUSNP() *Config {
 	c := validQEMU()
 	c.Provider.QEMU.Confidential = ConfidentialSEVSNP
-	c.Provider.QEMU.SNP = &QEMUSNP{Firmware: "OVMF.amdsev.fd", UKI: "node-image.efi", VCPUType: "EPYC-Milan"}
+	c.Provider.QEMU.SNP = &QEMUSNP{Firmware: "OVMF.amdsev.fd", FirmwareDigest: "sha256:" + strings.Repeat("ab", 32), UKI: "node-image.efi", VCPUType: "EPYC-Milan"}
 	c.Attestation = Attestation{Variant: "qemu-sev-snp", SNP: &SNP{Policy: snp.Policy{
 		Measurements:    []snp.HexBytes{bytes.Repeat([]byte{1}, 48)},
 		MinimumTCB:      map[snp.Product]snp.TCB{snp.Milan: {Bootloader: 3, SNP: 8, Microcode: 115}},
@@ -117,7 +117,7 @@ func TestQEMUSNPProblems(t *testing.T) {
 		"SNP section without SNP":          {func(c *Config) { c.Provider.QEMU.Confidential = "" }, []string{"provider.qemu.snp: set, but"}},
 		"no launch inputs":                 {func(c *Config) { c.Provider.QEMU.SNP = nil }, []string{"provider.qemu.snp: confidential: sev-snp needs"}},
 		"empty launch inputs": {func(c *Config) { c.Provider.QEMU.SNP = &QEMUSNP{GuestFeatures: 0x20} }, []string{
-			"provider.qemu.snp.firmware", "provider.qemu.snp.uki", `provider.qemu.snp.vcpuType: vCPU type "" is not known`, "lacks SNPActive",
+			"provider.qemu.snp.firmware:", "provider.qemu.snp.firmwareDigest", "provider.qemu.snp.uki", `provider.qemu.snp.vcpuType: vCPU type "" is not known`, "lacks SNPActive",
 		}},
 		"unknown vCPU type": {func(c *Config) { c.Provider.QEMU.SNP.VCPUType = "host" }, []string{`vCPU type "host" is not known`}},
 		"emulated":          {func(c *Config) { c.Provider.QEMU.Accelerator = "tcg" }, []string{"only under KVM"}},
