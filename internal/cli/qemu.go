@@ -157,6 +157,8 @@ func generateQEMUConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), disk image %s, SEV-SNP machines (%d vCPUs of type %s, guest features %#x) with the expected launch measurement %x of firmware %s (%s) and UKI %s; signed: %s.\n",
 			path, controlPlanes, workers, disk.Digest, qemu.CPUs, launchInputs.VCPUType, launchInputs.GuestFeatures, m, launchInputs.Firmware, launchInputs.FirmwareDigest, launchInputs.UKI, signedBy(signature))
+		fmt.Fprintf(cmd.ErrOrStderr(), "NOTE: the expected launch measurement trusts %s as the machines' firmware: the node image's signature does not cover it. "+
+			"Make sure it is the OVMF build you intend the machines to run (apply refuses any other file).\n", launchInputs.Firmware)
 		return nil
 	default:
 		return badInput("--confidential %q: want sev-snp, or none", confidential)

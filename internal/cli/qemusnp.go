@@ -67,7 +67,14 @@ func generateQEMUSNP(cmd *cobra.Command, imageDir string, image measurements.M) 
 		return nil, nil, none, badInput("%s lists measurements: the launch measurement is computed from the firmware, the UKI and the machine definition; remove them", policyPath)
 	}
 	for _, dir := range []*string{&policy.CRLDir, &policy.VCEKCacheDir} {
-		*dir = config.RelativeTo(policyPath, *dir)
+		if *dir == "" {
+			continue
+		}
+		abs, err := filepath.Abs(config.RelativeTo(policyPath, *dir))
+		if err != nil {
+			return nil, nil, none, badInput("%w", err)
+		}
+		*dir = abs
 	}
 	if err := checkUKI(l.UKI, image); err != nil {
 		return nil, nil, none, err

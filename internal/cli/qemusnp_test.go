@@ -53,7 +53,7 @@ func snpImageDir(t *testing.T, uki []byte) (dir string, sig []string) {
 		}
 		write(t, filepath.Join(dir, fw), raw)
 	}
-	write(t, filepath.Join(dir, "snp-policy.yaml"), []byte("minimumTCB:\n  Milan: {bootloader: 3, tee: 0, snp: 8, microcode: 115}\nallowMissingCRL: true\n"))
+	write(t, filepath.Join(dir, "snp-policy.yaml"), []byte("minimumTCB:\n  Milan: {bootloader: 3, tee: 0, snp: 8, microcode: 115}\nallowMissingCRL: true\nvcekCacheDir: vcek\n"))
 	sig = signImage(t, imageDirWithUEFI(t)) // starts the test log and writes the development root
 	signFile(t, testLog.key.Key, dir, bootimage.MeasurementsFile, uefiDigest, attestation.QEMUVTPM.Name)
 	return dir, sig
@@ -100,6 +100,9 @@ func TestGenerateQEMUSNP(t *testing.T) {
 	if c.Attestation.Variant != attestation.QEMUSEVSNP.Name || q.Confidential != "sev-snp" || q.SNP == nil || c.Attestation.SNP == nil ||
 		len(c.Attestation.SNP.Measurements) != 1 || !bytes.Equal(c.Attestation.SNP.Measurements[0], want[:]) || len(c.Attestation.Measurements) != 0 {
 		t.Fatalf("configuration %+v %+v, want the measurement %x", c.Attestation, q.SNP, want)
+	}
+	if c.Attestation.SNP.VCEKCacheDir != filepath.Join(dir, "vcek") {
+		t.Errorf("the VCEK cache %q is not resolved relative to the policy file", c.Attestation.SNP.VCEKCacheDir)
 	}
 	if c.Attestation.SNP.MinimumTCB == nil || !c.Attestation.SNP.AllowMissingCRL {
 		t.Errorf("the platform policy was not taken over: %+v", c.Attestation.SNP.Policy)
