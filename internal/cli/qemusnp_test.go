@@ -217,3 +217,27 @@ func TestApplyReverifiesTheSNPLaunch(t *testing.T) {
 		})
 	}
 }
+
+// The provider daemon gets the configured SEV-SNP launch, its paths resolved relative to the workspace, and
+// the policy's measurements.
+func TestQEMUSpecSNP(t *testing.T) {
+	ws := t.TempDir()
+	c := &config.Config{Provider: config.Provider{QEMU: &config.QEMU{
+		ControlPlanes: 1, Image: "node-image.raw", Confidential: config.ConfidentialSEVSNP,
+		SNP: &config.QEMUSNP{Firmware: "fw/OVMF.amdsev.fd", UKI: "/images/node-image.efi", VCPUType: "EPYC-Genoa"},
+	}}, Attestation: config.Attestation{Variant: attestation.QEMUSEVSNP.Name, SNP: &config.SNP{}}}
+	c.Attestation.SNP.Measurements = append(c.Attestation.SNP.Measurements, bytes.Repeat([]byte{3}, 48))
+	cmd := newQEMUCmd().Commands()[0]
+	spec, err := qemuSpec(c, ws, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := qemu.SNPLaunch{Firmware: filepath.Join(ws, "fw/OVMF.amdsev.fd"), UKI: "/images/node-image.efi", VCPUType: "EPYC-Genoa", GuestFeatures: 1}
+	if spec.SNP == nil || *spec.SNP != want || len(spec.SNPMeasurements) != 1 || !bytes.Equal(spec.SNPMeasurements[0], bytes.Repeat([]byte{3}, 48)) {
+		t.Fatalf("spec %+v %+v, want %+v", spec, spec.SNP, want)
+	}
+	c.Provider.QEMU.Confidential, c.Provider.QEMU.SNP = "", nil
+	if spec, err := qemuSpec(c, ws, cmd); err != nil || spec.SNP != nil {
+		t.Errorf("a machine without SEV-SNP: %+v, %v", spec.SNP, err)
+	}
+}
