@@ -22,7 +22,7 @@ import (
 func addConfidentialFlags(cmd *cobra.Command) {
 	cmd.Flags().String("confidential", "", "qemu: launch the machines as confidential VMs: sev-snp (AMD SEV-SNP guests on an SEV-SNP host, attestation variant qemu-sev-snp)")
 	cmd.Flags().String("snp-firmware", qemu.DefaultSNPFirmware, "sev-snp: OVMF built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev), from which the launch measurement is computed")
-	cmd.Flags().String("uki", "", "sev-snp: the disk image's unified kernel image, booted directly (default: "+bootimage.UKIFile+" in --image-dir)")
+	cmd.Flags().String("uki", "", "sev-snp: the disk image's unified kernel image, whose kernel, initrd and command line the machines boot directly (default: "+bootimage.UKIFile+" in --image-dir)")
 	cmd.Flags().String("vcpu-type", qemu.DefaultSNPVCPUType, "sev-snp: QEMU CPU model of the machines; the launch measurement depends on it")
 	cmd.Flags().Uint64("guest-features", config.DefaultSNPGuestFeatures, "sev-snp: the SEV features the host's KVM enables (0x1: SNPActive; 0x21 on host kernels that enable DebugSwap)")
 	cmd.Flags().String("snp-policy", "", "sev-snp: file (YAML or JSON) with the platform part of the SEV-SNP policy (minimumTCB per product, minimumFirmware, allow* flags, crlDir, vcekCacheDir); the launch measurement is computed and added")

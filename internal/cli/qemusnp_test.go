@@ -88,7 +88,12 @@ func TestGenerateQEMUSNP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kh, err := launch.NewKernelHashes(uki, nil, "")
+	// The machines boot the UKI's kernel (here the stub itself), initrd and command line.
+	stub, err := os.ReadFile("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kh, err := launch.NewKernelHashes(stub, []byte("initrd"), "console=ttyS0 roothash=ab")
 	if err != nil {
 		t.Fatal(err)
 	}

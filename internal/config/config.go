@@ -85,8 +85,9 @@ type QEMUSNP struct {
 	// FirmwareDigest is the SHA-256 ("sha256:<hex>") of the firmware the launch measurement was computed
 	// from; the CLI refuses to launch with another.
 	FirmwareDigest string `json:"firmwareDigest"`
-	// UKI is the disk image's unified kernel image, booted directly (-kernel, kernel-hashes=on), so that the
-	// launch measurement covers it. Relative paths are relative to the configuration file.
+	// UKI is the disk image's unified kernel image: its kernel, initrd and command line are booted directly
+	// (-kernel, -initrd, -append with kernel-hashes=on), so that the launch measurement covers them. Relative
+	// paths are relative to the configuration file.
 	UKI string `json:"uki"`
 	// VCPUType is QEMU's CPU model (-cpu), one of those whose signature is known (launch.VCPUTypes): the
 	// measurement depends on it.

@@ -42,8 +42,8 @@ type machineSpec struct {
 	MemoryMiB int
 	// Accel is the accelerator: AccelAuto, AccelKVM or AccelTCG.
 	Accel string
-	// SNP, if set, launches the machine as an SEV-SNP guest (KVM, no TPM, the UKI booted directly).
-	SNP *SNPLaunch
+	// SNP, if set, launches the machine as an SEV-SNP guest (KVM, no TPM, the UKI's parts booted directly).
+	SNP *snpBoot
 }
 
 // machine is a running virtual machine and its TPM (none for an SEV-SNP machine).
@@ -168,8 +168,8 @@ func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA, register f
 	return m, nil
 }
 
-// startSNPMachine powers on an SEV-SNP machine: no TPM (its evidence is the SEV-SNP report), the firmware
-// and UKI of s.SNP, KVM.
+// startSNPMachine powers on an SEV-SNP machine: no TPM (its evidence is the SEV-SNP report), the firmware,
+// kernel, initrd and command line of s.SNP, KVM.
 func startSNPMachine(s machineSpec, register func(ekCerts [][]byte)) (*machine, error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return nil, err

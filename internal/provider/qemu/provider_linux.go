@@ -49,22 +49,23 @@ type Spec struct {
 	SNPMeasurements [][]byte
 }
 
-// checkSNP checks, before anything is created, that the host can launch the SEV-SNP machines of spec and
-// that their launch measurement is one the policy accepts.
-func checkSNP(spec Spec, host SNPHost) error {
+// checkSNP checks, before anything else is created, that the host can launch the SEV-SNP machines of spec and
+// that their launch measurement is one the policy accepts. It writes the UKI's kernel and initrd into dir and
+// returns what QEMU boots.
+func checkSNP(spec Spec, host SNPHost, dir string) (snpBoot, error) {
 	if err := host.Check(); err != nil {
-		return err
+		return snpBoot{}, err
 	}
-	m, err := spec.SNP.Measurement()
+	b, m, err := spec.SNP.prepare(dir)
 	if err != nil {
-		return err
+		return snpBoot{}, err
 	}
 	for _, want := range spec.SNPMeasurements {
 		if bytes.Equal(want, m[:]) {
-			return nil
+			return b, nil
 		}
 	}
-	return fmt.Errorf("the SEV-SNP machines would have the launch measurement %x, which the attestation policy does not accept: the firmware (%s), the UKI (%s), the vCPU type (%s) or the guest features (%#x) differ from those the configuration was generated with; run 'constellation config generate qemu --confidential sev-snp' again",
+	return snpBoot{}, fmt.Errorf("the SEV-SNP machines would have the launch measurement %x, which the attestation policy does not accept: the firmware (%s), the UKI (%s), the vCPU type (%s) or the guest features (%#x) differ from those the configuration was generated with; run 'constellation config generate qemu --confidential sev-snp' again",
 		m, spec.SNP.Firmware, spec.SNP.UKI, spec.SNP.VCPUType, spec.SNP.GuestFeatures)
 }
 
@@ -230,11 +231,14 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	if spec.Accel == "" {
 		spec.Accel = AccelTCG
 	}
+	var snp *snpBoot
 	if spec.SNP != nil {
 		p.progress("checking that this host can launch the SEV-SNP machines")
-		if err := checkSNP(spec, SNPHost{}); err != nil {
+		b, err := checkSNP(spec, SNPHost{}, filepath.Join(p.Dir, "snp"))
+		if err != nil {
 			return teardown, err
 		}
+		snp = &b
 	}
 	p.progress("checking the disk image")
 	image, err := filepath.Abs(spec.Image)
@@ -316,7 +320,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		// certificates (only that TPM can have an attestation key certified in its name) before it powers on.
 		// Its event log is its own.
 		inst := provider.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}
-		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel, SNP: spec.SNP}, ekCA,
+		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel, SNP: snp}, ekCA,
 			func(ekCerts [][]byte) { md.SetInstance(inst, nil, ekCerts) })
 		if err != nil {
 			return teardown, fmt.Errorf("%s: %w", name, err)

@@ -108,26 +108,33 @@ const (
 )
 
 // snpMachineArgs are QEMU's arguments for an SEV-SNP machine: KVM with the configured CPU model, the SEV-SNP
-// firmware as -bios (OVMF for SEV-SNP keeps no variable store), the UKI booted directly with kernel hashes,
-// no initrd and no command line (the launch measurement covers the UKI, which carries both), no TPM (the
-// evidence is the SEV-SNP report), and virtio devices that use the DMA API (iommu_platform), as encrypted
-// guests require. The guest's memory is private (guest_memfd) apart from what it shares through the memfd
-// backend.
-func snpMachineArgs(s machineSpec, l SNPLaunch) []string {
+// firmware as -bios (OVMF for SEV-SNP keeps no variable store), the UKI's kernel, initrd and command line
+// booted directly with kernel hashes (the launch measurement covers their digests), no TPM (the evidence is
+// the SEV-SNP report), and virtio devices that use the DMA API (iommu_platform), as encrypted guests require.
+// The guest's memory is private (guest_memfd) apart from what it shares through the memfd backend.
+func snpMachineArgs(s machineSpec, b snpBoot) []string {
 	mem := strconv.Itoa(s.MemoryMiB)
 	virtio := ",disable-legacy=on,iommu_platform=on"
-	return []string{
-		"-accel", "kvm", "-cpu", l.VCPUType,
+	args := []string{
+		"-accel", "kvm", "-cpu", b.VCPUType,
 		"-machine", "q35,smm=off,confidential-guest-support=sev0,memory-backend=ram0",
 		"-object", "memory-backend-memfd,id=ram0,size=" + mem + "M,share=true,prealloc=false",
 		"-object", fmt.Sprintf("sev-snp-guest,id=sev0,cbitpos=%d,reduced-phys-bits=%d,policy=%#x,kernel-hashes=on", snpCBitPos, snpReducedPhysBits, SNPGuestPolicy),
 		"-smp", strconv.Itoa(CPUs), "-m", mem,
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
-		"-bios", l.Firmware,
-		"-kernel", l.UKI,
-		"-drive", "if=none,id=disk,format=raw,readonly=on,file=" + s.Image, "-device", "virtio-blk-pci,drive=disk" + virtio,
-		"-drive", "if=none,id=state,format=raw,file=" + filepath.Join(s.Dir, stateFile), "-device", "virtio-blk-pci,drive=state" + virtio,
-		"-netdev", "tap,id=net0,ifname=" + s.Tap + ",script=no,downscript=no", "-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + s.MAC.String() + virtio,
-		"-chardev", "file,id=console,path=" + ConsolePath(s.Dir), "-serial", "chardev:console",
+		"-bios", b.Firmware,
+		"-kernel", b.Kernel,
 	}
+	if b.Initrd != "" {
+		args = append(args, "-initrd", b.Initrd)
+	}
+	if b.Cmdline != "" {
+		args = append(args, "-append", b.Cmdline)
+	}
+	return append(args,
+		"-drive", "if=none,id=disk,format=raw,readonly=on,file="+s.Image, "-device", "virtio-blk-pci,drive=disk"+virtio,
+		"-drive", "if=none,id=state,format=raw,file="+filepath.Join(s.Dir, stateFile), "-device", "virtio-blk-pci,drive=state"+virtio,
+		"-netdev", "tap,id=net0,ifname="+s.Tap+",script=no,downscript=no", "-device", "virtio-net-pci,netdev=net0,romfile=,mac="+s.MAC.String()+virtio,
+		"-chardev", "file,id=console,path="+ConsolePath(s.Dir), "-serial", "chardev:console",
+	)
 }

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation/snp/launch"
+	"github.com/constellation-dev/constellation/internal/bootimage"
 )
 
 // snpRoot builds a file system root for SNPHost: the devices as links to /dev/null (a character device)
@@ -94,20 +96,39 @@ func TestThisHostSNP(t *testing.T) {
 	t.Logf("this host: %v", err)
 }
 
-func testSNPLaunch(t *testing.T, firmware string) SNPLaunch {
+// testUKI builds a UKI with objcopy from Debian's systemd-stub, which also serves as its kernel (any PE).
+func testUKI(t *testing.T, cmdline string) (uki, kernel []byte) {
 	t.Helper()
+	stub, err := os.ReadFile("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+	if err != nil {
+		t.Skipf("systemd-stub not installed (%v); run scripts/setup.sh", err)
+	}
+	uki, err = bootimage.BuildUKI(context.Background(), bootimage.UKI{Stub: stub, Kernel: stub, Initrd: []byte("the initrd"), Cmdline: cmdline, OSRel: []byte("ID=test\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uki, stub
+}
+
+const testCmdline = "console=ttyS0 roothash=0123"
+
+func testSNPLaunch(t *testing.T, firmware string) (SNPLaunch, []byte) {
+	t.Helper()
+	raw, kernel := testUKI(t, testCmdline)
 	uki := filepath.Join(t.TempDir(), "node-image.efi")
-	if err := os.WriteFile(uki, []byte("MZ a unified kernel image"), 0o644); err != nil {
+	if err := os.WriteFile(uki, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return SNPLaunch{
 		Firmware: filepath.Join("..", "..", "attestation", "snp", "launch", "testdata", firmware),
 		UKI:      uki, VCPUType: "EPYC-Milan", GuestFeatures: launch.FeatureSNPActive,
-	}
+	}, kernel
 }
 
+// The launch measurement covers the firmware, the UKI's kernel, initrd and command line, CPUs vCPUs of the
+// configured type and the guest features.
 func TestSNPLaunchMeasurement(t *testing.T) {
-	l := testSNPLaunch(t, "ovmf_AmdSev_suffix.bin")
+	l, kernel := testSNPLaunch(t, "ovmf_AmdSev_suffix.bin")
 	got, err := l.Measurement()
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +141,7 @@ func TestSNPLaunchMeasurement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kh, err := launch.NewKernelHashes([]byte("MZ a unified kernel image"), nil, "")
+	kh, err := launch.NewKernelHashes(kernel, []byte("the initrd"), testCmdline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,10 +150,12 @@ func TestSNPLaunchMeasurement(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got != want {
-		t.Errorf("measurement %x, want %x (CPUs vCPUs, the UKI as kernel, no initrd, no command line)", got, want)
+		t.Errorf("measurement %x, want %x (CPUs vCPUs, the UKI's kernel, initrd and command line)", got, want)
 	}
 	// Debian 12's OVMF.fd, like this OvmfPkgX64 build, has no kernel hashes page: it cannot measure the UKI.
-	if _, err := testSNPLaunch(t, "ovmf_OvmfX64_suffix.bin").Measurement(); err == nil || !strings.Contains(err.Error(), "no kernel hashes section") {
+	noHashes := l
+	noHashes.Firmware = filepath.Join(filepath.Dir(l.Firmware), "ovmf_OvmfX64_suffix.bin")
+	if _, err := noHashes.Measurement(); err == nil || !strings.Contains(err.Error(), "no kernel hashes section") {
 		t.Errorf("firmware without kernel hashes: %v", err)
 	}
 	missing := l
@@ -140,28 +163,47 @@ func TestSNPLaunchMeasurement(t *testing.T) {
 	if _, err := missing.Measurement(); err == nil || !strings.Contains(err.Error(), "the SEV-SNP firmware") {
 		t.Errorf("missing firmware: %v", err)
 	}
+	notUKI := l
+	notUKI.UKI = filepath.Join(t.TempDir(), "vmlinuz")
+	if err := os.WriteFile(notUKI.UKI, kernel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := notUKI.Measurement(); err == nil || !strings.Contains(err.Error(), "no .linux section") {
+		t.Errorf("a PE without .linux: %v", err)
+	}
 }
 
 // The provider refuses to launch SEV-SNP machines on a host that cannot, and machines whose launch
-// measurement the policy does not accept.
+// measurement the policy does not accept; otherwise it boots the UKI's parts, written from the bytes it
+// measured.
 func TestCheckSNP(t *testing.T) {
-	l := testSNPLaunch(t, "ovmf_AmdSev_suffix.bin")
+	l, kernel := testSNPLaunch(t, "ovmf_AmdSev_suffix.bin")
 	m, err := l.Measurement()
 	if err != nil {
 		t.Fatal(err)
 	}
 	host := SNPHost{Root: snpRoot(t, []string{"sev", "kvm"}, "Y"), QEMUVersion: qemuVersion("9.2.0")}
 	spec := Spec{SNP: &l, SNPMeasurements: [][]byte{bytes.Repeat([]byte{1}, 48), m[:]}}
-	if err := checkSNP(spec, host); err != nil {
+	dir := t.TempDir()
+	b, err := checkSNP(spec, host, dir)
+	if err != nil {
 		t.Fatalf("expected launch refused: %v", err)
 	}
-	if err := checkSNP(spec, SNPHost{Root: t.TempDir(), QEMUVersion: qemuVersion("7.2.0")}); err == nil || !strings.HasPrefix(err.Error(), "this host cannot launch SEV-SNP guests") {
+	if b.Firmware != l.Firmware || b.Cmdline != testCmdline || b.VCPUType != "EPYC-Milan" {
+		t.Errorf("boot %+v", b)
+	}
+	for path, want := range map[string][]byte{b.Kernel: kernel, b.Initrd: []byte("the initrd")} {
+		if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, %v", path, len(got), err)
+		}
+	}
+	if _, err := checkSNP(spec, SNPHost{Root: t.TempDir(), QEMUVersion: qemuVersion("7.2.0")}, dir); err == nil || !strings.HasPrefix(err.Error(), "this host cannot launch SEV-SNP guests") {
 		t.Errorf("host without SEV-SNP: %v", err)
 	}
 	other := l
 	other.VCPUType = "EPYC-Genoa"
 	spec.SNP = &other
-	if err := checkSNP(spec, host); err == nil || !strings.Contains(err.Error(), "does not accept") {
+	if _, err := checkSNP(spec, host, dir); err == nil || !strings.Contains(err.Error(), "does not accept") {
 		t.Errorf("launch with another vCPU type than the policy's: %v", err)
 	}
 }
@@ -169,8 +211,8 @@ func TestCheckSNP(t *testing.T) {
 func TestSNPMachineArgs(t *testing.T) {
 	mac, _ := net.ParseMAC("52:54:00:0a:db:0a")
 	s := machineSpec{Dir: "/ws/nodes/control-plane-0", Image: "/img/node-image.raw", MAC: mac, Tap: "tap0", MemoryMiB: 2048}
-	l := SNPLaunch{Firmware: "/usr/share/OVMF/OVMF.amdsev.fd", UKI: "/img/node-image.efi", VCPUType: "EPYC-Milan", GuestFeatures: 1}
-	args := snpMachineArgs(s, l)
+	b := snpBoot{Firmware: "/usr/share/OVMF/OVMF.amdsev.fd", Kernel: "/ws/snp/snp-kernel", Initrd: "/ws/snp/snp-initrd", Cmdline: testCmdline, VCPUType: "EPYC-Milan"}
+	args := snpMachineArgs(s, b)
 	pairs := map[string]string{}
 	flags := map[string]bool{"-nodefaults": true, "-no-user-config": true, "-no-reboot": true}
 	for i := 0; i < len(args); i++ {
@@ -189,7 +231,8 @@ func TestSNPMachineArgs(t *testing.T) {
 		i++
 	}
 	for opt, want := range map[string]string{
-		"-accel": "kvm", "-cpu": "EPYC-Milan", "-smp": "2", "-m": "2048", "-bios": l.Firmware, "-kernel": l.UKI,
+		"-accel": "kvm", "-cpu": "EPYC-Milan", "-smp": "2", "-m": "2048", "-bios": b.Firmware,
+		"-kernel": b.Kernel, "-initrd": b.Initrd, "-append": testCmdline,
 		"-machine": "q35,smm=off,confidential-guest-support=sev0,memory-backend=ram0",
 	} {
 		if pairs[opt] != want {
@@ -206,9 +249,9 @@ func TestSNPMachineArgs(t *testing.T) {
 			t.Errorf("arguments lack %q: %s", want, joined)
 		}
 	}
-	// What the measurement does not cover must not be there: a command line, an initrd, a writable
-	// firmware or variable store, a TPM, option ROMs.
-	for _, not := range []string{"-append", "-initrd", "pflash", "tpm", "-fw_cfg"} {
+	// What the measurement does not cover must not be there: a writable firmware or variable store, a TPM,
+	// firmware configuration, option ROMs.
+	for _, not := range []string{"pflash", "tpm", "-fw_cfg", "-option-rom"} {
 		if strings.Contains(joined, not) {
 			t.Errorf("arguments contain %q: %s", not, joined)
 		}
@@ -224,5 +267,10 @@ func TestSNPMachineArgs(t *testing.T) {
 	}
 	if devices != 3 || !slices.Contains(args, "virtio-net-pci,netdev=net0,romfile=,mac=52:54:00:0a:db:0a,disable-legacy=on,iommu_platform=on") {
 		t.Errorf("%d virtio devices: %q", devices, args)
+	}
+	// A UKI without initrd and command line: QEMU gets neither (it measures the digests of nothing).
+	b.Initrd, b.Cmdline = "", ""
+	if joined := strings.Join(snpMachineArgs(s, b), " "); strings.Contains(joined, "-initrd") || strings.Contains(joined, "-append") {
+		t.Errorf("arguments for a bare kernel: %s", joined)
 	}
 }
