@@ -13,8 +13,8 @@
 //
 //  1. the firmware image (-bios), page by page as normal pages, mapped so that it ends at 4 GiB;
 //  2. the sections the firmware declares in its SEV metadata, in their order: SEC memory as zero pages, the
-//     secrets page and the CPUID page as their own page types (the secure processor fills them), and the
-//     kernel hashes page: with kernel-hashes=on a normal page that holds QEMU's table of the SHA-256 digests
+//     secrets page (which the secure processor fills) and the CPUID page (which the host fills and the
+//     secure processor checks) as their own page types without contents digest, and the kernel hashes page: with kernel-hashes=on a normal page that holds QEMU's table of the SHA-256 digests
 //     of the kernel, initrd and command line (zeros elsewhere), otherwise zero pages;
 //  3. one VMSA page per vCPU (the initial register state), with the address the secure processor records
 //     for VMSA pages, 0xFFFFFFFFF000.
