@@ -21,6 +21,10 @@ const (
 	ManifestFile     = "node-image-uefi.json"
 	RootPartition    = "constellation-root"
 	ESPPartition     = "esp"
+
+	// UKIFile is a copy of the image's UKI (EFI/BOOT/BOOTX64.EFI), for machines that boot it directly
+	// (SEV-SNP machines, whose launch measurement covers it).
+	UKIFile = "node-image.efi"
 )
 
 // DefaultKernelCmdline is the kernel command line before the root's parameters: the serial console, a quiet
@@ -121,7 +125,8 @@ func BuildUKIFor(ctx context.Context, in Inputs, v Verity) ([]byte, string, erro
 
 // Build writes the bootable raw disk image (GPT: an EFI system partition with the UKI as
 // EFI/BOOT/BOOTX64.EFI, and the root filesystem with its dm-verity hash tree) to outDir/node-image.raw, its
-// expected measurements to outDir/measurements-uefi.json and its description to outDir/node-image-uefi.json.
+// expected measurements to outDir/measurements-uefi.json, its description to outDir/node-image-uefi.json and a
+// copy of the UKI to outDir/node-image.efi.
 // The image depends on the inputs' content only.
 func Build(ctx context.Context, in Inputs, outDir string) (*Disk, error) {
 	rootPart := filepath.Join(outDir, "root-verity.part")
@@ -150,6 +155,9 @@ func Build(ctx context.Context, in Inputs, outDir string) (*Disk, error) {
 	}
 	ukiDigest, _ := AuthenticodeSHA256(uki)
 	d.UKI = fmt.Sprintf("%x", ukiDigest)
+	if err := os.WriteFile(filepath.Join(outDir, UKIFile), uki, 0o644); err != nil {
+		return nil, err
+	}
 	image := filepath.Join(outDir, ImageFile)
 	digest, size, err := writeDisk(image, espPart, rootPart)
 	if err != nil {

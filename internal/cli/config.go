@@ -52,6 +52,7 @@ func newConfigGenerateCmd() *cobra.Command {
 	cmd.Flags().IntVar(&controlPlanes, "control-planes", 1, "number of control-plane nodes")
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker nodes (qemu: default 0)")
 	cmd.Flags().Int("registry-port", mini.DefaultRegistryHostPort, "port on 127.0.0.1 where the registry mirror takes pushes (localhost:PORT/...)")
+	addConfidentialFlags(cmd)
 	addSignatureFlags(cmd)
 	return cmd
 }

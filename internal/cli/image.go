@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/bootimage"
@@ -207,13 +208,23 @@ func verifyConfiguredImage(cmd *cobra.Command, c *config.Config, confPath string
 		return nil, badInput("%s configures no node image", confPath)
 	}
 	measPath := filepath.Join(filepath.Dir(c.ImagePath(confPath)), measFile)
-	raw, res, err := verifyMeasurementsFile(cmd, measPath, digest, c.Attestation.Variant, allowDev)
+	variant := c.Attestation.Variant
+	snpMachines := c.Provider.QEMU != nil && c.Provider.QEMU.Confidential == config.ConfidentialSEVSNP
+	if snpMachines {
+		// The disk image's measurements are signed for its UEFI boot (qemu-vtpm); an SEV-SNP machine boots
+		// its UKI directly, which they describe.
+		variant = attestation.QEMUVTPM.Name
+	}
+	raw, res, err := verifyMeasurementsFile(cmd, measPath, digest, variant, allowDev)
 	if err != nil {
 		return nil, err
 	}
 	var signedImage measurements.M
 	if err := json.Unmarshal(raw, &signedImage); err != nil {
 		return nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
+	}
+	if snpMachines {
+		return res, verifySNPLaunch(c, confPath, signedImage)
 	}
 	signedPolicy, err := policyOf(signedImage)
 	if err != nil {

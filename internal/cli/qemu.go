@@ -87,6 +87,14 @@ func qemuSpec(c *config.Config, ws string, cmd *cobra.Command) (qemu.Spec, error
 		ControlPlanes: q.ControlPlanes, Workers: q.Workers, MemoryMiB: q.MemoryMiB, Accel: q.Accelerator,
 		Image: c.ImagePath(filepath.Join(ws, config.FileName)), ImageDigest: q.ImageDigest,
 	}
+	if l := snpLaunchOf(c, filepath.Join(ws, config.FileName)); l != nil {
+		spec.SNP = l
+		if c.Attestation.SNP != nil {
+			for _, m := range c.Attestation.SNP.Measurements {
+				spec.SNPMeasurements = append(spec.SNPMeasurements, m)
+			}
+		}
+	}
 	if hexHash, _ := cmd.Flags().GetString("init-secret-hash"); hexHash != "" {
 		hash, err := hex.DecodeString(hexHash)
 		if err != nil || len(hash) != sha256.Size {
@@ -135,6 +143,26 @@ func generateQEMUConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 		Attestation: config.Attestation{Variant: attestation.QEMUVTPM.Name, Measurements: policy},
 	}
 	path := filepath.Join(workspace, config.FileName)
+	switch confidential, _ := cmd.Flags().GetString("confidential"); confidential {
+	case "":
+	case config.ConfidentialSEVSNP:
+		launchInputs, snpPolicy, m, err := generateQEMUSNP(cmd, imageDir, image)
+		if err != nil {
+			return err
+		}
+		c.Provider.QEMU.Confidential, c.Provider.QEMU.SNP = config.ConfidentialSEVSNP, launchInputs
+		c.Attestation = config.Attestation{Variant: attestation.QEMUSEVSNP.Name, SNP: snpPolicy}
+		if err := c.Write(path, force); err != nil {
+			return badInput("%w", err)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: %d control plane(s), %d worker(s), disk image %s, SEV-SNP machines (%d vCPUs of type %s, guest features %#x) with the expected launch measurement %x of firmware %s (%s) and UKI %s; signed: %s.\n",
+			path, controlPlanes, workers, disk.Digest, qemu.CPUs, launchInputs.VCPUType, launchInputs.GuestFeatures, m, launchInputs.Firmware, launchInputs.FirmwareDigest, launchInputs.UKI, signedBy(signature))
+		fmt.Fprintf(cmd.ErrOrStderr(), "NOTE: the expected launch measurement trusts %s as the machines' firmware: the node image's signature does not cover it. "+
+			"Make sure it is the OVMF build you intend the machines to run (apply refuses any other file).\n", launchInputs.Firmware)
+		return nil
+	default:
+		return badInput("--confidential %q: want sev-snp, or none", confidential)
+	}
 	if err := c.Write(path, force); err != nil {
 		return badInput("%w", err)
 	}
@@ -165,6 +193,11 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 	}
 	if found && state.DaemonAlive() {
 		return badInput("a QEMU cluster is already running (provider pid %d, %d machines); run 'constellation terminate' first", state.DaemonPID, len(state.Nodes))
+	}
+	if snpLaunchOf(c, filepath.Join(ws, config.FileName)) != nil {
+		if err := (qemu.SNPHost{}).Check(); err != nil {
+			return badInput("%w", err)
+		}
 	}
 	if found {
 		fmt.Fprintln(out, "Cleaning up the leftovers of a previous cluster that did not shut down")

@@ -67,8 +67,13 @@ func (a *Attestation) problems(provider Provider) []string {
 	} else if provider.Mini != nil && variant.Name != attestation.MiniVTPM.Name {
 		p = append(p, fmt.Sprintf("attestation.variant: the mini provider runs only %s (its nodes are local sandboxes with software TPMs, without SEV-SNP or TDX); %s needs nodes on confidential hardware", attestation.MiniVTPM, variant))
 	}
-	if provider.QEMU != nil && err == nil && variant.Name != attestation.QEMUVTPM.Name {
-		p = append(p, fmt.Sprintf("attestation.variant: the qemu provider's machines present only %s evidence (UEFI firmware, a software TPM each, no SEV-SNP or TDX), not %s; set attestation.variant: %s", attestation.QEMUVTPM, variant, attestation.QEMUVTPM))
+	if provider.QEMU != nil && err == nil {
+		switch snpMachines := provider.QEMU.Confidential == ConfidentialSEVSNP; {
+		case snpMachines && variant.Name != attestation.QEMUSEVSNP.Name:
+			p = append(p, fmt.Sprintf("attestation.variant: the qemu provider's SEV-SNP machines (confidential: sev-snp) present %s evidence (an SEV-SNP report, no TPM), not %s; set attestation.variant: %s", attestation.QEMUSEVSNP, variant, attestation.QEMUSEVSNP))
+		case !snpMachines && variant.Name != attestation.QEMUVTPM.Name:
+			p = append(p, fmt.Sprintf("attestation.variant: the qemu provider's machines present only %s evidence (UEFI firmware, a software TPM each, no SEV-SNP or TDX), not %s; set attestation.variant: %s (or confidential: sev-snp on an SEV-SNP host)", attestation.QEMUVTPM, variant, attestation.QEMUVTPM))
+		}
 	}
 	known := err == nil
 	switch {

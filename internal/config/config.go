@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
+	"github.com/constellation-dev/constellation/internal/attestation/snp/launch"
 	"github.com/constellation-dev/constellation/internal/attestation/tdx"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
@@ -60,8 +61,51 @@ type QEMU struct {
 	MemoryMiB int `json:"memoryMiB,omitempty"`
 	// Accelerator is how QEMU runs the machines: "tcg" (emulation; the pinned firmware measurements were
 	// recorded with it), "kvm" (the host's CPU, which the firmware measures: record the firmware PCRs again),
-	// or "auto" (KVM where /dev/kvm opens, TCG otherwise). Empty means "tcg".
+	// or "auto" (KVM where /dev/kvm opens, TCG otherwise). Empty means "tcg". SEV-SNP machines need "kvm"
+	// (empty means "kvm" for them).
 	Accelerator string `json:"accelerator,omitempty"`
+	// Confidential is the confidential-computing technology of the machines: empty for none (UEFI with a
+	// software TPM each, attestation variant qemu-vtpm), or "sev-snp" (AMD SEV-SNP guests on an SEV-SNP
+	// host, attestation variant qemu-sev-snp, whose policy pins the launch measurement).
+	Confidential string `json:"confidential,omitempty"`
+	// SNP configures the launch of SEV-SNP machines; required with confidential: sev-snp, refused without.
+	SNP *QEMUSNP `json:"snp,omitempty"`
+}
+
+// Confidential technologies of the QEMU provider.
+const ConfidentialSEVSNP = "sev-snp"
+
+// QEMUSNP is how the QEMU provider launches SEV-SNP machines. The launch measurement in
+// attestation.snp.measurements is computed from these inputs ('constellation config generate qemu
+// --confidential sev-snp'); launching with other ones gives machines that do not attest.
+type QEMUSNP struct {
+	// Firmware is the OVMF image built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev), given to QEMU as
+	// -bios. Relative paths are relative to the configuration file.
+	Firmware string `json:"firmware"`
+	// FirmwareDigest is the SHA-256 ("sha256:<hex>") of the firmware the launch measurement was computed
+	// from; the CLI refuses to launch with another.
+	FirmwareDigest string `json:"firmwareDigest"`
+	// UKI is the disk image's unified kernel image: its kernel, initrd and command line are booted directly
+	// (-kernel, -initrd, -append with kernel-hashes=on), so that the launch measurement covers them. Relative
+	// paths are relative to the configuration file.
+	UKI string `json:"uki"`
+	// VCPUType is QEMU's CPU model (-cpu), one of those whose signature is known (launch.VCPUTypes): the
+	// measurement depends on it.
+	VCPUType string `json:"vcpuType"`
+	// GuestFeatures are the SEV features KVM enables in each vCPU's VMSA; 0 means 0x1 (SNPActive only, the
+	// default of QEMU 9.1 and later on Linux 6.11 and later). Hosts whose kernel enables DebugSwap need 0x21.
+	GuestFeatures uint64 `json:"guestFeatures,omitempty"`
+}
+
+// DefaultSNPGuestFeatures are the guest features of an SEV-SNP machine whose configuration sets none.
+const DefaultSNPGuestFeatures = launch.FeatureSNPActive
+
+// Features returns the configured guest features, or DefaultSNPGuestFeatures.
+func (s *QEMUSNP) Features() uint64 {
+	if s.GuestFeatures == 0 {
+		return DefaultSNPGuestFeatures
+	}
+	return s.GuestFeatures
 }
 
 // Mini configures the local provider.
@@ -212,6 +256,7 @@ func (c *Config) Validate() error {
 		if a := q.Accelerator; a != "" && a != "tcg" && a != "kvm" && a != "auto" {
 			p = append(p, fmt.Sprintf("provider.qemu.accelerator: %q, want tcg, kvm or auto", a))
 		}
+		p = append(p, q.confidentialProblems()...)
 		if q.MemoryMiB != 0 && (q.MemoryMiB < 1024 || q.MemoryMiB > 4096) {
 			p = append(p, fmt.Sprintf("provider.qemu.memoryMiB: %d, want 1024 to 4096 (0 or none: 2048)", q.MemoryMiB))
 		}
@@ -313,6 +358,52 @@ func (c *Config) ImageDigest() string {
 		return c.Provider.QEMU.ImageDigest
 	}
 	return ""
+}
+
+// confidentialProblems lists the problems of the confidential launch of a QEMU configuration.
+func (q *QEMU) confidentialProblems() []string {
+	var p []string
+	switch q.Confidential {
+	case "":
+		if q.SNP != nil {
+			p = append(p, "provider.qemu.snp: set, but provider.qemu.confidential is not sev-snp; remove it or set confidential: sev-snp")
+		}
+		return p
+	case ConfidentialSEVSNP:
+	default:
+		return append(p, fmt.Sprintf("provider.qemu.confidential: %q, want sev-snp or none", q.Confidential))
+	}
+	if q.Accelerator != "" && q.Accelerator != "kvm" {
+		p = append(p, fmt.Sprintf("provider.qemu.accelerator: %q, but SEV-SNP machines run only under KVM on an SEV-SNP host; set kvm or remove it", q.Accelerator))
+	}
+	s := q.SNP
+	if s == nil {
+		return append(p, "provider.qemu.snp: confidential: sev-snp needs the launch inputs (firmware, uki, vcpuType); generate them with 'constellation config generate qemu --confidential sev-snp'")
+	}
+	if s.Firmware == "" {
+		p = append(p, "provider.qemu.snp.firmware: no firmware; name an OVMF image built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev)")
+	}
+	if !validDigest(s.FirmwareDigest) {
+		p = append(p, fmt.Sprintf("provider.qemu.snp.firmwareDigest: %q is not sha256:<64 hex digits>", s.FirmwareDigest))
+	}
+	if s.UKI == "" {
+		p = append(p, "provider.qemu.snp.uki: no unified kernel image; the machines boot it directly so that the launch measurement covers it")
+	}
+	if _, err := launch.VCPUSignature(s.VCPUType); err != nil {
+		p = append(p, "provider.qemu.snp.vcpuType: "+err.Error())
+	}
+	if s.GuestFeatures != 0 && s.GuestFeatures&launch.FeatureSNPActive == 0 {
+		p = append(p, fmt.Sprintf("provider.qemu.snp.guestFeatures: %#x lacks SNPActive (bit 0); every SEV-SNP guest has it (0 means 0x1)", s.GuestFeatures))
+	}
+	return p
+}
+
+// RelativeTo resolves path relative to the configuration file's directory, unless it is absolute.
+func RelativeTo(configPath, path string) string {
+	if path == "" || filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(filepath.Dir(configPath), path)
 }
 
 // ImagePath resolves the node image path relative to the configuration file's directory.

@@ -1,11 +1,13 @@
 package config
 
 import (
+	"bytes"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
 )
 
 func validQEMU() *Config {
@@ -70,5 +72,69 @@ func TestQEMUProblems(t *testing.T) {
 	c.Attestation.Measurements = validQEMU().Attestation.Measurements
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "PCR 8 missing") {
 		t.Errorf("mini with a UEFI policy: %v", err)
+	}
+}
+
+func validQEMUSNP() *Config {
+	c := validQEMU()
+	c.Provider.QEMU.Confidential = ConfidentialSEVSNP
+	c.Provider.QEMU.SNP = &QEMUSNP{Firmware: "OVMF.amdsev.fd", FirmwareDigest: "sha256:" + strings.Repeat("ab", 32), UKI: "node-image.efi", VCPUType: "EPYC-Milan"}
+	c.Attestation = Attestation{Variant: "qemu-sev-snp", SNP: &SNP{Policy: snp.Policy{
+		Measurements:    []snp.HexBytes{bytes.Repeat([]byte{1}, 48)},
+		MinimumTCB:      map[snp.Product]snp.TCB{snp.Milan: {Bootloader: 3, SNP: 8, Microcode: 115}},
+		AllowMissingCRL: true,
+	}}}
+	return c
+}
+
+func TestQEMUSNPRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	if err := validQEMUSNP().Write(path, false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := got.Provider.QEMU
+	if q.Confidential != ConfidentialSEVSNP || q.SNP == nil || q.SNP.VCPUType != "EPYC-Milan" || q.SNP.Features() != 1 {
+		t.Fatalf("round trip: %+v %+v", q, q.SNP)
+	}
+	if RelativeTo(path, q.SNP.UKI) != filepath.Join(filepath.Dir(path), "node-image.efi") || RelativeTo(path, "/abs") != "/abs" {
+		t.Errorf("paths are not resolved relative to the configuration")
+	}
+}
+
+// A confidential QEMU configuration is refused with every problem named.
+func TestQEMUSNPProblems(t *testing.T) {
+	for name, tc := range map[string]struct {
+		change func(*Config)
+		want   []string
+	}{
+		"unknown technology":               {func(c *Config) { c.Provider.QEMU.Confidential = "tdx" }, []string{`provider.qemu.confidential: "tdx"`}},
+		"vTPM variant":                     {func(c *Config) { c.Attestation = validQEMU().Attestation }, []string{"present qemu-sev-snp evidence", "not qemu-vtpm"}},
+		"SNP variant without SNP machines": {func(c *Config) { c.Provider.QEMU.Confidential, c.Provider.QEMU.SNP = "", nil }, []string{"present only qemu-vtpm evidence", "not qemu-sev-snp"}},
+		"SNP section without SNP":          {func(c *Config) { c.Provider.QEMU.Confidential = "" }, []string{"provider.qemu.snp: set, but"}},
+		"no launch inputs":                 {func(c *Config) { c.Provider.QEMU.SNP = nil }, []string{"provider.qemu.snp: confidential: sev-snp needs"}},
+		"empty launch inputs": {func(c *Config) { c.Provider.QEMU.SNP = &QEMUSNP{GuestFeatures: 0x20} }, []string{
+			"provider.qemu.snp.firmware:", "provider.qemu.snp.firmwareDigest", "provider.qemu.snp.uki", `provider.qemu.snp.vcpuType: vCPU type "" is not known`, "lacks SNPActive",
+		}},
+		"unknown vCPU type": {func(c *Config) { c.Provider.QEMU.SNP.VCPUType = "host" }, []string{`vCPU type "host" is not known`}},
+		"emulated":          {func(c *Config) { c.Provider.QEMU.Accelerator = "tcg" }, []string{"only under KVM"}},
+		"no measurement":    {func(c *Config) { c.Attestation.SNP.Measurements = nil }, []string{"attestation.snp"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := validQEMUSNP()
+			tc.change(c)
+			err := c.Validate()
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q: %v", want, err)
+				}
+			}
+		})
 	}
 }

@@ -54,10 +54,11 @@ var layers = map[string]int{
 	"internal/tpmtest":                nodePiece,
 	"internal/swtpm":                  nodePiece,
 
-	"internal/attestation":  trustCore,
-	"internal/atls":         trustCore,
-	"internal/measuredboot": trustCore,
-	"internal/kms":          trustCore,
+	"internal/attestation":            trustCore,
+	"internal/attestation/snp/launch": trustCore, // the SEV-SNP launch measurement a verifier expects
+	"internal/atls":                   trustCore,
+	"internal/measuredboot":           trustCore,
+	"internal/kms":                    trustCore,
 
 	"internal/atomicfile":               plumbing,
 	"internal/cadir":                    plumbing,

@@ -72,7 +72,8 @@
 //
 //   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [ReportDataForNonce] of the
 //     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
-//     REPORT_DATA and returns the user data.
+//     REPORT_DATA and returns the user data. The launch measurement its policy expects is computed from the
+//     firmware, the directly booted UKI and the machine definition by package snp/launch.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
 //     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
 //     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the

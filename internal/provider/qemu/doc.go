@@ -43,4 +43,17 @@
 //
 // The pinned firmware values hold only for the machine definition they were recorded with (machineArgs,
 // DefaultMemoryMiB, the accelerator): another OVMF build or machine definition needs a new reference boot.
+//
+// # SEV-SNP machines
+//
+// With Spec.SNP, the machines are AMD SEV-SNP guests (attestation variant qemu-sev-snp): KVM with a named
+// EPYC CPU model, OVMF built for SEV-SNP with kernel hashes (edk2 OvmfPkg/AmdSev) as -bios, the kernel,
+// initrd and command line of the disk image's UKI (its .linux, .initrd and .cmdline sections) booted
+// directly with kernel-hashes=on, no TPM, and virtio devices behind the DMA API (snpMachineArgs). The secure
+// processor measures the firmware, the table of the kernel's, initrd's and command line's digests that the
+// firmware checks before it runs them, and one VMSA per vCPU; SNPLaunch.Measurement computes that launch
+// measurement (package snp/launch), which the CLI writes into the cluster's SEV-SNP policy. The provider
+// writes the kernel and initrd it boots from the same bytes it measured. Before it creates anything, the provider checks that the host can launch
+// SEV-SNP guests (SNPHost: /dev/sev, /dev/kvm, kvm_amd's sev_snp, QEMU 9.1 or later) and that the machines'
+// launch measurement is one the policy accepts; otherwise it refuses, naming what is missing.
 package qemu

@@ -42,9 +42,11 @@ type machineSpec struct {
 	MemoryMiB int
 	// Accel is the accelerator: AccelAuto, AccelKVM or AccelTCG.
 	Accel string
+	// SNP, if set, launches the machine as an SEV-SNP guest (KVM, no TPM, the UKI's parts booted directly).
+	SNP *snpBoot
 }
 
-// machine is a running virtual machine and its TPM.
+// machine is a running virtual machine and its TPM (none for an SEV-SNP machine).
 type machine struct {
 	tpm     *swtpm.MachineTPM
 	cmd     *exec.Cmd
@@ -121,6 +123,9 @@ func machineArgs(s machineSpec, ctrl string, accelArgs []string) []string {
 // register is called with the TPM's EK certificates before the machine powers on, so that the metadata
 // service knows the node before it can ask.
 func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA, register func(ekCerts [][]byte)) (*machine, error) {
+	if s.SNP != nil {
+		return startSNPMachine(s, register)
+	}
 	if err := bootimage.QEMUPrerequisites(); err != nil {
 		return nil, err
 	}
@@ -143,16 +148,8 @@ func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA, register f
 	if err := os.WriteFile(filepath.Join(s.Dir, varsFile), vars, 0o600); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(s.Dir, stateFile)); errors.Is(err, os.ErrNotExist) {
-		f, err := os.OpenFile(filepath.Join(s.Dir, stateFile), os.O_CREATE|os.O_WRONLY, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		err = f.Truncate(stateDiskSize)
-		f.Close()
-		if err != nil {
-			return nil, err
-		}
+	if err := createStateDisk(s.Dir); err != nil {
+		return nil, err
 	}
 	os.Remove(ConsolePath(s.Dir))
 	name, accelArgs, err := accel(s.Accel)
@@ -164,27 +161,65 @@ func startMachine(ctx context.Context, s machineSpec, ekCA *swtpm.CA, register f
 		return nil, err
 	}
 	m := &machine{tpm: tpm, exited: make(chan struct{}), Accel: name}
-	args := append([]string{"--net=" + netnsPath, "--", "qemu-system-x86_64"}, machineArgs(s, tpm.CtrlPath(), accelArgs)...)
-	m.cmd = exec.Command("nsenter", args...)
-	out, err := os.OpenFile(filepath.Join(s.Dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := m.start(s.Dir, machineArgs(s, tpm.CtrlPath(), accelArgs)); err != nil {
 		tpm.Kill()
 		return nil, err
+	}
+	return m, nil
+}
+
+// startSNPMachine powers on an SEV-SNP machine: no TPM (its evidence is the SEV-SNP report), the firmware,
+// kernel, initrd and command line of s.SNP, KVM.
+func startSNPMachine(s machineSpec, register func(ekCerts [][]byte)) (*machine, error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := createStateDisk(s.Dir); err != nil {
+		return nil, err
+	}
+	register(nil)
+	os.Remove(ConsolePath(s.Dir))
+	m := &machine{exited: make(chan struct{}), Accel: AccelKVM}
+	if err := m.start(s.Dir, snpMachineArgs(s, *s.SNP)); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// createStateDisk creates the machine's state disk file (sparse) unless it exists.
+func createStateDisk(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, stateFile), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(stateDiskSize)
+	f.Close()
+	return err
+}
+
+// start runs QEMU with args in the node network's namespace, its output in the machine's qemu.log.
+func (m *machine) start(dir string, args []string) error {
+	m.cmd = exec.Command("nsenter", append([]string{"--net=" + netnsPath, "--", "qemu-system-x86_64"}, args...)...)
+	out, err := os.OpenFile(filepath.Join(dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
 	}
 	m.cmd.Stdout, m.cmd.Stderr = out, out
 	// The machine powers off with its provider.
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
 		out.Close()
-		tpm.Kill()
-		return nil, fmt.Errorf("starting qemu-system-x86_64: %w", err)
+		return fmt.Errorf("starting qemu-system-x86_64: %w", err)
 	}
 	out.Close()
 	go func() {
 		m.waitErr = m.cmd.Wait()
 		close(m.exited)
 	}()
-	return m, nil
+	return nil
 }
 
 // prepareTPM powers the TPM on once before the machine does: it clears the lockout counter an earlier
@@ -232,5 +267,7 @@ func (m *machine) stop() {
 			<-m.exited
 		}
 	}
-	m.tpm.Kill()
+	if m.tpm != nil {
+		m.tpm.Kill()
+	}
 }

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -40,6 +41,31 @@ type Spec struct {
 	// InitSecretHash is the SHA-256 of the cluster's init secret, which the metadata service hands to every
 	// node; without it, the nodes refuse to be initialised.
 	InitSecretHash []byte
+	// SNP, if set, launches the machines as SEV-SNP guests; the host must be able to (SNPHost).
+	SNP *SNPLaunch
+	// SNPMeasurements are the launch measurements the cluster's policy accepts. The provider refuses to
+	// launch SEV-SNP machines whose measurement is not among them: they could never attest.
+	SNPMeasurements [][]byte
+}
+
+// checkSNP checks, before anything else is created, that the host can launch the SEV-SNP machines of spec and
+// that their launch measurement is one the policy accepts. It writes the UKI's kernel and initrd into dir and
+// returns what QEMU boots.
+func checkSNP(spec Spec, host SNPHost, dir string) (snpBoot, error) {
+	if err := host.Check(); err != nil {
+		return snpBoot{}, err
+	}
+	b, m, err := spec.SNP.prepare(dir)
+	if err != nil {
+		return snpBoot{}, err
+	}
+	for _, want := range spec.SNPMeasurements {
+		if bytes.Equal(want, m[:]) {
+			return b, nil
+		}
+	}
+	return snpBoot{}, fmt.Errorf("the SEV-SNP machines would have the launch measurement %x, which the attestation policy does not accept: the firmware (%s), the UKI (%s), the vCPU type (%s) or the guest features (%#x) differ from those the configuration was generated with; run 'constellation config generate qemu --confidential sev-snp' again",
+		m, spec.SNP.Firmware, spec.SNP.UKI, spec.SNP.VCPUType, spec.SNP.GuestFeatures)
 }
 
 // NodeState records a running machine.
@@ -176,6 +202,15 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	if spec.Accel == "" {
 		spec.Accel = AccelTCG
 	}
+	var snp *snpBoot
+	if spec.SNP != nil {
+		p.progress("checking that this host can launch the SEV-SNP machines")
+		b, err := checkSNP(spec, SNPHost{}, filepath.Join(p.Dir, "snp"))
+		if err != nil {
+			return teardown, err
+		}
+		snp = &b
+	}
 	p.progress("checking the disk image")
 	image, err := filepath.Abs(spec.Image)
 	if err != nil {
@@ -247,12 +282,16 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 			return teardown, err
 		}
 		dir := NodeDir(p.Dir, name)
-		p.progress(fmt.Sprintf("booting %s (%s, MAC %s): UEFI measured boot into its TPM", name, addr, mac))
+		if spec.SNP != nil {
+			p.progress(fmt.Sprintf("launching %s (%s, MAC %s): SEV-SNP guest, firmware and UKI measured by the secure processor", name, addr, mac))
+		} else {
+			p.progress(fmt.Sprintf("booting %s (%s, MAC %s): UEFI measured boot into its TPM", name, addr, mac))
+		}
 		// The node asks who it is as soon as its network is up: it is registered with its TPM's EK
 		// certificates (only that TPM can have an attestation key certified in its name) before it powers on.
 		// Its event log is its own.
 		inst := provider.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}
-		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel}, ekCA,
+		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel, SNP: snp}, ekCA,
 			func(ekCerts [][]byte) { md.SetInstance(inst, nil, ekCerts) })
 		if err != nil {
 			return teardown, fmt.Errorf("%s: %w", name, err)
