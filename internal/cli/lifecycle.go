@@ -142,6 +142,11 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	h.print(cmd.OutOrStdout())
+	if h.Initialised && h.KubeErr == nil {
+		if api, err := kubeapi.FromKubeconfig(filepath.Join(workspace(cmd), AdminKubeconfigFile)); err == nil {
+			showUpgrade(cmd.Context(), cmd.OutOrStdout(), api)
+		}
+	}
 	printImageSignature(cmd)
 	printRegistryMirrors(cmd.OutOrStdout(), workspace(cmd))
 	if len(h.notReady()) > 0 {
