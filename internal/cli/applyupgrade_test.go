@@ -3,10 +3,17 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,10 +33,16 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
+	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
@@ -555,5 +568,185 @@ func TestApplyOldConfigurationRollsTheUpgradeBack(t *testing.T) {
 	}
 	if len(f.recorded) != 0 {
 		t.Fatal("a rolled back upgrade was recorded")
+	}
+}
+
+// The attack: the host (which can write the workspace's image directory) hands 'apply' a new node image whose
+// measurements are not signed, or are signed for another image. apply on the running cluster refuses before
+// anything changes: the provider is asked nothing (the image is not registered), no measurement policy window
+// is opened, no NodeUpgrade created, the state file stays. The same workspace with the genuine bundle does
+// reach the provider, so the refusal is the signature's.
+func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
+	imageDir := t.TempDir()
+	expected, err := measuredboot.Expected(measuredboot.Boot{ImageDigest: [32]byte{0x2e}, Cmdline: nodeimage.DefaultCmdline})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawMeas, _ := json.Marshal(expected)
+	measPath := filepath.Join(imageDir, "measurements.json")
+	write(t, measPath, rawMeas)
+	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: upgradeToDigest, Cmdline: nodeimage.DefaultCmdline})
+	write(t, filepath.Join(imageDir, "node-image.json"), rawManifest)
+	sig := signImage(t, imageDir)
+	ws := t.TempDir()
+	if _, errOut, code := run(append([]string{"config", "generate", "mini", "--image-dir", imageDir, "--workspace", ws}, sig...)...); code != 0 {
+		t.Fatalf("config generate: %s", errOut)
+	}
+	bundlePath := measPath + signed.BundleSuffix
+	genuineBundle, _ := os.ReadFile(bundlePath)
+	// The same measurements, genuinely signed, but for the image the cluster runs.
+	signFile(t, devKey(t), imageDir, "measurements.json", upgradeFromDigest, attestation.MiniVTPM.Name)
+	otherDigestBundle, _ := os.ReadFile(bundlePath)
+	stopTestLog(t)
+
+	// The running cluster, initialised with the old image: its master secret, state, kubeconfig and provider.
+	ms, _ := kms.GenerateMasterSecret()
+	if err := kms.WriteSecretFile(filepath.Join(ws, kms.MasterSecretFileName), &kms.SecretFile{Plain: ms}, false); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := kms.NewDeriver(ms)
+	clusterID, _ := d.ClusterID()
+	if err := writeClusterState(ws, clusterState{ClusterID: hex.EncodeToString(clusterID), Endpoint: "127.0.0.1:6443", ImageDigest: upgradeFromDigest, Measurements: otherImage(expected, 0x11)}); err != nil {
+		t.Fatal(err)
+	}
+	genuineState, _ := os.ReadFile(filepath.Join(ws, StateFile))
+	srv := kubeapitest.New(t)
+	installUpgradeController(t, srv)
+	kubeconfig, _ := os.ReadFile(srv.Kubeconfig(t, "kubeapitest-admin", "system:masters"))
+	write(t, filepath.Join(ws, AdminKubeconfigFile), kubeconfig)
+	dir := filepath.Join(ws, miniDirName)
+	if err := os.MkdirAll(filepath.Join(dir, "ak-ca"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	write(t, filepath.Join(dir, "ak-ca", "ca-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: node.CA.Certificate().Raw}))
+	daemon := exec.Command("sh", "-c", "sleep 600", "mini") // a provider process, as DaemonAlive sees it
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { daemon.Process.Kill(); daemon.Wait() })
+	rawState, _ := json.Marshal(mini.State{DaemonPID: daemon.Process.Pid, Phase: mini.PhaseRunning, MetadataURL: "http://127.0.0.1:1",
+		Nodes: []mini.NodeState{{Name: "control-plane-0", Role: "control-plane", IP: "127.0.0.1"}}})
+	write(t, mini.StatePath(dir), rawState)
+	// The provider's control socket: it records what it is asked, and registers the image.
+	var mu sync.Mutex
+	var asked []string
+	ln, err := net.Listen("unix", mini.ControlSocket(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	provider := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.URL.Path)
+		mu.Unlock()
+		if r.URL.Path == "/v1/node-images" {
+			json.NewEncoder(w).Encode(map[string]string{"digest": upgradeToDigest})
+		}
+	})}
+	go provider.Serve(ln)
+	t.Cleanup(func() { provider.Close() })
+	api := srv.Client(t)
+	unchanged := func(t *testing.T) {
+		t.Helper()
+		if nu, err := getNodeUpgrade(context.Background(), api); err != nil || nu != nil {
+			t.Errorf("a NodeUpgrade: %+v, %v", nu, err)
+		}
+		if _, _, found, err := keyservice.LoadWindow(context.Background(), api); err != nil || found {
+			t.Errorf("a measurement policy window was left in the cluster (%v)", err)
+		}
+		if raw, _ := os.ReadFile(filepath.Join(ws, StateFile)); !bytes.Equal(raw, genuineState) {
+			t.Errorf("the state file changed:\n%s", raw)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		bundle  []byte
+		code    int
+		wantErr string
+	}{
+		{"unsigned measurements", nil, 2, "bundle"},
+		{"measurements signed for another image", otherDigestBundle, 1, "not for image"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Remove(bundlePath)
+			if tc.bundle != nil {
+				write(t, bundlePath, tc.bundle)
+			}
+			mu.Lock()
+			asked = nil
+			mu.Unlock()
+			_, errOut, code := run(append([]string{"apply", "--workspace", ws}, sig...)...)
+			if code != tc.code || !strings.Contains(errOut, tc.wantErr) {
+				t.Fatalf("exit %d, want %d and an error containing %q:\n%s", code, tc.code, tc.wantErr, errOut)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(asked) != 0 {
+				t.Errorf("the provider was asked %v", asked)
+			}
+			unchanged(t)
+		})
+	}
+	// The genuine bundle: apply gets as far as the provider (and stops at the key services, which this
+	// workspace does not have).
+	write(t, bundlePath, genuineBundle)
+	_, errOut, code := run(append([]string{"apply", "--workspace", ws}, sig...)...)
+	mu.Lock()
+	defer mu.Unlock()
+	if code != 1 || len(asked) == 0 || asked[0] != "/v1/node-images" {
+		t.Fatalf("apply with the genuine image: exit %d, provider asked %v:\n%s", code, asked, errOut)
+	}
+}
+
+// What apply does with a running cluster, by the image the state file records, the configured one and the
+// NodeUpgrade in the cluster.
+func TestDecideUpgrade(t *testing.T) {
+	const a, b, c = "sha256:aa", "sha256:bb", "sha256:cc"
+	nu := func(target string, phase v1alpha1.Phase, abort bool) *v1alpha1.NodeUpgrade {
+		n := &v1alpha1.NodeUpgrade{Spec: v1alpha1.NodeUpgradeSpec{ImageDigest: target, Abort: abort}}
+		n.Generation = 2
+		n.Status = v1alpha1.NodeUpgradeStatus{ObservedGeneration: 2, ImageDigest: target, Phase: phase}
+		return n
+	}
+	stale := nu(b, v1alpha1.PhaseSucceeded, false)
+	stale.Generation = 3 // the spec changed, the controller has not answered yet
+	for _, tc := range []struct {
+		name     string
+		from, to string
+		nu       *v1alpha1.NodeUpgrade
+		want     upgradeAction
+		wantErr  string
+	}{
+		{"the configured image, no upgrade", a, a, nil, actionNone, ""},
+		{"the configured image, its upgrade done", a, a, nu(a, v1alpha1.PhaseSucceeded, false), actionNone, ""},
+		{"the configured image, an upgrade aborted", a, a, nu(b, v1alpha1.PhaseAborted, true), actionNone, ""},
+		{"the old configuration while the upgrade runs", a, a, nu(b, v1alpha1.PhaseRunning, false), actionRollback, ""},
+		{"the old configuration after the upgrade failed", a, a, nu(b, v1alpha1.PhaseFailed, false), actionRollback, ""},
+		{"the old configuration after the upgrade succeeded", a, a, nu(b, v1alpha1.PhaseSucceeded, false), 0, "finish that upgrade"},
+		{"a new image", a, b, nil, actionStart, ""},
+		{"a new image after an earlier upgrade", a, b, nu(a, v1alpha1.PhaseSucceeded, false), actionStart, ""},
+		{"a new image after an aborted upgrade", a, b, nu(c, v1alpha1.PhaseAborted, true), actionStart, ""},
+		{"the upgrade to it runs", a, b, nu(b, v1alpha1.PhaseRunning, false), actionFollow, ""},
+		{"the upgrade to it is not taken up yet", a, b, stale, actionFollow, ""},
+		{"the upgrade to it succeeded", a, b, nu(b, v1alpha1.PhaseSucceeded, false), actionFinish, ""},
+		{"the upgrade to it failed", a, b, nu(b, v1alpha1.PhaseFailed, false), actionFailed, ""},
+		{"the upgrade to it is being aborted", a, b, nu(b, v1alpha1.PhaseRunning, true), 0, "being aborted"},
+		{"an upgrade to a third image runs", a, c, nu(b, v1alpha1.PhaseRunning, false), 0, "before another"},
+		{"an upgrade to a third image failed", a, c, nu(b, v1alpha1.PhaseFailed, false), 0, "upgrade abort"},
+	} {
+		got, err := decideUpgrade(tc.from, tc.to, tc.nu)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: %v, %v; want an error containing %q", tc.name, got, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %v, %v; want %v", tc.name, got, err, tc.want)
+		}
 	}
 }
