@@ -43,6 +43,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
+	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -91,7 +92,11 @@ func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*pol
 // master secret from its node's bootstrapper; the join service on every control-plane node, with its
 // configuration (the cluster's attestation policy: variant, measurements and hardware policy; for a vTPM whose
 // attestation key the provider certifies (mini-vtpm, qemu-vtpm) the provider's AK roots; and the cluster
-// ID; and the registry mirrors every node gets); and the verification service on every node.
+// ID; and the registry mirrors every node gets); the verification service on every node; and the upgrade
+// controller on the control-plane nodes, with its NodeUpgrade CRD (applied before the controller's Deployment,
+// in the same list; no NodeUpgrade is created here, so nothing waits for the CRD to be established: the
+// controller's watch starts once the API server serves it). The controller acts only once the CLI created a
+// NodeUpgrade, and reaches the provider only with the credential the CLI keeps in the cluster after init.
 func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
 	p := *att
 	if v, err := attestation.VariantByName(p.Variant); err == nil && vtpm.ProviderCertified(v) {
@@ -142,6 +147,13 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	}
 	if err := k8s.Apply(ctx, quarantine); err != nil {
 		return fmt.Errorf("deploying the quarantine's admission policy: %w", err)
+	}
+	controller, err := upgrade.Manifests()
+	if err != nil {
+		return err
+	}
+	if err := k8s.Apply(ctx, controller); err != nil {
+		return fmt.Errorf("deploying the upgrade controller: %w", err)
 	}
 	return nil
 }

@@ -35,6 +35,21 @@ const (
 type clusterState struct {
 	ClusterID string `json:"clusterID"`
 	Endpoint  string `json:"endpoint"`
+	// ImageDigest and Measurements are the node image the cluster runs, as this CLI verified it: the
+	// configuration's at init, the new one once 'apply' finished an upgrade to it. A configuration that names
+	// another image makes 'apply' upgrade the cluster to that one. Empty in the state of a cluster that an
+	// earlier CLI created.
+	ImageDigest  string         `json:"imageDigest,omitempty"`
+	Measurements measurements.M `json:"measurements,omitempty"`
+}
+
+// writeClusterState writes constellation-state.yaml.
+func writeClusterState(ws string, s clusterState) error {
+	raw, err := yaml.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(ws, StateFile), raw, 0o644)
 }
 
 // loadClusterState reads constellation-state.yaml; ok is false when the cluster was not initialised.
@@ -66,8 +81,9 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 // unwraps it itself: the plain master secret never exists outside attested nodes.
 //
 // The request carries the workspace's init secret, whose hash the provider handed the node: the node accepts
-// Init from no one else; and the cluster's registry mirrors, which the node hands on to the join service.
-func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy, kmsConf *kms.KMIPConfig, mirrors []registrymirror.Mirror) (clusterState, error) {
+// Init from no one else; and the cluster's registry mirrors, which the node hands on to the join service. The
+// state records imageDigest, the configured node image whose signed measurements att holds.
+func initCluster(ctx context.Context, ws, nodeIP, imageDigest string, att *validators.Policy, kmsConf *kms.KMIPConfig, mirrors []registrymirror.Mirror) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
 	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
@@ -122,12 +138,8 @@ func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy,
 	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), resp.GetKubeconfig(), 0o600); err != nil {
 		return clusterState{}, err
 	}
-	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: nodeIP + ":6443"}
-	raw, err := yaml.Marshal(state)
-	if err != nil {
-		return clusterState{}, err
-	}
-	return state, atomicfile.Write(filepath.Join(ws, StateFile), raw, 0o644)
+	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: nodeIP + ":6443", ImageDigest: imageDigest, Measurements: att.Measurements}
+	return state, writeClusterState(ws, state)
 }
 
 // initRequest puts the master secret into an init request: plain, or wrapped together with what the node needs

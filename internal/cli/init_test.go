@@ -58,7 +58,7 @@ func TestInitRequestKeepsTheSecretWrapped(t *testing.T) {
 
 	// No secret file and a KMS configured: refused before a plain secret is generated.
 	empty := t.TempDir()
-	if _, err := initCluster(context.Background(), empty, "127.0.0.1", nil, conf, nil); err == nil || !strings.Contains(err.Error(), "kms init") {
+	if _, err := initCluster(context.Background(), empty, "127.0.0.1", "", nil, conf, nil); err == nil || !strings.Contains(err.Error(), "kms init") {
 		t.Fatalf("init without a secret file: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(empty, kms.MasterSecretFileName)); !os.IsNotExist(err) {

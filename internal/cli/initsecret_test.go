@@ -225,14 +225,14 @@ func TestApplyHandsTheProviderTheHashAndInitSendsTheSecret(t *testing.T) {
 
 	// A workspace without the init secret sends nothing.
 	bare := t.TempDir()
-	if _, err := initCluster(context.Background(), bare, ip, policy, nil, nil); err == nil || !strings.Contains(err.Error(), InitSecretFile) {
+	if _, err := initCluster(context.Background(), bare, ip, "", policy, nil, nil); err == nil || !strings.Contains(err.Error(), InitSecretFile) {
 		t.Fatalf("init without the init secret = %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(bare, kms.MasterSecretFileName)); !os.IsNotExist(err) {
 		t.Fatal("init without the init secret generated a master secret")
 	}
 
-	cs, err := initCluster(context.Background(), ws, ip, policy, nil, nil)
+	cs, err := initCluster(context.Background(), ws, ip, "", policy, nil, nil)
 	if err != nil {
 		t.Fatalf("initCluster: %v", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/reattestation"
+	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
 
@@ -43,7 +44,14 @@ func newApplyCmd() *cobra.Command {
 			"apply returns when every node is attested, registered and Ready and the cluster's services are ready,\n" +
 			"as 'status' checks them; after --wait it fails (exit 1) and names what is not ready.\n" +
 			"First it verifies again, offline, that the configuration's measurements are the signed measurements of\n" +
-			"the configured node image (a development-signed image only with --allow-dev-signed).",
+			"the configured node image (a development-signed image only with --allow-dev-signed).\n\n" +
+			"On a running cluster whose configuration names another node image than the one " + StateFile + "\n" +
+			"records, apply upgrades it: it makes the image known to the provider, has every key service accept both\n" +
+			"images, asks the cluster's upgrade controller (NodeUpgrade " + v1alpha1.Name + ") to replace every node, control plane\n" +
+			"first, and prints each node's steps; once every node runs the new image only that image is accepted and\n" +
+			StateFile + " records it. A failed upgrade exits 1 and says how to roll back ('upgrade abort'). Ctrl-C or\n" +
+			"--wait leave the upgrade running: apply again follows it. Applying the old configuration while the upgrade\n" +
+			"runs rolls it back, as 'upgrade abort' does.",
 		Args: cobra.NoArgs,
 		RunE: runMiniUp,
 	}
@@ -122,7 +130,9 @@ func newStatusCmd() *cobra.Command {
 		Long: "Attest every node of the cluster against " + config.FileName + "'s measurements and the cluster ID of\n" +
 			StateFile + ", and ask Kubernetes for each node's readiness and for the pods of the join service, the\n" +
 			"key service and the verification service. Exit code 0 if every node is attested and Ready and every\n" +
-			"service's pods are ready, 1 if not, or if the workspace has no running cluster.",
+			"service's pods are ready, 1 if not, or if the workspace has no running cluster. While the cluster has a\n" +
+			"NodeUpgrade, status shows the upgrade: its phase, the nodes replaced of all to replace, the node in flight\n" +
+			"and its step.",
 		Args: cobra.NoArgs,
 		RunE: runStatus,
 	}
@@ -142,6 +152,11 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	h.print(cmd.OutOrStdout())
+	if h.Initialised && h.KubeErr == nil {
+		if api, err := kubeapi.FromKubeconfig(filepath.Join(workspace(cmd), AdminKubeconfigFile)); err == nil {
+			showUpgrade(cmd.Context(), cmd.OutOrStdout(), api)
+		}
+	}
 	printImageSignature(cmd)
 	printRegistryMirrors(cmd.OutOrStdout(), workspace(cmd))
 	if len(h.notReady()) > 0 {

@@ -127,6 +127,11 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return badInput("%w", err)
 	}
+	if found && state.DaemonAlive() && cmd.Name() == "apply" {
+		if _, initialised, err := loadClusterState(workspace(cmd)); err == nil && initialised {
+			return applyToRunningCluster(cmd, c, confPath)
+		}
+	}
 	if found && state.DaemonAlive() {
 		return badInput("a mini cluster is already running (provider pid %d, %d nodes); run 'constellation mini down' first", state.DaemonPID, len(state.Nodes))
 	}
@@ -222,7 +227,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 			kmsConf = c.KMS.KMIP
 			fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
 		}
-		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, miniPolicy(roots, c.Attestation.Measurements), kmsConf, c.RegistryMirrors); err != nil {
+		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, c.ImageDigest(), miniPolicy(roots, c.Attestation.Measurements), kmsConf, c.RegistryMirrors); err != nil {
 			return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 		}
 		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])
@@ -252,6 +257,49 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	}
 	fmt.Fprintf(out, "Mini cluster up: Kubernetes at https://%s with %d node(s), every node attested and Ready; kubeconfig %s\n", cs.Endpoint, len(state.Nodes), filepath.Join(workspace(cmd), AdminKubeconfigFile))
 	return nil
+}
+
+// applyToRunningCluster applies the configuration to the workspace's running, initialised cluster, whose
+// configured image's signed measurements the caller verified: if it names another node image than the one the
+// state file records, it upgrades the cluster to it (imageUpgrade), or follows, finishes or rolls back the
+// upgrade that runs. Ctrl-C stops following and leaves the upgrade running.
+func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string) error {
+	ws := workspace(cmd)
+	cs, _, err := loadClusterState(ws)
+	if err != nil {
+		return badInput("%s: %w", StateFile, err)
+	}
+	if cs.ImageDigest == "" || len(cs.Measurements) == 0 {
+		return badInput("%s records no node image (an earlier CLI created the cluster): add the imageDigest and measurements of the image the cluster runs to it, "+
+			"then apply again", filepath.Join(ws, StateFile))
+	}
+	up, _, err := policyUpgradeOf(cmd)
+	if err != nil {
+		return err
+	}
+	limit, _ := cmd.Flags().GetDuration("wait")
+	dir := filepath.Join(ws, miniDirName)
+	iu := &imageUpgrade{
+		Policy: up, API: up.API, Out: cmd.OutOrStdout(), Deadline: time.Now().Add(limit),
+		From: clusterImage{Digest: cs.ImageDigest, Measurements: cs.Measurements},
+		To:   clusterImage{Digest: c.ImageDigest(), Measurements: c.Attestation.Measurements},
+		Register: func(ctx context.Context) (string, error) {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			defer cancel()
+			return mini.RegisterNodeImage(ctx, dir, c.ImagePath(confPath))
+		},
+		Record: func(img clusterImage) error {
+			cs.ImageDigest, cs.Measurements = img.Digest, img.Measurements
+			return writeClusterState(ws, cs)
+		},
+		Ready: func(ctx context.Context) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "  waiting up to %s for every node to be attested and Ready, and for the cluster's services\n", limit)
+			return newReadyWaiter(ws, limit, cmd.OutOrStdout()).wait(ctx)
+		},
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return iu.run(ctx)
 }
 
 func newMiniDownCmd() *cobra.Command {

@@ -9,10 +9,14 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -44,14 +48,17 @@ func newUpgradeCmd() *cobra.Command {
 	}
 	abort := &cobra.Command{
 		Use:   "abort",
-		Short: "Roll an open upgrade back: every key service accepts the old node image only again",
-		Long: "abort authors the measurement policy that accepts the old image only, at an epoch above every policy\n" +
+		Short: "Roll an open upgrade back: the upgrade controller stops, every key service accepts the old node image only again",
+		Long: "abort first stops the cluster's upgrade controller: it deletes the NodeUpgrade at once if no node is being\n" +
+			"replaced, or else asks the controller (spec.abort) to stop once the node in flight is done, waits for that (up to\n" +
+			"--wait) and then deletes it. An upgrade that succeeded is not rolled back. Then abort authors the measurement policy that accepts the old image only, at an epoch above every policy\n" +
 			"authored for the upgrade (so the upgrade's narrowing left in the cluster can never take effect), and\n" +
 			"sends it to the key service of every control-plane node; it fails unless every one has it in force.\n" +
 			"Nodes of the new image are refused from then on.",
 		Args: cobra.NoArgs,
 		RunE: runUpgradeAbort,
 	}
+	abort.Flags().Duration("wait", DefaultWait, "how long to wait for the upgrade controller to finish the node it is replacing")
 	start := &cobra.Command{
 		Use:   "start --measurements FILE",
 		Short: "Open an upgrade: every key service accepts the configured node image and the one of FILE",
@@ -176,8 +183,14 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 			addrs = append(addrs, net.JoinHostPort(n.IP, strconv.Itoa(keyservice.PolicyPort)))
 		}
 	}
+	// The key services run the configured image, or the one the state file records (before an upgrade to the
+	// configured one finished).
+	known := []measurements.M{c.Attestation.Measurements}
+	if len(cs.Measurements) > 0 {
+		known = append(known, cs.Measurements)
+	}
 	up := &PolicyUpgrade{
-		Key: key, ClusterID: clusterID, KeyServices: addrs, Known: []measurements.M{c.Attestation.Measurements}, API: api,
+		Key: key, ClusterID: clusterID, KeyServices: addrs, Known: known, API: api,
 		Out: cmd.OutOrStdout(),
 		Trust: func(sets ...measurements.M) (attestation.Validator, error) {
 			return keyservice.MemberValidators(variant, att.AKRoots, clusterID, nil)(sets)
@@ -205,13 +218,12 @@ func runUpgradeAbort(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Rolling the upgrade back at %d key services\n", len(up.KeyServices))
-	rollback, err := up.Abort(cmd.Context())
-	if err != nil {
-		return failed(err)
-	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Upgrade aborted: %s; nodes of the new image are refused from now on\n", rollback)
-	return nil
+	limit, _ := cmd.Flags().GetDuration("wait")
+	iu := &imageUpgrade{Policy: up, API: up.API, Out: cmd.OutOrStdout(), Deadline: time.Now().Add(limit)}
+	fmt.Fprintf(cmd.OutOrStdout(), "Rolling the upgrade back: stopping the upgrade controller, then at %d key services\n", len(up.KeyServices))
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return iu.abort(ctx)
 }
 
 func runUpgradeCheck(cmd *cobra.Command, _ []string) error {

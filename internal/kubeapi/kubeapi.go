@@ -215,3 +215,61 @@ func (c *Client) Do(ctx context.Context, method, path, contentType string, in, o
 	}
 	return nil
 }
+
+// WatchEvent is one event of a watch: its type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR) and the object.
+type WatchEvent struct {
+	Type   string          `json:"type"`
+	Object json.RawMessage `json:"object"`
+}
+
+// ErrStopWatch, returned by a Watch callback, ends the watch without an error.
+var ErrStopWatch = errors.New("stop watching")
+
+// Watch sends a watch request for path (a collection with its query: watch=1 is added; pass timeoutSeconds
+// below the client's timeout of 30 s, a fieldSelector and the resourceVersion to start from) and calls fn for
+// each event, until the API server ends the stream (nil), fn returns an error (ErrStopWatch: nil), or ctx
+// ends.
+func (c *Client) Watch(ctx context.Context, path string, fn func(WatchEvent) error) error {
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path+sep+"watch=1", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.token != nil {
+		t, err := c.token()
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+t)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev WatchEvent
+		if err := dec.Decode(&ev); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("watching %s: %w", path, err)
+		}
+		if err := fn(ev); errors.Is(err, ErrStopWatch) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}

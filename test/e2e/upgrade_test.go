@@ -76,33 +76,18 @@ spec:
 		return out, err == nil && strings.Count(out, "Running") == 2 && strings.Count(out, "worker-0") == 2
 	})
 
-	// The controller's CRD and permissions, from its manifests (its Deployment aside: the test runs it).
-	list, err := upgrade.Manifests()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var l map[string]any
-	if err := json.Unmarshal(list, &l); err != nil {
-		t.Fatal(err)
-	}
-	var items []any
-	for _, item := range l["items"].([]any) {
-		if item.(map[string]any)["kind"] != "Deployment" {
-			items = append(items, item)
-		}
-	}
-	l["items"] = items
-	raw, _ := json.Marshal(l)
-	objects := filepath.Join(t.TempDir(), "upgrade-controller.json")
-	if err := os.WriteFile(objects, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := k("apply", "-f", objects); err != nil {
-		t.Fatalf("kubectl apply the controller's objects: %v\n%s", err, out)
-	}
+	// The first node deployed the controller's CRD, permissions and Deployment at init; the test runs the
+	// controller itself (with a provider of its own), so the cluster's stops first.
 	if out, err := k("wait", "--for=condition=Established", "crd/nodeupgrades.upgrade.constellation.dev"); err != nil {
 		t.Fatalf("the CRD: %v\n%s", err, out)
 	}
+	if out, err := k("-n", "kube-system", "scale", "deployment/"+upgrade.Name, "--replicas=0"); err != nil {
+		t.Fatalf("stopping the cluster's upgrade controller: %v\n%s", err, out)
+	}
+	cl.eventually("the cluster's upgrade controller stopped", func() (string, bool) {
+		out, err := k("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name="+upgrade.Name, "-o", "name")
+		return out, err == nil && !strings.Contains(out, "pod/")
+	})
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", cl.kubeconfig)
 	if err != nil {

@@ -1,0 +1,544 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
+)
+
+// nodeUpgradePath is the API path of the cluster's one NodeUpgrade; nodeUpgradesPath its collection.
+const (
+	nodeUpgradesPath = "/apis/upgrade.constellation.dev/v1alpha1/nodeupgrades"
+	nodeUpgradePath  = nodeUpgradesPath + "/" + v1alpha1.Name
+)
+
+// clusterImage is a node image as the CLI knows it: its digest and its signed measurements.
+type clusterImage struct {
+	Digest       string
+	Measurements measurements.M
+}
+
+// imageUpgrade moves a running cluster from one node image to another, as 'apply' drives it: the provider
+// learns the new image, the key services accept both images (the upgrade's policy window, PolicyUpgrade.Start),
+// the NodeUpgrade asks the cluster's upgrade controller to replace every node, and once it has, only the new
+// image is accepted (PolicyUpgrade.Finish) and the state file records it. Every step can be repeated: a
+// second 'apply' follows an upgrade that runs.
+type imageUpgrade struct {
+	Policy *PolicyUpgrade
+	API    *kubeapi.Client
+	// From is the image the cluster runs (the state file's), To the configuration's, whose signed measurements
+	// the caller verified offline before anything else.
+	From, To clusterImage
+	// Register makes the image To known to the provider and returns the digest the provider computed of it.
+	Register func(ctx context.Context) (string, error)
+	// Record writes To into the state file, once the upgrade is finished.
+	Record func(clusterImage) error
+	// Ready, if set, waits until the cluster is healthy after the upgrade, as 'status' checks it.
+	Ready func(ctx context.Context) error
+	Out   io.Writer
+	// Deadline is when following the upgrade stops, leaving it running (zero: never).
+	Deadline time.Time
+}
+
+// errUpgradeFailed marks an upgrade that the controller reported as failed.
+var errUpgradeFailed = errors.New("the node upgrade failed")
+
+// resumeHint says how to follow, or roll back, an upgrade that keeps running.
+const resumeHint = "the upgrade keeps running in the cluster (NodeUpgrade " + v1alpha1.Name + "): run 'constellation apply' again to follow it, or 'constellation upgrade abort' to roll it back"
+
+// rollbackHint says how to roll a failed upgrade back.
+const rollbackHint = "Roll it back with 'constellation upgrade abort': the controller stops and the key services accept the old node image only again " +
+	"(nodes it already replaced run the new image and are refused from then on); then apply the configuration again to retry."
+
+// getNodeUpgrade reads the cluster's NodeUpgrade; nil if there is none.
+func getNodeUpgrade(ctx context.Context, api *kubeapi.Client) (*v1alpha1.NodeUpgrade, error) {
+	var nu v1alpha1.NodeUpgrade
+	err := api.Do(ctx, http.MethodGet, nodeUpgradePath, "", nil, &nu)
+	if kubeapi.IsStatus(err, http.StatusNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading NodeUpgrade %s: %w", v1alpha1.Name, err)
+	}
+	return &nu, nil
+}
+
+// current reports whether the status is the controller's answer to the NodeUpgrade's spec as it is: written
+// for its generation and its target image. Until then the status is of an earlier spec.
+func current(nu *v1alpha1.NodeUpgrade) bool {
+	return nu.Status.ObservedGeneration >= nu.Generation && nu.Status.ImageDigest == nu.Spec.ImageDigest
+}
+
+// final reports whether the upgrade of the NodeUpgrade's spec has ended.
+func final(nu *v1alpha1.NodeUpgrade) bool {
+	switch nu.Status.Phase {
+	case v1alpha1.PhaseSucceeded, v1alpha1.PhaseFailed, v1alpha1.PhaseAborted:
+		return current(nu)
+	}
+	return false
+}
+
+// inFlight is the node the controller is replacing, or nil.
+func inFlight(nu *v1alpha1.NodeUpgrade) *v1alpha1.NodeProgress {
+	if n := len(nu.Status.Nodes); n > 0 && nu.Status.Nodes[n-1].Step != v1alpha1.StepDone {
+		return &nu.Status.Nodes[n-1]
+	}
+	return nil
+}
+
+// upgradeAction is what 'apply' does with a running cluster.
+type upgradeAction int
+
+const (
+	actionNone     upgradeAction = iota // the cluster runs the configured image, no upgrade runs
+	actionStart                         // register the image, open the window, create or retarget the NodeUpgrade
+	actionFollow                        // the upgrade to the configured image runs: follow it
+	actionFinish                        // it succeeded: narrow the policy, record the image
+	actionFailed                        // it failed: report it
+	actionRollback                      // the configuration names the image the cluster ran before: stop the upgrade, roll the policy back
+)
+
+// decideUpgrade is what 'apply' does, from the image the state file records (from), the configured one (to)
+// and the cluster's NodeUpgrade (nil: none). An upgrade to a third image is refused until it is finished or
+// rolled back.
+func decideUpgrade(from, to string, nu *v1alpha1.NodeUpgrade) (upgradeAction, error) {
+	if from == to {
+		switch {
+		case nu == nil, nu.Spec.ImageDigest == to:
+			return actionNone, nil
+		case nu.Status.Phase == v1alpha1.PhaseAborted && current(nu):
+			return actionNone, nil
+		case nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu):
+			return 0, fmt.Errorf("the cluster's nodes were all replaced by nodes of image %s (NodeUpgrade %s succeeded), but the configuration names the image it ran before, %s: "+
+				"apply the configuration of %s to finish that upgrade, then upgrade back to %s", nu.Spec.ImageDigest, v1alpha1.Name, to, nu.Spec.ImageDigest, to)
+		}
+		return actionRollback, nil
+	}
+	switch {
+	case nu == nil:
+		return actionStart, nil
+	case nu.Spec.ImageDigest != to:
+		if nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu) && nu.Spec.ImageDigest == from || nu.Status.Phase == v1alpha1.PhaseAborted && current(nu) {
+			return actionStart, nil // an earlier upgrade, ended
+		}
+		return 0, fmt.Errorf("an upgrade to image %s is in the cluster (NodeUpgrade %s, phase %q), not to the configured %s: "+
+			"roll it back with 'constellation upgrade abort' (or finish it by applying its configuration) before another", nu.Spec.ImageDigest, v1alpha1.Name, nu.Status.Phase, to)
+	case nu.Spec.Abort:
+		return 0, fmt.Errorf("the upgrade to image %s is being aborted: complete the rollback with 'constellation upgrade abort', then apply again", to)
+	case nu.Status.Phase == v1alpha1.PhaseFailed && current(nu):
+		return actionFailed, nil
+	case nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu):
+		return actionFinish, nil
+	}
+	return actionFollow, nil
+}
+
+// run upgrades the cluster, or follows, finishes or rolls back the upgrade in it, as decideUpgrade says.
+func (u *imageUpgrade) run(ctx context.Context) error {
+	nu, err := getNodeUpgrade(ctx, u.API)
+	if err != nil {
+		return err
+	}
+	action, err := decideUpgrade(u.From.Digest, u.To.Digest, nu)
+	if err != nil {
+		return badInput("%w", err)
+	}
+	switch action {
+	case actionNone:
+		fmt.Fprintf(u.out(), "The cluster runs node image %s, the configured one: nothing to upgrade\n", u.To.Digest)
+		return nil
+	case actionRollback:
+		fmt.Fprintf(u.out(), "The configuration names node image %s, which the cluster ran before the upgrade to %s: rolling the upgrade back\n", u.To.Digest, nu.Spec.ImageDigest)
+		return u.abort(ctx)
+	case actionFailed:
+		return u.failedError(nu)
+	case actionStart:
+		if err := u.start(ctx, nu); err != nil {
+			return err
+		}
+	case actionFollow:
+		fmt.Fprintf(u.out(), "Following the upgrade to node image %s that runs in the cluster\n", u.To.Digest)
+	}
+	if action != actionFinish {
+		if nu, err = u.follow(ctx); err != nil {
+			return err
+		}
+		if nu.Status.Phase == v1alpha1.PhaseFailed {
+			return u.failedError(nu)
+		}
+	}
+	return u.finish(ctx, nu)
+}
+
+// start makes the image known to the provider, opens the policy window and asks the controller for the
+// upgrade.
+func (u *imageUpgrade) start(ctx context.Context, nu *v1alpha1.NodeUpgrade) error {
+	out := u.out()
+	fmt.Fprintf(out, "Upgrading the cluster from node image %s to %s\n", u.From.Digest, u.To.Digest)
+	digest, err := u.Register(ctx)
+	if err != nil {
+		return failed(fmt.Errorf("making node image %s known to the provider: %w", u.To.Digest, err))
+	}
+	if digest != u.To.Digest {
+		return checkFailed(fmt.Errorf("the provider computed the digest %s of the configured node image file, but its signed measurements are for %s: "+
+			"the file is not the image whose measurements were verified; nothing else was changed", digest, u.To.Digest))
+	}
+	fmt.Fprintf(out, "  node image %s known to the provider\n", digest)
+	if _, _, err := u.Policy.Start(ctx, u.From.Measurements, u.To.Measurements); err != nil {
+		return failed(fmt.Errorf("opening the upgrade's measurement policy: %w", err))
+	}
+	spec := map[string]any{"imageDigest": u.To.Digest, "kubernetesVersion": nil, "abort": false, "paused": false}
+	if nu == nil {
+		obj := map[string]any{
+			"apiVersion": v1alpha1.GroupVersion.String(), "kind": "NodeUpgrade",
+			"metadata": map[string]any{"name": v1alpha1.Name},
+			"spec":     map[string]any{"imageDigest": u.To.Digest},
+		}
+		err = u.API.Do(ctx, http.MethodPost, nodeUpgradesPath, "", obj, nil)
+	} else {
+		// A merge patch on the version read: an upgrade that changed meanwhile is not overwritten.
+		err = u.API.Do(ctx, http.MethodPatch, nodeUpgradePath, kubeapi.MergePatch,
+			map[string]any{"metadata": map[string]any{"resourceVersion": nu.ResourceVersion}, "spec": spec}, nil)
+	}
+	if err != nil {
+		return failed(fmt.Errorf("asking the upgrade controller for the upgrade (NodeUpgrade %s): %w; the measurement policy accepts both images: "+
+			"apply again, or roll back with 'constellation upgrade abort'", v1alpha1.Name, err))
+	}
+	fmt.Fprintf(out, "  NodeUpgrade %s asks the upgrade controller to replace every node by one of image %s\n", v1alpha1.Name, u.To.Digest)
+	return nil
+}
+
+// follow watches the NodeUpgrade until the controller reports the end of its upgrade, printing one line per
+// node whenever its step changes. It stops, leaving the upgrade running, when ctx ends or at the deadline.
+func (u *imageUpgrade) follow(ctx context.Context) (*v1alpha1.NodeUpgrade, error) {
+	p := &progressPrinter{out: u.out()}
+	nu, err := u.watch(ctx, p, final)
+	switch {
+	case errors.Is(err, errWatchInterrupted):
+		return nil, failed(fmt.Errorf("interrupted: %s", resumeHint))
+	case errors.Is(err, errWatchDeadline):
+		return nil, checkFailed(fmt.Errorf("the upgrade has not ended within --wait; %s", resumeHint))
+	case err != nil:
+		return nil, failed(fmt.Errorf("following the upgrade: %w; %s", err, resumeHint))
+	case nu == nil:
+		return nil, failed(fmt.Errorf("NodeUpgrade %s was deleted while the upgrade ran (by 'constellation upgrade abort'?)", v1alpha1.Name))
+	case nu.Status.Phase == v1alpha1.PhaseAborted:
+		return nil, failed(fmt.Errorf("the upgrade was aborted: %s", nu.Status.Message))
+	}
+	return nu, nil
+}
+
+// Why watch stopped before its condition held.
+var (
+	errWatchInterrupted = errors.New("interrupted")
+	errWatchDeadline    = errors.New("deadline reached")
+)
+
+// watch reads the NodeUpgrade and then watches it (every change of its status is an event, so no step is
+// missed), printing its progress, until done holds for it (it returns it) or it is deleted (nil). It fails with
+// errWatchInterrupted when ctx ends and with errWatchDeadline at the deadline.
+func (u *imageUpgrade) watch(ctx context.Context, p *progressPrinter, done func(*v1alpha1.NodeUpgrade) bool) (*v1alpha1.NodeUpgrade, error) {
+	wctx := ctx
+	if !u.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadline(ctx, u.Deadline)
+		defer cancel()
+	}
+	stopped := func(err error) error {
+		switch {
+		case ctx.Err() != nil:
+			return errWatchInterrupted
+		case wctx.Err() != nil:
+			return errWatchDeadline
+		}
+		return err
+	}
+	rv := "" // where the watch goes on; empty: read the NodeUpgrade first
+	for {
+		if rv == "" {
+			nu, err := getNodeUpgrade(wctx, u.API)
+			if err != nil {
+				return nil, stopped(err)
+			}
+			if nu == nil {
+				return nil, nil
+			}
+			p.print(nu)
+			if done(nu) {
+				return nu, nil
+			}
+			rv = nu.ResourceVersion
+		}
+		var (
+			result  *v1alpha1.NodeUpgrade
+			deleted bool
+		)
+		path := nodeUpgradesPath + "?fieldSelector=metadata.name%3D" + v1alpha1.Name + "&timeoutSeconds=20&resourceVersion=" + rv
+		err := u.API.Watch(wctx, path, func(ev kubeapi.WatchEvent) error {
+			switch ev.Type {
+			case "ADDED", "MODIFIED":
+				var nu v1alpha1.NodeUpgrade
+				if err := json.Unmarshal(ev.Object, &nu); err != nil {
+					return fmt.Errorf("a watch event of NodeUpgrade %s: %w", v1alpha1.Name, err)
+				}
+				rv = nu.ResourceVersion
+				p.print(&nu)
+				if done(&nu) {
+					result = &nu
+					return kubeapi.ErrStopWatch
+				}
+			case "DELETED":
+				deleted = true
+				return kubeapi.ErrStopWatch
+			case "ERROR":
+				rv = "" // the version is too old: read it again
+				return kubeapi.ErrStopWatch
+			}
+			return nil
+		})
+		switch {
+		case result != nil:
+			return result, nil
+		case deleted:
+			return nil, nil
+		case err != nil:
+			return nil, stopped(err)
+		case wctx.Err() != nil:
+			return nil, stopped(nil)
+		}
+	}
+}
+
+// progressPrinter prints the progress of a NodeUpgrade: a line whenever a node's step changes.
+type progressPrinter struct {
+	out   io.Writer
+	steps map[string]v1alpha1.Step
+	phase string
+}
+
+func (p *progressPrinter) print(nu *v1alpha1.NodeUpgrade) {
+	if !current(nu) {
+		return // the status of an earlier spec
+	}
+	if p.steps == nil {
+		p.steps = map[string]v1alpha1.Step{}
+	}
+	for _, n := range nu.Status.Nodes {
+		if p.steps[n.OldNode] == n.Step {
+			continue
+		}
+		p.steps[n.OldNode] = n.Step
+		node := n.OldNode + " (" + n.Role + ")"
+		if n.ReplacementNode != "" {
+			node += " -> " + n.ReplacementNode
+		}
+		fmt.Fprintf(p.out, "  %s: %s: %s\n", node, n.Step, firstLine(n.Message))
+	}
+	if phase := string(nu.Status.Phase); phase != p.phase && final(nu) {
+		p.phase = phase
+		fmt.Fprintf(p.out, "  upgrade %s: %s\n", strings.ToLower(phase), firstLine(nu.Status.Message))
+	}
+}
+
+// failedError reports a failed upgrade, with the controller's message and how to roll back.
+func (u *imageUpgrade) failedError(nu *v1alpha1.NodeUpgrade) error {
+	return failed(fmt.Errorf("%w: %s\n%s", errUpgradeFailed, nu.Status.Message, rollbackHint))
+}
+
+// finish narrows the measurement policy to the new image (idempotent: a policy narrowed before counts),
+// records the image in the state file and waits until the cluster is healthy.
+func (u *imageUpgrade) finish(ctx context.Context, nu *v1alpha1.NodeUpgrade) error {
+	out := u.out()
+	fmt.Fprintf(out, "Every node runs node image %s: %s\n", u.To.Digest, nu.Status.Message)
+	if _, err := u.Policy.Finish(ctx); err != nil {
+		st, serr := u.Policy.Status(ctx)
+		if serr != nil || st.Latest == nil || len(st.Latest.Sets) != 1 || !containsSet(st.Latest.Sets, u.To.Measurements) || len(st.Unreachable) > 0 {
+			return failed(fmt.Errorf("narrowing the measurement policy to the new image: %w; apply again to finish", err))
+		}
+		fmt.Fprintf(out, "  measurement policy %s in force already\n", st.Latest)
+	}
+	if err := u.Record(u.To); err != nil {
+		return failed(fmt.Errorf("recording node image %s in %s: %w", u.To.Digest, StateFile, err))
+	}
+	fmt.Fprintf(out, "Upgrade finished: the key services accept node image %s only; %s records it\n", u.To.Digest, StateFile)
+	if u.Ready != nil {
+		return u.Ready(ctx)
+	}
+	return nil
+}
+
+// abort stops the cluster's upgrade and rolls its measurement policy back. With no node in flight the
+// NodeUpgrade is deleted at once (on the version read: a controller that meanwhile marked a node as being
+// created keeps it, and abort goes the long way); otherwise spec.abort asks the controller to stop once that
+// node is done, and abort waits for it before it deletes the NodeUpgrade. An upgrade that succeeded is not
+// rolled back: every node runs the new image, which the rollback would refuse.
+func (u *imageUpgrade) abort(ctx context.Context) error {
+	out := u.out()
+	p := progressPrinter{out: out}
+	var last *v1alpha1.NodeUpgrade
+	for {
+		nu, err := getNodeUpgrade(ctx, u.API)
+		if err != nil {
+			return failed(err)
+		}
+		if nu == nil {
+			break
+		}
+		last = nu
+		p.print(nu)
+		if nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu) {
+			return badInput("the upgrade to image %s succeeded (every node runs it): rolling its measurement policy back would refuse every node; "+
+				"finish it with 'constellation apply' and the configuration of that image", nu.Spec.ImageDigest)
+		}
+		if inFlight(nu) == nil || nu.Status.Phase == v1alpha1.PhaseFailed && current(nu) {
+			opts := map[string]any{"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": map[string]any{"resourceVersion": nu.ResourceVersion}}
+			err := u.API.Do(ctx, http.MethodDelete, nodeUpgradePath, "", opts, nil)
+			if kubeapi.IsStatus(err, http.StatusConflict) {
+				continue // the controller wrote meanwhile
+			}
+			if err != nil && !kubeapi.IsStatus(err, http.StatusNotFound) {
+				return failed(fmt.Errorf("deleting NodeUpgrade %s: %w", v1alpha1.Name, err))
+			}
+			fmt.Fprintf(out, "  upgrade controller stopped: NodeUpgrade %s deleted\n", v1alpha1.Name)
+			break
+		}
+		if !nu.Spec.Abort {
+			if err := u.API.Do(ctx, http.MethodPatch, nodeUpgradePath, kubeapi.MergePatch, map[string]any{"spec": map[string]any{"abort": true}}, nil); err != nil {
+				return failed(fmt.Errorf("asking the upgrade controller to stop: %w", err))
+			}
+			cur := inFlight(nu)
+			fmt.Fprintf(out, "  asked the upgrade controller to stop once it has replaced %s (step %s)\n", cur.OldNode, cur.Step)
+			continue
+		}
+		// Until the node in flight is done (or the NodeUpgrade is gone): then delete it, as above.
+		_, err = u.watch(ctx, &p, func(nu *v1alpha1.NodeUpgrade) bool { return inFlight(nu) == nil || final(nu) })
+		switch {
+		case errors.Is(err, errWatchInterrupted):
+			return failed(fmt.Errorf("interrupted while the upgrade controller finishes the node in flight; run 'constellation upgrade abort' again to complete the rollback"))
+		case errors.Is(err, errWatchDeadline):
+			return checkFailed(fmt.Errorf("the upgrade controller has not finished the node in flight within --wait; run 'constellation upgrade abort' again to complete the rollback, " +
+				"or delete NodeUpgrade " + v1alpha1.Name + " to stop it at once (the node in flight is then left as it is)"))
+		case err != nil:
+			return failed(err)
+		}
+	}
+	rollback, err := u.Policy.Abort(ctx)
+	if err != nil {
+		if last != nil && strings.Contains(err.Error(), "no upgrade is open") {
+			fmt.Fprintln(out, "  no measurement policy window was open: nothing to roll back")
+			return nil
+		}
+		return failed(fmt.Errorf("rolling the measurement policy back: %w", err))
+	}
+	fmt.Fprintf(out, "Upgrade rolled back: %s; nodes of the new image are refused from now on\n", rollback)
+	if last != nil {
+		for _, n := range last.Status.Nodes {
+			if n.Step == v1alpha1.StepDone && n.ReplacementNode != "" {
+				fmt.Fprintf(out, "  %s replaced %s with the new image: it is refused from now on (continuous attestation quarantines it)\n", n.ReplacementNode, n.OldNode)
+			}
+		}
+	}
+	return nil
+}
+
+func (u *imageUpgrade) out() io.Writer {
+	if u.Out == nil {
+		return io.Discard
+	}
+	return u.Out
+}
+
+// upgradeCounts are the nodes an upgrade replaced and the nodes it has to replace in all: those replaced, and
+// every node of the cluster (nodes, by name) that is neither a replacement nor a node it replaced already (the
+// node in flight among them). Once it succeeded, the total is the replaced.
+func upgradeCounts(nu *v1alpha1.NodeUpgrade, nodes []string) (done, total int) {
+	if !current(nu) {
+		return 0, len(nodes)
+	}
+	ours := map[string]bool{}
+	for _, n := range nu.Status.Nodes {
+		if n.Step == v1alpha1.StepDone {
+			done++
+			ours[n.OldNode] = true
+		}
+		if n.ReplacementNode != "" {
+			ours[n.ReplacementNode] = true
+		}
+	}
+	if nu.Status.Phase == v1alpha1.PhaseSucceeded {
+		return done, done
+	}
+	total = done
+	for _, name := range nodes {
+		if !ours[name] {
+			total++
+		}
+	}
+	return done, total
+}
+
+// printUpgrade writes the upgrade section of 'status': the NodeUpgrade's target, phase and progress
+// (replaced/total), the node in flight with its step, and how to roll a failed upgrade back.
+func printUpgrade(out io.Writer, nu *v1alpha1.NodeUpgrade, nodes []string) {
+	fmt.Fprintln(out)
+	if !current(nu) {
+		fmt.Fprintf(out, "Upgrade to node image %s: not yet taken up by the upgrade controller\n", nu.Spec.ImageDigest)
+		return
+	}
+	done, total := upgradeCounts(nu, nodes)
+	phase := string(nu.Status.Phase)
+	if nu.Spec.Abort && !final(nu) {
+		phase += ", aborting after the node in flight"
+	} else if nu.Spec.Paused && !final(nu) {
+		phase += ", paused"
+	}
+	fmt.Fprintf(out, "Upgrade to node image %s: %s, %d/%d nodes replaced\n", nu.Spec.ImageDigest, phase, done, total)
+	if cur := inFlight(nu); cur != nil {
+		node := cur.OldNode + " (" + cur.Role + ")"
+		if cur.ReplacementNode != "" {
+			node += " -> " + cur.ReplacementNode
+		}
+		fmt.Fprintf(out, "  node %s, step %s: %s\n", node, cur.Step, firstLine(cur.Message))
+	}
+	fmt.Fprintf(out, "  %s\n", firstLine(nu.Status.Message))
+	switch {
+	case nu.Status.Phase == v1alpha1.PhaseFailed:
+		fmt.Fprintf(out, "  %s\n", rollbackHint)
+	case !final(nu):
+		fmt.Fprintln(out, "  'constellation apply' follows it; 'constellation upgrade abort' rolls it back")
+	}
+}
+
+// showUpgrade writes the upgrade section of 'status' if the cluster has a NodeUpgrade; why not, if it cannot
+// be read (a cluster without the upgrade controller's CRD has none).
+func showUpgrade(ctx context.Context, out io.Writer, api *kubeapi.Client) {
+	nu, err := getNodeUpgrade(ctx, api)
+	if err != nil {
+		fmt.Fprintf(out, "\nUpgrade: %v\n", err)
+		return
+	}
+	if nu == nil {
+		return
+	}
+	var list struct {
+		Items []struct{ Metadata struct{ Name string } }
+	}
+	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
+		fmt.Fprintf(out, "\nUpgrade: listing nodes: %v\n", err)
+		return
+	}
+	var nodes []string
+	for _, n := range list.Items {
+		nodes = append(nodes, n.Metadata.Name)
+	}
+	printUpgrade(out, nu, nodes)
+}
