@@ -41,6 +41,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	providerdaemon "github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/upgrade"
@@ -629,7 +630,7 @@ func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { daemon.Process.Kill(); daemon.Wait() })
-	rawState, _ := json.Marshal(mini.State{DaemonPID: daemon.Process.Pid, Phase: mini.PhaseRunning, MetadataURL: "http://127.0.0.1:1",
+	rawState, _ := json.Marshal(mini.State{Status: providerdaemon.Status{DaemonPID: daemon.Process.Pid, Phase: mini.PhaseRunning, MetadataURL: "http://127.0.0.1:1"},
 		Nodes: []mini.NodeState{{Name: "control-plane-0", Role: "control-plane", IP: "127.0.0.1"}}})
 	write(t, mini.StatePath(dir), rawState)
 	// The provider's control socket: it records what it is asked, and registers the image.
