@@ -44,7 +44,7 @@ func printRegistryMirrors(out io.Writer, ws string) {
 		fmt.Fprintln(out, "registry mirrors: none (the nodes run only the images of the node image)")
 		return
 	}
-	fmt.Fprintln(out, mirrorLines(c.RegistryMirrors, registryHostPort(c)))
+	fmt.Fprintln(out, mirrorLines(c.Mirrors(), registryHostPort(c)))
 	fmt.Fprintln(out, "  containerd on the nodes verifies every layer and manifest by its digest; a tag means what the mirror says: pull by digest (image@sha256:...) where that matters")
 }
 
