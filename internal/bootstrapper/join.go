@@ -90,7 +90,8 @@ func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*pol
 // master secret from its node's bootstrapper; the join service on every control-plane node, with its
 // configuration (the cluster's attestation policy: variant, measurements and hardware policy; for a vTPM whose
 // attestation key the provider certifies (mini-vtpm, qemu-vtpm) the provider's AK roots; and the cluster
-// ID; and the registry mirrors every node gets); and the verification service on every node.
+// ID; and the registry mirrors and DNS servers every node gets), with the mirrors' credentials in a Secret of
+// their own; and the verification service on every node.
 func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error {
 	p := *att
 	if v, err := attestation.VariantByName(p.Variant); err == nil && vtpm.ProviderCertified(v) {

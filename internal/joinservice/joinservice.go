@@ -18,6 +18,11 @@
 // over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
 // the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
 //
+// A joining node also gets the cluster's egress settings: the registry mirrors and the nodes' DNS servers from
+// the join configuration (under its MAC), and the mirrors' credentials, a secret, from a Secret of their own
+// that only this service mounts, under a MAC of their own ([CredentialsManifest]); never from a ConfigMap. They
+// travel only inside the attested answer.
+//
 // Which node images may join is the measurement policy in force at the key service ([Config.FollowPolicy],
 // [KeyServicePolicy]), asked at every join: the configuration's measurements until the operator's CLI sends
 // a measurement policy update (package policyupdate), then the update's one or two sets (the old and the new
