@@ -124,6 +124,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	srv, err := joinservice.NewGRPCServer(joinservice.New(joinservice.Options{
 		Config: config, Tokens: joinservice.NewAPITokens(api), Roles: md, Disks: disks, Release: release,
 		Mesh: joinservice.ClusterMesh{Local: meshpeers.NewAdmitClient(meshSocket), API: api, Root: &joinservice.KeyServiceMeshRoot{Keys: disks}}, PKIDir: pkiDir, Endpoint: apiEndpoint, Log: log,
+		CredentialsDir: joinservice.CredentialsDir,
 	}), issuer)
 	if err != nil {
 		return err

@@ -38,7 +38,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshagent"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
-	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -347,7 +346,7 @@ func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy mea
 // Initialised publishes this node as the mesh's first member, lets nodes read their peers, hands the key
 // service the master secret, and deploys the cluster services; before any node can join, since the join
 // service admits nodes as this node's peers.
-func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error {
 	if err := setMeshRootFromMaster(n.mesh, ms); err != nil {
 		return err
 	}
@@ -365,5 +364,5 @@ func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *val
 	if err := n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: n.self.Name, DiskUUID: n.ownDisk}); err != nil {
 		return err
 	}
-	return deployServices(n.ctx, n.md, n.k8s, ms, clusterID, att, mirrors)
+	return deployServices(n.ctx, n.md, n.k8s, ms, clusterID, att, egress)
 }

@@ -96,7 +96,7 @@ func TestDeployServicesDeploysTheUpgradeController(t *testing.T) {
 	k8s := &applyingKubernetes{c: c}
 	md := deployProvider{roots: []*x509.Certificate{node.CA.Certificate()}}
 	ctx := context.Background()
-	if err := deployServices(ctx, md, k8s, ms, clusterID, &validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy}, nil); err != nil {
+	if err := deployServices(ctx, md, k8s, ms, clusterID, &validators.Policy{Variant: attestation.MiniVTPM.Name, Measurements: policy}, Egress{}); err != nil {
 		t.Fatal(err)
 	}
 	crd, deployment := -1, -1

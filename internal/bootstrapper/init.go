@@ -37,8 +37,10 @@ type Kubernetes interface {
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).
 	Restart(ctx context.Context) error
 	// ConfigureRegistryMirrors makes the container runtime pull the mirrored registries' images from their
-	// mirrors only (a validated list, from the cluster configuration).
-	ConfigureRegistryMirrors(ms []registrymirror.Mirror) error
+	// mirrors only, with the mirrors' credentials (a validated list, from the cluster configuration).
+	ConfigureRegistryMirrors(ms []registrymirror.Mirror, cs []registrymirror.Credentials) error
+	// ConfigureDNS makes servers the node's and CoreDNS's DNS servers; none: no resolver at all.
+	ConfigureDNS(servers []string) error
 }
 
 // Lifecycle is the rest of the node, as the init service drives it: the steps that follow from Init and
@@ -48,8 +50,8 @@ type Lifecycle interface {
 	// starts; recovery says whether the node recovers (keeping its key) or is initialised.
 	StartNetwork(recovery bool) error
 	// Initialised runs after a successful init, with the cluster's master secret, cluster ID, attestation
-	// policy and registry mirrors.
-	Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
+	// policy and the nodes' egress (registry mirrors, their credentials, DNS servers).
+	Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error
 	// Recovered runs after a successful recovery, with the cluster's master secret, cluster ID and policy.
 	Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
 }
@@ -129,9 +131,9 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	att.Measurements = policy
-	mirrors, err := registrymirror.FromWire(req.GetRegistryMirrors())
+	egress, err := egressFromWire(req.GetRegistryMirrors(), req.GetRegistryCredentials(), req.GetDnsServers())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("registry mirrors: %v", err))
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	ms, err := s.masterSecret(ctx, req)
 	if err != nil {
@@ -163,7 +165,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		if err := keepPolicy(s.disk, policy); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		if err := keepMirrors(s.disk, mirrors); err != nil {
+		if err := keepEgress(s.disk, egress); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
@@ -172,8 +174,8 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
 	}
-	if err := s.k8s.ConfigureRegistryMirrors(mirrors); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("configuring the registry mirrors: %v", err))
+	if err := egress.configure(s.k8s); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))
@@ -184,7 +186,7 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	s.log.Info("Kubernetes initialised")
 	if s.life != nil {
-		if err := s.life.Initialised(ms, clusterID, att, mirrors); err != nil {
+		if err := s.life.Initialised(ms, clusterID, att, egress); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
@@ -317,7 +319,7 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	mirrors, err := keptMirrors(s.disk)
+	egress, err := keptEgress(s.disk)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -332,8 +334,8 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))
 		}
 	}
-	if err := s.k8s.ConfigureRegistryMirrors(mirrors); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("configuring the registry mirrors: %v", err))
+	if err := egress.configure(s.k8s); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if err := s.k8s.PrepareRuntime(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("preparing the container runtime: %v", err))

@@ -29,12 +29,21 @@ import (
 // the init protocol is under test.
 type recordingKubernetes struct {
 	inits, restarts int
-	// mirrors are the registry mirror lists the runtime was configured with, in order.
+	// mirrors, creds and dns are the registry mirror lists, credentials and DNS servers the runtime was
+	// configured with, in order.
 	mirrors [][]registrymirror.Mirror
+	creds   [][]registrymirror.Credentials
+	dns     [][]string
 }
 
-func (r *recordingKubernetes) ConfigureRegistryMirrors(ms []registrymirror.Mirror) error {
+func (r *recordingKubernetes) ConfigureRegistryMirrors(ms []registrymirror.Mirror, cs []registrymirror.Credentials) error {
 	r.mirrors = append(r.mirrors, ms)
+	r.creds = append(r.creds, cs)
+	return nil
+}
+
+func (r *recordingKubernetes) ConfigureDNS(servers []string) error {
+	r.dns = append(r.dns, servers)
 	return nil
 }
 
@@ -59,7 +68,7 @@ func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	var started []byte
 	var startedWith *validators.Policy
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy, _ []registrymirror.Mirror) error {
+		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, clusterID []byte, att *validators.Policy, _ Egress) error {
 			started, startedWith = clusterID, att
 			return nil
 		}}}
@@ -220,8 +229,8 @@ func TestInitValidatesRegistryMirrors(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var handedOn []registrymirror.Mirror
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: slog.New(slog.DiscardHandler),
-		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, _ []byte, _ *validators.Policy, ms []registrymirror.Mirror) error {
-			handedOn = ms
+		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, _ []byte, _ *validators.Policy, eg Egress) error {
+			handedOn = eg.Mirrors
 			return nil
 		}}}
 	ms, _ := kms.GenerateMasterSecret()
@@ -254,7 +263,7 @@ func TestInitValidatesRegistryMirrors(t *testing.T) {
 // lifecycleFuncs is a Lifecycle of functions; a nil one does nothing.
 type lifecycleFuncs struct {
 	startNetwork func(recovery bool) error
-	initialised  func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error
+	initialised  func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error
 	recovered    func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
 }
 
@@ -265,11 +274,11 @@ func (l lifecycleFuncs) StartNetwork(recovery bool) error {
 	return l.startNetwork(recovery)
 }
 
-func (l lifecycleFuncs) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+func (l lifecycleFuncs) Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error {
 	if l.initialised == nil {
 		return nil
 	}
-	return l.initialised(ms, clusterID, att, mirrors)
+	return l.initialised(ms, clusterID, att, egress)
 }
 
 func (l lifecycleFuncs) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {

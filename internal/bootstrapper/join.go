@@ -41,7 +41,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/reattestation"
-	"github.com/constellation-dev/constellation/internal/registrymirror"
 	"github.com/constellation-dev/constellation/internal/retry"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -92,12 +91,13 @@ func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*pol
 // master secret from its node's bootstrapper; the join service on every control-plane node, with its
 // configuration (the cluster's attestation policy: variant, measurements and hardware policy; for a vTPM whose
 // attestation key the provider certifies (mini-vtpm, qemu-vtpm) the provider's AK roots; and the cluster
-// ID; and the registry mirrors every node gets); the verification service on every node; and the upgrade
-// controller on the control-plane nodes, with its NodeUpgrade CRD (applied before the controller's Deployment,
-// in the same list; no NodeUpgrade is created here, so nothing waits for the CRD to be established: the
-// controller's watch starts once the API server serves it). The controller acts only once the CLI created a
-// NodeUpgrade, and reaches the provider only with the credential the CLI keeps in the cluster after init.
-func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, mirrors []registrymirror.Mirror) error {
+// ID; and the registry mirrors and DNS servers every node gets), with the mirrors' credentials in a Secret of
+// their own; the verification service on every node; and the upgrade controller on the control-plane nodes,
+// with its NodeUpgrade CRD (applied before the controller's Deployment, in the same list; no NodeUpgrade is
+// created here, so nothing waits for the CRD to be established: the controller's watch starts once the API
+// server serves it). The controller acts only once the CLI created a NodeUpgrade, and reaches the provider only
+// with the credential the CLI keeps in the cluster after init.
+func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error {
 	p := *att
 	if v, err := attestation.VariantByName(p.Variant); err == nil && vtpm.ProviderCertified(v) {
 		roots, err := md.AKRoots(ctx)
@@ -116,7 +116,13 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	if err != nil {
 		return err
 	}
-	data, err := joinservice.ConfigData(&p, clusterID, macKey, mirrors)
+	data, err := joinservice.ConfigDataWithDNS(&p, clusterID, macKey, egress.Mirrors, egress.DNS)
+	if err != nil {
+		return err
+	}
+	// The mirrors' credentials are a secret: in a Secret of their own that only the join service mounts, never
+	// in the join configuration (a ConfigMap).
+	creds, err := joinservice.CredentialsManifest(macKey, egress.Mirrors, egress.Credentials)
 	if err != nil {
 		return err
 	}
@@ -126,6 +132,9 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	}
 	if err := k8s.Apply(ctx, keys); err != nil {
 		return fmt.Errorf("deploying the key service: %w", err)
+	}
+	if err := k8s.Apply(ctx, creds); err != nil {
+		return fmt.Errorf("storing the registry credentials for the join service: %w", err)
 	}
 	join, err := joinservice.Manifests(data, md.Name(), md.Endpoint())
 	if err != nil {
@@ -278,10 +287,11 @@ func (j joiner) join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the join service's answer: %w", err)
 	}
-	// The join service checked them under the join configuration's MAC; this node renders only a valid list.
-	mirrors, err := registrymirror.FromWire(resp.GetRegistryMirrors())
+	// The join service checked them under the MACs of its configuration and Secret; this node renders only what
+	// is valid.
+	egress, err := egressFromWire(resp.GetRegistryMirrors(), resp.GetRegistryCredentials(), resp.GetDnsServers())
 	if err != nil {
-		return fmt.Errorf("the join service's answer: registry mirrors: %w", err)
+		return fmt.Errorf("the join service's answer: %w", err)
 	}
 	ev := measurements.ClusterIDEvent(resp.GetClusterId())
 	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
@@ -295,7 +305,7 @@ func (j joiner) join(ctx context.Context) error {
 		if err := disk.unlock(resp.GetDiskKey()); err != nil {
 			return err
 		}
-		if err := keepMirrors(disk, mirrors); err != nil {
+		if err := keepEgress(disk, egress); err != nil {
 			return err
 		}
 	}
@@ -323,8 +333,8 @@ func (j joiner) join(ctx context.Context) error {
 	// control-plane join goes on with etcd and the control plane's components).
 	published := make(chan error, 1)
 	go func() { published <- mesh.Publish(ctx, kubeadm.KubeletKubeconfig) }()
-	if err := k8s.ConfigureRegistryMirrors(mirrors); err != nil {
-		return fmt.Errorf("configuring the registry mirrors: %w", err)
+	if err := egress.configure(k8s); err != nil {
+		return err
 	}
 	if err := k8s.PrepareRuntime(ctx); err != nil {
 		return fmt.Errorf("preparing the container runtime: %w", err)

@@ -69,9 +69,14 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	disk := newDisk()
 	policy, _ := json.Marshal(node.Policy)
 	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: &recordingKubernetes{}, log: log, disk: disk}
-	mirrors := []*initpb.RegistryMirror{{Registry: "localhost:5001", Endpoints: []string{"http://10.217.0.1:5000"}}}
-	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, RegistryMirrors: mirrors}); err != nil {
+	mirrors := []*initpb.RegistryMirror{{Registry: "localhost:5001", Endpoints: []string{"http://10.217.0.1:5000"}}, {Registry: "docker.io", Endpoints: []string{"https://10.0.0.5"}}}
+	creds := []*initpb.RegistryCredentials{{Registry: "docker.io", Username: "robot", Password: testPassword}}
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: policy, RegistryMirrors: mirrors, RegistryCredentials: creds, DnsServers: []string{"10.0.0.53"}}); err != nil {
 		t.Fatalf("Init: %v", err)
+	}
+	// The credentials are kept on the encrypted state disk, readable by root only.
+	if fi, err := os.Stat(disk.credentialsFile()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("kept credentials: %v, %v", fi, err)
 	}
 	if err := os.WriteFile(filepath.Join(disk.targets["var"], "etcd-data"), []byte("the cluster's state"), 0o600); err != nil {
 		t.Fatal(err)
@@ -144,9 +149,16 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(disk.targets["var"], "etcd-data")); err != nil || string(got) != "the cluster's state" {
 		t.Fatalf("state after recovery: %q, %v", got, err)
 	}
-	// The registry mirrors of init, kept on the state disk (Recover carries none).
-	if len(k8s.mirrors) != 1 || len(k8s.mirrors[0]) != 1 || k8s.mirrors[0][0].Registry != "localhost:5001" {
+	// The registry mirrors, their credentials and the DNS servers of init, kept on the state disk (Recover
+	// carries none).
+	if len(k8s.mirrors) != 1 || len(k8s.mirrors[0]) != 2 || k8s.mirrors[0][0].Registry != "localhost:5001" {
 		t.Fatalf("the recovered node's runtime was configured with mirrors %+v, want those of init", k8s.mirrors)
+	}
+	if len(k8s.creds) != 1 || len(k8s.creds[0]) != 1 || k8s.creds[0][0].Registry != "docker.io" || k8s.creds[0][0].Password != testPassword {
+		t.Fatalf("the recovered node's runtime was configured with credentials %v, want those of init", k8s.creds)
+	}
+	if len(k8s.dns) != 1 || !slices.Equal(k8s.dns[0], []string{"10.0.0.53"}) {
+		t.Fatalf("the recovered node was configured with DNS servers %v, want those of init", k8s.dns)
 	}
 	if _, err := s.Recover(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second Recover = %v, want FailedPrecondition", err)

@@ -94,7 +94,7 @@ func generateMiniConfig(cmd *cobra.Command, imageDir, workspace string, controlP
 			RegistryPort: registryPortFlag(cmd),
 		}},
 		Attestation:     config.Attestation{Variant: attestation.MiniVTPM.Name, Measurements: policy},
-		RegistryMirrors: mini.DefaultMirrors(registryPortFlag(cmd)),
+		RegistryMirrors: config.WithoutCredentials(mini.DefaultMirrors(registryPortFlag(cmd))),
 	}
 	path := filepath.Join(workspace, config.FileName)
 	if err := c.Write(path, force); err != nil {

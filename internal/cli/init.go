@@ -21,8 +21,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
+	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
-	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
 // Workspace files written by init.
@@ -81,9 +81,10 @@ func withClusterID(policy measurements.M, s clusterState) (measurements.M, error
 // unwraps it itself: the plain master secret never exists outside attested nodes.
 //
 // The request carries the workspace's init secret, whose hash the provider handed the node: the node accepts
-// Init from no one else; and the cluster's registry mirrors, which the node hands on to the join service. The
-// state records imageDigest, the configured node image whose signed measurements att holds.
-func initCluster(ctx context.Context, ws, nodeIP, imageDigest string, att *validators.Policy, kmsConf *kms.KMIPConfig, mirrors []registrymirror.Mirror) (clusterState, error) {
+// Init from no one else; and the cluster's registry mirrors (with their credentials) and node DNS servers, which
+// the node hands on to the join service. The state records imageDigest, the configured node image whose signed
+// measurements att holds.
+func initCluster(ctx context.Context, ws, nodeIP, imageDigest string, att *validators.Policy, kmsConf *kms.KMIPConfig, egress *config.Config) (clusterState, error) {
 	secretPath := filepath.Join(ws, kms.MasterSecretFileName)
 	file, err := kms.ReadSecretFile(secretPath)
 	if errors.Is(err, fs.ErrNotExist) && kmsConf != nil {
@@ -110,7 +111,12 @@ func initCluster(ctx context.Context, ws, nodeIP, imageDigest string, att *valid
 		return clusterState{}, err
 	}
 	req.InitSecret = initSecret
-	req.RegistryMirrors = initpb.MirrorsToProto(mirrors)
+	if egress != nil {
+		// The credentials travel only inside this attested channel.
+		req.RegistryMirrors = initpb.MirrorsToProto(egress.Mirrors())
+		req.RegistryCredentials = initpb.CredentialsToProto(egress.MirrorCredentials())
+		req.DnsServers = egress.DNSServers()
+	}
 	conn, endpoint, err := dialFreshNode(nodeIP, att)
 	if err != nil {
 		return clusterState{}, err

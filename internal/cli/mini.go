@@ -227,7 +227,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 			kmsConf = c.KMS.KMIP
 			fmt.Fprintf(out, "  the master secret stays wrapped: the node unwraps it with the KMS at %s\n", kmsConf.Endpoint)
 		}
-		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, c.ImageDigest(), miniPolicy(roots, c.Attestation.Measurements), kmsConf, c.RegistryMirrors); err != nil {
+		if cs, err = initCluster(cmd.Context(), workspace(cmd), state.Nodes[0].IP, c.ImageDigest(), miniPolicy(roots, c.Attestation.Measurements), kmsConf, c); err != nil {
 			return failed(fmt.Errorf("%w\nLast lines of %s's console:\n%s", err, state.Nodes[0].Name, tailFile(filepath.Join(dir, "nodes", state.Nodes[0].Name, "sandbox", "console.log"), 15)))
 		}
 		fmt.Fprintf(out, "  Kubernetes initialised on %s, cluster ID %s…\n", state.Nodes[0].Name, cs.ClusterID[:16])

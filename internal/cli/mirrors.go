@@ -33,18 +33,30 @@ func registryPortFlag(cmd *cobra.Command) int {
 }
 
 // printRegistryMirrors writes the registry mirrors of the workspace's configuration, as the nodes got them at
-// init: which registry is pulled from where, and how images reach the provider's mirror from this machine.
+// init: which registry is pulled from where (and which with credentials, never the credentials themselves), how
+// images reach the provider's mirror from this machine, and the nodes' DNS servers if there are any.
 func printRegistryMirrors(out io.Writer, ws string) {
 	c, err := config.Load(filepath.Join(ws, config.FileName))
 	if err != nil {
 		return // status has said what is wrong with the configuration
 	}
 	fmt.Fprintln(out)
+	if dns := c.DNSServers(); len(dns) > 0 {
+		fmt.Fprintf(out, "node DNS servers: %s (the nodes' resolver and CoreDNS's upstream)\n", strings.Join(dns, ", "))
+	}
 	if len(c.RegistryMirrors) == 0 {
 		fmt.Fprintln(out, "registry mirrors: none (the nodes run only the images of the node image)")
 		return
 	}
-	fmt.Fprintln(out, mirrorLines(c.RegistryMirrors, registryHostPort(c)))
+	lines := mirrorLines(c.Mirrors(), registryHostPort(c))
+	if cs := c.MirrorCredentials(); len(cs) > 0 {
+		var names []string
+		for _, cred := range cs {
+			names = append(names, cred.Registry)
+		}
+		lines += "\nregistry mirrors with credentials: " + strings.Join(names, ", ")
+	}
+	fmt.Fprintln(out, lines)
 	fmt.Fprintln(out, "  containerd on the nodes verifies every layer and manifest by its digest; a tag means what the mirror says: pull by digest (image@sha256:...) where that matters")
 }
 

@@ -37,7 +37,7 @@ func TestConfigGenerateMirrors(t *testing.T) {
 	if got := strings.Join(names, " "); got != "localhost:5002 docker.io ghcr.io quay.io" || c.Provider.Mini.RegistryPort != 5002 {
 		t.Fatalf("mirrored: %s, port %d", got, c.Provider.Mini.RegistryPort)
 	}
-	lines := mirrorLines(c.RegistryMirrors, registryHostPort(c))
+	lines := mirrorLines(c.Mirrors(), registryHostPort(c))
 	for _, want := range []string{
 		"registry mirror: localhost:5002 -> http://10.217.0.1:5000 (pushed from the host as localhost:5002/<repository>)",
 		"registry mirror: docker.io -> http://10.217.0.1:5000 (pushed from the host as localhost:5002/docker.io/<repository>)",

@@ -267,7 +267,7 @@ func runQEMUApply(cmd *cobra.Command, c *config.Config) error {
 		kmsConf = c.KMS.KMIP
 	}
 	ictx, cancel := context.WithTimeout(cmd.Context(), wait)
-	cs, err := initCluster(ictx, ws, first.IP, c.ImageDigest(), policy, kmsConf, c.RegistryMirrors)
+	cs, err := initCluster(ictx, ws, first.IP, c.ImageDigest(), policy, kmsConf, c)
 	cancel()
 	if err != nil {
 		return failed(fmt.Errorf("%w\nLast lines of %s's console (%s):\n%s", err, first.Name, first.Console, tailFile(first.Console, 15)))

@@ -1,6 +1,7 @@
 // Package config is the cluster configuration file, constellation-conf.yaml: the provider, the attestation
-// variant with the expected measurements, the optional external KMS, and the nodes' registry mirrors. Parsing
-// is strict (unknown fields are errors) and Validate reports every problem with the field it concerns.
+// variant with the expected measurements, the optional external KMS, the nodes' registry mirrors (with
+// credentials, for providers whose nodes have egress) and the nodes' DNS servers. Parsing is strict (unknown
+// fields are errors) and Validate reports every problem with the field it concerns, never a credential.
 package config
 
 import (
@@ -37,7 +38,63 @@ type Config struct {
 	// RegistryMirrors are the registries whose images the nodes pull from a mirror, and only from there (see
 	// package registrymirror). The list reaches the nodes with the attested init and through the join service,
 	// never from the provider.
-	RegistryMirrors []registrymirror.Mirror `json:"registryMirrors,omitempty"`
+	RegistryMirrors []RegistryMirror `json:"registryMirrors,omitempty"`
+	// Nodes configures the nodes' network beyond the cluster (providers whose nodes have egress only).
+	Nodes *Nodes `json:"nodes,omitempty"`
+}
+
+// RegistryMirror is a registry mirror (registry, endpoints) with optional credentials for its endpoints.
+type RegistryMirror struct {
+	registrymirror.Mirror
+	// Credentials authenticate the nodes to the mirror's endpoints, which must then all be https. They are a
+	// secret: they reach the first node inside the attested init request and the other nodes inside the join
+	// service's attested answer, and are kept in a Secret of the cluster and on the nodes' encrypted state
+	// disks; never in a ConfigMap, a log or the CLI's output. Only for providers whose nodes have egress.
+	Credentials *registrymirror.Auth `json:"credentials,omitempty"`
+}
+
+// Nodes configures the nodes' network beyond the cluster.
+type Nodes struct {
+	// DNS are the IP addresses of the DNS servers the nodes and the cluster's CoreDNS (as its upstream) use, at
+	// most three. Without them the nodes have no resolver at all. Only for providers whose nodes have egress.
+	DNS []string `json:"dns,omitempty"`
+}
+
+// Mirrors returns the registry mirrors without their credentials.
+func (c *Config) Mirrors() []registrymirror.Mirror {
+	var ms []registrymirror.Mirror
+	for _, m := range c.RegistryMirrors {
+		ms = append(ms, m.Mirror)
+	}
+	return ms
+}
+
+// MirrorCredentials returns the credentials of the registry mirrors that have them.
+func (c *Config) MirrorCredentials() []registrymirror.Credentials {
+	var cs []registrymirror.Credentials
+	for _, m := range c.RegistryMirrors {
+		if m.Credentials != nil {
+			cs = append(cs, registrymirror.Credentials{Registry: m.Registry, Auth: *m.Credentials})
+		}
+	}
+	return cs
+}
+
+// DNSServers returns the nodes' DNS servers; none if unset.
+func (c *Config) DNSServers() []string {
+	if c.Nodes == nil {
+		return nil
+	}
+	return c.Nodes.DNS
+}
+
+// WithoutCredentials makes configuration entries of mirrors that have no credentials.
+func WithoutCredentials(ms []registrymirror.Mirror) []RegistryMirror {
+	var out []RegistryMirror
+	for _, m := range ms {
+		out = append(out, RegistryMirror{Mirror: m})
+	}
+	return out
 }
 
 // Provider selects and configures where nodes run. Exactly one provider is set.
@@ -291,11 +348,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if err := registrymirror.Validate(c.RegistryMirrors); err != nil {
-		for _, line := range strings.Split(err.Error(), "\n") {
-			p = append(p, "registryMirrors: "+line)
-		}
-	}
+	p = append(p, c.egressProblems()...)
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}
 	}
@@ -315,15 +368,20 @@ func validDigest(s string) bool {
 	return true
 }
 
-// Marshal encodes the configuration as YAML.
+// Marshal encodes the configuration as YAML, registry credentials redacted.
 func (c *Config) Marshal() ([]byte, error) {
 	return yaml.Marshal(c)
 }
 
-// Write writes the configuration to path atomically; an existing file is replaced only with overwrite.
+// Write writes the configuration to path atomically; an existing file is replaced only with overwrite. A
+// configuration with registry credentials is never written: the CLI does not put secrets into files the operator
+// did not write them into (and Marshal redacts them).
 func (c *Config) Write(path string, overwrite bool) error {
 	if err := c.Validate(); err != nil {
 		return err
+	}
+	if len(c.MirrorCredentials()) > 0 {
+		return errors.New("the configuration holds registry credentials, which the CLI never writes into a file; add them to the configuration file yourself")
 	}
 	raw, err := c.Marshal()
 	if err != nil {

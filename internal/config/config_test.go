@@ -106,6 +106,9 @@ func FuzzParse(f *testing.F) {
 	f.Add(raw)
 	f.Add([]byte(hardwareConfig("qemu-sev-snp", snpSection)))
 	f.Add([]byte(hardwareConfig("qemu-tdx", tdxSection)))
+	f.Add([]byte(egressConfig))
+	f.Add([]byte(strings.Replace(egressConfig, "password: "+testPassword, "password: \"p'\\n[plugins.x]\"", 1)))
+	f.Add([]byte(strings.Replace(egressConfig, "- 10.0.0.53", "- \"10.0.0.53\\n}\\nforward . 6.6.6.6\"", 1)))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		c, err := Parse(raw)
 		if err != nil {
@@ -114,6 +117,17 @@ func FuzzParse(f *testing.F) {
 		out, err := c.Marshal()
 		if err != nil {
 			t.Fatal(err)
+		}
+		if cs := c.MirrorCredentials(); len(cs) > 0 {
+			// Marshal redacts credentials: what it writes shows none of them.
+			for _, cred := range cs {
+				for _, secret := range []string{cred.Password, cred.Token} {
+					if len(secret) >= 4 && strings.Contains(string(out), secret) {
+						t.Fatalf("Marshal shows a credential")
+					}
+				}
+			}
+			return
 		}
 		if _, err := Parse(out); err != nil {
 			t.Fatalf("re-parse of a valid configuration: %v", err)

@@ -15,10 +15,10 @@ func TestRegistryMirrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), FileName)
 	c := valid()
 	c.Provider.Mini.RegistryPort = 5002
-	c.RegistryMirrors = []registrymirror.Mirror{
+	c.RegistryMirrors = WithoutCredentials([]registrymirror.Mirror{
 		{Registry: "localhost:5002", Endpoints: []string{"http://10.217.0.1:5000"}},
 		{Registry: "docker.io", Endpoints: []string{"http://10.217.0.1:5000"}},
-	}
+	})
 	if err := c.Write(path, false); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
+	"github.com/constellation-dev/constellation/internal/nodedns"
 	"github.com/constellation-dev/constellation/internal/registrymirror"
 )
 
@@ -37,7 +38,10 @@ const (
 	// RegistryMirrorsFile holds the cluster's registry mirrors (JSON, see package registrymirror), which every
 	// joining node gets; a configuration without mirrors may leave it out.
 	RegistryMirrorsFile = "registry-mirrors.json"
-	MACFile             = "mac" // hex HMAC-SHA256 of the other files under the master secret's join-config key
+	// DNSServersFile holds the nodes' DNS servers (JSON, see package nodedns), which every joining node gets; a
+	// configuration without DNS servers leaves it out.
+	DNSServersFile = "dns-servers.json"
+	MACFile        = "mac" // hex HMAC-SHA256 of the other files under the master secret's join-config key
 )
 
 // MaxConfigFileSize bounds every file of the join configuration; a ConfigMap holds at most 1 MiB.
@@ -47,16 +51,28 @@ const MaxConfigFileSize = 1 << 20
 var configFiles = []string{MeasurementsFile, AKRootsFile, ClusterIDFile, AttestationFile, RegistryMirrorsFile}
 
 // optionalFiles may be missing from a configuration: they then count, for the MAC too, as empty.
-var optionalFiles = map[string]bool{RegistryMirrorsFile: true}
+var optionalFiles = map[string]bool{RegistryMirrorsFile: true, DNSServersFile: true}
+
+// extensionFiles are files added to the configuration after its MAC's first version: the MAC covers each of them
+// that is not empty (name, length and content, after configFiles), so that the MAC of a configuration without
+// them is what it always was, and adding, removing or changing one breaks it.
+var extensionFiles = []string{DNSServersFile}
 
 // ConfigMAC is the MAC of a join configuration's files under key (kms.Deriver.JoinConfigKey): HMAC-SHA256 over
-// a version label and each file of configFiles, in order, with its name and length.
+// a version label and each file of configFiles, in order, with its name and length, then each non-empty file of
+// extensionFiles likewise.
 func ConfigMAC(key []byte, files map[string][]byte) []byte {
 	m := hmac.New(sha256.New, key)
 	io.WriteString(m, "constellation join configuration v1\x00")
 	for _, name := range configFiles {
 		fmt.Fprintf(m, "%s\x00%d\x00", name, len(files[name]))
 		m.Write(files[name])
+	}
+	for _, name := range extensionFiles {
+		if len(files[name]) > 0 {
+			fmt.Fprintf(m, "%s\x00%d\x00", name, len(files[name]))
+			m.Write(files[name])
+		}
 	}
 	return m.Sum(nil)
 }
@@ -66,6 +82,12 @@ func ConfigMAC(key []byte, files map[string][]byte) []byte {
 // (kms.Deriver.JoinConfigKey), which only who holds the master secret can compute. The policy's measurements
 // must not contain the cluster-ID PCR: the join service itself requires it fresh (zero).
 func ConfigData(policy *validators.Policy, clusterID, macKey []byte, mirrors []registrymirror.Mirror) (map[string]string, error) {
+	return ConfigDataWithDNS(policy, clusterID, macKey, mirrors, nil)
+}
+
+// ConfigDataWithDNS is [ConfigData] with the DNS servers every joining node gets (see package nodedns); without
+// them the configuration is ConfigData's.
+func ConfigDataWithDNS(policy *validators.Policy, clusterID, macKey []byte, mirrors []registrymirror.Mirror, dns []string) (map[string]string, error) {
 	if policy == nil || len(clusterID) != 32 {
 		return nil, errors.New("a join configuration needs an attestation policy and a 32-byte cluster ID")
 	}
@@ -93,6 +115,12 @@ func ConfigData(policy *validators.Policy, clusterID, macKey []byte, mirrors []r
 	if err != nil {
 		return nil, fmt.Errorf("join configuration: %w", err)
 	}
+	var rawDNS []byte
+	if len(dns) > 0 {
+		if rawDNS, err = nodedns.Marshal(dns); err != nil {
+			return nil, fmt.Errorf("join configuration: %w", err)
+		}
+	}
 	var roots bytes.Buffer
 	for _, c := range policy.AKRoots {
 		pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
@@ -103,6 +131,9 @@ func ConfigData(policy *validators.Policy, clusterID, macKey []byte, mirrors []r
 		ClusterIDFile:       hex.EncodeToString(clusterID),
 		AttestationFile:     string(att),
 		RegistryMirrorsFile: string(rawMirrors),
+	}
+	if len(rawDNS) > 0 {
+		data[DNSServersFile] = string(rawDNS)
 	}
 	files := map[string][]byte{}
 	for name, content := range data {
@@ -124,6 +155,9 @@ type State struct {
 	ClusterID []byte
 	// RegistryMirrors are the cluster's registry mirrors, which the join service hands every node it admits.
 	RegistryMirrors []registrymirror.Mirror
+	// DNSServers are the nodes' DNS servers, which the join service hands every node it admits; none: no
+	// resolver.
+	DNSServers []string
 	// Sets are the measurement sets a joining node may present (variants with a vTPM; nil otherwise), without
 	// the cluster-ID PCR: the configuration's measurements, or the one or two sets of the measurement policy
 	// update in force ([Config.FollowPolicy]). Policy is the first's fresh policy.
@@ -306,7 +340,7 @@ func newConfig(dir string, log *slog.Logger, macKey []byte, opts validators.Opti
 func (c *Config) Current() (*State, error) {
 	files := map[string][]byte{}
 	h := sha256.New()
-	for _, name := range append(configFiles, MACFile) {
+	for _, name := range slices.Concat(configFiles, extensionFiles, []string{MACFile}) {
 		raw, err := readConfigFile(filepath.Join(c.dir, name))
 		if errors.Is(err, fs.ErrNotExist) && optionalFiles[name] {
 			raw, err = nil, nil
@@ -406,6 +440,10 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", RegistryMirrorsFile, err)
 	}
+	dns, err := nodedns.Parse(files[DNSServersFile])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", DNSServersFile, err)
+	}
 	v, err := validators.New(policy, opts)
 	if err != nil {
 		return nil, err
@@ -414,7 +452,7 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 	if variant.VTPM {
 		sets = []measurements.M{imageSet(policy.Measurements)}
 	}
-	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, RegistryMirrors: mirrors, Sets: sets, attestation: policy, opts: opts, validators: []attestation.Validator{v}}, nil
+	return &State{Variant: variant, Policy: policy.Measurements, AKRoots: roots, ClusterID: id, RegistryMirrors: mirrors, DNSServers: dns, Sets: sets, attestation: policy, opts: opts, validators: []attestation.Validator{v}}, nil
 }
 
 // imageSet is a fresh policy without its cluster-ID PCR: the measurement set of a node image.

@@ -58,6 +58,7 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 		ServiceAccount: Name,
 		Volumes: []kubeapi.Volume{
 			{Name: "config", MountPath: ConfigDir, ReadOnly: true, ConfigMap: ConfigMapName},
+			{Name: "registry-credentials", MountPath: CredentialsDir, ReadOnly: true, Secret: CredentialsSecretName},
 			{Name: "pki", MountPath: PKIDir, ReadOnly: true, HostPath: PKIDir, HostPathType: "Directory"},
 			{Name: "agent", MountPath: agent.SocketPath, HostPath: agent.SocketPath, HostPathType: "Socket"},
 			{Name: "mesh", MountPath: meshpeers.LocalSocket, HostPath: meshpeers.LocalSocket, HostPathType: "Socket"},

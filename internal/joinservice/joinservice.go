@@ -18,6 +18,11 @@
 // over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
 // the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
 //
+// A joining node also gets the cluster's egress settings: the registry mirrors and the nodes' DNS servers from
+// the join configuration (under its MAC), and the mirrors' credentials, a secret, from a Secret of their own
+// that only this service mounts, under a MAC of their own ([CredentialsManifest]); never from a ConfigMap. They
+// travel only inside the attested answer.
+//
 // Which node images may join is the measurement policy in force at the key service ([Config.FollowPolicy],
 // [KeyServicePolicy]), asked at every join: the configuration's measurements until the operator's CLI sends
 // a measurement policy update (package policyupdate), then the update's one or two sets (the old and the new
@@ -90,6 +95,9 @@ type Options struct {
 	Mesh Mesh
 	// PKIDir is the control plane's PKI directory (kubeadm's /etc/kubernetes/pki).
 	PKIDir string
+	// CredentialsDir is the mounted Secret with the registry mirrors' credentials ([CredentialsDir]); empty:
+	// none are handed out.
+	CredentialsDir string
 	// Endpoint is the API server address (host:port) joining nodes use.
 	Endpoint string
 	// Release lifts the quarantine of a node that failed its continuous attestation (reattestation.Release), once
@@ -110,6 +118,7 @@ type Server struct {
 	disks    DiskKeys
 	mesh     Mesh
 	pkiDir   string // the control plane's PKI directory
+	credsDir string // the mounted Secret with the registry mirrors' credentials
 	endpoint string // host:port of the API server joining nodes use
 	release  func(ctx context.Context, name string) (bool, error)
 	limit    *atls.IssuanceLimiter
@@ -118,7 +127,7 @@ type Server struct {
 
 // New returns a join service.
 func New(o Options) *Server {
-	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, endpoint: o.Endpoint, release: o.Release, limit: o.IssuanceLimiter, log: o.Log}
+	return &Server{config: o.Config, tokens: o.Tokens, roles: o.Roles, disks: o.Disks, mesh: o.Mesh, pkiDir: o.PKIDir, credsDir: o.CredentialsDir, endpoint: o.Endpoint, release: o.Release, limit: o.IssuanceLimiter, log: o.Log}
 }
 
 // NewGRPCServer returns a gRPC server with the join service over mutual aTLS: issuer attests the service,
@@ -199,6 +208,13 @@ func (s *Server) Join(ctx context.Context, req *joinpb.JoinRequest) (*joinpb.Joi
 		s.log.Error("join refused: no valid join configuration", "caller", caller, "error", err)
 		return nil, status.Error(codes.Unavailable, "the join service has no valid configuration")
 	}
+	// The mirrors' credentials count only with their MAC, and only for the mirrors of the authenticated
+	// configuration; before anything is handed out or changed for the node.
+	creds, err := readCredentials(s.credsDir, s.config.macKey, cur.RegistryMirrors)
+	if err != nil {
+		s.log.Error("join refused: the registry mirrors' credentials are not usable; restore the Secret "+CredentialsSecretName+" as the control plane wrote it", "caller", caller, "error", err)
+		return nil, status.Error(codes.Unavailable, "the join service has no valid registry credentials")
+	}
 	ca, err := loadClusterCA(s.pkiDir)
 	if err != nil {
 		s.log.Error("join failed: reading the cluster CA", "error", err)
@@ -275,7 +291,8 @@ func (s *Server) Join(ctx context.Context, req *joinpb.JoinRequest) (*joinpb.Joi
 		attrs = append(attrs, "wireguardKey", meshKey.String())
 	}
 	s.log.Info("node admitted", attrs...)
-	return &joinpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw, RegistryMirrors: joinpb.MirrorsToProto(cur.RegistryMirrors)}, nil
+	return &joinpb.JoinResponse{ApiEndpoint: s.endpoint, Token: token, CaCertHash: CAHash(ca.cert), ClusterId: cur.ClusterID, ControlPlaneFiles: files, DiskKey: diskKey, MeshPeers: peers, MeshPskRoot: pskRoot, KubeletCertificate: kubeletCert, CaCertificate: ca.cert.Raw, RegistryMirrors: joinpb.MirrorsToProto(cur.RegistryMirrors),
+		RegistryCredentials: joinpb.CredentialsToProto(creds), DnsServers: cur.DNSServers}, nil
 }
 
 // readPKI reads the control plane's shared PKI files.

@@ -85,7 +85,7 @@ var testMACKey = bytes.Repeat([]byte{0x6b}, 32)
 func sign(t testing.TB, dir string) {
 	t.Helper()
 	files := map[string][]byte{}
-	for _, name := range configFiles {
+	for _, name := range append(append([]string{}, configFiles...), extensionFiles...) {
 		if raw, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
 			files[name] = raw
 		}

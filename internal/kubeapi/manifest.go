@@ -23,7 +23,7 @@ var ControlPlaneToleration = map[string]any{"key": "node-role.kubernetes.io/cont
 // EveryTaint tolerates any taint, for services that run on every node.
 var EveryTaint = map[string]any{"operator": "Exists"}
 
-// Volume is a volume of a [HostService]: a host path or a ConfigMap, mounted at MountPath.
+// Volume is a volume of a [HostService]: a host path, a ConfigMap or a Secret, mounted at MountPath.
 type Volume struct {
 	Name      string
 	MountPath string
@@ -33,6 +33,9 @@ type Volume struct {
 	HostPathType string
 	// ConfigMap mounts a ConfigMap in kube-system.
 	ConfigMap string
+	// Secret mounts a Secret in kube-system, its files readable by the container's user only; the pod starts
+	// without it too (an optional volume), with an empty directory.
+	Secret string
 }
 
 // HostService is one of this project's services as a DaemonSet in kube-system: one container on the host
@@ -61,6 +64,8 @@ func (s HostService) DaemonSet() map[string]any {
 		switch {
 		case v.ConfigMap != "":
 			volumes = append(volumes, map[string]any{"name": v.Name, "configMap": map[string]any{"name": v.ConfigMap}})
+		case v.Secret != "":
+			volumes = append(volumes, map[string]any{"name": v.Name, "secret": map[string]any{"secretName": v.Secret, "optional": true, "defaultMode": 0o400}})
 		default:
 			volumes = append(volumes, map[string]any{"name": v.Name, "hostPath": map[string]any{"path": v.HostPath, "type": v.HostPathType}})
 		}

@@ -63,6 +63,7 @@ var layers = map[string]int{
 	"internal/atomicfile":               plumbing,
 	"internal/cadir":                    plumbing,
 	"internal/registrymirror":           plumbing,
+	"internal/nodedns":                  plumbing, // the nodes' DNS servers, their validation, resolv.conf and CoreDNS upstream: a configuration format
 	"internal/imagearchive":             plumbing, // which names a docker or OCI archive gives its images // a mirror list, its validation and its hosts.toml: a configuration format
 	"internal/retry":                    plumbing,
 	"internal/version":                  plumbing,

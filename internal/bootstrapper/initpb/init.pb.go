@@ -93,8 +93,15 @@ type InitRequest struct {
 	// to the join service, which passes them to every joining node under the join configuration's MAC. Recover
 	// does not use them: a node keeps those it got at init or join.
 	RegistryMirrors []*RegistryMirror `protobuf:"bytes,8,rep,name=registry_mirrors,json=registryMirrors,proto3" json:"registry_mirrors,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// registry_credentials authenticate the nodes to the endpoints of mirrors in registry_mirrors (https only). A
+	// secret: the node keeps them on its encrypted state disk and hands them to the join service in a Secret,
+	// never in its join configuration (a ConfigMap).
+	RegistryCredentials []*RegistryCredentials `protobuf:"bytes,9,rep,name=registry_credentials,json=registryCredentials,proto3" json:"registry_credentials,omitempty"`
+	// dns_servers are the IP addresses of the DNS servers of the nodes and of CoreDNS's upstream; none: no
+	// resolver at all.
+	DnsServers    []string `protobuf:"bytes,10,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -183,6 +190,89 @@ func (x *InitRequest) GetRegistryMirrors() []*RegistryMirror {
 	return nil
 }
 
+func (x *InitRequest) GetRegistryCredentials() []*RegistryCredentials {
+	if x != nil {
+		return x.RegistryCredentials
+	}
+	return nil
+}
+
+func (x *InitRequest) GetDnsServers() []string {
+	if x != nil {
+		return x.DnsServers
+	}
+	return nil
+}
+
+// RegistryCredentials authenticate to the endpoints of one mirrored registry: username and password, or token.
+type RegistryCredentials struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Registry      string                 `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryCredentials) Reset() {
+	*x = RegistryCredentials{}
+	mi := &file_init_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryCredentials) ProtoMessage() {}
+
+func (x *RegistryCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_init_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryCredentials.ProtoReflect.Descriptor instead.
+func (*RegistryCredentials) Descriptor() ([]byte, []int) {
+	return file_init_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RegistryCredentials) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 // RegistryMirror sends the image pulls of one registry to mirror endpoints, and nowhere else.
 type RegistryMirror struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -196,7 +286,7 @@ type RegistryMirror struct {
 
 func (x *RegistryMirror) Reset() {
 	*x = RegistryMirror{}
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +298,7 @@ func (x *RegistryMirror) String() string {
 func (*RegistryMirror) ProtoMessage() {}
 
 func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[2]
+	mi := &file_init_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +311,7 @@ func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryMirror.ProtoReflect.Descriptor instead.
 func (*RegistryMirror) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{2}
+	return file_init_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegistryMirror) GetRegistry() string {
@@ -253,7 +343,7 @@ type KMIP struct {
 
 func (x *KMIP) Reset() {
 	*x = KMIP{}
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +355,7 @@ func (x *KMIP) String() string {
 func (*KMIP) ProtoMessage() {}
 
 func (x *KMIP) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[3]
+	mi := &file_init_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +368,7 @@ func (x *KMIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KMIP.ProtoReflect.Descriptor instead.
 func (*KMIP) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{3}
+	return file_init_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KMIP) GetEndpoint() string {
@@ -321,7 +411,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +423,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_init_proto_msgTypes[4]
+	mi := &file_init_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +436,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_init_proto_rawDescGZIP(), []int{4}
+	return file_init_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InitResponse) GetKubeconfig() []byte {
@@ -371,7 +461,7 @@ const file_init_proto_rawDesc = "" +
 	"init.proto\x12\x15constellation.init.v1\"0\n" +
 	"\x0fRecoverResponse\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xe4\x02\n" +
+	"cluster_id\x18\x01 \x01(\fR\tclusterId\"\xe4\x03\n" +
 	"\vInitRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\"\n" +
@@ -381,7 +471,16 @@ const file_init_proto_rawDesc = "" +
 	"\vattestation\x18\x06 \x01(\fR\vattestation\x12\x1f\n" +
 	"\vinit_secret\x18\a \x01(\fR\n" +
 	"initSecret\x12P\n" +
-	"\x10registry_mirrors\x18\b \x03(\v2%.constellation.init.v1.RegistryMirrorR\x0fregistryMirrors\"J\n" +
+	"\x10registry_mirrors\x18\b \x03(\v2%.constellation.init.v1.RegistryMirrorR\x0fregistryMirrors\x12]\n" +
+	"\x14registry_credentials\x18\t \x03(\v2*.constellation.init.v1.RegistryCredentialsR\x13registryCredentials\x12\x1f\n" +
+	"\vdns_servers\x18\n" +
+	" \x03(\tR\n" +
+	"dnsServers\"\x7f\n" +
+	"\x13RegistryCredentials\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"J\n" +
 	"\x0eRegistryMirror\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints\"\x7f\n" +
@@ -414,26 +513,28 @@ func file_init_proto_rawDescGZIP() []byte {
 	return file_init_proto_rawDescData
 }
 
-var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_init_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_init_proto_goTypes = []any{
-	(*RecoverResponse)(nil), // 0: constellation.init.v1.RecoverResponse
-	(*InitRequest)(nil),     // 1: constellation.init.v1.InitRequest
-	(*RegistryMirror)(nil),  // 2: constellation.init.v1.RegistryMirror
-	(*KMIP)(nil),            // 3: constellation.init.v1.KMIP
-	(*InitResponse)(nil),    // 4: constellation.init.v1.InitResponse
+	(*RecoverResponse)(nil),     // 0: constellation.init.v1.RecoverResponse
+	(*InitRequest)(nil),         // 1: constellation.init.v1.InitRequest
+	(*RegistryCredentials)(nil), // 2: constellation.init.v1.RegistryCredentials
+	(*RegistryMirror)(nil),      // 3: constellation.init.v1.RegistryMirror
+	(*KMIP)(nil),                // 4: constellation.init.v1.KMIP
+	(*InitResponse)(nil),        // 5: constellation.init.v1.InitResponse
 }
 var file_init_proto_depIdxs = []int32{
-	3, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
-	2, // 1: constellation.init.v1.InitRequest.registry_mirrors:type_name -> constellation.init.v1.RegistryMirror
-	1, // 2: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
-	1, // 3: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
-	4, // 4: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
-	0, // 5: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 0: constellation.init.v1.InitRequest.kmip:type_name -> constellation.init.v1.KMIP
+	3, // 1: constellation.init.v1.InitRequest.registry_mirrors:type_name -> constellation.init.v1.RegistryMirror
+	2, // 2: constellation.init.v1.InitRequest.registry_credentials:type_name -> constellation.init.v1.RegistryCredentials
+	1, // 3: constellation.init.v1.Init.Init:input_type -> constellation.init.v1.InitRequest
+	1, // 4: constellation.init.v1.Init.Recover:input_type -> constellation.init.v1.InitRequest
+	5, // 5: constellation.init.v1.Init.Init:output_type -> constellation.init.v1.InitResponse
+	0, // 6: constellation.init.v1.Init.Recover:output_type -> constellation.init.v1.RecoverResponse
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_init_proto_init() }
@@ -447,7 +548,7 @@ func file_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_init_proto_rawDesc), len(file_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

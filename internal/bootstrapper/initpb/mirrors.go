@@ -10,3 +10,13 @@ func MirrorsToProto(ms []registrymirror.Mirror) []*RegistryMirror {
 	}
 	return out
 }
+
+// CredentialsToProto converts registry credentials into their message form (registrymirror.CredentialsFromWire
+// reads it). The messages hold secrets: never log them.
+func CredentialsToProto(cs []registrymirror.Credentials) []*RegistryCredentials {
+	out := make([]*RegistryCredentials, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, &RegistryCredentials{Registry: c.Registry, Username: c.Username, Password: c.Password, Token: c.Token})
+	}
+	return out
+}

@@ -1,7 +1,8 @@
 // Package kubeadm drives a node's container runtime and kubeadm: it writes the containerd, CNI and kubeadm
-// configuration a node needs on this product's nodes (image pulls only from the cluster's registry mirrors, no upstream DNS, cgroup v1 with the
-// cgroupfs driver), starts containerd, imports the pre-loaded images, starts the kubelet once kubeadm has
-// configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
+// configuration a node needs on this product's nodes (image pulls only from the cluster's registry mirrors, with
+// their credentials if the cluster configuration has any; no upstream DNS unless the cluster configuration names
+// DNS servers; cgroup v1 with the cgroupfs driver), starts containerd, imports the pre-loaded images, starts the
+// kubelet once kubeadm has configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
 // bootstrap token) is readable by root only and exists only while kubeadm runs.
 //
 // On mini clusters only (the mini provider is the only one that creates the directory), a node also imports
@@ -26,6 +27,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/nodedns"
 )
 
 // Options describe a node for kubeadm.
@@ -80,6 +84,20 @@ func ContainerdConfigFile(o Options) ([]byte, error) {
 	var b bytes.Buffer
 	err := containerdTmpl.Execute(&b, map[string]string{"CNIBinDir": CNIBinDir, "CNIConfDir": CNIConfDir, "PauseImage": o.PauseImage, "RegistryHostsDir": RegistryHostsDir})
 	return b.Bytes(), err
+}
+
+// containerdConfig is containerd's configuration with the registry mirrors' credentials, if any (see
+// ConfigureRegistryMirrors): the CRI image service's registry.configs.<address>.auth tables, which containerd
+// (v2) uses with config_path to answer a mirror's authentication challenge.
+func (d *Driver) containerdConfig() ([]byte, error) {
+	cfg, err := ContainerdConfigFile(d.Options)
+	if err != nil {
+		return nil, err
+	}
+	if len(d.registryAuth) > 0 {
+		cfg = append(append(cfg, "\n# The registry mirrors' credentials (from the cluster configuration).\n"...), d.registryAuth...)
+	}
+	return cfg, nil
 }
 
 // CNIConfigFile returns the CNI network of this node: a bridge with the node's pod range.
@@ -351,8 +369,8 @@ func removeConfig(path string) error {
 	return nil
 }
 
-// Corefile is CoreDNS's configuration on these clusters: cluster names only. There is no upstream resolver
-// (no "forward") and hence no forwarding loop to detect (no "loop").
+// Corefile is CoreDNS's configuration on clusters without DNS servers: cluster names only. There is no upstream
+// resolver (no "forward") and hence no forwarding loop to detect (no "loop").
 const Corefile = `.:53 {
     errors
     health {
@@ -371,6 +389,23 @@ const Corefile = `.:53 {
 }
 `
 
+// CorefileFor is CoreDNS's configuration for the cluster's DNS servers (see package nodedns): Corefile without
+// servers; with them, Corefile that forwards every other name to them, and detects a forwarding loop.
+func CorefileFor(servers []string) (string, error) {
+	fwd, err := nodedns.ForwardDirective(servers)
+	if err != nil {
+		return "", err
+	}
+	if fwd == "" {
+		return Corefile, nil
+	}
+	const before = "    cache 30\n"
+	if !strings.Contains(Corefile, before) {
+		return "", errors.New("the Corefile has no cache directive to put the upstream before")
+	}
+	return strings.Replace(Corefile, before, "    "+fwd+"\n    loop\n"+before, 1), nil
+}
+
 // Driver runs the node's container runtime and kubeadm.
 type Driver struct {
 	Options Options
@@ -383,6 +418,12 @@ type Driver struct {
 	Log func(format string, args ...any)
 	// hostsDir replaces RegistryHostsDir in tests.
 	hostsDir string
+	// resolvConfPath replaces ResolvConf in tests.
+	resolvConfPath string
+	// registryAuth is the mirrors' credentials for containerd's configuration (a secret; see
+	// ConfigureRegistryMirrors); dns are the cluster's DNS servers (ConfigureDNS).
+	registryAuth []byte
+	dns          []string
 }
 
 func (d *Driver) logf(format string, args ...any) {
@@ -393,17 +434,17 @@ func (d *Driver) logf(format string, args ...any) {
 
 // PrepareRuntime writes the configuration files, starts containerd and imports the images.
 func (d *Driver) PrepareRuntime(ctx context.Context) error {
-	cfg, err := ContainerdConfigFile(d.Options)
+	cfg, err := d.containerdConfig()
 	if err != nil {
 		return err
 	}
-	for path, data := range map[string][]byte{
-		ContainerdConfig: cfg,
-		filepath.Join(CNIConfDir, "10-pods.conflist"): CNIConfigFile(d.Options),
-	} {
-		if err := writeFile(path, data); err != nil {
-			return err
-		}
+	// containerd's configuration may hold the mirrors' credentials: root only, and written anew (WriteFile keeps
+	// the mode of an existing file).
+	if err := writeSecretFile(ContainerdConfig, cfg); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(CNIConfDir, "10-pods.conflist"), CNIConfigFile(d.Options)); err != nil {
+		return err
 	}
 	for _, dir := range []string{PodLogsDir, "/var/lib/kubelet", "/etc/kubernetes"} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -508,7 +549,11 @@ func (d *Driver) kubectl(ctx context.Context, args ...string) error {
 }
 
 func (d *Driver) configureCoreDNS(ctx context.Context) error {
-	patch := fmt.Sprintf(`{"data":{"Corefile":%q}}`, Corefile)
+	corefile, err := CorefileFor(d.dns)
+	if err != nil {
+		return fmt.Errorf("configuring CoreDNS: %w", err)
+	}
+	patch := fmt.Sprintf(`{"data":{"Corefile":%q}}`, corefile)
 	if err := d.kubectl(ctx, "patch", "configmap", "coredns", "--type", "merge", "-p", patch); err != nil {
 		return fmt.Errorf("configuring CoreDNS: %w", err)
 	}
@@ -558,6 +603,14 @@ func (d *Driver) startBackground(name, logPath string, bin string, args ...strin
 		d.logf("%s exited: %v", name, err)
 	}()
 	return nil
+}
+
+// writeSecretFile writes a file readable by root only, replacing whatever was at path.
+func writeSecretFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, data, 0o600)
 }
 
 func writeFile(path string, data []byte) error {

@@ -21,7 +21,7 @@ func TestRegistryMirrors(t *testing.T) {
 		t.Fatalf("containerd configuration without config_path:\n%s", cfg)
 	}
 	d := &Driver{hostsDir: filepath.Join(t.TempDir(), "certs.d")}
-	if err := d.ConfigureRegistryMirrors([]registrymirror.Mirror{{Registry: "docker.io", Endpoints: []string{"http://10.217.0.1:5000"}}}); err != nil {
+	if err := d.ConfigureRegistryMirrors([]registrymirror.Mirror{{Registry: "docker.io", Endpoints: []string{"http://10.217.0.1:5000"}}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := os.ReadFile(filepath.Join(d.hostsDir, "docker.io", "hosts.toml"))

@@ -233,8 +233,14 @@ type JoinResponse struct {
 	MeshPskRoot []byte `protobuf:"bytes,10,opt,name=mesh_psk_root,json=meshPskRoot,proto3" json:"mesh_psk_root,omitempty"`
 	// registry_mirrors are the cluster's registry mirrors, from the join configuration (authenticated by its MAC).
 	RegistryMirrors []*RegistryMirror `protobuf:"bytes,11,rep,name=registry_mirrors,json=registryMirrors,proto3" json:"registry_mirrors,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// registry_credentials authenticate the node to the endpoints of mirrors in registry_mirrors (https only),
+	// from the join service's Secret; they travel only in this attested answer.
+	RegistryCredentials []*RegistryCredentials `protobuf:"bytes,12,rep,name=registry_credentials,json=registryCredentials,proto3" json:"registry_credentials,omitempty"`
+	// dns_servers are the IP addresses of the node's DNS servers, from the join configuration (authenticated by
+	// its MAC); none: the node has no resolver.
+	DnsServers    []string `protobuf:"bytes,13,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -344,6 +350,89 @@ func (x *JoinResponse) GetRegistryMirrors() []*RegistryMirror {
 	return nil
 }
 
+func (x *JoinResponse) GetRegistryCredentials() []*RegistryCredentials {
+	if x != nil {
+		return x.RegistryCredentials
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetDnsServers() []string {
+	if x != nil {
+		return x.DnsServers
+	}
+	return nil
+}
+
+// RegistryCredentials authenticate to the endpoints of one mirrored registry: username and password, or token.
+type RegistryCredentials struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Registry      string                 `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryCredentials) Reset() {
+	*x = RegistryCredentials{}
+	mi := &file_join_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryCredentials) ProtoMessage() {}
+
+func (x *RegistryCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_join_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryCredentials.ProtoReflect.Descriptor instead.
+func (*RegistryCredentials) Descriptor() ([]byte, []int) {
+	return file_join_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RegistryCredentials) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryCredentials) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 // RegistryMirror makes the node's container runtime pull the images of a registry from its mirrors only.
 type RegistryMirror struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -357,7 +446,7 @@ type RegistryMirror struct {
 
 func (x *RegistryMirror) Reset() {
 	*x = RegistryMirror{}
-	mi := &file_join_proto_msgTypes[4]
+	mi := &file_join_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +458,7 @@ func (x *RegistryMirror) String() string {
 func (*RegistryMirror) ProtoMessage() {}
 
 func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
-	mi := &file_join_proto_msgTypes[4]
+	mi := &file_join_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +471,7 @@ func (x *RegistryMirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryMirror.ProtoReflect.Descriptor instead.
 func (*RegistryMirror) Descriptor() ([]byte, []int) {
-	return file_join_proto_rawDescGZIP(), []int{4}
+	return file_join_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegistryMirror) GetRegistry() string {
@@ -417,7 +506,7 @@ const file_join_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\"7\n" +
 	"\aPKIFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent\"\x81\x04\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"\x81\x05\n" +
 	"\fJoinResponse\x12!\n" +
 	"\fapi_endpoint\x18\x01 \x01(\tR\vapiEndpoint\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12 \n" +
@@ -433,7 +522,15 @@ const file_join_proto_rawDesc = "" +
 	"\x0eca_certificate\x18\t \x01(\fR\rcaCertificate\x12\"\n" +
 	"\rmesh_psk_root\x18\n" +
 	" \x01(\fR\vmeshPskRoot\x12P\n" +
-	"\x10registry_mirrors\x18\v \x03(\v2%.constellation.join.v1.RegistryMirrorR\x0fregistryMirrors\"J\n" +
+	"\x10registry_mirrors\x18\v \x03(\v2%.constellation.join.v1.RegistryMirrorR\x0fregistryMirrors\x12]\n" +
+	"\x14registry_credentials\x18\f \x03(\v2*.constellation.join.v1.RegistryCredentialsR\x13registryCredentials\x12\x1f\n" +
+	"\vdns_servers\x18\r \x03(\tR\n" +
+	"dnsServers\"\x7f\n" +
+	"\x13RegistryCredentials\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"J\n" +
 	"\x0eRegistryMirror\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints2W\n" +
@@ -452,25 +549,27 @@ func file_join_proto_rawDescGZIP() []byte {
 	return file_join_proto_rawDescData
 }
 
-var file_join_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_join_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_join_proto_goTypes = []any{
-	(*JoinRequest)(nil),    // 0: constellation.join.v1.JoinRequest
-	(*MeshPeer)(nil),       // 1: constellation.join.v1.MeshPeer
-	(*PKIFile)(nil),        // 2: constellation.join.v1.PKIFile
-	(*JoinResponse)(nil),   // 3: constellation.join.v1.JoinResponse
-	(*RegistryMirror)(nil), // 4: constellation.join.v1.RegistryMirror
+	(*JoinRequest)(nil),         // 0: constellation.join.v1.JoinRequest
+	(*MeshPeer)(nil),            // 1: constellation.join.v1.MeshPeer
+	(*PKIFile)(nil),             // 2: constellation.join.v1.PKIFile
+	(*JoinResponse)(nil),        // 3: constellation.join.v1.JoinResponse
+	(*RegistryCredentials)(nil), // 4: constellation.join.v1.RegistryCredentials
+	(*RegistryMirror)(nil),      // 5: constellation.join.v1.RegistryMirror
 }
 var file_join_proto_depIdxs = []int32{
 	2, // 0: constellation.join.v1.JoinResponse.control_plane_files:type_name -> constellation.join.v1.PKIFile
 	1, // 1: constellation.join.v1.JoinResponse.mesh_peers:type_name -> constellation.join.v1.MeshPeer
-	4, // 2: constellation.join.v1.JoinResponse.registry_mirrors:type_name -> constellation.join.v1.RegistryMirror
-	0, // 3: constellation.join.v1.Join.Join:input_type -> constellation.join.v1.JoinRequest
-	3, // 4: constellation.join.v1.Join.Join:output_type -> constellation.join.v1.JoinResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 2: constellation.join.v1.JoinResponse.registry_mirrors:type_name -> constellation.join.v1.RegistryMirror
+	4, // 3: constellation.join.v1.JoinResponse.registry_credentials:type_name -> constellation.join.v1.RegistryCredentials
+	0, // 4: constellation.join.v1.Join.Join:input_type -> constellation.join.v1.JoinRequest
+	3, // 5: constellation.join.v1.Join.Join:output_type -> constellation.join.v1.JoinResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_join_proto_init() }
@@ -484,7 +583,7 @@ func file_join_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_join_proto_rawDesc), len(file_join_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
