@@ -52,6 +52,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -403,7 +404,7 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 		return 0
 	}
 	start := time.Now()
-	o, reason := c.attest(ctx, node)
+	o, reason, image := c.attest(ctx, node)
 	<-c.sem
 	if ctx.Err() != nil {
 		return 0
@@ -419,6 +420,14 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 	}
 	before := *rec
 	*rec = rec.observe(o, reason, now, c.t).stale(now, c.t)
+	switch {
+	case rec.State == Failed:
+		rec.Image = ""
+	case o == verified && rec.State == Trusted:
+		// The image of the set this evidence matched, not of an earlier one: a node rebooted into another image
+		// under the same name and UID is recorded with the one it proves now.
+		rec.Image = image
+	}
 	after := *rec
 	c.mu.Unlock()
 	c.o.Metrics.setState(name, after)
@@ -441,26 +450,27 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 }
 
 // attest asks the node for fresh evidence and judges it. A node that does not answer is unreachable, never
-// wrong: only evidence received and verified wrong makes it so.
-func (c *Controller) attest(ctx context.Context, node *corev1.Node) (outcome, string) {
+// wrong: only evidence received and verified wrong makes it so. Verified, it also returns the node image the
+// evidence proves (see [judge]).
+func (c *Controller) attest(ctx context.Context, node *corev1.Node) (outcome, string, string) {
 	v, err := c.o.Policy()
 	if err != nil {
 		// Without a valid policy nobody is judged: a replaced configuration must not quarantine the cluster.
-		return unreachable, "no valid attestation policy: " + err.Error()
+		return unreachable, "no valid attestation policy: " + err.Error(), ""
 	}
 	ip := internalIP(node)
 	if ip == "" {
-		return unreachable, "the Node object has no InternalIP"
+		return unreachable, "the Node object has no InternalIP", ""
 	}
 	nonce := make([]byte, attestation.NonceSize)
 	if _, err := rand.Read(nonce); err != nil {
-		return unreachable, err.Error()
+		return unreachable, err.Error(), ""
 	}
 	fctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
 	raw, err := c.o.Fetch(fctx, net.JoinHostPort(ip, strconv.Itoa(c.o.Port)), nonce)
 	if err != nil {
-		return unreachable, err.Error()
+		return unreachable, err.Error(), ""
 	}
 	return judge(ctx, v, node, raw, nonce)
 }
@@ -477,48 +487,58 @@ const (
 // Judge is the controller's verdict on evidence node sent for nonce, checked against v (the cluster's member
 // policy): Trusted, or Failed with the reason.
 func Judge(ctx context.Context, v attestation.Validator, node *corev1.Node, evidence, nonce []byte) (State, string) {
-	if o, reason := judge(ctx, v, node, evidence, nonce); o != verified {
+	if o, reason, _ := judge(ctx, v, node, evidence, nonce); o != verified {
 		return Failed, reason
 	}
 	return Trusted, ""
 }
 
 // judge validates evidence the node sent for nonce against v, and checks that it is the node's own and binds
-// the mesh key recorded on its Node object.
-func judge(ctx context.Context, v attestation.Validator, node *corev1.Node, raw, nonce []byte) (outcome, string) {
-	userData, err := v.Validate(ctx, raw, nonce)
+// the mesh key recorded on its Node object. Verified, it returns the node image the evidence proves: the image
+// the measurement set it matched names, if v tells it (policyupdate.ImageValidator), else "".
+func judge(ctx context.Context, v attestation.Validator, node *corev1.Node, raw, nonce []byte) (outcome, string, string) {
+	var (
+		userData []byte
+		image    string
+		err      error
+	)
+	if iv, ok := v.(policyupdate.ImageValidator); ok {
+		userData, image, err = iv.ValidateImage(ctx, raw, nonce)
+	} else {
+		userData, err = v.Validate(ctx, raw, nonce)
+	}
 	if err != nil {
 		var mismatch *measurements.Error
 		if errors.As(err, &mismatch) {
 			for _, m := range measurements.Fatal(mismatch.Mismatches) {
 				if m.PCR == measurements.PCRClusterID {
-					return wrong, ReasonClusterID + ": " + err.Error()
+					return wrong, ReasonClusterID + ": " + err.Error(), ""
 				}
 			}
-			return wrong, ReasonMeasurements + ": " + err.Error()
+			return wrong, ReasonMeasurements + ": " + err.Error(), ""
 		}
-		return wrong, ReasonEvidence + ": " + err.Error()
+		return wrong, ReasonEvidence + ": " + err.Error(), ""
 	}
 	// The document validated, so its attestation key certificate chains to the AK roots: its subject is the
 	// name the provider certified for that vTPM.
 	doc, err := attestation.ParseDocument(raw)
 	if err != nil {
-		return wrong, ReasonEvidence + ": " + err.Error()
+		return wrong, ReasonEvidence + ": " + err.Error(), ""
 	}
 	if subject := doc.AttestationKeySubject(); subject != node.Name {
-		return wrong, fmt.Sprintf("%s: the evidence is node %q's, not %q's", ReasonIdentity, subject, node.Name)
+		return wrong, fmt.Sprintf("%s: the evidence is node %q's, not %q's", ReasonIdentity, subject, node.Name), ""
 	}
 	if recorded, ok := node.Annotations[meshpeers.KeyAnnotation]; ok {
 		key, err := wgmesh.ParseKey(recorded)
 		if err != nil {
 			// Malformed: the node is no peer anyway (see meshpeers); its evidence binds its real key.
-			return verified, ""
+			return verified, "", image
 		}
 		if !bytes.Equal(userData, verifyservice.MeshKeyUserData(key)) {
-			return wrong, ReasonMeshKey + ": the evidence binds another WireGuard key than the one recorded on the Node object"
+			return wrong, ReasonMeshKey + ": the evidence binds another WireGuard key than the one recorded on the Node object", ""
 		}
 	}
-	return verified, ""
+	return verified, "", image
 }
 
 // internalIP is the node's InternalIP address.
