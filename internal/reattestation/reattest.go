@@ -15,8 +15,10 @@
 // record of each node (state, reason, last verification, alert) in a Lease of the node's name in
 // [RecordNamespace], which only the join service's service account may write, never on the Node object, whose
 // annotations the node's own kubelet may write; the record names the Node object's UID, so that a record left
-// from a deleted node is no record of a new node of the same name ([RecordOf]). A new leader continues from the
-// records, and `constellation status` shows them. The records are also why the Node objects, which every node's
+// from a deleted node is no record of a new node of the same name ([RecordOf]). The record also names the node
+// image the node's evidence proved: the image the measurement set it matched names (package policyupdate; see
+// [AttestedImageAnnotation]), which the upgrade controller takes as the node's image. A new leader continues from
+// the records, and `constellation status` shows them. The records are also why the Node objects, which every node's
 // mesh agent watches, change only when a node's taints or quarantine do. A Failed node is quarantined by the
 // others: tainted NoExecute and cordoned, and marked with meshpeers.QuarantineLabel, which NodeRestriction
 // forbids a kubelet to set or remove; every mesh agent then drops it as a peer, and the key service refuses it
@@ -86,7 +88,8 @@ type Options struct {
 	// Leases in RecordNamespace: get, list, watch, create, update, delete; the control ConfigMap: get).
 	Client kubernetes.Interface
 	// Policy returns the validator of the cluster's current member policy; an error: no valid policy now
-	// (the controller then judges nobody).
+	// (the controller then judges nobody). If it is a policyupdate.ImageValidator, the controller records the
+	// image of the set a node's evidence matched; otherwise it records none.
 	Policy func() (attestation.Validator, error)
 	// Fetch gets evidence; nil: verifyservice.FetchGRPCMeshKey.
 	Fetch FetchFunc
