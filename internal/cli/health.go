@@ -42,6 +42,11 @@ type nodeHealth struct {
 	// its record (which only the join service writes) and when its evidence last verified, "QUARANTINED:
 	// reason", "pending" without a current record, or "-".
 	Continuous string
+	// Image is the node image the continuous attestation proved (the image the measurement set its evidence
+	// matched names), shortened; "-" without a Trusted record that names one.
+	Image string
+	// Kubelet is the kubelet version the node reports, or "-".
+	Kubelet string
 }
 
 // awaited is one thing that keeps a cluster from being ready: what (a node, a service, the Kubernetes API),
@@ -120,19 +125,20 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 			return clusterHealth{}, badInput("%w", err)
 		}
 	}
-	var ready, continuous map[string]string
+	var kube map[string]kubeNode
 	if initialised {
 		var api *kubeapi.Client
 		if api, h.KubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); h.KubeErr == nil {
-			if ready, continuous, h.KubeErr = nodeReadiness(ctx, api, time.Now()); h.KubeErr == nil {
+			if kube, h.KubeErr = nodeReadiness(ctx, api, time.Now()); h.KubeErr == nil {
 				h.Services, h.KubeErr = serviceReadiness(ctx, api, expectedPods(nodes))
 			}
 		}
 	}
 	for _, n := range nodes {
-		nh := nodeHealth{Name: n.Name, Role: n.Role, IP: n.IP, Attestation: "member of this cluster", Attested: true, Kubernetes: "-", Continuous: "-"}
-		if c, ok := continuous[n.Name]; ok {
-			nh.Continuous = c
+		nh := nodeHealth{Name: n.Name, Role: n.Role, IP: n.IP, Attestation: "member of this cluster", Attested: true, Kubernetes: "-", Continuous: "-", Image: "-", Kubelet: "-"}
+		kn, registered := kube[n.Name]
+		if registered {
+			nh.Continuous, nh.Image, nh.Kubelet = kn.Continuous, kn.Image, kn.Kubelet
 		}
 		if !initialised {
 			nh.Attestation = "runs the configured image"
@@ -146,10 +152,10 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 		case !initialised:
 		case h.KubeErr != nil:
 			nh.Kubernetes = "unknown"
-		case ready[n.Name] == "":
+		case !registered:
 			nh.Kubernetes = "not registered"
 		default:
-			nh.Kubernetes = ready[n.Name]
+			nh.Kubernetes = kn.Ready
 		}
 		h.Nodes = append(h.Nodes, nh)
 	}
@@ -210,9 +216,9 @@ func (h clusterHealth) print(out io.Writer) {
 		fmt.Fprintln(out, "Nodes booted; Kubernetes not initialised")
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tATTESTATION\tKUBERNETES\tCONTINUOUS")
+	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tATTESTATION\tKUBERNETES\tKUBELET\tIMAGE\tCONTINUOUS")
 	for _, n := range h.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, n.Attestation, n.Kubernetes, n.Continuous)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, n.Attestation, n.Kubernetes, orDash(n.Kubelet), orDash(n.Image), n.Continuous)
 	}
 	tw.Flush()
 	if h.KubeErr != nil {
@@ -227,6 +233,14 @@ func (h clusterHealth) print(out io.Writer) {
 		}
 		tw.Flush()
 	}
+}
+
+// orDash is s, or "-" if it is empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // DefaultWait is how long 'apply' and 'mini up' wait, by default, for the created cluster to be ready.

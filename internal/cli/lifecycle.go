@@ -17,6 +17,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
@@ -238,9 +239,22 @@ func firstLine(s string) string {
 	return line
 }
 
-// nodeReadiness returns each Kubernetes node's Ready condition ("Ready", "NotReady" or "Unknown") by name,
-// and its continuous attestation (see reattestation.Describe).
-func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (ready, continuous map[string]string, err error) {
+// kubeNode is a Kubernetes node as status shows it.
+type kubeNode struct {
+	// Ready is its Ready condition: "Ready", "NotReady" or "Unknown".
+	Ready string
+	// Continuous is its continuous attestation (see reattestation.Describe).
+	Continuous string
+	// Image is the node image its attestation proved, shortened, while its record is Trusted (see
+	// reattestation.Record.TrustedImage); "-" if none.
+	Image string
+	// Kubelet is the kubelet version the node reports (the kubelet's word, not attested); "-" if none.
+	Kubelet string
+}
+
+// nodeReadiness returns each Kubernetes node by name: its Ready condition, its continuous attestation and the
+// node image that proved, and its kubelet's version.
+func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (map[string]kubeNode, error) {
 	var list struct {
 		Items []struct {
 			Metadata struct {
@@ -250,32 +264,42 @@ func nodeReadiness(ctx context.Context, api *kubeapi.Client, now time.Time) (rea
 			}
 			Status struct {
 				Conditions []struct{ Type, Status string }
+				NodeInfo   struct{ KubeletVersion string }
 			}
 		}
 	}
 	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
-		return nil, nil, fmt.Errorf("listing nodes: %w", err)
+		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
 	// The records of the continuous attestation, which only the join service writes; unreadable, every node
 	// is pending.
 	records, recordsErr := reattestation.Records(ctx, api)
-	out := map[string]string{}
-	continuous = map[string]string{}
+	out := map[string]kubeNode{}
 	for _, n := range list.Items {
-		continuous[n.Metadata.Name] = continuousState(n.Metadata.Name, n.Metadata.UID, n.Metadata.Labels, records, recordsErr, now)
-		out[n.Metadata.Name] = "Unknown"
+		name := n.Metadata.Name
+		kn := kubeNode{Ready: "Unknown", Image: "-", Kubelet: "-"}
+		kn.Continuous = continuousState(name, n.Metadata.UID, n.Metadata.Labels, records, recordsErr, now)
+		if _, q := n.Metadata.Labels[meshpeers.QuarantineLabel]; !q && recordsErr == nil {
+			if r, ok := reattestation.RecordOf(records[name], name, n.Metadata.UID); ok && r.TrustedImage(now) != "" {
+				kn.Image = policyupdate.ShortImage(r.TrustedImage(now))
+			}
+		}
+		if v := n.Status.NodeInfo.KubeletVersion; v != "" {
+			kn.Kubelet = v
+		}
 		for _, c := range n.Status.Conditions {
 			if c.Type == "Ready" {
 				switch c.Status {
 				case "True":
-					out[n.Metadata.Name] = "Ready"
+					kn.Ready = "Ready"
 				case "False":
-					out[n.Metadata.Name] = "NotReady"
+					kn.Ready = "NotReady"
 				}
 			}
 		}
+		out[name] = kn
 	}
-	return out, continuous, nil
+	return out, nil
 }
 
 // continuousState is the continuous attestation of a node: its quarantine (a label only the control plane

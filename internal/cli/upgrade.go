@@ -216,14 +216,16 @@ func (p *PolicyUpgrade) latest(ctx context.Context, trusted ...measurements.M) (
 }
 
 // Start opens an upgrade from the image of old to the image of new: every key service accepts both (epoch N,
-// one above the highest in force), and the narrowing to new (epoch N+1) is left in the cluster. An upgrade to
-// the same image is refused; an upgrade already open between the same images is sent again (it resumes a Start
-// that failed half-way); one between other images is refused until it is finished or aborted.
-func (p *PolicyUpgrade) Start(ctx context.Context, old, new measurements.M) (window, narrowing *policyupdate.Update, err error) {
-	if containsSet([]measurements.M{old}, new) {
+// one above the highest in force), and the narrowing to new (epoch N+1) is left in the cluster. Each set names
+// its node image's digest under the update's MAC: the cluster records which image a node runs by the set its
+// evidence matches. An upgrade to the same image is refused; an upgrade already open between the same images is
+// sent again (it resumes a Start that failed half-way); one between other images is refused until it is
+// finished or aborted.
+func (p *PolicyUpgrade) Start(ctx context.Context, old, new policyupdate.ImageSet) (window, narrowing *policyupdate.Update, err error) {
+	if containsSet([]measurements.M{old.Measurements}, new.Measurements) {
 		return nil, nil, errors.New("the configuration's measurements are the ones in force: there is nothing to upgrade to")
 	}
-	cur, err := p.latest(ctx, old, new)
+	cur, err := p.latest(ctx, old.Measurements, new.Measurements)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -231,11 +233,11 @@ func (p *PolicyUpgrade) Start(ctx context.Context, old, new measurements.M) (win
 	if cur != nil {
 		epoch = cur.Epoch + 1
 		if len(cur.Sets) == 2 {
-			if !containsSet(cur.Sets[:1], old) || !containsSet(cur.Sets[1:], new) {
+			if !containsSet(cur.Sets[:1], old.Measurements) || !containsSet(cur.Sets[1:], new.Measurements) {
 				return nil, nil, fmt.Errorf("an upgrade is open already (%s): finish it, or abort it with 'constellation upgrade abort', before another", cur)
 			}
 			epoch = cur.Epoch // resume
-		} else if !containsSet(cur.Sets, old) {
+		} else if !containsSet(cur.Sets, old.Measurements) {
 			return nil, nil, fmt.Errorf("the cluster's measurement policy in force (%s) is not the image the upgrade starts from", cur)
 		}
 	}
@@ -258,11 +260,11 @@ func (p *PolicyUpgrade) Start(ctx context.Context, old, new measurements.M) (win
 		return nil, nil, err
 	}
 	fmt.Fprintf(p.out(), "  narrowing to the new image (%s) left in ConfigMap kube-system/%s for the upgrade controller\n", narrowing, keyservice.NarrowingConfigMap)
-	if err := p.send(ctx, window, old, new); err != nil {
+	if err := p.send(ctx, window, old.Measurements, new.Measurements); err != nil {
 		return nil, nil, err
 	}
 	// Only once both images are in force: a node that trusts both is refused while one of them is not.
-	if err := p.setPeerPolicy(ctx, old, new); err != nil {
+	if err := p.setPeerPolicy(ctx, old.Measurements, new.Measurements); err != nil {
 		return nil, nil, err
 	}
 	return window, narrowing, nil
@@ -316,7 +318,10 @@ func (p *PolicyUpgrade) Abort(ctx context.Context) (*policyupdate.Update, error)
 	} else if found && pending.Epoch >= epoch {
 		epoch = pending.Epoch + 1
 	}
-	rollback, err := policyupdate.Author(p.Key, p.ClusterID, epoch, cur.Sets[0])
+	if cur.ImageOf(0) == "" {
+		return nil, fmt.Errorf("the upgrade in force (%s) was opened by an earlier version of the CLI, whose measurement sets name no node image: this CLI cannot author its rollback; finish it with 'constellation upgrade finish'", cur)
+	}
+	rollback, err := policyupdate.Author(p.Key, p.ClusterID, epoch, cur.ImageSets()[0])
 	if err != nil {
 		return nil, err
 	}

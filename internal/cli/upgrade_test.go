@@ -118,12 +118,18 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 		}
 		return us
 	}
-	window, narrowing, err := up.Start(ctx, old, newImage)
+	oldSet := policyupdate.ImageSet{Image: "sha256:" + strings.Repeat("11", 32), Measurements: old}
+	newSet := policyupdate.ImageSet{Image: "sha256:" + strings.Repeat("2e", 32), Measurements: newImage}
+	window, narrowing, err := up.Start(ctx, oldSet, newSet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if window.Epoch != 1 || narrowing.Epoch != 2 || len(window.Sets) != 2 || len(narrowing.Sets) != 1 {
 		t.Fatalf("start: %v, %v", window, narrowing)
+	}
+	// Each set names its image, under the MAC.
+	if window.ImageOf(0) != oldSet.Image || window.ImageOf(1) != newSet.Image || narrowing.ImageOf(0) != newSet.Image {
+		t.Fatalf("the images of the start's sets: %q, %q", window.Images, narrowing.Images)
 	}
 	if len(peerPolicy) != 2 || !containsSet(peerPolicy[:1], old) || !containsSet(peerPolicy[1:], newImage) {
 		t.Fatalf("the peer policy after the start: %v, want the old and the new image", peerPolicy)
@@ -153,10 +159,10 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 		}
 	}
 	// Another upgrade cannot start while one is open; the same one resumes.
-	if _, _, err := up.Start(ctx, old, otherImage(old, 0x3f)); err == nil || !strings.Contains(err.Error(), "open already") {
+	if _, _, err := up.Start(ctx, oldSet, policyupdate.ImageSet{Image: "sha256:" + strings.Repeat("3f", 32), Measurements: otherImage(old, 0x3f)}); err == nil || !strings.Contains(err.Error(), "open already") {
 		t.Fatalf("a second upgrade while one is open: %v", err)
 	}
-	if again, _, err := up.Start(ctx, old, newImage); err != nil || !again.Same(window) {
+	if again, _, err := up.Start(ctx, oldSet, newSet); err != nil || !again.Same(window) {
 		t.Fatalf("the same upgrade started again: %v, %v", again, err)
 	}
 
@@ -164,7 +170,7 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rollback.Epoch != 3 || len(rollback.Sets) != 1 || !containsSet(rollback.Sets, old) {
+	if rollback.Epoch != 3 || len(rollback.Sets) != 1 || !containsSet(rollback.Sets, old) || rollback.ImageOf(0) != oldSet.Image {
 		t.Fatalf("abort: %v", rollback)
 	}
 	if peerPolicy != nil {
@@ -184,7 +190,7 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 		}
 	}
 
-	window, narrowing, err = up.Start(ctx, old, newImage)
+	window, narrowing, err = up.Start(ctx, oldSet, newSet)
 	if err != nil || window.Epoch != 4 || narrowing.Epoch != 5 {
 		t.Fatalf("start after the abort: %v, %v, %v", window, narrowing, err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 )
 
@@ -71,6 +72,7 @@ func newUpgradeCmd() *cobra.Command {
 		RunE: runUpgradeStart,
 	}
 	start.Flags().String("measurements", "", "measurements of the new node image (required)")
+	start.Flags().String("image-digest", "", "digest (sha256:<hex>) of the new node image (default: the digest in the manifest next to the measurements file)")
 	_ = start.MarkFlagRequired("measurements")
 	finish := &cobra.Command{
 		Use:   "finish",
@@ -95,12 +97,30 @@ func runUpgradeStart(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return badInput("%s: %w", path, err)
 	}
+	digest, _ := cmd.Flags().GetString("image-digest")
+	if digest == "" {
+		img, known := nodeimage.MeasuredImageFor(path)
+		if !known {
+			return badInput("%s is none of the measurements files of a node image: pass --image-digest, the digest of the image they are of", path)
+		}
+		if digest, err = nodeimage.ManifestDigest(filepath.Join(filepath.Dir(path), img.Manifest)); err != nil {
+			return badInput("the new image's digest: %w (or pass --image-digest)", err)
+		}
+	}
+	if err := policyupdate.CheckImageDigest(digest); err != nil {
+		return badInput("--image-digest: %w", err)
+	}
 	up, c, err := policyUpgradeOf(cmd)
 	if err != nil {
 		return err
 	}
+	if c.ImageDigest() == "" {
+		return badInput("the configuration names no node image: the upgrade's measurement sets name the images they are of")
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "Opening the upgrade from the configured image to the one of %s at %d key services\n", path, len(up.KeyServices))
-	window, _, err := up.Start(cmd.Context(), c.Attestation.Measurements, next)
+	window, _, err := up.Start(cmd.Context(),
+		policyupdate.ImageSet{Image: c.ImageDigest(), Measurements: c.Attestation.Measurements},
+		policyupdate.ImageSet{Image: digest, Measurements: next})
 	if err != nil {
 		return failed(err)
 	}

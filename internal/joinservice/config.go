@@ -162,6 +162,9 @@ type State struct {
 	// the cluster-ID PCR: the configuration's measurements, or the one or two sets of the measurement policy
 	// update in force ([Config.FollowPolicy]). Policy is the first's fresh policy.
 	Sets []measurements.M
+	// Images are the node images of Sets, one per set in order (package policyupdate's ImageSet), as the update
+	// in force names them; nil for the configuration's measurements and an update whose sets name no image.
+	Images []string
 	// Epoch is the epoch of the measurement policy update whose sets are in force (0: the configuration's).
 	Epoch uint64
 
@@ -171,9 +174,10 @@ type State struct {
 }
 
 // MemberValidator returns a validator that accepts nodes that belong to this cluster: the attestation
-// policy with the cluster ID measured into PCR 15. Variants without a vTPM have no PCR to prove the
-// membership with, and are refused.
-func (s *State) MemberValidator() (attestation.Validator, error) {
+// policy with the cluster ID measured into PCR 15. It tells which node image a node runs by the set its
+// evidence matched (policyupdate.ImageValidator; "" for a set that names none). Variants without a vTPM have no
+// PCR to prove the membership with, and are refused.
+func (s *State) MemberValidator() (policyupdate.ImageValidator, error) {
 	if !s.Variant.VTPM {
 		return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM", s.Variant, measurements.PCRClusterID)
 	}
@@ -187,10 +191,11 @@ func (s *State) MemberValidator() (attestation.Validator, error) {
 		}
 		vs = append(vs, v)
 	}
-	return policyupdate.AnySet(vs...)
+	return policyupdate.AnyImage(vs, s.Images)
 }
 
-// MemberValidator returns the validator of the current configuration's members (see [State.MemberValidator]),
+// MemberValidator returns the validator of the current configuration's members (see [State.MemberValidator]; it
+// is a policyupdate.ImageValidator),
 // made once per version of the configuration: the continuous attestation (package reattestation) checks every
 // node against it.
 func (c *Config) MemberValidator() (attestation.Validator, error) {
@@ -286,7 +291,7 @@ func (c *Config) Effective(ctx context.Context) (*State, error) {
 	if c.effective != nil && c.effectiveOf == s && c.effectiveUpdate.Same(u) {
 		return c.effective, nil
 	}
-	e, err := s.withSets(u.Sets, u.Epoch)
+	e, err := s.withSets(u.Sets, u.Images, u.Epoch)
 	if err != nil {
 		return nil, fmt.Errorf("the measurement policy update in force (epoch %d): %w", u.Epoch, err)
 	}
@@ -295,10 +300,11 @@ func (c *Config) Effective(ctx context.Context) (*State, error) {
 	return e, nil
 }
 
-// withSets returns a copy of s whose joining nodes present one of sets.
-func (s *State) withSets(sets []measurements.M, epoch uint64) (*State, error) {
+// withSets returns a copy of s whose joining nodes present one of sets, of the node images images (nil: none
+// named).
+func (s *State) withSets(sets []measurements.M, images []string, epoch uint64) (*State, error) {
 	e := *s
-	e.Sets, e.Epoch, e.validators = sets, epoch, nil
+	e.Sets, e.Images, e.Epoch, e.validators = sets, images, epoch, nil
 	for _, set := range sets {
 		if _, ok := set[measurements.PCRClusterID]; ok {
 			return nil, fmt.Errorf("a measurement set holds PCR %d, the cluster ID's; the join service requires it fresh (zero) itself", measurements.PCRClusterID)

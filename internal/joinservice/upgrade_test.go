@@ -89,7 +89,7 @@ func newUpgradeFixture(t *testing.T) *upgradeFixture {
 // service.
 func (f *upgradeFixture) apply(t *testing.T, epoch uint64, sets ...measurements.M) []byte {
 	t.Helper()
-	u, err := policyupdate.Author(f.key, f.clusterID, epoch, sets...)
+	u, err := policyupdate.Author(f.key, f.clusterID, epoch, imageSets(sets...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,4 +194,14 @@ func TestUpgradeWindowAndItsReplay(t *testing.T) {
 // roots certified: the control-plane node's join service, as the key service on the same node trusts it.
 func keyserviceMembers(roots []*x509.Certificate, own measurements.M) (attestation.Validator, error) {
 	return vtpm.NewValidator(roots, own, nil)
+}
+
+// imageSets names each set's node image: sha256: and its PCR 4 value, as the CLI names the image a set was
+// signed for.
+func imageSets(sets ...measurements.M) []policyupdate.ImageSet {
+	var out []policyupdate.ImageSet
+	for _, set := range sets {
+		out = append(out, policyupdate.ImageSet{Image: "sha256:" + set[measurements.PCRNodeImage].Expected.String(), Measurements: set})
+	}
+	return out
 }

@@ -133,7 +133,7 @@ func newPolicyFixture(t *testing.T, callers ...*tpmtest.Node) *policyFixture {
 // update authors the update of epoch with sets, as the CLI does with the master secret.
 func (f *policyFixture) update(t *testing.T, epoch uint64, sets ...measurements.M) []byte {
 	t.Helper()
-	u, err := policyupdate.Author(f.key, f.secret.ClusterID, epoch, sets...)
+	u, err := policyupdate.Author(f.key, f.secret.ClusterID, epoch, imageSets(sets...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestPolicyRefusesForgedUpdates(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	foreignKey, _ := policyupdate.Author(bytes.Repeat([]byte{0xad}, 32), f.secret.ClusterID, 2, oldSet, newSet)
+	foreignKey, _ := policyupdate.Author(bytes.Repeat([]byte{0xad}, 32), f.secret.ClusterID, 2, imageSets(oldSet, newSet)...)
 	foreign, _ := foreignKey.Marshal()
 	// The genuine two-set update of epoch 2, with its second set replaced by the attacker's image.
 	edited := bytes.Replace(f.update(t, 2, oldSet, newSet), []byte(newSet[measurements.PCRNodeImage].Expected.String()), []byte(strings.Repeat("ab", 32)), 1)
@@ -265,7 +265,7 @@ func otherCluster(t *testing.T, f *policyFixture, epoch uint64, sets ...measurem
 	other := testSecret(t)
 	d, _ := kms.NewDeriver(other.MasterSecret)
 	key, _ := d.MeasurementPolicyKey()
-	u, err := policyupdate.Author(key, other.ClusterID, epoch, sets...)
+	u, err := policyupdate.Author(key, other.ClusterID, epoch, imageSets(sets...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +427,7 @@ func TestSecretRefusesAForgedPolicyUpdate(t *testing.T) {
 	other := testSecret(t)
 	d, _ := kms.NewDeriver(other.MasterSecret)
 	key, _ := d.MeasurementPolicyKey()
-	forged, err := policyupdate.Author(key, secret.ClusterID, 9, secret.Measurements)
+	forged, err := policyupdate.Author(key, secret.ClusterID, 9, imageSets(secret.Measurements)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +438,7 @@ func TestSecretRefusesAForgedPolicyUpdate(t *testing.T) {
 	}
 	d, _ = kms.NewDeriver(secret.MasterSecret)
 	key, _ = d.MeasurementPolicyKey()
-	genuine, _ := policyupdate.Author(key, secret.ClusterID, 9, secret.Measurements)
+	genuine, _ := policyupdate.Author(key, secret.ClusterID, 9, imageSets(secret.Measurements)...)
 	secret.PolicyUpdate, _ = genuine.Marshal()
 	if err := h.Set(secret); err != nil {
 		t.Fatalf("a handover with the genuine update: %v", err)
@@ -447,4 +447,14 @@ func TestSecretRefusesAForgedPolicyUpdate(t *testing.T) {
 	if _, err := ParseSecret(raw); !errors.Is(err, policyupdate.ErrNotAuthentic) {
 		t.Fatalf("a handover whose update's epoch was raised: %v, want ErrNotAuthentic", err)
 	}
+}
+
+// imageSets names each set's node image: sha256: and its PCR 4 value, as the CLI names the image a set was
+// signed for.
+func imageSets(sets ...measurements.M) []policyupdate.ImageSet {
+	var out []policyupdate.ImageSet
+	for _, set := range sets {
+		out = append(out, policyupdate.ImageSet{Image: "sha256:" + set[measurements.PCRNodeImage].Expected.String(), Measurements: set})
+	}
+	return out
 }

@@ -15,8 +15,10 @@
 // record of each node (state, reason, last verification, alert) in a Lease of the node's name in
 // [RecordNamespace], which only the join service's service account may write, never on the Node object, whose
 // annotations the node's own kubelet may write; the record names the Node object's UID, so that a record left
-// from a deleted node is no record of a new node of the same name ([RecordOf]). A new leader continues from the
-// records, and `constellation status` shows them. The records are also why the Node objects, which every node's
+// from a deleted node is no record of a new node of the same name ([RecordOf]). The record also names the node
+// image the node's evidence proved: the image the measurement set it matched names (package policyupdate; see
+// [AttestedImageAnnotation]), which the upgrade controller takes as the node's image. A new leader continues from
+// the records, and `constellation status` shows them. The records are also why the Node objects, which every node's
 // mesh agent watches, change only when a node's taints or quarantine do. A Failed node is quarantined by the
 // others: tainted NoExecute and cordoned, and marked with meshpeers.QuarantineLabel, which NodeRestriction
 // forbids a kubelet to set or remove; every mesh agent then drops it as a peer, and the key service refuses it
@@ -52,6 +54,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
@@ -85,7 +88,8 @@ type Options struct {
 	// Leases in RecordNamespace: get, list, watch, create, update, delete; the control ConfigMap: get).
 	Client kubernetes.Interface
 	// Policy returns the validator of the cluster's current member policy; an error: no valid policy now
-	// (the controller then judges nobody).
+	// (the controller then judges nobody). If it is a policyupdate.ImageValidator, the controller records the
+	// image of the set a node's evidence matched; otherwise it records none.
 	Policy func() (attestation.Validator, error)
 	// Fetch gets evidence; nil: verifyservice.FetchGRPCMeshKey.
 	Fetch FetchFunc
@@ -403,7 +407,7 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 		return 0
 	}
 	start := time.Now()
-	o, reason := c.attest(ctx, node)
+	o, reason, image := c.attest(ctx, node)
 	<-c.sem
 	if ctx.Err() != nil {
 		return 0
@@ -419,6 +423,14 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 	}
 	before := *rec
 	*rec = rec.observe(o, reason, now, c.t).stale(now, c.t)
+	switch {
+	case rec.State == Failed:
+		rec.Image = ""
+	case o == verified && rec.State == Trusted:
+		// The image of the set this evidence matched, not of an earlier one: a node rebooted into another image
+		// under the same name and UID is recorded with the one it proves now.
+		rec.Image = image
+	}
 	after := *rec
 	c.mu.Unlock()
 	c.o.Metrics.setState(name, after)
@@ -441,26 +453,27 @@ func (c *Controller) check(ctx context.Context, ref nodeRef) time.Duration {
 }
 
 // attest asks the node for fresh evidence and judges it. A node that does not answer is unreachable, never
-// wrong: only evidence received and verified wrong makes it so.
-func (c *Controller) attest(ctx context.Context, node *corev1.Node) (outcome, string) {
+// wrong: only evidence received and verified wrong makes it so. Verified, it also returns the node image the
+// evidence proves (see [judge]).
+func (c *Controller) attest(ctx context.Context, node *corev1.Node) (outcome, string, string) {
 	v, err := c.o.Policy()
 	if err != nil {
 		// Without a valid policy nobody is judged: a replaced configuration must not quarantine the cluster.
-		return unreachable, "no valid attestation policy: " + err.Error()
+		return unreachable, "no valid attestation policy: " + err.Error(), ""
 	}
 	ip := internalIP(node)
 	if ip == "" {
-		return unreachable, "the Node object has no InternalIP"
+		return unreachable, "the Node object has no InternalIP", ""
 	}
 	nonce := make([]byte, attestation.NonceSize)
 	if _, err := rand.Read(nonce); err != nil {
-		return unreachable, err.Error()
+		return unreachable, err.Error(), ""
 	}
 	fctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
 	raw, err := c.o.Fetch(fctx, net.JoinHostPort(ip, strconv.Itoa(c.o.Port)), nonce)
 	if err != nil {
-		return unreachable, err.Error()
+		return unreachable, err.Error(), ""
 	}
 	return judge(ctx, v, node, raw, nonce)
 }
@@ -477,48 +490,58 @@ const (
 // Judge is the controller's verdict on evidence node sent for nonce, checked against v (the cluster's member
 // policy): Trusted, or Failed with the reason.
 func Judge(ctx context.Context, v attestation.Validator, node *corev1.Node, evidence, nonce []byte) (State, string) {
-	if o, reason := judge(ctx, v, node, evidence, nonce); o != verified {
+	if o, reason, _ := judge(ctx, v, node, evidence, nonce); o != verified {
 		return Failed, reason
 	}
 	return Trusted, ""
 }
 
 // judge validates evidence the node sent for nonce against v, and checks that it is the node's own and binds
-// the mesh key recorded on its Node object.
-func judge(ctx context.Context, v attestation.Validator, node *corev1.Node, raw, nonce []byte) (outcome, string) {
-	userData, err := v.Validate(ctx, raw, nonce)
+// the mesh key recorded on its Node object. Verified, it returns the node image the evidence proves: the image
+// the measurement set it matched names, if v tells it (policyupdate.ImageValidator), else "".
+func judge(ctx context.Context, v attestation.Validator, node *corev1.Node, raw, nonce []byte) (outcome, string, string) {
+	var (
+		userData []byte
+		image    string
+		err      error
+	)
+	if iv, ok := v.(policyupdate.ImageValidator); ok {
+		userData, image, err = iv.ValidateImage(ctx, raw, nonce)
+	} else {
+		userData, err = v.Validate(ctx, raw, nonce)
+	}
 	if err != nil {
 		var mismatch *measurements.Error
 		if errors.As(err, &mismatch) {
 			for _, m := range measurements.Fatal(mismatch.Mismatches) {
 				if m.PCR == measurements.PCRClusterID {
-					return wrong, ReasonClusterID + ": " + err.Error()
+					return wrong, ReasonClusterID + ": " + err.Error(), ""
 				}
 			}
-			return wrong, ReasonMeasurements + ": " + err.Error()
+			return wrong, ReasonMeasurements + ": " + err.Error(), ""
 		}
-		return wrong, ReasonEvidence + ": " + err.Error()
+		return wrong, ReasonEvidence + ": " + err.Error(), ""
 	}
 	// The document validated, so its attestation key certificate chains to the AK roots: its subject is the
 	// name the provider certified for that vTPM.
 	doc, err := attestation.ParseDocument(raw)
 	if err != nil {
-		return wrong, ReasonEvidence + ": " + err.Error()
+		return wrong, ReasonEvidence + ": " + err.Error(), ""
 	}
 	if subject := doc.AttestationKeySubject(); subject != node.Name {
-		return wrong, fmt.Sprintf("%s: the evidence is node %q's, not %q's", ReasonIdentity, subject, node.Name)
+		return wrong, fmt.Sprintf("%s: the evidence is node %q's, not %q's", ReasonIdentity, subject, node.Name), ""
 	}
 	if recorded, ok := node.Annotations[meshpeers.KeyAnnotation]; ok {
 		key, err := wgmesh.ParseKey(recorded)
 		if err != nil {
 			// Malformed: the node is no peer anyway (see meshpeers); its evidence binds its real key.
-			return verified, ""
+			return verified, "", image
 		}
 		if !bytes.Equal(userData, verifyservice.MeshKeyUserData(key)) {
-			return wrong, ReasonMeshKey + ": the evidence binds another WireGuard key than the one recorded on the Node object"
+			return wrong, ReasonMeshKey + ": the evidence binds another WireGuard key than the one recorded on the Node object", ""
 		}
 	}
-	return verified, ""
+	return verified, "", image
 }
 
 // internalIP is the node's InternalIP address.

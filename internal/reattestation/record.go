@@ -40,6 +40,10 @@ const (
 	// ReleasedAnnotation is when the join service last released the node after an attested rejoin
 	// (RFC 3339 with nanoseconds); a new value makes the controller attest the node from scratch.
 	ReleasedAnnotation = "constellation.dev/attestation-released"
+	// AttestedImageAnnotation is the digest ("sha256:<hex>") of the node image the node's evidence last proved:
+	// the image the measurement set it matched names (package policyupdate). None if that set names no image,
+	// and none on a Failed or Pending record. It counts only while the record is Trusted ([Record.Trusted]).
+	AttestedImageAnnotation = "constellation.dev/attested-image"
 )
 
 // Record is the controller's record of one node as the cluster keeps it.
@@ -56,6 +60,9 @@ type Record struct {
 	Released string
 	// Holder is the controller instance that wrote the record.
 	Holder string
+	// Image is the node image the node's evidence last proved ("" if none: see [AttestedImageAnnotation]). It
+	// counts only while the record is Trusted: [Record.TrustedImage].
+	Image string
 }
 
 // RecordOf reads the record of node (with its Node object's UID) from the Lease; ok is false if the Lease
@@ -64,7 +71,7 @@ func RecordOf(lease *coordinationv1.Lease, name string, uid types.UID) (Record, 
 	if lease == nil || lease.Name != name || uid == "" || lease.Annotations[NodeUIDAnnotation] != string(uid) {
 		return Record{}, false
 	}
-	r := Record{Alert: lease.Annotations[AlertAnnotation], Released: lease.Annotations[ReleasedAnnotation]}
+	r := Record{Alert: lease.Annotations[AlertAnnotation], Released: lease.Annotations[ReleasedAnnotation], Image: lease.Annotations[AttestedImageAnnotation]}
 	r.State, r.Reason, _ = strings.Cut(lease.Annotations[StateAnnotation], " ")
 	if s := lease.Spec; s.RenewTime != nil {
 		r.LastVerified = s.RenewTime.Time
@@ -84,6 +91,14 @@ func RecordOf(lease *coordinationv1.Lease, name string, uid types.UID) (Record, 
 // Trusted tells whether the record vouches for the node at now: Trusted, and verified within ValidFor.
 func (r Record) Trusted(now time.Time) bool {
 	return r.State == string(Trusted) && !r.LastVerified.IsZero() && now.Sub(r.LastVerified) <= r.ValidFor
+}
+
+// TrustedImage is the node image the record vouches for at now: its image while it is Trusted, else "".
+func (r Record) TrustedImage(now time.Time) string {
+	if !r.Trusted(now) {
+		return ""
+	}
+	return r.Image
 }
 
 // nodeRef is the Node object a record is of.
@@ -134,6 +149,12 @@ func setRecord(lease *coordinationv1.Lease, rec nodeState, holder string, validF
 		lease.Spec.HolderIdentity = &holder
 		changed = true
 	}
+	if rec.Image != "" {
+		changed = setString(lease.Annotations, AttestedImageAnnotation, rec.Image) || changed
+	} else if _, ok := lease.Annotations[AttestedImageAnnotation]; ok {
+		delete(lease.Annotations, AttestedImageAnnotation)
+		changed = true
+	}
 	return changed
 }
 
@@ -155,9 +176,9 @@ func recordFromLease(lease *coordinationv1.Lease, node nodeRef) (nodeState, bool
 	s := nodeState{Since: r.Since}
 	switch State(r.State) {
 	case Trusted:
-		s.State, s.LastVerified = Trusted, r.LastVerified
+		s.State, s.LastVerified, s.Image = Trusted, r.LastVerified, r.Image
 	case Unreachable:
-		s.State, s.Reason, s.LastVerified, s.UnreachableSince = Unreachable, r.Reason, r.LastVerified, r.Since
+		s.State, s.Reason, s.LastVerified, s.UnreachableSince, s.Image = Unreachable, r.Reason, r.LastVerified, r.Since, r.Image
 	case Failed:
 		s.State, s.Reason = Failed, r.Reason
 	default: // Pending, or released after a rejoin

@@ -57,6 +57,8 @@ func TestNodeCannotForgeItsRecord(t *testing.T) {
 	forged := map[string]string{
 		StateAnnotation:   string(Trusted),
 		NodeUIDAnnotation: string(node.UID),
+		// An image, as if it had proved one (the upgrade controller trusts the image of a Trusted record).
+		AttestedImageAnnotation: "sha256:" + strings.Repeat("2", 64),
 		// A release, as if the join service had admitted it again.
 		ReleasedAnnotation: now.Format(time.RFC3339Nano),
 		// The annotation of the last verification when the record was on the Node object.
@@ -115,6 +117,9 @@ func TestNodeCannotForgeItsRecord(t *testing.T) {
 	}
 	if got := c.statusOf(t, "worker-1"); !strings.HasPrefix(got, "trusted") {
 		t.Fatalf("status of the healthy node: %q", got)
+	}
+	if r, ok := c.record(t, "worker-0"); !ok || r.Image != "" || r.TrustedImage(time.Now()) != "" {
+		t.Fatalf("the failed node's record after its forgery: %+v", r)
 	}
 }
 

@@ -46,6 +46,9 @@ type nodeState struct {
 	Misses int
 	// UID is the UID of the Node object the record is of.
 	UID types.UID
+	// Image is the node image the node's evidence last proved: the image the measurement set it matched names
+	// ("" if none, and on a Failed record).
+	Image string
 	// Released is the join service's last release of the node the controller acted on (see
 	// [ReleasedAnnotation]); Epoch counts the controller's fresh starts of the node, so that a check begun
 	// before one is not recorded after it.

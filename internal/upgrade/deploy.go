@@ -8,6 +8,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
@@ -63,8 +64,15 @@ var LeaseRules = []map[string]any{
 	{"apiGroups": []string{"", "events.k8s.io"}, "resources": []string{"events"}, "verbs": []string{"create", "patch"}},
 }
 
+// RecordRules are its permissions in reattestation.RecordNamespace: reading the nodes' attestation records,
+// from which it learns which node image each node runs. It writes none.
+var RecordRules = []map[string]any{
+	{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"get", "list", "watch"}},
+}
+
 // Manifests returns the controller's objects, as a JSON list for `kubectl apply`: the NodeUpgrade CRD, the
-// service account with [Rules], [LeaseRules] and [ClusterInfoRules], and a Deployment on the control-plane nodes, on the host
+// service account with [Rules], [LeaseRules], [ClusterInfoRules] and [RecordRules] (whose namespace the join
+// service's manifests create: apply these after them), and a Deployment on the control-plane nodes, on the host
 // network (it reaches etcd at 127.0.0.1:2379 with kubeadm's client certificate, to remove the members of
 // replaced control-plane nodes), with leader election. It reads the provider's credential from the Secret
 // [ProviderCredentialSecret], mounted as files.
@@ -77,6 +85,8 @@ func Manifests() ([]byte, error) {
 	labels := kubeapi.Labels(Name)
 	publicMeta := kubeapi.Meta(Name, Name)
 	publicMeta["namespace"] = "kube-public"
+	recordMeta := kubeapi.Meta(Name, Name)
+	recordMeta["namespace"] = reattestation.RecordNamespace
 	container := map[string]any{
 		"name":            Name,
 		"image":           Image(),
@@ -130,6 +140,12 @@ func Manifests() ([]byte, error) {
 		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": publicMeta, "rules": ClusterInfoRules},
 		map[string]any{
 			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": publicMeta,
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
+		},
+		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": recordMeta, "rules": RecordRules},
+		map[string]any{
+			"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": recordMeta,
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": Name},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": Name, "namespace": "kube-system"}},
 		},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
@@ -47,8 +49,8 @@ type Options struct {
 // LeaseName is the controller's leader election lease.
 const LeaseName = "upgrade-controller"
 
-// NewManager returns the controller, ready to Start: it watches the NodeUpgrade, the Nodes and the deletion
-// of Pods, and never lists on a timer.
+// NewManager returns the controller, ready to Start: it watches the NodeUpgrade, the Nodes, the deletion of
+// Pods and the nodes' attestation records, and never lists on a timer.
 func NewManager(cfg *rest.Config, opts Options) (manager.Manager, error) {
 	if opts.Fleet == nil || opts.Etcd == nil || opts.Log == nil {
 		return nil, fmt.Errorf("the upgrade controller needs a fleet, etcd and a logger")
@@ -78,6 +80,8 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, error) {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Of a pod, the controller reads where it runs, who controls it and whether it ends.
 			&corev1.Pod{}: {Transform: slimPod},
+			// The nodes' attestation records, which say which image each node runs; none elsewhere.
+			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{reattestation.RecordNamespace: {}}},
 		}},
 	})
 	if err != nil {
@@ -103,11 +107,26 @@ func NewManager(cfg *rest.Config, opts Options) (manager.Manager, error) {
 		For(&v1alpha1.NodeUpgrade{}).
 		Watches(&corev1.Node{}, toUpgrade).
 		Watches(&corev1.Pod{}, toUpgrade, builder.WithPredicates(onlyDeletes)).
+		Watches(&coordinationv1.Lease{}, toUpgrade, builder.WithPredicates(recordVerdicts)).
 		Complete(r)
 	if err != nil {
 		return nil, fmt.Errorf("creating the NodeUpgrade controller: %w", err)
 	}
 	return mgr, nil
+}
+
+// recordVerdicts lets through the changes of an attestation record that can change what it vouches for: its
+// state, image or Node object, not each renewal of its verification time (the controller asks again by itself
+// while it waits for a record).
+var recordVerdicts = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		for _, a := range []string{reattestation.StateAnnotation, reattestation.AttestedImageAnnotation, reattestation.NodeUIDAnnotation} {
+			if e.ObjectOld.GetAnnotations()[a] != e.ObjectNew.GetAnnotations()[a] {
+				return true
+			}
+		}
+		return false
+	},
 }
 
 // slimPod keeps of a cached pod what the drain reads.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
@@ -198,12 +200,25 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 		r.fail(st, cur, fmt.Errorf("the replacement %s joined with another role than %s", cur.ReplacementNode, cur.Role))
 		return reconcile.Result{}, nil
 	}
-	switch digest := node.Annotations[ImageDigestAnnotation]; digest {
+	// The image is what the replacement's attestation proved (its record), never what it or the provider says.
+	var lease coordinationv1.Lease
+	var record *coordinationv1.Lease
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: reattestation.RecordNamespace, Name: node.Name}, &lease); err == nil {
+		record = &lease
+	} else if !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, fmt.Errorf("reading the attestation record of node %s: %w", node.Name, err)
+	}
+	switch digest, why := r.attestedImage(&node, record); digest {
 	case st.ImageDigest:
 	case "":
-		return wait("waiting for " + cur.ReplacementNode + " to report its image (annotation " + ImageDigestAnnotation + ")")
+		// The record changes with the node's next re-attestation, or goes stale with time: ask again soon.
+		res, err := wait("waiting for the attestation of " + cur.ReplacementNode + " to prove its image: " + why)
+		if res.RequeueAfter > r.Retry {
+			res.RequeueAfter = r.Retry
+		}
+		return res, err
 	default:
-		r.fail(st, cur, fmt.Errorf("the replacement %s runs image %s, not %s", cur.ReplacementNode, digest, st.ImageDigest))
+		r.fail(st, cur, fmt.Errorf("the replacement %s runs image %s by its attestation, not %s; the old node was not touched, delete the replacement through the provider", cur.ReplacementNode, digest, st.ImageDigest))
 		return reconcile.Result{}, nil
 	}
 	if v := node.Status.NodeInfo.KubeletVersion; st.KubernetesVersion != "" && v != st.KubernetesVersion {
@@ -309,19 +324,28 @@ func (r *Reconciler) removing(ctx context.Context, st *v1alpha1.NodeUpgradeStatu
 	return reconcile.Result{}, nil
 }
 
-// next picks the node to replace next: a node that does not report the wanted image and is neither replaced
-// nor a replacement, control-plane nodes first, by name. existing are the names of all nodes.
+// next picks the node to replace next: a node whose attestation does not prove the wanted image (see
+// [Reconciler.attestedImage]) and is neither replaced nor a replacement, control-plane nodes first, by name.
+// existing are the names of all nodes.
 func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (name, role string, existing map[string]bool, err error) {
 	var nodes corev1.NodeList
 	if err := r.Client.List(ctx, &nodes); err != nil {
 		return "", "", nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	var leases coordinationv1.LeaseList
+	if err := r.Client.List(ctx, &leases, client.InNamespace(reattestation.RecordNamespace)); err != nil {
+		return "", "", nil, fmt.Errorf("listing the nodes' attestation records: %w", err)
+	}
+	records := map[string]*coordinationv1.Lease{}
+	for i := range leases.Items {
+		records[leases.Items[i].Name] = &leases.Items[i]
 	}
 	existing = map[string]bool{}
 	var cps, workers []string
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
 		existing[n.Name] = true
-		if n.Annotations[ImageDigestAnnotation] == st.ImageDigest || r.known(st, n.Name, nil) {
+		if image, _ := r.attestedImage(n, records[n.Name]); image == st.ImageDigest || r.known(st, n.Name, nil) {
 			continue
 		}
 		if isControlPlane(n) {
@@ -339,6 +363,30 @@ func (r *Reconciler) next(ctx context.Context, st *v1alpha1.NodeUpgradeStatus) (
 		return workers[0], RoleWorker, existing, nil
 	}
 	return "", "", existing, nil
+}
+
+// attestedImage is the node image the node's attestation record (lease, nil if none) vouches for now: the image
+// of the measurement set its evidence last matched, if the record is of this Node object (its UID) and Trusted
+// (verified within its validity). Otherwise it is "", and why says why.
+func (r *Reconciler) attestedImage(n *corev1.Node, lease *coordinationv1.Lease) (image, why string) {
+	if lease == nil {
+		return "", "no attestation record yet"
+	}
+	rec, ok := reattestation.RecordOf(lease, n.Name, n.UID)
+	if !ok {
+		return "", "its attestation record is of another Node object (" + reattestation.NodeUIDAnnotation + ")"
+	}
+	now := r.clock()
+	if !rec.Trusted(now) {
+		if rec.State == string(reattestation.Trusted) {
+			return "", fmt.Sprintf("its attestation record is stale (last verified %s)", rec.LastVerified.UTC().Format(time.RFC3339))
+		}
+		return "", "its attestation record is " + rec.State + ", not trusted"
+	}
+	if rec.TrustedImage(now) == "" {
+		return "", "its evidence matched a measurement set that names no node image"
+	}
+	return rec.TrustedImage(now), ""
 }
 
 // checkEndpoint refuses to replace the control-plane node that serves the cluster's control-plane endpoint

@@ -7,19 +7,21 @@
 // node. Every failure stops the upgrade (phase Failed, naming the node and the step); nothing continues past it.
 //
 // The NodeUpgrade's status is the controller's only memory: a controller that restarts, or whose pod is
-// evicted from the node it drains, resumes from there. A node's image is what its Node object's
-// [ImageDigestAnnotation] says. That annotation is for progress only: the kubelet can write it, so nothing that
-// decides whom to trust reads it; the join service decides which images may join, by attestation.
+// evicted from the node it drains, resumes from there.
+//
+// A node's image is what attestation proved, never what the node or the provider says: the node's record in
+// reattestation.RecordNamespace (which only the join service's service account writes), bound to the Node
+// object's UID and only while it is Trusted, names the image of the measurement set the node's evidence last
+// matched (reattestation.AttestedImageAnnotation; the sets name their images under the MAC of the measurement
+// policy, package policyupdate). A replacement counts only once its record proves the wanted image; a node
+// whose record proves no image, or another, counts as not upgraded. Nothing a kubelet can write on its Node
+// object (annotations, labels) is read for it.
 package upgrade
 
 import (
 	"context"
 	"errors"
 )
-
-// ImageDigestAnnotation is the annotation of a Node that names the node image it booted ("sha256:<hex>"). A
-// node without it counts as running another image than the one wanted.
-const ImageDigestAnnotation = "constellation.dev/image-digest"
 
 // controlPlaneLabel marks control-plane nodes (kubeadm sets it).
 const controlPlaneLabel = "node-role.kubernetes.io/control-plane"

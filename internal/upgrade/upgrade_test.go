@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -31,6 +32,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
@@ -84,6 +86,8 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, srv: srv, admin: admin}
 	e.fleet = &fleet{env: e, notReady: map[string]bool{}}
 	e.etcd = &etcdMembers{fleet: e.fleet}
+	// The nodes' attestation records' namespace, which the join service's manifests create before these.
+	e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}})
 	// The controller's manifests, its Deployment included (no pods run here).
 	list, err := upgrade.Manifests()
 	if err != nil {
@@ -181,16 +185,75 @@ func (e *env) node(name, role, image string, ready bool) {
 	}
 }
 
-// register is node, for the fleet (which runs on the controller's goroutines).
+// What a node's kubelet may write on its own Node object to claim an image: every node of the tests claims
+// the new one, which must not count for anything.
+const (
+	claimAnnotation = "constellation.dev/image-digest"
+	claimLabel      = "constellation.dev/image"
+)
+
+// How the fleet's new nodes' attestation records are (see env.record).
+const (
+	recordTrusted  = ""          // Trusted, verified just now, with the image the node booted
+	recordNone     = "none"      // no record yet
+	recordOtherUID = "other-uid" // a Trusted record of an earlier Node object of the same name
+	recordStale    = "stale"     // Trusted, but last verified longer ago than it is valid
+	recordPending  = "pending"   // not attested yet
+)
+
+// register is node, for the fleet (which runs on the controller's goroutines): the Node object as the node's
+// kubelet registers it (claiming the new image on it), and the record the re-attestation controller keeps of
+// it (see record), with the image the node booted.
 func (e *env) register(name, role, image string, ready bool) error {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}, Annotations: map[string]string{upgrade.ImageDigestAnnotation: image}}}
+	return e.registerWith(name, role, image, ready, recordTrusted)
+}
+
+func (e *env) registerWith(name, role, image string, ready bool, record string) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name:        name,
+		Labels:      map[string]string{"kubernetes.io/hostname": name, claimLabel: strings.TrimPrefix(newImage, "sha256:")[:63]},
+		Annotations: map[string]string{claimAnnotation: newImage},
+	}}
 	if role == upgrade.RoleControlPlane {
 		n.Labels["node-role.kubernetes.io/control-plane"] = ""
 	}
 	if err := e.admin.Create(context.Background(), n); err != nil {
 		return fmt.Errorf("registering node %s: %w", name, err)
 	}
+	if err := e.record(n, image, record); err != nil {
+		return err
+	}
 	return e.setNodeReady(name, ready, "KubeletReady")
+}
+
+// record writes the attestation record of node n, as the re-attestation controller (the join service's service
+// account) writes it after the node's evidence matched the measurement set of image; how says which record.
+func (e *env) record(n *corev1.Node, image, how string) error {
+	if how == recordNone {
+		return nil
+	}
+	uid, state, verified := string(n.UID), string(reattestation.Trusted), time.Now()
+	switch how {
+	case recordOtherUID:
+		uid = "an-earlier-node-of-this-name"
+	case recordStale:
+		verified = verified.Add(-2 * time.Hour)
+	case recordPending:
+		state, image = string(reattestation.Pending), ""
+	}
+	validity := int32(3600)
+	ann := map[string]string{reattestation.StateAnnotation: state, reattestation.NodeUIDAnnotation: uid}
+	if image != "" {
+		ann[reattestation.AttestedImageAnnotation] = image
+	}
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Namespace: reattestation.RecordNamespace, Annotations: ann},
+		Spec:       coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: verified}, LeaseDurationSeconds: &validity},
+	}
+	if err := e.admin.Create(context.Background(), lease); err != nil {
+		return fmt.Errorf("writing the attestation record of node %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 // setReady sets the node's Ready condition, as its kubelet would.
@@ -360,6 +423,8 @@ type fleet struct {
 	// existing, if set, is the name of a node that is there already, which the provider answers instead of
 	// creating one; bootImage, if set, is the image it boots instead of the one asked for.
 	existing, bootImage string
+	// record is how the records of the nodes it creates are (recordTrusted, recordNone, ...).
+	record string
 }
 
 func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error) {
@@ -380,7 +445,7 @@ func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error
 	}
 	f.n++
 	name := fmt.Sprintf("%s-new-%d", role, f.n)
-	return name, f.env.register(name, role, image, !f.notReady[name])
+	return name, f.env.registerWith(name, role, image, !f.notReady[name], f.record)
 }
 
 func (f *fleet) DeleteNode(_ context.Context, name string) error {
@@ -813,7 +878,9 @@ func TestUpgradeRefusesExistingNodeAsReplacement(t *testing.T) {
 }
 
 // TestUpgradeRefusesReplacementOnOtherImage is the host's provider booting the replacement from another image
-// than the one asked for (the old one, which the join service still admits during the upgrade): the old node is
+// than the one asked for (the old one, which the join service still admits during the upgrade), and the
+// replacement claiming the new image wherever its kubelet can write (an annotation and a label on its Node
+// object, as every node of these tests does): its attestation record proves the old image, and the old node is
 // not drained for it.
 func TestUpgradeRefusesReplacementOnOtherImage(t *testing.T) {
 	e := newEnv(t)
@@ -823,10 +890,56 @@ func TestUpgradeRefusesReplacementOnOtherImage(t *testing.T) {
 	e.run()
 	e.upgrade()
 	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
-	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, oldImage) {
-		t.Errorf("message %q does not name the node and the image", st.Message)
+	if !strings.Contains(st.Message, "worker-0") || !strings.Contains(st.Message, oldImage) || !strings.Contains(st.Message, "attestation") {
+		t.Errorf("message %q does not name the node, the image and where it comes from", st.Message)
 	}
 	e.refusedUntouched("worker-0", "web-0")
+}
+
+// TestUpgradeWaitsForAttestedImage is the replacement of the old image (or of any image) claiming the new one
+// on its Node object while its attestation record proves nothing the controller may take: no record yet, the
+// record of an earlier Node object of its name, a Trusted record gone stale, a record not Trusted. The
+// controller waits for a record that proves the new image (and fails at the join timeout); the old node is not
+// drained meanwhile. Once the re-attestation records the new image, the upgrade goes on.
+func TestUpgradeWaitsForAttestedImage(t *testing.T) {
+	for how, why := range map[string]string{
+		recordNone:     "no attestation record",
+		recordOtherUID: "another Node object",
+		recordStale:    "stale",
+		recordPending:  "pending, not trusted",
+	} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t)
+			e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+			e.pod("web-0", "worker-0", nil, nil)
+			e.fleet.bootImage, e.fleet.record = oldImage, how
+			e.run()
+			e.upgrade()
+			st := e.wait("the controller to wait for the replacement's attestation", func(st *v1alpha1.NodeUpgradeStatus) bool {
+				return len(st.Nodes) > 0 && (st.Nodes[0].Step != v1alpha1.StepJoining || strings.Contains(st.Nodes[0].Message, why))
+			})
+			if st.Phase == v1alpha1.PhaseFailed || st.Nodes[0].Step != v1alpha1.StepJoining {
+				t.Fatalf("the controller did not wait for the replacement's attestation: %s", describe(st))
+			}
+			e.refusedUntouched("worker-0", "web-0")
+
+			// The re-attestation proves the new image: the replacement counts, the old node goes.
+			var n corev1.Node
+			if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "worker-new-1"}, &n); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.admin.DeleteAllOf(t.Context(), &coordinationv1.Lease{}, client.InNamespace(reattestation.RecordNamespace)); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.record(&n, newImage, recordTrusted); err != nil {
+				t.Fatal(err)
+			}
+			e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+			if nodes := e.nodes(); !slices.Equal(nodes, []string{"worker-new-1"}) {
+				t.Errorf("nodes %v", nodes)
+			}
+		})
+	}
 }
 
 // refusedUntouched checks that the node is still there, schedulable, with its pod, and that the provider

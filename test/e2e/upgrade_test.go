@@ -17,12 +17,19 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/constellation-dev/constellation/internal/joinservice"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
@@ -34,24 +41,23 @@ const (
 
 // TestMiniUpgradeWorker replaces a worker of a real cluster through the upgrade controller, with the
 // controller's own permissions: the mini provider boots the replacement (`mini add-worker`; it joins through
-// the join service, attested), the controller waits until it is Ready, then drains the old worker as the
-// application's PodDisruptionBudget allows it (real kubelets end the pods, the disruption controller keeps the
-// budget): while the budget allows no disruption, the pods stay; once the application has a spare replica on
-// the new worker, they move there one by one. Then the provider powers the old worker off and its Node goes.
-// (The nodes all run the same image here: the test writes the image annotations the join service would.)
+// the join service, attested), the controller waits until it is Ready and its attestation record proves the new
+// image, then drains the old worker as the application's PodDisruptionBudget allows it (real kubelets end the
+// pods, the disruption controller keeps the budget): while the budget allows no disruption, the pods stay; once
+// the application has a spare replica on the new worker, they move there one by one. Then the provider powers
+// the old worker off and its Node goes.
+//
+// The nodes all run the same image here, so the re-attestation controller would record the same image for
+// every node: the test takes its place (it holds the controller's leader election Lease, which stops it) and
+// writes the nodes' attestation records as it would, with the join service's service account: the
+// control-plane node and the replacement proven on the new image, worker-0 on the old one.
 func TestMiniUpgradeWorker(t *testing.T) {
 	cl := startCluster(t, 1, 1)
 	k := cl.k
-	annotate := func(node, image string) error {
-		out, err := k("annotate", "--overwrite", "node", node, upgrade.ImageDigestAnnotation+"="+image)
-		if err != nil {
-			return fmt.Errorf("annotating %s: %v\n%s", node, err, out)
-		}
-		return nil
-	}
+	records := newRecordWriter(t, cl)
 	// The control-plane node serves the cluster's endpoint and stays: it counts as upgraded.
 	for node, image := range map[string]string{"control-plane-0": upgradeNewImage, "worker-0": upgradeOldImage} {
-		if err := annotate(node, image); err != nil {
+		if err := records.attest(t.Context(), node, image); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,7 +101,7 @@ spec:
 	}
 	cfg.Impersonate.UserName = "system:serviceaccount:kube-system:" + upgrade.Name
 	cfg.Impersonate.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}
-	f := &miniFleet{c: cl.c, annotate: annotate, k: k}
+	f := &miniFleet{c: cl.c, attest: records.attest, k: k}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	mgr, err := upgrade.NewManager(cfg, upgrade.Options{Fleet: f, Etcd: noEtcd{}, Log: log, LeaderElection: true, LeaseNamespace: "kube-system"})
@@ -178,15 +184,15 @@ spec:
 }
 
 // miniFleet creates workers with `mini add-worker` and deletes nodes with `mini stop` (powered off, they
-// leave the cluster); it writes the image annotation of a new node once it registers, as the join service
-// would.
+// leave the cluster); it writes the attestation record of a new node once it registers, as the re-attestation
+// controller would once the node's evidence matched the new image's measurement set.
 type miniFleet struct {
-	c        cli
-	k        func(args ...string) (string, error)
-	annotate func(node, image string) error
-	mu       sync.Mutex
-	log      []string
-	name     string
+	c      cli
+	k      func(args ...string) (string, error)
+	attest func(ctx context.Context, node, image string) error
+	mu     sync.Mutex
+	log    []string
+	name   string
 }
 
 var bootedRE = regexp.MustCompile(`(worker-[0-9]+) booted`)
@@ -209,7 +215,7 @@ func (f *miniFleet) CreateNode(ctx context.Context, role, image string) (string,
 	f.mu.Unlock()
 	go func() {
 		for ctx.Err() == nil {
-			if _, err := f.k("get", "node", m[1]); err == nil && f.annotate(m[1], image) == nil {
+			if _, err := f.k("get", "node", m[1]); err == nil && f.attest(ctx, m[1], image) == nil {
 				return
 			}
 			time.Sleep(time.Second)
@@ -250,6 +256,93 @@ func (f *miniFleet) created() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.name
+}
+
+// recordWriter writes the nodes' attestation records in place of the re-attestation controller, with the join
+// service's service account (the only one, besides administrators, that may write them).
+type recordWriter struct {
+	admin, join kubernetes.Interface
+}
+
+// newRecordWriter stops the cluster's re-attestation controller: it takes the controller's leader election
+// Lease for an hour, and waits until the join service says its controller stopped (it loses the Lease at its
+// next renewal and cannot take it back).
+func newRecordWriter(t *testing.T, cl *cluster) *recordWriter {
+	t.Helper()
+	clientset := func(as string) kubernetes.Interface {
+		cfg, err := clientcmd.BuildConfigFromFlags("", cl.kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if as != "" {
+			cfg.Impersonate.UserName = "system:serviceaccount:kube-system:" + as
+			cfg.Impersonate.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}
+		}
+		c, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	w := &recordWriter{admin: clientset(""), join: clientset(joinservice.Name)}
+	leases := w.admin.CoordinationV1().Leases(reattestation.ControlNamespace)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l, err := leases.Get(t.Context(), reattestation.LeaseName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		holder, secs, now := "e2e-upgrade-test", int32(3600), metav1.NowMicro()
+		l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = &holder, &secs, &now, &now
+		_, err = leases.Update(t.Context(), l, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("taking the re-attestation controller's Lease: %v", err)
+	}
+	cl.eventually("the re-attestation controller stopped", func() (string, bool) {
+		out, err := cl.k("-n", "kube-system", "logs", "daemonset/join-service")
+		return lastLines(out, 5), err == nil && strings.Contains(out, "re-attestation controller no longer active")
+	})
+	return w
+}
+
+// attest writes node's record as the re-attestation controller does when the node's evidence matched the
+// measurement set of image: Trusted, verified now (valid for an hour), of its Node object's UID.
+func (w *recordWriter) attest(ctx context.Context, node, image string) error {
+	n, err := w.admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	leases := w.join.CoordinationV1().Leases(reattestation.RecordNamespace)
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l, err := leases.Get(ctx, node, metav1.GetOptions{})
+		create := apierrors.IsNotFound(err)
+		if create {
+			l, err = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: reattestation.RecordNamespace}}, nil
+		}
+		if err != nil {
+			return err
+		}
+		l.Annotations = map[string]string{
+			reattestation.StateAnnotation:         string(reattestation.Trusted),
+			reattestation.NodeUIDAnnotation:       string(n.UID),
+			reattestation.AttestedImageAnnotation: image,
+		}
+		secs, now := int32(3600), metav1.NowMicro()
+		l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &secs, &now
+		if create {
+			_, err = leases.Create(ctx, l, metav1.CreateOptions{})
+		} else {
+			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+		}
+		return err
+	})
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // noEtcd is the etcd of a test that replaces no control-plane node.

@@ -4,7 +4,10 @@
 // secret (the operator's CLI) can author one.
 //
 // During an upgrade a cluster accepts exactly two sets, the old image's and the new one's; before and after,
-// one. The epoch defends against replay: whoever enforces a policy keeps the highest epoch it accepted where a
+// one. Each set names the node image it was signed for (its digest, "sha256:<hex>", [ImageSet]), under the MAC:
+// a verifier that knows which set a node's evidence matched knows which image the node runs ([AnyImage]), and the
+// cluster records that, not what a node says of itself. Updates of wire version 1, written before sets named
+// their images, are still read (their sets name no image); the CLI authors version 2. The epoch defends against replay: whoever enforces a policy keeps the highest epoch it accepted where a
 // cluster administrator cannot write, and refuses a lower epoch, or the same epoch with other content
 // ([Supersedes]). An update saved from the window of an upgrade therefore cannot reopen it once a later update
 // narrowed the sets.
@@ -27,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -35,8 +39,13 @@ import (
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
 
-// Version is the version of the wire form and of the MAC's encoding.
-const Version = 1
+// Version is the version of the wire form and of the MAC's encoding that [Author] writes: 2, whose sets name
+// their node images. [Parse] reads version 1 too (sets without images), so that an update a key service kept
+// before stays readable.
+const Version = 2
+
+// versionUnlabelled is the wire version whose sets name no image.
+const versionUnlabelled = 1
 
 // MaxSets is the most sets an update holds: the old and the new image during an upgrade.
 const MaxSets = 2
@@ -54,8 +63,54 @@ type Update struct {
 	// Sets are the measurement sets accepted: one, or two during an upgrade. None holds the cluster-ID PCR,
 	// which the enforcer sets itself (fresh for a joining node, the cluster ID for a member).
 	Sets []measurements.M
+	// Images are the digests ("sha256:<hex>") of the node images the sets are of, one per set in order; nil for
+	// an update of wire version 1, whose sets name no image.
+	Images []string
 	// MAC is HMAC-SHA256 of the content under the master secret's measurement-policy key.
 	MAC []byte
+}
+
+// ImageSet is a measurement set with the digest of the node image it was signed for.
+type ImageSet struct {
+	// Image is the node image's digest, "sha256:<64 lower-case hex digits>".
+	Image        string
+	Measurements measurements.M
+}
+
+// imageDigest is the form of a node image's digest.
+var imageDigest = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// CheckImageDigest checks that s is a node image's digest, "sha256:<64 lower-case hex digits>".
+func CheckImageDigest(s string) error {
+	if !imageDigest.MatchString(s) {
+		return fmt.Errorf("node image digest %.80q: want sha256:<64 lower-case hex digits>", s)
+	}
+	return nil
+}
+
+// ImageOf returns the image of set i ("" if the update names none, or there is no set i).
+func (u *Update) ImageOf(i int) string {
+	if u == nil || i < 0 || i >= len(u.Images) {
+		return ""
+	}
+	return u.Images[i]
+}
+
+// ImageSets returns the sets with their images ("" for an update that names none).
+func (u *Update) ImageSets() []ImageSet {
+	sets := make([]ImageSet, len(u.Sets))
+	for i, set := range u.Sets {
+		sets[i] = ImageSet{Image: u.ImageOf(i), Measurements: set}
+	}
+	return sets
+}
+
+// version is the wire version of u: 1 if its sets name no image.
+func (u *Update) version() int {
+	if u.Images == nil {
+		return versionUnlabelled
+	}
+	return Version
 }
 
 // Errors of the epoch order ([Supersedes]).
@@ -68,13 +123,17 @@ var (
 	ErrNotAuthentic = errors.New("the update's MAC does not verify under the cluster's measurement-policy key: it was not authored with the master secret")
 )
 
-// Author makes the update of epoch for clusterID that accepts sets, with its MAC under key
-// (kms.Deriver.MeasurementPolicyKey).
-func Author(key, clusterID []byte, epoch uint64, sets ...measurements.M) (*Update, error) {
+// Author makes the update of epoch for clusterID that accepts sets, each with the node image it is of, with
+// its MAC under key (kms.Deriver.MeasurementPolicyKey).
+func Author(key, clusterID []byte, epoch uint64, sets ...ImageSet) (*Update, error) {
 	if len(key) != 32 {
 		return nil, errors.New("a measurement policy update needs the 32-byte key of its MAC")
 	}
-	u := &Update{Epoch: epoch, ClusterID: slices.Clone(clusterID), Sets: sets}
+	u := &Update{Epoch: epoch, ClusterID: slices.Clone(clusterID), Images: []string{}}
+	for _, set := range sets {
+		u.Sets = append(u.Sets, set.Measurements)
+		u.Images = append(u.Images, set.Image)
+	}
 	if err := u.validate(); err != nil {
 		return nil, err
 	}
@@ -105,6 +164,20 @@ func (u *Update) validate() error {
 	if len(u.Sets) == 2 && bytes.Equal(canonical(u.Sets[0]), canonical(u.Sets[1])) {
 		return errors.New("measurement policy update: the two measurement sets are the same")
 	}
+	if u.Images == nil {
+		return nil
+	}
+	if len(u.Images) != len(u.Sets) {
+		return fmt.Errorf("measurement policy update: %d node images for %d measurement sets; every set names the image it is of", len(u.Images), len(u.Sets))
+	}
+	for i, img := range u.Images {
+		if err := CheckImageDigest(img); err != nil {
+			return fmt.Errorf("measurement policy update: set %d: %w", i+1, err)
+		}
+	}
+	if len(u.Images) == 2 && u.Images[0] == u.Images[1] {
+		return fmt.Errorf("measurement policy update: both measurement sets name node image %s; two sets are two images", u.Images[0])
+	}
 	return nil
 }
 
@@ -118,17 +191,22 @@ func canonical(m measurements.M) []byte {
 	return raw
 }
 
-// mac computes the MAC of the content under key.
+// mac computes the MAC of the content under key: of version 2, every set with its image; of version 1 (sets
+// without images), the encoding of that version.
 func (u *Update) mac(key []byte) []byte {
 	m := hmac.New(sha256.New, key)
-	fmt.Fprintf(m, "constellation measurement policy update v%d\x00", Version)
+	fmt.Fprintf(m, "constellation measurement policy update v%d\x00", u.version())
 	m.Write(u.ClusterID)
 	binary.Write(m, binary.BigEndian, u.Epoch)
 	m.Write([]byte{byte(len(u.Sets))})
-	for _, set := range u.Sets {
+	for i, set := range u.Sets {
 		raw := canonical(set)
 		binary.Write(m, binary.BigEndian, uint32(len(raw)))
 		m.Write(raw)
+		if u.Images != nil {
+			binary.Write(m, binary.BigEndian, uint32(len(u.Images[i])))
+			m.Write([]byte(u.Images[i]))
+		}
 	}
 	return m.Sum(nil)
 }
@@ -151,12 +229,12 @@ func (u *Update) Verify(key, clusterID []byte) error {
 	return nil
 }
 
-// Same reports whether u and o have the same content (epoch, cluster ID, sets in order).
+// Same reports whether u and o have the same content (epoch, cluster ID, sets in order with their images).
 func (u *Update) Same(o *Update) bool {
 	if u == nil || o == nil {
 		return u == o
 	}
-	if u.Epoch != o.Epoch || !bytes.Equal(u.ClusterID, o.ClusterID) || len(u.Sets) != len(o.Sets) {
+	if u.Epoch != o.Epoch || !bytes.Equal(u.ClusterID, o.ClusterID) || len(u.Sets) != len(o.Sets) || u.version() != o.version() || !slices.Equal(u.Images, o.Images) {
 		return false
 	}
 	for i := range u.Sets {
@@ -189,12 +267,17 @@ type wire struct {
 	ClusterID string            `json:"clusterID"`
 	Epoch     uint64            `json:"epoch"`
 	Sets      []json.RawMessage `json:"sets"`
-	MAC       string            `json:"mac"`
+	// Images are the sets' node images (version 2; absent in version 1).
+	Images *[]string `json:"images,omitempty"`
+	MAC    string    `json:"mac"`
 }
 
 // Marshal returns the wire form.
 func (u *Update) Marshal() ([]byte, error) {
-	w := wire{Version: Version, ClusterID: hex.EncodeToString(u.ClusterID), Epoch: u.Epoch, MAC: hex.EncodeToString(u.MAC)}
+	w := wire{Version: u.version(), ClusterID: hex.EncodeToString(u.ClusterID), Epoch: u.Epoch, MAC: hex.EncodeToString(u.MAC)}
+	if u.Images != nil {
+		w.Images = &u.Images
+	}
 	for _, set := range u.Sets {
 		w.Sets = append(w.Sets, canonical(set))
 	}
@@ -211,10 +294,21 @@ func Parse(raw []byte) (*Update, error) {
 	if err := strictjson.Decode(raw, &w, MaxSize); err != nil {
 		return nil, fmt.Errorf("parsing the measurement policy update: %w", err)
 	}
-	if w.Version != Version {
-		return nil, fmt.Errorf("measurement policy update: version %d; this program reads version %d", w.Version, Version)
+	switch {
+	case w.Version == Version && w.Images == nil:
+		return nil, fmt.Errorf("measurement policy update: version %d names the node image of every set, this one names none", Version)
+	case w.Version == versionUnlabelled && w.Images != nil:
+		return nil, fmt.Errorf("measurement policy update: version %d names no node images, this one does", versionUnlabelled)
+	case w.Version != Version && w.Version != versionUnlabelled:
+		return nil, fmt.Errorf("measurement policy update: version %d; this program reads versions %d and %d", w.Version, versionUnlabelled, Version)
 	}
 	u := &Update{Epoch: w.Epoch}
+	if w.Images != nil {
+		if len(*w.Images) > MaxSets {
+			return nil, fmt.Errorf("measurement policy update: %d node images; an update accepts one image, or two during an upgrade", len(*w.Images))
+		}
+		u.Images = append([]string{}, *w.Images...)
+	}
 	var err error
 	if u.ClusterID, err = decodeHex(w.ClusterID, 32); err != nil {
 		return nil, fmt.Errorf("measurement policy update: cluster ID: %w", err)
@@ -264,10 +358,26 @@ func (u *Update) String() string {
 		return "no update (the measurements of the cluster's init)"
 	}
 	parts := make([]string, len(u.Sets))
-	for i, set := range u.Sets {
-		parts[i] = Describe(set)
+	for i, set := range u.ImageSets() {
+		parts[i] = set.String()
 	}
 	return fmt.Sprintf("epoch %d: %s", u.Epoch, strings.Join(parts, " and "))
+}
+
+// String describes the set: its image, shortened, and its measurement ([Describe]).
+func (s ImageSet) String() string {
+	if s.Image == "" {
+		return Describe(s.Measurements)
+	}
+	return ShortImage(s.Image) + " (" + Describe(s.Measurements) + ")"
+}
+
+// ShortImage shortens a node image's digest for display: "sha256:" and 12 hex digits.
+func ShortImage(digest string) string {
+	if len(digest) > len("sha256:")+12 {
+		return digest[:len("sha256:")+12]
+	}
+	return digest
 }
 
 // Describe names a set by its node image's measurement (PCR 4), shortened.
@@ -279,35 +389,79 @@ func Describe(set measurements.M) string {
 	return fmt.Sprintf("image PCR %d %s…", measurements.PCRNodeImage, img.Expected.String()[:12])
 }
 
+// ImageValidator is a validator of several measurement sets that tells, besides the user data, the node image of
+// the set the evidence matched.
+type ImageValidator interface {
+	attestation.Validator
+	// ValidateImage is Validate, and returns the image of the first set that accepted the evidence ("" if that
+	// set names none).
+	ValidateImage(ctx context.Context, evidence, nonce []byte) (userData []byte, image string, err error)
+}
+
 // AnySet returns a validator that accepts what one of vs accepts, one validator per accepted measurement set,
 // all of one variant. When none accepts, its error joins theirs, each naming its set's position.
 func AnySet(vs ...attestation.Validator) (attestation.Validator, error) {
+	if len(vs) == 1 {
+		if err := checkVariants(vs); err != nil {
+			return nil, err
+		}
+		return vs[0], nil
+	}
+	return AnyImage(vs, nil)
+}
+
+// AnyImage is [AnySet] for sets that name their node images: images[i] is the image of the set of vs[i]; a set
+// without an entry in images, or with "", names none. Which set accepted tells which image the node runs
+// ([ImageValidator]).
+func AnyImage(vs []attestation.Validator, images []string) (ImageValidator, error) {
+	if err := checkVariants(vs); err != nil {
+		return nil, err
+	}
+	if len(images) > len(vs) {
+		return nil, fmt.Errorf("%d node images for %d measurement sets", len(images), len(vs))
+	}
+	return anySet{vs: vs, images: images}, nil
+}
+
+func checkVariants(vs []attestation.Validator) error {
 	if len(vs) == 0 {
-		return nil, errors.New("no measurement set to validate against")
+		return errors.New("no measurement set to validate against")
 	}
 	for _, v := range vs[1:] {
 		if v.Variant().Name != vs[0].Variant().Name {
-			return nil, fmt.Errorf("the measurement sets' validators are of two variants, %s and %s", vs[0].Variant(), v.Variant())
+			return fmt.Errorf("the measurement sets' validators are of two variants, %s and %s", vs[0].Variant(), v.Variant())
 		}
 	}
-	if len(vs) == 1 {
-		return vs[0], nil
-	}
-	return anySet(vs), nil
+	return nil
 }
 
-type anySet []attestation.Validator
+type anySet struct {
+	vs     []attestation.Validator
+	images []string
+}
 
-func (a anySet) Variant() attestation.Variant { return a[0].Variant() }
+func (a anySet) Variant() attestation.Variant { return a.vs[0].Variant() }
 
 func (a anySet) Validate(ctx context.Context, evidence, nonce []byte) ([]byte, error) {
+	userData, _, err := a.ValidateImage(ctx, evidence, nonce)
+	return userData, err
+}
+
+func (a anySet) ValidateImage(ctx context.Context, evidence, nonce []byte) ([]byte, string, error) {
 	var errs []error
-	for i, v := range a {
+	for i, v := range a.vs {
 		userData, err := v.Validate(ctx, evidence, nonce)
 		if err == nil {
-			return userData, nil
+			var image string
+			if i < len(a.images) {
+				image = a.images[i]
+			}
+			return userData, image, nil
 		}
-		errs = append(errs, fmt.Errorf("measurement set %d: %w", i+1, err))
+		if len(a.vs) > 1 {
+			err = fmt.Errorf("measurement set %d: %w", i+1, err)
+		}
+		errs = append(errs, err)
 	}
-	return nil, errors.Join(errs...)
+	return nil, "", errors.Join(errs...)
 }
