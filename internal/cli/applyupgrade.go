@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
@@ -193,7 +194,7 @@ func (u *imageUpgrade) start(ctx context.Context, nu *v1alpha1.NodeUpgrade) erro
 			"the file is not the image whose measurements were verified; nothing else was changed", digest, u.To.Digest))
 	}
 	fmt.Fprintf(out, "  node image %s known to the provider\n", digest)
-	if _, _, err := u.Policy.Start(ctx, u.From.Measurements, u.To.Measurements); err != nil {
+	if _, _, err := u.Policy.Start(ctx, policyupdate.ImageSet{Image: u.From.Digest, Measurements: u.From.Measurements}, policyupdate.ImageSet{Image: u.To.Digest, Measurements: u.To.Measurements}); err != nil {
 		return failed(fmt.Errorf("opening the upgrade's measurement policy: %w", err))
 	}
 	spec := map[string]any{"imageDigest": u.To.Digest, "kubernetesVersion": nil, "abort": false, "paused": false}

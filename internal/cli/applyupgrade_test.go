@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -43,6 +44,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	providerdaemon "github.com/constellation-dev/constellation/internal/provider/daemon"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
+	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
@@ -69,6 +71,10 @@ func installUpgradeController(t *testing.T, srv *kubeapitest.Server) client.Clie
 	}
 	admin, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The records' namespace comes with the join service, which the bootstrapper deploys before the controller.
+	if err := admin.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}}); err != nil {
 		t.Fatal(err)
 	}
 	list, err := upgrade.Manifests()
@@ -303,14 +309,27 @@ func (fl *testFleet) log() []string {
 	return append([]string(nil), fl.calls...)
 }
 
-// register creates a Node as its kubelet would, with the image annotation the controller reads.
+// register creates a Node as its kubelet would, and the attestation record the re-attestation controller (the
+// join service's service account) writes once the node's evidence matched the measurement set of image: the
+// controller reads a node's image from there.
 func (fl *testFleet) register(name, role, image string, ready bool) error {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{upgrade.ImageDigestAnnotation: image}}}
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	if role == upgrade.RoleControlPlane {
 		n.Labels = map[string]string{"node-role.kubernetes.io/control-plane": ""}
 	}
 	if err := fl.f.admin.Create(context.Background(), n); err != nil {
 		return err
+	}
+	validity := int32(3600)
+	record := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: reattestation.RecordNamespace, Annotations: map[string]string{
+			reattestation.StateAnnotation: string(reattestation.Trusted), reattestation.NodeUIDAnnotation: string(n.UID),
+			reattestation.AttestedImageAnnotation: image,
+		}},
+		Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: time.Now()}, LeaseDurationSeconds: &validity},
+	}
+	if err := fl.f.admin.Create(context.Background(), record); err != nil {
+		return fmt.Errorf("writing the attestation record of %s: %w", name, err)
 	}
 	return fl.setReady(name, ready)
 }
