@@ -23,7 +23,7 @@
 // Which node images are members is the measurement policy in force ([Policy]): the cluster's init
 // measurements, until the operator's CLI sends a measurement policy update (package policyupdate: one or two
 // measurement sets, an epoch, a MAC under a key derived from the master secret). Anyone may send an update,
-// on the key service's policy port too ([PolicyPort], where only the key service attests itself); the MAC and
+// on the key service's policy port ([PolicyPort], where only the key service attests itself); the MAC and
 // the epoch decide. The key service keeps the update in force on its node's encrypted state disk
 // ([PolicyFile]) and refuses any update whose epoch is not higher (the same update again aside), after a
 // restart too; it hands the update on with the master secret to a control-plane node that joins later, and
