@@ -92,9 +92,10 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 		if macKey, err = joinservice.FetchConfigKey(ctx, keyServices, issuer, roots, md); err != nil {
 			return err
 		}
-		// The measurement sets in force (two during an upgrade) come from the key service at every join.
+		// The measurement sets in force (two during an upgrade) come from the key service's policy port at every
+		// join and every continuous-attestation check.
 		var closePolicy func() error
-		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyServices, issuer, roots, md)
+		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyservice.ControlPlanePolicyAddrs(md, nodeIP), issuer, roots, md)
 		if err == nil {
 			context.AfterFunc(ctx, func() { closePolicy() })
 		}

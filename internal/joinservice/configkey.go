@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
@@ -38,10 +39,19 @@ func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]
 	return key, nil
 }
 
-// ownKeyServices are the key services of endpoints as the join service trusts them without its configuration:
-// on a vTPM that akRoots certified for a control-plane node, with this node's own boot measurements and cluster
-// ID.
+// ownKeyServices are the key services of endpoints as the join service trusts them without its configuration
+// ([ownKeyServiceValidator]), over mutual aTLS with issuer.
 func ownKeyServices(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (*keyservice.Pool, error) {
+	v, err := ownKeyServiceValidator(ctx, issuer, akRoots, roles)
+	if err != nil {
+		return nil, err
+	}
+	return &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: v}, nil
+}
+
+// ownKeyServiceValidator trusts a key service on a vTPM that akRoots certified for a control-plane node, with
+// this node's own boot measurements and cluster ID, as issuer quotes them.
+func ownKeyServiceValidator(ctx context.Context, issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (attestation.Validator, error) {
 	own, err := OwnMemberPolicy(ctx, issuer)
 	if err != nil {
 		return nil, err
@@ -50,19 +60,35 @@ func ownKeyServices(ctx context.Context, endpoints func(ctx context.Context) ([]
 	if err != nil {
 		return nil, err
 	}
-	return &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, roles.IsControlPlane)}, nil
+	return keyservice.ControlPlaneOnly(v, roles.IsControlPlane), nil
 }
 
 // KeyServicePolicy returns the source of the measurement policy update in force ([Config.FollowPolicy]): asked
-// at each call of whichever key service of endpoints answers, trusted as [FetchConfigKey] trusts it. The key
-// service keeps the update on its node's encrypted state disk and accepts only a newer one under the master
-// secret's MAC, so what it answers is the latest update the operator's CLI sent, whatever the ConfigMap holds.
+// at each call of whichever key service answers on the policy port at endpoints
+// (keyservice.ControlPlanePolicyAddrs), trusted as [FetchConfigKey] trusts it; issuer only quotes this node's
+// own measurements for that. On the policy port only the key service attests itself, so it answers also once
+// the policy in force no longer accepts this node's own image (the operator's CLI removed the image the
+// cluster runs from), when it refuses this node at a mutual handshake: the join service then enforces the new
+// policy at joins, and the continuous attestation fails every node of the removed image, this one included.
+//
+// The answer counts as the policy the operator's CLI authored although the join service cannot check its MAC
+// (the key is derived from the master secret, which the join service does not hold): the key service proved
+// in the handshake, bound to the channel, that it runs this node's own image on a control-plane node of this
+// cluster, and that code puts an update in force, and answers it, only after its MAC and cluster ID verified
+// under the master secret, which it holds. The source checks the update's cluster ID against the join
+// configuration's itself ([Config.Effective]), and never goes back to an update older than one a key service
+// answered before: a key service that lags behind (it missed an update while it was down) does not roll the
+// join service back.
+//
 // close closes the connections.
 func KeyServicePolicy(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (src PolicySource, close func() error, err error) {
-	p, err := ownKeyServices(ctx, endpoints, issuer, akRoots, roles)
+	v, err := ownKeyServiceValidator(ctx, issuer, akRoots, roles)
 	if err != nil {
 		return nil, nil, err
 	}
+	p := keyservice.NewPolicyPool(endpoints, v)
+	var mu sync.Mutex
+	var newest *policyupdate.Update
 	return func(ctx context.Context) (*policyupdate.Update, error) {
 		var u *policyupdate.Update
 		err := p.Do(ctx, func(ctx context.Context, c *keyservice.Client) error {
@@ -73,7 +99,24 @@ func KeyServicePolicy(ctx context.Context, endpoints func(ctx context.Context) (
 		if err != nil {
 			return nil, fmt.Errorf("asking the key service for the measurement policy in force: %w", err)
 		}
-		return u, nil
+		mu.Lock()
+		defer mu.Unlock()
+		if u == nil {
+			if newest != nil {
+				return newest, nil // a key service without an update lags behind the one that answered newest
+			}
+			return nil, nil
+		}
+		take, err := policyupdate.Supersedes(newest, u)
+		switch {
+		case errors.Is(err, policyupdate.ErrStale):
+			return newest, nil
+		case err != nil:
+			return nil, fmt.Errorf("the key services disagree on the measurement policy in force: %w", err)
+		case take:
+			newest = u
+		}
+		return newest, nil
 	}, p.Close, nil
 }
 

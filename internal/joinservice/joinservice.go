@@ -27,7 +27,21 @@
 // [KeyServicePolicy]), asked at every join: the configuration's measurements until the operator's CLI sends
 // a measurement policy update (package policyupdate), then the update's one or two sets (the old and the new
 // image during an upgrade). The key service keeps the highest epoch it accepted on its node's encrypted state
-// disk, so neither an update nor a join configuration saved from an upgrade's window reopens it.
+// disk, so neither an update nor a join configuration saved from an upgrade's window reopens it. The continuous
+// attestation (package reattestation) judges the running nodes by the same policy ([Config.MemberValidator]).
+//
+// The join service asks on the key service's policy port, where only the key service attests itself: the
+// operator may remove the very image the cluster runs from the policy, and the key service then refuses this
+// node's own join service at a mutual handshake, yet it must still learn the new policy, refuse the old image's
+// nodes at join and fail the running ones. The update carries a MAC under a key derived from the master
+// secret, which the join service does not hold and does not need: trusting the attested key service suffices.
+// The key service proves, in evidence bound to the TLS channel, that it runs this node's own image on a
+// control-plane node the provider certified, with this cluster's ID in PCR 15; that code holds the master
+// secret and enforces or answers an update only after its MAC and cluster ID verified. Handing the join
+// service the MAC key instead would let it author policies, which only the operator's CLI may. The host, which
+// can redirect the connection, can answer only with evidence of such a node, or not at all; if no key service
+// answers, nobody joins. A key service that lags behind (it missed an update while it was down) does not roll
+// the join service back: it keeps the newest update it was answered.
 //
 // A joining node trusts a join service, and a control-plane node the key services it gets the master secret
 // from, that booted its own image, or one of the sets of the peer policy its provider hints during an upgrade

@@ -75,8 +75,12 @@ func newUpgradeFixture(t *testing.T) *upgradeFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ksAddr, _ := startKeyService(t, ks, cp.Issuer, members)
-	src, closeSrc, err := KeyServicePolicy(ctx, fixedAddrs(ksAddr), cp.Issuer, cpRoots, roles{"node-0": true})
+	startKeyService(t, ks, cp.Issuer, members)
+	psrv, err := keyservice.NewPolicyServer(f.policy, cp.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, closeSrc, err := KeyServicePolicy(ctx, fixedAddrs(serveLoopback(t, psrv)), cp.Issuer, cpRoots, roles{"node-0": true})
 	if err != nil {
 		t.Fatal(err)
 	}

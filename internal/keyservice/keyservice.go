@@ -23,12 +23,17 @@
 // Which node images are members is the measurement policy in force ([Policy]): the cluster's init
 // measurements, until the operator's CLI sends a measurement policy update (package policyupdate: one or two
 // measurement sets, an epoch, a MAC under a key derived from the master secret). Anyone may send an update,
-// on the key service's policy port too ([PolicyPort], where only the key service attests itself); the MAC and
+// on the key service's policy port ([PolicyPort], where only the key service attests itself); the MAC and
 // the epoch decide. The key service keeps the update in force on its node's encrypted state disk
 // ([PolicyFile]) and refuses any update whose epoch is not higher (the same update again aside), after a
 // restart too; it hands the update on with the master secret to a control-plane node that joins later, and
-// checks a caller's connection made under an earlier policy again under the one in force. The join service
-// asks it for the sets in force at every join.
+// checks a caller's connection made under an earlier policy again under the one in force.
+//
+// The measurement policy is read on the policy port only, never over mutual aTLS: the join service asks for
+// the sets in force at every join and every continuous-attestation check ([NewPolicyPool]), and must learn
+// them also once they no longer accept its own node's image (the operator's CLI removed the image the cluster
+// runs from), when the key service refuses that node at a mutual handshake. The caller trusts the key service
+// by its attestation, as on the key service's port.
 package keyservice
 
 import (
@@ -84,8 +89,9 @@ type Server struct {
 	policy *Policy
 }
 
-// EnforcePolicy serves p's measurement policy (the MeasurementPolicy service, beside the key service) and
-// hands its update in force on with the master secret.
+// EnforcePolicy makes the server check its callers' connections made under an earlier measurement policy again
+// under p's in force, and hand p's update in force on with the master secret. p itself is served on the
+// policy port ([NewPolicyServer]), not beside the key service.
 func (s *Server) EnforcePolicy(p *Policy) { s.policy = p }
 
 // RefuseQuarantined makes the key service refuse every key to a node that quarantined reports as
@@ -128,9 +134,6 @@ func NewGRPCServer(s *Server, issuer attestation.Issuer, validators []attestatio
 	}
 	srv := grpc.NewServer(grpc.Creds(creds))
 	keyservicepb.RegisterKeyServiceServer(srv, s)
-	if s.policy != nil {
-		keyservicepb.RegisterMeasurementPolicyServer(srv, s.policy)
-	}
 	return srv, nil
 }
 
@@ -366,7 +369,7 @@ func NewPolicyClient(addr string, validators []attestation.Validator) (*Client, 
 
 // GetMeasurementPolicy returns the key service's measurement policy update in force (nil: none since init;
 // parsed, its MAC not verified: the caller trusts the attested key service, or verifies it with the key) and
-// the measurements of the cluster's init.
+// the measurements of the cluster's init. It works on a client of the policy port ([NewPolicyClient]) only.
 func (c *Client) GetMeasurementPolicy(ctx context.Context) (*policyupdate.Update, measurements.M, error) {
 	resp, err := c.policy.GetMeasurementPolicy(ctx, &keyservicepb.GetMeasurementPolicyRequest{})
 	if err != nil {

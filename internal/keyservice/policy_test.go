@@ -458,3 +458,51 @@ func imageSets(sets ...measurements.M) []policyupdate.ImageSet {
 	}
 	return out
 }
+
+// Once the policy in force no longer accepts the image of a caller (the operator removed the image the
+// cluster runs), the key service refuses that caller at its mutual aTLS port, yet the caller still reads the
+// policy in force on the policy port, through a pool of policy ports (the join service does). The mutual aTLS
+// port serves no measurement policy.
+func TestPolicyPortAnswersCallerOfRemovedImage(t *testing.T) {
+	oldNode, newNode := swtpmNode(t), swtpmNode(t)
+	f := newPolicyFixture(t, oldNode, newNode)
+	newImage(t, newNode)
+	oldSet, newSet := imageSet(t, f.ks), imageSet(t, newNode)
+	member(t, oldNode, f.secret)
+	addr, policyAddr, _ := policyKeyService(t, f.ks, f.roots, f.secret, filepath.Join(t.TempDir(), "policy.json"), f.api, slog.New(slog.DiscardHandler))
+	if err := f.dataKey(t, addr, oldNode); err != nil {
+		t.Fatalf("a member of the cluster's image before the narrowing: %v", err)
+	}
+	if _, err := f.send(t, policyAddr, f.update(t, 1, oldSet, newSet)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.send(t, policyAddr, f.update(t, 2, newSet)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dataKey(t, addr, oldNode); err == nil {
+		t.Fatal("a member of the removed image got a key")
+	}
+	ctx := context.Background()
+	trust := memberValidator(t, f.ks, f.secret)
+	mutual, err := NewClient(addr, oldNode.Issuer, []attestation.Validator{trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mutual.Close()
+	if _, _, err := mutual.GetMeasurementPolicy(ctx); err == nil {
+		t.Fatal("the mutual aTLS port served the measurement policy")
+	}
+	pool := NewPolicyPool(func(context.Context) ([]string, error) { return []string{"127.0.0.1:1", policyAddr}, nil }, trust)
+	defer pool.Close()
+	var u *policyupdate.Update
+	if err := pool.Do(ctx, func(ctx context.Context, c *Client) error {
+		var err error
+		u, _, err = c.GetMeasurementPolicy(ctx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if u == nil || u.Epoch != 2 || len(u.Sets) != 1 {
+		t.Fatalf("the policy in force through the pool: %v", u)
+	}
+}

@@ -57,9 +57,22 @@ func (v controlPlaneValidator) Validate(ctx context.Context, evidence, nonce []b
 // ControlPlaneAddrs returns the addresses of the key services of the cluster: one on every control-plane node
 // the provider lists, the one at first (an IP address, if not empty) first. The provider is the host: a
 // caller trusts a key service only by its attestation ([ControlPlaneOnly]), never by its address.
-func ControlPlaneAddrs(md interface {
+func ControlPlaneAddrs(md Instances, first string) func(ctx context.Context) ([]string, error) {
+	return controlPlaneAddrs(md, first, Port)
+}
+
+// ControlPlanePolicyAddrs returns the addresses of the key services' policy ports ([PolicyPort]), as
+// [ControlPlaneAddrs] orders them.
+func ControlPlanePolicyAddrs(md Instances, first string) func(ctx context.Context) ([]string, error) {
+	return controlPlaneAddrs(md, first, PolicyPort)
+}
+
+// Instances lists the nodes the provider runs.
+type Instances interface {
 	Instances(ctx context.Context) ([]provider.Instance, error)
-}, first string) func(ctx context.Context) ([]string, error) {
+}
+
+func controlPlaneAddrs(md Instances, first string, port int) func(ctx context.Context) ([]string, error) {
 	return func(ctx context.Context) ([]string, error) {
 		list, err := md.Instances(ctx)
 		if err != nil {
@@ -70,7 +83,7 @@ func ControlPlaneAddrs(md interface {
 			if inst.Role != provider.RoleControlPlane || inst.IP == "" {
 				continue
 			}
-			addr := net.JoinHostPort(inst.IP, strconv.Itoa(Port))
+			addr := net.JoinHostPort(inst.IP, strconv.Itoa(port))
 			if inst.IP == first {
 				addrs = slices.Insert(addrs, 0, addr)
 			} else {
@@ -88,6 +101,7 @@ func ControlPlaneAddrs(md interface {
 // order, over mutual aTLS (Issuer attests the caller, Validator decides which key services it trusts), and
 // goes on to the next while a key service cannot be reached or fails its attestation. An answer of a key
 // service (a key, or a refusal) ends the call: every key service shares the same record and decides alike.
+// A pool of [NewPolicyPool] reaches the policy ports instead, where the caller is not attested.
 type Pool struct {
 	Endpoints func(ctx context.Context) ([]string, error)
 	Issuer    attestation.Issuer
@@ -95,13 +109,25 @@ type Pool struct {
 	// Attempt bounds one try at one key service; 0: 30 seconds.
 	Attempt time.Duration
 
+	// policyPort: the clients are [NewPolicyClient]'s, on the policy ports, without Issuer.
+	policyPort bool
+
 	mu      sync.Mutex
 	clients map[string]*Client // one connection per key service, kept for later calls
 }
 
+// NewPolicyPool returns a pool of the key services' policy ports ([PolicyPort]) at the addresses endpoints
+// returns ([ControlPlanePolicyAddrs]): only the key service attests itself there, validator decides which
+// key services the caller trusts, and the caller proves nothing, so a key service answers it whatever image
+// the caller's node runs, also one the measurement policy in force no longer accepts. Only the measurement
+// policy calls work on its clients; what a key service answers there is nothing secret.
+func NewPolicyPool(endpoints func(ctx context.Context) ([]string, error), validator attestation.Validator) *Pool {
+	return &Pool{Endpoints: endpoints, Validator: validator, policyPort: true}
+}
+
 // Do calls fn with the client of each key service in turn until one answers.
 func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, c *Client) error) error {
-	if p.Endpoints == nil || p.Issuer == nil || p.Validator == nil {
+	if p.Endpoints == nil || (p.Issuer == nil && !p.policyPort) || p.Validator == nil {
 		return errors.New("a key service pool needs endpoints, an issuer and a validator")
 	}
 	addrs, err := p.Endpoints(ctx)
@@ -149,7 +175,13 @@ func (p *Pool) client(addr string) (*Client, error) {
 	if c, ok := p.clients[addr]; ok {
 		return c, nil
 	}
-	c, err := NewClient(addr, p.Issuer, []attestation.Validator{p.Validator})
+	var c *Client
+	var err error
+	if p.policyPort {
+		c, err = NewPolicyClient(addr, []attestation.Validator{p.Validator})
+	} else {
+		c, err = NewClient(addr, p.Issuer, []attestation.Validator{p.Validator})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -916,7 +916,9 @@ func TestUpgradeWaitsForAttestedImage(t *testing.T) {
 			e.run()
 			e.upgrade()
 			st := e.wait("the controller to wait for the replacement's attestation", func(st *v1alpha1.NodeUpgradeStatus) bool {
-				return len(st.Nodes) > 0 && (st.Nodes[0].Step != v1alpha1.StepJoining || strings.Contains(st.Nodes[0].Message, why))
+				// Past the provider's create: waiting for the attestation (or gone on, or failed, which the test refuses).
+				return st.Phase == v1alpha1.PhaseFailed || len(st.Nodes) > 0 && st.Nodes[0].Step != v1alpha1.StepCreating &&
+					(st.Nodes[0].Step != v1alpha1.StepJoining || strings.Contains(st.Nodes[0].Message, why))
 			})
 			if st.Phase == v1alpha1.PhaseFailed || st.Nodes[0].Step != v1alpha1.StepJoining {
 				t.Fatalf("the controller did not wait for the replacement's attestation: %s", describe(st))
