@@ -42,10 +42,33 @@ func docs(t *testing.T, raw []byte) map[string]map[string]any {
 	return out
 }
 
+// clusterEndpoint returns the control-plane endpoint and the API server certificate's extra SANs of an
+// init configuration.
+func clusterEndpoint(t *testing.T, raw []byte) (string, []any) {
+	t.Helper()
+	c := docs(t, raw)["ClusterConfiguration"]
+	sans, _ := c["apiServer"].(map[string]any)["certSANs"].([]any)
+	return c["controlPlaneEndpoint"].(string), sans
+}
+
 func TestInitConfigFile(t *testing.T) {
 	raw, err := InitConfigFile(opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Without an endpoint of its own, the first control-plane node's API server is the cluster's.
+	if ep, sans := clusterEndpoint(t, raw); ep != "10.217.0.10:6443" || len(sans) != 1 || sans[0] != "10.217.0.10" {
+		t.Errorf("control-plane endpoint %q, SANs %v; want the node's", ep, sans)
+	}
+	// With the node's own endpoint, that is the cluster's, and in the API server's certificate.
+	lb := opts
+	lb.ControlPlaneEndpoint = netip.MustParseAddrPort("127.0.0.1:7445")
+	rawLB, err := InitConfigFile(lb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep, sans := clusterEndpoint(t, rawLB); ep != "127.0.0.1:7445" || len(sans) != 1 || sans[0] != "127.0.0.1" {
+		t.Errorf("control-plane endpoint %q, SANs %v; want the node's own endpoint", ep, sans)
 	}
 	d := docs(t, raw)
 	kubelet := d["KubeletConfiguration"]
@@ -68,12 +91,14 @@ func TestInitConfigFile(t *testing.T) {
 	if _, err := os.Stat(kubeadm); err != nil {
 		t.Skip("kubeadm not built (make kubernetes); skipping validation with kubeadm")
 	}
-	path := filepath.Join(t.TempDir(), "kubeadm.yaml")
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
-		t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+	for _, cfg := range [][]byte{raw, rawLB} {
+		path := filepath.Join(t.TempDir(), "kubeadm.yaml")
+		if err := os.WriteFile(path, cfg, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
+			t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+		}
 	}
 }
 
@@ -151,6 +176,14 @@ func TestJoinConfigFile(t *testing.T) {
 	ep := docs(t, rawCP)["JoinConfiguration"]["controlPlane"].(map[string]any)["localAPIEndpoint"].(map[string]any)
 	if ep["advertiseAddress"] != "10.217.0.11" || ep["bindPort"] != float64(6443) {
 		t.Fatalf("control-plane join configuration: %v", ep)
+	}
+	// The kubelet talks to the cluster's endpoint (the node's own) where there is one, else to the API server joined through.
+	if got := worker.kubeletServer("10.217.0.11:6443"); got != "10.217.0.11:6443" {
+		t.Errorf("kubelet's server without the cluster's endpoint: %s", got)
+	}
+	worker.ControlPlaneEndpoint = netip.MustParseAddrPort("127.0.0.1:7445")
+	if got := worker.kubeletServer("10.217.0.11:6443"); got != "127.0.0.1:7445" {
+		t.Errorf("kubelet's server with the node's own endpoint: %s", got)
 	}
 	if !strings.Contains(string(KubeletPatch(worker)), `cgroupRoot: "/constellation/worker-0"`) {
 		t.Fatalf("kubelet patch: %s", KubeletPatch(worker))
