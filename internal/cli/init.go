@@ -119,10 +119,16 @@ func initCluster(ctx context.Context, ws, nodeIP string, att *validators.Policy,
 	if err != nil {
 		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
 	}
-	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), resp.GetKubeconfig(), 0o600); err != nil {
+	// The node's kubeconfig names its own endpoint of the API, on its loopback: here, the attested node's API
+	// server is named instead.
+	kubeconfig, apiEndpoint, err := adminKubeconfigFor(resp.GetKubeconfig(), nodeIP)
+	if err != nil {
 		return clusterState{}, err
 	}
-	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: nodeIP + ":6443"}
+	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), kubeconfig, 0o600); err != nil {
+		return clusterState{}, err
+	}
+	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: apiEndpoint}
 	raw, err := yaml.Marshal(state)
 	if err != nil {
 		return clusterState{}, err
