@@ -26,6 +26,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/constellation-dev/constellation/internal/atomicfile"
 )
 
 // Options describe a node for kubeadm.
@@ -509,12 +512,46 @@ func (d *Driver) launchKubelet(ctx context.Context) {
 	}); err != nil {
 		return
 	}
+	// kubeadm points a control-plane node's kubelet at the node's own API server only; it talks to the
+	// cluster's endpoint instead, so that it keeps its API while that API server is down.
+	if err := pointKubeconfigAt(KubeletKubeconfig, d.Options.ControlPlaneEndpoint); err != nil {
+		d.logf("pointing the kubelet at the cluster's endpoint: %v", err)
+	}
 	env, _ := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
 	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=" + KubeletKubeconfig, "--config=/var/lib/kubelet/config.yaml"}
 	args = append(args, kubeadmFlags(string(env))...)
 	if err := d.startBackground("kubelet", "/var/log/kubelet.log", "kubelet", args...); err != nil {
 		d.logf("starting the kubelet: %v", err)
 	}
+}
+
+// pointKubeconfigAt sets the server of every cluster of the kubeconfig at path to https://endpoint, if
+// endpoint is valid and the file exists.
+func pointKubeconfigAt(path string, endpoint netip.AddrPort) error {
+	if !endpoint.IsValid() {
+		return nil
+	}
+	kc, err := clientcmd.LoadFromFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	changed := false
+	for _, c := range kc.Clusters {
+		if server := "https://" + endpoint.String(); c.Server != server {
+			c.Server, changed = server, true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	raw, err := clientcmd.Write(*kc)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, raw, 0o600)
 }
 
 // kubeadmFlags parses KUBELET_KUBEADM_ARGS="--a=b --c=d" from kubeadm-flags.env.

@@ -272,3 +272,44 @@ func TestRunWithConfigKeepsTheTokenPrivate(t *testing.T) {
 		t.Fatalf("the configuration is still there after a failed join: %v", err)
 	}
 }
+
+// A kubelet's kubeconfig that names the node's own API server (as kubeadm writes it on a control-plane node)
+// is pointed at the cluster's endpoint, its credentials kept; without an endpoint, or a file, nothing changes.
+func TestPointKubeconfigAt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kubelet.conf")
+	if err := pointKubeconfigAt(path, netip.MustParseAddrPort("127.0.0.1:7445")); err != nil {
+		t.Fatalf("without a kubeconfig: %v", err)
+	}
+	orig := `apiVersion: v1
+kind: Config
+clusters:
+- name: kubernetes
+  cluster: {server: "https://10.217.0.10:6443", certificate-authority-data: "Q0E="}
+contexts:
+- name: system:node:cp@kubernetes
+  context: {cluster: kubernetes, user: "system:node:cp"}
+current-context: system:node:cp@kubernetes
+users:
+- name: "system:node:cp"
+  user: {client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem, client-key: /var/lib/kubelet/pki/kubelet-client-current.pem}
+`
+	if err := os.WriteFile(path, []byte(orig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := pointKubeconfigAt(path, netip.AddrPort{}); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(path); string(raw) != orig {
+		t.Fatalf("changed without an endpoint:\n%s", raw)
+	}
+	if err := pointKubeconfigAt(path, netip.MustParseAddrPort("127.0.0.1:7445")); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	if !strings.Contains(string(raw), "server: https://127.0.0.1:7445") || !strings.Contains(string(raw), "client-key: /var/lib/kubelet/pki/kubelet-client-current.pem") || !strings.Contains(string(raw), "certificate-authority-data: Q0E=") {
+		t.Fatalf("kubeconfig pointed at the endpoint:\n%s", raw)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v %v", info.Mode(), err)
+	}
+}
