@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/constellation-dev/constellation/internal/apiproxy"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/bootstrapper"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
@@ -67,6 +68,8 @@ func main() {
 					PodSubnet:         podNetwork,
 					ServiceSubnet:     serviceNetwork,
 					PodMTU:            podMTU,
+					// Every node reaches the API through its own endpoint (started before kubeadm runs).
+					ControlPlaneEndpoint: apiproxy.Address,
 				},
 				ImagesDir:       nodeimage.ImagesDir,
 				LoadedImagesDir: kubeadm.LoadedImagesDir,

@@ -23,6 +23,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/constellation-dev/constellation/internal/apiproxy"
 	"github.com/constellation-dev/constellation/internal/atls"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
@@ -146,6 +147,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	errc := make(chan error, 8)
 	go func() { errc <- verify.Serve() }()
 	defer verify.Close()
+	// The node's own endpoint of the API is up before kubeadm runs: kubeadm, the kubelet and kube-proxy reach
+	// the control plane through it.
+	stopEndpoint, err := serveAPIEndpoint(ctx, md, self, errc, log.With("service", "api-endpoint"))
+	if err != nil {
+		return err
+	}
+	defer stopEndpoint()
 	httpAddr, grpcAddr := verify.Addrs()
 	log.Info("verification service listening", "http", httpAddr, "grpc", grpcAddr)
 	if cfg.AgentSocket != "" {
@@ -248,6 +256,57 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case err := <-errc:
 		return fmt.Errorf("a node service stopped: %w", err)
 	}
+}
+
+// serveAPIEndpoint serves the node's own endpoint of the Kubernetes API (apiproxy.Address) until the returned
+// function is called: in front of the node's own API server on a control-plane node, and of the other
+// control-plane nodes' that the provider lists, which it reaches only through the WireGuard interface.
+func serveAPIEndpoint(ctx context.Context, md provider.Node, self provider.Instance, errc chan<- error, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", apiproxy.Address.String())
+	if err != nil {
+		return nil, fmt.Errorf("the node's endpoint of the Kubernetes API: %w", err)
+	}
+	p := &apiproxy.Proxy{
+		Remote: func(ctx context.Context) ([]netip.AddrPort, error) {
+			return controlPlaneAPIServers(ctx, md, self.Name, log)
+		},
+		DialRemote: apiproxy.MeshDialer(meshagent.Interface),
+		Log:        log,
+	}
+	if self.Role == provider.RoleControlPlane {
+		p.Local = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), apiproxy.APIServerPort)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	go p.Watch(ctx, 2*time.Second)
+	go func() {
+		if err := p.Serve(ln); err != nil {
+			errc <- fmt.Errorf("the node's endpoint of the Kubernetes API: %w", err)
+		}
+	}()
+	log.Info("the node's endpoint of the Kubernetes API listening", "address", ln.Addr().String(), "ownAPIServer", p.Local.IsValid())
+	return func() { cancel(); ln.Close() }, nil
+}
+
+// controlPlaneAPIServers are the API servers of the control-plane nodes the provider lists, but for this
+// node's own.
+func controlPlaneAPIServers(ctx context.Context, md provider.Node, self string, log *slog.Logger) ([]netip.AddrPort, error) {
+	list, err := md.Instances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.AddrPort
+	for _, inst := range list {
+		if inst.Role != provider.RoleControlPlane || inst.Name == self {
+			continue
+		}
+		ip, err := netip.ParseAddr(inst.IP)
+		if err != nil || !ip.Is4() {
+			log.Warn("the provider gives a control-plane node no usable address; not a backend of the API endpoint", "node", inst.Name, "ip", inst.IP)
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(ip, apiproxy.APIServerPort))
+	}
+	return out, nil
 }
 
 // openTPM opens the node's TPM at path: a character device (a machine's TPM) or a unix socket (swtpm).

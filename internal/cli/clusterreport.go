@@ -30,6 +30,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 )
@@ -214,6 +215,15 @@ func clusterNodes(ctx context.Context, ws string) ([]clusterreport.NodeEntry, er
 	if !found || !state.DaemonAlive() {
 		return nil, errNoCluster(ws, "no running nodes")
 	}
+	var cps []string
+	for _, n := range state.Nodes {
+		if n.Role == provider.RoleControlPlane {
+			cps = append(cps, n.IP)
+		}
+	}
+	// The kubeconfig keeps naming an API server that answers (a control-plane node may be down); if none
+	// does, asking Kubernetes below says so.
+	selectAPIServer(ctx, ws, cps)
 	api, err := kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
 	if err != nil {
 		return nil, badInput("%w", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/mini"
 	"github.com/constellation-dev/constellation/internal/provider/qemu"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -127,6 +128,10 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 	}
 	var kube map[string]kubeNode
 	if initialised {
+		// The kubeconfig keeps naming an API server that answers (a control-plane node may be down).
+		if endpoint, err := selectAPIServer(ctx, ws, controlPlaneIPs(nodes)); err == nil {
+			h.State.Endpoint = endpoint
+		}
 		var api *kubeapi.Client
 		if api, h.KubeErr = kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile)); h.KubeErr == nil {
 			if kube, h.KubeErr = nodeReadiness(ctx, api, time.Now()); h.KubeErr == nil {
@@ -164,6 +169,17 @@ func checkCluster(ctx context.Context, ws string) (clusterHealth, error) {
 
 // clusterNode is a node of the workspace's running cluster, from its provider's record.
 type clusterNode struct{ Name, Role, IP string }
+
+// controlPlaneIPs are the addresses of the control-plane nodes among nodes.
+func controlPlaneIPs(nodes []clusterNode) []string {
+	var out []string
+	for _, n := range nodes {
+		if n.Role == provider.RoleControlPlane {
+			out = append(out, n.IP)
+		}
+	}
+	return out
+}
 
 // runningNodes returns the nodes of the workspace's running cluster (mini or QEMU provider) and the policy of
 // its configured image, before any cluster ID.

@@ -141,10 +141,16 @@ func initCluster(ctx context.Context, ws, nodeIP, imageDigest string, att *valid
 	if err != nil {
 		return clusterState{}, fmt.Errorf("initialising the cluster on %s: %w", endpoint, err)
 	}
-	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), resp.GetKubeconfig(), 0o600); err != nil {
+	// The node's kubeconfig names its own endpoint of the API, on its loopback: here, the attested node's API
+	// server is named instead.
+	kubeconfig, apiEndpoint, err := adminKubeconfigFor(resp.GetKubeconfig(), nodeIP)
+	if err != nil {
 		return clusterState{}, err
 	}
-	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: nodeIP + ":6443", ImageDigest: imageDigest, Measurements: att.Measurements}
+	if err := atomicfile.Write(filepath.Join(ws, AdminKubeconfigFile), kubeconfig, 0o600); err != nil {
+		return clusterState{}, err
+	}
+	state := clusterState{ClusterID: hex.EncodeToString(resp.GetClusterId()), Endpoint: apiEndpoint, ImageDigest: imageDigest, Measurements: att.Measurements}
 	return state, writeClusterState(ws, state)
 }
 

@@ -103,8 +103,23 @@ func (f *fakeFirstNode) Init(_ context.Context, req *initpb.InitRequest) (*initp
 	if subtle.ConstantTimeCompare(sum[:], f.hash) != 1 {
 		return nil, status.Error(codes.Unauthenticated, "wrong init secret")
 	}
-	return &initpb.InitResponse{Kubeconfig: []byte("kubeconfig"), ClusterId: bytes.Repeat([]byte{7}, 32)}, nil
+	return &initpb.InitResponse{Kubeconfig: []byte(testAdminKubeconfig), ClusterId: bytes.Repeat([]byte{7}, 32)}, nil
 }
+
+// testAdminKubeconfig is an admin kubeconfig as kubeadm writes it on a node, naming the node's own endpoint.
+const testAdminKubeconfig = `apiVersion: v1
+kind: Config
+clusters:
+- name: kubernetes
+  cluster: {server: "https://127.0.0.1:7445", certificate-authority-data: ""}
+contexts:
+- name: kubernetes-admin@kubernetes
+  context: {cluster: kubernetes, user: kubernetes-admin}
+current-context: kubernetes-admin@kubernetes
+users:
+- name: kubernetes-admin
+  user: {}
+`
 
 // listenInitPort listens on the init port of a loopback address of its own (127.0.0.0/8), as a node listens on
 // its own address: the CLI always dials the init port.
@@ -236,8 +251,12 @@ func TestApplyHandsTheProviderTheHashAndInitSendsTheSecret(t *testing.T) {
 	if err != nil {
 		t.Fatalf("initCluster: %v", err)
 	}
-	if cs.ClusterID != strings.Repeat("07", 32) {
+	// The workspace's kubeconfig names the attested node's API server, not the node's own endpoint.
+	if cs.ClusterID != strings.Repeat("07", 32) || cs.Endpoint != ip+":6443" {
 		t.Fatalf("cluster state %+v", cs)
+	}
+	if raw, err := os.ReadFile(filepath.Join(ws, AdminKubeconfigFile)); err != nil || !strings.Contains(string(raw), "server: https://"+ip+":6443") {
+		t.Fatalf("the workspace's admin kubeconfig: %v\n%s", err, raw)
 	}
 	fake.mu.Lock()
 	got := fake.got

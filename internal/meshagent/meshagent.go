@@ -29,9 +29,12 @@ import (
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
+// Interface is the node's WireGuard interface.
+const Interface = "wg0"
+
 // The node's WireGuard interface and its policy routing.
 const (
-	meshInterface = "wg0"
+	meshInterface = Interface
 	meshTable     = 51820
 	meshMark      = 0x51820
 	// meshKeyFile keeps the node's private key on its encrypted state disk (/var is on it once unlocked), so

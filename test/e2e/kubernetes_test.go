@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/constellation-dev/constellation/internal/apiproxy"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms/kmip/kmiptest"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
@@ -482,7 +483,10 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 }
 
 // checkRemovedNodeCutOff deletes worker-1 from the cluster: the other nodes drop it as a peer, and it
-// reaches neither a pod on worker-0 nor the API server any more, while before it did.
+// reaches neither a pod on worker-0 nor any API server any more, while before it did: not at the control-plane
+// nodes' addresses, and not through its own endpoint of the API (the one its kubelet uses), although the host
+// offers it a way around the mesh (a relay on the host's address to an API server, which the API servers
+// accept from there: what a load balancer on the host would be).
 func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), state mini.State, eventually func(string, func() (string, bool))) {
 	t.Helper()
 	removed := strconv.Itoa(node(t, state, "worker-1").PID)
@@ -490,7 +494,14 @@ func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), sta
 		out, err := exec.Command("nsenter", append(append([]string{"-t", removed, "-n", "curl", "-sS", "-m", "3"}, extra...), url)...).CombinedOutput()
 		return string(out), err
 	}
-	// Before its removal, worker-1 reaches a ready pod on worker-0 (through the tunnel).
+	var apiServers []string
+	for _, n := range state.Nodes {
+		if n.Role == "control-plane" {
+			apiServers = append(apiServers, "https://"+n.IP+":6443/healthz")
+		}
+	}
+	// Before its removal, worker-1 reaches a ready pod on worker-0 (through the tunnel), and the API through
+	// its own endpoint.
 	var podURL string
 	eventually("worker-1 reaching a ready web pod on worker-0", func() (string, bool) {
 		out, err := k("get", "pods", "-l", "app=web", "-o", `jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP} {.status.containerStatuses[0].ready}{"\n"}{end}`)
@@ -506,6 +517,18 @@ func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), sta
 		}
 		return out, false
 	})
+	eventually("worker-1 reaching the API through its own endpoint", func() (string, bool) {
+		out, err := fromRemoved(nodeAPIEndpoint, "-k")
+		return out, err == nil && out == "ok"
+	})
+	// The host's way around the mesh: a relay on its address to the first API server that answers.
+	relay := net.JoinHostPort(mini.Gateway.Addr().String(), "16443")
+	for _, u := range apiServers {
+		if exec.Command("curl", "-sk", "-m", "3", u).Run() == nil {
+			forward(t, relay, strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/healthz"))
+			break
+		}
+	}
 	if out, err := k("delete", "node", "worker-1"); err != nil {
 		t.Fatalf("deleting worker-1: %v: %s", err, out)
 	}
@@ -513,10 +536,25 @@ func checkRemovedNodeCutOff(t *testing.T, k func(...string) (string, error), sta
 		out, err := fromRemoved(podURL)
 		return out, err != nil
 	})
-	if out, err := fromRemoved("https://"+node(t, state, "control-plane-0").IP+":6443/healthz", "-k"); err == nil {
-		t.Fatalf("the removed worker still reaches the API server: %s", out)
+	for _, u := range apiServers {
+		if out, err := fromRemoved(u, "-k"); err == nil {
+			t.Fatalf("the removed worker still reaches the API server %s: %s", u, out)
+		}
+	}
+	// The relay answers the removed worker: the way around the mesh is there (and would carry an endpoint that
+	// took it); its own endpoint, which reaches API servers only through the mesh, does not.
+	eventually("the host's relay answering the removed worker", func() (string, bool) {
+		out, err := fromRemoved("https://"+relay+"/healthz", "-k")
+		return out, err == nil && out == "ok"
+	})
+	if out, err := fromRemoved(nodeAPIEndpoint, "-k"); err == nil {
+		t.Fatalf("the removed worker still reaches the API through its own endpoint: %s", out)
 	}
 }
+
+// nodeAPIEndpoint is the readiness URL of a node's own endpoint of the API (package apiproxy), inside the
+// node's network namespace.
+var nodeAPIEndpoint = "https://" + apiproxy.Address.String() + "/readyz"
 
 // webManifest is a Deployment of 3 replicas (etcd serves /version over HTTP) kept off the control plane, and
 // its Service.

@@ -89,9 +89,10 @@ func checkContinuousAttestation(t *testing.T, c cli, k func(...string) (string, 
 		return string(out), err
 	}
 	cpAPI := "https://" + node(t, state, "control-plane-0").IP + ":6443/healthz"
-	eventually("worker-1 reaching the API server through the tunnel", func() (string, bool) {
+	eventually("worker-1 reaching the API server through the tunnel, and through its own endpoint", func() (string, bool) {
 		out, err := fromBad(cpAPI, "-k")
-		return out, err == nil
+		local, lerr := fromBad(nodeAPIEndpoint, "-k")
+		return out + local, err == nil && lerr == nil && local == "ok"
 	})
 
 	// A component measured into worker-1's PCR 4 at runtime, through the node's attestation agent.
@@ -152,6 +153,10 @@ func checkContinuousAttestation(t *testing.T, c cli, k func(...string) (string, 
 		out, err := fromBad(cpAPI, "-k")
 		return out, err != nil
 	})
+	// Its kubelet's endpoint, the node's own, reaches the API only through the mesh: not any more either.
+	if out, err := fromBad(nodeAPIEndpoint, "-k"); err == nil {
+		t.Fatalf("the quarantined worker still reaches the API through its own endpoint: %s", out)
+	}
 	if out, _ := k("-n", "kube-system", "logs", "daemonset/join-service"); !strings.Contains(out, `"msg":"node quarantined`) || !strings.Contains(out, `"node":"worker-1"`) {
 		t.Fatalf("the join service's log does not record the quarantine:\n%s", out)
 	}

@@ -43,6 +43,7 @@ var layers = map[string]int{
 	"internal/wgmesh":                 nodePiece,
 	"internal/meshpeers":              nodePiece,
 	"internal/meshagent":              nodePiece,
+	"internal/apiproxy":               nodePiece,
 	"internal/nodeimage":              nodePiece,
 	"internal/bootimage":              nodePiece,
 	"internal/nodeinit":               nodePiece,

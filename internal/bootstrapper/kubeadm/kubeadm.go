@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/nodedns"
@@ -46,6 +47,32 @@ type Options struct {
 	// PodMTU is the MTU of the pods' interfaces: the tunnel's between nodes, so that nothing fragments.
 	// Zero: the CNI plugin's default.
 	PodMTU int
+	// ControlPlaneEndpoint is the cluster's API endpoint: the node's own endpoint of the API (package
+	// apiproxy, on loopback, the same address on every node), which reaches every control-plane node's API
+	// server. It is kubeadm's controlPlaneEndpoint, in the API servers' certificates (certSANs), and the server
+	// of a joining node's kubelet. Invalid: the first control-plane node's API server (NodeIP:6443 at init) is
+	// the endpoint, and a joining kubelet talks to the API server it joined through.
+	ControlPlaneEndpoint netip.AddrPort
+}
+
+// APIServerPort is the API servers' port on the control-plane nodes (kubeadm's bindPort).
+const APIServerPort = 6443
+
+// kubeletServer is the API server (host:port) of a joining node's kubelet: the cluster's endpoint, or without
+// one, joinEndpoint, the API server the join service named.
+func (o Options) kubeletServer(joinEndpoint string) string {
+	if o.ControlPlaneEndpoint.IsValid() {
+		return o.ControlPlaneEndpoint.String()
+	}
+	return joinEndpoint
+}
+
+// endpoint is the cluster's API endpoint as the first control-plane node sets it up.
+func (o Options) endpoint() netip.AddrPort {
+	if o.ControlPlaneEndpoint.IsValid() {
+		return o.ControlPlaneEndpoint
+	}
+	return netip.AddrPortFrom(o.NodeIP, APIServerPort)
 }
 
 // Paths on a node.
@@ -135,9 +162,10 @@ nodeRegistration:
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 kubernetesVersion: "{{.KubernetesVersion}}"
-controlPlaneEndpoint: "{{.NodeIP}}:6443"
+controlPlaneEndpoint: "{{.Endpoint}}"
 networking: {serviceSubnet: "{{.ServiceSubnet}}", podSubnet: "{{.PodSubnet}}"}
 apiServer:
+  certSANs: ["{{.Endpoint.Addr}}"]
   # Never ask the host's resolver for node names.
   extraArgs: [{name: kubelet-preferred-address-types, value: InternalIP}]
 ---
@@ -165,7 +193,7 @@ func InitConfigFile(o Options) ([]byte, error) {
 	var b bytes.Buffer
 	err := initTmpl.Execute(&b, map[string]any{
 		"NodeIP": o.NodeIP, "NodeName": o.NodeName, "Socket": ContainerdSocket, "KubernetesVersion": o.KubernetesVersion,
-		"ServiceSubnet": o.ServiceSubnet, "PodSubnet": o.PodSubnet, "CgroupRoot": o.CgroupRoot, "PodLogsDir": PodLogsDir,
+		"Endpoint": o.endpoint(), "ServiceSubnet": o.ServiceSubnet, "PodSubnet": o.PodSubnet, "CgroupRoot": o.CgroupRoot, "PodLogsDir": PodLogsDir,
 	})
 	return b.Bytes(), err
 }
@@ -291,7 +319,9 @@ users:
 }
 
 // Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it, with the kubelet's
-// identity in creds.
+// identity in creds. kubeadm discovers the cluster through endpoint (the API server the join service named)
+// with the cluster CA pinned; the kubelet then talks to the cluster's API endpoint (Options.ControlPlaneEndpoint,
+// the node's own endpoint, which must be serving), or to endpoint without one.
 func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool, creds KubeletCredentials) error {
 	if _, err := os.Stat(KubeletKubeconfig); err == nil {
 		// The node joined before this boot: its state disk holds its kubelet's credentials and configuration.
@@ -303,7 +333,7 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 		d.launchKubelet(ctx)
 		return nil
 	}
-	if err := writeKubeletCredentials(KubeletPKIDir, KubeletKubeconfig, "https://"+endpoint, creds, time.Now()); err != nil {
+	if err := writeKubeletCredentials(KubeletPKIDir, KubeletKubeconfig, "https://"+d.Options.kubeletServer(endpoint), creds, time.Now()); err != nil {
 		return fmt.Errorf("installing the kubelet's credentials: %w", err)
 	}
 	if !strings.HasPrefix(caHash, "sha256:") {
@@ -521,12 +551,46 @@ func (d *Driver) launchKubelet(ctx context.Context) {
 	}); err != nil {
 		return
 	}
+	// kubeadm points a control-plane node's kubelet at the node's own API server only; it talks to the
+	// cluster's endpoint instead, so that it keeps its API while that API server is down.
+	if err := pointKubeconfigAt(KubeletKubeconfig, d.Options.ControlPlaneEndpoint); err != nil {
+		d.logf("pointing the kubelet at the cluster's endpoint: %v", err)
+	}
 	env, _ := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
 	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=" + KubeletKubeconfig, "--config=/var/lib/kubelet/config.yaml"}
 	args = append(args, kubeadmFlags(string(env))...)
 	if err := d.startBackground("kubelet", "/var/log/kubelet.log", "kubelet", args...); err != nil {
 		d.logf("starting the kubelet: %v", err)
 	}
+}
+
+// pointKubeconfigAt sets the server of every cluster of the kubeconfig at path to https://endpoint, if
+// endpoint is valid and the file exists.
+func pointKubeconfigAt(path string, endpoint netip.AddrPort) error {
+	if !endpoint.IsValid() {
+		return nil
+	}
+	kc, err := clientcmd.LoadFromFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	changed := false
+	for _, c := range kc.Clusters {
+		if server := "https://" + endpoint.String(); c.Server != server {
+			c.Server, changed = server, true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	raw, err := clientcmd.Write(*kc)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, raw, 0o600)
 }
 
 // kubeadmFlags parses KUBELET_KUBEADM_ARGS="--a=b --c=d" from kubeadm-flags.env.

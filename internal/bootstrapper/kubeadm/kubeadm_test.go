@@ -42,10 +42,33 @@ func docs(t *testing.T, raw []byte) map[string]map[string]any {
 	return out
 }
 
+// clusterEndpoint returns the control-plane endpoint and the API server certificate's extra SANs of an
+// init configuration.
+func clusterEndpoint(t *testing.T, raw []byte) (string, []any) {
+	t.Helper()
+	c := docs(t, raw)["ClusterConfiguration"]
+	sans, _ := c["apiServer"].(map[string]any)["certSANs"].([]any)
+	return c["controlPlaneEndpoint"].(string), sans
+}
+
 func TestInitConfigFile(t *testing.T) {
 	raw, err := InitConfigFile(opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Without an endpoint of its own, the first control-plane node's API server is the cluster's.
+	if ep, sans := clusterEndpoint(t, raw); ep != "10.217.0.10:6443" || len(sans) != 1 || sans[0] != "10.217.0.10" {
+		t.Errorf("control-plane endpoint %q, SANs %v; want the node's", ep, sans)
+	}
+	// With the node's own endpoint, that is the cluster's, and in the API server's certificate.
+	lb := opts
+	lb.ControlPlaneEndpoint = netip.MustParseAddrPort("127.0.0.1:7445")
+	rawLB, err := InitConfigFile(lb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep, sans := clusterEndpoint(t, rawLB); ep != "127.0.0.1:7445" || len(sans) != 1 || sans[0] != "127.0.0.1" {
+		t.Errorf("control-plane endpoint %q, SANs %v; want the node's own endpoint", ep, sans)
 	}
 	d := docs(t, raw)
 	kubelet := d["KubeletConfiguration"]
@@ -68,12 +91,14 @@ func TestInitConfigFile(t *testing.T) {
 	if _, err := os.Stat(kubeadm); err != nil {
 		t.Skip("kubeadm not built (make kubernetes); skipping validation with kubeadm")
 	}
-	path := filepath.Join(t.TempDir(), "kubeadm.yaml")
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
-		t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+	for _, cfg := range [][]byte{raw, rawLB} {
+		path := filepath.Join(t.TempDir(), "kubeadm.yaml")
+		if err := os.WriteFile(path, cfg, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(kubeadm, "config", "validate", "--config", path).CombinedOutput(); err != nil {
+			t.Fatalf("kubeadm config validate: %v\n%s", err, out)
+		}
 	}
 }
 
@@ -151,6 +176,14 @@ func TestJoinConfigFile(t *testing.T) {
 	ep := docs(t, rawCP)["JoinConfiguration"]["controlPlane"].(map[string]any)["localAPIEndpoint"].(map[string]any)
 	if ep["advertiseAddress"] != "10.217.0.11" || ep["bindPort"] != float64(6443) {
 		t.Fatalf("control-plane join configuration: %v", ep)
+	}
+	// The kubelet talks to the cluster's endpoint (the node's own) where there is one, else to the API server joined through.
+	if got := worker.kubeletServer("10.217.0.11:6443"); got != "10.217.0.11:6443" {
+		t.Errorf("kubelet's server without the cluster's endpoint: %s", got)
+	}
+	worker.ControlPlaneEndpoint = netip.MustParseAddrPort("127.0.0.1:7445")
+	if got := worker.kubeletServer("10.217.0.11:6443"); got != "127.0.0.1:7445" {
+		t.Errorf("kubelet's server with the node's own endpoint: %s", got)
 	}
 	if !strings.Contains(string(KubeletPatch(worker)), `cgroupRoot: "/constellation/worker-0"`) {
 		t.Fatalf("kubelet patch: %s", KubeletPatch(worker))
@@ -237,5 +270,46 @@ func TestRunWithConfigKeepsTheTokenPrivate(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the configuration is still there after a failed join: %v", err)
+	}
+}
+
+// A kubelet's kubeconfig that names the node's own API server (as kubeadm writes it on a control-plane node)
+// is pointed at the cluster's endpoint, its credentials kept; without an endpoint, or a file, nothing changes.
+func TestPointKubeconfigAt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kubelet.conf")
+	if err := pointKubeconfigAt(path, netip.MustParseAddrPort("127.0.0.1:7445")); err != nil {
+		t.Fatalf("without a kubeconfig: %v", err)
+	}
+	orig := `apiVersion: v1
+kind: Config
+clusters:
+- name: kubernetes
+  cluster: {server: "https://10.217.0.10:6443", certificate-authority-data: "Q0E="}
+contexts:
+- name: system:node:cp@kubernetes
+  context: {cluster: kubernetes, user: "system:node:cp"}
+current-context: system:node:cp@kubernetes
+users:
+- name: "system:node:cp"
+  user: {client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem, client-key: /var/lib/kubelet/pki/kubelet-client-current.pem}
+`
+	if err := os.WriteFile(path, []byte(orig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := pointKubeconfigAt(path, netip.AddrPort{}); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(path); string(raw) != orig {
+		t.Fatalf("changed without an endpoint:\n%s", raw)
+	}
+	if err := pointKubeconfigAt(path, netip.MustParseAddrPort("127.0.0.1:7445")); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	if !strings.Contains(string(raw), "server: https://127.0.0.1:7445") || !strings.Contains(string(raw), "client-key: /var/lib/kubelet/pki/kubelet-client-current.pem") || !strings.Contains(string(raw), "certificate-authority-data: Q0E=") {
+		t.Fatalf("kubeconfig pointed at the endpoint:\n%s", raw)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v %v", info.Mode(), err)
 	}
 }

@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/constellation-dev/constellation/internal/atomicfile"
+)
+
+// apiServerPort is the API servers' port on the control-plane nodes, which the operator reaches from the
+// provider's host.
+const apiServerPort = 6443
+
+// The nodes' admin kubeconfig names the cluster's endpoint as every node sees it: its own endpoint on
+// loopback (package apiproxy), which means nothing on the operator's machine. The workspace's admin kubeconfig
+// names a control-plane node's API server instead: the attested first node's at init, and whichever answers
+// when the one it names no longer does (selectAPIServer), so that kubectl, status and verify keep working
+// while any control-plane node is down. TLS with the cluster CA of the kubeconfig authenticates whichever it
+// is; every API server's certificate names its node's address.
+
+// kubeconfigServer returns the server URL and the CA (PEM) of the kubeconfig's current cluster.
+func kubeconfigServer(raw []byte) (server string, ca []byte, err error) {
+	kc, err := clientcmd.Load(raw)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, ok := kc.Contexts[kc.CurrentContext]
+	if !ok || kc.Clusters[ctx.Cluster] == nil {
+		return "", nil, errors.New("the kubeconfig has no current context with a cluster")
+	}
+	c := kc.Clusters[ctx.Cluster]
+	return c.Server, c.CertificateAuthorityData, nil
+}
+
+// withServer returns the kubeconfig raw with its current cluster's server set to https://endpoint.
+func withServer(raw []byte, endpoint string) ([]byte, error) {
+	kc, err := clientcmd.Load(raw)
+	if err != nil {
+		return nil, err
+	}
+	ctx, ok := kc.Contexts[kc.CurrentContext]
+	if !ok || kc.Clusters[ctx.Cluster] == nil {
+		return nil, errors.New("the kubeconfig has no current context with a cluster")
+	}
+	kc.Clusters[ctx.Cluster].Server = "https://" + endpoint
+	return clientcmd.Write(*kc)
+}
+
+// adminKubeconfigFor is the admin kubeconfig the first node returned, with the API server of the node at
+// nodeIP instead of the node's own endpoint.
+func adminKubeconfigFor(raw []byte, nodeIP string) ([]byte, string, error) {
+	endpoint := net.JoinHostPort(nodeIP, strconv.Itoa(apiServerPort))
+	out, err := withServer(raw, endpoint)
+	if err != nil {
+		return nil, "", fmt.Errorf("the admin kubeconfig the first node returned: %w", err)
+	}
+	return out, endpoint, nil
+}
+
+// apiServerReady asks the API server at endpoint (host:port) GET /readyz, with TLS to it checked against ca
+// (the cluster CA, PEM) for the name host.
+func apiServerReady(ctx context.Context, endpoint string, ca []byte) error {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return errors.New("the admin kubeconfig holds no cluster CA")
+	}
+	host, _, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+endpoint+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /readyz: %s", resp.Status)
+	}
+	return nil
+}
+
+// selectAPIServer keeps the workspace's admin kubeconfig (and the state file's endpoint) on an API server that
+// answers: the one it names if that is ready, else the first ready one of the control-plane nodes the provider
+// lists (controlPlaneIPs), which it then writes into both. It returns the endpoint in force; with none
+// answering it leaves both as they are and says so.
+func selectAPIServer(ctx context.Context, ws string, controlPlaneIPs []string) (string, error) {
+	path := filepath.Join(ws, AdminKubeconfigFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	server, ca, err := kubeconfigServer(raw)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return "", fmt.Errorf("%s names the API server %q, not an https URL", path, server)
+	}
+	current := u.Host
+	probe := func(endpoint string) error {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return apiServerReady(pctx, endpoint, ca)
+	}
+	currentErr := probe(current)
+	if currentErr == nil {
+		return current, nil
+	}
+	var candidates []string
+	for _, ip := range controlPlaneIPs {
+		if e := net.JoinHostPort(ip, strconv.Itoa(apiServerPort)); e != current {
+			candidates = append(candidates, e)
+		}
+	}
+	errs := make([]error, len(candidates))
+	var wg sync.WaitGroup
+	for i, e := range candidates {
+		wg.Go(func() { errs[i] = probe(e) })
+	}
+	wg.Wait()
+	for i, e := range candidates {
+		if errs[i] != nil {
+			continue
+		}
+		updated, err := withServer(raw, e)
+		if err != nil {
+			return "", err
+		}
+		if err := atomicfile.Write(path, updated, 0o600); err != nil {
+			return "", err
+		}
+		if state, ok, err := loadClusterState(ws); err == nil && ok {
+			state.Endpoint = e
+			if out, err := yaml.Marshal(state); err == nil {
+				if err := atomicfile.Write(filepath.Join(ws, StateFile), out, 0o644); err != nil {
+					return "", err
+				}
+			}
+		}
+		return e, nil
+	}
+	return current, fmt.Errorf("no API server of the control-plane nodes answers (%s: %v)", current, currentErr)
+}
