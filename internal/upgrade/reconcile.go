@@ -196,7 +196,13 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 	if ready, why := nodeReady(&node); !ready {
 		return wait("waiting for " + cur.ReplacementNode + " to become Ready: " + why)
 	}
-	if (cur.Role == RoleControlPlane) != isControlPlane(&node) {
+	// kubeadm labels a control-plane node only after its kubelet registered it (and it may be Ready by then):
+	// a control-plane replacement without the label yet is waited for. A kubelet cannot set the label itself
+	// (NodeRestriction), so a worker replacement that has it joined as a control-plane node.
+	switch cp := isControlPlane(&node); {
+	case cur.Role == RoleControlPlane && !cp:
+		return wait("waiting for kubeadm to mark " + cur.ReplacementNode + " a control-plane node")
+	case cur.Role != RoleControlPlane && cp:
 		r.fail(st, cur, fmt.Errorf("the replacement %s joined with another role than %s", cur.ReplacementNode, cur.Role))
 		return reconcile.Result{}, nil
 	}
