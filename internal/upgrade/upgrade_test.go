@@ -425,6 +425,8 @@ type fleet struct {
 	existing, bootImage string
 	// record is how the records of the nodes it creates are (recordTrusted, recordNone, ...).
 	record string
+	// unmarked registers control-plane nodes without their role label, as before kubeadm marks them.
+	unmarked bool
 }
 
 func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error) {
@@ -445,6 +447,9 @@ func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error
 	}
 	f.n++
 	name := fmt.Sprintf("%s-new-%d", role, f.n)
+	if f.unmarked {
+		role = "not yet marked"
+	}
 	return name, f.env.registerWith(name, role, image, !f.notReady[name], f.record)
 }
 
@@ -958,5 +963,34 @@ func (e *env) refusedUntouched(node, pod string) {
 		if strings.HasPrefix(c, "delete") {
 			e.t.Errorf("the provider was asked to %s", c)
 		}
+	}
+}
+
+// TestUpgradeWaitsForKubeadmToMarkTheControlPlane is a control-plane replacement whose kubelet registered it (and
+// it is Ready) before kubeadm labelled it a control-plane node: the controller waits for the label, and goes on
+// once kubeadm set it.
+func TestUpgradeWaitsForKubeadmToMarkTheControlPlane(t *testing.T) {
+	e := newEnv(t)
+	e.node("control-plane-0", upgrade.RoleControlPlane, oldImage, true)
+	e.fleet.unmarked = true
+	e.run()
+	e.upgrade()
+	st := e.wait("the controller to wait for the control-plane label", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return st.Phase == v1alpha1.PhaseFailed || inFlight("control-plane-0", v1alpha1.StepJoining, "waiting for kubeadm to mark")(st)
+	})
+	if st.Phase == v1alpha1.PhaseFailed {
+		t.Fatalf("the upgrade failed on a replacement kubeadm had not marked yet: %s", describe(st))
+	}
+	var n corev1.Node
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "control-plane-new-1"}, &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Labels["node-role.kubernetes.io/control-plane"] = ""
+	if err := e.admin.Update(t.Context(), &n); err != nil {
+		t.Fatal(err)
+	}
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+	if nodes := e.nodes(); !slices.Equal(nodes, []string{"control-plane-new-1"}) {
+		t.Errorf("nodes %v", nodes)
 	}
 }
