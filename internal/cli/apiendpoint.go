@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
+	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
 // apiServerPort is the API servers' port on the control-plane nodes, which the operator reaches from the
@@ -165,4 +167,17 @@ func selectAPIServer(ctx context.Context, ws string, controlPlaneIPs []string) (
 		return e, nil
 	}
 	return current, fmt.Errorf("no API server of the control-plane nodes answers (%s: %v)", current, currentErr)
+}
+
+// reconnectAPI moves the workspace's admin kubeconfig to a control-plane API server that answers (see
+// selectAPIServer; the provider names the control-plane nodes) and returns a client of it.
+func reconnectAPI(ctx context.Context, ws string, c *config.Config) (*kubeapi.Client, error) {
+	nodes, _, err := runningNodes(ws, c)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := selectAPIServer(ctx, ws, controlPlaneIPs(nodes)); err != nil {
+		return nil, err
+	}
+	return kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
 }

@@ -48,6 +48,35 @@ type imageUpgrade struct {
 	Out   io.Writer
 	// Deadline is when following the upgrade stops, leaving it running (zero: never).
 	Deadline time.Time
+	// Reconnect, if set, returns a client of a control-plane API server that answers, for when the one
+	// followed goes away: the upgrade replaces the control-plane node the admin kubeconfig names.
+	Reconnect func(ctx context.Context) (*kubeapi.Client, error)
+}
+
+// reconnect moves the upgrade's clients to an API server that answers after err (not an answer of the API
+// server: a connection that broke or was refused), trying until ctx ends. It tells whether it did.
+func (u *imageUpgrade) reconnect(ctx context.Context, err error) bool {
+	var se *kubeapi.StatusError
+	if u.Reconnect == nil || errors.As(err, &se) || ctx.Err() != nil {
+		return false
+	}
+	fmt.Fprintf(u.out(), "  the API server stopped answering (%v); following the upgrade through another control-plane node\n", err)
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Second):
+		}
+		api, rerr := u.Reconnect(ctx)
+		if rerr != nil {
+			continue
+		}
+		u.API = api
+		if u.Policy != nil {
+			u.Policy.API = api
+		}
+		return true
+	}
 }
 
 // errUpgradeFailed marks an upgrade that the controller reported as failed.
@@ -268,6 +297,9 @@ func (u *imageUpgrade) watch(ctx context.Context, p *progressPrinter, done func(
 		if rv == "" {
 			nu, err := getNodeUpgrade(wctx, u.API)
 			if err != nil {
+				if u.reconnect(wctx, err) {
+					continue
+				}
 				return nil, stopped(err)
 			}
 			if nu == nil {
@@ -312,6 +344,10 @@ func (u *imageUpgrade) watch(ctx context.Context, p *progressPrinter, done func(
 		case deleted:
 			return nil, nil
 		case err != nil:
+			if u.reconnect(wctx, err) {
+				rv = "" // read it again from the other API server
+				continue
+			}
 			return nil, stopped(err)
 		case wctx.Err() != nil:
 			return nil, stopped(nil)

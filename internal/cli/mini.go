@@ -19,6 +19,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/provider/daemon"
@@ -296,6 +297,7 @@ func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string
 			fmt.Fprintf(cmd.OutOrStdout(), "  waiting up to %s for every node to be attested and Ready, and for the cluster's services\n", limit)
 			return newReadyWaiter(ws, limit, cmd.OutOrStdout()).wait(ctx)
 		},
+		Reconnect: func(ctx context.Context) (*kubeapi.Client, error) { return reconnectAPI(ctx, ws, c) },
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

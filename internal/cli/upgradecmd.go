@@ -193,6 +193,8 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 	if err != nil {
 		return nil, nil, failed(err)
 	}
+	// The kubeconfig keeps naming an API server that answers (an upgrade replaces control-plane nodes).
+	selectAPIServer(cmd.Context(), ws, controlPlaneIPs(nodes))
 	api, err := kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
 	if err != nil {
 		return nil, nil, badInput("%w", err)

@@ -17,10 +17,10 @@ import (
 // image B, built here (the same Kubernetes; the bootstrapper with another commit, so another digest and other
 // measurements), into a temporary directory. The upgrade controller runs in the cluster, deployed at init.
 // apply verifies B's signed measurements, registers B with the provider, opens the measurement policy window
-// and creates the NodeUpgrade. The controller replaces the control plane first, and the only control-plane
-// node serves the cluster's API endpoint, which no replacement can take over yet: the controller stops
-// (phase Failed) before it creates anything, and apply says so, with how to roll back, and exits 1; status
-// shows the failed upgrade; `upgrade abort` removes the NodeUpgrade and rolls the policy back.
+// and creates the NodeUpgrade; the controller replaces the only control-plane node first (every node reaches
+// the API through its own endpoint, so none is special), then the worker; apply follows it through the new
+// control-plane node once the old one is gone, narrows the policy to B and records B. Afterwards every node
+// runs B by its attestation record, and a node booted from A refuses the join service of B, naming PCR 4 (it trusts its own image only).
 func TestMiniApplyUpgrade(t *testing.T) {
 	cl := startCluster(t, 1, 1)
 	c, k := cl.c, cl.k
@@ -49,54 +49,65 @@ func TestMiniApplyUpgrade(t *testing.T) {
 	if confB.ImageDigest() == confA.ImageDigest() {
 		t.Fatalf("image B has the digest of image A (%s)", confA.ImageDigest())
 	}
-	out, code := c.run("apply", "--allow-dev-signed", "--wait", "10m")
+	out, code := c.run("apply", "--allow-dev-signed", "--wait", "15m")
 	t.Logf("apply:\n%s", out)
+	if code != 0 {
+		t.Fatalf("apply: exit %d", code)
+	}
 	for _, want := range []string{
 		"Upgrading the cluster from node image " + confA.ImageDigest() + " to " + confB.ImageDigest(),
 		"node image " + confB.ImageDigest() + " known to the provider",
 		"NodeUpgrade cluster asks the upgrade controller",
-		"control-plane-0 (control-plane): creating:",
-		"serves the cluster's control-plane endpoint",
-		"constellation upgrade abort",
+		"control-plane-0 (control-plane) -> control-plane-1: done",
+		"worker-0 (worker) -> worker-1: done",
+		"Upgrade finished: the key services accept node image " + confB.ImageDigest() + " only",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("apply does not say %q", want)
 		}
 	}
-	if code != 1 {
-		t.Fatalf("apply: exit %d, want 1", code)
-	}
 	registered := filepath.Join(c.ws, "constellation-mini", "node-images", strings.TrimPrefix(confB.ImageDigest(), "sha256:")+".squashfs")
 	if _, err := os.Stat(registered); err != nil {
 		t.Errorf("image B is not registered with the provider: %v", err)
 	}
-	if out, code := c.run("upgrade", "check"); code != 0 || !strings.Contains(out, "An upgrade is open") {
-		t.Errorf("upgrade check after apply: exit %d\n%s", code, out)
+	// Every node was replaced (the control plane first) and runs B, as its attestation record proves.
+	if out, err := k("get", "nodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name"); err != nil || strings.Join(strings.Fields(out), " ") != "control-plane-1 worker-1" {
+		t.Errorf("nodes after the upgrade: %v\n%s", err, out)
 	}
-	if out, _ := c.run("status"); !strings.Contains(out, "Upgrade to node image "+confB.ImageDigest()+": Failed, 0/2 nodes replaced") || !strings.Contains(out, "upgrade abort") {
-		t.Errorf("status does not show the failed upgrade:\n%s", out)
-	}
-	// apply again: the same failure, nothing new asked.
-	if out, code := c.run("apply", "--allow-dev-signed", "--wait", "10m"); code != 1 || !strings.Contains(out, "serves the cluster's control-plane endpoint") || strings.Contains(out, "known to the provider") {
-		t.Errorf("apply again: exit %d\n%s", code, out)
-	}
-
-	out, code = c.run("upgrade", "abort")
-	t.Logf("upgrade abort:\n%s", out)
-	if code != 0 || !strings.Contains(out, "NodeUpgrade cluster deleted") || !strings.Contains(out, "Upgrade rolled back") {
-		t.Fatalf("upgrade abort: exit %d", code)
-	}
-	if out, err := k("get", "nodeupgrades", "-o", "name"); err != nil || strings.Contains(out, "nodeupgrade") {
-		t.Errorf("NodeUpgrades after the abort: %v\n%s", err, out)
+	short := confB.ImageDigest()[:len("sha256:")+12]
+	cl.eventually("status healthy, every node on image B", func() (string, bool) {
+		out, code := c.run("status")
+		return out, code == 0 && strings.Count(out, short) >= 2 && !strings.Contains(out, confA.ImageDigest()[:len("sha256:")+12])
+	})
+	if state, _ := os.ReadFile(filepath.Join(c.ws, "constellation-state.yaml")); !strings.Contains(string(state), confB.ImageDigest()) {
+		t.Errorf("the state file does not record image B:\n%s", state)
 	}
 	if out, code := c.run("upgrade", "check"); code != 0 || strings.Contains(out, "An upgrade is open") {
-		t.Errorf("upgrade check after the abort: exit %d\n%s", code, out)
+		t.Errorf("upgrade check after the upgrade: exit %d\n%s", code, out)
 	}
-	if state, _ := os.ReadFile(filepath.Join(c.ws, "constellation-state.yaml")); string(state) != string(stateA) {
-		t.Errorf("the state file changed:\n%s", state)
+	// apply again: nothing to do.
+	if out, code := c.run("apply", "--allow-dev-signed", "--wait", "5m"); code != 0 || strings.Contains(out, "known to the provider") {
+		t.Errorf("apply again: exit %d\n%s", code, out)
 	}
-	if out, err := k("get", "nodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name"); err != nil || strings.Fields(out)[0] != "control-plane-0" || len(strings.Fields(out)) != 2 {
-		t.Errorf("nodes after the abort: %v\n%s", err, out)
+	// An upgrade that succeeded is not rolled back: that would refuse every node.
+	if out, code := c.run("upgrade", "abort"); code == 0 || !strings.Contains(out, "succeeded") {
+		t.Errorf("upgrade abort after the upgrade: exit %d\n%s", code, out)
+	}
+
+	// A node booted from image A gets no place: it trusts only join services of its own image (the upgrade's
+	// peer policy is gone), finds the cluster's on B, and refuses it, naming PCR 4.
+	imageA, _ := filepath.Abs("../../_out/node-image/node-image.squashfs")
+	out, code = c.run("mini", "add-worker", "--image", imageA)
+	name, _, _ := strings.Cut(strings.TrimSpace(out), " booted")
+	if code != 0 || !strings.Contains(out, " booted") {
+		t.Fatalf("mini add-worker --image A: exit %d\n%s", code, out)
+	}
+	cl.eventually(name+" of image A refused at join, PCR 4 named", func() (string, bool) {
+		raw, _ := os.ReadFile(filepath.Join(c.ws, "constellation-mini", "nodes", name, "sandbox", "console.log"))
+		return string(raw), strings.Contains(string(raw), "asking the join service to admit this node") && strings.Contains(string(raw), "PCR 4")
+	})
+	if out, err := k("get", "nodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name"); err != nil || strings.Join(strings.Fields(out), " ") != "control-plane-1 worker-1" {
+		t.Errorf("nodes after the node of image A tried to join: %v\n%s", err, out)
 	}
 }
 
