@@ -21,6 +21,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
 	"github.com/constellation-dev/constellation/internal/config"
+	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 )
 
@@ -170,14 +171,28 @@ func selectAPIServer(ctx context.Context, ws string, controlPlaneIPs []string) (
 }
 
 // reconnectAPI moves the workspace's admin kubeconfig to a control-plane API server that answers (see
-// selectAPIServer; the provider names the control-plane nodes) and returns a client of it.
-func reconnectAPI(ctx context.Context, ws string, c *config.Config) (*kubeapi.Client, error) {
+// selectAPIServer; the provider names the control-plane nodes) and returns a client of it, and the policy ports
+// of the control-plane nodes' key services.
+func reconnectAPI(ctx context.Context, ws string, c *config.Config) (*kubeapi.Client, []string, error) {
 	nodes, _, err := runningNodes(ws, c)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := selectAPIServer(ctx, ws, controlPlaneIPs(nodes)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
+	api, err := kubeapi.FromKubeconfig(filepath.Join(ws, AdminKubeconfigFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	return api, keyServicePolicyAddrs(nodes), nil
+}
+
+// keyServicePolicyAddrs are the policy ports of the key services of the control-plane nodes among nodes.
+func keyServicePolicyAddrs(nodes []clusterNode) []string {
+	var addrs []string
+	for _, ip := range controlPlaneIPs(nodes) {
+		addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(keyservice.PolicyPort)))
+	}
+	return addrs
 }

@@ -49,8 +49,9 @@ type imageUpgrade struct {
 	// Deadline is when following the upgrade stops, leaving it running (zero: never).
 	Deadline time.Time
 	// Reconnect, if set, returns a client of a control-plane API server that answers, for when the one
-	// followed goes away: the upgrade replaces the control-plane node the admin kubeconfig names.
-	Reconnect func(ctx context.Context) (*kubeapi.Client, error)
+	// followed goes away (the upgrade replaces the control-plane node the admin kubeconfig names), and the
+	// policy ports of the key services of the control-plane nodes there are now.
+	Reconnect func(ctx context.Context) (*kubeapi.Client, []string, error)
 }
 
 // reconnect moves the upgrade's clients to an API server that answers after err (not an answer of the API
@@ -67,16 +68,24 @@ func (u *imageUpgrade) reconnect(ctx context.Context, err error) bool {
 			return false
 		case <-time.After(2 * time.Second):
 		}
-		api, rerr := u.Reconnect(ctx)
-		if rerr != nil {
-			continue
+		if u.refresh(ctx) == nil {
+			return true
 		}
-		u.API = api
-		if u.Policy != nil {
-			u.Policy.API = api
-		}
-		return true
 	}
+}
+
+// refresh moves the upgrade's clients to an API server that answers, and the policy's key services to those of
+// the control-plane nodes there are now (an upgrade replaces them all).
+func (u *imageUpgrade) refresh(ctx context.Context) error {
+	api, keyServices, err := u.Reconnect(ctx)
+	if err != nil {
+		return err
+	}
+	u.API = api
+	if u.Policy != nil {
+		u.Policy.API, u.Policy.KeyServices = api, keyServices
+	}
+	return nil
 }
 
 // errUpgradeFailed marks an upgrade that the controller reported as failed.
@@ -396,6 +405,12 @@ func (u *imageUpgrade) failedError(nu *v1alpha1.NodeUpgrade) error {
 func (u *imageUpgrade) finish(ctx context.Context, nu *v1alpha1.NodeUpgrade) error {
 	out := u.out()
 	fmt.Fprintf(out, "Every node runs node image %s: %s\n", u.To.Digest, nu.Status.Message)
+	// The narrowing goes to the key services of the control-plane nodes there are now: the upgrade replaced them.
+	if u.Reconnect != nil {
+		if err := u.refresh(ctx); err != nil {
+			return failed(fmt.Errorf("finding the control-plane nodes after the upgrade: %w; apply again to finish", err))
+		}
+	}
 	if _, err := u.Policy.Finish(ctx); err != nil {
 		st, serr := u.Policy.Status(ctx)
 		if serr != nil || st.Latest == nil || len(st.Latest.Sets) != 1 || !containsSet(st.Latest.Sets, u.To.Measurements) || len(st.Unreachable) > 0 {

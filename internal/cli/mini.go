@@ -297,7 +297,7 @@ func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string
 			fmt.Fprintf(cmd.OutOrStdout(), "  waiting up to %s for every node to be attested and Ready, and for the cluster's services\n", limit)
 			return newReadyWaiter(ws, limit, cmd.OutOrStdout()).wait(ctx)
 		},
-		Reconnect: func(ctx context.Context) (*kubeapi.Client, error) { return reconnectAPI(ctx, ws, c) },
+		Reconnect: func(ctx context.Context) (*kubeapi.Client, []string, error) { return reconnectAPI(ctx, ws, c) },
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -199,12 +198,7 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 	if err != nil {
 		return nil, nil, badInput("%w", err)
 	}
-	var addrs []string
-	for _, n := range nodes {
-		if n.Role == "control-plane" {
-			addrs = append(addrs, net.JoinHostPort(n.IP, strconv.Itoa(keyservice.PolicyPort)))
-		}
-	}
+	addrs := keyServicePolicyAddrs(nodes)
 	// The key services run the configured image, or the one the state file records (before an upgrade to the
 	// configured one finished).
 	known := []measurements.M{c.Attestation.Measurements}
