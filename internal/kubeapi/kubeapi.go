@@ -186,27 +186,11 @@ func (c *Client) Do(ctx context.Context, method, path, contentType string, in, o
 	if in != nil {
 		req.Header.Set("Content-Type", contentType)
 	}
-	req.Header.Set("Accept", "application/json")
-	if c.token != nil {
-		t, err := c.token()
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+t)
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		var status struct{ Message string }
-		if json.Unmarshal(msg, &status) == nil && status.Message != "" {
-			msg = []byte(status.Message)
-		}
-		return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
-	}
 	if out == nil {
 		return nil
 	}
@@ -214,6 +198,33 @@ func (c *Client) Do(ctx context.Context, method, path, contentType string, in, o
 		return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
 	}
 	return nil
+}
+
+// send sends req as the client (JSON answers, its bearer token) and returns the answer if it is a success;
+// otherwise a *StatusError with the API server's message, and the body closed.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	req.Header.Set("Accept", "application/json")
+	if c.token != nil {
+		t, err := c.token()
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+t)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		var status struct{ Message string }
+		if json.Unmarshal(msg, &status) == nil && status.Message != "" {
+			msg = []byte(status.Message)
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
+	}
+	return resp, nil
 }
 
 // WatchEvent is one event of a watch: its type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR) and the object.
@@ -238,23 +249,11 @@ func (c *Client) Watch(ctx context.Context, path string, fn func(WatchEvent) err
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Accept", "application/json")
-	if c.token != nil {
-		t, err := c.token()
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+t)
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
-	}
 	dec := json.NewDecoder(resp.Body)
 	for {
 		var ev WatchEvent
