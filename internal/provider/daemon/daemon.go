@@ -82,7 +82,7 @@ func (s Status) Alive(marker string) bool {
 }
 
 // Stop asks the daemon of s to tear its cluster down (SIGTERM) and waits until alive (the provider's
-// [Status.Alive]) says it is gone; after wait, it kills it and says so.
+// [Status.Alive]) says it is gone; after wait, it kills it, waits for it to be gone and says so.
 func Stop(s Status, alive func() bool, wait time.Duration) error {
 	if !alive() {
 		return nil
@@ -94,6 +94,14 @@ func Stop(s Status, alive func() bool, wait time.Duration) error {
 	for alive() {
 		if time.Now().After(deadline) {
 			syscall.Kill(s.DaemonPID, syscall.SIGKILL)
+			// SIGKILL is delivered asynchronously: the caller cleans up after us, so wait until the process is
+			// really gone rather than racing its last moments.
+			for gone := time.Now().Add(10 * time.Second); alive() && time.Now().Before(gone); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if alive() {
+				return fmt.Errorf("the provider (pid %d) did not stop within %s and is still there after SIGKILL; stop it by hand before cleaning up", s.DaemonPID, wait)
+			}
 			return fmt.Errorf("the provider (pid %d) did not stop within %s; killed it, cleaning up", s.DaemonPID, wait)
 		}
 		time.Sleep(50 * time.Millisecond)
