@@ -692,6 +692,23 @@ func TestMiniControlPlanes(t *testing.T) {
 	if out, err := cl.k("get", "configmap", "marker", "-o", "jsonpath={.data.value}"); err != nil || out != marker {
 		t.Fatalf("the ConfigMap written before the provider crashed: %v %q", err, out)
 	}
+	// The restarted provider booted the nodes the cluster had, not the configuration's three control-plane
+	// nodes: worker-0, added after the cluster was created, is back too, with its disk.
+	state, _, err = mini.ReadState(filepath.Join(cl.c.ws, "constellation-mini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range state.Nodes {
+		names = append(names, n.Name)
+	}
+	if got := strings.Join(names, " "); got != "control-plane-0 control-plane-1 control-plane-2 worker-0" {
+		t.Fatalf("nodes booted after the provider crashed: %s, want the three control-plane nodes and worker-0", got)
+	}
+	cl.eventually("worker-0 Ready again after the provider crashed", func() (string, bool) {
+		out, err := cl.k("get", "node", "worker-0", "--no-headers")
+		return out, err == nil && strings.Contains(out, " Ready ")
+	})
 
 	// mini down removes the cluster (its nodes' state disks with it), keeps the configuration and the master
 	// secret, and the next mini up creates a new cluster, initialised afresh (with the same master secret, so

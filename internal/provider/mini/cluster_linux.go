@@ -124,6 +124,9 @@ type Provider struct {
 	// number of a new node's name by role: a deleted node's slot and name are not reused at once.
 	nextSlot int
 	named    map[string]int
+	// peerPolicy is the peer policy hint the metadata service hands joining nodes, kept in the fleet record
+	// (fleetrecord_linux.go).
+	peerPolicy []byte
 }
 
 // node is a booted node: its TPM and its sandbox.
@@ -281,14 +284,42 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 			p.nodes[i].tpm.Shutdown()
 		}
 	})
-	for i := range spec.ControlPlanes + spec.Workers {
-		role, name := metadata.RoleControlPlane, fmt.Sprintf("control-plane-%d", i)
-		if i >= spec.ControlPlanes {
-			role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
+	rec, err := readFleetRecord(p.Dir)
+	if err != nil {
+		return teardown, err
+	}
+	if rec != nil {
+		// The nodes the cluster had when its provider stopped, not the configuration's first ones.
+		p.progress(fmt.Sprintf("booting the %d nodes the cluster had (%s)", len(rec.Nodes), fleetRecordName))
+		p.nextSlot = rec.NextSlot
+		for role, next := range rec.Named {
+			p.named[role] = next
 		}
-		p.named[role] = max(p.named[role], nameNumber(name, role)+1)
-		if _, err := p.addNode(ctx, name, role, spec.Image, digest); err != nil {
-			return teardown, err
+		if len(rec.PeerPolicy) > 0 {
+			if err := md.SetPeerPolicy(rec.PeerPolicy); err != nil {
+				return teardown, fmt.Errorf("the peer policy in %s: %w", fleetRecordName, err)
+			}
+			p.peerPolicy = rec.PeerPolicy
+		}
+		for _, n := range rec.Nodes {
+			image, digest, err := p.recordedImage(n)
+			if err != nil {
+				return teardown, err
+			}
+			if _, err := p.addNode(ctx, n.Name, n.Role, image, digest, n.Slot); err != nil {
+				return teardown, err
+			}
+		}
+	} else {
+		for i := range spec.ControlPlanes + spec.Workers {
+			role, name := metadata.RoleControlPlane, fmt.Sprintf("control-plane-%d", i)
+			if i >= spec.ControlPlanes {
+				role, name = metadata.RoleWorker, fmt.Sprintf("worker-%d", i-spec.ControlPlanes)
+			}
+			p.named[role] = max(p.named[role], nameNumber(name, role)+1)
+			if _, err := p.addNode(ctx, name, role, spec.Image, digest, -1); err != nil {
+				return teardown, err
+			}
 		}
 	}
 	for _, nd := range p.nodes {
@@ -299,12 +330,16 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	return teardown, nil
 }
 
-// addNode creates a node's TPM, boots it from image and records it. Its routes are the caller's business. On
-// an error, the node it returns (if not nil) is recorded half-booted: teardown or removeNode end it.
-func (p *Provider) addNode(ctx context.Context, name, role, image string, digest [32]byte) (*node, error) {
-	i, err := p.freeSlot()
-	if err != nil {
-		return nil, err
+// addNode creates a node's TPM, boots it from image in slot (-1: a free one) and records it. Its routes are
+// the caller's business. On an error, the node it returns (if not nil) is recorded half-booted: teardown or
+// removeNode end it.
+func (p *Provider) addNode(ctx context.Context, name, role, image string, digest [32]byte, slot int) (*node, error) {
+	i := slot
+	if i < 0 {
+		var err error
+		if i, err = p.freeSlot(); err != nil {
+			return nil, err
+		}
 	}
 	nd := &node{index: i, name: name, role: role, addr: NodeAddr(i), dir: filepath.Join(p.Dir, "nodes", name), image: image, digest: digest}
 	p.progress(fmt.Sprintf("booting %s (%s): measured boot into its TPM", name, nd.addr))
@@ -319,6 +354,9 @@ func (p *Provider) addNode(ctx context.Context, name, role, image string, digest
 	}
 	p.state.Nodes = append(p.state.Nodes, nd.state())
 	p.save()
+	if err := p.saveFleet(); err != nil {
+		return nd, err
+	}
 	return nd, nil
 }
 
@@ -404,7 +442,7 @@ func (p *Provider) bootNode(ctx context.Context, role, image string, digest [32]
 	if len(p.nodes) >= MaxNodes {
 		return nil, fmt.Errorf("the cluster has %d nodes, the most a mini cluster can have", len(p.nodes))
 	}
-	nd, err := p.addNode(ctx, p.newName(role), role, image, digest)
+	nd, err := p.addNode(ctx, p.newName(role), role, image, digest, -1)
 	if err == nil {
 		err = p.routeNew(nd)
 	}
@@ -484,13 +522,18 @@ func StateDisks(dir string) []string {
 
 // RemoveStateDisks deletes the state disks of the nodes in a provider directory, whose nodes must be stopped
 // ([Cleanup]): nodes booted from this directory again get new, empty disks, as new VMs would. What was on the
-// disks is gone. The nodes' TPMs stay.
+// disks is gone, and so is the record of the nodes the cluster had (the next cluster boots the configuration's).
+// The nodes' TPMs stay.
 func RemoveStateDisks(dir string) error {
 	var errs []error
 	for _, d := range StateDisks(dir) {
 		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	// The nodes recorded with those disks go with them: the next cluster starts from its configuration.
+	if err := os.Remove(filepath.Join(dir, fleetRecordName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -777,8 +820,19 @@ func (p *Provider) serveControl(ctx context.Context) (func(), error) {
 			http.Error(w, "request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
 		if err := p.md.SetPeerPolicy(raw); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		// A restarted provider hands joining nodes the same hint (an upgrade's window may outlive it).
+		p.peerPolicy = nil
+		if len(bytes.TrimSpace(raw)) > 0 {
+			p.peerPolicy = bytes.Clone(raw)
+		}
+		if err := p.saveFleet(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)

@@ -223,6 +223,9 @@ func (p *Provider) removeNode(nd *node) error {
 	if err := p.save(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := p.saveFleet(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := Remove(nd.dir); err != nil {
 		errs = append(errs, fmt.Errorf("removing its state disk and TPM: %w", err))
 	}
