@@ -63,7 +63,8 @@
 // # Issuing
 //
 // Inside a guest, [ConfigFSReporter] obtains reports through the Linux configfs-tsm interface
-// (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest.
+// (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest; [GuestReporter] chooses by
+// what the guest's kernel offers, configfs-tsm first.
 //
 // # Variants
 //
