@@ -74,7 +74,11 @@
 //   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [ReportDataForNonce] of the
 //     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
 //     REPORT_DATA and returns the user data. The launch measurement its policy expects is computed from the
-//     firmware, the directly booted UKI and the machine definition by package snp/launch.
+//     firmware, the directly booted UKI and the machine definition by package snp/launch. The second half of
+//     REPORT_DATA binds the cluster the node belongs to ([ReportDataForMember], [Issuer.JoinCluster]): zero
+//     for a fresh node, set once at init or join, as the vTPM variants extend the cluster ID into PCR 15;
+//     [NewValidator] accepts fresh nodes only, [NewMemberValidator] the members of one cluster, and
+//     [NewPeerValidator] either.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
 //     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
 //     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the
