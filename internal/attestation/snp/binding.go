@@ -73,6 +73,25 @@ func ReportDataForMember(variant attestation.Variant, nonce, userData, clusterID
 	return out
 }
 
+// nodeNameLabel separates the node-name binding of HOST_DATA from every other use.
+const nodeNameLabel = "constellation snp node name v1\x00"
+
+// HostDataForNode returns the HOST_DATA with which a provider launches the qemu-sev-snp guest of node name:
+//
+//	SHA-256("constellation snp node name v1\x00" || name)
+//
+// HOST_DATA is set by the host when it launches the guest and signed in every report; the guest cannot change
+// it. It names the node as the certificate of an attestation key names a vTPM node: the provider, which
+// creates the nodes, says which is which; a node launched for one name cannot claim another.
+func HostDataForNode(name string) [HostDataSize]byte {
+	h := sha256.New()
+	h.Write([]byte(nodeNameLabel))
+	h.Write([]byte(name))
+	var out [HostDataSize]byte
+	h.Sum(out[:0])
+	return out
+}
+
 // CheckReportData compares the REPORT_DATA of a report with want in constant time. It says nothing about
 // who signed the report: pass the Report of a [VerifiedReport], or check the report's signature afterwards.
 func CheckReportData(r *Report, want [ReportDataSize]byte) error {

@@ -78,7 +78,9 @@
 //     REPORT_DATA binds the cluster the node belongs to ([ReportDataForMember], [Issuer.JoinCluster]): zero
 //     for a fresh node, set once at init or join, as the vTPM variants extend the cluster ID into PCR 15;
 //     [NewValidator] accepts fresh nodes only, [NewMemberValidator] the members of one cluster, and
-//     [NewPeerValidator] either.
+//     [NewPeerValidator] either. A node is named by HOST_DATA, which the host sets when it launches the guest
+//     ([HostDataForNode], [NewNodeIssuer]): the evidence carries the name, and the validator accepts it only
+//     if HOST_DATA binds it, as a vTPM node is named by the certificate of its attestation key.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
 //     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
 //     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the

@@ -16,6 +16,7 @@ import (
 // attestation.Issuer and is safe for concurrent use.
 type Issuer struct {
 	reporter Reporter
+	node     string // the node name its HOST_DATA binds ("": none claimed)
 
 	mu        sync.Mutex
 	clusterID []byte // nil: a fresh node
@@ -24,6 +25,31 @@ type Issuer struct {
 // NewIssuer returns an issuer that obtains reports from reporter (a [ConfigFSReporter] or a
 // [DeviceReporter], see [GuestReporter]).
 func NewIssuer(reporter Reporter) *Issuer { return &Issuer{reporter: reporter} }
+
+// NewNodeIssuer is [NewIssuer] for the node name that the guest's HOST_DATA binds ([HostDataForNode]): its
+// evidence names the node (attestation.Document.Node), and validators check the name against HOST_DATA. It
+// fails if the guest's own report does not bind name: the host launched it for another node, or for none.
+func NewNodeIssuer(ctx context.Context, reporter Reporter, name string) (*Issuer, error) {
+	if name == "" || len(name) > attestation.MaxNodeNameSize {
+		return nil, fmt.Errorf("a node name of %d bytes; want 1 to %d", len(name), attestation.MaxNodeNameSize)
+	}
+	// Any REPORT_DATA will do: only HOST_DATA is read.
+	ev, err := obtainReport(ctx, reporter, [ReportDataSize]byte{}, false)
+	if err != nil {
+		return nil, err
+	}
+	r, err := ParseReport(ev.Report)
+	if err != nil {
+		return nil, err
+	}
+	if want := HostDataForNode(name); r.HostData != want {
+		if isZero(r.HostData[:]) {
+			return nil, fmt.Errorf("the host launched this guest without HOST_DATA, so its reports name no node; the provider must launch node %q with host-data %x", name, want)
+		}
+		return nil, fmt.Errorf("this guest's HOST_DATA %x does not name node %q (want %x): the host launched it for another node", r.HostData, name, want)
+	}
+	return &Issuer{reporter: reporter, node: name}, nil
+}
 
 // Variant returns attestation.QEMUSEVSNP.
 func (i *Issuer) Variant() attestation.Variant { return attestation.QEMUSEVSNP }
@@ -75,6 +101,7 @@ func (i *Issuer) Issue(ctx context.Context, nonce, userData []byte) ([]byte, err
 		Variant:  attestation.QEMUSEVSNP.Name,
 		UserData: bytes.Clone(userData),
 		SNP:      ev,
+		Node:     i.node,
 	}
 	return doc.Marshal()
 }
@@ -196,7 +223,20 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 		}
 		copy(want[ReportDataSize/2:], r.ReportData[ReportDataSize/2:])
 	}
-	if _, err := Validate(v.verifier, v.policy.WithReportData(want), doc.SNP.Report, certs); err != nil {
+	policy := v.policy.WithReportData(want)
+	if doc.Node != "" {
+		// The name counts only if HOST_DATA binds it. A cluster that pins HOST_DATA itself leaves no room for
+		// names: the evidence of a named node is refused rather than its name taken unchecked.
+		if len(policy.HostData) != 0 {
+			return nil, fmt.Errorf("%w: the evidence names node %q by HOST_DATA, but the policy pins HOST_DATA to %x; remove hostData from the policy of a cluster whose provider names its nodes", ErrPolicy, doc.Node, []byte(policy.HostData))
+		}
+		h := HostDataForNode(doc.Node)
+		policy.HostData = h[:]
+	}
+	if _, err := Validate(v.verifier, policy, doc.SNP.Report, certs); err != nil {
+		if errors.Is(err, ErrHostData) {
+			err = fmt.Errorf("%w (the evidence claims to be node %q, but the host launched the guest for another name)", err, doc.Node)
+		}
 		return nil, v.explainClusterBinding(err, doc.SNP.Report, want)
 	}
 	return doc.UserData, nil
