@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -61,7 +61,7 @@ type Lifecycle interface {
 // master secret, policy and KMS of their own, and take the administrator's kubeconfig.
 type initServer struct {
 	initpb.UnimplementedInitServer
-	issuer *vtpm.Issuer
+	issuer attestation.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
 	// initSecretHash is the SHA-256 of the cluster's init secret, from the node's instance metadata. Without
@@ -149,11 +149,11 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	// From here on the node is no longer fresh, whatever happens next.
 	s.done = true
-	ev := measurements.ClusterIDEvent(clusterID)
-	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
+	where, err := recordClusterID(s.issuer, clusterID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
-	s.log.Info("cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	s.log.Info("cluster ID measured", "into", where, "clusterID", fmt.Sprintf("%x", clusterID))
 	if s.disk != nil {
 		key, err := d.DiskKey(s.disk.uuid)
 		if err != nil {
@@ -324,11 +324,11 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	s.done = true
-	ev := measurements.ClusterIDEvent(clusterID)
-	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
+	where, err := recordClusterID(s.issuer, clusterID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
-	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "into", where, "clusterID", fmt.Sprintf("%x", clusterID))
 	if s.life != nil {
 		if err := s.life.StartNetwork(true); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))

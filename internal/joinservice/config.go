@@ -328,6 +328,12 @@ func NewConfig(dir string, log *slog.Logger, macKey []byte) (*Config, error) {
 	return newConfig(dir, log, macKey, validators.Options{})
 }
 
+// NewConfigWith is [NewConfig] with the trust of the validators, opts: the services pass none (NewConfig) and
+// trust the embedded hardware roots; tests of the nodes that join pass the roots of their test PKI.
+func NewConfigWith(dir string, log *slog.Logger, macKey []byte, opts validators.Options) (*Config, error) {
+	return newConfig(dir, log, macKey, opts)
+}
+
 // newConfig is NewConfig with the trust of the validators: tests pass the roots of their test PKI.
 func newConfig(dir string, log *slog.Logger, macKey []byte, opts validators.Options) (*Config, error) {
 	if len(macKey) != 32 {

@@ -29,7 +29,6 @@ func (r *launchedReporter) Report(_ context.Context, reportData [ReportDataSize]
 	return &Evidence{Report: signReport(r.t, buildReport(r.t, o), r.key), CertTable: r.table}, nil
 }
 
-
 // A qemu-sev-snp node is named by the HOST_DATA its host launched it with: evidence that claims another name,
 // or a name although the cluster pins HOST_DATA, is refused; a guest launched for another name or for none
 // cannot make a named issuer.
