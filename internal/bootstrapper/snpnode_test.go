@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"log/slog"
@@ -30,8 +31,10 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
+	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
+	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
@@ -512,5 +515,75 @@ func TestSNPVerifyServiceBindsNonceAndMeshKey(t *testing.T) {
 	}
 	if _, err := member.Validate(ctx, swapped, nonce); !errors.Is(err, snp.ErrReportData) {
 		t.Errorf("evidence with a swapped mesh key: %v, want a REPORT_DATA mismatch", err)
+	}
+}
+
+// The first control-plane node of a qemu-sev-snp cluster is initialised without a TPM: the request carries the
+// SEV-SNP policy and no PCR measurements, and the node binds the cluster ID into its reports, so that it
+// cannot be initialised again, nor pose as fresh to a join service.
+func TestSNPInit(t *testing.T) {
+	pki, err := snptest.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := newSNPImage(t, pki, 0x11)
+	issuer, _ := img.node(t, "control-plane-0")
+	var startedWith *validators.Policy
+	s := &initServer{initSecretHash: testInitSecretHash[:], issuer: issuer, k8s: &recordingKubernetes{}, log: slog.New(slog.DiscardHandler),
+		life: lifecycleFuncs{initialised: func(_ *kms.MasterSecret, _ []byte, att *validators.Policy, _ Egress) error {
+			startedWith = att
+			return nil
+		}}}
+	ms, _ := kms.GenerateMasterSecret()
+	att, err := validators.MarshalPolicy(img.clusterPolicy(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, _ := json.Marshal(map[string]any{"4": map[string]string{"expected": strings.Repeat("ab", 32)}, "8": map[string]string{"expected": strings.Repeat("cd", 32)}})
+	ctx := context.Background()
+	for name, req := range map[string]*initpb.InitRequest{
+		// PCRs nothing would enforce.
+		"PCR measurements":      {MasterSecret: ms.Key, Salt: ms.Salt, Measurements: pcrs, Attestation: att},
+		"no attestation policy": {MasterSecret: ms.Key, Salt: ms.Salt},
+		"another variant":       {MasterSecret: ms.Key, Salt: ms.Salt, Attestation: []byte(`{"version":1,"variant":"mini-vtpm"}`)},
+	} {
+		req.InitSecret = testInitSecret
+		if _, err := s.Init(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: Init = %v, want InvalidArgument", name, err)
+		}
+	}
+	if issuer.ClusterID() != nil {
+		t.Fatal("a refused init made the node a member")
+	}
+	// As the CLI sends it: the measurements of a policy without PCRs are JSON null.
+	resp, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: []byte("null"), Attestation: att})
+	if err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	if !bytes.Equal(issuer.ClusterID(), resp.GetClusterId()) {
+		t.Fatalf("the node binds cluster %x, want %x", issuer.ClusterID(), resp.GetClusterId())
+	}
+	if startedWith == nil || startedWith.Variant != attestation.QEMUSEVSNP.Name || startedWith.SNP == nil || len(startedWith.Measurements) != 0 {
+		t.Fatalf("the cluster services were started with %+v", startedWith)
+	}
+	if _, err := s.Init(ctx, &initpb.InitRequest{InitSecret: testInitSecret, MasterSecret: ms.Key, Salt: ms.Salt, Measurements: []byte("null"), Attestation: att}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a second Init: %v, want FailedPrecondition", err)
+	}
+	// The CLI's check of a fresh node (and a join service's) no longer accepts it.
+	verifier, err := snp.NewVerifier(img.vopts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := snp.NewValidator(verifier, img.launch(t, "x").Policy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := bytes.Repeat([]byte{7}, attestation.NonceSize)
+	ev, err := issuer.Issue(ctx, nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Validate(ctx, ev, nonce); !errors.Is(err, snp.ErrReportData) {
+		t.Errorf("the initialised node passes as fresh: %v", err)
 	}
 }
