@@ -436,6 +436,9 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 		policy.Measurements = measurements.FreshPolicy(pcrs)
 	} else if len(bytes.TrimSpace(files[MeasurementsFile])) != 0 {
 		return nil, fmt.Errorf("%s: %s evidence has no vTPM, so PCR measurements do not apply; leave the file empty", MeasurementsFile, variant)
+	} else if validators.BindsCluster(variant) {
+		// As PCR 15 zero above: a joining node must belong to no cluster yet, this or another.
+		policy.Fresh = true
 	}
 	roots, err := parseAKRoots(files[AKRootsFile])
 	if err != nil {

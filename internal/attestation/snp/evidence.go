@@ -183,9 +183,10 @@ func NewMemberValidator(verifier *Verifier, policy *Policy, clusterID []byte) (*
 }
 
 // NewPeerValidator is [NewValidator] for nodes that may belong to any cluster or none: the cluster binding
-// goes unchecked, everything else (the chain to the AMD root, the policy, nonce and user data) is checked.
-// Only a node that looks for a join service of its own image uses it; it learns the cluster from that
-// service's answer.
+// goes unchecked, everything else (the chain to the AMD root, the policy, nonce and user data) is checked. A
+// node that looks for a join service of its own image uses it (it learns the cluster from that service's
+// answer), and a verifier that checks a node's image alone (package validators without Fresh or ClusterID),
+// as a vTPM validator whose policy leaves PCR 15 out.
 func NewPeerValidator(verifier *Verifier, policy *Policy) (*Validator, error) {
 	v, err := NewValidator(verifier, policy)
 	if err != nil {
