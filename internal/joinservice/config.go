@@ -175,12 +175,21 @@ type State struct {
 
 // MemberValidator returns a validator that accepts nodes that belong to this cluster: the attestation
 // policy with the cluster ID measured into PCR 15. It tells which node image a node runs by the set its
-// evidence matched (policyupdate.ImageValidator; "" for a set that names none). Variants without a vTPM have no
-// PCR to prove the membership with; a qemu-sev-snp node binds it in its REPORT_DATA instead
-// (snp.NewMemberValidator), which the cluster's services do not check yet: they are refused.
+// evidence matched (policyupdate.ImageValidator; "" for a set that names none). A qemu-sev-snp node proves the
+// membership with the cluster ID bound in its REPORT_DATA (validators.Policy.ClusterID); other variants without
+// a vTPM cannot prove it, and are refused.
 func (s *State) MemberValidator() (policyupdate.ImageValidator, error) {
 	if !s.Variant.VTPM {
-		return nil, fmt.Errorf("%s evidence has no vTPM, so a node does not prove with PCR %d that it belongs to this cluster, and the cluster's services do not check the binding its hardware report carries yet; no node counts as a member", s.Variant, measurements.PCRClusterID)
+		if !validators.BindsCluster(s.Variant) {
+			return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM or qemu-sev-snp", s.Variant, measurements.PCRClusterID)
+		}
+		p := *s.attestation
+		p.Fresh, p.ClusterID = false, s.ClusterID
+		v, err := validators.New(&p, s.opts)
+		if err != nil {
+			return nil, err
+		}
+		return policyupdate.AnyImage([]attestation.Validator{v}, nil)
 	}
 	vs := make([]attestation.Validator, 0, len(s.Sets))
 	for _, set := range s.Sets {
