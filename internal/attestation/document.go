@@ -27,7 +27,14 @@ type Document struct {
 	SNP *SNPEvidence `json:"snp,omitempty"`
 	// TDX holds an Intel TDX quote.
 	TDX *TDXEvidence `json:"tdx,omitempty"`
+	// Node is the name of the node, for the variant whose hardware binds it instead of an attestation key
+	// certificate (qemu-sev-snp: the host launched the guest with HOST_DATA derived from the name). It counts
+	// only once the variant's validator checked that binding.
+	Node string `json:"node,omitempty"`
 }
+
+// MaxNodeNameSize bounds Document.Node (a DNS name at most, as Kubernetes node names are).
+const MaxNodeNameSize = 253
 
 // Size bounds of the hardware parts of a document. They mirror the limits of the parsers in the snp and tdx
 // packages (whose tests check that they agree), so that oversized parts fail while the document is parsed.
@@ -156,12 +163,18 @@ func (d *Document) checkParts(v Variant) error {
 	if d.TDX != nil && len(d.TDX.HCLReport) > 0 && v.Name != AzureTDX.Name {
 		return fmt.Errorf("%s evidence has no HCL report (only %s does), but the document carries one", v, AzureTDX)
 	}
+	if d.Node != "" && v.Name != QEMUSEVSNP.Name {
+		return fmt.Errorf("%s evidence names its node by its attestation key, but the document names one besides (only %s does)", v, QEMUSEVSNP)
+	}
 	return nil
 }
 
 // checkSizes checks the size bounds of the evidence parts. What the parts contain is for the validator of the
 // variant to check.
 func (d *Document) checkSizes() error {
+	if len(d.Node) > MaxNodeNameSize {
+		return fmt.Errorf("node name of %d bytes exceeds the limit of %d", len(d.Node), MaxNodeNameSize)
+	}
 	if d.TPM != nil && len(d.TPM.AKPublic) > MaxAKPublicSize {
 		return fmt.Errorf("attestation key of %d bytes exceeds the limit of %d", len(d.TPM.AKPublic), MaxAKPublicSize)
 	}
@@ -193,11 +206,15 @@ func (d *Document) checkSizes() error {
 	return nil
 }
 
-// AttestationKeySubject returns the common name of the attestation key certificate, which names the
-// attested machine, or "" when the document has none. It does not verify anything; use it to label evidence
-// that a validator has accepted.
+// AttestationKeySubject returns the name of the attested machine: the common name of the attestation key
+// certificate, or for qemu-sev-snp the node name that the report's HOST_DATA binds (Node); "" when the
+// document has none. It does not verify anything; use it to label evidence that a validator has accepted
+// (the qemu-sev-snp validator checks the binding of Node).
 func (d *Document) AttestationKeySubject() string {
 	if d.TPM == nil {
+		if d.SNP != nil && d.Variant == QEMUSEVSNP.Name {
+			return d.Node
+		}
 		return ""
 	}
 	cert, err := x509.ParseCertificate(d.TPM.AKCert)

@@ -3,6 +3,7 @@ package attestation
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -217,6 +218,11 @@ func FuzzParseDocument(f *testing.F) {
 	}
 	f.Add([]byte(`{"version":1,"variant":"qemu-tdx","tdx":{"quote":""}}`))
 	f.Add([]byte(`{"version":1,"variant":"aws-sev-snp","snp":{"report":"","certTable":null},"tdx":null}`))
+	f.Add([]byte(`{"version":1,"variant":"mini-vtpm","node":"worker-0","tpm":{"quotes":[]}}`))
+	named := &Document{Version: DocumentVersion, Variant: QEMUSEVSNP.Name, Node: "worker-0", SNP: &SNPEvidence{Report: make([]byte, SNPReportSize)}}
+	if raw, err := named.Marshal(); err == nil {
+		f.Add(raw)
+	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		doc, err := ParseDocument(raw)
 		if err != nil {
@@ -230,4 +236,34 @@ func FuzzParseDocument(f *testing.F) {
 			t.Fatalf("re-parse of a marshalled document failed: %v", err)
 		}
 	})
+}
+
+// Only qemu-sev-snp evidence names its node in the document (its HOST_DATA binds the name); every other
+// variant is named by its attestation key certificate, and a name besides it is refused.
+func TestDocumentNode(t *testing.T) {
+	doc := &Document{Version: DocumentVersion, Variant: QEMUSEVSNP.Name, Node: "worker-0", SNP: &SNPEvidence{Report: make([]byte, SNPReportSize)}}
+	raw, err := doc.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseDocument(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Node != "worker-0" || got.AttestationKeySubject() != "worker-0" {
+		t.Errorf("node %q, subject %q", got.Node, got.AttestationKeySubject())
+	}
+	for name, bad := range map[string]*Document{
+		"a name too long": {Version: DocumentVersion, Variant: QEMUSEVSNP.Name, Node: strings.Repeat("n", MaxNodeNameSize+1), SNP: &SNPEvidence{Report: make([]byte, SNPReportSize)}},
+		"a vTPM variant":  {Version: DocumentVersion, Variant: MiniVTPM.Name, Node: "worker-0", TPM: &TPMEvidence{}},
+		"qemu-tdx":        {Version: DocumentVersion, Variant: QEMUTDX.Name, Node: "worker-0", TDX: &TDXEvidence{Quote: []byte{4}}},
+	} {
+		raw, err := bad.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseDocument(raw); !errors.Is(err, ErrMalformedDocument) {
+			t.Errorf("%s: %v, want ErrMalformedDocument", name, err)
+		}
+	}
 }

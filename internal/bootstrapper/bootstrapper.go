@@ -1,6 +1,9 @@
 // Package bootstrapper is the first process of every node. It identifies the node through the provider's
 // metadata service, proves to the provider that its TPM holds both the certified endorsement key and its
-// attestation key (credential activation), and then serves fresh evidence on the verification service.
+// attestation key (credential activation), and then serves fresh evidence on the verification service. A
+// qemu-sev-snp node has no TPM: its evidence is an SEV-SNP report of the guest's firmware (configfs-tsm, or
+// /dev/sev-guest), named by the HOST_DATA its host launched it with and bound, once it belongs to a cluster, to
+// the cluster ID, where vTPM nodes use PCR 15 (see attest.go for what replaces each use of the TPM).
 // Cluster initialisation and joining build on this: the first control-plane node (and a control-plane node
 // that waits for recovery) serves Init and Recover over aTLS, only to a caller who knows the cluster's init
 // secret, whose SHA-256 the node reads from its instance metadata at boot. Every other node joins through a
@@ -25,10 +28,12 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/apiproxy"
 	"github.com/constellation-dev/constellation/internal/atls"
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
@@ -49,8 +54,11 @@ type Config struct {
 	// Provider is the platform the node runs on.
 	Provider provider.Node
 	// TPM is the path of the node's TPM: a unix socket (the mini provider's swtpm) or a character device (a
-	// machine's TPM, /dev/tpmrm0).
+	// machine's TPM, /dev/tpmrm0). A qemu-sev-snp node has none.
 	TPM string
+	// SNPReporter is where a qemu-sev-snp node obtains its reports; nil: the guest's configfs-tsm interface or
+	// sev-guest device, whichever its kernel offers (snp.GuestReporter).
+	SNPReporter snp.Reporter
 	// Kubernetes returns the node's Kubernetes driver.
 	Kubernetes func(self provider.Instance) Kubernetes
 	// AgentSocket is where the node's own services ask for evidence (agent.SocketPath on a node).
@@ -77,29 +85,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("node identified", "name", self.Name, "role", self.Role, "ip", self.IP)
 
-	tpm, err := openTPM(cfg.TPM)
-	if err != nil {
-		return err
-	}
-	defer tpm.Close()
-	var akCert []byte
-	if err := retry.Do(ctx, log, "enrolling the attestation key", func() error {
-		var err error
-		akCert, err = akca.Enroll(ctx, tpm, self.Name, vtpm.ECC, md)
-		return err
-	}); err != nil {
-		return err
-	}
-	log.Info("attestation key certified by the provider")
-	// The boot's event log does not change while the node runs: fetch it once, not for every evidence.
-	var bootLog []byte
-	if err := retry.Do(ctx, log, "fetching the boot event log", func() error {
-		var err error
-		bootLog, err = md.EventLog(ctx)
-		return err
-	}); err != nil {
-		return err
-	}
 	// Only the operator who created the nodes may initialise or recover a control-plane node: the provider
 	// hands the node the hash of their init secret. Without it the node refuses both (and says why). Read now,
 	// so that the init service is up as soon as the node can be attested.
@@ -116,11 +101,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("the instance metadata holds no init-secret hash: this node refuses Init and Recover")
 		}
 	}
-	issuer, err := vtpm.NewIssuerFor(md.Variant(), tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
+	// Every service of the node attests with issuer: the init, join and key services' aTLS, the verification
+	// service, the attestation agent of the node's pods and the continuous attestation's answers.
+	issuer, peers, closeIssuer, err := openAttestation(ctx, cfg, md, self, log)
 	if err != nil {
 		return err
 	}
-	defer issuer.Close()
+	defer closeIssuer()
 
 	var disk *stateDisk
 	if cfg.StateDisk != "" {
@@ -134,12 +121,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Log: log.With("service", "wireguard"),
 	})
 
-	// A node that joins trusts a join service that booted exactly as it did (or, during an upgrade, with a set
-	// of the peer policy it measures first, see joiner.join).
-	selfPolicy, err := ownPolicy(tpm, md.Variant())
-	if err != nil {
-		return fmt.Errorf("reading this node's boot measurements: %w", err)
-	}
 	verify, err := verifyservice.Listen(self.IP, verifyservice.Port, verifyservice.GRPCPort, issuer, mesh.PublicKey, log.With("service", "verify"))
 	if err != nil {
 		return err
@@ -203,7 +184,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 	}
-	joining := joiner{md: md, issuer: issuer, self: self, policy: selfPolicy, hint: hint, k8s: cfg.Kubernetes(self), disk: disk, mesh: mesh, log: log.With("step", "join")}
+	joining := joiner{md: md, issuer: issuer, self: self, peers: peers, hint: hint, k8s: cfg.Kubernetes(self), disk: disk, mesh: mesh, log: log.With("step", "join")}
 	if self.Role == provider.RoleControlPlane {
 		joining.secrets = secrets
 	}
@@ -225,7 +206,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		init := &initServer{
 			issuer: issuer, k8s: k8s, log: log.With("service", "init"), disk: disk, recovering: recovering,
 			initSecretHash: initSecretHash,
-			life:           &firstNode{ctx: ctx, md: md, self: self, k8s: k8s, mesh: mesh, secrets: secrets, ownDisk: ownDisk, issuer: issuer, disk: disk, log: log.With("step", "recover")},
+			life:           &firstNode{ctx: ctx, md: md, self: self, k8s: k8s, mesh: mesh, secrets: secrets, ownDisk: ownDisk, issuer: issuer, peers: peers, disk: disk, log: log.With("step", "recover")},
 		}
 		initpb.RegisterInitServer(grpcSrv, init)
 		ln, err := net.Listen("tcp", net.JoinHostPort(self.IP, strconv.Itoa(initpb.Port)))
@@ -309,6 +290,74 @@ func controlPlaneAPIServers(ctx context.Context, md provider.Node, self string, 
 	return out, nil
 }
 
+// openAttestation sets up how this node attests itself, by the variant its provider's nodes issue
+// (attest.go): for a vTPM variant it opens the TPM at cfg.TPM, has the provider certify an attestation key for
+// the node (credential activation) and fetches the boot's event log; for qemu-sev-snp it opens the guest's
+// SEV-SNP interface (cfg.SNPReporter, or what the kernel offers). It returns the issuer, the trust in peers of
+// the node's own image, and what closes the issuer.
+func openAttestation(ctx context.Context, cfg Config, md provider.Node, self provider.Instance, log *slog.Logger) (attestation.Issuer, peerTrust, func(), error) {
+	variant := md.Variant()
+	switch {
+	case variant.Name == attestation.QEMUSEVSNP.Name:
+		reporter := cfg.SNPReporter
+		if reporter == nil {
+			r, desc, err := snp.GuestReporter("", "")
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("this node attests as %s: %w", variant, err)
+			}
+			log.Info("SEV-SNP reports from the guest's firmware", "interface", desc)
+			reporter = r
+		}
+		issuer, peers, err := snpAttestation(ctx, reporter, self.Name, snp.VerifierOptions{})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		log.Info("this node attests with SEV-SNP reports; no TPM")
+		return issuer, peers, func() {}, nil
+	case vtpm.ProviderCertified(variant):
+	default:
+		return nil, nil, nil, fmt.Errorf("a node cannot attest as %s: this bootstrapper issues %s, %s and %s evidence", variant, attestation.MiniVTPM, attestation.QEMUVTPM, attestation.QEMUSEVSNP)
+	}
+	tpm, err := openTPM(cfg.TPM)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var akCert []byte
+	if err := retry.Do(ctx, log, "enrolling the attestation key", func() error {
+		var err error
+		akCert, err = akca.Enroll(ctx, tpm, self.Name, vtpm.ECC, md)
+		return err
+	}); err != nil {
+		tpm.Close()
+		return nil, nil, nil, err
+	}
+	log.Info("attestation key certified by the provider")
+	// The boot's event log does not change while the node runs: fetch it once, not for every evidence.
+	var bootLog []byte
+	if err := retry.Do(ctx, log, "fetching the boot event log", func() error {
+		var err error
+		bootLog, err = md.EventLog(ctx)
+		return err
+	}); err != nil {
+		tpm.Close()
+		return nil, nil, nil, err
+	}
+	issuer, err := vtpm.NewIssuerFor(variant, tpm, vtpm.ECC, akCert, func() ([]byte, error) { return bootLog, nil })
+	if err != nil {
+		tpm.Close()
+		return nil, nil, nil, err
+	}
+	// A node that joins trusts a join service that booted exactly as it did (or, during an upgrade, with a set
+	// of the peer policy it measures first, see joiner.join).
+	own, err := ownPolicy(tpm, variant)
+	if err != nil {
+		issuer.Close()
+		tpm.Close()
+		return nil, nil, nil, fmt.Errorf("reading this node's boot measurements: %w", err)
+	}
+	return issuer, vtpmPeers{own: own}, func() { issuer.Close(); tpm.Close() }, nil
+}
+
 // openTPM opens the node's TPM at path: a character device (a machine's TPM) or a unix socket (swtpm).
 func openTPM(path string) (io.ReadWriteCloser, error) {
 	fi, err := os.Stat(path)
@@ -354,7 +403,8 @@ type firstNode struct {
 	ownDisk string
 	// issuer, disk and log serve a control-plane node without a policy on its disk, which gets the master
 	// secret's companions from another key service after a recovery.
-	issuer *vtpm.Issuer
+	issuer attestation.Issuer
+	peers  peerTrust
 	disk   *stateDisk
 	log    *slog.Logger
 }
@@ -393,7 +443,7 @@ func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy mea
 		}
 		go func() {
 			// A recovered node measured no peer policy it could rely on: it trusts key services of its own image.
-			if err := shareSecretFromPeers(n.ctx, n.md, n.issuer, n.self, n.disk, n.secrets, nil, n.log); err != nil {
+			if err := shareSecretFromPeers(n.ctx, n.md, n.issuer, n.peers, n.self, n.disk, n.secrets, nil, n.log); err != nil {
 				n.log.Error("getting the master secret for this node's key service failed", "error", err)
 			}
 		}()

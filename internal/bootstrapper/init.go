@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,9 +17,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
-	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/initpb"
 	"github.com/constellation-dev/constellation/internal/bootstrapper/kubeadm"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -61,7 +62,7 @@ type Lifecycle interface {
 // master secret, policy and KMS of their own, and take the administrator's kubeconfig.
 type initServer struct {
 	initpb.UnimplementedInitServer
-	issuer *vtpm.Issuer
+	issuer attestation.Issuer
 	k8s    Kubernetes
 	log    *slog.Logger
 	// initSecretHash is the SHA-256 of the cluster's init secret, from the node's instance metadata. Without
@@ -122,11 +123,11 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	if s.recovering {
 		return nil, status.Error(codes.FailedPrecondition, "this node's state disk holds an initialised cluster; bring it back with 'constellation recover'")
 	}
-	policy, err := measurements.Parse(req.GetMeasurements())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("measurement policy: %v", err))
-	}
 	att, err := s.attestationPolicy(req.GetAttestation())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	policy, err := s.measurementPolicy(req.GetMeasurements())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -149,11 +150,11 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 	}
 	// From here on the node is no longer fresh, whatever happens next.
 	s.done = true
-	ev := measurements.ClusterIDEvent(clusterID)
-	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
+	where, err := recordClusterID(s.issuer, clusterID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
-	s.log.Info("cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	s.log.Info("cluster ID measured", "into", where, "clusterID", fmt.Sprintf("%x", clusterID))
 	if s.disk != nil {
 		key, err := d.DiskKey(s.disk.uuid)
 		if err != nil {
@@ -162,8 +163,10 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		if err := s.disk.unlock(key); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		if err := keepPolicy(s.disk, policy); err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
+		if policy != nil {
+			if err := keepPolicy(s.disk, policy); err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
 		}
 		if err := keepEgress(s.disk, egress); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
@@ -199,6 +202,9 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 func (s *initServer) attestationPolicy(raw []byte) (*validators.Policy, error) {
 	own := s.issuer.Variant().Name
 	if len(raw) == 0 {
+		if !s.issuer.Variant().VTPM {
+			return nil, fmt.Errorf("the request carries no attestation policy, and %s evidence is checked by its hardware policy alone: send it (attestation.snp in the configuration)", own)
+		}
 		return &validators.Policy{Variant: own}, nil
 	}
 	att, err := validators.ParsePolicy(raw)
@@ -208,7 +214,31 @@ func (s *initServer) attestationPolicy(raw []byte) (*validators.Policy, error) {
 	if att.Variant != own {
 		return nil, fmt.Errorf("the configuration's attestation variant is %s, but this node attests as %s: set attestation.variant to %s (with its policy) in the configuration", att.Variant, own, own)
 	}
+	if !s.issuer.Variant().VTPM {
+		// The hardware part is all there is to the policy: check now that the join service can enforce it,
+		// before the node acts on anything of the request.
+		if _, err := validators.New(att, validators.Options{}); err != nil {
+			return nil, fmt.Errorf("attestation policy: %w", err)
+		}
+	}
 	return att, nil
+}
+
+// measurementPolicy parses the cluster's PCR measurement policy from an init request. A node whose evidence
+// has no vTPM (qemu-sev-snp) takes none: its launch measurement is in the attestation policy's hardware part,
+// and a PCR policy for it would be one nothing enforces, so it is refused rather than ignored.
+func (s *initServer) measurementPolicy(raw []byte) (measurements.M, error) {
+	if !s.issuer.Variant().VTPM {
+		if t := strings.TrimSpace(string(raw)); t != "" && t != "null" && t != "{}" {
+			return nil, fmt.Errorf("measurement policy: %s evidence has no vTPM, so PCR measurements do not apply; send the launch measurement in the attestation policy", s.issuer.Variant())
+		}
+		return nil, nil
+	}
+	policy, err := measurements.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("measurement policy: %w", err)
+	}
+	return policy, nil
 }
 
 // claim makes the node's start one-shot for a control-plane node that rejoins through another control-plane
@@ -324,11 +354,11 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	s.done = true
-	ev := measurements.ClusterIDEvent(clusterID)
-	if err := s.issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		return nil, status.Error(codes.Internal, fmt.Sprintf("measuring the cluster ID: %v", err))
+	where, err := recordClusterID(s.issuer, clusterID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
 	}
-	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "pcr", ev.PCR, "clusterID", fmt.Sprintf("%x", clusterID))
+	s.log.Info("state disk unlocked with the recovered master secret; cluster ID measured", "into", where, "clusterID", fmt.Sprintf("%x", clusterID))
 	if s.life != nil {
 		if err := s.life.StartNetwork(true); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the encrypted network: %v", err))

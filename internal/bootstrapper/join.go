@@ -47,15 +47,11 @@ import (
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
 
-// mutualCredentials are aTLS credentials that attest this node with issuer and accept peers whose evidence
-// chains to the provider's AK CA and matches policy (this node's own image) or one of the sets of hint (nil:
-// none), which the node must have measured (joinservice.MeasurePeerHint).
-func mutualCredentials(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, policy measurements.M, hint *policyupdate.PeerHint, log *slog.Logger) (*atls.Credentials, error) {
-	roots, err := md.AKRoots(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := joinservice.PeerValidator(md.Variant(), roots, policy, hint, log)
+// mutualCredentials are aTLS credentials that attest this node with issuer and accept peers that peers trust as
+// join services: of this node's own image, or of one of the sets of hint (nil: none), which the node must have
+// measured (measurePeerHint).
+func mutualCredentials(ctx context.Context, md provider.Node, issuer attestation.Issuer, peers peerTrust, hint *policyupdate.PeerHint, log *slog.Logger) (*atls.Credentials, error) {
+	v, err := peers.joinService(ctx, md, hint, log)
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +65,11 @@ func readPeerHint(ctx context.Context, md provider.Node, log *slog.Logger) (*pol
 	raw, err := md.PeerPolicy(ctx)
 	if err != nil || raw == nil {
 		return nil, err
+	}
+	if !md.Variant().VTPM {
+		// Nothing to measure it into, so the join service could not check which peers the node trusted.
+		log.Warn("the provider hints a peer policy, but this node has no vTPM to measure it into; it trusts peers of its own image only", "variant", md.Variant().Name)
+		return nil, nil
 	}
 	h, err := policyupdate.ParsePeerHint(raw)
 	if err == nil {
@@ -183,16 +184,16 @@ func ownPolicy(tpm interface {
 // joiner is a node that joins the cluster through the join service of a control-plane node.
 type joiner struct {
 	md     provider.Node
-	issuer *vtpm.Issuer
+	issuer attestation.Issuer
 	self   provider.Instance
-	// policy is this node's own boot measurements: it trusts a join service (and a key service) that booted
-	// exactly as it did, or with one of the sets of hint, the provider's peer policy (nil: none), which it
-	// measures into PCR 14 before it trusts any peer.
-	policy measurements.M
-	hint   *policyupdate.PeerHint
-	k8s    Kubernetes
-	disk   *stateDisk
-	mesh   *meshagent.Agent
+	// peers trusts a join service (and a key service) that booted exactly as this node did, or with one of the
+	// sets of hint, the provider's peer policy (nil: none), which it measures into PCR 14 before it trusts any
+	// peer (vTPM nodes only).
+	peers peerTrust
+	hint  *policyupdate.PeerHint
+	k8s   Kubernetes
+	disk  *stateDisk
+	mesh  *meshagent.Agent
 	// secrets is the control-plane node's holder of the master secret, which it gets from a key service of
 	// the control plane once it joined; nil on a worker.
 	secrets *keyservice.SecretHolder
@@ -216,13 +217,13 @@ func (j joiner) join(ctx context.Context) error {
 	}
 	// Measured before any peer is trusted by it: the join service sees which peers this node trusted, and
 	// admits it only if it trusted nothing but the measurement sets in force.
-	if err := joinservice.MeasurePeerHint(issuer, j.hint); err != nil {
+	if err := measurePeerHint(issuer, j.hint); err != nil {
 		return err
 	}
 	if j.hint != nil {
 		log.Info("peer policy measured: this node also trusts peers of its measurement sets", "peerPolicy", j.hint.String())
 	}
-	creds, err := mutualCredentials(ctx, md, issuer, j.policy, j.hint, log)
+	creds, err := mutualCredentials(ctx, md, issuer, j.peers, j.hint, log)
 	if err != nil {
 		return err
 	}
@@ -293,11 +294,11 @@ func (j joiner) join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the join service's answer: %w", err)
 	}
-	ev := measurements.ClusterIDEvent(resp.GetClusterId())
-	if err := issuer.Measure(ev.PCR, ev.Type, ev.Data); err != nil {
-		return fmt.Errorf("measuring the cluster ID: %w", err)
+	where, err := recordClusterID(issuer, resp.GetClusterId())
+	if err != nil {
+		return err
 	}
-	log.Info("admitted by the join service; cluster ID measured", "endpoint", resp.GetApiEndpoint())
+	log.Info("admitted by the join service; cluster ID measured", "endpoint", resp.GetApiEndpoint(), "into", where)
 	if disk != nil {
 		if len(resp.GetDiskKey()) != joinpb.DiskKeyLength {
 			return fmt.Errorf("the join service sent a state disk key of %d bytes, want %d", len(resp.GetDiskKey()), joinpb.DiskKeyLength)
@@ -349,7 +350,7 @@ func (j joiner) join(ctx context.Context) error {
 	}
 	log.Info("joined the cluster")
 	if controlPlane && j.secrets != nil {
-		if err := shareSecretFromPeers(ctx, md, issuer, self, disk, j.secrets, j.hint, log); err != nil {
+		if err := shareSecretFromPeers(ctx, md, issuer, j.peers, self, disk, j.secrets, j.hint, log); err != nil {
 			return err
 		}
 	}
@@ -374,16 +375,8 @@ func joinAt(ctx context.Context, addr string, creds *atls.Credentials, req *join
 // measured): the key service hands the secret only to an attested control-plane member. This node in turn
 // trusts only a key service on a control-plane node that belongs to the same cluster and booted exactly as it
 // did, or with one of the sets of hint, the peer policy it measured before it joined.
-func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer *vtpm.Issuer, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, hint *policyupdate.PeerHint, log *slog.Logger) error {
-	own, err := joinservice.OwnMemberPolicy(ctx, issuer)
-	if err != nil {
-		return err
-	}
-	roots, err := md.AKRoots(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := joinservice.MemberPeerValidator(md.Variant(), roots, own, hint, log)
+func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer attestation.Issuer, peers peerTrust, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, hint *policyupdate.PeerHint, log *slog.Logger) error {
+	v, err := peers.keyService(ctx, md, issuer, hint, log)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -96,7 +97,12 @@ func newVerifyCmd() *cobra.Command {
 				return badInput("%w", err)
 			} else if ok {
 				// An initialised cluster: the node must also prove it belongs to this cluster.
-				if len(policy.Measurements) == 0 {
+				if v, _ := attestation.VariantByName(policy.Variant); validators.BindsCluster(v) {
+					// qemu-sev-snp: the cluster ID bound in the report's REPORT_DATA.
+					if policy.ClusterID, err = hex.DecodeString(cs.ClusterID); err != nil || len(policy.ClusterID) != 32 {
+						return badInput("%s: clusterID must be 64 hex digits", StateFile)
+					}
+				} else if len(policy.Measurements) == 0 {
 					fmt.Fprintf(cmd.ErrOrStderr(), "Note: %s evidence has no vTPM, so it cannot prove that the node belongs to cluster %s; only its image is verified.\n", a.Variant, cs.ClusterID)
 				} else if policy.Measurements, err = withClusterID(policy.Measurements, cs); err != nil {
 					return badInput("%w", err)

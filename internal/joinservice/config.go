@@ -175,11 +175,21 @@ type State struct {
 
 // MemberValidator returns a validator that accepts nodes that belong to this cluster: the attestation
 // policy with the cluster ID measured into PCR 15. It tells which node image a node runs by the set its
-// evidence matched (policyupdate.ImageValidator; "" for a set that names none). Variants without a vTPM have no
-// PCR to prove the membership with, and are refused.
+// evidence matched (policyupdate.ImageValidator; "" for a set that names none). A qemu-sev-snp node proves the
+// membership with the cluster ID bound in its REPORT_DATA (validators.Policy.ClusterID); other variants without
+// a vTPM cannot prove it, and are refused.
 func (s *State) MemberValidator() (policyupdate.ImageValidator, error) {
 	if !s.Variant.VTPM {
-		return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM", s.Variant, measurements.PCRClusterID)
+		if !validators.BindsCluster(s.Variant) {
+			return nil, fmt.Errorf("%s evidence has no vTPM, so a node cannot prove that it belongs to this cluster (PCR %d); use a variant with a vTPM or qemu-sev-snp", s.Variant, measurements.PCRClusterID)
+		}
+		p := *s.attestation
+		p.Fresh, p.ClusterID = false, s.ClusterID
+		v, err := validators.New(&p, s.opts)
+		if err != nil {
+			return nil, err
+		}
+		return policyupdate.AnyImage([]attestation.Validator{v}, nil)
 	}
 	vs := make([]attestation.Validator, 0, len(s.Sets))
 	for _, set := range s.Sets {
@@ -328,6 +338,12 @@ func NewConfig(dir string, log *slog.Logger, macKey []byte) (*Config, error) {
 	return newConfig(dir, log, macKey, validators.Options{})
 }
 
+// NewConfigWith is [NewConfig] with the trust of the validators, opts: the services pass none (NewConfig) and
+// trust the embedded hardware roots; tests of the nodes that join pass the roots of their test PKI.
+func NewConfigWith(dir string, log *slog.Logger, macKey []byte, opts validators.Options) (*Config, error) {
+	return newConfig(dir, log, macKey, opts)
+}
+
 // newConfig is NewConfig with the trust of the validators: tests pass the roots of their test PKI.
 func newConfig(dir string, log *slog.Logger, macKey []byte, opts validators.Options) (*Config, error) {
 	if len(macKey) != 32 {
@@ -429,6 +445,9 @@ func parseState(files map[string][]byte, opts validators.Options) (*State, error
 		policy.Measurements = measurements.FreshPolicy(pcrs)
 	} else if len(bytes.TrimSpace(files[MeasurementsFile])) != 0 {
 		return nil, fmt.Errorf("%s: %s evidence has no vTPM, so PCR measurements do not apply; leave the file empty", MeasurementsFile, variant)
+	} else if validators.BindsCluster(variant) {
+		// As PCR 15 zero above: a joining node must belong to no cluster yet, this or another.
+		policy.Fresh = true
 	}
 	roots, err := parseAKRoots(files[AKRootsFile])
 	if err != nil {

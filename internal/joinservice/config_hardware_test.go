@@ -3,6 +3,7 @@ package joinservice
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,8 +132,39 @@ func TestJoinConfigSNP(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !variant.VTPM {
-				if _, err := s.MemberValidator(); err == nil || !strings.Contains(err.Error(), "has no vTPM") {
-					t.Errorf("MemberValidator of %s: %v", variant, err)
+				// The node binds the cluster ID in its REPORT_DATA: refused for joining, a member for the key
+				// service and the continuous attestation; a member of another cluster is none.
+				iss := snp.NewIssuer(c.platform)
+				if err := iss.JoinCluster(c.id); err != nil {
+					t.Fatal(err)
+				}
+				member, err := iss.Issue(ctx, nonce, []byte("tls key hash"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := v.Validate(ctx, member, nonce); !errors.Is(err, snp.ErrReportData) {
+					t.Errorf("a node with a cluster ID joined: %v", err)
+				}
+				mv, err := s.MemberValidator()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := mv.Validate(ctx, member, nonce); err != nil {
+					t.Errorf("member validator refused a member: %v", err)
+				}
+				if _, err := mv.Validate(ctx, ev, nonce); err == nil {
+					t.Error("member validator accepted a fresh node")
+				}
+				other := snp.NewIssuer(c.platform)
+				if err := other.JoinCluster(bytes.Repeat([]byte{0x2d}, 32)); err != nil {
+					t.Fatal(err)
+				}
+				foreign, err := other.Issue(ctx, nonce, []byte("tls key hash"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := mv.Validate(ctx, foreign, nonce); err == nil {
+					t.Error("member validator accepted a member of another cluster")
 				}
 				return
 			}

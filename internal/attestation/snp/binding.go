@@ -2,6 +2,7 @@ package snp
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/x509"
@@ -42,6 +43,52 @@ func ReportDataForNonce(variant attestation.Variant, nonce, userData []byte) [Re
 	var out [ReportDataSize]byte
 	d := attestation.BindingDigest(variant, nonce, userData)
 	copy(out[:], d[:])
+	return out
+}
+
+// clusterBindingLabel separates the cluster binding in the second half of REPORT_DATA from every other use.
+const clusterBindingLabel = "constellation snp cluster id v1\x00"
+
+// ClusterIDSize is the size of a cluster ID that a node of a variant without a vTPM binds
+// ([ReportDataForMember]).
+const ClusterIDSize = 32
+
+// ReportDataForMember returns the REPORT_DATA of a node that belongs to the cluster clusterID, for variants
+// without a vTPM: the first half as [ReportDataForNonce], the second half
+//
+//	SHA-256("constellation snp cluster id v1\x00" || clusterID)
+//
+// A nil clusterID gives [ReportDataForNonce]: a fresh node's second half is zero. The second half plays the
+// role of the cluster-ID PCR (PCR 15) of the vTPM variants, which SEV-SNP guests lack: a node sets it once,
+// when it is initialised or joins ([Issuer.JoinCluster]), and every report it issues afterwards carries it.
+// The host cannot change what a guest asks the firmware to sign; the node's measured code does not clear it.
+func ReportDataForMember(variant attestation.Variant, nonce, userData, clusterID []byte) [ReportDataSize]byte {
+	out := ReportDataForNonce(variant, nonce, userData)
+	if clusterID != nil {
+		h := sha256.New()
+		h.Write([]byte(clusterBindingLabel))
+		h.Write(clusterID)
+		h.Sum(out[ReportDataSize/2 : ReportDataSize/2])
+	}
+	return out
+}
+
+// nodeNameLabel separates the node-name binding of HOST_DATA from every other use.
+const nodeNameLabel = "constellation snp node name v1\x00"
+
+// HostDataForNode returns the HOST_DATA with which a provider launches the qemu-sev-snp guest of node name:
+//
+//	SHA-256("constellation snp node name v1\x00" || name)
+//
+// HOST_DATA is set by the host when it launches the guest and signed in every report; the guest cannot change
+// it. It names the node as the certificate of an attestation key names a vTPM node: the provider, which
+// creates the nodes, says which is which; a node launched for one name cannot claim another.
+func HostDataForNode(name string) [HostDataSize]byte {
+	h := sha256.New()
+	h.Write([]byte(nodeNameLabel))
+	h.Write([]byte(name))
+	var out [HostDataSize]byte
+	h.Sum(out[:0])
 	return out
 }
 

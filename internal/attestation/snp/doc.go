@@ -63,7 +63,8 @@
 // # Issuing
 //
 // Inside a guest, [ConfigFSReporter] obtains reports through the Linux configfs-tsm interface
-// (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest.
+// (/sys/kernel/config/tsm/report) and [DeviceReporter] through /dev/sev-guest; [GuestReporter] chooses by
+// what the guest's kernel offers, configfs-tsm first.
 //
 // # Variants
 //
@@ -73,7 +74,13 @@
 //   - qemu-sev-snp (no vTPM): [Issuer] requests a report with REPORT_DATA = [ReportDataForNonce] of the
 //     verifier's nonce and the caller's user data; [Validator] runs the three steps with that expected
 //     REPORT_DATA and returns the user data. The launch measurement its policy expects is computed from the
-//     firmware, the directly booted UKI and the machine definition by package snp/launch.
+//     firmware, the directly booted UKI and the machine definition by package snp/launch. The second half of
+//     REPORT_DATA binds the cluster the node belongs to ([ReportDataForMember], [Issuer.JoinCluster]): zero
+//     for a fresh node, set once at init or join, as the vTPM variants extend the cluster ID into PCR 15;
+//     [NewValidator] accepts fresh nodes only, [NewMemberValidator] the members of one cluster, and
+//     [NewPeerValidator] either. A node is named by HOST_DATA, which the host sets when it launches the guest
+//     ([HostDataForNode], [NewNodeIssuer]): the evidence carries the name, and the validator accepts it only
+//     if HOST_DATA binds it, as a vTPM node is named by the certificate of its attestation key.
 //   - aws-sev-snp and gcp-sev-snp (report plus vTPM quote): [VTPMIssuer] requests a report with
 //     REPORT_DATA = [ReportDataForAttestationKey] of the vTPM's attestation key and a quote of that key whose
 //     qualifying data is attestation.BindingDigest of nonce and user data; [VTPMValidator] validates the report for the

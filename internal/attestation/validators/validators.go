@@ -18,6 +18,11 @@
 // qemu-tdx by RTMR0-3 (RTMR2 measures the kernel command line), on qemu-sev-snp by the launch measurement,
 // which covers the kernel, initrd and command line only when the host boots the guest with measured direct
 // boot (their hashes in the launch digest).
+//
+// Which cluster a node belongs to is PCR 15 in the measurements of the vTPM variants (measurements.FreshPolicy,
+// MemberPolicy); qemu-sev-snp binds it in its REPORT_DATA instead, and a policy says what it requires with
+// Policy.Fresh (no cluster yet: init and join) or Policy.ClusterID (a member of that cluster); without either
+// the node's image alone is checked, as a vTPM policy without PCR 15 does.
 package validators
 
 import (
@@ -48,6 +53,20 @@ type Policy struct {
 	SNP *SNP
 	// TDX is the TDX policy; required for the TDX variants, refused for the others.
 	TDX *TDX
+	// Fresh and ClusterID say which cluster a node of a variant without a vTPM must belong to, where the vTPM
+	// variants say it with PCR 15 in Measurements (measurements.FreshPolicy, MemberPolicy): Fresh accepts only
+	// nodes that belong to no cluster yet (the CLI at init, the join service at a join), ClusterID only the
+	// members of that cluster; neither accepts any, and both is an error. Only qemu-sev-snp binds the
+	// cluster (in REPORT_DATA, see BindsCluster); for every other variant they must be unset. They are no part
+	// of the policy's file (MarshalPolicy): each use sets them.
+	Fresh     bool
+	ClusterID []byte
+}
+
+// BindsCluster tells whether a variant without a vTPM binds the cluster its nodes belong to in its hardware
+// report, so that Policy.Fresh and Policy.ClusterID apply to it: qemu-sev-snp (snp.ReportDataForMember).
+func BindsCluster(variant attestation.Variant) bool {
+	return variant.Name == attestation.QEMUSEVSNP.Name
 }
 
 // SNP is the SEV-SNP part of a policy.
@@ -129,6 +148,17 @@ func check(variant attestation.Variant, p *Policy) error {
 		return policyErr("%s trusts the attestation key only through the hardware report; remove the attestation-key CA certificates", variant)
 	}
 	switch {
+	case (p.Fresh || p.ClusterID != nil) && !BindsCluster(variant):
+		if variant.VTPM {
+			return policyErr("%s proves its cluster with PCR %d in the measurements; leave fresh and clusterID unset", variant, measurements.PCRClusterID)
+		}
+		return policyErr("%s evidence does not bind the cluster its node belongs to; leave fresh and clusterID unset", variant)
+	case p.Fresh && p.ClusterID != nil:
+		return policyErr("a node cannot be both fresh and a member of cluster %x", p.ClusterID)
+	case p.ClusterID != nil && len(p.ClusterID) != snp.ClusterIDSize:
+		return policyErr("a cluster ID has %d bytes, not %d", len(p.ClusterID), snp.ClusterIDSize)
+	}
+	switch {
 	case variant.Hardware == attestation.SEVSNP && p.SNP == nil:
 		return policyErr("%s needs an SEV-SNP policy (attestation.snp: at least measurements and minimumTCB, and crlDir or allowMissingCRL)", variant)
 	case variant.Hardware != attestation.SEVSNP && p.SNP != nil:
@@ -159,7 +189,14 @@ func build(variant attestation.Variant, p *Policy, opts Options) (attestation.Va
 		}
 		switch variant.Name {
 		case attestation.QEMUSEVSNP.Name:
-			return snp.NewValidator(verifier, policy)
+			switch {
+			case p.Fresh:
+				return snp.NewValidator(verifier, policy)
+			case p.ClusterID != nil:
+				return snp.NewMemberValidator(verifier, policy, p.ClusterID)
+			default:
+				return snp.NewPeerValidator(verifier, policy)
+			}
 		case attestation.AzureSEVSNP.Name:
 			return snp.NewAzureValidator(verifier, policy, p.Measurements, opts.Log)
 		default:

@@ -152,6 +152,10 @@ func TestNewRefuses(t *testing.T) {
 		"AK roots on hardware variant": {&Policy{Variant: "aws-sev-snp", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"only through the hardware report"}},
 		"SNP policy on mini-vtpm":      {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, SNP: snpPart}, []string{"mini-vtpm evidence has no SEV-SNP report; remove it"}},
 		"TDX policy on SEV-SNP":        {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, TDX: tdxPolicy(t)}, []string{"qemu-sev-snp evidence has no TDX quote; remove it"}},
+		"fresh and a member":           {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, Fresh: true, ClusterID: make([]byte, 32)}, []string{"both fresh and a member"}},
+		"short cluster ID":             {&Policy{Variant: "qemu-sev-snp", SNP: snpPart, ClusterID: make([]byte, 16)}, []string{"16 bytes, not 32"}},
+		"cluster ID on a vTPM":         {&Policy{Variant: "mini-vtpm", Measurements: pcrs, AKRoots: []*x509.Certificate{ca}, ClusterID: make([]byte, 32)}, []string{"PCR 15 in the measurements"}},
+		"fresh on qemu-tdx":            {&Policy{Variant: "qemu-tdx", TDX: tdxPolicy(t), Fresh: true}, []string{"does not bind the cluster"}},
 		"foreign CRL":                  {&Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy(), CRLs: map[snp.Product][][]byte{snp.Milan: {[]byte("junk")}}}}, []string{"the AMD CRLs"}},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -190,6 +194,45 @@ func TestValidateEvidence(t *testing.T) {
 		other := bytes.Repeat([]byte{8}, 32)
 		if _, err := v.Validate(ctx, ev, other); !errors.Is(err, snp.ErrReportData) {
 			t.Errorf("evidence for another nonce: %v, want ErrReportData", err)
+		}
+	})
+
+	t.Run("qemu-sev-snp membership", func(t *testing.T) {
+		// Which cluster a node belongs to: fresh (init, join), a member of one, or any (the default).
+		clusterA, clusterB := bytes.Repeat([]byte{0xa}, 32), bytes.Repeat([]byte{0xb}, 32)
+		fresh := snp.NewIssuer(pl)
+		member := snp.NewIssuer(pl)
+		if err := member.JoinCluster(clusterA); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name   string
+			policy *Policy
+			fresh  bool // accepts the fresh node
+			member bool // accepts the member of cluster A
+		}{
+			{"any", &Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}}, true, true},
+			{"fresh", &Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}, Fresh: true}, true, false},
+			{"member of A", &Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}, ClusterID: clusterA}, false, true},
+			{"member of B", &Policy{Variant: "qemu-sev-snp", SNP: &SNP{Policy: *pl.Policy()}, ClusterID: clusterB}, false, false},
+		} {
+			v, err := New(tc.policy, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, node := range []struct {
+				issuer *snp.Issuer
+				want   bool
+				what   string
+			}{{fresh, tc.fresh, "fresh node"}, {member, tc.member, "member of A"}} {
+				ev, err := node.issuer.Issue(ctx, nonce, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := v.Validate(ctx, ev, nonce); (err == nil) != node.want {
+					t.Errorf("%s validator, %s: %v, want accepted %v", tc.name, node.what, err, node.want)
+				}
+			}
 		}
 	})
 

@@ -53,7 +53,9 @@
 // processor measures the firmware, the table of the kernel's, initrd's and command line's digests that the
 // firmware checks before it runs them, and one VMSA per vCPU; SNPLaunch.Measurement computes that launch
 // measurement (package snp/launch), which the CLI writes into the cluster's SEV-SNP policy. The provider
-// writes the kernel and initrd it boots from the same bytes it measured. Before it creates anything, the provider checks that the host can launch
+// writes the kernel and initrd it boots from the same bytes it measured. Each machine is launched with
+// HOST_DATA naming its node (snp.HostDataForNode), outside the launch measurement: the node's evidence carries
+// the name and validators accept it only as HOST_DATA binds it. Before it creates anything, the provider checks that the host can launch
 // SEV-SNP guests (SNPHost: /dev/sev, /dev/kvm, kvm_amd's sev_snp, QEMU 9.1 or later) and that the machines'
 // launch measurement is one the policy accepts; otherwise it refuses, naming what is missing.
 package qemu

@@ -44,6 +44,8 @@ type machineSpec struct {
 	Accel string
 	// SNP, if set, launches the machine as an SEV-SNP guest (KVM, no TPM, the UKI's parts booted directly).
 	SNP *snpBoot
+	// Name is the node's name, which an SEV-SNP guest's HOST_DATA binds (snp.HostDataForNode).
+	Name string
 }
 
 // machine is a running virtual machine and its TPM (none for an SEV-SNP machine).

@@ -291,7 +291,7 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 		// certificates (only that TPM can have an attestation key certified in its name) before it powers on.
 		// Its event log is its own.
 		inst := provider.Instance{Name: name, Role: role, IP: addr.String(), PodCIDR: PodCIDR(i).String()}
-		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel, SNP: snp}, ekCA,
+		m, err := startMachine(ctx, machineSpec{Dir: dir, Image: image, MAC: mac, Tap: tap, MemoryMiB: spec.MemoryMiB, Accel: spec.Accel, SNP: snp, Name: name}, ekCA,
 			func(ekCerts [][]byte) { md.SetInstance(inst, nil, ekCerts) })
 		if err != nil {
 			return teardown, fmt.Errorf("%s: %w", name, err)

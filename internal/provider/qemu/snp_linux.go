@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
 )
 
 // MinSNPQEMU is the oldest QEMU that launches SEV-SNP guests (the sev-snp-guest object, QEMU 9.1).
@@ -111,15 +114,18 @@ const (
 // firmware as -bios (OVMF for SEV-SNP keeps no variable store), the UKI's kernel, initrd and command line
 // booted directly with kernel hashes (the launch measurement covers their digests), no TPM (the evidence is
 // the SEV-SNP report), and virtio devices that use the DMA API (iommu_platform), as encrypted guests require.
-// The guest's memory is private (guest_memfd) apart from what it shares through the memfd backend.
+// The guest's memory is private (guest_memfd) apart from what it shares through the memfd backend. HOST_DATA
+// names the node (snp.HostDataForNode): the secure processor signs it in every report, and the launch
+// measurement does not cover it, so every node of an image has the same measurement and its own name.
 func snpMachineArgs(s machineSpec, b snpBoot) []string {
 	mem := strconv.Itoa(s.MemoryMiB)
 	virtio := ",disable-legacy=on,iommu_platform=on"
+	hostData := snp.HostDataForNode(s.Name)
 	args := []string{
 		"-accel", "kvm", "-cpu", b.VCPUType,
 		"-machine", "q35,smm=off,confidential-guest-support=sev0,memory-backend=ram0",
 		"-object", "memory-backend-memfd,id=ram0,size=" + mem + "M,share=true,prealloc=false",
-		"-object", fmt.Sprintf("sev-snp-guest,id=sev0,cbitpos=%d,reduced-phys-bits=%d,policy=%#x,kernel-hashes=on", snpCBitPos, snpReducedPhysBits, SNPGuestPolicy),
+		"-object", fmt.Sprintf("sev-snp-guest,id=sev0,cbitpos=%d,reduced-phys-bits=%d,policy=%#x,kernel-hashes=on,host-data=%s", snpCBitPos, snpReducedPhysBits, SNPGuestPolicy, base64.StdEncoding.EncodeToString(hostData[:])),
 		"-smp", strconv.Itoa(CPUs), "-m", mem,
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
 		"-bios", b.Firmware,

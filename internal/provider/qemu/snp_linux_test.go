@@ -3,6 +3,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"net"
 	"os"
@@ -210,7 +212,7 @@ func TestCheckSNP(t *testing.T) {
 
 func TestSNPMachineArgs(t *testing.T) {
 	mac, _ := net.ParseMAC("52:54:00:0a:db:0a")
-	s := machineSpec{Dir: "/ws/nodes/control-plane-0", Image: "/img/node-image.raw", MAC: mac, Tap: "tap0", MemoryMiB: 2048}
+	s := machineSpec{Dir: "/ws/nodes/control-plane-0", Image: "/img/node-image.raw", MAC: mac, Tap: "tap0", MemoryMiB: 2048, Name: "control-plane-0"}
 	b := snpBoot{Firmware: "/usr/share/OVMF/OVMF.amdsev.fd", Kernel: "/ws/snp/snp-kernel", Initrd: "/ws/snp/snp-initrd", Cmdline: testCmdline, VCPUType: "EPYC-Milan"}
 	args := snpMachineArgs(s, b)
 	pairs := map[string]string{}
@@ -241,7 +243,11 @@ func TestSNPMachineArgs(t *testing.T) {
 	}
 	joined := strings.Join(args, " ")
 	for _, want := range []string{
-		"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on",
+		// HOST_DATA = SHA-256("constellation snp node name v1\x00control-plane-0"), the node's name.
+		"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,host-data=" + base64.StdEncoding.EncodeToString(func() []byte {
+			h := sha256.Sum256([]byte("constellation snp node name v1\x00control-plane-0"))
+			return h[:]
+		}()),
 		"memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false",
 		"file=/img/node-image.raw", "readonly=on",
 	} {

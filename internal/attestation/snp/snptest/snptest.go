@@ -81,6 +81,9 @@ type Platform struct {
 	Measurement [snp.MeasurementSize]byte
 	// GuestPolicy is the guest policy; 0 means 0x30000 (SMT allowed, the reserved bit set, no debugging).
 	GuestPolicy uint64
+	// HostData is the HOST_DATA the host launched the guest with (snp.HostDataForNode of the node's name, for
+	// a named node).
+	HostData [snp.HostDataSize]byte
 
 	vcek    *x509.Certificate
 	vcekKey *ecdsa.PrivateKey
@@ -175,6 +178,7 @@ func (pl *Platform) Report(_ context.Context, reportData [snp.ReportDataSize]byt
 	le.PutUint64(b[0x38:], uint64(raw)) // current TCB
 	copy(b[0x50:0x90], reportData[:])
 	copy(b[0x90:0xc0], pl.Measurement[:])
+	copy(b[0xc0:0xe0], pl.HostData[:])
 	le.PutUint64(b[0x180:], uint64(raw)) // reported TCB
 	b[0x188], b[0x189], b[0x18a] = 0x19, 0x01, 1
 	copy(b[0x1a0:0x1e0], ChipID)
