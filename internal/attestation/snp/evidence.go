@@ -150,8 +150,9 @@ func obtainReport(ctx context.Context, reporter Reporter, reportData [ReportData
 type Validator struct {
 	verifier *Verifier
 	policy   *Policy
-	// member is the cluster the node must belong to (nil: a fresh node), unless anyCluster.
-	member     []byte
+	// member is the second half of REPORT_DATA of the cluster the node must belong to ([ClusterBinding]; nil:
+	// a fresh node, zero), unless anyCluster.
+	member     *[ReportDataSize / 2]byte
 	anyCluster bool
 }
 
@@ -174,11 +175,47 @@ func NewMemberValidator(verifier *Verifier, policy *Policy, clusterID []byte) (*
 	if len(clusterID) != ClusterIDSize {
 		return nil, fmt.Errorf("SNP member validator: a cluster ID has %d bytes, not %d", len(clusterID), ClusterIDSize)
 	}
+	return NewBindingValidator(verifier, policy, ClusterBinding(clusterID))
+}
+
+// ClusterBinding returns the second half of the REPORT_DATA of every report of a member of the cluster
+// clusterID ([ReportDataForMember]).
+func ClusterBinding(clusterID []byte) [ReportDataSize / 2]byte {
+	var b [ReportDataSize / 2]byte
+	rd := ReportDataForMember(attestation.QEMUSEVSNP, nil, nil, clusterID)
+	copy(b[:], rd[ReportDataSize/2:])
+	return b
+}
+
+// OwnClusterBinding returns the cluster binding that r, a report of this node's own, carries: the second half
+// of its REPORT_DATA. A node that knows its cluster only by its own reports (a service on the node, which gets
+// them from the node's attestation agent) requires the same binding of its peers ([NewBindingValidator]),
+// which makes them members of its cluster without learning the cluster ID. A fresh node's binding (zero) is an
+// error: it belongs to no cluster.
+func OwnClusterBinding(r *Report) ([ReportDataSize / 2]byte, error) {
+	var b [ReportDataSize / 2]byte
+	if r == nil {
+		return b, fmt.Errorf("%w: no report", ErrPolicy)
+	}
+	copy(b[:], r.ReportData[ReportDataSize/2:])
+	if isZero(b[:]) {
+		return b, errors.New("this node's own report binds no cluster: the node belongs to no cluster yet")
+	}
+	return b, nil
+}
+
+// NewBindingValidator is [NewMemberValidator] for the cluster whose members' reports carry binding in the
+// second half of REPORT_DATA ([ClusterBinding], [OwnClusterBinding]). A zero binding (a fresh node's) is an
+// error: use [NewValidator] for fresh nodes.
+func NewBindingValidator(verifier *Verifier, policy *Policy, binding [ReportDataSize / 2]byte) (*Validator, error) {
+	if isZero(binding[:]) {
+		return nil, errors.New("SNP member validator: a zero cluster binding is that of a fresh node, not of a cluster's members")
+	}
 	v, err := NewValidator(verifier, policy)
 	if err != nil {
 		return nil, err
 	}
-	v.member = bytes.Clone(clusterID)
+	v.member = &binding
 	return v, nil
 }
 
@@ -214,7 +251,10 @@ func (v *Validator) Validate(_ context.Context, evidence, nonce []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	want := ReportDataForMember(attestation.QEMUSEVSNP, nonce, doc.UserData, v.member)
+	want := ReportDataForNonce(attestation.QEMUSEVSNP, nonce, doc.UserData)
+	if v.member != nil {
+		copy(want[ReportDataSize/2:], v.member[:])
+	}
 	if v.anyCluster {
 		// The second half is left as the report has it: the signature check below still covers all of
 		// REPORT_DATA, and the first half (nonce and user data) is compared.
