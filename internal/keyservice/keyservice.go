@@ -297,9 +297,12 @@ func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterS
 	if err := s.refuseQuarantined(ctx, "master secret", caller, ""); err != nil {
 		return nil, err
 	}
-	pcrs, err := json.Marshal(s.secret.Measurements)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+	var pcrs []byte
+	if len(s.secret.Measurements) > 0 {
+		var err error
+		if pcrs, err = json.Marshal(s.secret.Measurements); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
 	}
 	var update []byte
 	if s.policy != nil {
@@ -308,7 +311,7 @@ func (s *Server) GetMasterSecret(ctx context.Context, _ *keyservicepb.GetMasterS
 	s.audit.Info("master secret handed to a control-plane node", "caller", caller)
 	return &keyservicepb.GetMasterSecretResponse{
 		Key: s.secret.MasterSecret.Key, Salt: s.secret.MasterSecret.Salt, ClusterId: s.secret.ClusterID, Measurements: pcrs,
-		PolicyUpdate: update,
+		PolicyUpdate: update, Attestation: s.secret.Attestation,
 	}, nil
 }
 
@@ -375,9 +378,12 @@ func (c *Client) GetMeasurementPolicy(ctx context.Context) (*policyupdate.Update
 	if err != nil {
 		return nil, nil, fmt.Errorf("getting the measurement policy: %w", err)
 	}
-	base, err := measurements.Parse(resp.GetMeasurements())
-	if err != nil {
-		return nil, nil, fmt.Errorf("the key service's measurements: %w", err)
+	var base measurements.M
+	if len(resp.GetMeasurements()) > 0 {
+		// A key service of a cluster without a vTPM has no measurements.
+		if base, err = measurements.Parse(resp.GetMeasurements()); err != nil {
+			return nil, nil, fmt.Errorf("the key service's measurements: %w", err)
+		}
 	}
 	if len(resp.GetUpdate()) == 0 {
 		return nil, base, nil
@@ -436,11 +442,13 @@ func (c *Client) GetMasterSecret(ctx context.Context) (*Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("getting the master secret: %w", err)
 	}
-	pcrs, err := measurements.Parse(resp.GetMeasurements())
-	if err != nil {
-		return nil, fmt.Errorf("the key service's measurements: %w", err)
+	var pcrs measurements.M
+	if len(resp.GetMeasurements()) > 0 {
+		if pcrs, err = measurements.Parse(resp.GetMeasurements()); err != nil {
+			return nil, fmt.Errorf("the key service's measurements: %w", err)
+		}
 	}
-	s := &Secret{MasterSecret: &kms.MasterSecret{Key: resp.GetKey(), Salt: resp.GetSalt()}, ClusterID: resp.GetClusterId(), Measurements: pcrs, PolicyUpdate: resp.GetPolicyUpdate()}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: resp.GetKey(), Salt: resp.GetSalt()}, ClusterID: resp.GetClusterId(), Measurements: pcrs, PolicyUpdate: resp.GetPolicyUpdate(), Attestation: resp.GetAttestation()}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("the key service's master secret: %w", err)
 	}

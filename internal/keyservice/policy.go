@@ -1,6 +1,7 @@
 package keyservice
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -23,6 +24,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice/keyservicepb"
 	"github.com/constellation-dev/constellation/internal/kms"
@@ -53,6 +55,9 @@ type Policy struct {
 	file      string
 	build     func(sets []measurements.M) (attestation.Validator, error)
 	log       *slog.Logger
+	// fixed says that the cluster's variant has no vTPM ([NewFixedPolicy]): there are no measurement sets to
+	// update, and every update is refused.
+	fixed bool
 
 	mu        sync.Mutex
 	current   *policyupdate.Update // nil: epoch 0, base in force
@@ -110,6 +115,28 @@ func NewPolicy(d *kms.Deriver, clusterID []byte, base measurements.M, file strin
 	return p, nil
 }
 
+// ErrNoMeasurementPolicy says that a measurement policy update was sent to the key service of a cluster whose
+// variant has no vTPM ([NewFixedPolicy]).
+var ErrNoMeasurementPolicy = errors.New("this cluster's nodes have no vTPM, so there are no measurement sets to update; a measurement policy update is refused")
+
+// NewFixedPolicy returns the policy of the cluster of d and clusterID whose variant has no vTPM (qemu-sev-snp):
+// callers must pass v (the members of the cluster under its attestation policy, see [MemberValidator]), which
+// no update changes: [Policy.Apply] refuses every update with [ErrNoMeasurementPolicy], as the join service
+// refuses to apply one, and the policy port answers none.
+func NewFixedPolicy(d *kms.Deriver, clusterID []byte, v attestation.Validator, log *slog.Logger) (*Policy, error) {
+	if v == nil {
+		return nil, errors.New("a key service without a vTPM policy needs the validator of the cluster's members")
+	}
+	key, err := d.MeasurementPolicyKey()
+	if err != nil {
+		return nil, err
+	}
+	return &Policy{
+		key: key, clusterID: clusterID, log: log, fixed: true, validator: v,
+		build: func([]measurements.M) (attestation.Validator, error) { return nil, ErrNoMeasurementPolicy },
+	}, nil
+}
+
 func (p *Policy) validatorFor(sets []measurements.M) (attestation.Validator, error) {
 	if p.build == nil {
 		return nil, nil
@@ -117,8 +144,11 @@ func (p *Policy) validatorFor(sets []measurements.M) (attestation.Validator, err
 	return p.build(sets)
 }
 
-// sets returns the sets in force; p.mu held or p not shared yet.
+// sets returns the sets in force (none for a fixed policy); p.mu held or p not shared yet.
 func (p *Policy) sets() []measurements.M {
+	if p.fixed {
+		return nil
+	}
 	if p.current == nil {
 		return []measurements.M{p.base}
 	}
@@ -142,6 +172,9 @@ func (p *Policy) Current() (*policyupdate.Update, []byte) {
 // Apply puts the update raw in force if it verifies and supersedes the one in force ([policyupdate.Supersedes]),
 // after it kept it in the policy file, and returns the update in force afterwards and whether it changed.
 func (p *Policy) Apply(raw []byte) (*policyupdate.Update, bool, error) {
+	if p.fixed {
+		return nil, false, ErrNoMeasurementPolicy
+	}
 	u, err := policyupdate.Open(raw, p.key, p.clusterID)
 	if err != nil {
 		return nil, false, err
@@ -276,11 +309,37 @@ func MemberValidators(variant attestation.Variant, akRoots []*x509.Certificate, 
 	}
 }
 
+// MemberValidator returns the validator of the members of the cluster clusterID under the cluster's
+// attestation policy att, for a variant without a vTPM that binds the cluster in its hardware report
+// (qemu-sev-snp, validators.BindsCluster): a node of another launch measurement, a fresh node and a member of
+// another cluster are refused. opts are the validator's trust anchors (the zero value: the embedded roots).
+func MemberValidator(att *validators.Policy, clusterID []byte, opts validators.Options) (attestation.Validator, error) {
+	if att == nil {
+		return nil, errors.New("no attestation policy for the key service's callers")
+	}
+	if len(clusterID) == 0 {
+		return nil, errors.New("the key service's callers must be members of a cluster, but no cluster ID is set")
+	}
+	variant, err := attestation.VariantByName(att.Variant)
+	if err != nil {
+		return nil, err
+	}
+	if !validators.BindsCluster(variant) {
+		return nil, fmt.Errorf("%s evidence does not bind the cluster its node belongs to; the key service's callers cannot prove membership by it", variant)
+	}
+	p := *att
+	p.Fresh, p.ClusterID = false, bytes.Clone(clusterID)
+	return validators.New(&p, opts)
+}
+
 // GetMeasurementPolicy returns the update in force and the init's measurements; anyone may ask, nothing of it
-// is secret.
+// is secret. A fixed policy ([NewFixedPolicy]) answers neither.
 func (p *Policy) GetMeasurementPolicy(context.Context, *keyservicepb.GetMeasurementPolicyRequest) (*keyservicepb.GetMeasurementPolicyResponse, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.fixed {
+		return &keyservicepb.GetMeasurementPolicyResponse{}, nil
+	}
 	base, err := p.base.MarshalJSON()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -303,7 +362,7 @@ func (p *Policy) UpdateMeasurementPolicy(ctx context.Context, req *keyservicepb.
 		switch {
 		case errors.Is(err, policyupdate.ErrNotAuthentic):
 			return nil, status.Error(codes.PermissionDenied, err.Error())
-		case errors.Is(err, policyupdate.ErrStale), errors.Is(err, policyupdate.ErrConflict):
+		case errors.Is(err, policyupdate.ErrStale), errors.Is(err, policyupdate.ErrConflict), errors.Is(err, ErrNoMeasurementPolicy):
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		default:
 			return nil, status.Error(codes.InvalidArgument, err.Error())

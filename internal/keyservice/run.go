@@ -10,6 +10,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/retry"
 )
@@ -25,8 +26,12 @@ type Options struct {
 	SecretSocket string
 	// Issuer attests the key service (the node's attestation agent).
 	Issuer attestation.Issuer
-	// AKRoots returns the roots of the callers' attestation keys (the provider's AK CA).
+	// AKRoots returns the roots of the callers' attestation keys (the provider's AK CA); required for a cluster
+	// of a variant with a vTPM, unused for one without (qemu-sev-snp).
 	AKRoots func(ctx context.Context) ([]*x509.Certificate, error)
+	// Validators are the trust anchors of the callers' hardware evidence on a cluster without a vTPM (the zero
+	// value: the AMD roots embedded in the binary; only tests set others).
+	Validators validators.Options
 	// Allowed decides by a caller's attested name whether it may get keys at all (control-plane nodes).
 	Allowed func(ctx context.Context, name string) (bool, error)
 	// DiskBindings is the record of which node each state disk belongs to, which every key service of the
@@ -51,11 +56,12 @@ type Options struct {
 
 // Run is the key service as it runs on a control-plane node: it waits until the node's bootstrapper hands it
 // the master secret, then serves keys over mutual aTLS to callers that prove they are control-plane nodes of
-// this cluster (the cluster's measurements and, in PCR 15, its cluster ID), until ctx ends. It hands the
+// this cluster (the cluster's measurements and, in PCR 15, its cluster ID; on qemu-sev-snp the cluster's
+// attestation policy and the cluster ID bound in their reports), until ctx ends. It hands the
 // master secret itself to the same callers (control-plane nodes that joined), and to no one else.
 func Run(ctx context.Context, o Options) error {
-	if (o.Listener == nil && o.Listen == nil) || o.SecretSocket == "" || o.Issuer == nil || o.AKRoots == nil || o.Allowed == nil || o.DiskBindings == nil || o.Log == nil {
-		return errors.New("the key service needs a listener, the secret socket, an issuer, AK roots, a caller restriction, a disk bindings record and a log")
+	if (o.Listener == nil && o.Listen == nil) || o.SecretSocket == "" || o.Issuer == nil || o.Allowed == nil || o.DiskBindings == nil || o.Log == nil {
+		return errors.New("the key service needs a listener, the secret socket, an issuer, a caller restriction, a disk bindings record and a log")
 	}
 	if o.PolicyFile == "" {
 		return errors.New("the key service needs a policy file on the node's encrypted state disk (--policy-file): kept in memory only, the measurement policy in force would be lost at the next start and a removed image admitted again")
@@ -96,32 +102,13 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("binding the state disk of this node (%s): %w", secret.Node, errors.Join(err, bound))
 		}
 	}
-	var roots []*x509.Certificate
-	if err := retry.Do(ctx, o.Log, "fetching the attestation-key roots", func() error {
-		roots, err = o.AKRoots(ctx)
-		return err
-	}); err != nil {
-		return err
-	}
-	// The callers must be members with one of the measurement sets in force: the init's, or those of the
-	// latest update the key service accepted (kept in its policy file), or got with the master secret.
-	policy, err := NewPolicy(d, secret.ClusterID, secret.Measurements, o.PolicyFile, MemberValidators(o.Issuer.Variant(), roots, secret.ClusterID, o.Log), o.Log)
+	policy, err := callerPolicy(ctx, o, d, secret)
 	if err != nil {
 		return err
 	}
-	if len(secret.PolicyUpdate) > 0 {
-		u, changed, err := policy.Apply(secret.PolicyUpdate)
-		switch {
-		case errors.Is(err, policyupdate.ErrStale), errors.Is(err, policyupdate.ErrConflict):
-			o.Log.Warn("the measurement policy update handed over with the master secret is not newer than the one in force; keeping the one in force", "reason", err.Error())
-		case err != nil:
-			return fmt.Errorf("the measurement policy update handed over with the master secret: %w", err)
-		case changed:
-			o.Log.Info("measurement policy update in force, handed over with the master secret", "epoch", u.Epoch, "policy", u.String())
-		}
+	if current, _ := policy.Current(); len(secret.Attestation) == 0 {
+		o.Log.Info("measurement policy in force", "policy", current.String(), "sets", len(policy.Sets()))
 	}
-	current, _ := policy.Current()
-	o.Log.Info("measurement policy in force", "policy", current.String(), "sets", len(policy.Sets()))
 	v := policy.Validator()
 	ks := New(d, o.Log)
 	ks.EnforcePolicy(policy)
@@ -163,6 +150,56 @@ func Run(ctx context.Context, o Options) error {
 	}
 	o.Log.Info("key service serving over mutual aTLS, for control-plane members only", "address", o.Listener.Addr().String(), "clusterID", fmt.Sprintf("%x", secret.ClusterID))
 	return srv.Serve(o.Listener)
+}
+
+// callerPolicy is the policy the key service's callers must meet: members of the cluster of secret, with one
+// of the measurement sets in force (the init's, or those of the latest update the key service accepted, kept
+// in its policy file, or got with the master secret) on a vTPM that the provider's AK CA certified; on a
+// cluster without a vTPM (secret.Attestation, qemu-sev-snp), members of the cluster under its attestation
+// policy, which no update changes.
+func callerPolicy(ctx context.Context, o Options, d *kms.Deriver, secret *Secret) (*Policy, error) {
+	if len(secret.Attestation) > 0 {
+		att, err := secret.AttestationPolicy()
+		if err != nil {
+			return nil, err
+		}
+		if v := o.Issuer.Variant(); v.Name != att.Variant {
+			return nil, fmt.Errorf("the cluster's attestation policy is of %s, but this key service attests as %s", att.Variant, v)
+		}
+		v, err := MemberValidator(att, secret.ClusterID, o.Validators)
+		if err != nil {
+			return nil, fmt.Errorf("the validator of the key service's callers: %w", err)
+		}
+		o.Log.Info("attestation policy in force: members of this cluster under its attestation policy; measurement policy updates are refused", "variant", att.Variant)
+		return NewFixedPolicy(d, secret.ClusterID, v, o.Log)
+	}
+	if o.AKRoots == nil {
+		return nil, errors.New("the key service of a cluster with a vTPM needs the roots of the callers' attestation keys")
+	}
+	var roots []*x509.Certificate
+	if err := retry.Do(ctx, o.Log, "fetching the attestation-key roots", func() error {
+		var err error
+		roots, err = o.AKRoots(ctx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	policy, err := NewPolicy(d, secret.ClusterID, secret.Measurements, o.PolicyFile, MemberValidators(o.Issuer.Variant(), roots, secret.ClusterID, o.Log), o.Log)
+	if err != nil {
+		return nil, err
+	}
+	if len(secret.PolicyUpdate) > 0 {
+		u, changed, err := policy.Apply(secret.PolicyUpdate)
+		switch {
+		case errors.Is(err, policyupdate.ErrStale), errors.Is(err, policyupdate.ErrConflict):
+			o.Log.Warn("the measurement policy update handed over with the master secret is not newer than the one in force; keeping the one in force", "reason", err.Error())
+		case err != nil:
+			return nil, fmt.Errorf("the measurement policy update handed over with the master secret: %w", err)
+		case changed:
+			o.Log.Info("measurement policy update in force, handed over with the master secret", "epoch", u.Epoch, "policy", u.String())
+		}
+	}
+	return policy, nil
 }
 
 // waitForSecret asks the bootstrapper for the master secret until it has one: after a reboot the kubelet may

@@ -12,9 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/strictjson"
 )
@@ -25,12 +27,18 @@ import (
 const SecretSocket = "/run/constellation/keys.sock"
 
 // Secret is what the key service needs from the bootstrapper: the master secret it derives keys from, and
-// what its callers must prove (the cluster's measurements and cluster ID). Both come from the attested init
-// or recovery, not from anything an administrator of the cluster can change.
+// what its callers must prove (the cluster's measurements, or its attestation policy, and cluster ID). Both
+// come from the attested init or recovery, not from anything an administrator of the cluster can change.
 type Secret struct {
 	MasterSecret *kms.MasterSecret
 	ClusterID    []byte
+	// Measurements are the cluster's PCR measurements, on the variants with a vTPM; empty otherwise.
 	Measurements measurements.M
+	// Attestation is the cluster's attestation policy in package validators' wire form
+	// (validators.MarshalPolicy), on a variant without a vTPM that binds the cluster in its hardware report
+	// (validators.BindsCluster: qemu-sev-snp); empty on the variants with a vTPM. Exactly one of Measurements
+	// and Attestation is set.
+	Attestation []byte
 	// Node and DiskUUID are the name and the state disk of the node whose bootstrapper hands the secret over
 	// (DiskUUID empty if it has none). That node derived its disk key itself; the key service binds the disk
 	// to it before it hands out any key, so that no other node can claim the disk.
@@ -51,17 +59,18 @@ type secretJSON struct {
 	Key          []byte         `json:"key"`
 	Salt         []byte         `json:"salt"`
 	ClusterID    []byte         `json:"clusterID"`
-	Measurements measurements.M `json:"measurements"`
+	Measurements measurements.M `json:"measurements,omitempty"`
 	Node         string         `json:"node,omitempty"`
 	DiskUUID     string         `json:"diskUUID,omitempty"`
 	PolicyUpdate []byte         `json:"policyUpdate,omitempty"`
+	Attestation  []byte         `json:"attestation,omitempty"`
 }
 
 const secretVersion = 1
 
-// maxSecret bounds the handover message: a key, a salt, a cluster ID, at most 24 measurements and a
-// measurement policy update (base64).
-const maxSecret = 16<<10 + 2*policyupdate.MaxSize
+// maxSecret bounds the handover message: a key, a salt, a cluster ID, at most 24 measurements or an
+// attestation policy, and a measurement policy update (base64).
+const maxSecret = 16<<10 + 2*policyupdate.MaxSize + 2*validators.MaxPolicyFileSize
 
 func (s *Secret) validate() error {
 	if s.MasterSecret == nil {
@@ -73,11 +82,22 @@ func (s *Secret) validate() error {
 	if len(s.ClusterID) != 32 {
 		return fmt.Errorf("cluster ID has %d bytes, want 32", len(s.ClusterID))
 	}
-	if len(s.Measurements) == 0 {
-		return errors.New("no measurements: the key service would have no policy for its callers")
-	}
 	if s.DiskUUID != "" && (!diskUUID.MatchString(s.DiskUUID) || !nodeName.MatchString(s.Node)) {
 		return fmt.Errorf("the node's own state disk %.60q of node %.60q: want a lower-case RFC 4122 UUID and a DNS name", s.DiskUUID, s.Node)
+	}
+	switch {
+	case len(s.Measurements) == 0 && len(s.Attestation) == 0:
+		return errors.New("neither measurements nor an attestation policy: the key service would have no policy for its callers")
+	case len(s.Measurements) > 0 && len(s.Attestation) > 0:
+		return errors.New("both measurements and an attestation policy: a cluster's variant has a vTPM (measurements) or binds the cluster in its hardware report (attestation policy), not both")
+	case len(s.Attestation) > 0:
+		if _, err := s.AttestationPolicy(); err != nil {
+			return err
+		}
+		if len(s.PolicyUpdate) > 0 {
+			return errors.New("a measurement policy update for a cluster whose variant has no vTPM: its measurement sets do not apply")
+		}
+		return nil
 	}
 	if err := s.Measurements.Validate(); err != nil {
 		return err
@@ -97,6 +117,27 @@ func (s *Secret) validate() error {
 		return fmt.Errorf("the measurement policy update in force: %w", err)
 	}
 	return nil
+}
+
+// AttestationPolicy parses the attestation policy of a cluster whose variant has no vTPM (Attestation) and
+// checks that its variant binds the cluster in its hardware report, so that a member validator
+// (validators.Policy.ClusterID) can be made of it. It is an error if the secret holds no such policy.
+func (s *Secret) AttestationPolicy() (*validators.Policy, error) {
+	if len(s.Attestation) == 0 {
+		return nil, errors.New("the secret holds no attestation policy (a cluster of a variant with a vTPM has measurements instead)")
+	}
+	p, err := validators.ParsePolicy(s.Attestation)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's attestation policy: %w", err)
+	}
+	variant, err := attestation.VariantByName(p.Variant)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's attestation policy: %w", err)
+	}
+	if variant.VTPM || !validators.BindsCluster(variant) {
+		return nil, fmt.Errorf("the cluster's attestation policy is of %s, whose nodes cannot prove to the key service that they belong to the cluster by their hardware report; only qemu-sev-snp clusters hand an attestation policy over", variant)
+	}
+	return p, nil
 }
 
 // SecretHolder serves the key service's [Secret] on [SecretSocket] once the bootstrapper has it: before, a
@@ -120,6 +161,7 @@ func (h *SecretHolder) Set(s *Secret) error {
 	raw, err := json.Marshal(secretJSON{
 		Version: secretVersion, Key: s.MasterSecret.Key, Salt: s.MasterSecret.Salt,
 		ClusterID: s.ClusterID, Measurements: s.Measurements, Node: s.Node, DiskUUID: s.DiskUUID, PolicyUpdate: s.PolicyUpdate,
+		Attestation: s.Attestation,
 	})
 	if err != nil {
 		return err
@@ -190,7 +232,7 @@ func ParseSecret(raw []byte) (*Secret, error) {
 	if in.Version != secretVersion {
 		return nil, fmt.Errorf("the key service's secret has version %d; this key service reads version %d", in.Version, secretVersion)
 	}
-	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements, Node: in.Node, DiskUUID: in.DiskUUID, PolicyUpdate: in.PolicyUpdate}
+	s := &Secret{MasterSecret: &kms.MasterSecret{Key: in.Key, Salt: in.Salt}, ClusterID: in.ClusterID, Measurements: in.Measurements, Node: in.Node, DiskUUID: in.DiskUUID, PolicyUpdate: in.PolicyUpdate, Attestation: in.Attestation}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("the key service's secret: %w", err)
 	}

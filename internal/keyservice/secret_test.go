@@ -92,7 +92,7 @@ func TestSecretHandover(t *testing.T) {
 	}
 	noPolicy := testSecret(t)
 	noPolicy.Measurements = nil
-	if err := h.Set(noPolicy); err == nil || !strings.Contains(err.Error(), "no measurements") {
+	if err := h.Set(noPolicy); err == nil || !strings.Contains(err.Error(), "neither measurements nor an attestation policy") {
 		t.Fatalf("Set without measurements = %v", err)
 	}
 	if _, err := FetchSecret(context.Background(), socket); !errors.Is(err, ErrNoSecretYet) {
@@ -156,8 +156,8 @@ func TestParseSecretRejects(t *testing.T) {
 		"short key":        {secretWire(t, func(m map[string]any) { m["key"] = short }), "master secret key has 16 bytes"},
 		"no salt":          {secretWire(t, func(m map[string]any) { delete(m, "salt") }), "salt has 0 bytes"},
 		"short cluster ID": {secretWire(t, func(m map[string]any) { m["clusterID"] = short }), "cluster ID has 16 bytes"},
-		"no measurements":  {secretWire(t, func(m map[string]any) { delete(m, "measurements") }), "no measurements"},
-		"empty policy":     {secretWire(t, func(m map[string]any) { m["measurements"] = map[string]any{} }), "no measurements"},
+		"no measurements":  {secretWire(t, func(m map[string]any) { delete(m, "measurements") }), "neither measurements nor an attestation policy"},
+		"empty policy":     {secretWire(t, func(m map[string]any) { m["measurements"] = map[string]any{} }), "neither measurements nor an attestation policy"},
 		"bad PCR": {secretWire(t, func(m map[string]any) {
 			m["measurements"] = map[string]any{"99": map[string]any{"expected": strings.Repeat("00", 32)}}
 		}), "PCR"},

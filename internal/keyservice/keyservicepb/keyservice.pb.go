@@ -360,7 +360,11 @@ type GetMasterSecretResponse struct {
 	Measurements []byte `protobuf:"bytes,4,opt,name=measurements,proto3" json:"measurements,omitempty"`
 	// policy_update is the measurement policy update in force (package policyupdate's wire form; empty: none),
 	// which decides instead of measurements once there is one.
-	PolicyUpdate  []byte `protobuf:"bytes,5,opt,name=policy_update,json=policyUpdate,proto3" json:"policy_update,omitempty"`
+	PolicyUpdate []byte `protobuf:"bytes,5,opt,name=policy_update,json=policyUpdate,proto3" json:"policy_update,omitempty"`
+	// attestation is the cluster's attestation policy (package validators' wire form) on a variant without a
+	// vTPM that binds the cluster in its hardware report (qemu-sev-snp), which decides with the cluster ID who
+	// may call a key service; measurements and policy_update are empty then.
+	Attestation   []byte `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,6 +434,13 @@ func (x *GetMasterSecretResponse) GetPolicyUpdate() []byte {
 	return nil
 }
 
+func (x *GetMasterSecretResponse) GetAttestation() []byte {
+	if x != nil {
+		return x.Attestation
+	}
+	return nil
+}
+
 var File_keyservice_proto protoreflect.FileDescriptor
 
 const file_keyservice_proto_rawDesc = "" +
@@ -449,14 +460,15 @@ const file_keyservice_proto_rawDesc = "" +
 	"\x04node\x18\x03 \x01(\tR\x04node\"/\n" +
 	"\x12GetDataKeyResponse\x12\x19\n" +
 	"\bdata_key\x18\x01 \x01(\fR\adataKey\"\x18\n" +
-	"\x16GetMasterSecretRequest\"\xa7\x01\n" +
+	"\x16GetMasterSecretRequest\"\xc9\x01\n" +
 	"\x17GetMasterSecretResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
 	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x03 \x01(\fR\tclusterId\x12\"\n" +
 	"\fmeasurements\x18\x04 \x01(\fR\fmeasurements\x12#\n" +
-	"\rpolicy_update\x18\x05 \x01(\fR\fpolicyUpdate2\xf9\x01\n" +
+	"\rpolicy_update\x18\x05 \x01(\fR\fpolicyUpdate\x12 \n" +
+	"\vattestation\x18\x06 \x01(\fR\vattestation2\xf9\x01\n" +
 	"\n" +
 	"KeyService\x12m\n" +
 	"\n" +
