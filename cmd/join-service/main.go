@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/attestation/validators"
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/joinservice/joinpb"
 	"github.com/constellation-dev/constellation/internal/keyservice"
@@ -85,17 +86,23 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	var macKey []byte
 	var policy joinservice.PolicySource
 	if err := retry.Do(ctx, log, "getting the join configuration's key from the key service", func() error {
-		roots, err := md.AKRoots(ctx)
-		if err != nil {
-			return err
+		trust := joinservice.KeyServiceTrust{Issuer: issuer, Roles: md}
+		if !validators.BindsCluster(md.Variant()) {
+			// A qemu-sev-snp key service is trusted by its report alone, without attestation-key roots.
+			roots, err := md.AKRoots(ctx)
+			if err != nil {
+				return err
+			}
+			trust.AKRoots = roots
 		}
-		if macKey, err = joinservice.FetchConfigKey(ctx, keyServices, issuer, roots, md); err != nil {
+		var err error
+		if macKey, err = joinservice.FetchConfigKey(ctx, keyServices, trust); err != nil {
 			return err
 		}
 		// The measurement sets in force (two during an upgrade) come from the key service's policy port at every
 		// join and every continuous-attestation check.
 		var closePolicy func() error
-		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyservice.ControlPlanePolicyAddrs(md, nodeIP), issuer, roots, md)
+		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyservice.ControlPlanePolicyAddrs(md, nodeIP), trust)
 		if err == nil {
 			context.AfterFunc(ctx, func() { closePolicy() })
 		}

@@ -452,6 +452,23 @@ func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy mea
 	return n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: n.self.Name, DiskUUID: n.ownDisk})
 }
 
+// keyServiceSecret is what the key service of the node name (with the state disk disk) gets at init: the
+// master secret, the cluster ID and what its callers must prove, the measurements of att on a variant with a
+// vTPM, att itself (its wire form) on qemu-sev-snp, where the callers' reports bind the cluster.
+func keyServiceSecret(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, name, disk string) (*keyservice.Secret, error) {
+	s := &keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: name, DiskUUID: disk}
+	variant, err := attestation.VariantByName(att.Variant)
+	if err != nil {
+		return nil, err
+	}
+	if !variant.VTPM && validators.BindsCluster(variant) {
+		if s.Attestation, err = validators.MarshalPolicy(att); err != nil {
+			return nil, fmt.Errorf("the attestation policy for the key service: %w", err)
+		}
+	}
+	return s, nil
+}
+
 // Initialised publishes this node as the mesh's first member, lets nodes read their peers, hands the key
 // service the master secret, and deploys the cluster services; before any node can join, since the join
 // service admits nodes as this node's peers.
@@ -470,7 +487,11 @@ func (n *firstNode) Initialised(ms *kms.MasterSecret, clusterID []byte, att *val
 		return fmt.Errorf("letting nodes read their WireGuard peers: %w", err)
 	}
 	go n.mesh.Follow(n.ctx, kubeadm.KubeletKubeconfig)
-	if err := n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: n.self.Name, DiskUUID: n.ownDisk}); err != nil {
+	secret, err := keyServiceSecret(ms, clusterID, att, n.self.Name, n.ownDisk)
+	if err != nil {
+		return err
+	}
+	if err := n.secrets.Set(secret); err != nil {
 		return err
 	}
 	return deployServices(n.ctx, n.md, n.k8s, ms, clusterID, att, egress)

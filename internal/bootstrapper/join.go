@@ -376,20 +376,23 @@ func joinAt(ctx context.Context, addr string, creds *atls.Credentials, req *join
 // trusts only a key service on a control-plane node that belongs to the same cluster and booted exactly as it
 // did, or with one of the sets of hint, the peer policy it measured before it joined.
 func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer attestation.Issuer, peers peerTrust, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, hint *policyupdate.PeerHint, log *slog.Logger) error {
+	all := keyservice.ControlPlaneAddrs(md, "")
+	own4 := net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port))
+	// This node's own key service waits for what is fetched here.
+	others := func(ctx context.Context) ([]string, error) {
+		addrs, err := all(ctx)
+		return slices.DeleteFunc(addrs, func(a string) bool { return a == own4 }), err
+	}
+	return shareSecretFrom(ctx, md, others, issuer, peers, self, disk, secrets, hint, log)
+}
+
+// shareSecretFrom is [shareSecretFromPeers] with the key services of endpoints.
+func shareSecretFrom(ctx context.Context, md provider.Node, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, peers peerTrust, self provider.Instance, disk *stateDisk, secrets *keyservice.SecretHolder, hint *policyupdate.PeerHint, log *slog.Logger) error {
 	v, err := peers.keyService(ctx, md, issuer, hint, log)
 	if err != nil {
 		return err
 	}
-	all := keyservice.ControlPlaneAddrs(md, "")
-	own4 := net.JoinHostPort(self.IP, strconv.Itoa(keyservice.Port))
-	pool := &keyservice.Pool{
-		// This node's own key service waits for what is fetched here.
-		Endpoints: func(ctx context.Context) ([]string, error) {
-			addrs, err := all(ctx)
-			return slices.DeleteFunc(addrs, func(a string) bool { return a == own4 }), err
-		},
-		Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, md.IsControlPlane),
-	}
+	pool := &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: keyservice.ControlPlaneOnly(v, md.IsControlPlane)}
 	defer pool.Close()
 	var secret *keyservice.Secret
 	if err := retry.Do(ctx, log, "getting the master secret from a key service of the control plane", func() error {
@@ -404,8 +407,12 @@ func shareSecretFromPeers(ctx context.Context, md provider.Node, issuer attestat
 	secret.Node = self.Name
 	if disk != nil {
 		secret.DiskUUID = disk.uuid
-		if err := keepPolicy(disk, secret.Measurements); err != nil {
-			return err
+		// A cluster without a vTPM (qemu-sev-snp) has no measurements to keep: after a recovery such a node
+		// gets secret and policy from another key service again.
+		if len(secret.Measurements) > 0 {
+			if err := keepPolicy(disk, secret.Measurements); err != nil {
+				return err
+			}
 		}
 	}
 	if err := secrets.Set(secret); err != nil {

@@ -11,19 +11,45 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
 )
 
+// KeyServiceTrust is what the join service trusts the key services of its cluster by before it has its
+// configuration, which the key services' key is to authenticate: nothing the configuration says, only what
+// its own node proves of itself through its attestation agent, which is the node's own and not validated.
+//
+// On the variants with a vTPM a key service must run on a vTPM that AKRoots (the provider's attestation-key
+// CA) certified, with this node's own boot measurements and cluster ID ([OwnMemberPolicy]).
+//
+// On qemu-sev-snp a key service must present a report of this node's own launch measurement, TCB, VMPL and
+// platform (snp.Report.PeerPolicy of this node's own report), whose chain ends in the AMD root (SNP; the
+// embedded one unless a test sets others), and whose REPORT_DATA carries the same cluster binding as this
+// node's own reports (snp.OwnClusterBinding): the join service does not know the cluster ID before it has
+// the configuration, but its node bound the ID into every report when it was initialised or joined, and
+// the binding is a hash of the cluster ID under a label of its own, which every member of the cluster, and
+// no member of another, carries. A node that binds no cluster yet trusts no key service.
+//
+// On both, Roles must name the key service's node a control-plane node.
+type KeyServiceTrust struct {
+	// Issuer attests the join service over mutual aTLS (its node's attestation agent), and gives the node's
+	// own measurements or report.
+	Issuer attestation.Issuer
+	// AKRoots are the roots of the key services' attestation keys (variants with a vTPM).
+	AKRoots []*x509.Certificate
+	// Roles tells control-plane nodes.
+	Roles Roles
+	// SNP are the trust anchors of qemu-sev-snp key services' reports (the zero value: the AMD roots
+	// embedded in the binary; only tests set others).
+	SNP snp.VerifierOptions
+}
+
 // FetchConfigKey gets the key of the join configuration's MAC from whichever key service of endpoints answers
-// (see keyservice.ControlPlaneAddrs), over mutual aTLS with issuer (this node's vTPM, mini-vtpm). The join
-// service trusts a key service by what it knows without the configuration, which the key is to authenticate:
-// the key service must run on a vTPM that akRoots (the provider's attestation-key CA) certified for a node
-// that roles names a control-plane node, with this node's own boot measurements and its cluster ID (see
-// [OwnMemberPolicy]).
-func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) ([]byte, error) {
-	p, err := ownKeyServices(ctx, endpoints, issuer, akRoots, roles)
+// (see keyservice.ControlPlaneAddrs), over mutual aTLS with trust.Issuer, trusted as [KeyServiceTrust] says.
+func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), trust KeyServiceTrust) ([]byte, error) {
+	p, err := ownKeyServices(ctx, endpoints, trust)
 	if err != nil {
 		return nil, err
 	}
@@ -40,33 +66,89 @@ func FetchConfigKey(ctx context.Context, endpoints func(ctx context.Context) ([]
 }
 
 // ownKeyServices are the key services of endpoints as the join service trusts them without its configuration
-// ([ownKeyServiceValidator]), over mutual aTLS with issuer.
-func ownKeyServices(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (*keyservice.Pool, error) {
-	v, err := ownKeyServiceValidator(ctx, issuer, akRoots, roles)
+// ([ownKeyServiceValidator]), over mutual aTLS with trust.Issuer.
+func ownKeyServices(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), trust KeyServiceTrust) (*keyservice.Pool, error) {
+	v, err := ownKeyServiceValidator(ctx, trust)
 	if err != nil {
 		return nil, err
 	}
-	return &keyservice.Pool{Endpoints: endpoints, Issuer: issuer, Validator: v}, nil
+	return &keyservice.Pool{Endpoints: endpoints, Issuer: trust.Issuer, Validator: v}, nil
 }
 
-// ownKeyServiceValidator trusts a key service on a vTPM that akRoots certified for a control-plane node, with
-// this node's own boot measurements and cluster ID, as issuer quotes them.
-func ownKeyServiceValidator(ctx context.Context, issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (attestation.Validator, error) {
-	own, err := OwnMemberPolicy(ctx, issuer)
+// ownKeyServiceValidator trusts a key service as [KeyServiceTrust] says.
+func ownKeyServiceValidator(ctx context.Context, trust KeyServiceTrust) (attestation.Validator, error) {
+	if trust.Issuer == nil || trust.Roles == nil {
+		return nil, errors.New("the join service trusts key services only with its node's issuer and the nodes' roles")
+	}
+	var v attestation.Validator
+	var err error
+	if trust.Issuer.Variant().Name == attestation.QEMUSEVSNP.Name {
+		v, err = ownSNPKeyServiceValidator(ctx, trust.Issuer, trust.SNP)
+	} else {
+		var own measurements.M
+		if own, err = OwnMemberPolicy(ctx, trust.Issuer); err != nil {
+			return nil, err
+		}
+		v, err = vtpm.NewValidatorFor(trust.Issuer.Variant(), trust.AKRoots, own, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
-	v, err := vtpm.NewValidatorFor(issuer.Variant(), akRoots, own, nil)
+	return keyservice.ControlPlaneOnly(v, trust.Roles.IsControlPlane), nil
+}
+
+// ownSNPKeyServiceValidator trusts a qemu-sev-snp key service of this node's own image and cluster binding, as
+// issuer reports them ([KeyServiceTrust]).
+func ownSNPKeyServiceValidator(ctx context.Context, issuer attestation.Issuer, vopts snp.VerifierOptions) (attestation.Validator, error) {
+	own, err := ownSNPReport(ctx, issuer)
 	if err != nil {
 		return nil, err
 	}
-	return keyservice.ControlPlaneOnly(v, roles.IsControlPlane), nil
+	policy, err := own.PeerPolicy()
+	if err != nil {
+		return nil, err
+	}
+	binding, err := snp.OwnClusterBinding(own)
+	if err != nil {
+		return nil, fmt.Errorf("%w: it trusts no key service; the node binds its cluster when it is initialised or joins", err)
+	}
+	verifier, err := snp.NewVerifier(vopts)
+	if err != nil {
+		return nil, err
+	}
+	return snp.NewBindingValidator(verifier, policy, binding)
+}
+
+// ownSNPReport is a report of this node's own SEV-SNP firmware, obtained through issuer (its attestation
+// agent) and not validated: it is the node's own.
+func ownSNPReport(ctx context.Context, issuer attestation.Issuer) (*snp.Report, error) {
+	nonce := make([]byte, attestation.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	raw, err := issuer.Issue(ctx, nonce, nil)
+	if err != nil {
+		return nil, fmt.Errorf("obtaining this node's own SEV-SNP report: %w", err)
+	}
+	doc, err := attestation.ParseDocument(raw)
+	if err != nil {
+		return nil, fmt.Errorf("this node's own evidence: %w", err)
+	}
+	if doc.SNP == nil || len(doc.SNP.Report) == 0 {
+		return nil, errors.New("this node's own evidence holds no SEV-SNP report")
+	}
+	r, err := snp.ParseReport(doc.SNP.Report)
+	if err != nil {
+		return nil, fmt.Errorf("this node's own report: %w", err)
+	}
+	return r, nil
 }
 
 // KeyServicePolicy returns the source of the measurement policy update in force ([Config.FollowPolicy]): asked
 // at each call of whichever key service answers on the policy port at endpoints
-// (keyservice.ControlPlanePolicyAddrs), trusted as [FetchConfigKey] trusts it; issuer only quotes this node's
-// own measurements for that. On the policy port only the key service attests itself, so it answers also once
+// (keyservice.ControlPlanePolicyAddrs), trusted as [KeyServiceTrust] says; trust.Issuer only gives this
+// node's own measurements or report for that. A key service of a qemu-sev-snp cluster answers no update
+// (there are no measurement sets to update), and the configuration refuses one if it did ([Config.Effective]). On the policy port only the key service attests itself, so it answers also once
 // the policy in force no longer accepts this node's own image (the operator's CLI removed the image the
 // cluster runs from), when it refuses this node at a mutual handshake: the join service then enforces the new
 // policy at joins, and the continuous attestation fails every node of the removed image, this one included.
@@ -81,8 +163,8 @@ func ownKeyServiceValidator(ctx context.Context, issuer attestation.Issuer, akRo
 // join service back.
 //
 // close closes the connections.
-func KeyServicePolicy(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), issuer attestation.Issuer, akRoots []*x509.Certificate, roles Roles) (src PolicySource, close func() error, err error) {
-	v, err := ownKeyServiceValidator(ctx, issuer, akRoots, roles)
+func KeyServicePolicy(ctx context.Context, endpoints func(ctx context.Context) ([]string, error), trust KeyServiceTrust) (src PolicySource, close func() error, err error) {
+	v, err := ownKeyServiceValidator(ctx, trust)
 	if err != nil {
 		return nil, nil, err
 	}

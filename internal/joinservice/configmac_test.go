@@ -152,7 +152,7 @@ func TestFetchConfigKey(t *testing.T) {
 	}
 	members, _ := vtpm.NewValidator(roots, own, nil)
 	ksAddr, _ := startKeyService(t, keyservice.New(d, slog.New(slog.DiscardHandler)), cp.Issuer, members)
-	key, err := FetchConfigKey(ctx, fixedAddrs(ksAddr), cp.Issuer, roots, roles{"node-0": true})
+	key, err := FetchConfigKey(ctx, fixedAddrs(ksAddr), KeyServiceTrust{Issuer: cp.Issuer, AKRoots: roots, Roles: roles{"node-0": true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestFetchConfigKey(t *testing.T) {
 	}
 	// A key service on a vTPM the provider did not certify is not asked.
 	_, otherCA, _ := tpmtest.NewCACert("other AK CA", time.Hour)
-	if _, err := FetchConfigKey(ctx, fixedAddrs(ksAddr), cp.Issuer, []*x509.Certificate{otherCA}, roles{"node-0": true}); err == nil {
+	if _, err := FetchConfigKey(ctx, fixedAddrs(ksAddr), KeyServiceTrust{Issuer: cp.Issuer, AKRoots: []*x509.Certificate{otherCA}, Roles: roles{"node-0": true}}); err == nil {
 		t.Fatal("the key was taken from a key service with an attestation key of another CA")
 	}
 }

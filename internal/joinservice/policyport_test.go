@@ -169,7 +169,7 @@ func TestPolicyReachesJoinServiceOfRemovedImage(t *testing.T) {
 
 	// The join service as it starts on the control-plane node: the configuration's key over mutual aTLS, the
 	// policy in force from the policy port.
-	macKey, err := FetchConfigKey(ctx, mainPort.get, cp.Issuer, cpRoots, roles{"node-0": true})
+	macKey, err := FetchConfigKey(ctx, mainPort.get, KeyServiceTrust{Issuer: cp.Issuer, AKRoots: cpRoots, Roles: roles{"node-0": true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestPolicyReachesJoinServiceOfRemovedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, closeSrc, err := KeyServicePolicy(ctx, policyPort.get, cp.Issuer, cpRoots, roles{"node-0": true})
+	src, closeSrc, err := KeyServicePolicy(ctx, policyPort.get, KeyServiceTrust{Issuer: cp.Issuer, AKRoots: cpRoots, Roles: roles{"node-0": true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func TestPolicyReachesJoinServiceOfRemovedImage(t *testing.T) {
 	send(2, []string{ks.policyAddr}, newSet)
 
 	// The key service no longer takes the join service's own node for a member.
-	if _, err := FetchConfigKey(ctx, mainPort.get, cp.Issuer, cpRoots, roles{"node-0": true}); err == nil {
+	if _, err := FetchConfigKey(ctx, mainPort.get, KeyServiceTrust{Issuer: cp.Issuer, AKRoots: cpRoots, Roles: roles{"node-0": true}}); err == nil {
 		t.Fatal("the key service still hands keys to a node of the image removed from the policy")
 	}
 	refusals := func() int {

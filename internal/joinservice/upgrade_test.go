@@ -80,7 +80,7 @@ func newUpgradeFixture(t *testing.T) *upgradeFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, closeSrc, err := KeyServicePolicy(ctx, fixedAddrs(serveLoopback(t, psrv)), cp.Issuer, cpRoots, roles{"node-0": true})
+	src, closeSrc, err := KeyServicePolicy(ctx, fixedAddrs(serveLoopback(t, psrv)), KeyServiceTrust{Issuer: cp.Issuer, AKRoots: cpRoots, Roles: roles{"node-0": true}})
 	if err != nil {
 		t.Fatal(err)
 	}
