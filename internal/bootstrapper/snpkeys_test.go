@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
@@ -339,10 +341,10 @@ func TestSNPKeyServiceAttacks(t *testing.T) {
 	rogue, _ := c.member(t, rogueImg, "control-plane-1")
 	worker, _ := c.member(t, img, "worker-0")
 	for name, attacker := range map[string]attestation.Issuer{
-		"a fresh node that did not join":        fresh,
-		"a member of another cluster":           otherMember,
+		"a fresh node that did not join":         fresh,
+		"a member of another cluster":            otherMember,
 		"a member of another launch measurement": rogue,
-		"a worker of the cluster":               worker,
+		"a worker of the cluster":                worker,
 	} {
 		t.Run(name, func(t *testing.T) {
 			client, err := keyservice.NewClient(ksAddr, attacker, []attestation.Validator{anySNPPeer(t, img)})
@@ -375,25 +377,45 @@ func TestSNPKeyServiceAttacks(t *testing.T) {
 }
 
 // startRogueKeyService serves a key service of the master secret ms on the node of issuer that hands its keys
-// to any qemu-sev-snp caller of img: one the host points the join service at, of another cluster (whose
-// master secret the attacker knows) or of a rogue image.
-func startRogueKeyService(t *testing.T, img snpImage, issuer attestation.Issuer, ms *kms.MasterSecret) string {
+// to any qemu-sev-snp caller of img, and its policy port: one the host points the join service at, of another
+// cluster (whose master secret the attacker knows) or of a rogue image. It returns the addresses of both.
+func startRogueKeyService(t *testing.T, img snpImage, issuer attestation.Issuer, ms *kms.MasterSecret) (addr, policyAddr string) {
 	t.Helper()
 	d, err := kms.NewDeriver(ms)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := keyservice.NewGRPCServer(keyservice.New(d, discard), serveAgent(t, issuer), []attestation.Validator{anySNPPeer(t, img)})
+	id, err := d.ClusterID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	agentIssuer := serveAgent(t, issuer)
+	srv, err := keyservice.NewGRPCServer(keyservice.New(d, discard), agentIssuer, []attestation.Validator{anySNPPeer(t, img)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
-	return ln.Addr().String()
+	policy, err := keyservice.NewFixedPolicy(d, id, anySNPPeer(t, img), discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	psrv, err := keyservice.NewPolicyServer(policy, agentIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*grpc.Server{srv, psrv} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve(ln)
+		t.Cleanup(s.Stop)
+		if addr == "" {
+			addr = ln.Addr().String()
+		} else {
+			policyAddr = ln.Addr().String()
+		}
+	}
+	return addr, policyAddr
 }
 
 // The join service of a qemu-sev-snp node trusts only key services of its own launch measurement that are
@@ -422,16 +444,17 @@ func TestSNPJoinServiceKeyServiceTrust(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherAddr := startRogueKeyService(t, img, otherNode, other.ms)
-	for name, addr := range map[string]string{
-		"a key service of another cluster":           otherAddr,
-		"a key service of another launch measurement": startRogueKeyService(t, img, rogueNode, attackerSecret),
+	otherAddr, otherPolicyAddr := startRogueKeyService(t, img, otherNode, other.ms)
+	rogueAddr, roguePolicyAddr := startRogueKeyService(t, img, rogueNode, attackerSecret)
+	for name, addrs := range map[string][2]string{
+		"a key service of another cluster":            {otherAddr, otherPolicyAddr},
+		"a key service of another launch measurement": {rogueAddr, roguePolicyAddr},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if key, err := joinservice.FetchConfigKey(ctx, fixedEndpoints(addr), trust); err == nil {
+			if key, err := joinservice.FetchConfigKey(ctx, fixedEndpoints(addrs[0]), trust); err == nil {
 				t.Errorf("the join service took the key of its configuration (%x...) from it", key[:4])
 			}
-			src, closeSrc, err := joinservice.KeyServicePolicy(ctx, fixedEndpoints(addr), trust)
+			src, closeSrc, err := joinservice.KeyServicePolicy(ctx, fixedEndpoints(addrs[1]), trust)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -447,9 +470,18 @@ func TestSNPJoinServiceKeyServiceTrust(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		key, err := joinservice.FetchConfigKey(ctx, fixedEndpoints(startRogueKeyService(t, img, genuine, c.ms)), trust)
+		addr, policyAddr := startRogueKeyService(t, img, genuine, c.ms)
+		key, err := joinservice.FetchConfigKey(ctx, fixedEndpoints(addr), trust)
 		if err != nil || !bytes.Equal(key, want) {
 			t.Errorf("the join service does not get its configuration's key from a genuine key service: %v", err)
+		}
+		src, closeSrc, err := joinservice.KeyServicePolicy(ctx, fixedEndpoints(policyAddr), trust)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeSrc()
+		if u, err := src(ctx); err != nil || u != nil {
+			t.Errorf("the measurement policy of a genuine key service: %v, %v; want none", u, err)
 		}
 	})
 	t.Run("a join service on a node that belongs to no cluster", func(t *testing.T) {
