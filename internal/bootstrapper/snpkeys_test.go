@@ -11,9 +11,13 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/snp/snptest"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
@@ -294,8 +298,26 @@ func TestSNPKeyServiceAndJoinService(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer pc.Close()
-		if _, err := pc.UpdateMeasurementPolicy(ctx, []byte(`{"version":1}`)); err == nil {
-			t.Error("the key service of a qemu-sev-snp cluster accepted a measurement policy update")
+		// An authentic update (authored with the master secret) of vTPM measurement sets: they would mean
+		// nothing to a qemu-sev-snp node, and the key service would no longer check the launch measurement.
+		key, err := c.d.MeasurementPolicyKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := measurements.M{4: {Expected: measurements.Digest{1}}, 8: {Expected: measurements.Digest{2}}}
+		u, err := policyupdate.Author(key, c.clusterID, 1, policyupdate.ImageSet{Image: "sha256:" + strings.Repeat("ab", 32), Measurements: set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := u.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pc.UpdateMeasurementPolicy(ctx, raw); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("the key service of a qemu-sev-snp cluster answered a measurement policy update with %v, want a refusal", err)
+		}
+		if inForce, _, err := pc.GetMeasurementPolicy(ctx); err != nil || inForce != nil {
+			t.Errorf("the measurement policy in force afterwards: %v, %v; want none", inForce, err)
 		}
 	})
 }
