@@ -205,6 +205,7 @@ func FuzzParseSecret(f *testing.F) {
 	f.Add(secretWire(f, nil))
 	f.Add(secretWire(f, func(m map[string]any) { m["version"] = 2 }))
 	f.Add([]byte(`{"version":1}`))
+	f.Add(snpSecretWire(f, snpAttestation(f)))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		s, err := ParseSecret(raw)
 		if err != nil {
