@@ -104,3 +104,66 @@ func TestReportDataForMember(t *testing.T) {
 		t.Errorf("member bindings: %x / %x", a, b)
 	}
 }
+
+// A service on a member node that knows its cluster only by its own reports requires the binding they carry
+// of its peers (OwnClusterBinding, NewBindingValidator): members of its cluster pass, a fresh node and a
+// member of another cluster do not, and a fresh node's own binding is no binding.
+func TestQEMUOwnClusterBinding(t *testing.T) {
+	ctx := context.Background()
+	verifier := testVerifier(t, testRoots(t, Milan), nil)
+	clusterA, clusterB := bytes.Repeat([]byte{0xaa}, ClusterIDSize), bytes.Repeat([]byte{0xbb}, ClusterIDSize)
+	reportOf := func(iss *Issuer) (*Report, []byte) {
+		t.Helper()
+		ev, err := iss.Issue(ctx, testNonce(4), []byte("tls key hash"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := attestation.ParseDocument(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ParseReport(doc.SNP.Report)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, ev
+	}
+	fresh := qemuIssuer(t)
+	freshReport, freshEvidence := reportOf(fresh)
+	if _, err := OwnClusterBinding(freshReport); err == nil {
+		t.Error("a fresh node's own report gives a cluster binding")
+	}
+	if _, err := NewBindingValidator(verifier, clusterPolicy(), [ReportDataSize / 2]byte{}); err == nil {
+		t.Error("a member validator of the zero binding was made")
+	}
+	memberOf := func(id []byte) *Issuer {
+		t.Helper()
+		iss := qemuIssuer(t)
+		if err := iss.JoinCluster(id); err != nil {
+			t.Fatal(err)
+		}
+		return iss
+	}
+	self, _ := reportOf(memberOf(clusterA))
+	binding, err := OwnClusterBinding(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if binding != ClusterBinding(clusterA) {
+		t.Fatalf("own binding %x, want that of cluster A %x", binding, ClusterBinding(clusterA))
+	}
+	v, err := NewBindingValidator(verifier, clusterPolicy(), binding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, peerA := reportOf(memberOf(clusterA))
+	_, peerB := reportOf(memberOf(clusterB))
+	if _, err := v.Validate(ctx, peerA, testNonce(4)); err != nil {
+		t.Errorf("a member of the same cluster: %v", err)
+	}
+	for name, ev := range map[string][]byte{"a fresh node": freshEvidence, "a member of another cluster": peerB} {
+		if _, err := v.Validate(ctx, ev, testNonce(4)); !errors.Is(err, ErrReportData) {
+			t.Errorf("%s: %v, want a REPORT_DATA mismatch", name, err)
+		}
+	}
+}
