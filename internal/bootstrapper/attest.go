@@ -43,6 +43,12 @@ import (
 //     cannot see is one it cannot check, so a qemu-sev-snp node ignores the hint and trusts peers of its own
 //     launch measurement only (readPeerHint). Upgrades that need two images at once are not possible there;
 //     the join service also refuses a measurement policy update for a variant without a vTPM.
+//   - The services on a control-plane node: the key service gets the cluster's attestation policy with the
+//     master secret (keyServiceSecret, keyservice.Secret.Attestation) and requires of its callers a report of
+//     the policy's launch measurements that binds the cluster ID (keyservice.MemberValidator); measurement
+//     policy updates are refused there. The node's join service, which learns the cluster ID only from the
+//     configuration it still has to authenticate, trusts a key service of its own node's launch measurement
+//     whose reports carry the same cluster binding as its own node's (joinservice.KeyServiceTrust).
 //   - Sealing: no bootstrapper piece seals to the TPM; the state disk key comes from the join service (or is
 //     derived from the master secret on the first node), as on vTPM nodes.
 

@@ -16,7 +16,9 @@
 // of the cluster can edit a ConfigMap, so the configuration counts only with a MAC under a key derived from the
 // master secret ([ConfigMAC]): the first control-plane node writes it at init from the policy the CLI sent
 // over aTLS, and only who holds the master secret (the CLI) can change it. The join service gets the key from
-// the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID.
+// the key service ([FetchConfigKey]), which it trusts by its own node's boot measurements and cluster ID; on
+// qemu-sev-snp by its own node's report: the same launch measurement, and the same cluster binding in
+// REPORT_DATA, which the join service requires without knowing the cluster ID ([KeyServiceTrust]).
 //
 // A joining node also gets the cluster's egress settings: the registry mirrors and the nodes' DNS servers from
 // the join configuration (under its MAC), and the mirrors' credentials, a secret, from a Secret of their own

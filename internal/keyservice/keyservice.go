@@ -34,6 +34,13 @@
 // them also once they no longer accept its own node's image (the operator's CLI removed the image the cluster
 // runs from), when the key service refuses that node at a mutual handshake. The caller trusts the key service
 // by its attestation, as on the key service's port.
+//
+// A qemu-sev-snp cluster has no vTPM and no measurement sets: the bootstrapper hands over the cluster's
+// attestation policy instead (Secret.Attestation, package validators' wire form), and the callers must present
+// a report of one of its launch measurements whose REPORT_DATA binds this cluster's ID, where the vTPM variants
+// prove it in PCR 15 ([MemberValidator]); the name is the one HOST_DATA binds. Nothing updates that policy: a
+// measurement policy update is refused ([NewFixedPolicy]), as the join service refuses one for a variant
+// without a vTPM, and the policy port answers none.
 package keyservice
 
 import (
