@@ -16,7 +16,7 @@ FUZZ_TARGETS ?= $(shell bash scripts/fuzz-targets.sh)
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz soak-reattest bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
+.PHONY: help setup build test unit lint fuzz-short fuzz soak-reattest soak-mini bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -25,6 +25,7 @@ help:
 	@echo "make test       lint, unit and integration tests (real TPMs), short fuzzing"
 	@echo "make bench      benchmark suite, one line per figure (BENCH=<name> selects one)"
 	@echo "make soak-reattest  30-minute soak: continuous attestation never quarantines an honest node"
+	@echo "make soak-mini  30-minute soak of a mini cluster under load (SOAK=5m shortens it; needs make node-image)"
 	@echo "make node-image build Kubernetes and the node components from source, then the node image"
 	@echo "make cluster    everything above, then a local cluster (1 control plane, 2 workers) in this directory"
 	@echo "make release    the node image in $(RELEASE_OUT), its measurements signed with the release key"
@@ -56,6 +57,17 @@ lint:
 # changes of leader; no node may ever be failed or quarantined.
 soak-reattest:
 	REATTEST_SOAK=$${REATTEST_SOAK:-30m} $(GO) test -race -count=1 -timeout 45m -v -run '^TestSoakNoFalseQuarantine$$' ./internal/reattestation/
+
+# A soak of a real mini cluster (1 control plane, 2 workers) under steady load while the continuous attestation
+# runs at its default interval (not part of `make test`; needs `make node-image`). SOAK sets the duration,
+# SOAK_TIMEOUT the test's limit (at least SOAK + 20m), SOAK_REPORT a file for the figures. It waits for the
+# machine's mini-cluster lock.
+SOAK ?= 30m
+SOAK_TIMEOUT ?= 60m
+SOAK_REPORT ?=
+soak-mini:
+	flock /tmp/mini-cluster.lock env CONSTELLATION_E2E_SOAK=$(SOAK) CONSTELLATION_E2E_SOAK_REPORT=$(SOAK_REPORT) \
+		$(GO) test -race -count=1 -timeout $(SOAK_TIMEOUT) -v -run '^TestMiniSoak$$' ./test/e2e/
 
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \

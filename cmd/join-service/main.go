@@ -81,12 +81,11 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	defer stop()
 	// Disk keys come from the key service of any control-plane node, this node's first.
 	keyServices := keyservice.ControlPlaneAddrs(md, nodeIP)
-	// The join configuration counts only with its MAC, whose key the key service derives from the master
-	// secret; after a restart of the whole control plane it has it only after 'constellation recover'.
-	var macKey []byte
+	// The measurement sets in force (two during an upgrade) come from the key service's policy port at every
+	// join and every continuous-attestation check; it answers whatever image this node runs.
 	var policy joinservice.PolicySource
-	if err := retry.Do(ctx, log, "getting the join configuration's key from the key service", func() error {
-		trust := joinservice.KeyServiceTrust{Issuer: issuer, Roles: md}
+	trust := joinservice.KeyServiceTrust{Issuer: issuer, Roles: md}
+	if err := retry.Do(ctx, log, "reaching the key services' policy port", func() error {
 		if !validators.BindsCluster(md.Variant()) {
 			// A qemu-sev-snp key service is trusted by its report alone, without attestation-key roots.
 			roots, err := md.AKRoots(ctx)
@@ -96,11 +95,6 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 			trust.AKRoots = roots
 		}
 		var err error
-		if macKey, err = joinservice.FetchConfigKey(ctx, keyServices, trust); err != nil {
-			return err
-		}
-		// The measurement sets in force (two during an upgrade) come from the key service's policy port at every
-		// join and every continuous-attestation check.
 		var closePolicy func() error
 		policy, closePolicy, err = joinservice.KeyServicePolicy(ctx, keyservice.ControlPlanePolicyAddrs(md, nodeIP), trust)
 		if err == nil {
@@ -108,6 +102,19 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 		}
 		return err
 	}); err != nil {
+		return err
+	}
+	// The join configuration counts only with its MAC, whose key the key service derives from the master
+	// secret; after a restart of the whole control plane it has it only after 'constellation recover'. A node
+	// whose image the policy in force no longer accepts never gets it: the wait says so.
+	macKey, err := joinservice.ConfigKeyWait{
+		Fetch: func(ctx context.Context) ([]byte, error) {
+			return joinservice.FetchConfigKey(ctx, keyServices, trust)
+		},
+		OwnImage: func(ctx context.Context) error { return joinservice.OwnImageInForce(ctx, policy, issuer) },
+		Log:      log,
+	}.Run(ctx)
+	if err != nil {
 		return err
 	}
 	config, err := joinservice.NewConfig(configDir, log, macKey)

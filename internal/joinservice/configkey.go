@@ -6,7 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
@@ -231,4 +235,133 @@ func OwnMemberPolicy(ctx context.Context, issuer attestation.Issuer) (measuremen
 		return nil, fmt.Errorf("this node has measured no cluster ID into PCR %d: it is no member of a cluster", measurements.PCRClusterID)
 	}
 	return m, nil
+}
+
+// ImageRemovedError says that the measurement policy in force accepts none of this node's own boot
+// measurements: the operator removed the image this node runs from the cluster's policy (an upgrade finished
+// before this control-plane node was replaced). Every key service refuses such a node at its mutual handshake,
+// so the join service on it gets no configuration key, and must not: it fails closed.
+type ImageRemovedError struct {
+	// Epoch is the policy update in force; Images the node images its sets name (none for an update that names
+	// no image).
+	Epoch  uint64
+	Images []string
+	// Mismatches are this node's PCRs that differ from the first measurement set in force.
+	Mismatches []measurements.Mismatch
+}
+
+func (e *ImageRemovedError) Error() string {
+	images := "images it does not name"
+	if len(e.Images) > 0 {
+		images = strings.Join(e.Images, ", ")
+	}
+	return fmt.Sprintf("the measurement policy in force (epoch %d, node images %s) no longer accepts the image this node runs (mismatch: %s): "+
+		"the key services refuse this node, so this join service gets no configuration key and admits no node. "+
+		"Replace this control-plane node with one of an image in force ('constellation apply'), or, if the image was removed by mistake, "+
+		"put a policy that accepts it in force again ('constellation upgrade start' with its measurements); the join service goes on by itself once the policy accepts its node again",
+		e.Epoch, images, measurements.Summary(measurements.Fatal(e.Mismatches)))
+}
+
+// OwnImageInForce tells whether the measurement policy in force, as src answers it (see [KeyServicePolicy],
+// which answers whatever this node runs), accepts this node's own boot measurements as issuer quotes them:
+// nil if one of its sets does, or if no update is in force (the cluster's init measurements, which every node
+// of the cluster's image passed); an [*ImageRemovedError] if none does; another error if it cannot tell.
+func OwnImageInForce(ctx context.Context, src PolicySource, issuer attestation.Issuer) error {
+	u, err := src(ctx)
+	if err != nil {
+		return err
+	}
+	if u == nil {
+		return nil
+	}
+	own, err := OwnMemberPolicy(ctx, issuer)
+	if err != nil {
+		return err
+	}
+	pcrs := map[uint32][]byte{}
+	for idx, m := range own {
+		pcrs[idx] = m.Expected[:]
+	}
+	var first []measurements.Mismatch
+	for i, set := range u.Sets {
+		mms, err := set.Check(pcrs)
+		if err != nil {
+			return fmt.Errorf("measurement set %d of the policy in force (epoch %d): %w", i, u.Epoch, err)
+		}
+		if len(measurements.Fatal(mms)) == 0 {
+			return nil
+		}
+		if i == 0 {
+			first = mms
+		}
+	}
+	return &ImageRemovedError{Epoch: u.Epoch, Images: slices.Clone(u.Images), Mismatches: first}
+}
+
+// ConfigKeyWait gets the join configuration's key at the join service's start, and says why while it cannot.
+type ConfigKeyWait struct {
+	// Fetch gets the key ([FetchConfigKey]).
+	Fetch func(ctx context.Context) ([]byte, error)
+	// OwnImage tells, after Fetch failed, whether the policy in force still accepts this node's image
+	// ([OwnImageInForce]).
+	OwnImage func(ctx context.Context) error
+	Log      *slog.Logger
+	// Retry is the longest wait between two tries while the key services are not there yet (0: 5 s; the first
+	// waits are shorter); Recheck the wait while the policy in force excludes this node's image (0: 30 s).
+	Retry, Recheck time.Duration
+}
+
+// Run tries until it has the key or ctx ends. A failure is either of two kinds, told apart by asking the
+// policy in force: this node's image is no longer in it, and the join service fails closed (an error in the
+// log at every try, saying what to do, every Recheck; no exit, so that the pod keeps running with the reason in
+// its log rather than restarting in a loop), until the policy accepts the image again; or it is, and the
+// failure is passing (a key service not up yet, or without its master secret until 'constellation recover',
+// or one that has not yet received the policy update that accepts this image): a warning, and a new try soon.
+func (w ConfigKeyWait) Run(ctx context.Context) ([]byte, error) {
+	retry, recheck := w.Retry, w.Recheck
+	if retry <= 0 {
+		retry = 5 * time.Second
+	}
+	if recheck <= 0 {
+		recheck = 30 * time.Second
+	}
+	backoff := min(100*time.Millisecond, retry)
+	removed, saidRemoved := false, false
+	for attempt := 1; ; attempt++ {
+		key, err := w.Fetch(ctx)
+		if err == nil {
+			if saidRemoved {
+				w.Log.Info("the policy in force accepts this node's image again: the join service got its configuration key", "attempt", attempt)
+			}
+			return key, nil
+		}
+		wait := backoff
+		cause := w.OwnImage(ctx)
+		var gone *ImageRemovedError
+		switch {
+		case errors.As(cause, &gone):
+			removed, saidRemoved = true, true
+			wait = recheck
+			w.Log.Error("the join service cannot start: "+gone.Error(), "epoch", gone.Epoch, "imagesInForce", gone.Images,
+				"attempt", attempt, "error", err, "nextTry", recheck.String())
+		case cause != nil:
+			removed = false
+			w.Log.Warn("getting the join configuration's key from the key service failed, and so did asking for the policy in force: "+
+				"the key services may not be up yet, or wait for their master secret ('constellation recover' after the whole control plane restarted); retrying",
+				"attempt", attempt, "error", err, "policyError", cause.Error())
+		default:
+			removed = false
+			w.Log.Warn("getting the join configuration's key from the key service failed, although the policy in force accepts this node's image: "+
+				"the key service may not be up yet, may wait for its master secret ('constellation recover' after the whole control plane restarted), "+
+				"or may not have received the latest policy update yet; retrying", "attempt", attempt, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("getting the join configuration's key: %w", errors.Join(ctx.Err(), err))
+		case <-time.After(wait):
+		}
+		if !removed {
+			backoff = min(2*backoff, retry)
+		}
+	}
 }

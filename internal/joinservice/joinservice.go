@@ -45,6 +45,12 @@
 // answers, nobody joins. A key service that lags behind (it missed an update while it was down) does not roll
 // the join service back: it keeps the newest update it was answered.
 //
+// A join service that starts on a node whose image the policy in force no longer accepts gets no configuration
+// key, and so admits nobody: it fails closed. It tells that apart from a passing refusal by asking the policy
+// port ([OwnImageInForce]), and then says so as an error at every try, with what to do, and keeps waiting
+// rather than exiting, so that its pod does not restart in a loop that hides the reason ([ConfigKeyWait]); it
+// goes on by itself once a policy that accepts its image is in force again.
+//
 // A joining node trusts a join service, and a control-plane node the key services it gets the master secret
 // from, that booted its own image, or one of the sets of the peer policy its provider hints during an upgrade
 // ([PeerValidator], [MemberPeerValidator]). The host writes that hint, so the node measures it into PCR 14

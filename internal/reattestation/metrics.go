@@ -16,11 +16,12 @@ import (
 const MetricsPort = 9096
 
 // Metrics are the controller's figures in Prometheus' text format: per node the age of its last verified
-// evidence and its state; the latency of checks; failures by reason; quarantines.
+// evidence, its state and its checks by outcome; the latency of checks; failures by reason; quarantines.
 type Metrics struct {
 	reg         *prometheus.Registry
 	age         *prometheus.GaugeVec
 	state       *prometheus.GaugeVec
+	checks      *prometheus.CounterVec
 	latency     prometheus.Histogram
 	failures    *prometheus.CounterVec
 	quarantines prometheus.Counter
@@ -41,6 +42,10 @@ func NewMetrics() *Metrics {
 			Name: "constellation_reattest_node_state",
 			Help: "1 for the node's current attestation state.",
 		}, []string{"node", "state"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "constellation_reattest_checks_total",
+			Help: "Checks of the node since the controller started following it, by outcome (verified, unreachable, wrong).",
+		}, []string{"node", "outcome"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "constellation_reattest_check_latency_seconds",
 			Help:    "Duration of one check: evidence fetched and validated.",
@@ -56,7 +61,7 @@ func NewMetrics() *Metrics {
 		}),
 		verified: map[string]time.Time{},
 	}
-	m.reg.MustRegister(m.age, m.state, m.latency, m.failures, m.quarantines)
+	m.reg.MustRegister(m.age, m.state, m.checks, m.latency, m.failures, m.quarantines)
 	return m
 }
 
@@ -81,6 +86,7 @@ func (m *Metrics) observe(node string, o outcome, reason string, d time.Duration
 		return
 	}
 	m.latency.Observe(d.Seconds())
+	m.checks.WithLabelValues(node, o.String()).Inc()
 	switch o {
 	case unreachable:
 		m.failures.WithLabelValues("unreachable").Inc()
@@ -122,6 +128,7 @@ func (m *Metrics) forget(node string) {
 	delete(m.verified, node)
 	m.mu.Unlock()
 	m.age.DeleteLabelValues(node)
+	m.checks.DeletePartialMatch(prometheus.Labels{"node": node})
 	for _, s := range []State{Pending, Trusted, Unreachable, Failed} {
 		m.state.DeleteLabelValues(node, string(s))
 	}

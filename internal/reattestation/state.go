@@ -33,6 +33,19 @@ const (
 	wrong                      // evidence received and verified wrong
 )
 
+// String names the outcome as the metrics do.
+func (o outcome) String() string {
+	switch o {
+	case verified:
+		return "verified"
+	case unreachable:
+		return "unreachable"
+	case wrong:
+		return "wrong"
+	}
+	return "unknown"
+}
+
 // nodeState is the controller's record of one node.
 type nodeState struct {
 	State  State
