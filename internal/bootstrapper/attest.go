@@ -49,6 +49,10 @@ import (
 //     policy updates are refused there. The node's join service, which learns the cluster ID only from the
 //     configuration it still has to authenticate, trusts a key service of its own node's launch measurement
 //     whose reports carry the same cluster binding as its own node's (joinservice.KeyServiceTrust).
+//   - The measurement policy a control-plane node keeps on its state disk for a recovery (measurements.json):
+//     the attestation policy's wire form instead (attestation.json, the key service's Secret.Attestation), on
+//     the same encrypted disk; recovery reads back exactly one of the two, of the node's own variant
+//     (readKeptPolicy).
 //   - Sealing: no bootstrapper piece seals to the TPM; the state disk key comes from the join service (or is
 //     derived from the master secret on the first node), as on vTPM nodes.
 

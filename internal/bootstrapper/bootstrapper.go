@@ -31,7 +31,6 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation"
 	"github.com/constellation-dev/constellation/internal/attestation/agent"
 	"github.com/constellation-dev/constellation/internal/attestation/akca"
-	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
 	"github.com/constellation-dev/constellation/internal/attestation/snp"
 	"github.com/constellation-dev/constellation/internal/attestation/validators"
@@ -428,18 +427,19 @@ func (n *firstNode) StartNetwork(recovery bool) error {
 }
 
 // Recovered follows the cluster's mesh again and hands the node's key service (whose pod the kubelet has
-// restarted, and which waits for it) the master secret, with the policy kept on the state disk. A control-plane
-// node that joined before key services ran on every control-plane node kept no policy: its key service gets
-// secret and policy from another key service, as after a join.
-func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
+// restarted, and which waits for it) the master secret, with the policy kept on the state disk (recoveredSecret).
+// A control-plane node that joined before key services ran on every control-plane node kept no policy: its key
+// service gets secret and policy from another key service, as after a join.
+func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, kept KeptPolicy) error {
 	if err := setMeshRootFromMaster(n.mesh, ms); err != nil {
 		return err
 	}
 	go n.mesh.Follow(n.ctx, kubeadm.KubeletKubeconfig)
 	go n.mesh.Publish(n.ctx, kubeadm.KubeletKubeconfig) // the same key as before; the record may have lost it
-	if policy == nil {
+	secret := recoveredSecret(ms, clusterID, kept, n.self.Name, n.ownDisk)
+	if secret == nil {
 		if n.self.Name == FirstControlPlane {
-			return errors.New("the state disk of the first control-plane node holds no measurement policy for the key service")
+			return errors.New("the state disk of the first control-plane node holds no measurement policy and no attestation policy for the key service")
 		}
 		go func() {
 			// A recovered node measured no peer policy it could rely on: it trusts key services of its own image.
@@ -449,24 +449,47 @@ func (n *firstNode) Recovered(ms *kms.MasterSecret, clusterID []byte, policy mea
 		}()
 		return nil
 	}
-	return n.secrets.Set(&keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: policy, Node: n.self.Name, DiskUUID: n.ownDisk})
+	return n.secrets.Set(secret)
+}
+
+// recoveredSecret is what the key service of the node name (with the state disk disk) gets after a recovery:
+// the master secret, the cluster ID and the policy kept on the disk, measurements or attestation policy; nil
+// if the disk kept neither. SecretHolder.Set validates it as the key service will (exactly one policy, an
+// attestation policy only of a variant that binds the cluster).
+func recoveredSecret(ms *kms.MasterSecret, clusterID []byte, kept KeptPolicy, name, disk string) *keyservice.Secret {
+	if kept.Measurements == nil && kept.Attestation == nil {
+		return nil
+	}
+	return &keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: kept.Measurements, Attestation: kept.Attestation, Node: name, DiskUUID: disk}
 }
 
 // keyServiceSecret is what the key service of the node name (with the state disk disk) gets at init: the
 // master secret, the cluster ID and what its callers must prove, the measurements of att on a variant with a
 // vTPM, att itself (its wire form) on qemu-sev-snp, where the callers' reports bind the cluster.
 func keyServiceSecret(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, name, disk string) (*keyservice.Secret, error) {
-	s := &keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Node: name, DiskUUID: disk}
+	wire, err := attestationWire(att)
+	if err != nil {
+		return nil, err
+	}
+	return &keyservice.Secret{MasterSecret: ms, ClusterID: clusterID, Measurements: att.Measurements, Attestation: wire, Node: name, DiskUUID: disk}, nil
+}
+
+// attestationWire is the wire form of att that a key service enforces, and a control-plane node keeps on its
+// state disk, on a variant without a vTPM that binds the cluster (qemu-sev-snp); nil on a variant with a
+// vTPM, whose key service enforces the measurements.
+func attestationWire(att *validators.Policy) ([]byte, error) {
 	variant, err := attestation.VariantByName(att.Variant)
 	if err != nil {
 		return nil, err
 	}
-	if !variant.VTPM && validators.BindsCluster(variant) {
-		if s.Attestation, err = validators.MarshalPolicy(att); err != nil {
-			return nil, fmt.Errorf("the attestation policy for the key service: %w", err)
-		}
+	if variant.VTPM || !validators.BindsCluster(variant) {
+		return nil, nil
 	}
-	return s, nil
+	wire, err := validators.MarshalPolicy(att)
+	if err != nil {
+		return nil, fmt.Errorf("the attestation policy for the key service: %w", err)
+	}
+	return wire, nil
 }
 
 // Initialised publishes this node as the mesh's first member, lets nodes read their peers, hands the key

@@ -76,8 +76,15 @@ func (s *stateDisk) hasState() (bool, error) {
 	return s.disk.HasState(s.mountpoint)
 }
 
-// policyFile keeps the cluster's measurement policy on the first control-plane node's encrypted state disk,
-// so that after a recovery its key service checks callers against the same policy.
+// policyFile keeps the cluster's measurement policy (a variant with a vTPM) on a control-plane node's encrypted
+// state disk, so that after a recovery its key service checks callers against the same policy.
 func (s *stateDisk) policyFile() string {
 	return filepath.Join(s.targets["var"], "lib", "constellation", "measurements.json")
+}
+
+// attestationFile keeps, next to policyFile and instead of it, the cluster's attestation policy in package
+// validators' wire form on a control-plane node of a variant without a vTPM (qemu-sev-snp): the policy its key
+// service checks callers against after a recovery. A disk holds one of the two, never both.
+func (s *stateDisk) attestationFile() string {
+	return filepath.Join(s.targets["var"], "lib", "constellation", "attestation.json")
 }

@@ -53,8 +53,9 @@ type Lifecycle interface {
 	// Initialised runs after a successful init, with the cluster's master secret, cluster ID, attestation
 	// policy and the nodes' egress (registry mirrors, their credentials, DNS servers).
 	Initialised(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error
-	// Recovered runs after a successful recovery, with the cluster's master secret, cluster ID and policy.
-	Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
+	// Recovered runs after a successful recovery, with the cluster's master secret, cluster ID and the policy
+	// kept on the state disk.
+	Recovered(ms *kms.MasterSecret, clusterID []byte, kept KeptPolicy) error
 }
 
 // initServer initialises the cluster on the first control-plane node, once. It serves only a caller who knows
@@ -165,6 +166,15 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		}
 		if policy != nil {
 			if err := keepPolicy(s.disk, policy); err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
+		}
+		wire, err := attestationWire(att)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		if wire != nil {
+			if err := keepAttestation(s.disk, wire); err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}
 		}
@@ -345,7 +355,7 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	}
 	// Every control-plane node keeps the cluster's policy for its key service (one that joined before key
 	// services ran on every control-plane node has none).
-	policy, err := readClusterPolicy(s.disk.policyFile())
+	kept, err := readKeptPolicy(s.disk, s.issuer.Variant())
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -374,12 +384,70 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 		return nil, status.Error(codes.Internal, fmt.Sprintf("restarting Kubernetes: %v", err))
 	}
 	if s.life != nil {
-		if err := s.life.Recovered(ms, clusterID, policy); err != nil {
+		if err := s.life.Recovered(ms, clusterID, kept); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
 	s.log.Info("node recovered")
 	return &initpb.RecoverResponse{ClusterId: clusterID}, nil
+}
+
+// KeptPolicy is the policy a control-plane node kept on its encrypted state disk for its key service: the
+// cluster's measurements on a variant with a vTPM, the cluster's attestation policy (package validators' wire
+// form) on a variant without one that binds the cluster in its reports (qemu-sev-snp). At most one is set;
+// neither: the node kept none.
+type KeptPolicy struct {
+	Measurements measurements.M
+	Attestation  []byte
+}
+
+// readKeptPolicy reads the policy that init or a join kept on the state disk of a node that attests as own. It
+// fails closed on a disk that holds both files, measurements on a node without a vTPM, or an attestation
+// policy that is not of own, not of a variant that binds the cluster, or not one a validator can enforce.
+// The disk is encrypted with authentication under a key derived from the master secret, which the node checked
+// by unlocking it: the host can withhold or roll back what is there, never write a policy of its own.
+func readKeptPolicy(disk *stateDisk, own attestation.Variant) (KeptPolicy, error) {
+	m, err := readClusterPolicy(disk.policyFile())
+	if err != nil {
+		return KeptPolicy{}, err
+	}
+	att, err := readAttestationPolicy(disk.attestationFile(), own)
+	if err != nil {
+		return KeptPolicy{}, err
+	}
+	switch {
+	case m != nil && att != nil:
+		return KeptPolicy{}, fmt.Errorf("the state disk holds both a measurement policy (%s) and an attestation policy (%s): a cluster's variant has one of them; this disk was not written by a node of one cluster, recover with the disk the node was initialised or joined with", disk.policyFile(), disk.attestationFile())
+	case m != nil && !own.VTPM:
+		return KeptPolicy{}, fmt.Errorf("the state disk holds a measurement policy (%s), but this node attests as %s, which has no vTPM: no key service of its cluster enforces PCR measurements; recover with the disk the node was initialised or joined with", disk.policyFile(), own)
+	}
+	return KeptPolicy{Measurements: m, Attestation: att}, nil
+}
+
+// readAttestationPolicy reads the attestation policy kept at path; nil if there is none. The policy must be of
+// own, a variant without a vTPM that binds the cluster in its reports, and one a validator can enforce.
+func readAttestationPolicy(path string, own attestation.Variant) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the cluster's attestation policy from the state disk: %w", err)
+	}
+	att, err := validators.ParsePolicy(raw)
+	if err != nil {
+		return nil, fmt.Errorf("the attestation policy on the state disk %s: %w", path, err)
+	}
+	if att.Variant != own.Name {
+		return nil, fmt.Errorf("the attestation policy on the state disk %s is of %s, but this node attests as %s; recover with the disk the node was initialised or joined with", path, att.Variant, own)
+	}
+	if own.VTPM || !validators.BindsCluster(own) {
+		return nil, fmt.Errorf("the state disk %s holds an attestation policy of %s, whose key service enforces the cluster's measurements instead; recover with the disk the node was initialised or joined with", path, own)
+	}
+	if _, err := validators.New(att, validators.Options{}); err != nil {
+		return nil, fmt.Errorf("the attestation policy on the state disk %s: %w", path, err)
+	}
+	return raw, nil
 }
 
 // readClusterPolicy reads the cluster's measurement policy that init or a join kept on the state disk; nil if

@@ -264,7 +264,7 @@ func TestInitValidatesRegistryMirrors(t *testing.T) {
 type lifecycleFuncs struct {
 	startNetwork func(recovery bool) error
 	initialised  func(ms *kms.MasterSecret, clusterID []byte, att *validators.Policy, egress Egress) error
-	recovered    func(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error
+	recovered    func(ms *kms.MasterSecret, clusterID []byte, kept KeptPolicy) error
 }
 
 func (l lifecycleFuncs) StartNetwork(recovery bool) error {
@@ -281,9 +281,9 @@ func (l lifecycleFuncs) Initialised(ms *kms.MasterSecret, clusterID []byte, att 
 	return l.initialised(ms, clusterID, att, egress)
 }
 
-func (l lifecycleFuncs) Recovered(ms *kms.MasterSecret, clusterID []byte, policy measurements.M) error {
+func (l lifecycleFuncs) Recovered(ms *kms.MasterSecret, clusterID []byte, kept KeptPolicy) error {
 	if l.recovered == nil {
 		return nil
 	}
-	return l.recovered(ms, clusterID, policy)
+	return l.recovered(ms, clusterID, kept)
 }

@@ -407,10 +407,15 @@ func shareSecretFrom(ctx context.Context, md provider.Node, endpoints func(ctx c
 	secret.Node = self.Name
 	if disk != nil {
 		secret.DiskUUID = disk.uuid
-		// A cluster without a vTPM (qemu-sev-snp) has no measurements to keep: after a recovery such a node
-		// gets secret and policy from another key service again.
+		// The policy the key service enforces, for a recovery: measurements on a vTPM variant, the attestation
+		// policy on qemu-sev-snp (Secret.Validate: exactly one of them).
 		if len(secret.Measurements) > 0 {
 			if err := keepPolicy(disk, secret.Measurements); err != nil {
+				return err
+			}
+		}
+		if len(secret.Attestation) > 0 {
+			if err := keepAttestation(disk, secret.Attestation); err != nil {
 				return err
 			}
 		}
@@ -429,11 +434,23 @@ func keepPolicy(disk *stateDisk, policy measurements.M) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(disk.policyFile()), 0o700); err != nil {
-		return err
+	return keepFile(disk.policyFile(), raw, "the measurement policy")
+}
+
+// keepAttestation keeps the attestation policy of a cluster without a vTPM (its wire form, as the key service
+// gets it) on the node's encrypted state disk: after a recovery the node's key service checks its callers
+// against it (readKeptPolicy).
+func keepAttestation(disk *stateDisk, raw []byte) error {
+	return keepFile(disk.attestationFile(), raw, "the attestation policy")
+}
+
+// keepFile writes raw to path on the state disk, readable by root only, atomically.
+func keepFile(path string, raw []byte, what string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("keeping %s: %w", what, err)
 	}
-	if err := atomicfile.Write(disk.policyFile(), raw, 0o600); err != nil {
-		return fmt.Errorf("keeping the measurement policy: %w", err)
+	if err := atomicfile.Write(path, raw, 0o600); err != nil {
+		return fmt.Errorf("keeping %s: %w", what, err)
 	}
 	return nil
 }

@@ -111,10 +111,10 @@ func TestInitThenRecoverFromTheStateDisk(t *testing.T) {
 	k8s := &recordingKubernetes{}
 	var started []byte
 	s = &initServer{initSecretHash: testInitSecretHash[:], issuer: node.Issuer, k8s: k8s, log: log, disk: disk, recovering: true,
-		life: lifecycleFuncs{recovered: func(_ *kms.MasterSecret, id []byte, p measurements.M) error {
+		life: lifecycleFuncs{recovered: func(_ *kms.MasterSecret, id []byte, kept KeptPolicy) error {
 			started = id
-			if len(p) != len(node.Policy) {
-				t.Errorf("the key service got a policy of %d PCRs, want the %d from init", len(p), len(node.Policy))
+			if len(kept.Measurements) != len(node.Policy) || kept.Attestation != nil {
+				t.Errorf("the key service got a policy of %d PCRs and attestation policy %q, want the %d PCRs from init", len(kept.Measurements), kept.Attestation, len(node.Policy))
 			}
 			return nil
 		}}}

@@ -272,8 +272,13 @@ func TestSNPKeyServiceAndJoinService(t *testing.T) {
 	t.Run("a second control-plane node gets the master secret", func(t *testing.T) {
 		cp1, peers := c.member(t, img, "control-plane-1")
 		holder := keyservice.NewSecretHolder(discard)
-		if err := shareSecretFrom(ctx, snpRolesProvider{}, fixedEndpoints(ksAddr), cp1, peers, provider.Instance{Name: "control-plane-1"}, nil, holder, nil, discard); err != nil {
+		// Its state disk, unlocked: where it keeps the cluster's policy for a recovery.
+		disk := &stateDisk{uuid: "5e5e5e5e-0000-4000-8000-000000000001", targets: map[string]string{"var": t.TempDir()}}
+		if err := shareSecretFrom(ctx, snpRolesProvider{}, fixedEndpoints(ksAddr), cp1, peers, provider.Instance{Name: "control-plane-1"}, disk, holder, nil, discard); err != nil {
 			t.Fatal(err)
+		}
+		if kept, err := readKeptPolicy(disk, attestation.QEMUSEVSNP); err != nil || kept.Measurements != nil || !bytes.Equal(kept.Attestation, secret.Attestation) {
+			t.Fatalf("the policy kept on the second control-plane node's disk: %+v, %v; want the cluster's attestation policy", kept, err)
 		}
 		got, err := keyservice.FetchSecret(ctx, serveSecret(t, holder))
 		if err != nil {
