@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/version"
@@ -18,15 +20,45 @@ import (
 // nodes only) to the new version, and with it the kubelet configuration and the addons. The controller
 // - refuses a target more than one minor version newer than the cluster's, or older (kubeadm neither skips
 //   minor versions nor downgrades by joining nodes), before it replaces a node;
-// - counts a control-plane replacement of a Kubernetes upgrade as joined only once the cluster's kubeadm
-//   configuration names the new version;
+// - counts a control-plane replacement of a Kubernetes upgrade as joined only once kubeadm upgrade apply is
+//   through: the cluster's kubeadm configuration names the new version, and so does the kube-proxy DaemonSet
+//   (kubeadm's last addon; both written by control-plane nodes only);
 // - refuses to replace a worker before the control plane is on the new version (the configuration names it,
 //   and every control-plane node's kubelet reports it): a kubelet must never be newer than the API server;
 // - stops the upgrade when a replacement reports that kubeadm failed on it (KubeadmErrorAnnotation on its Node
 //   object), with kubeadm's error.
 
-// kubeadmConfig is kubeadm's cluster configuration.
-var kubeadmConfig = types.NamespacedName{Namespace: "kube-system", Name: "kubeadm-config"}
+// kubeadmConfig is kubeadm's cluster configuration; kubeProxy is the DaemonSet of kubeadm's kube-proxy addon.
+var (
+	kubeadmConfig = types.NamespacedName{Namespace: "kube-system", Name: "kubeadm-config"}
+	kubeProxy     = types.NamespacedName{Namespace: "kube-system", Name: "kube-proxy"}
+)
+
+// upgradedTo reports why the cluster is not through kubeadm upgrade apply to target yet ("" if it is): its
+// kubeadm configuration and its kube-proxy DaemonSet name target.
+func (r *Reconciler) upgradedTo(ctx context.Context, target string) (string, error) {
+	tv, err := version.ParseSemantic(target)
+	if err != nil {
+		return "", fmt.Errorf("the target Kubernetes version %q: %w", target, err)
+	}
+	cv, err := r.clusterVersion(ctx)
+	if err != nil {
+		return "", err
+	}
+	if cv.LessThan(tv) || tv.LessThan(cv) {
+		return fmt.Sprintf("its kubeadm configuration names v%s", cv), nil
+	}
+	var ds appsv1.DaemonSet
+	if err := r.Reader.Get(ctx, kubeProxy, &ds); err != nil {
+		return "", fmt.Errorf("reading the kube-proxy DaemonSet (%s): %w", kubeProxy, err)
+	}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if !strings.HasSuffix(c.Image, ":"+target) {
+			return fmt.Sprintf("its kube-proxy DaemonSet runs %s", c.Image), nil
+		}
+	}
+	return "", nil
+}
 
 // clusterVersion is the Kubernetes version of the cluster's kubeadm configuration.
 func (r *Reconciler) clusterVersion(ctx context.Context) (*version.Version, error) {

@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -267,12 +266,12 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 	if cur.Role == RoleControlPlane && st.KubernetesVersion != "" {
 		// A replacement of a newer Kubernetes upgrades the cluster's configuration with kubeadm upgrade apply
 		// once it joined: until then, the cluster (its addons, the next nodes' join) is not on the new version.
-		cv, err := r.clusterVersion(ctx)
+		why, err := r.upgradedTo(ctx, st.KubernetesVersion)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
-		if tv, err := version.ParseSemantic(st.KubernetesVersion); err != nil || cv.LessThan(tv) || tv.LessThan(cv) {
-			res, err := wait(fmt.Sprintf("waiting for kubeadm upgrade apply on %s to move the cluster to Kubernetes %s (its kubeadm configuration names v%s)", cur.ReplacementNode, st.KubernetesVersion, cv))
+		if why != "" {
+			res, err := wait(fmt.Sprintf("waiting for kubeadm upgrade apply on %s to move the cluster to Kubernetes %s (%s)", cur.ReplacementNode, st.KubernetesVersion, why))
 			if res.RequeueAfter > r.Retry {
 				res.RequeueAfter = r.Retry
 			}

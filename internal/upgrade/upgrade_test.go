@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -130,9 +131,39 @@ func (e *env) kubeletVersion(name string) string {
 	return "v1.37.2"
 }
 
-// setClusterVersion sets the Kubernetes version of kubeadm's cluster configuration, as kubeadm init or kubeadm
-// upgrade apply writes it.
+// setClusterVersion sets the Kubernetes version of kubeadm's cluster configuration and of its kube-proxy
+// addon, as kubeadm init or kubeadm upgrade apply writes them.
 func (e *env) setClusterVersion(v string) {
+	e.t.Helper()
+	e.setClusterConfigVersion(v)
+	var ds appsv1.DaemonSet
+	err := e.admin.Get(e.t.Context(), types.NamespacedName{Namespace: "kube-system", Name: "kube-proxy"}, &ds)
+	if apierrors.IsNotFound(err) {
+		labels := map[string]string{"k8s-app": "kube-proxy"}
+		ds = appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "kube-proxy", Namespace: "kube-system"},
+			Spec: appsv1.DaemonSetSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "kube-proxy", Image: "registry.k8s.io/kube-proxy:" + v}}}},
+			},
+		}
+		if err := e.admin.Create(e.t.Context(), &ds); err != nil {
+			e.t.Fatal(err)
+		}
+		return
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ds.Spec.Template.Spec.Containers[0].Image = "registry.k8s.io/kube-proxy:" + v
+	if err := e.admin.Update(e.t.Context(), &ds); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// setClusterConfigVersion sets the Kubernetes version of kubeadm's cluster configuration only, as kubeadm
+// upgrade apply writes it before its addons.
+func (e *env) setClusterConfigVersion(v string) {
 	e.t.Helper()
 	var cm corev1.ConfigMap
 	if err := e.admin.Get(e.t.Context(), types.NamespacedName{Namespace: "kube-system", Name: "kubeadm-config"}, &cm); err != nil {
@@ -1050,14 +1081,20 @@ func TestKubernetesUpgradeControlPlaneFirst(t *testing.T) {
 	e.kubernetesCluster()
 	e.run()
 	e.upgrade()
-	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply on control-plane-new-1 to move the cluster to Kubernetes v1.37.2"))
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply on control-plane-new-1 to move the cluster to Kubernetes v1.37.2 (its kubeadm configuration names v1.36.3)"))
 	if got := e.fleet.Calls(); !slices.Equal(got, []string{"create control-plane"}) {
 		t.Fatalf("calls while the cluster is on v1.36.3: %v", got)
 	}
 	if e.unschedulable("cp-0") {
 		t.Fatal("cp-0 drained before the cluster was upgraded")
 	}
-	e.setClusterVersion("v1.37.2") // kubeadm upgrade apply on control-plane-new-1
+	// kubeadm upgrade apply on control-plane-new-1 uploads the configuration, then moves the addons.
+	e.setClusterConfigVersion("v1.37.2")
+	e.wait("the controller to wait for the addons", inFlight("cp-0", v1alpha1.StepJoining, "its kube-proxy DaemonSet runs registry.k8s.io/kube-proxy:v1.36.3"))
+	if e.unschedulable("cp-0") {
+		t.Fatal("cp-0 drained before kubeadm upgrade apply was through")
+	}
+	e.setClusterVersion("v1.37.2")
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
 	want := []string{"create control-plane", "etcd remove cp-0 for control-plane-new-1", "delete cp-0", "create worker", "delete worker-0"}
 	if got := e.fleet.Calls(); !slices.Equal(got, want) {
