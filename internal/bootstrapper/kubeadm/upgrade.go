@@ -105,9 +105,11 @@ func PlanJoin(cluster, own string, controlPlane bool) (upgrade bool, err error) 
 
 // upgradeArgs are the arguments of `kubeadm upgrade apply` to version v on a control-plane node that joined:
 // non-interactive, with the node's patches, and without the preflight checks this product's nodes fail anyway
-// (see Join). etcd is the image's own at every version and is not touched.
+// (see Join). etcd is the image's own at every version and is not touched. The phase kubeconfig is skipped: it
+// would point this node's kubelet at this node's API server only, where it talks to the cluster's endpoint (see
+// launchKubelet).
 func upgradeArgs(v, patches string) []string {
-	return []string{"upgrade", "apply", v, "--yes", "--patches", patches, "--etcd-upgrade=false",
+	return []string{"upgrade", "apply", v, "--yes", "--patches", patches, "--etcd-upgrade=false", "--skip-phases=kubeconfig",
 		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables"}
 }
 

@@ -168,7 +168,7 @@ func TestJoinUpgradesTheCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := e.kubeadmCalls()
-	if len(calls) != 2 || !strings.HasPrefix(calls[0], "join ") || !strings.HasPrefix(calls[1], "upgrade apply v1.37.2 --yes --patches "+e.driver.patches+" --etcd-upgrade=false") {
+	if len(calls) != 2 || !strings.HasPrefix(calls[0], "join ") || !strings.HasPrefix(calls[1], "upgrade apply v1.37.2 --yes --patches "+e.driver.patches+" --etcd-upgrade=false --skip-phases=kubeconfig") {
 		t.Errorf("kubeadm calls:\n%s", strings.Join(calls, "\n"))
 	}
 	if r, _ := e.report(t, "control-plane-1"); r != "" {
