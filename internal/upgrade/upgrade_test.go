@@ -1185,3 +1185,23 @@ func TestKubernetesUpgradeRefusesTargetsKubeadmCannotReach(t *testing.T) {
 		})
 	}
 }
+
+// TestKubernetesUpgradeIgnoresReportsOfOtherNodes: only the replacement in flight can stop the upgrade with a
+// kubeadm failure; a report on any other node's Node object (which that node itself wrote) counts for nothing.
+func TestKubernetesUpgradeIgnoresReportsOfOtherNodes(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	var n corev1.Node
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "worker-0"}, &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Annotations = map[string]string{v1alpha1.KubeadmErrorAnnotation: "kubeadm join: exit status 1"}
+	if err := e.admin.Update(t.Context(), &n); err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+	e.upgrade()
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply"))
+	e.setClusterVersion("v1.37.2")
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+}
