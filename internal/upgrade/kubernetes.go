@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/version"
 	"sigs.k8s.io/yaml"
+
+	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
 // Kubernetes versions: the node image determines a node's Kubernetes version. An upgrade to a node image of
@@ -21,8 +23,10 @@ import (
 // - refuses a target more than one minor version newer than the cluster's, or older (kubeadm neither skips
 //   minor versions nor downgrades by joining nodes), before it replaces a node;
 // - counts a control-plane replacement of a Kubernetes upgrade as joined only once kubeadm upgrade apply is
-//   through: the cluster's kubeadm configuration names the new version, and so does the kube-proxy DaemonSet
-//   (kubeadm's last addon; both written by control-plane nodes only);
+//   through: the cluster's kubeadm configuration (written by control-plane nodes only) names the new version;
+// - replaces workers only once kubeadm moved the addons (the kube-proxy DaemonSet names the new version), which
+//   it does only when every control-plane node runs the new version: after the old ones are gone, the first
+//   new control-plane node runs kubeadm's addon phase;
 // - refuses to replace a worker before the control plane is on the new version (the configuration names it,
 //   and every control-plane node's kubelet reports it): a kubelet must never be newer than the API server;
 // - stops the upgrade when a replacement reports that kubeadm failed on it (KubeadmErrorAnnotation on its Node
@@ -34,8 +38,8 @@ var (
 	kubeProxy     = types.NamespacedName{Namespace: "kube-system", Name: "kube-proxy"}
 )
 
-// upgradedTo reports why the cluster is not through kubeadm upgrade apply to target yet ("" if it is): its
-// kubeadm configuration and its kube-proxy DaemonSet name target.
+// upgradedTo reports why the cluster's kubeadm configuration does not name target yet ("" if it does): kubeadm
+// upgrade apply on the first control-plane node of target uploads it.
 func (r *Reconciler) upgradedTo(ctx context.Context, target string) (string, error) {
 	tv, err := version.ParseSemantic(target)
 	if err != nil {
@@ -48,6 +52,23 @@ func (r *Reconciler) upgradedTo(ctx context.Context, target string) (string, err
 	if cv.LessThan(tv) || tv.LessThan(cv) {
 		return fmt.Sprintf("its kubeadm configuration names v%s", cv), nil
 	}
+	return "", nil
+}
+
+// addonsAt reports why kubeadm's addons are not at target yet ("" if they are): its kube-proxy DaemonSet, which
+// kubeadm moves once every control-plane node runs target. A control-plane node on which kubeadm failed to move
+// them reported it (KubeadmErrorAnnotation): that is returned as an error that stops the upgrade.
+func (r *Reconciler) addonsAt(ctx context.Context, target string) (string, error) {
+	var nodes corev1.NodeList
+	if err := r.Client.List(ctx, &nodes); err != nil {
+		return "", fmt.Errorf("listing nodes: %w", err)
+	}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if msg := n.Annotations[v1alpha1.KubeadmErrorAnnotation]; msg != "" && isControlPlane(n) {
+			return "", &kubeadmFailure{node: n.Name, msg: msg}
+		}
+	}
 	var ds appsv1.DaemonSet
 	if err := r.Reader.Get(ctx, kubeProxy, &ds); err != nil {
 		return "", fmt.Errorf("reading the kube-proxy DaemonSet (%s): %w", kubeProxy, err)
@@ -58,6 +79,13 @@ func (r *Reconciler) upgradedTo(ctx context.Context, target string) (string, err
 		}
 	}
 	return "", nil
+}
+
+// kubeadmFailure is a failure of kubeadm a control-plane node reported.
+type kubeadmFailure struct{ node, msg string }
+
+func (f *kubeadmFailure) Error() string {
+	return fmt.Sprintf("kubeadm failed on control-plane node %s: %s", f.node, f.msg)
 }
 
 // clusterVersion is the Kubernetes version of the cluster's kubeadm configuration.

@@ -122,6 +122,25 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 		r.fail(st, cur, err)
 		return reconcile.Result{}, nil
 	}
+	if role != RoleControlPlane && st.KubernetesVersion != "" {
+		// kubeadm moves the addons once the old control-plane nodes are gone; a worker of the new version
+		// would find a kube-proxy it does not have.
+		why, err := r.addonsAt(ctx, st.KubernetesVersion)
+		var kf *kubeadmFailure
+		switch {
+		case errors.As(err, &kf):
+			st.Nodes = append(st.Nodes, v1alpha1.NodeProgress{OldNode: next, Role: role})
+			cur = &st.Nodes[len(st.Nodes)-1]
+			r.setStep(cur, v1alpha1.StepCreating, "")
+			r.fail(st, cur, fmt.Errorf("%w\nNo worker was replaced", err))
+			return reconcile.Result{}, nil
+		case err != nil:
+			return reconcile.Result{}, err
+		case why != "":
+			r.setPhase(st, v1alpha1.PhaseRunning, fmt.Sprintf("waiting for kubeadm to move the addons to Kubernetes %s before replacing worker %s (%s)", st.KubernetesVersion, next, why))
+			return reconcile.Result{RequeueAfter: r.Retry}, nil
+		}
+	}
 	// Record that a replacement is being created before asking for it: if the controller stops in between,
 	// the next one sees the mark and stops instead of creating a second extra node.
 	st.Nodes = append(st.Nodes, v1alpha1.NodeProgress{OldNode: next, Role: role, Step: v1alpha1.StepCreating})

@@ -1088,11 +1088,14 @@ func TestKubernetesUpgradeControlPlaneFirst(t *testing.T) {
 	if e.unschedulable("cp-0") {
 		t.Fatal("cp-0 drained before the cluster was upgraded")
 	}
-	// kubeadm upgrade apply on control-plane-new-1 uploads the configuration, then moves the addons.
+	// kubeadm upgrade apply on control-plane-new-1 uploads the configuration; kubeadm moves the addons only
+	// once cp-0 is gone, and no worker is replaced before.
 	e.setClusterConfigVersion("v1.37.2")
-	e.wait("the controller to wait for the addons", inFlight("cp-0", v1alpha1.StepJoining, "its kube-proxy DaemonSet runs registry.k8s.io/kube-proxy:v1.36.3"))
-	if e.unschedulable("cp-0") {
-		t.Fatal("cp-0 drained before kubeadm upgrade apply was through")
+	e.wait("the controller to wait for the addons", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return strings.Contains(st.Message, "waiting for kubeadm to move the addons to Kubernetes v1.37.2 before replacing worker worker-0 (its kube-proxy DaemonSet runs registry.k8s.io/kube-proxy:v1.36.3)")
+	})
+	if got := e.fleet.Calls(); slices.Contains(got, "create worker") || !slices.Contains(got, "delete cp-0") {
+		t.Fatalf("calls before the addons moved: %v", got)
 	}
 	e.setClusterVersion("v1.37.2")
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
@@ -1204,4 +1207,36 @@ func TestKubernetesUpgradeIgnoresReportsOfOtherNodes(t *testing.T) {
 	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply"))
 	e.setClusterVersion("v1.37.2")
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+}
+
+// TestKubernetesUpgradeStopsOnKubeadmAddonError: kubeadm failed to move the addons on the new control-plane
+// node, which reported it: the upgrade stops with kubeadm's error before any worker is replaced.
+func TestKubernetesUpgradeStopsOnKubeadmAddonError(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	e.run()
+	e.upgrade()
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply"))
+	e.setClusterConfigVersion("v1.37.2")
+	e.wait("the controller to wait for the addons", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return strings.Contains(st.Message, "waiting for kubeadm to move the addons")
+	})
+	var n corev1.Node
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "control-plane-new-1"}, &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Annotations[v1alpha1.KubeadmErrorAnnotation] = "kubeadm upgrade node phase addon all (to v1.37.2): exit status 1\nerror: unable to update the kube-proxy DaemonSet"
+	if err := e.admin.Update(t.Context(), &n); err != nil {
+		t.Fatal(err)
+	}
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "kubeadm failed on control-plane node control-plane-new-1: kubeadm upgrade node phase addon all (to v1.37.2): exit status 1") {
+		t.Errorf("message %q does not carry kubeadm's error", st.Message)
+	}
+	if got := e.fleet.Calls(); slices.Contains(got, "create worker") || slices.Contains(got, "delete worker-0") {
+		t.Errorf("a worker was replaced: %v", got)
+	}
+	if !slices.Contains(e.nodes(), "worker-0") || e.unschedulable("worker-0") || !slices.Contains(e.pods(), "web-0") {
+		t.Error("worker-0 was drained")
+	}
 }

@@ -475,6 +475,9 @@ type Driver struct {
 	// upgrade in tests.
 	kubeadmBin, kubeletConf, patches, kubeadmConf string
 	nodeReadyTimeout                              time.Duration
+	// addonsRequested, if set, receives the request for the addons' upgrade (upgradeAddons) in tests, which
+	// test that loop on its own.
+	addonsRequested chan struct{}
 }
 
 func (d *Driver) patchesDir() string {

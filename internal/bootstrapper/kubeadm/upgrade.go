@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/version"
@@ -228,8 +229,50 @@ func (d *Driver) joinKubeadm(ctx context.Context, cfg []byte, args []string, con
 	if err != nil {
 		return fmt.Errorf("kubeadm upgrade apply %s (the cluster ran %s): %w\n%s", d.Options.KubernetesVersion, cluster, err, tail(out, 30))
 	}
-	d.logf("kubeadm upgrade apply %s: the cluster's configuration, kubelet configuration and addons are at %s", d.Options.KubernetesVersion, d.Options.KubernetesVersion)
+	d.logf("kubeadm upgrade apply %s: the cluster's configuration and kubelet configuration are at %s", d.Options.KubernetesVersion, d.Options.KubernetesVersion)
+	// kubeadm moves the addons (CoreDNS, kube-proxy) only once every control-plane node runs the new version:
+	// here, once the upgrade controller removed the old ones.
+	if d.addonsRequested != nil {
+		d.addonsRequested <- struct{}{}
+		return nil
+	}
+	go d.upgradeAddons(context.WithoutCancel(ctx), 15*time.Second)
 	return nil
+}
+
+// addonsSkipped is what kubeadm says when it leaves the addons as they are because a control-plane node runs
+// another version.
+const addonsSkipped = "Skipping upgrade of addons because control plane instances"
+
+// upgradeAddons runs kubeadm's addon upgrade on this control-plane node every interval until kubeadm no longer
+// skips it (every control-plane node runs this node's version). A failure of kubeadm is reported on this node's
+// Node object (reportFailure), where the upgrade controller, which replaces no worker before the addons moved,
+// stops the upgrade with it.
+func (d *Driver) upgradeAddons(ctx context.Context, interval time.Duration) {
+	for {
+		out, err := exec.CommandContext(ctx, d.kubeadm(), "upgrade", "node", "phase", "addon", "all").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("kubeadm upgrade node phase addon all (to %s): %w\n%s", d.Options.KubernetesVersion, err, tail(out, 30))
+			d.logf("%v", err)
+			c, cerr := d.kubeletClient()
+			if cerr == nil {
+				cerr = reportFailure(ctx, c, d.Options.NodeName, err)
+			}
+			if cerr != nil {
+				d.logf("reporting the failure on node %s: %v", d.Options.NodeName, cerr)
+			}
+			return
+		}
+		if !strings.Contains(string(out), addonsSkipped) {
+			d.logf("kubeadm upgraded the addons to %s", d.Options.KubernetesVersion)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
 }
 
 // waitNodeReady waits until the Node object of node says Ready, for at most limit.

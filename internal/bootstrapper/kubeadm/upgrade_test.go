@@ -120,6 +120,7 @@ func newKubeadmEnv(t *testing.T, clusterVersion, node, failOn string) *kubeadmEn
 	e.driver = &Driver{
 		Options: o, kubeadmBin: kubeadmBin, kubeadmConf: filepath.Join(dir, "kubeadm.yaml"), patches: filepath.Join(dir, "patches"),
 		kubeletConf: srv.Kubeconfig(t, "system:node:"+node, "system:nodes"), nodeReadyTimeout: time.Minute,
+		addonsRequested: make(chan struct{}, 1),
 	}
 	return e
 }
@@ -173,6 +174,9 @@ func TestJoinUpgradesTheCluster(t *testing.T) {
 	}
 	if r, _ := e.report(t, "control-plane-1"); r != "" {
 		t.Errorf("a failure reported after a successful upgrade: %q", r)
+	}
+	if len(e.driver.addonsRequested) != 1 {
+		t.Error("the addons' upgrade was not started")
 	}
 	// At the cluster's own version, kubeadm join is all.
 	same := newKubeadmEnv(t, "v1.37.2", "control-plane-2", "")
@@ -244,5 +248,31 @@ func TestReportOnlyOnOwnNode(t *testing.T) {
 	}
 	if r, _ := e.report(t, "control-plane-1"); r != "" {
 		t.Errorf("control-plane-1 carries %q", r)
+	}
+}
+
+// The addons move once kubeadm no longer skips them (the old control-plane nodes are gone); a failure of
+// kubeadm there is reported on the node's Node object.
+func TestUpgradeAddons(t *testing.T) {
+	e := newKubeadmEnv(t, "v1.37.2", "control-plane-1", "")
+	e.registerReady(t, "control-plane-1")
+	// The first run skips the addons, the second moves them.
+	script := "#!/bin/sh\necho \"$*\" >> " + e.calls + "\nif [ ! -e " + e.calls + ".once ]; then touch " + e.calls + ".once; echo '[upgrade/addon] Skipping upgrade of addons because control plane instances [control-plane-0] have not been upgraded'; fi\n"
+	if err := os.WriteFile(e.driver.kubeadmBin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.driver.upgradeAddons(t.Context(), time.Millisecond)
+	if calls := e.kubeadmCalls(); len(calls) != 2 || calls[1] != "upgrade node phase addon all" {
+		t.Errorf("kubeadm calls: %v", calls)
+	}
+	if r, _ := e.report(t, "control-plane-1"); r != "" {
+		t.Errorf("reported %q", r)
+	}
+
+	failing := newKubeadmEnv(t, "v1.37.2", "control-plane-2", "upgrade")
+	failing.registerReady(t, "control-plane-2")
+	failing.driver.upgradeAddons(t.Context(), time.Millisecond)
+	if r, _ := failing.report(t, "control-plane-2"); !strings.Contains(r, "kubeadm upgrade node phase addon all (to v1.37.2)") || !strings.Contains(r, "[ERROR CoreDNSUnsupportedPlugins]") {
+		t.Errorf("reported on the Node: %q", r)
 	}
 }
