@@ -3,7 +3,9 @@
 // their credentials if the cluster configuration has any; no upstream DNS unless the cluster configuration names
 // DNS servers; cgroup v1 with the cgroupfs driver), starts containerd, imports the pre-loaded images, starts the
 // kubelet once kubeadm has configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
-// bootstrap token) is readable by root only and exists only while kubeadm runs.
+// bootstrap token) is readable by root only and exists only while kubeadm runs. A node always runs the
+// Kubernetes of its image: the first control-plane node of the next minor version upgrades the cluster with
+// kubeadm upgrade apply after it joined, and reports every failure of kubeadm on its Node object (upgrade.go).
 //
 // On mini clusters only (the mini provider is the only one that creates the directory), a node also imports
 // the image archives its user loaded from the host (`constellation mini load`, LoadedImagesDir). They are the
