@@ -16,7 +16,7 @@ FUZZ_TARGETS ?= $(shell bash scripts/fuzz-targets.sh)
 # (golang/go#75804, fixed in Go 1.27) and fails spuriously with "context deadline exceeded".
 FUZZTIME ?= 20000x
 
-.PHONY: help setup build test unit lint fuzz-short fuzz soak-reattest soak-mini bench e2e-qemu demo clean kubernetes components node-image assemble-node-image cluster release release-key
+.PHONY: help setup build test unit lint fuzz-short fuzz soak-reattest soak-mini bench e2e-qemu e2e-k8s-upgrade demo clean kubernetes kubernetes-previous components node-image node-image-previous assemble-node-image cluster release release-key
 
 help:
 	@echo "make setup      install Debian packages and Go tools this project needs"
@@ -27,6 +27,8 @@ help:
 	@echo "make soak-reattest  30-minute soak: continuous attestation never quarantines an honest node"
 	@echo "make soak-mini  30-minute soak of a mini cluster under load (SOAK=5m shortens it; needs make node-image)"
 	@echo "make node-image build Kubernetes and the node components from source, then the node image"
+	@echo "make node-image-previous  the node image with the previous Kubernetes release (make kubernetes-previous)"
+	@echo "make e2e-k8s-upgrade  upgrade a mini cluster from the previous Kubernetes release to the pinned one"
 	@echo "make cluster    everything above, then a local cluster (1 control plane, 2 workers) in this directory"
 	@echo "make release    the node image in $(RELEASE_OUT), its measurements signed with the release key"
 	@echo "make release-key  create the release key pair (once) and install its root in the repository"
@@ -93,11 +95,28 @@ demo: setup build
 kubernetes:
 	@bash scripts/build-kubernetes.sh
 
+# The previous Kubernetes release (build/kubernetes-previous), the one a cluster upgrades from in the Kubernetes
+# upgrade end-to-end test, into _out/kubernetes-previous (never _out/kubernetes).
+kubernetes-previous:
+	@bash scripts/build-kubernetes.sh build/kubernetes-previous _out/kubernetes-previous
+
 components:
 	@bash scripts/build-components.sh
 
 NODE_IMAGE_OUT ?= _out/node-image
 node-image: setup build kubernetes components assemble-node-image
+
+# Node image A of the Kubernetes upgrade test: the node image with the previous Kubernetes release, everything
+# else equal (the same components, with their own versions' image tags, and the same services).
+PREVIOUS_NODE_IMAGE_OUT ?= _out/node-image-previous
+node-image-previous: setup build kubernetes kubernetes-previous components
+	$(GO) run -ldflags "$(LDFLAGS)" ./tools/node-image -out $(PREVIOUS_NODE_IMAGE_OUT) -kubernetes-bin _out/kubernetes-previous/bin -components-kubeadm _out/kubernetes/bin/kubeadm
+	$(GO) run ./tools/sign-measurements -image-dir $(PREVIOUS_NODE_IMAGE_OUT)
+
+# The Kubernetes upgrade on a mini cluster (1 control plane, 1 worker), from the previous release (image A,
+# node-image-previous) to the pinned one (image B, node-image) with apply; not part of `make test`.
+e2e-k8s-upgrade: node-image node-image-previous
+	flock /tmp/mini-cluster.lock $(GO) test -race -count=1 -timeout 60m -v -run '^TestMiniKubernetesUpgrade$$' ./test/e2e/
 
 # The node image from the binaries already built (the last step of node-image).
 assemble-node-image:

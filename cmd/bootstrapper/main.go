@@ -63,6 +63,8 @@ func main() {
 					NodeIP:            netip.MustParseAddr(self.IP),
 					KubernetesVersion: versions.Kubernetes,
 					PauseImage:        "registry.k8s.io/pause:" + versions.Pause,
+					EtcdImageTag:      versions.Etcd,
+					CoreDNSImageTag:   versions.CoreDNS,
 					CgroupRoot:        "/constellation/" + self.Name,
 					PodCIDR:           podCIDR(self),
 					PodSubnet:         podNetwork,

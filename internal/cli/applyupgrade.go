@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
+	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
@@ -22,10 +27,12 @@ const (
 	nodeUpgradePath  = nodeUpgradesPath + "/" + v1alpha1.Name
 )
 
-// clusterImage is a node image as the CLI knows it: its digest and its signed measurements.
+// clusterImage is a node image as the CLI knows it: its digest and its signed measurements, and the Kubernetes
+// version its manifest names (empty if unknown).
 type clusterImage struct {
-	Digest       string
-	Measurements measurements.M
+	Digest            string
+	Measurements      measurements.M
+	KubernetesVersion string
 }
 
 // imageUpgrade moves a running cluster from one node image to another, as 'apply' drives it: the provider
@@ -232,15 +239,32 @@ func (u *imageUpgrade) start(ctx context.Context, nu *v1alpha1.NodeUpgrade) erro
 			"the file is not the image whose measurements were verified; nothing else was changed", digest, u.To.Digest))
 	}
 	fmt.Fprintf(out, "  node image %s known to the provider\n", digest)
+	if u.To.KubernetesVersion != "" {
+		from := "unknown"
+		if v, err := clusterKubernetesVersion(ctx, u.API); err == nil {
+			from = v
+		}
+		fmt.Fprintf(out, "  node image %s runs Kubernetes %s (the cluster: %s)\n", u.To.Digest, u.To.KubernetesVersion, from)
+	}
 	if _, _, err := u.Policy.Start(ctx, policyupdate.ImageSet{Image: u.From.Digest, Measurements: u.From.Measurements}, policyupdate.ImageSet{Image: u.To.Digest, Measurements: u.To.Measurements}); err != nil {
 		return failed(fmt.Errorf("opening the upgrade's measurement policy: %w", err))
 	}
-	spec := map[string]any{"imageDigest": u.To.Digest, "kubernetesVersion": nil, "abort": false, "paused": false}
+	// The controller checks every replacement's kubelet against the version, and moves the cluster's Kubernetes
+	// version by kubeadm's upgrade path (control plane first) if it is another.
+	var k8s any
+	if u.To.KubernetesVersion != "" {
+		k8s = u.To.KubernetesVersion
+	}
+	spec := map[string]any{"imageDigest": u.To.Digest, "kubernetesVersion": k8s, "abort": false, "paused": false}
 	if nu == nil {
+		create := map[string]any{"imageDigest": u.To.Digest}
+		if k8s != nil {
+			create["kubernetesVersion"] = k8s
+		}
 		obj := map[string]any{
 			"apiVersion": v1alpha1.GroupVersion.String(), "kind": "NodeUpgrade",
 			"metadata": map[string]any{"name": v1alpha1.Name},
-			"spec":     map[string]any{"imageDigest": u.To.Digest},
+			"spec":     create,
 		}
 		err = u.API.Do(ctx, http.MethodPost, nodeUpgradesPath, "", obj, nil)
 	} else {
@@ -593,4 +617,36 @@ func showUpgrade(ctx context.Context, out io.Writer, api *kubeapi.Client) {
 		nodes = append(nodes, n.Metadata.Name)
 	}
 	printUpgrade(out, nu, nodes)
+}
+
+// clusterKubernetesVersion is the Kubernetes version of the cluster's kubeadm configuration
+// (kube-system/kubeadm-config), which kubeadm init and kubeadm upgrade apply write.
+func clusterKubernetesVersion(ctx context.Context, api *kubeapi.Client) (string, error) {
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := api.Do(ctx, http.MethodGet, "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", "", nil, &cm); err != nil {
+		return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err)
+	}
+	var cc struct {
+		KubernetesVersion string `json:"kubernetesVersion"`
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["ClusterConfiguration"]), &cc); err != nil || cc.KubernetesVersion == "" {
+		return "", fmt.Errorf("kube-system/kubeadm-config names no Kubernetes version (%v)", err)
+	}
+	return cc.KubernetesVersion, nil
+}
+
+// imageKubernetesVersion is the Kubernetes version of the configured node image, from its manifest
+// (node-image.json next to the image file).
+func imageKubernetesVersion(c *config.Config, confPath string) (string, error) {
+	image := c.ImagePath(confPath)
+	if image == "" {
+		return "", errors.New("the configuration names no node image file")
+	}
+	v, err := nodeimage.ManifestVersions(filepath.Join(filepath.Dir(image), "node-image.json"))
+	if err != nil {
+		return "", fmt.Errorf("the Kubernetes version of the configured node image: %w", err)
+	}
+	return v.Kubernetes, nil
 }

@@ -219,8 +219,12 @@ func (f *upgradeFixture) upgrade(out *bytes.Buffer, from, to clusterImage) *imag
 	}
 }
 
-func (f *upgradeFixture) oldImage() clusterImage { return clusterImage{upgradeFromDigest, f.old} }
-func (f *upgradeFixture) newImage() clusterImage { return clusterImage{upgradeToDigest, f.new} }
+func (f *upgradeFixture) oldImage() clusterImage {
+	return clusterImage{Digest: upgradeFromDigest, Measurements: f.old}
+}
+func (f *upgradeFixture) newImage() clusterImage {
+	return clusterImage{Digest: upgradeToDigest, Measurements: f.new}
+}
 
 // inForce is the measurement policy in force at each key service.
 func (f *upgradeFixture) inForce() []*policyupdate.Update {

@@ -278,12 +278,16 @@ func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string
 	if err != nil {
 		return err
 	}
+	k8s, err := imageKubernetesVersion(c, confPath)
+	if err != nil {
+		return badInput("%w", err)
+	}
 	limit, _ := cmd.Flags().GetDuration("wait")
 	dir := filepath.Join(ws, miniDirName)
 	iu := &imageUpgrade{
 		Policy: up, API: up.API, Out: cmd.OutOrStdout(), Deadline: time.Now().Add(limit),
 		From: clusterImage{Digest: cs.ImageDigest, Measurements: cs.Measurements},
-		To:   clusterImage{Digest: c.ImageDigest(), Measurements: c.Attestation.Measurements},
+		To:   clusterImage{Digest: c.ImageDigest(), Measurements: c.Attestation.Measurements, KubernetesVersion: k8s},
 		Register: func(ctx context.Context) (string, error) {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 			defer cancel()

@@ -150,10 +150,11 @@ func TestUpgradePolicyStartAbortFinish(t *testing.T) {
 	}
 	var check bytes.Buffer
 	c := &config.Config{Provider: config.Provider{Mini: &config.Mini{ImageDigest: "sha256:" + strings.Repeat("2e", 32)}}, Attestation: config.Attestation{Measurements: newImage}}
-	if err := printUpgradeCheck(&check, c, st); err != nil {
+	if err := printUpgradeCheck(&check, c, st, kubernetesVersions{Cluster: "v1.36.3", Image: "v1.37.2"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"node image sha256:2e2e", "An upgrade is open", "PCR 4: " + old[measurements.PCRNodeImage].Expected.String() + " -> " + strings.Repeat("2e", 32)} {
+	for _, want := range []string{"node image sha256:2e2e", "An upgrade is open",
+		"Kubernetes: the cluster runs v1.36.3, the configuration's node image v1.37.2", "apply upgrades Kubernetes from v1.36.3 to v1.37.2", "PCR 4: " + old[measurements.PCRNodeImage].Expected.String() + " -> " + strings.Repeat("2e", 32)} {
 		if !strings.Contains(check.String(), want) {
 			t.Errorf("check does not say %q:\n%s", want, check.String())
 		}

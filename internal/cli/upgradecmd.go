@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -251,12 +252,23 @@ func runUpgradeCheck(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return failed(err)
 	}
-	return printUpgradeCheck(cmd.OutOrStdout(), c, st)
+	var k8s kubernetesVersions
+	if k8s.Image, err = imageKubernetesVersion(c, filepath.Join(workspace(cmd), config.FileName)); err != nil {
+		k8s.Image = "unknown (" + err.Error() + ")"
+	}
+	if k8s.Cluster, err = clusterKubernetesVersion(cmd.Context(), up.API); err != nil {
+		k8s.Cluster = "unknown (" + err.Error() + ")"
+	}
+	return printUpgradeCheck(cmd.OutOrStdout(), c, st, k8s)
 }
+
+// kubernetesVersions are the Kubernetes versions 'upgrade check' shows: the cluster's and the configured
+// image's.
+type kubernetesVersions struct{ Cluster, Image string }
 
 // printUpgradeCheck writes what the configuration would change: its node image and measurements against the
 // measurement policy in force at each key service.
-func printUpgradeCheck(out io.Writer, c *config.Config, st *PolicyStatus) error {
+func printUpgradeCheck(out io.Writer, c *config.Config, st *PolicyStatus, k8s kubernetesVersions) error {
 	digest := ""
 	switch {
 	case c.Provider.Mini != nil:
@@ -266,6 +278,10 @@ func printUpgradeCheck(out io.Writer, c *config.Config, st *PolicyStatus) error 
 	}
 	want := c.Attestation.Measurements
 	fmt.Fprintf(out, "Configuration: node image %s, %s\n", digest, policyupdate.Describe(want))
+	fmt.Fprintf(out, "Kubernetes: the cluster runs %s, the configuration's node image %s\n", k8s.Cluster, k8s.Image)
+	if k8s.Cluster != k8s.Image && strings.HasPrefix(k8s.Image, "v") && strings.HasPrefix(k8s.Cluster, "v") {
+		fmt.Fprintf(out, "  apply upgrades Kubernetes from %s to %s with kubeadm, the control plane first\n", k8s.Cluster, k8s.Image)
+	}
 	printSet(out, "  ", want)
 	addrs := make([]string, 0, len(st.InForce))
 	for a := range st.InForce {

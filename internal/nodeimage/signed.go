@@ -53,3 +53,21 @@ func ManifestDigest(path string) (string, error) {
 	}
 	return m.Digest, nil
 }
+
+// ManifestVersions reads the component versions (Kubernetes, etcd, CoreDNS, pause) of a node image's manifest,
+// node-image.json. The image's digest covers the versions file the nodes read (VersionsFile); the manifest
+// says the same for the CLI, which shows and checks it, but never decides by it what the nodes run.
+func ManifestVersions(path string) (Versions, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Versions{}, fmt.Errorf("reading the image manifest: %w", err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return Versions{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if m.Versions.Kubernetes == "" {
+		return Versions{}, fmt.Errorf("%s names no Kubernetes version", path)
+	}
+	return m.Versions, nil
+}

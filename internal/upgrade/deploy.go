@@ -57,9 +57,12 @@ var ClusterInfoRules = []map[string]any{
 	{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{"cluster-info"}, "verbs": []string{"get"}},
 }
 
-// LeaseRules are its permissions in kube-system: its leader election lease, and the events that announce a
-// new leader.
+// LeaseRules are its permissions in kube-system: its leader election lease, the events that announce a new
+// leader, and reading kubeadm's cluster configuration and kube-proxy DaemonSet (the cluster's Kubernetes
+// version).
 var LeaseRules = []map[string]any{
+	{"apiGroups": []string{""}, "resources": []string{"configmaps"}, "resourceNames": []string{"kubeadm-config"}, "verbs": []string{"get"}},
+	{"apiGroups": []string{"apps"}, "resources": []string{"daemonsets"}, "resourceNames": []string{"kube-proxy"}, "verbs": []string{"get"}},
 	{"apiGroups": []string{"coordination.k8s.io"}, "resources": []string{"leases"}, "verbs": []string{"get", "create", "update"}},
 	{"apiGroups": []string{"", "events.k8s.io"}, "resources": []string{"events"}, "verbs": []string{"create", "patch"}},
 }

@@ -115,13 +115,30 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 		r.setPhase(st, v1alpha1.PhaseSucceeded, fmt.Sprintf("every node runs image %s (%d replaced)", st.ImageDigest, len(st.Nodes)))
 		return reconcile.Result{}, nil
 	}
-	if role == RoleControlPlane {
-		if err := r.checkEndpoint(ctx, next); err != nil {
+	if err := r.checkReplacement(ctx, st, next, role); err != nil {
+		st.Nodes = append(st.Nodes, v1alpha1.NodeProgress{OldNode: next, Role: role})
+		cur = &st.Nodes[len(st.Nodes)-1]
+		r.setStep(cur, v1alpha1.StepCreating, "")
+		r.fail(st, cur, err)
+		return reconcile.Result{}, nil
+	}
+	if role != RoleControlPlane && st.KubernetesVersion != "" {
+		// kubeadm moves the addons once the old control-plane nodes are gone; a worker of the new version
+		// would find a kube-proxy it does not have.
+		why, err := r.addonsAt(ctx, st.KubernetesVersion)
+		var kf *kubeadmFailure
+		switch {
+		case errors.As(err, &kf):
 			st.Nodes = append(st.Nodes, v1alpha1.NodeProgress{OldNode: next, Role: role})
 			cur = &st.Nodes[len(st.Nodes)-1]
 			r.setStep(cur, v1alpha1.StepCreating, "")
-			r.fail(st, cur, err)
+			r.fail(st, cur, fmt.Errorf("%w\nNo worker was replaced", err))
 			return reconcile.Result{}, nil
+		case err != nil:
+			return reconcile.Result{}, err
+		case why != "":
+			r.setPhase(st, v1alpha1.PhaseRunning, fmt.Sprintf("waiting for kubeadm to move the addons to Kubernetes %s before replacing worker %s (%s)", st.KubernetesVersion, next, why))
+			return reconcile.Result{RequeueAfter: r.Retry}, nil
 		}
 	}
 	// Record that a replacement is being created before asking for it: if the controller stops in between,
@@ -149,6 +166,35 @@ func (r *Reconciler) step(ctx context.Context, nu *v1alpha1.NodeUpgrade, save fu
 	cur.ReplacementNode = name
 	r.setStep(cur, v1alpha1.StepJoining, "waiting for "+name+" to register")
 	return reconcile.Result{}, nil
+}
+
+// checkReplacement refuses to replace the node name of the role when that would break the cluster: the
+// control-plane node that serves the cluster's endpoint (checkEndpoint), any node for a Kubernetes version
+// kubeadm cannot upgrade the cluster to (checkTarget), and a worker while the control plane is not on the
+// target version yet (a kubelet newer than the API server).
+func (r *Reconciler) checkReplacement(ctx context.Context, st *v1alpha1.NodeUpgradeStatus, name, role string) error {
+	if role == RoleControlPlane {
+		if err := r.checkEndpoint(ctx, name); err != nil {
+			return err
+		}
+	}
+	if st.KubernetesVersion == "" {
+		return nil
+	}
+	if err := r.checkTarget(ctx, st.KubernetesVersion); err != nil {
+		return err
+	}
+	if role != RoleControlPlane {
+		why, err := r.controlPlaneAt(ctx, st.KubernetesVersion)
+		if err != nil {
+			return err
+		}
+		if why != "" {
+			return fmt.Errorf("refusing to replace worker %s by a node of Kubernetes %s before the control plane is on %s (%s): a kubelet must never be newer than the API server; "+
+				"nothing was changed, find out why the control plane was not upgraded (the control-plane replacements' kubeadm upgrade apply)", name, st.KubernetesVersion, st.KubernetesVersion, why)
+		}
+	}
+	return nil
 }
 
 // advance takes the node in flight one step further.
@@ -193,6 +239,11 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 	} else if err != nil {
 		return reconcile.Result{}, fmt.Errorf("reading node %s: %w", cur.ReplacementNode, err)
 	}
+	// Only the replacement itself can write this (with its kubelet's credentials): kubeadm failed on it.
+	if msg := node.Annotations[v1alpha1.KubeadmErrorAnnotation]; msg != "" {
+		r.fail(st, cur, fmt.Errorf("kubeadm failed on the replacement %s: %s\nThe old node was not touched; delete the replacement through the provider", cur.ReplacementNode, msg))
+		return reconcile.Result{}, nil
+	}
 	if ready, why := nodeReady(&node); !ready {
 		return wait("waiting for " + cur.ReplacementNode + " to become Ready: " + why)
 	}
@@ -230,6 +281,21 @@ func (r *Reconciler) joining(ctx context.Context, nu *v1alpha1.NodeUpgrade, cur 
 	if v := node.Status.NodeInfo.KubeletVersion; st.KubernetesVersion != "" && v != st.KubernetesVersion {
 		r.fail(st, cur, fmt.Errorf("the replacement %s runs Kubernetes %s, not %s", cur.ReplacementNode, v, st.KubernetesVersion))
 		return reconcile.Result{}, nil
+	}
+	if cur.Role == RoleControlPlane && st.KubernetesVersion != "" {
+		// A replacement of a newer Kubernetes upgrades the cluster's configuration with kubeadm upgrade apply
+		// once it joined: until then, the cluster (its addons, the next nodes' join) is not on the new version.
+		why, err := r.upgradedTo(ctx, st.KubernetesVersion)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if why != "" {
+			res, err := wait(fmt.Sprintf("waiting for kubeadm upgrade apply on %s to move the cluster to Kubernetes %s (%s)", cur.ReplacementNode, st.KubernetesVersion, why))
+			if res.RequeueAfter > r.Retry {
+				res.RequeueAfter = r.Retry
+			}
+			return res, err
+		}
 	}
 	if nu.Spec.Paused {
 		r.setMessage(st, cur, "paused by spec.paused before draining "+cur.OldNode)

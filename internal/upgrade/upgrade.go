@@ -6,6 +6,11 @@
 // never deleted directly), removes a control-plane node's etcd member, and has the provider delete the old
 // node. Every failure stops the upgrade (phase Failed, naming the node and the step); nothing continues past it.
 //
+// A node image determines its nodes' Kubernetes version. An upgrade to an image of the next Kubernetes version
+// goes through kubeadm's upgrade path: the first control-plane replacement runs kubeadm upgrade apply once it
+// joined, and no worker is replaced before the control plane is on the new version (see kubernetes.go). A
+// replacement on which kubeadm failed reports it on its Node object; the upgrade stops with kubeadm's error.
+//
 // The NodeUpgrade's status is the controller's only memory: a controller that restarts, or whose pod is
 // evicted from the node it drains, resumes from there.
 //

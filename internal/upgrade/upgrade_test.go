@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -59,7 +60,9 @@ type env struct {
 	// joinTimeout, if set, is the controller's.
 	joinTimeout time.Duration
 	// addrs counts the nodes' addresses given out; the node endpointNode gets the control-plane endpoint's.
-	addrs        atomic.Int32
+	addrs atomic.Int32
+	// kubelets are the kubelet versions of nodes (by name) that do not run v1.37.2.
+	kubelets     sync.Map
 	endpointNode string
 }
 
@@ -112,9 +115,64 @@ clusters:
     certificate-authority-data: ""
     server: https://` + endpoint + `:6443
 `}})
+	// kubeadm's cluster configuration, at the version of the nodes' kubelets.
+	e.create(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kubeadm-config", Namespace: "kube-system"}})
+	e.setClusterVersion("v1.37.2")
 	// Pods need their namespace's default service account (no controller here makes it).
 	e.create(&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "apps"}})
 	return e
+}
+
+// kubeletVersion is the version the node's kubelet reports.
+func (e *env) kubeletVersion(name string) string {
+	if v, ok := e.kubelets.Load(name); ok {
+		return v.(string)
+	}
+	return "v1.37.2"
+}
+
+// setClusterVersion sets the Kubernetes version of kubeadm's cluster configuration and of its kube-proxy
+// addon, as kubeadm init or kubeadm upgrade apply writes them.
+func (e *env) setClusterVersion(v string) {
+	e.t.Helper()
+	e.setClusterConfigVersion(v)
+	var ds appsv1.DaemonSet
+	err := e.admin.Get(e.t.Context(), types.NamespacedName{Namespace: "kube-system", Name: "kube-proxy"}, &ds)
+	if apierrors.IsNotFound(err) {
+		labels := map[string]string{"k8s-app": "kube-proxy"}
+		ds = appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "kube-proxy", Namespace: "kube-system"},
+			Spec: appsv1.DaemonSetSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "kube-proxy", Image: "registry.k8s.io/kube-proxy:" + v}}}},
+			},
+		}
+		if err := e.admin.Create(e.t.Context(), &ds); err != nil {
+			e.t.Fatal(err)
+		}
+		return
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ds.Spec.Template.Spec.Containers[0].Image = "registry.k8s.io/kube-proxy:" + v
+	if err := e.admin.Update(e.t.Context(), &ds); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// setClusterConfigVersion sets the Kubernetes version of kubeadm's cluster configuration only, as kubeadm
+// upgrade apply writes it before its addons.
+func (e *env) setClusterConfigVersion(v string) {
+	e.t.Helper()
+	var cm corev1.ConfigMap
+	if err := e.admin.Get(e.t.Context(), types.NamespacedName{Namespace: "kube-system", Name: "kubeadm-config"}, &cm); err != nil {
+		e.t.Fatal(err)
+	}
+	cm.Data = map[string]string{"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: " + v + "\n"}
+	if err := e.admin.Update(e.t.Context(), &cm); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // waitCRD waits until the API server serves NodeUpgrades.
@@ -217,6 +275,9 @@ func (e *env) registerWith(name, role, image string, ready bool, record string) 
 	if role == upgrade.RoleControlPlane {
 		n.Labels["node-role.kubernetes.io/control-plane"] = ""
 	}
+	if msg := e.fleet.kubeadmError; msg != "" && role == upgrade.RoleControlPlane {
+		n.Annotations[v1alpha1.KubeadmErrorAnnotation] = msg
+	}
 	if err := e.admin.Create(context.Background(), n); err != nil {
 		return fmt.Errorf("registering node %s: %w", name, err)
 	}
@@ -274,7 +335,9 @@ func (e *env) setNodeReady(name string, ready bool, reason string) error {
 		status = corev1.ConditionTrue
 	}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status, Reason: reason, Message: reason, LastHeartbeatTime: metav1.Now()}}
-	n.Status.NodeInfo.KubeletVersion = "v1.37.2"
+	if n.Status.NodeInfo.KubeletVersion == "" {
+		n.Status.NodeInfo.KubeletVersion = e.kubeletVersion(name)
+	}
 	if len(n.Status.Addresses) == 0 {
 		addr := fmt.Sprintf("10.0.1.%d", e.addrs.Add(1))
 		if name == e.endpointNode {
@@ -420,6 +483,8 @@ type fleet struct {
 	n         int
 	createErr error
 	notReady  map[string]bool // names of nodes to create that stay NotReady
+	// kubeadmError, if set, is what the control-plane nodes it creates report of kubeadm on their Node objects.
+	kubeadmError string
 	// existing, if set, is the name of a node that is there already, which the provider answers instead of
 	// creating one; bootImage, if set, is the image it boots instead of the one asked for.
 	existing, bootImage string
@@ -710,6 +775,7 @@ func TestUpgradeRefusesOtherKubernetesVersion(t *testing.T) {
 	e := newEnv(t)
 	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
 	e.pod("web-0", "worker-0", nil, nil)
+	e.setClusterVersion("v1.38.0") // so that the worker may be replaced
 	e.create(&v1alpha1.NodeUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: v1alpha1.NodeUpgradeSpec{ImageDigest: newImage, KubernetesVersion: "v1.38.0"}})
 	e.run()
 	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
@@ -992,5 +1058,185 @@ func TestUpgradeWaitsForKubeadmToMarkTheControlPlane(t *testing.T) {
 	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
 	if nodes := e.nodes(); !slices.Equal(nodes, []string{"control-plane-new-1"}) {
 		t.Errorf("nodes %v", nodes)
+	}
+}
+
+// kubernetesCluster is a cluster of Kubernetes v1.36.3 (one control-plane node, one worker, a pod on the worker)
+// that upgrades to a node image of v1.37.2.
+func (e *env) kubernetesCluster() {
+	e.setClusterVersion("v1.36.3")
+	for _, n := range []string{"cp-0", "worker-0"} {
+		e.kubelets.Store(n, "v1.36.3")
+	}
+	e.node("cp-0", upgrade.RoleControlPlane, oldImage, true)
+	e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+	e.pod("web-0", "worker-0", nil, nil)
+}
+
+// TestKubernetesUpgradeControlPlaneFirst upgrades v1.36.3 to v1.37.2: the control-plane replacement counts
+// only once the cluster's kubeadm configuration names v1.37.2 (its kubeadm upgrade apply wrote it), and no
+// worker is replaced before.
+func TestKubernetesUpgradeControlPlaneFirst(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	e.run()
+	e.upgrade()
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply on control-plane-new-1 to move the cluster to Kubernetes v1.37.2 (its kubeadm configuration names v1.36.3)"))
+	if got := e.fleet.Calls(); !slices.Equal(got, []string{"create control-plane"}) {
+		t.Fatalf("calls while the cluster is on v1.36.3: %v", got)
+	}
+	if e.unschedulable("cp-0") {
+		t.Fatal("cp-0 drained before the cluster was upgraded")
+	}
+	// kubeadm upgrade apply on control-plane-new-1 uploads the configuration; kubeadm moves the addons only
+	// once cp-0 is gone, and no worker is replaced before.
+	e.setClusterConfigVersion("v1.37.2")
+	e.wait("the controller to wait for the addons", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return strings.Contains(st.Message, "waiting for kubeadm to move the addons to Kubernetes v1.37.2 before replacing worker worker-0 (its kube-proxy DaemonSet runs registry.k8s.io/kube-proxy:v1.36.3)")
+	})
+	if got := e.fleet.Calls(); slices.Contains(got, "create worker") || !slices.Contains(got, "delete cp-0") {
+		t.Fatalf("calls before the addons moved: %v", got)
+	}
+	e.setClusterVersion("v1.37.2")
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+	want := []string{"create control-plane", "etcd remove cp-0 for control-plane-new-1", "delete cp-0", "create worker", "delete worker-0"}
+	if got := e.fleet.Calls(); !slices.Equal(got, want) {
+		t.Errorf("calls %v, want %v", got, want)
+	}
+}
+
+// TestKubernetesUpgradeRefusesWorkerBeforeControlPlane: a worker is never replaced by one of a newer kubelet
+// than the control plane runs, whatever the order of the nodes: here the control-plane node runs the new image
+// already, but the cluster was not upgraded (its kubeadm configuration names v1.36.3), or a control-plane
+// node's kubelet is still on v1.36.3. Nothing is created or drained.
+func TestKubernetesUpgradeRefusesWorkerBeforeControlPlane(t *testing.T) {
+	for _, tc := range []struct{ name, cluster, cpKubelet, why string }{
+		{"configuration not upgraded", "v1.36.3", "v1.37.2", "kubeadm configuration (kube-system/kubeadm-config) names Kubernetes v1.36.3"},
+		{"control-plane kubelet not upgraded", "v1.37.2", "v1.36.3", `cp-0 runs kubelet "v1.36.3"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.setClusterVersion(tc.cluster)
+			e.kubelets.Store("cp-0", tc.cpKubelet)
+			e.kubelets.Store("worker-0", "v1.36.3")
+			e.node("cp-0", upgrade.RoleControlPlane, newImage, true)
+			e.node("worker-0", upgrade.RoleWorker, oldImage, true)
+			e.pod("web-0", "worker-0", nil, nil)
+			e.run()
+			e.upgrade()
+			st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+			if !strings.Contains(st.Message, "refusing to replace worker worker-0 by a node of Kubernetes v1.37.2") || !strings.Contains(st.Message, tc.why) {
+				t.Errorf("message %q does not say why", st.Message)
+			}
+			if calls := e.fleet.Calls(); len(calls) != 0 {
+				t.Errorf("the provider was asked: %v", calls)
+			}
+			e.refusedUntouched("worker-0", "web-0")
+		})
+	}
+}
+
+// TestKubernetesUpgradeStopsOnKubeadmError: the control-plane replacement reports that kubeadm upgrade apply
+// failed on it; the upgrade stops with kubeadm's error in its status, the old node untouched.
+func TestKubernetesUpgradeStopsOnKubeadmError(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	kubeadmErr := "kubeadm upgrade apply v1.37.2 (the cluster ran v1.36.3): exit status 1\n[ERROR CreateJob]: Job \"upgrade-health-check\" in the namespace \"kube-system\" did not complete in 1m5s"
+	e.fleet.kubeadmError = kubeadmErr
+	e.run()
+	e.upgrade()
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "kubeadm failed on the replacement control-plane-new-1: "+kubeadmErr) || !strings.Contains(st.Message, "node cp-0, step joining") {
+		t.Errorf("message %q does not carry kubeadm's error", st.Message)
+	}
+	if n := st.Nodes[len(st.Nodes)-1]; !strings.Contains(n.Message, "[ERROR CreateJob]") {
+		t.Errorf("node progress %q does not carry kubeadm's error", n.Message)
+	}
+	if got := e.fleet.Calls(); !slices.Equal(got, []string{"create control-plane"}) {
+		t.Errorf("calls after kubeadm failed: %v", got)
+	}
+	if e.unschedulable("cp-0") || !slices.Contains(e.nodes(), "cp-0") {
+		t.Error("cp-0 was cordoned or deleted")
+	}
+	// The cluster's configuration reaching the version later does not resume a failed upgrade.
+	e.setClusterVersion("v1.37.2")
+	if st := e.wait("the status to stay", phase(v1alpha1.PhaseFailed)); len(st.Nodes) != 1 {
+		t.Errorf("status %s", describe(st))
+	}
+}
+
+// TestKubernetesUpgradeRefusesTargetsKubeadmCannotReach: an older version or one that skips a minor version is
+// refused before any node is replaced.
+func TestKubernetesUpgradeRefusesTargetsKubeadmCannotReach(t *testing.T) {
+	for _, tc := range []struct{ cluster, target, why string }{
+		{"v1.37.2", "v1.36.3", "kubeadm does not downgrade"},
+		{"v1.35.4", "v1.37.2", "one minor version at a time"},
+	} {
+		t.Run(tc.cluster+"-"+tc.target, func(t *testing.T) {
+			e := newEnv(t)
+			e.setClusterVersion(tc.cluster)
+			e.node("cp-0", upgrade.RoleControlPlane, oldImage, true)
+			e.create(&v1alpha1.NodeUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: v1alpha1.NodeUpgradeSpec{ImageDigest: newImage, KubernetesVersion: tc.target}})
+			e.run()
+			st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+			if !strings.Contains(st.Message, tc.why) || !strings.Contains(st.Message, tc.target) {
+				t.Errorf("message %q", st.Message)
+			}
+			if calls := e.fleet.Calls(); len(calls) != 0 {
+				t.Errorf("the provider was asked: %v", calls)
+			}
+		})
+	}
+}
+
+// TestKubernetesUpgradeIgnoresReportsOfOtherNodes: only the replacement in flight can stop the upgrade with a
+// kubeadm failure; a report on any other node's Node object (which that node itself wrote) counts for nothing.
+func TestKubernetesUpgradeIgnoresReportsOfOtherNodes(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	var n corev1.Node
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "worker-0"}, &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Annotations = map[string]string{v1alpha1.KubeadmErrorAnnotation: "kubeadm join: exit status 1"}
+	if err := e.admin.Update(t.Context(), &n); err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+	e.upgrade()
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply"))
+	e.setClusterVersion("v1.37.2")
+	e.wait("the upgrade to succeed", phase(v1alpha1.PhaseSucceeded))
+}
+
+// TestKubernetesUpgradeStopsOnKubeadmAddonError: kubeadm failed to move the addons on the new control-plane
+// node, which reported it: the upgrade stops with kubeadm's error before any worker is replaced.
+func TestKubernetesUpgradeStopsOnKubeadmAddonError(t *testing.T) {
+	e := newEnv(t)
+	e.kubernetesCluster()
+	e.run()
+	e.upgrade()
+	e.wait("the controller to wait for kubeadm upgrade apply", inFlight("cp-0", v1alpha1.StepJoining, "waiting for kubeadm upgrade apply"))
+	e.setClusterConfigVersion("v1.37.2")
+	e.wait("the controller to wait for the addons", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return strings.Contains(st.Message, "waiting for kubeadm to move the addons")
+	})
+	var n corev1.Node
+	if err := e.admin.Get(t.Context(), types.NamespacedName{Name: "control-plane-new-1"}, &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Annotations[v1alpha1.KubeadmErrorAnnotation] = "kubeadm upgrade node phase addon all (to v1.37.2): exit status 1\nerror: unable to update the kube-proxy DaemonSet"
+	if err := e.admin.Update(t.Context(), &n); err != nil {
+		t.Fatal(err)
+	}
+	st := e.wait("the upgrade to fail", phase(v1alpha1.PhaseFailed))
+	if !strings.Contains(st.Message, "kubeadm failed on control-plane node control-plane-new-1: kubeadm upgrade node phase addon all (to v1.37.2): exit status 1") {
+		t.Errorf("message %q does not carry kubeadm's error", st.Message)
+	}
+	if got := e.fleet.Calls(); slices.Contains(got, "create worker") || slices.Contains(got, "delete worker-0") {
+		t.Errorf("a worker was replaced: %v", got)
+	}
+	if !slices.Contains(e.nodes(), "worker-0") || e.unschedulable("worker-0") || !slices.Contains(e.pods(), "web-0") {
+		t.Error("worker-0 was drained")
 	}
 }

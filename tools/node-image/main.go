@@ -24,6 +24,8 @@ func main() {
 	flag.StringVar(&in.KubernetesBin, "kubernetes-bin", "_out/kubernetes/bin", "Kubernetes binaries")
 	flag.StringVar(&in.ComponentsBin, "components-bin", "_out/components/bin", "etcd, CoreDNS, pause, containerd, runc")
 	flag.StringVar(&in.CNIDir, "cni", "_out/components/cni", "CNI plugins")
+	componentsKubeadm := flag.String("components-kubeadm", "", "the kubeadm whose etcd, CoreDNS and pause versions the components in -components-bin are pinned to "+
+		"(default: the kubeadm in -kubernetes-bin); set it when -kubernetes-bin holds another Kubernetes release than the one the components were pinned for")
 	uefi := nodeimage.DefaultUEFIInputs()
 	flag.StringVar(&uefi.Kernel, "kernel", uefi.Kernel, "the kernel of the UEFI disk image (scripts/qemu-kernel.sh)")
 	flag.StringVar(&uefi.Modules, "modules", uefi.Modules, "the kernel's module tree")
@@ -63,16 +65,25 @@ func main() {
 			Entrypoint: []string{"/usr/bin/" + s.name},
 		})
 	}
-	if err := run(in, uefi, *out); err != nil {
+	if err := run(in, uefi, *out, *componentsKubeadm); err != nil {
 		fmt.Fprintln(os.Stderr, "node-image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in nodeimage.Inputs, uefi nodeimage.UEFIInputs, out string) error {
+func run(in nodeimage.Inputs, uefi nodeimage.UEFIInputs, out, componentsKubeadm string) error {
 	versions, err := versionsFromKubeadm(in.KubernetesBin + "/kubeadm")
 	if err != nil {
 		return err
+	}
+	if componentsKubeadm != "" {
+		// The components are the ones of another Kubernetes release: their images carry the tags that release's
+		// kubeadm deploys, which are their versions; the nodes' kubeadm configuration names these tags.
+		pinned, err := versionsFromKubeadm(componentsKubeadm)
+		if err != nil {
+			return err
+		}
+		versions.Etcd, versions.CoreDNS, versions.Pause = pinned.Etcd, pinned.CoreDNS, pinned.Pause
 	}
 	in.Versions = versions
 	start := time.Now()

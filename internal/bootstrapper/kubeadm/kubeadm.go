@@ -3,7 +3,9 @@
 // their credentials if the cluster configuration has any; no upstream DNS unless the cluster configuration names
 // DNS servers; cgroup v1 with the cgroupfs driver), starts containerd, imports the pre-loaded images, starts the
 // kubelet once kubeadm has configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
-// bootstrap token) is readable by root only and exists only while kubeadm runs.
+// bootstrap token) is readable by root only and exists only while kubeadm runs. A node always runs the
+// Kubernetes of its image: the first control-plane node of the next minor version upgrades the cluster with
+// kubeadm upgrade apply after it joined, and reports every failure of kubeadm on its Node object (upgrade.go).
 //
 // On mini clusters only (the mini provider is the only one that creates the directory), a node also imports
 // the image archives its user loaded from the host (`constellation mini load`, LoadedImagesDir). They are the
@@ -40,6 +42,11 @@ type Options struct {
 	KubernetesVersion string
 	// PauseImage is the sandbox image, e.g. registry.k8s.io/pause:3.10.2.
 	PauseImage string
+	// EtcdImageTag and CoreDNSImageTag are the tags of the node image's etcd and CoreDNS images, e.g. 3.7.0-0
+	// and v1.14.6. The cluster's kubeadm configuration names them, so that a kubeadm of another Kubernetes
+	// version (a node of an older or newer image, kubeadm upgrade) deploys these, which every node image has,
+	// rather than its own default. Empty: kubeadm's default.
+	EtcdImageTag, CoreDNSImageTag string
 	// CgroupRoot is the node's cgroup (relative to each hierarchy), e.g. /constellation/control-plane-0.
 	CgroupRoot string
 	// PodCIDR is this node's pod address range; PodSubnet and ServiceSubnet are the cluster's.
@@ -164,6 +171,12 @@ kind: ClusterConfiguration
 kubernetesVersion: "{{.KubernetesVersion}}"
 controlPlaneEndpoint: "{{.Endpoint}}"
 networking: {serviceSubnet: "{{.ServiceSubnet}}", podSubnet: "{{.PodSubnet}}"}
+{{- if .EtcdImageTag}}
+etcd: {local: {imageTag: "{{.EtcdImageTag}}"}}
+{{- end}}
+{{- if .CoreDNSImageTag}}
+dns: {imageTag: "{{.CoreDNSImageTag}}"}
+{{- end}}
 apiServer:
   certSANs: ["{{.Endpoint.Addr}}"]
   # Never ask the host's resolver for node names.
@@ -194,6 +207,7 @@ func InitConfigFile(o Options) ([]byte, error) {
 	err := initTmpl.Execute(&b, map[string]any{
 		"NodeIP": o.NodeIP, "NodeName": o.NodeName, "Socket": ContainerdSocket, "KubernetesVersion": o.KubernetesVersion,
 		"Endpoint": o.endpoint(), "ServiceSubnet": o.ServiceSubnet, "PodSubnet": o.PodSubnet, "CgroupRoot": o.CgroupRoot, "PodLogsDir": PodLogsDir,
+		"EtcdImageTag": o.EtcdImageTag, "CoreDNSImageTag": o.CoreDNSImageTag,
 	})
 	return b.Bytes(), err
 }
@@ -348,8 +362,15 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 	if err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(PatchesDir, "kubeletconfiguration+strategic.yaml"), KubeletPatch(d.Options)); err != nil {
+	if err := writeFile(filepath.Join(d.patchesDir(), "kubeletconfiguration+strategic.yaml"), KubeletPatch(d.Options)); err != nil {
 		return err
+	}
+	if controlPlane {
+		// The control plane of this node's image, whatever version the cluster's configuration names (see
+		// PlanJoin): kubeadm join deploys that version's, which the image may not have.
+		if err := writePatches(d.patchesDir(), d.Options.KubernetesVersion); err != nil {
+			return err
+		}
 	}
 	go d.launchKubelet(context.WithoutCancel(ctx))
 	// The kubelet's kubeconfig is there already: the join service issued its identity.
@@ -363,10 +384,7 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 		// this node's etcd reaches every member once its key is published.
 		args = append(args, "--skip-phases=check-etcd")
 	}
-	if out, err := runWithConfig(ctx, KubeadmConfig, cfg, "kubeadm", args...); err != nil {
-		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
-	}
-	return nil
+	return d.joinKubeadm(ctx, cfg, args, controlPlane)
 }
 
 // runWithConfig runs a command (kubeadm) that reads its configuration from path: the configuration is written
@@ -454,6 +472,21 @@ type Driver struct {
 	// ConfigureRegistryMirrors); dns are the cluster's DNS servers (ConfigureDNS).
 	registryAuth []byte
 	dns          []string
+	// kubeadmBin, kubeletConf, patches, kubeadmConf and nodeReadyTimeout replace kubeadm (the command),
+	// KubeletKubeconfig, PatchesDir, KubeadmConfig and the wait for this node to be Ready before a kubeadm
+	// upgrade in tests.
+	kubeadmBin, kubeletConf, patches, kubeadmConf string
+	nodeReadyTimeout                              time.Duration
+	// addonsRequested, if set, receives the request for the addons' upgrade (upgradeAddons) in tests, which
+	// test that loop on its own.
+	addonsRequested chan struct{}
+}
+
+func (d *Driver) patchesDir() string {
+	if d.patches != "" {
+		return d.patches
+	}
+	return PatchesDir
 }
 
 func (d *Driver) logf(format string, args ...any) {

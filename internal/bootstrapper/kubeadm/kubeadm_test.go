@@ -71,6 +71,24 @@ func TestInitConfigFile(t *testing.T) {
 		t.Errorf("control-plane endpoint %q, SANs %v; want the node's own endpoint", ep, sans)
 	}
 	d := docs(t, raw)
+	// Without the image's tags, kubeadm's defaults; with them, the image's etcd and CoreDNS at every
+	// Kubernetes version.
+	if _, ok := d["ClusterConfiguration"]["etcd"]; ok {
+		t.Errorf("etcd configured without a tag: %v", d["ClusterConfiguration"]["etcd"])
+	}
+	tagged := opts
+	tagged.EtcdImageTag, tagged.CoreDNSImageTag = "3.7.0-0", "v1.14.6"
+	rawTagged, err := InitConfigFile(tagged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := docs(t, rawTagged)["ClusterConfiguration"]
+	if etcd, _ := cc["etcd"].(map[string]any); etcd == nil || etcd["local"].(map[string]any)["imageTag"] != "3.7.0-0" {
+		t.Errorf("etcd: %v", cc["etcd"])
+	}
+	if dns, _ := cc["dns"].(map[string]any); dns == nil || dns["imageTag"] != "v1.14.6" {
+		t.Errorf("dns: %v", cc["dns"])
+	}
 	kubelet := d["KubeletConfiguration"]
 	if kubelet["failCgroupV1"] != false || kubelet["cgroupDriver"] != "cgroupfs" || kubelet["cgroupRoot"] != "/constellation/control-plane-0" {
 		t.Errorf("kubelet configuration: %v", kubelet)

@@ -25,6 +25,13 @@ var (
 // never run at once.
 const Name = "cluster"
 
+// KubeadmErrorAnnotation is the annotation on a node's Node object by which the node reports that kubeadm
+// failed on it (join, or the upgrade of the cluster's Kubernetes version that the first control-plane node of a
+// newer version runs): the failure, with the tail of kubeadm's output. The node writes it with its kubelet's
+// credentials, which may change only its own Node object. The upgrade controller stops an upgrade whose
+// replacement reports it; it never counts anything a node writes there as progress.
+const KubeadmErrorAnnotation = "upgrade.constellation.dev/kubeadm-error"
+
 // Phase is where an upgrade is.
 type Phase string
 

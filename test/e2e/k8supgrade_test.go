@@ -1,0 +1,135 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/version"
+
+	"github.com/constellation-dev/constellation/internal/nodeimage"
+)
+
+// TestMiniKubernetesUpgrade upgrades the Kubernetes version of a running cluster (1 control plane, 1 worker)
+// with `apply`: the cluster starts from node image A (`make node-image-previous`: the previous Kubernetes
+// release, everything else equal) and is upgraded to image B (`make node-image`: the pinned release, the next
+// minor version). The replacement of the control-plane node joins with its own control plane and runs kubeadm
+// upgrade apply; only then is the worker replaced. A ConfigMap written before the upgrade is read back after it,
+// every node's kubelet and the API server report B's version, and so do kubeadm's configuration and kube-proxy.
+// Run it with `make e2e-k8s-upgrade`.
+func TestMiniKubernetesUpgrade(t *testing.T) {
+	imageA, _ := filepath.Abs("../../_out/node-image-previous")
+	imageB, _ := filepath.Abs("../../_out/node-image")
+	versions := func(dir string) nodeimage.Versions {
+		v, err := nodeimage.ManifestVersions(filepath.Join(dir, "node-image.json"))
+		if err != nil {
+			t.Skipf("node image %s is not built (make node-image-previous node-image): %v", dir, err)
+		}
+		return v
+	}
+	va, vb := versions(imageA), versions(imageB)
+	from, to := version.MustParseSemantic(va.Kubernetes), version.MustParseSemantic(vb.Kubernetes)
+	if to.Minor() != from.Minor()+1 {
+		t.Fatalf("image A has Kubernetes %s, image B %s: the test upgrades to the next minor version", va.Kubernetes, vb.Kubernetes)
+	}
+	if va.Etcd != vb.Etcd || va.CoreDNS != vb.CoreDNS || va.Pause != vb.Pause {
+		t.Fatalf("images A and B differ in more than Kubernetes: %+v, %+v", va, vb)
+	}
+	t.Logf("upgrading Kubernetes %s (image A) to %s (image B)", va.Kubernetes, vb.Kubernetes)
+
+	generate := func(c cli, dir string) {
+		t.Helper()
+		if out, code := c.run("config", "generate", "mini", "--image-dir", dir, "--allow-dev-signed", "--force", "--control-planes", "1", "--workers", "1"); code != 0 {
+			t.Fatalf("config generate for %s: exit %d\n%s", dir, code, out)
+		}
+	}
+	cl := startCluster(t, 1, 1, func(c cli) { generate(c, imageA) })
+	c, k := cl.c, cl.k
+
+	// Every node and the API server run A's version.
+	cl.checkVersions(va.Kubernetes)
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	proof := hex.EncodeToString(nonce)
+	if out, err := k("create", "configmap", "k8s-upgrade-proof", "-n", "default", "--from-literal=proof="+proof, "--from-literal=written-at="+va.Kubernetes); err != nil {
+		t.Fatalf("writing the ConfigMap before the upgrade: %v\n%s", err, out)
+	}
+
+	generate(c, imageB)
+	out, code := c.run("upgrade", "check")
+	t.Logf("upgrade check:\n%s", out)
+	if code != 0 || !strings.Contains(out, "Kubernetes: the cluster runs "+va.Kubernetes+", the configuration's node image "+vb.Kubernetes) {
+		t.Errorf("upgrade check: exit %d, does not show both Kubernetes versions", code)
+	}
+	start := time.Now()
+	out, code = c.run("apply", "--allow-dev-signed", "--wait", "40m")
+	t.Logf("apply (%s):\n%s", time.Since(start).Round(time.Second), out)
+	if code != 0 {
+		t.Fatalf("apply: exit %d", code)
+	}
+	for _, want := range []string{
+		"runs Kubernetes " + vb.Kubernetes + " (the cluster: " + va.Kubernetes + ")",
+		"control-plane-0 (control-plane) -> control-plane-1: done",
+		"worker-0 (worker) -> worker-1: done",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apply does not say %q", want)
+		}
+	}
+	// The control plane was upgraded before the worker was replaced.
+	if cp, w := strings.Index(out, "control-plane-0 (control-plane) -> control-plane-1: done"), strings.Index(out, "worker-0 (worker) -> worker-1: joining"); cp < 0 || w < 0 || w < cp {
+		t.Errorf("the worker was replaced before the control plane was done")
+	}
+	if out, err := k("get", "nodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name"); err != nil || strings.Join(strings.Fields(out), " ") != "control-plane-1 worker-1" {
+		t.Errorf("nodes after the upgrade: %v\n%s", err, out)
+	}
+	cl.checkVersions(vb.Kubernetes)
+	if out, err := k("get", "configmap", "k8s-upgrade-proof", "-n", "default", "-o", "jsonpath={.data.proof}"); err != nil || strings.TrimSpace(out) != proof {
+		t.Errorf("the ConfigMap written before the upgrade: %v %q, want proof %s", err, out, proof)
+	}
+	if out, err := k("-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "jsonpath={.data.ClusterConfiguration}"); err != nil || !strings.Contains(out, "kubernetesVersion: "+vb.Kubernetes) {
+		t.Errorf("kubeadm's cluster configuration after the upgrade: %v\n%s", err, out)
+	}
+	if out, err := k("-n", "kube-system", "get", "daemonset", "kube-proxy", "-o", "jsonpath={.spec.template.spec.containers[0].image}"); err != nil || !strings.HasSuffix(strings.TrimSpace(out), ":"+vb.Kubernetes) {
+		t.Errorf("kube-proxy after the upgrade: %v %s", err, out)
+	}
+	// No node reports a kubeadm failure.
+	if out, err := k("get", "nodes", "-o", "jsonpath={.items[*].metadata.annotations.upgrade\\.constellation\\.dev/kubeadm-error}"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("a node reports a kubeadm failure: %v %s", err, out)
+	}
+	cl.eventually("status healthy after the upgrade", func() (string, bool) {
+		out, code := c.run("status")
+		return out, code == 0
+	})
+}
+
+// checkVersions checks that every node's kubelet and the API server report Kubernetes v.
+func (cl *cluster) checkVersions(v string) {
+	cl.t.Helper()
+	out, err := cl.k("get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.nodeInfo.kubeletVersion}{\"\\n\"}{end}")
+	if err != nil {
+		cl.t.Fatalf("the nodes' kubelet versions: %v\n%s", err, out)
+	}
+	for _, line := range strings.Fields(out) {
+		if name, kv, _ := strings.Cut(line, "="); kv != v {
+			cl.t.Errorf("node %s runs kubelet %s, want %s", name, kv, v)
+		}
+	}
+	cl.t.Logf("kubelets: %s", strings.Join(strings.Fields(out), " "))
+	raw, err := cl.k("version", "-o", "json")
+	if err != nil {
+		cl.t.Fatalf("kubectl version: %v\n%s", err, raw)
+	}
+	var ver struct {
+		Server struct {
+			GitVersion string `json:"gitVersion"`
+		} `json:"serverVersion"`
+	}
+	if i := strings.Index(raw, "{"); i < 0 || json.Unmarshal([]byte(raw[i:]), &ver) != nil || ver.Server.GitVersion != v {
+		cl.t.Errorf("kubectl version: the API server reports %q, want %s\n%s", ver.Server.GitVersion, v, raw)
+	}
+}
