@@ -609,7 +609,7 @@ func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 	rawMeas, _ := json.Marshal(expected)
 	measPath := filepath.Join(imageDir, "measurements.json")
 	write(t, measPath, rawMeas)
-	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: upgradeToDigest, Cmdline: nodeimage.DefaultCmdline})
+	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: upgradeToDigest, Cmdline: nodeimage.DefaultCmdline, Versions: nodeimage.Versions{Kubernetes: "v1.37.2"}})
 	write(t, filepath.Join(imageDir, "node-image.json"), rawManifest)
 	sig := signImage(t, imageDir)
 	ws := t.TempDir()
