@@ -472,11 +472,13 @@ func (u *imageUpgrade) abort(ctx context.Context) error {
 		seen = true
 		p.print(nu)
 		if nu.Spec.ImageDigest == u.From.Digest {
-			ended := final(nu)
+			// Failed is final whatever the target: the controller may have failed on the node in flight (of the
+			// new image) after the rollback was asked for.
+			ended := final(nu) || nu.Status.Phase == v1alpha1.PhaseFailed
 			switch {
-			case ended && nu.Status.Phase == v1alpha1.PhaseSucceeded:
+			case final(nu) && nu.Status.Phase == v1alpha1.PhaseSucceeded:
 				// Every node runs the old image.
-			case ended && nu.Status.Phase == v1alpha1.PhaseFailed && asked:
+			case final(nu) && nu.Status.Phase == v1alpha1.PhaseFailed && asked:
 				return failed(fmt.Errorf("the rollback to node image %s failed: %s\nThe measurement policy still accepts both images. Fix what failed, then run 'constellation upgrade abort' again", u.From.Digest, nu.Status.Message))
 			case ended, nu.Spec.Abort, nu.Spec.Paused:
 				if err := u.askRollback(ctx, nu); err != nil {
@@ -536,10 +538,11 @@ func (u *imageUpgrade) abort(ctx context.Context) error {
 
 // askRollback turns the NodeUpgrade toward the image the cluster ran before: a merge patch of its target on
 // the version read (a conflict means it changed meanwhile: read it again), or, if the controller no longer acts
-// on it (it failed), a new NodeUpgrade in its place.
+// on it (it failed, on the rollback's target or on the node of the new image it was finishing), a new
+// NodeUpgrade in its place.
 func (u *imageUpgrade) askRollback(ctx context.Context, nu *v1alpha1.NodeUpgrade) error {
 	out := u.out()
-	if nu.Status.Phase == v1alpha1.PhaseFailed && current(nu) {
+	if nu.Status.Phase == v1alpha1.PhaseFailed {
 		opts := map[string]any{"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": map[string]any{"resourceVersion": nu.ResourceVersion}}
 		if err := u.API.Do(ctx, http.MethodDelete, nodeUpgradePath, "", opts, nil); err != nil && !kubeapi.IsStatus(err, http.StatusNotFound) {
 			if kubeapi.IsStatus(err, http.StatusConflict) {
@@ -581,7 +584,9 @@ func (u *imageUpgrade) askRollback(ctx context.Context, nu *v1alpha1.NodeUpgrade
 // followRollback watches the NodeUpgrade, printing the progress of each node, until the rollback ends (or its
 // target changes, or it is deleted).
 func (u *imageUpgrade) followRollback(ctx context.Context, p *progressPrinter) error {
-	_, err := u.watch(ctx, p, func(nu *v1alpha1.NodeUpgrade) bool { return final(nu) || nu.Spec.ImageDigest != u.From.Digest })
+	_, err := u.watch(ctx, p, func(nu *v1alpha1.NodeUpgrade) bool {
+		return final(nu) || nu.Status.Phase == v1alpha1.PhaseFailed || nu.Spec.ImageDigest != u.From.Digest
+	})
 	switch {
 	case errors.Is(err, errWatchInterrupted):
 		return failed(fmt.Errorf("interrupted: the rollback keeps running in the cluster (NodeUpgrade %s); run 'constellation upgrade abort' again to follow it and narrow the measurement policy once it is done", v1alpha1.Name))

@@ -552,6 +552,44 @@ func TestApplyReportsAFailedUpgradeAndAbortRollsBack(t *testing.T) {
 	}
 }
 
+// The controller failed on the node of the new image it was finishing after the rollback was asked for (the
+// NodeUpgrade names the old image, its status the new one, Failed): the controller acts on it no more, so abort
+// replaces it by a new NodeUpgrade toward the old image, and completes the rollback.
+func TestAbortAfterTheNodeInFlightFailed(t *testing.T) {
+	f := newUpgradeFixture(t)
+	f.fleet.mu.Lock()
+	f.fleet.fail = errors.New("out of machines")
+	f.fleet.mu.Unlock()
+	var out bytes.Buffer
+	if err := f.upgrade(&out, f.oldImage(), f.newImage()).run(context.Background()); !errors.Is(err, errUpgradeFailed) {
+		t.Fatalf("apply: %v", err)
+	}
+	var nu v1alpha1.NodeUpgrade
+	if err := f.admin.Get(t.Context(), types.NamespacedName{Name: v1alpha1.Name}, &nu); err != nil {
+		t.Fatal(err)
+	}
+	orig := nu.DeepCopy()
+	nu.Spec.ImageDigest = upgradeFromDigest
+	if err := f.admin.Patch(t.Context(), &nu, client.MergeFrom(orig)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(func(nu *v1alpha1.NodeUpgrade) bool {
+		return nu.Status.ObservedGeneration == nu.Generation && nu.Status.Phase == v1alpha1.PhaseFailed && !current(nu)
+	})
+	out.Reset()
+	if err := f.upgrade(&out, f.oldImage(), clusterImage{}).abort(context.Background()); err != nil {
+		t.Fatalf("abort: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "the upgrade had failed") || f.nodeUpgrade() != nil {
+		t.Fatalf("abort did not replace the failed NodeUpgrade:\n%s", out.String())
+	}
+	for _, u := range f.inForce() {
+		if len(u.Sets) != 1 || !containsSet(u.Sets, f.old) {
+			t.Fatalf("a key service has %v in force after the rollback, want the old image only", u)
+		}
+	}
+}
+
 // apply with the old configuration while the upgrade runs rolls it back: the controller finishes the node in
 // flight (the control-plane node, to the new image), then replaces it by a node of the old image; only then is
 // the policy narrowed to the old image, and the NodeUpgrade removed. The worker, never replaced, stays.
