@@ -717,7 +717,8 @@ func TestAbortWaitsForAKeyServiceThatDoesNotAnswer(t *testing.T) {
 	ln.Close()
 	live := f.up.KeyServices
 	var mu sync.Mutex
-	listed := append(slices.Clone(live), silent)
+	// At first the provider lists only the node whose key service does not answer (the others' are not up yet).
+	listed := []string{silent}
 	f.up.KeyServices = slices.Clone(listed)
 	iu := f.upgrade(&out, f.oldImage(), clusterImage{})
 	api := iu.API
@@ -736,11 +737,24 @@ func TestAbortWaitsForAKeyServiceThatDoesNotAnswer(t *testing.T) {
 	for !strings.Contains(w.String(), "waiting for the key services at "+silent) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Meanwhile the key services that answer accept the old image only.
 	for _, u := range f.inForce() {
-		if len(u.Sets) != 1 || !containsSet(u.Sets, f.old) {
-			t.Fatalf("a key service that answers has %v in force while abort waits, want the old image only", u)
+		if len(u.Sets) != 2 {
+			t.Fatalf("a key service has %v in force while no key service answered, want both images", u)
 		}
+	}
+	// The others answer now: they get the old image only, while abort keeps waiting for the silent one.
+	mu.Lock()
+	listed = append(slices.Clone(live), silent)
+	mu.Unlock()
+	for {
+		narrowed := true
+		for _, u := range f.inForce() {
+			narrowed = narrowed && len(u.Sets) == 1 && containsSet(u.Sets, f.old)
+		}
+		if narrowed {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	select {
 	case err := <-done:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 
@@ -328,7 +329,8 @@ func unreachableError(waiting map[string]error) error {
 
 // Rollback narrows the measurement policy to the image the upgrade started from (old; nil: the first image of
 // the upgrade in force) at every key service that answers, and returns the rollback and the key services that
-// did not answer or did not take it (waiting), by address. Only ever narrowing, it is safe to send to some key
+// did not answer or did not take it (waiting), by address; if none that answered has an update in force and some
+// did not answer, it sends nothing and returns no rollback (those may have the upgrade's). Only ever narrowing, it is safe to send to some key
 // services before the others: a control-plane node that joins later gets the update in force with the master
 // secret from a key service that has it. Called again, it sends the rollback in force at one key service to
 // those that lack it, so that a key service that did not answer (a node still joining, or one the host keeps
@@ -347,6 +349,10 @@ func (p *PolicyUpgrade) Rollback(ctx context.Context, old measurements.M) (*poli
 		return nil, nil, err
 	}
 	cur := st.Latest
+	if cur == nil && len(st.Unreachable) > 0 {
+		// No key service that answered has an update in force: those that did not may have the upgrade's.
+		return nil, maps.Clone(st.Unreachable), nil
+	}
 	var rollback *policyupdate.Update
 	switch {
 	case cur != nil && len(cur.Sets) == 2:
