@@ -496,6 +496,16 @@ func (u *imageUpgrade) abort(ctx context.Context) error {
 				continue
 			}
 			if !asked {
+				// The NodeUpgrade of an upgrade to this image that succeeded and was finished (the state file records
+				// its image): no window is open, there is nothing to roll back.
+				st, err := u.Policy.Status(ctx)
+				if err != nil {
+					return failed(fmt.Errorf("reading the measurement policy in force: %w", err))
+				}
+				if !windowOpen(st) {
+					return badInput("the upgrade to node image %s succeeded and is finished (%s records it, the key services accept it only): there is nothing to roll back; "+
+						"to go back to another image, apply its configuration", u.From.Digest, StateFile)
+				}
 				fmt.Fprintf(out, "  the upgrade controller rolled every node back to node image %s\n", u.From.Digest)
 			}
 			if err := u.narrowRollback(ctx); err != nil {
@@ -534,6 +544,19 @@ func (u *imageUpgrade) abort(ctx context.Context) error {
 	}
 	fmt.Fprintf(out, "Upgrade rolled back: %s; nodes of the new image are refused from now on\n", rollback)
 	return nil
+}
+
+// windowOpen reports whether some key service has an upgrade's two images in force, or did not answer.
+func windowOpen(st *PolicyStatus) bool {
+	if len(st.Unreachable) > 0 {
+		return true
+	}
+	for _, f := range st.InForce {
+		if len(f.Sets()) == 2 {
+			return true
+		}
+	}
+	return false
 }
 
 // askRollback turns the NodeUpgrade toward the image the cluster ran before: a merge patch of its target on

@@ -428,6 +428,11 @@ func TestApplyUpgradesTheCluster(t *testing.T) {
 		t.Fatalf("status:\n%s", status.String())
 	}
 
+	// abort after the upgrade finished (the state file records the new image): nothing to roll back.
+	out.Reset()
+	if err := f.upgrade(&out, f.newImage(), clusterImage{}).abort(context.Background()); err == nil || ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), "succeeded and is finished") || f.nodeUpgrade() == nil {
+		t.Fatalf("abort after the upgrade finished: %v\n%s", err, out.String())
+	}
 	out.Reset()
 	if err := f.upgrade(&out, f.newImage(), f.newImage()).run(context.Background()); err != nil || !strings.Contains(out.String(), "nothing to upgrade") {
 		t.Fatalf("apply again: %v\n%s", err, out.String())
