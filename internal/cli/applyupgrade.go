@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	//
+	"sort"
 	"strings"
 	"time"
 
@@ -102,8 +104,8 @@ var errUpgradeFailed = errors.New("the node upgrade failed")
 const resumeHint = "the upgrade keeps running in the cluster (NodeUpgrade " + v1alpha1.Name + "): run 'constellation apply' again to follow it, or 'constellation upgrade abort' to roll it back"
 
 // rollbackHint says how to roll a failed upgrade back.
-const rollbackHint = "Roll it back with 'constellation upgrade abort': the controller stops and the key services accept the old node image only again " +
-	"(nodes it already replaced run the new image and are refused from then on); then apply the configuration again to retry."
+const rollbackHint = "Roll it back with 'constellation upgrade abort': the controller replaces the nodes of the new image by nodes of the old one, " +
+	"then the key services accept the old node image only again; then apply the configuration again to retry."
 
 // getNodeUpgrade reads the cluster's NodeUpgrade; nil if there is none.
 func getNodeUpgrade(ctx context.Context, api *kubeapi.Client) (*v1alpha1.NodeUpgrade, error) {
@@ -159,10 +161,10 @@ const (
 func decideUpgrade(from, to string, nu *v1alpha1.NodeUpgrade) (upgradeAction, error) {
 	if from == to {
 		switch {
-		case nu == nil, nu.Spec.ImageDigest == to:
+		case nu == nil, nu.Spec.ImageDigest == to && nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu):
 			return actionNone, nil
-		case nu.Status.Phase == v1alpha1.PhaseAborted && current(nu):
-			return actionNone, nil
+		case nu.Spec.ImageDigest == to:
+			return actionRollback, nil // a rollback to it runs, or failed
 		case nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu):
 			return 0, fmt.Errorf("the cluster's nodes were all replaced by nodes of image %s (NodeUpgrade %s succeeded), but the configuration names the image it ran before, %s: "+
 				"apply the configuration of %s to finish that upgrade, then upgrade back to %s", nu.Spec.ImageDigest, v1alpha1.Name, to, nu.Spec.ImageDigest, to)
@@ -172,6 +174,8 @@ func decideUpgrade(from, to string, nu *v1alpha1.NodeUpgrade) (upgradeAction, er
 	switch {
 	case nu == nil:
 		return actionStart, nil
+	case nu.Spec.ImageDigest == from && !final(nu):
+		return 0, fmt.Errorf("a rollback to image %s runs in the cluster (NodeUpgrade %s): follow it to its end with 'constellation upgrade abort', then apply again", from, v1alpha1.Name)
 	case nu.Spec.ImageDigest != to:
 		if nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu) && nu.Spec.ImageDigest == from || nu.Status.Phase == v1alpha1.PhaseAborted && current(nu) {
 			return actionStart, nil // an earlier upgrade, ended
@@ -284,7 +288,9 @@ func (u *imageUpgrade) start(ctx context.Context, nu *v1alpha1.NodeUpgrade) erro
 // node whenever its step changes. It stops, leaving the upgrade running, when ctx ends or at the deadline.
 func (u *imageUpgrade) follow(ctx context.Context) (*v1alpha1.NodeUpgrade, error) {
 	p := &progressPrinter{out: u.out()}
-	nu, err := u.watch(ctx, p, final)
+	// A NodeUpgrade turned toward another image ('upgrade abort' rolls back) ends the following: its success is
+	// not this upgrade's, and narrowing the policy to this upgrade's image would refuse every node of the other.
+	nu, err := u.watch(ctx, p, func(nu *v1alpha1.NodeUpgrade) bool { return final(nu) || nu.Spec.ImageDigest != u.To.Digest })
 	switch {
 	case errors.Is(err, errWatchInterrupted):
 		return nil, failed(fmt.Errorf("interrupted: %s", resumeHint))
@@ -294,6 +300,9 @@ func (u *imageUpgrade) follow(ctx context.Context) (*v1alpha1.NodeUpgrade, error
 		return nil, failed(fmt.Errorf("following the upgrade: %w; %s", err, resumeHint))
 	case nu == nil:
 		return nil, failed(fmt.Errorf("NodeUpgrade %s was deleted while the upgrade ran (by 'constellation upgrade abort'?)", v1alpha1.Name))
+	case nu.Spec.ImageDigest != u.To.Digest:
+		return nil, failed(fmt.Errorf("the upgrade was turned toward node image %s (a rollback by 'constellation upgrade abort'); the measurement policy is left as it is: "+
+			"'constellation upgrade abort' follows the rollback and narrows it", nu.Spec.ImageDigest))
 	case nu.Status.Phase == v1alpha1.PhaseAborted:
 		return nil, failed(fmt.Errorf("the upgrade was aborted: %s", nu.Status.Message))
 	}
@@ -396,8 +405,8 @@ type progressPrinter struct {
 }
 
 func (p *progressPrinter) print(nu *v1alpha1.NodeUpgrade) {
-	if !current(nu) {
-		return // the status of an earlier spec
+	if nu.Status.ObservedGeneration < nu.Generation {
+		return // the status of an earlier spec (the nodes of a target changed since are finished, and shown)
 	}
 	if p.steps == nil {
 		p.steps = map[string]v1alpha1.Step{}
@@ -452,78 +461,250 @@ func (u *imageUpgrade) finish(ctx context.Context, nu *v1alpha1.NodeUpgrade) err
 	return nil
 }
 
-// abort stops the cluster's upgrade and rolls its measurement policy back. With no node in flight the
-// NodeUpgrade is deleted at once (on the version read: a controller that meanwhile marked a node as being
-// created keeps it, and abort goes the long way); otherwise spec.abort asks the controller to stop once that
-// node is done, and abort waits for it before it deletes the NodeUpgrade. An upgrade that succeeded is not
-// rolled back: every node runs the new image, which the rollback would refuse.
+// abort rolls the cluster's upgrade back to the image it ran before (From, the state file's), as 'upgrade
+// abort' and 'apply' with the old configuration do. It turns the NodeUpgrade toward that image: the upgrade
+// controller finishes the node in flight, then replaces every node that its attestation does not prove to run
+// the old image (those the upgrade replaced already) by one that does, the control plane first, one extra
+// node at a time, as PodDisruptionBudgets allow. (A failed upgrade's NodeUpgrade, which the controller no
+// longer acts on, is replaced by a new one.) Only once the controller reports that every node runs the old
+// image is the measurement policy narrowed to it, at the key services of the control-plane nodes there are
+// then, and the NodeUpgrade removed. Every step can be repeated: abort again follows a rollback that runs and
+// completes one that was interrupted. An upgrade that succeeded is not rolled back.
+//
+// Without a NodeUpgrade (an upgrade opened with 'upgrade start'), only the measurement policy is rolled back.
 func (u *imageUpgrade) abort(ctx context.Context) error {
 	out := u.out()
-	p := progressPrinter{out: out}
-	var last *v1alpha1.NodeUpgrade
+	if u.From.Digest == "" || len(u.From.Measurements) == 0 {
+		return badInput("%s records no node image (an earlier CLI created the cluster): add the imageDigest and measurements of the image the cluster ran before the upgrade to it, then abort again", StateFile)
+	}
+	p := &progressPrinter{out: out}
+	asked, seen := false, false
 	for {
 		nu, err := getNodeUpgrade(ctx, u.API)
 		if err != nil {
+			if u.reconnect(ctx, err) {
+				continue
+			}
 			return failed(err)
 		}
 		if nu == nil {
+			if seen {
+				return failed(fmt.Errorf("NodeUpgrade %s was deleted while the rollback ran: nodes of the new image may be left, so the measurement policy was not narrowed; run 'constellation upgrade abort' again", v1alpha1.Name))
+			}
+			fmt.Fprintf(out, "  no NodeUpgrade in the cluster: the upgrade controller replaced no node, only the measurement policy is rolled back\n")
 			break
 		}
-		last = nu
+		seen = true
 		p.print(nu)
-		if nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu) {
-			return badInput("the upgrade to image %s succeeded (every node runs it): rolling its measurement policy back would refuse every node; "+
-				"finish it with 'constellation apply' and the configuration of that image", nu.Spec.ImageDigest)
-		}
-		if inFlight(nu) == nil || nu.Status.Phase == v1alpha1.PhaseFailed && current(nu) {
+		if nu.Spec.ImageDigest == u.From.Digest {
+			// Failed is final whatever the target: the controller may have failed on the node in flight (of the
+			// new image) after the rollback was asked for.
+			ended := final(nu) || nu.Status.Phase == v1alpha1.PhaseFailed
+			switch {
+			case final(nu) && nu.Status.Phase == v1alpha1.PhaseSucceeded:
+				// Every node runs the old image.
+			case final(nu) && nu.Status.Phase == v1alpha1.PhaseFailed && asked:
+				return failed(fmt.Errorf("the rollback to node image %s failed: %s\nThe measurement policy still accepts both images. Fix what failed, then run 'constellation upgrade abort' again", u.From.Digest, nu.Status.Message))
+			case ended, nu.Spec.Abort, nu.Spec.Paused:
+				if err := u.askRollback(ctx, nu); err != nil {
+					if kubeapi.IsStatus(err, http.StatusConflict) {
+						continue
+					}
+					return err
+				}
+				asked = true
+				continue
+			default:
+				if err := u.followRollback(ctx, p); err != nil {
+					return err
+				}
+				continue
+			}
+			if !asked {
+				// The NodeUpgrade of an upgrade to this image that succeeded and was finished (the state file records
+				// its image): no window is open, there is nothing to roll back.
+				st, err := u.Policy.Status(ctx)
+				if err != nil {
+					return failed(fmt.Errorf("reading the measurement policy in force: %w", err))
+				}
+				if !windowOpen(st) {
+					return badInput("the upgrade to node image %s succeeded and is finished (%s records it, the key services accept it only): there is nothing to roll back; "+
+						"to go back to another image, apply its configuration", u.From.Digest, StateFile)
+				}
+				fmt.Fprintf(out, "  the upgrade controller rolled every node back to node image %s\n", u.From.Digest)
+			}
+			if err := u.narrowRollback(ctx); err != nil {
+				return err
+			}
 			opts := map[string]any{"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": map[string]any{"resourceVersion": nu.ResourceVersion}}
 			err := u.API.Do(ctx, http.MethodDelete, nodeUpgradePath, "", opts, nil)
 			if kubeapi.IsStatus(err, http.StatusConflict) {
-				continue // the controller wrote meanwhile
+				continue // changed meanwhile: look again
 			}
 			if err != nil && !kubeapi.IsStatus(err, http.StatusNotFound) {
-				return failed(fmt.Errorf("deleting NodeUpgrade %s: %w", v1alpha1.Name, err))
+				return failed(fmt.Errorf("deleting NodeUpgrade %s after the rollback: %w; the rollback is complete otherwise", v1alpha1.Name, err))
 			}
-			fmt.Fprintf(out, "  upgrade controller stopped: NodeUpgrade %s deleted\n", v1alpha1.Name)
-			break
-		}
-		if !nu.Spec.Abort {
-			if err := u.API.Do(ctx, http.MethodPatch, nodeUpgradePath, kubeapi.MergePatch, map[string]any{"spec": map[string]any{"abort": true}}, nil); err != nil {
-				return failed(fmt.Errorf("asking the upgrade controller to stop: %w", err))
-			}
-			cur := inFlight(nu)
-			fmt.Fprintf(out, "  asked the upgrade controller to stop once it has replaced %s (step %s)\n", cur.OldNode, cur.Step)
-			continue
-		}
-		// Until the node in flight is done (or the NodeUpgrade is gone): then delete it, as above.
-		_, err = u.watch(ctx, &p, func(nu *v1alpha1.NodeUpgrade) bool { return inFlight(nu) == nil || final(nu) })
-		switch {
-		case errors.Is(err, errWatchInterrupted):
-			return failed(fmt.Errorf("interrupted while the upgrade controller finishes the node in flight; run 'constellation upgrade abort' again to complete the rollback"))
-		case errors.Is(err, errWatchDeadline):
-			return checkFailed(fmt.Errorf("the upgrade controller has not finished the node in flight within --wait; run 'constellation upgrade abort' again to complete the rollback, " +
-				"or delete NodeUpgrade " + v1alpha1.Name + " to stop it at once (the node in flight is then left as it is)"))
-		case err != nil:
-			return failed(err)
-		}
-	}
-	rollback, err := u.Policy.Abort(ctx)
-	if err != nil {
-		if last != nil && strings.Contains(err.Error(), "no upgrade is open") {
-			fmt.Fprintln(out, "  no measurement policy window was open: nothing to roll back")
+			fmt.Fprintf(out, "Upgrade rolled back: every node runs node image %s, and the key services accept it only\n", u.From.Digest)
 			return nil
 		}
+		if nu.Spec.ImageDigest != u.From.Digest && nu.Status.Phase == v1alpha1.PhaseSucceeded && current(nu) {
+			return badInput("the upgrade to image %s succeeded (every node runs it): rolling its measurement policy back would refuse every node; "+
+				"finish it with 'constellation apply' and the configuration of that image", nu.Spec.ImageDigest)
+		}
+		if err := u.askRollback(ctx, nu); err != nil {
+			if kubeapi.IsStatus(err, http.StatusConflict) {
+				continue // the controller or someone else wrote meanwhile
+			}
+			return err
+		}
+		asked = true
+	}
+	// No NodeUpgrade: the measurement policy only.
+	rollback, waiting, err := u.Policy.Rollback(ctx, u.From.Measurements)
+	if err != nil {
 		return failed(fmt.Errorf("rolling the measurement policy back: %w", err))
 	}
+	if len(waiting) > 0 {
+		return failed(fmt.Errorf("rolling the measurement policy back: %w", unreachableError(waiting)))
+	}
 	fmt.Fprintf(out, "Upgrade rolled back: %s; nodes of the new image are refused from now on\n", rollback)
-	if last != nil {
-		for _, n := range last.Status.Nodes {
-			if n.Step == v1alpha1.StepDone && n.ReplacementNode != "" {
-				fmt.Fprintf(out, "  %s replaced %s with the new image: it is refused from now on (continuous attestation quarantines it)\n", n.ReplacementNode, n.OldNode)
+	return nil
+}
+
+// windowOpen reports whether some key service has an upgrade's two images in force, or did not answer.
+func windowOpen(st *PolicyStatus) bool {
+	if len(st.Unreachable) > 0 {
+		return true
+	}
+	for _, f := range st.InForce {
+		if len(f.Sets()) == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// askRollback turns the NodeUpgrade toward the image the cluster ran before: a merge patch of its target on
+// the version read (a conflict means it changed meanwhile: read it again), or, if the controller no longer acts
+// on it (it failed, on the rollback's target or on the node of the new image it was finishing), a new
+// NodeUpgrade in its place.
+func (u *imageUpgrade) askRollback(ctx context.Context, nu *v1alpha1.NodeUpgrade) error {
+	out := u.out()
+	if nu.Status.Phase == v1alpha1.PhaseFailed {
+		opts := map[string]any{"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": map[string]any{"resourceVersion": nu.ResourceVersion}}
+		if err := u.API.Do(ctx, http.MethodDelete, nodeUpgradePath, "", opts, nil); err != nil && !kubeapi.IsStatus(err, http.StatusNotFound) {
+			if kubeapi.IsStatus(err, http.StatusConflict) {
+				return err
+			}
+			return failed(fmt.Errorf("deleting the failed NodeUpgrade %s: %w", v1alpha1.Name, err))
+		}
+		obj := map[string]any{
+			"apiVersion": v1alpha1.GroupVersion.String(), "kind": "NodeUpgrade",
+			"metadata": map[string]any{"name": v1alpha1.Name},
+			"spec":     map[string]any{"imageDigest": u.From.Digest},
+		}
+		if err := u.API.Do(ctx, http.MethodPost, nodeUpgradesPath, "", obj, nil); err != nil {
+			if kubeapi.IsStatus(err, http.StatusConflict) {
+				return err
+			}
+			return failed(fmt.Errorf("asking the upgrade controller for the rollback (NodeUpgrade %s): %w; the measurement policy still accepts both images: run 'constellation upgrade abort' again", v1alpha1.Name, err))
+		}
+		fmt.Fprintf(out, "  the upgrade had failed (%s); a new NodeUpgrade %s asks the upgrade controller to replace every node of the new image by one of node image %s\n", firstLine(nu.Status.Message), v1alpha1.Name, u.From.Digest)
+		return nil
+	}
+	spec := map[string]any{"imageDigest": u.From.Digest, "kubernetesVersion": nil, "abort": false, "paused": false}
+	err := u.API.Do(ctx, http.MethodPatch, nodeUpgradePath, kubeapi.MergePatch,
+		map[string]any{"metadata": map[string]any{"resourceVersion": nu.ResourceVersion}, "spec": spec}, nil)
+	if err != nil {
+		if kubeapi.IsStatus(err, http.StatusConflict) {
+			return err
+		}
+		return failed(fmt.Errorf("asking the upgrade controller for the rollback: %w", err))
+	}
+	if cur := inFlight(nu); cur != nil && current(nu) {
+		fmt.Fprintf(out, "  asked the upgrade controller to roll back: it finishes %s (step %s), then replaces every node of the new image by one of node image %s, control plane first\n", cur.OldNode, cur.Step, u.From.Digest)
+	} else {
+		fmt.Fprintf(out, "  asked the upgrade controller to roll back: it replaces every node of the new image by one of node image %s, control plane first\n", u.From.Digest)
+	}
+	return nil
+}
+
+// followRollback watches the NodeUpgrade, printing the progress of each node, until the rollback ends (or its
+// target changes, or it is deleted).
+func (u *imageUpgrade) followRollback(ctx context.Context, p *progressPrinter) error {
+	_, err := u.watch(ctx, p, func(nu *v1alpha1.NodeUpgrade) bool {
+		return final(nu) || nu.Status.Phase == v1alpha1.PhaseFailed || nu.Spec.ImageDigest != u.From.Digest
+	})
+	switch {
+	case errors.Is(err, errWatchInterrupted):
+		return failed(fmt.Errorf("interrupted: the rollback keeps running in the cluster (NodeUpgrade %s); run 'constellation upgrade abort' again to follow it and narrow the measurement policy once it is done", v1alpha1.Name))
+	case errors.Is(err, errWatchDeadline):
+		return checkFailed(fmt.Errorf("the rollback has not ended within --wait; it keeps running in the cluster (NodeUpgrade %s): run 'constellation upgrade abort' again to follow it and narrow the measurement policy once it is done", v1alpha1.Name))
+	case err != nil:
+		return failed(fmt.Errorf("following the rollback: %w; run 'constellation upgrade abort' again", err))
+	}
+	return nil
+}
+
+// rollbackRetry is how long the rollback waits before it asks a key service that did not answer again.
+var rollbackRetry = 5 * time.Second
+
+// narrowRollback narrows the measurement policy to the old image at the key services of the control-plane
+// nodes there are now (the rollback replaced them). A key service that does not answer (its node still joins:
+// it serves its policy port only once it has the master secret, or the host keeps it silent) is waited for,
+// with a line saying so, until the deadline: the CLI cannot tell a key service that holds no secret from one
+// the host silences, so it never skips one. The others have the old image only in force meanwhile, and hand it
+// on with the master secret to a node that joins later.
+func (u *imageUpgrade) narrowRollback(ctx context.Context) error {
+	out := u.out()
+	if u.Reconnect != nil {
+		if err := u.refresh(ctx); err != nil {
+			return failed(fmt.Errorf("finding the control-plane nodes after the rollback: %w; run 'constellation upgrade abort' again to narrow the measurement policy", err))
+		}
+	}
+	said := ""
+	for {
+		rollback, waiting, err := u.Policy.Rollback(ctx, u.From.Measurements)
+		if err != nil {
+			return failed(fmt.Errorf("narrowing the measurement policy to node image %s: %w; run 'constellation upgrade abort' again", u.From.Digest, err))
+		}
+		if len(waiting) == 0 {
+			fmt.Fprintf(out, "  measurement policy %s in force at every key service (%d)\n", rollback, len(u.Policy.KeyServices))
+			return nil
+		}
+		addrs := make([]string, 0, len(waiting))
+		for a := range waiting {
+			addrs = append(addrs, a)
+		}
+		sort.Strings(addrs)
+		if line := strings.Join(addrs, ", "); line != said {
+			said = line
+			fmt.Fprintf(out, "  waiting for the key services at %s (%s): they have not answered, or not taken the rollback; a control-plane node that is still joining serves its policy port once it has the master secret\n",
+				line, firstLine(waiting[addrs[0]].Error()))
+		}
+		select {
+		case <-ctx.Done():
+			return failed(fmt.Errorf("interrupted while waiting for the key services at %s; the other key services accept node image %s only: run 'constellation upgrade abort' again", said, u.From.Digest))
+		case <-u.deadline():
+			return checkFailed(fmt.Errorf("the key services at %s have not taken the rollback within --wait (%w); the others accept node image %s only. "+
+				"A control-plane node whose key service never answers may hold the old policy: let it finish joining, or remove it through the provider, then run 'constellation upgrade abort' again",
+				said, waiting[addrs[0]], u.From.Digest))
+		case <-time.After(rollbackRetry):
+		}
+		if u.Reconnect != nil {
+			if err := u.refresh(ctx); err != nil {
+				fmt.Fprintf(out, "  finding the control-plane nodes: %v\n", err)
 			}
 		}
 	}
-	return nil
+}
+
+// deadline is closed at the deadline (never without one).
+func (u *imageUpgrade) deadline() <-chan time.Time {
+	if u.Deadline.IsZero() {
+		return nil
+	}
+	return time.After(time.Until(u.Deadline))
 }
 
 func (u *imageUpgrade) out() io.Writer {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +40,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/attestation/vtpm"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/kms"
+	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
@@ -430,6 +432,11 @@ func TestApplyUpgradesTheCluster(t *testing.T) {
 		t.Fatalf("status:\n%s", status.String())
 	}
 
+	// abort after the upgrade finished (the state file records the new image): nothing to roll back.
+	out.Reset()
+	if err := f.upgrade(&out, f.newImage(), clusterImage{}).abort(context.Background()); err == nil || ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), "succeeded and is finished") || f.nodeUpgrade() == nil {
+		t.Fatalf("abort after the upgrade finished: %v\n%s", err, out.String())
+	}
 	out.Reset()
 	if err := f.upgrade(&out, f.newImage(), f.newImage()).run(context.Background()); err != nil || !strings.Contains(out.String(), "nothing to upgrade") {
 		t.Fatalf("apply again: %v\n%s", err, out.String())
@@ -515,11 +522,23 @@ func TestApplyReportsAFailedUpgradeAndAbortRollsBack(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := f.upgrade(&out, clusterImage{}, clusterImage{}).abort(context.Background()); err != nil {
+	if err := f.upgrade(&out, clusterImage{}, clusterImage{}).abort(context.Background()); err == nil || ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), "records no node image") {
+		t.Fatalf("abort without the image the cluster ran before: %v", err)
+	}
+	if err := f.upgrade(&out, f.oldImage(), clusterImage{}).abort(context.Background()); err != nil {
 		t.Fatalf("abort: %v\n%s", err, out.String())
 	}
 	if f.nodeUpgrade() != nil {
 		t.Fatal("the NodeUpgrade is left after the abort")
+	}
+	// No node was replaced: the rollback replaced none either.
+	if calls := f.fleet.log(); len(calls) != 1 {
+		t.Fatalf("provider calls %v, want the failed create only", calls)
+	}
+	for _, want := range []string{"the upgrade had failed", "Upgrade rolled back: every node runs node image " + upgradeFromDigest} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("abort does not say %q:\n%s", want, out.String())
+		}
 	}
 	for _, u := range f.inForce() {
 		if u.Epoch != 3 || len(u.Sets) != 1 || !containsSet(u.Sets, f.old) {
@@ -542,9 +561,47 @@ func TestApplyReportsAFailedUpgradeAndAbortRollsBack(t *testing.T) {
 	}
 }
 
-// apply with the old configuration while the upgrade runs rolls it back: the controller is asked to stop
-// once the node in flight is done, apply waits for that, removes the NodeUpgrade and rolls the policy back; it
-// names the node that already runs the new image.
+// The controller failed on the node of the new image it was finishing after the rollback was asked for (the
+// NodeUpgrade names the old image, its status the new one, Failed): the controller acts on it no more, so abort
+// replaces it by a new NodeUpgrade toward the old image, and completes the rollback.
+func TestAbortAfterTheNodeInFlightFailed(t *testing.T) {
+	f := newUpgradeFixture(t)
+	f.fleet.mu.Lock()
+	f.fleet.fail = errors.New("out of machines")
+	f.fleet.mu.Unlock()
+	var out bytes.Buffer
+	if err := f.upgrade(&out, f.oldImage(), f.newImage()).run(context.Background()); !errors.Is(err, errUpgradeFailed) {
+		t.Fatalf("apply: %v", err)
+	}
+	var nu v1alpha1.NodeUpgrade
+	if err := f.admin.Get(t.Context(), types.NamespacedName{Name: v1alpha1.Name}, &nu); err != nil {
+		t.Fatal(err)
+	}
+	orig := nu.DeepCopy()
+	nu.Spec.ImageDigest = upgradeFromDigest
+	if err := f.admin.Patch(t.Context(), &nu, client.MergeFrom(orig)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(func(nu *v1alpha1.NodeUpgrade) bool {
+		return nu.Status.ObservedGeneration == nu.Generation && nu.Status.Phase == v1alpha1.PhaseFailed && !current(nu)
+	})
+	out.Reset()
+	if err := f.upgrade(&out, f.oldImage(), clusterImage{}).abort(context.Background()); err != nil {
+		t.Fatalf("abort: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "the upgrade had failed") || f.nodeUpgrade() != nil {
+		t.Fatalf("abort did not replace the failed NodeUpgrade:\n%s", out.String())
+	}
+	for _, u := range f.inForce() {
+		if len(u.Sets) != 1 || !containsSet(u.Sets, f.old) {
+			t.Fatalf("a key service has %v in force after the rollback, want the old image only", u)
+		}
+	}
+}
+
+// apply with the old configuration while the upgrade runs rolls it back: the controller finishes the node in
+// flight (the control-plane node, to the new image), then replaces it by a node of the old image; only then is
+// the policy narrowed to the old image, and the NodeUpgrade removed. The worker, never replaced, stays.
 func TestApplyOldConfigurationRollsTheUpgradeBack(t *testing.T) {
 	f := newUpgradeFixture(t)
 	f.fleet.mu.Lock()
@@ -564,7 +621,13 @@ func TestApplyOldConfigurationRollsTheUpgradeBack(t *testing.T) {
 	out.Reset()
 	done = make(chan error, 1)
 	go func() { done <- f.upgrade(&out, f.oldImage(), f.oldImage()).run(context.Background()) }()
-	f.waitFor(func(nu *v1alpha1.NodeUpgrade) bool { return nu.Spec.Abort })
+	f.waitFor(func(nu *v1alpha1.NodeUpgrade) bool { return nu.Spec.ImageDigest == upgradeFromDigest })
+	// Both images are accepted until the rollback is done.
+	for _, u := range f.inForce() {
+		if len(u.Sets) != 2 {
+			t.Fatalf("a key service has %v in force while the rollback runs, want both images", u)
+		}
+	}
 	f.fleet.release()
 	if err := <-done; err != nil {
 		t.Fatalf("apply with the old configuration: %v\n%s", err, out.String())
@@ -577,12 +640,21 @@ func TestApplyOldConfigurationRollsTheUpgradeBack(t *testing.T) {
 			t.Fatalf("a key service has %v in force after the rollback, want the old image only", u)
 		}
 	}
-	// The controller finished the control-plane node it was replacing, and replaced no other.
-	if calls := strings.Join(f.fleet.log(), ", "); calls != "create control-plane "+upgradeToDigest+", delete control-plane-0" {
-		t.Fatalf("provider calls: %s", calls)
+	if f.peerPolicy != nil {
+		t.Fatalf("the peer policy after the rollback: %v", f.peerPolicy)
 	}
-	for _, want := range []string{"rolling the upgrade back", "asked the upgrade controller to stop once it has replaced control-plane-0", "Upgrade rolled back",
-		"control-plane-1 replaced control-plane-0 with the new image"} {
+	// The controller finished the control-plane node it was replacing, replaced it again by one of the old image,
+	// and left the worker, which runs the old image.
+	want := "create control-plane " + upgradeToDigest + ", delete control-plane-0, create control-plane " + upgradeFromDigest + ", delete control-plane-1"
+	if calls := strings.Join(f.fleet.log(), ", "); calls != want {
+		t.Fatalf("provider calls: %s\nwant: %s", calls, want)
+	}
+	if nodes := strings.Join(f.nodes(), " "); nodes != "control-plane-2 worker-0" {
+		t.Fatalf("nodes after the rollback: %s", nodes)
+	}
+	for _, want := range []string{"rolling the upgrade back", "asked the upgrade controller to roll back: it finishes control-plane-0 (step joining)",
+		"control-plane-0 (control-plane) -> control-plane-1: done", "control-plane-1 (control-plane) -> control-plane-2: done",
+		"Upgrade rolled back: every node runs node image " + upgradeFromDigest} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the output does not say %q", want)
 		}
@@ -593,6 +665,145 @@ func TestApplyOldConfigurationRollsTheUpgradeBack(t *testing.T) {
 	if len(f.recorded) != 0 {
 		t.Fatal("a rolled back upgrade was recorded")
 	}
+}
+
+// An 'apply' that follows the upgrade while 'upgrade abort' turns it into a rollback stops following and
+// leaves the policy alone: the rollback's success is not the upgrade's, and narrowing to the new image would
+// refuse every node of the old one.
+func TestApplyStopsFollowingARolledBackUpgrade(t *testing.T) {
+	f := newUpgradeFixture(t)
+	f.fleet.mu.Lock()
+	f.fleet.hold = true
+	f.fleet.mu.Unlock()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- f.upgrade(&out, f.oldImage(), f.newImage()).run(context.Background()) }()
+	f.waitFor(func(nu *v1alpha1.NodeUpgrade) bool {
+		cur := inFlight(nu)
+		return cur != nil && cur.Step == v1alpha1.StepJoining
+	})
+	var abortOut bytes.Buffer
+	aborted := make(chan error, 1)
+	go func() { aborted <- f.upgrade(&abortOut, f.oldImage(), clusterImage{}).abort(context.Background()) }()
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "turned toward node image "+upgradeFromDigest) {
+		t.Fatalf("apply while the upgrade is rolled back: %v\n%s", err, out.String())
+	}
+	f.fleet.release()
+	if err := <-aborted; err != nil {
+		t.Fatalf("abort: %v\n%s", err, abortOut.String())
+	}
+	for _, u := range f.inForce() {
+		if len(u.Sets) != 1 || !containsSet(u.Sets, f.old) {
+			t.Fatalf("a key service has %v in force after the rollback, want the old image only", u)
+		}
+	}
+	if len(f.recorded) != 0 {
+		t.Fatal("a rolled back upgrade was recorded")
+	}
+}
+
+// The rollback narrows the policy at the key services of the control-plane nodes there are once it is done. One
+// of them does not answer (its node is still joining: its key service serves its policy port only once it has
+// the master secret; or the host keeps it silent): abort narrows at the others, says which one it waits for,
+// and never skips it; once the provider no longer lists that node (it was removed), abort completes.
+func TestAbortWaitsForAKeyServiceThatDoesNotAnswer(t *testing.T) {
+	f := newUpgradeFixture(t)
+	var out bytes.Buffer
+	// An upgrade that failed half-way: the window is open, the controller stopped.
+	f.fleet.mu.Lock()
+	f.fleet.fail = errors.New("out of machines")
+	f.fleet.mu.Unlock()
+	if err := f.upgrade(&out, f.oldImage(), f.newImage()).run(context.Background()); !errors.Is(err, errUpgradeFailed) {
+		t.Fatalf("apply: %v", err)
+	}
+	// A control-plane node the provider lists whose key service does not answer: nothing listens there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent := ln.Addr().String()
+	ln.Close()
+	live := f.up.KeyServices
+	var mu sync.Mutex
+	// At first the provider lists only the node whose key service does not answer (the others' are not up yet).
+	listed := []string{silent}
+	f.up.KeyServices = slices.Clone(listed)
+	iu := f.upgrade(&out, f.oldImage(), clusterImage{})
+	api := iu.API
+	iu.Reconnect = func(context.Context) (*kubeapi.Client, []string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return api, slices.Clone(listed), nil
+	}
+	defer func(d time.Duration) { rollbackRetry = d }(rollbackRetry)
+	rollbackRetry = 10 * time.Millisecond
+	out.Reset()
+	w := &syncBuffer{}
+	iu.Out = w
+	done := make(chan error, 1)
+	go func() { done <- iu.abort(context.Background()) }()
+	for !strings.Contains(w.String(), "waiting for the key services at "+silent) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, u := range f.inForce() {
+		if len(u.Sets) != 2 {
+			t.Fatalf("a key service has %v in force while no key service answered, want both images", u)
+		}
+	}
+	// The others answer now: they get the old image only, while abort keeps waiting for the silent one.
+	mu.Lock()
+	listed = append(slices.Clone(live), silent)
+	mu.Unlock()
+	for {
+		narrowed := true
+		for _, u := range f.inForce() {
+			narrowed = narrowed && len(u.Sets) == 1 && containsSet(u.Sets, f.old)
+		}
+		if narrowed {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("abort ended while a key service it must narrow did not answer: %v\n%s", err, w.String())
+	default:
+	}
+	if f.nodeUpgrade() == nil {
+		t.Fatal("the NodeUpgrade was removed before the rollback was in force everywhere")
+	}
+	// The node is removed through the provider: abort completes.
+	mu.Lock()
+	listed = live
+	mu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatalf("abort: %v\n%s", err, w.String())
+	}
+	if f.nodeUpgrade() != nil {
+		t.Fatal("the NodeUpgrade is left after the rollback")
+	}
+	if n := strings.Count(w.String(), "waiting for the key services"); n != 1 {
+		t.Errorf("%d lines about the silent key service, want 1:\n%s", n, w.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a test reads while another goroutine writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // The attack: the host (which can write the workspace's image directory) hands 'apply' a new node image whose
@@ -747,7 +958,10 @@ func TestDecideUpgrade(t *testing.T) {
 	}{
 		{"the configured image, no upgrade", a, a, nil, actionNone, ""},
 		{"the configured image, its upgrade done", a, a, nu(a, v1alpha1.PhaseSucceeded, false), actionNone, ""},
-		{"the configured image, an upgrade aborted", a, a, nu(b, v1alpha1.PhaseAborted, true), actionNone, ""},
+		{"the configured image, an upgrade aborted", a, a, nu(b, v1alpha1.PhaseAborted, true), actionRollback, ""},
+		{"the configured image, a rollback to it runs", a, a, nu(a, v1alpha1.PhaseRunning, false), actionRollback, ""},
+		{"the configured image, a rollback to it failed", a, a, nu(a, v1alpha1.PhaseFailed, false), actionRollback, ""},
+		{"a new image while a rollback runs", a, b, nu(a, v1alpha1.PhaseRunning, false), 0, "rollback to image"},
 		{"the old configuration while the upgrade runs", a, a, nu(b, v1alpha1.PhaseRunning, false), actionRollback, ""},
 		{"the old configuration after the upgrade failed", a, a, nu(b, v1alpha1.PhaseFailed, false), actionRollback, ""},
 		{"the old configuration after the upgrade succeeded", a, a, nu(b, v1alpha1.PhaseSucceeded, false), 0, "finish that upgrade"},

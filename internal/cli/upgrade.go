@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 
@@ -303,36 +304,112 @@ func (p *PolicyUpgrade) Finish(ctx context.Context) (*policyupdate.Update, error
 
 // Abort rolls an open upgrade back: every key service accepts the old image only again, at an epoch above
 // the update in force and the narrowing left in the cluster (which can then never take effect, and is
-// removed). Without an open upgrade (one measurement set in force) there is nothing to abort.
+// removed). Without an open upgrade (one measurement set in force) there is nothing to abort. It fails unless
+// every key service has the rollback in force ([PolicyUpgrade.Rollback] says which did not answer).
 func (p *PolicyUpgrade) Abort(ctx context.Context) (*policyupdate.Update, error) {
-	cur, err := p.latest(ctx)
+	rollback, waiting, err := p.Rollback(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
-	if cur == nil || len(cur.Sets) != 2 {
-		return nil, fmt.Errorf("no upgrade is open: the measurement policy in force is %s; to go back to an image, apply the configuration with its measurements", cur)
-	}
-	epoch := cur.Epoch + 1
-	if pending, _, found, err := keyservice.LoadNarrowing(ctx, p.API); err != nil {
-		return nil, err
-	} else if found && pending.Epoch >= epoch {
-		epoch = pending.Epoch + 1
-	}
-	if cur.ImageOf(0) == "" {
-		return nil, fmt.Errorf("the upgrade in force (%s) was opened by an earlier version of the CLI, whose measurement sets name no node image: this CLI cannot author its rollback; finish it with 'constellation upgrade finish'", cur)
-	}
-	rollback, err := policyupdate.Author(p.Key, p.ClusterID, epoch, cur.ImageSets()[0])
-	if err != nil {
-		return nil, err
-	}
-	if err := p.setPeerPolicy(ctx); err != nil {
-		return nil, err
-	}
-	if err := p.send(ctx, rollback, cur.Sets...); err != nil {
-		return nil, err
-	}
-	if err := keyservice.DeleteNarrowing(ctx, p.API); err != nil {
-		return nil, err
+	if len(waiting) > 0 {
+		return nil, unreachableError(waiting)
 	}
 	return rollback, nil
+}
+
+// unreachableError says which key services did not answer.
+func unreachableError(waiting map[string]error) error {
+	addrs := make([]string, 0, len(waiting))
+	for a := range waiting {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	return fmt.Errorf("the key services at %v did not answer: every control-plane node's key service must take part: %w", addrs, waiting[addrs[0]])
+}
+
+// Rollback narrows the measurement policy to the image the upgrade started from (old; nil: the first image of
+// the upgrade in force) at every key service that answers, and returns the rollback and the key services that
+// did not answer or did not take it (waiting), by address; if none that answered has an update in force and some
+// did not answer, it sends nothing and returns no rollback (those may have the upgrade's). Only ever narrowing, it is safe to send to some key
+// services before the others: a control-plane node that joins later gets the update in force with the master
+// secret from a key service that has it. Called again, it sends the rollback in force at one key service to
+// those that lack it, so that a key service that did not answer (a node still joining, or one the host keeps
+// silent) gets it once it answers. It never authors an update that accepts another image than old: an upgrade
+// in force that did not start from old, or a policy of one other image, is an error.
+//
+// The rollback's epoch is above the update in force and the narrowing left in the cluster (which can then
+// never take effect, and is removed).
+func (p *PolicyUpgrade) Rollback(ctx context.Context, old measurements.M) (*policyupdate.Update, map[string]error, error) {
+	q := *p
+	if old != nil {
+		q.Known = append(slices.Clone(p.Known), old)
+	}
+	st, err := q.Status(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	cur := st.Latest
+	if cur == nil && len(st.Unreachable) > 0 {
+		// No key service that answered has an update in force: those that did not may have the upgrade's.
+		return nil, maps.Clone(st.Unreachable), nil
+	}
+	var rollback *policyupdate.Update
+	switch {
+	case cur != nil && len(cur.Sets) == 2:
+		if old != nil && !containsSet(cur.Sets[:1], old) {
+			return nil, nil, fmt.Errorf("the upgrade in force (%s) did not start from the image the cluster ran before it (%s): it cannot be rolled back to that image", cur, policyupdate.Describe(old))
+		}
+		epoch := cur.Epoch + 1
+		if pending, _, found, err := keyservice.LoadNarrowing(ctx, p.API); err != nil {
+			return nil, nil, err
+		} else if found && pending.Epoch >= epoch {
+			epoch = pending.Epoch + 1
+		}
+		if cur.ImageOf(0) == "" {
+			return nil, nil, fmt.Errorf("the upgrade in force (%s) was opened by an earlier version of the CLI, whose measurement sets name no node image: this CLI cannot author its rollback; finish it with 'constellation upgrade finish'", cur)
+		}
+		if rollback, err = policyupdate.Author(p.Key, p.ClusterID, epoch, cur.ImageSets()[0]); err != nil {
+			return nil, nil, err
+		}
+	case cur != nil && len(cur.Sets) == 1 && old != nil && containsSet(cur.Sets, old):
+		rollback = cur // in force at some key services already (or all): those that lack it get it
+	default:
+		return nil, nil, fmt.Errorf("no upgrade is open: the measurement policy in force is %s; to go back to an image, apply the configuration with its measurements", cur)
+	}
+	raw, err := rollback.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Before the window closes: a node that boots from now on trusts peers of its own image only.
+	if err := p.setPeerPolicy(ctx); err != nil {
+		return nil, nil, err
+	}
+	waiting := map[string]error{}
+	for addr, err := range st.Unreachable {
+		waiting[addr] = err
+	}
+	var lacking []string
+	for addr, f := range st.InForce {
+		if f.Update == nil || !f.Update.Same(rollback) {
+			lacking = append(lacking, addr)
+		}
+	}
+	sort.Strings(lacking)
+	if len(lacking) > 0 {
+		v, err := p.trust(ctx, cur.Sets...)
+		if err != nil {
+			return nil, nil, err
+		}
+		got, err := keyservice.SendPolicy(ctx, lacking, v, raw)
+		for _, addr := range lacking {
+			if _, ok := got[addr]; !ok {
+				waiting[addr] = fmt.Errorf("the rollback %s is not in force there: %w", rollback, err)
+			}
+		}
+	}
+	fmt.Fprintf(p.out(), "  measurement policy %s in force at %d of %d key services\n", rollback, len(p.KeyServices)-len(waiting), len(p.KeyServices))
+	if err := keyservice.DeleteNarrowing(ctx, p.API); err != nil {
+		return nil, nil, err
+	}
+	return rollback, waiting, nil
 }

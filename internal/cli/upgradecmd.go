@@ -49,17 +49,21 @@ func newUpgradeCmd() *cobra.Command {
 	}
 	abort := &cobra.Command{
 		Use:   "abort",
-		Short: "Roll an open upgrade back: the upgrade controller stops, every key service accepts the old node image only again",
-		Long: "abort first stops the cluster's upgrade controller: it deletes the NodeUpgrade at once if no node is being\n" +
-			"replaced, or else asks the controller (spec.abort) to stop once the node in flight is done, waits for that (up to\n" +
-			"--wait) and then deletes it. An upgrade that succeeded is not rolled back. Then abort authors the measurement policy that accepts the old image only, at an epoch above every policy\n" +
-			"authored for the upgrade (so the upgrade's narrowing left in the cluster can never take effect), and\n" +
-			"sends it to the key service of every control-plane node; it fails unless every one has it in force.\n" +
-			"Nodes of the new image are refused from then on.",
+		Short: "Roll an open upgrade back: every node of the new image is replaced by one of the old, then the old node image only is accepted again",
+		Long: "abort turns the cluster's upgrade back toward the node image the state file records (the one the cluster ran\n" +
+			"before): the upgrade controller finishes the node it is replacing, then replaces every node that its attestation\n" +
+			"does not prove to run the old image by one that does, control plane first, one extra node at a time, as\n" +
+			"PodDisruptionBudgets allow; abort prints each node's progress (up to --wait; abort again follows a rollback that\n" +
+			"runs). An upgrade that succeeded is not rolled back. Once no node of the new image is left, abort authors the\n" +
+			"measurement policy that accepts the old image only, at an epoch above every policy authored for the upgrade (so\n" +
+			"the upgrade's narrowing left in the cluster can never take effect), and sends it to the key service of every\n" +
+			"control-plane node there is then; a key service that does not answer (its node still joining) is waited for,\n" +
+			"never skipped. Nodes of the new image are refused from then on. Without a NodeUpgrade (an upgrade opened with\n" +
+			"'upgrade start') only the measurement policy is rolled back.",
 		Args: cobra.NoArgs,
 		RunE: runUpgradeAbort,
 	}
-	abort.Flags().Duration("wait", DefaultWait, "how long to wait for the upgrade controller to finish the node it is replacing")
+	abort.Flags().Duration("wait", DefaultWait, "how long to follow the rollback and wait for the key services; the rollback goes on in the cluster after it")
 	start := &cobra.Command{
 		Use:   "start --measurements FILE",
 		Short: "Open an upgrade: every key service accepts the configured node image and the one of FILE",
@@ -231,13 +235,24 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 }
 
 func runUpgradeAbort(cmd *cobra.Command, _ []string) error {
-	up, _, err := policyUpgradeOf(cmd)
+	up, c, err := policyUpgradeOf(cmd)
 	if err != nil {
 		return err
 	}
+	ws := workspace(cmd)
+	cs, _, err := loadClusterState(ws)
+	if err != nil {
+		return badInput("%s: %w", StateFile, err)
+	}
 	limit, _ := cmd.Flags().GetDuration("wait")
-	iu := &imageUpgrade{Policy: up, API: up.API, Out: cmd.OutOrStdout(), Deadline: time.Now().Add(limit)}
-	fmt.Fprintf(cmd.OutOrStdout(), "Rolling the upgrade back: stopping the upgrade controller, then at %d key services\n", len(up.KeyServices))
+	// The image the cluster ran before the upgrade is the one the state file records (an upgrade records its
+	// image only once it is finished).
+	iu := &imageUpgrade{
+		Policy: up, API: up.API, Out: cmd.OutOrStdout(), Deadline: time.Now().Add(limit),
+		From:      clusterImage{Digest: cs.ImageDigest, Measurements: cs.Measurements},
+		Reconnect: func(ctx context.Context) (*kubeapi.Client, []string, error) { return reconnectAPI(ctx, ws, c) },
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Rolling the upgrade back to node image %s: every node of the new image is replaced by one of it, then the key services accept it only\n", cs.ImageDigest)
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return iu.abort(ctx)

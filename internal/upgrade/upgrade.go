@@ -11,6 +11,11 @@
 // joined, and no worker is replaced before the control plane is on the new version (see kubernetes.go). A
 // replacement on which kubeadm failed reports it on its Node object; the upgrade stops with kubeadm's error.
 //
+// A NodeUpgrade whose target changes finishes the node in flight, then starts over from the nodes as they are.
+// That is how an upgrade is rolled back ('constellation upgrade abort' turns it toward the image the cluster ran
+// before): the nodes it replaced already run the new image by their attestation, so they are replaced again, the
+// control plane first, one extra node at a time, as PodDisruptionBudgets allow.
+//
 // The NodeUpgrade's status is the controller's only memory: a controller that restarts, or whose pod is
 // evicted from the node it drains, resumes from there.
 //

@@ -64,6 +64,8 @@ type env struct {
 	// kubelets are the kubelet versions of nodes (by name) that do not run v1.37.2.
 	kubelets     sync.Map
 	endpointNode string
+	// claim, if set, is the image every node claims on its Node object (default: the new one).
+	claim string
 }
 
 // endpoint is the cluster's control-plane endpoint, as kubeadm publishes it.
@@ -267,10 +269,14 @@ func (e *env) register(name, role, image string, ready bool) error {
 }
 
 func (e *env) registerWith(name, role, image string, ready bool, record string) error {
+	claim := newImage
+	if e.claim != "" {
+		claim = e.claim
+	}
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 		Name:        name,
-		Labels:      map[string]string{"kubernetes.io/hostname": name, claimLabel: strings.TrimPrefix(newImage, "sha256:")[:63]},
-		Annotations: map[string]string{claimAnnotation: newImage},
+		Labels:      map[string]string{"kubernetes.io/hostname": name, claimLabel: strings.TrimPrefix(claim, "sha256:")[:63]},
+		Annotations: map[string]string{claimAnnotation: claim},
 	}}
 	if role == upgrade.RoleControlPlane {
 		n.Labels["node-role.kubernetes.io/control-plane"] = ""
@@ -490,6 +496,8 @@ type fleet struct {
 	existing, bootImage string
 	// record is how the records of the nodes it creates are (recordTrusted, recordNone, ...).
 	record string
+	// images are the images it was asked for, in order.
+	images []string
 	// unmarked registers control-plane nodes without their role label, as before kubeadm marks them.
 	unmarked bool
 }
@@ -501,9 +509,10 @@ func (f *fleet) CreateNode(_ context.Context, role, image string) (string, error
 	if f.createErr != nil {
 		return "", f.createErr
 	}
-	if image != newImage {
+	if image != newImage && image != oldImage {
 		return "", fmt.Errorf("asked for image %s", image)
 	}
+	f.images = append(f.images, image)
 	if f.existing != "" {
 		return f.existing, nil
 	}
@@ -804,6 +813,54 @@ func TestUpgradeAbort(t *testing.T) {
 	}
 	if e.unschedulable("worker-1") {
 		t.Error("worker-1 was cordoned after the abort")
+	}
+}
+
+// TestUpgradeRollsBack turns an upgrade half-way back toward the old image (spec.imageDigest), as 'upgrade
+// abort' does: the controller finishes the node in flight, then replaces every node the upgrade moved to the new
+// image by one of the old, control plane first, and leaves the node it never replaced.
+//
+// The attack: every node claims the old image wherever its kubelet can write (an annotation and a label on
+// its Node object), the nodes of the new image too. Their attestation records prove the new image: they are
+// replaced all the same, and the rollback ends only once no node of the new image is left.
+func TestUpgradeRollsBack(t *testing.T) {
+	e := newEnv(t)
+	e.claim = oldImage
+	e.cluster()
+	e.fleet.notReady["worker-new-2"] = true
+	e.run()
+	e.upgrade()
+	e.wait("worker-0's replacement", inFlight("worker-0", v1alpha1.StepJoining, "Ready"))
+	e.editSpec(func(s *v1alpha1.NodeUpgradeSpec) { s.ImageDigest = oldImage })
+	e.setReady("worker-new-2", true, "KubeletReady")
+	st := e.wait("the rollback to succeed", func(st *v1alpha1.NodeUpgradeStatus) bool {
+		return st.ImageDigest == oldImage && st.Phase == v1alpha1.PhaseSucceeded
+	})
+	want := []string{
+		"create control-plane", "etcd remove cp-0 for control-plane-new-1", "delete cp-0",
+		"create worker", "delete worker-0",
+		// The rollback: the node in flight was finished; then the nodes of the new image go, the control plane first.
+		"create control-plane", "etcd remove control-plane-new-1 for control-plane-new-3", "delete control-plane-new-1",
+		"create worker", "delete worker-new-2",
+	}
+	if got := e.fleet.Calls(); !slices.Equal(got, want) {
+		t.Errorf("provider and etcd calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got, want := e.fleet.images, []string{newImage, newImage, oldImage, oldImage}; !slices.Equal(got, want) {
+		t.Errorf("images asked of the provider %v, want %v", got, want)
+	}
+	if got, want := e.nodes(), []string{"control-plane-new-3", "worker-1", "worker-new-4"}; !slices.Equal(got, want) {
+		t.Errorf("nodes after the rollback: %v, want %v", got, want)
+	}
+	if e.unschedulable("worker-1") {
+		t.Error("worker-1, which ran the old image throughout, was cordoned")
+	}
+	var steps []string
+	for _, n := range st.Nodes {
+		steps = append(steps, n.OldNode+">"+n.ReplacementNode+":"+string(n.Step))
+	}
+	if want := []string{"control-plane-new-1>control-plane-new-3:done", "worker-new-2>worker-new-4:done"}; !slices.Equal(steps, want) {
+		t.Errorf("status nodes %v, want %v", steps, want)
 	}
 }
 
