@@ -3,6 +3,7 @@ package kubeadm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -48,15 +49,37 @@ func ControlPlanePatches(v string) map[string][]byte {
 }
 
 // clusterVersion reads the Kubernetes version of the cluster's kubeadm configuration through c.
+//
+// A joining node reaches the API through its own endpoint, whose backends (the control plane's API servers) may
+// not answer yet: while the request does not reach an API server, or the API server is not ready (5xx, 429), it
+// is sent again, for up to joinAPITimeout. An answer of the API server (403, 404) is final.
 func clusterVersion(ctx context.Context, c *kubeapi.Client) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, joinAPITimeout)
+	defer cancel()
 	var cm struct {
 		Data map[string]string `json:"data"`
 	}
-	if err := c.Do(ctx, http.MethodGet, clusterVersionPath, "", nil, &cm); err != nil {
-		return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err)
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := c.Do(ctx, http.MethodGet, clusterVersionPath, "", nil, &cm)
+		if err == nil {
+			break
+		}
+		var se *kubeapi.StatusError
+		if errors.As(err, &se) && se.Code != http.StatusTooManyRequests && se.Code < 500 {
+			return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): no API server answered within %s: %w", joinAPITimeout, err)
+		case <-time.After(wait):
+		}
 	}
 	return ClusterConfigVersion(cm.Data["ClusterConfiguration"])
 }
+
+// joinAPITimeout bounds how long a joining node waits for an API server to answer through its endpoint, as
+// kubeadm join's own discovery does.
+const joinAPITimeout = 5 * time.Minute
 
 // ClusterConfigVersion returns the kubernetesVersion of kubeadm's ClusterConfiguration document.
 func ClusterConfigVersion(clusterConfiguration string) (string, error) {
