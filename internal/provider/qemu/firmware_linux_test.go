@@ -47,8 +47,8 @@ func requireMachine(t *testing.T) {
 		t.Skipf("no disk image (%v); build it with 'make node-image'", err)
 	}
 	qemutest.LockProvider(t)
-	if NetworkInUse() {
-		t.Fatalf("a QEMU cluster runs on this machine (namespace %s) outside the tests; remove it first", Netns)
+	if NetworkOwned() {
+		t.Fatalf("a QEMU cluster runs on this machine (its provider holds namespace %s) outside the tests; stop it first", Netns)
 	}
 }
 

@@ -2,12 +2,15 @@ package qemu
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/constellation-dev/constellation/internal/provider/qemu/guest"
 )
@@ -26,6 +29,51 @@ const (
 
 // netnsPath is where `ip netns` keeps the namespace.
 var netnsPath = filepath.Join("/run/netns", Netns)
+
+// ownerLockPath is the file whose lock (flock) the provider process holds for as long as its node network
+// exists. The kernel releases the lock when that process ends in any way (a kill, a crash, a machine shut down
+// under it), so a node network whose lock is free is the leftover of a provider that did not clean up.
+var ownerLockPath = "/run/constellation-qemu-network.lock"
+
+// claimNetwork makes this process the owner of the node network: it takes the owner lock, refusing when a
+// live provider holds it, and removes the network a dead provider left behind. release gives the lock up; call
+// it after networkDown.
+func claimNetwork(log *slog.Logger) (release func(), err error) {
+	f, err := os.OpenFile(ownerLockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the node network's lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another QEMU cluster runs on this machine (its provider holds the node network, namespace %s): 'constellation terminate' in its workspace stops it", Netns)
+		}
+		return nil, fmt.Errorf("locking %s: %w", ownerLockPath, err)
+	}
+	if NetworkInUse() {
+		log.Warn("removing the node network a QEMU provider left behind when it stopped without cleaning up", "namespace", Netns, "link", HostLink)
+		if err := networkDown(); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("removing the node network a stopped provider left: %w", err)
+		}
+	}
+	return func() { f.Close() }, nil
+}
+
+// NetworkOwned reports whether a live QEMU provider holds the node network on this machine: a QEMU cluster
+// runs. A network that exists but is not owned is a dead provider's leftover, which the next provider removes.
+func NetworkOwned() bool {
+	f, err := os.OpenFile(ownerLockPath, os.O_RDWR, 0)
+	if err != nil {
+		return false // no provider has ever run since the machine booted (/run is memory)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return true
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
+}
 
 // networkUp creates the node network: the namespace with its bridge, and the veth pair that gives the host
 // (the CLI, the metadata service) the address guest.Gateway on it. Nothing routes off the namespace: it has

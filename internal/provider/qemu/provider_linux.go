@@ -231,14 +231,16 @@ func (p *Provider) boot(ctx context.Context, spec Spec) (teardown func(), err er
 	if err != nil {
 		return teardown, err
 	}
-	if NetworkInUse() {
-		return teardown, fmt.Errorf("the QEMU node network (namespace %s, link %s) exists already: another QEMU cluster runs on this machine, or one did not shut down ('constellation terminate' in its workspace removes it)", Netns, HostLink)
+	release, err := claimNetwork(p.Log)
+	if err != nil {
+		return teardown, err
 	}
 	p.progress("creating the node network " + guest.NodeNetwork.String() + " in namespace " + Netns)
 	undo = append(undo, func() {
 		if err := networkDown(); err != nil {
 			p.Log.Warn("removing the node network", "error", err)
 		}
+		release()
 	})
 	if err := networkUp(); err != nil {
 		return teardown, err
@@ -317,8 +319,11 @@ func Cleanup(dir string, s State) error {
 	}
 	// The machines' swtpm processes exit with them (--terminate).
 	var errs []error
-	if err := networkDown(); err != nil {
-		errs = append(errs, err)
+	// A live provider holding the network is another cluster's (or this one's restarted daemon): not ours.
+	if !NetworkOwned() {
+		if err := networkDown(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := os.Remove(StatePath(dir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)

@@ -54,7 +54,7 @@ func runQEMUNodeBoot(ctx context.Context) ([]Result, error) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return nil, err
 	}
-	if qemu.NetworkInUse() {
+	if qemu.NetworkOwned() {
 		return nil, errors.New("a QEMU cluster runs on this machine")
 	}
 	dir, err := os.MkdirTemp("", "bench-qemu-node-")
