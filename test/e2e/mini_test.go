@@ -36,6 +36,7 @@ func requireMachine(t *testing.T) {
 		}
 	}
 	lockMini(t)
+	stopOrphans(t)
 	// Under the lock no other test's cluster exists: a network left now is a cluster outside the tests, or
 	// the leftover of one that crashed. Skipping would let every end-to-end test pass without running.
 	if mini.NetworkInUse() {

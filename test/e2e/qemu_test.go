@@ -44,6 +44,7 @@ func requireQEMU(t *testing.T) {
 		}
 	}
 	qemutest.LockProvider(t)
+	stopOrphans(t)
 	// A network nobody holds is a killed run's leftover, which the provider removes; a held one is a cluster.
 	if qemu.NetworkOwned() {
 		t.Fatalf("a QEMU cluster runs on this machine (its provider holds namespace %s) outside the tests; stop it first", qemu.Netns)
