@@ -123,6 +123,7 @@ func Start(out io.Writer, dir, exe string, args []string, what string, read func
 	daemon := exec.Command(exe, args...)
 	daemon.Stdout, daemon.Stderr = logFile, logFile
 	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	inheritNothing()
 	err = daemon.Start()
 	logFile.Close()
 	if err != nil {
@@ -149,6 +150,22 @@ func Start(out io.Writer, dir, exe string, args []string, what string, read func
 		case err := <-exited:
 			return fmt.Errorf("the provider stopped while booting %s: %v (see %s)", what, err, logPath)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// inheritNothing marks every descriptor of this process beyond stdin, stdout and stderr close-on-exec. Go
+// opens its own files that way, but a descriptor this process inherited open (a lock a wrapper such as
+// flock(1) holds for the command it runs) would otherwise pass to the daemon, which outlives the command and
+// would hold that lock for as long as the cluster runs.
+func inheritNothing() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
 		}
 	}
 }

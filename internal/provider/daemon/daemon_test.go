@@ -3,10 +3,14 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -126,5 +130,34 @@ func TestStopWaitsAndKills(t *testing.T) {
 	}
 	if err := Stop(Status{DaemonPID: 1 << 30}, func() bool { return false }, time.Second); err != nil {
 		t.Fatalf("stopping a daemon that is gone: %v", err)
+	}
+}
+
+// A descriptor the command inherited open (flock(1)'s lock on a file, for one) must not pass to the daemon:
+// the daemon outlives the command and would hold the lock for the cluster's lifetime.
+func TestStartPassesNoInheritedDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	inherited, err := syscall.Open(filepath.Join(dir, "lock"), syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(inherited)
+	fds := filepath.Join(dir, "fds")
+	script := "ls /proc/self/fd > " + fds + "; printf '%s' '{\"phase\":\"running\"}' > " + StatePath(dir) + "; sleep 0.5"
+	read := func() (Status, bool) {
+		s, ok, _ := ReadState[testState](dir)
+		return s.Status, ok
+	}
+	if err := Start(io.Discard, dir, "/bin/sh", []string{"-c", script}, "the cluster", read); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range strings.Fields(string(got)) {
+		if fd == strconv.Itoa(inherited) {
+			t.Errorf("the daemon holds the inherited descriptor %d (its descriptors: %s)", inherited, strings.Join(strings.Fields(string(got)), " "))
+		}
 	}
 }
