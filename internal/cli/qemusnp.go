@@ -66,6 +66,9 @@ func generateQEMUSNP(cmd *cobra.Command, imageDir string, image measurements.M) 
 	if len(policy.Measurements) > 0 {
 		return nil, nil, none, badInput("%s lists measurements: the launch measurement is computed from the firmware, the UKI and the machine definition; remove them", policyPath)
 	}
+	if policy.HostData != nil {
+		return nil, nil, none, badInput("%s sets hostData: on qemu-sev-snp, HOST_DATA names each node (the provider launches every machine with its own), so one fixed value would refuse every node but one; remove it", policyPath)
+	}
 	for _, dir := range []*string{&policy.CRLDir, &policy.VCEKCacheDir} {
 		if *dir == "" {
 			continue

@@ -127,10 +127,13 @@ func TestGenerateQEMUSNP(t *testing.T) {
 	write(t, otherUKI, testUKI(t, "console=ttyS0 roothash=cd init=/bin/sh"))
 	policyWithMeasurement := filepath.Join(t.TempDir(), "p.yaml")
 	write(t, policyWithMeasurement, []byte("measurements: ['"+strings.Repeat("00", 48)+"']\nminimumTCB:\n  Milan: {bootloader: 3, tee: 0, snp: 8, microcode: 115}\nallowMissingCRL: true\n"))
+	policyWithHostData := filepath.Join(t.TempDir(), "p.yaml")
+	write(t, policyWithHostData, []byte("hostData: '"+strings.Repeat("ab", 32)+"'\nminimumTCB:\n  Milan: {bootloader: 3, tee: 0, snp: 8, microcode: 115}\nallowMissingCRL: true\n"))
 	for name, tc := range map[string]struct {
 		flags []string
 		want  string
 	}{
+		"hostData in the policy":         {[]string{"--snp-policy", policyWithHostData}, "sets hostData"},
 		"firmware without kernel hashes": {[]string{"--snp-firmware", filepath.Join(dir, "ovmf_OvmfX64_suffix.bin")}, "no kernel hashes section"},
 		"no firmware file":               {[]string{"--snp-firmware", filepath.Join(t.TempDir(), "missing.fd")}, "the SEV-SNP firmware"},
 		"a UKI of another image":         {[]string{"--uki", otherUKI}, "is not the one of the disk image"},

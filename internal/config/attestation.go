@@ -103,6 +103,9 @@ func (a *Attestation) problems(provider Provider) []string {
 		p = append(p, fmt.Sprintf("attestation.snp: %s needs an SEV-SNP policy (at least measurements and minimumTCB)", variant))
 	case variant.Hardware == attestation.SEVSNP:
 		p = append(p, a.SNP.problems()...)
+		if variant.Name == attestation.QEMUSEVSNP.Name && a.SNP.HostData != nil {
+			p = append(p, fmt.Sprintf("attestation.snp.hostData: on %s, HOST_DATA names each node (the provider launches every machine with its own, and the validator checks it against the node's name), so one fixed value would refuse every node but one; remove it", variant))
+		}
 	case a.SNP != nil:
 		p = append(p, fmt.Sprintf("attestation.snp: set, but %s evidence has no SEV-SNP report; remove it", variant))
 	}

@@ -122,6 +122,7 @@ func TestQEMUSNPProblems(t *testing.T) {
 		"unknown vCPU type": {func(c *Config) { c.Provider.QEMU.SNP.VCPUType = "host" }, []string{`vCPU type "host" is not known`}},
 		"emulated":          {func(c *Config) { c.Provider.QEMU.Accelerator = "tcg" }, []string{"only under KVM"}},
 		"no measurement":    {func(c *Config) { c.Attestation.SNP.Measurements = nil }, []string{"attestation.snp"}},
+		"fixed HOST_DATA":   {func(c *Config) { c.Attestation.SNP.HostData = make([]byte, 32) }, []string{"attestation.snp.hostData: on qemu-sev-snp, HOST_DATA names each node"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := validQEMUSNP()
