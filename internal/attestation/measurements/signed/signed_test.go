@@ -304,14 +304,16 @@ func TestRootRoundTrip(t *testing.T) {
 	}
 }
 
-// FuzzParseBundle feeds the bundle parser and the verifier bytes derived from a recorded bundle of a local
-// build; it needs no log.
+// FuzzParseBundle feeds the bundle parser and the verifier bytes derived from recorded bundles of local builds
+// (one from before statements named the image's versions, one that names them); it needs no log.
 func FuzzParseBundle(f *testing.F) {
-	recorded, err := os.ReadFile("testdata/recorded.sigstore.json")
-	if err != nil {
-		f.Fatal(err)
+	for _, name := range []string{"recorded.sigstore.json", "recorded-versions.sigstore.json"} {
+		recorded, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(recorded)
 	}
-	f.Add(recorded)
 	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
 	key := signtest.NewKey()
 	root := signed.Root{Keys: []signed.Key{{Name: "fuzz", PublicKey: &key.PublicKey}}, Log: signed.Log{Origin: origin, PublicKey: &signtest.NewKey().PublicKey}}
