@@ -93,6 +93,16 @@ func setup(dir string) error {
 	sign := func(k signed.Signer, digest string) ([]byte, error) {
 		return signPredicate(k, signed.Predicate{ImageDigest: digest, Variant: variant})
 	}
+	if fx.good, err = sign(signed.Signer{Key: key, LogURL: log.URL}, image); err != nil {
+		return err
+	}
+	if fx.otherImage, err = sign(signed.Signer{Key: key, LogURL: log.URL}, other); err != nil {
+		return err
+	}
+	if fx.untrusted, err = sign(signed.Signer{Key: untrusted, LogURL: log.URL}, image); err != nil {
+		return err
+	}
+	// After the entries the log consistency tests count on.
 	if fx.versioned, err = signPredicate(signed.Signer{Key: key, LogURL: log.URL}, versioned); err != nil {
 		return err
 	}
@@ -103,15 +113,6 @@ func setup(dir string) error {
 	}
 	st = bytes.Replace(st, []byte(`"variant":"`+variant+`"`), []byte(`"variant":"`+variant+`","kubernetesVersion":"v1.36.4 or v1.37.2"`), 1)
 	if fx.badVersion, err = (signed.Signer{Key: key, LogURL: log.URL}).Sign(ctx, st); err != nil {
-		return err
-	}
-	if fx.good, err = sign(signed.Signer{Key: key, LogURL: log.URL}, image); err != nil {
-		return err
-	}
-	if fx.otherImage, err = sign(signed.Signer{Key: key, LogURL: log.URL}, other); err != nil {
-		return err
-	}
-	if fx.untrusted, err = sign(signed.Signer{Key: untrusted, LogURL: log.URL}, image); err != nil {
 		return err
 	}
 	// A second log with the genuine log's key and origin, whose first entry is another one.
