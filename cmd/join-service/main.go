@@ -42,10 +42,11 @@ func main() {
 	nodeName := flag.String("node-name", "", "this node's name: its identity in the continuous attestation's leader election (empty: no continuous attestation)")
 	interval := flag.Duration("reattest-interval", reattestation.DefaultInterval, "how often the continuous attestation checks each node")
 	metrics := flag.String("reattest-metrics", fmt.Sprintf("127.0.0.1:%d", reattestation.MetricsPort), "where the continuous attestation serves its metrics (Prometheus text format; empty: nowhere)")
+	health := flag.String("health-listen", fmt.Sprintf("127.0.0.1:%d", joinservice.HealthPort), "where the readiness endpoint ("+joinservice.ReadyPath+") answers the node's kubelet (a loopback address; empty: nowhere)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	re := reattestFlags{node: *nodeName, interval: *interval, metrics: *metrics}
-	if err := run(*listen, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *nodeIP, re, log); err != nil {
+	if err := run(*listen, *health, *configDir, *pkiDir, *apiEndpoint, *apiServer, *agentSocket, *meshSocket, *providerName, *providerEndpoint, *nodeIP, re, log); err != nil {
 		log.Error("join service stopped", "error", err)
 		os.Exit(1)
 	}
@@ -58,9 +59,20 @@ type reattestFlags struct {
 	metrics  string
 }
 
-func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, nodeIP string, re reattestFlags, log *slog.Logger) error {
+func run(listen, health, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSocket, providerName, providerEndpoint, nodeIP string, re reattestFlags, log *slog.Logger) error {
 	if apiEndpoint == "" || nodeIP == "" {
 		return fmt.Errorf("--api-endpoint and --node-ip are required")
+	}
+	// The readiness endpoint answers from the start: not ready until the service serves.
+	var ready joinservice.Readiness
+	if health != "" {
+		ln, err := net.Listen("tcp", health)
+		if err != nil {
+			return fmt.Errorf("the readiness endpoint: %w", err)
+		}
+		srv := &http.Server{Handler: &ready, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
 	}
 	if apiServer == "" {
 		var err error
@@ -148,6 +160,7 @@ func run(listen, configDir, pkiDir, apiEndpoint, apiServer, agentSocket, meshSoc
 	if err != nil {
 		return err
 	}
+	ready.Serving(config)
 	go func() {
 		<-ctx.Done()
 		srv.GracefulStop()

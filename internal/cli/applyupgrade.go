@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	//
 	"sort"
 	"strings"
@@ -16,10 +15,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements"
+	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/attestation/policyupdate"
-	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
-	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
@@ -818,16 +816,13 @@ func clusterKubernetesVersion(ctx context.Context, api *kubeapi.Client) (string,
 	return cc.KubernetesVersion, nil
 }
 
-// imageKubernetesVersion is the Kubernetes version of the configured node image, from its manifest
-// (node-image.json next to the image file).
-func imageKubernetesVersion(c *config.Config, confPath string) (string, error) {
-	image := c.ImagePath(confPath)
-	if image == "" {
-		return "", errors.New("the configuration names no node image file")
+// imageKubernetesVersion is the Kubernetes version of a node image, as its verified signed measurements
+// (res) name it: never from its manifest, which the host can edit. Measurements signed before statements
+// carried the version give none, and an error: nothing may decide a Kubernetes upgrade without it.
+func imageKubernetesVersion(res *signed.Result) (string, error) {
+	if res.Predicate.KubernetesVersion == "" {
+		return "", fmt.Errorf("the signed measurements of node image %s name no Kubernetes version (they were signed before signatures carried it): "+
+			"the Kubernetes version of an upgrade is taken from the signature only; sign the image again ('make node-image', or a release that signs it)", res.Predicate.ImageDigest)
 	}
-	v, err := nodeimage.ManifestVersions(filepath.Join(filepath.Dir(image), "node-image.json"))
-	if err != nil {
-		return "", fmt.Errorf("the Kubernetes version of the configured node image: %w", err)
-	}
-	return v.Kubernetes, nil
+	return res.Predicate.KubernetesVersion, nil
 }

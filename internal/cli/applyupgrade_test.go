@@ -807,10 +807,13 @@ func (s *syncBuffer) String() string {
 }
 
 // The attack: the host (which can write the workspace's image directory) hands 'apply' a new node image whose
-// measurements are not signed, or are signed for another image. apply on the running cluster refuses before
-// anything changes: the provider is asked nothing (the image is not registered), no measurement policy window
-// is opened, no NodeUpgrade created, the state file stays. The same workspace with the genuine bundle does
-// reach the provider, so the refusal is the signature's.
+// measurements are not signed, or are signed for another image, or whose manifest claims another Kubernetes
+// version than the signed measurements name (the upgrade would skip kubeadm's upgrade path or break the version
+// skew), or whose measurements were signed before statements named the Kubernetes version (no signed version:
+// no Kubernetes upgrade decision). apply on the running cluster refuses before anything changes: the provider
+// is asked nothing (the image is not registered), no measurement policy window is opened, no NodeUpgrade
+// created, the state file stays. The same workspace with the genuine bundle and manifest does reach the
+// provider, with the signed Kubernetes version, so the refusal is the signature's.
 func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 	imageDir := t.TempDir()
 	expected, err := measuredboot.Expected(measuredboot.Boot{ImageDigest: [32]byte{0x2e}, Cmdline: nodeimage.DefaultCmdline})
@@ -832,7 +835,17 @@ func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 	// The same measurements, genuinely signed, but for the image the cluster runs.
 	signFile(t, devKey(t), imageDir, "measurements.json", upgradeFromDigest, attestation.MiniVTPM.Name)
 	otherDigestBundle, _ := os.ReadFile(bundlePath)
+	// The same measurements, genuinely signed for this image, as signed before statements named versions.
+	signFile(t, devKey(t), imageDir, "measurements.json", upgradeToDigest, attestation.MiniVTPM.Name)
+	unversionedBundle, _ := os.ReadFile(bundlePath)
 	stopTestLog(t)
+	manifestPath := filepath.Join(imageDir, "node-image.json")
+	// The host edits the manifest of the genuinely signed image (Kubernetes v1.37.2) to claim the cluster's
+	// Kubernetes: apply would skip kubeadm's upgrade of the control plane and replace the nodes by ones whose
+	// kubelet is a minor version ahead of it.
+	claimsOlder, _ := json.Marshal(nodeimage.Manifest{Digest: upgradeToDigest, Cmdline: nodeimage.DefaultCmdline, Versions: nodeimage.Versions{Kubernetes: "v1.36.4"}})
+	// The same claim, with a second Kubernetes key that a lenient reader takes instead of the first.
+	claimsTwice := bytes.Replace(rawManifest, []byte(`"kubernetes":"v1.37.2"`), []byte(`"kubernetes":"v1.37.2","kubernetes":"v1.36.4"`), 1)
 
 	// The running cluster, initialised with the old image: its master secret, state, kubeconfig and provider.
 	ms, _ := kms.GenerateMasterSecret()
@@ -898,19 +911,29 @@ func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		name    string
-		bundle  []byte
-		code    int
-		wantErr string
+		name     string
+		bundle   []byte
+		manifest []byte // default: the genuine manifest
+		code     int
+		wantErr  string
 	}{
-		{"unsigned measurements", nil, 2, "bundle"},
-		{"measurements signed for another image", otherDigestBundle, 1, "not for image"},
+		{"unsigned measurements", nil, nil, 2, "bundle"},
+		{"measurements signed for another image", otherDigestBundle, nil, 1, "not for image"},
+		{"a manifest that claims another Kubernetes version than the signed one", genuineBundle, claimsOlder, 1,
+			"claims Kubernetes v1.36.4, but its signed measurements say Kubernetes v1.37.2"},
+		{"a manifest that names the Kubernetes version twice", genuineBundle, claimsTwice, 1, `key "kubernetes" twice`},
+		{"measurements signed without a Kubernetes version", unversionedBundle, nil, 1, "name no Kubernetes version"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.Remove(bundlePath)
 			if tc.bundle != nil {
 				write(t, bundlePath, tc.bundle)
 			}
+			manifest := rawManifest
+			if tc.manifest != nil {
+				manifest = tc.manifest
+			}
+			write(t, manifestPath, manifest)
 			mu.Lock()
 			asked = nil
 			mu.Unlock()
@@ -926,14 +949,15 @@ func TestApplyRefusesAnUpgradeToAnUnverifiedImage(t *testing.T) {
 			unchanged(t)
 		})
 	}
-	// The genuine bundle: apply gets as far as the provider (and stops at the key services, which this
-	// workspace does not have).
+	// The genuine bundle and manifest: apply gets as far as the provider (and stops at the key services, which
+	// this workspace does not have), with the signed Kubernetes version.
 	write(t, bundlePath, genuineBundle)
-	_, errOut, code := run(append([]string{"apply", "--workspace", ws}, sig...)...)
+	write(t, manifestPath, rawManifest)
+	out, errOut, code := run(append([]string{"apply", "--workspace", ws}, sig...)...)
 	mu.Lock()
 	defer mu.Unlock()
-	if code != 1 || len(asked) == 0 || asked[0] != "/v1/node-images" {
-		t.Fatalf("apply with the genuine image: exit %d, provider asked %v:\n%s", code, asked, errOut)
+	if code != 1 || len(asked) == 0 || asked[0] != "/v1/node-images" || !strings.Contains(out, "runs Kubernetes v1.37.2") {
+		t.Fatalf("apply with the genuine image: exit %d, provider asked %v:\n%s\n%s", code, asked, out, errOut)
 	}
 }
 

@@ -63,6 +63,7 @@ func newImageVerifyCmd() *cobra.Command {
 			fmt.Fprintf(out, "%s: verified offline\n", args[0])
 			fmt.Fprintf(out, "  measurements sha256 %s, covered by the signed statement\n", res.MeasurementsSHA256)
 			fmt.Fprintf(out, "  image %s, variant %s: named by the signed statement\n", res.Predicate.ImageDigest, res.Predicate.Variant)
+			fmt.Fprintf(out, "  versions: %s\n", signedVersions(res.Predicate))
 			fmt.Fprintf(out, "  signature: valid, %s\n", signedBy(res))
 			fmt.Fprintf(out, "  transparency log %s: entry %d included in the signed checkpoint of size %d\n", res.LogOrigin, res.LogIndex, res.CheckpointSize)
 			warnDevSigned(cmd, res)
@@ -189,7 +190,46 @@ func verifyMeasurementsFile(cmd *cobra.Command, measPath, imageDigest, variant s
 	if err != nil {
 		return nil, nil, checkFailed(fmt.Errorf("%s: %w", measPath, err))
 	}
+	if known {
+		if err := checkManifestVersions(filepath.Dir(measPath), res.Predicate); err != nil {
+			return nil, nil, checkFailed(err)
+		}
+	}
 	return meas, res, nil
+}
+
+// checkManifestVersions refuses an image whose manifest (node-image.json in dir, which the host can edit)
+// disagrees with the versions its signed measurements name. Nothing takes the versions from the manifest; a
+// manifest that claims others is a sign that the image's files were tampered with. A statement signed before
+// statements carried versions has nothing to compare, and a missing manifest claims nothing.
+func checkManifestVersions(dir string, p signed.Predicate) error {
+	if p.KubernetesVersion == "" && p.ImageVersion == "" {
+		return nil
+	}
+	path := filepath.Join(dir, nodeimage.ManifestFile)
+	m, err := nodeimage.ReadManifest(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("node image %s: %w; refusing the image (build or fetch it again)", p.ImageDigest, err)
+	}
+	if err := nodeimage.CheckSignedVersions(m, p.KubernetesVersion, p.ImageVersion); err != nil {
+		return fmt.Errorf("node image %s (%s): %w", p.ImageDigest, path, err)
+	}
+	return nil
+}
+
+// signedVersions describes the versions a verified statement names, for the user.
+func signedVersions(p signed.Predicate) string {
+	if p.KubernetesVersion == "" {
+		return "none signed (the statement predates signed versions: no Kubernetes upgrade to this image)"
+	}
+	v := "Kubernetes " + p.KubernetesVersion
+	if p.ImageVersion != "" {
+		v += ", image version " + p.ImageVersion
+	}
+	return v
 }
 
 // verifyConfiguredImage re-verifies, before a command uses them, that the configuration's measurements are

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/kms"
 	"github.com/constellation-dev/constellation/internal/kubeapi"
@@ -130,7 +131,7 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 	}
 	if found && state.DaemonAlive() && cmd.Name() == "apply" {
 		if _, initialised, err := loadClusterState(workspace(cmd)); err == nil && initialised {
-			return applyToRunningCluster(cmd, c, confPath)
+			return applyToRunningCluster(cmd, c, confPath, signature)
 		}
 	}
 	if found && state.DaemonAlive() {
@@ -261,10 +262,11 @@ func runMiniUp(cmd *cobra.Command, _ []string) error {
 }
 
 // applyToRunningCluster applies the configuration to the workspace's running, initialised cluster, whose
-// configured image's signed measurements the caller verified: if it names another node image than the one the
-// state file records, it upgrades the cluster to it (imageUpgrade), or follows, finishes or rolls back the
-// upgrade that runs. Ctrl-C stops following and leaves the upgrade running.
-func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string) error {
+// configured image's signed measurements the caller verified (signature): if it names another node image than
+// the one the state file records, it upgrades the cluster to it (imageUpgrade) and to the Kubernetes version
+// the signature names (an image without one is refused), or follows, finishes or rolls back the upgrade that
+// runs. Ctrl-C stops following and leaves the upgrade running.
+func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string, signature *signed.Result) error {
 	ws := workspace(cmd)
 	cs, _, err := loadClusterState(ws)
 	if err != nil {
@@ -278,9 +280,12 @@ func applyToRunningCluster(cmd *cobra.Command, c *config.Config, confPath string
 	if err != nil {
 		return err
 	}
-	k8s, err := imageKubernetesVersion(c, confPath)
-	if err != nil {
-		return badInput("%w", err)
+	// The upgrade controller moves the cluster's Kubernetes by the version the image runs (kubeadm's upgrade
+	// path, version skew): that version counts only as signed. A rollback to the recorded image decides nothing
+	// by it.
+	k8s, err := imageKubernetesVersion(signature)
+	if err != nil && c.ImageDigest() != cs.ImageDigest {
+		return checkFailed(fmt.Errorf("%w; nothing was changed", err))
 	}
 	limit, _ := cmd.Flags().GetDuration("wait")
 	dir := filepath.Join(ws, miniDirName)

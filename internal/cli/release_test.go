@@ -401,3 +401,47 @@ func devKey(t *testing.T) *ecdsa.PrivateKey {
 	runningTestLog(t)
 	return testLog.key.Key
 }
+
+// A statement that names the image's versions: 'image verify' shows them, for the squashfs and the UEFI
+// image, and refuses either once the manifest, which the host can edit, claims another Kubernetes version.
+// A statement signed before it named versions still verifies, and says it has none.
+func TestImageVerifySignedVersions(t *testing.T) {
+	releaseKey := withReleaseRoot(t)
+	dir := imageDirWithUEFI(t)
+	rawManifest, _ := json.Marshal(nodeimage.Manifest{Digest: squashfsDigest, Cmdline: nodeimage.DefaultCmdline,
+		Versions: nodeimage.Versions{Kubernetes: "v1.37.2"}, Version: "v0.4.0"})
+	write(t, filepath.Join(dir, "node-image.json"), rawManifest)
+	for _, img := range nodeimage.MeasuredImages {
+		digest, err := nodeimage.ManifestDigest(filepath.Join(dir, img.Manifest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		meas, _ := os.ReadFile(filepath.Join(dir, img.Measurements))
+		st, err := signed.Statement(img.Measurements, meas, signed.Predicate{ImageDigest: digest, Variant: img.Variant, KubernetesVersion: "v1.37.2", ImageVersion: "v0.4.0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(dir, img.Measurements+signed.BundleSuffix), signWith(t, releaseKey, st))
+	}
+	older := imageDirWithUEFI(t)
+	signFile(t, releaseKey, older, "measurements.json", squashfsDigest, attestation.MiniVTPM.Name)
+	stopTestLog(t)
+
+	for _, img := range nodeimage.MeasuredImages {
+		out, errOut, code := run("image", "verify", filepath.Join(dir, img.Measurements))
+		if code != 0 || !strings.Contains(out, "versions: Kubernetes v1.37.2, image version v0.4.0") {
+			t.Errorf("%s: exit %d\n%s%s", img.Measurements, code, out, errOut)
+		}
+	}
+	if out, errOut, code := run("image", "verify", filepath.Join(older, "measurements.json")); code != 0 || !strings.Contains(out, "versions: none signed") {
+		t.Errorf("measurements signed without versions: exit %d\n%s%s", code, out, errOut)
+	}
+	claims, _ := json.Marshal(nodeimage.Manifest{Digest: squashfsDigest, Cmdline: nodeimage.DefaultCmdline, Versions: nodeimage.Versions{Kubernetes: "v1.36.4"}, Version: "v0.4.0"})
+	write(t, filepath.Join(dir, "node-image.json"), claims)
+	for _, img := range nodeimage.MeasuredImages {
+		_, errOut, code := run("image", "verify", filepath.Join(dir, img.Measurements))
+		if code != 1 || !strings.Contains(errOut, "claims Kubernetes v1.36.4, but its signed measurements say Kubernetes v1.37.2") {
+			t.Errorf("%s, the manifest claims another Kubernetes version: exit %d\n%s", img.Measurements, code, errOut)
+		}
+	}
+}

@@ -100,8 +100,9 @@ func signWith(t *testing.T, key *ecdsa.PrivateKey, st []byte) []byte {
 	return bundle
 }
 
-// signImage signs imageDir's measurements.json for the digest in its node-image.json with a development key
-// and returns the flags that make a command trust that key: --trusted-root and --allow-dev-signed.
+// signImage signs imageDir's measurements.json for the digest and the versions in its node-image.json with a
+// development key and returns the flags that make a command trust that key: --trusted-root and
+// --allow-dev-signed.
 func signImage(t *testing.T, imageDir string) []string {
 	t.Helper()
 	testLog.mu.Lock()
@@ -119,7 +120,8 @@ func signImage(t *testing.T, imageDir string) []string {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
-	st, err := signed.Statement("measurements.json", meas, signed.Predicate{ImageDigest: m.Digest, Variant: attestation.MiniVTPM.Name})
+	st, err := signed.Statement("measurements.json", meas, signed.Predicate{ImageDigest: m.Digest, Variant: attestation.MiniVTPM.Name,
+		KubernetesVersion: m.Versions.Kubernetes, ImageVersion: m.Version})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,7 @@ func newUpgradeCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  runUpgradeCheck,
 	}
+	check.Flags().String("trusted-root", defaultTrustedRoot(), trustedRootUsage)
 	abort := &cobra.Command{
 		Use:   "abort",
 		Short: "Roll an open upgrade back: every node of the new image is replaced by one of the old, then the old node image only is accepted again",
@@ -268,7 +269,13 @@ func runUpgradeCheck(cmd *cobra.Command, _ []string) error {
 		return failed(err)
 	}
 	var k8s kubernetesVersions
-	if k8s.Image, err = imageKubernetesVersion(c, filepath.Join(workspace(cmd), config.FileName)); err != nil {
+	// Shown, not acted on (apply checks again, and wants --allow-dev-signed for a development build): the
+	// version of the image's verified signed measurements, never of its manifest.
+	res, err := verifyConfiguredImage(cmd, c, filepath.Join(workspace(cmd), config.FileName), true)
+	if err == nil {
+		k8s.Image, err = imageKubernetesVersion(res)
+	}
+	if err != nil {
 		k8s.Image = "unknown (" + err.Error() + ")"
 	}
 	if k8s.Cluster, err = clusterKubernetesVersion(cmd.Context(), up.API); err != nil {

@@ -32,7 +32,9 @@ func Image() string { return "constellation.local/join-service:" + version.Versi
 // Manifests returns the Kubernetes objects of the join service, as a JSON list for `kubectl apply`: its
 // configuration, a service account that may only create Secrets in kube-system (bootstrap tokens), follow and
 // update Nodes (the WireGuard peers, the continuous attestation's quarantine), and keep the continuous
-// attestation's records (Leases in reattestation.RecordNamespace, a namespace of their own), and a DaemonSet on the control-plane nodes, on the host network at [joinpb.Port]. The provider (name, at endpoint) tells
+// attestation's records (Leases in reattestation.RecordNamespace, a namespace of their own), and a DaemonSet
+// on the control-plane nodes, on the host network at [joinpb.Port], ready while its readiness endpoint on the
+// node's loopback address says so ([Readiness] at [HealthPort]). The provider (name, at endpoint) tells
 // control-plane nodes from workers and lists them: the join service gets disk keys from the key service of
 // any control-plane node, its own node's first.
 func Manifests(config map[string]string, providerName, providerEndpoint string) ([]byte, error) {
@@ -52,7 +54,10 @@ func Manifests(config map[string]string, providerName, providerEndpoint string) 
 			"--provider-endpoint=" + providerEndpoint,
 			"--node-ip=$(NODE_IP)",
 			"--node-name=$(NODE_NAME)",
+			"--health-listen=127.0.0.1:" + strconv.Itoa(HealthPort),
 		},
+		// Ready once it serves with its authenticated configuration, and while a node could join (Readiness).
+		ReadyLocal:     &kubeapi.LocalEndpoint{Port: HealthPort, Path: ReadyPath},
 		NodeSelector:   map[string]string{"node-role.kubernetes.io/control-plane": ""},
 		Tolerations:    []map[string]any{kubeapi.ControlPlaneToleration},
 		ServiceAccount: Name,

@@ -3,6 +3,8 @@ package joinservice
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/constellation-dev/constellation/internal/kubeapi"
@@ -91,5 +93,59 @@ func TestRecordPermissions(t *testing.T) {
 	}
 	if err := service.Do(ctx, http.MethodDelete, leases+"/worker-0", "", nil, nil); err != nil {
 		t.Fatalf("the join service deletes a record: %v", err)
+	}
+}
+
+// The DaemonSet's pods are ready only as the readiness endpoint says (Readiness), which the service serves on
+// the node's loopback address only, where the kubelet (on the node's network, as the pod) probes it.
+func TestDaemonSetReadiness(t *testing.T) {
+	raw, err := Manifests(map[string]string{ClusterIDFile: "00"}, "mini", "http://10.217.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Items []struct {
+			Kind string
+			Spec struct {
+				Template struct {
+					Spec struct {
+						HostNetwork bool
+						Containers  []struct {
+							Args           []string
+							ReadinessProbe *struct {
+								HTTPGet *struct {
+									Host string
+									Port int
+									Path string
+								}
+								PeriodSeconds, TimeoutSeconds int
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, it := range list.Items {
+		if it.Kind != "DaemonSet" {
+			continue
+		}
+		found = true
+		pod := it.Spec.Template.Spec
+		c := pod.Containers[0]
+		p := c.ReadinessProbe
+		if !pod.HostNetwork || p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "127.0.0.1" || p.HTTPGet.Port != HealthPort || p.HTTPGet.Path != ReadyPath || p.TimeoutSeconds < 2 {
+			t.Errorf("readiness probe %+v, want GET http://127.0.0.1:%d%s on the host network", p, HealthPort, ReadyPath)
+		}
+		if !slices.Contains(c.Args, "--health-listen=127.0.0.1:"+strconv.Itoa(HealthPort)) {
+			t.Errorf("args %v, want the readiness endpoint on the loopback address", c.Args)
+		}
+	}
+	if !found {
+		t.Fatal("no DaemonSet")
 	}
 }

@@ -54,6 +54,16 @@ type HostService struct {
 	// ReadyPort, if set, is a port on the node's address at which the service listens once it serves: the pod
 	// is ready only then (a TCP readiness probe).
 	ReadyPort int
+	// ReadyLocal, if set, is an HTTP endpoint on the node's loopback address (the service listens there on
+	// 127.0.0.1 only) that answers 200 OK while the service can serve: the pod is ready only then (an HTTP
+	// readiness probe). It takes the place of ReadyPort.
+	ReadyLocal *LocalEndpoint
+}
+
+// LocalEndpoint is an HTTP endpoint on a node's loopback address.
+type LocalEndpoint struct {
+	Port int
+	Path string
 }
 
 // DaemonSet returns the service's DaemonSet object.
@@ -81,7 +91,15 @@ func (s HostService) DaemonSet() map[string]any {
 		},
 		"volumeMounts": mounts,
 	}
-	if s.ReadyPort != 0 {
+	switch {
+	case s.ReadyLocal != nil:
+		// The kubelet runs in the node's network namespace, as the pod does (host network): it reaches the
+		// service's loopback address. The answer may take a round trip to another service: a few seconds.
+		container["readinessProbe"] = map[string]any{
+			"httpGet":       map[string]any{"host": "127.0.0.1", "port": s.ReadyLocal.Port, "path": s.ReadyLocal.Path},
+			"periodSeconds": 2, "timeoutSeconds": 5,
+		}
+	case s.ReadyPort != 0:
 		container["readinessProbe"] = map[string]any{"tcpSocket": map[string]any{"port": s.ReadyPort}, "periodSeconds": 2}
 	}
 	pod := map[string]any{

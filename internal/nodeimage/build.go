@@ -32,6 +32,9 @@ type Inputs struct {
 	Extra []File
 	// Services are the container images of this project's in-cluster services (for example the join service).
 	Services []ContainerImage
+	// Version is the version of this product the image is built from (the build's version.Version); the
+	// manifest names it, and the signed measurements carry it.
+	Version string
 }
 
 // Paths inside the node image.
@@ -61,6 +64,8 @@ type Manifest struct {
 	Cmdline  string            `json:"cmdline"`
 	Versions Versions          `json:"versions"`
 	Images   map[string]string `json:"images"` // reference → image digest
+	// Version is the version of this product the image is built from (empty in manifests of older builds).
+	Version string `json:"version,omitempty"`
 }
 
 // iptablesCommands are the iptables front ends, all links to xtables-nft-multi.
@@ -230,7 +235,7 @@ func Build(ctx context.Context, in Inputs, outDir string, progress func(string))
 	if err != nil {
 		return nil, err
 	}
-	m := &Manifest{Cmdline: DefaultCmdline, Versions: in.Versions, Images: map[string]string{}}
+	m := &Manifest{Cmdline: DefaultCmdline, Versions: in.Versions, Images: map[string]string{}, Version: in.Version}
 	versions, err := json.Marshal(in.Versions)
 	if err != nil {
 		return nil, err

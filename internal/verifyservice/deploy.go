@@ -16,7 +16,8 @@ const Name = "verification-service"
 func Image() string { return "constellation.local/verification-service:" + version.Version }
 
 // Manifests returns the verification service's DaemonSet, as a JSON list for `kubectl apply`: a pod on every
-// node, whatever its taints, on the host network at [ClusterPort] and [ClusterGRPCPort]. It gets its evidence
+// node, whatever its taints, on the host network at [ClusterPort] and [ClusterGRPCPort], ready once it listens
+// there. It gets its evidence
 // from the node's attestation agent and no API credentials: it needs none.
 func Manifests() ([]byte, error) {
 	return kubeapi.List(kubeapi.HostService{
@@ -28,6 +29,8 @@ func Manifests() ([]byte, error) {
 			"--grpc-port=" + strconv.Itoa(ClusterGRPCPort),
 		},
 		Tolerations: []map[string]any{kubeapi.EveryTaint},
+		// It listens once it serves: ready only then.
+		ReadyPort: ClusterPort,
 		Volumes: []kubeapi.Volume{
 			{Name: "agent", MountPath: agent.SocketPath, HostPath: agent.SocketPath, HostPathType: "Socket"},
 		},

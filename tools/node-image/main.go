@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
+	"github.com/constellation-dev/constellation/internal/version"
 )
 
 func main() {
@@ -86,12 +87,13 @@ func run(in nodeimage.Inputs, uefi nodeimage.UEFIInputs, out, componentsKubeadm 
 		versions.Etcd, versions.CoreDNS, versions.Pause = pinned.Etcd, pinned.CoreDNS, pinned.Pause
 	}
 	in.Versions = versions
+	in.Version = version.Version
 	start := time.Now()
 	m, err := nodeimage.Build(context.Background(), in, out, func(step string) { fmt.Println("node-image:", step) })
 	if err != nil {
 		return err
 	}
-	fmt.Printf("node-image: %s/node-image.squashfs %s, %d MiB, built in %s\n", out, m.Digest, m.Size>>20, time.Since(start).Round(time.Second))
+	fmt.Printf("node-image: %s/node-image.squashfs %s, %d MiB, Kubernetes %s, version %s, built in %s\n", out, m.Digest, m.Size>>20, m.Versions.Kubernetes, m.Version, time.Since(start).Round(time.Second))
 	start = time.Now()
 	fmt.Println("node-image: UEFI disk image")
 	d, err := nodeimage.WriteUEFIImage(context.Background(), uefi, out)

@@ -338,7 +338,10 @@ func (s imageSigner) signAll(ctx context.Context, imageDir string) (string, erro
 		if err != nil {
 			return "", err
 		}
-		pred := signed.Predicate{ImageDigest: digest, Variant: img.Variant}
+		pred, err := predicate(imageDir, img, digest)
+		if err != nil {
+			return "", err
+		}
 		bundlePath := measPath + signed.BundleSuffix
 		if old, err := os.ReadFile(bundlePath); err == nil {
 			if _, err := signed.Verify(s.root, old, meas, pred, !s.release); err == nil {
@@ -373,9 +376,37 @@ func (s imageSigner) signAll(ctx context.Context, imageDir string) (string, erro
 		if err := atomicfile.Write(bundlePath, bundle, 0o644); err != nil {
 			return "", fmt.Errorf("writing the bundle: %w", err)
 		}
-		done = append(done, "signed "+img.Measurements+" for "+digest)
+		done = append(done, "signed "+img.Measurements+" for "+digest+" (Kubernetes "+pred.KubernetesVersion+", version "+pred.ImageVersion+")")
 	}
 	return strings.Join(done, ", ") + " (" + s.keyName + ", log " + s.root.Log.Origin + ")", nil
+}
+
+// predicate is what the statement of img says: its digest and variant, and the Kubernetes version and the
+// version of the squashfs image's manifest (node-image.json), which the UEFI disk image shares: its manifest
+// names the squashfs image as its root filesystem, which is checked here. A bundle signed before the versions
+// were part of the statement does not verify for it, and is signed again.
+func predicate(imageDir string, img nodeimage.MeasuredImage, digest string) (signed.Predicate, error) {
+	m, err := nodeimage.ReadManifest(filepath.Join(imageDir, nodeimage.ManifestFile))
+	if err != nil {
+		return signed.Predicate{}, fmt.Errorf("the image's versions: %w", err)
+	}
+	if img.Manifest != nodeimage.ManifestFile {
+		raw, err := os.ReadFile(filepath.Join(imageDir, img.Manifest))
+		if err != nil {
+			return signed.Predicate{}, fmt.Errorf("reading the image manifest: %w", err)
+		}
+		var disk struct {
+			Root string `json:"root"`
+		}
+		if err := json.Unmarshal(raw, &disk); err != nil {
+			return signed.Predicate{}, fmt.Errorf("%s: %w", filepath.Join(imageDir, img.Manifest), err)
+		}
+		if disk.Root != m.Digest {
+			return signed.Predicate{}, fmt.Errorf("%s names the root filesystem %q, not the image %s of %s: its versions are unknown; build the images again",
+				filepath.Join(imageDir, img.Manifest), disk.Root, m.Digest, nodeimage.ManifestFile)
+		}
+	}
+	return signed.Predicate{ImageDigest: digest, Variant: img.Variant, KubernetesVersion: m.Versions.Kubernetes, ImageVersion: m.Version}, nil
 }
 
 func healthy(ctx context.Context, url string) bool {

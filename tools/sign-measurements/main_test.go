@@ -13,6 +13,7 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed"
 	"github.com/constellation-dev/constellation/internal/attestation/measurements/signed/signtest"
+	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
 )
 
@@ -23,15 +24,48 @@ func writeFile(t *testing.T, path string, data []byte) {
 	}
 }
 
-// imageDir writes the manifests and measurements of a built node image (squashfs and UEFI).
+// Versions of the image imageDir writes.
+const (
+	testKubernetes   = "v1.37.2"
+	testImageVersion = "v0.4.0-2-g0123abc"
+)
+
+// imageDir writes the manifests and measurements of a built node image (squashfs and UEFI; the UEFI disk
+// image's root filesystem is the squashfs image).
 func imageDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
+	squashfs := "sha256:" + strings.Repeat("a1", 32)
+	writeFile(t, filepath.Join(dir, nodeimage.ManifestFile), []byte(`{"digest":"`+squashfs+`","versions":{"kubernetes":"`+testKubernetes+`"},"version":"`+testImageVersion+`"}`))
+	writeFile(t, filepath.Join(dir, bootimage.ManifestFile), []byte(`{"digest":"sha256:`+strings.Repeat("a2", 32)+`","root":"`+squashfs+`"}`))
 	for i, img := range nodeimage.MeasuredImages {
 		writeFile(t, filepath.Join(dir, img.Measurements), []byte(`{"4":{"expected":"`+strings.Repeat("0"+string(rune('1'+i)), 32)+`","warnOnly":false}}`))
-		writeFile(t, filepath.Join(dir, img.Manifest), []byte(`{"digest":"sha256:`+strings.Repeat("a"+string(rune('1'+i)), 32)+`"}`))
 	}
 	return dir
+}
+
+// The statements name the image's Kubernetes version and version, of the squashfs image's manifest; a UEFI disk
+// image whose manifest names another root filesystem is not signed with them.
+func TestPredicate(t *testing.T) {
+	dir := imageDir(t)
+	for _, img := range nodeimage.MeasuredImages {
+		digest, err := nodeimage.ManifestDigest(filepath.Join(dir, img.Manifest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := predicate(dir, img, digest)
+		if err != nil {
+			t.Fatalf("%s: %v", img.Measurements, err)
+		}
+		if want := (signed.Predicate{ImageDigest: digest, Variant: img.Variant, KubernetesVersion: testKubernetes, ImageVersion: testImageVersion}); p != want {
+			t.Errorf("%s: predicate %+v, want %+v", img.Measurements, p, want)
+		}
+	}
+	writeFile(t, filepath.Join(dir, bootimage.ManifestFile), []byte(`{"digest":"sha256:`+strings.Repeat("a2", 32)+`","root":"sha256:`+strings.Repeat("b3", 32)+`"}`))
+	uefi, _ := nodeimage.MeasuredImageFor(bootimage.MeasurementsFile)
+	if _, err := predicate(dir, uefi, "sha256:"+strings.Repeat("a2", 32)); err == nil || !strings.Contains(err.Error(), "root filesystem") {
+		t.Errorf("a UEFI image of another root filesystem: %v", err)
+	}
 }
 
 func bundles(dir string) []string {
@@ -116,7 +150,8 @@ func TestReleaseSigning(t *testing.T) {
 		}
 		res, err := signed.VerifyAny([]signed.Root{dev, root}, mustRead(t, filepath.Join(img, m.Measurements+signed.BundleSuffix)),
 			mustRead(t, filepath.Join(img, m.Measurements)), signed.Predicate{ImageDigest: digest, Variant: m.Variant}, false)
-		if err != nil || res.Key.Development || res.LogOrigin != ReleaseOrigin {
+		if err != nil || res.Key.Development || res.LogOrigin != ReleaseOrigin ||
+			res.Predicate.KubernetesVersion != testKubernetes || res.Predicate.ImageVersion != testImageVersion {
 			t.Errorf("%s: %+v, %v", m.Measurements, res, err)
 		}
 	}

@@ -1,7 +1,9 @@
 // Package signed signs the expected measurements of a node image and verifies them offline.
 //
 // The signed payload is an in-toto statement whose subject is the measurements file (its SHA-256) and whose
-// predicate names the node image digest and the attestation variant the measurements belong to. It travels as
+// predicate names the node image digest and the attestation variant the measurements belong to, and the
+// Kubernetes version and product version of the image (statements signed before these were part of the
+// predicate lack them: [Result.Predicate] then leaves them empty, and whoever decides by them must refuse). It travels as
 // a sigstore bundle (a DSSE envelope signed with an ECDSA P-256 key, plus a Rekor v2 transparency log entry
 // with its inclusion proof and the log's signed checkpoint), written next to the measurements as
 // measurements.json.sigstore.json.
@@ -36,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -70,6 +73,31 @@ type Predicate struct {
 	ImageDigest string `json:"imageDigest"`
 	// Variant is the attestation variant the measurements are a policy for.
 	Variant string `json:"variant"`
+	// KubernetesVersion is the Kubernetes release the image runs, e.g. "v1.37.2". Statements signed before
+	// the predicate carried it have none: a caller that decides by the version (a Kubernetes upgrade) must
+	// refuse such an image rather than take the version from anywhere else.
+	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
+	// ImageVersion is the version of this product the image was built from, e.g. "v0.4.0"; empty in
+	// statements signed before the predicate carried it.
+	ImageVersion string `json:"imageVersion,omitempty"`
+}
+
+// MaxVersionLength bounds a version string of the predicate.
+const MaxVersionLength = 128
+
+// kubernetesVersion is a Kubernetes release as kubeadm prints it: v<major>.<minor>.<patch>, optionally with a
+// pre-release and build metadata (v1.37.0-rc.1, v1.37.2+custom).
+var kubernetesVersion = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
+
+// imageVersion is a product version as the build stamps it (git describe: v0.4.0, v0.4.0-12-gabcdef0-dirty).
+var imageVersion = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+_-]*$`)
+
+// CheckKubernetesVersion reports whether v is a Kubernetes release version (v1.37.2).
+func CheckKubernetesVersion(v string) error {
+	if len(v) > MaxVersionLength || !kubernetesVersion.MatchString(v) {
+		return fmt.Errorf("%q is not a Kubernetes version (v<major>.<minor>.<patch>)", v)
+	}
+	return nil
 }
 
 type subject struct {
@@ -107,7 +135,41 @@ func (p Predicate) check() error {
 	if p.Variant == "" {
 		return errors.New("the statement names no attestation variant")
 	}
+	if p.KubernetesVersion != "" {
+		if err := CheckKubernetesVersion(p.KubernetesVersion); err != nil {
+			return fmt.Errorf("the statement's Kubernetes version: %w", err)
+		}
+	}
+	if p.ImageVersion != "" && (len(p.ImageVersion) > MaxVersionLength || !imageVersion.MatchString(p.ImageVersion)) {
+		return fmt.Errorf("the statement's image version %q is not a version (letters, digits, '.', '+', '_', '-')", p.ImageVersion)
+	}
 	return nil
+}
+
+// matches reports how the signed predicate p differs from what the caller wants: the image digest and the
+// variant always count; the versions count where want names them (empty: the caller reads them from the
+// result).
+func (p Predicate) matches(want Predicate) error {
+	if p.ImageDigest != want.ImageDigest || p.Variant != want.Variant {
+		return fmt.Errorf("the signed measurements are for image %s (%s), not for image %s (%s)",
+			p.ImageDigest, p.Variant, want.ImageDigest, want.Variant)
+	}
+	if want.KubernetesVersion != "" && p.KubernetesVersion != want.KubernetesVersion {
+		return fmt.Errorf("the signed measurements of image %s say it runs Kubernetes %s, not %s",
+			p.ImageDigest, orNone(p.KubernetesVersion), want.KubernetesVersion)
+	}
+	if want.ImageVersion != "" && p.ImageVersion != want.ImageVersion {
+		return fmt.Errorf("the signed measurements of image %s say it is version %s, not %s",
+			p.ImageDigest, orNone(p.ImageVersion), want.ImageVersion)
+	}
+	return nil
+}
+
+func orNone(v string) string {
+	if v == "" {
+		return "(none signed)"
+	}
+	return v
 }
 
 // Key is a trusted signing key.
@@ -250,7 +312,8 @@ type Result struct {
 
 // Verify checks a bundle offline: the signature by a key of r, the log entry's inclusion proof and the
 // checkpoint signed by r's log, that the bundle covers measurementsJSON, and that the statement names want's
-// image digest and variant. A key of r marked Development is accepted only with allowDevelopment. It returns
+// image digest and variant, and want's Kubernetes and image versions where want names them (the result carries
+// the signed ones). A key of r marked Development is accepted only with allowDevelopment. It returns
 // what it checked.
 func Verify(r Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDevelopment bool) (*Result, error) {
 	if err := want.check(); err != nil {
@@ -296,9 +359,11 @@ func Verify(r Root, bundleJSON, measurementsJSON []byte, want Predicate, allowDe
 	if len(st.Subject) != 1 || len(st.Subject[0].Digest) != 1 || st.Subject[0].Digest["sha256"] != hex.EncodeToString(sum[:]) {
 		return nil, errors.New("the signed statement does not name exactly this measurements file")
 	}
-	if st.Predicate != want {
-		return nil, fmt.Errorf("the signed measurements are for image %s (%s), not for image %s (%s)",
-			st.Predicate.ImageDigest, st.Predicate.Variant, want.ImageDigest, want.Variant)
+	if err := st.Predicate.check(); err != nil {
+		return nil, fmt.Errorf("the signed statement: %w", err)
+	}
+	if err := st.Predicate.matches(want); err != nil {
+		return nil, err
 	}
 	entry := b.GetVerificationMaterial().GetTlogEntries()[0]
 	return &Result{

@@ -31,6 +31,10 @@ var fx struct {
 	root                        signed.Root
 	trustedKey, untrustedKey    signed.Key
 	good, otherImage, untrusted []byte
+	// versioned names the image's Kubernetes and image versions, as `make node-image` signs them now.
+	versioned []byte
+	// badVersion is a statement, signed by the trusted key, whose Kubernetes version is no version.
+	badVersion []byte
 	// tilesDir is the log's storage; rewrittenTilesDir that of a second log with the same key and origin
 	// and other entries.
 	tilesDir, rewrittenTilesDir string
@@ -79,12 +83,15 @@ func setup(dir string) error {
 	fx.trustedKey = signed.Key{Name: "test", PublicKey: &key.PublicKey}
 	fx.untrustedKey = signed.Key{Name: "untrusted", PublicKey: &untrusted.PublicKey}
 	fx.root = signed.Root{Keys: []signed.Key{fx.trustedKey}, Log: log.Log}
-	sign := func(k signed.Signer, digest string) ([]byte, error) {
-		st, err := signed.Statement("measurements.json", measurementsJSON, signed.Predicate{ImageDigest: digest, Variant: variant})
+	signPredicate := func(k signed.Signer, p signed.Predicate) ([]byte, error) {
+		st, err := signed.Statement("measurements.json", measurementsJSON, p)
 		if err != nil {
 			return nil, err
 		}
 		return k.Sign(ctx, st)
+	}
+	sign := func(k signed.Signer, digest string) ([]byte, error) {
+		return signPredicate(k, signed.Predicate{ImageDigest: digest, Variant: variant})
 	}
 	if fx.good, err = sign(signed.Signer{Key: key, LogURL: log.URL}, image); err != nil {
 		return err
@@ -93,6 +100,19 @@ func setup(dir string) error {
 		return err
 	}
 	if fx.untrusted, err = sign(signed.Signer{Key: untrusted, LogURL: log.URL}, image); err != nil {
+		return err
+	}
+	// After the entries the log consistency tests count on.
+	if fx.versioned, err = signPredicate(signed.Signer{Key: key, LogURL: log.URL}, versioned); err != nil {
+		return err
+	}
+	// Statement refuses the version; the signer signs whatever it is given.
+	st, err := signed.Statement("measurements.json", measurementsJSON, want)
+	if err != nil {
+		return err
+	}
+	st = bytes.Replace(st, []byte(`"variant":"`+variant+`"`), []byte(`"variant":"`+variant+`","kubernetesVersion":"v1.36.4 or v1.37.2"`), 1)
+	if fx.badVersion, err = (signed.Signer{Key: key, LogURL: log.URL}).Sign(ctx, st); err != nil {
 		return err
 	}
 	// A second log with the genuine log's key and origin, whose first entry is another one.
@@ -113,7 +133,10 @@ func setup(dir string) error {
 	return nil
 }
 
-var want = signed.Predicate{ImageDigest: image, Variant: variant}
+var (
+	want      = signed.Predicate{ImageDigest: image, Variant: variant}
+	versioned = signed.Predicate{ImageDigest: image, Variant: variant, KubernetesVersion: "v1.36.4", ImageVersion: "v0.4.0-3-gabcdef0"}
+)
 
 func TestVerifyAccepts(t *testing.T) {
 	fixtures(t)
@@ -123,6 +146,66 @@ func TestVerifyAccepts(t *testing.T) {
 	}
 	if res.Key.Name != "test" || res.Predicate != want || res.LogOrigin != origin || res.CheckpointSize == 0 {
 		t.Errorf("result %+v", res)
+	}
+}
+
+// TestVerifyVersions checks the versions of the signed statement: the result carries them, a caller that names
+// versions gets a refusal for any other (or none), and a statement signed before it carried versions stays
+// readable, without them.
+func TestVerifyVersions(t *testing.T) {
+	fixtures(t)
+	res, err := signed.Verify(fx.root, fx.versioned, measurementsJSON, want, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Predicate != versioned {
+		t.Errorf("signed predicate %+v, want %+v", res.Predicate, versioned)
+	}
+	if _, err := signed.Verify(fx.root, fx.versioned, measurementsJSON, versioned, false); err != nil {
+		t.Errorf("verifying with the signed versions: %v", err)
+	}
+	older := versioned
+	older.KubernetesVersion = "v1.37.2"
+	if _, err := signed.Verify(fx.root, fx.versioned, measurementsJSON, older, false); err == nil ||
+		!strings.Contains(err.Error(), "Kubernetes v1.36.4, not v1.37.2") {
+		t.Errorf("another Kubernetes version: %v", err)
+	}
+	otherBuild := versioned
+	otherBuild.ImageVersion = "v0.5.0"
+	if _, err := signed.Verify(fx.root, fx.versioned, measurementsJSON, otherBuild, false); err == nil || !strings.Contains(err.Error(), "v0.4.0-3-gabcdef0, not v0.5.0") {
+		t.Errorf("another image version: %v", err)
+	}
+	// A bundle signed before statements carried versions: readable, with no versions; never one a caller names.
+	res, err = signed.Verify(fx.root, fx.good, measurementsJSON, want, false)
+	if err != nil || res.Predicate.KubernetesVersion != "" || res.Predicate.ImageVersion != "" {
+		t.Errorf("an older bundle: %+v, %v", res, err)
+	}
+	if _, err := signed.Verify(fx.root, fx.good, measurementsJSON, versioned, false); err == nil || !strings.Contains(err.Error(), "(none signed)") {
+		t.Errorf("an older bundle, asked for a Kubernetes version: %v", err)
+	}
+	// Even a trusted signer's statement must name a well-formed version.
+	if _, err := signed.Verify(fx.root, fx.badVersion, measurementsJSON, want, false); err == nil || !strings.Contains(err.Error(), "not a Kubernetes version") {
+		t.Errorf("a signed statement with a malformed Kubernetes version: %v", err)
+	}
+}
+
+func TestStatementRefusesBadVersions(t *testing.T) {
+	for _, p := range []signed.Predicate{
+		{ImageDigest: image, Variant: variant, KubernetesVersion: "1.36.4"},
+		{ImageDigest: image, Variant: variant, KubernetesVersion: "v1.36"},
+		{ImageDigest: image, Variant: variant, KubernetesVersion: "v1.36.4\nv1.37.2"},
+		{ImageDigest: image, Variant: variant, KubernetesVersion: "v01.36.4"},
+		{ImageDigest: image, Variant: variant, ImageVersion: "v0.4.0 (dirty)"},
+		{ImageDigest: image, Variant: variant, ImageVersion: strings.Repeat("v", signed.MaxVersionLength+1)},
+	} {
+		if _, err := signed.Statement("measurements.json", measurementsJSON, p); err == nil {
+			t.Errorf("Statement accepted %+v", p)
+		}
+	}
+	for _, v := range []string{"v1.37.2", "v1.37.0-rc.1", "v1.37.2+custom", "v0.0.0"} {
+		if err := signed.CheckKubernetesVersion(v); err != nil {
+			t.Errorf("CheckKubernetesVersion(%q): %v", v, err)
+		}
 	}
 }
 
@@ -222,14 +305,16 @@ func TestRootRoundTrip(t *testing.T) {
 	}
 }
 
-// FuzzParseBundle feeds the bundle parser and the verifier bytes derived from a recorded bundle of a local
-// build; it needs no log.
+// FuzzParseBundle feeds the bundle parser and the verifier bytes derived from recorded bundles of local builds
+// (one from before statements named the image's versions, one that names them); it needs no log.
 func FuzzParseBundle(f *testing.F) {
-	recorded, err := os.ReadFile("testdata/recorded.sigstore.json")
-	if err != nil {
-		f.Fatal(err)
+	for _, name := range []string{"recorded.sigstore.json", "recorded-versions.sigstore.json"} {
+		recorded, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(recorded)
 	}
-	f.Add(recorded)
 	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
 	key := signtest.NewKey()
 	root := signed.Root{Keys: []signed.Key{{Name: "fuzz", PublicKey: &key.PublicKey}}, Log: signed.Log{Origin: origin, PublicKey: &signtest.NewKey().PublicKey}}
