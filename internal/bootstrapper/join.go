@@ -42,7 +42,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/retry"
-	"github.com/constellation-dev/constellation/internal/upgrade"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -158,7 +158,7 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	if err := k8s.Apply(ctx, quarantine); err != nil {
 		return fmt.Errorf("deploying the quarantine's admission policy: %w", err)
 	}
-	controller, err := upgrade.Manifests()
+	controller, err := deploy.Manifests()
 	if err != nil {
 		return err
 	}
