@@ -355,8 +355,9 @@ func (j joiner) join(ctx context.Context) error {
 	// in this boot. A join that fails is tried again with this answer while its bootstrap token is valid.
 	until := asked.Add(joinpb.TokenTTL - tokenMargin)
 	if err := j.retry.run(ctx, k8s, until, log, func(attempt int) error {
-		if attempt > 1 && controlPlane {
-			// kubeadm reset removed the PKI with the rest.
+		if controlPlane && (attempt > 1 || rejoin && !exists(filepath.Join(kubeadm.PKIDir, "ca.crt"))) {
+			// kubeadm reset removed the PKI with the rest (after a failed attempt, or one of an earlier boot
+			// that gave up).
 			if err := writePKI(kubeadm.PKIDir, resp.GetControlPlaneFiles()); err != nil {
 				return fmt.Errorf("installing the control plane's PKI: %w", err)
 			}
@@ -418,7 +419,7 @@ func (r joinRetry) wait(ctx context.Context, d time.Duration) error {
 // (kubeadm.Permanent; kubeadm reported it on the node's Node object) ends it; after any other, the node resets
 // Kubernetes and tries again, unless the next attempt would start after until (the bootstrap token's end, less
 // tokenMargin): then it reports the last failure on the node's Node object, where the upgrade controller reads
-// it, and gives up. Each failure is logged with its reason.
+// it, undoes the join and gives up. Each failure is logged with its reason.
 func (r joinRetry) run(ctx context.Context, k8s Kubernetes, until time.Time, log *slog.Logger, attempt func(n int) error) error {
 	first, most := r.first, r.max
 	if first <= 0 {
@@ -443,11 +444,11 @@ func (r joinRetry) run(ctx context.Context, k8s Kubernetes, until time.Time, log
 		if r.clock().Add(wait).After(until) {
 			err = fmt.Errorf("joining Kubernetes failed %d times, no more attempts: the join service's bootstrap token expires, "+
 				"and the join service admits this node, a member of the cluster by its measured cluster ID, again only after a reboot; the last failure: %w", n, err)
-			return r.giveUp(ctx, k8s, log, n, err)
+			return r.giveUp(ctx, k8s, log, n, err, true)
 		}
 		log.Warn("joining Kubernetes failed; undoing what kubeadm left and trying again", "attempt", n, "retryIn", wait.String(), "error", err)
 		if rerr := k8s.ResetJoin(ctx); rerr != nil {
-			return r.giveUp(ctx, k8s, log, n, fmt.Errorf("joining Kubernetes failed (%w), and the node cannot be reset to try again: %w", err, rerr))
+			return r.giveUp(ctx, k8s, log, n, fmt.Errorf("joining Kubernetes failed (%w), and the node cannot be reset to try again: %w", err, rerr), false)
 		}
 		if err := r.wait(ctx, wait); err != nil {
 			return err
@@ -456,13 +457,26 @@ func (r joinRetry) run(ctx context.Context, k8s Kubernetes, until time.Time, log
 	}
 }
 
-// giveUp reports err, the failure of the last of n attempts, on the node's Node object and returns it.
-func (r joinRetry) giveUp(ctx context.Context, k8s Kubernetes, log *slog.Logger, n int, err error) error {
+// giveUp reports err, the failure of the last of n attempts, on the node's Node object, then undoes what the
+// failed join left (reset says whether it can), so that the node joins afresh when it boots again and does not
+// take what is left for the state of an earlier join; it returns err.
+func (r joinRetry) giveUp(ctx context.Context, k8s Kubernetes, log *slog.Logger, n int, err error, reset bool) error {
 	if rerr := k8s.ReportJoinFailure(ctx, err); rerr != nil {
 		err = fmt.Errorf("%w (reporting it on the node's Node object failed too: %v)", err, rerr)
 	}
+	if reset {
+		if rerr := k8s.ResetJoin(ctx); rerr != nil {
+			err = fmt.Errorf("%w (undoing the failed join failed too: %v)", err, rerr)
+		}
+	}
 	log.Error("joining Kubernetes failed; this node stays out of the cluster until it reboots", "attempts", n, "error", err)
 	return err
+}
+
+// exists says whether there is a file at path.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // joinAt makes one join request to the join service at addr.

@@ -201,8 +201,8 @@ func TestHostileHostFailingEveryJoinGetsNoBusyLoop(t *testing.T) {
 	if start.Add(total).After(until) {
 		t.Errorf("attempts until %s after the admission, past the token's end", total)
 	}
-	if len(k.reports) != 1 || !errors.Is(k.reports[0], errConnReset) || k.steps[len(k.steps)-1] != "report" {
-		t.Errorf("reports %v (steps %v), want the last failure, once, at the end", k.reports, k.steps)
+	if len(k.reports) != 1 || !errors.Is(k.reports[0], errConnReset) || !slices.Equal(k.steps[len(k.steps)-2:], []string{"report", "reset"}) {
+		t.Errorf("reports %v (steps %v), want the last failure, once, at the end, then the node reset for its next boot", k.reports, k.steps)
 	}
 }
 
