@@ -22,14 +22,15 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/kubeapi"
 	"github.com/constellation-dev/constellation/internal/upgrade"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 	"github.com/constellation-dev/constellation/internal/version"
 )
 
 func main() {
 	apiServer := flag.String("api-server", "", "URL of the API server (default: the in-cluster address)")
-	etcdPKI := flag.String("etcd-pki", upgrade.EtcdPKIDir, "kubeadm's etcd CA and client certificates")
+	etcdPKI := flag.String("etcd-pki", deploy.EtcdPKIDir, "kubeadm's etcd CA and client certificates")
 	etcdEndpoints := flag.String("etcd-endpoints", "https://127.0.0.1:2379", "etcd's client URLs, comma-separated")
-	credential := flag.String("provider-credential", upgrade.ProviderCredentialDir, "the provider's endpoint and credential (the files of Secret "+upgrade.ProviderCredentialSecret+")")
+	credential := flag.String("provider-credential", deploy.ProviderCredentialDir, "the provider's endpoint and credential (the files of Secret "+deploy.ProviderCredentialSecret+")")
 	leaseNamespace := flag.String("lease-namespace", "kube-system", "the namespace of the leader election lease")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -73,7 +74,7 @@ func restConfig(apiServer string) (*rest.Config, error) {
 		Host:            apiServer,
 		BearerTokenFile: filepath.Join(kubeapi.ServiceAccountDir, kubeapi.TokenFile),
 		TLSClientConfig: rest.TLSClientConfig{CAFile: filepath.Join(kubeapi.ServiceAccountDir, kubeapi.CAFile)},
-		UserAgent:       upgrade.Name,
+		UserAgent:       deploy.Name,
 	}, nil
 }
 
@@ -84,13 +85,13 @@ func openFleet(dir string) (upgrade.Fleet, error) {
 	for _, key := range []string{"provider", "endpoint", "credential"} {
 		b, err := os.ReadFile(filepath.Join(dir, key))
 		if err != nil {
-			return nil, fmt.Errorf("reading the provider credential (Secret kube-system/%s): %w", upgrade.ProviderCredentialSecret, err)
+			return nil, fmt.Errorf("reading the provider credential (Secret kube-system/%s): %w", deploy.ProviderCredentialSecret, err)
 		}
 		data[key] = b
 	}
 	access, err := provider.FleetAccessFromSecret(data)
 	if err != nil {
-		return nil, fmt.Errorf("the provider credential (Secret kube-system/%s): %w", upgrade.ProviderCredentialSecret, err)
+		return nil, fmt.Errorf("the provider credential (Secret kube-system/%s): %w", deploy.ProviderCredentialSecret, err)
 	}
 	return providers.Fleet(access.Provider, access.Endpoint, access.Credential)
 }

@@ -23,8 +23,8 @@ import (
 	"github.com/constellation-dev/constellation/internal/kubeapi/kubeapitest"
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/tpmtest"
-	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 )
 
 // deployProvider is the provider of the first node as deployServices asks it: its name, endpoint and AK roots.
@@ -104,7 +104,7 @@ func TestDeployServicesDeploysTheUpgradeController(t *testing.T) {
 		switch k {
 		case "CustomResourceDefinition/nodeupgrades.upgrade.constellation.dev":
 			crd = i
-		case "Deployment/" + upgrade.Name:
+		case "Deployment/" + deploy.Name:
 			deployment = i
 		}
 	}
@@ -112,14 +112,14 @@ func TestDeployServicesDeploysTheUpgradeController(t *testing.T) {
 		t.Fatalf("applied %v: want the NodeUpgrade CRD, then the controller's Deployment", k8s.kinds)
 	}
 	var dep appsv1.Deployment
-	if err := c.Get(ctx, types.NamespacedName{Namespace: "kube-system", Name: upgrade.Name}, &dep); err != nil {
+	if err := c.Get(ctx, types.NamespacedName{Namespace: "kube-system", Name: deploy.Name}, &dep); err != nil {
 		t.Fatal(err)
 	}
 	pod := dep.Spec.Template.Spec
-	if len(pod.Containers) != 1 || pod.Containers[0].Image != upgrade.Image() || pod.Containers[0].ImagePullPolicy != "Never" {
+	if len(pod.Containers) != 1 || pod.Containers[0].Image != deploy.Image() || pod.Containers[0].ImagePullPolicy != "Never" {
 		t.Fatalf("the controller's container: %+v", pod.Containers)
 	}
-	if _, ok := pod.NodeSelector["node-role.kubernetes.io/control-plane"]; !ok || pod.ServiceAccountName != upgrade.Name {
+	if _, ok := pod.NodeSelector["node-role.kubernetes.io/control-plane"]; !ok || pod.ServiceAccountName != deploy.Name {
 		t.Fatalf("the controller runs on %v as %q", pod.NodeSelector, pod.ServiceAccountName)
 	}
 	// The API server serves NodeUpgrades once it established the CRD (no wall clock: the test's timeout

@@ -31,8 +31,13 @@ import (
 type Kubernetes interface {
 	PrepareRuntime(ctx context.Context) error
 	Init(ctx context.Context) (adminKubeconfig []byte, err error)
-	// Join joins the cluster, as a control-plane node if controlPlane (its shared PKI already in place).
+	// Join joins the cluster, as a control-plane node if controlPlane (its shared PKI already in place). A
+	// failure that another attempt cannot cure is kubeadm.Permanent, and reported on the node's Node object.
 	Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool, kubelet kubeadm.KubeletCredentials) error
+	// ResetJoin undoes what a failed Join left, so that Join can run again.
+	ResetJoin(ctx context.Context) error
+	// ReportJoinFailure reports the failure of the last Join, once the node gives up, on the node's Node object.
+	ReportJoinFailure(ctx context.Context, failure error) error
 	// Apply creates or updates Kubernetes objects (JSON or YAML) with the administrator's credentials.
 	Apply(ctx context.Context, manifests []byte) error
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).

@@ -56,7 +56,11 @@ func (r *recordingKubernetes) Join(context.Context, string, string, string, bool
 	return nil
 }
 func (r *recordingKubernetes) Apply(context.Context, []byte) error { return nil }
-func (r *recordingKubernetes) Restart(context.Context) error       { r.restarts++; return nil }
+func (r *recordingKubernetes) ResetJoin(context.Context) error     { return nil }
+func (r *recordingKubernetes) ReportJoinFailure(context.Context, error) error {
+	return nil
+}
+func (r *recordingKubernetes) Restart(context.Context) error { r.restarts++; return nil }
 
 func TestInitIsOneShotAndMeasuresTheClusterID(t *testing.T) {
 	node, err := tpmtest.NewSimulatorNode(vtpm.ECC)

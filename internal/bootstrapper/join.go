@@ -42,7 +42,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/retry"
-	"github.com/constellation-dev/constellation/internal/upgrade"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/wgmesh"
 )
@@ -158,7 +158,7 @@ func deployServices(ctx context.Context, md provider.Node, k8s Kubernetes, ms *k
 	if err := k8s.Apply(ctx, quarantine); err != nil {
 		return fmt.Errorf("deploying the quarantine's admission policy: %w", err)
 	}
-	controller, err := upgrade.Manifests()
+	controller, err := deploy.Manifests()
 	if err != nil {
 		return err
 	}
@@ -202,6 +202,8 @@ type joiner struct {
 	// done, if set, tells the join to stop trying for the same reason.
 	claim func() bool
 	done  func() bool
+	// retry is how the node tries kubeadm join again (zero: the defaults, see joinRetry).
+	retry joinRetry
 	log   *slog.Logger
 }
 
@@ -252,6 +254,9 @@ func (j joiner) join(ctx context.Context) error {
 	}
 	req := &joinpb.JoinRequest{ControlPlane: controlPlane, DiskUuid: diskUUID, WireguardPublicKey: meshKey, KubeletCsr: csr}
 	var resp *joinpb.JoinResponse
+	// When the join service was asked for the answer it gave: its bootstrap token is valid for
+	// joinpb.TokenTTL from then on.
+	var asked time.Time
 	stopped := false
 	if err := retry.Do(ctx, log, "asking the join service to admit this node", func() error {
 		if j.done != nil && j.done() {
@@ -267,6 +272,7 @@ func (j joiner) join(ctx context.Context) error {
 			if inst.Role != provider.RoleControlPlane || inst.Name == self.Name {
 				continue
 			}
+			asked = j.retry.clock()
 			if resp, err = joinAt(ctx, net.JoinHostPort(inst.IP, strconv.Itoa(joinpb.Port)), creds, req); err == nil {
 				log.Info("admitted by the join service", "node", inst.Name)
 				return nil
@@ -345,7 +351,19 @@ func (j joiner) join(ctx context.Context) error {
 			return fmt.Errorf("installing the control plane's PKI: %w", err)
 		}
 	}
-	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane, kubelet); err != nil {
+	// The node is a member of the cluster now (its cluster ID is measured): the join service admits it no more
+	// in this boot. A join that fails is tried again with this answer while its bootstrap token is valid.
+	until := asked.Add(joinpb.TokenTTL - tokenMargin)
+	if err := j.retry.run(ctx, k8s, until, log, func(attempt int) error {
+		if controlPlane && (attempt > 1 || rejoin && !exists(filepath.Join(kubeadm.PKIDir, "ca.crt"))) {
+			// kubeadm reset removed the PKI with the rest (after a failed attempt, or one of an earlier boot
+			// that gave up).
+			if err := writePKI(kubeadm.PKIDir, resp.GetControlPlaneFiles()); err != nil {
+				return fmt.Errorf("installing the control plane's PKI: %w", err)
+			}
+		}
+		return k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane, kubelet)
+	}); err != nil {
 		return err
 	}
 	log.Info("joined the cluster")
@@ -355,6 +373,110 @@ func (j joiner) join(ctx context.Context) error {
 		}
 	}
 	return <-published
+}
+
+// tokenMargin is how long before its bootstrap token expires a node starts no more kubeadm join: kubeadm uses
+// the token during its first steps.
+const tokenMargin = time.Minute
+
+// joinRetry is how a node tries kubeadm join again after it failed. Once the join service admitted the node, the
+// node measured the cluster's ID and so belongs to the cluster: the join service, which admits fresh nodes only,
+// admits it no more until it reboots. So a failed kubeadm join is tried again with the same answer (its
+// bootstrap token may be used more than once while it is valid), never with a new one: each admission the node
+// gets is attested anew, and no attempt skips that. Between attempts the node undoes what kubeadm left
+// (Kubernetes.ResetJoin) and waits, twice as long after each failure, so that a host that makes every join
+// fail gets a handful of attempts, not a busy loop.
+type joinRetry struct {
+	// first and max are the wait after the first failure and the longest wait (zero: 2 s and 1 min).
+	first, max time.Duration
+	// now and sleep replace the clock and the wait in tests (nil: time.Now, a timer that ctx cancels).
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) error
+}
+
+func (r joinRetry) clock() time.Time {
+	if r.now != nil {
+		return r.now()
+	}
+	return time.Now()
+}
+
+func (r joinRetry) wait(ctx context.Context, d time.Duration) error {
+	if r.sleep != nil {
+		return r.sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// run runs attempt (numbered from 1) until it succeeds. A failure that kubeadm counts as final
+// (kubeadm.Permanent; kubeadm reported it on the node's Node object) ends it; after any other, the node resets
+// Kubernetes and tries again, unless the next attempt would start after until (the bootstrap token's end, less
+// tokenMargin): then it reports the last failure on the node's Node object, where the upgrade controller reads
+// it, undoes the join and gives up. Each failure is logged with its reason.
+func (r joinRetry) run(ctx context.Context, k8s Kubernetes, until time.Time, log *slog.Logger, attempt func(n int) error) error {
+	first, most := r.first, r.max
+	if first <= 0 {
+		first = 2 * time.Second
+	}
+	if most <= 0 {
+		most = time.Minute
+	}
+	wait := first
+	for n := 1; ; n++ {
+		err := attempt(n)
+		if err == nil {
+			return nil
+		}
+		if kubeadm.Permanent(err) {
+			log.Error("joining Kubernetes failed for good; this node stays out of the cluster", "attempt", n, "error", err)
+			return err
+		}
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		if r.clock().Add(wait).After(until) {
+			err = fmt.Errorf("joining Kubernetes failed %d times, no more attempts: the join service's bootstrap token expires, "+
+				"and the join service admits this node, a member of the cluster by its measured cluster ID, again only after a reboot; the last failure: %w", n, err)
+			return r.giveUp(ctx, k8s, log, n, err, true)
+		}
+		log.Warn("joining Kubernetes failed; undoing what kubeadm left and trying again", "attempt", n, "retryIn", wait.String(), "error", err)
+		if rerr := k8s.ResetJoin(ctx); rerr != nil {
+			return r.giveUp(ctx, k8s, log, n, fmt.Errorf("joining Kubernetes failed (%w), and the node cannot be reset to try again: %w", err, rerr), false)
+		}
+		if err := r.wait(ctx, wait); err != nil {
+			return err
+		}
+		wait = min(2*wait, most)
+	}
+}
+
+// giveUp reports err, the failure of the last of n attempts, on the node's Node object, then undoes what the
+// failed join left (reset says whether it can), so that the node joins afresh when it boots again and does not
+// take what is left for the state of an earlier join; it returns err.
+func (r joinRetry) giveUp(ctx context.Context, k8s Kubernetes, log *slog.Logger, n int, err error, reset bool) error {
+	if rerr := k8s.ReportJoinFailure(ctx, err); rerr != nil {
+		err = fmt.Errorf("%w (reporting it on the node's Node object failed too: %v)", err, rerr)
+	}
+	if reset {
+		if rerr := k8s.ResetJoin(ctx); rerr != nil {
+			err = fmt.Errorf("%w (undoing the failed join failed too: %v)", err, rerr)
+		}
+	}
+	log.Error("joining Kubernetes failed; this node stays out of the cluster until it reboots", "attempts", n, "error", err)
+	return err
+}
+
+// exists says whether there is a file at path.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // joinAt makes one join request to the join service at addr.

@@ -1,6 +1,8 @@
 package bootstrapper
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -8,9 +10,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +95,126 @@ func TestKubeletCredentials(t *testing.T) {
 		if _, err := kubeletCredentials(resp, key); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// retryingKubernetes records what the join retry asks of Kubernetes, in order.
+type retryingKubernetes struct {
+	recordingKubernetes
+	steps   []string
+	reports []error
+	// resetErr is what ResetJoin returns.
+	resetErr error
+}
+
+func (k *retryingKubernetes) ResetJoin(context.Context) error {
+	k.steps = append(k.steps, "reset")
+	return k.resetErr
+}
+
+func (k *retryingKubernetes) ReportJoinFailure(_ context.Context, err error) error {
+	k.steps = append(k.steps, "report")
+	k.reports = append(k.reports, err)
+	return nil
+}
+
+// fakeClock is the retry's clock: its waits pass at once, and are recorded.
+type fakeClock struct {
+	now   time.Time
+	waits []time.Duration
+}
+
+func (c *fakeClock) retry() joinRetry {
+	return joinRetry{
+		now: func() time.Time { return c.now },
+		sleep: func(ctx context.Context, d time.Duration) error {
+			c.waits = append(c.waits, d)
+			c.now = c.now.Add(d)
+			return ctx.Err()
+		},
+	}
+}
+
+// errConnReset is a failure of kubeadm join as the API endpoint's reset connection makes it.
+var errConnReset = errors.New(`kubeadm join: exit status 1
+error execution phase kubelet-start: read tcp 10.217.0.12:41634->10.217.0.10:6443: read: connection reset by peer`)
+
+// A kubeadm join that fails on a reset connection is tried again after the node undid what it left, with a
+// growing wait, and nothing is reported once it succeeded.
+func TestJoinRetriesTransientFailures(t *testing.T) {
+	k := &retryingKubernetes{}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	var logs bytes.Buffer
+	err := clock.retry().run(t.Context(), k, clock.now.Add(joinpb.TokenTTL-tokenMargin), slog.New(slog.NewTextHandler(&logs, nil)), func(n int) error {
+		k.steps = append(k.steps, fmt.Sprintf("join %d", n))
+		if n < 3 {
+			return errConnReset
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(k.steps, ", "), "join 1, reset, join 2, reset, join 3"; got != want {
+		t.Errorf("steps %q, want %q", got, want)
+	}
+	if want := []time.Duration{2 * time.Second, 4 * time.Second}; !slices.Equal(clock.waits, want) {
+		t.Errorf("waits %v, want %v", clock.waits, want)
+	}
+	if n := strings.Count(logs.String(), "connection reset by peer"); n != 2 {
+		t.Errorf("%d failures logged with their reason, want 2:\n%s", n, logs.String())
+	}
+}
+
+// ATTACK: the host makes every kubeadm join fail (it resets every connection to the API endpoint). The node
+// neither loops hot nor goes on for ever: it waits twice as long after each failure (up to a minute), stops
+// before the join service's bootstrap token expires, and reports why on its Node object, once. It never asks
+// the join service again: the node measured the cluster ID, and an admission needs a fresh, attested node.
+func TestHostileHostFailingEveryJoinGetsNoBusyLoop(t *testing.T) {
+	k := &retryingKubernetes{}
+	start := time.Unix(1_700_000_000, 0)
+	clock := &fakeClock{now: start}
+	until := start.Add(joinpb.TokenTTL - tokenMargin)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	attempts := 0
+	err := clock.retry().run(ctx, k, until, slog.New(slog.DiscardHandler), func(n int) error {
+		attempts = n
+		if n == 100 {
+			cancel() // a busy loop: end it, the checks below fail
+		}
+		return errConnReset
+	})
+	if err == nil || !strings.Contains(err.Error(), "bootstrap token expires") || !errors.Is(err, errConnReset) {
+		t.Fatalf("error %v, want the last failure and why the node stopped", err)
+	}
+	if attempts > 15 {
+		t.Errorf("%d attempts within the token's %s", attempts, joinpb.TokenTTL)
+	}
+	var total time.Duration
+	for i, w := range clock.waits {
+		if w < 2*time.Second || i > 0 && w < clock.waits[i-1] || w > time.Minute {
+			t.Errorf("wait %d: %s after %v", i+1, w, clock.waits[:i])
+		}
+		total += w
+	}
+	if start.Add(total).After(until) {
+		t.Errorf("attempts until %s after the admission, past the token's end", total)
+	}
+	if len(k.reports) != 1 || !errors.Is(k.reports[0], errConnReset) || !slices.Equal(k.steps[len(k.steps)-2:], []string{"report", "reset"}) {
+		t.Errorf("reports %v (steps %v), want the last failure, once, at the end, then the node reset for its next boot", k.reports, k.steps)
+	}
+}
+
+// A node that cannot undo a failed join does not try again on what is left: it reports and stops.
+func TestJoinRetryStopsWhenTheResetFails(t *testing.T) {
+	k := &retryingKubernetes{resetErr: errors.New("kubeadm reset: exit status 1")}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	err := clock.retry().run(t.Context(), k, clock.now.Add(time.Hour), slog.New(slog.DiscardHandler), func(int) error { return errConnReset })
+	if err == nil || !errors.Is(err, errConnReset) || !errors.Is(err, k.resetErr) {
+		t.Fatalf("error %v", err)
+	}
+	if got := strings.Join(k.steps, ", "); got != "reset, report" {
+		t.Errorf("steps %q", got)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -185,14 +186,69 @@ func reconnectAPI(ctx context.Context, ws string, c *config.Config) (*kubeapi.Cl
 	if err != nil {
 		return nil, nil, err
 	}
-	return api, keyServicePolicyAddrs(nodes), nil
+	addrs, err := keyServicesOfControlPlane(ctx, api, nodes)
+	if err != nil {
+		return nil, nil, err
+	}
+	return api, addrs, nil
 }
 
-// keyServicePolicyAddrs are the policy ports of the key services of the control-plane nodes among nodes.
-func keyServicePolicyAddrs(nodes []clusterNode) []string {
-	var addrs []string
-	for _, ip := range controlPlaneIPs(nodes) {
-		addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(keyservice.PolicyPort)))
+// keyServicesOfControlPlane are the policy ports of the key services of every control-plane node, each once: of
+// those the provider lists among nodes, and of the control-plane Node objects of the cluster's API (the
+// node-role.kubernetes.io/control-plane label, which kubeadm sets), by their InternalIP. A control-plane node
+// that the provider does not list (any more, or not yet) still runs a key service that must take a change of the
+// measurement policy; so if the Node objects cannot be read, or a control-plane Node has no usable InternalIP, it
+// fails, saying which: a key service is never left out silently.
+func keyServicesOfControlPlane(ctx context.Context, api *kubeapi.Client, nodes []clusterNode) ([]string, error) {
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name   string            `json:"name"`
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+			Status struct {
+				Addresses []struct{ Type, Address string } `json:"addresses"`
+			} `json:"status"`
+		} `json:"items"`
 	}
-	return addrs
+	if err := api.Do(ctx, http.MethodGet, "/api/v1/nodes", "", nil, &list); err != nil {
+		return nil, fmt.Errorf("listing the control-plane nodes in the Kubernetes API, whose key services take the measurement policy: %w", err)
+	}
+	var addrs []string
+	seen := map[string]bool{}
+	add := func(ip netip.Addr) {
+		a := netip.AddrPortFrom(ip.Unmap(), keyservice.PolicyPort).String()
+		if !seen[a] {
+			seen[a] = true
+			addrs = append(addrs, a)
+		}
+	}
+	for _, ip := range controlPlaneIPs(nodes) {
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return nil, fmt.Errorf("the provider lists a control-plane node at %q, not an IP address: its key service cannot be reached", ip)
+		}
+		add(a)
+	}
+	for _, n := range list.Items {
+		if _, ok := n.Metadata.Labels["node-role.kubernetes.io/control-plane"]; !ok {
+			continue
+		}
+		found := false
+		for _, a := range n.Status.Addresses {
+			if a.Type != "InternalIP" {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				return nil, fmt.Errorf("control-plane node %s has the InternalIP %q in the Kubernetes API, not an IP address: its key service cannot be reached", n.Metadata.Name, a.Address)
+			}
+			add(ip)
+			found = true
+		}
+		if !found {
+			return nil, fmt.Errorf("control-plane node %s has no InternalIP in the Kubernetes API: its key service cannot be reached; wait until its kubelet reported its addresses, or remove the node", n.Metadata.Name)
+		}
+	}
+	return addrs, nil
 }

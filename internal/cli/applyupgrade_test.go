@@ -50,6 +50,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/tpmtest"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 )
 
 const (
@@ -79,7 +80,7 @@ func installUpgradeController(t *testing.T, srv *kubeapitest.Server) client.Clie
 	if err := admin.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}}); err != nil {
 		t.Fatal(err)
 	}
-	list, err := upgrade.Manifests()
+	list, err := deploy.Manifests()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func (f *upgradeFixture) create(obj client.Object) {
 // runController runs the upgrade controller as its service account until the test ends.
 func (f *upgradeFixture) runController() {
 	f.t.Helper()
-	cfg, err := f.srv.RESTConfig("system:serviceaccount:kube-system:"+upgrade.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+	cfg, err := f.srv.RESTConfig("system:serviceaccount:kube-system:"+deploy.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
 	if err != nil {
 		f.t.Fatal(err)
 	}

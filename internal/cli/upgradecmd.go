@@ -204,7 +204,10 @@ func policyUpgradeOf(cmd *cobra.Command) (*PolicyUpgrade, *config.Config, error)
 	if err != nil {
 		return nil, nil, badInput("%w", err)
 	}
-	addrs := keyServicePolicyAddrs(nodes)
+	addrs, err := keyServicesOfControlPlane(cmd.Context(), api, nodes)
+	if err != nil {
+		return nil, nil, failed(err)
+	}
 	// The key services run the configured image, or the one the state file records (before an upgrade to the
 	// configured one finished).
 	known := []measurements.M{c.Attestation.Measurements}

@@ -36,6 +36,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 )
 
 const (
@@ -94,7 +95,7 @@ func newEnv(t *testing.T) *env {
 	// The nodes' attestation records' namespace, which the join service's manifests create before these.
 	e.create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: reattestation.RecordNamespace}})
 	// The controller's manifests, its Deployment included (no pods run here).
-	list, err := upgrade.Manifests()
+	list, err := deploy.Manifests()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func (e *env) create(obj client.Object) {
 // run starts the controller as its service account, with the permissions of its manifests, until stop.
 func (e *env) run() (stop func()) {
 	e.t.Helper()
-	cfg, err := e.srv.RESTConfig("system:serviceaccount:kube-system:"+upgrade.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+	cfg, err := e.srv.RESTConfig("system:serviceaccount:kube-system:"+deploy.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -960,7 +961,7 @@ func TestNodeUpgradeAPI(t *testing.T) {
 
 	// The controller's service account may evict pods and change the status, not delete pods or change
 	// the spec.
-	cfg, err := e.srv.RESTConfig("system:serviceaccount:kube-system:"+upgrade.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+	cfg, err := e.srv.RESTConfig("system:serviceaccount:kube-system:"+deploy.Name, "system:serviceaccounts", "system:serviceaccounts:kube-system")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
-	"github.com/constellation-dev/constellation/internal/upgrade"
 	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 )
 
 // TestMiniApplyUpgrade moves a running cluster (1 control plane, 2 workers) to a second node image B, built here
@@ -58,7 +58,7 @@ func TestMiniApplyUpgrade(t *testing.T) {
 	cl := startCluster(t, 1, 2)
 	c, k := cl.c, cl.k
 	cl.eventually("the upgrade controller deployed at init and running", func() (string, bool) {
-		out, err := k("-n", "kube-system", "get", "deployment", upgrade.Name, "-o", "jsonpath={.status.readyReplicas}")
+		out, err := k("-n", "kube-system", "get", "deployment", deploy.Name, "-o", "jsonpath={.status.readyReplicas}")
 		return out, err == nil && strings.TrimSpace(out) == "1"
 	})
 	confPath := filepath.Join(c.ws, config.FileName)
@@ -349,7 +349,7 @@ func buildNodeImageB(out string) error {
 	}
 	version := ""
 	for ref := range m.Images {
-		if v, ok := strings.CutPrefix(ref, upgrade.Image()[:strings.LastIndex(upgrade.Image(), ":")+1]); ok {
+		if v, ok := strings.CutPrefix(ref, deploy.Image()[:strings.LastIndex(deploy.Image(), ":")+1]); ok {
 			version = v
 		}
 	}

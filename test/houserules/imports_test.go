@@ -29,14 +29,15 @@ var layers = map[string]int{
 	"tools/": binary,
 	"test/":  binary,
 
-	"internal/cli":           service,
-	"internal/bootstrapper":  service,
-	"internal/joinservice":   service,
-	"internal/keyservice":    service,
-	"internal/verifyservice": service,
-	"internal/reattestation": service,
-	"internal/upgrade":       service,
-	"internal/provider/":     service,
+	"internal/cli":            service,
+	"internal/bootstrapper":   service,
+	"internal/joinservice":    service,
+	"internal/keyservice":     service,
+	"internal/verifyservice":  service,
+	"internal/reattestation":  service,
+	"internal/upgrade":        service,
+	"internal/upgrade/deploy": service, // the upgrade controller's manifests, which the bootstrapper applies; not the controller
+	"internal/provider/":      service,
 
 	"internal/bootstrapper/kubeadm":   nodePiece,
 	"internal/diskmapper":             nodePiece,
@@ -215,4 +216,22 @@ func isNodeSide(pkg string) bool {
 		}
 	}
 	return strings.HasPrefix(pkg, "test/e2e/")
+}
+
+// The node agent is small and links no controller framework: the bootstrapper deploys the upgrade controller from
+// its manifests (internal/upgrade/deploy) and never links the controller (internal/upgrade, controller-runtime).
+func TestBootstrapperLinksNoController(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "./cmd/bootstrapper")
+	cmd.Dir = "../.."
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.Bytes())
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == module+"internal/upgrade" || strings.HasPrefix(pkg, "sigs.k8s.io/controller-runtime") {
+			t.Errorf("cmd/bootstrapper links %s", pkg)
+		}
+	}
 }

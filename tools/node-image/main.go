@@ -14,7 +14,7 @@ import (
 	"github.com/constellation-dev/constellation/internal/joinservice"
 	"github.com/constellation-dev/constellation/internal/keyservice"
 	"github.com/constellation-dev/constellation/internal/nodeimage"
-	"github.com/constellation-dev/constellation/internal/upgrade"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 	"github.com/constellation-dev/constellation/internal/verifyservice"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -38,7 +38,7 @@ func main() {
 		{"join-service", joinservice.Image()},
 		{"key-service", keyservice.Image()},
 		{"verification-service", verifyservice.Image()},
-		{"upgrade-controller", upgrade.Image()},
+		{"upgrade-controller", deploy.Image()},
 	}
 	binaries := make([]*string, len(services))
 	for i, s := range services {

@@ -5,7 +5,11 @@
 // kubelet once kubeadm has configured it, and runs kubeadm init or join. kubeadm's configuration file (a join configuration holds the
 // bootstrap token) is readable by root only and exists only while kubeadm runs. A node always runs the
 // Kubernetes of its image: the first control-plane node of the next minor version upgrades the cluster with
-// kubeadm upgrade apply after it joined, and reports every failure of kubeadm on its Node object (upgrade.go).
+// kubeadm upgrade apply after it joined, and reports every final failure of kubeadm on its Node object
+// (upgrade.go). A join that fails for a reason another attempt may cure (a connection reset on the way to the API
+// server) is left to the caller, which undoes it (ResetJoin: the kubelet stopped, kubeadm reset) and runs Join
+// again, and reports the failure once it gives up (joinreset.go). kubeadm's output, in errors, logs and reports,
+// never carries the bootstrap token.
 //
 // On mini clusters only (the mini provider is the only one that creates the directory), a node also imports
 // the image archives its user loaded from the host (`constellation mini load`, LoadedImagesDir). They are the
@@ -25,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -335,7 +340,8 @@ users:
 // Join runs kubeadm join with the kubelet started as soon as kubeadm has configured it, with the kubelet's
 // identity in creds. kubeadm discovers the cluster through endpoint (the API server the join service named)
 // with the cluster CA pinned; the kubelet then talks to the cluster's API endpoint (Options.ControlPlaneEndpoint,
-// the node's own endpoint, which must be serving), or to endpoint without one.
+// the node's own endpoint, which must be serving), or to endpoint without one. A failure is [Permanent] or may pass
+// with another attempt after ResetJoin (see joinKubeadm).
 func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, controlPlane bool, creds KubeletCredentials) error {
 	if _, err := os.Stat(KubeletKubeconfig); err == nil {
 		// The node joined before this boot: its state disk holds its kubelet's credentials and configuration.
@@ -344,14 +350,14 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 		if err := removeConfig(KubeadmConfig); err != nil {
 			return err
 		}
-		d.launchKubelet(ctx)
+		d.launchKubelet(context.WithoutCancel(ctx))
 		return nil
 	}
 	if err := writeKubeletCredentials(KubeletPKIDir, KubeletKubeconfig, "https://"+d.Options.kubeletServer(endpoint), creds, time.Now()); err != nil {
-		return fmt.Errorf("installing the kubelet's credentials: %w", err)
+		return permanent(fmt.Errorf("installing the kubelet's credentials: %w", err))
 	}
 	if !strings.HasPrefix(caHash, "sha256:") {
-		return fmt.Errorf("the cluster CA's hash %.80q is not a sha256 hash", caHash)
+		return permanent(fmt.Errorf("the cluster CA's hash %.80q is not a sha256 hash", caHash))
 	}
 	// The CA comes from the join service's attested answer, checked against caHash by the caller.
 	if err := writeFile(DiscoveryFile, DiscoveryKubeconfig(endpoint, creds.CACert)); err != nil {
@@ -372,8 +378,9 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 			return err
 		}
 	}
-	go d.launchKubelet(context.WithoutCancel(ctx))
-	// The kubelet's kubeconfig is there already: the join service issued its identity.
+	// The kubelet's kubeconfig is there already: the join service issued its identity. The kubelet is stopped
+	// again if the join fails (ResetJoin).
+	d.startJoinKubelet(ctx)
 	args := []string{"join", "--config", KubeadmConfig,
 		"--ignore-preflight-errors=SystemVerification,Service-Kubelet,FileExisting-crictl,FileExisting-socat,FileExisting-ethtool,FileExisting-ebtables,FileAvailable--etc-kubernetes-kubelet.conf"}
 	if controlPlane {
@@ -384,7 +391,7 @@ func (d *Driver) Join(ctx context.Context, endpoint, token, caHash string, contr
 		// this node's etcd reaches every member once its key is published.
 		args = append(args, "--skip-phases=check-etcd")
 	}
-	return d.joinKubeadm(ctx, cfg, args, controlPlane)
+	return d.joinKubeadm(ctx, cfg, args, controlPlane, token)
 }
 
 // runWithConfig runs a command (kubeadm) that reads its configuration from path: the configuration is written
@@ -480,6 +487,13 @@ type Driver struct {
 	// addonsRequested, if set, receives the request for the addons' upgrade (upgradeAddons) in tests, which
 	// test that loop on its own.
 	addonsRequested chan struct{}
+	// kubeletBin, kubeletRunDir and logDir replace the kubelet (the command), /var/lib/kubelet and /var/log in
+	// tests.
+	kubeletBin, kubeletRunDir, logDir string
+
+	// mu guards joinKubelet, the kubelet the last Join started (see ResetJoin).
+	mu          sync.Mutex
+	joinKubelet *runningKubelet
 }
 
 func (d *Driver) patchesDir() string {
@@ -517,7 +531,7 @@ func (d *Driver) PrepareRuntime(ctx context.Context) error {
 	if err := ensureCgroupRoot(d.Options.CgroupRoot); err != nil {
 		return err
 	}
-	if err := d.startBackground("containerd", "/var/log/containerd.log", "containerd", "--config", ContainerdConfig); err != nil {
+	if _, err := d.startBackground(context.Background(), "containerd", "/var/log/containerd.log", "containerd", "--config", ContainerdConfig); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, time.Minute, func() bool { _, err := os.Stat(ContainerdSocket); return err == nil }); err != nil {
@@ -575,26 +589,29 @@ func (d *Driver) Init(ctx context.Context) ([]byte, error) {
 	return os.ReadFile(AdminKubeconfig)
 }
 
-// launchKubelet stands in for the kubelet's service unit: it waits for kubeadm's files and starts the kubelet.
-func (d *Driver) launchKubelet(ctx context.Context) {
+// launchKubelet stands in for the kubelet's service unit: it waits for kubeadm's files and starts the kubelet,
+// which runs until ctx ends. It returns what is closed when the kubelet exited, nil if it did not start.
+func (d *Driver) launchKubelet(ctx context.Context) <-chan struct{} {
 	if err := waitFor(ctx, 10*time.Minute, func() bool {
-		_, e1 := os.Stat("/var/lib/kubelet/config.yaml")
-		_, e2 := os.Stat("/var/lib/kubelet/kubeadm-flags.env")
+		_, e1 := os.Stat(filepath.Join(d.kubeletDir(), "config.yaml"))
+		_, e2 := os.Stat(filepath.Join(d.kubeletDir(), "kubeadm-flags.env"))
 		return e1 == nil && e2 == nil
 	}); err != nil {
-		return
+		return nil
 	}
 	// kubeadm points a control-plane node's kubelet at the node's own API server only; it talks to the
 	// cluster's endpoint instead, so that it keeps its API while that API server is down.
 	if err := pointKubeconfigAt(KubeletKubeconfig, d.Options.ControlPlaneEndpoint); err != nil {
 		d.logf("pointing the kubelet at the cluster's endpoint: %v", err)
 	}
-	env, _ := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+	env, _ := os.ReadFile(filepath.Join(d.kubeletDir(), "kubeadm-flags.env"))
 	args := []string{"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf", "--kubeconfig=" + KubeletKubeconfig, "--config=/var/lib/kubelet/config.yaml"}
 	args = append(args, kubeadmFlags(string(env))...)
-	if err := d.startBackground("kubelet", "/var/log/kubelet.log", "kubelet", args...); err != nil {
+	exited, err := d.startBackground(ctx, "kubelet", "/var/log/kubelet.log", d.kubeletCommand(), args...)
+	if err != nil {
 		d.logf("starting the kubelet: %v", err)
 	}
+	return exited
 }
 
 // pointKubeconfigAt sets the server of every cluster of the kubeconfig at path to https://endpoint, if
@@ -666,7 +683,7 @@ func (d *Driver) Restart(ctx context.Context) error {
 	if err := removeConfig(KubeadmConfig); err != nil {
 		return err
 	}
-	d.launchKubelet(ctx)
+	d.launchKubelet(context.WithoutCancel(ctx))
 	return nil
 }
 
@@ -683,23 +700,30 @@ func (d *Driver) Apply(ctx context.Context, manifests []byte) error {
 	return nil
 }
 
-func (d *Driver) startBackground(name, logPath string, bin string, args ...string) error {
+// startBackground starts bin, which logs to logPath and is killed when ctx ends. It returns what is closed when
+// it exited.
+func (d *Driver) startBackground(ctx context.Context, name, logPath string, bin string, args ...string) (<-chan struct{}, error) {
+	if d.logDir != "" {
+		logPath = filepath.Join(d.logDir, filepath.Base(logPath))
+	}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return fmt.Errorf("starting %s: %w", name, err)
+		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		err := cmd.Wait()
 		logFile.Close()
 		d.logf("%s exited: %v", name, err)
 	}()
-	return nil
+	return exited, nil
 }
 
 // writeSecretFile writes a file readable by root only, replacing whatever was at path.

@@ -1,6 +1,7 @@
 package kubeadm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,7 +67,7 @@ func clusterVersion(ctx context.Context, c *kubeapi.Client) (string, error) {
 		}
 		var se *kubeapi.StatusError
 		if errors.As(err, &se) && se.Code != http.StatusTooManyRequests && se.Code < 500 {
-			return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err)
+			return "", permanent(fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err))
 		}
 		select {
 		case <-ctx.Done():
@@ -74,7 +75,11 @@ func clusterVersion(ctx context.Context, c *kubeapi.Client) (string, error) {
 		case <-time.After(wait):
 		}
 	}
-	return ClusterConfigVersion(cm.Data["ClusterConfiguration"])
+	v, err := ClusterConfigVersion(cm.Data["ClusterConfiguration"])
+	if err != nil {
+		return "", permanent(err)
+	}
+	return v, nil
 }
 
 // joinAPITimeout bounds how long a joining node waits for an API server to answer through its endpoint, as
@@ -202,12 +207,15 @@ func (d *Driver) kubeadm() string {
 	return "kubeadm"
 }
 
-// joinKubeadm runs kubeadm join (args, configuration cfg) as plan says, and then, if the node is the first of
-// a newer Kubernetes version, kubeadm upgrade apply to the node's version. Every failure of kubeadm is returned
-// with the tail of its output, and reported on the node's Node object (reportFailure).
-func (d *Driver) joinKubeadm(ctx context.Context, cfg []byte, args []string, controlPlane bool) (err error) {
+// joinKubeadm runs kubeadm join (args, configuration cfg with the bootstrap token token) as plan says, and
+// then, if the node is the first of a newer Kubernetes version, kubeadm upgrade apply to the node's version.
+// Every failure of kubeadm is returned with the tail of its output (without the token). A failure that another
+// attempt cannot cure ([Permanent]: the node may not join, kubeadm's preflight checks refuse it, or it joined
+// and what follows failed) is reported on the node's Node object (reportFailure) at once; any other is left to
+// the caller, which tries again after ResetJoin or reports it with ReportJoinFailure.
+func (d *Driver) joinKubeadm(ctx context.Context, cfg []byte, args []string, controlPlane bool, token string) (err error) {
 	defer func() {
-		if err == nil {
+		if err == nil || !Permanent(err) {
 			return
 		}
 		c, cerr := d.kubeletClient()
@@ -220,7 +228,7 @@ func (d *Driver) joinKubeadm(ctx context.Context, cfg []byte, args []string, con
 	}()
 	c, err := d.kubeletClient()
 	if err != nil {
-		return err
+		return permanent(err)
 	}
 	cluster, err := clusterVersion(ctx, c)
 	if err != nil {
@@ -228,29 +236,32 @@ func (d *Driver) joinKubeadm(ctx context.Context, cfg []byte, args []string, con
 	}
 	upgrade, err := PlanJoin(cluster, d.Options.KubernetesVersion, controlPlane)
 	if err != nil {
-		return fmt.Errorf("kubeadm join: %w", err)
+		return permanent(fmt.Errorf("kubeadm join: %w", err))
 	}
 	if upgrade {
 		d.logf("the cluster runs Kubernetes %s, this node's image %s: joining with the control plane of %s, then kubeadm upgrade apply %s",
 			cluster, d.Options.KubernetesVersion, d.Options.KubernetesVersion, d.Options.KubernetesVersion)
 	}
-	conf := KubeadmConfig
-	if d.kubeadmConf != "" {
-		conf = d.kubeadmConf
+	if out, err := runWithConfig(ctx, d.kubeadmConfig(), cfg, d.kubeadm(), args...); err != nil {
+		err = fmt.Errorf("kubeadm join: %w\n%s", err, redact(tail(out, 30), token))
+		if bytes.Contains(out, []byte(preflightRefused)) {
+			// The checks of the node itself, which ResetJoin left as a fresh node has it: another attempt
+			// finds the same.
+			return permanent(err)
+		}
+		return err
 	}
-	if out, err := runWithConfig(ctx, conf, cfg, d.kubeadm(), args...); err != nil {
-		return fmt.Errorf("kubeadm join: %w\n%s", err, tail(out, 30))
-	}
+	// From here on the node is a member of the cluster: a failure is not undone by joining again.
 	if !upgrade {
 		return nil
 	}
 	// kubeadm's health checks before an upgrade want every control-plane node Ready, this one included.
 	if err := waitNodeReady(ctx, c, d.Options.NodeName, d.readyTimeout()); err != nil {
-		return fmt.Errorf("before kubeadm upgrade apply %s: %w", d.Options.KubernetesVersion, err)
+		return permanent(fmt.Errorf("before kubeadm upgrade apply %s: %w", d.Options.KubernetesVersion, err))
 	}
 	out, err := exec.CommandContext(ctx, d.kubeadm(), upgradeArgs(d.Options.KubernetesVersion, d.patchesDir())...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("kubeadm upgrade apply %s (the cluster ran %s): %w\n%s", d.Options.KubernetesVersion, cluster, err, tail(out, 30))
+		return permanent(fmt.Errorf("kubeadm upgrade apply %s (the cluster ran %s): %w\n%s", d.Options.KubernetesVersion, cluster, err, redact(tail(out, 30), token)))
 	}
 	d.logf("kubeadm upgrade apply %s: the cluster's configuration and kubelet configuration are at %s", d.Options.KubernetesVersion, d.Options.KubernetesVersion)
 	// kubeadm moves the addons (CoreDNS, kube-proxy) only once every control-plane node runs the new version:

@@ -165,7 +165,7 @@ func (e *kubeadmEnv) kubeadmCalls() []string {
 func TestJoinUpgradesTheCluster(t *testing.T) {
 	e := newKubeadmEnv(t, "v1.36.3", "control-plane-1", "")
 	e.registerReady(t, "control-plane-1") // as if kubeadm join registered it
-	if err := e.driver.joinKubeadm(t.Context(), []byte("kind: JoinConfiguration\n"), []string{"join", "--config", e.driver.kubeadmConf}, true); err != nil {
+	if err := e.driver.joinKubeadm(t.Context(), []byte("kind: JoinConfiguration\n"), []string{"join", "--config", e.driver.kubeadmConf}, true, ""); err != nil {
 		t.Fatal(err)
 	}
 	calls := e.kubeadmCalls()
@@ -180,7 +180,7 @@ func TestJoinUpgradesTheCluster(t *testing.T) {
 	}
 	// At the cluster's own version, kubeadm join is all.
 	same := newKubeadmEnv(t, "v1.37.2", "control-plane-2", "")
-	if err := same.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true); err != nil {
+	if err := same.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true, ""); err != nil {
 		t.Fatal(err)
 	}
 	if calls := same.kubeadmCalls(); len(calls) != 1 || calls[0] != "join" {
@@ -193,7 +193,7 @@ func TestJoinUpgradesTheCluster(t *testing.T) {
 func TestJoinReportsFailedKubeadmUpgrade(t *testing.T) {
 	e := newKubeadmEnv(t, "v1.36.3", "control-plane-1", "upgrade")
 	e.registerReady(t, "control-plane-1")
-	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true)
+	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true, "")
 	if err == nil || !strings.Contains(err.Error(), "kubeadm upgrade apply v1.37.2") || !strings.Contains(err.Error(), "[ERROR CoreDNSUnsupportedPlugins]") {
 		t.Fatalf("error %v, want kubeadm's", err)
 	}
@@ -206,7 +206,7 @@ func TestJoinReportsFailedKubeadmUpgrade(t *testing.T) {
 // creates for it.
 func TestJoinReportsFailedKubeadmJoin(t *testing.T) {
 	e := newKubeadmEnv(t, "v1.36.3", "control-plane-1", "join")
-	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true)
+	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, true, "")
 	if err == nil || !strings.Contains(err.Error(), "kubeadm join") || !strings.Contains(err.Error(), "[ERROR CoreDNSUnsupportedPlugins]") {
 		t.Fatalf("error %v, want kubeadm's", err)
 	}
@@ -222,7 +222,7 @@ func TestJoinReportsFailedKubeadmJoin(t *testing.T) {
 // the API server. It reports why.
 func TestJoinRefusesNewerWorker(t *testing.T) {
 	e := newKubeadmEnv(t, "v1.36.3", "worker-1", "")
-	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, false)
+	err := e.driver.joinKubeadm(t.Context(), nil, []string{"join"}, false, "")
 	if err == nil || !strings.Contains(err.Error(), "newer than the cluster's control plane v1.36.3") {
 		t.Fatalf("error %v", err)
 	}

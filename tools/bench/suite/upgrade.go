@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/constellation-dev/constellation/internal/upgrade"
+	"github.com/constellation-dev/constellation/internal/upgrade/deploy"
 )
 
 func init() {
@@ -70,7 +70,7 @@ func buildImageB(ctx context.Context, out string) error {
 		return fmt.Errorf("%w (run make node-image)", err)
 	}
 	version := ""
-	prefix := upgrade.Image()[:strings.LastIndex(upgrade.Image(), ":")+1]
+	prefix := deploy.Image()[:strings.LastIndex(deploy.Image(), ":")+1]
 	for ref := range m.Images {
 		if v, ok := strings.CutPrefix(ref, prefix); ok {
 			version = v

@@ -1,13 +1,16 @@
-package upgrade
+// Package deploy is how the cluster's upgrade controller (package upgrade) is deployed: its names, image,
+// permissions, the NodeUpgrade CRD and its manifests. The first control-plane node's bootstrapper applies them;
+// it needs none of the controller's code (and its controller-runtime), which only the controller's binary links.
+package deploy
 
 import (
 	_ "embed"
 	"fmt"
-	"github.com/constellation-dev/constellation/internal/provider"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/constellation-dev/constellation/internal/kubeapi"
+	"github.com/constellation-dev/constellation/internal/provider"
 	"github.com/constellation-dev/constellation/internal/reattestation"
 	"github.com/constellation-dev/constellation/internal/version"
 )
@@ -28,6 +31,9 @@ const (
 
 // EtcdPKIDir is kubeadm's etcd CA and client certificates on a control-plane node.
 const EtcdPKIDir = "/etc/kubernetes/pki/etcd"
+
+// controlPlaneLabel marks control-plane nodes (kubeadm sets it).
+const controlPlaneLabel = "node-role.kubernetes.io/control-plane"
 
 //go:embed crd/upgrade.constellation.dev_nodeupgrades.yaml
 var crdYAML []byte
