@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/version"
 
 	"github.com/constellation-dev/constellation/internal/nodeimage"
+	"github.com/constellation-dev/constellation/internal/upgrade/api/v1alpha1"
 )
 
 // TestMiniKubernetesUpgrade upgrades the Kubernetes version of a running cluster (1 control plane, 1 worker)
@@ -66,7 +68,18 @@ func TestMiniKubernetesUpgrade(t *testing.T) {
 		t.Errorf("upgrade check: exit %d, does not show both Kubernetes versions", code)
 	}
 	start := time.Now()
-	out, code = c.run("apply", "--allow-dev-signed", "--wait", "40m")
+	type result struct {
+		out  string
+		code int
+	}
+	applied := make(chan result, 1)
+	go func() {
+		out, code := c.run("apply", "--allow-dev-signed", "--wait", "40m")
+		applied <- result{out, code}
+	}()
+	rebootOldNodeInTheWindow(t, cl, "worker-0")
+	r := <-applied
+	out, code = r.out, r.code
 	t.Logf("apply (%s):\n%s", time.Since(start).Round(time.Second), out)
 	if code != 0 {
 		t.Fatalf("apply: exit %d", code)
@@ -131,5 +144,42 @@ func (cl *cluster) checkVersions(v string) {
 	}
 	if i := strings.Index(raw, "{"); i < 0 || json.Unmarshal([]byte(raw[i:]), &ver) != nil || ver.Server.GitVersion != v {
 		cl.t.Errorf("kubectl version: the API server reports %q, want %s\n%s", ver.Server.GitVersion, v, raw)
+	}
+}
+
+// rebootOldNodeInTheWindow holds the upgrade (spec.paused) while the control plane's replacement joins (the
+// controller holds before it drains the old control-plane node, or before the next node), reboots the old-image node while both measurement sets are in
+// force, waits until it has rejoined (its state disk unlocked again by the key service, Ready), and lets the
+// upgrade go on. A node of the old image that restarts during an upgrade must not be locked out.
+func rebootOldNodeInTheWindow(t *testing.T, cl *cluster, node string) {
+	t.Helper()
+	waitNodeUpgrade(t, cl.k, "the control plane's replacement joining", func(nu *v1alpha1.NodeUpgrade) bool {
+		return len(nu.Status.Nodes) > 0 && nu.Status.Nodes[0].Step == v1alpha1.StepJoining
+	})
+	if out, err := cl.k("patch", "nodeupgrade", v1alpha1.Name, "--type", "merge", "-p", `{"spec":{"paused":true}}`); err != nil {
+		t.Fatalf("pausing the upgrade: %v\n%s", err, out)
+	}
+	nu := waitNodeUpgrade(t, cl.k, "the upgrade held before the old control-plane node drains", func(nu *v1alpha1.NodeUpgrade) bool {
+		return strings.Contains(nu.Status.Message, "paused by spec.paused")
+	})
+	last := nu.Status.Nodes[len(nu.Status.Nodes)-1]
+	t.Logf("upgrade paused: %s at step %s (%s)", last.OldNode, last.Step, nu.Status.Message)
+	console := filepath.Join(cl.c.ws, "constellation-mini", "nodes", node, "sandbox", "console.log")
+	unlocked := func() int {
+		raw, _ := os.ReadFile(console)
+		return strings.Count(string(raw), "state disk unlocked")
+	}
+	before := unlocked()
+	start := time.Now()
+	if out, code := cl.c.run("mini", "reboot", node); code != 0 {
+		t.Fatalf("mini reboot %s: exit %d\n%s", node, code, out)
+	}
+	cl.eventually(node+" (old image) rejoined during the upgrade: state disk unlocked again, Ready", func() (string, bool) {
+		out, err := cl.k("get", "node", node, "--no-headers")
+		return out, unlocked() > before && err == nil && strings.Contains(out, " Ready ")
+	})
+	t.Logf("%s (old image) rebooted and rejoined within the upgrade's two-set window: %s", node, time.Since(start).Round(time.Second))
+	if out, err := cl.k("patch", "nodeupgrade", v1alpha1.Name, "--type", "merge", "-p", `{"spec":{"paused":false}}`); err != nil {
+		t.Fatalf("resuming the upgrade: %v\n%s", err, out)
 	}
 }
