@@ -53,7 +53,9 @@ func ControlPlanePatches(v string) map[string][]byte {
 //
 // A joining node reaches the API through its own endpoint, whose backends (the control plane's API servers) may
 // not answer yet: while the request does not reach an API server, or the API server is not ready (5xx, 429), it
-// is sent again, for up to joinAPITimeout. An answer of the API server (403, 404) is final.
+// is sent again, for up to joinAPITimeout. So is a refusal (401, 403): an API server that has just (re)started
+// refuses what its authorizers will allow once they have caught up with the cluster's state; one that still
+// refuses when the wait ends is final. Any other answer (404: no kubeadm configuration) is final at once.
 func clusterVersion(ctx context.Context, c *kubeapi.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, joinAPITimeout)
 	defer cancel()
@@ -66,12 +68,16 @@ func clusterVersion(ctx context.Context, c *kubeapi.Client) (string, error) {
 			break
 		}
 		var se *kubeapi.StatusError
-		if errors.As(err, &se) && se.Code != http.StatusTooManyRequests && se.Code < 500 {
+		refused := errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden)
+		if se != nil && !refused && se.Code != http.StatusTooManyRequests && se.Code < 500 {
 			return "", permanent(fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): %w", err))
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): no API server answered within %s: %w", joinAPITimeout, err)
+			if refused {
+				return "", permanent(fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): the API server still refused it when the wait ended: %w", err))
+			}
+			return "", fmt.Errorf("reading the cluster's kubeadm configuration (kube-system/kubeadm-config): no API server answered in time: %w", err)
 		case <-time.After(wait):
 		}
 	}
