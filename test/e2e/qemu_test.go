@@ -429,23 +429,6 @@ func checkQEMUNetworkEncrypted(t *testing.T, k func(...string) (string, error), 
 	marker := "constellation-qemu-pod-marker-" + suffix
 	control := "constellation-qemu-plain-control-" + suffix
 	encoded := base64.StdEncoding.EncodeToString([]byte(marker)) // etcd's JSON API carries values in base64
-	key := base64.StdEncoding.EncodeToString([]byte("marker"))
-
-	server := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "peer-server"},
-		"spec": map[string]any{"nodeName": "worker-0", "containers": []any{map[string]any{
-			"name": "etcd", "image": "registry.k8s.io/etcd:" + nodeImageTag(t, "etcd"), "imagePullPolicy": "Never",
-			"command": []string{"/usr/local/bin/etcd", "--listen-client-urls=http://0.0.0.0:2379", "--advertise-client-urls=http://127.0.0.1:2379",
-				"--listen-peer-urls=http://127.0.0.1:2380", "--data-dir=/tmp/etcd"},
-			"ports":          []any{map[string]any{"containerPort": 2379}},
-			"readinessProbe": map[string]any{"tcpSocket": map[string]any{"port": 2379}, "periodSeconds": 2},
-		}}}}
-	raw, err := json.Marshal(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kApply(string(raw))
-	serverIP := waitPodReady(t, k, "peer-server")
-
 	capture, err := wgmeshtest.StartCaptureWith(wgmeshtest.CaptureOptions{
 		Netns: qemu.Netns, Interfaces: []string{qemu.Bridge},
 		Markers: [][]byte{[]byte(marker), []byte(encoded), []byte(control)},
@@ -465,19 +448,11 @@ func checkQEMUNetworkEncrypted(t *testing.T, k func(...string) (string, error), 
 			capture.Stop()
 		}
 	}()
-	url := "http://" + net.JoinHostPort(serverIP, "2379")
-	kApply(busyboxPod(t, "peer-put", "control-plane-0", false, "wget", "-q", "-O", "-", "--header", "X-Marker: "+marker,
-		"--post-data", fmt.Sprintf(`{"key":%q,"value":%q}`, key, encoded), url+"/v3/kv/put"))
-	put := waitPodDone(t, k, "peer-put")
-	kApply(busyboxPod(t, "peer-get", "control-plane-0", false, "wget", "-q", "-O", "-", "--post-data", fmt.Sprintf(`{"key":%q}`, key), url+"/v3/kv/range"))
-	got := waitPodDone(t, k, "peer-get")
+	exchangeMarker(t, k, kApply, "control-plane-0", "worker-0", marker)
 	exec.Command("curl", "-s", "-m", "5", "http://"+net.JoinHostPort(worker.IP, strconv.Itoa(verifyservice.Port))+"/"+control).Run()
 	time.Sleep(time.Second) // the last frames reach the bridge
 	st := capture.Stop()
 	stopped = true
-	if !strings.Contains(put, `"revision"`) || !strings.Contains(got, encoded) {
-		t.Fatalf("the pod on control-plane-0 writing to and reading from the pod on worker-0 (%s):\nput: %s\nrange: %s", serverIP, put, got)
-	}
 	t.Logf("capture on %s in %s: %d frames, %d packets between nodes on the mesh port, WireGuard messages by type %v",
 		qemu.Bridge, qemu.Netns, st.Frames, st.Tunnel, st.WireGuard)
 	if !st.Found[2] {
@@ -497,6 +472,38 @@ func checkQEMUNetworkEncrypted(t *testing.T, k func(...string) (string, error), 
 	}
 	if st.WireGuard[0] != 0 {
 		t.Errorf("%d datagrams on the mesh port are no WireGuard messages", st.WireGuard[0])
+	}
+}
+
+// exchangeMarker has a pod on node from write marker into a pod on node to (etcd's HTTP API: the value
+// base64-encoded in the body, the marker itself in a header) and read it back, and fails the test if that
+// does not work.
+func exchangeMarker(t *testing.T, k func(...string) (string, error), kApply func(string), from, to, marker string) {
+	t.Helper()
+	encoded := base64.StdEncoding.EncodeToString([]byte(marker))
+	key := base64.StdEncoding.EncodeToString([]byte("marker"))
+	server := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "peer-server"},
+		"spec": map[string]any{"nodeName": to, "containers": []any{map[string]any{
+			"name": "etcd", "image": "registry.k8s.io/etcd:" + nodeImageTag(t, "etcd"), "imagePullPolicy": "Never",
+			"command": []string{"/usr/local/bin/etcd", "--listen-client-urls=http://0.0.0.0:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+				"--listen-peer-urls=http://127.0.0.1:2380", "--data-dir=/tmp/etcd"},
+			"ports":          []any{map[string]any{"containerPort": 2379}},
+			"readinessProbe": map[string]any{"tcpSocket": map[string]any{"port": 2379}, "periodSeconds": 2},
+		}}}}
+	raw, err := json.Marshal(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kApply(string(raw))
+	serverIP := waitPodReady(t, k, "peer-server")
+	url := "http://" + net.JoinHostPort(serverIP, "2379")
+	kApply(busyboxPod(t, "peer-put", from, false, "wget", "-q", "-O", "-", "--header", "X-Marker: "+marker,
+		"--post-data", fmt.Sprintf(`{"key":%q,"value":%q}`, key, encoded), url+"/v3/kv/put"))
+	put := waitPodDone(t, k, "peer-put")
+	kApply(busyboxPod(t, "peer-get", from, false, "wget", "-q", "-O", "-", "--post-data", fmt.Sprintf(`{"key":%q}`, key), url+"/v3/kv/range"))
+	got := waitPodDone(t, k, "peer-get")
+	if !strings.Contains(put, `"revision"`) || !strings.Contains(got, encoded) {
+		t.Fatalf("the pod on %s writing to and reading from the pod on %s (%s):\nput: %s\nrange: %s", from, to, serverIP, put, got)
 	}
 }
 
