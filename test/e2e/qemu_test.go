@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,8 +21,14 @@ import (
 	"github.com/constellation-dev/constellation/internal/bootimage"
 	"github.com/constellation-dev/constellation/internal/config"
 	"github.com/constellation-dev/constellation/internal/measuredboot"
+	"github.com/constellation-dev/constellation/internal/meshagent"
+	"github.com/constellation-dev/constellation/internal/meshpeers"
 	"github.com/constellation-dev/constellation/internal/provider/qemu"
+	"github.com/constellation-dev/constellation/internal/provider/qemu/guest"
 	"github.com/constellation-dev/constellation/internal/provider/qemu/qemutest"
+	"github.com/constellation-dev/constellation/internal/verifyservice"
+	"github.com/constellation-dev/constellation/internal/wgmesh/wgmeshtest"
+	"golang.org/x/sys/unix"
 )
 
 // qemuImageDir is where 'make node-image' writes the bootable disk image.
@@ -270,9 +279,14 @@ func processAlive(pid int) bool {
 // A Kubernetes cluster of QEMU machines (1 control plane, 1 worker) under UEFI firmware: apply attests both
 // machines with the generated qemu-vtpm policy, initialises Kubernetes on the control plane over aTLS, and the
 // worker joins through the join service; both are Ready, and the CLI's verify passes for each as a member of
-// the cluster. Each node's state disk is LUKS2 with integrity and its mesh kernel WireGuard (their logs say so).
-// ATTACK: the host reads the worker's state disk: a pod on the worker writes a marker under /var (its log, on
-// the node's state disk), and the marker never appears in the disk's file on the host.
+// the cluster. Each node's state disk is LUKS2 with integrity and its mesh kernel WireGuard: their logs say so,
+// and each node's kernel says its mesh interface is a WireGuard link (not the TUN device of a userspace
+// implementation). ATTACK: the host reads the worker's state disk: a pod on the worker writes a marker under
+// /var (its log, on the node's state disk), and the marker never appears in the disk's file on the host.
+// ATTACK: the host snoops the node network (its bridge) while a pod on the control plane writes a marker into
+// a pod on the worker and reads it back: the marker never crosses in plain text, nor does a pod address in a
+// packet's header; between the nodes there is only WireGuard (transport data on the mesh port). A request from
+// the host to a node carries a second marker in plain text, and the same capture sees that one.
 //
 // Under TCG this takes a long time (tens of minutes): it runs from 'make e2e-qemu' (which sets
 // CONSTELLATION_E2E_QEMU_CLUSTER), not with the other end-to-end tests.
@@ -344,11 +358,15 @@ func TestQEMUCluster(t *testing.T) {
 	pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"marker"},"spec":{"nodeName":"worker-0","restartPolicy":"Never",`+
 		`"containers":[{"name":"marker","image":"registry.k8s.io/kube-proxy:%s","imagePullPolicy":"Never","command":["/usr/local/bin/kube-proxy","--%s"]}]}}`,
 		kubeProxyVersion(t), marker)
-	apply := exec.Command(kubectl, "--kubeconfig", kubeconfig, "apply", "-f", "-")
-	apply.Stdin = strings.NewReader(pod)
-	if out, err := apply.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	kApply := func(manifest string) {
+		t.Helper()
+		apply := exec.Command(kubectl, "--kubeconfig", kubeconfig, "apply", "-f", "-")
+		apply.Stdin = strings.NewReader(manifest)
+		if out, err := apply.CombinedOutput(); err != nil {
+			t.Fatalf("kubectl apply: %v\n%s\n%s", err, out, manifest)
+		}
 	}
+	kApply(pod)
 	for deadline := time.Now().Add(20 * time.Minute); ; {
 		out, _ := k("logs", "marker")
 		if strings.Contains(out, marker) {
@@ -368,17 +386,204 @@ func TestQEMUCluster(t *testing.T) {
 			t.Fatalf("the host reads the pod's marker in the worker's state disk %s (found %v, %v)", disk, found, err)
 		}
 	}
-	t.Logf("the marker is not in the worker's state disk file; whole test: %s", time.Since(start).Round(time.Second))
+	t.Logf("the marker is not in the worker's state disk file")
+
+	checkQEMUKernelWireGuard(t, k, kApply, state)
+	checkQEMUNetworkEncrypted(t, k, kApply, state)
+	t.Logf("whole test: %s", time.Since(start).Round(time.Second))
+}
+
+// checkQEMUKernelWireGuard asks each node's kernel what its mesh interface is: a pod in the node's network
+// namespace reads the interface's sysfs entry. A link of the kernel's WireGuard says DEVTYPE=wireguard (the
+// kind `ip -d link` shows); the TUN device of a userspace implementation does not.
+func checkQEMUKernelWireGuard(t *testing.T, k func(...string) (string, error), kApply func(string), state qemu.State) {
+	t.Helper()
+	for _, n := range state.Nodes {
+		kApply(busyboxPod(t, "wireguard-"+n.Name, n.Name, true, "cat", "/sys/class/net/"+meshagent.Interface+"/uevent"))
+	}
+	for _, n := range state.Nodes {
+		out := waitPodDone(t, k, "wireguard-"+n.Name)
+		if !strings.Contains(out, "INTERFACE="+meshagent.Interface+"\n") || !strings.Contains(out, "DEVTYPE=wireguard\n") {
+			t.Errorf("the mesh interface of %s is no kernel WireGuard link; its sysfs entry:\n%s", n.Name, out)
+			continue
+		}
+		t.Logf("%s: %s is a kernel WireGuard link (%s)", n.Name, meshagent.Interface, strings.Join(strings.Fields(out), " "))
+	}
+}
+
+// checkQEMUNetworkEncrypted captures every frame the node network's bridge forwards (in the provider's
+// namespace, where the host can) while a pod on control-plane-0 writes a marker into a pod on worker-0 (etcd's
+// HTTP API; the value base64-encoded in the body, the marker itself in a header) and reads it back. The marker
+// must not appear, nor an address of the pod network in a packet's header; between the nodes only WireGuard
+// may cross, and its transport data must. A request from this machine to worker-0's verification service
+// carries a second marker in plain text, and the capture must see that one: otherwise it could not tell.
+func checkQEMUNetworkEncrypted(t *testing.T, k func(...string) (string, error), kApply func(string), state qemu.State) {
+	t.Helper()
+	var worker qemu.NodeState
+	var nodes []netip.Addr
+	for _, n := range state.Nodes {
+		nodes = append(nodes, netip.MustParseAddr(n.IP))
+		if n.Name == "worker-0" {
+			worker = n
+		}
+	}
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	marker := "constellation-qemu-pod-marker-" + suffix
+	control := "constellation-qemu-plain-control-" + suffix
+	encoded := base64.StdEncoding.EncodeToString([]byte(marker)) // etcd's JSON API carries values in base64
+	capture, err := wgmeshtest.StartCaptureWith(wgmeshtest.CaptureOptions{
+		Netns: qemu.Netns, Interfaces: []string{qemu.Bridge},
+		Markers: [][]byte{[]byte(marker), []byte(encoded), []byte(control)},
+		Nodes:   nodes,
+		Allowed: func(f wgmeshtest.Flow) bool {
+			return f.Proto == unix.IPPROTO_UDP && (f.SrcPort == meshpeers.Port || f.DstPort == meshpeers.Port)
+		},
+		WireGuardPort: meshpeers.Port,
+		Watched:       []netip.Prefix{guest.PodSubnet},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			capture.Stop()
+		}
+	}()
+	exchangeMarker(t, k, kApply, "control-plane-0", "worker-0", marker)
+	exec.Command("curl", "-s", "-m", "5", "http://"+net.JoinHostPort(worker.IP, strconv.Itoa(verifyservice.Port))+"/"+control).Run()
+	time.Sleep(time.Second) // the last frames reach the bridge
+	st := capture.Stop()
+	stopped = true
+	t.Logf("capture on %s in %s: %d frames, %d packets between nodes on the mesh port, WireGuard messages by type %v",
+		qemu.Bridge, qemu.Netns, st.Frames, st.Tunnel, st.WireGuard)
+	if !st.Found[2] {
+		t.Fatal("the capture did not see the plain-text control request: it could not tell plain text either")
+	}
+	if st.Found[0] || st.Found[1] {
+		t.Error("the pod-to-pod marker crossed the node network in plain text")
+	}
+	if w := st.WatchedFlows(); len(w) > 0 {
+		t.Errorf("addresses of the pod network %s in plain text on the node network:\n%s", guest.PodSubnet, strings.Join(w, "\n"))
+	}
+	if u := st.Unexpected(); len(u) > 0 {
+		t.Errorf("traffic between nodes outside the tunnel:\n%s", strings.Join(u, "\n"))
+	}
+	if st.Tunnel == 0 || st.WireGuard[wgmeshtest.WireGuardData] == 0 {
+		t.Error("no WireGuard transport data between the nodes during the transfer")
+	}
+	if st.WireGuard[0] != 0 {
+		t.Errorf("%d datagrams on the mesh port are no WireGuard messages", st.WireGuard[0])
+	}
+}
+
+// exchangeMarker has a pod on node from write marker into a pod on node to (etcd's HTTP API: the value
+// base64-encoded in the body, the marker itself in a header) and read it back, and fails the test if that
+// does not work.
+func exchangeMarker(t *testing.T, k func(...string) (string, error), kApply func(string), from, to, marker string) {
+	t.Helper()
+	encoded := base64.StdEncoding.EncodeToString([]byte(marker))
+	key := base64.StdEncoding.EncodeToString([]byte("marker"))
+	server := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "peer-server"},
+		"spec": map[string]any{"nodeName": to, "containers": []any{map[string]any{
+			"name": "etcd", "image": "registry.k8s.io/etcd:" + nodeImageTag(t, "etcd"), "imagePullPolicy": "Never",
+			"command": []string{"/usr/local/bin/etcd", "--listen-client-urls=http://0.0.0.0:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+				"--listen-peer-urls=http://127.0.0.1:2380", "--data-dir=/tmp/etcd"},
+			"ports":          []any{map[string]any{"containerPort": 2379}},
+			"readinessProbe": map[string]any{"tcpSocket": map[string]any{"port": 2379}, "periodSeconds": 2},
+		}}}}
+	raw, err := json.Marshal(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kApply(string(raw))
+	serverIP := waitPodReady(t, k, "peer-server")
+	url := "http://" + net.JoinHostPort(serverIP, "2379")
+	kApply(busyboxPod(t, "peer-put", from, false, "wget", "-q", "-O", "-", "--header", "X-Marker: "+marker,
+		"--post-data", fmt.Sprintf(`{"key":%q,"value":%q}`, key, encoded), url+"/v3/kv/put"))
+	put := waitPodDone(t, k, "peer-put")
+	kApply(busyboxPod(t, "peer-get", from, false, "wget", "-q", "-O", "-", "--post-data", fmt.Sprintf(`{"key":%q}`, key), url+"/v3/kv/range"))
+	got := waitPodDone(t, k, "peer-get")
+	if !strings.Contains(put, `"revision"`) || !strings.Contains(got, encoded) {
+		t.Fatalf("the pod on %s writing to and reading from the pod on %s (%s):\nput: %s\nrange: %s", from, to, serverIP, put, got)
+	}
+}
+
+// busyboxPod is the manifest of a pod on node that runs busybox with args and ends. The images of the node
+// image have no shell: the pod runs the node's own busybox (a static binary of the node image), mounted into a
+// container of the kube-proxy image, in the node's network namespace if hostNetwork.
+func busyboxPod(t *testing.T, name, node string, hostNetwork bool, args ...string) string {
+	t.Helper()
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": name},
+		"spec": map[string]any{
+			"nodeName": node, "hostNetwork": hostNetwork, "restartPolicy": "Never",
+			"tolerations": []any{map[string]any{"operator": "Exists"}},
+			"containers": []any{map[string]any{
+				"name": "busybox", "image": "registry.k8s.io/kube-proxy:" + kubeProxyVersion(t), "imagePullPolicy": "Never",
+				"command":      append([]string{"/busybox"}, args...),
+				"volumeMounts": []any{map[string]any{"name": "busybox", "mountPath": "/busybox", "readOnly": true}},
+			}},
+			"volumes": []any{map[string]any{"name": "busybox", "hostPath": map[string]any{"path": "/usr/bin/busybox", "type": "File"}}},
+		}}
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
+}
+
+// waitPodDone waits until the pod name has run to completion and returns its log; a pod that failed, or has
+// not ended after 20 minutes, fails the test.
+func waitPodDone(t *testing.T, k func(...string) (string, error), name string) string {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Minute); ; time.Sleep(3 * time.Second) {
+		phase, _ := k("get", "pod", name, "-o", "jsonpath={.status.phase}")
+		if phase == "Succeeded" {
+			out, err := k("logs", name)
+			if err != nil {
+				t.Fatalf("the log of pod %s: %v\n%s", name, err, out)
+			}
+			return out
+		}
+		if phase == "Failed" || time.Now().After(deadline) {
+			logs, _ := k("logs", name)
+			desc, _ := k("describe", "pod", name)
+			t.Fatalf("pod %s did not succeed (phase %q):\n%s\n%s", name, phase, logs, desc)
+		}
+	}
+}
+
+// waitPodReady waits until the pod name is ready and returns its address; a pod not ready after 20 minutes
+// fails the test.
+func waitPodReady(t *testing.T, k func(...string) (string, error), name string) string {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Minute); ; time.Sleep(3 * time.Second) {
+		out, _ := k("get", "pod", name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.podIP}`)
+		if f := strings.Fields(out); len(f) == 2 && f[0] == "True" {
+			return f[1]
+		}
+		if time.Now().After(deadline) {
+			desc, _ := k("describe", "pod", name)
+			t.Fatalf("pod %s not ready: %s\n%s", name, out, desc)
+		}
+	}
+}
+
+// nodeImageTag is the tag of the node image's image registry.k8s.io/<name>.
+func nodeImageTag(t *testing.T, name string) string {
+	t.Helper()
+	prefix := "registry.k8s.io_" + strings.ReplaceAll(name, "/", "_") + "_"
+	matches, _ := filepath.Glob(filepath.Join(qemuImageDir, "images", prefix+"*.tar"))
+	if len(matches) != 1 {
+		t.Fatalf("the node image's image %s: %v", name, matches)
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(matches[0]), prefix), ".tar")
 }
 
 // kubeProxyVersion is the Kubernetes version of the node image (its kube-proxy image's tag).
 func kubeProxyVersion(t *testing.T) string {
 	t.Helper()
-	matches, _ := filepath.Glob(filepath.Join(qemuImageDir, "images", "registry.k8s.io_kube-proxy_*.tar"))
-	if len(matches) != 1 {
-		t.Fatalf("the node image's kube-proxy image: %v", matches)
-	}
-	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(matches[0]), "registry.k8s.io_kube-proxy_"), ".tar")
+	return nodeImageTag(t, "kube-proxy")
 }
 
 // tailFile returns the last n lines of a file.

@@ -22,9 +22,10 @@ const (
 	// HostLink is the host's end of the veth pair into Netns, with the address guest.Gateway; the only way
 	// between the host and the node network.
 	HostLink = "cstq0"
+	// Bridge is the nodes' bridge in Netns: their taps and uplink are its ports.
+	Bridge = "br0"
 	// uplink is HostLink's peer in Netns, a port of the bridge.
 	uplink = "uplink"
-	bridge = "br0"
 )
 
 // netnsPath is where `ip netns` keeps the namespace.
@@ -83,10 +84,10 @@ func networkUp() error {
 	steps := [][]string{
 		{"ip", "netns", "add", Netns},
 		{"ip", "-n", Netns, "link", "set", "lo", "up"},
-		{"ip", "-n", Netns, "link", "add", bridge, "type", "bridge"},
-		{"ip", "-n", Netns, "link", "set", bridge, "up"},
+		{"ip", "-n", Netns, "link", "add", Bridge, "type", "bridge"},
+		{"ip", "-n", Netns, "link", "set", Bridge, "up"},
 		{"ip", "link", "add", HostLink, "type", "veth", "peer", "name", uplink, "netns", Netns},
-		{"ip", "-n", Netns, "link", "set", uplink, "master", bridge, "up"},
+		{"ip", "-n", Netns, "link", "set", uplink, "master", Bridge, "up"},
 		{"ip", "addr", "add", gw.String(), "dev", HostLink},
 		{"ip", "link", "set", HostLink, "up"},
 	}
@@ -102,7 +103,7 @@ func networkUp() error {
 func addTap(name string) error {
 	for _, s := range [][]string{
 		{"ip", "-n", Netns, "tuntap", "add", "dev", name, "mode", "tap"},
-		{"ip", "-n", Netns, "link", "set", name, "master", bridge, "up"},
+		{"ip", "-n", Netns, "link", "set", name, "master", Bridge, "up"},
 	} {
 		if err := run(s...); err != nil {
 			return fmt.Errorf("creating the tap device %s: %w", name, err)
