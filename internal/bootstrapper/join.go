@@ -349,12 +349,34 @@ func (j joiner) join(ctx context.Context) error {
 		return err
 	}
 	log.Info("joined the cluster")
+	network := make(chan error, 1)
+	go func() { network <- enablePodNetwork(ctx, mesh, k8s, published) }()
 	if controlPlane && j.secrets != nil {
 		if err := shareSecretFromPeers(ctx, md, issuer, j.peers, self, disk, j.secrets, j.hint, log); err != nil {
 			return err
 		}
 	}
-	return <-published
+	return <-network
+}
+
+// kubeletPort is the kubelets' port on every node, which WaitPeers connects to through the tunnel.
+const kubeletPort = 10250
+
+// peersLimit is how long a joining node waits for a peer to answer through the tunnel before it takes pods
+// without it.
+const peersLimit = 30 * time.Second
+
+// enablePodNetwork makes a node that joined Ready for pods once its network is complete: its key is published
+// (published), so that every other node makes it a peer; every peer answers it through the tunnel, so that
+// traffic from its pods finds its way back; and kube-proxy has programmed the Services on it.
+func enablePodNetwork(ctx context.Context, mesh *meshagent.Agent, k8s Kubernetes, published <-chan error) error {
+	if err := <-published; err != nil {
+		return err
+	}
+	if err := mesh.WaitPeers(ctx, kubeletPort, peersLimit); err != nil {
+		return fmt.Errorf("waiting for the peers to answer through the tunnel: %w", err)
+	}
+	return k8s.EnablePodNetwork(ctx)
 }
 
 // joinAt makes one join request to the join service at addr.
