@@ -37,8 +37,8 @@ type Kubernetes interface {
 	Apply(ctx context.Context, manifests []byte) error
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).
 	Restart(ctx context.Context) error
-	// EnablePodNetwork makes the node Ready for pods once kube-proxy has programmed the Services on it; it
-	// returns when ctx ends before.
+	// EnablePodNetwork makes the node Ready for pods once kube-proxy has programmed the Services on it (or
+	// cannot run on it), or returns when ctx ends.
 	EnablePodNetwork(ctx context.Context) error
 	// ConfigureRegistryMirrors makes the container runtime pull the mirrored registries' images from their
 	// mirrors only, with the mirrors' credentials (a validated list, from the cluster configuration).
