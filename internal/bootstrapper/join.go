@@ -345,12 +345,14 @@ func (j joiner) join(ctx context.Context) error {
 			return fmt.Errorf("installing the control plane's PKI: %w", err)
 		}
 	}
+	// The pod network is enabled while kubeadm works: a control-plane node of the next Kubernetes version waits
+	// in Join until it is Ready, before it runs kubeadm upgrade apply.
+	network := make(chan error, 1)
+	go func() { network <- enablePodNetwork(ctx, mesh, k8s, published) }()
 	if err := k8s.Join(ctx, resp.GetApiEndpoint(), resp.GetToken(), resp.GetCaCertHash(), controlPlane, kubelet); err != nil {
 		return err
 	}
 	log.Info("joined the cluster")
-	network := make(chan error, 1)
-	go func() { network <- enablePodNetwork(ctx, mesh, k8s, published) }()
 	if controlPlane && j.secrets != nil {
 		if err := shareSecretFromPeers(ctx, md, issuer, j.peers, self, disk, j.secrets, j.hint, log); err != nil {
 			return err
