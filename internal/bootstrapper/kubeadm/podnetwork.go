@@ -29,8 +29,13 @@ const (
 	kubeProxySyncedMetric = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
 )
 
-// podNetworkPoll is how often EnablePodNetwork looks at kube-proxy.
-const podNetworkPoll = 500 * time.Millisecond
+// podNetworkPoll is how often EnablePodNetwork looks at kube-proxy; noKubeProxyLimit is how long it waits for
+// a kube-proxy pod on the node once the API answers it (a cluster without kube-proxy has none: its nodes
+// must not stay NotReady for it).
+const (
+	podNetworkPoll   = 500 * time.Millisecond
+	noKubeProxyLimit = 2 * time.Minute
+)
 
 func (d *Driver) cniConfigFile() string {
 	dir := CNIConfDir
@@ -53,7 +58,8 @@ func (d *Driver) disablePodNetwork() error {
 // node has programmed the cluster's Services (its first complete sync): before that, a pod on the node, or a
 // client that reaches a Service through the node, would find no Service at all. If kube-proxy cannot run on
 // this node (its container waits for an image the node does not have, say: a node of the next Kubernetes
-// version before kubeadm moved the addons), the node does not wait for it. It returns when ctx ends.
+// version before kubeadm moved the addons), or none is bound to it for noKubeProxyLimit, the node does not wait
+// for it. It returns early only when ctx ends.
 func (d *Driver) EnablePodNetwork(ctx context.Context) error {
 	metricsURL := kubeProxyMetrics
 	if d.kubeProxyMetrics != "" {
@@ -61,15 +67,29 @@ func (d *Driver) EnablePodNetwork(ctx context.Context) error {
 	}
 	client := &http.Client{Timeout: 2 * time.Second}
 	began := time.Now()
+	var noneSince time.Time // since when the API says no kube-proxy pod is bound to this node
 	for attempt := 1; ; attempt++ {
 		synced, err := kubeProxySynced(ctx, client, metricsURL)
 		if synced {
 			d.logf("kube-proxy has programmed the cluster's Services on this node (after %s)", time.Since(began).Round(time.Millisecond))
 			break
 		}
-		if why := d.kubeProxyCannotRun(ctx); why != "" {
-			d.logf("kube-proxy cannot run on this node (%s): enabling the pod network without it", why)
-			break
+		// The API is asked less often than kube-proxy's metrics.
+		if attempt%4 == 1 {
+			pods, listed := d.kubeProxyPods(ctx)
+			if !listed || len(pods.Items) > 0 {
+				noneSince = time.Time{}
+			} else if noneSince.IsZero() {
+				noneSince = time.Now()
+			}
+			if !noneSince.IsZero() && time.Since(noneSince) > noKubeProxyLimit {
+				d.logf("no kube-proxy pod is bound to this node after %s: enabling the pod network without it", noKubeProxyLimit)
+				break
+			}
+			if why := pods.cannotRun(); why != "" {
+				d.logf("kube-proxy cannot run on this node (%s): enabling the pod network without it", why)
+				break
+			}
 		}
 		if attempt%120 == 0 {
 			d.logf("the node takes no pods yet: waiting for kube-proxy to program the cluster's Services on it (%v)", err)
@@ -132,19 +152,18 @@ func syncedIn(metrics io.Reader) (bool, error) {
 	return false, errors.New("kube-proxy has not programmed the Services yet")
 }
 
-// kubeProxyCannotRun says why kube-proxy's pod on this node cannot run ("" if it can, may, or the node
-// cannot tell yet): its container waits for a reason other than being created.
-func (d *Driver) kubeProxyCannotRun(ctx context.Context) string {
+// kubeProxyPods are kube-proxy's pods bound to this node, read with the kubelet's credentials; listed is false if
+// the API did not answer (the kubelet has no credentials yet, say).
+func (d *Driver) kubeProxyPods(ctx context.Context) (pods podList, listed bool) {
 	c, err := d.kubeletClient()
 	if err != nil {
-		return ""
+		return podList{}, false
 	}
 	q := url.Values{"labelSelector": {"k8s-app=kube-proxy"}, "fieldSelector": {"spec.nodeName=" + d.Options.NodeName}}
-	var pods podList
 	if err := c.Do(ctx, http.MethodGet, "/api/v1/namespaces/kube-system/pods?"+q.Encode(), "", nil, &pods); err != nil {
-		return ""
+		return podList{}, false
 	}
-	return pods.cannotRun()
+	return pods, true
 }
 
 // podList is what kubeProxyCannotRun reads of pods.
