@@ -42,6 +42,9 @@ type Kubernetes interface {
 	Apply(ctx context.Context, manifests []byte) error
 	// Restart starts the kubelet of a node whose Kubernetes state is on its state disk (after a recovery).
 	Restart(ctx context.Context) error
+	// EnablePodNetwork makes the node Ready for pods once kube-proxy has programmed the Services on it (or
+	// cannot run on it), or returns when ctx ends.
+	EnablePodNetwork(ctx context.Context) error
 	// ConfigureRegistryMirrors makes the container runtime pull the mirrored registries' images from their
 	// mirrors only, with the mirrors' credentials (a validated list, from the cluster configuration).
 	ConfigureRegistryMirrors(ms []registrymirror.Mirror, cs []registrymirror.Credentials) error
@@ -203,12 +206,22 @@ func (s *initServer) Init(ctx context.Context, req *initpb.InitRequest) (*initpb
 		return nil, status.Error(codes.Internal, fmt.Sprintf("initialising Kubernetes: %v", err))
 	}
 	s.log.Info("Kubernetes initialised")
+	go s.enablePodNetwork(ctx)
 	if s.life != nil {
 		if err := s.life.Initialised(ms, clusterID, att, egress); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))
 		}
 	}
 	return &initpb.InitResponse{Kubeconfig: kubeconfig, ClusterId: clusterID}, nil
+}
+
+// enablePodNetwork makes the node Ready for pods once kube-proxy has programmed the Services on it (it runs
+// beyond the request that started Kubernetes). The first control-plane node has no peer to wait for; after a
+// recovery, the other control-plane nodes may not be up yet.
+func (s *initServer) enablePodNetwork(ctx context.Context) {
+	if err := s.k8s.EnablePodNetwork(context.WithoutCancel(ctx)); err != nil {
+		s.log.Error("enabling the pod network failed; the node takes no pods", "error", err)
+	}
 }
 
 // attestationPolicy parses the cluster's attestation policy from an init request: the variant must be the one
@@ -388,6 +401,7 @@ func (s *initServer) Recover(ctx context.Context, req *initpb.InitRequest) (*ini
 	if err := s.k8s.Restart(ctx); err != nil {
 		return nil, status.Error(codes.Internal, fmt.Sprintf("restarting Kubernetes: %v", err))
 	}
+	go s.enablePodNetwork(ctx)
 	if s.life != nil {
 		if err := s.life.Recovered(ms, clusterID, kept); err != nil {
 			return nil, status.Error(codes.Internal, fmt.Sprintf("starting the cluster services: %v", err))

@@ -47,7 +47,8 @@ func (r *recordingKubernetes) ConfigureDNS(servers []string) error {
 	return nil
 }
 
-func (r *recordingKubernetes) PrepareRuntime(context.Context) error { return nil }
+func (r *recordingKubernetes) PrepareRuntime(context.Context) error   { return nil }
+func (r *recordingKubernetes) EnablePodNetwork(context.Context) error { return nil }
 func (r *recordingKubernetes) Init(context.Context) ([]byte, error) {
 	r.inits++
 	return []byte("kubeconfig"), nil

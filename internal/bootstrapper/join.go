@@ -351,6 +351,10 @@ func (j joiner) join(ctx context.Context) error {
 			return fmt.Errorf("installing the control plane's PKI: %w", err)
 		}
 	}
+	// The pod network is enabled while kubeadm works: a control-plane node of the next Kubernetes version waits
+	// in Join until it is Ready, before it runs kubeadm upgrade apply.
+	network := make(chan error, 1)
+	go func() { network <- enablePodNetwork(ctx, mesh, k8s, published) }()
 	// The node is a member of the cluster now (its cluster ID is measured): the join service admits it no more
 	// in this boot. A join that fails is tried again with this answer while its bootstrap token is valid.
 	until := asked.Add(joinpb.TokenTTL - tokenMargin)
@@ -372,7 +376,27 @@ func (j joiner) join(ctx context.Context) error {
 			return err
 		}
 	}
-	return <-published
+	return <-network
+}
+
+// kubeletPort is the kubelets' port on every node, which WaitPeers connects to through the tunnel.
+const kubeletPort = 10250
+
+// peersLimit is how long a joining node waits for a peer to answer through the tunnel before it takes pods
+// without it.
+const peersLimit = 30 * time.Second
+
+// enablePodNetwork makes a node that joined Ready for pods once its network is complete: its key is published
+// (published), so that every other node makes it a peer; every peer answers it through the tunnel, so that
+// traffic from its pods finds its way back; and kube-proxy has programmed the Services on it.
+func enablePodNetwork(ctx context.Context, mesh *meshagent.Agent, k8s Kubernetes, published <-chan error) error {
+	if err := <-published; err != nil {
+		return err
+	}
+	if err := mesh.WaitPeers(ctx, kubeletPort, peersLimit); err != nil {
+		return fmt.Errorf("waiting for the peers to answer through the tunnel: %w", err)
+	}
+	return k8s.EnablePodNetwork(ctx)
 }
 
 // tokenMargin is how long before its bootstrap token expires a node starts no more kubeadm join: kubeadm uses

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/atomicfile"
@@ -81,6 +82,9 @@ type Agent struct {
 	recorded []meshpeers.Peer
 	admitted map[string]admittedPeer
 	kept     []meshpeers.Peer // the peers last kept on the state disk
+	// followed is closed once Follow has applied the cluster's record for the first time.
+	followed     chan struct{}
+	followedOnce sync.Once
 }
 
 // admittedPeer is a node a join service on this node admitted, a peer until its key is in the cluster's
@@ -537,6 +541,8 @@ func (a *Agent) Follow(ctx context.Context, kubeconfig string) {
 		if err := a.Record(ctx, recorded); err != nil {
 			a.log.Warn("applying the cluster's WireGuard peers failed; keeping the current ones and retrying", "error", err)
 			retry = time.After(meshRetryInterval)
+		} else {
+			a.followedOnce.Do(func() { close(a.followedChan()) })
 		}
 		select {
 		case <-ctx.Done():
@@ -545,4 +551,81 @@ func (a *Agent) Follow(ctx context.Context, kubeconfig string) {
 		case <-retry:
 		}
 	}
+}
+
+// followedChan is closed once Follow has applied the cluster's record.
+func (a *Agent) followedChan() chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.followed == nil {
+		a.followed = make(chan struct{})
+	}
+	return a.followed
+}
+
+// probeInterval is how often WaitPeers asks again a peer that has not answered.
+const probeInterval = 500 * time.Millisecond
+
+// WaitPeers waits until this node's peers are the cluster's (Follow applied the record) and each of them answers
+// through the tunnel: a TCP connection to the peer's node address at port, accepted or refused, proves that the
+// peer has this node as its peer too (WireGuard answers no handshake of a node it does not know), which the
+// other nodes learn only once this node published its key. A node whose pods are reached by every other node
+// may take pods. A peer that has not answered within limit (a node being removed, say) is given up on and
+// named in the log: it does not keep this node from taking pods. It returns early only when ctx ends.
+func (a *Agent) WaitPeers(ctx context.Context, port int, limit time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-a.followedChan():
+	}
+	a.mu.Lock()
+	m := a.mesh
+	a.mu.Unlock()
+	if m == nil {
+		return errors.New("the WireGuard interface is not up")
+	}
+	var addrs []netip.Addr
+	for _, p := range m.Peers() {
+		addrs = append(addrs, p.Endpoint.Addr())
+	}
+	began := time.Now()
+	silent := probePeers(ctx, addrs, port, began.Add(limit))
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(silent) > 0 {
+		a.log.Warn("peers that did not answer through the tunnel; not waiting for them any longer", "peers", silent, "after", limit)
+	} else {
+		a.log.Info("every peer answers through the tunnel", "peers", len(addrs), "after", time.Since(began).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// probePeers connects to port at each of addrs until each has answered (accepted or refused the connection),
+// deadline has passed, or ctx has ended, and returns those that did not answer.
+func probePeers(ctx context.Context, addrs []netip.Addr, port int, deadline time.Time) []netip.Addr {
+	left := slices.Clone(addrs)
+	for len(left) > 0 && ctx.Err() == nil {
+		var silent []netip.Addr
+		for _, addr := range left {
+			d := net.Dialer{Timeout: time.Second}
+			conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(addr, uint16(port)).String())
+			switch {
+			case err == nil:
+				conn.Close()
+			case errors.Is(err, syscall.ECONNREFUSED):
+			default:
+				silent = append(silent, addr)
+			}
+		}
+		left = silent
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(probeInterval):
+		}
+	}
+	return left
 }

@@ -1,7 +1,10 @@
 package meshagent
 
 import (
+	"context"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -123,5 +126,37 @@ func TestKeptRoot(t *testing.T) {
 	}
 	if st, err := os.Stat(a.rootFile); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("the root key file: %v, %v", st, err)
+	}
+}
+
+// A peer answers a probe whether its port accepts or refuses the connection: either way the packets crossed
+// both ways.
+func TestProbePeers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	// 127.0.0.2 is loopback too, where nothing listens on port: refused.
+	addrs := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}
+	if silent := probePeers(context.Background(), addrs, port, time.Now()); len(silent) != 0 {
+		t.Fatalf("peers that answered counted as silent: %v", silent)
+	}
+}
+
+// WaitPeers waits for the cluster's record to be applied before it probes anyone.
+func TestWaitPeersWaitsForTheRecord(t *testing.T) {
+	a := &Agent{log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.WaitPeers(ctx, 1, time.Minute) }()
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("WaitPeers returned without the record having been applied")
+	}
+	a.followedOnce.Do(func() { close(a.followedChan()) })
+	if err := a.WaitPeers(context.Background(), 1, time.Minute); err == nil {
+		t.Fatal("WaitPeers without a WireGuard interface said every peer answers")
 	}
 }

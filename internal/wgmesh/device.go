@@ -4,7 +4,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -108,7 +110,7 @@ func (d *kernelDevice) state() ([]PeerStatus, error) {
 	}
 	var out []PeerStatus
 	for _, p := range dev.Peers {
-		out = append(out, PeerStatus{PublicKey: Key(p.PublicKey), HasPresharedKey: p.PresharedKey != wgtypes.Key{}})
+		out = append(out, PeerStatus{PublicKey: Key(p.PublicKey), HasPresharedKey: p.PresharedKey != wgtypes.Key{}, LastHandshake: p.LastHandshakeTime})
 	}
 	return out, nil
 }
@@ -167,6 +169,10 @@ func uapi(cfg wgtypes.Config) string {
 	}
 	for _, p := range cfg.Peers {
 		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.PublicKey[:]))
+		if p.Remove {
+			b.WriteString("remove=true\n")
+			continue
+		}
 		if p.PresharedKey != nil {
 			fmt.Fprintf(&b, "preshared_key=%s\n", hex.EncodeToString(p.PresharedKey[:]))
 		}
@@ -201,6 +207,18 @@ func (d *userspaceDevice) state() ([]PeerStatus, error) {
 		case "preshared_key":
 			if len(out) > 0 && strings.Trim(v, "0") != "" {
 				out[len(out)-1].HasPresharedKey = true
+			}
+		case "last_handshake_time_sec", "last_handshake_time_nsec":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || len(out) == 0 {
+				return nil, fmt.Errorf("the device's state has a malformed %s %q", k, v)
+			}
+			// Seconds come first, then nanoseconds; both zero while the peer has had no handshake.
+			p := &out[len(out)-1]
+			if k == "last_handshake_time_sec" && n != 0 {
+				p.LastHandshake = time.Unix(n, 0)
+			} else if k == "last_handshake_time_nsec" && !p.LastHandshake.IsZero() {
+				p.LastHandshake = time.Unix(p.LastHandshake.Unix(), n)
 			}
 		}
 	}

@@ -28,6 +28,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -188,17 +189,31 @@ func Start(cfg Config) (*Mesh, error) {
 func (m *Mesh) Backend() Backend { return m.backend }
 
 // SetPeers makes peers the mesh's only peers: a node that is not in the list stops being a peer at once, and
-// the routes to its addresses through the tunnel are removed.
+// the routes to its addresses through the tunnel are removed. Only what changed is configured: a peer that
+// stays as it was keeps its session (replacing every peer would drop every session of the node whenever a node
+// joins or leaves the cluster, and a peer that did not notice keeps sending into a session the other end no
+// longer has until WireGuard gives up on it, about 15 s later).
 func (m *Mesh) SetPeers(peers []Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	set := wgtypes.Config{ReplacePeers: true}
 	for _, p := range peers {
 		if p.PublicKey == (Key{}) || !p.Endpoint.IsValid() {
 			return fmt.Errorf("peer %s has no public key or no endpoint", p.PublicKey)
 		}
 		if p.PresharedKey == (Key{}) {
 			return fmt.Errorf("peer %s has no preshared key: refusing to configure it (its traffic would have no post-quantum protection)", p.PublicKey)
+		}
+	}
+	// The device has one peer per key; of peers with the same key the last one counts, as it would in a
+	// configuration that names them all.
+	want, before := byKey(peers), byKey(m.peers)
+	var set wgtypes.Config
+	for _, p := range peers {
+		if w := want[p.PublicKey]; !samePeer(w, p) || sent(set.Peers, p.PublicKey) {
+			continue // a later peer of the same key counts
+		}
+		if b, ok := before[p.PublicKey]; ok && samePeer(b, p) {
+			continue
 		}
 		psk := wgtypes.Key(p.PresharedKey)
 		pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), PresharedKey: &psk,
@@ -208,30 +223,56 @@ func (m *Mesh) SetPeers(peers []Peer) error {
 		}
 		set.Peers = append(set.Peers, pc)
 	}
-	if err := m.dev.configure(set); err != nil {
-		return fmt.Errorf("setting the peers of %s: %w", m.cfg.Interface, err)
+	for _, p := range m.peers {
+		if _, ok := want[p.PublicKey]; !ok && !sent(set.Peers, p.PublicKey) {
+			set.Peers = append(set.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), Remove: true})
+		}
+	}
+	if len(set.Peers) > 0 {
+		if err := m.dev.configure(set); err != nil {
+			return fmt.Errorf("setting the peers of %s: %w", m.cfg.Interface, err)
+		}
 	}
 	// Routes: every allowed prefix of a current peer through the tunnel; routes of removed peers go.
-	want := map[netip.Prefix]bool{}
-	for _, p := range peers {
+	routes := map[netip.Prefix]bool{}
+	for _, p := range want {
 		for _, a := range p.AllowedIPs {
-			want[a.Masked()] = true
+			routes[a.Masked()] = true
 		}
 	}
 	for _, p := range m.peers {
 		for _, a := range p.AllowedIPs {
-			if !want[a.Masked()] {
+			if !routes[a.Masked()] {
 				netlink.RouteDel(m.route(a.Masked()))
 			}
 		}
 	}
-	for a := range want {
+	for a := range routes {
 		if err := netlink.RouteReplace(m.route(a)); err != nil {
 			return fmt.Errorf("routing %s through %s: %w", a, m.cfg.Interface, err)
 		}
 	}
 	m.peers = slices.Clone(peers)
 	return nil
+}
+
+// byKey is the peer of each key, the last of peers with the same key.
+func byKey(peers []Peer) map[Key]Peer {
+	out := make(map[Key]Peer, len(peers))
+	for _, p := range peers {
+		out[p.PublicKey] = p
+	}
+	return out
+}
+
+// samePeer reports whether a and b configure the device alike.
+func samePeer(a, b Peer) bool {
+	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint && a.PresharedKey == b.PresharedKey && slices.Equal(a.AllowedIPs, b.AllowedIPs)
+}
+
+// sent reports whether cfg configures the peer of key already.
+func sent(cfg []wgtypes.PeerConfig, key Key) bool {
+	return slices.ContainsFunc(cfg, func(pc wgtypes.PeerConfig) bool { return pc.PublicKey == wgtypes.Key(key) })
 }
 
 // route is the route of a peer's prefix through the tunnel.
@@ -250,6 +291,8 @@ func (m *Mesh) route(a netip.Prefix) *netlink.Route {
 type PeerStatus struct {
 	PublicKey       Key
 	HasPresharedKey bool
+	// LastHandshake is when the peer's current session began (zero: none yet).
+	LastHandshake time.Time
 }
 
 // Status reads the peers from the running device itself (not from what was asked of it).

@@ -307,3 +307,52 @@ func TestTunnelNeedsThePresharedKey(t *testing.T) {
 		t.Fatal("the capture saw no frames: A never tried a handshake")
 	}
 }
+
+// A node that joins the mesh is added to the peers of every other node: the sessions those nodes have with
+// their other peers stay as they are. (Replacing every peer dropped every session of every node whenever a
+// node joined or left; the node at the other end, unaware, kept sending into the dropped session until
+// WireGuard gave up on it, some 15 s later.)
+func TestSetPeersKeepsTheSessionsOfUnchangedPeers(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed")
+	}
+	p, err := wgmeshtest.NewPair()
+	if err == wgmeshtest.ErrUnsupported {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tunnel := "http://" + wgmeshtest.TunnelB + ":8080/"
+	if body, err := p.Get(tunnel); err != nil {
+		t.Fatalf("request through the tunnel: %v: %.100s", err, body)
+	}
+	handshake := func() string {
+		t.Helper()
+		if err := p.A.Send("handshake"); err != nil {
+			t.Fatal(err)
+		}
+		line, err := p.A.Expect("HANDSHAKE ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(strings.TrimPrefix(line, "HANDSHAKE "))
+	}
+	before := handshake()
+	if before == "0" {
+		t.Fatal("no session with B after a request through the tunnel")
+	}
+	if err := p.A.Send("add-peer"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.A.Expect("ADDED"); err != nil {
+		t.Fatal(err)
+	}
+	if after := handshake(); after != before {
+		t.Fatalf("adding a peer replaced the session with B (its handshake was at %s, now %s)", before, after)
+	}
+	if body, err := p.Get(tunnel); err != nil {
+		t.Fatalf("request through the tunnel after a peer was added: %v: %.100s", err, body)
+	}
+}

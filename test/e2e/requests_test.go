@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -132,6 +134,7 @@ func (r *requests) send() {
 		}
 		err := getInNetns(pid, r.addr)
 		failedAt := time.Now()
+		counted := true
 		r.mu.Lock()
 		r.sent++
 		if err != nil {
@@ -139,18 +142,41 @@ func (r *requests) send() {
 			for !r.polled.After(failedAt) && !r.stopped() {
 				r.cond.Wait()
 			}
-			if _, ok := r.usable[node]; !ok {
+			if _, counted = r.usable[node]; !counted {
 				r.void++
-			} else {
-				r.failures = append(r.failures, fmt.Sprintf("%s from %s: %v", failedAt.UTC().Format("15:04:05.000"), node, err))
 			}
 		}
 		r.mu.Unlock()
+		if err != nil && counted {
+			// Where the connection went, and where the application's pods were: what failed.
+			failure := fmt.Sprintf("%s from %s: %v\n%s", failedAt.UTC().Format("15:04:05.000"), node, err, r.diagnose(pid))
+			r.mu.Lock()
+			r.failures = append(r.failures, failure)
+			r.mu.Unlock()
+		}
 		select {
 		case <-r.quit:
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// diagnose says where the client's unanswered connections to the Service went (the node's connection tracking:
+// the pod its kube-proxy chose) and where the application's pods and endpoints are.
+func (r *requests) diagnose(pid int) string {
+	host, port, _ := net.SplitHostPort(r.addr)
+	var b strings.Builder
+	ct, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "conntrack", "-L", "-p", "tcp", "-d", host, "--dport", port).CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(ct)), "\n") {
+		if err != nil || !strings.Contains(line, "ESTABLISHED") && !strings.Contains(line, "TIME_WAIT") && !strings.Contains(line, "flow entries") {
+			fmt.Fprintf(&b, "          conntrack: %s\n", line)
+		}
+	}
+	pods, _ := r.k("get", "pods", "-l", "app=web", "--no-headers", "-o", "custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,READY:.status.containerStatuses[0].ready,DELETING:.metadata.deletionTimestamp")
+	fmt.Fprintf(&b, "          pods: %s\n", strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(pods), "\n", " |")), " "))
+	eps, _ := r.k("get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", `jsonpath={range .items[*].endpoints[*]}{.addresses[0]}@{.nodeName}(ready={.conditions.ready},terminating={.conditions.terminating}) {end}`)
+	fmt.Fprintf(&b, "          endpoints: %s", strings.TrimSpace(eps))
+	return b.String()
 }
 
 // getInNetns sends GET /version to addr over a new connection from the network namespace of the process pid

@@ -484,6 +484,8 @@ type Driver struct {
 	// upgrade in tests.
 	kubeadmBin, kubeletConf, patches, kubeadmConf string
 	nodeReadyTimeout                              time.Duration
+	// cniConfDir and kubeProxyMetrics replace CNIConfDir and kube-proxy's metrics endpoint in tests.
+	cniConfDir, kubeProxyMetrics string
 	// addonsRequested, if set, receives the request for the addons' upgrade (upgradeAddons) in tests, which
 	// test that loop on its own.
 	addonsRequested chan struct{}
@@ -509,7 +511,8 @@ func (d *Driver) logf(format string, args ...any) {
 	}
 }
 
-// PrepareRuntime writes the configuration files, starts containerd and imports the images.
+// PrepareRuntime writes the configuration files, starts containerd and imports the images. The pod network
+// stays off until EnablePodNetwork.
 func (d *Driver) PrepareRuntime(ctx context.Context) error {
 	cfg, err := d.containerdConfig()
 	if err != nil {
@@ -520,7 +523,7 @@ func (d *Driver) PrepareRuntime(ctx context.Context) error {
 	if err := writeSecretFile(ContainerdConfig, cfg); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(CNIConfDir, "10-pods.conflist"), CNIConfigFile(d.Options)); err != nil {
+	if err := d.disablePodNetwork(); err != nil {
 		return err
 	}
 	for _, dir := range []string{PodLogsDir, "/var/lib/kubelet", "/etc/kubernetes"} {

@@ -186,6 +186,33 @@ func helperNode() error {
 				return err
 			}
 			fmt.Println("REMOVED")
+		case "add-peer": // a further peer (a node that joins), the first one kept as it is
+			_, other, err := wgmesh.GenerateKey()
+			if err != nil {
+				return err
+			}
+			psk, err := wgmesh.PairKey(root, pub, other)
+			if err != nil {
+				return err
+			}
+			joined := wgmesh.Peer{PublicKey: other, Endpoint: netip.MustParseAddrPort(LinkC + ":51820"), PresharedKey: psk,
+				AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.253.0.9/32")}}
+			if err := m.SetPeers([]wgmesh.Peer{peer, joined}); err != nil {
+				return err
+			}
+			fmt.Println("ADDED")
+		case "handshake": // when the session with the first peer began, in Unix nanoseconds (0: none)
+			st, err := m.Status()
+			if err != nil {
+				return err
+			}
+			var at int64
+			for _, p := range st {
+				if p.PublicKey == peerKey && !p.LastHandshake.IsZero() {
+					at = p.LastHandshake.UnixNano()
+				}
+			}
+			fmt.Println("HANDSHAKE", at)
 		case "remove-routing": // the node no longer forces its traffic through the tunnel
 			cfg.Routing.Remove()
 			fmt.Println("REMOVED")
