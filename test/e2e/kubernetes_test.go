@@ -438,7 +438,7 @@ func checkNetworkEncrypted(t *testing.T, k func(...string) (string, error), stat
 	control := "constellation-plain-control-" + suffix
 	encoded := base64.StdEncoding.EncodeToString([]byte(marker)) // etcd's JSON API carries values in base64
 	var nodes []netip.Addr
-	var links []string // the bridge's ports: the bridge's own interface sees only what is addressed to this machine
+	var links []string // every node's port on the bridge: what each node sends and receives, whichever way it goes
 	for _, n := range state.Nodes {
 		nodes = append(nodes, netip.MustParseAddr(n.IP))
 		links = append(links, n.HostLink)
