@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/constellation-dev/constellation/internal/bootimage"
@@ -42,17 +41,11 @@ func runQEMUClusterCreate(ctx context.Context) (results []Result, err error) {
 			return nil, fmt.Errorf("qemu-cluster-create needs the built CLI and the signed disk image (make node-image): %w", err)
 		}
 	}
-	lock, err := os.OpenFile("/tmp/qemu.lock", os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := lockQEMU()
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, err
-	}
-	if qemu.NetworkInUse() {
-		return nil, fmt.Errorf("a QEMU cluster runs on this machine (namespace %s); remove it first", qemu.Netns)
-	}
+	defer unlock()
 	ws, err := os.MkdirTemp("", "bench-qemu-cluster-")
 	if err != nil {
 		return nil, err

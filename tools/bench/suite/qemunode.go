@@ -46,17 +46,11 @@ func runQEMUNodeBoot(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile("/tmp/qemu.lock", os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := lockQEMU()
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, err
-	}
-	if qemu.NetworkOwned() {
-		return nil, errors.New("a QEMU cluster runs on this machine")
-	}
+	defer unlock()
 	dir, err := os.MkdirTemp("", "bench-qemu-node-")
 	if err != nil {
 		return nil, err
@@ -126,4 +120,22 @@ func runQEMUNodeBoot(ctx context.Context) ([]Result, error) {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// lockQEMU waits for the machine's QEMU lock (one VM workload at a time on this machine) and refuses while a
+// QEMU cluster runs; unlock releases the lock.
+func lockQEMU() (unlock func(), err error) {
+	lock, err := os.OpenFile("/tmp/qemu.lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if qemu.NetworkOwned() {
+		lock.Close()
+		return nil, fmt.Errorf("a QEMU cluster runs on this machine (its provider holds namespace %s); stop it first", qemu.Netns)
+	}
+	return func() { lock.Close() }, nil
 }
