@@ -159,11 +159,17 @@ func rebootOldNodeInTheWindow(t *testing.T, cl *cluster, node string) {
 	if out, err := cl.k("patch", "nodeupgrade", v1alpha1.Name, "--type", "merge", "-p", `{"spec":{"paused":true}}`); err != nil {
 		t.Fatalf("pausing the upgrade: %v\n%s", err, out)
 	}
-	nu := waitNodeUpgrade(t, cl.k, "the upgrade held before the old control-plane node drains", func(nu *v1alpha1.NodeUpgrade) bool {
-		return strings.Contains(nu.Status.Message, "paused by spec.paused")
-	})
+	// The controller says so on the node it holds (before its drain), or on the upgrade (before the next node).
+	paused := func(nu *v1alpha1.NodeUpgrade) bool {
+		if strings.Contains(nu.Status.Message, "paused by spec.paused") {
+			return true
+		}
+		n := len(nu.Status.Nodes)
+		return n > 0 && strings.Contains(nu.Status.Nodes[n-1].Message, "paused by spec.paused")
+	}
+	nu := waitNodeUpgrade(t, cl.k, "the upgrade held before the old control-plane node drains", paused)
 	last := nu.Status.Nodes[len(nu.Status.Nodes)-1]
-	t.Logf("upgrade paused: %s at step %s (%s)", last.OldNode, last.Step, nu.Status.Message)
+	t.Logf("upgrade paused: %s at step %s (%s; %s)", last.OldNode, last.Step, last.Message, nu.Status.Message)
 	console := filepath.Join(cl.c.ws, "constellation-mini", "nodes", node, "sandbox", "console.log")
 	unlocked := func() int {
 		raw, _ := os.ReadFile(console)
