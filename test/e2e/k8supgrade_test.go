@@ -171,18 +171,28 @@ func rebootOldNodeInTheWindow(t *testing.T, cl *cluster, node string) {
 	last := nu.Status.Nodes[len(nu.Status.Nodes)-1]
 	t.Logf("upgrade paused: %s at step %s (%s; %s)", last.OldNode, last.Step, last.Message, nu.Status.Message)
 	console := filepath.Join(cl.c.ws, "constellation-mini", "nodes", node, "sandbox", "console.log")
-	unlocked := func() int {
-		raw, _ := os.ReadFile(console)
-		return strings.Count(string(raw), "state disk unlocked")
-	}
-	before := unlocked()
 	start := time.Now()
+	// unlockedSince reports whether the node's console says its state disk was unlocked after start (a rebooted
+	// node's console may start afresh, so count by time, not by lines).
+	unlockedSince := func() bool {
+		raw, _ := os.ReadFile(console)
+		for _, line := range strings.Split(string(raw), "\n") {
+			var entry struct {
+				Time time.Time `json:"time"`
+				Msg  string    `json:"msg"`
+			}
+			if json.Unmarshal([]byte(line), &entry) == nil && strings.HasPrefix(entry.Msg, "state disk unlocked") && entry.Time.After(start) {
+				return true
+			}
+		}
+		return false
+	}
 	if out, code := cl.c.run("mini", "reboot", node); code != 0 {
 		t.Fatalf("mini reboot %s: exit %d\n%s", node, code, out)
 	}
 	cl.eventually(node+" (old image) rejoined during the upgrade: state disk unlocked again, Ready", func() (string, bool) {
 		out, err := cl.k("get", "node", node, "--no-headers")
-		return out, unlocked() > before && err == nil && strings.Contains(out, " Ready ")
+		return out, unlockedSince() && err == nil && strings.Contains(out, " Ready ")
 	})
 	t.Logf("%s (old image) rebooted and rejoined within the upgrade's two-set window: %s", node, time.Since(start).Round(time.Second))
 	if out, err := cl.k("patch", "nodeupgrade", v1alpha1.Name, "--type", "merge", "-p", `{"spec":{"paused":false}}`); err != nil {
