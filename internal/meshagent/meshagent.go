@@ -601,20 +601,35 @@ func (a *Agent) WaitPeers(ctx context.Context, port int, limit time.Duration) er
 	return nil
 }
 
+// probeParallel bounds the connections probePeers has open at once: a round over a large cluster's peers takes
+// about as long as one connection's timeout, not one per silent peer.
+const probeParallel = 64
+
 // probePeers connects to port at each of addrs until each has answered (accepted or refused the connection),
 // deadline has passed, or ctx has ended, and returns those that did not answer.
 func probePeers(ctx context.Context, addrs []netip.Addr, port int, deadline time.Time) []netip.Addr {
 	left := slices.Clone(addrs)
 	for len(left) > 0 && ctx.Err() == nil {
+		answered := make([]bool, len(left))
+		sem := make(chan struct{}, probeParallel)
+		var wg sync.WaitGroup
+		for i, addr := range left {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				d := net.Dialer{Timeout: time.Second}
+				conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(addr, uint16(port)).String())
+				if err == nil {
+					conn.Close()
+				}
+				answered[i] = err == nil || errors.Is(err, syscall.ECONNREFUSED)
+			}()
+		}
+		wg.Wait()
 		var silent []netip.Addr
-		for _, addr := range left {
-			d := net.Dialer{Timeout: time.Second}
-			conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(addr, uint16(port)).String())
-			switch {
-			case err == nil:
-				conn.Close()
-			case errors.Is(err, syscall.ECONNREFUSED):
-			default:
+		for i, addr := range left {
+			if !answered[i] {
 				silent = append(silent, addr)
 			}
 		}
